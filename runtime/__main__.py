@@ -1,0 +1,137 @@
+"""The agent runtime: ``python -m runtime`` or ``codelab-runtime``.
+
+Environment (prefix ``AGENT_RUNTIME__``):
+
+================================  ===================  =========================================
+variable                          default              meaning
+================================  ===================  =========================================
+``HOST``                          ``127.0.0.1``        address to listen on
+``PORT``                          ``50051``            gRPC port (0 picks a free one)
+``INTERNAL_API_KEY``              (required)           credential callers must present
+``LLM_PROXY_ADDRESS``             ``127.0.0.1:50052``  the LLM proxy's gRPC address
+``LLM_PROXY_API_KEY``             = INTERNAL_API_KEY   credential presented to the LLM proxy
+``LLM_MODEL``                     ``offline``          model group the agents use
+``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
+``OUTBOX_SIZE``                   ``256``              events buffered per stream (backpressure)
+``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
+``MAX_CONCURRENT_RPCS``           ``2000``             calls served at once; more are refused
+``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
+``LOG_LEVEL``                     ``INFO``             log level
+================================  ===================  =========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from llmproxy.v1 import llmproxy_pb2_grpc
+from mesh.env import Env
+from mesh.grpc_server import MeshServer
+from mesh.logs import configure_logging
+from mesh.signals import wait_for_stop_signal
+from runtime.llm import LlmClient
+from runtime.service import AgentRuntimeServicer
+from runtime.session import SessionRegistry
+from runtime.v1 import runtime_pb2, runtime_pb2_grpc
+
+SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name
+DEFAULT_AGENT = "coder"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    internal_api_key: str
+    host: str = "127.0.0.1"
+    port: int = 50051
+    llm_proxy_address: str = "127.0.0.1:50052"
+    llm_proxy_api_key: str = ""
+    llm_model: str = "offline"
+    llm_timeout: float = 300.0
+    outbox_size: int = 256
+    open_timeout: float = 10.0
+    max_concurrent_rpcs: int = 2000
+    shutdown_grace: float = 5.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = Env("AGENT_RUNTIME", environ)
+        key = env.required("INTERNAL_API_KEY")
+        return cls(
+            internal_api_key=key,
+            host=env.str("HOST", cls.host),
+            port=env.int("PORT", cls.port),
+            llm_proxy_address=env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address),
+            llm_proxy_api_key=env.str("LLM_PROXY_API_KEY", key),
+            llm_model=env.str("LLM_MODEL", cls.llm_model),
+            llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
+            outbox_size=env.int("OUTBOX_SIZE", cls.outbox_size),
+            open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
+            max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs),
+            shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
+            log_level=env.str("LOG_LEVEL", cls.log_level),
+        )
+
+
+async def serve(
+    config: RuntimeConfig,
+    *,
+    started: Callable[[int], None] | None = None,
+    stop: asyncio.Future[object] | None = None,
+) -> None:
+    """Run the runtime until ``stop`` resolves (default: SIGTERM or SIGINT).
+
+    ``started`` is called with the bound port once the server accepts calls.
+    """
+    log = structlog.get_logger("runtime")
+    async with contextlib.AsyncExitStack() as stack:
+        channel = grpc.aio.insecure_channel(config.llm_proxy_address)
+        stack.push_async_callback(channel.close)
+        llm = LlmClient(
+            llmproxy_pb2_grpc.LlmProxyServiceStub(channel),
+            internal_api_key=config.llm_proxy_api_key or config.internal_api_key,
+            timeout=config.llm_timeout,
+        )
+        servicer = AgentRuntimeServicer(
+            SessionRegistry(DEFAULT_AGENT),
+            llm,
+            model=config.llm_model,
+            outbox_size=config.outbox_size,
+            open_timeout=config.open_timeout,
+        )
+        mesh = MeshServer(
+            address=f"{config.host}:{config.port}",
+            internal_api_key=config.internal_api_key,
+            service_names=[SERVICE_NAME],
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(servicer, mesh.server)
+        port = await mesh.start()
+        stack.push_async_callback(mesh.stop, config.shutdown_grace)
+        log.info("runtime_started", host=config.host, port=port, model=config.llm_model)
+        if started is not None:
+            started(port)
+        if stop is None:
+            signal_received = await wait_for_stop_signal()
+            log.info("runtime_stopping", signal=signal_received.name)
+        else:
+            await stop
+            log.info("runtime_stopping")
+    log.info("runtime_stopped")
+
+
+def main() -> None:
+    config = RuntimeConfig.from_env(os.environ)
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The runtime's errors, named for what went wrong, not for a transport.
+
+:mod:`runtime.service` maps them to gRPC status codes in one place; the rest
+of the runtime never imports ``grpc`` to report a failure.
+"""
+
+from __future__ import annotations
+
+
+class RuntimeServiceError(Exception):
+    """Base of the errors the runtime reports to its callers."""
+
+    code = "internal"
+    retryable = False
+
+
+class InvalidArgument(RuntimeServiceError):
+    code = "invalid_argument"
+
+
+class NotFound(RuntimeServiceError):
+    code = "not_found"
+
+
+class PermissionDenied(RuntimeServiceError):
+    code = "permission_denied"
+
+
+class Unauthenticated(RuntimeServiceError):
+    code = "unauthenticated"
+
+
+class Conflict(RuntimeServiceError):
+    """The request is valid but not now (e.g. a turn is already running)."""
+
+    code = "conflict"
+    retryable = True
+
+
+class UpstreamError(RuntimeServiceError):
+    """The LLM proxy failed; ``code`` says how, ``retryable`` whether to retry."""
+
+    def __init__(self, message: str, *, code: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable

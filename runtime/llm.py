@@ -1,0 +1,166 @@
+"""The runtime's side of the LLM proxy: chat streaming as plain data.
+
+:class:`LlmClient` calls ``llmproxy.v1.LlmProxyService`` through the generated
+stub and turns its messages into the dataclasses below, and its failures into
+:class:`runtime.errors.UpstreamError`. Cancelling the consumer cancels the
+gRPC call, which cancels the provider request in the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+from mesh.grpc_server import internal_metadata
+from runtime.errors import UpstreamError
+from runtime.events import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequest:
+    """A complete tool call made by the model."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of the conversation, OpenAI-style."""
+
+    role: str
+    content: str = ""
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call, with its JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallChunk:
+    index: int
+    call_id: str
+    name: str
+    arguments_fragment: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    finish_reason: str
+    usage: Usage
+    model: str
+
+
+Chunk = TextChunk | ToolCallChunk | StreamEnd
+
+# (error code for the IDE, retryable)
+_STATUS_REASONS: dict[grpc.StatusCode, tuple[str, bool]] = {
+    grpc.StatusCode.UNAVAILABLE: ("llm_unavailable", True),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ("llm_rate_limited", True),
+    grpc.StatusCode.DEADLINE_EXCEEDED: ("llm_timeout", True),
+    grpc.StatusCode.INVALID_ARGUMENT: ("llm_bad_request", False),
+    grpc.StatusCode.FAILED_PRECONDITION: ("llm_auth_failed", False),
+    grpc.StatusCode.NOT_FOUND: ("llm_model_not_found", False),
+    grpc.StatusCode.UNAUTHENTICATED: ("llm_proxy_refused", False),
+}
+
+
+def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
+    return llmproxy_pb2.ChatMessage(
+        role=message.role,
+        content=message.content,
+        tool_calls=[
+            llmproxy_pb2.ToolCall(
+                id=call.call_id, name=call.name, arguments_json=json.dumps(call.arguments)
+            )
+            for call in message.tool_calls
+        ],
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+    )
+
+
+class LlmClient:
+    """Streams chat completions from the LLM proxy."""
+
+    def __init__(
+        self,
+        stub: llmproxy_pb2_grpc.LlmProxyServiceStub,
+        *,
+        internal_api_key: str,
+        timeout: float,
+    ) -> None:
+        self._stub = stub
+        self._key = internal_api_key
+        self._timeout = timeout
+
+    async def stream_chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """Yield the completion's chunks as they arrive; the last is StreamEnd.
+
+        Raises UpstreamError when the proxy fails. Safe to cancel: the call
+        is cancelled with the consumer. Use it under ``contextlib.aclosing``
+        when the consumer may stop early.
+        """
+        request = llmproxy_pb2.StreamChatRequest(
+            model=model,
+            messages=[_to_proto(m) for m in messages],
+            tools=[
+                llmproxy_pb2.Tool(
+                    name=t.name, description=t.description, parameters_json=json.dumps(t.parameters)
+                )
+                for t in tools
+            ],
+        )
+        call = self._stub.StreamChat(
+            request,
+            metadata=internal_metadata(self._key, request_id=request_id),
+            timeout=self._timeout,
+        )
+        try:
+            async for response in call:
+                kind = response.WhichOneof("chunk")
+                if kind == "text":
+                    yield TextChunk(response.text.text)
+                elif kind == "tool_call":
+                    delta = response.tool_call
+                    yield ToolCallChunk(delta.index, delta.id, delta.name, delta.arguments_fragment)
+                elif kind == "end":
+                    end = response.end
+                    yield StreamEnd(
+                        end.finish_reason,
+                        Usage(end.usage.prompt_tokens, end.usage.completion_tokens),
+                        end.model,
+                    )
+        except grpc.aio.AioRpcError as exc:
+            code, retryable = _STATUS_REASONS.get(exc.code(), ("llm_error", False))
+            raise UpstreamError(
+                f"LLM proxy: {exc.details() or exc.code().name}", code=code, retryable=retryable
+            ) from None
+        finally:
+            call.cancel()

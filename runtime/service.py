@@ -1,0 +1,201 @@
+"""The gRPC face of the runtime: ``runtime.v1.AgentRuntimeService``.
+
+This module converts between protobuf and the runtime's dataclasses and maps
+:mod:`runtime.errors` to gRPC status codes; nothing else in the runtime knows
+about gRPC. Callers are authenticated by the internal credential
+(:class:`mesh.grpc_server.InternalAuthInterceptor`) before they get here, so
+the user named in ``x-user-id`` is the one the gateway vouches for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+import structlog
+
+from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
+from runtime.conversation import CancelTurn, ClientEvent, Conversation, Unsupported, UserMessage
+from runtime.errors import InvalidArgument, RuntimeServiceError, Unauthenticated
+from runtime.events import (
+    AssistantText,
+    ErrorEvent,
+    Sequenced,
+    SessionOpened,
+    TurnDone,
+    TurnStatus,
+)
+from runtime.llm import LlmClient
+from runtime.session import SessionRegistry
+from runtime.v1 import runtime_pb2, runtime_pb2_grpc
+
+log = structlog.get_logger("runtime.service")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS: dict[str, grpc.StatusCode] = {
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "conflict": grpc.StatusCode.ABORTED,
+}
+
+_TURN_STATUS = {
+    TurnStatus.COMPLETED: runtime_pb2.TURN_STATUS_COMPLETED,
+    TurnStatus.CANCELLED: runtime_pb2.TURN_STATUS_CANCELLED,
+    TurnStatus.FAILED: runtime_pb2.TURN_STATUS_FAILED,
+}
+
+
+async def _abort(context: Context, exc: RuntimeServiceError) -> NoReturn:
+    await context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+    raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
+    """The wire form of one session event."""
+    response = runtime_pb2.ConverseResponse(seq=item.seq)
+    match item.event:
+        case AssistantText(text=text):
+            response.assistant_delta.text = text
+        case TurnDone(status=status, usage=usage):
+            response.turn_done.status = _TURN_STATUS[status]
+            response.turn_done.usage.prompt_tokens = usage.prompt_tokens
+            response.turn_done.usage.completion_tokens = usage.completion_tokens
+        case ErrorEvent(code=code, message=message, retryable=retryable):
+            response.error.code = code
+            response.error.message = message
+            response.error.retryable = retryable
+        case SessionOpened() as opened:
+            response.session_opened.session_id = opened.session_id
+            response.session_opened.agent = opened.agent
+            response.session_opened.created = opened.created
+            response.session_opened.recovered = opened.recovered
+            response.session_opened.last_seq = opened.last_seq
+    return response
+
+
+def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
+    """The runtime's view of one client event."""
+    kind = request.WhichOneof("event")
+    if kind == "user_message":
+        message = request.user_message
+        return UserMessage(content=message.content, role=message.role or "user")
+    if kind == "cancel":
+        return CancelTurn()
+    if kind is None or kind == "open":
+        raise InvalidArgument("expected a client event after open")
+    return Unsupported(kind)
+
+
+class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
+    """Serves Converse streams against an in-memory session registry."""
+
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        llm: LlmClient,
+        *,
+        model: str,
+        outbox_size: int,
+        open_timeout: float,
+    ) -> None:
+        self._registry = registry
+        self._llm = llm
+        self._model = model
+        self._outbox_size = outbox_size
+        self._open_timeout = open_timeout
+
+    async def Converse(
+        self,
+        request_iterator: AsyncIterator[runtime_pb2.ConverseRequest],
+        context: Context,
+    ) -> None:
+        started = time.monotonic()
+        user = metadata_value(context, USER_HEADER)
+        if not user:
+            await _abort(context, Unauthenticated("x-user-id metadata is required"))
+        request_id = metadata_value(context, REQUEST_ID_HEADER)
+        try:
+            async with asyncio.timeout(self._open_timeout):
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            await _abort(context, InvalidArgument("no open event within the open timeout"))
+        if first is None or first.WhichOneof("event") != "open":
+            await _abort(context, InvalidArgument("the first event must be open"))
+        try:
+            session, created = self._registry.open(first.open.session_id, user)
+        except RuntimeServiceError as exc:
+            await _abort(context, exc)
+        bound = log.bind(session_id=session.session_id, user=user, request_id=request_id)
+        await context.write(
+            to_proto(
+                Sequenced(
+                    0, SessionOpened(session.session_id, session.agent, created, session.last_seq)
+                )
+            )
+        )
+        outbox: asyncio.Queue[Sequenced] = asyncio.Queue(maxsize=self._outbox_size)
+        conversation = Conversation(
+            session, self._llm, model=self._model, outbox=outbox, request_id=request_id
+        )
+        events_in = 0
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                pump = tasks.create_task(self._pump(outbox, context))
+                async for request in request_iterator:
+                    events_in += 1
+                    try:
+                        event = to_client_event(request)
+                    except InvalidArgument as exc:
+                        await conversation.emit(ErrorEvent("invalid_event", str(exc)))
+                        continue
+                    await conversation.handle(event)
+                # The client half-closed: finish the turn, flush, end the call.
+                await conversation.wait_idle()
+                await outbox.join()
+                pump.cancel()
+        finally:
+            await conversation.close()
+            bound.info(
+                "converse_finished",
+                events_in=events_in,
+                last_seq=session.last_seq,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                cancelled=context.cancelled(),
+            )
+
+    @staticmethod
+    async def _pump(outbox: asyncio.Queue[Sequenced], context: Context) -> None:
+        while True:
+            item = await outbox.get()
+            await context.write(to_proto(item))
+            outbox.task_done()
+
+    async def _unimplemented(self, context: Context, what: str) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{what} arrives with session persistence"
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ListAgents(self, request: Any, context: Context) -> Any:
+        await self._unimplemented(context, "ListAgents")
+
+    async def GetCurrentAgent(self, request: Any, context: Context) -> Any:
+        await self._unimplemented(context, "GetCurrentAgent")
+
+    async def CreateSession(self, request: Any, context: Context) -> Any:
+        await self._unimplemented(context, "CreateSession")
+
+    async def ListSessions(self, request: Any, context: Context) -> Any:
+        await self._unimplemented(context, "ListSessions")
+
+    async def GetSessionHistory(self, request: Any, context: Context) -> Any:
+        await self._unimplemented(context, "GetSessionHistory")
+
+    async def ListPendingApprovals(self, request: Any, context: Context) -> Any:
+        await self._unimplemented(context, "ListPendingApprovals")
