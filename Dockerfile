@@ -1,0 +1,16 @@
+# One image for every service; the command chooses which one runs:
+#   codelab-gateway | codelab-runtime | codelab-llmproxy | codelab-auth
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LITELLM_LOCAL_MODEL_COST_MAP=True
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY proto ./proto
+COPY mesh ./mesh
+COPY gateway ./gateway
+COPY runtime ./runtime
+COPY llmproxy ./llmproxy
+COPY auth ./auth
+COPY ide ./ide
+RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 codelab
+USER codelab
+CMD ["codelab-gateway"]

@@ -1,0 +1,202 @@
+"""Start the whole mesh on this machine, offline; run by ``scripts/up``.
+
+On first run it creates, under ``.codelab/`` (or ``$CODELAB_HOME``): the
+internal credential, the auth service's signing key and database, and a dev
+user whose password and a fresh access token are written next to them. Then it
+starts llmproxy, runtime, auth and gateway, waits until each is healthy,
+prints how to connect, and stops all four on Ctrl-C or SIGTERM.
+
+Any ``GATEWAY__*``, ``AGENT_RUNTIME__*``, ``LLM_PROXY__*`` or
+``AUTH_SERVICE__*`` variable already set in the environment wins over the
+defaults below (that is how the tests run it on free ports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get("CODELAB_HOME", ROOT / ".codelab")).resolve()
+PYTHON = sys.executable
+DEV_USER = "dev"
+START_TIMEOUT = 60.0
+
+
+def secret_file(path: Path, make: Callable[[], str]) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(make())
+    return path.read_text().strip()
+
+
+def environment() -> dict[str, str]:
+    key = secret_file(HOME / "internal-api-key", lambda: secrets.token_urlsafe(32))
+    defaults = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LLM_PROXY__INTERNAL_API_KEY": key,
+        "LLM_PROXY__PORT": "50052",
+        "AGENT_RUNTIME__INTERNAL_API_KEY": key,
+        "AGENT_RUNTIME__PORT": "50051",
+        "AUTH_SERVICE__PORT": "8003",
+        "AUTH_SERVICE__DATABASE_URL": f"sqlite+aiosqlite:///{HOME / 'auth.db'}",
+        "AUTH_SERVICE__KEYS_DIR": str(HOME / "keys"),
+        "GATEWAY__INTERNAL_API_KEY": key,
+        "GATEWAY__PORT": "8000",
+    }
+    env = {**defaults, **os.environ}
+    env.setdefault("AGENT_RUNTIME__LLM_PROXY_ADDRESS", f"127.0.0.1:{env['LLM_PROXY__PORT']}")
+    auth = f"http://127.0.0.1:{env['AUTH_SERVICE__PORT']}"
+    env.setdefault("AUTH_SERVICE__ISSUER", auth)
+    env.setdefault("GATEWAY__RUNTIME_ADDRESS", f"127.0.0.1:{env['AGENT_RUNTIME__PORT']}")
+    env.setdefault("GATEWAY__JWKS_URL", f"{auth}/.well-known/jwks.json")
+    env.setdefault("GATEWAY__JWT_ISSUER", env["AUTH_SERVICE__ISSUER"])
+    return env
+
+
+def run_admin(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
+    subprocess.run([PYTHON, "-m", "auth.admin", *args], env=env, input=stdin, text=True, check=True)
+
+
+def ensure_dev_user(env: dict[str, str]) -> dict[str, str]:
+    run_admin(env, "migrate")
+    path = HOME / "dev-user.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    password = secrets.token_urlsafe(18)
+    run_admin(env, "add-user", DEV_USER, "--password-stdin", stdin=password + "\n")
+    secret_file(path, lambda: json.dumps({"username": DEV_USER, "password": password}))
+    return {"username": DEV_USER, "password": password}
+
+
+def start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    logs = HOME / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = (logs / f"{name}.log").open("ab")
+    return subprocess.Popen([PYTHON, "-m", module], env=env, stdout=log, stderr=log, cwd=ROOT)
+
+
+def grpc_serving(port: str) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def http_healthy(port: str) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(name: str, proc: subprocess.Popen[bytes], check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}; see {HOME / 'logs'}")
+        if check():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{name} did not become healthy in {START_TIMEOUT:.0f}s")
+
+
+def fetch_token(env: dict[str, str], user: dict[str, str]) -> str:
+    reply = httpx.post(
+        f"http://127.0.0.1:{env['AUTH_SERVICE__PORT']}/oauth/token",
+        data={
+            "grant_type": "password",
+            "username": user["username"],
+            "password": user["password"],
+            "client_id": env.get("AUTH_SERVICE__CLIENT_ID", "codelab-ide"),
+        },
+        timeout=10,
+    )
+    reply.raise_for_status()
+    token = str(reply.json()["access_token"])
+    path = HOME / "token"
+    path.unlink(missing_ok=True)
+    secret_file(path, lambda: token)
+    return token
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    HOME.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = environment()
+    user = ensure_dev_user(env)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        plan = [
+            ("llmproxy", "llmproxy", lambda: grpc_serving(env["LLM_PROXY__PORT"])),
+            ("runtime", "runtime", lambda: grpc_serving(env["AGENT_RUNTIME__PORT"])),
+            ("auth", "auth", lambda: http_healthy(env["AUTH_SERVICE__PORT"])),
+            ("gateway", "gateway", lambda: http_healthy(env["GATEWAY__PORT"])),
+        ]
+        for name, module, check in plan:
+            proc = start(name, module, env)
+            procs.append(proc)
+            wait_healthy(name, proc, check)
+            print(f"up: {name} healthy", flush=True)
+        fetch_token(env, user)
+        gateway = f"ws://127.0.0.1:{env['GATEWAY__PORT']}/ws/<session_id>"
+        print(
+            "\nCodeLab mesh is up (offline model).\n"
+            f"  WebSocket   {gateway}\n"
+            f"  token       {HOME / 'token'}   (dev user: {HOME / 'dev-user.json'})\n"
+            f"  logs        {HOME / 'logs'}\n"
+            '  try         scripts/chat "hello"\n'
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stopping:
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(f"up: a service exited with {proc.returncode}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        stop_all(procs)
+        print("up: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
