@@ -1,0 +1,132 @@
+"""Composition root: ``python -m llmproxy`` / ``codelab-llmproxy``.
+
+Environment (read once, into :class:`Settings`):
+
+- ``LLM_PROXY__HOST`` (127.0.0.1), ``LLM_PROXY__PORT`` (50052; 0 picks one)
+- ``LLM_PROXY__INTERNAL_API_KEY`` (required): the mesh's shared credential
+- ``LLM_PROXY__CONFIG``: LiteLLM proxy YAML (default: packaged ``default.yaml``)
+- ``LLM_PROXY__LOG_LEVEL`` (INFO)
+- ``LLM_PROXY__SHUTDOWN_GRACE`` (5 seconds for in-flight calls on SIGTERM)
+- ``LLM_PROXY__MAX_CONCURRENT_RPCS`` (1000; further calls are refused
+  with RESOURCE_EXHAUSTED)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from mesh.env import ConfigError as EnvError
+from mesh.env import Env
+from mesh.grpc_server import MeshServer
+from mesh.logs import configure_logging
+from mesh.signals import wait_for_stop_signal
+
+log = structlog.get_logger("llmproxy")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the process reads from its environment."""
+
+    internal_api_key: str
+    host: str = "127.0.0.1"
+    port: int = 50052
+    config_path: Path | None = None
+    log_level: str = "INFO"
+    shutdown_grace: float = 5.0
+    max_concurrent_rpcs: int = 1000
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``LLM_PROXY__*``; raises ``mesh.env.ConfigError`` naming a bad one."""
+        env = Env("LLM_PROXY", environ)
+        config = env.raw("CONFIG")
+        return cls(
+            internal_api_key=env.required("INTERNAL_API_KEY"),
+            host=env.str("HOST", "127.0.0.1"),
+            port=env.int("PORT", 50052),
+            config_path=None if config is None else Path(config),
+            log_level=env.str("LOG_LEVEL", "INFO"),
+            shutdown_grace=env.float("SHUTDOWN_GRACE", 5.0),
+            max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", 1000),
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[MeshServer]:
+    """Start the proxy; on exit, stop it with the shutdown grace.
+
+    Raises ``llmproxy.config.ConfigError`` for a bad config file. The yielded
+    server's ``port`` is the bound port (useful with ``port=0``).
+    """
+    # LiteLLM fetches its cost map over the network at import unless told not
+    # to; the proxy must start offline, so set it before the first import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    from llmproxy.config import default_config_path, load_config
+    from llmproxy.router import build_router
+    from llmproxy.service import LlmProxyServicer
+    from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+
+    config_path = settings.config_path or default_config_path()
+    config = load_config(config_path)
+    router = build_router(config)
+    mesh = MeshServer(
+        address=settings.address,
+        internal_api_key=settings.internal_api_key,
+        service_names=[llmproxy_pb2.DESCRIPTOR.services_by_name["LlmProxyService"].full_name],
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    llmproxy_pb2_grpc.add_LlmProxyServiceServicer_to_server(LlmProxyServicer(router), mesh.server)
+    port = await mesh.start()
+    log.info(
+        "llmproxy_started",
+        host=settings.host,
+        port=port,
+        config=str(config_path),
+        models=router.get_model_names(),
+    )
+    try:
+        yield mesh
+    finally:
+        await mesh.stop(settings.shutdown_grace)
+        log.info("llmproxy_stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    async with running(settings):
+        sig = await wait_for_stop_signal()
+        log.info("llmproxy_stopping", signal=sig.name)
+
+
+def main() -> None:
+    """Console entry point; exits 2 on a configuration error."""
+    try:
+        settings = Settings.from_env()
+    except EnvError as exc:
+        print(f"llmproxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level)
+    from llmproxy.config import ConfigError
+
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        log.error("llmproxy_config_invalid", error=str(exc))
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""The offline model: a deterministic LiteLLM custom provider.
+
+It answers without a network, so the embedded default and the tests run the
+same Router code path (retries, fallbacks, streaming wrapper) as real
+providers. Configure it like any other deployment::
+
+    model_list:
+      - model_name: offline
+        litellm_params:
+          model: offline/echo
+          reply_tokens: 24      # words in each reply
+          token_delay: 0.0      # seconds to wait before each streamed token
+          embedding_dimensions: 64
+
+LiteLLM hands unknown ``litellm_params`` of a custom provider to the handler
+as ``optional_params``; that is how these settings arrive. A request's
+``max_tokens`` below ``reply_tokens`` truncates the reply with finish reason
+``length``, as a real model would.
+
+The reply is ``"You said: <last user message>"`` followed by filler words,
+cut or padded to ``reply_tokens`` words. A streamed token is one word plus
+the space after it. :func:`compose_reply` is where a rules table can later
+turn a request into tool calls; the streaming code already forwards them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+import struct
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from litellm import CustomLLM
+from litellm.types.utils import (
+    ChatCompletionToolCallChunk,
+    EmbeddingResponse,
+    GenericStreamingChunk,
+    ModelResponse,
+)
+
+PROVIDER = "offline"
+DEFAULT_REPLY_TOKENS = 24
+DEFAULT_TOKEN_DELAY = 0.0
+DEFAULT_EMBEDDING_DIMENSIONS = 64
+
+FILLER_WORDS = (
+    "this is a deterministic reply from the offline model so tests and demos "
+    "see the same words every time they ask the same question"
+).split()
+
+
+@dataclass(frozen=True)
+class OfflineSettings:
+    """Per-deployment settings read from ``litellm_params``."""
+
+    reply_tokens: int = DEFAULT_REPLY_TOKENS
+    token_delay: float = DEFAULT_TOKEN_DELAY
+    embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS
+    max_tokens: int | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> OfflineSettings:
+        """Read the settings; raises ValueError naming a bad one."""
+        reply_tokens = _number(params, "reply_tokens", DEFAULT_REPLY_TOKENS, int)
+        token_delay = _number(params, "token_delay", DEFAULT_TOKEN_DELAY, float)
+        dimensions = _number(params, "embedding_dimensions", DEFAULT_EMBEDDING_DIMENSIONS, int)
+        max_tokens = params.get("max_tokens")
+        if reply_tokens < 1 or token_delay < 0 or dimensions < 1:
+            raise ValueError(
+                "offline model: reply_tokens and embedding_dimensions must be positive "
+                "and token_delay must not be negative"
+            )
+        return cls(
+            reply_tokens=reply_tokens,
+            token_delay=token_delay,
+            embedding_dimensions=dimensions,
+            max_tokens=None if max_tokens is None else int(max_tokens),
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the offline model answers: text tokens, then tool calls."""
+
+    tokens: tuple[str, ...]
+    finish_reason: str
+    prompt_tokens: int
+    tool_calls: tuple[ChatCompletionToolCallChunk, ...] = field(default_factory=tuple)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens) + len(self.tool_calls)
+
+
+def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettings) -> Reply:
+    """The deterministic reply to ``messages``."""
+    said = _content_text(_last_user_content(messages))
+    words = ["You", "said:", *said.split()]
+    fill = itertools.cycle(FILLER_WORDS)
+    while len(words) < settings.reply_tokens:
+        words.append(next(fill))
+    words = words[: settings.reply_tokens]
+    finish_reason = "stop"
+    if settings.max_tokens is not None and settings.max_tokens < len(words):
+        words = words[: max(settings.max_tokens, 0)]
+        finish_reason = "length"
+    tokens = tuple(word if i == len(words) - 1 else word + " " for i, word in enumerate(words))
+    prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
+    return Reply(tokens=tokens, finish_reason=finish_reason, prompt_tokens=prompt_tokens)
+
+
+def expected_reply_text(user_message: str, reply_tokens: int = DEFAULT_REPLY_TOKENS) -> str:
+    """The text the offline model answers to a single user message."""
+    reply = compose_reply(
+        [{"role": "user", "content": user_message}], OfflineSettings(reply_tokens=reply_tokens)
+    )
+    return reply.text
+
+
+def embed_text(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[float]:
+    """A unit vector seeded by the text's hash: same text, same vector."""
+    digest = hashlib.shake_256(text.encode("utf-8")).digest(4 * dimensions)
+    raw = [value / 2**31 - 1.0 for value in struct.unpack(f">{dimensions}I", digest)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+class OfflineLLM(CustomLLM):
+    """The LiteLLM handler registered for provider ``offline``.
+
+    Streaming honours ``token_delay`` with ``asyncio.sleep`` and is safe to
+    cancel between tokens. The blocking variants exist because LiteLLM routes
+    ``completion``/``embedding`` there; they sleep with ``time.sleep``.
+    """
+
+    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        reply = self._reply(kwargs)
+        return _model_response(kwargs["model_response"], kwargs["model"], reply)
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        reply = self._reply(kwargs)
+        return _model_response(kwargs["model_response"], kwargs["model"], reply)
+
+    def streaming(self, *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:
+        settings = OfflineSettings.from_params(kwargs["optional_params"])
+        reply = compose_reply(kwargs["messages"], settings)
+        for chunk in _chunks(reply):
+            if settings.token_delay and not chunk["is_finished"]:
+                time.sleep(settings.token_delay)
+            yield chunk
+
+    async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+        settings = OfflineSettings.from_params(kwargs["optional_params"])
+        reply = compose_reply(kwargs["messages"], settings)
+        for chunk in _chunks(reply):
+            if settings.token_delay and not chunk["is_finished"]:
+                await asyncio.sleep(settings.token_delay)
+            yield chunk
+
+    def embedding(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:
+        return _embedding_response(kwargs)
+
+    async def aembedding(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:
+        return _embedding_response(kwargs)
+
+    @staticmethod
+    def _reply(kwargs: Mapping[str, Any]) -> Reply:
+        settings = OfflineSettings.from_params(kwargs["optional_params"])
+        return compose_reply(kwargs["messages"], settings)
+
+
+def _chunks(reply: Reply) -> Iterator[GenericStreamingChunk]:
+    for token in reply.tokens:
+        yield GenericStreamingChunk(
+            text=token, tool_use=None, is_finished=False, finish_reason="", usage=None, index=0
+        )
+    for call in reply.tool_calls:
+        yield GenericStreamingChunk(
+            text="", tool_use=call, is_finished=False, finish_reason="", usage=None, index=0
+        )
+    yield GenericStreamingChunk(
+        text="",
+        tool_use=None,
+        is_finished=True,
+        finish_reason="tool_calls" if reply.tool_calls else reply.finish_reason,
+        usage={
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        },
+        index=0,
+    )
+
+
+def _model_response(response: ModelResponse, model: str, reply: Reply) -> ModelResponse:
+    response.model = model
+    response.choices[0].message.content = reply.text  # type: ignore[union-attr]
+    response.choices[0].finish_reason = reply.finish_reason
+    response.usage = {  # type: ignore[attr-defined]
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+    return response
+
+
+def _embedding_response(kwargs: Mapping[str, Any]) -> EmbeddingResponse:
+    settings = OfflineSettings.from_params(kwargs["optional_params"])
+    texts = [str(item) for item in kwargs["input"]]
+    response: EmbeddingResponse = kwargs["model_response"]
+    response.model = kwargs["model"]
+    response.data = [
+        {"object": "embedding", "index": i, "embedding": embed_text(text, settings.embedding_dimensions)}
+        for i, text in enumerate(texts)
+    ]
+    prompt_tokens = sum(len(text.split()) for text in texts)
+    response.usage = {  # type: ignore[assignment]
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 0,
+        "total_tokens": prompt_tokens,
+    }
+    return response
+
+
+def _last_user_content(messages: Sequence[Mapping[str, Any]]) -> Any:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message.get("content")
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    """Text of an OpenAI content field: a string or a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        )
+    return str(content)
+
+
+def _number(params: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    value = params.get(key)
+    if value is None:
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"offline model: {key}={value!r} is not a number") from None

@@ -1,0 +1,89 @@
+"""Fixtures: the proxy in-process on port 0, and the test OpenAI server."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmproxy.__main__ import Settings, running
+from llmproxy.v1 import llmproxy_pb2_grpc
+from mesh.grpc_server import internal_metadata
+from tests.conftest import free_port
+from tests.llmproxy.openai_server import OpenAIServer
+
+INTERNAL_KEY = "test-internal-key"
+UPSTREAM_KEY = "sk-test-upstream"
+METADATA = internal_metadata(INTERNAL_KEY)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A running proxy and a channel to it."""
+
+    port: int
+    channel: grpc.aio.Channel
+    stub: llmproxy_pb2_grpc.LlmProxyServiceStub
+
+
+StartProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
+    """Start the proxy with a YAML config text (None: the packaged default)."""
+    numbers = itertools.count()
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(config_yaml: str | None = None) -> Proxy:
+            config_path = None
+            if config_yaml is not None:
+                config_path = tmp_path / f"config-{next(numbers)}.yaml"
+                config_path.write_text(config_yaml)
+            settings = Settings(
+                internal_api_key=INTERNAL_KEY,
+                port=0,
+                config_path=config_path,
+                shutdown_grace=0.5,
+            )
+            server = await stack.enter_async_context(running(settings))
+            channel = await stack.enter_async_context(
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            )
+            return Proxy(server.port, channel, llmproxy_pb2_grpc.LlmProxyServiceStub(channel))
+
+        yield start
+
+
+@pytest.fixture
+def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    """The test OpenAI server; TEST_OPENAI_KEY holds its key."""
+    monkeypatch.setenv("TEST_OPENAI_KEY", UPSTREAM_KEY)
+    server = OpenAIServer(api_key=UPSTREAM_KEY)
+    server.start(free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# LiteLLM declares `ReadOnly` items on TypedDicts that its pydantic models
+# embed (litellm.types.llms.openai, e.g. ChatCompletionReasoningItem.summary);
+# pydantic warns the first time it builds those schemas, which happens lazily
+# inside the Router. Nothing in our code can avoid it, so it is filtered by
+# its exact text for this directory only.
+LITELLM_READONLY_WARNING = (
+    r"ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning"
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.filterwarnings(LITELLM_READONLY_WARNING))

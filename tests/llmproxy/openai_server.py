@@ -1,0 +1,230 @@
+"""A small OpenAI-compatible HTTP server for tests (starlette + uvicorn).
+
+It speaks just enough of the API for LiteLLM's ``openai/`` provider:
+``POST /v1/chat/completions`` (SSE streaming and plain JSON) and
+``POST /v1/embeddings``. The requested model name picks the behaviour:
+
+- ``text-model``: streams :data:`TEXT_REPLY` one word per chunk.
+- ``tool-model``: streams :data:`TOOL_PREAMBLE`, then a ``read_file`` tool
+  call whose id and name come in the first fragment and whose arguments
+  come in several fragments.
+- ``slow-model``: streams up to 1000 words, 20 ms apart, and records in
+  :attr:`OpenAIServer.closed_streams` whether each stream finished or was
+  abandoned by the client.
+
+Every request needs ``Authorization: Bearer <api_key>``; anything else gets
+an OpenAI-style 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+TEXT_REPLY = "Hello from the test server, streamed word by word."
+TOOL_PREAMBLE = "Let me look."
+TOOL_CALL_ID = "call_test_1"
+TOOL_ARGUMENT_FRAGMENTS = ('{"pa', 'th": "src/', 'main.py"}')
+
+
+class OpenAIServer:
+    """The app plus what it observed; run it with :meth:`start`/:meth:`stop`."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+        self.requests: list[dict[str, Any]] = []
+        self.closed_streams: list[str] = []
+        self.stream_closed = threading.Event()
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            ]
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, port: int) -> None:
+        """Serve on 127.0.0.1:``port`` in a thread; returns once listening."""
+        self.port = port
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test OpenAI server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+
+    def _refusal(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") == f"Bearer {self.api_key}":
+            return None
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "Incorrect API key provided.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+            status_code=401,
+        )
+
+    async def _chat(self, request: Request) -> Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body = await request.json()
+        self.requests.append(body)
+        model = body["model"]
+        if model == "tool-model":
+            deltas = _tool_deltas()
+            finish_reason = "tool_calls"
+        elif model == "slow-model":
+            deltas = [{"content": "word "} for _ in range(1000)]
+            finish_reason = "stop"
+        else:
+            deltas = [{"content": word} for word in _words(TEXT_REPLY)]
+            finish_reason = "stop"
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if not body.get("stream"):
+            return JSONResponse(_completion(model, deltas, finish_reason))
+        delay = 0.02 if model == "slow-model" else 0.0
+        return StreamingResponse(
+            self._sse(model, deltas, finish_reason, include_usage, delay),
+            media_type="text/event-stream",
+        )
+
+    async def _sse(
+        self,
+        model: str,
+        deltas: list[dict[str, Any]],
+        finish_reason: str,
+        include_usage: bool,
+        delay: float,
+    ) -> AsyncIterator[str]:
+        outcome = "abandoned"
+        try:
+            for i, delta in enumerate(deltas):
+                if delay:
+                    await asyncio.sleep(delay)
+                if i == 0:
+                    delta = {"role": "assistant", **delta}
+                yield _event(_chunk(model, [{"index": 0, "delta": delta, "finish_reason": None}]))
+            yield _event(_chunk(model, [{"index": 0, "delta": {}, "finish_reason": finish_reason}]))
+            if include_usage:
+                yield _event({**_chunk(model, []), "usage": _usage(len(deltas))})
+            yield "data: [DONE]\n\n"
+            outcome = "finished"
+        finally:
+            self.closed_streams.append(outcome)
+            self.stream_closed.set()
+
+    async def _embeddings(self, request: Request) -> Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body = await request.json()
+        self.requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [float(len(text)), 1.0, 0.5]}
+                    for i, text in enumerate(inputs)
+                ],
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            }
+        )
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [word + " " for word in words[:-1]] + [words[-1]]
+
+
+def _tool_deltas() -> list[dict[str, Any]]:
+    deltas: list[dict[str, Any]] = [{"content": word} for word in _words(TOOL_PREAMBLE)]
+    deltas.append(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": TOOL_CALL_ID,
+                    "type": "function",
+                    "function": {"name": "read_file", "arguments": ""},
+                }
+            ]
+        }
+    )
+    deltas.extend(
+        {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
+        for fragment in TOOL_ARGUMENT_FRAGMENTS
+    )
+    return deltas
+
+
+def _chunk(model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": choices,
+    }
+
+
+def _usage(completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": 11,
+        "completion_tokens": completion_tokens,
+        "total_tokens": 11 + completion_tokens,
+    }
+
+
+def _completion(model: str, deltas: list[dict[str, Any]], finish_reason: str) -> dict[str, Any]:
+    text = "".join(delta.get("content", "") for delta in deltas)
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": _usage(len(deltas)),
+    }
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
