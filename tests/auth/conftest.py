@@ -1,0 +1,109 @@
+"""Fixtures for the auth service: real SQLite files, real PostgreSQL, real keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+
+from auth.keys import KeyRing
+from auth.passwords import Passwords
+from auth.store import UserStore, create_engine, migrate
+
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+# Cheap argon2 parameters keep the suite fast; production uses the library's defaults.
+FAST_HASHER_PARAMS = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+
+
+@pytest.fixture
+def passwords() -> Passwords:
+    return Passwords(PasswordHasher(**FAST_HASHER_PARAMS))
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def keys(keys_dir: Path) -> KeyRing:
+    return KeyRing.load_or_create(keys_dir)
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    # The parent directory does not exist yet: create_engine must make it.
+    url = f"sqlite+aiosqlite:///{tmp_path}/data/auth.db"
+    await migrate(url)
+    return url
+
+
+def _postgres_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test run, dropped at the end."""
+    if not _postgres_reachable():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PostgreSQL is required in CI but 127.0.0.1:5432 is not reachable")
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    name = f"test_auth_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        asyncio.run(migrate(url))
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def postgres_url(postgres_database: str) -> str:
+    """The run's PostgreSQL database, emptied of users before each test."""
+    engine = create_engine(postgres_database)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DELETE FROM users"))
+    finally:
+        await engine.dispose()
+    return postgres_database
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database of each kind: SQLite file, PostgreSQL."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def users(sqlite_url: str) -> AsyncIterator[UserStore]:
+    """A user store on a migrated SQLite file."""
+    engine = create_engine(sqlite_url)
+    try:
+        yield UserStore(engine)
+    finally:
+        await engine.dispose()
