@@ -1,0 +1,83 @@
+"""Composition root: ``python -m gateway`` / ``codelab-gateway``.
+
+Reads ``GATEWAY__*`` once (see :class:`gateway.config.GatewayConfig`), builds
+the JWKS client, the runtime channel and the server, serves until SIGTERM or
+SIGINT, then closes every WebSocket with 1012 (service restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, cast
+
+import grpc
+import httpx
+import structlog
+
+from gateway.config import GatewayConfig
+from gateway.jwks import JwksCache, TokenVerifier
+from gateway.server import Gateway
+from mesh.env import Env
+from mesh.logs import configure_logging
+from mesh.signals import wait_for_stop_signal
+from runtime.v1 import runtime_pb2_grpc
+
+if TYPE_CHECKING:
+    from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
+
+log = structlog.get_logger("gateway")
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
+    """A started gateway with all its resources; stopped and disposed on exit.
+
+    Tests use this to run the real composition in-process (``port=0`` picks
+    a free port; read it from :attr:`Gateway.port`).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        http_client = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=config.jwks_timeout, follow_redirects=False)
+        )
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel(config.runtime_address))
+        keys = JwksCache(
+            http_client,
+            config.jwks_url,
+            ttl=config.jwks_ttl,
+            min_refetch_interval=config.jwks_min_refetch_interval,
+        )
+        verifier = TokenVerifier(
+            keys,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+            leeway=config.jwt_leeway,
+            require_at_jwt=config.jwt_require_at_jwt,
+        )
+        # The stub's async overload needs grpc's type stubs to be selected.
+        runtime = cast(
+            "AgentRuntimeServiceAsyncStub", runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
+        )
+        gateway = Gateway(config, verifier, runtime)
+        stack.push_async_callback(gateway.stop)
+        await gateway.start()
+        yield gateway
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Run until a stop signal arrives."""
+    async with running_gateway(config):
+        received = await wait_for_stop_signal()
+        log.info("gateway_stopping", signal=received.name)
+
+
+def main() -> None:
+    """Console entry point."""
+    config = GatewayConfig.from_env(Env("GATEWAY"))
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""IDE JSON frames ⇄ runtime protobuf messages; pure, no I/O.
+
+:func:`parse_frame` turns one text frame from the IDE into either a
+``ConverseRequest`` for the runtime or a :class:`Reauthenticate` action the
+gateway handles itself, raising :class:`~gateway.errors.FrameError` for
+anything unusable. :func:`response_to_frame` turns one ``ConverseResponse``
+into the JSON object the IDE receives, and :func:`encode` serialises it.
+
+Every frame sent to the IDE carries ``seq``: the session's event number for
+runtime events, ``None`` for frames the gateway makes itself (those are not
+session events, are never replayed, and must not move a client's resume point).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from gateway.errors import FrameError
+from runtime.v1 import runtime_pb2
+
+Frame = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reauthenticate:
+    """An ``auth`` frame: a fresh access token for the open connection."""
+
+    token: str
+
+
+IdeAction = runtime_pb2.ConverseRequest | Reauthenticate
+
+_DECISIONS = {
+    "approve": runtime_pb2.DECISION_APPROVE,
+    "edit": runtime_pb2.DECISION_EDIT,
+    "reject": runtime_pb2.DECISION_REJECT,
+}
+_PLAN_DECISIONS = {key: _DECISIONS[key] for key in ("approve", "reject")}
+_TURN_STATUS = {
+    runtime_pb2.TURN_STATUS_COMPLETED: "completed",
+    runtime_pb2.TURN_STATUS_CANCELLED: "cancelled",
+    runtime_pb2.TURN_STATUS_FAILED: "failed",
+    runtime_pb2.TURN_STATUS_AWAITING_TOOLS: "awaiting_tools",
+}
+
+# ---------------------------------------------------------------------------
+# IDE → runtime
+
+
+def parse_frame(text: str) -> IdeAction:
+    """Validate one IDE text frame and translate it.
+
+    Unknown extra fields are ignored, ``null`` counts as absent for optional
+    fields. Raises :class:`FrameError` with code ``invalid_json``,
+    ``not_an_object``, ``unknown_type``, ``missing_field`` or ``invalid_field``.
+    """
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError:
+        raise FrameError("invalid_json", "the frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise FrameError("not_an_object", "the frame must be a JSON object")
+    kind = data.get("type")
+    if kind is None:
+        raise FrameError("missing_field", "the frame has no 'type'")
+    if not isinstance(kind, str):
+        raise FrameError("invalid_field", "'type' must be a string")
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise FrameError("unknown_type", f"unknown frame type {kind[:64]!r}")
+    return parser(data)
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's json module accepts them.
+    raise ValueError(name)
+
+
+def _user_message(data: Mapping[str, Any]) -> IdeAction:
+    content = _required_str(data, "content")
+    if not content.strip():
+        raise FrameError("invalid_field", "'content' must not be empty")
+    role = _optional_str(data, "role") or "user"
+    return runtime_pb2.ConverseRequest(
+        user_message=runtime_pb2.UserMessage(content=content, role=role)
+    )
+
+
+def _tool_result(data: Mapping[str, Any]) -> IdeAction:
+    call_id = _required_str(data, "call_id")
+    result = _optional_object(data, "result")
+    error = _optional_str(data, "error")
+    if (result is None) == (error is None):
+        raise FrameError("invalid_field", "exactly one of 'result' and 'error' is required")
+    message = runtime_pb2.ToolResult(call_id=call_id)
+    if result is not None:
+        message.result.CopyFrom(_struct(result))
+    else:
+        message.error = error or ""
+    return runtime_pb2.ConverseRequest(tool_result=message)
+
+
+def _hitl_decision(data: Mapping[str, Any]) -> IdeAction:
+    call_id = _required_str(data, "call_id")
+    decision = _required_choice(data, "decision", _DECISIONS)
+    arguments = _optional_object(data, "modified_arguments")
+    message = runtime_pb2.ApprovalDecision(
+        call_id=call_id, decision=decision, feedback=_optional_str(data, "feedback") or ""
+    )
+    if decision == runtime_pb2.DECISION_EDIT:
+        if arguments is None:
+            raise FrameError("missing_field", "'modified_arguments' is required to edit")
+        message.modified_arguments.CopyFrom(_struct(arguments))
+    return runtime_pb2.ConverseRequest(approval_decision=message)
+
+
+def _switch_agent(data: Mapping[str, Any]) -> IdeAction:
+    return runtime_pb2.ConverseRequest(
+        switch_agent=runtime_pb2.SwitchAgent(
+            agent_type=_required_str(data, "agent_type"),
+            content=_optional_str(data, "content") or "",
+            reason=_optional_str(data, "reason") or "",
+        )
+    )
+
+
+def _plan_approval(data: Mapping[str, Any]) -> IdeAction:
+    return runtime_pb2.ConverseRequest(
+        plan_approval=runtime_pb2.PlanApproval(
+            plan_id=_required_str(data, "plan_id"),
+            decision=_required_choice(data, "decision", _PLAN_DECISIONS),
+            feedback=_optional_str(data, "feedback") or "",
+        )
+    )
+
+
+def _cancel(data: Mapping[str, Any]) -> IdeAction:
+    return runtime_pb2.ConverseRequest(cancel=runtime_pb2.Cancel())
+
+
+def _file_changed(data: Mapping[str, Any]) -> IdeAction:
+    path = _required_str(data, "path")
+    if "timestamp" not in data or data["timestamp"] is None:
+        raise FrameError("missing_field", "'timestamp' is required")
+    return runtime_pb2.ConverseRequest(
+        file_changed=runtime_pb2.FileChanged(path=path, timestamp=_timestamp(data["timestamp"]))
+    )
+
+
+def _auth(data: Mapping[str, Any]) -> IdeAction:
+    return Reauthenticate(token=_required_str(data, "token"))
+
+
+_PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {
+    "user_message": _user_message,
+    "tool_result": _tool_result,
+    "hitl_decision": _hitl_decision,
+    "switch_agent": _switch_agent,
+    "plan_approval": _plan_approval,
+    "cancel": _cancel,
+    "file_changed": _file_changed,
+    "auth": _auth,
+}
+
+
+def _required_str(data: Mapping[str, Any], name: str) -> str:
+    if data.get(name) is None:
+        raise FrameError("missing_field", f"{name!r} is required")
+    value = _optional_str(data, name)
+    assert value is not None
+    return value
+
+
+def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise FrameError("invalid_field", f"{name!r} must be a string")
+    return value
+
+
+def _optional_object(data: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise FrameError("invalid_field", f"{name!r} must be an object")
+    return value
+
+
+def _required_choice(
+    data: Mapping[str, Any], name: str, choices: Mapping[str, runtime_pb2.Decision.ValueType]
+) -> runtime_pb2.Decision.ValueType:
+    value = _required_str(data, name)
+    if value not in choices:
+        raise FrameError("invalid_field", f"{name!r} must be one of {', '.join(choices)}")
+    return choices[value]
+
+
+def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(value)
+    except (ValueError, TypeError):  # pragma: no cover - json.loads output always fits
+        raise FrameError("invalid_field", "the object cannot be represented") from None
+    return struct
+
+
+def _timestamp(value: object) -> timestamp_pb2.Timestamp:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            moment = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise FrameError("invalid_field", "'timestamp' is out of range") from None
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise FrameError("invalid_field", "'timestamp' is not ISO-8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    else:
+        raise FrameError("invalid_field", "'timestamp' must be a number or an ISO-8601 string")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+# ---------------------------------------------------------------------------
+# runtime → IDE
+
+
+def response_to_frame(response: runtime_pb2.ConverseResponse) -> Frame | None:
+    """The IDE frame for one runtime event, or None for an event this
+    gateway does not know (a newer runtime); callers skip those."""
+    kind = response.WhichOneof("event")
+    if kind is None:
+        return None
+    build = _BUILDERS.get(kind)
+    if build is None:  # pragma: no cover - every v1 event has a builder
+        return None
+    frame = build(getattr(response, kind))
+    frame["seq"] = response.seq
+    return frame
+
+
+def _session_info(event: runtime_pb2.SessionOpened) -> Frame:
+    return {
+        "type": "session_info",
+        "content": "",
+        "metadata": {
+            "session_id": event.session_id,
+            "agent": event.agent,
+            "created": event.created,
+            "recovered": event.recovered,
+            "last_seq": event.last_seq,
+        },
+    }
+
+
+def _assistant_delta(event: runtime_pb2.AssistantDelta) -> Frame:
+    return {
+        "type": "assistant_message",
+        "token": event.text,
+        "content": event.text,
+        "is_final": False,
+    }
+
+
+def _turn_done(event: runtime_pb2.TurnDone) -> Frame:
+    usage = {
+        "prompt_tokens": event.usage.prompt_tokens,
+        "completion_tokens": event.usage.completion_tokens,
+        "total_tokens": event.usage.prompt_tokens + event.usage.completion_tokens,
+    }
+    return {
+        "type": "assistant_message",
+        "token": "",
+        "content": "",
+        "is_final": True,
+        "metadata": {"status": _TURN_STATUS.get(event.status, "unspecified"), "usage": usage},
+    }
+
+
+def _tool_call(event: runtime_pb2.ToolCall) -> Frame:
+    return {
+        "type": "tool_call",
+        "call_id": event.call_id,
+        "tool_name": event.tool_name,
+        "arguments": struct_to_dict(event.arguments),
+        "requires_approval": event.requires_approval,
+        "reason": event.reason,
+    }
+
+
+def _agent_switched(event: runtime_pb2.AgentSwitched) -> Frame:
+    return {
+        "type": "agent_switched",
+        "from_agent": event.from_agent,
+        "to_agent": event.to_agent,
+        "reason": event.reason,
+        # float32 on the wire: 0.8 arrives as 0.800000011920929.
+        "confidence": round(event.confidence, 6),
+        "content": event.content,
+    }
+
+
+def _plan_update(event: runtime_pb2.PlanUpdate) -> Frame:
+    return {
+        "type": "plan_update",
+        "plan_id": event.plan_id,
+        "steps": [
+            {"id": step.id, "desc": step.description, "status": step.status} for step in event.steps
+        ],
+        "current_step": event.current_step,
+        "metadata": {"requires_approval": event.requires_approval},
+    }
+
+
+def _plan_progress(event: runtime_pb2.PlanProgress) -> Frame:
+    return {
+        "type": "plan_progress",
+        "plan_id": event.plan_id,
+        "step_id": event.step_id,
+        "result": event.result,
+        "status": event.status,
+    }
+
+
+def _error(event: runtime_pb2.Error) -> Frame:
+    return error_frame(event.code, event.message, retryable=event.retryable)
+
+
+_BUILDERS: Mapping[str, Callable[[Any], Frame]] = {
+    "session_opened": _session_info,
+    "assistant_delta": _assistant_delta,
+    "turn_done": _turn_done,
+    "tool_call": _tool_call,
+    "agent_switched": _agent_switched,
+    "plan_update": _plan_update,
+    "plan_progress": _plan_progress,
+    "error": _error,
+}
+
+
+def error_frame(code: str, message: str, *, retryable: bool = False) -> Frame:
+    """An ``error`` frame; ``seq`` is None until a runtime event sets it."""
+    return {
+        "type": "error",
+        "content": message,
+        "error": message,
+        "code": code,
+        "metadata": {"retryable": retryable},
+        "seq": None,
+    }
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON data, integral numbers as ints.
+
+    Struct stores every number as a double; a file size or line number the
+    IDE sent as ``3`` should come back as ``3``, not ``3.0``.
+    """
+    value = json_format.MessageToDict(struct)
+    return {key: _integral(item) for key, item in value.items()}
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
+
+
+def encode(frame: Frame) -> str:
+    """The frame as compact JSON text, non-ASCII characters kept as is."""
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
