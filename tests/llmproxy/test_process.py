@@ -1,0 +1,110 @@
+"""``python -m llmproxy`` as a real process: start, serve, SIGTERM, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmproxy.offline import expected_reply_text
+from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+from tests.conftest import free_port
+from tests.llmproxy.conftest import INTERNAL_KEY, METADATA
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_until_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes]) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, "llmproxy exited before serving"
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        assert time.monotonic() < deadline, "llmproxy did not become SERVING"
+        await asyncio.sleep(0.1)
+
+
+async def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "LLM_PROXY__PORT": str(port),
+        "LLM_PROXY__INTERNAL_API_KEY": INTERNAL_KEY,
+        "LLM_PROXY__SHUTDOWN_GRACE": "1",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    log_path = tmp_path / "llmproxy.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmproxy"], cwd=REPO, env=env, stdout=log_file, stderr=log_file
+        )
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await wait_until_serving(channel, process)
+                stub = llmproxy_pb2_grpc.LlmProxyServiceStub(channel)
+                request = llmproxy_pb2.StreamChatRequest(
+                    model="offline",
+                    messages=[llmproxy_pb2.ChatMessage(role="user", content="plugh xyzzy")],
+                )
+                responses = [r async for r in stub.StreamChat(request, metadata=METADATA)]
+            process.send_signal(signal.SIGTERM)
+            exit_code = await asyncio.to_thread(process.wait, 20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    text = "".join(r.text.text for r in responses if r.WhichOneof("chunk") == "text")
+    assert text == expected_reply_text("plugh xyzzy")
+    assert responses[-1].WhichOneof("chunk") == "end"
+    log = log_path.read_text()
+    assert exit_code == 0, log
+    assert '"event": "llmproxy_started"' in log
+    assert f'"port": {port}' in log
+    assert '"event": "stream_chat_finished"' in log
+    assert "xyzzy" not in log  # message contents never reach the log
+
+
+def test_missing_internal_key_exits_2_naming_the_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PROXY__")}
+    result = subprocess.run(
+        [sys.executable, "-m", "llmproxy"], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+
+    assert result.returncode == 2
+    assert b"LLM_PROXY__INTERNAL_API_KEY" in result.stderr
+
+
+def test_missing_environment_reference_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: gpt\n"
+        "    litellm_params:\n"
+        "      model: openai/gpt-4o\n"
+        "      api_key: os.environ/LLMPROXY_TEST_SURELY_UNSET\n"
+    )
+    env = {
+        **os.environ,
+        "LLM_PROXY__INTERNAL_API_KEY": INTERNAL_KEY,
+        "LLM_PROXY__CONFIG": str(config),
+        "LLM_PROXY__PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "llmproxy"], cwd=REPO, env=env, capture_output=True, timeout=60
+    )
+
+    assert result.returncode == 2
+    assert b"LLMPROXY_TEST_SURELY_UNSET" in result.stderr
