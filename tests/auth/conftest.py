@@ -107,3 +107,15 @@ async def users(sqlite_url: str) -> AsyncIterator[UserStore]:
         yield UserStore(engine)
     finally:
         await engine.dispose()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def subprocess_env(**variables: str) -> dict[str, str]:
+    """The environment for ``python -m auth...`` children: ours, minus AUTH_SERVICE__*."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AUTH_SERVICE__")}
+    # The checkout comes first so children import this tree's ``auth``.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(variables)
+    return env

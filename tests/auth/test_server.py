@@ -1,0 +1,148 @@
+"""``python -m auth`` as a real process on a real loopback port."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import free_port
+
+from .conftest import subprocess_env
+
+PASSWORD = "s3cret-passphrase"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _wait_until_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"auth exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    pytest.fail("auth did not become healthy in 20 s")
+
+
+@pytest.fixture
+def running_service(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = subprocess_env(
+        AUTH_SERVICE__PORT=str(port),
+        AUTH_SERVICE__ISSUER=base_url,
+        AUTH_SERVICE__LOG_LEVEL="INFO",
+    )
+    # The defaults put the database and keys under ./.codelab of the working directory.
+    added = subprocess.run(
+        [sys.executable, "-m", "auth.admin", "migrate"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    added = subprocess.run(
+        [sys.executable, "-m", "auth.admin", "add-user", "alice", "--password-stdin"],
+        input=PASSWORD,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "auth"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until_healthy(base_url, process)
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def test_token_over_a_real_socket_then_graceful_stop(
+    running_service: tuple[str, subprocess.Popen[str]], workdir: Path
+) -> None:
+    base_url, process = running_service
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        discovery = client.get("/.well-known/openid-configuration").json()
+        assert discovery["token_endpoint"] == f"{base_url}/oauth/token"
+        response = client.post(
+            discovery["token_endpoint"],
+            data={
+                "grant_type": "password",
+                "username": "alice",
+                "password": PASSWORD,
+                "client_id": "codelab-ide",
+            },
+        )
+        assert response.status_code == 200, response.text
+        token = response.json()["access_token"]
+        jwks = jwt.PyJWKSet.from_dict(client.get(discovery["jwks_uri"]).json())
+
+    kid = jwt.get_unverified_header(token)["kid"]
+    claims = jwt.decode(
+        token,
+        jwks[kid].key,
+        algorithms=["RS256"],
+        audience="codelab-api",
+        issuer=base_url,
+    )
+    assert claims["preferred_username"] == "alice"
+
+    key_files = list((workdir / ".codelab" / "keys").glob("*.pem"))
+    assert len(key_files) == 1
+    assert key_files[0].stat().st_mode & 0o777 == 0o600
+    assert (workdir / ".codelab" / "auth.db").is_file()
+
+    process.send_signal(signal.SIGTERM)
+    _stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "auth_stopped" in stderr
+    assert "token_issued" in stderr
+    # Nothing secret reaches the logs.
+    assert PASSWORD not in stderr
+    assert token not in stderr
+    assert token.split(".")[2] not in stderr
+    assert "PRIVATE KEY" not in stderr
+
+
+def test_bad_configuration_exits_2(workdir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "auth"],
+        cwd=workdir,
+        env=subprocess_env(AUTH_SERVICE__PORT="not-a-port"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "AUTH_SERVICE__PORT" in result.stderr
