@@ -1,0 +1,320 @@
+"""IDE JSON frames ⇄ runtime protobuf, driven directly with no network."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC
+from typing import Any
+
+import pytest
+from google.protobuf import struct_pb2
+
+from gateway.errors import FrameError
+from gateway.frames import Reauthenticate, encode, error_frame, parse_frame, response_to_frame
+from runtime.v1 import runtime_pb2 as pb
+
+
+def parse(frame: dict[str, Any]) -> Any:
+    return parse_frame(json.dumps(frame))
+
+
+def refused(text: str) -> FrameError:
+    with pytest.raises(FrameError) as caught:
+        parse_frame(text)
+    return caught.value
+
+
+# -- IDE → runtime -------------------------------------------------------
+
+
+def test_user_message():
+    request = parse({"type": "user_message", "content": "hello"})
+    assert request == pb.ConverseRequest(user_message=pb.UserMessage(content="hello", role="user"))
+    request = parse({"type": "user_message", "content": "x", "role": "system", "extra": 1})
+    assert request.user_message.role == "system"
+
+
+def test_tool_result_with_result_object():
+    request = parse(
+        {"type": "tool_result", "call_id": "c1", "result": {"content": "é", "lines": 3}}
+    )
+    assert request.tool_result.call_id == "c1"
+    assert request.tool_result.WhichOneof("outcome") == "result"
+    assert request.tool_result.result["content"] == "é"
+    assert request.tool_result.result["lines"] == 3
+
+
+def test_tool_result_with_error():
+    request = parse({"type": "tool_result", "call_id": "c1", "error": "ENOENT", "result": None})
+    assert request.tool_result.WhichOneof("outcome") == "error"
+    assert request.tool_result.error == "ENOENT"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "tool_result", "call_id": "c1"},
+        {"type": "tool_result", "call_id": "c1", "result": {}, "error": "x"},
+    ],
+)
+def test_tool_result_needs_exactly_one_outcome(frame: dict[str, Any]):
+    assert refused(json.dumps(frame)).code == "invalid_field"
+
+
+def test_hitl_decisions():
+    approve = parse({"type": "hitl_decision", "call_id": "c1", "decision": "approve"})
+    assert approve.approval_decision.decision == pb.DECISION_APPROVE
+    assert not approve.approval_decision.HasField("modified_arguments")
+    edit = parse(
+        {
+            "type": "hitl_decision",
+            "call_id": "c1",
+            "decision": "edit",
+            "modified_arguments": {"path": "a.md", "nested": {"k": [1, "two"]}},
+            "feedback": "use a.md",
+        }
+    )
+    assert edit.approval_decision.decision == pb.DECISION_EDIT
+    assert edit.approval_decision.modified_arguments["nested"]["k"][1] == "two"
+    assert edit.approval_decision.feedback == "use a.md"
+    reject = parse({"type": "hitl_decision", "call_id": "c1", "decision": "reject"})
+    assert reject.approval_decision.decision == pb.DECISION_REJECT
+
+
+def test_edit_needs_modified_arguments():
+    error = refused(json.dumps({"type": "hitl_decision", "call_id": "c", "decision": "edit"}))
+    assert error.code == "missing_field"
+
+
+def test_switch_agent():
+    request = parse({"type": "switch_agent", "agent_type": "coder", "content": "go"})
+    assert request.switch_agent == pb.SwitchAgent(agent_type="coder", content="go")
+
+
+def test_plan_approval():
+    request = parse(
+        {"type": "plan_approval", "plan_id": "p", "decision": "reject", "feedback": "no"}
+    )
+    assert request.plan_approval == pb.PlanApproval(
+        plan_id="p", decision=pb.DECISION_REJECT, feedback="no"
+    )
+    error = refused(json.dumps({"type": "plan_approval", "plan_id": "p", "decision": "edit"}))
+    assert error.code == "invalid_field"
+
+
+def test_cancel():
+    assert parse({"type": "cancel"}) == pb.ConverseRequest(cancel=pb.Cancel())
+
+
+@pytest.mark.parametrize(
+    "timestamp", [1_700_000_000, 1_700_000_000.5, "2023-11-14T22:13:20Z", "2023-11-14T22:13:20"]
+)
+def test_file_changed(timestamp: object):
+    request = parse({"type": "file_changed", "path": "src/a.py", "timestamp": timestamp})
+    assert request.file_changed.path == "src/a.py"
+    moment = request.file_changed.timestamp.ToDatetime(tzinfo=UTC)
+    assert int(moment.timestamp()) == 1_700_000_000
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", True, [1], 1e300])
+def test_file_changed_bad_timestamp(timestamp: object):
+    frame = {"type": "file_changed", "path": "a", "timestamp": timestamp}
+    assert refused(json.dumps(frame)).code == "invalid_field"
+
+
+def test_auth_frame_is_a_gateway_action():
+    assert parse({"type": "auth", "token": "abc"}) == Reauthenticate(token="abc")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ('{"type": "cancel", "x": NaN}', "invalid_json"),
+        ("[1, 2]", "not_an_object"),
+        ('"user_message"', "not_an_object"),
+        ("{}", "missing_field"),
+        ('{"type": 3}', "invalid_field"),
+        ('{"type": "shell"}', "unknown_type"),
+        ('{"type": "user_message"}', "missing_field"),
+        ('{"type": "user_message", "content": null}', "missing_field"),
+        ('{"type": "user_message", "content": 5}', "invalid_field"),
+        ('{"type": "user_message", "content": "  "}', "invalid_field"),
+        ('{"type": "user_message", "content": "x", "role": 1}', "invalid_field"),
+        ('{"type": "tool_result", "result": {}}', "missing_field"),
+        ('{"type": "tool_result", "call_id": "c", "result": "text"}', "invalid_field"),
+        ('{"type": "hitl_decision", "call_id": "c", "decision": "maybe"}', "invalid_field"),
+        ('{"type": "hitl_decision", "call_id": "c"}', "missing_field"),
+        (
+            '{"type": "hitl_decision", "call_id": "c", "decision": "edit", '
+            '"modified_arguments": []}',
+            "invalid_field",
+        ),
+        ('{"type": "switch_agent"}', "missing_field"),
+        ('{"type": "plan_approval", "decision": "approve"}', "missing_field"),
+        ('{"type": "file_changed", "path": "a"}', "missing_field"),
+        ('{"type": "auth"}', "missing_field"),
+    ],
+)
+def test_invalid_frames(text: str, code: str):
+    error = refused(text)
+    assert error.code == code
+    assert error.message
+
+
+# -- runtime → IDE -------------------------------------------------------
+
+
+def frame(**event: Any) -> dict[str, Any]:
+    result = response_to_frame(pb.ConverseResponse(seq=7, **event))
+    assert result is not None
+    assert result["seq"] == 7
+    return result
+
+
+def test_session_opened():
+    assert frame(
+        session_opened=pb.SessionOpened(
+            session_id="s1", agent="coder", created=True, recovered=True, last_seq=41
+        )
+    ) == {
+        "type": "session_info",
+        "content": "",
+        "metadata": {
+            "session_id": "s1",
+            "agent": "coder",
+            "created": True,
+            "recovered": True,
+            "last_seq": 41,
+        },
+        "seq": 7,
+    }
+
+
+def test_assistant_delta():
+    assert frame(assistant_delta=pb.AssistantDelta(text="Hel")) == {
+        "type": "assistant_message",
+        "token": "Hel",
+        "content": "Hel",
+        "is_final": False,
+        "seq": 7,
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "name"),
+    [
+        (pb.TURN_STATUS_COMPLETED, "completed"),
+        (pb.TURN_STATUS_CANCELLED, "cancelled"),
+        (pb.TURN_STATUS_FAILED, "failed"),
+        (pb.TURN_STATUS_AWAITING_TOOLS, "awaiting_tools"),
+        (pb.TURN_STATUS_UNSPECIFIED, "unspecified"),
+    ],
+)
+def test_turn_done(status: pb.TurnStatus.ValueType, name: str):
+    usage = pb.Usage(prompt_tokens=10, completion_tokens=5)
+    assert frame(turn_done=pb.TurnDone(status=status, usage=usage)) == {
+        "type": "assistant_message",
+        "token": "",
+        "content": "",
+        "is_final": True,
+        "metadata": {
+            "status": name,
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        },
+        "seq": 7,
+    }
+
+
+def test_tool_call_arguments_keep_integers():
+    arguments = struct_pb2.Struct()
+    arguments.update({"path": "a.py", "start": 3, "ratio": 0.5, "nested": {"lines": [1, 2.5]}})
+    assert frame(
+        tool_call=pb.ToolCall(
+            call_id="c1",
+            tool_name="read_file",
+            arguments=arguments,
+            requires_approval=True,
+            reason="writes",
+        )
+    ) == {
+        "type": "tool_call",
+        "call_id": "c1",
+        "tool_name": "read_file",
+        "arguments": {"path": "a.py", "start": 3, "ratio": 0.5, "nested": {"lines": [1, 2.5]}},
+        "requires_approval": True,
+        "reason": "writes",
+        "seq": 7,
+    }
+
+
+def test_agent_switched():
+    assert frame(
+        agent_switched=pb.AgentSwitched(
+            from_agent="orchestrator", to_agent="coder", reason="code", confidence=0.8, content="hi"
+        )
+    ) == {
+        "type": "agent_switched",
+        "from_agent": "orchestrator",
+        "to_agent": "coder",
+        "reason": "code",
+        "confidence": 0.8,
+        "content": "hi",
+        "seq": 7,
+    }
+
+
+def test_plan_update_and_progress():
+    update = pb.PlanUpdate(
+        plan_id="p",
+        steps=[pb.PlanStep(id="1", description="read", status="done")],
+        current_step="1",
+        requires_approval=True,
+    )
+    assert frame(plan_update=update) == {
+        "type": "plan_update",
+        "plan_id": "p",
+        "steps": [{"id": "1", "desc": "read", "status": "done"}],
+        "current_step": "1",
+        "metadata": {"requires_approval": True},
+        "seq": 7,
+    }
+    progress = pb.PlanProgress(plan_id="p", step_id="1", result="ok", status="done")
+    assert frame(plan_progress=progress) == {
+        "type": "plan_progress",
+        "plan_id": "p",
+        "step_id": "1",
+        "result": "ok",
+        "status": "done",
+        "seq": 7,
+    }
+
+
+def test_error():
+    error = pb.Error(code="llm_unavailable", message="try later", retryable=True)
+    assert frame(error=error) == {
+        "type": "error",
+        "content": "try later",
+        "error": "try later",
+        "code": "llm_unavailable",
+        "metadata": {"retryable": True},
+        "seq": 7,
+    }
+
+
+def test_gateway_error_frame_has_no_seq():
+    assert error_frame("invalid_json", "bad")["seq"] is None
+
+
+def test_empty_event_is_skipped():
+    assert response_to_frame(pb.ConverseResponse(seq=1)) is None
+
+
+def test_encode_is_compact_utf8():
+    assert encode({"type": "x", "content": "привет"}) == '{"type":"x","content":"привет"}'
+
+
+def test_round_trip_of_file_content_is_exact():
+    content = "line 1\n\tline 2 — ünïcode ✓\n"
+    request = parse({"type": "tool_result", "call_id": "c", "result": {"content": content}})
+    assert request.tool_result.result["content"] == content

@@ -1,0 +1,439 @@
+"""The real gateway on loopback, in front of a scripted gRPC runtime.
+
+This tests the gateway in isolation: the runtime here is a small fake
+servicer on a real gRPC server (with the mesh's credential check), so every
+byte crosses a real WebSocket and a real HTTP/2 connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from gateway.__main__ import running_gateway
+from gateway.config import GatewayConfig
+from gateway.server import Gateway
+from mesh.grpc_server import MeshServer
+from runtime.v1 import runtime_pb2 as pb
+from runtime.v1 import runtime_pb2_grpc
+from tests.conftest import free_port
+from tests.gateway.conftest import AUDIENCE, ISSUER, JwksEndpoint, SigningKey, mint
+
+INTERNAL_KEY = "internal-test-key"
+TIMEOUT = 10
+
+
+class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
+    """Answers open, echoes user messages as three deltas, obeys scripts.
+
+    ``abort:<STATUS>`` ends the stream with that status; ``hang`` blocks the
+    turn until the call is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue()
+        self.metadata: list[dict[str, str]] = []
+        self.cancelled = asyncio.Event()
+
+    async def Converse(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        self.metadata.append({item.key: item.value for item in context.invocation_metadata()})
+        seq = 0
+        try:
+            async for request in request_iterator:
+                await self.requests.put(request)
+                kind = request.WhichOneof("event")
+                if kind == "open":
+                    seq += 1
+                    yield pb.ConverseResponse(
+                        seq=seq,
+                        session_opened=pb.SessionOpened(
+                            session_id=request.open.session_id, agent="coder", created=True
+                        ),
+                    )
+                elif kind == "user_message":
+                    text = request.user_message.content
+                    if text.startswith("abort:"):
+                        await context.abort(grpc.StatusCode[text[6:]], "scripted failure")
+                    if text == "hang":
+                        await asyncio.Event().wait()
+                    for piece in ("echo: ", text, "!"):
+                        seq += 1
+                        yield pb.ConverseResponse(
+                            seq=seq, assistant_delta=pb.AssistantDelta(text=piece)
+                        )
+                    seq += 1
+                    yield pb.ConverseResponse(
+                        seq=seq,
+                        turn_done=pb.TurnDone(
+                            status=pb.TURN_STATUS_COMPLETED,
+                            usage=pb.Usage(prompt_tokens=3, completion_tokens=3),
+                        ),
+                    )
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def next_request(self) -> pb.ConverseRequest:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.requests.get()
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[tuple[FakeRuntime, int]]:
+    fake = FakeRuntime()
+    server = MeshServer(
+        address="127.0.0.1:0",
+        internal_api_key=INTERNAL_KEY,
+        service_names=[pb.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name],
+    )
+    runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(fake, server.server)
+    port = await server.start()
+    try:
+        yield fake, port
+    finally:
+        await server.stop(0)
+
+
+def make_config(jwks: JwksEndpoint, runtime_port: int, **overrides: Any) -> GatewayConfig:
+    settings: dict[str, Any] = {
+        "internal_api_key": INTERNAL_KEY,
+        "port": 0,
+        "runtime_address": f"127.0.0.1:{runtime_port}",
+        "jwks_url": jwks.url,
+        "jwt_issuer": ISSUER,
+        "jwt_audience": AUDIENCE,
+        "shutdown_grace": 5,
+    }
+    settings.update(overrides)
+    return GatewayConfig(**settings)
+
+
+@dataclass
+class Edge:
+    gateway: Gateway
+    fake: FakeRuntime
+    key: SigningKey
+    jwks: JwksEndpoint
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, path: str = "/ws/session-1") -> str:
+        return f"ws://127.0.0.1:{self.gateway.port}{path}"
+
+    def http(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.gateway.port}{path}"
+
+    def connect(self, path: str = "/ws/session-1", token: str | None = None, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token or mint(self.key)}"}
+        headers.update(kwargs.pop("headers", {}))
+        return connect(self.url(path), additional_headers=headers, **kwargs)
+
+
+@pytest.fixture
+async def edge(
+    runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+) -> AsyncIterator[Edge]:
+    fake, port = runtime
+    async with running_gateway(make_config(jwks_endpoint, port)) as gateway:
+        yield Edge(gateway, fake, rsa_key, jwks_endpoint)
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    async with asyncio.timeout(TIMEOUT):
+        message = await ws.recv()
+    assert isinstance(message, str)
+    frame: dict[str, Any] = json.loads(message)
+    return frame
+
+
+async def close_code(ws: ClientConnection) -> tuple[int | None, str | None]:
+    async with asyncio.timeout(TIMEOUT):
+        await ws.wait_closed()
+    return ws.close_code, ws.close_reason
+
+
+async def opened(ws: ClientConnection) -> dict[str, Any]:
+    frame = await receive(ws)
+    assert frame["type"] == "session_info"
+    return frame
+
+
+# -- streaming -----------------------------------------------------------
+
+
+async def test_user_message_streams_assistant_frames(edge: Edge):
+    async with edge.connect() as ws:
+        info = await opened(ws)
+        assert info["metadata"]["session_id"] == "session-1"
+        assert info["metadata"]["agent"] == "coder"
+        await ws.send(json.dumps({"type": "user_message", "content": "hi"}))
+        frames = [await receive(ws) for _ in range(4)]
+    assert [f["content"] for f in frames] == ["echo: ", "hi", "!", ""]
+    assert [f["is_final"] for f in frames] == [False, False, False, True]
+    assert all(f["type"] == "assistant_message" and f["token"] == f["content"] for f in frames)
+    assert [f["seq"] for f in frames] == [2, 3, 4, 5]
+    assert frames[-1]["metadata"]["status"] == "completed"
+    assert (await edge.fake.next_request()).open.session_id == "session-1"
+    message = (await edge.fake.next_request()).user_message
+    assert (message.content, message.role) == ("hi", "user")
+
+
+async def test_gateway_vouches_for_the_user(edge: Edge):
+    token = mint(edge.key, sub="alice")
+    async with edge.connect(token=token, headers={"X-Request-Id": "req-42"}) as ws:
+        await opened(ws)
+    metadata = edge.fake.metadata[0]
+    assert metadata["x-user-id"] == "alice"
+    assert metadata["x-internal-auth"] == INTERNAL_KEY
+    assert metadata["x-request-id"] == "req-42"
+
+
+async def test_api_v1_path_and_resume_from_last_seq(edge: Edge):
+    async with edge.connect("/api/v1/ws/s.2:x-y?last_seq=17") as ws:
+        await opened(ws)
+    request = await edge.fake.next_request()
+    assert request.open.session_id == "s.2:x-y"
+    assert request.open.HasField("resume_after_seq")
+    assert request.open.resume_after_seq == 17
+
+
+async def test_without_last_seq_resume_is_unset(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+    assert not (await edge.fake.next_request()).open.HasField("resume_after_seq")
+
+
+async def test_token_in_subprotocol(edge: Edge):
+    async with connect(edge.url(), subprotocols=["bearer", mint(edge.key)]) as ws:
+        assert ws.subprotocol == "bearer"
+        await opened(ws)
+        await ws.send(json.dumps({"type": "user_message", "content": "x"}))
+        assert (await receive(ws))["content"] == "echo: "
+
+
+# -- refused handshakes --------------------------------------------------
+
+
+async def refused_status(edge: Edge, **kwargs: Any) -> Any:
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(edge.url(kwargs.pop("path", "/ws/session-1")), **kwargs):
+            pass
+    return caught.value.response
+
+
+@pytest.mark.parametrize(
+    ("headers", "description"),
+    [
+        ({}, "missing bearer token"),
+        ({"Authorization": "Bearer nonsense"}, "malformed token"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing bearer token"),
+    ],
+)
+async def test_handshake_without_valid_token_is_401(
+    edge: Edge, headers: dict[str, str], description: str
+):
+    response = await refused_status(edge, additional_headers=headers)
+    assert response.status_code == 401
+    assert json.loads(response.body) == {
+        "error": "invalid_token",
+        "error_description": description,
+    }
+    assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    assert edge.fake.metadata == []
+
+
+async def test_expired_token_is_401(edge: Edge):
+    token = mint(edge.key, exp=int(time.time()) - 3600)
+    response = await refused_status(edge, additional_headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert json.loads(response.body)["error_description"] == "token expired"
+    assert token.encode() not in response.body
+
+
+async def test_unreachable_issuer_is_503(edge: Edge):
+    edge.jwks.status = 500
+    token = mint(edge.key)
+    response = await refused_status(edge, additional_headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/ws/bad%20id", 400), ("/ws/" + "x" * 129, 400), ("/ws/", 404), ("/ws/a/b", 404)],
+)
+async def test_bad_session_paths(edge: Edge, path: str, status: int):
+    token = mint(edge.key)
+    response = await refused_status(
+        edge, path=path, additional_headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == status
+
+
+async def test_health_and_unknown_paths(edge: Edge):
+    async with httpx.AsyncClient() as client:
+        for path in ("/health", "/api/v1/health"):
+            response = await client.get(edge.http(path))
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "application/json"
+            assert response.json() == {"status": "ok"}
+        missing = await client.get(edge.http("/nope"))
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "not_found"
+
+
+# -- frames --------------------------------------------------------------
+
+
+async def test_invalid_frames_get_error_frames_and_the_connection_survives(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        for text, code in [
+            ("{oops", "invalid_json"),
+            ('{"type": "teleport"}', "unknown_type"),
+            ('{"type": "user_message"}', "missing_field"),
+            ('{"type": "tool_result", "call_id": 1, "result": {}}', "invalid_field"),
+        ]:
+            await ws.send(text)
+            frame = await receive(ws)
+            assert (frame["type"], frame["code"], frame["seq"]) == ("error", code, None)
+            assert frame["content"] == frame["error"]
+        await ws.send(b"\x00\x01")
+        frame = await receive(ws)
+        assert frame["content"] == "binary frames are not supported"
+        await ws.send(json.dumps({"type": "user_message", "content": "still here"}))
+        assert (await receive(ws))["content"] == "echo: "
+    await edge.fake.next_request()  # open
+    assert (await edge.fake.next_request()).user_message.content == "still here"
+
+
+async def test_other_frames_are_forwarded(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "cancel"}))
+        await ws.send(json.dumps({"type": "tool_result", "call_id": "c", "result": {"n": 1}}))
+        await edge.fake.next_request()  # open
+        assert (await edge.fake.next_request()).HasField("cancel")
+        assert (await edge.fake.next_request()).tool_result.result["n"] == 1
+
+
+async def test_oversized_frame_closes_with_1009(
+    runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+):
+    config = make_config(jwks_endpoint, runtime[1], max_frame_bytes=1024)
+    async with running_gateway(config) as gateway:
+        url = f"ws://127.0.0.1:{gateway.port}/ws/s"
+        headers = {"Authorization": f"Bearer {mint(rsa_key)}"}
+        async with connect(url, additional_headers=headers) as ws:
+            await opened(ws)
+            await ws.send(json.dumps({"type": "user_message", "content": "x" * 2048}))
+            assert (await close_code(ws))[0] == 1009
+
+
+# -- lifetime ------------------------------------------------------------
+
+
+async def test_closing_the_websocket_cancels_the_runtime_call(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "user_message", "content": "hang"}))
+        await edge.fake.next_request()  # open
+        assert (await edge.fake.next_request()).user_message.content == "hang"
+    async with asyncio.timeout(TIMEOUT):
+        await edge.fake.cancelled.wait()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error_frame"),
+    [
+        ("UNAVAILABLE", 1013, False),
+        ("PERMISSION_DENIED", 1008, False),
+        ("UNAUTHENTICATED", 1011, False),
+        ("INTERNAL", 1011, True),
+    ],
+)
+async def test_runtime_failures_map_to_close_codes(
+    edge: Edge, status: str, code: int, error_frame: bool
+):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "user_message", "content": f"abort:{status}"}))
+        if error_frame:
+            frame = await receive(ws)
+            assert (frame["type"], frame["code"]) == ("error", "runtime_error")
+        with pytest.raises(ConnectionClosed):
+            await receive(ws)
+        assert (await close_code(ws))[0] == code
+
+
+async def test_runtime_down_closes_with_try_again_later(
+    jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+):
+    config = make_config(jwks_endpoint, free_port())
+    async with running_gateway(config) as gateway:
+        url = f"ws://127.0.0.1:{gateway.port}/ws/s"
+        headers = {"Authorization": f"Bearer {mint(rsa_key)}"}
+        async with connect(url, additional_headers=headers) as ws:
+            assert await close_code(ws) == (1013, "runtime unavailable")
+
+
+async def test_runtime_with_other_credential_is_internal_error(
+    runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+):
+    config = make_config(jwks_endpoint, runtime[1], internal_api_key="wrong")
+    async with running_gateway(config) as gateway:
+        url = f"ws://127.0.0.1:{gateway.port}/ws/s"
+        async with connect(
+            url, additional_headers={"Authorization": f"Bearer {mint(rsa_key)}"}
+        ) as ws:
+            assert (await close_code(ws))[0] == 1011
+    assert runtime[0].metadata == []
+
+
+async def test_stop_closes_connections_with_service_restart(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await edge.gateway.stop()
+        assert (await close_code(ws))[0] == 1012
+        await edge.gateway.stop()  # idempotent
+
+
+# -- re-authentication and expiry ---------------------------------------
+
+
+async def test_auth_frame_refreshes_the_same_user(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "auth", "token": mint(edge.key)}))
+        await ws.send(json.dumps({"type": "auth", "token": "garbage"}))
+        frame = await receive(ws)
+        assert (frame["code"], frame["content"]) == ("invalid_token", "malformed token")
+        await ws.send(json.dumps({"type": "user_message", "content": "ok"}))
+        assert (await receive(ws))["content"] == "echo: "
+
+
+async def test_auth_frame_for_another_user_closes(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "auth", "token": mint(edge.key, sub="mallory")}))
+        assert await close_code(ws) == (1008, "token is for another user")
+
+
+async def test_expired_connection_is_closed_unless_refreshed(
+    runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+):
+    config = make_config(jwks_endpoint, runtime[1], jwt_leeway=0)
+    async with running_gateway(config) as gateway:
+        url = f"ws://127.0.0.1:{gateway.port}/ws/s"
+        token = mint(rsa_key, exp=int(time.time()) + 2)
+        async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            await opened(ws)
+            assert await close_code(ws) == (1008, "token expired")
