@@ -45,7 +45,7 @@ SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["AgentRuntimeService"].fu
 DEFAULT_AGENT = "coder"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RuntimeConfig:
     internal_api_key: str
     host: str = "127.0.0.1"

@@ -1,0 +1,114 @@
+"""The whole mesh, started the way ``./scripts/up`` starts it.
+
+``scripts/devstack.py`` (what ``scripts/up`` runs after installing) starts
+llmproxy, runtime, auth and gateway as subprocesses on free loopback ports,
+with a fresh ``CODELAB_HOME``; the fixture waits for its "up" line and stops
+it with SIGTERM at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Mesh:
+    home: Path
+    gateway_port: int
+    runtime_port: int
+    llmproxy_port: int
+    auth_port: int
+    internal_key: str
+    token: str
+    dev_user: dict[str, str]
+    process: subprocess.Popen[str]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://127.0.0.1:{self.auth_port}"
+
+
+@pytest.fixture(scope="package")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("codelab-home")
+    ports = {name: free_port() for name in ("gateway", "runtime", "llmproxy", "auth")}
+    env = {
+        **os.environ,
+        "CODELAB_HOME": str(home),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "GATEWAY__PORT": str(ports["gateway"]),
+        "AGENT_RUNTIME__PORT": str(ports["runtime"]),
+        "LLM_PROXY__PORT": str(ports["llmproxy"]),
+        "AUTH_SERVICE__PORT": str(ports["auth"]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "devstack.py")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    ready = threading.Event()
+    up = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                output.append(line)
+                if "Ctrl-C stops everything" in line:
+                    up.set()
+                    ready.set()
+        ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not ready.wait(90) or not up.is_set():
+        process.kill()
+        process.wait()
+        reader.join(5)
+        logs = "".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (home / "logs").glob("*.log")
+        )
+        pytest.fail(f"scripts/up did not come up:\n{''.join(output)}\n{logs}")
+    mesh = Mesh(
+        home=home,
+        gateway_port=ports["gateway"],
+        runtime_port=ports["runtime"],
+        llmproxy_port=ports["llmproxy"],
+        auth_port=ports["auth"],
+        internal_key=(home / "internal-api-key").read_text().strip(),
+        token=(home / "token").read_text().strip(),
+        dev_user=json.loads((home / "dev-user.json").read_text()),
+        process=process,
+    )
+    yield mesh
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    reader.join(5)
+    assert code == 0, "".join(output)
