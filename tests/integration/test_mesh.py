@@ -57,7 +57,8 @@ async def test_user_message_streams_the_offline_answer(mesh: Mesh) -> None:
     assert all(f["token"] == f["content"] for f in deltas)
     assert frames[-1]["is_final"] is True
     seqs = [f["seq"] for f in frames]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
     assert text.startswith("You said: hello mesh")
 
 
@@ -78,9 +79,7 @@ async def test_a_second_turn_sees_the_conversation(mesh: Mesh) -> None:
         pytest.param(lambda mesh: forged(mesh, exp=int(time.time()) - 120), id="expired"),
         pytest.param(lambda mesh: forged(mesh, aud="another-api"), id="wrong-audience"),
         pytest.param(lambda mesh: forged(mesh, iss="http://evil.example"), id="wrong-issuer"),
-        pytest.param(
-            lambda mesh: forged(mesh, nbf=int(time.time()) + 3600), id="not-yet-valid"
-        ),
+        pytest.param(lambda mesh: forged(mesh, nbf=int(time.time()) + 3600), id="not-yet-valid"),
         pytest.param(
             lambda mesh: jwt.encode(
                 {"sub": "x", "aud": "codelab-api", "iss": mesh.auth_url}, None, algorithm="none"
@@ -150,7 +149,8 @@ async def test_malformed_frames_get_error_frames_and_the_connection_survives(
         error = await ide.next_frame()
         assert error["type"] == "error"
         assert error["code"] == code
-        assert error["content"] == error["error"] and error["content"]
+        assert error["content"] == error["error"]
+        assert error["content"]
         await ide.send_message("still there?")
         text, _ = await ide.answer()
     assert text.startswith("You said: still there?")
@@ -172,7 +172,8 @@ async def test_grpc_calls_without_the_internal_credential_are_refused(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
+
+        async def call_without_credential() -> None:
             if service == "runtime":
                 stub = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
                 call = stub.Converse(metadata=(("x-user-id", "dev"),))
@@ -184,6 +185,9 @@ async def test_grpc_calls_without_the_internal_credential_are_refused(
                 await llmproxy_pb2_grpc.LlmProxyServiceStub(channel).ListModels(
                     llmproxy_pb2.ListModelsRequest(), metadata=(("x-internal-auth", "wrong"),)
                 )
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call_without_credential()
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -223,9 +227,7 @@ async def test_grpcurl_lists_describes_checks_health_and_is_refused_without_cred
     described = await asyncio.to_thread(grpcurl, "-H", header, address, "describe", name)
     assert described.returncode == 0, described.stderr
     assert "rpc " in described.stdout
-    health = await asyncio.to_thread(
-        grpcurl, "-H", header, address, "grpc.health.v1.Health/Check"
-    )
+    health = await asyncio.to_thread(grpcurl, "-H", header, address, "grpc.health.v1.Health/Check")
     assert health.returncode == 0, health.stderr
     assert "SERVING" in health.stdout
     refused = await asyncio.to_thread(grpcurl, address, "list")
