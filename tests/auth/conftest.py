@@ -9,24 +9,26 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from auth.keys import KeyRing
 from auth.passwords import Passwords
 from auth.store import UserStore, create_engine, migrate
 
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
-# Cheap argon2 parameters keep the suite fast; production uses the library's defaults.
-FAST_HASHER_PARAMS = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+
+def fast_hasher() -> PasswordHasher:
+    """Cheap argon2 parameters keep the suite fast; production uses the library's defaults."""
+    return PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 @pytest.fixture
 def passwords() -> Passwords:
-    return Passwords(PasswordHasher(**FAST_HASHER_PARAMS))
+    return Passwords(fast_hasher())
 
 
 @pytest.fixture
@@ -65,11 +67,13 @@ def postgres_database() -> Iterator[str]:
     name = f"test_auth_{uuid.uuid4().hex[:12]}"
 
     async def admin(statement: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        # CREATE/DROP DATABASE cannot run inside a transaction.
+        engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
         try:
-            await conn.execute(statement)
+            async with engine.connect() as conn:
+                await conn.execute(sa.text(statement))
         finally:
-            await conn.close()
+            await engine.dispose()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:

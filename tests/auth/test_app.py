@@ -18,7 +18,7 @@ from auth.keys import KeyRing
 from auth.passwords import Passwords
 from auth.store import UserStore
 
-from .conftest import FAST_HASHER_PARAMS
+from .conftest import fast_hasher
 
 ISSUER = "http://auth.test"
 PASSWORD = "correct horse battery"
@@ -52,7 +52,7 @@ class Service:
 
 @pytest.fixture
 async def service(users: UserStore, keys: KeyRing) -> AsyncIterator[Service]:
-    passwords = CountingPasswords(PasswordHasher(**FAST_HASHER_PARAMS))
+    passwords = CountingPasswords(fast_hasher())
     await users.add_user("alice", passwords.hash(PASSWORD))
     app = create_app(CONFIG, keys=keys, users=users, passwords=passwords)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as client:
