@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
@@ -76,6 +77,9 @@ def main() -> None:
     """Console entry point."""
     config = GatewayConfig.from_env(Env("GATEWAY"))
     configure_logging(config.log_level)
+    # websockets logs every connection and HTTP response at INFO; the gateway
+    # writes its own one-line summary per connection instead.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
     asyncio.run(serve(config))
 
 

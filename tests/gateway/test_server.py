@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import structlog
+from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -437,3 +439,24 @@ async def test_expired_connection_is_closed_unless_refreshed(
         async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             await opened(ws)
             assert await close_code(ws) == (1008, "token expired")
+
+
+async def test_one_summary_line_per_connection_and_no_token_in_logs(edge: Edge):
+    token = mint(edge.key, sub="alice")
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        refused = await refused_status(edge, additional_headers={"Authorization": "Bearer x.y.z"})
+        assert refused.status_code == 401
+        async with edge.connect("/ws/logged", token=token) as ws:
+            await opened(ws)
+            await ws.send(json.dumps({"type": "user_message", "content": "hi"}))
+            for _ in range(4):
+                await receive(ws)
+        await edge.gateway.stop()  # returns once every handler has returned
+    summaries = [entry for entry in logs if entry["event"] == "connection_closed"]
+    assert len(summaries) == 1
+    summary = summaries[0]
+    assert (summary["session_id"], summary["user"]) == ("logged", "alice")
+    assert (summary["frames_in"], summary["frames_out"], summary["close_code"]) == (1, 5, 1000)
+    assert summary["duration"] >= 0
+    assert token not in repr(logs)
+    assert "x.y.z" not in repr(logs)
