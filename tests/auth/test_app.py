@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from auth.app import create_app
 from auth.config import AuthConfig
 from auth.keys import KeyRing
 from auth.passwords import Passwords
-from auth.store import UserStore
+from auth.store import UserStore, create_engine
 
 from .conftest import fast_hasher
 
@@ -242,3 +243,19 @@ async def test_health(service: Service) -> None:
 
 async def test_token_endpoint_only_accepts_post(service: Service) -> None:
     assert (await service.client.get("/oauth/token")).status_code == 405
+
+
+async def test_database_failure_is_a_json_server_error(
+    tmp_path: Path, keys: KeyRing, passwords: Passwords
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/unmigrated.db")
+    try:
+        app = create_app(CONFIG, keys=keys, users=UserStore(engine), passwords=passwords)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
+            response = await client.post("/oauth/token", data=_form())
+    finally:
+        await engine.dispose()
+    assert response.status_code == 500
+    assert response.json()["error"] == "server_error"
+    assert PASSWORD not in response.text
