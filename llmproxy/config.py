@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dev dependency yet
 
 ENV_REFERENCE_PREFIX = "os.environ/"
 
@@ -121,6 +121,7 @@ def parse_config(
             raise ConfigError(f"{source}: router_settings.{key} is not a litellm.Router setting")
     if "model_list" in merged:
         raise ConfigError(f"{source}: router_settings must not contain model_list")
+    supported = _ROUTER_KEYS_IN_LITELLM_SETTINGS | _GLOBAL_KEYS_IN_LITELLM_SETTINGS
     globals_ = {}
     for key, value in litellm_settings.items():
         if key in _GLOBAL_KEYS_IN_LITELLM_SETTINGS:
@@ -128,16 +129,14 @@ def parse_config(
         elif key not in _ROUTER_KEYS_IN_LITELLM_SETTINGS:
             raise ConfigError(
                 f"{source}: litellm_settings.{key} is not supported here "
-                f"(supported: {', '.join(sorted(_ROUTER_KEYS_IN_LITELLM_SETTINGS | _GLOBAL_KEYS_IN_LITELLM_SETTINGS))})"
+                f"(supported: {', '.join(sorted(supported))})"
             )
     return ProxyConfig(
         model_list=models, router_settings=merged, litellm_globals=globals_, source=source
     )
 
 
-def _parse_model(
-    entry: Any, index: int, environ: Mapping[str, str], source: str
-) -> dict[str, Any]:
+def _parse_model(entry: Any, index: int, environ: Mapping[str, str], source: str) -> dict[str, Any]:
     where = f"{source}: model_list[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a mapping")
@@ -174,6 +173,6 @@ def _mapping(value: Any, what: str, source: str) -> Mapping[str, Any]:
 
 
 def _router_parameters() -> frozenset[str]:
-    import litellm
+    from litellm.router import Router
 
-    return frozenset(inspect.signature(litellm.Router.__init__).parameters) - {"self"}
+    return frozenset(inspect.signature(Router.__init__).parameters) - {"self"}

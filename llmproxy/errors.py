@@ -9,7 +9,7 @@ both.
 from __future__ import annotations
 
 import grpc
-import litellm
+from litellm import exceptions as litellm
 
 
 class ProxyError(Exception):
@@ -87,7 +87,7 @@ def grpc_status(error: ProxyError) -> grpc.StatusCode:
     """The status code for ``error`` (its nearest mapped class)."""
     for cls in type(error).__mro__:
         if cls in GRPC_STATUS:
-            return GRPC_STATUS[cls]  # type: ignore[index]
+            return GRPC_STATUS[cls]
     return grpc.StatusCode.INTERNAL
 
 

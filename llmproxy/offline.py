@@ -35,13 +35,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from litellm import CustomLLM
-from litellm.types.utils import (
-    ChatCompletionToolCallChunk,
-    EmbeddingResponse,
-    GenericStreamingChunk,
-    ModelResponse,
-)
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.llms.openai import ChatCompletionToolCallChunk
+from litellm.types.utils import EmbeddingResponse, GenericStreamingChunk, ModelResponse, Usage
 
 PROVIDER = "offline"
 DEFAULT_REPLY_TOKENS = 24
@@ -49,9 +45,31 @@ DEFAULT_TOKEN_DELAY = 0.0
 DEFAULT_EMBEDDING_DIMENSIONS = 64
 
 FILLER_WORDS = (
-    "this is a deterministic reply from the offline model so tests and demos "
-    "see the same words every time they ask the same question"
-).split()
+    "this",
+    "is",
+    "a",
+    "deterministic",
+    "reply",
+    "from",
+    "the",
+    "offline",
+    "model",
+    "so",
+    "tests",
+    "and",
+    "demos",
+    "see",
+    "the",
+    "same",
+    "words",
+    "every",
+    "time",
+    "they",
+    "ask",
+    "the",
+    "same",
+    "question",
+)
 
 
 @dataclass(frozen=True)
@@ -158,7 +176,11 @@ class OfflineLLM(CustomLLM):
                 time.sleep(settings.token_delay)
             yield chunk
 
-    async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+    # LiteLLM declares this `async def` returning an iterator, but calls it and
+    # iterates the result: an async generator is what actually works.
+    async def astreaming(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
         settings = OfflineSettings.from_params(kwargs["optional_params"])
         reply = compose_reply(kwargs["messages"], settings)
         for chunk in _chunks(reply):
@@ -203,13 +225,18 @@ def _chunks(reply: Reply) -> Iterator[GenericStreamingChunk]:
 
 def _model_response(response: ModelResponse, model: str, reply: Reply) -> ModelResponse:
     response.model = model
-    response.choices[0].message.content = reply.text  # type: ignore[union-attr]
-    response.choices[0].finish_reason = reply.finish_reason
-    response.usage = {  # type: ignore[attr-defined]
-        "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-    }
+    response.choices[0].message.content = reply.text
+    response.choices[0].finish_reason = reply.finish_reason  # type: ignore[assignment]
+    # ModelResponse declares no usage field; LiteLLM itself sets it this way.
+    setattr(  # noqa: B010
+        response,
+        "usage",
+        Usage(
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            total_tokens=reply.prompt_tokens + reply.completion_tokens,
+        ),
+    )
     return response
 
 
@@ -219,7 +246,11 @@ def _embedding_response(kwargs: Mapping[str, Any]) -> EmbeddingResponse:
     response: EmbeddingResponse = kwargs["model_response"]
     response.model = kwargs["model"]
     response.data = [
-        {"object": "embedding", "index": i, "embedding": embed_text(text, settings.embedding_dimensions)}
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": embed_text(text, settings.embedding_dimensions),
+        }
         for i, text in enumerate(texts)
     ]
     prompt_tokens = sum(len(text.split()) for text in texts)
@@ -245,9 +276,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import litellm
+from litellm.router import Router
 
 from llmproxy.config import ProxyConfig
 from llmproxy.offline import PROVIDER as OFFLINE_PROVIDER
@@ -38,7 +39,7 @@ def register_offline_provider() -> None:
     litellm.utils.custom_llm_setup()  # type: ignore[no-untyped-call]
 
 
-def build_router(config: ProxyConfig) -> litellm.Router:
+def build_router(config: ProxyConfig) -> Router:
     """A Router for ``config``; applies its LiteLLM globals first.
 
     Raises ``ValueError`` from LiteLLM when a setting is rejected.
@@ -49,10 +50,10 @@ def build_router(config: ProxyConfig) -> litellm.Router:
         setattr(litellm, key, value)
     # The Router pops keys out of the dicts it is given.
     model_list = [copy.deepcopy(dict(entry)) for entry in config.model_list]
-    return litellm.Router(model_list=model_list, **dict(config.router_settings))
+    return Router(model_list=model_list, **dict(config.router_settings))
 
 
-def knows_model(router: litellm.Router, model: str) -> bool:
+def knows_model(router: Router, model: str) -> bool:
     """Whether ``model`` names a group, an alias or a wildcard route."""
     if model in router.get_model_names():
         return True
@@ -61,7 +62,7 @@ def knows_model(router: litellm.Router, model: str) -> bool:
     return bool(router.pattern_router.route(model))
 
 
-def describe_models(router: litellm.Router) -> list[ModelDescription]:
+def describe_models(router: Router) -> list[ModelDescription]:
     """One description per model group, in configuration order."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for deployment in router.get_model_list() or []:

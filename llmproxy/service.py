@@ -11,11 +11,11 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
-import litellm
 import structlog
+from litellm.router import Router
 
 from llmproxy import errors
 from llmproxy.router import describe_models, knows_model
@@ -27,7 +27,7 @@ log = structlog.get_logger("llmproxy")
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def chat_arguments(request: llmproxy_pb2.StreamChatRequest) -> dict[str, Any]:
@@ -151,11 +151,15 @@ class StreamTranslation:
                 )
 
     def end(self, answered_by: str | None) -> llmproxy_pb2.StreamChatResponse:
+        """The closing message; ``answered_by`` is the deployment's model string
+        (``openai/gpt-4o``) when LiteLLM reports it, else the chunks' model."""
+        if answered_by:
+            self.model = answered_by
         return llmproxy_pb2.StreamChatResponse(
             end=llmproxy_pb2.StreamEnd(
                 finish_reason=self.finish_reason or "stop",
                 usage=llmproxy_pb2.Usage(**self.usage),
-                model=answered_by or self.model,
+                model=self.model,
             )
         )
 
@@ -167,10 +171,10 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
     the provider stream (and with it the upstream HTTP request).
     """
 
-    def __init__(self, router: litellm.Router) -> None:
+    def __init__(self, router: Router) -> None:
         self._router = router
 
-    async def StreamChat(  # noqa: N802 - the generated base class names it
+    async def StreamChat(  # type: ignore[override]  # writes with context.write
         self, request: llmproxy_pb2.StreamChatRequest, context: Context
     ) -> None:
         # A coroutine writing with context.write, not an async generator: a
@@ -181,7 +185,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         translation = StreamTranslation()
         outcome = "error"
         bound = structlog.contextvars.bind_contextvars(
-            request_id=metadata_value(context, REQUEST_ID_HEADER), model=request.model
+            request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
         )
         try:
             arguments = self._checked(chat_arguments(request))
@@ -216,7 +220,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             )
             structlog.contextvars.reset_contextvars(**bound)
 
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: llmproxy_pb2.ListModelsRequest, context: Context
     ) -> llmproxy_pb2.ListModelsResponse:
         return llmproxy_pb2.ListModelsResponse(
@@ -231,7 +235,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             ]
         )
 
-    async def Embed(  # noqa: N802
+    async def Embed(
         self, request: llmproxy_pb2.EmbedRequest, context: Context
     ) -> llmproxy_pb2.EmbedResponse:
         try:
@@ -244,9 +248,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         usage = getattr(result, "usage", None)
         hidden = getattr(result, "_hidden_params", None) or {}
         return llmproxy_pb2.EmbedResponse(
-            embeddings=[
-                llmproxy_pb2.Embedding(values=_vector(item)) for item in result.data or ()
-            ],
+            embeddings=[llmproxy_pb2.Embedding(values=_vector(item)) for item in result.data or ()],
             model=str(hidden.get("litellm_model_name") or result.model or request.model),
             usage=llmproxy_pb2.Usage(
                 prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
@@ -268,11 +270,13 @@ async def _abort(context: Context, exc: Exception) -> NoReturn:
     """End the call with the status for ``exc``; logs what is unexpected."""
     error = errors.from_litellm(exc)
     if error is None:
-        log.exception("llmproxy_internal_error", error_type=type(exc).__name__)
+        log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error in llmproxy")
-    code = errors.grpc_status(error)
-    log.info("llmproxy_call_failed", code=code.name, error_type=type(exc).__name__)
-    await context.abort(code, str(error))
+    else:
+        code = errors.grpc_status(error)
+        log.info("llmproxy_call_failed", code=code.name, error_type=type(exc).__name__)
+        await context.abort(code, str(error))
+    raise AssertionError("context.abort returned")  # pragma: no cover
 
 
 async def _close(stream: Any) -> None:
@@ -283,5 +287,4 @@ async def _close(stream: Any) -> None:
 
 def _vector(item: Any) -> list[float]:
     values = item.get("embedding") if isinstance(item, Mapping) else item.embedding
-    return [float(v) for v in values]
-
+    return [float(v) for v in values or ()]

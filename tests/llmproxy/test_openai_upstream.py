@@ -93,9 +93,7 @@ async def test_tool_call_streams_as_fragments(
         llmproxy_pb2.ChatMessage(role="user", content="Open main.py"),
         llmproxy_pb2.ChatMessage(
             role="assistant",
-            tool_calls=[
-                llmproxy_pb2.ToolCall(id="call_0", name="list_files", arguments_json="{}")
-            ],
+            tool_calls=[llmproxy_pb2.ToolCall(id="call_0", name="list_files", arguments_json="{}")],
         ),
         llmproxy_pb2.ChatMessage(
             role="tool", tool_call_id="call_0", name="list_files", content="main.py"

@@ -21,11 +21,13 @@ from tests.llmproxy.conftest import INTERNAL_KEY, METADATA
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def wait_until_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes]) -> None:
+async def wait_until_serving(
+    channel: grpc.aio.Channel, process: asyncio.subprocess.Process
+) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + 30
     while True:
-        assert process.poll() is None, "llmproxy exited before serving"
+        assert process.returncode is None, "llmproxy exited before serving"
         try:
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -47,8 +49,8 @@ async def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> No
     }
     log_path = tmp_path / "llmproxy.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llmproxy"], cwd=REPO, env=env, stdout=log_file, stderr=log_file
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmproxy", cwd=REPO, env=env, stdout=log_file, stderr=log_file
         )
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -60,11 +62,11 @@ async def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> No
                 )
                 responses = [r async for r in stub.StreamChat(request, metadata=METADATA)]
             process.send_signal(signal.SIGTERM)
-            exit_code = await asyncio.to_thread(process.wait, 20)
+            exit_code = await asyncio.wait_for(process.wait(), 20)
         finally:
-            if process.poll() is None:
+            if process.returncode is None:
                 process.kill()
-                process.wait()
+                await process.wait()
 
     text = "".join(r.text.text for r in responses if r.WhichOneof("chunk") == "text")
     assert text == expected_reply_text("plugh xyzzy")

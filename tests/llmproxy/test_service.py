@@ -34,9 +34,9 @@ def chat(model: str, text: str, **kwargs: object) -> llmproxy_pb2.StreamChatRequ
     )
 
 
-async def collect(proxy: Proxy, request: llmproxy_pb2.StreamChatRequest) -> list[
-    llmproxy_pb2.StreamChatResponse
-]:
+async def collect(
+    proxy: Proxy, request: llmproxy_pb2.StreamChatRequest
+) -> list[llmproxy_pb2.StreamChatResponse]:
     return [response async for response in proxy.stub.StreamChat(request, metadata=METADATA)]
 
 
@@ -59,9 +59,7 @@ async def test_offline_stream_is_deterministic_text_then_one_end(start_proxy: St
     assert end.usage.completion_tokens == 24
     assert end.usage.total_tokens == end.usage.prompt_tokens + 24
     # A second call answers the same words.
-    assert text_of(await collect(proxy, chat("offline", "explain the build"))) == text_of(
-        responses
-    )
+    assert text_of(await collect(proxy, chat("offline", "explain the build"))) == text_of(responses)
 
 
 async def test_reply_length_comes_from_the_yaml(start_proxy: StartProxy) -> None:

@@ -1,0 +1,100 @@
+"""Loading LiteLLM proxy YAML: environment references and settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import litellm
+import pytest
+
+from llmproxy.config import ConfigError, default_config_path, load_config, parse_config
+from llmproxy.router import build_router, describe_models
+
+
+def document(**extra: object) -> dict[str, object]:
+    return {
+        "model_list": [
+            {
+                "model_name": "gpt",
+                "litellm_params": {"model": "openai/gpt-4o", "api_key": "os.environ/MY_KEY"},
+            },
+            {"model_name": "offline", "litellm_params": {"model": "offline/echo"}},
+        ],
+        **extra,
+    }
+
+
+def test_environment_references_are_resolved() -> None:
+    config = parse_config(document(), environ={"MY_KEY": "sk-123"})
+
+    assert config.model_list[0]["litellm_params"]["api_key"] == "sk-123"
+
+
+def test_a_missing_environment_variable_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"model_list\[0\] \(gpt\).*MY_KEY.*not set"):
+        parse_config(document(), environ={})
+
+
+def test_router_settings_and_litellm_fallbacks_reach_the_router(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # build_router sets LiteLLM globals; restore them after the test.
+    monkeypatch.setattr(litellm, "drop_params", litellm.drop_params)
+    config = parse_config(
+        document(
+            router_settings={"num_retries": 3, "timeout": 30, "cooldown_time": 5},
+            litellm_settings={"fallbacks": [{"gpt": ["offline"]}], "drop_params": True},
+        ),
+        environ={"MY_KEY": "sk-123"},
+    )
+
+    assert config.router_settings == {
+        "num_retries": 3,
+        "timeout": 30,
+        "cooldown_time": 5,
+        "fallbacks": [{"gpt": ["offline"]}],
+    }
+    assert config.litellm_globals == {"drop_params": True}
+    router = build_router(config)
+    assert litellm.drop_params is True
+    assert router.fallbacks == [{"gpt": ["offline"]}]
+    assert router.num_retries == 3
+    assert [m.name for m in describe_models(router)] == ["gpt", "offline"]
+
+
+def test_unknown_router_setting_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"router_settings\.num_retry is not"):
+        parse_config(document(router_settings={"num_retry": 1}), environ={"MY_KEY": "x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model_list: []", "model_list must be a non-empty list"),
+        ("- a\n- b", "top level must be a mapping"),
+        ("model_list: [{model_name: x}]", r"\(x\): litellm_params.model must be a string"),
+        (
+            "model_list: [{model_name: x, litellm_params: {model: a}}]\nrouter_settings: 3",
+            "router_settings must be a mapping",
+        ),
+        ("model_list: [", "not valid YAML"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_packaged_default_is_the_offline_model_only() -> None:
+    config = load_config(default_config_path())
+
+    assert [m["model_name"] for m in config.model_list] == ["offline"]
+    assert config.model_list[0]["litellm_params"]["model"] == "offline/echo"

@@ -1,0 +1,106 @@
+"""The offline model's replies and embeddings, without a network or server."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from litellm.router import Router
+
+from llmproxy.config import parse_config
+from llmproxy.offline import OfflineSettings, compose_reply, embed_text
+from llmproxy.router import build_router
+
+
+def test_reply_echoes_the_last_user_message_then_fills() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": [{"type": "text", "text": "second question"}]},
+    ]
+
+    reply = compose_reply(messages, OfflineSettings(reply_tokens=6))
+
+    assert reply.text == "You said: second question this is"
+    assert reply.tokens == ("You ", "said: ", "second ", "question ", "this ", "is")
+    assert reply.finish_reason == "stop"
+    assert reply.prompt_tokens == 8
+
+
+def test_long_messages_are_cut_to_the_reply_length() -> None:
+    reply = compose_reply(
+        [{"role": "user", "content": "one two three four five"}], OfflineSettings(reply_tokens=4)
+    )
+
+    assert reply.text == "You said: one two"
+
+
+def test_max_tokens_truncates_with_length() -> None:
+    reply = compose_reply(
+        [{"role": "user", "content": "hi"}], OfflineSettings(reply_tokens=10, max_tokens=2)
+    )
+
+    assert reply.text == "You said:"
+    assert reply.finish_reason == "length"
+
+
+def test_settings_come_from_litellm_params() -> None:
+    settings = OfflineSettings.from_params(
+        {"reply_tokens": "7", "token_delay": 0.01, "embedding_dimensions": 8, "stream": True}
+    )
+
+    assert settings == OfflineSettings(reply_tokens=7, token_delay=0.01, embedding_dimensions=8)
+
+
+@pytest.mark.parametrize("params", [{"reply_tokens": "many"}, {"token_delay": -1}])
+def test_bad_settings_are_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="offline model"):
+        OfflineSettings.from_params(params)
+
+
+def test_embeddings_are_deterministic_unit_vectors() -> None:
+    first = embed_text("hello", 32)
+
+    assert first == embed_text("hello", 32)
+    assert first != embed_text("hello!", 32)
+    assert len(first) == 32
+    assert math.isclose(sum(v * v for v in first), 1.0)
+
+
+def offline_router(reply_tokens: int) -> Router:
+    return build_router(
+        parse_config(
+            {
+                "model_list": [
+                    {
+                        "model_name": "offline",
+                        "litellm_params": {"model": "offline/echo", "reply_tokens": reply_tokens},
+                    }
+                ]
+            }
+        )
+    )
+
+
+async def test_router_answers_without_streaming() -> None:
+    router = offline_router(5)
+
+    response = await router.acompletion(
+        model="offline", messages=[{"role": "user", "content": "hello there"}]
+    )
+
+    assert response.choices[0].message.content == "You said: hello there this"
+    assert response.choices[0].finish_reason == "stop"
+    assert response.usage.completion_tokens == 5
+
+
+def test_router_streams_synchronously_too() -> None:
+    router = offline_router(4)
+
+    stream = router.completion(
+        model="offline", messages=[{"role": "user", "content": "yo"}], stream=True
+    )
+
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert text == "You said: yo this"
