@@ -10,9 +10,9 @@ from typing import Any
 import litellm
 from litellm.router import Router
 
-from llmproxy.config import ProxyConfig
+from llmproxy.config import ConfigError, ProxyConfig
 from llmproxy.offline import PROVIDER as OFFLINE_PROVIDER
-from llmproxy.offline import OfflineLLM
+from llmproxy.offline import OfflineLLM, OfflineSettings
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,16 @@ def register_offline_provider() -> None:
 def build_router(config: ProxyConfig) -> Router:
     """A Router for ``config``; applies its LiteLLM globals first.
 
-    Raises ``ValueError`` from LiteLLM when a setting is rejected.
+    Raises :class:`ConfigError` for bad offline-model settings, and
+    ``ValueError`` from LiteLLM when it rejects a setting.
     """
+    for entry in config.model_list:
+        params = entry["litellm_params"]
+        if str(params["model"]).startswith(OFFLINE_PROVIDER + "/"):
+            try:
+                OfflineSettings.from_params(params)
+            except ValueError as exc:
+                raise ConfigError(f"{config.source}: {entry['model_name']}: {exc}") from None
     litellm.suppress_debug_info = True
     register_offline_provider()
     for key, value in config.litellm_globals.items():

@@ -98,3 +98,19 @@ def test_packaged_default_is_the_offline_model_only() -> None:
 
     assert [m["model_name"] for m in config.model_list] == ["offline"]
     assert config.model_list[0]["litellm_params"]["model"] == "offline/echo"
+
+
+def test_bad_offline_settings_fail_at_startup() -> None:
+    config = parse_config(
+        {
+            "model_list": [
+                {
+                    "model_name": "offline",
+                    "litellm_params": {"model": "offline/echo", "reply_tokens": 0},
+                }
+            ]
+        }
+    )
+
+    with pytest.raises(ConfigError, match="offline: offline model: reply_tokens"):
+        build_router(config)

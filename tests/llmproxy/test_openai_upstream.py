@@ -8,7 +8,9 @@ import json
 import grpc
 import pytest
 
+from llmproxy.offline import expected_reply_text
 from llmproxy.v1 import llmproxy_pb2
+from tests.conftest import free_port
 from tests.llmproxy.conftest import METADATA, StartProxy
 from tests.llmproxy.openai_server import (
     TEXT_REPLY,
@@ -203,3 +205,55 @@ async def test_deadline_closes_the_upstream_stream(
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert await asyncio.to_thread(openai_server.stream_closed.wait, 10)
     assert openai_server.closed_streams == ["abandoned"]
+
+
+async def test_router_falls_back_to_offline_when_the_provider_is_down(
+    start_proxy: StartProxy,
+) -> None:
+    closed_port = free_port()
+    proxy = await start_proxy(
+        f"""
+model_list:
+  - model_name: primary
+    litellm_params:
+      model: openai/text-model
+      api_base: http://127.0.0.1:{closed_port}/v1
+      api_key: sk-unused
+  - model_name: offline
+    litellm_params:
+      model: offline/echo
+      reply_tokens: 5
+router_settings:
+  num_retries: 0
+  fallbacks: [{{primary: [offline]}}]
+"""
+    )
+
+    responses = [r async for r in proxy.stub.StreamChat(request("primary"), metadata=METADATA)]
+
+    text = "".join(r.text.text for r in responses if r.WhichOneof("chunk") == "text")
+    assert text == expected_reply_text("What is in main.py?", 5)
+    assert responses[-1].end.model == "offline/echo"
+
+
+async def test_unreachable_provider_without_fallback_is_unavailable(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy(
+        f"""
+model_list:
+  - model_name: primary
+    litellm_params:
+      model: openai/text-model
+      api_base: http://127.0.0.1:{free_port()}/v1
+      api_key: sk-unused
+router_settings:
+  num_retries: 0
+"""
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in proxy.stub.StreamChat(request("primary"), metadata=METADATA):
+            pass
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
