@@ -7,6 +7,7 @@ into a frozen dataclass. Variables follow the seeds' convention
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 
@@ -22,42 +23,42 @@ class Env:
         self._prefix = prefix
         self._environ = os.environ if environ is None else environ
 
-    def name(self, key: str) -> str:
+    def name(self, key: builtins.str) -> builtins.str:
         return f"{self._prefix}__{key}"
 
-    def raw(self, key: str) -> str | None:
+    def raw(self, key: builtins.str) -> builtins.str | None:
         value = self._environ.get(self.name(key))
         return None if value is None or value == "" else value
 
-    def str(self, key: str, default: str) -> str:
+    def str(self, key: builtins.str, default: builtins.str) -> builtins.str:
         value = self.raw(key)
         return default if value is None else value
 
-    def required(self, key: str) -> str:
+    def required(self, key: builtins.str) -> builtins.str:
         value = self.raw(key)
         if value is None:
             raise ConfigError(f"{self.name(key)} must be set")
         return value
 
-    def int(self, key: str, default: int) -> int:
+    def int(self, key: builtins.str, default: builtins.int) -> builtins.int:
         value = self.raw(key)
         if value is None:
             return default
         try:
-            return int(value)
+            return builtins.int(value)
         except ValueError:
             raise ConfigError(f"{self.name(key)}={value!r} is not an integer") from None
 
-    def float(self, key: str, default: float) -> float:
+    def float(self, key: builtins.str, default: builtins.float) -> builtins.float:
         value = self.raw(key)
         if value is None:
             return default
         try:
-            return float(value)
+            return builtins.float(value)
         except ValueError:
             raise ConfigError(f"{self.name(key)}={value!r} is not a number") from None
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.raw(key)
         if value is None:
             return default
@@ -68,7 +69,9 @@ class Env:
             return False
         raise ConfigError(f"{self.name(key)}={value!r} is not a boolean")
 
-    def list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def list(
+        self, key: builtins.str, default: tuple[builtins.str, ...] = ()
+    ) -> tuple[builtins.str, ...]:
         value = self.raw(key)
         if value is None:
             return default

@@ -11,6 +11,11 @@ variable                          default              meaning
 ``LLM_PROXY_ADDRESS``             ``127.0.0.1:50052``  the LLM proxy's gRPC address
 ``LLM_PROXY_API_KEY``             = INTERNAL_API_KEY   credential presented to the LLM proxy
 ``LLM_MODEL``                     ``offline``          model group the agents use
+``ROUTING_MODEL``                 = LLM_MODEL          model group that routes first messages
+``APPROVAL_REQUIRED``             write_file,…         tools needing approval (comma list;
+                                                       default: write_file, delete_file,
+                                                       move_file, create_directory,
+                                                       execute_command; ``none`` for none)
 ``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
 ``OUTBOX_SIZE``                   ``256``              events buffered per stream (backpressure)
 ``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
@@ -32,17 +37,19 @@ import grpc
 import structlog
 
 from llmproxy.v1 import llmproxy_pb2_grpc
-from mesh.env import Env
+from mesh.env import ConfigError, Env
 from mesh.grpc_server import MeshServer
 from mesh.logs import configure_logging
 from mesh.signals import wait_for_stop_signal
+from runtime.agents import DEFAULT_AGENT
 from runtime.llm import LlmClient
+from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.service import AgentRuntimeServicer
 from runtime.session import SessionRegistry
+from runtime.tools import TOOLS
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name
-DEFAULT_AGENT = "coder"
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class RuntimeConfig:
     llm_proxy_address: str = "127.0.0.1:50052"
     llm_proxy_api_key: str = ""
     llm_model: str = "offline"
+    routing_model: str = ""
+    approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
     llm_timeout: float = 300.0
     outbox_size: int = 256
     open_timeout: float = 10.0
@@ -64,6 +73,14 @@ class RuntimeConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         env = Env("AGENT_RUNTIME", environ)
         key = env.required("INTERNAL_API_KEY")
+        approval = tuple(
+            name
+            for name in env.list("APPROVAL_REQUIRED", tuple(sorted(DEFAULT_APPROVAL_REQUIRED)))
+            if name != "none"
+        )
+        unknown = sorted(set(approval) - set(TOOLS))
+        if unknown:
+            raise ConfigError(f"{env.name('APPROVAL_REQUIRED')}: unknown tools {unknown}")
         return cls(
             internal_api_key=key,
             host=env.str("HOST", cls.host),
@@ -71,6 +88,8 @@ class RuntimeConfig:
             llm_proxy_address=env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address),
             llm_proxy_api_key=env.str("LLM_PROXY_API_KEY", key),
             llm_model=env.str("LLM_MODEL", cls.llm_model),
+            routing_model=env.str("ROUTING_MODEL", ""),
+            approval_required=approval,
             llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
             outbox_size=env.int("OUTBOX_SIZE", cls.outbox_size),
             open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
@@ -105,6 +124,8 @@ async def serve(
             model=config.llm_model,
             outbox_size=config.outbox_size,
             open_timeout=config.open_timeout,
+            routing_model=config.routing_model or None,
+            approval_required=config.approval_required,
         )
         mesh = MeshServer(
             address=f"{config.host}:{config.port}",

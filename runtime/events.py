@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 
 class TurnStatus(enum.Enum):
@@ -49,7 +50,59 @@ class ErrorEvent:
     retryable: bool = False
 
 
-Event = SessionOpened | AssistantText | TurnDone | ErrorEvent
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """Asks the IDE to run a tool (or, with requires_approval, to ask first)."""
+
+    call_id: str
+    tool_name: str
+    arguments: dict[str, Any]
+    requires_approval: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSwitched:
+    from_agent: str
+    to_agent: str
+    reason: str
+    confidence: float = 1.0
+    content: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    id: str
+    description: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanUpdate:
+    plan_id: str
+    steps: tuple[PlanStep, ...]
+    current_step: str = ""
+    requires_approval: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProgress:
+    plan_id: str
+    step_id: str
+    status: str
+    result: str = ""
+
+
+Event = (
+    SessionOpened
+    | AssistantText
+    | TurnDone
+    | ErrorEvent
+    | ToolCallEvent
+    | AgentSwitched
+    | PlanUpdate
+    | PlanProgress
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,11 @@ from runtime.events import Usage
 
 @dataclass(frozen=True, slots=True)
 class ToolCallRequest:
-    """A complete tool call made by the model."""
+    """A complete tool call as the model made it (arguments as its JSON text)."""
 
     call_id: str
     name: str
-    arguments: dict[str, Any]
+    arguments_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
         content=message.content,
         tool_calls=[
             llmproxy_pb2.ToolCall(
-                id=call.call_id, name=call.name, arguments_json=json.dumps(call.arguments)
+                id=call.call_id, name=call.name, arguments_json=call.arguments_json
             )
             for call in message.tool_calls
         ],

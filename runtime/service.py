@@ -11,24 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any, NoReturn
 
 import grpc
 import structlog
+from google.protobuf import json_format
 
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
-from runtime.conversation import CancelTurn, ClientEvent, Conversation, Unsupported, UserMessage
+from runtime.conversation import (
+    ApprovalDecision,
+    CancelTurn,
+    ClientEvent,
+    Conversation,
+    FileChanged,
+    PlanApproval,
+    SwitchAgent,
+    ToolResult,
+    UserMessage,
+)
 from runtime.errors import InvalidArgument, RuntimeServiceError, Unauthenticated
 from runtime.events import (
+    AgentSwitched,
     AssistantText,
     ErrorEvent,
+    PlanProgress,
+    PlanUpdate,
     Sequenced,
     SessionOpened,
+    ToolCallEvent,
     TurnDone,
     TurnStatus,
 )
 from runtime.llm import LlmClient
+from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.session import SessionRegistry
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
@@ -70,6 +86,31 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
             response.error.code = code
             response.error.message = message
             response.error.retryable = retryable
+        case ToolCallEvent() as call:
+            response.tool_call.call_id = call.call_id
+            response.tool_call.tool_name = call.tool_name
+            response.tool_call.arguments.update(call.arguments)
+            response.tool_call.requires_approval = call.requires_approval
+            response.tool_call.reason = call.reason
+        case AgentSwitched() as switched:
+            response.agent_switched.from_agent = switched.from_agent
+            response.agent_switched.to_agent = switched.to_agent
+            response.agent_switched.reason = switched.reason
+            response.agent_switched.confidence = switched.confidence
+            response.agent_switched.content = switched.content
+        case PlanUpdate() as plan:
+            response.plan_update.plan_id = plan.plan_id
+            response.plan_update.current_step = plan.current_step
+            response.plan_update.requires_approval = plan.requires_approval
+            for step in plan.steps:
+                response.plan_update.steps.add(
+                    id=step.id, description=step.description, status=step.status
+                )
+        case PlanProgress() as progress:
+            response.plan_progress.plan_id = progress.plan_id
+            response.plan_progress.step_id = progress.step_id
+            response.plan_progress.status = progress.status
+            response.plan_progress.result = progress.result
         case SessionOpened() as opened:
             response.session_opened.session_id = opened.session_id
             response.session_opened.agent = opened.agent
@@ -79,17 +120,57 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
     return response
 
 
+_DECISIONS = {
+    runtime_pb2.DECISION_APPROVE: "approve",
+    runtime_pb2.DECISION_EDIT: "edit",
+    runtime_pb2.DECISION_REJECT: "reject",
+}
+
+
 def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
-    """The runtime's view of one client event."""
+    """The runtime's view of one client event; InvalidArgument if malformed."""
     kind = request.WhichOneof("event")
     if kind == "user_message":
         message = request.user_message
         return UserMessage(content=message.content, role=message.role or "user")
     if kind == "cancel":
         return CancelTurn()
-    if kind is None or kind == "open":
-        raise InvalidArgument("expected a client event after open")
-    return Unsupported(kind)
+    if kind == "tool_result":
+        result = request.tool_result
+        outcome = result.WhichOneof("outcome")
+        if outcome == "error":
+            return ToolResult(result.call_id, error=result.error)
+        payload = json_format.MessageToDict(result.result) if outcome == "result" else {}
+        return ToolResult(result.call_id, result=payload)
+    if kind == "approval_decision":
+        decision = request.approval_decision
+        if decision.decision not in _DECISIONS:
+            raise InvalidArgument("approval decision must be approve, edit or reject")
+        modified = (
+            json_format.MessageToDict(decision.modified_arguments)
+            if decision.HasField("modified_arguments")
+            else None
+        )
+        return ApprovalDecision(
+            decision.call_id, _DECISIONS[decision.decision], modified, decision.feedback
+        )
+    if kind == "switch_agent":
+        switch = request.switch_agent
+        return SwitchAgent(switch.agent_type, switch.content, switch.reason)
+    if kind == "plan_approval":
+        plan = request.plan_approval
+        if plan.decision not in (runtime_pb2.DECISION_APPROVE, runtime_pb2.DECISION_REJECT):
+            raise InvalidArgument("plan decision must be approve or reject")
+        return PlanApproval(plan.plan_id, _DECISIONS[plan.decision], plan.feedback)
+    if kind == "file_changed":
+        changed = request.file_changed
+        timestamp = (
+            changed.timestamp.ToMicroseconds() / 1e6
+            if changed.HasField("timestamp")
+            else time.time()
+        )
+        return FileChanged(changed.path, timestamp)
+    raise InvalidArgument("expected a client event after open")
 
 
 class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
@@ -103,10 +184,14 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         model: str,
         outbox_size: int,
         open_timeout: float,
+        routing_model: str | None = None,
+        approval_required: Collection[str] = DEFAULT_APPROVAL_REQUIRED,
     ) -> None:
         self._registry = registry
         self._llm = llm
         self._model = model
+        self._routing_model = routing_model or model
+        self._approval_required = frozenset(approval_required)
         self._outbox_size = outbox_size
         self._open_timeout = open_timeout
 
@@ -141,7 +226,13 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         )
         outbox: asyncio.Queue[Sequenced] = asyncio.Queue(maxsize=self._outbox_size)
         conversation = Conversation(
-            session, self._llm, model=self._model, outbox=outbox, request_id=request_id
+            session,
+            self._llm,
+            model=self._model,
+            outbox=outbox,
+            routing_model=self._routing_model,
+            approval_required=self._approval_required,
+            request_id=request_id,
         )
         events_in = 0
         try:
@@ -152,7 +243,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     try:
                         event = to_client_event(request)
                     except InvalidArgument as exc:
-                        await conversation.emit(ErrorEvent("invalid_event", str(exc)))
+                        await conversation.emit(ErrorEvent("invalid_frame", str(exc)))
                         continue
                     await conversation.handle(event)
                 # The client half-closed: finish the turn, flush, end the call.

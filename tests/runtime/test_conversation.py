@@ -3,86 +3,298 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
-from runtime.conversation import CancelTurn, Conversation, Unsupported, UserMessage
+from runtime.conversation import (
+    MAX_SWITCHES_PER_TURN,
+    ApprovalDecision,
+    CancelTurn,
+    Conversation,
+    FileChanged,
+    PlanApproval,
+    SwitchAgent,
+    ToolResult,
+    UserMessage,
+)
 from runtime.errors import InvalidArgument, PermissionDenied, UpstreamError
-from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone, TurnStatus, Usage
-from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk
-from runtime.session import SessionRegistry
+from runtime.events import (
+    AgentSwitched,
+    AssistantText,
+    ErrorEvent,
+    Event,
+    PlanProgress,
+    PlanUpdate,
+    Sequenced,
+    ToolCallEvent,
+    TurnDone,
+    TurnStatus,
+    Usage,
+)
+from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
+from runtime.session import Session, SessionRegistry
+
+
+def call(name: str, index: int = 0, **arguments: Any) -> ToolCallChunk:
+    return ToolCallChunk(index, f"model-id-{index}", name, json.dumps(arguments))
 
 
 class ScriptedLlm:
-    """Yields the given chunks; optionally blocks before the end or fails."""
+    """Answers each model call with the next script; blocks or fails on request."""
 
     def __init__(
         self,
-        chunks: Sequence[Chunk],
-        *,
+        *scripts: Sequence[Chunk],
         hold: asyncio.Event | None = None,
         fail: UpstreamError | None = None,
     ) -> None:
-        self.chunks = chunks
+        self.scripts = list(scripts)
         self.hold = hold
         self.fail = fail
         self.seen: list[list[ChatMessage]] = []
+        self.tools_seen: list[list[str]] = []
         self.closed = asyncio.Event()
 
     async def stream_chat(
-        self, model: str, messages: Sequence[ChatMessage], *args: Any, **kwargs: Any
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        **kwargs: Any,
     ) -> AsyncIterator[Chunk]:
         self.seen.append(list(messages))
+        self.tools_seen.append([t.name for t in tools])
+        script = self.scripts.pop(0) if self.scripts else [TextChunk("done")]
         try:
-            for chunk in self.chunks:
+            for chunk in script:
                 yield chunk
             if self.hold is not None:
                 await self.hold.wait()
             if self.fail is not None:
                 raise self.fail
+            yield StreamEnd("stop", Usage(1, 1), "scripted")
         finally:
             self.closed.set()
 
 
-async def drain_until_done(outbox: asyncio.Queue[Sequenced]) -> list[Sequenced]:
-    items = []
+async def until(outbox: asyncio.Queue[Sequenced], kind: type) -> list[Event]:
+    """Events up to and including the first of ``kind``."""
+    events = []
     while True:
-        item = await asyncio.wait_for(outbox.get(), 5)
-        items.append(item)
-        if isinstance(item.event, TurnDone):
-            return items
+        event = (await asyncio.wait_for(outbox.get(), 5)).event
+        events.append(event)
+        if isinstance(event, kind):
+            return events
 
 
-def make(llm: ScriptedLlm) -> tuple[Conversation, asyncio.Queue[Sequenced], Any]:
-    session, _ = SessionRegistry("coder").open("s1", "alice")
+def make(
+    llm: ScriptedLlm, agent: str = "coder"
+) -> tuple[Conversation, asyncio.Queue[Sequenced], Session]:
+    session, _ = SessionRegistry(agent).open("s1", "alice")
     outbox: asyncio.Queue[Sequenced] = asyncio.Queue(maxsize=64)
-    conversation = Conversation(session, llm, model="offline", outbox=outbox)  # type: ignore[arg-type]
+    conversation = Conversation(session, llm, model="m", outbox=outbox)  # type: ignore[arg-type]
     return conversation, outbox, session
 
 
+def tool_messages(session: Session) -> list[dict[str, Any]]:
+    return [json.loads(m.content) for m in session.messages if m.role == "tool"]
+
+
+def assert_history_complete(session: Session) -> None:
+    """Every tool call in history has exactly one tool message."""
+    calls = [c.call_id for m in session.messages for c in m.tool_calls]
+    answers = [m.tool_call_id for m in session.messages if m.role == "tool"]
+    assert sorted(calls) == sorted(answers)
+
+
 async def test_streams_text_then_done_and_stores_the_answer() -> None:
-    llm = ScriptedLlm(
-        [TextChunk("Hello "), TextChunk("world"), StreamEnd("stop", Usage(3, 2), "offline")]
-    )
+    llm = ScriptedLlm([TextChunk("Hello "), TextChunk("world")])
     conversation, outbox, session = make(llm)
     await conversation.handle(UserMessage("hi"))
-    items = await drain_until_done(outbox)
-    assert [i.event for i in items] == [
+    events = await until(outbox, TurnDone)
+    assert events == [
         AssistantText("Hello "),
         AssistantText("world"),
-        TurnDone(TurnStatus.COMPLETED, Usage(3, 2)),
+        TurnDone(TurnStatus.COMPLETED, Usage(1, 1)),
     ]
-    assert [i.seq for i in items] == [1, 2, 3]
-    assert session.messages == [
-        ChatMessage("user", "hi"),
-        ChatMessage("assistant", "Hello world"),
-    ]
-    # The next turn sees the whole conversation.
+    assert session.messages == [ChatMessage("user", "hi"), ChatMessage("assistant", "Hello world")]
+    assert session.last_seq == 3
     await conversation.handle(UserMessage("again"))
-    await drain_until_done(outbox)
-    assert [m.content for m in llm.seen[1]] == ["hi", "Hello world", "again"]
+    await until(outbox, TurnDone)
+    assert [m.content for m in llm.seen[1][1:]] == ["hi", "Hello world", "again"]
+    assert llm.seen[1][0].role == "system"
+
+
+async def test_the_model_sees_only_the_agents_tools() -> None:
+    llm = ScriptedLlm([TextChunk("ok")])
+    conversation, outbox, _ = make(llm, agent="ask")
+    await conversation.handle(UserMessage("what is this?"))
+    await until(outbox, TurnDone)
+    assert "write_file" not in llm.tools_seen[0]
+    assert "read_file" in llm.tools_seen[0]
+
+
+async def test_read_result_summary_loop() -> None:
+    llm = ScriptedLlm([call("read_file", path="src/./a.py")], [TextChunk("It defines main.")])
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("read src/a.py"))
+    (tool_call,) = await until(outbox, ToolCallEvent)
+    assert isinstance(tool_call, ToolCallEvent)
+    assert tool_call.tool_name == "read_file"
+    assert tool_call.arguments == {"path": "src/a.py"}, "paths are normalised"
+    assert not tool_call.requires_approval
+    assert tool_call.call_id.startswith("call_")
+    await conversation.handle(ToolResult(tool_call.call_id, result={"content": "def main(): ..."}))
+    events = await until(outbox, TurnDone)
+    assert events[0] == AssistantText("It defines main.")
+    assert tool_messages(session) == [{"result": {"content": "def main(): ..."}}]
+    assert llm.seen[1][-1].role == "tool"
+    assert_history_complete(session)
+
+
+async def test_write_waits_for_approval_and_runs_after_approve() -> None:
+    llm = ScriptedLlm([call("write_file", path="a.py", content="x = 1\n")], [TextChunk("Written.")])
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("write a.py"))
+    (proposed,) = await until(outbox, ToolCallEvent)
+    assert isinstance(proposed, ToolCallEvent)
+    assert proposed.requires_approval
+    # Executing before approval is refused by the server.
+    await conversation.handle(ToolResult(proposed.call_id, result={"ok": True}))
+    (refused,) = await until(outbox, ErrorEvent)
+    assert isinstance(refused, ErrorEvent)
+    assert refused.code == "approval_required"
+    await conversation.handle(ApprovalDecision(proposed.call_id, "approve"))
+    (execute,) = await until(outbox, ToolCallEvent)
+    assert execute == ToolCallEvent(
+        proposed.call_id, "write_file", {"path": "a.py", "content": "x = 1\n"}, False, "approved"
+    )
+    await conversation.handle(ToolResult(proposed.call_id, result={"ok": True}))
+    await until(outbox, TurnDone)
+    assert tool_messages(session) == [{"result": {"ok": True}}]
+
+
+async def test_edit_is_validated_again_then_executed_with_new_arguments() -> None:
+    llm = ScriptedLlm([call("write_file", path="a.py", content="old")], [TextChunk("ok")])
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("write"))
+    (proposed,) = await until(outbox, ToolCallEvent)
+    assert isinstance(proposed, ToolCallEvent)
+    await conversation.handle(
+        ApprovalDecision(proposed.call_id, "edit", {"path": "../escape.py", "content": "x"})
+    )
+    (bad_edit,) = await until(outbox, ErrorEvent)
+    assert isinstance(bad_edit, ErrorEvent)
+    assert bad_edit.code == "invalid_edit"
+    await conversation.handle(ApprovalDecision(proposed.call_id, "edit", {"path": "b.py"}))
+    (bad_schema,) = await until(outbox, ErrorEvent)
+    assert isinstance(bad_schema, ErrorEvent)
+    assert "content" in bad_schema.message
+    await conversation.handle(
+        ApprovalDecision(proposed.call_id, "edit", {"path": "b.py", "content": "new"})
+    )
+    (execute,) = await until(outbox, ToolCallEvent)
+    assert isinstance(execute, ToolCallEvent)
+    assert execute.arguments == {"path": "b.py", "content": "new"}
+    assert not execute.requires_approval
+    await conversation.handle(ToolResult(proposed.call_id, result={"ok": True}))
+    await until(outbox, TurnDone)
+    assert tool_messages(session) == [
+        {"result": {"ok": True}, "edited_arguments": {"path": "b.py", "content": "new"}}
+    ]
+
+
+async def test_reject_returns_feedback_to_the_model_and_nothing_runs() -> None:
+    llm = ScriptedLlm([call("delete_file", path="a.py")], [TextChunk("Understood.")])
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("delete a.py"))
+    (proposed,) = await until(outbox, ToolCallEvent)
+    assert isinstance(proposed, ToolCallEvent)
+    await conversation.handle(ApprovalDecision(proposed.call_id, "reject", feedback="keep it"))
+    events = await until(outbox, TurnDone)
+    assert not any(isinstance(e, ToolCallEvent) for e in events)
+    assert tool_messages(session) == [
+        {"error": "the user rejected this tool call", "feedback": "keep it"}
+    ]
+    await conversation.handle(ToolResult(proposed.call_id, result={"deleted": True}))
+    (late,) = await until(outbox, ErrorEvent)
+    assert isinstance(late, ErrorEvent)
+    assert late.code == "duplicate_tool_result"
+
+
+@pytest.mark.parametrize(
+    ("agent", "tool", "arguments", "reason"),
+    [
+        ("architect", "write_file", {"path": "main.py", "content": "x"}, "may only write *.md"),
+        ("debug", "write_file", {"path": "notes.md", "content": "x"}, "may not use write_file"),
+        ("debug", "delete_file", {"path": "a.txt"}, "may not use delete_file"),
+        ("ask", "execute_command", {"command": "ls"}, "may not use execute_command"),
+        ("coder", "read_file", {"path": "../secrets"}, "escapes the workspace"),
+        ("coder", "read_file", {"path": "/etc/passwd"}, "absolute paths"),
+        ("coder", "read_file", {"path": "C:\\x"}, "absolute paths"),
+        ("coder", "read_file", {"path": 7}, "invalid arguments"),
+        ("coder", "launch_rockets", {}, "unknown tool"),
+    ],
+)
+async def test_refused_calls_go_back_to_the_model_and_never_reach_the_ide(
+    agent: str, tool: str, arguments: dict[str, Any], reason: str
+) -> None:
+    llm = ScriptedLlm([ToolCallChunk(0, "x", tool, json.dumps(arguments))], [TextChunk("sorry")])
+    conversation, outbox, session = make(llm, agent=agent)
+    await conversation.handle(UserMessage("do it"))
+    events = await until(outbox, TurnDone)
+    assert not any(isinstance(e, ToolCallEvent) for e in events)
+    (answer,) = tool_messages(session)
+    assert reason in answer["error"]
+    assert llm.seen[1][-1].role == "tool", "the model saw the refusal"
+    assert_history_complete(session)
+
+
+async def test_architect_may_write_markdown() -> None:
+    llm = ScriptedLlm([call("write_file", path="docs/DESIGN.md", content="# x")])
+    conversation, outbox, _ = make(llm, agent="architect")
+    await conversation.handle(UserMessage("document"))
+    (proposed,) = await until(outbox, ToolCallEvent)
+    assert isinstance(proposed, ToolCallEvent)
+    assert proposed.arguments["path"] == "docs/DESIGN.md"
+
+
+async def test_parallel_calls_all_dispatched_and_the_turn_waits_for_every_result() -> None:
+    llm = ScriptedLlm(
+        [call("read_file", 0, path="a.txt"), call("read_file", 1, path="b.txt")],
+        [TextChunk("both read")],
+    )
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("read a.txt and read b.txt"))
+    first = (await outbox.get()).event
+    second = (await outbox.get()).event
+    assert isinstance(first, ToolCallEvent)
+    assert isinstance(second, ToolCallEvent)
+    assert {first.arguments["path"], second.arguments["path"]} == {"a.txt", "b.txt"}
+    assert first.call_id != second.call_id
+    await conversation.handle(ToolResult(second.call_id, result={"content": "B"}))
+    await conversation.handle(UserMessage("impatient"))
+    (busy,) = await until(outbox, ErrorEvent)
+    assert isinstance(busy, ErrorEvent)
+    assert busy.code == "tool_calls_pending"
+    assert len(llm.seen) == 1, "the model is not called before every result is in"
+    await conversation.handle(ToolResult(first.call_id, error="permission denied"))
+    await until(outbox, TurnDone)
+    assert len(llm.seen) == 2
+    assert_history_complete(session)
+    assert {"error": "permission denied"} in tool_messages(session)
+
+
+async def test_unknown_call_id_is_refused_and_changes_nothing() -> None:
+    conversation, outbox, session = make(ScriptedLlm())
+    await conversation.handle(ToolResult("call_made_up", result={}))
+    (error,) = await until(outbox, ErrorEvent)
+    assert isinstance(error, ErrorEvent)
+    assert error.code == "unknown_call_id"
+    assert session.messages == []
 
 
 async def test_second_message_during_a_turn_is_refused() -> None:
@@ -94,9 +306,8 @@ async def test_second_message_during_a_turn_is_refused() -> None:
     refused = (await outbox.get()).event
     assert isinstance(refused, ErrorEvent)
     assert refused.code == "turn_in_progress"
-    assert refused.retryable
     hold.set()
-    await drain_until_done(outbox)
+    await until(outbox, TurnDone)
     assert [m.content for m in session.messages] == ["first", "x"]
 
 
@@ -106,30 +317,45 @@ async def test_cancel_stops_the_llm_stream_and_stores_no_partial_answer() -> Non
     await conversation.handle(UserMessage("go"))
     assert (await outbox.get()).event == AssistantText("partial")
     await conversation.handle(CancelTurn())
-    done = (await outbox.get()).event
-    assert done == TurnDone(TurnStatus.CANCELLED)
+    assert (await outbox.get()).event == TurnDone(TurnStatus.CANCELLED)
     assert llm.closed.is_set()
     assert session.messages == [ChatMessage("user", "go")]
     assert not conversation.turn_running
 
 
-async def test_cancel_without_a_turn_is_an_error() -> None:
-    conversation, outbox, _ = make(ScriptedLlm([]))
+async def test_cancel_while_tools_are_pending_closes_them_in_history() -> None:
+    llm = ScriptedLlm([call("execute_command", command="sleep 100")])
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("run sleep 100"))
+    (proposed,) = await until(outbox, ToolCallEvent)
+    assert isinstance(proposed, ToolCallEvent)
     await conversation.handle(CancelTurn())
-    event = (await outbox.get()).event
+    done = await until(outbox, TurnDone)
+    assert done[-1] == TurnDone(TurnStatus.CANCELLED, Usage(1, 1))
+    assert_history_complete(session)
+    assert session.pending == {}
+    await conversation.handle(UserMessage("next"))
+    await until(outbox, TurnDone)
+
+
+async def test_cancel_without_a_turn_is_an_error() -> None:
+    conversation, outbox, _ = make(ScriptedLlm())
+    await conversation.handle(CancelTurn())
+    (event,) = await until(outbox, ErrorEvent)
     assert isinstance(event, ErrorEvent)
     assert event.code == "no_turn_running"
 
 
 async def test_upstream_failure_is_an_error_event_not_an_answer() -> None:
     failure = UpstreamError("LLM proxy: down", code="llm_unavailable", retryable=True)
-    llm = ScriptedLlm([TextChunk("half")], fail=failure)
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = make(ScriptedLlm([TextChunk("half")], fail=failure))
     await conversation.handle(UserMessage("go"))
-    events = [i.event for i in await drain_until_done(outbox)]
-    assert events[0] == AssistantText("half")
-    assert events[1] == ErrorEvent("llm_unavailable", "LLM proxy: down", True)
-    assert events[2] == TurnDone(TurnStatus.FAILED)
+    events = await until(outbox, TurnDone)
+    assert events == [
+        AssistantText("half"),
+        ErrorEvent("llm_unavailable", "LLM proxy: down", True),
+        TurnDone(TurnStatus.FAILED),
+    ]
     assert session.messages == [ChatMessage("user", "go")]
 
 
@@ -144,13 +370,105 @@ async def test_close_cancels_the_running_turn() -> None:
     await conversation.close()  # idempotent
 
 
-async def test_unsupported_events_get_a_clear_error() -> None:
-    conversation, outbox, _ = make(ScriptedLlm([]))
-    await conversation.handle(Unsupported("plan_approval"))
-    event = (await outbox.get()).event
-    assert isinstance(event, ErrorEvent)
-    assert event.code == "unsupported"
-    assert "plan_approval" in event.message
+async def test_a_new_session_is_routed_by_the_model() -> None:
+    llm = ScriptedLlm(
+        [TextChunk('{"agent": "debug", "confidence": 0.8, "rationale": "a failure"}')],
+        [TextChunk("Let me look.")],
+    )
+    conversation, outbox, session = make(llm, agent="orchestrator")
+    await conversation.handle(UserMessage("the tests crash"))
+    events = await until(outbox, TurnDone)
+    assert events[0] == AgentSwitched("orchestrator", "debug", "a failure", 0.8)
+    assert events[1] == AssistantText("Let me look."), "routing text is not shown"
+    assert session.agent == "debug"
+    assert "debug" in llm.seen[1][0].content.lower(), "the same request continues as debug"
+
+
+async def test_unusable_routing_answer_falls_back_to_keywords() -> None:
+    llm = ScriptedLlm([TextChunk("I think a coder?")], [TextChunk("ok")])
+    conversation, outbox, _session = make(llm, agent="orchestrator")
+    await conversation.handle(UserMessage("implement a function"))
+    switched = (await until(outbox, AgentSwitched))[-1]
+    assert isinstance(switched, AgentSwitched)
+    assert switched.to_agent == "coder"
+    assert "keyword" in switched.reason
+    await until(outbox, TurnDone)
+
+
+async def test_switch_mode_hands_off_and_continues_and_ping_pong_is_bounded() -> None:
+    scripts: list[list[Chunk]] = [
+        [call("switch_mode", agent="coder" if i % 2 else "debug", reason=f"hop {i}")]
+        for i in range(MAX_SWITCHES_PER_TURN + 1)
+    ]
+    llm = ScriptedLlm(*scripts, [TextChunk("settled")])
+    conversation, outbox, session = make(llm, agent="ask")
+    await conversation.handle(UserMessage("bounce"))
+    events = await until(outbox, TurnDone)
+    switches = [e for e in events if isinstance(e, AgentSwitched)]
+    assert len(switches) == MAX_SWITCHES_PER_TURN
+    assert switches[0] == AgentSwitched("ask", "debug", "hop 0", 1.0)
+    assert "no more than" in tool_messages(session)[-1]["error"]
+    assert len(session.switches) == MAX_SWITCHES_PER_TURN
+    assert_history_complete(session)
+
+
+async def test_switch_agent_from_the_ide_runs_the_message_with_the_new_agent() -> None:
+    llm = ScriptedLlm([TextChunk("architecting")])
+    conversation, outbox, session = make(llm, agent="coder")
+    await conversation.handle(SwitchAgent("architect", "design it", "user wants a design"))
+    events = await until(outbox, TurnDone)
+    assert events[0] == AgentSwitched("coder", "architect", "user wants a design", 1.0)
+    assert session.agent == "architect"
+    assert "architect" in llm.seen[0][0].content.lower()
+    await conversation.handle(SwitchAgent("wizard"))
+    (error,) = await until(outbox, ErrorEvent)
+    assert isinstance(error, ErrorEvent)
+    assert error.code == "unknown_agent"
+
+
+async def test_plan_with_approval_and_progress() -> None:
+    steps = [{"id": "1", "description": "read", "status": "pending"}]
+    done = [{"id": "1", "description": "read", "status": "done"}]
+    llm = ScriptedLlm(
+        [call("update_plan", plan_id="p1", steps=steps, requires_approval=True)],
+        [call("update_plan", plan_id="p1", steps=done)],
+        [TextChunk("finished")],
+    )
+    conversation, outbox, session = make(llm)
+    await conversation.handle(UserMessage("plan it"))
+    (update,) = await until(outbox, PlanUpdate)
+    assert isinstance(update, PlanUpdate)
+    assert update.requires_approval
+    await conversation.handle(PlanApproval("nope", "approve"))
+    (unknown,) = await until(outbox, ErrorEvent)
+    assert isinstance(unknown, ErrorEvent)
+    assert unknown.code == "unknown_plan"
+    await conversation.handle(PlanApproval("p1", "approve"))
+    events = await until(outbox, TurnDone)
+    assert isinstance(events[0], PlanProgress)
+    assert (events[0].step_id, events[0].status) == ("1", "done")
+    assert isinstance(events[1], PlanUpdate)
+    assert not events[1].requires_approval
+    assert_history_complete(session)
+
+
+async def test_file_changes_reach_the_model_once_coalesced() -> None:
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, _ = make(llm)
+    await conversation.handle(FileChanged("src/a.py", 1.0))
+    await conversation.handle(FileChanged("./src/a.py", 2.0))
+    await conversation.handle(FileChanged("../outside", 3.0))
+    (bad,) = await until(outbox, ErrorEvent)
+    assert isinstance(bad, ErrorEvent)
+    assert bad.code == "invalid_path"
+    await conversation.handle(UserMessage("go"))
+    await until(outbox, TurnDone)
+    notices = [m.content for m in llm.seen[0] if "[IDE notice]" in m.content]
+    assert len(notices) == 1
+    assert "src/a.py" in notices[0]
+    await conversation.handle(UserMessage("again"))
+    await until(outbox, TurnDone)
+    assert sum("[IDE notice]" in m.content for m in llm.seen[1]) == 1, "not repeated"
 
 
 def test_sessions_belong_to_their_creator() -> None:

@@ -33,6 +33,10 @@ class ScriptedProxy(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         self, request: llmproxy_pb2.StreamChatRequest, context: Any
     ) -> AsyncIterator[llmproxy_pb2.StreamChatResponse]:
         self.requests.append(request)
+        if request.messages[0].content.startswith("You route requests"):
+            route = '{"agent": "coder", "confidence": 0.9, "rationale": "code"}'
+            yield llmproxy_pb2.StreamChatResponse(text=llmproxy_pb2.TextDelta(text=route))
+            return
         try:
             for word in ("one ", "two ", "three"):
                 yield llmproxy_pb2.StreamChatResponse(text=llmproxy_pb2.TextDelta(text=word))
@@ -95,7 +99,10 @@ async def test_converse_streams_the_answer(
     assert opened.session_opened.session_id == "s-1"
     assert opened.session_opened.created
     await call.write(user_message("hello"))
-    texts, seqs = [], []
+    switched = await call.read()
+    assert switched.agent_switched.from_agent == "orchestrator"
+    assert switched.agent_switched.to_agent == "coder"
+    texts, seqs = [], [switched.seq]
     while True:
         response = await call.read()
         seqs.append(response.seq)
@@ -105,12 +112,17 @@ async def test_converse_streams_the_answer(
             break
         texts.append(response.assistant_delta.text)
     assert "".join(texts) == "one two three"
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] >= 1
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert seqs[0] >= 1
     await call.done_writing()
     assert await call.read() == grpc.aio.EOF
     servicer, _ = proxy
-    assert servicer.requests[0].messages[-1].content == "hello"
-    assert servicer.requests[0].model == "offline"
+    routing, answer = servicer.requests
+    assert routing.messages[-1].content == "hello"
+    assert answer.messages[-1].content == "hello"
+    assert answer.model == "offline"
+    assert "write_file" in [tool.name for tool in answer.tools]
 
 
 async def test_cancelling_the_stream_cancels_the_llm_call(
@@ -123,6 +135,7 @@ async def test_cancelling_the_stream_cancels_the_llm_call(
     await call.write(open_request("s-2"))
     await call.read()
     await call.write(user_message("hello"))
+    assert (await call.read()).HasField("agent_switched")
     assert (await call.read()).assistant_delta.text == "one "
     call.cancel()
     await asyncio.wait_for(servicer.cancelled.wait(), 5)

@@ -1,0 +1,246 @@
+"""The tools an agent may call, with the JSON schemas the model sees.
+
+IDE tools are executed by the IDE (the runtime sends ``tool_call`` and waits
+for ``tool_result``); runtime tools are executed here. Every call's arguments
+are validated against the tool's schema before anything else looks at them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from runtime.llm import ToolSpec
+
+
+class Side(enum.Enum):
+    IDE = "ide"
+    RUNTIME = "runtime"
+
+
+class Effect(enum.Enum):
+    """What a tool does to the workspace; policy and approvals key on it."""
+
+    READ = "read"
+    WRITE = "write"
+    EXECUTE = "execute"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    side: Side
+    effect: Effect
+    path_fields: tuple[str, ...] = ()
+    """Argument names holding workspace paths (checked by the policy)."""
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.parameters)
+
+
+class ArgumentsInvalid(ValueError):
+    """The arguments do not match the tool's schema; the message says where."""
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+_PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
+
+TOOLS: dict[str, Tool] = {
+    tool.name: tool
+    for tool in (
+        Tool(
+            "read_file",
+            "Read a text file of the workspace, optionally only a range of lines.",
+            _object(
+                {
+                    "path": _PATH | {"description": "workspace-relative path"},
+                    "start_line": {"type": "integer", "minimum": 1},
+                    "end_line": {"type": "integer", "minimum": 1},
+                },
+                ["path"],
+            ),
+            Side.IDE,
+            Effect.READ,
+            ("path",),
+        ),
+        Tool(
+            "write_file",
+            "Create or overwrite a text file of the workspace with the given content.",
+            _object(
+                {
+                    "path": _PATH | {"description": "workspace-relative path"},
+                    "content": {"type": "string", "maxLength": 4_000_000},
+                },
+                ["path", "content"],
+            ),
+            Side.IDE,
+            Effect.WRITE,
+            ("path",),
+        ),
+        Tool(
+            "list_files",
+            "List files under a workspace directory, optionally recursively and by glob.",
+            _object(
+                {
+                    "path": _PATH | {"description": "workspace-relative directory, '.' for root"},
+                    "recursive": {"type": "boolean"},
+                    "pattern": {"type": "string", "maxLength": 256, "description": "glob"},
+                },
+                ["path"],
+            ),
+            Side.IDE,
+            Effect.READ,
+            ("path",),
+        ),
+        Tool(
+            "search_in_code",
+            "Search the workspace's files for a regular expression.",
+            _object(
+                {
+                    "query": {"type": "string", "minLength": 1, "maxLength": 1024},
+                    "path": _PATH | {"description": "directory to search, '.' for root"},
+                    "case_sensitive": {"type": "boolean"},
+                    "regex": {"type": "boolean"},
+                    "max_results": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+                ["query"],
+            ),
+            Side.IDE,
+            Effect.READ,
+            ("path",),
+        ),
+        Tool(
+            "create_directory",
+            "Create a directory (and its parents) in the workspace.",
+            _object({"path": _PATH}, ["path"]),
+            Side.IDE,
+            Effect.WRITE,
+            ("path",),
+        ),
+        Tool(
+            "execute_command",
+            "Run a shell command in the workspace and return its output.",
+            _object(
+                {
+                    "command": {"type": "string", "minLength": 1, "maxLength": 8192},
+                    "cwd": _PATH | {"description": "workspace-relative working directory"},
+                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                },
+                ["command"],
+            ),
+            Side.IDE,
+            Effect.EXECUTE,
+            ("cwd",),
+        ),
+        Tool(
+            "delete_file",
+            "Delete a file of the workspace.",
+            _object({"path": _PATH}, ["path"]),
+            Side.IDE,
+            Effect.WRITE,
+            ("path",),
+        ),
+        Tool(
+            "move_file",
+            "Move or rename a file of the workspace.",
+            _object({"source": _PATH, "destination": _PATH}, ["source", "destination"]),
+            Side.IDE,
+            Effect.WRITE,
+            ("source", "destination"),
+        ),
+        Tool(
+            "switch_mode",
+            "Hand the conversation to another agent, which continues the same request.",
+            _object(
+                {
+                    "agent": {
+                        "type": "string",
+                        "enum": ["orchestrator", "coder", "architect", "debug", "ask"],
+                    },
+                    "reason": {"type": "string", "maxLength": 1000},
+                },
+                ["agent", "reason"],
+            ),
+            Side.RUNTIME,
+            Effect.NONE,
+        ),
+        Tool(
+            "attempt_completion",
+            "Declare the task done and give the user the final result.",
+            _object({"result": {"type": "string", "maxLength": 100_000}}, ["result"]),
+            Side.RUNTIME,
+            Effect.NONE,
+        ),
+        Tool(
+            "ask_followup_question",
+            "Ask the user a question when the request is ambiguous; the turn ends here.",
+            _object(
+                {"question": {"type": "string", "minLength": 1, "maxLength": 4000}}, ["question"]
+            ),
+            Side.RUNTIME,
+            Effect.NONE,
+        ),
+        Tool(
+            "update_plan",
+            "Publish the plan (all steps) or update step statuses.",
+            _object(
+                {
+                    "plan_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "steps": {
+                        "type": "array",
+                        "maxItems": 100,
+                        "items": _object(
+                            {
+                                "id": {"type": "string", "minLength": 1, "maxLength": 64},
+                                "description": {"type": "string", "maxLength": 2000},
+                                "status": {
+                                    "type": "string",
+                                    "enum": ["pending", "in_progress", "done", "failed", "skipped"],
+                                },
+                            },
+                            ["id", "description", "status"],
+                        ),
+                    },
+                    "requires_approval": {"type": "boolean"},
+                },
+                ["plan_id", "steps"],
+            ),
+            Side.RUNTIME,
+            Effect.NONE,
+        ),
+    )
+}
+
+_VALIDATORS = {
+    name: jsonschema.Draft202012Validator(tool.parameters) for name, tool in TOOLS.items()
+}
+
+
+def validate_arguments(tool_name: str, arguments: Any) -> dict[str, Any]:
+    """Return ``arguments`` if they match the tool's schema.
+
+    Raises KeyError for an unknown tool and ArgumentsInvalid, naming the first
+    problem's location, for arguments that do not match.
+    """
+    validator = _VALIDATORS[tool_name]
+    if not isinstance(arguments, dict):
+        raise ArgumentsInvalid("arguments must be a JSON object")
+    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "arguments"
+        raise ArgumentsInvalid(f"{where}: {error.message}")
+    return arguments
