@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import math
 import struct
 import time
@@ -38,6 +39,8 @@ from typing import Any
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.llms.openai import ChatCompletionToolCallChunk
 from litellm.types.utils import EmbeddingResponse, GenericStreamingChunk, ModelResponse, Usage
+
+from llmproxy import playbook
 
 PROVIDER = "offline"
 DEFAULT_REPLY_TOKENS = 24
@@ -120,20 +123,40 @@ class Reply:
 
 
 def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettings) -> Reply:
-    """The deterministic reply to ``messages``."""
-    said = _content_text(_last_user_content(messages))
-    words = ["You", "said:", *said.split()]
-    fill = itertools.cycle(FILLER_WORDS)
-    while len(words) < settings.reply_tokens:
-        words.append(next(fill))
-    words = words[: settings.reply_tokens]
+    """The deterministic reply to ``messages``: a playbook rule's, else an echo."""
+    prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
+    answer = playbook.respond(messages)
+    if answer is not None and answer.tool_calls:
+        calls = tuple(
+            ChatCompletionToolCallChunk(
+                id=f"offline_call_{index}",
+                type="function",
+                function={"name": call.name, "arguments": json.dumps(call.arguments)},
+                index=index,
+            )
+            for index, call in enumerate(answer.tool_calls)
+        )
+        tokens = _tokens(answer.text.split())
+        return Reply(tokens, "tool_calls", prompt_tokens, calls)
+    if answer is not None:
+        words = answer.text.split()
+    else:
+        said = _content_text(_last_user_content(messages))
+        words = ["You", "said:", *said.split()]
+        fill = itertools.cycle(FILLER_WORDS)
+        while len(words) < settings.reply_tokens:
+            words.append(next(fill))
+        words = words[: settings.reply_tokens]
     finish_reason = "stop"
     if settings.max_tokens is not None and settings.max_tokens < len(words):
         words = words[: max(settings.max_tokens, 0)]
         finish_reason = "length"
-    tokens = tuple(word if i == len(words) - 1 else word + " " for i, word in enumerate(words))
-    prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
-    return Reply(tokens=tokens, finish_reason=finish_reason, prompt_tokens=prompt_tokens)
+    return Reply(tokens=_tokens(words), finish_reason=finish_reason, prompt_tokens=prompt_tokens)
+
+
+def _tokens(words: Sequence[str]) -> tuple[str, ...]:
+    """One streamed token per word, each but the last with its following space."""
+    return tuple(word if i == len(words) - 1 else word + " " for i, word in enumerate(words))
 
 
 def expected_reply_text(user_message: str, reply_tokens: int = DEFAULT_REPLY_TOKENS) -> str:

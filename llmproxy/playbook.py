@@ -1,0 +1,242 @@
+"""The offline model's rules: deterministic answers that drive every agent flow.
+
+The offline model is a stand-in for a real LLM, good enough that the whole
+system can be used and tested with no network. :func:`respond` looks at the
+conversation the way a model would and returns either text or tool calls;
+``None`` means "no rule applies" and the model echoes the message.
+
+Rules, in order (documented in the README):
+
+1. A routing request (system prompt "You route requests to agents") is
+   answered with a JSON classification chosen by the request's first word.
+2. After tool results: if the model's last call was ``update_plan`` and a step
+   is not done yet, the next step is marked done (plan execution); otherwise
+   the results are summarised in text.
+3. A user message made of commands becomes tool calls, several joined by
+   "and": ``read PATH``, ``list PATH``, ``search TEXT``, ``mkdir PATH``,
+   ``delete PATH``, ``move A to B``, and (taking the rest of the message)
+   ``write PATH: CONTENT``, ``run COMMAND``, ``plan A; B; C`` (``plan with
+   approval: …`` asks for approval), ``switch to AGENT``, ``done RESULT``,
+   ``clarify QUESTION``.
+
+The rules emit tool calls whether or not the tool was offered, on purpose: a
+real model sometimes calls what it should not, and the runtime's policy must
+catch it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ROUTING_MARKER = "You route requests to agents"
+
+_ROUTES = {
+    "coder": ("write", "create", "implement", "add", "delete", "move", "mkdir", "refactor", "fix"),
+    "architect": ("design", "plan", "document", "architect"),
+    "debug": ("run", "debug", "why", "crash", "trace"),
+    "ask": ("read", "list", "search", "what", "how", "explain", "where", "show"),
+}
+_AGENTS = ("orchestrator", "coder", "architect", "debug", "ask")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+def respond(messages: Sequence[Mapping[str, Any]]) -> Answer | None:
+    """The rule-based answer to ``messages``, or None when no rule applies."""
+    if not messages:
+        return None
+    first, last = messages[0], messages[-1]
+    if first.get("role") == "system" and ROUTING_MARKER in _text(first):
+        return _route(_text(last))
+    if last.get("role") == "tool":
+        return _after_tools(messages)
+    if last.get("role") == "user":
+        calls = _commands(_text(last).strip())
+        if calls:
+            return Answer(tool_calls=tuple(calls))
+    return None
+
+
+def _text(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _route(request: str) -> Answer:
+    words = re.findall(r"[a-z]+", request.lower())
+    first = words[0] if words else ""
+    for agent, verbs in _ROUTES.items():
+        if first in verbs:
+            choice = {"agent": agent, "confidence": 0.9, "rationale": f"the request says {first!r}"}
+            return Answer(text=json.dumps(choice))
+    for agent, verbs in _ROUTES.items():
+        if any(word in verbs for word in words):
+            choice = {"agent": agent, "confidence": 0.6, "rationale": "a keyword in the request"}
+            return Answer(text=json.dumps(choice))
+    choice = {"agent": "ask", "confidence": 0.4, "rationale": "nothing more specific fits"}
+    return Answer(text=json.dumps(choice))
+
+
+def _after_tools(messages: Sequence[Mapping[str, Any]]) -> Answer:
+    results: list[Mapping[str, Any]] = []
+    index = len(messages) - 1
+    while index >= 0 and messages[index].get("role") == "tool":
+        results.insert(0, messages[index])
+        index -= 1
+    calls = messages[index].get("tool_calls") or [] if index >= 0 else []
+    plan = _plan_to_continue(calls, results)
+    if plan is not None:
+        return Answer(tool_calls=(plan,))
+    return Answer(text=" ".join(_summary(result) for result in results))
+
+
+def _plan_to_continue(
+    calls: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]]
+) -> ToolCall | None:
+    """Mark the next step of the plan done, if the last call was a plan update."""
+    if len(calls) != 1 or calls[0].get("function", {}).get("name") != "update_plan":
+        return None
+    if "error" in _payload(results[0]):
+        return None
+    try:
+        arguments = json.loads(calls[0]["function"].get("arguments") or "{}")
+    except json.JSONDecodeError:
+        return None
+    steps = [dict(step) for step in arguments.get("steps", [])]
+    pending = [step for step in steps if step.get("status") != "done"]
+    if not pending:
+        return None
+    pending[0]["status"] = "done"
+    if len(pending) > 1:
+        pending[1]["status"] = "in_progress"
+    return ToolCall("update_plan", {"plan_id": arguments.get("plan_id", "plan-1"), "steps": steps})
+
+
+def _payload(message: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        payload = json.loads(_text(message))
+    except json.JSONDecodeError:
+        return {"result": _text(message)}
+    return payload if isinstance(payload, dict) else {"result": payload}
+
+
+def _summary(message: Mapping[str, Any]) -> str:
+    name = message.get("name") or "the tool"
+    payload = _payload(message)
+    if "error" in payload:
+        feedback = f" Feedback: {payload['feedback']}." if payload.get("feedback") else ""
+        return f"{name} failed: {payload['error']}.{feedback}"
+    result = payload.get("result")
+    if isinstance(result, dict):
+        shown = result.get("content", result.get("output", result))
+    else:
+        shown = result
+    text = shown if isinstance(shown, str) else json.dumps(shown, ensure_ascii=False)
+    if len(text) > 200:
+        text = text[:200] + "…"
+    return f"{name} returned: {text}"
+
+
+def _commands(message: str) -> list[ToolCall]:
+    clauses = re.split(r"\s+and\s+", message)
+    calls: list[ToolCall] = []
+    for position, clause in enumerate(clauses):
+        verb, _, rest = clause.strip().partition(" ")
+        verb = verb.lower()
+        rest = rest.strip()
+        tail = " and ".join([rest, *clauses[position + 1 :]]).strip()
+        if verb in ("write", "run", "plan", "switch", "done", "clarify"):
+            call = _greedy(verb, tail)
+            if call is not None:
+                calls.append(call)
+            return calls
+        call = _simple(verb, rest)
+        if call is None:
+            return calls if calls else []
+        calls.append(call)
+    return calls
+
+
+def _simple(verb: str, rest: str) -> ToolCall | None:
+    if not rest:
+        return None
+    if verb == "read":
+        lines = re.fullmatch(r"(\S+)\s+lines?\s+(\d+)\s*-\s*(\d+)", rest)
+        if lines:
+            start, end = int(lines.group(2)), int(lines.group(3))
+            return ToolCall(
+                "read_file", {"path": lines.group(1), "start_line": start, "end_line": end}
+            )
+        return ToolCall("read_file", {"path": rest})
+    if verb == "list":
+        return ToolCall("list_files", {"path": rest, "recursive": True})
+    if verb == "search":
+        return ToolCall("search_in_code", {"query": rest, "path": "."})
+    if verb == "mkdir":
+        return ToolCall("create_directory", {"path": rest})
+    if verb == "delete":
+        return ToolCall("delete_file", {"path": rest})
+    if verb == "move":
+        source, sep, destination = rest.partition(" to ")
+        if sep:
+            return ToolCall(
+                "move_file", {"source": source.strip(), "destination": destination.strip()}
+            )
+    return None
+
+
+def _greedy(verb: str, rest: str) -> ToolCall | None:
+    if not rest:
+        return None
+    if verb == "write":
+        path, sep, content = rest.partition(":")
+        if not sep:
+            path, sep, content = rest.partition(" with ")
+        if not sep:
+            return None
+        content = content.strip()
+        return ToolCall(
+            "write_file", {"path": path.strip(), "content": content + "\n" if content else ""}
+        )
+    if verb == "run":
+        return ToolCall("execute_command", {"command": rest})
+    if verb == "plan":
+        approval = rest.lower().startswith("with approval:")
+        body = rest.split(":", 1)[1] if approval else rest
+        descriptions = [step.strip() for step in re.split(r"[;\n]", body) if step.strip()]
+        steps = [
+            {"id": str(i), "description": text, "status": "pending"}
+            for i, text in enumerate(descriptions, start=1)
+        ]
+        arguments: dict[str, Any] = {"plan_id": "plan-1", "steps": steps}
+        if approval:
+            arguments["requires_approval"] = True
+        return ToolCall("update_plan", arguments)
+    if verb == "switch":
+        target = rest.removeprefix("to ").strip().lower()
+        if target in _AGENTS:
+            return ToolCall("switch_mode", {"agent": target, "reason": "asked to switch"})
+        return None
+    if verb == "done":
+        return ToolCall("attempt_completion", {"result": rest})
+    if verb == "clarify":
+        return ToolCall("ask_followup_question", {"question": rest})
+    return None
