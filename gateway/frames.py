@@ -325,7 +325,8 @@ def _plan_progress(event: runtime_pb2.PlanProgress) -> Frame:
         "type": "plan_progress",
         "plan_id": event.plan_id,
         "step_id": event.step_id,
-        "result": event.result,
+        # The IDE's flat frame model reads `result` as an object.
+        "result": {"text": event.result},
         "status": event.status,
     }
 

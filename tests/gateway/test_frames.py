@@ -284,7 +284,7 @@ def test_plan_update_and_progress():
         "type": "plan_progress",
         "plan_id": "p",
         "step_id": "1",
-        "result": "ok",
+        "result": {"text": "ok"},
         "status": "done",
         "seq": 7,
     }
