@@ -12,6 +12,8 @@ variable                          default              meaning
 ``LLM_PROXY_API_KEY``             = INTERNAL_API_KEY   credential presented to the LLM proxy
 ``LLM_MODEL``                     ``offline``          model group the agents use
 ``ROUTING_MODEL``                 = LLM_MODEL          model group that routes first messages
+``AGENT_MODELS``                  (none)               per-agent model groups, e.g.
+                                                       ``debug=gpt-4o,ask=offline``
 ``APPROVAL_REQUIRED``             write_file,…         tools needing approval (comma list;
                                                        default: write_file, delete_file,
                                                        move_file, create_directory,
@@ -41,7 +43,7 @@ from mesh.env import ConfigError, Env
 from mesh.grpc_server import MeshServer
 from mesh.logs import configure_logging
 from mesh.signals import wait_for_stop_signal
-from runtime.agents import DEFAULT_AGENT
+from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.llm import LlmClient
 from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.service import AgentRuntimeServicer
@@ -61,6 +63,7 @@ class RuntimeConfig:
     llm_proxy_api_key: str = ""
     llm_model: str = "offline"
     routing_model: str = ""
+    agent_models: tuple[tuple[str, str], ...] = ()
     approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
     llm_timeout: float = 300.0
     outbox_size: int = 256
@@ -81,6 +84,15 @@ class RuntimeConfig:
         unknown = sorted(set(approval) - set(TOOLS))
         if unknown:
             raise ConfigError(f"{env.name('APPROVAL_REQUIRED')}: unknown tools {unknown}")
+        agent_models = []
+        for item in env.list("AGENT_MODELS"):
+            agent, sep, model = item.partition("=")
+            if not sep or agent.strip() not in AGENTS or not model.strip():
+                raise ConfigError(
+                    f"{env.name('AGENT_MODELS')}: {item!r} is not AGENT=MODEL "
+                    f"with AGENT one of {', '.join(AGENTS)}"
+                )
+            agent_models.append((agent.strip(), model.strip()))
         return cls(
             internal_api_key=key,
             host=env.str("HOST", cls.host),
@@ -89,6 +101,7 @@ class RuntimeConfig:
             llm_proxy_api_key=env.str("LLM_PROXY_API_KEY", key),
             llm_model=env.str("LLM_MODEL", cls.llm_model),
             routing_model=env.str("ROUTING_MODEL", ""),
+            agent_models=tuple(agent_models),
             approval_required=approval,
             llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
             outbox_size=env.int("OUTBOX_SIZE", cls.outbox_size),
@@ -125,6 +138,7 @@ async def serve(
             outbox_size=config.outbox_size,
             open_timeout=config.open_timeout,
             routing_model=config.routing_model or None,
+            agent_models=dict(config.agent_models),
             approval_required=config.approval_required,
         )
         mesh = MeshServer(

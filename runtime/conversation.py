@@ -19,7 +19,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +153,7 @@ class Conversation:
         model: str,
         outbox: asyncio.Queue[Sequenced],
         routing_model: str | None = None,
+        agent_models: Mapping[str, str] | None = None,
         approval_required: Collection[str] = policy.DEFAULT_APPROVAL_REQUIRED,
         request_id: str | None = None,
     ) -> None:
@@ -160,6 +161,7 @@ class Conversation:
         self._llm = llm
         self._model = model
         self._routing_model = routing_model or model
+        self._agent_models = dict(agent_models or {})
         self._outbox = outbox
         self._approval_required = frozenset(approval_required)
         self._request_id = request_id
@@ -456,7 +458,12 @@ class Conversation:
         parts: list[str] = []
         drafts: dict[int, _CallDraft] = {}
         async with contextlib.aclosing(
-            self._llm.stream_chat(self._model, messages, tools, request_id=self._request_id)
+            self._llm.stream_chat(
+                self._agent_models.get(agent.name, self._model),
+                messages,
+                tools,
+                request_id=self._request_id,
+            )
         ) as chunks:
             async for chunk in chunks:
                 if isinstance(chunk, TextChunk):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any, NoReturn
 
 import grpc
@@ -185,12 +185,14 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         outbox_size: int,
         open_timeout: float,
         routing_model: str | None = None,
+        agent_models: Mapping[str, str] | None = None,
         approval_required: Collection[str] = DEFAULT_APPROVAL_REQUIRED,
     ) -> None:
         self._registry = registry
         self._llm = llm
         self._model = model
         self._routing_model = routing_model or model
+        self._agent_models = dict(agent_models or {})
         self._approval_required = frozenset(approval_required)
         self._outbox_size = outbox_size
         self._open_timeout = open_timeout
@@ -231,6 +233,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             model=self._model,
             outbox=outbox,
             routing_model=self._routing_model,
+            agent_models=self._agent_models,
             approval_required=self._approval_required,
             request_id=request_id,
         )

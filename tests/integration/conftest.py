@@ -8,6 +8,7 @@ it with SIGTERM at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,10 +49,17 @@ class Mesh:
 
 @pytest.fixture(scope="package")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    home = tmp_path_factory.mktemp("codelab-home")
+    with launch(tmp_path_factory.mktemp("codelab-home")) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
+    """Run ``scripts/devstack.py`` with ``overrides`` added to its environment."""
     ports = {name: free_port() for name in ("gateway", "runtime", "llmproxy", "auth")}
     env = {
         **os.environ,
+        **overrides,
         "CODELAB_HOME": str(home),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "GATEWAY__PORT": str(ports["gateway"]),
@@ -102,13 +110,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         dev_user=json.loads((home / "dev-user.json").read_text()),
         process=process,
     )
-    yield mesh
-    process.send_signal(signal.SIGTERM)
     try:
-        code = process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    reader.join(5)
+        yield mesh
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        reader.join(5)
     assert code == 0, "".join(output)

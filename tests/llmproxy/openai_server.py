@@ -8,6 +8,9 @@ It speaks just enough of the API for LiteLLM's ``openai/`` provider:
 - ``tool-model``: streams :data:`TOOL_PREAMBLE`, then a ``read_file`` tool
   call whose id and name come in the first fragment and whose arguments
   come in several fragments.
+- ``agent-model``: like ``tool-model``, but once the conversation ends with
+  a tool result it answers :data:`AFTER_TOOL_REPLY`, as an agent's model
+  would.
 - ``slow-model``: streams up to 1000 words, 20 ms apart, and records in
   :attr:`OpenAIServer.closed_streams` whether each stream finished or was
   abandoned by the client.
@@ -33,6 +36,7 @@ from starlette.routing import Route
 
 TEXT_REPLY = "Hello from the test server, streamed word by word."
 TOOL_PREAMBLE = "Let me look."
+AFTER_TOOL_REPLY = "I have read the file."
 TOOL_CALL_ID = "call_test_1"
 TOOL_ARGUMENT_FRAGMENTS = ('{"pa', 'th": "src/', 'main.py"}')
 
@@ -101,7 +105,11 @@ class OpenAIServer:
         body = await request.json()
         self.requests.append(body)
         model = body["model"]
-        if model == "tool-model":
+        after_tool = (body.get("messages") or [{}])[-1].get("role") == "tool"
+        if model == "agent-model" and after_tool:
+            deltas = [{"content": word} for word in _words(AFTER_TOOL_REPLY)]
+            finish_reason = "stop"
+        elif model in ("tool-model", "agent-model"):
             deltas = _tool_deltas()
             finish_reason = "tool_calls"
         elif model == "slow-model":

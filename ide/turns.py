@@ -1,0 +1,136 @@
+"""Driving turns as an IDE does: stream text, run tools, ask for approvals.
+
+:class:`IdeSession` sends a message and reacts to every frame until the final
+``assistant_message``: it executes tool calls in its :class:`Workspace`, asks
+its approver about calls (and plans) that need a human, and reports the rest
+to an observer. The terminal client and the end-to-end tests both drive the
+agent through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ide.connection import IdeConnection
+from ide.workspace import ToolFailed, Workspace
+
+Frame = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A human's answer to a tool call or plan that needs approval."""
+
+    decision: str  # approve | edit | reject
+    modified_arguments: dict[str, Any] | None = None
+    feedback: str = ""
+
+
+Approver = Callable[[Frame], Awaitable[Decision]]
+Observer = Callable[[Frame], None]
+
+
+async def approve_all(frame: Frame) -> Decision:
+    return Decision("approve")
+
+
+@dataclass(slots=True)
+class Turn:
+    """What one turn produced."""
+
+    text: str = ""
+    status: str = ""
+    frames: list[Frame] = field(default_factory=list)
+    executed: list[Frame] = field(default_factory=list)
+
+    def of_type(self, kind: str) -> list[Frame]:
+        return [frame for frame in self.frames if frame.get("type") == kind]
+
+
+class IdeSession:
+    """One connection plus the workspace its tools run in."""
+
+    def __init__(
+        self,
+        connection: IdeConnection,
+        workspace: Workspace,
+        *,
+        approve: Approver = approve_all,
+        approve_plan: Approver = approve_all,
+        observe: Observer | None = None,
+    ) -> None:
+        self.connection = connection
+        self.workspace = workspace
+        self._approve = approve
+        self._approve_plan = approve_plan
+        self._observe = observe
+
+    async def say(self, content: str) -> Turn:
+        """Send a user message and handle everything until the turn ends."""
+        await self.connection.send_message(content)
+        return await self.follow()
+
+    async def switch(self, agent: str, content: str = "", reason: str = "") -> Turn:
+        """Switch agents; with ``content``, run it as the new agent's turn."""
+        await self.connection.send(
+            {"type": "switch_agent", "agent_type": agent, "content": content, "reason": reason}
+        )
+        return await self.follow()
+
+    async def follow(self) -> Turn:
+        """Handle frames until the final assistant frame."""
+        turn = Turn()
+        parts: list[str] = []
+        while True:
+            frame = await self.connection.next_frame()
+            turn.frames.append(frame)
+            kind = frame.get("type")
+            if self._observe is not None:
+                self._observe(frame)
+            if kind == "assistant_message":
+                if frame.get("is_final"):
+                    turn.text = "".join(parts)
+                    turn.status = str((frame.get("metadata") or {}).get("status", ""))
+                    return turn
+                parts.append(str(frame.get("content", "")))
+            elif kind == "tool_call":
+                await self._on_tool_call(frame, turn)
+            elif kind == "plan_update" and (frame.get("metadata") or {}).get("requires_approval"):
+                decision = await self._approve_plan(frame)
+                await self.connection.send(
+                    {
+                        "type": "plan_approval",
+                        "plan_id": frame["plan_id"],
+                        "decision": decision.decision,
+                        "feedback": decision.feedback,
+                    }
+                )
+
+    async def _on_tool_call(self, frame: Frame, turn: Turn) -> None:
+        if frame.get("requires_approval"):
+            decision = await self._approve(frame)
+            message: Frame = {
+                "type": "hitl_decision",
+                "call_id": frame["call_id"],
+                "decision": decision.decision,
+                "feedback": decision.feedback,
+            }
+            if decision.modified_arguments is not None:
+                message["modified_arguments"] = decision.modified_arguments
+            # Approved calls come back as a tool_call without requires_approval:
+            # that one is executed, never this one.
+            await self.connection.send(message)
+            return
+        turn.executed.append(frame)
+        try:
+            result = await self.workspace.run(frame["tool_name"], frame.get("arguments") or {})
+        except ToolFailed as exc:
+            await self.connection.send(
+                {"type": "tool_result", "call_id": frame["call_id"], "error": str(exc)}
+            )
+            return
+        await self.connection.send(
+            {"type": "tool_result", "call_id": frame["call_id"], "result": result}
+        )
