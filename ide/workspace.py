@@ -85,7 +85,11 @@ class Workspace:
         target.parent.mkdir(parents=True, exist_ok=True)
         existed = target.exists()
         target.write_text(content)
-        return {"path": self._relative(target), "bytes": len(content.encode()), "created": not existed}
+        return {
+            "path": self._relative(target),
+            "bytes": len(content.encode()),
+            "created": not existed,
+        }
 
     async def _tool_list_files(
         self, path: str = ".", recursive: bool = False, pattern: str | None = None
@@ -171,7 +175,10 @@ class Workspace:
         return {"source": self._relative(origin), "destination": self._relative(target)}
 
     async def _tool_execute_command(
-        self, command: str, cwd: str = ".", timeout: float | None = None
+        self,
+        command: str,
+        cwd: str = ".",
+        timeout: float | None = None,  # noqa: ASYNC109 - the tool schema names it
     ) -> dict[str, Any]:
         directory = self.path(cwd)
         limit = min(timeout or self._command_timeout, self._command_timeout)
