@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from gateway.errors import FrameError
+from mesh.structs import struct_to_dict
 from runtime.v1 import runtime_pb2
 
 Frame = dict[str, Any]
@@ -357,26 +358,6 @@ def error_frame(code: str, message: str, *, retryable: bool = False) -> Frame:
         "metadata": {"retryable": retryable},
         "seq": None,
     }
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON data, integral numbers as ints.
-
-    Struct stores every number as a double; a file size or line number the
-    IDE sent as ``3`` should come back as ``3``, not ``3.0``.
-    """
-    value = json_format.MessageToDict(struct)
-    return {key: _integral(item) for key, item in value.items()}
-
-
-def _integral(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _integral(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_integral(item) for item in value]
-    return value
 
 
 def encode(frame: Frame) -> str:

@@ -16,9 +16,9 @@ from typing import Any, NoReturn
 
 import grpc
 import structlog
-from google.protobuf import json_format
 
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
+from mesh.structs import struct_to_dict
 from runtime.conversation import (
     ApprovalDecision,
     CancelTurn,
@@ -140,14 +140,14 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
         outcome = result.WhichOneof("outcome")
         if outcome == "error":
             return ToolResult(result.call_id, error=result.error)
-        payload = json_format.MessageToDict(result.result) if outcome == "result" else {}
+        payload = struct_to_dict(result.result) if outcome == "result" else {}
         return ToolResult(result.call_id, result=payload)
     if kind == "approval_decision":
         decision = request.approval_decision
         if decision.decision not in _DECISIONS:
             raise InvalidArgument("approval decision must be approve, edit or reject")
         modified = (
-            json_format.MessageToDict(decision.modified_arguments)
+            struct_to_dict(decision.modified_arguments)
             if decision.HasField("modified_arguments")
             else None
         )

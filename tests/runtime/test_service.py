@@ -216,3 +216,31 @@ async def test_health_needs_no_credential_and_reflection_does(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await ask(())
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_client_events_keep_integers_and_reject_bad_decisions() -> None:
+    from google.protobuf import struct_pb2
+
+    from runtime.conversation import ApprovalDecision, ToolResult
+    from runtime.errors import InvalidArgument
+    from runtime.service import to_client_event
+
+    result = struct_pb2.Struct()
+    result.update({"bytes": 6, "ratio": 0.5, "nested": {"lines": [1, 2]}})
+    event = to_client_event(
+        runtime_pb2.ConverseRequest(tool_result=runtime_pb2.ToolResult(call_id="c", result=result))
+    )
+    assert event == ToolResult("c", {"bytes": 6, "ratio": 0.5, "nested": {"lines": [1, 2]}})
+    assert isinstance(event.result["bytes"], int)
+    decision = to_client_event(
+        runtime_pb2.ConverseRequest(
+            approval_decision=runtime_pb2.ApprovalDecision(
+                call_id="c", decision=runtime_pb2.DECISION_REJECT, feedback="no"
+            )
+        )
+    )
+    assert decision == ApprovalDecision("c", "reject", None, "no")
+    with pytest.raises(InvalidArgument):
+        to_client_event(
+            runtime_pb2.ConverseRequest(approval_decision=runtime_pb2.ApprovalDecision(call_id="c"))
+        )
