@@ -99,6 +99,7 @@ class ConverseRequest(_message.Message):
     PLAN_APPROVAL_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     FILE_CHANGED_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___OpenSession:
         """open must be the first event of the stream."""
@@ -131,6 +132,12 @@ class ConverseRequest(_message.Message):
     def file_changed(self) -> Global___FileChanged:
         """file_changed tells the agent a file changed in the IDE."""
 
+    @_builtins.property
+    def resume(self) -> Global___Resume:
+        """resume asks, at any point of the stream, for every event after a
+        sequence number (the IDE's first frame may carry it instead of `open`).
+        """
+
     def __init__(
         self,
         *,
@@ -142,16 +149,39 @@ class ConverseRequest(_message.Message):
         plan_approval: Global___PlanApproval | None = ...,
         cancel: Global___Cancel | None = ...,
         file_changed: Global___FileChanged | None = ...,
+        resume: Global___Resume | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ConverseRequest: _TypeAlias = ConverseRequest  # noqa: Y015
+
+@_typing.final
+class Resume(_message.Message):
+    """Resume asks for the events a client missed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """after_seq is the last sequence number the client saw."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Resume: _TypeAlias = Resume  # noqa: Y015
 
 @_typing.final
 class OpenSession(_message.Message):
