@@ -9,6 +9,11 @@ Environment (read once, into :class:`Settings`):
 - ``LLM_PROXY__SHUTDOWN_GRACE`` (5 seconds for in-flight calls on SIGTERM)
 - ``LLM_PROXY__MAX_CONCURRENT_RPCS`` (1000; further calls are refused
   with RESOURCE_EXHAUSTED)
+- ``LLM_PROXY__FIRST_TOKEN_TIMEOUT`` (60 seconds to the first delta; then
+  the call falls back), ``LLM_PROXY__CHUNK_TIMEOUT`` (60 seconds between
+  deltas), ``LLM_PROXY__TOTAL_TIMEOUT`` (600 seconds for a whole call);
+  0 disables one. A deployment's ``stream_first_token_timeout`` /
+  ``stream_chunk_timeout`` override the first two.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class Settings:
     log_level: str = "INFO"
     shutdown_grace: float = 5.0
     max_concurrent_rpcs: int = 1000
+    first_token_timeout: float = 60.0
+    chunk_timeout: float = 60.0
+    total_timeout: float = 600.0
 
     @property
     def address(self) -> str:
@@ -53,6 +61,14 @@ class Settings:
         """Read ``LLM_PROXY__*``; raises ``mesh.env.ConfigError`` naming a bad one."""
         env = Env("LLM_PROXY", environ)
         config = env.raw("CONFIG")
+        timeouts = {
+            "FIRST_TOKEN_TIMEOUT": env.float("FIRST_TOKEN_TIMEOUT", 60.0),
+            "CHUNK_TIMEOUT": env.float("CHUNK_TIMEOUT", 60.0),
+            "TOTAL_TIMEOUT": env.float("TOTAL_TIMEOUT", 600.0),
+        }
+        for key, value in timeouts.items():
+            if value < 0:
+                raise EnvError(f"{env.name(key)}={value!r} must be >= 0 (0 disables it)")
         return cls(
             internal_api_key=env.required("INTERNAL_API_KEY"),
             host=env.str("HOST", "127.0.0.1"),
@@ -61,6 +77,9 @@ class Settings:
             log_level=env.str("LOG_LEVEL", "INFO"),
             shutdown_grace=env.float("SHUTDOWN_GRACE", 5.0),
             max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", 1000),
+            first_token_timeout=timeouts["FIRST_TOKEN_TIMEOUT"],
+            chunk_timeout=timeouts["CHUNK_TIMEOUT"],
+            total_timeout=timeouts["TOTAL_TIMEOUT"],
         )
 
 
@@ -76,7 +95,7 @@ async def running(settings: Settings) -> AsyncIterator[MeshServer]:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from llmproxy.config import default_config_path, load_config
     from llmproxy.router import build_router
-    from llmproxy.service import LlmProxyServicer
+    from llmproxy.service import LlmProxyServicer, StreamTimeouts
     from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 
     config_path = settings.config_path or default_config_path()
@@ -88,7 +107,14 @@ async def running(settings: Settings) -> AsyncIterator[MeshServer]:
         service_names=[llmproxy_pb2.DESCRIPTOR.services_by_name["LlmProxyService"].full_name],
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    llmproxy_pb2_grpc.add_LlmProxyServiceServicer_to_server(LlmProxyServicer(router), mesh.server)
+    timeouts = StreamTimeouts(
+        first_token=settings.first_token_timeout or None,
+        chunk=settings.chunk_timeout or None,
+        total=settings.total_timeout or None,
+    )
+    llmproxy_pb2_grpc.add_LlmProxyServiceServicer_to_server(
+        LlmProxyServicer(router, timeouts), mesh.server
+    )
     port = await mesh.start()
     log.info(
         "llmproxy_started",

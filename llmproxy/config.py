@@ -54,6 +54,13 @@ _GLOBAL_KEYS_IN_LITELLM_SETTINGS = frozenset(
 )
 
 
+# Keys of the proxy's own stream timeouts. They may be written in
+# litellm_params (next to LiteLLM's timeout/stream_timeout) or in model_info;
+# either way they end up in model_info, so LiteLLM never forwards them to a
+# provider as request parameters.
+STREAM_TIMEOUT_KEYS = frozenset({"stream_first_token_timeout", "stream_chunk_timeout"})
+
+
 class ConfigError(ValueError):
     """The configuration file is unusable; the message says where and why."""
 
@@ -150,8 +157,16 @@ def _parse_model(entry: Any, index: int, environ: Mapping[str, str], source: str
         key: _resolve(value, f"{where} ({name}): litellm_params.{key}", environ)
         for key, value in params.items()
     }
-    model_info = _mapping(entry.get("model_info"), f"model_list[{index}].model_info", source)
-    return {"model_name": name, "litellm_params": resolved, "model_info": dict(model_info)}
+    model_info = dict(_mapping(entry.get("model_info"), f"model_list[{index}].model_info", source))
+    for key in STREAM_TIMEOUT_KEYS:
+        if key in resolved:
+            model_info.setdefault(key, resolved.pop(key))
+        value = model_info.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+        ):
+            raise ConfigError(f"{where} ({name}): {key} must be a number of seconds >= 0")
+    return {"model_name": name, "litellm_params": resolved, "model_info": model_info}
 
 
 def _resolve(value: Any, where: str, environ: Mapping[str, str]) -> Any:

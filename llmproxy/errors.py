@@ -1,43 +1,87 @@
 """The proxy's errors, and the one place they become gRPC status codes.
 
 LiteLLM raises OpenAI-shaped exceptions; :func:`from_litellm` turns them into
-this small transport-neutral hierarchy, and :data:`GRPC_STATUS` says which
-status code each one is on the wire. The servicer is the only caller of
-both.
+this small transport-neutral hierarchy. Each error names a machine-readable
+``reason`` (sent as the trailing metadata ``x-error-reason``) and
+:data:`GRPC_STATUS` says which status code it is on the wire. The servicer is
+the only caller of both.
 """
 
 from __future__ import annotations
 
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import Any
+
 import grpc
 from litellm import exceptions as litellm
+from litellm.types.router import RouterRateLimitError
+
+ERROR_REASON_KEY = "x-error-reason"
+RETRY_AFTER_KEY = "x-retry-after"
 
 
 class ProxyError(Exception):
-    """Base of the errors a caller can act on; the message is safe to show."""
+    """Base of the errors a caller can act on; the message is safe to show.
+
+    ``reason`` is one of the words the proto documents; ``retry_after`` is
+    how many seconds the provider asked us to wait, when it said.
+    """
+
+    reason = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidRequest(ProxyError):
-    """The request itself is wrong (empty messages, bad JSON, context too long)."""
+    """The request itself is wrong (empty messages, bad JSON, rejected upstream)."""
+
+    reason = "bad_request"
+
+
+class ContextTooLong(InvalidRequest):
+    """The prompt does not fit the model's context window."""
+
+    reason = "context_too_long"
 
 
 class NotFound(ProxyError):
-    """The model group is not configured."""
+    """The model group is not configured, or the provider does not know it."""
+
+    reason = "model_not_found"
 
 
 class QuotaExceeded(ProxyError):
     """The provider rate-limited us."""
 
+    reason = "rate_limited"
+
 
 class UpstreamAuthFailed(ProxyError):
     """The provider refused our credentials: an operator must fix the config."""
 
+    reason = "upstream_auth_failed"
+
 
 class UpstreamTimeout(ProxyError):
-    """The provider did not answer in time."""
+    """The provider did not answer (or did not start answering) in time."""
+
+    reason = "timed_out"
 
 
 class UpstreamUnavailable(ProxyError):
     """The provider could not be reached or failed."""
+
+    reason = "unavailable"
+
+
+class StreamInterrupted(UpstreamUnavailable):
+    """The provider failed after deltas were already sent: the answer is partial."""
+
+    reason = "interrupted"
 
 
 GRPC_STATUS: dict[type[ProxyError], grpc.StatusCode] = {
@@ -52,7 +96,7 @@ GRPC_STATUS: dict[type[ProxyError], grpc.StatusCode] = {
 # Most specific first: ContextWindowExceededError is a BadRequestError, and
 # LiteLLM's Timeout is an APIConnectionError in the OpenAI SDK's hierarchy.
 _LITELLM_ERRORS: tuple[tuple[type[BaseException], type[ProxyError], str], ...] = (
-    (litellm.ContextWindowExceededError, InvalidRequest, "the prompt exceeds the context window"),
+    (litellm.ContextWindowExceededError, ContextTooLong, "the prompt exceeds the context window"),
     (litellm.RateLimitError, QuotaExceeded, "the provider rate-limited the request"),
     (litellm.AuthenticationError, UpstreamAuthFailed, "upstream authentication failed"),
     (litellm.PermissionDeniedError, UpstreamAuthFailed, "upstream authentication failed"),
@@ -73,13 +117,26 @@ def from_litellm(exc: BaseException) -> ProxyError | None:
 
     The message keeps a short reason and the provider's own first line, which
     names the model and the cause; LiteLLM's multi-line hints are dropped.
+    A Retry-After header on the provider's answer becomes ``retry_after``.
     """
     if isinstance(exc, ProxyError):
         return exc
+    original = getattr(exc, "original_exception", None)
+    if isinstance(exc, litellm.MidStreamFallbackError) and isinstance(original, Exception):
+        # The Router's envelope for a stream that failed; judge the cause.
+        return from_litellm(original)
+    if isinstance(exc, RouterRateLimitError):
+        # Every deployment of the group is cooling down (breakers open).
+        return UpstreamUnavailable(
+            f"no deployment of {exc.model!r} is available (all cooling down)",
+            retry_after=float(exc.cooldown_time) if exc.cooldown_time else None,
+        )
     for litellm_type, proxy_type, reason in _LITELLM_ERRORS:
         if isinstance(exc, litellm_type):
             detail = _first_line(getattr(exc, "message", None) or str(exc))
-            return proxy_type(f"{reason}: {detail}" if detail else reason)
+            return proxy_type(
+                f"{reason}: {detail}" if detail else reason, retry_after=retry_after_of(exc)
+            )
     return None
 
 
@@ -89,6 +146,34 @@ def grpc_status(error: ProxyError) -> grpc.StatusCode:
         if cls in GRPC_STATUS:
             return GRPC_STATUS[cls]
     return grpc.StatusCode.INTERNAL
+
+
+def trailing_metadata(error: ProxyError) -> tuple[tuple[str, str], ...]:
+    """``x-error-reason`` and, when known, ``x-retry-after`` (whole seconds)."""
+    metadata = [(ERROR_REASON_KEY, error.reason)]
+    if error.retry_after is not None and error.retry_after >= 0:
+        metadata.append((RETRY_AFTER_KEY, str(max(0, round(error.retry_after)))))
+    return tuple(metadata)
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds from the provider's ``Retry-After`` header, or None."""
+    headers: Any = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    if not isinstance(headers, Mapping) and not hasattr(headers, "get"):
+        return None
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        moment = email.utils.parsedate_tz(str(value))
+        if moment is None:
+            return None
+        return max(0.0, email.utils.mktime_tz(moment) - time.time())
 
 
 def _first_line(text: str) -> str:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import litellm
 from litellm.router import Router
+from litellm.router_utils.fallback_event_handlers import get_fallback_model_group
+from litellm.router_utils.router_callbacks.track_deployment_metrics import (
+    get_deployment_failures_for_current_minute,
+    get_deployment_successes_for_current_minute,
+)
 
 from llmproxy.config import ConfigError, ProxyConfig
 from llmproxy.offline import PROVIDER as OFFLINE_PROVIDER
@@ -25,6 +31,60 @@ class ModelDescription:
     supports_tools: bool
 
 
+@dataclass(frozen=True)
+class DeploymentHealth:
+    """One deployment's circuit-breaker state, as ``GetDeploymentHealth`` reports it."""
+
+    id: str
+    model_name: str
+    model: str
+    cooling_down: bool
+    cooldown_remaining: float
+    last_error_status: int
+    last_error: str
+    failures_this_minute: int
+    successes_this_minute: int
+
+
+# HTTP statuses worth another attempt: request timeout and rate limit among
+# the 4xx; every 5xx. Everything else in 4xx is the request's or the
+# operator's fault and fails the same way every time.
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+class ProxyRouter(Router):
+    """LiteLLM's Router with a stricter retry rule.
+
+    LiteLLM retries 409, and retries 401/403 when a group has several
+    deployments. Here no 4xx other than 408 and 429 is ever retried: a bad
+    key or a bad request fails the same way on the next attempt, and the
+    provider would be hit for nothing. Fallbacks (another model group) still
+    apply, as LiteLLM decides. A ``retry_policy`` in the config, when given,
+    replaces this rule, as in LiteLLM.
+    """
+
+    def should_retry_this_error(  # type: ignore[no-untyped-def]  # LiteLLM's signature
+        self,
+        error: Exception,
+        healthy_deployments=None,
+        all_deployments=None,
+        context_window_fallbacks=None,
+        content_policy_fallbacks=None,
+        regular_fallbacks=None,
+    ):
+        status = getattr(error, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500 and status not in _RETRYABLE_4XX:
+            raise error
+        return super().should_retry_this_error(
+            error,
+            healthy_deployments=healthy_deployments,
+            all_deployments=all_deployments,
+            context_window_fallbacks=context_window_fallbacks,
+            content_policy_fallbacks=content_policy_fallbacks,
+            regular_fallbacks=regular_fallbacks,
+        )
+
+
 def register_offline_provider() -> None:
     """Make ``offline/...`` models resolvable; idempotent.
 
@@ -39,7 +99,7 @@ def register_offline_provider() -> None:
     litellm.utils.custom_llm_setup()  # type: ignore[no-untyped-call]
 
 
-def build_router(config: ProxyConfig) -> Router:
+def build_router(config: ProxyConfig) -> ProxyRouter:
     """A Router for ``config``; applies its LiteLLM globals first.
 
     Raises :class:`ConfigError` for bad offline-model settings, and
@@ -58,7 +118,7 @@ def build_router(config: ProxyConfig) -> Router:
         setattr(litellm, key, value)
     # The Router pops keys out of the dicts it is given.
     model_list = [copy.deepcopy(dict(entry)) for entry in config.model_list]
-    return Router(model_list=model_list, **dict(config.router_settings))
+    return ProxyRouter(model_list=model_list, **dict(config.router_settings))
 
 
 def knows_model(router: Router, model: str) -> bool:
@@ -111,3 +171,89 @@ def _known_model_info(model: str, provider: str) -> Mapping[str, Any]:
     except Exception:
         # get_model_info raises a bare Exception for models not in its map.
         return {}
+
+
+def fallback_groups(router: Router, model_group: str) -> list[str]:
+    """The groups ``router.fallbacks`` names for ``model_group`` (incl. ``*``), in order."""
+    groups, _ = get_fallback_model_group(list(router.fallbacks or []), model_group)
+    return [str(group) for group in groups or ()]
+
+
+def deployment_of(router: Router, model_id: str | None) -> Mapping[str, Any] | None:
+    """The deployment dict with ``model_info.id == model_id``, or None."""
+    if not model_id:
+        return None
+    found = router.get_deployment(model_id=model_id)
+    return None if found is None else found.model_dump(exclude_none=True)
+
+
+def record_failure(router: Router, model_id: str | None, model_group: str, exc: Exception) -> bool:
+    """Count a failure LiteLLM did not see (a first-token timeout) against a
+    deployment, so its cooldown (the breaker) judges it like any other.
+
+    Returns whether the deployment is now cooling down.
+    """
+    deployment = deployment_of(router, model_id)
+    if deployment is None:
+        return False
+    now = time.time()
+    return bool(
+        router.deployment_callback_on_failure(
+            kwargs={
+                "exception": exc,
+                "litellm_params": {
+                    "model_info": dict(deployment.get("model_info") or {}),
+                    "metadata": {"model_group": model_group},
+                },
+            },
+            completion_response=None,
+            start_time=now,
+            end_time=now,
+        )
+    )
+
+
+def deployment_health(router: Router) -> list[DeploymentHealth]:
+    """Every deployment's cooldown state and this minute's counts, in config order."""
+    deployments = router.get_model_list() or []
+    ids = [str((d.get("model_info") or {}).get("id", "")) for d in deployments]
+    active = dict(router.cooldown_cache.get_active_cooldowns(model_ids=ids, parent_otel_span=None))
+    now = time.time()
+    report = []
+    for deployment, model_id in zip(deployments, ids, strict=True):
+        cooldown = active.get(model_id)
+        remaining = 0.0
+        status = 0
+        error = ""
+        if cooldown is not None:
+            ends = float(cooldown.get("timestamp", now)) + float(cooldown.get("cooldown_time", 0))
+            remaining = max(0.0, ends - now)
+            status = _int(cooldown.get("status_code"))
+            error = _first_line(str(cooldown.get("exception_received", "")))
+        params = deployment.get("litellm_params") or {}
+        report.append(
+            DeploymentHealth(
+                id=model_id,
+                model_name=str(deployment.get("model_name", "")),
+                model=str(params.get("model", "")),
+                cooling_down=cooldown is not None,
+                cooldown_remaining=remaining,
+                last_error_status=status,
+                last_error=error,
+                failures_this_minute=get_deployment_failures_for_current_minute(router, model_id),
+                successes_this_minute=get_deployment_successes_for_current_minute(router, model_id),
+            )
+        )
+    return report
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 300 else line[:297] + "..."

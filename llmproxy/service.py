@@ -2,23 +2,45 @@
 
 Protobuf messages stop here. Requests become OpenAI-style dicts (what the
 Router takes); streamed LiteLLM chunks become ``StreamChatResponse``
-messages; exceptions become status codes through :mod:`llmproxy.errors`.
+messages; exceptions become status codes (plus the ``x-error-reason``
+trailer) through :mod:`llmproxy.errors`.
+
+Resilience is split between LiteLLM and this module. The Router retries
+(:class:`llmproxy.router.ProxyRouter` says which errors), falls back to other
+model groups, and cools deployments down; all of that happens before the
+first chunk arrives or, for a stream LiteLLM sees break before any content,
+inside its stream. This module adds what LiteLLM does not have: a deadline
+for the first delta, one between deltas, and one for the whole call. A
+first-delta timeout counts as a failure of the deployment (its cooldown
+judges it) and moves the call to the group's next fallback, transparently,
+because the caller has seen nothing yet. Once a delta has been sent, any
+failure ends the call with ``interrupted``: a partial answer is never
+dressed up as a whole one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NoReturn, TypeAlias
+from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
+import litellm
 import structlog
 from litellm.router import Router
 
 from llmproxy import errors
-from llmproxy.router import describe_models, knows_model
+from llmproxy.router import (
+    deployment_health,
+    deployment_of,
+    describe_models,
+    fallback_groups,
+    knows_model,
+    record_failure,
+)
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
 
@@ -28,9 +50,38 @@ _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+ChatRequest: TypeAlias = llmproxy_pb2.StreamChatRequest | llmproxy_pb2.ChatRequest
+T = TypeVar("T")
 
 
-def chat_arguments(request: llmproxy_pb2.StreamChatRequest) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """Seconds the proxy waits on a provider; None means no limit.
+
+    ``first_token``: from the call to the first delta (text or tool call);
+    ``chunk``: between deltas; ``total``: the whole call, retries and
+    fallbacks included. A deployment's ``model_info`` may override the first
+    two with ``stream_first_token_timeout`` / ``stream_chunk_timeout`` (0
+    disables). Connect and read timeouts of the HTTP request itself are
+    LiteLLM's ``timeout`` / ``stream_timeout``.
+    """
+
+    first_token: float | None = 60.0
+    chunk: float | None = 60.0
+    total: float | None = 600.0
+
+    def for_deployment(self, model_info: Mapping[str, Any]) -> StreamTimeouts:
+        """These timeouts with the deployment's own overrides applied."""
+        first = model_info.get("stream_first_token_timeout")
+        chunk = model_info.get("stream_chunk_timeout")
+        return replace(
+            self,
+            first_token=self.first_token if first is None else (float(first) or None),
+            chunk=self.chunk if chunk is None else (float(chunk) or None),
+        )
+
+
+def chat_arguments(request: ChatRequest) -> dict[str, Any]:
     """Router ``acompletion`` keyword arguments for ``request``.
 
     Raises :class:`errors.InvalidRequest` naming the offending field.
@@ -114,6 +165,7 @@ class StreamTranslation:
     """
 
     chunks: int = 0
+    emitted: int = 0
     finish_reason: str = ""
     model: str = ""
     usage: dict[str, int] = field(default_factory=dict)
@@ -136,11 +188,13 @@ class StreamTranslation:
             if delta is None:
                 continue
             if delta.content:
+                self.emitted += 1
                 yield llmproxy_pb2.StreamChatResponse(
                     text=llmproxy_pb2.TextDelta(text=delta.content)
                 )
             for call in delta.tool_calls or ():
                 function = call.function
+                self.emitted += 1
                 yield llmproxy_pb2.StreamChatResponse(
                     tool_call=llmproxy_pb2.ToolCallDelta(
                         index=int(call.index or 0),
@@ -164,6 +218,16 @@ class StreamTranslation:
         )
 
 
+class _NoFirstDelta(Exception):
+    """A deployment produced no delta in time; the caller has seen nothing."""
+
+
+class _LimitReached(Exception):
+    def __init__(self, *, total: bool) -> None:
+        super().__init__("total" if total else "limit")
+        self.total = total
+
+
 class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
     """``llmproxy.v1.LlmProxyService`` on a LiteLLM Router.
 
@@ -171,8 +235,9 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
     the provider stream (and with it the upstream HTTP request).
     """
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, timeouts: StreamTimeouts | None = None) -> None:
         self._router = router
+        self._timeouts = timeouts or StreamTimeouts()
 
     async def StreamChat(  # type: ignore[override]  # writes with context.write
         self, request: llmproxy_pb2.StreamChatRequest, context: Context
@@ -189,23 +254,12 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         )
         try:
             arguments = self._checked(chat_arguments(request))
-            stream = await self._router.acompletion(
-                **arguments, stream=True, stream_options={"include_usage": True}
-            )
-            try:
-                async for chunk in stream:
-                    for response in translation.responses(chunk):
-                        await context.write(response)
-                hidden = getattr(stream, "_hidden_params", None) or {}
-                await context.write(translation.end(hidden.get("litellm_model_name")))
-            finally:
-                await _close(stream)
+            await self._stream(arguments, translation, context)
             outcome = "ok"
-        except errors.ProxyError as exc:
-            outcome = "refused"
-            await _abort(context, exc)
         except Exception as exc:
-            await _abort(context, exc)
+            error = _after_deltas(exc, translation) if translation.emitted else exc
+            outcome = "interrupted" if translation.emitted else "failed"
+            await _abort(context, error)
         except BaseException:
             outcome = "cancelled"
             raise
@@ -214,11 +268,127 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 "stream_chat_finished",
                 outcome=outcome,
                 chunks=translation.chunks,
+                deltas=translation.emitted,
                 finish_reason=translation.finish_reason,
                 answered_by=translation.model,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
             structlog.contextvars.reset_contextvars(**bound)
+
+    async def _stream(
+        self, arguments: dict[str, Any], translation: StreamTranslation, context: Context
+    ) -> None:
+        """Stream from the group, then from its fallbacks while no delta was sent."""
+        total = self._timeouts.total
+        deadline = None if total is None else asyncio.get_running_loop().time() + total
+        group = arguments["model"]
+        tried = [group]
+        while True:
+            try:
+                await self._stream_once(
+                    {**arguments, "model": group}, translation, context, deadline
+                )
+                return
+            except _NoFirstDelta as exc:
+                following = [g for g in fallback_groups(self._router, tried[0]) if g not in tried]
+                if not following:
+                    raise errors.UpstreamTimeout(str(exc)) from None
+                log.warning(
+                    "stream_fallback", from_group=group, to_group=following[0], cause=str(exc)
+                )
+                group = following[0]
+                tried.append(group)
+
+    async def _stream_once(
+        self,
+        arguments: dict[str, Any],
+        translation: StreamTranslation,
+        context: Context,
+        deadline: float | None,
+    ) -> None:
+        group = arguments["model"]
+        try:
+            stream = await _bounded(
+                self._router.acompletion(
+                    **arguments, stream=True, stream_options={"include_usage": True}
+                ),
+                None,
+                deadline,
+            )
+        except _LimitReached:
+            raise errors.UpstreamTimeout(
+                f"no answer within the total timeout of {self._timeouts.total:g} s"
+            ) from None
+        try:
+            hidden = getattr(stream, "_hidden_params", None) or {}
+            model_id = hidden.get("model_id")
+            deployment = deployment_of(self._router, model_id) or {}
+            timeouts = self._timeouts.for_deployment(deployment.get("model_info") or {})
+            iterator = aiter(stream)
+            while True:
+                limit = timeouts.chunk if translation.emitted else timeouts.first_token
+                try:
+                    chunk = await _bounded(anext(iterator), limit, deadline)
+                except StopAsyncIteration:
+                    break
+                except _LimitReached as reached:
+                    if reached.total:
+                        raise errors.UpstreamTimeout(
+                            f"the call exceeded the total timeout of {self._timeouts.total:g} s"
+                        ) from None
+                    if translation.emitted:
+                        raise errors.StreamInterrupted(
+                            f"the provider sent nothing for {limit:g} s"
+                        ) from None
+                    message = f"{group}: no first delta within {limit:g} s"
+                    record_failure(
+                        self._router,
+                        model_id,
+                        group,
+                        litellm.Timeout(
+                            message, model=str(hidden.get("litellm_model_name")), llm_provider=""
+                        ),
+                    )
+                    raise _NoFirstDelta(message) from None
+                except litellm.Timeout as exc:
+                    # The HTTP read timeout (LiteLLM's stream_timeout) fired
+                    # inside the stream; LiteLLM raises it without falling
+                    # back. Before any delta it is a first-delta timeout.
+                    if translation.emitted:
+                        raise
+                    raise _NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
+                for response in translation.responses(chunk):
+                    await context.write(response)
+            # A fallback inside the Router's stream updates the wrapper's
+            # hidden params to the deployment that really answered.
+            hidden = getattr(stream, "_hidden_params", None) or hidden
+            await context.write(translation.end(hidden.get("litellm_model_name")))
+        finally:
+            await _close(stream)
+
+    async def Chat(
+        self, request: llmproxy_pb2.ChatRequest, context: Context
+    ) -> llmproxy_pb2.ChatResponse:
+        bound = structlog.contextvars.bind_contextvars(
+            request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
+        )
+        try:
+            arguments = self._checked(chat_arguments(request))
+            total = self._timeouts.total
+            deadline = None if total is None else asyncio.get_running_loop().time() + total
+            try:
+                result = await _bounded(
+                    self._router.acompletion(**arguments, stream=False), None, deadline
+                )
+            except _LimitReached:
+                raise errors.UpstreamTimeout(
+                    f"no answer within the total timeout of {total:g} s"
+                ) from None
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
+        return _chat_response(result, request.model)
 
     async def ListModels(
         self, request: llmproxy_pb2.ListModelsRequest, context: Context
@@ -232,6 +402,30 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                     supports_tools=model.supports_tools,
                 )
                 for model in describe_models(self._router)
+            ]
+        )
+
+    async def GetDeploymentHealth(
+        self, request: llmproxy_pb2.GetDeploymentHealthRequest, context: Context
+    ) -> llmproxy_pb2.GetDeploymentHealthResponse:
+        return llmproxy_pb2.GetDeploymentHealthResponse(
+            deployments=[
+                llmproxy_pb2.DeploymentHealth(
+                    id=health.id,
+                    model_name=health.model_name,
+                    model=health.model,
+                    state=(
+                        llmproxy_pb2.DEPLOYMENT_STATE_COOLING_DOWN
+                        if health.cooling_down
+                        else llmproxy_pb2.DEPLOYMENT_STATE_HEALTHY
+                    ),
+                    cooldown_remaining_seconds=health.cooldown_remaining,
+                    last_error_status=health.last_error_status,
+                    last_error=health.last_error,
+                    failures_this_minute=health.failures_this_minute,
+                    successes_this_minute=health.successes_this_minute,
+                )
+                for health in deployment_health(self._router)
             ]
         )
 
@@ -266,16 +460,90 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         return arguments
 
 
+async def _bounded(
+    awaitable: Coroutine[Any, Any, T], limit: float | None, deadline: float | None
+) -> T:
+    """Await with the tighter of ``limit`` seconds and the ``deadline``.
+
+    Raises :class:`_LimitReached` (``total`` says whether the deadline was
+    the binding one); the awaited coroutine is cancelled.
+    """
+    remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+    waits = [w for w in (limit, remaining) if w is not None]
+    if not waits:
+        return await awaitable
+    wait = min(waits)
+    total = remaining is not None and remaining <= wait
+    if wait <= 0:
+        awaitable.close()
+        raise _LimitReached(total=total)
+    try:
+        async with asyncio.timeout(wait):
+            return await awaitable
+    except TimeoutError:
+        raise _LimitReached(total=total) from None
+
+
+def _after_deltas(exc: Exception, translation: StreamTranslation) -> errors.ProxyError:
+    """The error for a failure after ``translation`` sent deltas: always
+    ``interrupted``, with the cause in the message."""
+    if isinstance(exc, errors.StreamInterrupted):
+        cause = str(exc)
+    else:
+        mapped = errors.from_litellm(exc)
+        if mapped is None:
+            log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
+            cause = "internal error in llmproxy"
+        else:
+            cause = str(mapped)
+    return errors.StreamInterrupted(
+        f"the stream broke after {translation.emitted} deltas, the answer is partial: {cause}"
+    )
+
+
+def _chat_response(result: Any, requested: str) -> llmproxy_pb2.ChatResponse:
+    choice = (result.choices or [None])[0]
+    message = getattr(choice, "message", None)
+    calls = [
+        llmproxy_pb2.ToolCall(
+            id=call.id or "",
+            name=(call.function.name if call.function else None) or "",
+            arguments_json=(call.function.arguments if call.function else None) or "",
+        )
+        for call in (getattr(message, "tool_calls", None) or ())
+    ]
+    usage = getattr(result, "usage", None)
+    hidden = getattr(result, "_hidden_params", None) or {}
+    return llmproxy_pb2.ChatResponse(
+        message=llmproxy_pb2.ChatMessage(
+            role="assistant", content=getattr(message, "content", None) or "", tool_calls=calls
+        ),
+        finish_reason=str(getattr(choice, "finish_reason", None) or "stop"),
+        usage=llmproxy_pb2.Usage(
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            total_tokens=int(getattr(usage, "total_tokens", 0) or 0),
+        ),
+        model=str(hidden.get("litellm_model_name") or result.model or requested),
+    )
+
+
 async def _abort(context: Context, exc: Exception) -> NoReturn:
-    """End the call with the status for ``exc``; logs what is unexpected."""
+    """End the call with the status and ``x-error-reason`` for ``exc``; logs
+    what is unexpected."""
     error = errors.from_litellm(exc)
     if error is None:
         log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error in llmproxy")
     else:
         code = errors.grpc_status(error)
-        log.info("llmproxy_call_failed", code=code.name, error_type=type(exc).__name__)
-        await context.abort(code, str(error))
+        log.info(
+            "llmproxy_call_failed",
+            code=code.name,
+            reason=error.reason,
+            error_type=type(exc).__name__,
+        )
+        await context.abort(code, str(error), trailing_metadata=errors.trailing_metadata(error))
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DeploymentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeploymentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeploymentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEPLOYMENT_STATE_UNSPECIFIED: _DeploymentState.ValueType  # 0
+    """DEPLOYMENT_STATE_UNSPECIFIED is never sent."""
+    DEPLOYMENT_STATE_HEALTHY: _DeploymentState.ValueType  # 1
+    """DEPLOYMENT_STATE_HEALTHY deployments receive requests."""
+    DEPLOYMENT_STATE_COOLING_DOWN: _DeploymentState.ValueType  # 2
+    """DEPLOYMENT_STATE_COOLING_DOWN deployments are skipped until the
+    cooldown ends (the breaker is open).
+    """
+
+class DeploymentState(_DeploymentState, metaclass=_DeploymentStateEnumTypeWrapper):
+    """DeploymentState is a deployment's circuit-breaker state."""
+
+DEPLOYMENT_STATE_UNSPECIFIED: DeploymentState.ValueType  # 0
+"""DEPLOYMENT_STATE_UNSPECIFIED is never sent."""
+DEPLOYMENT_STATE_HEALTHY: DeploymentState.ValueType  # 1
+"""DEPLOYMENT_STATE_HEALTHY deployments receive requests."""
+DEPLOYMENT_STATE_COOLING_DOWN: DeploymentState.ValueType  # 2
+"""DEPLOYMENT_STATE_COOLING_DOWN deployments are skipped until the
+cooldown ends (the breaker is open).
+"""
+Global___DeploymentState: _TypeAlias = DeploymentState  # noqa: Y015
 
 @_typing.final
 class ToolCall(_message.Message):
@@ -491,3 +520,193 @@ class EmbedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
+class ChatRequest(_message.Message):
+    """ChatRequest asks for one whole (not streamed) chat completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is a model group name from the proxy's model_list."""
+    tool_choice: _builtins.str
+    """tool_choice is "auto", "none", "required" or empty (provider default)."""
+    temperature: _builtins.float
+    """temperature, when set, overrides the model's default."""
+    max_tokens: _builtins.int
+    """max_tokens, when set, bounds the completion."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
+        """messages is the conversation, oldest first."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """tools the model may call; empty means none."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: _builtins.str = ...,
+        temperature: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+
+Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
+
+@_typing.final
+class ChatResponse(_message.Message):
+    """ChatResponse is one whole chat completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    finish_reason: _builtins.str
+    """finish_reason is stop, length, tool_calls or content_filter."""
+    model: _builtins.str
+    """model is the deployment that answered."""
+    @_builtins.property
+    def message(self) -> Global___ChatMessage:
+        """message is the assistant's message: its text and its tool calls."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """usage is the completion's token usage, when the provider reports it."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___ChatMessage | None = ...,
+        finish_reason: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "message", b"message", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
+
+@_typing.final
+class GetDeploymentHealthRequest(_message.Message):
+    """GetDeploymentHealthRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentHealthRequest: _TypeAlias = GetDeploymentHealthRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentHealth(_message.Message):
+    """DeploymentHealth is one deployment's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    COOLDOWN_REMAINING_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_STATUS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    FAILURES_THIS_MINUTE_FIELD_NUMBER: _builtins.int
+    SUCCESSES_THIS_MINUTE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """id is the deployment's id (model_info.id, or the one LiteLLM made)."""
+    model_name: _builtins.str
+    """model_name is the model group the deployment serves."""
+    model: _builtins.str
+    """model is the deployment's LiteLLM model string, e.g. openai/gpt-4o."""
+    state: Global___DeploymentState.ValueType
+    """state is healthy or cooling down."""
+    cooldown_remaining_seconds: _builtins.float
+    """cooldown_remaining_seconds is how long the cooldown still lasts; 0
+    when healthy.
+    """
+    last_error_status: _builtins.int
+    """last_error_status is the HTTP-like status that started the cooldown;
+    0 when healthy.
+    """
+    last_error: _builtins.str
+    """last_error is the first line of the error that started the cooldown."""
+    failures_this_minute: _builtins.int
+    """failures_this_minute counts failed calls in the current minute."""
+    successes_this_minute: _builtins.int
+    """successes_this_minute counts successful calls in the current minute."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        model: _builtins.str = ...,
+        state: Global___DeploymentState.ValueType = ...,
+        cooldown_remaining_seconds: _builtins.float = ...,
+        last_error_status: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        failures_this_minute: _builtins.int = ...,
+        successes_this_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_remaining_seconds", b"cooldown_remaining_seconds", "failures_this_minute", b"failures_this_minute", "id", b"id", "last_error", b"last_error", "last_error_status", b"last_error_status", "model", b"model", "model_name", b"model_name", "state", b"state", "successes_this_minute", b"successes_this_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentHealth: _TypeAlias = DeploymentHealth  # noqa: Y015
+
+@_typing.final
+class GetDeploymentHealthResponse(_message.Message):
+    """GetDeploymentHealthResponse lists every deployment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentHealth]:
+        """deployments are in configuration order."""
+
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___DeploymentHealth] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentHealthResponse: _TypeAlias = GetDeploymentHealthResponse  # noqa: Y015

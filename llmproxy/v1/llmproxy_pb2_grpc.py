@@ -29,10 +29,20 @@ class LlmProxyServiceStub:
     """LlmProxyService is the one place that knows about LLM providers.
 
     Every call must carry the internal credential in the `x-internal-auth`
-    metadata key. Failures are gRPC status codes whose details name a reason:
-    RESOURCE_EXHAUSTED (rate limited), INVALID_ARGUMENT (context too long, bad
-    request), UNAUTHENTICATED upstream is reported as FAILED_PRECONDITION
-    (auth failed upstream), UNAVAILABLE (provider down), DEADLINE_EXCEEDED.
+    metadata key. Failures are gRPC status codes, and the trailing metadata key
+    `x-error-reason` names the reason in a machine-readable way:
+
+    - `rate_limited`: RESOURCE_EXHAUSTED; `x-retry-after` (seconds) when the
+    provider said how long to wait
+    - `context_too_long`: INVALID_ARGUMENT
+    - `bad_request`: INVALID_ARGUMENT
+    - `upstream_auth_failed`: FAILED_PRECONDITION (an operator must fix keys)
+    - `model_not_found`: NOT_FOUND
+    - `unavailable`: UNAVAILABLE (provider down or failing)
+    - `timed_out`: DEADLINE_EXCEEDED (no first token, or no answer, in time)
+    - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
+    provider failed, so what arrived is a partial answer and must not be
+    kept as one
     """
 
     def __init__(self, channel):
@@ -46,6 +56,11 @@ class LlmProxyServiceStub:
                 request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatRequest.SerializeToString,
                 response_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatResponse.FromString,
                 _registered_method=True)
+        self.Chat = channel.unary_unary(
+                '/llmproxy.v1.LlmProxyService/Chat',
+                request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.ChatRequest.SerializeToString,
+                response_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.ChatResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/llmproxy.v1.LlmProxyService/ListModels',
                 request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.ListModelsRequest.SerializeToString,
@@ -56,16 +71,31 @@ class LlmProxyServiceStub:
                 request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.GetDeploymentHealth = channel.unary_unary(
+                '/llmproxy.v1.LlmProxyService/GetDeploymentHealth',
+                request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.GetDeploymentHealthRequest.SerializeToString,
+                response_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.GetDeploymentHealthResponse.FromString,
+                _registered_method=True)
 
 
 class LlmProxyServiceServicer:
     """LlmProxyService is the one place that knows about LLM providers.
 
     Every call must carry the internal credential in the `x-internal-auth`
-    metadata key. Failures are gRPC status codes whose details name a reason:
-    RESOURCE_EXHAUSTED (rate limited), INVALID_ARGUMENT (context too long, bad
-    request), UNAUTHENTICATED upstream is reported as FAILED_PRECONDITION
-    (auth failed upstream), UNAVAILABLE (provider down), DEADLINE_EXCEEDED.
+    metadata key. Failures are gRPC status codes, and the trailing metadata key
+    `x-error-reason` names the reason in a machine-readable way:
+
+    - `rate_limited`: RESOURCE_EXHAUSTED; `x-retry-after` (seconds) when the
+    provider said how long to wait
+    - `context_too_long`: INVALID_ARGUMENT
+    - `bad_request`: INVALID_ARGUMENT
+    - `upstream_auth_failed`: FAILED_PRECONDITION (an operator must fix keys)
+    - `model_not_found`: NOT_FOUND
+    - `unavailable`: UNAVAILABLE (provider down or failing)
+    - `timed_out`: DEADLINE_EXCEEDED (no first token, or no answer, in time)
+    - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
+    provider failed, so what arrived is a partial answer and must not be
+    kept as one
     """
 
     def StreamChat(self, request, context):
@@ -76,6 +106,14 @@ class LlmProxyServiceServicer:
         Cancellation needs no client stream: cancelling the call (or its
         deadline passing) cancels the server handler, which closes the provider
         request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Chat(self, request, context):
+        """Chat returns one whole chat completion; same routing, retries and
+        fallbacks as StreamChat, for callers that do not need deltas.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +133,14 @@ class LlmProxyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeploymentHealth(self, request, context):
+        """GetDeploymentHealth reports every deployment's circuit-breaker state
+        (LiteLLM's cooldown) and its failures in the current minute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LlmProxyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +148,11 @@ def add_LlmProxyServiceServicer_to_server(servicer, server):
                     servicer.StreamChat,
                     request_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatRequest.FromString,
                     response_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatResponse.SerializeToString,
+            ),
+            'Chat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Chat,
+                    request_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.ChatRequest.FromString,
+                    response_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.ChatResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -112,6 +163,11 @@ def add_LlmProxyServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.EmbedRequest.FromString,
                     response_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.EmbedResponse.SerializeToString,
+            ),
+            'GetDeploymentHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeploymentHealth,
+                    request_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.GetDeploymentHealthRequest.FromString,
+                    response_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.GetDeploymentHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -125,10 +181,20 @@ class LlmProxyService:
     """LlmProxyService is the one place that knows about LLM providers.
 
     Every call must carry the internal credential in the `x-internal-auth`
-    metadata key. Failures are gRPC status codes whose details name a reason:
-    RESOURCE_EXHAUSTED (rate limited), INVALID_ARGUMENT (context too long, bad
-    request), UNAUTHENTICATED upstream is reported as FAILED_PRECONDITION
-    (auth failed upstream), UNAVAILABLE (provider down), DEADLINE_EXCEEDED.
+    metadata key. Failures are gRPC status codes, and the trailing metadata key
+    `x-error-reason` names the reason in a machine-readable way:
+
+    - `rate_limited`: RESOURCE_EXHAUSTED; `x-retry-after` (seconds) when the
+    provider said how long to wait
+    - `context_too_long`: INVALID_ARGUMENT
+    - `bad_request`: INVALID_ARGUMENT
+    - `upstream_auth_failed`: FAILED_PRECONDITION (an operator must fix keys)
+    - `model_not_found`: NOT_FOUND
+    - `unavailable`: UNAVAILABLE (provider down or failing)
+    - `timed_out`: DEADLINE_EXCEEDED (no first token, or no answer, in time)
+    - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
+    provider failed, so what arrived is a partial answer and must not be
+    kept as one
     """
 
     @staticmethod
@@ -148,6 +214,33 @@ class LlmProxyService:
             '/llmproxy.v1.LlmProxyService/StreamChat',
             llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatRequest.SerializeToString,
             llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmproxy.v1.LlmProxyService/Chat',
+            llmproxy_dot_v1_dot_llmproxy__pb2.ChatRequest.SerializeToString,
+            llmproxy_dot_v1_dot_llmproxy__pb2.ChatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,6 +295,33 @@ class LlmProxyService:
             '/llmproxy.v1.LlmProxyService/Embed',
             llmproxy_dot_v1_dot_llmproxy__pb2.EmbedRequest.SerializeToString,
             llmproxy_dot_v1_dot_llmproxy__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeploymentHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmproxy.v1.LlmProxyService/GetDeploymentHealth',
+            llmproxy_dot_v1_dot_llmproxy__pb2.GetDeploymentHealthRequest.SerializeToString,
+            llmproxy_dot_v1_dot_llmproxy__pb2.GetDeploymentHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

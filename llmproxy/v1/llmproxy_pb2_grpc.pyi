@@ -30,10 +30,20 @@ class LlmProxyServiceStub:
     """LlmProxyService is the one place that knows about LLM providers.
 
     Every call must carry the internal credential in the `x-internal-auth`
-    metadata key. Failures are gRPC status codes whose details name a reason:
-    RESOURCE_EXHAUSTED (rate limited), INVALID_ARGUMENT (context too long, bad
-    request), UNAUTHENTICATED upstream is reported as FAILED_PRECONDITION
-    (auth failed upstream), UNAVAILABLE (provider down), DEADLINE_EXCEEDED.
+    metadata key. Failures are gRPC status codes, and the trailing metadata key
+    `x-error-reason` names the reason in a machine-readable way:
+
+    - `rate_limited`: RESOURCE_EXHAUSTED; `x-retry-after` (seconds) when the
+      provider said how long to wait
+    - `context_too_long`: INVALID_ARGUMENT
+    - `bad_request`: INVALID_ARGUMENT
+    - `upstream_auth_failed`: FAILED_PRECONDITION (an operator must fix keys)
+    - `model_not_found`: NOT_FOUND
+    - `unavailable`: UNAVAILABLE (provider down or failing)
+    - `timed_out`: DEADLINE_EXCEEDED (no first token, or no answer, in time)
+    - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
+      provider failed, so what arrived is a partial answer and must not be
+      kept as one
     """
 
     @_typing.overload
@@ -49,20 +59,38 @@ class LlmProxyServiceStub:
     deadline passing) cancels the server handler, which closes the provider
     request.
     """
+    Chat: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.ChatRequest, _llmproxy_pb2.ChatResponse]
+    """Chat returns one whole chat completion; same routing, retries and
+    fallbacks as StreamChat, for callers that do not need deltas.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.ListModelsRequest, _llmproxy_pb2.ListModelsResponse]
     """ListModels lists the configured models."""
     Embed: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.EmbedRequest, _llmproxy_pb2.EmbedResponse]
     """Embed computes embeddings."""
+    GetDeploymentHealth: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.GetDeploymentHealthRequest, _llmproxy_pb2.GetDeploymentHealthResponse]
+    """GetDeploymentHealth reports every deployment's circuit-breaker state
+    (LiteLLM's cooldown) and its failures in the current minute.
+    """
 
 @_typing.type_check_only
 class LlmProxyServiceAsyncStub(LlmProxyServiceStub):
     """LlmProxyService is the one place that knows about LLM providers.
 
     Every call must carry the internal credential in the `x-internal-auth`
-    metadata key. Failures are gRPC status codes whose details name a reason:
-    RESOURCE_EXHAUSTED (rate limited), INVALID_ARGUMENT (context too long, bad
-    request), UNAUTHENTICATED upstream is reported as FAILED_PRECONDITION
-    (auth failed upstream), UNAVAILABLE (provider down), DEADLINE_EXCEEDED.
+    metadata key. Failures are gRPC status codes, and the trailing metadata key
+    `x-error-reason` names the reason in a machine-readable way:
+
+    - `rate_limited`: RESOURCE_EXHAUSTED; `x-retry-after` (seconds) when the
+      provider said how long to wait
+    - `context_too_long`: INVALID_ARGUMENT
+    - `bad_request`: INVALID_ARGUMENT
+    - `upstream_auth_failed`: FAILED_PRECONDITION (an operator must fix keys)
+    - `model_not_found`: NOT_FOUND
+    - `unavailable`: UNAVAILABLE (provider down or failing)
+    - `timed_out`: DEADLINE_EXCEEDED (no first token, or no answer, in time)
+    - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
+      provider failed, so what arrived is a partial answer and must not be
+      kept as one
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -75,19 +103,37 @@ class LlmProxyServiceAsyncStub(LlmProxyServiceStub):
     deadline passing) cancels the server handler, which closes the provider
     request.
     """
+    Chat: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.ChatRequest, _llmproxy_pb2.ChatResponse]  # type: ignore[assignment]
+    """Chat returns one whole chat completion; same routing, retries and
+    fallbacks as StreamChat, for callers that do not need deltas.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.ListModelsRequest, _llmproxy_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists the configured models."""
     Embed: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.EmbedRequest, _llmproxy_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embed computes embeddings."""
+    GetDeploymentHealth: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.GetDeploymentHealthRequest, _llmproxy_pb2.GetDeploymentHealthResponse]  # type: ignore[assignment]
+    """GetDeploymentHealth reports every deployment's circuit-breaker state
+    (LiteLLM's cooldown) and its failures in the current minute.
+    """
 
 class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
     """LlmProxyService is the one place that knows about LLM providers.
 
     Every call must carry the internal credential in the `x-internal-auth`
-    metadata key. Failures are gRPC status codes whose details name a reason:
-    RESOURCE_EXHAUSTED (rate limited), INVALID_ARGUMENT (context too long, bad
-    request), UNAUTHENTICATED upstream is reported as FAILED_PRECONDITION
-    (auth failed upstream), UNAVAILABLE (provider down), DEADLINE_EXCEEDED.
+    metadata key. Failures are gRPC status codes, and the trailing metadata key
+    `x-error-reason` names the reason in a machine-readable way:
+
+    - `rate_limited`: RESOURCE_EXHAUSTED; `x-retry-after` (seconds) when the
+      provider said how long to wait
+    - `context_too_long`: INVALID_ARGUMENT
+    - `bad_request`: INVALID_ARGUMENT
+    - `upstream_auth_failed`: FAILED_PRECONDITION (an operator must fix keys)
+    - `model_not_found`: NOT_FOUND
+    - `unavailable`: UNAVAILABLE (provider down or failing)
+    - `timed_out`: DEADLINE_EXCEEDED (no first token, or no answer, in time)
+    - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
+      provider failed, so what arrived is a partial answer and must not be
+      kept as one
     """
 
     @_abc_1.abstractmethod
@@ -106,6 +152,16 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def Chat(
+        self,
+        request: _llmproxy_pb2.ChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llmproxy_pb2.ChatResponse, _abc.Awaitable[_llmproxy_pb2.ChatResponse]]:
+        """Chat returns one whole chat completion; same routing, retries and
+        fallbacks as StreamChat, for callers that do not need deltas.
+        """
+
+    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _llmproxy_pb2.ListModelsRequest,
@@ -120,5 +176,15 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llmproxy_pb2.EmbedResponse, _abc.Awaitable[_llmproxy_pb2.EmbedResponse]]:
         """Embed computes embeddings."""
+
+    @_abc_1.abstractmethod
+    def GetDeploymentHealth(
+        self,
+        request: _llmproxy_pb2.GetDeploymentHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llmproxy_pb2.GetDeploymentHealthResponse, _abc.Awaitable[_llmproxy_pb2.GetDeploymentHealthResponse]]:
+        """GetDeploymentHealth reports every deployment's circuit-breaker state
+        (LiteLLM's cooldown) and its failures in the current minute.
+        """
 
 def add_LlmProxyServiceServicer_to_server(servicer: LlmProxyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
