@@ -1,8 +1,10 @@
 """Composition root: ``python -m gateway`` / ``codelab-gateway``.
 
 Reads ``GATEWAY__*`` once (see :class:`gateway.config.GatewayConfig`), builds
-the JWKS client, the runtime channel and the server, serves until SIGTERM or
-SIGINT, then closes every WebSocket with 1012 (service restart).
+the JWKS client, the runtime channel (TLS, with a client certificate for
+mTLS, when ``RUNTIME_TLS_*`` are set), the revocation feed (when
+``REVOCATIONS_URL`` is set) and the server, serves until SIGTERM or SIGINT,
+then closes every WebSocket with 1012 (service restart).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import structlog
 
 from gateway.config import GatewayConfig
 from gateway.jwks import JwksCache, TokenVerifier
+from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
-from mesh.env import Env
+from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
 from mesh.signals import wait_for_stop_signal
 from runtime.v1 import runtime_pb2_grpc
@@ -42,7 +45,7 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         http_client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=config.jwks_timeout, follow_redirects=False)
         )
-        channel = await stack.enter_async_context(grpc.aio.insecure_channel(config.runtime_address))
+        channel = await stack.enter_async_context(runtime_channel(config))
         keys = JwksCache(
             http_client,
             config.jwks_url,
@@ -60,10 +63,52 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         runtime = cast(
             "AgentRuntimeServiceAsyncStub", runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
         )
-        gateway = Gateway(config, verifier, runtime)
+        revocations = RevocationList(retention=config.revocation_retention)
+        gateway = Gateway(config, verifier, runtime, revocations=revocations)
         stack.push_async_callback(gateway.stop)
         await gateway.start()
+        if config.revocations_url:
+            feed = RevocationFeed(
+                http_client,
+                config.revocations_url,
+                internal_api_key=config.feed_api_key,
+                revocations=revocations,
+                listener=gateway.revoke,
+                interval=config.revocation_poll_interval,
+            )
+            stack.push_async_callback(feed.stop)
+            feed.start()
         yield gateway
+
+
+def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
+    """The channel to the runtime: plaintext, or TLS when ``runtime_tls_ca``
+    or a client certificate is configured (mTLS with ``runtime_tls_cert`` and
+    ``runtime_tls_key``). Raises ConfigError for unreadable or half-given
+    files."""
+    if not (config.runtime_tls_ca or config.runtime_tls_cert or config.runtime_tls_key):
+        return grpc.aio.insecure_channel(config.runtime_address)
+    if bool(config.runtime_tls_cert) != bool(config.runtime_tls_key):
+        raise ConfigError("GATEWAY__RUNTIME_TLS_CERT and GATEWAY__RUNTIME_TLS_KEY go together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(config.runtime_tls_ca, "RUNTIME_TLS_CA"),
+        private_key=_read(config.runtime_tls_key, "RUNTIME_TLS_KEY"),
+        certificate_chain=_read(config.runtime_tls_cert, "RUNTIME_TLS_CERT"),
+    )
+    options = []
+    if config.runtime_tls_server_name:
+        options.append(("grpc.ssl_target_name_override", config.runtime_tls_server_name))
+    return grpc.aio.secure_channel(config.runtime_address, credentials, options=options)
+
+
+def _read(path: str, name: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(f"GATEWAY__{name}={path!r} cannot be read: {exc.strerror}") from None
 
 
 async def serve(config: GatewayConfig) -> None:

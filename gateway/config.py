@@ -37,6 +37,40 @@ class GatewayConfig:
     close_timeout: float = 10.0
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
+    # -- the edge under attack (docs/GATEWAY.md) --
+    allowed_origins: tuple[str, ...] = ()
+    """WebSocket ``Origin`` allow-list; empty allows any, and none."""
+    max_connections_per_user: int = 16
+    max_connections: int = 10_000
+    connect_rate: float = 20.0
+    """Requests per second per client address (token bucket); 0 disables."""
+    connect_burst: int = 40
+    frame_rate: float = 50.0
+    """IDE frames per second per connection (token bucket); 0 disables."""
+    frame_burst: int = 100
+    idle_timeout: float = 900.0
+    """No frame either way for this long closes with 1001; 0 disables."""
+    slow_consumer_timeout: float = 10.0
+    """A send blocked this long on ``write_limit`` closes with 1013."""
+    view_timeout: float = 5.0
+    """Bound of each unary runtime call (REST views, the ownership check)."""
+    revocations_url: str = ""
+    """The auth service's revocation feed; empty disables polling."""
+    auth_internal_api_key: str = ""
+    """Credential for the feed; empty means ``internal_api_key``."""
+    revocation_poll_interval: float = 2.0
+    revocation_retention: float = 86_400.0
+    """How long a revocation is remembered; at least the longest token lifetime."""
+    runtime_tls_ca: str = ""
+    """PEM file: with it the runtime channel uses TLS (mTLS with cert and key)."""
+    runtime_tls_cert: str = ""
+    runtime_tls_key: str = ""
+    runtime_tls_server_name: str = ""
+    """Overrides the name checked in the runtime's certificate."""
+
+    @property
+    def feed_api_key(self) -> str:
+        return self.auth_internal_api_key or self.internal_api_key
 
     @classmethod
     def from_env(cls, env: Env) -> GatewayConfig:
@@ -65,6 +99,30 @@ class GatewayConfig:
             close_timeout=env.float("CLOSE_TIMEOUT", cls.close_timeout),
             shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env.str("LOG_LEVEL", cls.log_level),
+            allowed_origins=tuple(
+                origin.lower().rstrip("/") for origin in env.list("ALLOWED_ORIGINS")
+            ),
+            max_connections_per_user=env.int(
+                "MAX_CONNECTIONS_PER_USER", cls.max_connections_per_user
+            ),
+            max_connections=env.int("MAX_CONNECTIONS", cls.max_connections),
+            connect_rate=env.float("CONNECT_RATE", cls.connect_rate),
+            connect_burst=env.int("CONNECT_BURST", cls.connect_burst),
+            frame_rate=env.float("FRAME_RATE", cls.frame_rate),
+            frame_burst=env.int("FRAME_BURST", cls.frame_burst),
+            idle_timeout=env.float("IDLE_TIMEOUT", cls.idle_timeout),
+            slow_consumer_timeout=env.float("SLOW_CONSUMER_TIMEOUT", cls.slow_consumer_timeout),
+            view_timeout=env.float("VIEW_TIMEOUT", cls.view_timeout),
+            revocations_url=env.str("REVOCATIONS_URL", cls.revocations_url),
+            auth_internal_api_key=env.str("AUTH_INTERNAL_API_KEY", cls.auth_internal_api_key),
+            revocation_poll_interval=env.float(
+                "REVOCATION_POLL_INTERVAL", cls.revocation_poll_interval
+            ),
+            revocation_retention=env.float("REVOCATION_RETENTION", cls.revocation_retention),
+            runtime_tls_ca=env.str("RUNTIME_TLS_CA", cls.runtime_tls_ca),
+            runtime_tls_cert=env.str("RUNTIME_TLS_CERT", cls.runtime_tls_cert),
+            runtime_tls_key=env.str("RUNTIME_TLS_KEY", cls.runtime_tls_key),
+            runtime_tls_server_name=env.str("RUNTIME_TLS_SERVER_NAME", cls.runtime_tls_server_name),
         )
 
 

@@ -33,3 +33,7 @@ class FrameError(GatewayError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class SlowConsumer(GatewayError):
+    """The IDE did not read its frames for longer than the send timeout."""

@@ -37,6 +37,12 @@ class Reauthenticate:
 
 IdeAction = runtime_pb2.ConverseRequest | Reauthenticate
 
+MAX_NESTING = 32
+"""Deepest nesting of an object forwarded as a ``Struct``: protobuf refuses
+to parse messages nested deeper than 100 levels, and each JSON level costs
+two (``Value`` and ``Struct``/``ListValue``)."""
+MAX_SEQ = 2**64 - 1
+
 _DECISIONS = {
     "approve": runtime_pb2.DECISION_APPROVE,
     "edit": runtime_pb2.DECISION_EDIT,
@@ -58,13 +64,18 @@ def parse_frame(text: str) -> IdeAction:
     """Validate one IDE text frame and translate it.
 
     Unknown extra fields are ignored, ``null`` counts as absent for optional
-    fields. Raises :class:`FrameError` with code ``invalid_json``,
-    ``not_an_object``, ``unknown_type``, ``missing_field`` or ``invalid_field``.
+    fields; objects passed on to the runtime (``result``,
+    ``modified_arguments``) may nest at most :data:`MAX_NESTING` levels.
+    Raises :class:`FrameError` with code ``invalid_json``, ``not_an_object``,
+    ``unknown_type``, ``missing_field`` or ``invalid_field``.
     """
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except ValueError:
         raise FrameError("invalid_json", "the frame is not valid JSON") from None
+    except RecursionError:
+        # json's C scanner refuses deep nesting this way, not with ValueError.
+        raise FrameError("invalid_json", "the frame is nested too deeply") from None
     if not isinstance(data, dict):
         raise FrameError("not_an_object", "the frame must be a JSON object")
     kind = data.get("type")
@@ -158,6 +169,15 @@ def _auth(data: Mapping[str, Any]) -> IdeAction:
     return Reauthenticate(token=_required_str(data, "token"))
 
 
+def _resume(data: Mapping[str, Any]) -> IdeAction:
+    value = data.get("last_seq")
+    if value is None:
+        raise FrameError("missing_field", "'last_seq' is required")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise FrameError("invalid_field", "'last_seq' must be a non-negative integer")
+    return runtime_pb2.ConverseRequest(resume=runtime_pb2.Resume(after_seq=value))
+
+
 _PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {
     "user_message": _user_message,
     "tool_result": _tool_result,
@@ -167,6 +187,7 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {
     "cancel": _cancel,
     "file_changed": _file_changed,
     "auth": _auth,
+    "resume": _resume,
 }
 
 
@@ -189,7 +210,22 @@ def _optional_object(data: Mapping[str, Any], name: str) -> dict[str, Any] | Non
     value = data.get(name)
     if value is not None and not isinstance(value, dict):
         raise FrameError("invalid_field", f"{name!r} must be an object")
+    if value is not None and _depth(value, MAX_NESTING) > MAX_NESTING:
+        raise FrameError(
+            "invalid_field", f"{name!r} is nested too deeply (at most {MAX_NESTING} levels)"
+        )
     return value
+
+
+def _depth(value: object, limit: int) -> int:
+    """Nesting depth of JSON data, counting stops once past ``limit``."""
+    if limit < 0:
+        return 1
+    if isinstance(value, dict):
+        return 1 + max((_depth(item, limit - 1) for item in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(item, limit - 1) for item in value), default=0)
+    return 0
 
 
 def _required_choice(

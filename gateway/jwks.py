@@ -49,6 +49,8 @@ class Principal:
     scopes: frozenset[str]
     expires_at: datetime
     client_id: str | None
+    issued_at: datetime | None = None
+    """``iat``; None when the token has none (revocation then voids it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +263,16 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     else:
         scopes = frozenset()
     client_id = claims.get("client_id", claims.get("azp"))
+    issued_at = claims.get("iat")
     return Principal(
         subject=subject,
         scopes=scopes,
         expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
         client_id=client_id if isinstance(client_id, str) else None,
+        # PyJWT has checked that iat, when present, is a number.
+        issued_at=(
+            datetime.fromtimestamp(float(issued_at), UTC)
+            if isinstance(issued_at, int | float) and not isinstance(issued_at, bool)
+            else None
+        ),
     )

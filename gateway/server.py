@@ -1,23 +1,30 @@
-"""The WebSocket edge: handshake authentication and one ``Converse`` per IDE.
+"""The WebSocket edge: handshake checks, REST views and one ``Converse`` per IDE.
 
-The opening handshake is answered in :meth:`Gateway._process_request`:
-plain HTTP GETs (health; later the REST views) are answered there, and a
-WebSocket upgrade is refused with 401 before it happens unless it carries a
-valid access token, either as ``Authorization: Bearer <token>`` or, for
-browsers, as the subprotocol pair ``bearer, <token>`` — the server then
-selects the ``bearer`` subprotocol, so the token is never echoed back.
+Every request is answered first in :meth:`Gateway._process_request`, before
+any upgrade, in this order (docs/GATEWAY.md explains each):
+
+1. ``/health`` is answered at once;
+2. the client address's connect rate (token bucket) → 429;
+3. REST views (:mod:`gateway.rest`) → authenticated, owner-scoped runtime reads;
+4. a WebSocket upgrade: path and ``last_seq`` → 400/404, ``Origin``
+   allow-list → 403, process connection limit → 503, access token (from
+   ``Authorization: Bearer`` or the subprotocol pair ``bearer, <token>``, of
+   which only ``bearer`` is selected so the token is never echoed) and
+   revocation → 401, per-user connection limit → 429, and finally the
+   session's ownership: a unary ``GetCurrentAgent`` as the user, where
+   PERMISSION_DENIED → 403 and NOT_FOUND (a new session) passes.
 
 Each accepted connection opens one bidirectional ``Converse`` stream to the
-runtime and pumps frames both ways in a task group. Backpressure is end to
-end: the IDE→runtime pump waits for gRPC flow control before reading the next
-frame (websockets then stops reading the socket after ``max_queue`` frames),
-and the runtime→IDE pump waits for the WebSocket's ``write_limit`` to drain
-before reading the next event. Closing the WebSocket cancels the gRPC call,
-which cancels the runtime's turn.
+runtime and pumps frames both ways in a task group, beside watchers for the
+token (expiry, revocation) and for idleness. Backpressure is end to end: the
+IDE→runtime pump waits for gRPC flow control before reading the next frame
+(websockets then stops reading the socket after ``max_queue`` frames), and
+the runtime→IDE pump waits for the WebSocket's ``write_limit`` to drain
+before reading the next event — for at most ``slow_consumer_timeout``
+seconds, after which the connection is closed with 1013. Closing cancels the
+gRPC call, which cancels the runtime's turn.
 
-Every mapping of a failure to an HTTP status, ``error`` frame or close code
-lives in this module (:func:`closing_for_status` and the ``_refuse_*``
-responses).
+Every failure's close code or HTTP status comes from :mod:`gateway.codes`.
 """
 
 from __future__ import annotations
@@ -25,12 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import json
-import re
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -42,13 +47,33 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
+from gateway import rest
+from gateway.codes import (
+    FRAME_RATE_EXCEEDED,
+    IDLE_TIMEOUT,
+    SERVICE_RESTART,
+    SLOW_CONSUMER,
+    SUBJECT_CHANGED,
+    TOKEN_EXPIRED,
+    TOKEN_REVOKED,
+    Closing,
+    closing_for_status,
+    json_response,
+    refuse,
+    refuse_keys_unavailable,
+    refuse_token,
+    response_for_status,
+)
 from gateway.config import GatewayConfig
-from gateway.errors import FrameError, InvalidToken, KeysUnavailable
+from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsumer
 from gateway.frames import Frame, Reauthenticate, encode, error_frame, parse_frame
 from gateway.frames import response_to_frame as frame_for
 from gateway.jwks import Principal, TokenVerifier
+from gateway.limits import AddressRateLimiter, ConnectionSlots, TokenBucket, retry_after
+from gateway.revocations import Revocation, RevocationList
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2
 
@@ -68,98 +93,8 @@ BEARER_SUBPROTOCOL = Subprotocol("bearer")
 
 _HEALTH_PATHS = frozenset({"/health", "/api/v1/health"})
 _WS_PREFIXES = ("/api/v1/ws/", "/ws/")
-_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_MAX_CLOSE_REASON_BYTES = 123
-
-
-# ---------------------------------------------------------------------------
-# Failure → close code, in one place
-
-
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """How to end an IDE connection: an optional last frame, then a close."""
-
-    code: int
-    reason: str
-    frame: Frame | None = None
-
-
-TOKEN_EXPIRED = Closing(CloseCode.POLICY_VIOLATION, "token expired")
-SUBJECT_CHANGED = Closing(CloseCode.POLICY_VIOLATION, "token is for another user")
-SERVICE_RESTART = Closing(CloseCode.SERVICE_RESTART, "service restart")
-
-_CLOSING_BY_STATUS: dict[grpc.StatusCode, Closing] = {
-    grpc.StatusCode.OK: Closing(CloseCode.NORMAL_CLOSURE, "session ended"),
-    grpc.StatusCode.UNAVAILABLE: Closing(CloseCode.TRY_AGAIN_LATER, "runtime unavailable"),
-    grpc.StatusCode.CANCELLED: Closing(CloseCode.TRY_AGAIN_LATER, "runtime cancelled the stream"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Closing(CloseCode.TRY_AGAIN_LATER, "runtime busy"),
-    grpc.StatusCode.PERMISSION_DENIED: Closing(CloseCode.POLICY_VIOLATION, "permission denied"),
-    grpc.StatusCode.UNAUTHENTICATED: Closing(CloseCode.INTERNAL_ERROR, "gateway not trusted"),
-}
-
-
-def closing_for_status(code: grpc.StatusCode, details: str | None) -> Closing:
-    """How a ``Converse`` stream that ended with ``code`` ends the connection.
-
-    OK → 1000; UNAVAILABLE, CANCELLED, RESOURCE_EXHAUSTED → 1013 (try again
-    later); PERMISSION_DENIED → 1008 (terminal: someone else's session);
-    UNAUTHENTICATED (the runtime refused the gateway's credential) → 1011;
-    anything else → an ``error`` frame, then 1011.
-    """
-    known = _CLOSING_BY_STATUS.get(code)
-    if code is grpc.StatusCode.PERMISSION_DENIED and details:
-        return Closing(known.code if known else CloseCode.POLICY_VIOLATION, _clip(details))
-    if known is not None:
-        return known
-    message = f"the runtime failed ({code.name.lower()})"
-    return Closing(CloseCode.INTERNAL_ERROR, "runtime error", error_frame("runtime_error", message))
-
-
-def _clip(reason: str) -> str:
-    encoded = reason.encode()[:_MAX_CLOSE_REASON_BYTES]
-    return encoded.decode(errors="ignore")
-
-
-def _json_response(
-    status: http.HTTPStatus, body: dict[str, Any], headers: Sequence[tuple[str, str]] = ()
-) -> Response:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    return Response(
-        status.value,
-        status.phrase,
-        Headers(
-            [
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(payload))),
-                ("Cache-Control", "no-store"),
-                ("Connection", "close"),
-                *headers,
-            ]
-        ),
-        payload,
-    )
-
-
-def _refuse_token(reason: str) -> Response:
-    return _json_response(
-        http.HTTPStatus.UNAUTHORIZED,
-        {"error": "invalid_token", "error_description": reason},
-        [("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{reason}"')],
-    )
-
-
-def _refuse_unavailable() -> Response:
-    return _json_response(
-        http.HTTPStatus.SERVICE_UNAVAILABLE,
-        {"error": "temporarily_unavailable", "error_description": "cannot verify tokens now"},
-        [("Retry-After", "5")],
-    )
-
-
-def _refuse(status: http.HTTPStatus, error: str, description: str) -> Response:
-    return _json_response(status, {"error": error, "error_description": description})
+_REQUEST_ID = rest.SESSION_ID
+_OVERLOAD_RETRY_AFTER = "5"
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +145,18 @@ def bearer_token(headers: Headers) -> str | None:
     return None
 
 
+def origin_allowed(headers: Headers, allowed: Sequence[str]) -> bool:
+    """Whether the handshake's ``Origin`` passes the allow-list.
+
+    An empty list allows anything, a missing ``Origin`` included; otherwise
+    exactly one ``Origin`` equal (case-insensitively) to an entry is needed.
+    """
+    if not allowed:
+        return True
+    origin = _header(headers, "Origin")
+    return origin is not None and origin.lower().rstrip("/") in allowed
+
+
 def _select_subprotocol(
     connection: ServerConnection, subprotocols: Sequence[Subprotocol]
 ) -> Subprotocol | None:
@@ -217,24 +164,46 @@ def _select_subprotocol(
     return BEARER_SUBPROTOCOL if BEARER_SUBPROTOCOL in subprotocols else None
 
 
+def _client_address(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
+
+
+def _gone(holder: object) -> bool:
+    """A reserved connection that died before (or after) its handler ran."""
+    return isinstance(holder, ServerConnection) and holder.protocol.state is State.CLOSED
+
+
 # ---------------------------------------------------------------------------
 # Connections
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Link:
-    """One IDE connection and its counters."""
+    """One IDE connection, its gRPC call and its counters."""
 
     websocket: ServerConnection
     session_id: str
     principal: Principal
-    refreshed: asyncio.Event = field(default_factory=asyncio.Event)
+    frame_bucket: TokenBucket
+    send_timeout: float | None
+    call: ConverseCall | None = None
+    token_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on a refreshed token and on a revocation of the link's user."""
+    last_activity: float = field(default_factory=time.monotonic)
     frames_in: int = 0
     frames_out: int = 0
 
     async def send(self, frame: Frame) -> None:
-        await self.websocket.send(encode(frame))
+        """Send one frame; raises SlowConsumer when the IDE has not made room
+        within ``send_timeout``, ConnectionClosed when it is gone."""
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.websocket.send(encode(frame))
+        except TimeoutError:
+            raise SlowConsumer("the client does not read its frames") from None
         self.frames_out += 1
+        self.last_activity = time.monotonic()
 
 
 class Gateway:
@@ -242,7 +211,8 @@ class Gateway:
 
     :meth:`start` binds; :meth:`stop` is idempotent: it stops accepting,
     closes every connection with 1012 (service restart), gives handlers
-    ``shutdown_grace`` seconds and cancels the rest.
+    ``shutdown_grace`` seconds and cancels the rest. :meth:`revoke` is the
+    revocation feed's listener.
     """
 
     def __init__(
@@ -250,10 +220,21 @@ class Gateway:
         config: GatewayConfig,
         verifier: TokenVerifier,
         runtime: AgentRuntimeServiceAsyncStub,
+        *,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._config = config
         self._verifier = verifier
         self._runtime = runtime
+        self._revocations = revocations or RevocationList(retention=config.revocation_retention)
+        self._views = rest.RestViews(
+            runtime, internal_api_key=config.internal_api_key, timeout=config.view_timeout
+        )
+        self._connect_rate = AddressRateLimiter(config.connect_rate, config.connect_burst)
+        self._slots = ConnectionSlots(
+            per_user=config.max_connections_per_user, total=config.max_connections
+        )
+        self._links: dict[str, set[_Link]] = {}
         self._server: Server | None = None
         self._stopped = False
         self._handshakes: weakref.WeakKeyDictionary[ServerConnection, _Handshake] = (
@@ -267,6 +248,11 @@ class Gateway:
             raise RuntimeError("the gateway is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        """Connections holding a slot (handshaking or open)."""
+        return self._slots.count
+
     async def start(self) -> None:
         """Bind and start accepting connections."""
         if self._server is not None:
@@ -277,6 +263,7 @@ class Gateway:
             config.host,
             config.port,
             process_request=self._process_request,
+            process_response=self._process_response,
             select_subprotocol=_select_subprotocol,
             compression=None,
             open_timeout=config.open_timeout,
@@ -306,6 +293,41 @@ class Gateway:
             await server.wait_closed()
         log.info("gateway_stopped")
 
+    def revoke(self, revocation: Revocation) -> None:
+        """Wake the token watcher of every connection of the revoked user;
+        those whose token the revocation voids close with 4001. The
+        revocation must already be in the gateway's :class:`RevocationList`."""
+        for link in self._links.get(revocation.subject, ()):
+            link.token_changed.set()
+
+    # -- authentication --------------------------------------------------
+
+    def _is_revoked(self, principal: Principal) -> bool:
+        issued_at = principal.issued_at.timestamp() if principal.issued_at else None
+        return self._revocations.is_revoked(principal.subject, issued_at)
+
+    async def _authenticate(self, token: str) -> Principal:
+        """The principal of a valid, unrevoked token; raises InvalidToken or
+        KeysUnavailable."""
+        principal = await self._verifier.verify(token)
+        if self._is_revoked(principal):
+            raise InvalidToken("token revoked")
+        return principal
+
+    async def _authenticate_request(self, request: Request, path: str) -> Principal | Response:
+        token = bearer_token(request.headers)
+        if token is None:
+            log.info("request_refused", path=path, reason="missing token")
+            return refuse_token("missing bearer token")
+        try:
+            return await self._authenticate(token)
+        except InvalidToken as exc:
+            log.info("request_refused", path=path, reason=exc.reason)
+            return refuse_token(exc.reason)
+        except KeysUnavailable:
+            log.warning("request_refused", path=path, reason="keys unavailable")
+            return refuse_keys_unavailable()
+
     # -- HTTP ------------------------------------------------------------
 
     async def _process_request(
@@ -314,52 +336,147 @@ class Gateway:
         url = urlsplit(request.path)
         if url.path in _HEALTH_PATHS:
             if request.method not in {"GET", "HEAD"}:
-                return _refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-            return _json_response(http.HTTPStatus.OK, {"status": "ok"})
+                return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+            return json_response(http.HTTPStatus.OK, {"status": "ok"})
+        wait = self._connect_rate.take(_client_address(connection))
+        if wait > 0:
+            log.info("request_refused", path=url.path, reason="connect rate")
+            return refuse(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many connections from this address",
+                retry_after=retry_after(wait),
+            )
+        request_id = _header(request.headers, "X-Request-Id")
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
         session_id = _ws_session_id(url.path)
-        if session_id is None or not session_id or "/" in session_id:
-            # The REST read views (agents, sessions, history, approvals)
-            # will be routed here, before the 404.
-            return _refuse(http.HTTPStatus.NOT_FOUND, "not_found", "no such path")
-        return await self._authorize_upgrade(connection, request, session_id, url.query)
+        if session_id is None:
+            return await self._answer_view(request, url.path, url.query, request_id)
+        if not session_id or "/" in session_id:
+            return refuse(http.HTTPStatus.NOT_FOUND, "not_found", "no such path")
+        return await self._authorize_upgrade(connection, request, session_id, url, request_id)
+
+    async def _answer_view(
+        self, request: Request, path: str, query: str, request_id: str
+    ) -> Response:
+        route = rest.match(request.method, path)
+        if route is None:
+            return refuse(http.HTTPStatus.NOT_FOUND, "not_found", "no such path")
+        if isinstance(route, http.HTTPStatus):
+            return refuse(route, "method_not_allowed", "method not allowed here")
+        principal = await self._authenticate_request(request, path)
+        if isinstance(principal, Response):
+            return principal
+        with structlog.contextvars.bound_contextvars(user=principal.subject, request_id=request_id):
+            return await self._views.answer(
+                route, query, user=principal.subject, request_id=request_id
+            )
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        # A reserved slot whose upgrade did not happen (the library refused
+        # the handshake after process_request, or the server is closing).
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            handshake = self._handshakes.pop(connection, None)
+            if handshake is not None:
+                self._slots.release(handshake.principal.subject, connection)
 
     async def _authorize_upgrade(
-        self, connection: ServerConnection, request: Request, session_id: str, query: str
+        self,
+        connection: ServerConnection,
+        request: Request,
+        session_id: str,
+        url: Any,
+        request_id: str,
     ) -> Response | None:
         if request.method != "GET":
-            return _refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-        if not _SESSION_ID.fullmatch(session_id):
-            return _refuse(
+            return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+        if not rest.SESSION_ID.fullmatch(session_id):
+            return refuse(
                 http.HTTPStatus.BAD_REQUEST,
                 "invalid_session_id",
                 "session ids are 1-128 characters of A-Z a-z 0-9 . _ : -",
             )
         resume_after_seq: int | None = None
-        last_seq = parse_qs(query).get("last_seq")
+        last_seq = parse_qs(url.query).get("last_seq")
         if last_seq:
-            if not last_seq[0].isdigit() or len(last_seq[0]) > 20:
-                return _refuse(
+            if not last_seq[0].isdigit() or len(last_seq[0]) > 20 or int(last_seq[0]) >= 2**64:
+                return refuse(
                     http.HTTPStatus.BAD_REQUEST, "invalid_last_seq", "last_seq is not an integer"
                 )
             resume_after_seq = int(last_seq[0])
-        token = bearer_token(request.headers)
-        if token is None:
-            log.info("handshake_refused", path=urlsplit(request.path).path, reason="missing token")
-            return _refuse_token("missing bearer token")
+        if not origin_allowed(request.headers, self._config.allowed_origins):
+            log.info("handshake_refused", session_id=session_id, reason="origin")
+            return refuse(http.HTTPStatus.FORBIDDEN, "origin_not_allowed", "origin not allowed")
+        if self._slots.process_full():
+            self._slots.prune(_gone)
+            if self._slots.process_full():
+                return self._refuse_overload("process")
+        principal = await self._authenticate_request(request, url.path)
+        if isinstance(principal, Response):
+            return principal
+        user = principal.subject
+        refusal = self._slots.reserve(user, connection)
+        if refusal is not None:
+            self._slots.prune(_gone, None if refusal.scope == "process" else user)
+            refusal = self._slots.reserve(user, connection)
+        if refusal is not None:
+            return self._refuse_overload(refusal.scope)
         try:
-            principal = await self._verifier.verify(token)
-        except InvalidToken as exc:
-            log.info("handshake_refused", session_id=session_id, reason=exc.reason)
-            return _refuse_token(exc.reason)
-        except KeysUnavailable:
-            log.warning("handshake_refused", session_id=session_id, reason="keys unavailable")
-            return _refuse_unavailable()
-        request_id = _header(request.headers, "X-Request-Id")
-        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex
+            denied = await self._check_session_access(session_id, user, request_id)
+        except BaseException:
+            self._slots.release(user, connection)
+            raise
+        if denied is not None:
+            self._slots.release(user, connection)
+            return denied
         self._handshakes[connection] = _Handshake(
             session_id, principal, resume_after_seq, request_id
         )
+        return None
+
+    def _refuse_overload(self, scope: str) -> Response:
+        log.warning("handshake_refused", reason=f"{scope} connection limit")
+        if scope == "user":
+            return refuse(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "this user has too many open connections",
+                retry_after=_OVERLOAD_RETRY_AFTER,
+            )
+        return refuse(
+            http.HTTPStatus.SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the gateway is at its connection limit",
+            retry_after=_OVERLOAD_RETRY_AFTER,
+        )
+
+    async def _check_session_access(
+        self, session_id: str, user: str, request_id: str
+    ) -> Response | None:
+        """None when ``user`` may open ``session_id``, else the refusal.
+
+        The runtime answers PERMISSION_DENIED for someone else's session and
+        NOT_FOUND for a new one (which ``open`` will create). A runtime
+        without the unary reads (UNIMPLEMENTED) is let through: ``open``
+        still refuses a foreign session, with close 1008.
+        """
+        request = runtime_pb2.GetCurrentAgentRequest(session_id=session_id)
+        try:
+            await self._views.call("GetCurrentAgent", request, user=user, request_id=request_id)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+                return None
+            if code is grpc.StatusCode.PERMISSION_DENIED:
+                log.info("handshake_refused", session_id=session_id, reason="foreign session")
+                return refuse(
+                    http.HTTPStatus.FORBIDDEN, "forbidden", "the session belongs to another user"
+                )
+            log.warning("handshake_refused", session_id=session_id, status=code.name)
+            return response_for_status(code, exc.details())
         return None
 
     # -- WebSocket -------------------------------------------------------
@@ -369,19 +486,24 @@ class Gateway:
         if handshake is None:  # pragma: no cover - process_request always stores one
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        link = _Link(connection, handshake.session_id, handshake.principal)
+        user = handshake.principal.subject
+        config = self._config
+        link = _Link(
+            connection,
+            handshake.session_id,
+            handshake.principal,
+            TokenBucket(config.frame_rate, config.frame_burst),
+            config.slow_consumer_timeout if config.slow_consumer_timeout > 0 else None,
+        )
+        self._links.setdefault(user, set()).add(link)
         started = time.monotonic()
         metadata = internal_metadata(
-            self._config.internal_api_key,
-            user=handshake.principal.subject,
-            request_id=handshake.request_id,
+            config.internal_api_key, user=user, request_id=handshake.request_id
         )
         with structlog.contextvars.bound_contextvars(
-            session_id=handshake.session_id,
-            user=handshake.principal.subject,
-            request_id=handshake.request_id,
+            session_id=handshake.session_id, user=user, request_id=handshake.request_id
         ):
-            call = self._runtime.Converse(metadata=metadata)
+            call = link.call = self._runtime.Converse(metadata=metadata)
             try:
                 opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
                 if handshake.resume_after_seq is not None:
@@ -392,6 +514,12 @@ class Gateway:
                 await self._pump(link, call)
             finally:
                 call.cancel()
+                links = self._links.get(user)
+                if links is not None:
+                    links.discard(link)
+                    if not links:
+                        del self._links[user]
+                self._slots.release(user, connection)
                 log.info(
                     "connection_closed",
                     duration=round(time.monotonic() - started, 3),
@@ -401,13 +529,16 @@ class Gateway:
                 )
 
     async def _pump(self, link: _Link, call: ConverseCall) -> None:
-        """Run both directions and the expiry watch until one of them ends."""
+        """Run both directions and the watchers until one of them ends."""
+        work = [
+            self._ide_to_runtime(link, call),
+            self._runtime_to_ide(link, call),
+            self._watch_token(link),
+        ]
+        if self._config.idle_timeout > 0:
+            work.append(self._watch_idle(link))
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._ide_to_runtime(link, call)),
-                group.create_task(self._runtime_to_ide(link, call)),
-                group.create_task(self._enforce_expiry(link)),
-            ]
+            tasks = [group.create_task(self._guarded(link, item)) for item in work]
 
             def stop_the_others(done: asyncio.Task[None]) -> None:
                 for task in tasks:
@@ -417,37 +548,57 @@ class Gateway:
             for task in tasks:
                 task.add_done_callback(stop_the_others)
 
-    async def _ide_to_runtime(self, link: _Link, call: ConverseCall) -> None:
-        """Forward IDE frames until the WebSocket closes."""
+    async def _guarded(self, link: _Link, work: Coroutine[Any, Any, None]) -> None:
+        """Run one side of the connection; a blocked send closes with 1013."""
         try:
-            async for message in link.websocket:
-                link.frames_in += 1
-                if isinstance(message, bytes):
-                    await link.send(error_frame("binary_frame", "binary frames are not supported"))
-                    continue
-                try:
-                    action = parse_frame(message)
-                except FrameError as exc:
-                    await link.send(error_frame(exc.code, exc.message))
-                    continue
-                if isinstance(action, Reauthenticate):
-                    await self._reauthenticate(link, action.token)
-                    continue
-                try:
-                    await call.write(action)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    # The stream is over; the runtime pump reports why and
-                    # closes the WebSocket.
-                    await link.websocket.wait_closed()
-                    return
+            await work
+        except SlowConsumer:
+            log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
+            await self._close(link, SLOW_CONSUMER)
         except ConnectionClosed:
             return
+
+    async def _ide_to_runtime(self, link: _Link, call: ConverseCall) -> None:
+        """Forward IDE frames until the WebSocket closes."""
+        async for message in link.websocket:
+            link.frames_in += 1
+            link.last_activity = time.monotonic()
+            if link.frame_bucket.take() > 0:
+                log.warning("frame_rate_exceeded", frames_in=link.frames_in)
+                await self._close(link, FRAME_RATE_EXCEEDED)
+                return
+            if isinstance(message, bytes):
+                await link.send(error_frame("binary_frame", "binary frames are not supported"))
+                continue
+            try:
+                action = parse_frame(message)
+            except FrameError as exc:
+                await link.send(error_frame(exc.code, exc.message))
+                continue
+            if isinstance(action, Reauthenticate):
+                await self._reauthenticate(link, action.token)
+                continue
+            try:
+                await call.write(action)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                # The stream is over; the runtime pump reports why and
+                # closes the WebSocket.
+                await link.websocket.wait_closed()
+                return
 
     async def _runtime_to_ide(self, link: _Link, call: ConverseCall) -> None:
         """Forward runtime events until the stream ends, then close."""
         try:
             while True:
-                response = await call.read()
+                try:
+                    response = await call.read()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if call.cancelled() and task is not None and not task.cancelling():
+                        # _close cancelled the call; let it finish the close.
+                        await link.websocket.wait_closed()
+                        return
+                    raise
                 if response is grpc.aio.EOF:
                     closing = closing_for_status(grpc.StatusCode.OK, None)
                     break
@@ -457,15 +608,15 @@ class Gateway:
                     continue
                 await link.send(frame)
         except grpc.aio.AioRpcError as exc:
+            if link.websocket.state is not State.OPEN:
+                return  # we cancelled the call while closing
             closing = closing_for_status(exc.code(), exc.details())
             log.info("runtime_stream_failed", status=exc.code().name)
-        except ConnectionClosed:
-            return
         await self._close(link, closing)
 
     async def _reauthenticate(self, link: _Link, token: str) -> None:
         try:
-            principal = await self._verifier.verify(token)
+            principal = await self._authenticate(token)
         except InvalidToken as exc:
             await link.send(error_frame("invalid_token", exc.reason))
             return
@@ -479,25 +630,48 @@ class Gateway:
             await self._close(link, SUBJECT_CHANGED)
             return
         link.principal = principal
-        link.refreshed.set()
+        link.token_changed.set()
 
-    async def _enforce_expiry(self, link: _Link) -> None:
-        """Close the connection once its token expires without a refresh."""
+    async def _watch_token(self, link: _Link) -> None:
+        """Close the connection once its token is revoked (4001) or expires
+        without a refresh (1008)."""
         while True:
+            if self._is_revoked(link.principal):
+                log.info("connection_revoked")
+                await self._close(link, TOKEN_REVOKED)
+                return
             remaining = (
                 link.principal.expires_at.timestamp() + self._config.jwt_leeway - time.time()
             )
             if remaining <= 0:
                 await self._close(link, TOKEN_EXPIRED)
                 return
-            link.refreshed.clear()
+            link.token_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
-                    await link.refreshed.wait()
+                    await link.token_changed.wait()
+
+    async def _watch_idle(self, link: _Link) -> None:
+        """Close with 1001 after ``idle_timeout`` seconds without a frame
+        either way (pings do not count)."""
+        while True:
+            remaining = link.last_activity + self._config.idle_timeout - time.monotonic()
+            if remaining <= 0:
+                await self._close(link, IDLE_TIMEOUT)
+                return
+            await asyncio.sleep(remaining)
 
     async def _close(self, link: _Link, closing: Closing) -> None:
+        """Cancel the runtime call, send ``closing.frame`` if any, close.
+
+        A last frame is only attempted within the send timeout; a client
+        that does not read gets the close frame queued behind it, and the
+        library aborts the TCP connection after ``close_timeout``.
+        """
+        if link.call is not None and closing.code != CloseCode.NORMAL_CLOSURE:
+            link.call.cancel()
         if closing.frame is not None:
-            with contextlib.suppress(ConnectionClosed):
+            with contextlib.suppress(ConnectionClosed, SlowConsumer):
                 await link.send(closing.frame)
         log.info("connection_closing", close_code=closing.code, reason=closing.reason)
         await link.websocket.close(closing.code, closing.reason)

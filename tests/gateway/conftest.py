@@ -1,23 +1,36 @@
-"""Keys, a real JWKS endpoint on loopback and a token minter for gateway tests."""
+"""Gateway test harness: keys, a real JWKS endpoint on loopback, a token
+minter, and a scripted fake runtime on a real gRPC server in front of which
+the real gateway runs (every byte crosses a real WebSocket and HTTP/2)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from google.protobuf import struct_pb2, timestamp_pb2
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from websockets.asyncio.client import ClientConnection, connect
 
+from gateway.__main__ import running_gateway
+from gateway.config import GatewayConfig
 from gateway.jwks import JwksCache, TokenVerifier
+from gateway.server import Gateway
+from mesh.grpc_server import MeshServer
+from runtime.v1 import runtime_pb2 as pb
+from runtime.v1 import runtime_pb2_grpc
 
 ISSUER = "http://issuer.test"
 AUDIENCE = "codelab-api"
@@ -123,3 +136,289 @@ def mint(
     payload = {name: value for name, value in payload.items() if value is not None}
     header = {"kid": key.kid, "typ": "at+jwt", **(headers or {})}
     return jwt.encode(payload, key.private, algorithm=algorithm or key.alg, headers=header)
+
+
+# ---------------------------------------------------------------------------
+# The scripted runtime and the gateway in front of it
+
+INTERNAL_KEY = "internal-test-key"
+TIMEOUT = 10
+CREATED = timestamp_pb2.Timestamp(seconds=1_700_000_000)
+
+
+class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
+    """Answers open, echoes user messages as three deltas, obeys scripts.
+
+    ``abort:<STATUS>`` ends the stream with that status; ``hang`` blocks the
+    turn until the call is cancelled; ``flood`` streams 16 KiB deltas until
+    cancelled (``flooded`` counts the bytes). Sessions have owners:
+    opening or reading another user's session is PERMISSION_DENIED, an
+    unknown one is NOT_FOUND for the unary reads. ``failures`` makes a unary
+    method abort with a status.
+    """
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue()
+        self.metadata: list[dict[str, str]] = []
+        self.unary_metadata: list[tuple[str, dict[str, str]]] = []
+        self.cancelled = asyncio.Event()
+        self.sessions: dict[str, tuple[str, pb.Session]] = {}
+        self.failures: dict[str, grpc.StatusCode] = {}
+        self.flooded = 0
+
+    def own(self, session_id: str, user: str, title: str = "") -> pb.Session:
+        session = pb.Session(
+            session_id=session_id,
+            title=title,
+            agent="orchestrator",
+            created_at=CREATED,
+            updated_at=CREATED,
+        )
+        self.sessions[session_id] = (user, session)
+        return session
+
+    async def Converse(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        metadata = {item.key: item.value for item in context.invocation_metadata()}
+        self.metadata.append(metadata)
+        seq = 0
+        try:
+            async for request in request_iterator:
+                await self.requests.put(request)
+                kind = request.WhichOneof("event")
+                if kind == "open":
+                    owner = self.sessions.get(request.open.session_id)
+                    if owner is not None and owner[0] != metadata.get("x-user-id"):
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+                    seq += 1
+                    yield pb.ConverseResponse(
+                        seq=seq,
+                        session_opened=pb.SessionOpened(
+                            session_id=request.open.session_id, agent="coder", created=True
+                        ),
+                    )
+                elif kind == "resume":
+                    yield pb.ConverseResponse(
+                        seq=request.resume.after_seq + 1,
+                        assistant_delta=pb.AssistantDelta(text="replayed"),
+                    )
+                elif kind == "user_message":
+                    text = request.user_message.content
+                    if text.startswith("abort:"):
+                        await context.abort(grpc.StatusCode[text[6:]], "scripted failure")
+                    if text == "hang":
+                        await asyncio.Event().wait()
+                    if text == "flood":
+                        chunk = "x" * 16384
+                        while True:
+                            seq += 1
+                            self.flooded += len(chunk)
+                            yield pb.ConverseResponse(
+                                seq=seq, assistant_delta=pb.AssistantDelta(text=chunk)
+                            )
+                    for piece in ("echo: ", text, "!"):
+                        seq += 1
+                        yield pb.ConverseResponse(
+                            seq=seq, assistant_delta=pb.AssistantDelta(text=piece)
+                        )
+                    seq += 1
+                    yield pb.ConverseResponse(
+                        seq=seq,
+                        turn_done=pb.TurnDone(
+                            status=pb.TURN_STATUS_COMPLETED,
+                            usage=pb.Usage(prompt_tokens=3, completion_tokens=3),
+                        ),
+                    )
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def next_request(self) -> pb.ConverseRequest:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.requests.get()
+
+    # -- unary reads -------------------------------------------------------
+
+    async def _enter(self, method: str, context: Any) -> str:
+        metadata = {item.key: item.value for item in context.invocation_metadata()}
+        self.unary_metadata.append((method, metadata))
+        failure = self.failures.get(method)
+        if failure is not None:
+            await context.abort(failure, f"scripted {failure.name}")
+        return metadata.get("x-user-id", "")
+
+    async def _owned(self, session_id: str, user: str, context: Any) -> pb.Session:
+        found = self.sessions.get(session_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such session")
+        assert found is not None
+        if found[0] != user:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        return found[1]
+
+    async def ListAgents(self, request: Any, context: Any) -> pb.ListAgentsResponse:
+        await self._enter("ListAgents", context)
+        return pb.ListAgentsResponse(
+            agents=[
+                pb.Agent(name="coder", description="writes code", allowed_tools=["read_file"]),
+                pb.Agent(name="ask", description="answers", allowed_tools=[]),
+            ]
+        )
+
+    async def GetCurrentAgent(self, request: Any, context: Any) -> pb.GetCurrentAgentResponse:
+        user = await self._enter("GetCurrentAgent", context)
+        session = await self._owned(request.session_id, user, context)
+        return pb.GetCurrentAgentResponse(session_id=session.session_id, agent=session.agent)
+
+    async def CreateSession(self, request: Any, context: Any) -> pb.CreateSessionResponse:
+        user = await self._enter("CreateSession", context)
+        if request.session_id in self.sessions:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "taken")
+        session_id = request.session_id or f"s-{len(self.sessions) + 1}"
+        return pb.CreateSessionResponse(session=self.own(session_id, user, request.title))
+
+    async def ListSessions(self, request: Any, context: Any) -> pb.ListSessionsResponse:
+        user = await self._enter("ListSessions", context)
+        if request.page_size > 100:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size is at most 100")
+        mine = [session for owner, session in self.sessions.values() if owner == user]
+        start = int(request.page_token or 0)
+        size = request.page_size or 20
+        page = mine[start : start + size]
+        more = start + size < len(mine)
+        return pb.ListSessionsResponse(
+            sessions=page, next_page_token=str(start + size) if more else ""
+        )
+
+    async def GetSessionHistory(self, request: Any, context: Any) -> pb.GetSessionHistoryResponse:
+        user = await self._enter("GetSessionHistory", context)
+        session = await self._owned(request.session_id, user, context)
+        arguments = struct_pb2.Struct()
+        arguments.update({"path": "a.py", "start_line": 3})
+        return pb.GetSessionHistoryResponse(
+            session_id=session.session_id,
+            messages=[
+                pb.HistoryMessage(role="user", content="read a.py", agent="coder"),
+                pb.HistoryMessage(
+                    role="assistant",
+                    agent="coder",
+                    tool_calls=[
+                        pb.HistoryToolCall(call_id="c1", tool_name="read_file", arguments=arguments)
+                    ],
+                    created_at=CREATED,
+                ),
+                pb.HistoryMessage(role="tool", content="print()", tool_call_id="c1"),
+            ],
+        )
+
+    async def ListPendingApprovals(
+        self, request: Any, context: Any
+    ) -> pb.ListPendingApprovalsResponse:
+        user = await self._enter("ListPendingApprovals", context)
+        session = await self._owned(request.session_id, user, context)
+        arguments = struct_pb2.Struct()
+        arguments.update({"command": "ls"})
+        return pb.ListPendingApprovalsResponse(
+            session_id=session.session_id,
+            approvals=[
+                pb.PendingApproval(
+                    call_id="c9",
+                    tool_name="execute_command",
+                    arguments=arguments,
+                    reason="runs a command",
+                    created_at=CREATED,
+                )
+            ],
+        )
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[tuple[FakeRuntime, int]]:
+    fake = FakeRuntime()
+    server = MeshServer(
+        address="127.0.0.1:0",
+        internal_api_key=INTERNAL_KEY,
+        service_names=[pb.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name],
+    )
+    runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(fake, server.server)
+    port = await server.start()
+    try:
+        yield fake, port
+    finally:
+        await server.stop(0)
+
+
+def make_config(jwks: JwksEndpoint, runtime_port: int, **overrides: Any) -> GatewayConfig:
+    settings: dict[str, Any] = {
+        "internal_api_key": INTERNAL_KEY,
+        "port": 0,
+        "runtime_address": f"127.0.0.1:{runtime_port}",
+        "jwks_url": jwks.url,
+        "jwt_issuer": ISSUER,
+        "jwt_audience": AUDIENCE,
+        "shutdown_grace": 5,
+    }
+    settings.update(overrides)
+    return GatewayConfig(**settings)
+
+
+@dataclass
+class Edge:
+    gateway: Gateway
+    fake: FakeRuntime
+    key: SigningKey
+    jwks: JwksEndpoint
+
+    def url(self, path: str = "/ws/session-1") -> str:
+        return f"ws://127.0.0.1:{self.gateway.port}{path}"
+
+    def http(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.gateway.port}{path}"
+
+    def connect(self, path: str = "/ws/session-1", token: str | None = None, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token or mint(self.key)}"}
+        headers.update(kwargs.pop("headers", {}))
+        return connect(self.url(path), additional_headers=headers, **kwargs)
+
+
+@pytest.fixture
+def edge_factory(
+    runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+) -> Any:
+    """``async with edge_factory(**config overrides) as edge``."""
+    fake, port = runtime
+
+    def build(**overrides: Any) -> Any:
+        @asynccontextmanager
+        async def running() -> AsyncIterator[Edge]:
+            async with running_gateway(make_config(jwks_endpoint, port, **overrides)) as gateway:
+                yield Edge(gateway, fake, rsa_key, jwks_endpoint)
+
+        return running()
+
+    return build
+
+
+@pytest.fixture
+async def edge(edge_factory: Any) -> AsyncIterator[Edge]:
+    async with edge_factory() as running:
+        yield running
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    async with asyncio.timeout(TIMEOUT):
+        message = await ws.recv()
+    assert isinstance(message, str)
+    frame: dict[str, Any] = json.loads(message)
+    return frame
+
+
+async def close_code(ws: ClientConnection) -> tuple[int | None, str | None]:
+    async with asyncio.timeout(TIMEOUT):
+        await ws.wait_closed()
+    return ws.close_code, ws.close_reason
+
+
+async def opened(ws: ClientConnection) -> dict[str, Any]:
+    frame = await receive(ws)
+    assert frame["type"] == "session_info"
+    return frame

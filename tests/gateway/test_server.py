@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -19,155 +17,24 @@ import httpx
 import pytest
 import structlog
 from structlog.testing import capture_logs
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.__main__ import running_gateway
-from gateway.config import GatewayConfig
-from gateway.server import Gateway
-from mesh.grpc_server import MeshServer
-from runtime.v1 import runtime_pb2 as pb
-from runtime.v1 import runtime_pb2_grpc
 from tests.conftest import free_port
-from tests.gateway.conftest import AUDIENCE, ISSUER, JwksEndpoint, SigningKey, mint
-
-INTERNAL_KEY = "internal-test-key"
-TIMEOUT = 10
-
-
-class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
-    """Answers open, echoes user messages as three deltas, obeys scripts.
-
-    ``abort:<STATUS>`` ends the stream with that status; ``hang`` blocks the
-    turn until the call is cancelled.
-    """
-
-    def __init__(self) -> None:
-        self.requests: asyncio.Queue[pb.ConverseRequest] = asyncio.Queue()
-        self.metadata: list[dict[str, str]] = []
-        self.cancelled = asyncio.Event()
-
-    async def Converse(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        self.metadata.append({item.key: item.value for item in context.invocation_metadata()})
-        seq = 0
-        try:
-            async for request in request_iterator:
-                await self.requests.put(request)
-                kind = request.WhichOneof("event")
-                if kind == "open":
-                    seq += 1
-                    yield pb.ConverseResponse(
-                        seq=seq,
-                        session_opened=pb.SessionOpened(
-                            session_id=request.open.session_id, agent="coder", created=True
-                        ),
-                    )
-                elif kind == "user_message":
-                    text = request.user_message.content
-                    if text.startswith("abort:"):
-                        await context.abort(grpc.StatusCode[text[6:]], "scripted failure")
-                    if text == "hang":
-                        await asyncio.Event().wait()
-                    for piece in ("echo: ", text, "!"):
-                        seq += 1
-                        yield pb.ConverseResponse(
-                            seq=seq, assistant_delta=pb.AssistantDelta(text=piece)
-                        )
-                    seq += 1
-                    yield pb.ConverseResponse(
-                        seq=seq,
-                        turn_done=pb.TurnDone(
-                            status=pb.TURN_STATUS_COMPLETED,
-                            usage=pb.Usage(prompt_tokens=3, completion_tokens=3),
-                        ),
-                    )
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-
-    async def next_request(self) -> pb.ConverseRequest:
-        async with asyncio.timeout(TIMEOUT):
-            return await self.requests.get()
-
-
-@pytest.fixture
-async def runtime() -> AsyncIterator[tuple[FakeRuntime, int]]:
-    fake = FakeRuntime()
-    server = MeshServer(
-        address="127.0.0.1:0",
-        internal_api_key=INTERNAL_KEY,
-        service_names=[pb.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name],
-    )
-    runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(fake, server.server)
-    port = await server.start()
-    try:
-        yield fake, port
-    finally:
-        await server.stop(0)
-
-
-def make_config(jwks: JwksEndpoint, runtime_port: int, **overrides: Any) -> GatewayConfig:
-    settings: dict[str, Any] = {
-        "internal_api_key": INTERNAL_KEY,
-        "port": 0,
-        "runtime_address": f"127.0.0.1:{runtime_port}",
-        "jwks_url": jwks.url,
-        "jwt_issuer": ISSUER,
-        "jwt_audience": AUDIENCE,
-        "shutdown_grace": 5,
-    }
-    settings.update(overrides)
-    return GatewayConfig(**settings)
-
-
-@dataclass
-class Edge:
-    gateway: Gateway
-    fake: FakeRuntime
-    key: SigningKey
-    jwks: JwksEndpoint
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def url(self, path: str = "/ws/session-1") -> str:
-        return f"ws://127.0.0.1:{self.gateway.port}{path}"
-
-    def http(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.gateway.port}{path}"
-
-    def connect(self, path: str = "/ws/session-1", token: str | None = None, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {token or mint(self.key)}"}
-        headers.update(kwargs.pop("headers", {}))
-        return connect(self.url(path), additional_headers=headers, **kwargs)
-
-
-@pytest.fixture
-async def edge(
-    runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
-) -> AsyncIterator[Edge]:
-    fake, port = runtime
-    async with running_gateway(make_config(jwks_endpoint, port)) as gateway:
-        yield Edge(gateway, fake, rsa_key, jwks_endpoint)
-
-
-async def receive(ws: ClientConnection) -> dict[str, Any]:
-    async with asyncio.timeout(TIMEOUT):
-        message = await ws.recv()
-    assert isinstance(message, str)
-    frame: dict[str, Any] = json.loads(message)
-    return frame
-
-
-async def close_code(ws: ClientConnection) -> tuple[int | None, str | None]:
-    async with asyncio.timeout(TIMEOUT):
-        await ws.wait_closed()
-    return ws.close_code, ws.close_reason
-
-
-async def opened(ws: ClientConnection) -> dict[str, Any]:
-    frame = await receive(ws)
-    assert frame["type"] == "session_info"
-    return frame
-
+from tests.gateway.conftest import (
+    INTERNAL_KEY,
+    TIMEOUT,
+    Edge,
+    FakeRuntime,
+    JwksEndpoint,
+    SigningKey,
+    close_code,
+    make_config,
+    mint,
+    opened,
+    receive,
+)
 
 # -- streaming -----------------------------------------------------------
 
@@ -270,7 +137,14 @@ async def test_unreachable_issuer_is_503(edge: Edge):
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/ws/bad%20id", 400), ("/ws/" + "x" * 129, 400), ("/ws/", 404), ("/ws/a/b", 404)],
+    [
+        ("/ws/bad%20id", 400),
+        ("/ws/" + "x" * 129, 400),
+        ("/ws/", 404),
+        ("/ws/a/b", 404),
+        ("/ws/s?last_seq=-1", 400),
+        ("/ws/s?last_seq=18446744073709551616", 400),
+    ],
 )
 async def test_bad_session_paths(edge: Edge, path: str, status: int):
     token = mint(edge.key)
@@ -376,28 +250,86 @@ async def test_runtime_failures_map_to_close_codes(
         assert (await close_code(ws))[0] == code
 
 
-async def test_runtime_down_closes_with_try_again_later(
+async def test_runtime_down_refuses_the_upgrade_with_503(
     jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
 ):
-    config = make_config(jwks_endpoint, free_port())
+    # The ownership check is the first runtime call; it fails before the
+    # upgrade, so the IDE gets a retryable 503 rather than an open socket.
+    config = make_config(jwks_endpoint, free_port(), view_timeout=2)
     async with running_gateway(config) as gateway:
         url = f"ws://127.0.0.1:{gateway.port}/ws/s"
         headers = {"Authorization": f"Bearer {mint(rsa_key)}"}
-        async with connect(url, additional_headers=headers) as ws:
-            assert await close_code(ws) == (1013, "runtime unavailable")
+        with pytest.raises(InvalidStatus) as caught:
+            async with connect(url, additional_headers=headers):
+                pass
+        assert caught.value.response.status_code == 503
+        assert caught.value.response.headers["Retry-After"] == "2"
 
 
-async def test_runtime_with_other_credential_is_internal_error(
+async def test_runtime_going_down_mid_stream_closes_with_try_again_later(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "user_message", "content": "abort:UNAVAILABLE"}))
+        assert await close_code(ws) == (1013, "runtime unavailable")
+
+
+async def test_runtime_with_other_credential_is_bad_gateway(
     runtime: tuple[FakeRuntime, int], jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
 ):
     config = make_config(jwks_endpoint, runtime[1], internal_api_key="wrong")
     async with running_gateway(config) as gateway:
         url = f"ws://127.0.0.1:{gateway.port}/ws/s"
-        async with connect(
-            url, additional_headers={"Authorization": f"Bearer {mint(rsa_key)}"}
-        ) as ws:
-            assert (await close_code(ws))[0] == 1011
+        with pytest.raises(InvalidStatus) as caught:
+            async with connect(
+                url, additional_headers={"Authorization": f"Bearer {mint(rsa_key)}"}
+            ):
+                pass
+        assert caught.value.response.status_code == 502
     assert runtime[0].metadata == []
+
+
+# -- someone else's session ---------------------------------------------
+
+
+async def test_someone_elses_session_is_403_before_the_upgrade(edge: Edge):
+    edge.fake.own("bobs", "bob")
+    response = await refused_status(
+        edge,
+        path="/ws/bobs",
+        additional_headers={"Authorization": f"Bearer {mint(edge.key, sub='alice')}"},
+    )
+    assert response.status_code == 403
+    assert json.loads(response.body)["error"] == "forbidden"
+    assert edge.fake.metadata == []  # no Converse was opened
+    method, metadata = edge.fake.unary_metadata[-1]
+    assert (method, metadata["x-user-id"]) == ("GetCurrentAgent", "alice")
+    # The owner gets in, and a new session id is let through to be created.
+    async with edge.connect("/ws/bobs", token=mint(edge.key, sub="bob")) as ws:
+        await opened(ws)
+    async with edge.connect("/ws/brand-new", token=mint(edge.key, sub="alice")) as ws:
+        await opened(ws)
+
+
+async def test_runtime_without_unary_reads_falls_back_to_close_1008(edge: Edge):
+    edge.fake.own("bobs", "bob")
+    edge.fake.failures["GetCurrentAgent"] = grpc.StatusCode.UNIMPLEMENTED
+    async with edge.connect("/ws/bobs", token=mint(edge.key, sub="alice")) as ws:
+        assert await close_code(ws) == (1008, "not yours")
+
+
+# -- resume --------------------------------------------------------------
+
+
+async def test_resume_frame_asks_the_runtime_to_replay(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "resume", "last_seq": 41}))
+        frame = await receive(ws)
+        assert (frame["content"], frame["seq"]) == ("replayed", 42)
+        await ws.send(json.dumps({"type": "resume", "last_seq": -1}))
+        assert (await receive(ws))["code"] == "invalid_field"
+    await edge.fake.next_request()  # open
+    assert (await edge.fake.next_request()).resume.after_seq == 41
 
 
 async def test_stop_closes_connections_with_service_restart(edge: Edge):

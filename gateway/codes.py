@@ -1,0 +1,208 @@
+"""Every failure's WebSocket close code and HTTP status, in one place.
+
+Close codes fall in two classes the IDE must tell apart (docs/GATEWAY.md
+has the table):
+
+- **terminal** — reconnecting with the same token or to the same session
+  cannot help: 1008 (policy: someone else's session, token expired without
+  refresh, ``auth`` for another user, frame rate exceeded), 1009 (frame too
+  large), 1007 (text frame not UTF-8), 4001 (token revoked: log in again);
+- **retryable** — reconnect with backoff, resuming from the last ``seq``:
+  1001 (idle timeout), 1011 (internal error), 1012 (gateway restart), 1013
+  (runtime unavailable or busy, or the IDE read too slowly).
+
+1000 means the runtime ended the stream normally.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from websockets.datastructures import Headers
+from websockets.frames import CloseCode
+from websockets.http11 import Response
+
+from gateway.frames import Frame, error_frame
+
+_MAX_CLOSE_REASON_BYTES = 123
+
+TOKEN_REVOKED_CODE = 4001
+"""Private-use close code: the token was revoked; the IDE must log in again."""
+
+RETRYABLE_CLOSE_CODES = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.SERVICE_RESTART,
+        CloseCode.TRY_AGAIN_LATER,
+    }
+)
+"""Close codes after which the IDE should reconnect (with backoff)."""
+
+
+# ---------------------------------------------------------------------------
+# WebSocket close codes
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """How to end an IDE connection: an optional last frame, then a close."""
+
+    code: int
+    reason: str
+    frame: Frame | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE_CLOSE_CODES
+
+
+TOKEN_EXPIRED = Closing(CloseCode.POLICY_VIOLATION, "token expired")
+TOKEN_REVOKED = Closing(TOKEN_REVOKED_CODE, "token revoked")
+SUBJECT_CHANGED = Closing(CloseCode.POLICY_VIOLATION, "token is for another user")
+FRAME_RATE_EXCEEDED = Closing(CloseCode.POLICY_VIOLATION, "frame rate exceeded")
+IDLE_TIMEOUT = Closing(CloseCode.GOING_AWAY, "idle timeout")
+SLOW_CONSUMER = Closing(CloseCode.TRY_AGAIN_LATER, "client too slow to read")
+SERVICE_RESTART = Closing(CloseCode.SERVICE_RESTART, "service restart")
+
+_CLOSING_BY_STATUS: dict[grpc.StatusCode, Closing] = {
+    grpc.StatusCode.OK: Closing(CloseCode.NORMAL_CLOSURE, "session ended"),
+    grpc.StatusCode.UNAVAILABLE: Closing(CloseCode.TRY_AGAIN_LATER, "runtime unavailable"),
+    grpc.StatusCode.CANCELLED: Closing(CloseCode.TRY_AGAIN_LATER, "runtime cancelled the stream"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Closing(CloseCode.TRY_AGAIN_LATER, "runtime busy"),
+    grpc.StatusCode.PERMISSION_DENIED: Closing(CloseCode.POLICY_VIOLATION, "permission denied"),
+    grpc.StatusCode.UNAUTHENTICATED: Closing(CloseCode.INTERNAL_ERROR, "gateway not trusted"),
+}
+
+
+def closing_for_status(code: grpc.StatusCode, details: str | None) -> Closing:
+    """How a ``Converse`` stream that ended with ``code`` ends the connection.
+
+    OK → 1000; UNAVAILABLE, CANCELLED, RESOURCE_EXHAUSTED → 1013 (try again
+    later); PERMISSION_DENIED → 1008 (terminal: someone else's session);
+    UNAUTHENTICATED (the runtime refused the gateway's credential) → 1011;
+    anything else → an ``error`` frame, then 1011.
+    """
+    known = _CLOSING_BY_STATUS.get(code)
+    if code is grpc.StatusCode.PERMISSION_DENIED and details:
+        return Closing(known.code if known else CloseCode.POLICY_VIOLATION, clip_reason(details))
+    if known is not None:
+        return known
+    message = f"the runtime failed ({code.name.lower()})"
+    return Closing(CloseCode.INTERNAL_ERROR, "runtime error", error_frame("runtime_error", message))
+
+
+def clip_reason(reason: str) -> str:
+    """``reason`` cut to what a close frame can carry, on a character boundary."""
+    encoded = reason.encode()[:_MAX_CLOSE_REASON_BYTES]
+    return encoded.decode(errors="ignore")
+
+
+# ---------------------------------------------------------------------------
+# HTTP statuses (handshake refusals and the REST views)
+
+
+def json_response(
+    status: http.HTTPStatus, body: dict[str, Any], headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """A JSON response; every response closes its connection."""
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(
+        status.value,
+        status.phrase,
+        Headers(
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(payload))),
+                ("Cache-Control", "no-store"),
+                ("Connection", "close"),
+                *headers,
+            ]
+        ),
+        payload,
+    )
+
+
+def refuse(
+    status: http.HTTPStatus,
+    error: str,
+    description: str,
+    *,
+    retry_after: str | None = None,
+) -> Response:
+    """An ``{"error", "error_description"}`` refusal, with ``Retry-After``
+    when the client may try again later."""
+    headers = [("Retry-After", retry_after)] if retry_after is not None else []
+    return json_response(status, {"error": error, "error_description": description}, headers)
+
+
+def refuse_token(reason: str) -> Response:
+    """401 for a missing, invalid, expired or revoked token."""
+    return json_response(
+        http.HTTPStatus.UNAUTHORIZED,
+        {"error": "invalid_token", "error_description": reason},
+        [("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{reason}"')],
+    )
+
+
+def refuse_keys_unavailable() -> Response:
+    return refuse(
+        http.HTTPStatus.SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "cannot verify tokens now",
+        retry_after="5",
+    )
+
+
+RUNTIME_RETRY_AFTER = "2"
+
+_HTTP_BY_STATUS: dict[grpc.StatusCode, tuple[http.HTTPStatus, str, str]] = {
+    # A foreign session must be indistinguishable from a missing one.
+    grpc.StatusCode.NOT_FOUND: (http.HTTPStatus.NOT_FOUND, "not_found", "no such session"),
+    grpc.StatusCode.PERMISSION_DENIED: (http.HTTPStatus.NOT_FOUND, "not_found", "no such session"),
+    grpc.StatusCode.INVALID_ARGUMENT: (http.HTTPStatus.BAD_REQUEST, "invalid_request", ""),
+    grpc.StatusCode.ALREADY_EXISTS: (http.HTTPStatus.CONFLICT, "already_exists", ""),
+    grpc.StatusCode.UNIMPLEMENTED: (
+        http.HTTPStatus.NOT_IMPLEMENTED,
+        "not_implemented",
+        "the runtime does not offer this view yet",
+    ),
+    grpc.StatusCode.UNAVAILABLE: (
+        http.HTTPStatus.SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the runtime is unavailable",
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (
+        http.HTTPStatus.SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the runtime did not answer in time",
+    ),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (
+        http.HTTPStatus.SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the runtime is busy",
+    ),
+}
+
+
+def response_for_status(code: grpc.StatusCode, details: str | None) -> Response:
+    """The HTTP answer of a REST view whose runtime call failed with ``code``.
+
+    NOT_FOUND and PERMISSION_DENIED → 404; INVALID_ARGUMENT → 400 (with the
+    runtime's details); ALREADY_EXISTS → 409; UNIMPLEMENTED → 501;
+    UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED → 503 with
+    Retry-After; anything else → 502.
+    """
+    known = _HTTP_BY_STATUS.get(code)
+    if known is None:
+        return refuse(http.HTTPStatus.BAD_GATEWAY, "runtime_error", "the runtime failed")
+    status, error, description = known
+    if not description:
+        description = clip_reason(details or status.phrase)
+    retry = RUNTIME_RETRY_AFTER if status is http.HTTPStatus.SERVICE_UNAVAILABLE else None
+    return refuse(status, error, description, retry_after=retry)
