@@ -1,5 +1,8 @@
 """The agent runtime: ``python -m runtime`` or ``codelab-runtime``.
 
+``python -m runtime migrate`` applies the database schema (Alembic); the
+service refuses to start on a database that is not at the newest revision.
+
 Environment (prefix ``AGENT_RUNTIME__``):
 
 ================================  ===================  =========================================
@@ -19,7 +22,14 @@ variable                          default              meaning
                                                        move_file, create_directory,
                                                        execute_command; ``none`` for none)
 ``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
-``OUTBOX_SIZE``                   ``256``              events buffered per stream (backpressure)
+``DATABASE_URL``                  ``sqlite+aiosqlite:///.codelab/runtime.db``
+                                                       sessions, history, approvals, event log
+                                                       (PostgreSQL: ``postgresql+asyncpg://…``)
+``DETACH_GRACE``                  ``10``               seconds a streaming turn continues with
+                                                       no client attached before it is cancelled
+``SUBSCRIBER_QUEUE``              ``1024``             events buffered per stream; a stream
+                                                       further behind is ended (client resumes)
+``MAX_REPLAY``                    ``100000``           a client further behind reloads history
 ``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
 ``MAX_CONCURRENT_RPCS``           ``2000``             calls served at once; more are refused
 ``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
@@ -29,6 +39,7 @@ variable                          default              meaning
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -39,15 +50,18 @@ import grpc
 import structlog
 
 from llmproxy.v1 import llmproxy_pb2_grpc
+from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
 from mesh.grpc_server import MeshServer
 from mesh.logs import configure_logging
 from mesh.signals import wait_for_stop_signal
 from runtime.agents import AGENTS, DEFAULT_AGENT
+from runtime.conversation import ConversationSettings
 from runtime.llm import LlmClient
 from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.service import AgentRuntimeServicer
-from runtime.session import SessionRegistry
+from runtime.session import SessionHub
+from runtime.store import VERSION_TABLE, Store, head_revision, migrate
 from runtime.tools import TOOLS
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
@@ -66,7 +80,10 @@ class RuntimeConfig:
     agent_models: tuple[tuple[str, str], ...] = ()
     approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
     llm_timeout: float = 300.0
-    outbox_size: int = 256
+    database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
+    detach_grace: float = 10.0
+    subscriber_queue: int = 1024
+    max_replay: int = 100_000
     open_timeout: float = 10.0
     max_concurrent_rpcs: int = 2000
     shutdown_grace: float = 5.0
@@ -104,7 +121,10 @@ class RuntimeConfig:
             agent_models=tuple(agent_models),
             approval_required=approval,
             llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
-            outbox_size=env.int("OUTBOX_SIZE", cls.outbox_size),
+            database_url=env.str("DATABASE_URL", cls.database_url),
+            detach_grace=env.float("DETACH_GRACE", cls.detach_grace),
+            subscriber_queue=env.int("SUBSCRIBER_QUEUE", cls.subscriber_queue),
+            max_replay=env.int("MAX_REPLAY", cls.max_replay),
             open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
             max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs),
             shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
@@ -131,16 +151,26 @@ async def serve(
             internal_api_key=config.llm_proxy_api_key or config.internal_api_key,
             timeout=config.llm_timeout,
         )
-        servicer = AgentRuntimeServicer(
-            SessionRegistry(DEFAULT_AGENT),
-            llm,
+        engine = create_engine(config.database_url)
+        stack.push_async_callback(engine.dispose)
+        revision = await current_revision(engine, VERSION_TABLE)
+        if revision != head_revision():
+            raise ConfigError(
+                f"the runtime database is at revision {revision or 'none'}, not "
+                f"{head_revision()}: run `python -m runtime migrate` (scripts/up does)"
+            )
+        settings = ConversationSettings(
             model=config.llm_model,
-            outbox_size=config.outbox_size,
-            open_timeout=config.open_timeout,
             routing_model=config.routing_model or None,
             agent_models=dict(config.agent_models),
-            approval_required=config.approval_required,
+            approval_required=frozenset(config.approval_required),
+            detach_grace=config.detach_grace,
+            subscriber_queue=config.subscriber_queue,
+            max_replay=config.max_replay,
         )
+        hub = SessionHub(Store(engine), llm, settings, default_agent=DEFAULT_AGENT)
+        stack.push_async_callback(hub.close)
+        servicer = AgentRuntimeServicer(hub, open_timeout=config.open_timeout)
         mesh = MeshServer(
             address=f"{config.host}:{config.port}",
             internal_api_key=config.internal_api_key,
@@ -163,9 +193,23 @@ async def serve(
 
 
 def main() -> None:
-    config = RuntimeConfig.from_env(os.environ)
+    """``codelab-runtime`` serves; ``codelab-runtime migrate`` applies the schema."""
+    parser = argparse.ArgumentParser(prog="codelab-runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
+    command = parser.parse_args().command
+    try:
+        config = RuntimeConfig.from_env(os.environ)
+    except ConfigError as exc:
+        raise SystemExit(f"codelab-runtime: {exc}") from None
     configure_logging(config.log_level)
-    asyncio.run(serve(config))
+    try:
+        if command == "migrate":
+            asyncio.run(migrate(config.database_url))
+            structlog.get_logger("runtime").info("runtime_schema_migrated")
+        else:
+            asyncio.run(serve(config))
+    except ConfigError as exc:
+        raise SystemExit(f"codelab-runtime: {exc}") from None
 
 
 if __name__ == "__main__":

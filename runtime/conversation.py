@@ -1,15 +1,22 @@
-"""One client stream attached to one session: client events in, events out.
+"""The turn loop of one live session: client events in, session events out.
 
-:class:`Conversation` is the turn loop without any transport: the gRPC
-servicer feeds it client events and drains its outbox. A turn runs as a task
-owned by the conversation: it routes a new session's first request, streams
-the model's answer, checks every tool call against schema and policy, sends
-IDE tools to the IDE (asking for approval where policy says so), runs the
-runtime's own tools, waits for every result and calls the model again, until
-the model answers without tools or a tool ends the turn.
+:class:`Conversation` has no transport: the gRPC servicer feeds it client
+events and drains the queues of its subscribers (one per attached stream).
+A turn routes a new session's first request, streams the model's answer,
+checks every tool call against schema and policy, sends IDE tools to the IDE
+(asking for approval where policy says so), runs the runtime's own tools,
+and calls the model again once every result is in, until the model answers
+without tools or a tool ends the turn.
 
-History is append-only and never holds a tool call without its result: a
-refused, rejected or cancelled call gets a tool message saying so.
+The turn is event-driven: while tool calls wait for the IDE or a human,
+nothing runs; the result that completes the set starts the next model call.
+So a turn that waits survives a runtime restart: its calls are in the
+database and are offered again when the IDE reconnects.
+
+Durability: every durable event is written (with the rest of its step)
+before it is sent, in one transaction per step; text deltas are sent at once
+and written as one row when the model call ends. History is append-only and
+never holds a tool call without its result.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +48,8 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
     Usage,
+    from_payload,
+    to_payload,
 )
 from runtime.llm import (
     ChatMessage,
@@ -50,7 +59,15 @@ from runtime.llm import (
     ToolCallChunk,
     ToolCallRequest,
 )
-from runtime.session import CallState, PendingCall, Session, SwitchRecord
+from runtime.session import (
+    CallState,
+    PendingCall,
+    Session,
+    SwitchRecord,
+    message_to_record,
+)
+from runtime.store import CallRecord, EventRecord, Step, Store, now
+from runtime.store import SwitchRecord as StoredSwitch
 from runtime.tools import TOOLS, ArgumentsInvalid, Side, validate_arguments
 
 log = structlog.get_logger("runtime.conversation")
@@ -116,6 +133,39 @@ ClientEvent = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    model: str
+    routing_model: str | None = None
+    agent_models: Mapping[str, str] = field(default_factory=dict)
+    approval_required: frozenset[str] = policy.DEFAULT_APPROVAL_REQUIRED
+    detach_grace: float = 10.0
+    """Seconds a streaming turn goes on with no client attached before it is cancelled."""
+    subscriber_queue: int = 1024
+    """Events buffered per attached stream; a stream that falls further behind is ended."""
+    max_replay: int = 100_000
+    """A client further behind than this many events is told to reload instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """Asks a stream's pump to replay the events after ``after_seq``."""
+
+    after_seq: int
+
+
+END_OF_STREAM = Resend(-1)
+"""Tells a stream's pump that everything queued before it was all."""
+
+
+@dataclass(slots=True)
+class Subscriber:
+    """One attached stream's view of the session's events."""
+
+    queue: asyncio.Queue[Sequenced | Resend]
+    overflowed: bool = False
+
+
 @dataclass(slots=True)
 class _ModelReply:
     text: str = ""
@@ -139,54 +189,234 @@ def _tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessa
 
 
 class Conversation:
-    """Serves one client stream on one session.
+    """The live side of one session: its turn, its subscribers, its writes.
 
-    Events are put on ``outbox`` (bounded: a slow client slows the turn, it
-    does not grow memory). Not safe to share between streams.
+    One per live session (see :class:`runtime.session.SessionHub`), shared
+    by every stream attached to it. ``close`` cancels the turn; idempotent.
     """
 
     def __init__(
         self,
         session: Session,
         llm: LlmClient,
+        store: Store,
+        settings: ConversationSettings,
         *,
-        model: str,
-        outbox: asyncio.Queue[Sequenced],
-        routing_model: str | None = None,
-        agent_models: Mapping[str, str] | None = None,
-        approval_required: Collection[str] = policy.DEFAULT_APPROVAL_REQUIRED,
-        request_id: str | None = None,
+        on_idle: Callable[[Conversation], None] | None = None,
     ) -> None:
-        self._session = session
+        self.session = session
         self._llm = llm
-        self._model = model
-        self._routing_model = routing_model or model
-        self._agent_models = dict(agent_models or {})
-        self._outbox = outbox
-        self._approval_required = frozenset(approval_required)
-        self._request_id = request_id
+        self._store = store
+        self._settings = settings
+        self._on_idle = on_idle
+        self._subscribers: list[Subscriber] = []
         self._turn: asyncio.Task[None] | None = None
-        self._resolved = asyncio.Event()
+        self._step: Step | None = None
+        self._outgoing: list[Sequenced] = []
+        self._unflushed: list[tuple[int, str]] = []
+        self._commit_lock = asyncio.Lock()
+        self._detach_timer: asyncio.TimerHandle | None = None
         self._switches = 0
+        self._model_calls = 0
+        self._ends_after_results = False
         self._usage = Usage()
+        self._request_id: str | None = None
+
+    # -- subscribers -----------------------------------------------------------
 
     @property
     def turn_running(self) -> bool:
+        """A model call runs, or tool calls wait: a new message must wait."""
+        return (self._turn is not None and not self._turn.done()) or bool(self.session.pending)
+
+    @property
+    def _task_running(self) -> bool:
         return self._turn is not None and not self._turn.done()
 
-    async def emit(self, event: Event) -> None:
-        await self._outbox.put(Sequenced(self._session.next_seq(), event))
+    def subscribe(self) -> Subscriber:
+        subscriber = Subscriber(asyncio.Queue(maxsize=self._settings.subscriber_queue))
+        self._subscribers.append(subscriber)
+        if self._detach_timer is not None:
+            self._detach_timer.cancel()
+            self._detach_timer = None
+        return subscriber
 
-    async def _error(self, code: str, message: str, retryable: bool = False) -> None:
-        await self.emit(ErrorEvent(code, message, retryable))
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Detach a stream; with nobody left, a streaming turn gets ``detach_grace``."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(subscriber)
+        if self._subscribers:
+            return
+        if self._task_running:
+            loop = asyncio.get_running_loop()
+            self._detach_timer = loop.call_later(
+                self._settings.detach_grace,
+                lambda: asyncio.ensure_future(self._cancel_unattended()),
+            )
+        elif self._on_idle is not None:
+            self._on_idle(self)
+
+    async def _cancel_unattended(self) -> None:
+        self._detach_timer = None
+        if self._subscribers or not self._task_running:
+            return
+        log.info("turn_cancelled_unattended", session_id=self.session.session_id)
+        await self._cancel_turn("cancelled: the IDE went away")
+        if not self._subscribers and self._on_idle is not None:
+            self._on_idle(self)
+
+    async def attach(self, after_seq: int | None) -> tuple[Subscriber, list[Sequenced], bool]:
+        """Subscribe a stream; returns it, what it must be sent first, and ``recovered``.
+
+        With ``after_seq``, the first items are exactly the events after it
+        (``recovered`` is False when that is impossible: too far behind, or
+        ahead of the log after a restart). Tool calls and plans still waiting
+        for this client are offered again (with seq 0).
+        """
+        subscriber = self.subscribe()
+        items, recovered = await self.events_after(after_seq)
+        items.extend(self._reoffers(after_seq if recovered else None))
+        return subscriber, items, recovered
+
+    async def events_after(self, after_seq: int | None) -> tuple[list[Sequenced], bool]:
+        """The session's events after ``after_seq`` (none for None), and ``recovered``."""
+        if after_seq is None:
+            return [], True
+        session = self.session
+        if after_seq > session.last_seq:
+            # The client saw events this log never got (the runtime died
+            # before writing them): numbering continues after what it saw.
+            session.last_seq = after_seq
+            return [], False
+        if session.last_seq - after_seq > self._settings.max_replay:
+            return [], False
+        snapshot = [(seq, text) for seq, text in self._unflushed if seq > after_seq]
+        rows = await self._store.events_after(session.session_id, after_seq)
+        found: dict[int, Event] = {}
+        for row in rows:
+            if row.kind == "text":
+                for seq, text in row.payload["chunks"]:
+                    if seq > after_seq:
+                        found[seq] = AssistantText(text)
+            else:
+                found[row.seq] = from_payload(row.kind, row.payload)
+        for seq, text in snapshot:
+            found[seq] = AssistantText(text)
+        return [Sequenced(seq, found[seq]) for seq in sorted(found)], True
+
+    def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
+        items = []
+        for call in self.session.pending.values():
+            if after_seq is not None and call.offered_seq > after_seq:
+                continue  # the replay holds it
+            if call.state is CallState.AWAITING_PLAN_APPROVAL:
+                steps = self.session.plans.get(call.plan_id, ())
+                items.append(Sequenced(0, PlanUpdate(call.plan_id, steps, "", True)))
+            else:
+                approval = call.state is CallState.AWAITING_APPROVAL
+                event = ToolCallEvent(
+                    call.call_id, call.tool_name, call.arguments, approval, call.reason
+                )
+                items.append(Sequenced(0, event))
+        return items
+
+    def _publish(self, item: Sequenced) -> None:
+        for subscriber in self._subscribers:
+            if subscriber.overflowed:
+                continue
+            try:
+                subscriber.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                # Never block the turn on one slow stream: end that stream;
+                # its client resumes from the last seq it saw.
+                subscriber.overflowed = True
+                log.warning("subscriber_overflowed", session_id=self.session.session_id)
+
+    # -- writing ---------------------------------------------------------------
+
+    def _open_step(self) -> Step:
+        if self._step is None:
+            session = self.session
+            self._step = Step(
+                session_id=session.session_id,
+                last_seq=session.last_seq,
+                agent=session.agent,
+                state=session.state,
+                message_count=len(session.messages),
+            )
+        return self._step
+
+    def _durable(self, event: Event) -> int:
+        """Queue a durable event for the next flush; returns its seq."""
+        step = self._open_step()
+        seq = self.session.next_seq()
+        kind, payload = to_payload(event)
+        step.events.append(EventRecord(seq, seq, kind, payload))
+        self._outgoing.append(Sequenced(seq, event))
+        return seq
+
+    def _ephemeral(self, code: str, message: str, retryable: bool = False) -> None:
+        """An answer to one client's bad request: sent now, not logged (seq 0)."""
+        self._publish(Sequenced(0, ErrorEvent(code, message, retryable)))
+
+    def _append_message(self, message: ChatMessage) -> None:
+        session = self.session
+        step = self._open_step()
+        step.messages.append(message_to_record(len(session.messages), message, session.agent))
+        session.messages.append(message)
+        session.message_agents.append(session.agent)
+
+    def _record_call(self, call: PendingCall, status: str, decided: bool = False) -> None:
+        self._open_step().calls.append(
+            CallRecord(
+                call_id=call.call_id,
+                tool_name=call.tool_name,
+                agent=call.agent or self.session.agent,
+                status=status,
+                arguments=call.original_arguments or call.arguments,
+                final_arguments=call.arguments if call.edited else None,
+                reason=call.reason,
+                plan_id=call.plan_id,
+                offered_seq=call.offered_seq,
+                decided_by=self.session.owner if decided else None,
+                decided_at=now() if decided else None,
+            )
+        )
+
+    async def _flush(self, state: str | None = None) -> None:
+        """Write the open step (and unwritten text) then send its events."""
+        session = self.session
+        if state is not None:
+            session.state = state
+        step = self._open_step()
+        if self._unflushed:
+            first, last = self._unflushed[0][0], self._unflushed[-1][0]
+            chunks = [[seq, text] for seq, text in self._unflushed]
+            step.events.insert(0, EventRecord(first, last, "text", {"chunks": chunks}))
+            self._unflushed = []
+        step.last_seq = session.last_seq
+        step.agent = session.agent
+        step.state = session.state
+        step.message_count = len(session.messages)
+        step.title = session.title or None
+        outgoing, self._outgoing, self._step = self._outgoing, [], None
+        # Shielded: a cancelled turn must not leave half its step unwritten,
+        # and the lock keeps steps in order.
+        await asyncio.shield(self._commit(step))
+        for item in outgoing:
+            self._publish(item)
+
+    async def _commit(self, step: Step) -> None:
+        async with self._commit_lock:
+            await self._store.commit(step)
 
     # -- client events -------------------------------------------------------
 
-    async def handle(self, event: ClientEvent) -> None:
-        """React to one client event; returns without waiting for a turn."""
+    async def handle(self, event: ClientEvent, *, request_id: str | None = None) -> None:
+        """React to one client event; returns without waiting for a model call."""
         match event:
             case UserMessage():
-                await self._on_user_message(event)
+                await self._on_user_message(event, request_id)
             case CancelTurn():
                 await self._on_cancel()
             case ToolResult():
@@ -194,53 +424,59 @@ class Conversation:
             case ApprovalDecision():
                 await self._on_approval(event)
             case SwitchAgent():
-                await self._on_switch_agent(event)
+                await self._on_switch_agent(event, request_id)
             case PlanApproval():
                 await self._on_plan_approval(event)
             case FileChanged(path=path, timestamp=timestamp):
                 try:
                     normal = policy.workspace_path(path)
                 except policy.PathRefused as exc:
-                    await self._error("invalid_path", str(exc))
+                    self._ephemeral("invalid_path", str(exc))
                     return
-                self._session.file_changes[normal] = timestamp
+                self.session.file_changes[normal] = timestamp
 
-    async def _on_user_message(self, event: UserMessage) -> None:
+    async def _on_user_message(self, event: UserMessage, request_id: str | None) -> None:
         if self.turn_running:
-            if self._session.pending:
-                await self._error(
+            if self.session.pending:
+                self._ephemeral(
                     "tool_calls_pending",
                     "tool calls are waiting for results or approval; answer them or cancel",
                     retryable=True,
                 )
             else:
-                await self._error(
+                self._ephemeral(
                     "turn_in_progress",
                     "a turn is already running; cancel it or wait for is_final",
                     retryable=True,
                 )
             return
         if event.role != "user":
-            await self._error("invalid_frame", f"role must be user, not {event.role!r}")
+            self._ephemeral("invalid_frame", f"role must be user, not {event.role!r}")
             return
         if not event.content.strip():
-            await self._error("invalid_frame", "content must not be empty")
+            self._ephemeral("invalid_frame", "content must not be empty")
             return
-        self._start_turn(event.content)
+        await self._begin_turn(event.content, request_id)
 
-    def _start_turn(self, content: str) -> None:
-        self._flush_file_changes()
-        self._session.messages.append(ChatMessage(role="user", content=content))
+    async def _begin_turn(self, content: str, request_id: str | None) -> None:
+        self._notice_file_changes()
+        self._append_message(ChatMessage(role="user", content=content))
+        if not self.session.title:
+            self.session.title = content.strip().splitlines()[0][:80]
         self._switches = 0
+        self._model_calls = 0
+        self._ends_after_results = False
         self._usage = Usage()
-        self._turn = asyncio.create_task(self._run_turn(content))
+        self._request_id = request_id
+        await self._flush(state="running")
+        self._turn = asyncio.create_task(self._advance())
 
-    def _flush_file_changes(self) -> None:
-        changes = self._session.file_changes
+    def _notice_file_changes(self) -> None:
+        changes = self.session.file_changes
         if not changes:
             return
         listing = ", ".join(sorted(changes))
-        self._session.messages.append(
+        self._append_message(
             ChatMessage(
                 role="user",
                 content=(
@@ -253,41 +489,53 @@ class Conversation:
 
     async def _on_cancel(self) -> None:
         if not self.turn_running:
-            await self._error("no_turn_running", "there is no turn to cancel")
+            self._ephemeral("no_turn_running", "there is no turn to cancel")
             return
-        await self.close()
-        await self.emit(TurnDone(TurnStatus.CANCELLED, self._usage))
+        await self._cancel_turn("cancelled by the user before it finished")
+
+    async def _cancel_turn(self, reason: str) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None and not turn.done():
+            turn.cancel()
+            # asyncio.wait, not await: the turn's CancelledError stays inside
+            # it, while a cancellation of the caller still propagates.
+            await asyncio.wait([turn])
+        self._close_open_calls(reason)
+        self._durable(TurnDone(TurnStatus.CANCELLED, self._usage))
+        await self._flush(state="idle")
 
     async def _on_tool_result(self, event: ToolResult) -> None:
-        call = self._session.pending.get(event.call_id)
+        call = self.session.pending.get(event.call_id)
         if call is None or call.state is CallState.AWAITING_PLAN_APPROVAL:
-            if event.call_id in self._session.answered:
-                await self._error(
+            if event.call_id in self.session.answered:
+                self._ephemeral(
                     "duplicate_tool_result", f"tool call {event.call_id!r} was already answered"
                 )
             else:
-                await self._error(
+                self._ephemeral(
                     "unknown_call_id", f"this session issued no tool call {event.call_id!r}"
                 )
             return
         if call.state is CallState.AWAITING_APPROVAL:
-            await self._error(
+            self._ephemeral(
                 "approval_required",
                 f"tool call {event.call_id!r} has not been approved; send hitl_decision first",
             )
             return
         if event.error is not None:
             payload: dict[str, Any] = {"error": event.error}
+            status = "failed"
         else:
             payload = {"result": event.result if event.result is not None else {}}
+            status = "completed"
         if call.edited:
             payload["edited_arguments"] = call.arguments
-        self._resolve(call, payload)
+        await self._resolve(call, payload, status)
 
     async def _on_approval(self, event: ApprovalDecision) -> None:
-        call = self._session.pending.get(event.call_id)
+        call = self.session.pending.get(event.call_id)
         if call is None or call.state is not CallState.AWAITING_APPROVAL:
-            await self._error(
+            self._ephemeral(
                 "unknown_call_id", f"no tool call {event.call_id!r} is waiting for approval"
             )
             return
@@ -295,100 +543,124 @@ class Conversation:
             payload: dict[str, Any] = {"error": "the user rejected this tool call"}
             if event.feedback:
                 payload["feedback"] = event.feedback
-            self._resolve(call, payload)
+            await self._resolve(call, payload, "rejected", decided=True)
             return
         arguments = call.arguments
         if event.decision == "edit":
             if event.modified_arguments is None:
-                await self._error("invalid_edit", "edit needs modified_arguments")
+                self._ephemeral("invalid_edit", "edit needs modified_arguments")
                 return
             try:
                 checked = validate_arguments(call.tool_name, event.modified_arguments)
             except ArgumentsInvalid as exc:
-                await self._error("invalid_edit", f"edited arguments are invalid: {exc}")
+                self._ephemeral("invalid_edit", f"edited arguments are invalid: {exc}")
                 return
             verdict = policy.check(
-                AGENTS[self._session.agent],
+                AGENTS[self.session.agent],
                 call.tool_name,
                 checked,
-                approval_required=self._approval_required,
+                approval_required=self._settings.approval_required,
             )
             if isinstance(verdict, policy.Refused):
-                await self._error("invalid_edit", f"edited call refused: {verdict.reason}")
+                self._ephemeral("invalid_edit", f"edited call refused: {verdict.reason}")
                 return
             arguments = verdict.arguments
             call.edited = True
         elif event.decision != "approve":
-            await self._error("invalid_frame", "decision must be approve, edit or reject")
+            self._ephemeral("invalid_frame", "decision must be approve, edit or reject")
             return
         call.arguments = arguments
         call.state = CallState.AWAITING_RESULT
-        await self.emit(
+        call.offered_seq = self._durable(
             ToolCallEvent(call.call_id, call.tool_name, arguments, False, f"{event.decision}d")
         )
+        self._record_call(call, "edited" if call.edited else "approved", decided=True)
+        await self._flush()
 
-    async def _on_switch_agent(self, event: SwitchAgent) -> None:
+    async def _on_switch_agent(self, event: SwitchAgent, request_id: str | None) -> None:
         if self.turn_running:
-            await self._error(
+            self._ephemeral(
                 "turn_in_progress", "cannot switch agents during a turn; cancel it first", True
             )
             return
         if event.agent_type not in AGENTS:
             known = ", ".join(AGENTS)
-            await self._error(
-                "unknown_agent", f"unknown agent {event.agent_type!r}; one of {known}"
-            )
+            self._ephemeral("unknown_agent", f"unknown agent {event.agent_type!r}; one of {known}")
             return
-        await self._switch(event.agent_type, event.reason or "requested by the user", 1.0)
+        self._switch(event.agent_type, event.reason or "requested by the user", 1.0)
         if event.content.strip():
-            self._start_turn(event.content)
+            await self._begin_turn(event.content, request_id)
+        else:
+            await self._flush()
 
     async def _on_plan_approval(self, event: PlanApproval) -> None:
-        call = self._session.pending_plan(event.plan_id)
+        call = self.session.pending_plan(event.plan_id)
         if call is None:
-            await self._error("unknown_plan", f"no plan {event.plan_id!r} is waiting for approval")
+            self._ephemeral("unknown_plan", f"no plan {event.plan_id!r} is waiting for approval")
             return
         if event.decision == "approve":
-            self._resolve(call, {"result": "the user approved the plan; execute it"})
+            await self._resolve(
+                call, {"result": "the user approved the plan; execute it"}, "approved", True
+            )
         elif event.decision == "reject":
             payload: dict[str, Any] = {"error": "the user rejected the plan"}
             if event.feedback:
                 payload["feedback"] = event.feedback
-            self._resolve(call, payload)
+            await self._resolve(call, payload, "rejected", decided=True)
         else:
-            await self._error("invalid_frame", "decision must be approve or reject")
+            self._ephemeral("invalid_frame", "decision must be approve or reject")
 
-    def _resolve(self, call: PendingCall, payload: dict[str, Any]) -> None:
-        session = self._session
+    async def _resolve(
+        self, call: PendingCall, payload: dict[str, Any], status: str, decided: bool = False
+    ) -> None:
+        """Answer a waiting call; the last answer of a set continues the turn."""
+        session = self.session
         del session.pending[call.call_id]
         session.answered.add(call.call_id)
-        session.messages.append(_tool_message(call.call_id, call.tool_name, payload))
-        if not session.pending:
-            self._resolved.set()
+        self._append_message(_tool_message(call.call_id, call.tool_name, payload))
+        self._record_call(call, status, decided)
+        if session.pending:
+            await self._flush()
+            return
+        if self._ends_after_results:
+            self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+            await self._flush(state="idle")
+            return
+        await self._flush(state="running")
+        self._turn = asyncio.create_task(self._advance())
 
     # -- lifecycle ------------------------------------------------------------
 
     async def wait_idle(self) -> None:
-        """Wait for the running turn, if any, to finish."""
+        """Wait for the running model call, if any, to finish."""
         if self._turn is not None:
             await asyncio.wait([self._turn])
 
-    async def close(self) -> None:
-        """Cancel the running turn and wait for it; idempotent.
+    async def mark_interrupted(self) -> None:
+        """The turn in the log was cut off by a restart: close it so the user can retry."""
+        self._close_open_calls("the runtime restarted before this call finished")
+        self._durable(
+            ErrorEvent(
+                "turn_interrupted",
+                "the runtime restarted during this turn; send the message again to retry",
+                retryable=True,
+            )
+        )
+        self._durable(TurnDone(TurnStatus.FAILED))
+        await self._flush(state="idle")
 
-        Calls left open get a "cancelled" tool message so the history stays
-        valid. ``asyncio.wait`` rather than ``await turn``: the turn's own
-        CancelledError stays inside it, while a cancellation of the caller
-        still propagates.
-        """
-        turn, self._turn = self._turn, None
-        if turn is not None and not turn.done():
-            turn.cancel()
-            await asyncio.wait([turn])
-        self._close_open_calls("cancelled by the user before it finished")
+    async def close(self) -> None:
+        """Cancel the running model call (the turn is marked cancelled); idempotent."""
+        if self._detach_timer is not None:
+            self._detach_timer.cancel()
+            self._detach_timer = None
+        if self._task_running:
+            await self._cancel_turn("cancelled: the runtime is shutting down")
 
     def _close_open_calls(self, reason: str) -> None:
-        session = self._session
+        session = self.session
+        for call in list(session.pending.values()):
+            self._record_call(call, "cancelled")
         session.pending.clear()
         answered = {m.tool_call_id for m in session.messages if m.role == "tool"}
         for message in reversed(session.messages):
@@ -396,7 +668,7 @@ class Conversation:
                 for call in message.tool_calls:
                     if call.call_id not in answered:
                         session.answered.add(call.call_id)
-                        session.messages.append(
+                        self._append_message(
                             _tool_message(call.call_id, call.name, {"error": reason})
                         )
                 break
@@ -405,61 +677,79 @@ class Conversation:
 
     # -- the turn ---------------------------------------------------------------
 
-    async def _run_turn(self, request: str) -> None:
+    async def _advance(self) -> None:
+        """Model calls until the turn ends or waits for tool results."""
         try:
-            if self._session.agent == "orchestrator":
-                await self._route(request)
-            for _ in range(MAX_MODEL_CALLS_PER_TURN):
+            if self.session.agent == "orchestrator":
+                await self._route()
+            while self._model_calls < MAX_MODEL_CALLS_PER_TURN:
+                self._model_calls += 1
                 reply = await self._call_model()
                 if not reply.calls:
-                    self._session.messages.append(ChatMessage("assistant", reply.text))
-                    await self.emit(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    self._append_message(ChatMessage("assistant", reply.text))
+                    self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    await self._flush(state="idle")
                     return
-                self._session.messages.append(
+                self._append_message(
                     ChatMessage("assistant", reply.text, tool_calls=tuple(reply.calls))
                 )
-                self._resolved.clear()
                 ends_turn = False
                 for call in reply.calls:
-                    ends_turn |= await self._dispatch(call)
-                if self._session.pending:
-                    await self._resolved.wait()
-                if ends_turn:
-                    await self.emit(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    ends_turn |= self._dispatch(call)
+                if self.session.pending:
+                    self._ends_after_results = ends_turn
+                    await self._flush(state="waiting")
                     return
-            await self._error(
-                "turn_limit", f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
+                if ends_turn:
+                    self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    await self._flush(state="idle")
+                    return
+                await self._flush()
+            self._durable(
+                ErrorEvent(
+                    "turn_limit", f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
+                )
             )
-            await self.emit(TurnDone(TurnStatus.FAILED, self._usage))
+            self._durable(TurnDone(TurnStatus.FAILED, self._usage))
+            await self._flush(state="idle")
         except UpstreamError as exc:
             log.warning("turn_failed", code=exc.code, error=str(exc))
             self._close_open_calls("the turn failed")
-            await self._error(exc.code, str(exc), exc.retryable)
-            await self.emit(TurnDone(TurnStatus.FAILED, self._usage))
+            self._durable(ErrorEvent(exc.code, str(exc), exc.retryable))
+            self._durable(TurnDone(TurnStatus.FAILED, self._usage))
+            await self._flush(state="idle")
 
-    async def _route(self, request: str) -> None:
+    async def _route(self) -> None:
+        request = next((m.content for m in reversed(self.session.messages) if m.role == "user"), "")
         route = await routing.classify(
-            self._llm, self._routing_model, request, request_id=self._request_id
+            self._llm,
+            self._settings.routing_model or self._settings.model,
+            request,
+            request_id=self._request_id,
         )
-        await self._switch(route.agent, route.rationale, route.confidence)
+        self._switch(route.agent, route.rationale, route.confidence)
 
-    async def _switch(self, to_agent: str, reason: str, confidence: float) -> None:
-        session = self._session
+    def _switch(self, to_agent: str, reason: str, confidence: float) -> None:
+        session = self.session
         from_agent = session.agent
         session.agent = to_agent
         session.switches.append(SwitchRecord(from_agent, to_agent, reason, confidence, time.time()))
-        await self.emit(AgentSwitched(from_agent, to_agent, reason, confidence))
+        self._open_step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
+        self._durable(AgentSwitched(from_agent, to_agent, reason, confidence))
 
     async def _call_model(self) -> _ModelReply:
-        agent = AGENTS[self._session.agent]
-        messages = [ChatMessage("system", agent.system_prompt), *self._session.messages]
+        agent = AGENTS[self.session.agent]
+        messages = [ChatMessage("system", agent.system_prompt), *self.session.messages]
         tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
         reply = _ModelReply()
         parts: list[str] = []
         drafts: dict[int, _CallDraft] = {}
+        # Durable events queued before this call (a routing switch) go out first.
+        if self._outgoing:
+            await self._flush()
         async with contextlib.aclosing(
             self._llm.stream_chat(
-                self._agent_models.get(agent.name, self._model),
+                self._settings.agent_models.get(agent.name, self._settings.model),
                 messages,
                 tools,
                 request_id=self._request_id,
@@ -469,7 +759,9 @@ class Conversation:
                 if isinstance(chunk, TextChunk):
                     if chunk.text:
                         parts.append(chunk.text)
-                        await self.emit(AssistantText(chunk.text))
+                        seq = self.session.next_seq()
+                        self._unflushed.append((seq, chunk.text))
+                        self._publish(Sequenced(seq, AssistantText(chunk.text)))
                 elif isinstance(chunk, ToolCallChunk):
                     draft = drafts.setdefault(chunk.index, _CallDraft())
                     draft.name = draft.name or chunk.name
@@ -490,7 +782,7 @@ class Conversation:
             reply.calls.append(ToolCallRequest(call_id, draft.name, "".join(draft.arguments)))
         return reply
 
-    async def _dispatch(self, call: ToolCallRequest) -> bool:
+    def _dispatch(self, call: ToolCallRequest) -> bool:
         """Check and start one tool call; True if it ends the turn."""
         refusal = self._refusal(call)
         if isinstance(refusal, str):
@@ -498,22 +790,22 @@ class Conversation:
             return False
         tool, verdict = refusal
         if tool.side is Side.RUNTIME:
-            return await self._run_runtime_tool(call, verdict.arguments)
-        state = (
-            CallState.AWAITING_APPROVAL if verdict.requires_approval else CallState.AWAITING_RESULT
+            return self._run_runtime_tool(call, verdict.arguments)
+        approval = verdict.requires_approval
+        pending = PendingCall(
+            call.call_id,
+            call.name,
+            verdict.arguments,
+            CallState.AWAITING_APPROVAL if approval else CallState.AWAITING_RESULT,
+            verdict.reason,
+            agent=self.session.agent,
+            original_arguments=verdict.arguments,
         )
-        self._session.pending[call.call_id] = PendingCall(
-            call.call_id, call.name, verdict.arguments, state, verdict.reason
+        pending.offered_seq = self._durable(
+            ToolCallEvent(call.call_id, call.name, verdict.arguments, approval, verdict.reason)
         )
-        await self.emit(
-            ToolCallEvent(
-                call.call_id,
-                call.name,
-                verdict.arguments,
-                verdict.requires_approval,
-                verdict.reason,
-            )
-        )
+        self.session.pending[call.call_id] = pending
+        self._record_call(pending, pending.state.value)
         return False
 
     def _refusal(self, call: ToolCallRequest) -> str | tuple[Any, policy.Allowed]:
@@ -530,25 +822,25 @@ class Conversation:
         except ArgumentsInvalid as exc:
             return f"invalid arguments: {exc}"
         verdict = policy.check(
-            AGENTS[self._session.agent],
+            AGENTS[self.session.agent],
             call.name,
             checked,
-            approval_required=self._approval_required,
+            approval_required=self._settings.approval_required,
         )
         if isinstance(verdict, policy.Refused):
-            log.info("tool_call_refused", tool=call.name, agent=self._session.agent)
+            log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
             return f"refused by policy: {verdict.reason}"
         return tool, verdict
 
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
-        self._session.answered.add(call.call_id)
-        self._session.messages.append(_tool_message(call.call_id, call.name, payload))
+        self.session.answered.add(call.call_id)
+        self._append_message(_tool_message(call.call_id, call.name, payload))
 
-    async def _run_runtime_tool(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
+    def _run_runtime_tool(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
         match call.name:
             case "switch_mode":
                 target = arguments["agent"]
-                if target == self._session.agent:
+                if target == self.session.agent:
                     self._answer(call, {"result": f"{target} is already the current agent"})
                 elif self._switches >= MAX_SWITCHES_PER_TURN:
                     self._answer(
@@ -557,49 +849,54 @@ class Conversation:
                     )
                 else:
                     self._switches += 1
-                    await self._switch(target, arguments["reason"], 1.0)
+                    self._switch(target, arguments["reason"], 1.0)
                     self._answer(
                         call, {"result": f"switched to {target}; continue the request as {target}"}
                     )
                 return False
             case "attempt_completion":
-                await self.emit(AssistantText(arguments["result"]))
+                self._durable(AssistantText(arguments["result"]))
                 self._answer(call, {"result": "the result was shown to the user"})
                 return True
             case "ask_followup_question":
-                await self.emit(AssistantText(arguments["question"]))
+                self._durable(AssistantText(arguments["question"]))
                 self._answer(call, {"result": "asked; the answer is the next user message"})
                 return True
             case "update_plan":
-                return await self._update_plan(call, arguments)
+                return self._update_plan(call, arguments)
         self._answer(call, {"error": f"{call.name} is not a runtime tool"})
         return False
 
-    async def _update_plan(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
+    def _update_plan(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
         plan_id = arguments["plan_id"]
         steps = tuple(
             PlanStep(s["id"], s.get("description", ""), s["status"]) for s in arguments["steps"]
         )
-        before = {step.id: step for step in self._session.plans.get(plan_id, ())}
+        before = {step.id: step for step in self.session.plans.get(plan_id, ())}
         if before:
             # Updating an existing plan: each changed step is progress.
             for step in steps:
                 old = before.get(step.id)
                 if old is None or old.status != step.status:
-                    await self.emit(PlanProgress(plan_id, step.id, step.status, step.description))
-        self._session.plans[plan_id] = steps
+                    self._durable(PlanProgress(plan_id, step.id, step.status, step.description))
+        self.session.plans[plan_id] = steps
+        self._open_step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
         current = next((s.id for s in steps if s.status == "in_progress"), "")
         needs_approval = bool(arguments.get("requires_approval")) and not before
-        await self.emit(PlanUpdate(plan_id, steps, current, needs_approval))
+        offered = self._durable(PlanUpdate(plan_id, steps, current, needs_approval))
         if needs_approval:
-            self._session.pending[call.call_id] = PendingCall(
+            pending = PendingCall(
                 call.call_id,
                 call.name,
                 arguments,
                 CallState.AWAITING_PLAN_APPROVAL,
                 "the plan needs approval",
+                agent=self.session.agent,
                 plan_id=plan_id,
+                offered_seq=offered,
             )
+            self.session.pending[call.call_id] = pending
+            self._record_call(pending, pending.state.value)
         else:
             self._answer(call, {"result": "plan published"})
         return False

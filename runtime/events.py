@@ -111,3 +111,53 @@ class Sequenced:
 
     seq: int
     event: Event
+
+
+def to_payload(event: Event) -> tuple[str, dict[str, Any]]:
+    """The event as (kind, JSON-ready dict) for the event log."""
+    match event:
+        case TurnDone(status=status, usage=usage):
+            return "turn_done", {
+                "status": status.value,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            }
+        case PlanUpdate() as plan:
+            return "plan_update", {
+                "plan_id": plan.plan_id,
+                "steps": [[s.id, s.description, s.status] for s in plan.steps],
+                "current_step": plan.current_step,
+                "requires_approval": plan.requires_approval,
+            }
+    kinds = {
+        AssistantText: "assistant_text",
+        ErrorEvent: "error",
+        ToolCallEvent: "tool_call",
+        AgentSwitched: "agent_switched",
+        PlanProgress: "plan_progress",
+    }
+    kind = kinds.get(type(event))
+    if kind is None:
+        raise TypeError(f"{type(event).__name__} is not stored in the event log")
+    return kind, {name: getattr(event, name) for name in event.__dataclass_fields__}
+
+
+def from_payload(kind: str, payload: dict[str, Any]) -> Event:
+    """The inverse of :func:`to_payload`."""
+    if kind == "turn_done":
+        usage = Usage(payload["prompt_tokens"], payload["completion_tokens"])
+        return TurnDone(TurnStatus(payload["status"]), usage)
+    if kind == "plan_update":
+        steps = tuple(PlanStep(*step) for step in payload["steps"])
+        return PlanUpdate(
+            payload["plan_id"], steps, payload["current_step"], payload["requires_approval"]
+        )
+    classes: dict[str, type[Any]] = {
+        "assistant_text": AssistantText,
+        "error": ErrorEvent,
+        "tool_call": ToolCallEvent,
+        "agent_switched": AgentSwitched,
+        "plan_progress": PlanProgress,
+    }
+    event: Event = classes[kind](**payload)
+    return event

@@ -72,7 +72,22 @@ class StreamEnd:
 
 Chunk = TextChunk | ToolCallChunk | StreamEnd
 
-# (error code for the IDE, retryable)
+# The proxy's trailing ``x-error-reason`` → (error code for the IDE,
+# retryable). `interrupted` means deltas already arrived: the turn fails and
+# what streamed is not kept as an answer.
+ERROR_REASON_KEY = "x-error-reason"
+_REASON_CODES: dict[str, tuple[str, bool]] = {
+    "rate_limited": ("llm_rate_limited", True),
+    "context_too_long": ("llm_context_too_long", False),
+    "upstream_auth_failed": ("llm_auth_failed", False),
+    "unavailable": ("llm_unavailable", True),
+    "timed_out": ("llm_timeout", True),
+    "bad_request": ("llm_bad_request", False),
+    "model_not_found": ("llm_model_not_found", False),
+    "interrupted": ("llm_interrupted", True),
+}
+
+# Without a reason (an older proxy, or a status from gRPC itself): by status.
 _STATUS_REASONS: dict[grpc.StatusCode, tuple[str, bool]] = {
     grpc.StatusCode.UNAVAILABLE: ("llm_unavailable", True),
     grpc.StatusCode.RESOURCE_EXHAUSTED: ("llm_rate_limited", True),
@@ -82,6 +97,15 @@ _STATUS_REASONS: dict[grpc.StatusCode, tuple[str, bool]] = {
     grpc.StatusCode.NOT_FOUND: ("llm_model_not_found", False),
     grpc.StatusCode.UNAUTHENTICATED: ("llm_proxy_refused", False),
 }
+
+
+def error_code(exc: grpc.aio.AioRpcError) -> tuple[str, bool]:
+    """(error code for the IDE, retryable) for a failed proxy call: by the
+    ``x-error-reason`` trailer when the proxy sent one, else by status."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_REASON_KEY and isinstance(value, str) and value in _REASON_CODES:
+            return _REASON_CODES[value]
+    return _STATUS_REASONS.get(exc.code(), ("llm_error", False))
 
 
 def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
@@ -158,7 +182,7 @@ class LlmClient:
                         end.model,
                     )
         except grpc.aio.AioRpcError as exc:
-            code, retryable = _STATUS_REASONS.get(exc.code(), ("llm_error", False))
+            code, retryable = error_code(exc)
             raise UpstreamError(
                 f"LLM proxy: {exc.details() or exc.code().name}", code=code, retryable=retryable
             ) from None

@@ -10,8 +10,12 @@ the user named in ``x-user-id`` is the one the gateway vouches for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
@@ -19,13 +23,17 @@ import structlog
 
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
 from mesh.structs import struct_to_dict
+from runtime.agents import AGENTS
 from runtime.conversation import (
+    END_OF_STREAM,
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
     Conversation,
     FileChanged,
     PlanApproval,
+    Resend,
+    Subscriber,
     SwitchAgent,
     ToolResult,
     UserMessage,
@@ -43,9 +51,8 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
-from runtime.llm import LlmClient
-from runtime.policy import DEFAULT_APPROVAL_REQUIRED
-from runtime.session import SessionRegistry
+from runtime.session import SessionHub
+from runtime.store import SessionRow
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 log = structlog.get_logger("runtime.service")
@@ -174,27 +181,10 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
 
 
 class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
-    """Serves Converse streams against an in-memory session registry."""
+    """Serves Converse streams and the owner-scoped reads from a SessionHub."""
 
-    def __init__(
-        self,
-        registry: SessionRegistry,
-        llm: LlmClient,
-        *,
-        model: str,
-        outbox_size: int,
-        open_timeout: float,
-        routing_model: str | None = None,
-        agent_models: Mapping[str, str] | None = None,
-        approval_required: Collection[str] = DEFAULT_APPROVAL_REQUIRED,
-    ) -> None:
-        self._registry = registry
-        self._llm = llm
-        self._model = model
-        self._routing_model = routing_model or model
-        self._agent_models = dict(agent_models or {})
-        self._approval_required = frozenset(approval_required)
-        self._outbox_size = outbox_size
+    def __init__(self, hub: SessionHub, *, open_timeout: float) -> None:
+        self._hub = hub
         self._open_timeout = open_timeout
 
     async def Converse(
@@ -203,9 +193,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         context: Context,
     ) -> None:
         started = time.monotonic()
-        user = metadata_value(context, USER_HEADER)
-        if not user:
-            await _abort(context, Unauthenticated("x-user-id metadata is required"))
+        user = await _user(context)
         request_id = metadata_value(context, REQUEST_ID_HEADER)
         try:
             async with asyncio.timeout(self._open_timeout):
@@ -214,47 +202,42 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             await _abort(context, InvalidArgument("no open event within the open timeout"))
         if first is None or first.WhichOneof("event") != "open":
             await _abort(context, InvalidArgument("the first event must be open"))
+        after = first.open.resume_after_seq if first.open.HasField("resume_after_seq") else None
         try:
-            session, created = self._registry.open(first.open.session_id, user)
+            conversation, created = await self._hub.open(first.open.session_id, user, after)
         except RuntimeServiceError as exc:
             await _abort(context, exc)
+        session = conversation.session
         bound = log.bind(session_id=session.session_id, user=user, request_id=request_id)
-        await context.write(
-            to_proto(
-                Sequenced(
-                    0, SessionOpened(session.session_id, session.agent, created, session.last_seq)
-                )
-            )
-        )
-        outbox: asyncio.Queue[Sequenced] = asyncio.Queue(maxsize=self._outbox_size)
-        conversation = Conversation(
-            session,
-            self._llm,
-            model=self._model,
-            outbox=outbox,
-            routing_model=self._routing_model,
-            agent_models=self._agent_models,
-            approval_required=self._approval_required,
-            request_id=request_id,
-        )
+        subscriber, first_items, recovered = await conversation.attach(after)
+        opened = SessionOpened(session.session_id, session.agent, created, session.last_seq)
         events_in = 0
         try:
             async with asyncio.TaskGroup() as tasks:
-                pump = tasks.create_task(self._pump(outbox, context))
+                tasks.create_task(
+                    self._pump(
+                        conversation,
+                        subscriber,
+                        [Sequenced(0, replace(opened, recovered=recovered)), *first_items],
+                        context,
+                    )
+                )
                 async for request in request_iterator:
                     events_in += 1
+                    if request.WhichOneof("event") == "resume":
+                        _enqueue(subscriber, Resend(request.resume.after_seq))
+                        continue
                     try:
                         event = to_client_event(request)
                     except InvalidArgument as exc:
-                        await conversation.emit(ErrorEvent("invalid_frame", str(exc)))
+                        _enqueue(subscriber, Sequenced(0, ErrorEvent("invalid_frame", str(exc))))
                         continue
-                    await conversation.handle(event)
-                # The client half-closed: finish the turn, flush, end the call.
+                    await conversation.handle(event, request_id=request_id)
+                # The client half-closed: let the model call finish, flush, end.
                 await conversation.wait_idle()
-                await outbox.join()
-                pump.cancel()
+                _enqueue(subscriber, END_OF_STREAM)
         finally:
-            await conversation.close()
+            conversation.unsubscribe(subscriber)
             bound.info(
                 "converse_finished",
                 events_in=events_in,
@@ -264,32 +247,157 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             )
 
     @staticmethod
-    async def _pump(outbox: asyncio.Queue[Sequenced], context: Context) -> None:
-        while True:
-            item = await outbox.get()
+    async def _pump(
+        conversation: Conversation,
+        subscriber: Subscriber,
+        first_items: list[Sequenced],
+        context: Context,
+    ) -> None:
+        high = 0
+        for item in first_items:
             await context.write(to_proto(item))
-            outbox.task_done()
+            high = max(high, item.seq)
+        while True:
+            if subscriber.overflowed and subscriber.queue.empty():
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "this stream fell behind the session; reconnect with the last seq seen",
+                )
+            item = await subscriber.queue.get()
+            if item is END_OF_STREAM:
+                return
+            if isinstance(item, Resend):
+                replay, recovered = await conversation.events_after(item.after_seq)
+                session = conversation.session
+                notice = SessionOpened(
+                    session.session_id, session.agent, False, session.last_seq, recovered
+                )
+                await context.write(to_proto(Sequenced(0, notice)))
+                high = item.after_seq
+                for replayed in replay:
+                    await context.write(to_proto(replayed))
+                    high = max(high, replayed.seq)
+                continue
+            if item.seq and item.seq <= high:
+                continue  # already sent by the replay
+            await context.write(to_proto(item))
+            high = max(high, item.seq)
 
-    async def _unimplemented(self, context: Context, what: str) -> NoReturn:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"{what} arrives with session persistence"
+    async def ListAgents(
+        self, request: runtime_pb2.ListAgentsRequest, context: Context
+    ) -> runtime_pb2.ListAgentsResponse:
+        await _user(context)
+        return runtime_pb2.ListAgentsResponse(
+            agents=[
+                runtime_pb2.Agent(
+                    name=agent.name,
+                    description=agent.description,
+                    allowed_tools=sorted(agent.tools),
+                )
+                for agent in AGENTS.values()
+            ]
         )
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def ListAgents(self, request: Any, context: Context) -> Any:
-        await self._unimplemented(context, "ListAgents")
+    async def GetCurrentAgent(
+        self, request: runtime_pb2.GetCurrentAgentRequest, context: Context
+    ) -> runtime_pb2.GetCurrentAgentResponse:
+        row = await self._owned(request.session_id, context)
+        live = self._hub.live(row.id)
+        agent = live.session.agent if live is not None else row.agent
+        return runtime_pb2.GetCurrentAgentResponse(session_id=row.id, agent=agent)
 
-    async def GetCurrentAgent(self, request: Any, context: Context) -> Any:
-        await self._unimplemented(context, "GetCurrentAgent")
+    async def CreateSession(
+        self, request: runtime_pb2.CreateSessionRequest, context: Context
+    ) -> runtime_pb2.CreateSessionResponse:
+        user = await _user(context)
+        session_id = request.session_id or f"s-{uuid.uuid4().hex}"
+        try:
+            row = await self._hub.create(session_id, user, request.title)
+        except RuntimeServiceError as exc:
+            await _abort(context, exc)
+        return runtime_pb2.CreateSessionResponse(session=_session_proto(row))
 
-    async def CreateSession(self, request: Any, context: Context) -> Any:
-        await self._unimplemented(context, "CreateSession")
+    async def ListSessions(
+        self, request: runtime_pb2.ListSessionsRequest, context: Context
+    ) -> runtime_pb2.ListSessionsResponse:
+        user = await _user(context)
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        try:
+            rows, token = await self._hub.store.list_sessions(
+                user, limit=size, page_token=request.page_token
+            )
+        except RuntimeServiceError as exc:
+            await _abort(context, exc)
+        return runtime_pb2.ListSessionsResponse(
+            sessions=[_session_proto(row) for row in rows], next_page_token=token
+        )
 
-    async def ListSessions(self, request: Any, context: Context) -> Any:
-        await self._unimplemented(context, "ListSessions")
+    async def GetSessionHistory(
+        self, request: runtime_pb2.GetSessionHistoryRequest, context: Context
+    ) -> runtime_pb2.GetSessionHistoryResponse:
+        row = await self._owned(request.session_id, context)
+        response = runtime_pb2.GetSessionHistoryResponse(session_id=row.id)
+        for record in await self._hub.store.history(row.id):
+            message = response.messages.add(
+                role=record.role,
+                content=record.content,
+                tool_call_id=record.tool_call_id,
+                agent=record.agent,
+            )
+            if record.created_at is not None:
+                message.created_at.FromDatetime(record.created_at)
+            for call in record.tool_calls or ():
+                stored = message.tool_calls.add(call_id=call["call_id"], tool_name=call["name"])
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    stored.arguments.update(json.loads(call["arguments_json"] or "{}"))
+        return response
 
-    async def GetSessionHistory(self, request: Any, context: Context) -> Any:
-        await self._unimplemented(context, "GetSessionHistory")
+    async def ListPendingApprovals(
+        self, request: runtime_pb2.ListPendingApprovalsRequest, context: Context
+    ) -> runtime_pb2.ListPendingApprovalsResponse:
+        row = await self._owned(request.session_id, context)
+        response = runtime_pb2.ListPendingApprovalsResponse(session_id=row.id)
+        for call in await self._hub.store.pending_calls(row.id):
+            if call.status == "awaiting_result":
+                continue
+            approval = response.approvals.add(
+                call_id=call.call_id, tool_name=call.tool_name, reason=call.reason
+            )
+            approval.arguments.update(call.final_arguments or call.arguments)
+            if call.created_at is not None:
+                approval.created_at.FromDatetime(call.created_at)
+        return response
 
-    async def ListPendingApprovals(self, request: Any, context: Context) -> Any:
-        await self._unimplemented(context, "ListPendingApprovals")
+    async def _owned(self, session_id: str, context: Context) -> SessionRow:
+        user = await _user(context)
+        try:
+            return await self._hub.owned(session_id, user)
+        except RuntimeServiceError as exc:
+            await _abort(context, exc)
+
+
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+def _enqueue(subscriber: Subscriber, item: Any) -> None:
+    try:
+        subscriber.queue.put_nowait(item)
+    except asyncio.QueueFull:
+        subscriber.overflowed = True
+
+
+async def _user(context: Context) -> str:
+    user = metadata_value(context, USER_HEADER)
+    if not user:
+        await _abort(context, Unauthenticated("x-user-id metadata is required"))
+    return user
+
+
+def _session_proto(row: SessionRow) -> runtime_pb2.Session:
+    session = runtime_pb2.Session(
+        session_id=row.id, title=row.title, agent=row.agent, message_count=row.message_count
+    )
+    session.created_at.FromDatetime(row.created_at)
+    session.updated_at.FromDatetime(row.updated_at)
+    return session

@@ -1,23 +1,33 @@
-"""Sessions and who owns them (in memory until the SQL store lands).
+"""Live sessions: the state a turn works on, and who may see it.
 
-A session belongs to the user who created it; any other user asking for it
-gets :class:`runtime.errors.PermissionDenied`. Each session numbers its events
-with a strictly increasing ``seq`` and holds the state a turn needs: the
-conversation, the tool calls waiting for the IDE, plans, agent switches and
-the file changes the IDE reported.
+A session belongs to the user who created it. :class:`SessionHub` loads a
+session from the :class:`~runtime.store.Store` into this process the first
+time a client opens it, keeps one :class:`~runtime.conversation.Conversation`
+per live session whatever the number of streams attached, and refuses any
+other user with :class:`~runtime.errors.PermissionDenied`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runtime.errors import InvalidArgument, PermissionDenied
+import structlog
+
+from runtime.errors import InvalidArgument, NotFound, PermissionDenied
 from runtime.events import PlanStep
-from runtime.llm import ChatMessage
+from runtime.llm import ChatMessage, ToolCallRequest
+from runtime.store import Loaded, MessageRecord, SessionExists, SessionRow, Store
+
+if TYPE_CHECKING:
+    from runtime.conversation import Conversation, ConversationSettings
+    from runtime.llm import LlmClient
+
+log = structlog.get_logger("runtime.session")
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -44,8 +54,11 @@ class PendingCall:
     arguments: dict[str, Any]
     state: CallState
     reason: str = ""
+    agent: str = ""
+    original_arguments: dict[str, Any] | None = None
     edited: bool = False
     plan_id: str = ""
+    offered_seq: int = 0
     created_at: float = field(default_factory=time.time)
 
 
@@ -63,7 +76,10 @@ class Session:
     session_id: str
     owner: str
     agent: str
+    title: str = ""
+    state: str = "idle"
     messages: list[ChatMessage] = field(default_factory=list)
+    message_agents: list[str] = field(default_factory=list)
     last_seq: int = 0
     pending: dict[str, PendingCall] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
@@ -81,26 +97,159 @@ class Session:
                 return call
         return None
 
+    @classmethod
+    def from_store(cls, loaded: Loaded) -> Session:
+        row = loaded.session
+        session = cls(
+            session_id=row.id,
+            owner=row.owner,
+            agent=row.agent,
+            title=row.title,
+            state=row.state,
+            last_seq=row.last_seq,
+            answered=set(loaded.answered),
+        )
+        for record in loaded.messages:
+            session.messages.append(message_from_record(record))
+            session.message_agents.append(record.agent)
+        for call in loaded.pending:
+            session.pending[call.call_id] = PendingCall(
+                call_id=call.call_id,
+                tool_name=call.tool_name,
+                arguments=call.final_arguments or call.arguments,
+                state=CallState(call.status),
+                reason=call.reason,
+                agent=call.agent,
+                original_arguments=call.arguments,
+                edited=call.final_arguments is not None,
+                plan_id=call.plan_id,
+                offered_seq=call.offered_seq,
+            )
+        session.plans = {
+            plan_id: tuple(PlanStep(*step) for step in steps)
+            for plan_id, steps in loaded.plans.items()
+        }
+        return session
 
-class SessionRegistry:
-    """The sessions this process knows, keyed by id. Not shared across replicas."""
 
-    def __init__(self, default_agent: str) -> None:
+def message_from_record(record: MessageRecord) -> ChatMessage:
+    calls = tuple(
+        ToolCallRequest(c["call_id"], c["name"], c["arguments_json"])
+        for c in record.tool_calls or ()
+    )
+    return ChatMessage(record.role, record.content, calls, record.tool_call_id, record.name)
+
+
+def message_to_record(position: int, message: ChatMessage, agent: str) -> MessageRecord:
+    calls = [
+        {"call_id": c.call_id, "name": c.name, "arguments_json": c.arguments_json}
+        for c in message.tool_calls
+    ]
+    return MessageRecord(
+        position=position,
+        role=message.role,
+        content=message.content,
+        tool_calls=calls or None,
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+        agent=agent,
+    )
+
+
+class SessionHub:
+    """The sessions live in this process, each with its one Conversation.
+
+    Not shared across replicas: a session is served by one runtime at a time.
+    ``close`` cancels every running turn; idempotent.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        llm: LlmClient,
+        settings: ConversationSettings,
+        *,
+        default_agent: str,
+    ) -> None:
+        self._store = store
+        self._llm = llm
+        self._settings = settings
         self._default_agent = default_agent
-        self._sessions: dict[str, Session] = {}
+        self._live: dict[str, Conversation] = {}
+        self._lock = asyncio.Lock()
 
-    def open(self, session_id: str, owner: str) -> tuple[Session, bool]:
-        """Return the owner's session, creating it if new; ``(session, created)``.
+    @property
+    def store(self) -> Store:
+        return self._store
 
-        Raises InvalidArgument for a malformed id and PermissionDenied when the
-        session belongs to someone else.
+    async def open(
+        self, session_id: str, owner: str, after_seq: int | None = None
+    ) -> tuple[Conversation, bool]:
+        """The owner's live session, created if new; ``(conversation, created)``.
+
+        ``after_seq`` is the last event the opening client saw: a session
+        whose turn was cut off by a restart numbers its next events after it.
+        Raises InvalidArgument for a malformed id and PermissionDenied when
+        the session belongs to someone else.
         """
+        from runtime.conversation import Conversation
+
         check_session_id(session_id)
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = Session(session_id, owner, self._default_agent)
-            self._sessions[session_id] = session
-            return session, True
-        if session.owner != owner:
-            raise PermissionDenied("session belongs to another user")
-        return session, False
+        async with self._lock:
+            live = self._live.get(session_id)
+            if live is not None:
+                if live.session.owner != owner:
+                    raise PermissionDenied("session belongs to another user")
+                return live, False
+            row = await self._store.get_session(session_id)
+            created = row is None
+            if row is None:
+                try:
+                    row = await self._store.create_session(session_id, owner, self._default_agent)
+                except SessionExists:
+                    row = await self._store.get_session(session_id)
+                    if row is None:  # pragma: no cover - deleted in between
+                        raise NotFound("session disappeared") from None
+                    created = False
+            if row.owner != owner:
+                raise PermissionDenied("session belongs to another user")
+            session = Session.from_store(await self._store.load(session_id))
+            conversation = Conversation(
+                session, self._llm, self._store, self._settings, on_idle=self._evict
+            )
+            self._live[session_id] = conversation
+        if session.state == "running":
+            # This process did not run that turn: whoever did is gone, with
+            # text deltas it sent but never wrote. Number after what the
+            # client saw, so no seq it holds is used twice.
+            if after_seq is not None and after_seq > session.last_seq:
+                session.last_seq = after_seq
+            await conversation.mark_interrupted()
+        return conversation, created
+
+    async def owned(self, session_id: str, owner: str) -> SessionRow:
+        """The owner's session row; NotFound for a missing or foreign one."""
+        check_session_id(session_id)
+        row = await self._store.get_session(session_id)
+        if row is None or row.owner != owner:
+            raise NotFound(f"no session {session_id!r}")
+        return row
+
+    def live(self, session_id: str) -> Conversation | None:
+        return self._live.get(session_id)
+
+    async def create(self, session_id: str, owner: str, title: str) -> SessionRow:
+        check_session_id(session_id)
+        try:
+            return await self._store.create_session(session_id, owner, self._default_agent, title)
+        except SessionExists:
+            raise InvalidArgument(f"session {session_id!r} already exists") from None
+
+    def _evict(self, conversation: Conversation) -> None:
+        if self._live.get(conversation.session.session_id) is conversation:
+            del self._live[conversation.session.session_id]
+
+    async def close(self) -> None:
+        for conversation in list(self._live.values()):
+            await conversation.close()
+        self._live.clear()

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mesh.database import create_engine
 from runtime.conversation import (
     MAX_SWITCHES_PER_TURN,
     ApprovalDecision,
     CancelTurn,
     Conversation,
+    ConversationSettings,
     FileChanged,
     PlanApproval,
     SwitchAgent,
     ToolResult,
     UserMessage,
 )
-from runtime.errors import InvalidArgument, PermissionDenied, UpstreamError
+from runtime.errors import InvalidArgument, UpstreamError
 from runtime.events import (
     AgentSwitched,
     AssistantText,
@@ -35,7 +39,8 @@ from runtime.events import (
     Usage,
 )
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
-from runtime.session import Session, SessionRegistry
+from runtime.session import Session, check_session_id
+from runtime.store import Store, migrate
 
 
 def call(name: str, index: int = 0, **arguments: Any) -> ToolCallChunk:
@@ -90,13 +95,29 @@ async def until(outbox: asyncio.Queue[Sequenced], kind: type) -> list[Event]:
             return events
 
 
-def make(
-    llm: ScriptedLlm, agent: str = "coder"
-) -> tuple[Conversation, asyncio.Queue[Sequenced], Session]:
-    session, _ = SessionRegistry(agent).open("s1", "alice")
-    outbox: asyncio.Queue[Sequenced] = asyncio.Queue(maxsize=64)
-    conversation = Conversation(session, llm, model="m", outbox=outbox)  # type: ignore[arg-type]
-    return conversation, outbox, session
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+    await migrate(url)
+    engine = create_engine(url)
+    yield Store(engine)
+    await engine.dispose()
+
+
+Made = tuple[Conversation, "asyncio.Queue[Any]", Session]
+
+
+async def make(store: Store, llm: ScriptedLlm, agent: str = "coder", **settings: Any) -> Made:
+    session_id = f"s-{uuid.uuid4().hex[:8]}"
+    await store.create_session(session_id, "alice", agent)
+    session = Session.from_store(await store.load(session_id))
+    conversation = Conversation(
+        session,
+        llm,  # type: ignore[arg-type]
+        store,
+        ConversationSettings(model="m", **settings),
+    )
+    return conversation, conversation.subscribe().queue, session
 
 
 def tool_messages(session: Session) -> list[dict[str, Any]]:
@@ -110,9 +131,9 @@ def assert_history_complete(session: Session) -> None:
     assert sorted(calls) == sorted(answers)
 
 
-async def test_streams_text_then_done_and_stores_the_answer() -> None:
+async def test_streams_text_then_done_and_stores_the_answer(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("Hello "), TextChunk("world")])
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("hi"))
     events = await until(outbox, TurnDone)
     assert events == [
@@ -128,18 +149,18 @@ async def test_streams_text_then_done_and_stores_the_answer() -> None:
     assert llm.seen[1][0].role == "system"
 
 
-async def test_the_model_sees_only_the_agents_tools() -> None:
+async def test_the_model_sees_only_the_agents_tools(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("ok")])
-    conversation, outbox, _ = make(llm, agent="ask")
+    conversation, outbox, _ = await make(store, llm, agent="ask")
     await conversation.handle(UserMessage("what is this?"))
     await until(outbox, TurnDone)
     assert "write_file" not in llm.tools_seen[0]
     assert "read_file" in llm.tools_seen[0]
 
 
-async def test_read_result_summary_loop() -> None:
+async def test_read_result_summary_loop(store: Store) -> None:
     llm = ScriptedLlm([call("read_file", path="src/./a.py")], [TextChunk("It defines main.")])
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("read src/a.py"))
     (tool_call,) = await until(outbox, ToolCallEvent)
     assert isinstance(tool_call, ToolCallEvent)
@@ -155,9 +176,9 @@ async def test_read_result_summary_loop() -> None:
     assert_history_complete(session)
 
 
-async def test_write_waits_for_approval_and_runs_after_approve() -> None:
+async def test_write_waits_for_approval_and_runs_after_approve(store: Store) -> None:
     llm = ScriptedLlm([call("write_file", path="a.py", content="x = 1\n")], [TextChunk("Written.")])
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("write a.py"))
     (proposed,) = await until(outbox, ToolCallEvent)
     assert isinstance(proposed, ToolCallEvent)
@@ -177,9 +198,9 @@ async def test_write_waits_for_approval_and_runs_after_approve() -> None:
     assert tool_messages(session) == [{"result": {"ok": True}}]
 
 
-async def test_edit_is_validated_again_then_executed_with_new_arguments() -> None:
+async def test_edit_is_validated_again_then_executed_with_new_arguments(store: Store) -> None:
     llm = ScriptedLlm([call("write_file", path="a.py", content="old")], [TextChunk("ok")])
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("write"))
     (proposed,) = await until(outbox, ToolCallEvent)
     assert isinstance(proposed, ToolCallEvent)
@@ -207,9 +228,9 @@ async def test_edit_is_validated_again_then_executed_with_new_arguments() -> Non
     ]
 
 
-async def test_reject_returns_feedback_to_the_model_and_nothing_runs() -> None:
+async def test_reject_returns_feedback_to_the_model_and_nothing_runs(store: Store) -> None:
     llm = ScriptedLlm([call("delete_file", path="a.py")], [TextChunk("Understood.")])
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("delete a.py"))
     (proposed,) = await until(outbox, ToolCallEvent)
     assert isinstance(proposed, ToolCallEvent)
@@ -240,10 +261,10 @@ async def test_reject_returns_feedback_to_the_model_and_nothing_runs() -> None:
     ],
 )
 async def test_refused_calls_go_back_to_the_model_and_never_reach_the_ide(
-    agent: str, tool: str, arguments: dict[str, Any], reason: str
+    store: Store, agent: str, tool: str, arguments: dict[str, Any], reason: str
 ) -> None:
     llm = ScriptedLlm([ToolCallChunk(0, "x", tool, json.dumps(arguments))], [TextChunk("sorry")])
-    conversation, outbox, session = make(llm, agent=agent)
+    conversation, outbox, session = await make(store, llm, agent=agent)
     await conversation.handle(UserMessage("do it"))
     events = await until(outbox, TurnDone)
     assert not any(isinstance(e, ToolCallEvent) for e in events)
@@ -253,21 +274,23 @@ async def test_refused_calls_go_back_to_the_model_and_never_reach_the_ide(
     assert_history_complete(session)
 
 
-async def test_architect_may_write_markdown() -> None:
+async def test_architect_may_write_markdown(store: Store) -> None:
     llm = ScriptedLlm([call("write_file", path="docs/DESIGN.md", content="# x")])
-    conversation, outbox, _ = make(llm, agent="architect")
+    conversation, outbox, _ = await make(store, llm, agent="architect")
     await conversation.handle(UserMessage("document"))
     (proposed,) = await until(outbox, ToolCallEvent)
     assert isinstance(proposed, ToolCallEvent)
     assert proposed.arguments["path"] == "docs/DESIGN.md"
 
 
-async def test_parallel_calls_all_dispatched_and_the_turn_waits_for_every_result() -> None:
+async def test_parallel_calls_all_dispatched_and_the_turn_waits_for_every_result(
+    store: Store,
+) -> None:
     llm = ScriptedLlm(
         [call("read_file", 0, path="a.txt"), call("read_file", 1, path="b.txt")],
         [TextChunk("both read")],
     )
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("read a.txt and read b.txt"))
     first = (await outbox.get()).event
     second = (await outbox.get()).event
@@ -288,8 +311,8 @@ async def test_parallel_calls_all_dispatched_and_the_turn_waits_for_every_result
     assert {"error": "permission denied"} in tool_messages(session)
 
 
-async def test_unknown_call_id_is_refused_and_changes_nothing() -> None:
-    conversation, outbox, session = make(ScriptedLlm())
+async def test_unknown_call_id_is_refused_and_changes_nothing(store: Store) -> None:
+    conversation, outbox, session = await make(store, ScriptedLlm())
     await conversation.handle(ToolResult("call_made_up", result={}))
     (error,) = await until(outbox, ErrorEvent)
     assert isinstance(error, ErrorEvent)
@@ -297,9 +320,9 @@ async def test_unknown_call_id_is_refused_and_changes_nothing() -> None:
     assert session.messages == []
 
 
-async def test_second_message_during_a_turn_is_refused() -> None:
+async def test_second_message_during_a_turn_is_refused(store: Store) -> None:
     hold = asyncio.Event()
-    conversation, outbox, session = make(ScriptedLlm([TextChunk("x")], hold=hold))
+    conversation, outbox, session = await make(store, ScriptedLlm([TextChunk("x")], hold=hold))
     await conversation.handle(UserMessage("first"))
     assert (await outbox.get()).event == AssistantText("x")
     await conversation.handle(UserMessage("second"))
@@ -311,9 +334,9 @@ async def test_second_message_during_a_turn_is_refused() -> None:
     assert [m.content for m in session.messages] == ["first", "x"]
 
 
-async def test_cancel_stops_the_llm_stream_and_stores_no_partial_answer() -> None:
+async def test_cancel_stops_the_llm_stream_and_stores_no_partial_answer(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("partial")], hold=asyncio.Event())
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("go"))
     assert (await outbox.get()).event == AssistantText("partial")
     await conversation.handle(CancelTurn())
@@ -323,9 +346,9 @@ async def test_cancel_stops_the_llm_stream_and_stores_no_partial_answer() -> Non
     assert not conversation.turn_running
 
 
-async def test_cancel_while_tools_are_pending_closes_them_in_history() -> None:
+async def test_cancel_while_tools_are_pending_closes_them_in_history(store: Store) -> None:
     llm = ScriptedLlm([call("execute_command", command="sleep 100")])
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("run sleep 100"))
     (proposed,) = await until(outbox, ToolCallEvent)
     assert isinstance(proposed, ToolCallEvent)
@@ -338,17 +361,19 @@ async def test_cancel_while_tools_are_pending_closes_them_in_history() -> None:
     await until(outbox, TurnDone)
 
 
-async def test_cancel_without_a_turn_is_an_error() -> None:
-    conversation, outbox, _ = make(ScriptedLlm())
+async def test_cancel_without_a_turn_is_an_error(store: Store) -> None:
+    conversation, outbox, _ = await make(store, ScriptedLlm())
     await conversation.handle(CancelTurn())
     (event,) = await until(outbox, ErrorEvent)
     assert isinstance(event, ErrorEvent)
     assert event.code == "no_turn_running"
 
 
-async def test_upstream_failure_is_an_error_event_not_an_answer() -> None:
+async def test_upstream_failure_is_an_error_event_not_an_answer(store: Store) -> None:
     failure = UpstreamError("LLM proxy: down", code="llm_unavailable", retryable=True)
-    conversation, outbox, session = make(ScriptedLlm([TextChunk("half")], fail=failure))
+    conversation, outbox, session = await make(
+        store, ScriptedLlm([TextChunk("half")], fail=failure)
+    )
     await conversation.handle(UserMessage("go"))
     events = await until(outbox, TurnDone)
     assert events == [
@@ -359,9 +384,9 @@ async def test_upstream_failure_is_an_error_event_not_an_answer() -> None:
     assert session.messages == [ChatMessage("user", "go")]
 
 
-async def test_close_cancels_the_running_turn() -> None:
+async def test_close_cancels_the_running_turn(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("a")], hold=asyncio.Event())
-    conversation, outbox, _ = make(llm)
+    conversation, outbox, _ = await make(store, llm)
     await conversation.handle(UserMessage("go"))
     await outbox.get()
     await conversation.close()
@@ -370,12 +395,12 @@ async def test_close_cancels_the_running_turn() -> None:
     await conversation.close()  # idempotent
 
 
-async def test_a_new_session_is_routed_by_the_model() -> None:
+async def test_a_new_session_is_routed_by_the_model(store: Store) -> None:
     llm = ScriptedLlm(
         [TextChunk('{"agent": "debug", "confidence": 0.8, "rationale": "a failure"}')],
         [TextChunk("Let me look.")],
     )
-    conversation, outbox, session = make(llm, agent="orchestrator")
+    conversation, outbox, session = await make(store, llm, agent="orchestrator")
     await conversation.handle(UserMessage("the tests crash"))
     events = await until(outbox, TurnDone)
     assert events[0] == AgentSwitched("orchestrator", "debug", "a failure", 0.8)
@@ -384,9 +409,9 @@ async def test_a_new_session_is_routed_by_the_model() -> None:
     assert "debug" in llm.seen[1][0].content.lower(), "the same request continues as debug"
 
 
-async def test_unusable_routing_answer_falls_back_to_keywords() -> None:
+async def test_unusable_routing_answer_falls_back_to_keywords(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("I think a coder?")], [TextChunk("ok")])
-    conversation, outbox, _session = make(llm, agent="orchestrator")
+    conversation, outbox, _session = await make(store, llm, agent="orchestrator")
     await conversation.handle(UserMessage("implement a function"))
     switched = (await until(outbox, AgentSwitched))[-1]
     assert isinstance(switched, AgentSwitched)
@@ -395,13 +420,13 @@ async def test_unusable_routing_answer_falls_back_to_keywords() -> None:
     await until(outbox, TurnDone)
 
 
-async def test_switch_mode_hands_off_and_continues_and_ping_pong_is_bounded() -> None:
+async def test_switch_mode_hands_off_and_continues_and_ping_pong_is_bounded(store: Store) -> None:
     scripts: list[list[Chunk]] = [
         [call("switch_mode", agent="coder" if i % 2 else "debug", reason=f"hop {i}")]
         for i in range(MAX_SWITCHES_PER_TURN + 1)
     ]
     llm = ScriptedLlm(*scripts, [TextChunk("settled")])
-    conversation, outbox, session = make(llm, agent="ask")
+    conversation, outbox, session = await make(store, llm, agent="ask")
     await conversation.handle(UserMessage("bounce"))
     events = await until(outbox, TurnDone)
     switches = [e for e in events if isinstance(e, AgentSwitched)]
@@ -412,9 +437,9 @@ async def test_switch_mode_hands_off_and_continues_and_ping_pong_is_bounded() ->
     assert_history_complete(session)
 
 
-async def test_switch_agent_from_the_ide_runs_the_message_with_the_new_agent() -> None:
+async def test_switch_agent_from_the_ide_runs_the_message_with_the_new_agent(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("architecting")])
-    conversation, outbox, session = make(llm, agent="coder")
+    conversation, outbox, session = await make(store, llm, agent="coder")
     await conversation.handle(SwitchAgent("architect", "design it", "user wants a design"))
     events = await until(outbox, TurnDone)
     assert events[0] == AgentSwitched("coder", "architect", "user wants a design", 1.0)
@@ -426,7 +451,7 @@ async def test_switch_agent_from_the_ide_runs_the_message_with_the_new_agent() -
     assert error.code == "unknown_agent"
 
 
-async def test_plan_with_approval_and_progress() -> None:
+async def test_plan_with_approval_and_progress(store: Store) -> None:
     steps = [{"id": "1", "description": "read", "status": "pending"}]
     done = [{"id": "1", "description": "read", "status": "done"}]
     llm = ScriptedLlm(
@@ -434,7 +459,7 @@ async def test_plan_with_approval_and_progress() -> None:
         [call("update_plan", plan_id="p1", steps=done)],
         [TextChunk("finished")],
     )
-    conversation, outbox, session = make(llm)
+    conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("plan it"))
     (update,) = await until(outbox, PlanUpdate)
     assert isinstance(update, PlanUpdate)
@@ -452,9 +477,9 @@ async def test_plan_with_approval_and_progress() -> None:
     assert_history_complete(session)
 
 
-async def test_file_changes_reach_the_model_once_coalesced() -> None:
+async def test_file_changes_reach_the_model_once_coalesced(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
-    conversation, outbox, _ = make(llm)
+    conversation, outbox, _ = await make(store, llm)
     await conversation.handle(FileChanged("src/a.py", 1.0))
     await conversation.handle(FileChanged("./src/a.py", 2.0))
     await conversation.handle(FileChanged("../outside", 3.0))
@@ -471,18 +496,7 @@ async def test_file_changes_reach_the_model_once_coalesced() -> None:
     assert sum("[IDE notice]" in m.content for m in llm.seen[1]) == 1, "not repeated"
 
 
-def test_sessions_belong_to_their_creator() -> None:
-    registry = SessionRegistry("coder")
-    session, created = registry.open("abc", "alice")
-    assert created
-    again, created_again = registry.open("abc", "alice")
-    assert again is session
-    assert not created_again
-    with pytest.raises(PermissionDenied):
-        registry.open("abc", "mallory")
-
-
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 129, "white space", "../etc"])
 def test_malformed_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument):
-        SessionRegistry("coder").open(bad, "alice")
+        check_session_id(bad)

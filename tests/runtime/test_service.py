@@ -7,7 +7,10 @@ the runtime in isolation; tests/integration runs the real proxy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh.grpc_server import MeshServer, internal_metadata
 from runtime.__main__ import RuntimeConfig, serve
+from runtime.store import migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 KEY = "test-internal-key"
@@ -36,6 +40,18 @@ class ScriptedProxy(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         if request.messages[0].content.startswith("You route requests"):
             route = '{"agent": "coder", "confidence": 0.9, "rationale": "code"}'
             yield llmproxy_pb2.StreamChatResponse(text=llmproxy_pb2.TextDelta(text=route))
+            return
+        last = request.messages[-1]
+        if last.role == "user" and last.content.startswith("write "):
+            arguments = json.dumps({"path": last.content.split()[1], "content": "x"})
+            yield llmproxy_pb2.StreamChatResponse(
+                tool_call=llmproxy_pb2.ToolCallDelta(
+                    index=0, id="m1", name="write_file", arguments_fragment=arguments
+                )
+            )
+            yield llmproxy_pb2.StreamChatResponse(
+                end=llmproxy_pb2.StreamEnd(finish_reason="tool_calls")
+            )
             return
         try:
             for word in ("one ", "two ", "three"):
@@ -65,20 +81,40 @@ async def proxy() -> AsyncIterator[tuple[ScriptedProxy, int]]:
 
 @pytest.fixture
 async def runtime_channel(
-    proxy: tuple[ScriptedProxy, int],
+    proxy: tuple[ScriptedProxy, int], tmp_path: Path
 ) -> AsyncIterator[grpc.aio.Channel]:
     _, proxy_port = proxy
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+    await migrate(database_url)
     config = RuntimeConfig(
-        internal_api_key=KEY, port=0, llm_proxy_address=f"127.0.0.1:{proxy_port}"
+        internal_api_key=KEY,
+        port=0,
+        llm_proxy_address=f"127.0.0.1:{proxy_port}",
+        database_url=database_url,
+        detach_grace=0,
     )
+    async with (
+        running_runtime(config) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield channel
+
+
+@contextlib.asynccontextmanager
+async def running_runtime(config: RuntimeConfig) -> AsyncIterator[int]:
+    """The real runtime in this process; yields its port."""
     loop = asyncio.get_running_loop()
     port: asyncio.Future[int] = loop.create_future()
     stop: asyncio.Future[object] = loop.create_future()
     task = asyncio.create_task(serve(config, started=port.set_result, stop=stop))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{await port}") as channel:
-        yield channel
-    stop.set_result(None)
-    await task
+    await asyncio.wait([port, task], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raises why it did not start
+    try:
+        yield port.result()
+    finally:
+        stop.set_result(None)
+        await task
 
 
 def open_request(session_id: str) -> runtime_pb2.ConverseRequest:
@@ -184,15 +220,6 @@ async def test_first_event_must_be_open(runtime_channel: grpc.aio.Channel) -> No
     assert "open" in (refused.value.details() or "")
 
 
-async def test_unary_reads_say_unimplemented(runtime_channel: grpc.aio.Channel) -> None:
-    stub = runtime_pb2_grpc.AgentRuntimeServiceStub(runtime_channel)
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.ListSessions(
-            runtime_pb2.ListSessionsRequest(), metadata=internal_metadata(KEY, user="alice")
-        )
-    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_health_needs_no_credential_and_reflection_does(
     runtime_channel: grpc.aio.Channel,
 ) -> None:
@@ -244,3 +271,180 @@ def test_client_events_keep_integers_and_reject_bad_decisions() -> None:
         to_client_event(
             runtime_pb2.ConverseRequest(approval_decision=runtime_pb2.ApprovalDecision(call_id="c"))
         )
+
+
+def stub_for(channel: grpc.aio.Channel) -> runtime_pb2_grpc.AgentRuntimeServiceStub:
+    return runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
+
+
+async def open_stream(
+    channel: grpc.aio.Channel, session_id: str, user: str = "alice", after: int | None = None
+) -> tuple[Any, runtime_pb2.ConverseResponse]:
+    call = stub_for(channel).Converse(metadata=internal_metadata(KEY, user=user))
+    request = open_request(session_id)
+    if after is not None:
+        request.open.resume_after_seq = after
+    await call.write(request)
+    return call, await call.read()
+
+
+async def read_until(call: Any, kind: str) -> list[runtime_pb2.ConverseResponse]:
+    responses = []
+    while True:
+        response = await call.read()
+        responses.append(response)
+        if response.WhichOneof("event") == kind:
+            return responses
+
+
+async def test_sessions_history_and_current_agent_are_owner_scoped(
+    runtime_channel: grpc.aio.Channel,
+) -> None:
+    stub = stub_for(runtime_channel)
+    alice, bob = internal_metadata(KEY, user="alice"), internal_metadata(KEY, user="bob")
+    call, _ = await open_stream(runtime_channel, "alice-1")
+    await call.write(user_message("hello"))
+    await read_until(call, "turn_done")
+    call.cancel()
+    for index in range(3):
+        await stub.CreateSession(
+            runtime_pb2.CreateSessionRequest(title=f"t{index}"), metadata=alice
+        )
+    await stub.CreateSession(runtime_pb2.CreateSessionRequest(session_id="bob-1"), metadata=bob)
+
+    first = await stub.ListSessions(runtime_pb2.ListSessionsRequest(page_size=2), metadata=alice)
+    assert len(first.sessions) == 2
+    assert first.next_page_token
+    rest = await stub.ListSessions(
+        runtime_pb2.ListSessionsRequest(page_size=2, page_token=first.next_page_token),
+        metadata=alice,
+    )
+    ids = [s.session_id for s in (*first.sessions, *rest.sessions)]
+    assert len(ids) == 4
+    assert len(set(ids)) == 4
+    assert "bob-1" not in ids
+    assert not rest.next_page_token
+    titled = next(s for s in (*first.sessions, *rest.sessions) if s.session_id == "alice-1")
+    assert titled.title == "hello"
+    assert titled.message_count == 2
+
+    history = await stub.GetSessionHistory(
+        runtime_pb2.GetSessionHistoryRequest(session_id="alice-1"), metadata=alice
+    )
+    assert [(m.role, m.content) for m in history.messages] == [
+        ("user", "hello"),
+        ("assistant", "one two three"),
+    ]
+    assert history.messages[1].agent == "coder"
+    current = await stub.GetCurrentAgent(
+        runtime_pb2.GetCurrentAgentRequest(session_id="alice-1"), metadata=alice
+    )
+    assert current.agent == "coder"
+    for read in (
+        stub.GetSessionHistory(
+            runtime_pb2.GetSessionHistoryRequest(session_id="alice-1"), metadata=bob
+        ),
+        stub.GetCurrentAgent(
+            runtime_pb2.GetCurrentAgentRequest(session_id="alice-1"), metadata=bob
+        ),
+        stub.ListPendingApprovals(
+            runtime_pb2.ListPendingApprovalsRequest(session_id="alice-1"), metadata=bob
+        ),
+        stub.GetSessionHistory(
+            runtime_pb2.GetSessionHistoryRequest(session_id="nope"), metadata=alice
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    agents = await stub.ListAgents(runtime_pb2.ListAgentsRequest(), metadata=alice)
+    assert {a.name for a in agents.agents} == {"orchestrator", "coder", "architect", "debug", "ask"}
+    with pytest.raises(grpc.aio.AioRpcError) as duplicate:
+        await stub.CreateSession(
+            runtime_pb2.CreateSessionRequest(session_id="bob-1"), metadata=alice
+        )
+    assert duplicate.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_resume_replays_exactly_the_missed_events(runtime_channel: grpc.aio.Channel) -> None:
+    call, _ = await open_stream(runtime_channel, "resume-1")
+    await call.write(user_message("hello"))
+    everything = await read_until(call, "turn_done")
+    await call.write(user_message("again"))
+    everything += await read_until(call, "turn_done")
+    call.cancel()
+    seqs = [r.seq for r in everything]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "no gaps in the numbering"
+    cut = everything[3].seq  # in the middle of the first answer's deltas
+    again, opened = await open_stream(runtime_channel, "resume-1", after=cut)
+    assert opened.session_opened.recovered
+    assert opened.session_opened.last_seq == seqs[-1]
+    replayed = [await again.read() for _ in range(len([s for s in seqs if s > cut]))]
+    assert [r.seq for r in replayed] == [s for s in seqs if s > cut]
+    assert replayed == [r for r in everything if r.seq > cut]
+    # Mid-stream resume, from further back.
+    await again.write(runtime_pb2.ConverseRequest(resume=runtime_pb2.Resume(after_seq=seqs[0])))
+    notice = await again.read()
+    assert notice.HasField("session_opened")
+    assert notice.session_opened.recovered
+    replayed_again = [await again.read() for _ in range(len(seqs) - 1)]
+    assert [r.seq for r in replayed_again] == seqs[1:]
+    # A client ahead of the log (it saw events a crash lost) is told to reload.
+    ahead, ahead_opened = await open_stream(runtime_channel, "resume-1", after=seqs[-1] + 50)
+    assert not ahead_opened.session_opened.recovered
+    await ahead.write(user_message("third"))
+    more = await read_until(ahead, "turn_done")
+    assert more[0].seq > seqs[-1] + 50, "numbering continues after what the client saw"
+    again.cancel()
+    ahead.cancel()
+
+
+async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
+    runtime_channel: grpc.aio.Channel,
+) -> None:
+    stub = stub_for(runtime_channel)
+    alice = internal_metadata(KEY, user="alice")
+    call, _ = await open_stream(runtime_channel, "approve-1")
+    await call.write(user_message("write notes.txt"))
+    proposed = (await read_until(call, "tool_call"))[-1].tool_call
+    assert proposed.requires_approval
+    call.cancel()
+    pending = await stub.ListPendingApprovals(
+        runtime_pb2.ListPendingApprovalsRequest(session_id="approve-1"), metadata=alice
+    )
+    assert [(a.call_id, a.tool_name) for a in pending.approvals] == [
+        (proposed.call_id, "write_file")
+    ]
+    back, _ = await open_stream(runtime_channel, "approve-1")
+    reoffer = await back.read()
+    assert reoffer.seq == 0
+    assert reoffer.tool_call.call_id == proposed.call_id
+    assert reoffer.tool_call.requires_approval
+    await back.write(
+        runtime_pb2.ConverseRequest(
+            approval_decision=runtime_pb2.ApprovalDecision(
+                call_id=proposed.call_id, decision=runtime_pb2.DECISION_APPROVE
+            )
+        )
+    )
+    execute = await back.read()
+    assert execute.tool_call.call_id == proposed.call_id
+    assert not execute.tool_call.requires_approval
+    await back.write(
+        runtime_pb2.ConverseRequest(
+            tool_result=runtime_pb2.ToolResult(call_id=proposed.call_id, error="disk full")
+        )
+    )
+    await read_until(back, "turn_done")
+    await back.write(
+        runtime_pb2.ConverseRequest(
+            tool_result=runtime_pb2.ToolResult(call_id=proposed.call_id, error="again")
+        )
+    )
+    late = await back.read()
+    assert late.error.code == "duplicate_tool_result"
+    back.cancel()
+    pending = await stub.ListPendingApprovals(
+        runtime_pb2.ListPendingApprovalsRequest(session_id="approve-1"), metadata=alice
+    )
+    assert list(pending.approvals) == []

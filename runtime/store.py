@@ -1,0 +1,545 @@
+"""The runtime's durable state in SQL: sessions, messages, tool calls, plans,
+agent switches and an append-only event log numbered per session.
+
+Writes come as one :class:`Step` per turn step (a user message, a model
+call's outcome, a tool result, a decision) and are one short transaction
+each; nothing is written per token (the text deltas of a model call are one
+event row) and nothing already written is rewritten, except the status of a
+tool call and the session's summary columns. The cost of a step does not
+grow with the session's length: every statement is an insert or an update
+by primary key.
+
+The schema belongs to Alembic (``runtime/migrations``); :func:`migrate`
+applies it. Works on SQLite (aiosqlite) and PostgreSQL (asyncpg).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mesh import database
+from runtime.errors import InvalidArgument
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "runtime_alembic_version"
+
+metadata = sa.MetaData()
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False, server_default=""),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="idle"),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_sessions_owner_updated", "owner", "updated_at", "id"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("tool_calls", sa.Text, nullable=True),
+    sa.Column("tool_call_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("name", sa.String(64), nullable=False, server_default=""),
+    sa.Column("agent", sa.String(32), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_events_session_last_seq", "session_id", "last_seq"),
+)
+
+tool_calls = sa.Table(
+    "tool_calls",
+    metadata,
+    sa.Column("call_id", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("tool_name", sa.String(64), nullable=False),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("arguments", sa.Text, nullable=False),
+    sa.Column("final_arguments", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("plan_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("offered_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("decided_by", sa.String(255), nullable=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_tool_calls_session_status", "session_id", "status"),
+)
+
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("plan_id", sa.String(128), primary_key=True),
+    sa.Column("steps", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+agent_switches = sa.Table(
+    "agent_switches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("from_agent", sa.String(32), nullable=False),
+    sa.Column("to_agent", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_switches_session", "session_id", "id"),
+)
+
+PENDING_STATUSES = ("awaiting_approval", "awaiting_result", "awaiting_plan_approval")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    owner: str
+    title: str
+    agent: str
+    state: str
+    last_seq: int
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    position: int
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str = ""
+    name: str = ""
+    agent: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One log row: a single event (seq == last_seq) or a run of text deltas."""
+
+    seq: int
+    last_seq: int
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    tool_name: str
+    agent: str
+    status: str
+    arguments: dict[str, Any]
+    final_arguments: dict[str, Any] | None = None
+    reason: str = ""
+    plan_id: str = ""
+    offered_seq: int = 0
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRecord:
+    from_agent: str
+    to_agent: str
+    reason: str
+    confidence: float
+
+
+@dataclass(slots=True)
+class Step:
+    """Everything one turn step changes, written in one transaction."""
+
+    session_id: str
+    last_seq: int
+    agent: str
+    state: str
+    message_count: int
+    events: list[EventRecord] = field(default_factory=list)
+    messages: list[MessageRecord] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    switches: list[SwitchRecord] = field(default_factory=list)
+    title: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.events or self.messages or self.calls or self.plans or self.switches)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A session's state as the turn loop needs it."""
+
+    session: SessionRow
+    messages: list[MessageRecord]
+    pending: list[CallRecord]
+    answered: set[str]
+    plans: dict[str, list[dict[str, Any]]]
+
+
+def _session(row: sa.Row[Any]) -> SessionRow:
+    return SessionRow(
+        id=row.id,
+        owner=row.owner,
+        title=row.title,
+        agent=row.agent,
+        state=row.state,
+        last_seq=row.last_seq,
+        message_count=row.message_count,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _message(row: sa.Row[Any]) -> MessageRecord:
+    return MessageRecord(
+        position=row.position,
+        role=row.role,
+        content=row.content,
+        tool_calls=json.loads(row.tool_calls) if row.tool_calls else None,
+        tool_call_id=row.tool_call_id,
+        name=row.name,
+        agent=row.agent,
+        created_at=_aware(row.created_at),
+    )
+
+
+def _call(row: sa.Row[Any]) -> CallRecord:
+    return CallRecord(
+        call_id=row.call_id,
+        tool_name=row.tool_name,
+        agent=row.agent,
+        status=row.status,
+        arguments=json.loads(row.arguments),
+        final_arguments=json.loads(row.final_arguments) if row.final_arguments else None,
+        reason=row.reason,
+        plan_id=row.plan_id,
+        offered_seq=row.offered_seq,
+        decided_by=row.decided_by,
+        decided_at=_aware(row.decided_at) if row.decided_at else None,
+        created_at=_aware(row.created_at),
+    )
+
+
+def encode_page_token(updated_at: datetime, session_id: str) -> str:
+    raw = json.dumps([updated_at.isoformat(), session_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        stamp, session_id = json.loads(raw)
+        return _aware(datetime.fromisoformat(stamp)), str(session_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("page_token is not one this service issued") from exc
+
+
+class SessionExists(Exception):
+    """A session with that id already exists."""
+
+
+class Store:
+    """Queries and writes; each method is one short transaction, safe to cancel."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create_session(
+        self, session_id: str, owner: str, agent: str, title: str = ""
+    ) -> SessionRow:
+        """Insert a new session; raises SessionExists if the id is taken."""
+        stamp = now()
+        values = {
+            "id": session_id,
+            "owner": owner,
+            "title": title[:200],
+            "agent": agent,
+            "state": "idle",
+            "last_seq": 0,
+            "message_count": 0,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(sessions.insert().values(**values))
+        except IntegrityError:
+            raise SessionExists(session_id) from None
+        return SessionRow(**values)  # type: ignore[arg-type]
+
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).first()
+        return None if row is None else _session(row)
+
+    async def list_sessions(
+        self, owner: str, *, limit: int, page_token: str = ""
+    ) -> tuple[list[SessionRow], str]:
+        """The owner's sessions, most recently updated first; returns (page, next token)."""
+        query = sessions.select().where(sessions.c.owner == owner)
+        if page_token:
+            stamp, last_id = decode_page_token(page_token)
+            query = query.where(
+                sa.or_(
+                    sessions.c.updated_at < stamp,
+                    sa.and_(sessions.c.updated_at == stamp, sessions.c.id < last_id),
+                )
+            )
+        query = query.order_by(sessions.c.updated_at.desc(), sessions.c.id.desc()).limit(limit + 1)
+        async with self._engine.connect() as conn:
+            rows = [_session(row) for row in await conn.execute(query)]
+        if len(rows) <= limit:
+            return rows, ""
+        page = rows[:limit]
+        return page, encode_page_token(page[-1].updated_at, page[-1].id)
+
+    async def load(self, session_id: str) -> Loaded:
+        """Everything the turn loop needs to serve the session in this process."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).one()
+            history = [
+                _message(m)
+                for m in await conn.execute(
+                    messages.select()
+                    .where(messages.c.session_id == session_id)
+                    .order_by(messages.c.position)
+                )
+            ]
+            calls = [
+                _call(c)
+                for c in await conn.execute(
+                    tool_calls.select()
+                    .where(tool_calls.c.session_id == session_id)
+                    .order_by(tool_calls.c.created_at, tool_calls.c.call_id)
+                )
+            ]
+            plan_rows = await conn.execute(plans.select().where(plans.c.session_id == session_id))
+            session_plans = {p.plan_id: json.loads(p.steps) for p in plan_rows}
+        return Loaded(
+            session=_session(row),
+            messages=history,
+            pending=[c for c in calls if c.status in PENDING_STATUSES],
+            answered={c.call_id for c in calls if c.status not in PENDING_STATUSES},
+            plans=session_plans,
+        )
+
+    async def commit(self, step: Step) -> None:
+        """Write one step; the session's summary columns move with it."""
+        stamp = now()
+        async with self._engine.begin() as conn:
+            if step.events:
+                await conn.execute(
+                    events.insert(),
+                    [
+                        {
+                            "session_id": step.session_id,
+                            "seq": e.seq,
+                            "last_seq": e.last_seq,
+                            "kind": e.kind,
+                            "payload": json.dumps(e.payload, ensure_ascii=False),
+                            "created_at": stamp,
+                        }
+                        for e in step.events
+                    ],
+                )
+            if step.messages:
+                await conn.execute(
+                    messages.insert(),
+                    [
+                        {
+                            "session_id": step.session_id,
+                            "position": m.position,
+                            "role": m.role,
+                            "content": m.content,
+                            "tool_calls": json.dumps(m.tool_calls) if m.tool_calls else None,
+                            "tool_call_id": m.tool_call_id,
+                            "name": m.name,
+                            "agent": m.agent,
+                            "created_at": stamp,
+                        }
+                        for m in step.messages
+                    ],
+                )
+            for call in step.calls:
+                await self._upsert_call(conn, step.session_id, call, stamp)
+            for plan_id, plan_steps in step.plans.items():
+                await self._upsert_plan(conn, step.session_id, plan_id, plan_steps, stamp)
+            if step.switches:
+                await conn.execute(
+                    agent_switches.insert(),
+                    [
+                        {
+                            "session_id": step.session_id,
+                            "from_agent": s.from_agent,
+                            "to_agent": s.to_agent,
+                            "reason": s.reason,
+                            "confidence": s.confidence,
+                            "created_at": stamp,
+                        }
+                        for s in step.switches
+                    ],
+                )
+            update: dict[str, Any] = {
+                "last_seq": step.last_seq,
+                "agent": step.agent,
+                "state": step.state,
+                "message_count": step.message_count,
+                "updated_at": stamp,
+            }
+            if step.title is not None:
+                update["title"] = step.title[:200]
+            await conn.execute(
+                sessions.update().where(sessions.c.id == step.session_id).values(**update)
+            )
+
+    @staticmethod
+    async def _upsert_call(
+        conn: sa.ext.asyncio.AsyncConnection, session_id: str, call: CallRecord, stamp: datetime
+    ) -> None:
+        values = {
+            "status": call.status,
+            "final_arguments": (
+                json.dumps(call.final_arguments) if call.final_arguments is not None else None
+            ),
+            "offered_seq": call.offered_seq,
+            "decided_by": call.decided_by,
+            "decided_at": call.decided_at,
+            "updated_at": stamp,
+        }
+        result = await conn.execute(
+            tool_calls.update().where(tool_calls.c.call_id == call.call_id).values(**values)
+        )
+        if result.rowcount == 0:
+            await conn.execute(
+                tool_calls.insert().values(
+                    call_id=call.call_id,
+                    session_id=session_id,
+                    tool_name=call.tool_name,
+                    agent=call.agent,
+                    arguments=json.dumps(call.arguments),
+                    reason=call.reason,
+                    plan_id=call.plan_id,
+                    created_at=stamp,
+                    **values,
+                )
+            )
+
+    @staticmethod
+    async def _upsert_plan(
+        conn: sa.ext.asyncio.AsyncConnection,
+        session_id: str,
+        plan_id: str,
+        plan_steps: list[dict[str, Any]],
+        stamp: datetime,
+    ) -> None:
+        text = json.dumps(plan_steps, ensure_ascii=False)
+        result = await conn.execute(
+            plans.update()
+            .where(plans.c.session_id == session_id, plans.c.plan_id == plan_id)
+            .values(steps=text, updated_at=stamp)
+        )
+        if result.rowcount == 0:
+            await conn.execute(
+                plans.insert().values(
+                    session_id=session_id, plan_id=plan_id, steps=text, updated_at=stamp
+                )
+            )
+
+    async def events_after(self, session_id: str, after_seq: int) -> list[EventRecord]:
+        """Log rows holding any event with seq > after_seq, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                events.select()
+                .where(events.c.session_id == session_id, events.c.last_seq > after_seq)
+                .order_by(events.c.seq)
+            )
+            return [EventRecord(r.seq, r.last_seq, r.kind, json.loads(r.payload)) for r in rows]
+
+    async def history(self, session_id: str) -> list[MessageRecord]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                messages.select()
+                .where(messages.c.session_id == session_id)
+                .order_by(messages.c.position)
+            )
+            return [_message(r) for r in rows]
+
+    async def pending_calls(self, session_id: str) -> list[CallRecord]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                tool_calls.select()
+                .where(
+                    tool_calls.c.session_id == session_id,
+                    tool_calls.c.status.in_(PENDING_STATUSES),
+                )
+                .order_by(tool_calls.c.created_at, tool_calls.c.call_id)
+            )
+            return [_call(r) for r in rows]
+
+    async def switches(self, session_id: str) -> list[SwitchRecord]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                agent_switches.select()
+                .where(agent_switches.c.session_id == session_id)
+                .order_by(agent_switches.c.id)
+            )
+            return [SwitchRecord(r.from_agent, r.to_agent, r.reason, r.confidence) for r in rows]
+
+
+async def migrate(database_url: str, revision: str = "head") -> None:
+    """Bring the runtime's schema to ``revision`` (default newest); idempotent."""
+    await database.upgrade(database_url, MIGRATIONS_DIR, revision)
+
+
+def head_revision() -> str:
+    """The newest revision in ``runtime/migrations``."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(database.alembic_config(MIGRATIONS_DIR)).get_current_head()
+    if head is None:  # pragma: no cover - the package ships its migrations
+        raise RuntimeError("runtime/migrations has no revision")
+    return head
