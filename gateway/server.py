@@ -665,8 +665,8 @@ class Gateway:
         """Cancel the runtime call, send ``closing.frame`` if any, close.
 
         A last frame is only attempted within the send timeout; a client
-        that does not read gets the close frame queued behind it, and the
-        library aborts the TCP connection after ``close_timeout``.
+        that does not read gets the close frame queued behind its unread
+        frames, and the TCP connection is aborted after ``close_timeout``.
         """
         if link.call is not None and closing.code != CloseCode.NORMAL_CLOSURE:
             link.call.cancel()
@@ -674,4 +674,12 @@ class Gateway:
             with contextlib.suppress(ConnectionClosed, SlowConsumer):
                 await link.send(closing.frame)
         log.info("connection_closing", close_code=closing.code, reason=closing.reason)
-        await link.websocket.close(closing.code, closing.reason)
+        try:
+            # close() waits for the write buffer to drain before its own
+            # close_timeout starts: a client that never reads would hold it
+            # (and this connection's slot) forever.
+            async with asyncio.timeout(self._config.close_timeout):
+                await link.websocket.close(closing.code, closing.reason)
+        except TimeoutError:
+            log.warning("connection_aborted", reason="close timed out")
+            link.websocket.transport.abort()

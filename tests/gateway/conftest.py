@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import httpx
@@ -94,6 +95,55 @@ def jwks_endpoint(rsa_key: SigningKey, ec_key: SigningKey) -> Iterator[JwksEndpo
     endpoint.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
     try:
         yield endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@dataclass
+class Feed:
+    """A revocation feed over real HTTP; tests append to ``entries``."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[str | None, str | None]] = field(default_factory=list)
+    status: int = 200
+    url: str = ""
+
+    def revoke(self, sub: str, not_before: float) -> None:
+        self.entries.append(
+            {"id": len(self.entries) + 1, "sub": sub, "not_before": not_before, "reason": "test"}
+        )
+
+
+@pytest.fixture
+def feed() -> Iterator[Feed]:
+    state = Feed()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            after = parse_qs(urlsplit(self.path).query).get("after", [None])[0]
+            state.requests.append((after, self.headers.get("X-Internal-Auth")))
+            start = int(after or 0)
+            page = [entry for entry in state.entries if entry["id"] > start]
+            body = json.dumps(
+                {"revocations": page, "next": page[-1]["id"] if page else start}
+            ).encode()
+            self.send_response(state.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/internal/revocations"
+    try:
+        yield state
     finally:
         server.shutdown()
         server.server_close()

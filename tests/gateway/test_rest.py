@@ -1,0 +1,179 @@
+"""The REST views on the gateway port, against the scripted runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from gateway import rest
+from tests.gateway.conftest import INTERNAL_KEY, Edge, mint
+
+
+@pytest.fixture
+async def client(edge: Edge) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=edge.http(""), timeout=10) as http_client:
+        yield http_client
+
+
+def bearer(edge: Edge, sub: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(edge.key, sub=sub)}"}
+
+
+async def test_agents(edge: Edge, client: httpx.AsyncClient):
+    response = await client.get("/api/v1/agents", headers=bearer(edge))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["agents"][0] == {
+        "name": "coder",
+        "description": "writes code",
+        "allowed_tools": ["read_file"],
+    }
+    method, metadata = edge.fake.unary_metadata[-1]
+    assert (method, metadata["x-user-id"], metadata["x-internal-auth"]) == (
+        "ListAgents",
+        "alice",
+        INTERNAL_KEY,
+    )
+
+
+async def test_create_then_read_own_session(edge: Edge, client: httpx.AsyncClient):
+    created = await client.post(
+        "/api/v1/sessions", params={"title": "my work"}, headers=bearer(edge)
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert (body["title"], body["agent"], body["message_count"]) == ("my work", "orchestrator", 0)
+    assert body["created_at"] == "2023-11-14T22:13:20Z"
+    sid = body["session_id"]
+
+    current = await client.get(f"/api/v1/agents/{sid}/current", headers=bearer(edge))
+    assert current.json() == {"session_id": sid, "current_agent": "orchestrator"}
+
+    history = (await client.get(f"/api/v1/sessions/{sid}/history", headers=bearer(edge))).json()
+    assert history["session_id"] == sid
+    assert [m["role"] for m in history["messages"]] == ["user", "assistant", "tool"]
+    assert history["messages"][1]["tool_calls"][0]["arguments"] == {
+        "path": "a.py",
+        "start_line": 3,
+    }
+
+    pending = await client.get(f"/api/v1/sessions/{sid}/pending-approvals", headers=bearer(edge))
+    assert pending.json()["pending_approvals"][0]["call_id"] == "c9"
+
+
+async def test_session_listing_pages_and_is_owner_scoped(edge: Edge, client: httpx.AsyncClient):
+    for index in range(3):
+        edge.fake.own(f"a{index}", "alice")
+    edge.fake.own("b0", "bob")
+    first = await client.get("/api/v1/sessions", params={"page_size": "2"}, headers=bearer(edge))
+    page = first.json()
+    assert [s["session_id"] for s in page["sessions"]] == ["a0", "a1"]
+    assert page["next_page_token"] == "2"
+    second = await client.get(
+        "/api/v1/sessions",
+        params={"page_size": "2", "page_token": page["next_page_token"]},
+        headers=bearer(edge),
+    )
+    assert [s["session_id"] for s in second.json()["sessions"]] == ["a2"]
+    assert second.json()["next_page_token"] is None
+
+
+async def test_foreign_and_missing_sessions_are_both_404(edge: Edge, client: httpx.AsyncClient):
+    edge.fake.own("bobs", "bob")
+    foreign = await client.get("/api/v1/sessions/bobs/history", headers=bearer(edge))
+    missing = await client.get("/api/v1/sessions/nobody/history", headers=bearer(edge))
+    assert foreign.status_code == missing.status_code == 404
+    assert (
+        foreign.json()
+        == missing.json()
+        == {
+            "error": "not_found",
+            "error_description": "no such session",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "http_status", "retry_after"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, 503, "2"),
+        (grpc.StatusCode.UNIMPLEMENTED, 501, None),
+        (grpc.StatusCode.INVALID_ARGUMENT, 400, None),
+        (grpc.StatusCode.INTERNAL, 502, None),
+    ],
+)
+async def test_runtime_failures_map_to_statuses(
+    edge: Edge,
+    client: httpx.AsyncClient,
+    status: grpc.StatusCode,
+    http_status: int,
+    retry_after: str | None,
+):
+    edge.fake.failures["ListAgents"] = status
+    response = await client.get("/api/v1/agents", headers=bearer(edge))
+    assert response.status_code == http_status
+    assert response.headers.get("Retry-After") == retry_after
+    assert "error" in response.json()
+
+
+async def test_invalid_argument_from_the_runtime_is_400(edge: Edge, client: httpx.AsyncClient):
+    response = await client.get(
+        "/api/v1/sessions", params={"page_size": "500"}, headers=bearer(edge)
+    )
+    assert response.status_code == 400
+    assert response.json()["error_description"] == "page_size is at most 100"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "status"),
+    [
+        ("GET", "/api/v1/sessions", {"page_size": "x"}, 400),
+        ("GET", "/api/v1/sessions", {"page_token": "t" * 2000}, 400),
+        ("POST", "/api/v1/sessions", {"title": "t" * 201}, 400),
+        ("POST", "/api/v1/sessions", {"session_id": "bad id"}, 400),
+        ("GET", "/api/v1/sessions/bad%20id/history", {}, 400),
+        ("DELETE", "/api/v1/sessions", {}, 405),
+        ("POST", "/api/v1/agents", {}, 405),
+        ("GET", "/api/v1/nothing", {}, 404),
+    ],
+)
+async def test_bad_requests(
+    edge: Edge,
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    params: dict[str, Any],
+    status: int,
+):
+    response = await client.request(method, path, params=params, headers=bearer(edge))
+    assert response.status_code == status
+
+
+async def test_views_need_a_valid_token(edge: Edge, client: httpx.AsyncClient):
+    for headers in ({}, {"Authorization": "Bearer nonsense"}):
+        response = await client.get("/api/v1/agents", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_token"
+    assert edge.fake.unary_metadata == []
+
+
+async def test_a_view_request_with_a_body_is_refused_by_the_library(
+    edge: Edge, client: httpx.AsyncClient
+):
+    # websockets does not read request bodies: it drops the connection.
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.post("/api/v1/sessions", content=b"{}", headers=bearer(edge))
+    assert edge.fake.unary_metadata == []
+    response = await client.post("/api/v1/sessions", headers=bearer(edge))
+    assert response.status_code == 201
+
+
+def test_route_matching():
+    assert rest.match("GET", "/api/v1/sessions/s1/history") == rest.Route("history", "s1")
+    assert rest.match("POST", "/api/v1/sessions") == rest.Route("create_session", None)
+    assert rest.match("PUT", "/api/v1/sessions") == 405
+    assert rest.match("GET", "/api/v1/sessions/a/b/history") is None
