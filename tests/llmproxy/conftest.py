@@ -36,11 +36,12 @@ StartProxy = Callable[..., Awaitable[Proxy]]
 
 @pytest.fixture
 async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
-    """Start the proxy with a YAML config text (None: the packaged default)."""
+    """Start the proxy with a YAML config text (None: the packaged default);
+    keyword arguments override :class:`Settings` fields (e.g. timeouts)."""
     numbers = itertools.count()
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(config_yaml: str | None = None) -> Proxy:
+        async def start(config_yaml: str | None = None, **settings: float) -> Proxy:
             config_path = None
             if config_yaml is not None:
                 config_path = tmp_path / f"config-{next(numbers)}.yaml"
@@ -50,6 +51,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
                 port=0,
                 config_path=config_path,
                 shutdown_grace=0.5,
+                **settings,  # type: ignore[arg-type]
             )
             server = await stack.enter_async_context(running(settings))
             channel = await stack.enter_async_context(

@@ -11,9 +11,20 @@ It speaks just enough of the API for LiteLLM's ``openai/`` provider:
 - ``agent-model``: like ``tool-model``, but once the conversation ends with
   a tool result it answers :data:`AFTER_TOOL_REPLY`, as an agent's model
   would.
+- ``two-tools-model``: streams two tool calls whose fragments interleave:
+  index 0 and index 1 alternate, as OpenAI does for parallel calls.
 - ``slow-model``: streams up to 1000 words, 20 ms apart, and records in
   :attr:`OpenAIServer.closed_streams` whether each stream finished or was
   abandoned by the client.
+- ``late-model``: sends the response headers at once, then waits
+  :attr:`OpenAIServer.first_chunk_delay` seconds before the first chunk.
+- ``cut-model``: streams three words, then drops the connection without
+  ending the response (a provider dying mid-stream).
+- ``bench-model``: streams :attr:`OpenAIServer.bench_chunks` one-word chunks.
+
+:meth:`OpenAIServer.fail_next` queues error answers (status, headers) for a
+model: each request takes the next one until the queue is empty.
+:meth:`OpenAIServer.count` says how many requests a model received.
 
 Every request needs ``Authorization: Bearer <api_key>``; anything else gets
 an OpenAI-style 401.
@@ -39,6 +50,15 @@ TOOL_PREAMBLE = "Let me look."
 AFTER_TOOL_REPLY = "I have read the file."
 TOOL_CALL_ID = "call_test_1"
 TOOL_ARGUMENT_FRAGMENTS = ('{"pa', 'th": "src/', 'main.py"}')
+TWO_TOOL_CALLS = (
+    ("call_a", "read_file", ('{"path"', ': "a.py"', "}")),
+    ("call_b", "list_files", ('{"path": ', '"src", "recursive"', ": true}")),
+)
+CUT_AFTER_WORDS = 3
+
+
+class _CutConnection(Exception):
+    """Raised inside a streamed body: uvicorn then drops the connection."""
 
 
 class OpenAIServer:
@@ -49,6 +69,9 @@ class OpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.closed_streams: list[str] = []
         self.stream_closed = threading.Event()
+        self.first_chunk_delay = 2.0
+        self.bench_chunks = 100
+        self._failures: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -83,6 +106,14 @@ class OpenAIServer:
             self._server.should_exit = True
             self._thread.join(timeout=10)
 
+    def fail_next(self, model: str, status: int, headers: dict[str, str] | None = None) -> None:
+        """Answer the next request for ``model`` with an OpenAI-style error."""
+        self._failures.setdefault(model, []).append((status, headers or {}))
+
+    def count(self, model: str) -> int:
+        """How many chat requests named ``model``."""
+        return sum(1 for body in self.requests if body.get("model") == model)
+
     def _refusal(self, request: Request) -> Response | None:
         if request.headers.get("authorization") == f"Bearer {self.api_key}":
             return None
@@ -99,12 +130,20 @@ class OpenAIServer:
         )
 
     async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)  # refused ones too: tests count attempts
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
-        body = await request.json()
-        self.requests.append(body)
         model = body["model"]
+        queued = self._failures.get(model)
+        if queued:
+            status, headers = queued.pop(0)
+            return JSONResponse(
+                {"error": {"message": f"injected {status}", "type": "server_error", "code": None}},
+                status_code=status,
+                headers=headers,
+            )
         after_tool = (body.get("messages") or [{}])[-1].get("role") == "tool"
         if model == "agent-model" and after_tool:
             deltas = [{"content": word} for word in _words(AFTER_TOOL_REPLY)]
@@ -112,8 +151,14 @@ class OpenAIServer:
         elif model in ("tool-model", "agent-model"):
             deltas = _tool_deltas()
             finish_reason = "tool_calls"
+        elif model == "two-tools-model":
+            deltas = _two_tool_deltas()
+            finish_reason = "tool_calls"
         elif model == "slow-model":
             deltas = [{"content": "word "} for _ in range(1000)]
+            finish_reason = "stop"
+        elif model == "bench-model":
+            deltas = [{"content": "tok "} for _ in range(self.bench_chunks)]
             finish_reason = "stop"
         else:
             deltas = [{"content": word} for word in _words(TEXT_REPLY)]
@@ -122,8 +167,10 @@ class OpenAIServer:
         if not body.get("stream"):
             return JSONResponse(_completion(model, deltas, finish_reason))
         delay = 0.02 if model == "slow-model" else 0.0
+        first_delay = self.first_chunk_delay if model == "late-model" else 0.0
+        cut_after = CUT_AFTER_WORDS if model == "cut-model" else None
         return StreamingResponse(
-            self._sse(model, deltas, finish_reason, include_usage, delay),
+            self._sse(model, deltas, finish_reason, include_usage, delay, first_delay, cut_after),
             media_type="text/event-stream",
         )
 
@@ -134,10 +181,19 @@ class OpenAIServer:
         finish_reason: str,
         include_usage: bool,
         delay: float,
+        first_delay: float = 0.0,
+        cut_after: int | None = None,
     ) -> AsyncIterator[str]:
         outcome = "abandoned"
         try:
+            if first_delay:
+                # An empty comment line flushes the headers before the wait.
+                yield ": waiting\n\n"
+                await asyncio.sleep(first_delay)
             for i, delta in enumerate(deltas):
+                if cut_after is not None and i == cut_after:
+                    outcome = "cut"
+                    raise _CutConnection
                 if delay:
                     await asyncio.sleep(delay)
                 if i == 0:
@@ -195,6 +251,26 @@ def _tool_deltas() -> list[dict[str, Any]]:
         {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
         for fragment in TOOL_ARGUMENT_FRAGMENTS
     )
+    return deltas
+
+
+def _two_tool_deltas() -> list[dict[str, Any]]:
+    deltas: list[dict[str, Any]] = [
+        {
+            "tool_calls": [
+                {
+                    "index": index,
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }
+            ]
+        }
+        for index, (call_id, name, _) in enumerate(TWO_TOOL_CALLS)
+    ]
+    for a, b in zip(TWO_TOOL_CALLS[0][2], TWO_TOOL_CALLS[1][2], strict=True):
+        deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})
+        deltas.append({"tool_calls": [{"index": 1, "function": {"arguments": b}}]})
     return deltas
 
 
