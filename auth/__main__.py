@@ -16,6 +16,21 @@ Environment (all optional; defaults in brackets):
   allowed to use the password grant.
 - ``AUTH_SERVICE__SCOPES`` [codelab] — comma-separated scopes the client may
   request; all of them are granted when the request names none.
+- ``AUTH_SERVICE__REFRESH_TOKEN_TTL`` [2592000] — refresh token lifetime,
+  seconds (30 days); every use rotates it and restarts the clock.
+- ``AUTH_SERVICE__TRUSTED_PROXIES`` [] — comma list of IPs/CIDRs whose
+  ``X-Forwarded-For`` is believed (rightmost untrusted hop is the client).
+- ``AUTH_SERVICE__INTERNAL_API_KEY`` [] — key the gateway sends as
+  ``X-Internal-Auth`` to read ``/internal/revocations``; unset: 404.
+- ``AUTH_SERVICE__KEYS_RELOAD_INTERVAL`` [30] — seconds between re-reads of
+  the keys directory (0: never; restart to pick up keys).
+- ``AUTH_SERVICE__KEYS_PUBLISH_AHEAD`` [600] — seconds a staged key is
+  published before it signs (> the gateway's JWKS cache + reload interval).
+- ``AUTH_SERVICE__KEYS_RETIRE_LEEWAY`` [300] — a replaced key stays published
+  for ACCESS_TOKEN_TTL plus this many seconds.
+- ``AUTH_SERVICE__LOCKOUT_THRESHOLD`` [10] — failed logins of one account from
+  one address before it is locked there (address-wide: three times as many).
+- ``AUTH_SERVICE__LOCKOUT_DURATION`` [900] — seconds a lockout lasts.
 - ``AUTH_SERVICE__MIGRATE_ON_START`` [true] — apply pending migrations before
   serving (serialised across replicas on PostgreSQL); set false to leave it to
   ``codelab-auth-admin migrate``.
@@ -39,9 +54,9 @@ import uvicorn
 
 from auth.app import create_app
 from auth.config import ENV_PREFIX, AuthConfig
-from auth.keys import KeyRing
+from auth.keys import KeyFileError, KeyRing
 from auth.passwords import Passwords
-from auth.store import UserStore, create_engine, migrate
+from auth.store import create_engine, migrate
 from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
 from mesh.signals import wait_for_stop_signal
@@ -64,12 +79,21 @@ async def serve(config: AuthConfig, *, on_listening: Callable[[int], None] | Non
     """
     if config.migrate_on_start:
         await migrate(config.database_url)
-    keys = KeyRing.load_or_create(config.keys_dir)
+    keys = KeyRing.load_or_create(
+        config.keys_dir,
+        publish_ahead=config.keys_publish_ahead,
+        retire_after=config.key_retire_after,
+    )
     passwords = Passwords()
     async with contextlib.AsyncExitStack() as stack:
         engine = create_engine(config.database_url)
         stack.push_async_callback(engine.dispose)
-        app = create_app(config, keys=keys, users=UserStore(engine), passwords=passwords)
+        if config.keys_reload_interval > 0:
+            reloading = asyncio.create_task(
+                reload_keys(keys, config.keys_reload_interval), name="auth-keys-reload"
+            )
+            stack.push_async_callback(_cancel, reloading)
+        app = create_app(config, keys=keys, engine=engine, passwords=passwords)
         server = _Server(
             uvicorn.Config(
                 app,
@@ -78,6 +102,9 @@ async def serve(config: AuthConfig, *, on_listening: Callable[[int], None] | Non
                 log_config=None,
                 lifespan="on",
                 access_log=False,
+                # The client address decides throttling; auth.addresses alone
+                # reads X-Forwarded-For, and only from trusted proxies.
+                proxy_headers=False,
                 server_header=False,
                 timeout_graceful_shutdown=int(config.shutdown_grace),
             )
@@ -111,6 +138,28 @@ async def serve(config: AuthConfig, *, on_listening: Callable[[int], None] | Non
                 with contextlib.suppress(asyncio.CancelledError):
                     await serving
     log.info("auth_stopped")
+
+
+async def reload_keys(keys: KeyRing, interval: float) -> None:
+    """Re-read the keys directory every ``interval`` seconds until cancelled.
+
+    A broken directory is logged and the keys already loaded stay in use.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            changed = await asyncio.to_thread(keys.reload)
+        except (KeyFileError, ValueError, OSError) as exc:
+            log.warning("signing_keys_reload_failed", error=str(exc))
+            continue
+        if changed:
+            log.info("signing_keys_reloaded", count=len(keys.keys), current_kid=keys.current.kid)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def main() -> None:

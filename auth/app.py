@@ -3,39 +3,66 @@
 Routes:
 
 - ``POST /oauth/token`` — RFC 6749 token endpoint; body
-  ``application/x-www-form-urlencoded`` of at most :data:`MAX_FORM_BYTES`.
-  Success is 200 with ``Cache-Control: no-store``; errors are RFC 6749 §5.2
-  JSON, 400 except ``invalid_client`` (401, with ``WWW-Authenticate``).
-- ``GET /.well-known/jwks.json`` — the public keys, cacheable for 5 minutes.
+  ``application/x-www-form-urlencoded`` of at most :data:`MAX_FORM_BYTES`;
+  client authentication ``none`` (public), ``client_secret_basic`` or
+  ``client_secret_post``. Success is 200 with ``Cache-Control: no-store``;
+  errors are RFC 6749 §5.2 JSON: 400, except ``invalid_client`` (401, with
+  ``WWW-Authenticate``), a throttled login (429 ``invalid_grant`` with
+  ``Retry-After``) and ``temporarily_unavailable`` (503).
+- ``POST /oauth/revoke`` — RFC 7009; 200 with an empty body for any token,
+  known or not, once the client is authenticated.
+- ``GET /internal/revocations?after=N`` — the revocation feed for the gateway
+  (:mod:`auth.revocations`), behind ``X-Internal-Auth``; 404 when no internal
+  key is configured, 401 for a wrong key.
+- ``GET /.well-known/jwks.json`` — the published keys (current, next,
+  retiring), cacheable for 5 minutes.
 - ``GET /.well-known/openid-configuration`` — discovery (RFC 8414 fields).
 - ``GET /health`` — liveness.
 
 This is the only module that knows HTTP: :class:`~auth.errors.OAuthError` is
 mapped to a status here, and anything unexpected becomes a logged 500
-``server_error``. :func:`create_app` takes every resource as an argument and
-owns none of them; the caller closes them.
+``server_error``. The client address is the socket peer unless a trusted
+proxy forwarded the request (:mod:`auth.addresses`). :func:`create_app` takes
+every resource as an argument and owns none of them; the caller closes them.
 """
 
 from __future__ import annotations
 
+import hmac
+import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auth.addresses import client_address
+from auth.audit import AuditLog
+from auth.clients import Client, Clients
 from auth.config import AuthConfig
-from auth.errors import InvalidClient, InvalidRequest, OAuthError
-from auth.grants import Client, TokenEndpoint
+from auth.errors import (
+    InvalidClient,
+    InvalidRequest,
+    OAuthError,
+    TemporarilyUnavailable,
+    Throttled,
+)
+from auth.grants import Request as GrantRequest
+from auth.grants import TokenEndpoint, parse_basic
 from auth.keys import KeyRing
 from auth.passwords import Passwords
+from auth.refresh import RefreshTokens
+from auth.revocations import RevocationFeed
 from auth.store import UserStore
+from auth.throttle import LoginThrottle, ThrottlePolicy
 from auth.tokens import TokenIssuer
 
 MAX_FORM_BYTES = 16 * 1024
@@ -43,6 +70,7 @@ MAX_FORM_BYTES = 16 * 1024
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 SIGNING_ALGORITHMS = ("RS256", "ES256")
+AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"]
 
 log = structlog.get_logger("auth.app")
 
@@ -51,11 +79,21 @@ class _BodyTooLarge(Exception):
     pass
 
 
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
 def _oauth_error(error: OAuthError) -> JSONResponse:
-    status = 401 if isinstance(error, InvalidClient) else 400
-    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-    if status == 401:
+    headers = dict(NO_STORE)
+    if isinstance(error, InvalidClient):
+        status = 401
         headers["WWW-Authenticate"] = 'Basic realm="codelab-auth"'
+    elif isinstance(error, Throttled):
+        status = 429
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    elif isinstance(error, TemporarilyUnavailable):
+        status = 503
+    else:
+        status = 400
     return JSONResponse(
         {"error": error.code, "error_description": error.description},
         status_code=status,
@@ -87,57 +125,97 @@ def create_app(
     config: AuthConfig,
     *,
     keys: KeyRing,
-    users: UserStore,
+    engine: AsyncEngine,
     passwords: Passwords,
-    issuer: TokenIssuer | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The ASGI app; ``issuer`` defaults to one built from ``config`` and ``keys``."""
-    if issuer is None:
-        issuer = TokenIssuer(
-            keys,
-            issuer=config.issuer,
-            audience=config.audience,
-            ttl=config.access_token_ttl,
-        )
+    """The ASGI app over one database engine and key ring (neither is owned)."""
+    issuer = TokenIssuer(
+        keys,
+        issuer=config.issuer,
+        audience=config.audience,
+        ttl=config.access_token_ttl,
+        clock=clock,
+    )
+    audit = AuditLog(engine, clock=clock)
     endpoint = TokenEndpoint(
-        users=users,
+        users=UserStore(engine),
         passwords=passwords,
         issuer=issuer,
-        clients=[
-            Client(
-                client_id=config.client_id,
-                grant_types=frozenset({"password"}),
-                scopes=config.scopes,
-            )
-        ],
+        clients=Clients(
+            engine,
+            passwords,
+            first_party=Client(
+                client_id=config.client_id, confidential=False, scopes=config.scopes
+            ),
+            clock=clock,
+        ),
+        refresh_tokens=RefreshTokens(engine, ttl=config.refresh_token_ttl, clock=clock),
+        throttle=LoginThrottle(
+            engine,
+            ThrottlePolicy.from_threshold(config.lockout_threshold, config.lockout_duration),
+            clock=clock,
+        ),
+        audit=audit,
     )
-    jwks = keys.jwks()
+    feed = RevocationFeed(engine, horizon=config.key_retire_after, clock=clock)
     discovery: dict[str, Any] = {
         "issuer": config.issuer,
         "token_endpoint": f"{config.issuer}/oauth/token",
+        "revocation_endpoint": f"{config.issuer}/oauth/revoke",
         "jwks_uri": f"{config.issuer}/.well-known/jwks.json",
         "grant_types_supported": list(endpoint.grant_types),
         "response_types_supported": [],
         "scopes_supported": list(config.scopes),
-        "token_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "id_token_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
-        "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
         "access_token_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
     }
+
+    def grant_request(request: Request, params: list[tuple[str, str]]) -> GrantRequest:
+        peer = request.client.host if request.client else None
+        address = client_address(
+            peer, request.headers.getlist("x-forwarded-for"), config.trusted_proxies
+        )
+        basic = parse_basic(request.headers.get("authorization"))
+        return GrantRequest(params=params, address=address, basic=basic)
 
     async def token(request: Request) -> Response:
         try:
             params = await _read_form(request)
-            response = await endpoint.handle(params)
+            response = await endpoint.handle(grant_request(request, params))
         except OAuthError as error:
             return _oauth_error(error)
+        return JSONResponse(response.to_json(), headers=NO_STORE)
+
+    async def revoke(request: Request) -> Response:
+        try:
+            params = await _read_form(request)
+            await endpoint.revoke(grant_request(request, params))
+        except OAuthError as error:
+            return _oauth_error(error)
+        return Response(status_code=200, headers=NO_STORE)
+
+    async def revocations_view(request: Request) -> Response:
+        if config.internal_api_key is None:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        presented = request.headers.get("x-internal-auth", "")
+        if not hmac.compare_digest(presented.encode(), config.internal_api_key.encode()):
+            return JSONResponse({"error": "unauthorized"}, status_code=401, headers=NO_STORE)
+        raw = request.query_params.get("after", "0")
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "after must be an integer >= 0"},
+                status_code=400,
+            )
+        rows, cursor = await feed.page(int(raw))
         return JSONResponse(
-            response.to_json(),
-            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+            {"revocations": [row.to_json() for row in rows], "next": cursor}, headers=NO_STORE
         )
 
     async def jwks_view(request: Request) -> Response:
-        return JSONResponse(jwks, headers={"Cache-Control": "public, max-age=300"})
+        return JSONResponse(keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
     async def discovery_view(request: Request) -> Response:
         return JSONResponse(discovery, headers={"Cache-Control": "public, max-age=300"})
@@ -148,6 +226,8 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/oauth/token", token, methods=["POST"]),
+            Route("/oauth/revoke", revoke, methods=["POST"]),
+            Route("/internal/revocations", revocations_view, methods=["GET"]),
             Route("/.well-known/jwks.json", jwks_view, methods=["GET"]),
             Route("/.well-known/openid-configuration", discovery_view, methods=["GET"]),
             Route("/health", health, methods=["GET"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from auth.addresses import Network, parse_networks
 from mesh.env import ConfigError, Env
 
 ENV_PREFIX = "AUTH_SERVICE"
@@ -29,9 +30,22 @@ class AuthConfig:
     access_token_ttl: int = 900
     client_id: str = "codelab-ide"
     scopes: tuple[str, ...] = ("codelab",)
+    refresh_token_ttl: int = 30 * 24 * 3600
+    trusted_proxies: tuple[Network, ...] = ()
+    internal_api_key: str | None = None
+    keys_reload_interval: float = 30.0
+    keys_publish_ahead: float = 600.0
+    keys_retire_leeway: float = 300.0
+    lockout_threshold: int = 10
+    lockout_duration: float = 900.0
     migrate_on_start: bool = True
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
+
+    @property
+    def key_retire_after(self) -> float:
+        """How long a replaced key stays published: every token it signed has expired."""
+        return self.access_token_ttl + self.keys_retire_leeway
 
     @classmethod
     def from_env(cls, env: Env) -> AuthConfig:
@@ -47,6 +61,14 @@ class AuthConfig:
             access_token_ttl=env.int("ACCESS_TOKEN_TTL", defaults.access_token_ttl),
             client_id=env.str("CLIENT_ID", defaults.client_id),
             scopes=env.list("SCOPES", defaults.scopes),
+            refresh_token_ttl=env.int("REFRESH_TOKEN_TTL", defaults.refresh_token_ttl),
+            trusted_proxies=_networks(env),
+            internal_api_key=env.raw("INTERNAL_API_KEY"),
+            keys_reload_interval=env.float("KEYS_RELOAD_INTERVAL", defaults.keys_reload_interval),
+            keys_publish_ahead=env.float("KEYS_PUBLISH_AHEAD", defaults.keys_publish_ahead),
+            keys_retire_leeway=env.float("KEYS_RETIRE_LEEWAY", defaults.keys_retire_leeway),
+            lockout_threshold=env.int("LOCKOUT_THRESHOLD", defaults.lockout_threshold),
+            lockout_duration=env.float("LOCKOUT_DURATION", defaults.lockout_duration),
             migrate_on_start=env.bool("MIGRATE_ON_START", defaults.migrate_on_start),
             shutdown_grace=env.float("SHUTDOWN_GRACE", defaults.shutdown_grace),
             log_level=env.str("LOG_LEVEL", defaults.log_level).upper(),
@@ -57,6 +79,19 @@ class AuthConfig:
             raise ConfigError(
                 f"{env.name('ACCESS_TOKEN_TTL')} must be a positive number of seconds"
             )
+        for name in ("REFRESH_TOKEN_TTL", "LOCKOUT_THRESHOLD", "LOCKOUT_DURATION"):
+            if getattr(config, name.lower()) <= 0:
+                raise ConfigError(f"{env.name(name)} must be positive")
+        for name in ("KEYS_RELOAD_INTERVAL", "KEYS_PUBLISH_AHEAD", "KEYS_RETIRE_LEEWAY"):
+            if getattr(config, name.lower()) < 0:
+                raise ConfigError(f"{env.name(name)} must not be negative")
         if not config.scopes:
             raise ConfigError(f"{env.name('SCOPES')} must name at least one scope")
         return config
+
+
+def _networks(env: Env) -> tuple[Network, ...]:
+    try:
+        return parse_networks(env.list("TRUSTED_PROXIES"))
+    except ValueError as exc:
+        raise ConfigError(f"{env.name('TRUSTED_PROXIES')}: {exc}") from None

@@ -76,3 +76,27 @@ class InvalidScope(OAuthError):
     """The requested scope is malformed or exceeds what the client may ask for."""
 
     code = "invalid_scope"
+
+
+class Throttled(InvalidGrant):
+    """Too many failed logins; answered 429 with ``Retry-After``.
+
+    The code stays ``invalid_grant`` (RFC 6749 §5.2 has no better one); the
+    HTTP status and header tell a client how long to wait.
+    """
+
+    def __init__(self, description: str, *, retry_after: float) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class TemporarilyUnavailable(OAuthError):
+    """A dependency (the database) failed; the request was refused, not guessed."""
+
+    code = "temporarily_unavailable"
+
+
+class UnsupportedTokenType(OAuthError):
+    """RFC 7009 §2.2.1: the server cannot revoke this kind of token."""
+
+    code = "unsupported_token_type"

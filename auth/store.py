@@ -1,4 +1,4 @@
-"""The users table, its queries, and schema migrations.
+"""The users table's queries, the engine, and schema migrations.
 
 :class:`UserStore` works on any SQLAlchemy async engine (SQLite via
 aiosqlite, PostgreSQL via asyncpg). Each method is one short transaction, is
@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -26,24 +27,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from auth.errors import AlreadyExists, InvalidUsername, NotFound
+from auth.schema import MAX_USERNAME_LENGTH, metadata, users
+
+__all__ = ["MAX_USERNAME_LENGTH", "User", "UserStore", "create_engine", "metadata", "migrate"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
-MAX_USERNAME_LENGTH = 150
 _USERNAME = re.compile(r"[A-Za-z0-9._@+-]+")
-
-metadata = sa.MetaData()
-
-users = sa.Table(
-    "users",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("username", sa.String(MAX_USERNAME_LENGTH), nullable=False),
-    sa.Column("password_hash", sa.String(255), nullable=False),
-    sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("username", name="uq_users_username"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +65,30 @@ def create_engine(database_url: str) -> AsyncEngine:
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: errors would otherwise quote password hashes.
-    return create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+    engine = create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
+    if url.get_backend_name() == "sqlite":
+        _begin_immediate(engine)
+    return engine
+
+
+def _begin_immediate(engine: AsyncEngine) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
+
+    A deferred transaction that reads and then writes can fail at once with
+    "database is locked" when another connection writes concurrently (SQLite
+    refuses to wait where waiting could deadlock). Taking the write lock at
+    BEGIN makes concurrent writers queue on the busy timeout instead, which
+    is what the conditional updates of refresh rotation and the login
+    throttle rely on. This is SQLAlchemy's documented pysqlite recipe.
+    """
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _row_to_user(row: sa.RowMapping) -> User:
@@ -111,6 +124,13 @@ class UserStore:
         """The user, or None; matching is exact (case-sensitive)."""
         async with self._engine.connect() as conn:
             result = await conn.execute(sa.select(*_COLUMNS).where(users.c.username == username))
+            row = result.mappings().one_or_none()
+        return None if row is None else _row_to_user(row)
+
+    async def get_by_id(self, user_id: str) -> User | None:
+        """The user with this id, or None."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(sa.select(*_COLUMNS).where(users.c.id == user_id))
             row = result.mappings().one_or_none()
         return None if row is None else _row_to_user(row)
 

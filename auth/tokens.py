@@ -3,7 +3,8 @@
 :class:`TokenIssuer` is pure apart from reading the clock: it signs with the
 key ring's current key and returns the compact JWT with what the token
 response needs. The header carries ``kid`` and ``typ: at+jwt``; the claims are
-``iss``, ``sub`` (the user's stable id), ``preferred_username``, ``aud``,
+``iss``, ``sub`` (the user's stable id, or the client id for
+``client_credentials``), ``preferred_username`` (users only), ``aud``,
 ``exp``, ``iat``, ``nbf``, ``jti``, ``scope`` and ``client_id``.
 
 Scopes are parsed here too (RFC 6749 §3.3): space-separated tokens of
@@ -53,7 +54,7 @@ class Subject:
     """Who a token is about."""
 
     user_id: str
-    username: str
+    username: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +93,9 @@ class TokenIssuer:
         key = self._keys.current
         now = int(self._clock())
         jti = uuid.uuid4().hex
-        claims = {
+        claims: dict[str, object] = {
             "iss": self._issuer,
             "sub": subject.user_id,
-            "preferred_username": subject.username,
             "aud": self._audience,
             "iat": now,
             "nbf": now,
@@ -104,6 +104,8 @@ class TokenIssuer:
             "scope": " ".join(scope),
             "client_id": client_id,
         }
+        if subject.username is not None:
+            claims["preferred_username"] = subject.username
         token = jwt.encode(
             claims,
             key.private_key,

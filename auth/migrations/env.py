@@ -15,7 +15,7 @@ from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from auth.config import ENV_PREFIX, AuthConfig
-from auth.store import metadata
+from auth.schema import metadata
 from mesh.env import Env
 
 config = context.config

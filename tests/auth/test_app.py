@@ -52,12 +52,18 @@ class Service:
 
 
 @pytest.fixture
-async def service(users: UserStore, keys: KeyRing) -> AsyncIterator[Service]:
+async def service(sqlite_url: str, keys: KeyRing) -> AsyncIterator[Service]:
     passwords = CountingPasswords(fast_hasher())
+    engine = create_engine(sqlite_url)
+    users = UserStore(engine)
     await users.add_user("alice", passwords.hash(PASSWORD))
-    app = create_app(CONFIG, keys=keys, users=users, passwords=passwords)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as client:
-        yield Service(client, users, keys, passwords)
+    app = create_app(CONFIG, keys=keys, engine=engine, passwords=passwords)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
+            yield Service(client, users, keys, passwords)
+    finally:
+        await engine.dispose()
 
 
 def _form(**overrides: str | None) -> dict[str, str]:
@@ -90,7 +96,7 @@ async def test_password_grant_issues_a_verifiable_token(service: Service) -> Non
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "scope", "refresh_token"}
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 300
     assert body["scope"] == "codelab profile"
@@ -229,8 +235,22 @@ async def test_discovery_document(service: Service) -> None:
     assert doc["issuer"] == ISSUER
     assert doc["token_endpoint"] == f"{ISSUER}/oauth/token"
     assert doc["jwks_uri"] == f"{ISSUER}/.well-known/jwks.json"
-    assert doc["grant_types_supported"] == ["password"]
-    assert doc["token_endpoint_auth_methods_supported"] == ["none"]
+    assert doc["revocation_endpoint"] == f"{ISSUER}/oauth/revoke"
+    assert set(doc["grant_types_supported"]) == {
+        "password",
+        "refresh_token",
+        "client_credentials",
+    }
+    assert doc["token_endpoint_auth_methods_supported"] == [
+        "none",
+        "client_secret_basic",
+        "client_secret_post",
+    ]
+    assert doc["revocation_endpoint_auth_methods_supported"] == [
+        "none",
+        "client_secret_basic",
+        "client_secret_post",
+    ]
     assert doc["id_token_signing_alg_values_supported"] == ["RS256", "ES256"]
     assert doc["scopes_supported"] == ["codelab", "profile"]
 
@@ -245,17 +265,25 @@ async def test_token_endpoint_only_accepts_post(service: Service) -> None:
     assert (await service.client.get("/oauth/token")).status_code == 405
 
 
-async def test_database_failure_is_a_json_server_error(
+async def test_unreadable_database_refuses_logins(
     tmp_path: Path, keys: KeyRing, passwords: Passwords
 ) -> None:
+    # Fail closed: without the throttle's state there is no login, not an unthrottled one.
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/unmigrated.db")
     try:
-        app = create_app(CONFIG, keys=keys, users=UserStore(engine), passwords=passwords)
+        app = create_app(CONFIG, keys=keys, engine=engine, passwords=passwords)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as client:
             response = await client.post("/oauth/token", data=_form())
+            refresh = await client.post(
+                "/oauth/token",
+                data={"grant_type": "refresh_token", "refresh_token": "x", "client_id": "codelab-ide"},
+            )
     finally:
         await engine.dispose()
-    assert response.status_code == 500
-    assert response.json()["error"] == "server_error"
+    assert response.status_code == 503
+    assert response.json()["error"] == "temporarily_unavailable"
     assert PASSWORD not in response.text
+    # Elsewhere an unexpected database error is a JSON 500, never a traceback.
+    assert refresh.status_code == 500
+    assert refresh.json()["error"] == "server_error"

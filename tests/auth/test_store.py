@@ -13,6 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from auth.errors import AlreadyExists, InvalidUsername, NotFound
 from auth.store import UserStore, create_engine, current_revision, metadata, migrate
 
+HEAD = "0002"
+
 
 async def test_add_and_get_user(database_url: str) -> None:
     engine = create_engine(database_url)
@@ -95,7 +97,7 @@ async def test_migrated_schema_matches_the_table_definition(database_url: str) -
     try:
         async with engine.connect() as conn:
             assert await conn.run_sync(diff) == []
-        assert await current_revision(engine) == "0001"
+        assert await current_revision(engine) == HEAD
     finally:
         await engine.dispose()
 
@@ -109,10 +111,10 @@ async def test_migrate_creates_schema_on_an_empty_database_and_is_idempotent(
         assert await current_revision(engine) is None
         await migrate(url)
         await migrate(url)
-        assert await current_revision(engine) == "0001"
+        assert await current_revision(engine) == HEAD
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
-        assert set(tables) == {"alembic_version", "users"}
+        assert set(tables) == {"alembic_version", *metadata.tables}
     finally:
         await engine.dispose()
     assert (tmp_path / "a" / "b" / "fresh.db").is_file()
