@@ -114,3 +114,63 @@ def test_bad_offline_settings_fail_at_startup() -> None:
 
     with pytest.raises(ConfigError, match="offline: offline model: reply_tokens"):
         build_router(config)
+
+
+EXAMPLE_ENV = {
+    "OPENAI_API_KEY": "sk-fake-openai",
+    "OPENAI_API_KEY_SECONDARY": "sk-fake-openai-2",
+    "ANTHROPIC_API_KEY": "sk-ant-fake",
+    "OLLAMA_API_BASE": "http://127.0.0.1:11434",
+}
+
+
+def test_the_providers_example_loads_and_builds_a_router(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(litellm, "drop_params", litellm.drop_params)
+    path = Path(__file__).parents[2] / "llmproxy" / "examples" / "providers.yaml"
+
+    config = load_config(path, environ=EXAMPLE_ENV)
+    router = build_router(config)
+
+    described = {m.name: m for m in describe_models(router)}
+    assert list(described) == [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "claude-sonnet",
+        "claude-long",
+        "local-llama",
+        "embeddings",
+        "offline",
+    ]
+    assert described["gpt-4o"].provider == "openai"
+    assert described["claude-sonnet"].provider == "anthropic"
+    assert described["local-llama"].provider == "ollama_chat"
+    assert described["local-llama"].context_window == 131072
+    assert router.fallbacks[0] == {"gpt-4o": ["claude-sonnet", "local-llama"]}
+    assert router.context_window_fallbacks == [
+        {"gpt-4o": ["claude-long"]},
+        {"gpt-4o-mini": ["claude-long"]},
+    ]
+    assert (router.num_retries, router.allowed_fails, router.cooldown_time) == (2, 3, 30)
+    first = config.model_list[0]
+    assert first["litellm_params"]["api_key"] == "sk-fake-openai"
+    # The proxy's own timeouts never reach LiteLLM (or the provider).
+    assert "stream_first_token_timeout" not in first["litellm_params"]
+    assert first["model_info"]["stream_first_token_timeout"] == 20
+
+
+def test_the_providers_example_names_a_missing_key() -> None:
+    path = Path(__file__).parents[2] / "llmproxy" / "examples" / "providers.yaml"
+    environ = {k: v for k, v in EXAMPLE_ENV.items() if k != "ANTHROPIC_API_KEY"}
+
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY"):
+        load_config(path, environ=environ)
+
+
+def test_a_negative_stream_timeout_is_refused() -> None:
+    doc = document()
+    doc["model_list"][0]["litellm_params"]["stream_chunk_timeout"] = -1  # type: ignore[index]
+
+    with pytest.raises(ConfigError, match="stream_chunk_timeout must be a number"):
+        parse_config(doc, environ={"MY_KEY": "x"})
