@@ -28,14 +28,20 @@ MAX_PASSWORD_LENGTH = 1024
 log = structlog.get_logger("auth.passwords")
 
 
-def check_password_policy(password: str) -> None:
-    """Raise :class:`WeakPassword` unless ``password`` is acceptable for a new hash."""
+def check_password_policy(password: str, *, username: str | None = None) -> None:
+    """Raise :class:`WeakPassword` unless ``password`` is acceptable for a new hash.
+
+    Rules: 8 to 1024 characters, not only whitespace, and not the username
+    (ignoring case), which is the first guess of every attacker.
+    """
     if not password or not password.strip():
         raise WeakPassword("the password must not be empty")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise WeakPassword(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise WeakPassword(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+    if username is not None and password.strip().casefold() == username.casefold():
+        raise WeakPassword("the password must not be the username")
 
 
 class Passwords:

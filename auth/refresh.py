@@ -178,31 +178,44 @@ class RefreshTokens:
                     grant = RefreshGrant(grant.family_id, grant.user_id, grant.client_id, scope)
                 return await self._insert(conn, grant, now)
         # Lost: find out why, with fresh data (another transaction may have won).
+        # Raising inside ``begin()`` would roll back the family revocation, so
+        # the verdict leaves the transaction first.
         async with self._engine.begin() as conn:
-            row = await _select(conn, token_hash)
-            if row is None:
-                raise RotateRefused(RotateFailure.UNKNOWN)
-            grant = _grant(row)
-            if grant.client_id != client_id:
-                # RFC 6749 §6: bound to its client. Not reuse: another client
-                # cannot spend it, so nothing is burned.
-                raise RotateRefused(RotateFailure.WRONG_CLIENT, grant)
-            if row["revoked"]:
-                raise RotateRefused(RotateFailure.REVOKED, grant)
-            if row["used"]:
-                await self._revoke_family(conn, grant.family_id)
-                await record_revocation(conn, grant.user_id, "refresh_reuse", now=now)
-                await audit.record(
-                    conn,
-                    "refresh_reuse_detected",
-                    at=now,
-                    user_id=grant.user_id,
-                    client_id=grant.client_id,
-                    address=address,
-                    detail=f"family {grant.family_id} revoked",
-                )
-                raise RotateRefused(RotateFailure.REUSED, grant)
-        raise RotateRefused(RotateFailure.EXPIRED, grant)
+            failure, grant = await self._diagnose(conn, token_hash, client_id, now, address)
+        raise RotateRefused(failure, grant)
+
+    async def _diagnose(
+        self,
+        conn: AsyncConnection,
+        token_hash: str,
+        client_id: str,
+        now: float,
+        address: str | None,
+    ) -> tuple[RotateFailure, RefreshGrant | None]:
+        row = await _select(conn, token_hash)
+        if row is None:
+            return RotateFailure.UNKNOWN, None
+        grant = _grant(row)
+        if grant.client_id != client_id:
+            # RFC 6749 §6: bound to its client. Not reuse: another client
+            # cannot spend it, so nothing is burned.
+            return RotateFailure.WRONG_CLIENT, grant
+        if row["revoked"]:
+            return RotateFailure.REVOKED, grant
+        if not row["used"]:
+            return RotateFailure.EXPIRED, grant
+        await self._revoke_family(conn, grant.family_id)
+        await record_revocation(conn, grant.user_id, "refresh_reuse", now=now)
+        await audit.record(
+            conn,
+            "refresh_reuse_detected",
+            at=now,
+            user_id=grant.user_id,
+            client_id=grant.client_id,
+            address=address,
+            detail=f"family {grant.family_id} revoked",
+        )
+        return RotateFailure.REUSED, grant
 
     async def revoke(self, token: str, *, client_id: str, address: str | None = None) -> bool:
         """Revoke ``token``'s family (RFC 7009 logout) if it belongs to ``client_id``.
@@ -230,7 +243,8 @@ class RefreshTokens:
             )
         return True
 
-    async def revoke_user(self, conn: AsyncConnection, user_id: str) -> None:
+    @staticmethod
+    async def revoke_user(conn: AsyncConnection, user_id: str) -> None:
         """Revoke every refresh token of a user inside the caller's transaction."""
         await conn.execute(
             refresh_tokens.update()

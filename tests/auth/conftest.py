@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from auth.keys import KeyRing
 from auth.passwords import Passwords
-from auth.store import UserStore, create_engine, migrate
+from auth.store import UserStore, create_engine, metadata, migrate
 
 POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
@@ -86,11 +87,12 @@ def postgres_database() -> Iterator[str]:
 
 @pytest.fixture
 async def postgres_url(postgres_database: str) -> str:
-    """The run's PostgreSQL database, emptied of users before each test."""
+    """The run's PostgreSQL database, emptied before each test."""
     engine = create_engine(postgres_database)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.text("DELETE FROM users"))
+            for table in reversed(metadata.sorted_tables):
+                await conn.execute(table.delete())
     finally:
         await engine.dispose()
     return postgres_database
@@ -123,3 +125,21 @@ def subprocess_env(**variables: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(variables)
     return env
+
+
+class FakeClock:
+    """A clock tests move by hand; starts at the real time so key stamps make sense."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

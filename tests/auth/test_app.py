@@ -277,7 +277,11 @@ async def test_unreadable_database_refuses_logins(
             response = await client.post("/oauth/token", data=_form())
             refresh = await client.post(
                 "/oauth/token",
-                data={"grant_type": "refresh_token", "refresh_token": "x", "client_id": "codelab-ide"},
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": "x",
+                    "client_id": "codelab-ide",
+                },
             )
     finally:
         await engine.dispose()
