@@ -174,6 +174,17 @@ def _gone(holder: object) -> bool:
     return isinstance(holder, ServerConnection) and holder.protocol.state is State.CLOSED
 
 
+async def _discard_until_closed(websocket: ServerConnection) -> None:
+    """Read and drop frames until the closing handshake is over.
+
+    Unread frames fill the library's queue (``max_queue``), which stops it
+    reading the socket, where the peer's close frame waits behind them.
+    """
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in websocket:
+            pass
+
+
 # ---------------------------------------------------------------------------
 # Connections
 
@@ -226,7 +237,11 @@ class Gateway:
         self._config = config
         self._verifier = verifier
         self._runtime = runtime
-        self._revocations = revocations or RevocationList(retention=config.revocation_retention)
+        self._revocations = (
+            revocations
+            if revocations is not None
+            else RevocationList(retention=config.revocation_retention)
+        )
         self._views = rest.RestViews(
             runtime, internal_api_key=config.internal_api_key, timeout=config.view_timeout
         )
@@ -565,7 +580,11 @@ class Gateway:
             link.last_activity = time.monotonic()
             if link.frame_bucket.take() > 0:
                 log.warning("frame_rate_exceeded", frames_in=link.frames_in)
-                await self._close(link, FRAME_RATE_EXCEEDED)
+                closing = asyncio.create_task(self._close(link, FRAME_RATE_EXCEEDED))
+                try:
+                    await _discard_until_closed(link.websocket)
+                finally:
+                    await closing
                 return
             if isinstance(message, bytes):
                 await link.send(error_frame("binary_frame", "binary frames are not supported"))
@@ -583,7 +602,7 @@ class Gateway:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 # The stream is over; the runtime pump reports why and
                 # closes the WebSocket.
-                await link.websocket.wait_closed()
+                await _discard_until_closed(link.websocket)
                 return
 
     async def _runtime_to_ide(self, link: _Link, call: ConverseCall) -> None:

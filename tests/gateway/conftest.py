@@ -212,6 +212,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.metadata: list[dict[str, str]] = []
         self.unary_metadata: list[tuple[str, dict[str, str]]] = []
         self.cancelled = asyncio.Event()
+        self.ended = asyncio.Event()
+        """Set when any Converse call has ended, however."""
         self.sessions: dict[str, tuple[str, pb.Session]] = {}
         self.failures: dict[str, grpc.StatusCode] = {}
         self.flooded = 0
@@ -230,6 +232,9 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     async def Converse(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         metadata = {item.key: item.value for item in context.invocation_metadata()}
         self.metadata.append(metadata)
+        # A call cancelled while the handler is blocked in a write ends it
+        # without a CancelledError, so watch the call itself.
+        context.add_done_callback(lambda call: self.ended.set())
         seq = 0
         try:
             async for request in request_iterator:
