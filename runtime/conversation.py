@@ -216,6 +216,7 @@ class Conversation:
         self._unflushed: list[tuple[int, str]] = []
         self._commit_lock = asyncio.Lock()
         self._detach_timer: asyncio.TimerHandle | None = None
+        self._detach_task: asyncio.Task[None] | None = None
         self._switches = 0
         self._model_calls = 0
         self._ends_after_results = False
@@ -250,14 +251,16 @@ class Conversation:
         if self._task_running:
             loop = asyncio.get_running_loop()
             self._detach_timer = loop.call_later(
-                self._settings.detach_grace,
-                lambda: asyncio.ensure_future(self._cancel_unattended()),
+                self._settings.detach_grace, self._start_unattended_cancel
             )
         elif self._on_idle is not None:
             self._on_idle(self)
 
-    async def _cancel_unattended(self) -> None:
+    def _start_unattended_cancel(self) -> None:
         self._detach_timer = None
+        self._detach_task = asyncio.create_task(self._cancel_unattended())
+
+    async def _cancel_unattended(self) -> None:
         if self._subscribers or not self._task_running:
             return
         log.info("turn_cancelled_unattended", session_id=self.session.session_id)
@@ -650,12 +653,19 @@ class Conversation:
         await self._flush(state="idle")
 
     async def close(self) -> None:
-        """Cancel the running model call (the turn is marked cancelled); idempotent."""
+        """Cancel the running model call (the turn is marked cancelled); idempotent.
+
+        Returns once nothing of this conversation touches the database.
+        """
         if self._detach_timer is not None:
             self._detach_timer.cancel()
             self._detach_timer = None
+        if self._detach_task is not None:
+            await asyncio.wait([self._detach_task])
         if self._task_running:
             await self._cancel_turn("cancelled: the runtime is shutting down")
+        async with self._commit_lock:
+            pass  # a shielded commit still in flight finishes first
 
     def _close_open_calls(self, reason: str) -> None:
         session = self.session

@@ -101,7 +101,15 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await migrate(url)
     engine = create_engine(url)
     yield Store(engine)
+    # Turns still running hold connections: end them before the engine goes.
+    while LIVE:
+        conversation = LIVE.pop()
+        await conversation.close()
+        await conversation.wait_idle()
     await engine.dispose()
+
+
+LIVE: list[Conversation] = []
 
 
 Made = tuple[Conversation, "asyncio.Queue[Any]", Session]
@@ -117,6 +125,7 @@ async def make(store: Store, llm: ScriptedLlm, agent: str = "coder", **settings:
         store,
         ConversationSettings(model="m", **settings),
     )
+    LIVE.append(conversation)
     return conversation, conversation.subscribe().queue, session
 
 
