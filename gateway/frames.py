@@ -14,6 +14,7 @@ session events, are never replayed, and must not move a client's resume point).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,7 +71,7 @@ def parse_frame(text: str) -> IdeAction:
     ``unknown_type``, ``missing_field`` or ``invalid_field``.
     """
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError:
         raise FrameError("invalid_json", "the frame is not valid JSON") from None
     except RecursionError:
@@ -86,12 +87,24 @@ def parse_frame(text: str) -> IdeAction:
     parser = _PARSERS.get(kind)
     if parser is None:
         raise FrameError("unknown_type", f"unknown frame type {kind[:64]!r}")
-    return parser(data)
+    try:
+        return parser(data)
+    except UnicodeEncodeError:
+        # JSON may escape lone surrogates ("\ud800"); protobuf strings refuse them.
+        raise FrameError("invalid_field", "strings must not contain lone surrogates") from None
 
 
 def _refuse_constant(name: str) -> Any:
     # NaN and Infinity are not JSON; Python's json module accepts them.
     raise ValueError(name)
+
+
+def _finite_float(text: str) -> float:
+    # 1e999 would become inf, which the runtime cannot turn back into JSON.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def _user_message(data: Mapping[str, Any]) -> IdeAction:
@@ -241,7 +254,8 @@ def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     try:
         struct.update(value)
-    except (ValueError, TypeError):  # pragma: no cover - json.loads output always fits
+    except (ValueError, TypeError, OverflowError):
+        # Lone surrogates in keys, integers beyond a double's range.
         raise FrameError("invalid_field", "the object cannot be represented") from None
     return struct
 

@@ -594,6 +594,11 @@ class Gateway:
             except FrameError as exc:
                 await link.send(error_frame(exc.code, exc.message))
                 continue
+            except Exception:
+                # A parser bug must cost one frame, not the connection.
+                log.exception("frame_parse_failed")
+                await link.send(error_frame("invalid_frame", "the frame could not be read"))
+                continue
             if isinstance(action, Reauthenticate):
                 await self._reauthenticate(link, action.token)
                 continue
