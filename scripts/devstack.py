@@ -1,8 +1,9 @@
 """Start the whole mesh on this machine, offline; run by ``scripts/up``.
 
 On first run it creates, under ``.codelab/`` (or ``$CODELAB_HOME``): the
-internal credential, the auth service's signing key and database, and a dev
-user whose password and a fresh access token are written next to them. Then it
+internal credential, the auth service's signing key and database, the
+runtime's database, and a dev user whose password and a fresh access token
+are written next to them. Every run applies pending schema migrations. Then it
 starts llmproxy, runtime, auth and gateway, waits until each is healthy,
 prints how to connect, and stops all four on Ctrl-C or SIGTERM.
 
@@ -51,6 +52,7 @@ def environment() -> dict[str, str]:
         "LLM_PROXY__PORT": "50052",
         "AGENT_RUNTIME__INTERNAL_API_KEY": key,
         "AGENT_RUNTIME__PORT": "50051",
+        "AGENT_RUNTIME__DATABASE_URL": f"sqlite+aiosqlite:///{HOME / 'runtime.db'}",
         "AUTH_SERVICE__PORT": "8003",
         "AUTH_SERVICE__DATABASE_URL": f"sqlite+aiosqlite:///{HOME / 'auth.db'}",
         "AUTH_SERVICE__KEYS_DIR": str(HOME / "keys"),
@@ -71,8 +73,13 @@ def run_admin(env: dict[str, str], *args: str, stdin: str | None = None) -> None
     subprocess.run([PYTHON, "-m", "auth.admin", *args], env=env, input=stdin, text=True, check=True)
 
 
-def ensure_dev_user(env: dict[str, str]) -> dict[str, str]:
+def migrate(env: dict[str, str]) -> None:
+    """Apply both services' schemas (Alembic); idempotent."""
     run_admin(env, "migrate")
+    subprocess.run([PYTHON, "-m", "runtime", "migrate"], env=env, check=True)
+
+
+def ensure_dev_user(env: dict[str, str]) -> dict[str, str]:
     path = HOME / "dev-user.json"
     if path.exists():
         return dict(json.loads(path.read_text()))
@@ -153,6 +160,7 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
 def main() -> int:
     HOME.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = environment()
+    migrate(env)
     user = ensure_dev_user(env)
     stopping = False
 
