@@ -67,15 +67,6 @@ def postgres_database() -> Iterator[str]:
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
     name = f"test_auth_{uuid.uuid4().hex[:12]}"
 
-    async def admin(statement: str) -> None:
-        # CREATE/DROP DATABASE cannot run inside a transaction.
-        engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(sa.text(statement))
-        finally:
-            await engine.dispose()
-
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     try:
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
@@ -83,6 +74,31 @@ def postgres_database() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def admin(statement: str) -> None:
+    """Run one statement on the PostgreSQL server outside a transaction (CREATE DATABASE)."""
+    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A database of each kind with no schema at all."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/empty.db"
+        return
+    request.getfixturevalue("postgres_database")  # skips or fails like the others
+    name = f"test_auth_{uuid.uuid4().hex[:12]}"
+    await admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

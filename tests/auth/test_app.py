@@ -23,6 +23,7 @@ from .conftest import fast_hasher
 
 ISSUER = "http://auth.test"
 PASSWORD = "correct horse battery"
+CLIENT = "codelab-ide"
 
 CONFIG = AuthConfig(
     issuer=ISSUER,

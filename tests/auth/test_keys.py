@@ -8,7 +8,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from auth.keys import KeyFileError, KeyRing, generate_key_file, jwk_thumbprint
+from auth.keys import (
+    KeyFileError,
+    KeyRing,
+    RotationPending,
+    generate_key_file,
+    jwk_thumbprint,
+    rotate_keys,
+)
+from auth.tokens import Subject, TokenIssuer
+
+from .conftest import FakeClock
 
 
 def _mode(path: Path) -> int:
@@ -108,3 +118,93 @@ def test_garbage_key_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "broken.pem").write_text("not a key")
     with pytest.raises(KeyFileError, match="PEM"):
         KeyRing.load_or_create(tmp_path)
+
+
+PUBLISH_AHEAD = 600.0
+RETIRE_AFTER = 1200.0
+
+
+def _ring(directory: Path, clock: FakeClock) -> KeyRing:
+    return KeyRing.load_or_create(
+        directory, publish_ahead=PUBLISH_AHEAD, retire_after=RETIRE_AFTER, clock=clock
+    )
+
+
+def _kids(ring: KeyRing) -> list[str]:
+    return [key["kid"] for key in ring.jwks()["keys"]]
+
+
+def test_rotation_publishes_next_key_before_it_signs_and_retires_the_old_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    ring = _ring(tmp_path, clock)
+    old = ring.current
+    clock.advance(60)
+    rotation = rotate_keys(
+        tmp_path, publish_ahead=PUBLISH_AHEAD, retire_after=RETIRE_AFTER, now=clock.now
+    )
+    staged = rotation.staged
+    assert rotation.signs_at == clock.now + PUBLISH_AHEAD
+    assert _mode(staged.path) == 0o600
+    assert ring.reload()
+
+    # Published, not signing.
+    assert ring.current.kid == old.kid
+    assert _kids(ring) == [old.kid, staged.kid]
+    issuer = TokenIssuer(ring, issuer="i", audience="a", ttl=900, clock=clock)
+    old_token = issuer.issue(Subject("u", "alice"), client_id="c", scope=()).token
+    assert jwt.get_unverified_header(old_token)["kid"] == old.kid
+
+    # Promoted by time alone; the old key stays published and verifies its tokens.
+    clock.advance(PUBLISH_AHEAD + 1)
+    assert ring.current.kid == staged.kid
+    assert _kids(ring) == [staged.kid, old.kid]
+    new_token = issuer.issue(Subject("u", "alice"), client_id="c", scope=()).token
+    assert jwt.get_unverified_header(new_token)["kid"] == staged.kid
+    jwks = jwt.PyJWKSet.from_dict(ring.jwks())
+    for token in (old_token, new_token):
+        kid = jwt.get_unverified_header(token)["kid"]
+        claims = jwt.decode(
+            token,
+            jwks[kid].key,
+            algorithms=["RS256"],
+            audience="a",
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
+        assert claims["sub"] == "u"
+
+    # After every old token has expired, the old key is retired and deleted on rotation.
+    clock.advance(RETIRE_AFTER)  # counted from when the successor started signing
+    assert _kids(ring) == [staged.kid]
+    again = rotate_keys(
+        tmp_path, publish_ahead=PUBLISH_AHEAD, retire_after=RETIRE_AFTER, now=clock.now
+    )
+    assert [key.kid for key in again.deleted] == [old.kid]
+    assert not old.path.exists()
+    ring.reload()
+    assert _kids(ring) == [staged.kid, again.staged.kid]
+
+
+def test_rotating_twice_before_promotion_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    _ring(tmp_path, clock)
+    rotate_keys(tmp_path, publish_ahead=PUBLISH_AHEAD, retire_after=RETIRE_AFTER, now=clock.now)
+    with pytest.raises(RotationPending, match="staged"):
+        rotate_keys(
+            tmp_path, publish_ahead=PUBLISH_AHEAD, retire_after=RETIRE_AFTER, now=clock.now + 1
+        )
+
+
+def test_a_fresh_install_signs_at_once(tmp_path: Path, clock: FakeClock) -> None:
+    ring = _ring(tmp_path, clock)
+    (only,) = ring.keys
+    assert ring.current == only
+    assert ring.schedule().next == ()
+
+
+def test_reload_keeps_old_keys_when_the_directory_breaks(tmp_path: Path, clock: FakeClock) -> None:
+    ring = _ring(tmp_path, clock)
+    assert not ring.reload()
+    (tmp_path / "broken.pem").write_text("not a key")
+    with pytest.raises(KeyFileError):
+        ring.reload()
+    assert len(ring.keys) == 1

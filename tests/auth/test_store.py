@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from auth.errors import AlreadyExists, InvalidUsername, NotFound
-from auth.store import UserStore, create_engine, current_revision, metadata, migrate
+from auth.store import (
+    UserStore,
+    alembic_config,
+    create_engine,
+    current_revision,
+    metadata,
+    migrate,
+)
 
 HEAD = "0002"
 
@@ -126,3 +134,42 @@ async def test_migrate_works_from_another_working_directory(
     monkeypatch.chdir(tmp_path)
     await migrate("sqlite+aiosqlite:///relative/auth.db")
     assert (tmp_path / "relative" / "auth.db").is_file()
+
+
+async def test_upgrade_from_the_previous_revision_keeps_users(empty_database_url: str) -> None:
+    def upgrade_to(connection: sa.Connection, revision: str) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    engine = create_engine(empty_database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to, "0001")
+        assert await current_revision(engine) == "0001"
+        await UserStore(engine).add_user("alice", "h")
+
+        await migrate(empty_database_url)
+
+        assert await current_revision(engine) == HEAD
+        assert await UserStore(engine).get_by_username("alice") is not None
+
+        def diff(connection: sa.Connection) -> list[object]:
+            return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+        async with engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_from_empty(empty_database_url: str) -> None:
+    await migrate(empty_database_url)
+    engine = create_engine(empty_database_url)
+    try:
+        assert await current_revision(engine) == HEAD
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        assert set(tables) == {"alembic_version", *metadata.tables}
+    finally:
+        await engine.dispose()
