@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
-import litellm
 import structlog
+from litellm import exceptions as litellm_errors
 from litellm.router import Router
 
 from llmproxy import errors
@@ -345,12 +345,12 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                         self._router,
                         model_id,
                         group,
-                        litellm.Timeout(
+                        litellm_errors.Timeout(
                             message, model=str(hidden.get("litellm_model_name")), llm_provider=""
                         ),
                     )
                     raise _NoFirstDelta(message) from None
-                except litellm.Timeout as exc:
+                except litellm_errors.Timeout as exc:
                     # The HTTP read timeout (LiteLLM's stream_timeout) fired
                     # inside the stream; LiteLLM raises it without falling
                     # back. Before any delta it is a first-delta timeout.

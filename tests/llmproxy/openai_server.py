@@ -158,7 +158,8 @@ class OpenAIServer:
             deltas = [{"content": "word "} for _ in range(1000)]
             finish_reason = "stop"
         elif model == "bench-model":
-            deltas = [{"content": "tok "} for _ in range(self.bench_chunks)]
+            # Distinct words: LiteLLM ends a stream that repeats one chunk 100 times.
+            deltas = [{"content": f"t{i} "} for i in range(self.bench_chunks)]
             finish_reason = "stop"
         else:
             deltas = [{"content": word} for word in _words(TEXT_REPLY)]
