@@ -49,3 +49,46 @@ def test_bad_number_names_the_variable():
         GatewayConfig.from_env(
             Env("GATEWAY", {"GATEWAY__INTERNAL_API_KEY": "k", "GATEWAY__PORT": "x"})
         )
+
+
+def test_edge_limits_and_revocation_settings():
+    config = GatewayConfig.from_env(
+        Env(
+            "GATEWAY",
+            {
+                "GATEWAY__INTERNAL_API_KEY": "k",
+                "GATEWAY__ALLOWED_ORIGINS": "https://IDE.example/, http://localhost:3000",
+                "GATEWAY__MAX_CONNECTIONS_PER_USER": "4",
+                "GATEWAY__MAX_CONNECTIONS": "100",
+                "GATEWAY__CONNECT_RATE": "5",
+                "GATEWAY__CONNECT_BURST": "10",
+                "GATEWAY__FRAME_RATE": "0",
+                "GATEWAY__FRAME_BURST": "7",
+                "GATEWAY__IDLE_TIMEOUT": "60",
+                "GATEWAY__SLOW_CONSUMER_TIMEOUT": "3",
+                "GATEWAY__VIEW_TIMEOUT": "2",
+                "GATEWAY__REVOCATIONS_URL": "http://auth/internal/revocations",
+                "GATEWAY__REVOCATION_POLL_INTERVAL": "0.5",
+                "GATEWAY__REVOCATION_RETENTION": "3600",
+            },
+        )
+    )
+    assert config.allowed_origins == ("https://ide.example", "http://localhost:3000")
+    assert (config.max_connections_per_user, config.max_connections) == (4, 100)
+    assert (config.connect_rate, config.connect_burst) == (5.0, 10)
+    assert (config.frame_rate, config.frame_burst) == (0.0, 7)
+    assert (config.idle_timeout, config.slow_consumer_timeout, config.view_timeout) == (60, 3, 2)
+    assert config.revocations_url == "http://auth/internal/revocations"
+    assert (config.revocation_poll_interval, config.revocation_retention) == (0.5, 3600)
+    assert config.feed_api_key == "k"  # falls back to the internal key
+
+
+def test_edge_defaults():
+    config = GatewayConfig(internal_api_key="k", auth_internal_api_key="feed")
+    assert config.allowed_origins == ()
+    assert (config.max_connections_per_user, config.max_connections) == (16, 10_000)
+    assert (config.connect_rate, config.connect_burst) == (20.0, 40)
+    assert (config.frame_rate, config.frame_burst) == (50.0, 100)
+    assert config.slow_consumer_timeout == 10.0
+    assert config.revocations_url == ""
+    assert config.feed_api_key == "feed"

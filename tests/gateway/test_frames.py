@@ -10,7 +10,14 @@ import pytest
 from google.protobuf import struct_pb2
 
 from gateway.errors import FrameError
-from gateway.frames import Reauthenticate, encode, error_frame, parse_frame, response_to_frame
+from gateway.frames import (
+    MAX_NESTING,
+    Reauthenticate,
+    encode,
+    error_frame,
+    parse_frame,
+    response_to_frame,
+)
 from runtime.v1 import runtime_pb2 as pb
 
 
@@ -318,3 +325,75 @@ def test_round_trip_of_file_content_is_exact():
     content = "line 1\n\tline 2 — ünïcode ✓\n"
     request = parse({"type": "tool_result", "call_id": "c", "result": {"content": content}})
     assert request.tool_result.result["content"] == content
+
+
+@pytest.mark.parametrize("last_seq", [0, 7, 2**64 - 1])
+def test_resume_frame(last_seq: int):
+    request = parse_frame(json.dumps({"type": "resume", "last_seq": last_seq}))
+    assert isinstance(request, pb.ConverseRequest)
+    assert request.WhichOneof("event") == "resume"
+    assert request.resume.after_seq == last_seq
+
+
+@pytest.mark.parametrize(
+    ("last_seq", "code"),
+    [
+        (None, "missing_field"),
+        (-1, "invalid_field"),
+        (2**64, "invalid_field"),
+        (1.0, "invalid_field"),
+        ("3", "invalid_field"),
+        (True, "invalid_field"),
+    ],
+)
+def test_resume_needs_a_non_negative_integer(last_seq: object, code: str):
+    with pytest.raises(FrameError) as caught:
+        parse_frame(json.dumps({"type": "resume", "last_seq": last_seq}))
+    assert caught.value.code == code
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return {"a": value} if depth else value
+
+
+def test_forwarded_objects_nest_at_most_max_nesting_levels():
+    ok = parse_frame(
+        json.dumps({"type": "tool_result", "call_id": "c", "result": _nested(MAX_NESTING)})
+    )
+    assert isinstance(ok, pb.ConverseRequest)
+    # What the gateway accepts, the runtime can parse.
+    assert pb.ConverseRequest.FromString(ok.SerializeToString()) == ok
+    with pytest.raises(FrameError, match="nested too deeply"):
+        parse_frame(
+            json.dumps({"type": "tool_result", "call_id": "c", "result": _nested(MAX_NESTING + 1)})
+        )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 10_000 + "]" * 10_000,
+        '{"type": "cancel", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ],
+)
+def test_deep_nesting_is_invalid_json_not_a_crash(text: str):
+    with pytest.raises(FrameError) as caught:
+        parse_frame(text)
+    assert caught.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "user_message", "content": "\\ud800"}',
+        '{"type": "tool_result", "call_id": "c", "result": {"\\udfff": 1}}',
+        '{"type": "tool_result", "call_id": "c", "result": {"n": 1e999}}',
+        '{"type": "tool_result", "call_id": "c", "result": {"n": 1' + "0" * 400 + "}}",
+    ],
+)
+def test_values_protobuf_cannot_carry_are_refused(text: str):
+    with pytest.raises(FrameError):
+        parse_frame(text)
