@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,3 +25,43 @@ def free_port() -> int:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def require_postgres() -> None:
+    """Skip when PostgreSQL is not on 127.0.0.1:5432 — except in CI, where it fails."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return
+    except OSError:
+        pass
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("PostgreSQL is required in CI but 127.0.0.1:5432 is not reachable")
+    pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres(prefix: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database; dropped afterwards. Yields its URL."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        # CREATE/DROP DATABASE cannot run inside a transaction.
+        engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text(statement))
+        finally:
+            await engine.dispose()
+
+    await admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from argon2 import PasswordHasher
 
+from auth.clients import Client, ClientCredentials, Clients
+from auth.passwords import Passwords
+from auth.schema import revocations
 from auth.store import UserStore, create_engine
 
 from .conftest import subprocess_env
@@ -21,14 +25,16 @@ class Admin:
         self.cwd = cwd
         self.database_url = database_url
 
-    def __call__(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, stdin: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "auth.admin", *args],
             input=stdin,
             capture_output=True,
             text=True,
             cwd=self.cwd,
-            env=subprocess_env(AUTH_SERVICE__DATABASE_URL=self.database_url),
+            env=subprocess_env(AUTH_SERVICE__DATABASE_URL=self.database_url, **(env or {})),
             timeout=30,
             check=False,
         )
@@ -132,3 +138,80 @@ def test_unmigrated_database_gives_a_hint_not_a_traceback(admin: Admin) -> None:
 
 def test_usage_error_exits_2(admin: Admin) -> None:
     assert admin("no-such-command").returncode == 2
+
+
+async def test_clients_revocation_and_audit(admin: Admin) -> None:
+    admin("migrate")
+    admin("add-user", "alice", "--password-stdin", stdin=PASSWORD)
+
+    confidential = admin("add-client", "ci-bot", "--confidential", "--scope", "codelab")
+    assert confidential.returncode == 0, confidential.stderr
+    (secret_line,) = [line for line in confidential.stdout.splitlines() if "secret" in line]
+    secret = secret_line.split(": ", 1)[1]
+    assert len(secret) >= 43
+    public = admin("add-client", "codelab-cli", "--public")
+    assert public.returncode == 0, public.stderr
+    assert "secret" not in public.stdout
+    assert admin("disable-client", "codelab-cli").returncode == 0
+    listed = admin("list-clients")
+    assert listed.stdout.splitlines() == [
+        "ci-bot\tconfidential\tactive\tcodelab",
+        "codelab-cli\tpublic\tdisabled\tcodelab",
+    ]
+    _never_shows(secret, listed)
+
+    revoked = admin("revoke-user", "alice")
+    assert revoked.returncode == 0, revoked.stderr
+    disabled = admin("disable-user", "alice")
+    assert disabled.returncode == 0, disabled.stderr
+    assert admin("revoke-user", "nobody").returncode == 1
+
+    audit = admin("audit", "--limit", "5")
+    assert audit.returncode == 0, audit.stderr
+    events = [line.split("\t")[1] for line in audit.stdout.splitlines()]
+    assert events == ["user_disabled", "user_revoked"]
+    assert "alice" in audit.stdout
+
+    engine = create_engine(admin.database_url)
+    try:
+        alice = await UserStore(engine).get_by_username("alice")
+        assert alice is not None
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(revocations))).mappings().all()
+        clients = Clients(
+            engine,
+            Passwords(),
+            first_party=Client("codelab-ide", confidential=False, scopes=("codelab",)),
+        )
+        bot = await clients.authenticate(ClientCredentials("ci-bot", secret))
+        assert bot.confidential
+    finally:
+        await engine.dispose()
+    assert [(row["sub"], row["reason"]) for row in rows] == [
+        (alice.id, "admin"),
+        (alice.id, "disabled"),
+    ]
+
+
+def test_rotate_keys(admin: Admin) -> None:
+    keys_dir = admin.cwd / "keys"
+    env = {"AUTH_SERVICE__KEYS_DIR": str(keys_dir)}
+    first = admin("rotate-keys", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "staged key" in first.stdout
+    (key_file,) = keys_dir.glob("*.pem")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = admin("rotate-keys", env=env)
+    assert again.returncode == 1
+    assert "staged" in again.stderr
+    listed = admin("list-keys", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (line,) = listed.stdout.splitlines()
+    assert line.split("\t")[1] == "current"  # a lone key signs at once
+    _never_shows("PRIVATE KEY", first, again, listed)
+
+
+def test_password_equal_to_username_is_refused(admin: Admin) -> None:
+    result = admin("add-user", "longusername", "--password-stdin", stdin="LongUsername\n")
+    assert result.returncode == 1
+    assert "username" in result.stderr

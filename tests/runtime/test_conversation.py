@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -41,6 +42,7 @@ from runtime.events import (
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
 from runtime.session import Session, check_session_id
 from runtime.store import Store, migrate
+from tests.conftest import fresh_postgres
 
 
 def call(name: str, index: int = 0, **arguments: Any) -> ToolCallChunk:
@@ -95,18 +97,31 @@ async def until(outbox: asyncio.Queue[Sequenced], kind: type) -> list[Event]:
             return events
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
-    await migrate(url)
-    engine = create_engine(url)
-    yield Store(engine)
-    # Turns still running hold connections: end them before the engine goes.
-    while LIVE:
-        conversation = LIVE.pop()
-        await conversation.close()
-        await conversation.wait_idle()
-    await engine.dispose()
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A migrated store on each backend: a SQLite file, a fresh PostgreSQL database."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        else:
+            url = await stack.enter_async_context(fresh_postgres("test_runtime"))
+        await migrate(url)
+        engine = create_engine(url)
+        async with _closing(engine) as store:
+            yield store
+
+
+@contextlib.asynccontextmanager
+async def _closing(engine: Any) -> AsyncIterator[Store]:
+    try:
+        yield Store(engine)
+    finally:
+        # Turns still running hold connections: end them before the engine goes.
+        while LIVE:
+            conversation = LIVE.pop()
+            await conversation.close()
+            await conversation.wait_idle()
+        await engine.dispose()
 
 
 LIVE: list[Conversation] = []

@@ -23,6 +23,7 @@ from mesh.grpc_server import MeshServer, internal_metadata
 from runtime.__main__ import RuntimeConfig, serve
 from runtime.store import migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
+from tests.conftest import fresh_postgres
 
 KEY = "test-internal-key"
 
@@ -79,13 +80,24 @@ async def proxy() -> AsyncIterator[tuple[ScriptedProxy, int]]:
     await server.stop(0)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated runtime database of each kind: a SQLite file, a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        await migrate(url)
+        yield url
+        return
+    async with fresh_postgres("test_runtime") as url:
+        await migrate(url)
+        yield url
+
+
 @pytest.fixture
 async def runtime_channel(
-    proxy: tuple[ScriptedProxy, int], tmp_path: Path
+    proxy: tuple[ScriptedProxy, int], database_url: str
 ) -> AsyncIterator[grpc.aio.Channel]:
     _, proxy_port = proxy
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
-    await migrate(database_url)
     config = RuntimeConfig(
         internal_api_key=KEY,
         port=0,

@@ -1,0 +1,142 @@
+"""The runtime's SQL store and its migrations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from mesh.database import alembic_config, create_engine, current_revision
+from runtime.errors import InvalidArgument
+from runtime.store import (
+    MIGRATIONS_DIR,
+    VERSION_TABLE,
+    CallRecord,
+    EventRecord,
+    MessageRecord,
+    SessionExists,
+    Step,
+    Store,
+    head_revision,
+    metadata,
+    migrate,
+)
+from tests.conftest import fresh_postgres
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        return
+    async with fresh_postgres("test_runtime_store") as url:
+        yield url
+
+
+@pytest.fixture
+async def store(empty_url: str) -> AsyncIterator[Store]:
+    await migrate(empty_url)
+    engine = create_engine(empty_url)
+    yield Store(engine)
+    await engine.dispose()
+
+
+def revisions() -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config(MIGRATIONS_DIR))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+async def schema_differences(url: str) -> list[object]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+
+            def compare(connection: sa.Connection) -> list[object]:
+                context = MigrationContext.configure(
+                    connection, opts={"version_table": VERSION_TABLE, "compare_type": True}
+                )
+                return list(compare_metadata(context, metadata))
+
+            return await conn.run_sync(compare)
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_from_empty_and_from_each_revision(empty_url: str) -> None:
+    steps = revisions()
+    assert steps[-1] == head_revision()
+    for revision in steps:  # each upgrade starts from the revision before it
+        await migrate(empty_url, revision)
+    await migrate(empty_url)  # idempotent at head
+    engine = create_engine(empty_url)
+    try:
+        assert await current_revision(engine, VERSION_TABLE) == head_revision()
+    finally:
+        await engine.dispose()
+    assert await schema_differences(empty_url) == [], "migrations build exactly the models"
+
+
+async def test_a_step_round_trips_and_history_is_append_only(store: Store) -> None:
+    await store.create_session("s1", "alice", "coder")
+    with pytest.raises(SessionExists):
+        await store.create_session("s1", "bob", "coder")
+    step = Step(session_id="s1", last_seq=4, agent="coder", state="waiting", message_count=2)
+    step.messages = [
+        MessageRecord(0, "user", "write a"),
+        MessageRecord(
+            1,
+            "assistant",
+            "",
+            tool_calls=[{"call_id": "c1", "name": "write_file", "arguments_json": "{}"}],
+        ),
+    ]
+    step.events = [
+        EventRecord(1, 3, "text", {"chunks": [[1, "a"], [2, "b"], [3, "c"]]}),
+        EventRecord(4, 4, "tool_call", {"call_id": "c1"}),
+    ]
+    step.calls = [CallRecord("c1", "write_file", "coder", "awaiting_approval", {"path": "a"})]
+    step.plans = {"p": [["1", "read", "pending"]]}
+    await store.commit(step)
+    loaded = await store.load("s1")
+    assert loaded.session.last_seq == 4
+    assert loaded.session.state == "waiting"
+    assert [m.content for m in loaded.messages] == ["write a", ""]
+    assert loaded.messages[1].tool_calls == [
+        {"call_id": "c1", "name": "write_file", "arguments_json": "{}"}
+    ]
+    assert [c.call_id for c in loaded.pending] == ["c1"]
+    assert loaded.plans == {"p": [["1", "read", "pending"]]}
+    assert [e.seq for e in await store.events_after("s1", 2)] == [1, 4], "the text row holds 3"
+    assert [e.seq for e in await store.events_after("s1", 3)] == [4]
+    decided = Step(session_id="s1", last_seq=5, agent="coder", state="running", message_count=3)
+    decided.calls = [
+        CallRecord(
+            "c1", "write_file", "coder", "edited", {"path": "a"}, final_arguments={"path": "b"}
+        )
+    ]
+    await store.commit(decided)
+    (call,) = [c for c in (await store.load("s1")).pending] or [None]
+    assert call is None
+    assert await store.pending_calls("s1") == []
+    assert "c1" in (await store.load("s1")).answered
+
+
+async def test_sessions_page_newest_first_per_owner(store: Store) -> None:
+    for index in range(5):
+        await store.create_session(f"a{index}", "alice", "coder")
+    await store.create_session("b0", "bob", "coder")
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = await store.list_sessions("alice", limit=2, page_token=token)
+        seen += [row.id for row in page]
+        if not token:
+            break
+    assert seen == ["a4", "a3", "a2", "a1", "a0"]
+    with pytest.raises(InvalidArgument):
+        await store.list_sessions("alice", limit=2, page_token="garbage!")
