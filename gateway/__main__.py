@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
 
 import grpc
 import httpx
@@ -27,9 +26,6 @@ from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
 from mesh.signals import wait_for_stop_signal
 from runtime.v1 import runtime_pb2_grpc
-
-if TYPE_CHECKING:
-    from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
 
 log = structlog.get_logger("gateway")
 
@@ -59,10 +55,8 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
             leeway=config.jwt_leeway,
             require_at_jwt=config.jwt_require_at_jwt,
         )
-        # The stub's async overload needs grpc's type stubs to be selected.
-        runtime = cast(
-            "AgentRuntimeServiceAsyncStub", runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
-        )
+        # A grpc.aio.Channel selects the stub's async overload.
+        runtime = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
         revocations = RevocationList(retention=config.revocation_retention)
         gateway = Gateway(config, verifier, runtime, revocations=revocations)
         stack.push_async_callback(gateway.stop)

@@ -623,7 +623,7 @@ class Gateway:
                         await link.websocket.wait_closed()
                         return
                     raise
-                if response is grpc.aio.EOF:
+                if not isinstance(response, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
                     closing = closing_for_status(grpc.StatusCode.OK, None)
                     break
                 frame = frame_for(response)
