@@ -1,0 +1,326 @@
+"""Issue 4's promises on real processes: nothing a user did is lost.
+
+The package's mesh (started like ``./scripts/up``) provides auth and tokens;
+for the restart tests this module runs its own llmproxy, runtime and gateway
+processes against the mesh's auth, so it can kill and restart them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jwt
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from websockets.exceptions import ConnectionClosed
+
+from ide.connection import IdeConnection
+from llmproxy.offline import expected_reply_text
+from mesh.grpc_server import internal_metadata
+from runtime.v1 import runtime_pb2, runtime_pb2_grpc
+from tests.conftest import free_port
+from tests.integration.conftest import ROOT, Mesh
+
+
+class Service:
+    """One service as a subprocess, restartable on the same port."""
+
+    def __init__(self, module: str, env: dict[str, str], log: Path, ready: Callable[[], bool]):
+        self.module, self.env, self.log, self.ready = module, env, log, ready
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module], env=self.env, cwd=ROOT, stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + 60
+        while not self.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.module} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(30)
+
+
+def grpc_ready(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return check
+
+
+def http_ready(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+class Stack:
+    """llmproxy + runtime + gateway of our own, wired to the mesh's auth."""
+
+    def __init__(self, mesh: Mesh, home: Path) -> None:
+        self.gateway_port, self.runtime_port, llm_port = free_port(), free_port(), free_port()
+        runtime_port = self.runtime_port
+        config = home / "litellm.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "model_list": [
+                        {"model_name": "offline", "litellm_params": {"model": "offline/echo"}},
+                        {
+                            "model_name": "offline-slow",
+                            "litellm_params": {
+                                "model": "offline/echo",
+                                "reply_tokens": 5000,
+                                "token_delay": 0.01,
+                            },
+                        },
+                    ]
+                }
+            )
+        )
+        key = mesh.internal_key
+        database = f"sqlite+aiosqlite:///{home / 'runtime.db'}"
+        base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        subprocess.run(
+            [sys.executable, "-m", "runtime", "migrate"],
+            env={
+                **base,
+                "AGENT_RUNTIME__INTERNAL_API_KEY": key,
+                "AGENT_RUNTIME__DATABASE_URL": database,
+            },
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        self.llmproxy = Service(
+            "llmproxy",
+            {
+                **base,
+                "LLM_PROXY__PORT": str(llm_port),
+                "LLM_PROXY__INTERNAL_API_KEY": key,
+                "LLM_PROXY__CONFIG": str(config),
+            },
+            home / "llmproxy.log",
+            grpc_ready(llm_port),
+        )
+        self.runtime = Service(
+            "runtime",
+            {
+                **base,
+                "AGENT_RUNTIME__PORT": str(runtime_port),
+                "AGENT_RUNTIME__INTERNAL_API_KEY": key,
+                "AGENT_RUNTIME__LLM_PROXY_ADDRESS": f"127.0.0.1:{llm_port}",
+                "AGENT_RUNTIME__DATABASE_URL": database,
+                "AGENT_RUNTIME__AGENT_MODELS": "ask=offline-slow",
+            },
+            home / "runtime.log",
+            grpc_ready(runtime_port),
+        )
+        self.gateway = Service(
+            "gateway",
+            {
+                **base,
+                "GATEWAY__PORT": str(self.gateway_port),
+                "GATEWAY__INTERNAL_API_KEY": key,
+                "GATEWAY__RUNTIME_ADDRESS": f"127.0.0.1:{runtime_port}",
+                "GATEWAY__JWKS_URL": f"{mesh.auth_url}/.well-known/jwks.json",
+                "GATEWAY__JWT_ISSUER": mesh.auth_url,
+            },
+            home / "gateway.log",
+            http_ready(self.gateway_port),
+        )
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> None:
+        for service in (self.llmproxy, self.runtime, self.gateway):
+            service.start()
+
+    def stop(self) -> None:
+        for service in (self.gateway, self.runtime, self.llmproxy):
+            if service.process is not None and service.process.poll() is None:
+                service.stop()
+
+
+@pytest.fixture
+def stack(mesh: Mesh, tmp_path: Path) -> Iterator[Stack]:
+    own = Stack(mesh, tmp_path)
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+async def frames_until_final(ide: IdeConnection) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        frame = await ide.next_frame()
+        frames.append(frame)
+        if frame.get("is_final"):
+            return frames
+
+
+def text_of(frames: list[dict[str, Any]]) -> str:
+    return "".join(
+        f["content"] for f in frames if f["type"] == "assistant_message" and not f["is_final"]
+    )
+
+
+@pytest.fixture
+def session_id() -> str:
+    return f"persist-{uuid.uuid4().hex[:10]}"
+
+
+async def drain_until_closed(ide: IdeConnection) -> None:
+    while True:
+        await ide.next_frame()
+
+
+async def test_a_dropped_client_resumes_with_exactly_the_missed_events(
+    mesh: Mesh, session_id: str
+) -> None:
+    async with IdeConnection(mesh.ws_url, session_id, mesh.token) as ide:
+        await ide.next_frame()
+        await ide.send_message("remember this")
+        seen = [await ide.next_frame() for _ in range(4)]
+    # The connection dropped mid-answer; the turn goes on without it.
+    cut = seen[-1]["seq"]
+    async with IdeConnection(mesh.ws_url, session_id, mesh.token, last_seq=cut) as ide:
+        info = await ide.next_frame()
+        assert info["type"] == "session_info"
+        assert info["metadata"]["recovered"] is True
+        rest = await frames_until_final(ide)
+    seqs = [f["seq"] for f in seen + rest]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "no gap, no duplicate"
+    assert text_of(seen + rest) == expected_reply_text("remember this")
+    assert rest[-1]["metadata"]["status"] == "completed"
+
+
+async def test_the_gateway_restarts_and_clients_resume(stack: Stack, mesh: Mesh) -> None:
+    session_id = f"gw-restart-{uuid.uuid4().hex[:8]}"
+    async with IdeConnection(stack.ws_url, session_id, mesh.token) as ide:
+        await ide.next_frame()
+        await ide.send({"type": "switch_agent", "agent_type": "coder", "content": "before"})
+        before = await frames_until_final(ide)
+        assert stack.gateway.stop() == 0
+        with pytest.raises(ConnectionClosed) as closed:
+            await ide.next_frame()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1012, "service restart: a retryable close"
+    stack.gateway.start()
+    last = before[-1]["seq"]
+    async with IdeConnection(stack.ws_url, session_id, mesh.token, last_seq=last) as ide:
+        info = await ide.next_frame()
+        assert info["metadata"]["recovered"] is True
+        await ide.send_message("after")
+        after = await frames_until_final(ide)
+    assert after[0]["seq"] == last + 1, "numbering continues, nothing replayed twice"
+    assert text_of(after).startswith("You said: after")
+    async with IdeConnection(stack.ws_url, session_id, mesh.token, last_seq=0) as ide:
+        await ide.next_frame()
+        replay = [await ide.next_frame() for _ in range(len(before) + len(after))]
+    assert [f["seq"] for f in replay] == [f["seq"] for f in before + after]
+
+
+async def test_a_runtime_killed_mid_turn_keeps_durable_history_and_pending_approvals(
+    stack: Stack, mesh: Mesh
+) -> None:
+    approval_session = f"kill-a-{uuid.uuid4().hex[:8]}"
+    streaming_session = f"kill-b-{uuid.uuid4().hex[:8]}"
+    async with IdeConnection(stack.ws_url, approval_session, mesh.token) as ide:
+        await ide.next_frame()
+        await ide.send_message("write kept.txt: survives")
+        while (proposed := await ide.next_frame())["type"] != "tool_call":
+            pass
+        assert proposed["requires_approval"] is True
+    async with IdeConnection(stack.ws_url, streaming_session, mesh.token) as ide:
+        await ide.next_frame()
+        await ide.send({"type": "switch_agent", "agent_type": "ask", "content": "a long answer"})
+        seen = []
+        while len([f for f in seen if f["type"] == "assistant_message"]) < 3:
+            seen.append(await ide.next_frame())
+        assert stack.runtime.stop(signal.SIGKILL) == -signal.SIGKILL
+        with pytest.raises(ConnectionClosed) as closed:
+            await drain_until_closed(ide)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1013, "runtime unavailable: try again later"
+    stack.runtime.start()
+
+    async with IdeConnection(stack.ws_url, approval_session, mesh.token) as ide:
+        await ide.next_frame()
+        reoffer = await ide.next_frame()
+        assert reoffer["type"] == "tool_call"
+        assert reoffer["call_id"] == proposed["call_id"]
+        assert reoffer["requires_approval"] is True
+        await ide.send(
+            {"type": "hitl_decision", "call_id": reoffer["call_id"], "decision": "approve"}
+        )
+        execute = await ide.next_frame()
+        assert execute["call_id"] == proposed["call_id"]
+        assert execute["requires_approval"] is False
+        await ide.send({"type": "tool_result", "call_id": execute["call_id"], "result": {"ok": 1}})
+        finished = await frames_until_final(ide)
+        assert finished[-1]["metadata"]["status"] == "completed"
+        assert "write_file returned" in text_of(finished)
+
+    last = seen[-1]["seq"]
+    async with IdeConnection(stack.ws_url, streaming_session, mesh.token, last_seq=last) as ide:
+        info = await ide.next_frame()
+        assert info["metadata"]["recovered"] is True
+        interrupted = await ide.next_frame()
+        assert interrupted["type"] == "error"
+        assert interrupted["code"] == "turn_interrupted"
+        assert interrupted["metadata"]["retryable"] is True
+        assert interrupted["seq"] == last + 1, "numbered after what the client saw"
+        final = await ide.next_frame()
+        assert final["is_final"] is True
+        assert final["metadata"]["status"] == "failed"
+        # The user retries; the session works.
+        await ide.send({"type": "switch_agent", "agent_type": "coder", "content": "retry"})
+        retried = await frames_until_final(ide)
+        assert retried[-1]["metadata"]["status"] == "completed"
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.runtime_port}") as channel:
+        history = await runtime_pb2_grpc.AgentRuntimeServiceStub(channel).GetSessionHistory(
+            runtime_pb2.GetSessionHistoryRequest(session_id=streaming_session),
+            metadata=internal_metadata(mesh.internal_key, user=user_of(mesh.token)),
+        )
+    contents = [(m.role, m.content) for m in history.messages]
+    assert contents[0] == ("user", "a long answer"), "durable history survived SIGKILL"
+    assert ("user", "retry") in contents
+    assert contents[-1][0] == "assistant"
+
+
+def user_of(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])
