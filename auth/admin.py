@@ -44,7 +44,7 @@ from auth.audit import AuditLog
 from auth.clients import Client, Clients
 from auth.config import ENV_PREFIX, AuthConfig
 from auth.errors import AuthError, NotFound, WeakPassword
-from auth.keys import KeyRing, RotationPending, rotate_keys
+from auth.keys import KeyFileError, KeyRing, RotationPending, rotate_keys
 from auth.passwords import Passwords, check_password_policy
 from auth.refresh import RefreshTokens
 from auth.revocations import record_revocation
@@ -148,6 +148,8 @@ def _rotate_keys(config: AuthConfig) -> None:
         )
     except RotationPending as exc:
         raise AuthError(f"{exc}; rotate again after that") from None
+    except (KeyFileError, ValueError, OSError) as exc:
+        raise AuthError(f"keys directory {config.keys_dir}: {exc}") from None
     for key in rotation.deleted:
         print(f"deleted retired key {key.kid} ({key.path.name})")
     print(
@@ -157,11 +159,14 @@ def _rotate_keys(config: AuthConfig) -> None:
 
 
 def _list_keys(config: AuthConfig) -> None:
-    ring = KeyRing.load(
-        config.keys_dir,
-        publish_ahead=config.keys_publish_ahead,
-        retire_after=config.key_retire_after,
-    )
+    try:
+        ring = KeyRing.load(
+            config.keys_dir,
+            publish_ahead=config.keys_publish_ahead,
+            retire_after=config.key_retire_after,
+        )
+    except (KeyFileError, ValueError, OSError) as exc:
+        raise AuthError(f"keys directory {config.keys_dir}: {exc}") from None
     schedule = ring.schedule()
     states = {schedule.current.kid: "current"}
     states.update({key.kid: "next" for key in schedule.next})

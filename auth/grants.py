@@ -267,6 +267,9 @@ class TokenEndpoint:
         if not presented:
             raise InvalidRequest("the refresh_token parameter is required")
         requested = form.get("scope")
+        if requested:
+            # Checked before the token is spent, so a bad request does not burn it.
+            parse_scope(requested, allowed=client.scopes)
         try:
             successor = await self._refresh.rotate(
                 presented,

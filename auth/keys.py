@@ -283,6 +283,10 @@ def rotate_keys(
     now = time.time() if now is None else now
     ensure_directory(directory)
     with _locked(directory):
+        if not any(directory.glob("*.pem")):
+            # Nothing to hand over from: the first key signs at once.
+            staged = _load_key_file(generate_key_file(directory, now=now))
+            return Rotation(staged=staged, signs_at=now, deleted=())
         ring = KeyRing.load(directory, publish_ahead=publish_ahead, retire_after=retire_after)
         schedule = ring.schedule(now)
         if schedule.next:

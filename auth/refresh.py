@@ -181,8 +181,8 @@ class RefreshTokens:
         # Raising inside ``begin()`` would roll back the family revocation, so
         # the verdict leaves the transaction first.
         async with self._engine.begin() as conn:
-            failure, grant = await self._diagnose(conn, token_hash, client_id, now, address)
-        raise RotateRefused(failure, grant)
+            failure, known = await self._diagnose(conn, token_hash, client_id, now, address)
+        raise RotateRefused(failure, known)
 
     async def _diagnose(
         self,

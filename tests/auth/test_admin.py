@@ -196,19 +196,20 @@ async def test_clients_revocation_and_audit(admin: Admin) -> None:
 def test_rotate_keys(admin: Admin) -> None:
     keys_dir = admin.cwd / "keys"
     env = {"AUTH_SERVICE__KEYS_DIR": str(keys_dir)}
-    first = admin("rotate-keys", env=env)
+    first = admin("rotate-keys", env=env)  # no key yet: the first one signs at once
     assert first.returncode == 0, first.stderr
-    assert "staged key" in first.stdout
     (key_file,) = keys_dir.glob("*.pem")
     assert key_file.stat().st_mode & 0o777 == 0o600
+    staged = admin("rotate-keys", env=env)
+    assert staged.returncode == 0, staged.stderr
+    assert "staged key" in staged.stdout
     again = admin("rotate-keys", env=env)
     assert again.returncode == 1
     assert "staged" in again.stderr
     listed = admin("list-keys", env=env)
     assert listed.returncode == 0, listed.stderr
-    (line,) = listed.stdout.splitlines()
-    assert line.split("\t")[1] == "current"  # a lone key signs at once
-    _never_shows("PRIVATE KEY", first, again, listed)
+    assert [line.split("\t")[1] for line in listed.stdout.splitlines()] == ["current", "next"]
+    _never_shows("PRIVATE KEY", first, staged, again, listed)
 
 
 def test_password_equal_to_username_is_refused(admin: Admin) -> None:

@@ -13,7 +13,7 @@ from auth.refresh import hash_token
 from auth.schema import audit_events, refresh_tokens, revocations
 
 from .conftest import FakeClock
-from .harness import IDE, Auth, add_alice, running
+from .harness import IDE, PASSWORD, Auth, add_alice, running
 
 
 @pytest.fixture
@@ -164,4 +164,36 @@ async def test_revoke_rules(auth: Auth) -> None:
     await auth.clients.add("other-ide", confidential=False, scopes=("codelab",))
     other = await auth.post("/oauth/revoke", {"token": token, "client_id": "other-ide"})
     assert other.status_code == 200
+    assert (await auth.refresh(token)).status_code == 200
+
+
+async def test_audit_trail_of_a_session_holds_no_secrets(auth: Auth) -> None:
+    first_response = (await auth.password()).json()
+    await auth.password(password="wrong password!", address="192.0.2.1")
+    second = (await auth.refresh(first_response["refresh_token"])).json()["refresh_token"]
+    await auth.post("/oauth/revoke", {"token": second, "client_id": IDE})
+
+    rows = await _rows(auth, sa.select(audit_events).order_by(audit_events.c.id))
+    assert [(row["event"], row["address"]) for row in rows] == [
+        ("login_succeeded", "10.0.0.1"),
+        ("login_failed", "192.0.2.1"),
+        ("refresh_succeeded", "10.0.0.1"),
+        ("token_revoked", "10.0.0.1"),
+    ]
+    alice = await auth.users.get_by_username("alice")
+    assert alice is not None
+    assert rows[0]["user_id"] == alice.id
+    assert rows[0]["username"] == "alice"
+    assert rows[0]["client_id"] == IDE
+    assert rows[0]["at"] == auth.clock.now
+    secrets = (PASSWORD, "wrong password!", first_response["refresh_token"], second)
+    for row in rows:
+        text = repr(dict(row))
+        assert not any(secret in text for secret in secrets)
+        assert first_response["access_token"].split(".")[2] not in text
+
+
+async def test_bad_scope_on_refresh_does_not_burn_the_token(auth: Auth) -> None:
+    token = await _login(auth)
+    assert (await auth.refresh(token, scope="admin")).json()["error"] == "invalid_scope"
     assert (await auth.refresh(token)).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from auth.keys import rotate_keys
 from tests.conftest import free_port
 
 from .conftest import subprocess_env
@@ -47,6 +49,7 @@ def running_service(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]
         AUTH_SERVICE__PORT=str(port),
         AUTH_SERVICE__ISSUER=base_url,
         AUTH_SERVICE__LOG_LEVEL="INFO",
+        AUTH_SERVICE__KEYS_RELOAD_INTERVAL="0.2",
     )
     # The defaults put the database and keys under ./.codelab of the working directory.
     added = subprocess.run(
@@ -102,10 +105,37 @@ def test_token_over_a_real_socket_then_graceful_stop(
                 "password": PASSWORD,
                 "client_id": "codelab-ide",
             },
+            # Not a trusted proxy (none is configured): this header must be ignored.
+            headers={"X-Forwarded-For": "203.0.113.9"},
         )
         assert response.status_code == 200, response.text
         token = response.json()["access_token"]
+        refresh_token = response.json()["refresh_token"]
         jwks = jwt.PyJWKSet.from_dict(client.get(discovery["jwks_uri"]).json())
+        refreshed = client.post(
+            discovery["token_endpoint"],
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": "codelab-ide",
+            },
+        )
+        assert refreshed.status_code == 200, refreshed.text
+        second_refresh = refreshed.json()["refresh_token"]
+        revoked = client.post(
+            discovery["revocation_endpoint"],
+            data={"token": second_refresh, "client_id": "codelab-ide"},
+        )
+        assert revoked.status_code == 200
+
+        # A staged key shows up in the JWKS without a restart, and does not sign yet.
+        rotation = rotate_keys(workdir / ".codelab" / "keys", publish_ahead=600, retire_after=1200)
+        deadline = time.monotonic() + 10
+        while len(client.get(discovery["jwks_uri"]).json()["keys"]) < 2:
+            assert time.monotonic() < deadline, "the staged key was never published"
+            time.sleep(0.1)
+        published = [key["kid"] for key in client.get(discovery["jwks_uri"]).json()["keys"]]
+        assert published[1] == rotation.staged.kid
 
     kid = jwt.get_unverified_header(token)["kid"]
     claims = jwt.decode(
@@ -118,8 +148,8 @@ def test_token_over_a_real_socket_then_graceful_stop(
     assert claims["preferred_username"] == "alice"
 
     key_files = list((workdir / ".codelab" / "keys").glob("*.pem"))
-    assert len(key_files) == 1
-    assert key_files[0].stat().st_mode & 0o777 == 0o600
+    assert len(key_files) == 2  # the generated one and the staged one
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in key_files)
     assert (workdir / ".codelab" / "auth.db").is_file()
 
     process.send_signal(signal.SIGTERM)
@@ -132,6 +162,14 @@ def test_token_over_a_real_socket_then_graceful_stop(
     assert token not in stderr
     assert token.split(".")[2] not in stderr
     assert "PRIVATE KEY" not in stderr
+    for secret in (refresh_token, second_refresh):
+        assert secret not in stderr
+    assert "signing_keys_reloaded" in stderr
+
+    # The socket peer, not the forged header, is who logged in.
+    with sqlite3.connect(workdir / ".codelab" / "auth.db") as db:
+        addresses = {row[0] for row in db.execute("SELECT address FROM audit_events")}
+    assert addresses == {"127.0.0.1"}
 
 
 def test_bad_configuration_exits_2(workdir: Path) -> None:
