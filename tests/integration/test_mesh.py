@@ -22,7 +22,7 @@ from auth.tokens import Subject, TokenIssuer
 from ide.connection import IdeConnection
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh.grpc_server import internal_metadata
-from runtime.v1 import runtime_pb2, runtime_pb2_grpc
+from runtime.v1 import runtime_pb2_grpc
 from tests.integration.conftest import ROOT, Mesh
 
 GRPCURL = str(Path(ROOT, ".venv", "bin", "grpcurl"))
@@ -173,21 +173,16 @@ async def test_grpc_calls_without_the_internal_credential_are_refused(
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
-        async def call_without_credential() -> None:
-            if service == "runtime":
-                stub = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
-                call = stub.Converse(metadata=(("x-user-id", "dev"),))
-                await call.write(
-                    runtime_pb2.ConverseRequest(open=runtime_pb2.OpenSession(session_id="x"))
-                )
-                await call.read()
-            else:
-                await llmproxy_pb2_grpc.LlmProxyServiceStub(channel).ListModels(
-                    llmproxy_pb2.ListModelsRequest(), metadata=(("x-internal-auth", "wrong"),)
-                )
-
+        if service == "runtime":
+            # The refusal comes before any message: no write, just the status.
+            stub = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
+            call = stub.Converse(metadata=(("x-user-id", "dev"),))
+            assert await call.code() == grpc.StatusCode.UNAUTHENTICATED
+            return
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call_without_credential()
+            await llmproxy_pb2_grpc.LlmProxyServiceStub(channel).ListModels(
+                llmproxy_pb2.ListModelsRequest(), metadata=(("x-internal-auth", "wrong"),)
+            )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
