@@ -208,3 +208,12 @@ def test_reload_keeps_old_keys_when_the_directory_breaks(tmp_path: Path, clock: 
     with pytest.raises(KeyFileError):
         ring.reload()
     assert len(ring.keys) == 1
+
+
+def test_rotating_an_empty_directory_creates_a_key_that_signs_at_once(tmp_path: Path) -> None:
+    rotation = rotate_keys(
+        tmp_path / "keys", publish_ahead=PUBLISH_AHEAD, retire_after=RETIRE_AFTER
+    )
+    ring = KeyRing.load(tmp_path / "keys", publish_ahead=PUBLISH_AHEAD)
+    assert ring.current.kid == rotation.staged.kid
+    assert _mode(tmp_path / "keys") == 0o700
