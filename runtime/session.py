@@ -228,11 +228,18 @@ class SessionHub:
         return conversation, created
 
     async def owned(self, session_id: str, owner: str) -> SessionRow:
-        """The owner's session row; NotFound for a missing or foreign one."""
+        """The owner's session row.
+
+        Raises NotFound for a missing session and PermissionDenied for someone
+        else's (the gateway shows both as 404 in its views, and refuses the
+        WebSocket handshake to a foreign session with 403).
+        """
         check_session_id(session_id)
         row = await self._store.get_session(session_id)
-        if row is None or row.owner != owner:
+        if row is None:
             raise NotFound(f"no session {session_id!r}")
+        if row.owner != owner:
+            raise PermissionDenied("session belongs to another user")
         return row
 
     def live(self, session_id: str) -> Conversation | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import jwt
 import pytest
 import sqlalchemy as sa
@@ -32,10 +34,12 @@ async def counted() -> CountingPasswords:
 
 
 @pytest.fixture
-async def auth(sqlite_url: str, keys: KeyRing, clock: FakeClock, counted: Passwords) -> Auth:
+async def auth(
+    sqlite_url: str, keys: KeyRing, clock: FakeClock, counted: Passwords
+) -> AsyncIterator[Auth]:
     async with running(sqlite_url, keys, clock, passwords=counted) as auth:
         await add_alice(auth)
-        yield auth  # type: ignore[misc]
+        yield auth
 
 
 async def _register(auth: Auth) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import jwt
 import pytest
@@ -17,10 +18,10 @@ from .harness import IDE, PASSWORD, Auth, add_alice, running
 
 
 @pytest.fixture
-async def auth(database_url: str, keys: KeyRing, clock: FakeClock) -> Auth:
+async def auth(database_url: str, keys: KeyRing, clock: FakeClock) -> AsyncIterator[Auth]:
     async with running(database_url, keys, clock) as auth:
         await add_alice(auth)
-        yield auth  # type: ignore[misc]
+        yield auth
 
 
 async def _login(auth: Auth) -> str:

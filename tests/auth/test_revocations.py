@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -15,9 +17,9 @@ KEY = {"X-Internal-Auth": "internal-test-key"}
 
 
 @pytest.fixture
-async def auth(database_url: str, keys: KeyRing, clock: FakeClock) -> Auth:
+async def auth(database_url: str, keys: KeyRing, clock: FakeClock) -> AsyncIterator[Auth]:
     async with running(database_url, keys, clock) as auth:
-        yield auth  # type: ignore[misc]
+        yield auth
 
 
 async def _feed(auth: Auth, after: str | None = None, **headers: str) -> httpx.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -18,10 +19,10 @@ from .harness import PASSWORD, Auth, add_alice, running
 WRONG = "wrong password!"
 
 
-def _retry_after(response: object) -> int:
-    assert response.status_code == 429, response.text  # type: ignore[attr-defined]
-    assert response.json()["error"] == "invalid_grant"  # type: ignore[attr-defined]
-    return int(response.headers["retry-after"])  # type: ignore[attr-defined]
+def _retry_after(response: httpx.Response) -> int:
+    assert response.status_code == 429, response.text
+    assert response.json()["error"] == "invalid_grant"
+    return int(response.headers["retry-after"])
 
 
 async def _events(auth: Auth) -> list[tuple[str, str | None]]:

@@ -351,7 +351,7 @@ async def test_sessions_history_and_current_agent_are_owner_scoped(
         runtime_pb2.GetCurrentAgentRequest(session_id="alice-1"), metadata=alice
     )
     assert current.agent == "coder"
-    for read in (
+    foreign = (
         stub.GetSessionHistory(
             runtime_pb2.GetSessionHistoryRequest(session_id="alice-1"), metadata=bob
         ),
@@ -361,13 +361,17 @@ async def test_sessions_history_and_current_agent_are_owner_scoped(
         stub.ListPendingApprovals(
             runtime_pb2.ListPendingApprovalsRequest(session_id="alice-1"), metadata=bob
         ),
-        stub.GetSessionHistory(
-            runtime_pb2.GetSessionHistoryRequest(session_id="nope"), metadata=alice
-        ),
-    ):
+    )
+    for read in foreign:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await read
-        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "hello" not in (refused.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetSessionHistory(
+            runtime_pb2.GetSessionHistoryRequest(session_id="nope"), metadata=alice
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     agents = await stub.ListAgents(runtime_pb2.ListAgentsRequest(), metadata=alice)
     assert {a.name for a in agents.agents} == {"orchestrator", "coder", "architect", "debug", "ask"}
     with pytest.raises(grpc.aio.AioRpcError) as duplicate:
