@@ -162,6 +162,19 @@ def describe_group(name: str, deployments: Iterable[Mapping[str, Any]]) -> Model
     )
 
 
+def context_window_of(router: Router, model_group: str) -> tuple[int, str]:
+    """(context window in tokens, model name for LiteLLM's token counter) of a group.
+
+    The window is the group's first deployment's, 0 when unknown (no trimming).
+    """
+    deployments = [d for d in router.get_model_list() or [] if d.get("model_name") == model_group]
+    if not deployments:
+        return 0, ""
+    description = describe_group(model_group, deployments)
+    tokenizer = str((deployments[0].get("litellm_params") or {}).get("model", ""))
+    return description.context_window, tokenizer
+
+
 def _known_model_info(model: str, provider: str) -> Mapping[str, Any]:
     """LiteLLM's cost-map entry for ``model``, or empty when it has none."""
     if provider == OFFLINE_PROVIDER:

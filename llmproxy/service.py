@@ -28,12 +28,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
+import litellm
 import structlog
 from litellm import exceptions as litellm_errors
 from litellm.router import Router
 
 from llmproxy import errors
 from llmproxy.router import (
+    context_window_of,
     deployment_health,
     deployment_of,
     describe_models,
@@ -42,7 +44,11 @@ from llmproxy.router import (
     record_failure,
 )
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+from mesh.context import fit
 from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
+
+DEFAULT_OUTPUT_RESERVE = 4096
+"""Tokens left for the answer when a request names no max_tokens."""
 
 log = structlog.get_logger("llmproxy")
 
@@ -238,6 +244,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
     def __init__(self, router: Router, timeouts: StreamTimeouts | None = None) -> None:
         self._router = router
         self._timeouts = timeouts or StreamTimeouts()
+        self._windows: dict[str, tuple[int, str]] = {}
 
     async def StreamChat(  # type: ignore[override]  # writes with context.write
         self, request: llmproxy_pb2.StreamChatRequest, context: Context
@@ -451,12 +458,29 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         )
 
     def _checked(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Check the model exists and fit the messages to its context window."""
         model = arguments["model"]
         if not model:
             raise errors.InvalidRequest("model must be set")
         if not knows_model(self._router, model):
             names = ", ".join(self._router.get_model_names())
             raise errors.NotFound(f"model {model!r} is not configured (configured: {names})")
+        window = self._windows.get(model)
+        if window is None:
+            window = self._windows[model] = context_window_of(self._router, model)
+        budget, tokenizer = window
+        if budget > 0:
+            reserve = arguments.get("max_tokens") or min(DEFAULT_OUTPUT_RESERVE, budget // 4)
+            messages = arguments["messages"]
+            fitted = fit(
+                messages,
+                budget - reserve,
+                lambda run: litellm.token_counter(model=tokenizer, messages=list(run)),
+                lambda m: (m["role"], bool(m.get("tool_calls"))),
+            )
+            if len(fitted) < len(messages):
+                log.info("context_trimmed", dropped=len(messages) - len(fitted), budget=budget)
+                arguments = {**arguments, "messages": fitted}
         return arguments
 
 

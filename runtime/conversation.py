@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from mesh.context import fit
 from runtime import policy, routing
 from runtime.agents import AGENTS
 from runtime.errors import UpstreamError
@@ -74,6 +75,10 @@ log = structlog.get_logger("runtime.conversation")
 
 MAX_SWITCHES_PER_TURN = 3
 MAX_MODEL_CALLS_PER_TURN = 25
+CHARS_PER_TOKEN_BOUND = 8
+"""The runtime pre-cuts history to 8 characters per token of the window: more than any
+tokenizer packs into the window, so the exact cut (with the model's tokenizer,
+in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -749,7 +754,13 @@ class Conversation:
 
     async def _call_model(self) -> _ModelReply:
         agent = AGENTS[self.session.agent]
-        messages = [ChatMessage("system", agent.system_prompt), *self.session.messages]
+        model = self._settings.agent_models.get(agent.name, self._settings.model)
+        messages = fit(
+            [ChatMessage("system", agent.system_prompt), *self.session.messages],
+            await self._llm.context_window(model) * CHARS_PER_TOKEN_BOUND,
+            lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
+            lambda m: (m.role, bool(m.tool_calls)),
+        )
         tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
         reply = _ModelReply()
         parts: list[str] = []
@@ -759,7 +770,7 @@ class Conversation:
             await self._flush()
         async with contextlib.aclosing(
             self._llm.stream_chat(
-                self._settings.agent_models.get(agent.name, self._settings.model),
+                model,
                 messages,
                 tools,
                 request_id=self._request_id,

@@ -136,6 +136,27 @@ class LlmClient:
         self._stub = stub
         self._key = internal_api_key
         self._timeout = timeout
+        self._windows: dict[str, int] = {}
+
+    async def context_window(self, model: str) -> int:
+        """The model group's context window in tokens, 0 when unknown.
+
+        Asked once per group (ListModels) and remembered; a failed ask is
+        not remembered, and answers 0 (no limit) this time.
+        """
+        if model in self._windows:
+            return self._windows[model]
+        try:
+            listing = await self._stub.ListModels(
+                llmproxy_pb2.ListModelsRequest(),
+                metadata=internal_metadata(self._key),
+                timeout=min(self._timeout, 10.0),
+            )
+        except grpc.aio.AioRpcError:
+            return 0
+        for item in listing.models:
+            self._windows[item.name] = item.context_window
+        return self._windows.setdefault(model, 0)
 
     async def stream_chat(
         self,

@@ -64,6 +64,10 @@ class ScriptedLlm:
         self.seen: list[list[ChatMessage]] = []
         self.tools_seen: list[list[str]] = []
         self.closed = asyncio.Event()
+        self.window = 0
+
+    async def context_window(self, model: str) -> int:
+        return self.window
 
     async def stream_chat(
         self,
@@ -524,3 +528,17 @@ async def test_file_changes_reach_the_model_once_coalesced(store: Store) -> None
 def test_malformed_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         check_session_id(bad)
+
+
+async def test_history_sent_to_the_model_is_bounded_by_its_window(store: Store) -> None:
+    llm = ScriptedLlm(*[[TextChunk("x" * 400)] for _ in range(6)])
+    llm.window = 100  # tokens: the runtime pre-cuts at 8 characters per token
+    conversation, outbox, session = await make(store, llm)
+    for index in range(6):
+        await conversation.handle(UserMessage(f"question {index} " + "q" * 300))
+        await until(outbox, TurnDone)
+    last = llm.seen[-1]
+    assert last[0].role == "system", "the system prompt always stays"
+    assert last[-1].content.startswith("question 5"), "the newest message always stays"
+    assert sum(len(m.content) for m in last[1:]) <= 800
+    assert len(session.messages) == 12, "history itself keeps everything"

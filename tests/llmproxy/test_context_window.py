@@ -1,0 +1,56 @@
+"""Requests are fitted to the model's context window, oldest turns first."""
+
+from __future__ import annotations
+
+import json
+
+from llmproxy.v1 import llmproxy_pb2
+from tests.llmproxy.conftest import METADATA, StartProxy
+
+SMALL_WINDOW = """
+model_list:
+  - model_name: small
+    litellm_params: {model: offline/echo, reply_tokens: 5}
+    model_info: {max_input_tokens: 400}
+"""
+
+
+def message(role: str, content: str, **extra: object) -> llmproxy_pb2.ChatMessage:
+    return llmproxy_pb2.ChatMessage(role=role, content=content, **extra)  # type: ignore[arg-type]
+
+
+async def prompt_tokens(proxy: object, messages: list[llmproxy_pb2.ChatMessage]) -> int:
+    request = llmproxy_pb2.StreamChatRequest(model="small", messages=messages, max_tokens=50)
+    ends = [
+        r.end
+        async for r in proxy.stub.StreamChat(request, metadata=METADATA)  # type: ignore[attr-defined]
+        if r.HasField("end")
+    ]
+    return ends[0].usage.prompt_tokens
+
+
+async def test_old_turns_are_dropped_to_fit_and_calls_stay_with_results(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy(SMALL_WINDOW)
+    call = llmproxy_pb2.ToolCall(
+        id="c1", name="read_file", arguments_json=json.dumps({"path": "a"})
+    )
+
+    def history(tool_words: int) -> list[llmproxy_pb2.ChatMessage]:
+        return [
+            message("user", "old question " + "word " * 300),
+            message("assistant", "", tool_calls=[call]),
+            message("tool", "file " * tool_words, tool_call_id="c1", name="read_file"),
+            message("assistant", "old answer"),
+        ]
+
+    latest = [message("user", "what now?")]
+    system = [message("system", "You are terse.")]
+    short = await prompt_tokens(proxy, system + latest)
+    # The offline model reports how many words it received. The window (400
+    # tokens, 50 reserved for the answer) holds the newest turns only:
+    # the 302-word question goes first; a call whose result is too big goes
+    # with its result, never one without the other.
+    assert await prompt_tokens(proxy, system + history(200) + latest) == short + 200 + 2
+    assert await prompt_tokens(proxy, system + history(400) + latest) == short + 2
