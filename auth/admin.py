@@ -53,6 +53,16 @@ from auth.tokens import parse_scope
 from mesh.env import ConfigError, Env
 
 
+class _NoPasswords(Passwords):
+    """For client commands that never hash or verify (list, disable, enable)."""
+
+    def __init__(self) -> None:  # no dummy hash: nothing here verifies
+        pass
+
+
+_NO_PASSWORDS = _NoPasswords()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codelab-auth-admin", description="Manage the CodeLab auth service."
@@ -196,9 +206,10 @@ async def _run(args: argparse.Namespace, config: AuthConfig) -> None:
     engine = create_engine(config.database_url)
     try:
         users = UserStore(engine)
+        # Passwords() costs one argon2 hash (its dummy); only secret-making commands pay it.
         clients = Clients(
             engine,
-            Passwords(),
+            Passwords() if args.command == "add-client" else _NO_PASSWORDS,
             first_party=Client(config.client_id, confidential=False, scopes=config.scopes),
         )
         if args.command == "add-user":
