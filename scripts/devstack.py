@@ -56,6 +56,7 @@ def environment() -> dict[str, str]:
         "AUTH_SERVICE__PORT": "8003",
         "AUTH_SERVICE__DATABASE_URL": f"sqlite+aiosqlite:///{HOME / 'auth.db'}",
         "AUTH_SERVICE__KEYS_DIR": str(HOME / "keys"),
+        "AUTH_SERVICE__INTERNAL_API_KEY": key,
         "GATEWAY__INTERNAL_API_KEY": key,
         "GATEWAY__PORT": "8000",
     }
@@ -66,6 +67,8 @@ def environment() -> dict[str, str]:
     env.setdefault("GATEWAY__RUNTIME_ADDRESS", f"127.0.0.1:{env['AGENT_RUNTIME__PORT']}")
     env.setdefault("GATEWAY__JWKS_URL", f"{auth}/.well-known/jwks.json")
     env.setdefault("GATEWAY__JWT_ISSUER", env["AUTH_SERVICE__ISSUER"])
+    # Logout and refresh-token reuse reach open WebSockets through this feed.
+    env.setdefault("GATEWAY__REVOCATIONS_URL", f"{auth}/internal/revocations")
     return env
 
 
