@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001 - the × sign is meant
+# ruff: noqa: RUF001 - the multiplication sign is meant
 """``scripts/bench-mesh``: the real mesh against a bare relay, in one run.
 
 (a) the bare relay (``relay.py``): source → relay → edge, three processes,
@@ -115,11 +115,25 @@ class CpuMeter:
         snapshot = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         usage = resource.getrusage(resource.RUSAGE_SELF)
         snapshot["client"] = usage.ru_utime + usage.ru_stime
+        snapshot["machine"] = machine_busy_seconds()
         self.marks.append(snapshot)
 
     def spent(self) -> dict[str, float]:
         first, last = self.marks[0], self.marks[-1]
-        return {name: round(last[name] - first[name], 3) for name in first}
+        return {name: round(last[name] - first[name], 3) for name in first if name != "machine"}
+
+    def foreign(self) -> float:
+        """CPU seconds the machine spent outside the measured processes."""
+        first, last = self.marks[0], self.marks[-1]
+        ours = sum(self.spent().values())
+        return round(max(0.0, last["machine"] - first["machine"] - ours), 3)
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU time of the whole machine (first line of /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICKS
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -274,7 +288,9 @@ def p50_p99(values: list[float]) -> dict[str, float | None]:
     return {"p50": pct(values, 50), "p99": pct(values, 99), "n": len(values)}
 
 
-def summarize(s: Scenario, result: load.SessionsResult, cpu: dict[str, float]) -> dict[str, Any]:
+def summarize(
+    s: Scenario, result: load.SessionsResult, cpu: dict[str, float], foreign: float = 0.0
+) -> dict[str, Any]:
     turns = result.turns
     tokens = sum(len(t.arrivals) for t in turns)
     wall = (result.ended - result.started) / 1e9
@@ -302,6 +318,8 @@ def summarize(s: Scenario, result: load.SessionsResult, cpu: dict[str, float]) -
         "gap_excess_ms": p50_p99([g - s.delay * 1e3 for g in gaps]),
         "lateness_vs_schedule_ms": p50_p99(late),
         "cpu_s": cpu,
+        "other_processes_cpu_s": foreign,
+        "other_processes_cores": round(foreign / wall, 2) if wall else None,
         "cpu_us_per_token": {k: round(v / tokens * 1e6, 1) for k, v in cpu.items()}
         if tokens
         else {},
@@ -350,7 +368,7 @@ def drive(
             session_prefix=prefix,
         )
     )
-    summary = summarize(s, result, meter.spent())
+    summary = summarize(s, result, meter.spent(), meter.foreign())
     print(
         f"  {s.name}: {summary['tokens']} tokens {summary['tokens_per_s']} tok/s "
         f"ttft p50 {summary['ttft_ms']['p50']} ms, {summary['turns_per_s']} turns/s, "
@@ -693,7 +711,7 @@ def drive_relay(url: str, s: Scenario, pids: dict[str, int]) -> dict[str, Any]:
             session_prefix=f"{s.name}{query}&s=",
         )
 
-    summary = summarize(s, asyncio.run(go()), meter.spent())
+    summary = summarize(s, asyncio.run(go()), meter.spent(), meter.foreign())
     print(
         f"  {s.name}: {summary['tokens']} tokens {summary['tokens_per_s']} tok/s "
         f"ttft p50 {summary['ttft_ms']['p50']} ms, added p99 "
@@ -732,6 +750,8 @@ def main() -> None:
         help="also write docs/bench-mesh-<date>.json and the Mesh section",
     )
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every started mesh and relay is stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = run(args)
     text = json.dumps(report, indent=1)
     if args.json:

@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001 - the × sign is meant
+# ruff: noqa: RUF001 - the multiplication sign is meant
 """The "## Mesh" section of docs/BENCHMARKS.md, from one run's results.
 
 Regenerating replaces the section's tables and keeps whatever follows a
@@ -134,6 +134,11 @@ def scenario_table(entry: dict[str, Any]) -> list[str]:
     row(
         "CPU µs/token: all services",
         lambda r: round(sum(v for k, v in r["cpu_us_per_token"].items() if k != "client"), 1),
+    )
+    row(
+        "other processes' CPU meanwhile (cores)",
+        lambda r: r.get("other_processes_cores", "?"),
+        False,
     )
     errors = sum(r["error_count"] for _, r in columns if r)
     if errors:
