@@ -13,6 +13,7 @@ feed therefore stays bounded without a cleanup job.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,15 +47,19 @@ class Revocation:
 
 
 async def record_revocation(conn: AsyncConnection, sub: str, reason: str, *, now: float) -> None:
-    """Add a row inside the caller's transaction; ``not_before`` is ``now`` in whole seconds.
+    """Add a row inside the caller's transaction; ``not_before`` is ``now`` rounded up.
 
-    Tokens issued in the same second as the revocation (``iat == not_before``)
-    stay valid: the feed has one-second resolution, like ``iat``.
+    ``iat`` has one-second resolution, so a token issued earlier in the same
+    second as the revocation must fall before ``not_before``: rounding up
+    revokes it. The price: a new login within that same second is refused at
+    the edge until the second ends, and the client simply retries.
     """
     if reason not in REASONS:
         raise ValueError(f"unknown revocation reason {reason!r}")
     await conn.execute(
-        revocations.insert().values(sub=sub, not_before=int(now), reason=reason, created_at=now)
+        revocations.insert().values(
+            sub=sub, not_before=math.ceil(now), reason=reason, created_at=now
+        )
     )
 
 

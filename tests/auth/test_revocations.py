@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import httpx
@@ -63,7 +64,7 @@ async def test_logout_appears_in_the_feed_and_pages_by_cursor(auth: Auth) -> Non
     assert logout == {
         "id": logout["id"],
         "sub": user_id,
-        "not_before": int(auth.clock.now),
+        "not_before": math.ceil(auth.clock.now),
         "reason": "logout",
     }
     assert (admin["reason"], disabled["reason"]) == ("admin", "disabled")

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +123,23 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
             raise
         reader.join(5)
     assert code == 0, "".join(output)
+
+
+def add_user(mesh: Mesh) -> dict[str, str]:
+    """A new user of the mesh's auth service, made with the admin CLI."""
+    name = f"user{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "AUTH_SERVICE__DATABASE_URL": f"sqlite+aiosqlite:///{mesh.home / 'auth.db'}",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "auth.admin", "add-user", name, "--password-stdin"],
+        input=password + "\n",
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return {"username": name, "password": password}

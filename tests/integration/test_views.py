@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -13,35 +10,16 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from ide.connection import IdeConnection
-from tests.integration.conftest import ROOT, Mesh
+from tests.integration.conftest import Mesh, add_user
 
 
 @pytest.fixture(scope="package")
 def other_token(mesh: Mesh) -> str:
-    """A token for a second user, made with the admin CLI and the token endpoint."""
-    name = f"mallory{uuid.uuid4().hex[:6]}"
-    password = uuid.uuid4().hex
-    env = {
-        **os.environ,
-        "AUTH_SERVICE__DATABASE_URL": f"sqlite+aiosqlite:///{mesh.home / 'auth.db'}",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "auth.admin", "add-user", name, "--password-stdin"],
-        input=password + "\n",
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    """A token for a second user."""
+    user = add_user(mesh)
     reply = httpx.post(
         f"{mesh.auth_url}/oauth/token",
-        data={
-            "grant_type": "password",
-            "username": name,
-            "password": password,
-            "client_id": "codelab-ide",
-        },
+        data={"grant_type": "password", "client_id": "codelab-ide", **user},
     )
     reply.raise_for_status()
     return str(reply.json()["access_token"])
