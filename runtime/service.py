@@ -253,17 +253,30 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         first_items: list[Sequenced],
         context: Context,
     ) -> None:
+        """Write the stream: first items, then the session's events as they come.
+
+        Adaptive coalescing: text deltas that queued up while the previous
+        write was in flight go out as one message carrying the last seq (a
+        client resuming after it has them all). When the stream keeps up,
+        every delta goes out alone, at once. Nothing is merged across another
+        kind of event, and order is kept.
+        """
         high = 0
         for item in first_items:
             await context.write(to_proto(item))
             high = max(high, item.seq)
+        queue = subscriber.queue
+        carried: Sequenced | Resend | None = None
         while True:
-            if subscriber.overflowed and subscriber.queue.empty():
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "this stream fell behind the session; reconnect with the last seq seen",
-                )
-            item = await subscriber.queue.get()
+            if carried is None:
+                if subscriber.overflowed and queue.empty():
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "this stream fell behind the session; reconnect with the last seq seen",
+                    )
+                item = await queue.get()
+            else:
+                item, carried = carried, None
             if item is END_OF_STREAM:
                 return
             if isinstance(item, Resend):
@@ -280,6 +293,21 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 continue
             if item.seq and item.seq <= high:
                 continue  # already sent by the replay
+            if isinstance(item.event, AssistantText) and not queue.empty():
+                parts, last = [item.event.text], item.seq
+                while not queue.empty():
+                    following = queue.get_nowait()
+                    if (
+                        isinstance(following, Sequenced)
+                        and isinstance(following.event, AssistantText)
+                        and following.seq > last
+                    ):
+                        parts.append(following.event.text)
+                        last = following.seq
+                    else:
+                        carried = following
+                        break
+                item = Sequenced(last, AssistantText("".join(parts)))
             await context.write(to_proto(item))
             high = max(high, item.seq)
 

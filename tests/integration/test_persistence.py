@@ -222,7 +222,9 @@ async def test_a_dropped_client_resumes_with_exactly_the_missed_events(
         assert info["metadata"]["recovered"] is True
         rest = await frames_until_final(ide)
     seqs = [f["seq"] for f in seen + rest]
-    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "no gap, no duplicate"
+    # Strictly increasing: no duplicate. Merged deltas skip numbers, so the
+    # proof of "no gap" is the text: every token is there exactly once.
+    assert seqs == sorted(set(seqs))
     assert text_of(seen + rest) == expected_reply_text("remember this")
     assert rest[-1]["metadata"]["status"] == "completed"
 

@@ -104,6 +104,7 @@ async def test_cancel_mid_stream(provider_mesh: Mesh) -> None:
         while tokens < 3:
             frame = await conn.next_frame()
             if frame["type"] == "assistant_message" and not frame["is_final"]:
+                assert len(frame["content"].split()) == 1, "a paced model streams word by word"
                 tokens += 1
         await conn.send({"type": "cancel"})
         while not (frame := await conn.next_frame()).get("is_final"):
