@@ -59,6 +59,7 @@ from auth.passwords import Passwords
 from auth.store import create_engine, migrate
 from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
+from mesh.process import run
 from mesh.signals import wait_for_stop_signal
 
 log = structlog.get_logger("auth")
@@ -172,7 +173,7 @@ def main() -> None:
     configure_logging(config.log_level)
     # Alembic narrates every migration step at INFO; we log our own summary.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    asyncio.run(serve(config))
+    run(serve(config))
 
 
 if __name__ == "__main__":

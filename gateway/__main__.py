@@ -9,7 +9,6 @@ then closes every WebSocket with 1012 (service restart).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
 from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
+from mesh.process import run
 from mesh.signals import wait_for_stop_signal
 from runtime.v1 import runtime_pb2_grpc
 
@@ -119,7 +119,7 @@ def main() -> None:
     # websockets logs every connection and HTTP response at INFO; the gateway
     # writes its own one-line summary per connection instead.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
-    asyncio.run(serve(config))
+    run(serve(config))
 
 
 if __name__ == "__main__":

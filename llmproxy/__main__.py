@@ -18,7 +18,6 @@ Environment (read once, into :class:`Settings`):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -32,6 +31,7 @@ from mesh.env import ConfigError as EnvError
 from mesh.env import Env
 from mesh.grpc_server import MeshServer
 from mesh.logs import configure_logging
+from mesh.process import run
 from mesh.signals import wait_for_stop_signal
 
 log = structlog.get_logger("llmproxy")
@@ -148,7 +148,7 @@ def main() -> None:
     from llmproxy.config import ConfigError
 
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings))
     except ConfigError as exc:
         log.error("llmproxy_config_invalid", error=str(exc))
         raise SystemExit(2) from None

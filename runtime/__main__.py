@@ -54,6 +54,7 @@ from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
 from mesh.grpc_server import MeshServer
 from mesh.logs import configure_logging
+from mesh.process import run
 from mesh.signals import wait_for_stop_signal
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
@@ -207,7 +208,7 @@ def main() -> None:
             asyncio.run(migrate(config.database_url))
             structlog.get_logger("runtime").info("runtime_schema_migrated")
         else:
-            asyncio.run(serve(config))
+            run(serve(config))
     except ConfigError as exc:
         raise SystemExit(f"codelab-runtime: {exc}") from None
 
