@@ -5,18 +5,31 @@ refuses any call without the internal credential (metadata
 ``x-internal-auth``) with UNAUTHENTICATED. Only the health service is exempt,
 so that orchestrators can probe it; reflection needs the credential like
 everything else (grpcurl sends ``-H`` headers with reflection requests too).
+
+Every call goes through :class:`CallInterceptor` first: it binds
+``request_id``, ``user`` and ``rpc`` to the structlog context of the call
+(so every line the call logs carries them, and tasks it starts inherit
+them), makes the caller's ``traceparent`` the current trace context, and
+writes one ``rpc_finished`` line per call (health checks at DEBUG) with
+the status code and duration, counted in :class:`mesh.metrics.RpcMetrics`.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+
+from mesh import tracing
+from mesh.metrics import RpcMetrics
 
 INTERNAL_AUTH_HEADER = "x-internal-auth"
 """Metadata key of the shared internal credential."""
@@ -102,12 +115,143 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
         return _refusal(handler)
 
 
+def _status_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.OK
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Request context, trace context, one summary line and metrics per call.
+
+    The summary is ``rpc_finished`` with ``code`` and ``duration_ms`` (the
+    context already holds ``rpc``, ``request_id`` and ``user``). A call the
+    handler fails with an unexpected exception is reported as UNKNOWN, as
+    gRPC answers it; a cancelled one as CANCELLED.
+    """
+
+    def __init__(self, metrics: RpcMetrics | None = None) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        wrapped: grpc.RpcMethodHandler = _wrap(handler, self._observe(method))
+        return wrapped
+
+    def _observe(self, method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        quiet = method.startswith(_EXEMPT_PREFIX)
+        metrics = self._metrics
+
+        def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isasyncgenfunction(behavior):
+
+                async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                    started, token = _enter(method, context)
+                    code = grpc.StatusCode.OK
+                    try:
+                        async for item in behavior(request, context):
+                            yield item
+                        code = _status_of(context)
+                    except BaseException as exc:
+                        code = _failure_code(exc, context)
+                        raise
+                    finally:
+                        _leave(method, started, token, code, quiet, metrics)
+
+                return streaming
+
+            async def unary(request: Any, context: Any) -> Any:
+                started, token = _enter(method, context)
+                code = grpc.StatusCode.OK
+                try:
+                    result = await behavior(request, context)
+                    code = _status_of(context)
+                    return result
+                except BaseException as exc:
+                    code = _failure_code(exc, context)
+                    raise
+                finally:
+                    _leave(method, started, token, code, quiet, metrics)
+
+            return unary
+
+        return wrap
+
+
+def _enter(method: str, context: Any) -> tuple[float, object]:
+    bound = {
+        "rpc": method,
+        "request_id": metadata_value(context, REQUEST_ID_HEADER),
+        "user": metadata_value(context, USER_HEADER),
+    }
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in bound.items() if v})
+    traceparent = metadata_value(context, tracing.TRACEPARENT_HEADER)
+    token = otel_context.attach(tracing.extract(traceparent)) if traceparent else None
+    return time.monotonic(), token
+
+
+def _leave(
+    method: str,
+    started: float,
+    token: object,
+    code: grpc.StatusCode,
+    quiet: bool,
+    metrics: RpcMetrics | None,
+) -> None:
+    elapsed = time.monotonic() - started
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+    if metrics is not None:
+        metrics.handled.labels(method, code.name).inc()
+        metrics.duration.labels(method).observe(elapsed)
+    emit = log.debug if quiet else log.info
+    emit("rpc_finished", code=code.name, duration_ms=round(elapsed * 1000, 1))
+    structlog.contextvars.unbind_contextvars("rpc", "request_id", "user")
+
+
+def _failure_code(exc: BaseException, context: Any) -> grpc.StatusCode:
+    if isinstance(exc, grpc.aio.AbortError):
+        return _status_of(context)
+    if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+def _wrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    """``handler`` with its behavior wrapped, same kind and codec."""
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codec)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **codec)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codec)
+    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codec)
+
+
 class MeshServer:
     """A ``grpc.aio`` server with health, reflection and the credential check.
 
     Register servicers on :attr:`server` before :meth:`start`. ``stop`` is
     idempotent: it turns health to NOT_SERVING, stops accepting calls, gives
-    in-flight calls ``grace`` seconds and cancels the rest.
+    in-flight calls ``grace`` seconds and cancels the rest. With ``metrics``,
+    every call is counted (see :class:`CallInterceptor`).
     """
 
     def __init__(
@@ -118,11 +262,12 @@ class MeshServer:
         service_names: Sequence[str],
         max_concurrent_rpcs: int | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        metrics: RpcMetrics | None = None,
     ) -> None:
         self._address = address
         self._service_names = tuple(service_names)
         self.server = grpc.aio.server(
-            interceptors=[InternalAuthInterceptor(internal_api_key)],
+            interceptors=[CallInterceptor(metrics), InternalAuthInterceptor(internal_api_key)],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=list(options),
         )
@@ -143,7 +288,15 @@ class MeshServer:
         await self.set_serving(True)
         return self.port
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called; health then stays NOT_SERVING."""
+        return self._stopped
+
     async def set_serving(self, serving: bool) -> None:
+        """Report every service SERVING or NOT_SERVING; after :meth:`stop`,
+        always NOT_SERVING."""
+        serving = serving and not self._stopped
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -155,6 +308,6 @@ class MeshServer:
     async def stop(self, grace: float) -> None:
         if self._stopped:
             return
-        self._stopped = True
         await self.set_serving(False)
+        self._stopped = True
         await self.server.stop(grace)

@@ -34,7 +34,14 @@ variable                          default              meaning
 ``MAX_CONCURRENT_RPCS``           ``2000``             calls served at once; more are refused
 ``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
 ``LOG_LEVEL``                     ``INFO``             log level
+``METRICS_PORT``                  ``0``                Prometheus ``GET /metrics`` port on HOST
+                                                       (0: no metrics endpoint)
+``HEALTH_INTERVAL``               ``5``                seconds between dependency checks
+                                                       (database, llmproxy); gRPC health is
+                                                       NOT_SERVING while one fails
 ================================  ===================  =========================================
+
+Tracing: ``OTEL_TRACES_EXPORTER`` (see :mod:`mesh.tracing`).
 """
 
 from __future__ import annotations
@@ -43,22 +50,30 @@ import argparse
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
+import sqlalchemy
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
 from mesh.grpc_server import MeshServer
+from mesh.health import HealthWatch
 from mesh.logs import configure_logging
+from mesh.metrics import MetricsServer, RpcMetrics
 from mesh.process import run
 from mesh.signals import wait_for_stop_signal
+from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
 from runtime.llm import LlmClient
+from runtime.metrics import RuntimeMetrics
 from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.service import AgentRuntimeServicer
 from runtime.session import SessionHub
@@ -89,6 +104,8 @@ class RuntimeConfig:
     max_concurrent_rpcs: int = 2000
     shutdown_grace: float = 5.0
     log_level: str = "INFO"
+    metrics_port: int = 0
+    health_interval: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -130,6 +147,8 @@ class RuntimeConfig:
             max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs),
             shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env.str("LOG_LEVEL", cls.log_level),
+            metrics_port=env.int("METRICS_PORT", cls.metrics_port),
+            health_interval=env.float("HEALTH_INTERVAL", cls.health_interval),
         )
 
 
@@ -138,12 +157,17 @@ async def serve(
     *,
     started: Callable[[int], None] | None = None,
     stop: asyncio.Future[object] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
     """Run the runtime until ``stop`` resolves (default: SIGTERM or SIGINT).
 
     ``started`` is called with the bound port once the server accepts calls.
+    Metrics go to ``registry`` (default: a new one), served on
+    ``metrics_port`` when it is set.
     """
     log = structlog.get_logger("runtime")
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = RuntimeMetrics(registry)
     async with contextlib.AsyncExitStack() as stack:
         channel = grpc.aio.insecure_channel(config.llm_proxy_address)
         stack.push_async_callback(channel.close)
@@ -151,6 +175,7 @@ async def serve(
             llmproxy_pb2_grpc.LlmProxyServiceStub(channel),
             internal_api_key=config.llm_proxy_api_key or config.internal_api_key,
             timeout=config.llm_timeout,
+            metrics=metrics,
         )
         engine = create_engine(config.database_url)
         stack.push_async_callback(engine.dispose)
@@ -169,7 +194,7 @@ async def serve(
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
         )
-        hub = SessionHub(Store(engine), llm, settings, default_agent=DEFAULT_AGENT)
+        hub = SessionHub(Store(engine), llm, settings, default_agent=DEFAULT_AGENT, metrics=metrics)
         stack.push_async_callback(hub.close)
         servicer = AgentRuntimeServicer(hub, open_timeout=config.open_timeout)
         mesh = MeshServer(
@@ -177,10 +202,24 @@ async def serve(
             internal_api_key=config.internal_api_key,
             service_names=[SERVICE_NAME],
             max_concurrent_rpcs=config.max_concurrent_rpcs,
+            metrics=RpcMetrics(registry),
         )
         runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(servicer, mesh.server)
         port = await mesh.start()
         stack.push_async_callback(mesh.stop, config.shutdown_grace)
+        watch = HealthWatch(
+            mesh,
+            {"database": _database_check(engine), "llmproxy": _llmproxy_check(channel)},
+            interval=config.health_interval,
+            timeout=min(config.health_interval, 2.0),
+            registry=registry,
+        )
+        stack.push_async_callback(watch.stop)
+        await watch.start()
+        if config.metrics_port:
+            exporter = MetricsServer(registry, config.host, config.metrics_port)
+            await exporter.start()
+            stack.push_async_callback(exporter.stop)
         log.info("runtime_started", host=config.host, port=port, model=config.llm_model)
         if started is not None:
             started(port)
@@ -191,6 +230,28 @@ async def serve(
             await stop
             log.info("runtime_stopping")
     log.info("runtime_stopped")
+
+
+def _database_check(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        async with engine.connect() as connection:
+            await connection.execute(sqlalchemy.text("SELECT 1"))
+        return True
+
+    return check
+
+
+def _llmproxy_check(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
+    """Reachable means its health service answers, SERVING or not: a proxy
+    whose deployments all cool down is still there, and the turns that need
+    it fail with a retryable error of their own."""
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    async def check() -> bool:
+        await stub.Check(health_pb2.HealthCheckRequest())
+        return True
+
+    return check
 
 
 def main() -> None:
@@ -208,6 +269,7 @@ def main() -> None:
             asyncio.run(migrate(config.database_url))
             structlog.get_logger("runtime").info("runtime_schema_migrated")
         else:
+            configure_tracing("codelab-runtime")
             run(serve(config))
     except ConfigError as exc:
         raise SystemExit(f"codelab-runtime: {exc}") from None

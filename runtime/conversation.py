@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from mesh import tracing
 from mesh.context import fit
 from runtime import policy, routing
 from runtime.agents import AGENTS
@@ -60,6 +61,7 @@ from runtime.llm import (
     ToolCallChunk,
     ToolCallRequest,
 )
+from runtime.metrics import RuntimeMetrics
 from runtime.session import (
     CallState,
     PendingCall,
@@ -72,6 +74,8 @@ from runtime.store import SwitchRecord as StoredSwitch
 from runtime.tools import TOOLS, ArgumentsInvalid, Side, validate_arguments
 
 log = structlog.get_logger("runtime.conversation")
+_tracer = tracing.tracer("runtime.conversation")
+_TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
 
 MAX_SWITCHES_PER_TURN = 3
 MAX_MODEL_CALLS_PER_TURN = 25
@@ -208,6 +212,7 @@ class Conversation:
         settings: ConversationSettings,
         *,
         on_idle: Callable[[Conversation], None] | None = None,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self.session = session
         self._llm = llm
@@ -227,6 +232,8 @@ class Conversation:
         self._ends_after_results = False
         self._usage = Usage()
         self._request_id: str | None = None
+        self._metrics = metrics if metrics is not None else RuntimeMetrics()
+        self._turn_started: float | None = None
 
     # -- subscribers -----------------------------------------------------------
 
@@ -361,7 +368,32 @@ class Conversation:
         kind, payload = to_payload(event)
         step.events.append(EventRecord(seq, seq, kind, payload))
         self._outgoing.append(Sequenced(seq, event))
+        if isinstance(event, TurnDone):
+            self._count_turn(event)
         return seq
+
+    def _count_turn(self, done: TurnDone) -> None:
+        """Metrics and the summary line of a turn, where its TurnDone is made."""
+        status = done.status.value
+        metrics = self._metrics
+        metrics.turns.labels(status).inc()
+        metrics.usage_tokens.labels("prompt").inc(done.usage.prompt_tokens)
+        metrics.usage_tokens.labels("completion").inc(done.usage.completion_tokens)
+        duration = None
+        if self._turn_started is not None:
+            duration = time.monotonic() - self._turn_started
+            metrics.turn_duration.labels(status).observe(duration)
+            self._turn_started = None
+        log.info(
+            "turn_finished",
+            session_id=self.session.session_id,
+            agent=self.session.agent,
+            status=status,
+            model_calls=self._model_calls,
+            prompt_tokens=done.usage.prompt_tokens,
+            completion_tokens=done.usage.completion_tokens,
+            duration_ms=None if duration is None else round(duration * 1000, 1),
+        )
 
     def _ephemeral(self, code: str, message: str, retryable: bool = False) -> None:
         """An answer to one client's bad request: sent now, not logged (seq 0)."""
@@ -375,6 +407,8 @@ class Conversation:
         session.message_agents.append(session.agent)
 
     def _record_call(self, call: PendingCall, status: str, decided: bool = False) -> None:
+        if status in _TERMINAL_CALL_STATUSES:
+            self._metrics.tool_calls.labels(call.tool_name, status).inc()
         self._open_step().calls.append(
             CallRecord(
                 call_id=call.call_id,
@@ -416,7 +450,8 @@ class Conversation:
 
     async def _commit(self, step: Step) -> None:
         async with self._commit_lock:
-            await self._store.commit(step)
+            with self._metrics.db_commit.time():
+                await self._store.commit(step)
 
     # -- client events -------------------------------------------------------
 
@@ -476,6 +511,7 @@ class Conversation:
         self._ends_after_results = False
         self._usage = Usage()
         self._request_id = request_id
+        self._turn_started = time.monotonic()
         await self._flush(state="running")
         self._turn = asyncio.create_task(self._advance())
 
@@ -547,6 +583,8 @@ class Conversation:
                 "unknown_call_id", f"no tool call {event.call_id!r} is waiting for approval"
             )
             return
+        if event.decision in ("approve", "edit", "reject"):
+            self._metrics.approvals.labels(call.tool_name, event.decision).inc()
         if event.decision == "reject":
             payload: dict[str, Any] = {"error": "the user rejected this tool call"}
             if event.feedback:
@@ -606,6 +644,8 @@ class Conversation:
         if call is None:
             self._ephemeral("unknown_plan", f"no plan {event.plan_id!r} is waiting for approval")
             return
+        if event.decision in ("approve", "reject"):
+            self._metrics.approvals.labels(call.tool_name, event.decision).inc()
         if event.decision == "approve":
             await self._resolve(
                 call, {"result": "the user approved the plan; execute it"}, "approved", True
@@ -694,6 +734,11 @@ class Conversation:
 
     async def _advance(self) -> None:
         """Model calls until the turn ends or waits for tool results."""
+        attributes = {"session.id": self.session.session_id, "agent": self.session.agent}
+        with _tracer.start_as_current_span("turn", attributes=attributes):
+            await self._advance_traced()
+
+    async def _advance_traced(self) -> None:
         try:
             if self.session.agent == "orchestrator":
                 await self._route()
@@ -807,10 +852,14 @@ class Conversation:
         """Check and start one tool call; True if it ends the turn."""
         refusal = self._refusal(call)
         if isinstance(refusal, str):
+            self._metrics.tool_calls.labels(
+                call.name if call.name in TOOLS else "unknown", "refused"
+            ).inc()
             self._answer(call, {"error": refusal})
             return False
         tool, verdict = refusal
         if tool.side is Side.RUNTIME:
+            self._metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
         approval = verdict.requires_approval
         pending = PendingCall(

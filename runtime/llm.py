@@ -9,16 +9,23 @@ gRPC call, which cancels the provider request in the proxy.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import structlog
+from opentelemetry import trace
 
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+from mesh import tracing
 from mesh.grpc_server import internal_metadata
 from runtime.errors import UpstreamError
 from runtime.events import Usage
+from runtime.metrics import RuntimeMetrics
+
+_tracer = tracing.tracer("runtime.llm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +130,21 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
     )
 
 
+def _request_id(explicit: str | None) -> str | None:
+    """The request id to forward: the one given, else the one the calling
+    RPC bound to the log context (see mesh.grpc_server.CallInterceptor)."""
+    if explicit is not None:
+        return explicit
+    bound = structlog.contextvars.get_contextvars().get("request_id")
+    return bound if isinstance(bound, str) else None
+
+
 class LlmClient:
-    """Streams chat completions from the LLM proxy."""
+    """Streams chat completions from the LLM proxy.
+
+    Every call carries the request id (given, or the calling RPC's) and, when
+    tracing is on, the ``llm.call`` span's ``traceparent``.
+    """
 
     def __init__(
         self,
@@ -132,11 +152,13 @@ class LlmClient:
         *,
         internal_api_key: str,
         timeout: float,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self._stub = stub
         self._key = internal_api_key
         self._timeout = timeout
         self._windows: dict[str, int] = {}
+        self._metrics = metrics if metrics is not None else RuntimeMetrics()
 
     async def context_window(self, model: str) -> int:
         """The model group's context window in tokens, 0 when unknown.
@@ -149,7 +171,7 @@ class LlmClient:
         try:
             listing = await self._stub.ListModels(
                 llmproxy_pb2.ListModelsRequest(),
-                metadata=internal_metadata(self._key),
+                metadata=internal_metadata(self._key, request_id=_request_id(None)),
                 timeout=min(self._timeout, 10.0),
             )
         except grpc.aio.AioRpcError:
@@ -182,13 +204,27 @@ class LlmClient:
                 for t in tools
             ],
         )
+        span = _tracer.start_span("llm.call", attributes={"llm.model": model})
         call = self._stub.StreamChat(
             request,
-            metadata=internal_metadata(self._key, request_id=request_id),
+            metadata=tracing.inject(
+                internal_metadata(self._key, request_id=_request_id(request_id)),
+                trace.set_span_in_context(span),
+            ),
             timeout=self._timeout,
         )
+        started = time.monotonic()
+        deltas = 0
+        first = True
+        outcome = "cancelled"
         try:
             async for response in call:
+                if first:
+                    first = False
+                    self._metrics.time_to_first_token.labels(model).observe(
+                        time.monotonic() - started
+                    )
+                deltas += 1
                 kind = response.WhichOneof("chunk")
                 if kind == "text":
                     yield TextChunk(response.text.text)
@@ -196,16 +232,25 @@ class LlmClient:
                     delta = response.tool_call
                     yield ToolCallChunk(delta.index, delta.id, delta.name, delta.arguments_fragment)
                 elif kind == "end":
+                    deltas -= 1  # the closing message is not a delta
                     end = response.end
                     yield StreamEnd(
                         end.finish_reason,
                         Usage(end.usage.prompt_tokens, end.usage.completion_tokens),
                         end.model,
                     )
+            outcome = "ok"
         except grpc.aio.AioRpcError as exc:
             code, retryable = error_code(exc)
+            outcome = code
+            span.set_status(trace.StatusCode.ERROR, code)
             raise UpstreamError(
                 f"LLM proxy: {exc.details() or exc.code().name}", code=code, retryable=retryable
             ) from None
         finally:
             call.cancel()
+            # Counted once per call, not per delta.
+            self._metrics.tokens_streamed.labels(model).inc(max(0, deltas))
+            self._metrics.llm_calls.labels(model, outcome).inc()
+            span.set_attribute("llm.deltas", deltas)
+            span.end()

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import grpc
 import structlog
 
+from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
 from mesh.structs import struct_to_dict
 from runtime.agents import AGENTS
@@ -208,7 +209,9 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         except RuntimeServiceError as exc:
             await _abort(context, exc)
         session = conversation.session
-        bound = log.bind(session_id=session.session_id, user=user, request_id=request_id)
+        # In the call's log context (mesh.grpc_server.CallInterceptor bound
+        # request_id and user): the turns this stream starts inherit it.
+        structlog.contextvars.bind_contextvars(session_id=session.session_id)
         subscriber, first_items, recovered = await conversation.attach(after)
         opened = SessionOpened(session.session_id, session.agent, created, session.last_seq)
         events_in = 0
@@ -232,13 +235,16 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     except InvalidArgument as exc:
                         _enqueue(subscriber, Sequenced(0, ErrorEvent("invalid_frame", str(exc))))
                         continue
-                    await conversation.handle(event, request_id=request_id)
+                    # The IDE frame's trace (the gateway's ws.message span)
+                    # becomes the parent of the turn this event may start.
+                    with tracing.continued_from(request.traceparent):
+                        await conversation.handle(event, request_id=request_id)
                 # The client half-closed: let the model call finish, flush, end.
                 await conversation.wait_idle()
                 _enqueue(subscriber, END_OF_STREAM)
         finally:
             conversation.unsubscribe(subscriber)
-            bound.info(
+            log.info(
                 "converse_finished",
                 events_in=events_in,
                 last_seq=session.last_seq,

@@ -21,6 +21,7 @@ import structlog
 from runtime.errors import InvalidArgument, NotFound, PermissionDenied
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
+from runtime.metrics import RuntimeMetrics
 from runtime.store import Loaded, MessageRecord, SessionExists, SessionRow, Store
 
 if TYPE_CHECKING:
@@ -170,8 +171,10 @@ class SessionHub:
         settings: ConversationSettings,
         *,
         default_agent: str,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._llm = llm
         self._settings = settings
         self._default_agent = default_agent
@@ -215,7 +218,12 @@ class SessionHub:
                 raise PermissionDenied("session belongs to another user")
             session = Session.from_store(await self._store.load(session_id))
             conversation = Conversation(
-                session, self._llm, self._store, self._settings, on_idle=self._evict
+                session,
+                self._llm,
+                self._store,
+                self._settings,
+                on_idle=self._evict,
+                metrics=self._metrics,
             )
             self._live[session_id] = conversation
         if session.state == "running":
