@@ -14,6 +14,10 @@ Environment (read once, into :class:`Settings`):
   deltas), ``LLM_PROXY__TOTAL_TIMEOUT`` (600 seconds for a whole call);
   0 disables one. A deployment's ``stream_first_token_timeout`` /
   ``stream_chunk_timeout`` override the first two.
+- ``LLM_PROXY__METRICS_PORT`` (0: none): Prometheus ``GET /metrics`` on HOST
+- ``LLM_PROXY__HEALTH_INTERVAL`` (5 seconds): how often gRPC health is
+  re-judged; NOT_SERVING while every deployment cools down
+- ``OTEL_TRACES_EXPORTER``: tracing, see :mod:`mesh.tracing`
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from mesh.env import ConfigError as EnvError
 from mesh.env import Env
 from mesh.grpc_server import MeshServer
+from mesh.health import HealthWatch
 from mesh.logs import configure_logging
+from mesh.metrics import MetricsServer, RpcMetrics
 from mesh.process import run
 from mesh.signals import wait_for_stop_signal
+from mesh.tracing import configure_tracing
 
 log = structlog.get_logger("llmproxy")
 
@@ -51,6 +59,8 @@ class Settings:
     first_token_timeout: float = 60.0
     chunk_timeout: float = 60.0
     total_timeout: float = 600.0
+    metrics_port: int = 0
+    health_interval: float = 5.0
 
     @property
     def address(self) -> str:
@@ -80,32 +90,43 @@ class Settings:
             first_token_timeout=timeouts["FIRST_TOKEN_TIMEOUT"],
             chunk_timeout=timeouts["CHUNK_TIMEOUT"],
             total_timeout=timeouts["TOTAL_TIMEOUT"],
+            metrics_port=env.int("METRICS_PORT", 0),
+            health_interval=env.float("HEALTH_INTERVAL", 5.0),
         )
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[MeshServer]:
+async def running(
+    settings: Settings, registry: CollectorRegistry | None = None
+) -> AsyncIterator[MeshServer]:
     """Start the proxy; on exit, stop it with the shutdown grace.
 
     Raises ``llmproxy.config.ConfigError`` for a bad config file. The yielded
-    server's ``port`` is the bound port (useful with ``port=0``).
+    server's ``port`` is the bound port (useful with ``port=0``). Metrics go
+    to ``registry`` (default: a new one).
     """
     # LiteLLM fetches its cost map over the network at import unless told not
     # to; the proxy must start offline, so set it before the first import.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from llmproxy.config import default_config_path, load_config
-    from llmproxy.router import build_router
+    from llmproxy.metrics import ProxyMetrics
+    from llmproxy.router import build_router, deployment_health
     from llmproxy.service import LlmProxyServicer, StreamTimeouts
     from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 
     config_path = settings.config_path or default_config_path()
     config = load_config(config_path)
     router = build_router(config)
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ProxyMetrics(registry)
+    router.on_retry = lambda group: metrics.retries.labels(group).inc()
+    metrics.watch_breakers(router)
     mesh = MeshServer(
         address=settings.address,
         internal_api_key=settings.internal_api_key,
         service_names=[llmproxy_pb2.DESCRIPTOR.services_by_name["LlmProxyService"].full_name],
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        metrics=RpcMetrics(registry),
     )
     timeouts = StreamTimeouts(
         first_token=settings.first_token_timeout or None,
@@ -113,7 +134,23 @@ async def running(settings: Settings) -> AsyncIterator[MeshServer]:
         total=settings.total_timeout or None,
     )
     llmproxy_pb2_grpc.add_LlmProxyServiceServicer_to_server(
-        LlmProxyServicer(router, timeouts), mesh.server
+        LlmProxyServicer(router, timeouts, metrics), mesh.server
+    )
+
+    async def some_deployment_usable() -> bool:
+        return any(not health.cooling_down for health in deployment_health(router))
+
+    watch = HealthWatch(
+        mesh,
+        {"deployments": some_deployment_usable},
+        interval=settings.health_interval,
+        timeout=min(settings.health_interval, 2.0),
+        registry=registry,
+    )
+    exporter = (
+        MetricsServer(registry, settings.host, settings.metrics_port)
+        if settings.metrics_port
+        else None
     )
     port = await mesh.start()
     log.info(
@@ -124,9 +161,15 @@ async def running(settings: Settings) -> AsyncIterator[MeshServer]:
         models=router.get_model_names(),
     )
     try:
+        await watch.start()
+        if exporter is not None:
+            await exporter.start()
         yield mesh
     finally:
+        await watch.stop()
         await mesh.stop(settings.shutdown_grace)
+        if exporter is not None:
+            await exporter.stop()
         log.info("llmproxy_stopped")
 
 
@@ -145,6 +188,11 @@ def main() -> None:
         print(f"llmproxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level)
+    try:
+        configure_tracing("codelab-llmproxy")
+    except EnvError as exc:
+        print(f"llmproxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     from llmproxy.config import ConfigError
 
     try:

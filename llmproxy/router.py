@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,18 @@ class ProxyRouter(Router):
     provider would be hit for nothing. Fallbacks (another model group) still
     apply, as LiteLLM decides. A ``retry_policy`` in the config, when given,
     replaces this rule, as in LiteLLM.
+
+    ``on_retry``, when set, is called with the model group of every attempt
+    the Router repeats (metrics).
     """
+
+    on_retry: Callable[[str], None] | None = None
+
+    def log_retry(self, kwargs: dict[str, Any], e: Exception) -> dict[str, Any]:
+        if self.on_retry is not None:
+            self.on_retry(str(kwargs.get("model") or ""))
+        result: dict[str, Any] = super().log_retry(kwargs=kwargs, e=e)
+        return result
 
     def should_retry_this_error(  # type: ignore[no-untyped-def]  # LiteLLM's signature
         self,

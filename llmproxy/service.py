@@ -32,8 +32,10 @@ import litellm
 import structlog
 from litellm import exceptions as litellm_errors
 from litellm.router import Router
+from opentelemetry import trace
 
 from llmproxy import errors
+from llmproxy.metrics import ProxyMetrics
 from llmproxy.router import (
     context_window_of,
     deployment_health,
@@ -44,6 +46,7 @@ from llmproxy.router import (
     record_failure,
 )
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+from mesh import tracing
 from mesh.context import fit
 from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
 
@@ -51,6 +54,7 @@ DEFAULT_OUTPUT_RESERVE = 4096
 """Tokens left for the answer when a request names no max_tokens."""
 
 log = structlog.get_logger("llmproxy")
+_tracer = tracing.tracer("llmproxy.service")
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
@@ -241,9 +245,15 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
     the provider stream (and with it the upstream HTTP request).
     """
 
-    def __init__(self, router: Router, timeouts: StreamTimeouts | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        timeouts: StreamTimeouts | None = None,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
         self._router = router
         self._timeouts = timeouts or StreamTimeouts()
+        self._metrics = metrics if metrics is not None else ProxyMetrics()
         self._windows: dict[str, tuple[int, str]] = {}
 
     async def StreamChat(  # type: ignore[override]  # writes with context.write
@@ -256,21 +266,31 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         started = time.monotonic()
         translation = StreamTranslation()
         outcome = "error"
+        status = "cancelled"
         bound = structlog.contextvars.bind_contextvars(
             request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
         )
+        span = _tracer.start_span("stream_chat", attributes={"llm.model": request.model})
         try:
             arguments = self._checked(chat_arguments(request))
             await self._stream(arguments, translation, context)
-            outcome = "ok"
+            outcome = status = "ok"
         except Exception as exc:
             error = _after_deltas(exc, translation) if translation.emitted else exc
             outcome = "interrupted" if translation.emitted else "failed"
+            status = "interrupted" if translation.emitted else _reason(exc)
+            span.set_status(trace.StatusCode.ERROR, status)
             await _abort(context, error)
         except BaseException:
             outcome = "cancelled"
             raise
         finally:
+            elapsed = time.monotonic() - started
+            self._metrics.calls.labels(request.model, status).inc()
+            self._metrics.duration.labels(request.model).observe(elapsed)
+            span.set_attribute("llm.deltas", translation.emitted)
+            span.set_attribute("llm.answered_by", translation.model)
+            span.end()
             log.info(
                 "stream_chat_finished",
                 outcome=outcome,
@@ -278,7 +298,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 deltas=translation.emitted,
                 finish_reason=translation.finish_reason,
                 answered_by=translation.model,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round(elapsed * 1000, 1),
             )
             structlog.contextvars.reset_contextvars(**bound)
 
@@ -303,6 +323,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 log.warning(
                     "stream_fallback", from_group=group, to_group=following[0], cause=str(exc)
                 )
+                self._metrics.fallbacks.labels(group, following[0]).inc()
                 group = following[0]
                 tried.append(group)
 
@@ -392,9 +413,11 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                     f"no answer within the total timeout of {total:g} s"
                 ) from None
         except Exception as exc:
+            self._metrics.calls.labels(request.model, _reason(exc)).inc()
             await _abort(context, exc)
         finally:
             structlog.contextvars.reset_contextvars(**bound)
+        self._metrics.calls.labels(request.model, "ok").inc()
         return _chat_response(result, request.model)
 
     async def ListModels(
@@ -506,6 +529,12 @@ async def _bounded(
             return await awaitable
     except TimeoutError:
         raise _LimitReached(total=total) from None
+
+
+def _reason(exc: Exception) -> str:
+    """The metrics status of a failed call: its error reason, or ``internal``."""
+    mapped = errors.from_litellm(exc)
+    return "internal" if mapped is None else mapped.reason
 
 
 def _after_deltas(exc: Exception, translation: StreamTranslation) -> errors.ProxyError:
