@@ -16,26 +16,33 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
 from gateway.jwks import JwksCache, TokenVerifier
+from gateway.metrics import GatewayMetrics
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
 from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
 from mesh.process import run
 from mesh.signals import wait_for_stop_signal
+from mesh.tracing import configure_tracing
 from runtime.v1 import runtime_pb2_grpc
 
 log = structlog.get_logger("gateway")
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    config: GatewayConfig, registry: CollectorRegistry | None = None
+) -> AsyncIterator[Gateway]:
     """A started gateway with all its resources; stopped and disposed on exit.
 
     Tests use this to run the real composition in-process (``port=0`` picks
-    a free port; read it from :attr:`Gateway.port`).
+    a free port; read it from :attr:`Gateway.port`). Metrics go to
+    ``registry`` (default: a new one) and are served at ``GET /metrics``.
     """
     async with contextlib.AsyncExitStack() as stack:
         http_client = await stack.enter_async_context(
@@ -58,7 +65,20 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[Gateway]:
         # A grpc.aio.Channel selects the stub's async overload.
         runtime = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
         revocations = RevocationList(retention=config.revocation_retention)
-        gateway = Gateway(config, verifier, runtime, revocations=revocations)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def runtime_serving() -> bool:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=config.view_timeout)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        gateway = Gateway(
+            config,
+            verifier,
+            runtime,
+            revocations=revocations,
+            metrics=GatewayMetrics(registry),
+            ready_checks={"runtime": runtime_serving, "jwks": keys.loaded},
+        )
         stack.push_async_callback(gateway.stop)
         await gateway.start()
         if config.revocations_url:
@@ -119,6 +139,7 @@ def main() -> None:
     # websockets logs every connection and HTTP response at INFO; the gateway
     # writes its own one-line summary per connection instead.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_tracing("codelab-gateway")
     run(serve(config))
 
 

@@ -36,6 +36,8 @@ class GatewayConfig:
     open_timeout: float = 10.0
     close_timeout: float = 10.0
     shutdown_grace: float = 10.0
+    shutdown_delay: float = 0.0
+    """Seconds ``/ready`` answers 503 before the listener closes on SIGTERM."""
     log_level: str = "INFO"
     # -- the edge under attack (docs/GATEWAY.md) --
     allowed_origins: tuple[str, ...] = ()
@@ -98,6 +100,7 @@ class GatewayConfig:
             open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
             close_timeout=env.float("CLOSE_TIMEOUT", cls.close_timeout),
             shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
+            shutdown_delay=env.float("SHUTDOWN_DELAY", cls.shutdown_delay),
             log_level=env.str("LOG_LEVEL", cls.log_level),
             allowed_origins=tuple(
                 origin.lower().rstrip("/") for origin in env.list("ALLOWED_ORIGINS")

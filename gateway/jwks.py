@@ -14,6 +14,7 @@ match the key's type), then signature, ``iss``, ``aud``, ``exp``, ``nbf``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -118,6 +119,16 @@ class JwksCache:
             if self._fetched_at is None:
                 raise KeysUnavailable("the issuer's key set could not be fetched")
         raise InvalidToken("unknown signing key")
+
+    async def loaded(self) -> bool:
+        """Whether a key set is at hand: fetched once already, or fetched
+        now (at most once per ``min_refetch_interval``). For readiness."""
+        if self._fetched_at is None:
+            async with self._lock:
+                if self._fetched_at is None and self._may_fetch():
+                    with contextlib.suppress(KeysUnavailable):
+                        await self._fetch()
+        return self._fetched_at is not None
 
     def _stale(self) -> bool:
         return self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl

@@ -3,7 +3,9 @@
 Every request is answered first in :meth:`Gateway._process_request`, before
 any upgrade, in this order (docs/GATEWAY.md explains each):
 
-1. ``/health`` is answered at once;
+1. ``/health`` (liveness), ``/ready`` (readiness: the runtime answers its
+   health check and the JWKS is loaded; 503 otherwise and from the moment
+   shutdown begins) and ``/metrics`` (Prometheus) are answered at once;
 2. the client address's connect rate (token bucket) → 429;
 3. REST views (:mod:`gateway.rest`) → authenticated, owner-scoped runtime reads;
 4. a WebSocket upgrade: path and ``last_seq`` → 400/404, ``Origin``
@@ -35,13 +37,14 @@ import http
 import time
 import uuid
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import structlog
+from opentelemetry import trace
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -73,8 +76,11 @@ from gateway.frames import Frame, Reauthenticate, encode, error_frame, parse_fra
 from gateway.frames import response_to_frame as frame_for
 from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, TokenBucket, retry_after
+from gateway.metrics import GatewayMetrics
 from gateway.revocations import Revocation, RevocationList
+from mesh import tracing
 from mesh.grpc_server import internal_metadata
+from mesh.metrics import exposition
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
@@ -92,9 +98,17 @@ BEARER_SUBPROTOCOL = Subprotocol("bearer")
 """Browsers send ``Sec-WebSocket-Protocol: bearer, <token>``; we select this."""
 
 _HEALTH_PATHS = frozenset({"/health", "/api/v1/health"})
+_READY_PATHS = frozenset({"/ready", "/api/v1/ready"})
+_METRICS_PATH = "/metrics"
+_READY_TIMEOUT = 2.0
+_tracer = tracing.tracer("gateway.server")
+
+ReadyCheck = Callable[[], Awaitable[bool]]
+"""True when a dependency the gateway needs is usable; may raise (not ready)."""
 _WS_PREFIXES = ("/api/v1/ws/", "/ws/")
 _REQUEST_ID = rest.SESSION_ID
 _OVERLOAD_RETRY_AFTER = "5"
+_TRACED_EVENTS = frozenset({"user_message", "switch_agent"})
 
 
 # ---------------------------------------------------------------------------
@@ -233,8 +247,13 @@ class Gateway:
         runtime: AgentRuntimeServiceAsyncStub,
         *,
         revocations: RevocationList | None = None,
+        metrics: GatewayMetrics | None = None,
+        ready_checks: Mapping[str, ReadyCheck] | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics if metrics is not None else GatewayMetrics()
+        self._ready_checks = dict(ready_checks or {})
+        self._draining = False
         self._verifier = verifier
         self._runtime = runtime
         self._revocations = (
@@ -297,6 +316,12 @@ class Gateway:
         if server is None or self._stopped:
             return
         self._stopped = True
+        self._draining = True
+        if self._config.shutdown_delay > 0:
+            # /ready answers 503 while the listener still accepts, so a
+            # load balancer stops sending new connections before it closes.
+            log.info("gateway_draining", delay=self._config.shutdown_delay)
+            await asyncio.sleep(self._config.shutdown_delay)
         server.close(code=SERVICE_RESTART.code, reason=SERVICE_RESTART.reason)
         try:
             async with asyncio.timeout(self._config.shutdown_grace):
@@ -349,9 +374,19 @@ class Gateway:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         url = urlsplit(request.path)
-        if url.path in _HEALTH_PATHS:
+        if url.path in _HEALTH_PATHS or url.path in _READY_PATHS or url.path == _METRICS_PATH:
             if request.method not in {"GET", "HEAD"}:
                 return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+            if url.path == _METRICS_PATH:
+                body, content_type = exposition(self._metrics.registry)
+                return Response(
+                    http.HTTPStatus.OK.value,
+                    http.HTTPStatus.OK.phrase,
+                    Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]),
+                    body,
+                )
+            if url.path in _READY_PATHS:
+                return await self._readiness()
             return json_response(http.HTTPStatus.OK, {"status": "ok"})
         wait = self._connect_rate.take(_client_address(connection))
         if wait > 0:
@@ -388,9 +423,36 @@ class Gateway:
                 route, query, user=principal.subject, request_id=request_id
             )
 
+    async def _readiness(self) -> Response:
+        """200 when every ready check passes, else 503 naming the failing ones."""
+        if self._draining:
+            return json_response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, {"status": "stopping", "failing": []}
+            )
+        names = list(self._ready_checks)
+        results = await asyncio.gather(*(self._ready_check(self._ready_checks[n]) for n in names))
+        failing = [name for name, ok in zip(names, results, strict=True) if not ok]
+        if failing:
+            return json_response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, {"status": "not_ready", "failing": failing}
+            )
+        return json_response(http.HTTPStatus.OK, {"status": "ready", "failing": []})
+
+    @staticmethod
+    async def _ready_check(check: ReadyCheck) -> bool:
+        try:
+            async with asyncio.timeout(_READY_TIMEOUT):
+                return await check()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+
     def _process_response(
         self, connection: ServerConnection, request: Request, response: Response
     ) -> None:
+        if response.status_code >= 400:
+            self._metrics.handshakes_refused.labels(str(response.status_code)).inc()
         # A reserved slot whose upgrade did not happen (the library refused
         # the handshake after process_request, or the server is closing).
         if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
@@ -512,6 +574,7 @@ class Gateway:
         )
         self._links.setdefault(user, set()).add(link)
         started = time.monotonic()
+        self._metrics.connections_open.inc()
         metadata = internal_metadata(
             config.internal_api_key, user=user, request_id=handshake.request_id
         )
@@ -535,9 +598,16 @@ class Gateway:
                     if not links:
                         del self._links[user]
                 self._slots.release(user, connection)
+                duration = time.monotonic() - started
+                metrics = self._metrics
+                metrics.connections_open.dec()
+                metrics.connections.labels(str(connection.close_code)).inc()
+                metrics.connection_duration.observe(duration)
+                metrics.frames_in.inc(link.frames_in)
+                metrics.frames_out.inc(link.frames_out)
                 log.info(
                     "connection_closed",
-                    duration=round(time.monotonic() - started, 3),
+                    duration=round(duration, 3),
                     frames_in=link.frames_in,
                     frames_out=link.frames_out,
                     close_code=connection.close_code,
@@ -603,12 +673,27 @@ class Gateway:
                 await self._reauthenticate(link, action.token)
                 continue
             try:
-                await call.write(action)
+                if action.WhichOneof("event") in _TRACED_EVENTS:
+                    await self._write_traced(call, action)
+                else:
+                    await call.write(action)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 # The stream is over; the runtime pump reports why and
                 # closes the WebSocket.
                 await _discard_until_closed(link.websocket)
                 return
+
+    @staticmethod
+    async def _write_traced(call: ConverseCall, action: runtime_pb2.ConverseRequest) -> None:
+        """Forward a frame that starts a turn inside a ``ws.message`` span,
+        whose context travels in the request's ``traceparent``."""
+        with _tracer.start_as_current_span(
+            "ws.message",
+            kind=trace.SpanKind.SERVER,
+            attributes={"ws.frame": action.WhichOneof("event") or ""},
+        ):
+            action.traceparent = tracing.traceparent()
+            await call.write(action)
 
     async def _runtime_to_ide(self, link: _Link, call: ConverseCall) -> None:
         """Forward runtime events until the stream ends, then close."""
