@@ -26,7 +26,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from mesh.env import ConfigError as EnvError
 from mesh.env import Env
-from mesh.grpc_server import MeshServer
+from mesh.grpc_server import MeshServer, TlsFiles
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
@@ -61,6 +61,7 @@ class Settings:
     total_timeout: float = 600.0
     metrics_port: int = 0
     health_interval: float = 5.0
+    tls: TlsFiles = field(default_factory=TlsFiles)
 
     @property
     def address(self) -> str:
@@ -92,6 +93,11 @@ class Settings:
             total_timeout=timeouts["TOTAL_TIMEOUT"],
             metrics_port=env.int("METRICS_PORT", 0),
             health_interval=env.float("HEALTH_INTERVAL", 5.0),
+            tls=TlsFiles(
+                cert=env.str("TLS_CERT", ""),
+                key=env.str("TLS_KEY", ""),
+                ca=env.str("TLS_CLIENT_CA", ""),
+            ),
         )
 
 
@@ -127,6 +133,7 @@ async def running(
         service_names=[llmproxy_pb2.DESCRIPTOR.services_by_name["LlmProxyService"].full_name],
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
         metrics=RpcMetrics(registry),
+        tls=settings.tls,
     )
     timeouts = StreamTimeouts(
         first_token=settings.first_token_timeout or None,

@@ -1,7 +1,8 @@
 """A gRPC server as every service of the mesh runs it.
 
-Every server has the standard health service and server reflection, and
-refuses any call without the internal credential (metadata
+Every server has the standard health service and server reflection, may
+serve TLS (mTLS with a client CA, :class:`TlsFiles`), and refuses any call
+without the internal credential (metadata
 ``x-internal-auth``) with UNAUTHENTICATED. Only the health service is exempt,
 so that orchestrators can probe it; reflection needs the credential like
 everything else (grpcurl sends ``-H`` headers with reflection requests too).
@@ -20,6 +21,8 @@ import hmac
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -245,6 +248,60 @@ def _wrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
     return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codec)
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM file paths for TLS on a server or a channel; empty strings are unset.
+
+    On a server: ``cert`` and ``key`` are its own, ``ca`` (optional) makes it
+    require client certificates signed by that CA (mTLS). On a channel:
+    ``ca`` verifies the server, ``cert``/``key`` (optional) are the client's.
+    """
+
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert or self.key or self.ca)
+
+    @staticmethod
+    def _read(path: str) -> bytes | None:
+        if not path:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read TLS file {path}: {exc.strerror}") from None
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Raises ValueError unless cert and key are both given and readable."""
+        if not (self.cert and self.key):
+            raise ValueError("a TLS server needs both a certificate and a key")
+        key, cert = self._read(self.key), self._read(self.cert)
+        ca = self._read(self.ca)
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Raises ValueError for a half-given client certificate or unreadable files."""
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("a client certificate needs its key, and the key its certificate")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self._read(self.ca),
+            private_key=self._read(self.key),
+            certificate_chain=self._read(self.cert),
+        )
+
+
+def mesh_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A channel to another service of the mesh: plaintext, or TLS/mTLS."""
+    if tls is None or not tls.enabled:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, tls.channel_credentials())
+
+
 class MeshServer:
     """A ``grpc.aio`` server with health, reflection and the credential check.
 
@@ -263,8 +320,10 @@ class MeshServer:
         max_concurrent_rpcs: int | None = None,
         options: Sequence[tuple[str, Any]] = (),
         metrics: RpcMetrics | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._address = address
+        self._credentials = tls.server_credentials() if tls is not None and tls.enabled else None
         self._service_names = tuple(service_names)
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor(metrics), InternalAuthInterceptor(internal_api_key)],
@@ -281,7 +340,10 @@ class MeshServer:
 
     async def start(self) -> int:
         """Bind, start and report SERVING; returns the bound port."""
-        self.port = self.server.add_insecure_port(self._address)
+        if self._credentials is None:
+            self.port = self.server.add_insecure_port(self._address)
+        else:
+            self.port = self.server.add_secure_port(self._address, self._credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {self._address}")
         await self.server.start()

@@ -22,6 +22,10 @@ variable                          default              meaning
                                                        move_file, create_directory,
                                                        execute_command; ``none`` for none)
 ``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
+``TLS_CERT`` / ``TLS_KEY``        (none)               serve TLS with this certificate and key
+``TLS_CLIENT_CA``                 (none)               with it, require client certificates (mTLS)
+``LLM_PROXY_TLS_CA``              (none)               TLS to llmproxy, verified with this CA
+``LLM_PROXY_TLS_CERT`` / ``_KEY`` (none)               client certificate for mTLS to llmproxy
 ``DATABASE_URL``                  ``sqlite+aiosqlite:///.codelab/runtime.db``
                                                        sessions, history, approvals, event log
                                                        (PostgreSQL: ``postgresql+asyncpg://…``)
@@ -51,7 +55,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import sqlalchemy
@@ -63,7 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import MeshServer
+from mesh.grpc_server import MeshServer, TlsFiles, mesh_channel
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
@@ -96,6 +100,8 @@ class RuntimeConfig:
     agent_models: tuple[tuple[str, str], ...] = ()
     approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
     llm_timeout: float = 300.0
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    llm_proxy_tls: TlsFiles = field(default_factory=TlsFiles)
     database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
     detach_grace: float = 10.0
     subscriber_queue: int = 1024
@@ -139,6 +145,16 @@ class RuntimeConfig:
             agent_models=tuple(agent_models),
             approval_required=approval,
             llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
+            tls=TlsFiles(
+                cert=env.str("TLS_CERT", ""),
+                key=env.str("TLS_KEY", ""),
+                ca=env.str("TLS_CLIENT_CA", ""),
+            ),
+            llm_proxy_tls=TlsFiles(
+                cert=env.str("LLM_PROXY_TLS_CERT", ""),
+                key=env.str("LLM_PROXY_TLS_KEY", ""),
+                ca=env.str("LLM_PROXY_TLS_CA", ""),
+            ),
             database_url=env.str("DATABASE_URL", cls.database_url),
             detach_grace=env.float("DETACH_GRACE", cls.detach_grace),
             subscriber_queue=env.int("SUBSCRIBER_QUEUE", cls.subscriber_queue),
@@ -169,7 +185,7 @@ async def serve(
     registry = registry if registry is not None else CollectorRegistry()
     metrics = RuntimeMetrics(registry)
     async with contextlib.AsyncExitStack() as stack:
-        channel = grpc.aio.insecure_channel(config.llm_proxy_address)
+        channel = mesh_channel(config.llm_proxy_address, config.llm_proxy_tls)
         stack.push_async_callback(channel.close)
         llm = LlmClient(
             llmproxy_pb2_grpc.LlmProxyServiceStub(channel),
@@ -203,6 +219,7 @@ async def serve(
             service_names=[SERVICE_NAME],
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             metrics=RpcMetrics(registry),
+            tls=config.tls,
         )
         runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(servicer, mesh.server)
         port = await mesh.start()
