@@ -7,6 +7,8 @@ processes against the mesh's auth, so it can kill and restart them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,7 +31,7 @@ from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, fresh_postgres
 from tests.integration.conftest import ROOT, Mesh
 
 
@@ -85,7 +87,7 @@ def http_ready(port: int) -> Callable[[], bool]:
 class Stack:
     """llmproxy + runtime + gateway of our own, wired to the mesh's auth."""
 
-    def __init__(self, mesh: Mesh, home: Path) -> None:
+    def __init__(self, mesh: Mesh, home: Path, database: str) -> None:
         self.gateway_port, self.runtime_port, llm_port = free_port(), free_port(), free_port()
         runtime_port = self.runtime_port
         config = home / "litellm.yaml"
@@ -107,7 +109,6 @@ class Stack:
             )
         )
         key = mesh.internal_key
-        database = f"sqlite+aiosqlite:///{home / 'runtime.db'}"
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         subprocess.run(
             [sys.executable, "-m", "runtime", "migrate"],
@@ -172,14 +173,29 @@ class Stack:
                 service.stop()
 
 
-@pytest.fixture
-def stack(mesh: Mesh, tmp_path: Path) -> Iterator[Stack]:
-    own = Stack(mesh, tmp_path)
-    own.start()
-    try:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path) -> Iterator[Stack]:
+    """Our own llmproxy, runtime and gateway, on each database backend."""
+    with contextlib.ExitStack() as cleanup:
+        if request.param == "sqlite":
+            database = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        else:
+            database = cleanup.enter_context(postgres_database())
+        own = Stack(mesh, tmp_path, database)
+        cleanup.callback(own.stop)
+        own.start()
         yield own
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a synchronous fixture."""
+    manager = fresh_postgres("test_persist")
+    url = asyncio.run(manager.__aenter__())
+    try:
+        yield url
     finally:
-        own.stop()
+        asyncio.run(manager.__aexit__(None, None, None))
 
 
 async def frames_until_final(ide: IdeConnection) -> list[dict[str, Any]]:
