@@ -18,6 +18,7 @@ Routes:
   retiring), cacheable for 5 minutes.
 - ``GET /.well-known/openid-configuration`` — discovery (RFC 8414 fields).
 - ``GET /health`` — liveness.
+- ``GET /metrics`` — Prometheus (request counts and durations by route).
 
 This is the only module that knows HTTP: :class:`~auth.errors.OAuthError` is
 mapped to a status here, and anything unexpected becomes a logged 500
@@ -37,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -64,6 +66,7 @@ from auth.revocations import RevocationFeed
 from auth.store import UserStore
 from auth.throttle import LoginThrottle, ThrottlePolicy
 from auth.tokens import TokenIssuer
+from mesh.metrics import LATENCY_BUCKETS, exposition
 
 MAX_FORM_BYTES = 16 * 1024
 """Largest token request body we read; a bigger one is ``invalid_request``."""
@@ -128,8 +131,14 @@ def create_app(
     engine: AsyncEngine,
     passwords: Passwords,
     clock: Callable[[], float] = time.time,
+    registry: CollectorRegistry | None = None,
 ) -> Starlette:
-    """The ASGI app over one database engine and key ring (neither is owned)."""
+    """The ASGI app over one database engine and key ring (neither is owned).
+
+    Request counts and durations go to ``registry`` (default: a new one),
+    served at ``GET /metrics``.
+    """
+    registry = registry if registry is not None else CollectorRegistry()
     issuer = TokenIssuer(
         keys,
         issuer=config.issuer,
@@ -223,6 +232,10 @@ def create_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def metrics_view(request: Request) -> Response:
+        body, content_type = exposition(registry)
+        return Response(body, headers={"Content-Type": content_type})
+
     app = Starlette(
         routes=[
             Route("/oauth/token", token, methods=["POST"]),
@@ -231,10 +244,31 @@ def create_app(
             Route("/.well-known/jwks.json", jwks_view, methods=["GET"]),
             Route("/.well-known/openid-configuration", discovery_view, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_view, methods=["GET"]),
         ],
     )
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, metrics=HttpMetrics(registry))
     return app
+
+
+class HttpMetrics:
+    """``codelab_auth_http_requests_total`` and ``..._duration_seconds``, by
+    route (unknown paths count as ``other``) and status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "codelab_auth_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["path", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "codelab_auth_http_request_duration_seconds",
+            "HTTP request duration, by route.",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
 
 
 class RequestLogMiddleware:
@@ -245,8 +279,9 @@ class RequestLogMiddleware:
     which carry passwords and tokens.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -282,10 +317,28 @@ class RequestLogMiddleware:
                     )
                     await error(scope, receive, send)
             finally:
+                elapsed = time.perf_counter() - started
+                if self.metrics is not None:
+                    path = scope["path"] if scope["path"] in _ROUTE_PATHS else "other"
+                    self.metrics.requests.labels(path, str(status)).inc()
+                    self.metrics.duration.labels(path).observe(elapsed)
                 log.info(
                     "http_request",
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(elapsed * 1000, 2),
                 )
+
+
+_ROUTE_PATHS = frozenset(
+    {
+        "/oauth/token",
+        "/oauth/revoke",
+        "/internal/revocations",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+        "/health",
+        "/metrics",
+    }
+)

@@ -130,13 +130,16 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
     )
 
 
-def _request_id(explicit: str | None) -> str | None:
-    """The request id to forward: the one given, else the one the calling
-    RPC bound to the log context (see mesh.grpc_server.CallInterceptor)."""
-    if explicit is not None:
-        return explicit
-    bound = structlog.contextvars.get_contextvars().get("request_id")
-    return bound if isinstance(bound, str) else None
+def _caller(request_id: str | None) -> dict[str, str | None]:
+    """The request id and user to forward: ``request_id`` if given, else
+    what the calling RPC bound to the log context (see
+    mesh.grpc_server.CallInterceptor), so the proxy's logs carry both."""
+    bound = structlog.contextvars.get_contextvars()
+    user = bound.get("user")
+    if request_id is None:
+        found = bound.get("request_id")
+        request_id = found if isinstance(found, str) else None
+    return {"request_id": request_id, "user": user if isinstance(user, str) else None}
 
 
 class LlmClient:
@@ -171,7 +174,7 @@ class LlmClient:
         try:
             listing = await self._stub.ListModels(
                 llmproxy_pb2.ListModelsRequest(),
-                metadata=internal_metadata(self._key, request_id=_request_id(None)),
+                metadata=internal_metadata(self._key, **_caller(None)),
                 timeout=min(self._timeout, 10.0),
             )
         except grpc.aio.AioRpcError:
@@ -208,7 +211,7 @@ class LlmClient:
         call = self._stub.StreamChat(
             request,
             metadata=tracing.inject(
-                internal_metadata(self._key, request_id=_request_id(request_id)),
+                internal_metadata(self._key, **_caller(request_id)),
                 trace.set_span_in_context(span),
             ),
             timeout=self._timeout,

@@ -59,6 +59,10 @@ def environment() -> dict[str, str]:
         "AUTH_SERVICE__INTERNAL_API_KEY": key,
         "GATEWAY__INTERNAL_API_KEY": key,
         "GATEWAY__PORT": "8000",
+        # Prometheus: the gateway and auth answer GET /metrics on their own
+        # ports; the gRPC services on these.
+        "AGENT_RUNTIME__METRICS_PORT": "9101",
+        "LLM_PROXY__METRICS_PORT": "9102",
     }
     env = {**defaults, **os.environ}
     env.setdefault("AGENT_RUNTIME__LLM_PROXY_ADDRESS", f"127.0.0.1:{env['LLM_PROXY__PORT']}")
@@ -193,6 +197,10 @@ def main() -> int:
             f"  WebSocket   {gateway}\n"
             f"  token       {HOME / 'token'}   (dev user: {HOME / 'dev-user.json'})\n"
             f"  logs        {HOME / 'logs'}\n"
+            f"  metrics     http://127.0.0.1:{env['GATEWAY__PORT']}/metrics (gateway), "
+            f":{env['AUTH_SERVICE__PORT']}/metrics (auth), "
+            f":{env['AGENT_RUNTIME__METRICS_PORT']}/metrics (runtime), "
+            f":{env['LLM_PROXY__METRICS_PORT']}/metrics (llmproxy)\n"
             '  try         scripts/chat "hello"\n'
             "Ctrl-C stops everything.",
             flush=True,

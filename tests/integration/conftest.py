@@ -34,6 +34,8 @@ class Mesh:
     runtime_port: int
     llmproxy_port: int
     auth_port: int
+    runtime_metrics_port: int
+    llmproxy_metrics_port: int
     internal_key: str
     token: str
     dev_user: dict[str, str]
@@ -57,7 +59,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 @contextlib.contextmanager
 def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
     """Run ``scripts/devstack.py`` with ``overrides`` added to its environment."""
-    ports = {name: free_port() for name in ("gateway", "runtime", "llmproxy", "auth")}
+    ports = {
+        name: free_port()
+        for name in ("gateway", "runtime", "llmproxy", "auth", "runtime_metrics", "llm_metrics")
+    }
     env = {
         **os.environ,
         **overrides,
@@ -67,6 +72,8 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         "AGENT_RUNTIME__PORT": str(ports["runtime"]),
         "LLM_PROXY__PORT": str(ports["llmproxy"]),
         "AUTH_SERVICE__PORT": str(ports["auth"]),
+        "AGENT_RUNTIME__METRICS_PORT": str(ports["runtime_metrics"]),
+        "LLM_PROXY__METRICS_PORT": str(ports["llm_metrics"]),
     }
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "devstack.py")],
@@ -106,6 +113,8 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         runtime_port=ports["runtime"],
         llmproxy_port=ports["llmproxy"],
         auth_port=ports["auth"],
+        runtime_metrics_port=ports["runtime_metrics"],
+        llmproxy_metrics_port=ports["llm_metrics"],
         internal_key=(home / "internal-api-key").read_text().strip(),
         token=(home / "token").read_text().strip(),
         dev_user=json.loads((home / "dev-user.json").read_text()),
