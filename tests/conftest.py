@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -42,26 +43,38 @@ def require_postgres() -> None:
     pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
 
 
-@contextlib.asynccontextmanager
-async def fresh_postgres(prefix: str) -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database; dropped afterwards. Yields its URL."""
+async def _postgres_admin(statement: str) -> None:
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    # CREATE/DROP DATABASE cannot run inside a transaction.
+    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres(prefix: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database; dropped afterwards. Yields its URL."""
     require_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-    async def admin(statement: str) -> None:
-        # CREATE/DROP DATABASE cannot run inside a transaction.
-        engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(sa.text(statement))
-        finally:
-            await engine.dispose()
-
-    await admin(f'CREATE DATABASE "{name}"')
+    await _postgres_admin(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fresh_postgres_sync(prefix: str) -> Iterator[str]:
+    """:func:`fresh_postgres` for synchronous fixtures (outside any event loop)."""
+    require_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

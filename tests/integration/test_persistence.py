@@ -7,7 +7,6 @@ processes against the mesh's auth, so it can kill and restart them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -31,7 +30,7 @@ from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
-from tests.conftest import free_port, fresh_postgres
+from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import ROOT, Mesh
 
 
@@ -180,22 +179,11 @@ def stack(request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path) -> Iterato
         if request.param == "sqlite":
             database = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
         else:
-            database = cleanup.enter_context(postgres_database())
+            database = cleanup.enter_context(fresh_postgres_sync("test_persist"))
         own = Stack(mesh, tmp_path, database)
         cleanup.callback(own.stop)
         own.start()
         yield own
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for a synchronous fixture."""
-    manager = fresh_postgres("test_persist")
-    url = asyncio.run(manager.__aenter__())
-    try:
-        yield url
-    finally:
-        asyncio.run(manager.__aexit__(None, None, None))
 
 
 async def frames_until_final(ide: IdeConnection) -> list[dict[str, Any]]:
