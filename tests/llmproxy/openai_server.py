@@ -8,6 +8,8 @@ It speaks just enough of the API for LiteLLM's ``openai/`` provider:
 - ``tool-model``: streams :data:`TOOL_PREAMBLE`, then a ``read_file`` tool
   call whose id and name come in the first fragment and whose arguments
   come in several fragments.
+- ``small-context-model``: always answers 400 ``context_length_exceeded``,
+  as OpenAI does for a prompt larger than the model's window.
 - ``agent-model``: like ``tool-model``, but once the conversation ends with
   a tool result it answers :data:`AFTER_TOOL_REPLY`, as an agent's model
   would.
@@ -143,6 +145,19 @@ class OpenAIServer:
                 {"error": {"message": f"injected {status}", "type": "server_error", "code": None}},
                 status_code=status,
                 headers=headers,
+            )
+        if model == "small-context-model":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "This model's maximum context length is 16 tokens. "
+                        "However, your messages resulted in 4096 tokens.",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": "context_length_exceeded",
+                    }
+                },
+                status_code=400,
             )
         after_tool = (body.get("messages") or [{}])[-1].get("role") == "tool"
         if model == "agent-model" and after_tool:

@@ -288,3 +288,36 @@ async def test_unary_chat_failure_carries_the_reason(
 
     assert failed.value.code() == grpc.StatusCode.NOT_FOUND
     assert trailer(failed.value, "x-error-reason") == "model_not_found"
+
+
+async def test_a_context_too_long_falls_back_to_the_larger_window(
+    start_proxy: StartProxy, openai_server: OpenAIServer
+) -> None:
+    base = openai_server.base_url
+    proxy = await start_proxy(
+        config(
+            deployment("small", "small-context-model", base),
+            deployment("large", "text-model", base),
+            settings="num_retries: 0\ncontext_window_fallbacks: [{small: [large]}]",
+        )
+    )
+
+    responses = await stream(proxy, "small")
+
+    assert text_of(responses) == TEXT_REPLY
+    assert responses[-1].end.model == "openai/text-model"
+    assert openai_server.count("small-context-model") == 1, "no retry of a 400"
+
+
+async def test_a_context_too_long_without_fallback_says_so(
+    start_proxy: StartProxy, openai_server: OpenAIServer
+) -> None:
+    proxy = await start_proxy(
+        config(deployment("small", "small-context-model", openai_server.base_url))
+    )
+
+    error, received = await failure(proxy, "small")
+
+    assert received == []
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailer(error, "x-error-reason") == "context_too_long"
