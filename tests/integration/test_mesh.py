@@ -282,3 +282,17 @@ async def test_token_endpoint_and_jwks(mesh: Mesh) -> None:
     # The token the endpoint just issued opens a WebSocket.
     async with IdeConnection(mesh.ws_url, "e2e-fresh-token", token) as ide:
         assert (await ide.next_frame())["type"] == "session_info"
+
+
+@pytest.mark.parametrize("service", ["runtime", "llmproxy", "auth", "gateway"])
+async def test_the_container_probe_sees_each_service_healthy(mesh: Mesh, service: str) -> None:
+    from mesh.probe import main as probe
+
+    target = {
+        "runtime": ("grpc", f"127.0.0.1:{mesh.runtime_port}"),
+        "llmproxy": ("grpc", f"127.0.0.1:{mesh.llmproxy_port}"),
+        "auth": ("http", f"{mesh.auth_url}/health"),
+        "gateway": ("http", f"http://127.0.0.1:{mesh.gateway_port}/ready"),
+    }[service]
+    assert await asyncio.to_thread(probe, list(target)) == 0
+    assert await asyncio.to_thread(probe, [target[0], "127.0.0.1:1", "--timeout", "0.5"]) == 1
