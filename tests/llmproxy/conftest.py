@@ -80,25 +80,10 @@ def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
 # model_fields / model_computed_fields whenever a delta carries no text (e.g. a
 # tool-call fragment). Under warnings-as-errors the warning becomes an
 # exception inside LiteLLM's stream and the call fails; filtered for that
-# module only.
-LITELLM_DELTA_WARNING = (
-    "ignore::pydantic.warnings.PydanticDeprecatedSince211"
-    ":litellm.litellm_core_utils.model_response_utils"
-)
+# module only (pyproject.toml's filterwarnings, for every test building a Router).
 
 # LiteLLM declares `ReadOnly` items on TypedDicts that its pydantic models
 # embed (litellm.types.llms.openai, e.g. ChatCompletionReasoningItem.summary);
 # pydantic warns the first time it builds those schemas, which happens lazily
 # inside the Router. Nothing in our code can avoid it, so it is filtered by
-# its exact text for this directory only.
-LITELLM_READONLY_WARNING = (
-    r"ignore:Items? .* on TypedDict class .* using the `ReadOnly` qualifier:UserWarning"
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.filterwarnings(LITELLM_READONLY_WARNING))
-            item.add_marker(pytest.mark.filterwarnings(LITELLM_DELTA_WARNING))
+# its exact text (pyproject.toml's filterwarnings).
