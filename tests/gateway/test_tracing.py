@@ -37,7 +37,7 @@ def spans() -> InMemorySpanExporter:
         provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
         trace.set_tracer_provider(provider)
     if trace.get_tracer_provider() is not provider:  # pragma: no cover - set elsewhere
-        pytest.skip("another tracer provider is installed in this process")
+        pytest.fail("another tracer provider is installed in this process: no span is observable")
     _EXPORTER.clear()
     return _EXPORTER
 
