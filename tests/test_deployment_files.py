@@ -84,3 +84,55 @@ def test_compose_services_are_health_checked_and_wait_for_healthy_dependencies()
     example = example_variables()
     for variable in re.findall(r"\$\{([A-Z_]+)", (ROOT / "compose.yaml").read_text()):
         assert variable in example, f"compose.yaml uses {variable}, missing from .env.example"
+
+
+SECTIONS = {
+    "GATEWAY": "gateway",
+    "AGENT_RUNTIME": "runtime",
+    "LLM_PROXY": "llmproxy",
+    "AUTH_SERVICE": "auth",
+}
+
+
+def configuration_reference() -> str:
+    """docs/CONFIGURATION.md, built from .env.example's variables and comments."""
+    rows: dict[str, list[str]] = {section: [] for section in SECTIONS}
+    other: list[str] = []
+    comment: list[str] = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.startswith("# ---") or not line.strip():
+            comment = []
+            continue
+        if line.startswith("#"):
+            comment.append(line.lstrip("# ").strip())
+            continue
+        name, _, default = line.partition("=")
+        meaning = " ".join(comment) or "—"
+        row = (
+            f"| `{name}` | `{default}` | {meaning} |" if default else f"| `{name}` | | {meaning} |"
+        )
+        prefix = name.split("__", 1)[0]
+        rows.get(prefix, other).append(row)
+        comment = []
+    header = "| variable | default | meaning |\n|---|---|---|\n"
+    parts = [
+        "# Configuration reference\n",
+        "Every variable the services read, with its default and meaning. Generated from",
+        "`.env.example` by `scripts/gen-config-docs`; `tests/test_deployment_files.py`",
+        "fails when the two disagree, and when `.env.example` misses a variable the",
+        "code reads. `${CODELAB_INTERNAL_API_KEY}` stands for the one shared secret.\n",
+    ]
+    for prefix, service in SECTIONS.items():
+        parts.append(f"## {service} (`{prefix}__*`)\n\n" + header + "\n".join(rows[prefix]) + "\n")
+    parts.append("## Shared\n\n" + header + "\n".join(other) + "\n")
+    return "\n".join(parts)
+
+
+def test_every_variable_is_explained() -> None:
+    assert "| — |" not in configuration_reference(), "a variable in .env.example has no comment"
+
+
+def test_the_configuration_reference_is_generated_from_env_example() -> None:
+    assert (ROOT / "docs" / "CONFIGURATION.md").read_text() == configuration_reference(), (
+        "run scripts/gen-config-docs"
+    )
