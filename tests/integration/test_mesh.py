@@ -296,3 +296,35 @@ async def test_the_container_probe_sees_each_service_healthy(mesh: Mesh, service
     }[service]
     assert await asyncio.to_thread(probe, list(target)) == 0
     assert await asyncio.to_thread(probe, [target[0], "127.0.0.1:1", "--timeout", "0.5"]) == 1
+
+
+def readme_grpcurl_commands() -> list[str]:
+    """The README's grpcurl examples, continuation lines joined."""
+    text = (Path(ROOT) / "README.md").read_text()
+    section = text.split("## Calling the services with grpcurl", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+async def test_the_readme_grpcurl_examples_work(mesh: Mesh) -> None:
+    commands = readme_grpcurl_commands()
+    assert len(commands) >= 8
+    script = "\n".join(
+        line.replace(".codelab/", f"{mesh.home}/")
+        .replace("127.0.0.1:50051", f"127.0.0.1:{mesh.runtime_port}")
+        .replace("127.0.0.1:50052", f"127.0.0.1:{mesh.llmproxy_port}")
+        + ("" if "# refused" in line else ' || { echo "FAILED: $LINENO"; exit 1; }')
+        for line in commands
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "FAILED" not in result.stdout, result.stdout + result.stderr
+    assert "Unauthenticated" in result.stderr, "the last example is refused, as it says"
+    assert '"text"' in result.stdout, "StreamChat streamed"
