@@ -99,9 +99,16 @@ def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
     """The channel to the runtime: plaintext, or TLS when ``runtime_tls_ca``
     or a client certificate is configured (mTLS with ``runtime_tls_cert`` and
     ``runtime_tls_key``). Raises ConfigError for unreadable or half-given
-    files."""
+    files.
+
+    Several runtime replicas: ``runtime_address`` may be a comma list of
+    ``host:port`` (or a ``dns:///name:port`` naming them all); calls are spread
+    round robin, and a replica that is down is skipped.
+    """
+    target = runtime_target(config.runtime_address)
+    balancing = [("grpc.lb_policy_name", "round_robin")]
     if not (config.runtime_tls_ca or config.runtime_tls_cert or config.runtime_tls_key):
-        return grpc.aio.insecure_channel(config.runtime_address)
+        return grpc.aio.insecure_channel(target, options=balancing)
     if bool(config.runtime_tls_cert) != bool(config.runtime_tls_key):
         raise ConfigError("GATEWAY__RUNTIME_TLS_CERT and GATEWAY__RUNTIME_TLS_KEY go together")
     credentials = grpc.ssl_channel_credentials(
@@ -109,10 +116,23 @@ def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
         private_key=_read(config.runtime_tls_key, "RUNTIME_TLS_KEY"),
         certificate_chain=_read(config.runtime_tls_cert, "RUNTIME_TLS_CERT"),
     )
-    options = []
+    options = list(balancing)
     if config.runtime_tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.runtime_tls_server_name))
-    return grpc.aio.secure_channel(config.runtime_address, credentials, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def runtime_target(address: str) -> str:
+    """A gRPC target for one address or a comma list of ``host:port``."""
+    addresses = [a.strip() for a in address.split(",") if a.strip()]
+    if len(addresses) <= 1:
+        return address.strip()
+    if all(a.replace(".", "").replace(":", "").isdigit() for a in addresses):
+        return "ipv4:" + ",".join(addresses)
+    raise ConfigError(
+        "GATEWAY__RUNTIME_ADDRESS: a list must be IPv4 host:port pairs; "
+        "for names use dns:///name:port"
+    )
 
 
 def _read(path: str, name: str) -> bytes | None:

@@ -203,6 +203,12 @@ async def _discard_until_closed(websocket: ServerConnection) -> None:
 # Connections
 
 
+OPEN_ATTEMPTS = 4
+"""Tries at opening a session's stream when replicas answer UNAVAILABLE."""
+OPEN_RETRY_DELAY = 0.25
+"""Seconds before the second try; the n-th waits n times as long."""
+
+
 @dataclass(slots=True, eq=False)
 class _Link:
     """One IDE connection, its gRPC call and its counters."""
@@ -581,15 +587,13 @@ class Gateway:
         with structlog.contextvars.bound_contextvars(
             session_id=handshake.session_id, user=user, request_id=handshake.request_id
         ):
-            call = link.call = self._runtime.Converse(metadata=metadata)
+            opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
+            if handshake.resume_after_seq is not None:
+                opening.resume_after_seq = handshake.resume_after_seq
+            call, first = await self._open(opening, metadata)
+            link.call = call
             try:
-                opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
-                if handshake.resume_after_seq is not None:
-                    opening.resume_after_seq = handshake.resume_after_seq
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    # A failed call is reported by the runtime pump's read.
-                    await call.write(runtime_pb2.ConverseRequest(open=opening))
-                await self._pump(link, call)
+                await self._pump(link, call, first)
             finally:
                 call.cancel()
                 links = self._links.get(user)
@@ -613,11 +617,40 @@ class Gateway:
                     close_code=connection.close_code,
                 )
 
-    async def _pump(self, link: _Link, call: ConverseCall) -> None:
+    async def _open(
+        self, opening: runtime_pb2.OpenSession, metadata: tuple[tuple[str, str], ...]
+    ) -> tuple[ConverseCall, runtime_pb2.ConverseResponse | None]:
+        """Open the session's Converse stream; returns it with its first event.
+
+        A replica answering UNAVAILABLE before the first event (another
+        replica holds the session, or it is going away) is retried a few
+        times: the channel balances the next attempt to another replica. A
+        call that still fails is returned without a first event; the pump's
+        read reports its status.
+        """
+        for attempt in range(OPEN_ATTEMPTS):
+            call = self._runtime.Converse(metadata=metadata)
+            try:
+                await call.write(runtime_pb2.ConverseRequest(open=opening))
+                first = await call.read()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                if attempt + 1 < OPEN_ATTEMPTS and await call.code() == grpc.StatusCode.UNAVAILABLE:
+                    call.cancel()
+                    await asyncio.sleep(OPEN_RETRY_DELAY * (attempt + 1))
+                    continue
+                return call, None
+            if not isinstance(first, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
+                return call, None
+            return call, first
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pump(
+        self, link: _Link, call: ConverseCall, first: runtime_pb2.ConverseResponse | None = None
+    ) -> None:
         """Run both directions and the watchers until one of them ends."""
         work = [
             self._ide_to_runtime(link, call),
-            self._runtime_to_ide(link, call),
+            self._runtime_to_ide(link, call, first),
             self._watch_token(link),
         ]
         if self._config.idle_timeout > 0:
@@ -695,9 +728,15 @@ class Gateway:
             action.traceparent = tracing.traceparent()
             await call.write(action)
 
-    async def _runtime_to_ide(self, link: _Link, call: ConverseCall) -> None:
-        """Forward runtime events until the stream ends, then close."""
+    async def _runtime_to_ide(
+        self, link: _Link, call: ConverseCall, first: runtime_pb2.ConverseResponse | None = None
+    ) -> None:
+        """Forward runtime events (``first`` was read already) until the stream ends."""
         try:
+            if first is not None:
+                frame = frame_for(first)
+                if frame is not None:
+                    await link.send(frame)
             while True:
                 try:
                     response = await call.read()

@@ -34,6 +34,10 @@ variable                          default              meaning
 ``SUBSCRIBER_QUEUE``              ``1024``             events buffered per stream; a stream
                                                        further behind is ended (client resumes)
 ``MAX_REPLAY``                    ``100000``           a client further behind reloads history
+``REPLICA_ID``                    ``HOSTNAME:PORT``    this replica's name in session leases (stable
+                                                       across restarts of the same slot)
+``LEASE_TTL``                     ``15``               seconds a session lease lasts unrenewed: how
+                                                       long a dead replica's sessions wait to move
 ``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
 ``MAX_CONCURRENT_RPCS``           ``2000``             calls served at once; more are refused
 ``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
@@ -54,6 +58,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -104,6 +109,8 @@ class RuntimeConfig:
     llm_proxy_tls: TlsFiles = field(default_factory=TlsFiles)
     database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
     detach_grace: float = 10.0
+    replica_id: str = ""
+    lease_ttl: float = 15.0
     subscriber_queue: int = 1024
     max_replay: int = 100_000
     open_timeout: float = 10.0
@@ -157,6 +164,8 @@ class RuntimeConfig:
             ),
             database_url=env.str("DATABASE_URL", cls.database_url),
             detach_grace=env.float("DETACH_GRACE", cls.detach_grace),
+            replica_id=env.str("REPLICA_ID", ""),
+            lease_ttl=env.float("LEASE_TTL", cls.lease_ttl),
             subscriber_queue=env.int("SUBSCRIBER_QUEUE", cls.subscriber_queue),
             max_replay=env.int("MAX_REPLAY", cls.max_replay),
             open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
@@ -210,7 +219,16 @@ async def serve(
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
         )
-        hub = SessionHub(Store(engine), llm, settings, default_agent=DEFAULT_AGENT, metrics=metrics)
+        hub = SessionHub(
+            Store(engine),
+            llm,
+            settings,
+            default_agent=DEFAULT_AGENT,
+            metrics=metrics,
+            replica=config.replica_id or f"{socket.gethostname()}:{config.port}",
+            lease_ttl=config.lease_ttl,
+        )
+        hub.start()
         stack.push_async_callback(hub.close)
         servicer = AgentRuntimeServicer(hub, open_timeout=config.open_timeout)
         mesh = MeshServer(

@@ -166,6 +166,9 @@ class Resend:
 END_OF_STREAM = Resend(-1)
 """Tells a stream's pump that everything queued before it was all."""
 
+SESSION_MOVED = Resend(-2)
+"""Tells a stream's pump that this replica lost the session: end with UNAVAILABLE."""
+
 
 @dataclass(slots=True)
 class Subscriber:
@@ -696,6 +699,27 @@ class Conversation:
         )
         self._durable(TurnDone(TurnStatus.FAILED))
         await self._flush(state="idle")
+
+    async def abandon(self) -> None:
+        """Another replica took the session: stop without writing anything more.
+
+        The running model call is cancelled, nothing is flushed (the other
+        replica owns the log now), and every attached stream ends retryably
+        so its client reconnects to the session's new home.
+        """
+        if self._detach_timer is not None:
+            self._detach_timer.cancel()
+            self._detach_timer = None
+        turn, self._turn = self._turn, None
+        if turn is not None and not turn.done():
+            turn.cancel()
+            await asyncio.wait([turn])
+        self._step, self._outgoing, self._unflushed = None, [], []
+        for subscriber in self._subscribers:
+            try:
+                subscriber.queue.put_nowait(SESSION_MOVED)
+            except asyncio.QueueFull:
+                subscriber.overflowed = True
 
     async def close(self) -> None:
         """Cancel the running model call (the turn is marked cancelled); idempotent.

@@ -37,6 +37,13 @@ class Conflict(RuntimeServiceError):
     retryable = True
 
 
+class Unavailable(RuntimeServiceError):
+    """Not here, not now: e.g. another replica serves the session. Retry."""
+
+    code = "unavailable"
+    retryable = True
+
+
 class UpstreamError(RuntimeServiceError):
     """The LLM proxy failed; ``code`` says how, ``retryable`` whether to retry."""
 

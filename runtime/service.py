@@ -27,6 +27,7 @@ from mesh.structs import struct_to_dict
 from runtime.agents import AGENTS
 from runtime.conversation import (
     END_OF_STREAM,
+    SESSION_MOVED,
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
@@ -66,6 +67,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "conflict": grpc.StatusCode.ABORTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 
 _TURN_STATUS = {
@@ -285,6 +287,11 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 item, carried = carried, None
             if item is END_OF_STREAM:
                 return
+            if item is SESSION_MOVED:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the session moved to another runtime replica; reconnect and resume",
+                )
             if isinstance(item, Resend):
                 replay, recovered = await conversation.events_after(item.after_seq)
                 session = conversation.session

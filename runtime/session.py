@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from runtime.errors import InvalidArgument, NotFound, PermissionDenied
+from runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
@@ -160,8 +160,13 @@ def message_to_record(position: int, message: ChatMessage, agent: str) -> Messag
 class SessionHub:
     """The sessions live in this process, each with its one Conversation.
 
-    Not shared across replicas: a session is served by one runtime at a time.
-    ``close`` cancels every running turn; idempotent.
+    A session is served by one runtime replica at a time: opening it takes a
+    lease in the database (``lease_ttl`` seconds, renewed every third of it
+    while the session is live here); a replica that finds the lease held by
+    another refuses with :class:`~runtime.errors.Unavailable` (retryable), and
+    takes the session over once the holder stops renewing. ``start`` begins
+    the renewals; ``close`` cancels every running turn and releases the
+    leases; idempotent.
     """
 
     def __init__(
@@ -172,6 +177,8 @@ class SessionHub:
         *,
         default_agent: str,
         metrics: RuntimeMetrics | None = None,
+        replica: str = "runtime",
+        lease_ttl: float = 15.0,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -180,6 +187,30 @@ class SessionHub:
         self._default_agent = default_agent
         self._live: dict[str, Conversation] = {}
         self._lock = asyncio.Lock()
+        self._replica = replica
+        self._lease_ttl = lease_ttl
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start renewing the leases of live sessions (every third of their TTL)."""
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)
+            live = list(self._live)
+            try:
+                held = await self._store.renew_leases(self._replica, live, self._lease_ttl)
+            except Exception:  # the database is down: keep serving, try again
+                log.warning("lease_renewal_failed", exc_info=True)
+                continue
+            for session_id in set(live) - held:
+                conversation = self._live.pop(session_id, None)
+                if conversation is not None:
+                    log.warning("lease_lost", session_id=session_id)
+                    await conversation.abandon()
 
     @property
     def store(self) -> Store:
@@ -216,6 +247,11 @@ class SessionHub:
                     created = False
             if row.owner != owner:
                 raise PermissionDenied("session belongs to another user")
+            if not await self._store.acquire_lease(session_id, self._replica, self._lease_ttl):
+                raise Unavailable(
+                    "another runtime replica serves this session; retry shortly "
+                    "(it moves here when that replica's lease expires)"
+                )
             session = Session.from_store(await self._store.load(session_id))
             conversation = Conversation(
                 session,
@@ -261,10 +297,22 @@ class SessionHub:
             raise InvalidArgument(f"session {session_id!r} already exists") from None
 
     def _evict(self, conversation: Conversation) -> None:
-        if self._live.get(conversation.session.session_id) is conversation:
-            del self._live[conversation.session.session_id]
+        session_id = conversation.session.session_id
+        if self._live.get(session_id) is conversation:
+            del self._live[session_id]
+            release = asyncio.create_task(self._store.release_lease(session_id, self._replica))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
 
     async def close(self) -> None:
-        for conversation in list(self._live.values()):
+        """Cancel running turns, release every lease; idempotent."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.wait([self._heartbeat])
+            self._heartbeat = None
+        for session_id, conversation in list(self._live.items()):
             await conversation.close()
+            await self._store.release_lease(session_id, self._replica)
         self._live.clear()
+        if self._releases:
+            await asyncio.wait(self._releases)

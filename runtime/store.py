@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ sessions = sa.Table(
     sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(255), nullable=True),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_sessions_owner_updated", "owner", "updated_at", "id"),
 )
 
@@ -220,7 +222,7 @@ class Loaded:
     plans: dict[str, list[dict[str, Any]]]
 
 
-def _session(row: sa.Row[Any]) -> SessionRow:
+def _session(row: Any) -> SessionRow:
     return SessionRow(
         id=row.id,
         owner=row.owner,
@@ -488,6 +490,63 @@ class Store:
                     session_id=session_id, plan_id=plan_id, steps=text, updated_at=stamp
                 )
             )
+
+    async def acquire_lease(self, session_id: str, replica: str, ttl: float) -> bool:
+        """Take or extend the session's lease for ``replica``; False if another holds it.
+
+        One conditional UPDATE: it wins only if the lease is free, expired or
+        already ours, so two replicas can never both win.
+        """
+        stamp = now()
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sessions.update()
+                .where(
+                    sessions.c.id == session_id,
+                    sa.or_(
+                        sessions.c.lease_owner.is_(None),
+                        sessions.c.lease_owner == replica,
+                        sessions.c.lease_expires_at < stamp,
+                    ),
+                )
+                .values(lease_owner=replica, lease_expires_at=stamp + timedelta(seconds=ttl))
+            )
+        return bool(result.rowcount == 1)
+
+    async def renew_leases(self, replica: str, session_ids: list[str], ttl: float) -> set[str]:
+        """Extend ``replica``'s leases on these sessions; returns the ones still held."""
+        if not session_ids:
+            return set()
+        stamp = now()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sessions.update()
+                .where(sessions.c.id.in_(session_ids), sessions.c.lease_owner == replica)
+                .values(lease_expires_at=stamp + timedelta(seconds=ttl))
+            )
+            rows = await conn.execute(
+                sa.select(sessions.c.id).where(
+                    sessions.c.id.in_(session_ids), sessions.c.lease_owner == replica
+                )
+            )
+            return {row.id for row in rows}
+
+    async def release_lease(self, session_id: str, replica: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.lease_owner == replica)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    async def lease_owner(self, session_id: str) -> str | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(sessions.c.lease_owner).where(sessions.c.id == session_id)
+                )
+            ).first()
+        return None if row is None else row.lease_owner
 
     async def events_after(self, session_id: str, after_seq: int) -> list[EventRecord]:
         """Log rows holding any event with seq > after_seq, oldest first."""

@@ -92,3 +92,14 @@ def test_edge_defaults():
     assert config.slow_consumer_timeout == 10.0
     assert config.revocations_url == ""
     assert config.feed_api_key == "feed"
+
+
+def test_runtime_replicas_are_one_round_robin_target() -> None:
+    from gateway.__main__ import runtime_target
+    from mesh.env import ConfigError
+
+    assert runtime_target("127.0.0.1:50051") == "127.0.0.1:50051"
+    assert runtime_target("127.0.0.1:1, 127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert runtime_target("dns:///runtime:50051") == "dns:///runtime:50051"
+    with pytest.raises(ConfigError):
+        runtime_target("runtime-a:1,runtime-b:2")
