@@ -190,7 +190,7 @@ class SessionHub:
         self._replica = replica
         self._lease_ttl = lease_ttl
         self._heartbeat: asyncio.Task[None] | None = None
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         """Start renewing the leases of live sessions (every third of their TTL)."""
@@ -247,6 +247,11 @@ class SessionHub:
                     created = False
             if row.owner != owner:
                 raise PermissionDenied("session belongs to another user")
+            release = self._releases.pop(session_id, None)
+            if release is not None:
+                # It was just evicted here: its lease release must not land
+                # after the lease is taken again below.
+                await asyncio.wait([release])
             if not await self._store.acquire_lease(session_id, self._replica, self._lease_ttl):
                 raise Unavailable(
                     "another runtime replica serves this session; retry shortly "
@@ -301,8 +306,14 @@ class SessionHub:
         if self._live.get(session_id) is conversation:
             del self._live[session_id]
             release = asyncio.create_task(self._store.release_lease(session_id, self._replica))
-            self._releases.add(release)
-            release.add_done_callback(self._releases.discard)
+            self._releases[session_id] = release
+            release.add_done_callback(
+                lambda done: (
+                    self._releases.pop(session_id, None)
+                    if self._releases.get(session_id) is done
+                    else None
+                )
+            )
 
     async def close(self) -> None:
         """Cancel running turns, release every lease; idempotent."""
@@ -315,4 +326,4 @@ class SessionHub:
             await self._store.release_lease(session_id, self._replica)
         self._live.clear()
         if self._releases:
-            await asyncio.wait(self._releases)
+            await asyncio.wait(list(self._releases.values()))
