@@ -106,7 +106,14 @@ def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
     round robin, and a replica that is down is skipped.
     """
     target = runtime_target(config.runtime_address)
-    balancing = [("grpc.lb_policy_name", "round_robin")]
+    # A restarted runtime is reached again within two seconds, not gRPC's
+    # default of up to two minutes of backoff.
+    balancing: list[tuple[str, object]] = [
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if target != config.runtime_address.strip() or target.startswith("dns:"):
+        balancing.append(("grpc.lb_policy_name", "round_robin"))
     if not (config.runtime_tls_ca or config.runtime_tls_cert or config.runtime_tls_key):
         return grpc.aio.insecure_channel(target, options=balancing)
     if bool(config.runtime_tls_cert) != bool(config.runtime_tls_key):

@@ -7,6 +7,7 @@ processes against the mesh's auth, so it can kill and restart them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import jwt
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
@@ -186,6 +187,28 @@ def stack(request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path) -> Iterato
         yield own
 
 
+@contextlib.asynccontextmanager
+async def reconnected(
+    url: str, session_id: str, token: str, last_seq: int | None = None
+) -> AsyncIterator[IdeConnection]:
+    """Connect as an IDE does after a restart: a 503 (not ready yet) is retried."""
+    for _ in range(40):
+        connection = IdeConnection(url, session_id, token, last_seq=last_seq)
+        try:
+            await connection.__aenter__()
+        except InvalidStatus as refused:
+            if refused.response.status_code != 503:  # only "try again" is retried
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            yield connection
+        finally:
+            await connection.close()
+        return
+    raise AssertionError("the restarted service never took the connection")
+
+
 async def frames_until_final(ide: IdeConnection) -> list[dict[str, Any]]:
     frames = []
     while True:
@@ -246,7 +269,7 @@ async def test_the_gateway_restarts_and_clients_resume(stack: Stack, mesh: Mesh)
         assert closed.value.rcvd.code == 1012, "service restart: a retryable close"
     stack.gateway.start()
     last = before[-1]["seq"]
-    async with IdeConnection(stack.ws_url, session_id, mesh.token, last_seq=last) as ide:
+    async with reconnected(stack.ws_url, session_id, mesh.token, last_seq=last) as ide:
         info = await ide.next_frame()
         assert info["metadata"]["recovered"] is True
         await ide.send_message("after")
@@ -283,7 +306,7 @@ async def test_a_runtime_killed_mid_turn_keeps_durable_history_and_pending_appro
         assert closed.value.rcvd.code == 1013, "runtime unavailable: try again later"
     stack.runtime.start()
 
-    async with IdeConnection(stack.ws_url, approval_session, mesh.token) as ide:
+    async with reconnected(stack.ws_url, approval_session, mesh.token) as ide:
         await ide.next_frame()
         reoffer = await ide.next_frame()
         assert reoffer["type"] == "tool_call"
