@@ -738,8 +738,8 @@ class Conversation:
 
     def _close_open_calls(self, reason: str) -> None:
         session = self.session
-        for call in list(session.pending.values()):
-            self._record_call(call, "cancelled")
+        for pending in list(session.pending.values()):
+            self._record_call(pending, "cancelled")
         session.pending.clear()
         answered = {m.tool_call_id for m in session.messages if m.role == "tool"}
         for message in reversed(session.messages):

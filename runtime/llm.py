@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,7 +190,7 @@ class LlmClient:
         tools: Sequence[ToolSpec] = (),
         *,
         request_id: str | None = None,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Yield the completion's chunks as they arrive; the last is StreamEnd.
 
         Raises UpstreamError when the proxy fails. Safe to cancel: the call

@@ -270,11 +270,12 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         kind of event, and order is kept.
         """
         high = 0
-        for item in first_items:
-            await context.write(to_proto(item))
-            high = max(high, item.seq)
+        for opening in first_items:
+            await context.write(to_proto(opening))
+            high = max(high, opening.seq)
         queue = subscriber.queue
         carried: Sequenced | Resend | None = None
+        item: Sequenced | Resend
         while True:
             if carried is None:
                 if subscriber.overflowed and queue.empty():

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mesh import database
 from runtime.errors import InvalidArgument
@@ -202,7 +202,7 @@ class Step:
     events: list[EventRecord] = field(default_factory=list)
     messages: list[MessageRecord] = field(default_factory=list)
     calls: list[CallRecord] = field(default_factory=list)
-    plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    plans: dict[str, list[list[str]]] = field(default_factory=dict)
     switches: list[SwitchRecord] = field(default_factory=list)
     title: str | None = None
 
@@ -219,7 +219,7 @@ class Loaded:
     messages: list[MessageRecord]
     pending: list[CallRecord]
     answered: set[str]
-    plans: dict[str, list[dict[str, Any]]]
+    plans: dict[str, list[list[str]]]
 
 
 def _session(row: Any) -> SessionRow:
@@ -440,7 +440,7 @@ class Store:
 
     @staticmethod
     async def _upsert_call(
-        conn: sa.ext.asyncio.AsyncConnection, session_id: str, call: CallRecord, stamp: datetime
+        conn: AsyncConnection, session_id: str, call: CallRecord, stamp: datetime
     ) -> None:
         values = {
             "status": call.status,
@@ -472,10 +472,10 @@ class Store:
 
     @staticmethod
     async def _upsert_plan(
-        conn: sa.ext.asyncio.AsyncConnection,
+        conn: AsyncConnection,
         session_id: str,
         plan_id: str,
-        plan_steps: list[dict[str, Any]],
+        plan_steps: list[list[str]],
         stamp: datetime,
     ) -> None:
         text = json.dumps(plan_steps, ensure_ascii=False)
