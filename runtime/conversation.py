@@ -227,6 +227,9 @@ class Conversation:
         self._step: Step | None = None
         self._outgoing: list[Sequenced] = []
         self._unflushed: list[tuple[int, str]] = []
+        """Text deltas sent but not yet known to be in the log (replays read them)."""
+        self._text_written_upto = 0
+        """The last delta seq put in a step (its commit may still be in flight)."""
         self._commit_lock = asyncio.Lock()
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -434,11 +437,11 @@ class Conversation:
         if state is not None:
             session.state = state
         step = self._open_step()
-        if self._unflushed:
-            first, last = self._unflushed[0][0], self._unflushed[-1][0]
-            chunks = [[seq, text] for seq, text in self._unflushed]
-            step.events.insert(0, EventRecord(first, last, "text", {"chunks": chunks}))
-            self._unflushed = []
+        text = [(seq, t) for seq, t in self._unflushed if seq > self._text_written_upto]
+        if text:
+            chunks = [[seq, t] for seq, t in text]
+            step.events.insert(0, EventRecord(text[0][0], text[-1][0], "text", {"chunks": chunks}))
+            self._text_written_upto = text[-1][0]
         step.last_seq = session.last_seq
         step.agent = session.agent
         step.state = session.state
@@ -447,14 +450,17 @@ class Conversation:
         outgoing, self._outgoing, self._step = self._outgoing, [], None
         # Shielded: a cancelled turn must not leave half its step unwritten,
         # and the lock keeps steps in order.
-        await asyncio.shield(self._commit(step))
+        await asyncio.shield(self._commit(step, self._text_written_upto))
         for item in outgoing:
             self._publish(item)
 
-    async def _commit(self, step: Step) -> None:
+    async def _commit(self, step: Step, text_upto: int) -> None:
         async with self._commit_lock:
             with self._metrics.db_commit.time():
                 await self._store.commit(step)
+        # Only now do replays find this text in the log: until here they read
+        # it from memory (a replay between the two would otherwise miss it).
+        self._unflushed = [(seq, t) for seq, t in self._unflushed if seq > text_upto]
 
     # -- client events -------------------------------------------------------
 

@@ -542,3 +542,38 @@ async def test_history_sent_to_the_model_is_bounded_by_its_window(store: Store) 
     assert last[-1].content.startswith("question 5"), "the newest message always stays"
     assert sum(len(m.content) for m in last[1:]) <= 800
     assert len(session.messages) == 12, "history itself keeps everything"
+
+
+class GatedStore(Store):
+    """A real store whose commits wait for a gate: a write in flight, held open."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store._engine)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def commit(self, step: Any) -> None:
+        if any(event.kind == "text" for event in step.events):
+            self.waiting.set()
+            await self.gate.wait()
+        await super().commit(step)
+
+
+async def test_a_replay_during_the_write_of_the_text_still_has_the_text(store: Store) -> None:
+    gated = GatedStore(store)
+    llm = ScriptedLlm([TextChunk("a "), TextChunk("b")])
+    await gated.create_session("gated", "alice", "coder")
+    session = Session.from_store(await gated.load("gated"))
+    conversation = Conversation(session, llm, gated, ConversationSettings(model="m"))  # type: ignore[arg-type]
+    LIVE.append(conversation)
+    await conversation.handle(UserMessage("go"))
+    await asyncio.wait_for(gated.waiting.wait(), 5)  # the text's commit is in flight
+    replay, recovered = await conversation.events_after(0)
+    assert recovered
+    texts = [item.event.text for item in replay if isinstance(item.event, AssistantText)]
+    assert "".join(texts) == "a b", "the text is read from memory until it is in the log"
+    gated.gate.set()
+    await conversation.wait_idle()
+    replay, _ = await conversation.events_after(0)
+    texts = [item.event.text for item in replay if isinstance(item.event, AssistantText)]
+    assert "".join(texts) == "a b", "and from the log once it is there, once"
