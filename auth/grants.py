@@ -237,27 +237,15 @@ class TokenEndpoint:
             if await self._users.replace_password_hash(user.id, user.password_hash, new_hash):
                 log.info("password_rehashed", user_id=user.id)
 
-        token = self._issuer.issue(
+        token = await self._signed(
             Subject(user_id=user.id, username=user.username),
-            client_id=client.client_id,
-            scope=scope,
-        )
-        refresh = await self._refresh.issue(user.id, client.client_id, scope)
-        await self._audit.record(
-            "login_succeeded",
-            user_id=user.id,
-            username=user.username,
-            client_id=client.client_id,
+            client,
+            scope,
+            grant_type="password",
+            audit_event="login_succeeded",
             address=address,
         )
-        log.info(
-            "token_issued",
-            grant_type="password",
-            user_id=user.id,
-            client_id=client.client_id,
-            jti=token.jti,
-            kid=token.kid,
-        )
+        refresh = await self._refresh.issue(user.id, client.client_id, scope)
         return TokenResponse(access_token=token, refresh_token=refresh)
 
     async def _grant_refresh_token(
@@ -299,25 +287,13 @@ class TokenEndpoint:
         user = await self._users.get_by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token is invalid, expired or revoked")
-        token = self._issuer.issue(
+        token = await self._signed(
             Subject(user_id=user.id, username=user.username),
-            client_id=client.client_id,
-            scope=scope,
-        )
-        await self._audit.record(
-            "refresh_succeeded",
-            user_id=user.id,
-            username=user.username,
-            client_id=client.client_id,
-            address=address,
-        )
-        log.info(
-            "token_issued",
+            client,
+            scope,
             grant_type="refresh_token",
-            user_id=user.id,
-            client_id=client.client_id,
-            jti=token.jti,
-            kid=token.kid,
+            audit_event="refresh_succeeded",
+            address=address,
         )
         return TokenResponse(access_token=token, refresh_token=successor)
 
@@ -325,22 +301,45 @@ class TokenEndpoint:
         self, client: Client, form: Mapping[str, str], address: str
     ) -> TokenResponse:
         scope = parse_scope(form.get("scope"), allowed=client.scopes)
-        token = self._issuer.issue(
+        token = await self._signed(
             Subject(user_id=client.client_id, username=None),
-            client_id=client.client_id,
-            scope=scope,
+            client,
+            scope,
+            grant_type="client_credentials",
+            audit_event="client_credentials_granted",
+            address=address,
         )
+        return TokenResponse(access_token=token)
+
+    async def _signed(
+        self,
+        subject: Subject,
+        client: Client,
+        scope: tuple[str, ...],
+        *,
+        grant_type: str,
+        audit_event: str,
+        address: str,
+    ) -> AccessToken:
+        """Sign an access token for a granted request, and audit and log the grant."""
+        token = self._issuer.issue(subject, client_id=client.client_id, scope=scope)
+        user_id = None if subject.username is None else subject.user_id
         await self._audit.record(
-            "client_credentials_granted", client_id=client.client_id, address=address
+            audit_event,
+            user_id=user_id,
+            username=subject.username,
+            client_id=client.client_id,
+            address=address,
         )
         log.info(
             "token_issued",
-            grant_type="client_credentials",
+            grant_type=grant_type,
+            user_id=user_id,
             client_id=client.client_id,
             jti=token.jti,
             kid=token.kid,
         )
-        return TokenResponse(access_token=token)
+        return token
 
 
 def _single_valued(params: Sequence[tuple[str, str]]) -> dict[str, str]:
