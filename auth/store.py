@@ -18,17 +18,18 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 from auth.errors import AlreadyExists, InvalidUsername, NotFound
 from auth.schema import MAX_USERNAME_LENGTH, metadata, users
+from mesh import database
 
 __all__ = ["MAX_USERNAME_LENGTH", "User", "UserStore", "create_engine", "metadata", "migrate"]
 
@@ -59,37 +60,11 @@ def check_username(username: str) -> None:
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine for ``database_url``; for a SQLite file, creates its directory."""
-    url = sa.make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-    # hide_parameters: errors would otherwise quote password hashes.
-    engine = create_async_engine(url, pool_pre_ping=True, hide_parameters=True)
-    if url.get_backend_name() == "sqlite":
-        _begin_immediate(engine)
-    return engine
-
-
-def _begin_immediate(engine: AsyncEngine) -> None:
-    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
-
-    A deferred transaction that reads and then writes can fail at once with
-    "database is locked" when another connection writes concurrently (SQLite
-    refuses to wait where waiting could deadlock). Taking the write lock at
-    BEGIN makes concurrent writers queue on the busy timeout instead, which
-    is what the conditional updates of refresh rotation and the login
-    throttle rely on. This is SQLAlchemy's documented pysqlite recipe.
-    """
-
-    @sa.event.listens_for(engine.sync_engine, "connect")
-    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @sa.event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    """The mesh's engine for ``database_url`` (parameters hidden from errors, so
+    none quotes a password hash). SQLite transactions begin IMMEDIATE: refresh
+    rotation and the login throttle are conditional updates that concurrent
+    writers must queue for, not fail."""
+    return database.create_engine(database_url, immediate=True)
 
 
 def _row_to_user(row: sa.RowMapping) -> User:
@@ -198,50 +173,18 @@ class UserStore:
 
 def alembic_config() -> Config:
     """An Alembic config pointing at this package's migrations, from any cwd."""
-    from alembic.config import Config  # imported here: the CLI starts faster without it
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return config
-
-
-_LOCK = {"name": "codelab_auth_migrate"}
-
-
-def _upgrade(connection: sa.Connection) -> None:
-    from alembic import command
-
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    if connection.dialect.name == "postgresql":
-        # Replicas starting together must not run the same migration twice;
-        # the lock is released when the migration transaction ends.
-        connection.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtext('codelab_auth_migrate'))")
-        )
-    command.upgrade(config, "head")
+    return database.alembic_config(MIGRATIONS_DIR)
 
 
 async def migrate(database_url: str) -> None:
-    """Upgrade the database to the newest schema; idempotent."""
+    """Upgrade the database to the newest schema; idempotent, one replica at a time."""
     engine = create_engine(database_url)
     try:
-        async with engine.begin() as conn:
-            await _run_upgrade(conn)
+        await database.upgrade(database_url, MIGRATIONS_DIR, engine=engine)
     finally:
         await engine.dispose()
 
 
-async def _run_upgrade(conn: AsyncConnection) -> None:
-    await conn.run_sync(_upgrade)
-
-
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The Alembic revision the database is at, or None for an empty database."""
-    from alembic.runtime.migration import MigrationContext
-
-    def read(connection: sa.Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
-
-    async with engine.connect() as conn:
-        return await conn.run_sync(read)
+    return await database.current_revision(engine, "alembic_version")

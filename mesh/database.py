@@ -22,8 +22,12 @@ def is_sqlite(url: str | sa.URL) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(database_url: str, **options: Any) -> AsyncEngine:
-    """An async engine for ``database_url`` (parameters hidden from errors)."""
+def create_engine(database_url: str, *, immediate: bool = False, **options: Any) -> AsyncEngine:
+    """An async engine for ``database_url`` (parameters hidden from errors).
+
+    ``immediate`` makes every SQLite transaction ``BEGIN IMMEDIATE`` (see
+    :func:`_begin_immediate`); it changes nothing on PostgreSQL.
+    """
     url = sa.make_url(database_url)
     if url.get_backend_name() != "sqlite":
         options.setdefault("pool_pre_ping", True)
@@ -42,7 +46,29 @@ def create_engine(database_url: str, **options: Any) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
+    if immediate:
+        _begin_immediate(engine)
     return engine
+
+
+def _begin_immediate(engine: AsyncEngine) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
+
+    A deferred transaction that reads and then writes can fail at once with
+    "database is locked" when another connection writes concurrently (SQLite
+    refuses to wait where waiting could deadlock). Taking the write lock at
+    BEGIN makes concurrent writers queue on the busy timeout instead, which
+    conditional updates and concurrent migrations rely on. This is
+    SQLAlchemy's documented pysqlite recipe.
+    """
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def alembic_config(migrations_dir: Path) -> Config:
@@ -52,12 +78,31 @@ def alembic_config(migrations_dir: Path) -> Config:
     return config
 
 
-async def upgrade(database_url: str, migrations_dir: Path, revision: str = "head") -> None:
-    """Bring the database to ``revision``; idempotent. Uses the env.py in the dir."""
-    engine = create_engine(database_url)
+async def upgrade(
+    database_url: str,
+    migrations_dir: Path,
+    revision: str = "head",
+    *,
+    engine: AsyncEngine | None = None,
+) -> None:
+    """Bring the database to ``revision``; idempotent. Uses the env.py in the dir.
+
+    Replicas starting together run it one at a time: on PostgreSQL the
+    migration holds an advisory lock named after the migrations, on SQLite
+    the write lock taken at BEGIN.
+    ``engine`` (optional) is used instead of a fresh one, and not disposed.
+    """
+    own = engine is None
+    engine = engine if engine is not None else create_engine(database_url, immediate=True)
     config = alembic_config(migrations_dir)
+    lock = f"codelab_migrate:{migrations_dir.parent.name}"
 
     def run(connection: sa.Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            # Released when the migration transaction ends.
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock}
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
@@ -65,7 +110,8 @@ async def upgrade(database_url: str, migrations_dir: Path, revision: str = "head
         async with engine.begin() as conn:
             await conn.run_sync(run)
     finally:
-        await engine.dispose()
+        if own:
+            await engine.dispose()
 
 
 async def current_revision(engine: AsyncEngine, version_table: str) -> str | None:

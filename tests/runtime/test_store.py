@@ -156,3 +156,14 @@ async def test_one_replica_holds_a_session_lease_until_it_expires(store: Store) 
     assert await store.lease_owner("leased") == "r2"
     await store.release_lease("leased", "r2")
     assert await store.lease_owner("leased") is None
+
+
+async def test_replicas_migrating_at_once_do_not_collide(empty_url: str) -> None:
+    import asyncio
+
+    await asyncio.gather(*(migrate(empty_url) for _ in range(3)))
+    engine = create_engine(empty_url)
+    try:
+        assert await current_revision(engine, VERSION_TABLE) == head_revision()
+    finally:
+        await engine.dispose()
