@@ -152,3 +152,19 @@ def add_user(mesh: Mesh) -> dict[str, str]:
         capture_output=True,
     )
     return {"username": name, "password": password}
+
+
+def migrate_runtime(database: str, internal_key: str) -> None:
+    """Apply the runtime's schema to ``database`` the way operators do."""
+    subprocess.run(
+        [sys.executable, "-m", "runtime", "migrate"],
+        env={
+            **os.environ,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "AGENT_RUNTIME__INTERNAL_API_KEY": internal_key,
+            "AGENT_RUNTIME__DATABASE_URL": database,
+        },
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )

@@ -32,7 +32,7 @@ from llmproxy.offline import expected_reply_text
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import free_port, fresh_postgres_sync
-from tests.integration.conftest import ROOT, Mesh
+from tests.integration.conftest import ROOT, Mesh, migrate_runtime
 
 
 class Service:
@@ -110,17 +110,7 @@ class Stack:
         )
         key = mesh.internal_key
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        subprocess.run(
-            [sys.executable, "-m", "runtime", "migrate"],
-            env={
-                **base,
-                "AGENT_RUNTIME__INTERNAL_API_KEY": key,
-                "AGENT_RUNTIME__DATABASE_URL": database,
-            },
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        migrate_runtime(database, key)
         self.llmproxy = Service(
             "llmproxy",
             {

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from ide.connection import IdeConnection
 from runtime.store import Store
 from tests.conftest import free_port, fresh_postgres_sync
-from tests.integration.conftest import ROOT, Mesh
+from tests.integration.conftest import Mesh, migrate_runtime
 from tests.integration.test_persistence import Service, frames_until_final, grpc_ready, http_ready
 
 LEASE_TTL = 2.0
@@ -39,17 +37,7 @@ class Replicas:
         llm_port = free_port()
         self.runtime_ports = [free_port(), free_port()]
         self.gateway_ports = [free_port(), free_port()]
-        subprocess.run(
-            [sys.executable, "-m", "runtime", "migrate"],
-            env={
-                **base,
-                "AGENT_RUNTIME__INTERNAL_API_KEY": key,
-                "AGENT_RUNTIME__DATABASE_URL": database,
-            },
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        migrate_runtime(database, key)
         self.llmproxy = Service(
             "llmproxy",
             {**base, "LLM_PROXY__PORT": str(llm_port), "LLM_PROXY__INTERNAL_API_KEY": key},
