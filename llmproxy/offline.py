@@ -11,6 +11,7 @@ providers. Configure it like any other deployment::
           reply_tokens: 24      # words in each reply
           token_delay: 0.0      # seconds to wait before each streamed token
           embedding_dimensions: 64
+          stamp_tokens: false   # benchmarks: each streamed word ends in @<CLOCK_MONOTONIC ns>
 
 LiteLLM hands unknown ``litellm_params`` of a custom provider to the handler
 as ``optional_params``; that is how these settings arrive. A request's
@@ -83,6 +84,11 @@ class OfflineSettings:
     token_delay: float = DEFAULT_TOKEN_DELAY
     embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS
     max_tokens: int | None = None
+    stamp_tokens: bool = False
+    """Benchmarks: each streamed text token is ``word@<ns>``, ``ns`` being
+    ``time.monotonic_ns()`` when the model emitted it (the system-wide
+    CLOCK_MONOTONIC on Linux), so a client can measure the mesh's added
+    latency per token."""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> OfflineSettings:
@@ -91,6 +97,9 @@ class OfflineSettings:
         token_delay = _number(params, "token_delay", DEFAULT_TOKEN_DELAY, float)
         dimensions = _number(params, "embedding_dimensions", DEFAULT_EMBEDDING_DIMENSIONS, int)
         max_tokens = params.get("max_tokens")
+        stamp_tokens = params.get("stamp_tokens", False)
+        if not isinstance(stamp_tokens, bool):
+            raise ValueError(f"offline model: stamp_tokens={stamp_tokens!r} must be true or false")
         if reply_tokens < 1 or token_delay < 0 or dimensions < 1:
             raise ValueError(
                 "offline model: reply_tokens and embedding_dimensions must be positive "
@@ -101,6 +110,7 @@ class OfflineSettings:
             token_delay=token_delay,
             embedding_dimensions=dimensions,
             max_tokens=None if max_tokens is None else int(max_tokens),
+            stamp_tokens=stamp_tokens,
         )
 
 
@@ -178,8 +188,9 @@ def embed_text(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> lis
 class OfflineLLM(CustomLLM):
     """The LiteLLM handler registered for provider ``offline``.
 
-    Streaming honours ``token_delay`` with ``asyncio.sleep`` and is safe to
-    cancel between tokens. The blocking variants exist because LiteLLM routes
+    Streaming honours ``token_delay`` with ``asyncio.sleep`` (with no delay
+    it still yields to the event loop before each token, as a network read
+    would) and is safe to cancel between tokens. The blocking variants exist because LiteLLM routes
     ``completion``/``embedding`` there; they sleep with ``time.sleep``.
     """
 
@@ -207,8 +218,11 @@ class OfflineLLM(CustomLLM):
         settings = OfflineSettings.from_params(kwargs["optional_params"])
         reply = compose_reply(kwargs["messages"], settings)
         for chunk in _chunks(reply):
-            if settings.token_delay and not chunk["is_finished"]:
-                await asyncio.sleep(settings.token_delay)
+            # With no delay, still let the loop run between tokens, as a
+            # network read would: other calls and this call's writer go on.
+            await asyncio.sleep(0 if chunk["is_finished"] else settings.token_delay)
+            if settings.stamp_tokens and chunk["text"]:
+                chunk = {**chunk, "text": _stamped(chunk["text"])}  # type: ignore[typeddict-item]
             yield chunk
 
     def embedding(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:
@@ -244,6 +258,12 @@ def _chunks(reply: Reply) -> Iterator[GenericStreamingChunk]:
         },
         index=0,
     )
+
+
+def _stamped(token: str) -> str:
+    """``word `` → ``word@<monotonic ns> `` (the trailing space kept)."""
+    word = token.rstrip(" ")
+    return f"{word}@{time.monotonic_ns()}{token[len(word) :]}"
 
 
 def _model_response(response: ModelResponse, model: str, reply: Reply) -> ModelResponse:

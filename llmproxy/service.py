@@ -21,6 +21,7 @@ dressed up as a whole one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Coroutine, Iterator, Mapping
@@ -49,6 +50,7 @@ from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh import tracing
 from mesh.context import fit
 from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
+from mesh.outbox import Outbox
 
 DEFAULT_OUTPUT_RESERVE = 4096
 """Tokens left for the answer when a request names no max_tokens."""
@@ -180,7 +182,9 @@ class StreamTranslation:
     model: str = ""
     usage: dict[str, int] = field(default_factory=dict)
 
-    def responses(self, chunk: Any) -> Iterator[llmproxy_pb2.StreamChatResponse]:
+    def responses(self, chunk: Any) -> Iterator[str | llmproxy_pb2.StreamChatResponse]:
+        """What ``chunk`` carries: text deltas as ``str`` (the outbox merges
+        them into ``TextDelta`` messages), every other delta as a message."""
         self.chunks += 1
         if not self.model and getattr(chunk, "model", None):
             self.model = str(chunk.model)
@@ -199,9 +203,7 @@ class StreamTranslation:
                 continue
             if delta.content:
                 self.emitted += 1
-                yield llmproxy_pb2.StreamChatResponse(
-                    text=llmproxy_pb2.TextDelta(text=delta.content)
-                )
+                yield delta.content
             for call in delta.tool_calls or ():
                 function = call.function
                 self.emitted += 1
@@ -226,6 +228,33 @@ class StreamTranslation:
                 model=self.model,
             )
         )
+
+
+Outgoing: TypeAlias = str | llmproxy_pb2.StreamChatResponse
+"""One item of a call's outbox: a text delta, or a message written as is."""
+
+
+def merged(batch: list[Outgoing]) -> Iterator[llmproxy_pb2.StreamChatResponse]:
+    """The messages for ``batch``: each run of text deltas as one ``TextDelta``."""
+    texts: list[str] = []
+    for item in batch:
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        if texts:
+            yield _text_message(texts)
+            texts = []
+        yield item
+    if texts:
+        yield _text_message(texts)
+
+
+def _text_message(texts: list[str]) -> llmproxy_pb2.StreamChatResponse:
+    text = texts[0] if len(texts) == 1 else "".join(texts)
+    return llmproxy_pb2.StreamChatResponse(text=llmproxy_pb2.TextDelta(text=text))
+
+
+_Outbox: TypeAlias = Outbox[Outgoing, llmproxy_pb2.StreamChatResponse]
 
 
 class _NoFirstDelta(Exception):
@@ -271,20 +300,28 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
         )
         span = _tracer.start_span("stream_chat", attributes={"llm.model": request.model})
+        # Deltas go out through the outbox: at once while the stream keeps
+        # up, merged while a write is still in flight (see mesh.outbox).
+        outbox: _Outbox = Outbox(context.write, merged)
         try:
             arguments = self._checked(chat_arguments(request))
-            await self._stream(arguments, translation, context)
+            await self._stream(arguments, translation, outbox)
+            await outbox.close()
             outcome = status = "ok"
         except Exception as exc:
             error = _after_deltas(exc, translation) if translation.emitted else exc
             outcome = "interrupted" if translation.emitted else "failed"
             status = "interrupted" if translation.emitted else _reason(exc)
             span.set_status(trace.StatusCode.ERROR, status)
+            # The deltas produced before the failure still go first.
+            with contextlib.suppress(Exception):
+                await outbox.close()
             await _abort(context, error)
         except BaseException:
             outcome = "cancelled"
             raise
         finally:
+            outbox.cancel()
             elapsed = time.monotonic() - started
             self._metrics.calls.labels(request.model, status).inc()
             self._metrics.duration.labels(request.model).observe(elapsed)
@@ -296,6 +333,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 outcome=outcome,
                 chunks=translation.chunks,
                 deltas=translation.emitted,
+                writes=outbox.writes,
                 finish_reason=translation.finish_reason,
                 answered_by=translation.model,
                 duration_ms=round(elapsed * 1000, 1),
@@ -303,7 +341,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             structlog.contextvars.reset_contextvars(**bound)
 
     async def _stream(
-        self, arguments: dict[str, Any], translation: StreamTranslation, context: Context
+        self, arguments: dict[str, Any], translation: StreamTranslation, outbox: _Outbox
     ) -> None:
         """Stream from the group, then from its fallbacks while no delta was sent."""
         total = self._timeouts.total
@@ -313,7 +351,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         while True:
             try:
                 await self._stream_once(
-                    {**arguments, "model": group}, translation, context, deadline
+                    {**arguments, "model": group}, translation, outbox, deadline
                 )
                 return
             except _NoFirstDelta as exc:
@@ -331,7 +369,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         self,
         arguments: dict[str, Any],
         translation: StreamTranslation,
-        context: Context,
+        outbox: _Outbox,
         deadline: float | None,
     ) -> None:
         group = arguments["model"]
@@ -386,11 +424,11 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                         raise
                     raise _NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
                 for response in translation.responses(chunk):
-                    await context.write(response)
+                    outbox.put(response)
             # A fallback inside the Router's stream updates the wrapper's
             # hidden params to the deployment that really answered.
             hidden = getattr(stream, "_hidden_params", None) or hidden
-            await context.write(translation.end(hidden.get("litellm_model_name")))
+            outbox.put(translation.end(hidden.get("litellm_model_name")))
         finally:
             await _close(stream)
 
@@ -495,6 +533,8 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         if budget > 0:
             reserve = arguments.get("max_tokens") or min(DEFAULT_OUTPUT_RESERVE, budget // 4)
             messages = arguments["messages"]
+            if _token_bound(messages) <= budget - reserve:
+                return arguments  # fits whatever the tokenizer: no need to count
             fitted = fit(
                 messages,
                 budget - reserve,
@@ -505,6 +545,28 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 log.info("context_trimmed", dropped=len(messages) - len(fitted), budget=budget)
                 arguments = {**arguments, "messages": fitted}
         return arguments
+
+
+_MESSAGE_OVERHEAD_TOKENS = 8
+"""More than any chat template adds per message (OpenAI's adds 3-4)."""
+
+
+def _token_bound(messages: list[dict[str, Any]]) -> int:
+    """An upper bound on the tokens of ``messages`` that costs no tokenizing.
+
+    A byte-level BPE token covers at least one UTF-8 byte, so a text has at
+    most as many tokens as bytes; role, names, tool call ids and arguments
+    are counted as text too, and every message adds a template's overhead.
+    """
+    total = 3
+    for message in messages:
+        total += _MESSAGE_OVERHEAD_TOKENS
+        for value in message.values():
+            if isinstance(value, str):
+                total += len(value.encode())
+            elif value is not None:
+                total += len(json.dumps(value).encode())
+    return total
 
 
 async def _bounded(

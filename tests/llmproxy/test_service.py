@@ -50,7 +50,10 @@ async def test_offline_stream_is_deterministic_text_then_one_end(start_proxy: St
     responses = await collect(proxy, chat("offline", "explain the build"))
 
     kinds = [r.WhichOneof("chunk") for r in responses]
-    assert kinds == ["text"] * 24 + ["end"]
+    # 24 tokens as fast as the model makes them: text deltas (merged while a
+    # write was in flight), then exactly one end.
+    assert set(kinds[:-1]) == {"text"}
+    assert kinds[-1] == "end"
     assert text_of(responses) == expected_reply_text("explain the build", 24)
     assert text_of(responses).startswith("You said: explain the build ")
     end = responses[-1].end
@@ -69,7 +72,7 @@ async def test_reply_length_comes_from_the_yaml(start_proxy: StartProxy) -> None
 
     assert len(text_of(responses).split(" ")) == 150
     assert text_of(responses) == expected_reply_text("hi", 150)
-    assert sum(r.WhichOneof("chunk") == "text" for r in responses) == 150
+    assert responses[-1].end.usage.completion_tokens == 150
 
 
 async def test_max_tokens_cuts_the_reply_with_finish_reason_length(

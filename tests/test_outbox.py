@@ -1,0 +1,92 @@
+"""mesh.outbox: adaptive coalescing keeps order, merges only while behind."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from mesh.outbox import Outbox
+
+
+def merge_strings(batch: list[object]) -> Iterator[object]:
+    """Runs of str become one str; anything else passes alone."""
+    run: list[str] = []
+    for item in batch:
+        if isinstance(item, str):
+            run.append(item)
+            continue
+        if run:
+            yield "".join(run)
+            run = []
+        yield item
+    if run:
+        yield "".join(run)
+
+
+class SlowSink:
+    """A send that takes one loop turn per message, or waits for a gate."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+        self.gate: asyncio.Event | None = None
+
+    async def send(self, message: object) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        else:
+            await asyncio.sleep(0)
+        self.sent.append(message)
+
+
+async def test_an_idle_stream_sends_each_item_alone() -> None:
+    sink = SlowSink()
+    outbox: Outbox[object, object] = Outbox(sink.send, merge_strings)
+    for word in ("a", "b", "c"):
+        outbox.put(word)
+        await asyncio.sleep(0.001)  # the producer is slower than the stream
+    await outbox.close()
+    assert sink.sent == ["a", "b", "c"]
+    assert outbox.writes == 3
+
+
+async def test_items_queued_behind_a_write_are_merged_but_never_across_others() -> None:
+    sink = SlowSink()
+    sink.gate = asyncio.Event()
+    outbox: Outbox[object, object] = Outbox(sink.send, merge_strings)
+    outbox.put("first")
+    await asyncio.sleep(0)  # the sender takes "first" and waits on the gate
+    for item in ("a", "b", 1, "c", "d", 2):
+        outbox.put(item)
+    sink.gate.set()
+    await outbox.close()
+    assert sink.sent == ["first", "ab", 1, "cd", 2]
+
+
+async def test_a_failed_write_surfaces_at_the_next_put_and_at_close() -> None:
+    async def broken(message: object) -> None:
+        raise ConnectionError("peer gone")
+
+    outbox: Outbox[object, object] = Outbox(broken, merge_strings)
+    outbox.put("x")
+    await asyncio.sleep(0)
+    with pytest.raises(ConnectionError):
+        outbox.put("y")
+    with pytest.raises(ConnectionError):
+        await outbox.close()
+
+
+async def test_cancel_drops_what_is_queued() -> None:
+    sink = SlowSink()
+    sink.gate = asyncio.Event()
+    outbox: Outbox[object, object] = Outbox(sink.send, merge_strings)
+    outbox.put("a")
+    await asyncio.sleep(0)
+    outbox.put("b")
+    outbox.cancel()
+    sink.gate.set()
+    await asyncio.sleep(0)
+    assert sink.sent == []
+    with pytest.raises(RuntimeError):
+        outbox.put("c")
