@@ -25,8 +25,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
 from mesh.env import ConfigError, Env
+from mesh.grpc_server import channel_options, grpc_target
 from mesh.logs import configure_logging
-from mesh.process import run
+from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
 from runtime.v1 import runtime_pb2_grpc
@@ -106,14 +107,7 @@ def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
     round robin, and a replica that is down is skipped.
     """
     target = runtime_target(config.runtime_address)
-    # A restarted runtime is reached again within two seconds, not gRPC's
-    # default of up to two minutes of backoff.
-    balancing: list[tuple[str, object]] = [
-        ("grpc.initial_reconnect_backoff_ms", 250),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
-    if target != config.runtime_address.strip() or target.startswith("dns:"):
-        balancing.append(("grpc.lb_policy_name", "round_robin"))
+    balancing = channel_options(config.runtime_address)
     if not (config.runtime_tls_ca or config.runtime_tls_cert or config.runtime_tls_key):
         return grpc.aio.insecure_channel(target, options=balancing)
     if bool(config.runtime_tls_cert) != bool(config.runtime_tls_key):
@@ -131,15 +125,10 @@ def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
 
 def runtime_target(address: str) -> str:
     """A gRPC target for one address or a comma list of ``host:port``."""
-    addresses = [a.strip() for a in address.split(",") if a.strip()]
-    if len(addresses) <= 1:
-        return address.strip()
-    if all(a.replace(".", "").replace(":", "").isdigit() for a in addresses):
-        return "ipv4:" + ",".join(addresses)
-    raise ConfigError(
-        "GATEWAY__RUNTIME_ADDRESS: a list must be IPv4 host:port pairs; "
-        "for names use dns:///name:port"
-    )
+    try:
+        return grpc_target(address)
+    except ValueError as exc:
+        raise ConfigError(f"GATEWAY__RUNTIME_ADDRESS: {exc}") from None
 
 
 def _read(path: str, name: str) -> bytes | None:
@@ -155,6 +144,7 @@ def _read(path: str, name: str) -> bytes | None:
 async def serve(config: GatewayConfig) -> None:
     """Run until a stop signal arrives."""
     async with running_gateway(config):
+        settled()
         received = await wait_for_stop_signal()
         log.info("gateway_stopping", signal=received.name)
 

@@ -38,7 +38,7 @@ from mesh.grpc_server import MeshServer, TlsFiles
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
-from mesh.process import run
+from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
 
@@ -116,13 +116,14 @@ async def running(
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from llmproxy.config import default_config_path, load_config
     from llmproxy.metrics import ProxyMetrics
-    from llmproxy.router import build_router, deployment_health
+    from llmproxy.router import build_router, deployment_health, warm_up
     from llmproxy.service import LlmProxyServicer, StreamTimeouts
     from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 
     config_path = settings.config_path or default_config_path()
     config = load_config(config_path)
     router = build_router(config)
+    await warm_up()
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ProxyMetrics(registry)
     router.on_retry = lambda group: metrics.retries.labels(group).inc()
@@ -183,6 +184,7 @@ async def running(
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     async with running(settings):
+        settled()
         sig = await wait_for_stop_signal()
         log.info("llmproxy_stopping", signal=sig.name)
 

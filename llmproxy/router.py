@@ -132,6 +132,31 @@ def build_router(config: ProxyConfig) -> ProxyRouter:
     return ProxyRouter(model_list=model_list, **dict(config.router_settings))
 
 
+async def warm_up() -> None:
+    """Stream one offline reply and count its tokens, in a throwaway Router.
+
+    LiteLLM imports its logging, cost and tokenizer modules on the first
+    call (about half a second here); without this, the first request to
+    each llmproxy process pays for it.
+    """
+    router = Router(
+        model_list=[
+            {
+                "model_name": "warm-up",
+                "litellm_params": {"model": f"{OFFLINE_PROVIDER}/warm-up", "reply_tokens": 2},
+            }
+        ]
+    )
+    messages = [{"role": "user", "content": "warm up"}]
+    stream = await router.acompletion(
+        model="warm-up", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    async for _ in stream:
+        pass
+    litellm.token_counter(model=f"{OFFLINE_PROVIDER}/warm-up", messages=messages)
+    router.discard()
+
+
 def knows_model(router: Router, model: str) -> bool:
     """Whether ``model`` names a group, an alias or a wildcard route."""
     if model in router.get_model_names():

@@ -2,11 +2,18 @@
 
 uvloop when it is installed (measured +20-37% throughput on this kind of
 machine), the standard loop otherwise or when ``CODELAB_EVENT_LOOP=asyncio``.
+
+:func:`settled` is for a service to call once it has started: the objects
+made at import and start-up (LiteLLM's model map, protobuf descriptors,
+SQLAlchemy metadata) live until exit, and moving them out of the garbage
+collector's generations spares every later collection from walking them
+(measured: LiteLLM's per-chunk cost fell by about a sixth).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -32,3 +39,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the chosen loop."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+def settled() -> None:
+    """Exclude everything allocated so far from garbage collection scans.
+
+    Call once, after start-up; a no-op when called again with nothing new.
+    """
+    gc.collect()
+    gc.freeze()

@@ -72,11 +72,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import MeshServer, TlsFiles, mesh_channel
+from mesh.grpc_server import MeshServer, TlsFiles, grpc_target, mesh_channel
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
-from mesh.process import run
+from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
@@ -141,11 +141,16 @@ class RuntimeConfig:
                     f"with AGENT one of {', '.join(AGENTS)}"
                 )
             agent_models.append((agent.strip(), model.strip()))
+        llm_proxy_address = env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address)
+        try:
+            grpc_target(llm_proxy_address)
+        except ValueError as exc:
+            raise ConfigError(f"{env.name('LLM_PROXY_ADDRESS')}: {exc}") from None
         return cls(
             internal_api_key=key,
             host=env.str("HOST", cls.host),
             port=env.int("PORT", cls.port),
-            llm_proxy_address=env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address),
+            llm_proxy_address=llm_proxy_address,
             llm_proxy_api_key=env.str("LLM_PROXY_API_KEY", key),
             llm_model=env.str("LLM_MODEL", cls.llm_model),
             routing_model=env.str("ROUTING_MODEL", ""),
@@ -259,6 +264,7 @@ async def serve(
         if started is not None:
             started(port)
         if stop is None:
+            settled()
             signal_received = await wait_for_stop_signal()
             log.info("runtime_stopping", signal=signal_received.name)
         else:

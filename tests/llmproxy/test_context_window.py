@@ -54,3 +54,29 @@ async def test_old_turns_are_dropped_to_fit_and_calls_stay_with_results(
     # with its result, never one without the other.
     assert await prompt_tokens(proxy, system + history(200) + latest) == short + 200 + 2
     assert await prompt_tokens(proxy, system + history(400) + latest) == short + 2
+
+
+async def test_a_request_that_surely_fits_is_not_tokenized(
+    start_proxy: StartProxy, monkeypatch: object
+) -> None:
+    """Counting tokens costs a tokenizer pass over the whole history on every
+    call; a request whose byte count (an upper bound on its tokens) fits the
+    window skips it, and one that may not fit is still counted exactly."""
+    import litellm
+
+    counted: list[int] = []
+    real = litellm.token_counter
+
+    def counting(*args: object, **kwargs: object) -> int:
+        counted.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(litellm, "token_counter", counting)  # type: ignore[attr-defined]
+    proxy = await start_proxy(SMALL_WINDOW)
+    counted.clear()  # the start-up warm-up counts once
+
+    assert await prompt_tokens(proxy, [message("user", "short question")]) == 2
+    assert counted == []
+    long = [message("user", "word " * 100), message("user", "word " * 100)]
+    assert await prompt_tokens(proxy, long) == 200  # 1000 bytes: may not fit, so counted
+    assert counted
