@@ -295,11 +295,48 @@ class TlsFiles:
         )
 
 
+def grpc_target(address: str) -> str:
+    """The gRPC target for one ``host:port``, a comma list of IPv4
+    ``host:port`` (replicas), or a ``dns:///name:port`` naming them all.
+
+    Raises ValueError for a list of names (use ``dns:///``).
+    """
+    addresses = [a.strip() for a in address.split(",") if a.strip()]
+    if len(addresses) <= 1:
+        return address.strip()
+    if all(a.replace(".", "").replace(":", "").isdigit() for a in addresses):
+        return "ipv4:" + ",".join(addresses)
+    raise ValueError("a list must be IPv4 host:port pairs; for names use dns:///name:port")
+
+
+def channel_options(address: str) -> list[tuple[str, Any]]:
+    """Options for a channel to ``address`` (see :func:`grpc_target`).
+
+    A restarted peer is reached again within two seconds, not after gRPC's
+    default of up to two minutes of backoff. Several replicas (a list, or
+    any ``dns:`` name) are used round robin: each call goes to the next
+    ready one, and one that is down is skipped.
+    """
+    options: list[tuple[str, Any]] = [
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    target = grpc_target(address)
+    if target.startswith(("ipv4:", "dns:")):
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    return options
+
+
 def mesh_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
-    """A channel to another service of the mesh: plaintext, or TLS/mTLS."""
+    """A channel to another service of the mesh, or to its replicas (see
+    :func:`grpc_target`): plaintext, or TLS/mTLS.
+
+    Raises ValueError for an address list it cannot use.
+    """
+    target, options = grpc_target(address), channel_options(address)
     if tls is None or not tls.enabled:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, tls.channel_credentials())
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
 
 
 class MeshServer:

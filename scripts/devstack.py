@@ -65,7 +65,10 @@ def environment() -> dict[str, str]:
         "LLM_PROXY__METRICS_PORT": "9102",
     }
     env = {**defaults, **os.environ}
-    env.setdefault("AGENT_RUNTIME__LLM_PROXY_ADDRESS", f"127.0.0.1:{env['LLM_PROXY__PORT']}")
+    env.setdefault(
+        "AGENT_RUNTIME__LLM_PROXY_ADDRESS",
+        ",".join(f"127.0.0.1:{port}" for port in llmproxy_ports(env)),
+    )
     auth = f"http://127.0.0.1:{env['AUTH_SERVICE__PORT']}"
     env.setdefault("AUTH_SERVICE__ISSUER", auth)
     env.setdefault("GATEWAY__RUNTIME_ADDRESS", f"127.0.0.1:{env['AGENT_RUNTIME__PORT']}")
@@ -74,6 +77,19 @@ def environment() -> dict[str, str]:
     # Logout and refresh-token reuse reach open WebSockets through this feed.
     env.setdefault("GATEWAY__REVOCATIONS_URL", f"{auth}/internal/revocations")
     return env
+
+
+def llmproxy_ports(env: dict[str, str]) -> list[int]:
+    """llmproxy's ports: ``CODELAB_LLMPROXY_REPLICAS`` (default 1) processes
+    from ``LLM_PROXY__PORT`` up; the runtime balances over them."""
+    try:
+        replicas = int(env.get("CODELAB_LLMPROXY_REPLICAS") or 1)
+    except ValueError:
+        raise SystemExit("CODELAB_LLMPROXY_REPLICAS must be a whole number") from None
+    if replicas < 1:
+        raise SystemExit("CODELAB_LLMPROXY_REPLICAS must be at least 1")
+    first = int(env["LLM_PROXY__PORT"])
+    return [first + i for i in range(replicas)]
 
 
 def run_admin(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
@@ -101,6 +117,23 @@ def start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"{name}.log").open("ab")
     return subprocess.Popen([PYTHON, "-m", module], env=env, stdout=log, stderr=log, cwd=ROOT)
+
+
+def llmproxy_plan(
+    env: dict[str, str],
+) -> list[tuple[str, str, dict[str, str], Callable[[], bool]]]:
+    """One llmproxy process per port of :func:`llmproxy_ports`; replicas
+    after the first are named ``llmproxy-2``... and put their metrics on the
+    next ports."""
+    plan = []
+    metrics = int(env.get("LLM_PROXY__METRICS_PORT") or 0)
+    for index, port in enumerate(llmproxy_ports(env)):
+        name = "llmproxy" if index == 0 else f"llmproxy-{index + 1}"
+        replica = {**env, "LLM_PROXY__PORT": str(port)}
+        if metrics:
+            replica["LLM_PROXY__METRICS_PORT"] = str(metrics + index)
+        plan.append((name, "llmproxy", replica, lambda p=str(port): grpc_serving(p)))
+    return plan
 
 
 def grpc_serving(port: str) -> bool:
@@ -180,13 +213,13 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         plan = [
-            ("llmproxy", "llmproxy", lambda: grpc_serving(env["LLM_PROXY__PORT"])),
-            ("runtime", "runtime", lambda: grpc_serving(env["AGENT_RUNTIME__PORT"])),
-            ("auth", "auth", lambda: http_healthy(env["AUTH_SERVICE__PORT"])),
-            ("gateway", "gateway", lambda: http_healthy(env["GATEWAY__PORT"])),
+            *llmproxy_plan(env),
+            ("runtime", "runtime", env, lambda: grpc_serving(env["AGENT_RUNTIME__PORT"])),
+            ("auth", "auth", env, lambda: http_healthy(env["AUTH_SERVICE__PORT"])),
+            ("gateway", "gateway", env, lambda: http_healthy(env["GATEWAY__PORT"])),
         ]
-        for name, module, check in plan:
-            proc = start(name, module, env)
+        for name, module, service_env, check in plan:
+            proc = start(name, module, service_env)
             procs.append(proc)
             wait_healthy(name, proc, check)
             print(f"up: {name} healthy", flush=True)

@@ -42,6 +42,10 @@ ROOT = HERE.parent.parent
 PYTHON = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+SERVICES = ("gateway", "runtime", "llmproxy", "auth")
+LLMPROXY_REPLICAS = 2
+"""llmproxy processes in the mesh (CODELAB_LLMPROXY_REPLICAS): LiteLLM's
+per-chunk cost makes one llmproxy process the first to fill a core."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Scenario:
     turns: int
     tokens: int
     delay: float
+    think: float = 0.0
+    """Mean seconds a session waits before each measured turn (uniform 0..2×)."""
 
 
 def scenarios(quick: bool) -> dict[str, Scenario]:
@@ -63,6 +69,9 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             Scenario("wide", "50 sessions, unpaced", 50, 1 if quick else 2, long, 0.0),
             Scenario("paced", "50 sessions × 100 tok/s", 50, 1 if quick else 2, 100, 0.01),
             Scenario("short", "50 sessions, short turns", 50, 4 if quick else 10, 10, 0.0),
+            Scenario(
+                "ttft", "50 sessions, turns spread out (TTFT)", 50, 3 if quick else 6, 10, 0.0, 1.0
+            ),
         )
     }
 
@@ -74,6 +83,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """A port p with p .. p+count-1 all free (devstack numbers replicas so)."""
+    for _ in range(100):
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise SystemExit(f"no {count} free ports in a row")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -100,19 +124,29 @@ def children(pid: int) -> dict[str, int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
             continue
         if b"-m" in argv:
-            found[argv[argv.index(b"-m") + 1].decode()] = int(entry.name)
+            module = argv[argv.index(b"-m") + 1].decode()
+            name, n = module, 1
+            while name in found:  # replicas: llmproxy, llmproxy-2, ...
+                n += 1
+                name = f"{module}-{n}"
+            found[name] = int(entry.name)
     return found
+
+
+def grouped(pids: dict[str, int], names: tuple[str, ...]) -> dict[str, list[int]]:
+    """Each service in ``names`` with the pids of all its replicas."""
+    return {n: [pid for k, pid in pids.items() if k == n or k.startswith(n + "-")] for n in names}
 
 
 class CpuMeter:
     """utime+stime of named processes between ``mark()`` calls."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: dict[str, int] | dict[str, list[int]]) -> None:
+        self.pids = {n: p if isinstance(p, list) else [p] for n, p in pids.items()}
         self.marks: list[dict[str, float]] = []
 
     def mark(self) -> None:
-        snapshot = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        snapshot = {name: sum(map(cpu_seconds, pids)) for name, pids in self.pids.items()}
         usage = resource.getrusage(resource.RUSAGE_SELF)
         snapshot["client"] = usage.ru_utime + usage.ru_stime
         snapshot["machine"] = machine_busy_seconds()
@@ -214,13 +248,15 @@ def mesh(
         "      model: offline/echo\n"
         f"      reply_tokens: {tokens}\n"
         f"      token_delay: {delay}\n"
+        "      stamp_tokens: true\n"
         "    model_info:\n"
         "      max_input_tokens: 32768\n"
         "      supports_function_calling: true\n"
         "router_settings:\n"
         "  num_retries: 0\n"
     )
-    ports = {n: free_port() for n in ("gateway", "runtime", "llmproxy", "auth")}
+    ports = {n: free_port() for n in ("gateway", "runtime", "auth")}
+    ports["llmproxy"] = free_ports_in_a_row(LLMPROXY_REPLICAS)
     env = {
         **os.environ,
         **MESH_LIMITS,
@@ -231,6 +267,7 @@ def mesh(
         "AGENT_RUNTIME__PORT": str(ports["runtime"]),
         "LLM_PROXY__PORT": str(ports["llmproxy"]),
         "AUTH_SERVICE__PORT": str(ports["auth"]),
+        "CODELAB_LLMPROXY_REPLICAS": str(LLMPROXY_REPLICAS),
     }
     if database_url:
         env["AGENT_RUNTIME__DATABASE_URL"] = database_url
@@ -259,7 +296,7 @@ def mesh(
         if not up.wait(120) or process.poll() is not None:
             raise SystemExit("devstack did not come up:\n" + "".join(output))
         pids = children(process.pid)
-        pids = {n: pids[n] for n in ("gateway", "runtime", "llmproxy", "auth")}
+        pids = {n: pid for n, pid in pids.items() if n.split("-")[0] in SERVICES}
         pids["devstack"] = process.pid
         yield Mesh(
             f"ws://127.0.0.1:{ports['gateway']}", (home / "token").read_text().strip(), pids, home
@@ -308,6 +345,7 @@ def summarize(
         "turns_per_session": s.turns,
         "tokens_per_turn": s.tokens,
         "token_delay_s": s.delay,
+        "think_s": s.think,
         "turns": len(turns),
         "tokens": tokens,
         "wall_s": round(wall, 3),
@@ -348,7 +386,7 @@ def drive(
     url: str,
     headers: dict[str, str],
     s: Scenario,
-    pids: dict[str, int],
+    pids: dict[str, list[int]],
     warmup: dict[str, Any],
     measured: dict[str, Any],
     stamped: bool,
@@ -366,12 +404,15 @@ def drive(
             stamped=stamped,
             mark=meter.mark,
             session_prefix=prefix,
+            think=s.think,
         )
     )
     summary = summarize(s, result, meter.spent(), meter.foreign())
+    added = summary.get("added_latency_ms") or {}
     print(
         f"  {s.name}: {summary['tokens']} tokens {summary['tokens_per_s']} tok/s "
         f"ttft p50 {summary['ttft_ms']['p50']} ms, {summary['turns_per_s']} turns/s, "
+        f"added p50/p99 {added.get('p50')}/{added.get('p99')} ms, "
         f"errors {summary['error_count']}",
         flush=True,
     )
@@ -623,11 +664,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_mesh(m: Mesh, names: list[str], key: str) -> None:
             headers = {"Authorization": f"Bearer {m.token}"}
-            services = {n: m.pids[n] for n in ("gateway", "runtime", "llmproxy", "auth")}
+            services = grouped(m.pids, SERVICES)
             for n in names:
                 s = plan[n]
                 report["scenarios"][n][key] = drive(
-                    m.url, headers, s, services, warmup, turn, False, f"{n}-{uuid.uuid4().hex[:8]}"
+                    m.url, headers, s, services, warmup, turn, True, f"{n}-{uuid.uuid4().hex[:8]}"
                 )
 
         print("(b) mesh, unpaced", flush=True)
@@ -642,7 +683,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if running:
                     once = Scenario("wide-profiled", wide.title, wide.sessions, 1, wide.tokens, 0.0)
                     headers = {"Authorization": f"Bearer {m.token}"}
-                    services = {n: m.pids[n] for n in ("gateway", "runtime", "llmproxy")}
+                    services = grouped(m.pids, ("gateway", "runtime", "llmproxy"))
                     report["profiled_run"] = drive(
                         m.url,
                         headers,
@@ -650,7 +691,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         services,
                         warmup,
                         turn,
-                        False,
+                        True,
                         f"prof-{uuid.uuid4().hex[:8]}",
                     )
                     report["profile"] = finish_profiles(running)
@@ -663,7 +704,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         short = plan["short"]
         print("(b) mesh, short turns, SQLite", flush=True)
         with mesh(workdir, "short-sqlite", short.tokens, 0.0) as m:
-            on_mesh(m, ["short"], "mesh")
+            on_mesh(m, ["short", "ttft"], "mesh")
             report["idle_mesh"] = idle(
                 m.url,
                 m.token,
@@ -709,6 +750,7 @@ def drive_relay(url: str, s: Scenario, pids: dict[str, int]) -> dict[str, Any]:
             stamped=True,
             mark=meter.mark,
             session_prefix=f"{s.name}{query}&s=",
+            think=s.think,
         )
 
     summary = summarize(s, asyncio.run(go()), meter.spent(), meter.foreign())

@@ -5,7 +5,8 @@ same way against the bare relay and against the gateway. Every session
 connects and runs one warm-up turn (not measured); then all of them start
 their measured turns at once and run them back to back. A turn is one
 frame sent, then ``assistant_message`` frames read until ``is_final``; the
-driver notes the monotonic time each token arrives.
+driver notes the monotonic time each token (each whitespace-separated word
+of a frame) arrives, and, when tokens are stamped, when the source emitted it.
 
 ``python load.py idle ...`` is one client process holding idle
 authenticated connections for the idle-connection scenario; it prints
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import resource
 import signal
 import time
@@ -45,7 +47,8 @@ class SessionsResult:
 
 
 def stamp_of(token: str) -> int | None:
-    """The source's emission time in a relay token ``w<i>@<ns> ``."""
+    """The source's emission time in a token ``<word>@<ns>`` (the relay's
+    source and the offline model's ``stamp_tokens`` both write it)."""
     _, at, stamp = token.partition("@")
     return int(stamp) if at else None
 
@@ -63,8 +66,10 @@ async def _turn(ws: ClientConnection, frame: str, stamped: bool) -> Turn:
             if message.get("is_final"):
                 turn.final = now
                 return turn
-            token = message.get("token") or message.get("content") or ""
-            if token:
+            text = message.get("token") or message.get("content") or ""
+            # A frame may carry several tokens (a hop merged deltas that
+            # queued while it was busy): one arrival per token, all now.
+            for token in text.split():
                 arrivals.append(now)
                 if stamped:
                     stamp = stamp_of(token)
@@ -86,11 +91,14 @@ async def run_sessions(
     mark: Callable[[], None],
     session_prefix: str,
     time_limit: float = 600.0,
+    think: float = 0.0,
 ) -> SessionsResult:
     """Run ``sessions`` concurrent sessions of one warm-up and ``turns`` turns.
 
     ``mark`` is called when every session has warmed up (just before the
-    measured turns start) and again when the last measured turn ends.
+    measured turns start) and again when the last measured turn ends. With
+    ``think``, each session waits a uniform 0..2*``think`` seconds before each
+    measured turn (seeded by its index).
     """
     ready = 0
     all_ready = asyncio.Event()
@@ -124,7 +132,10 @@ async def run_sessions(
                 arrived()
             await go.wait()
             frame = json.dumps(measured)
+            pauses = random.Random(index)  # noqa: S311 - the same think times every run
             for _ in range(turns):
+                if think:
+                    await asyncio.sleep(pauses.uniform(0, 2 * think))
                 collected.append(await _turn(ws, frame, stamped))
         finally:
             await ws.close()
