@@ -110,3 +110,37 @@ def test_missing_environment_reference_exits_2_naming_it(tmp_path: Path) -> None
 
     assert result.returncode == 2
     assert b"LLMPROXY_TEST_SURELY_UNSET" in result.stderr
+
+
+def test_the_warm_up_loads_what_a_first_call_with_tools_would() -> None:
+    """A first model call would otherwise import LiteLLM's lazy modules (the
+    MCP handler alone is 0.4 s when the call has tools, as the runtime's
+    always do) while an IDE waits. After warm_up(), in a fresh interpreter,
+    they are loaded."""
+    lazy = [
+        "litellm.responses.mcp.chat_completions_handler",
+        "litellm.litellm_core_utils.streaming_handler",
+        "tiktoken",
+    ]
+    script = (
+        "import asyncio, sys\n"
+        "from llmproxy.router import register_offline_provider, warm_up\n"
+        f"lazy = {lazy!r}\n"
+        "before = [m for m in lazy if m in sys.modules]\n"
+        "register_offline_provider()\n"
+        "asyncio.run(warm_up())\n"
+        "print(before, [m for m in lazy if m not in sys.modules])\n"
+    )
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    not_loaded_before, still_missing = done.stdout.strip().splitlines()[-1].split("] [")
+    assert "chat_completions_handler" not in not_loaded_before  # the check means something
+    assert still_missing == "]"
