@@ -52,6 +52,9 @@ class GatewayConfig:
     frame_burst: int = 100
     idle_timeout: float = 900.0
     """No frame either way for this long closes with 1001; 0 disables."""
+    attach_on_first_frame: bool = True
+    """Open the runtime stream of an idle session on the first IDE frame
+    (see docs/GATEWAY.md); False opens it at connect."""
     slow_consumer_timeout: float = 10.0
     """A send blocked this long on ``write_limit`` closes with 1013."""
     view_timeout: float = 5.0
@@ -114,6 +117,7 @@ class GatewayConfig:
             frame_rate=env.float("FRAME_RATE", cls.frame_rate),
             frame_burst=env.int("FRAME_BURST", cls.frame_burst),
             idle_timeout=env.float("IDLE_TIMEOUT", cls.idle_timeout),
+            attach_on_first_frame=env.bool("ATTACH_ON_FIRST_FRAME", cls.attach_on_first_frame),
             slow_consumer_timeout=env.float("SLOW_CONSUMER_TIMEOUT", cls.slow_consumer_timeout),
             view_timeout=env.float("VIEW_TIMEOUT", cls.view_timeout),
             revocations_url=env.str("REVOCATIONS_URL", cls.revocations_url),

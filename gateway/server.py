@@ -17,8 +17,11 @@ any upgrade, in this order (docs/GATEWAY.md explains each):
    PERMISSION_DENIED → 403 and NOT_FOUND (a new session) passes.
 
 Each accepted connection opens one bidirectional ``Converse`` stream to the
-runtime and pumps frames both ways in a task group, beside watchers for the
-token (expiry, revocation) and for idleness. Backpressure is end to end: the
+runtime — at connect, or, for an idle session with nothing to replay, on the
+IDE's first frame (``attach_on_first_frame``: the gateway then sends the
+``session_info`` itself and the idle connection holds no stream) — and pumps
+frames both ways in a task group. A timer per connection (not a task) checks
+the token (expiry, revocation) and idleness. Backpressure is end to end: the
 IDE→runtime pump waits for gRPC flow control before reading the next frame
 (websockets then stops reading the socket after ``max_queue`` frames), and
 the runtime→IDE pump waits for the WebSocket's ``write_limit`` to drain
@@ -121,6 +124,10 @@ class _Handshake:
     principal: Principal
     resume_after_seq: int | None
     request_id: str
+    quiet: runtime_pb2.GetCurrentAgentResponse | None = None
+    """Set when the session is idle and the client asked for nothing to
+    replay: the connection may attach to the runtime on its first frame."""
+    created: bool = False
 
 
 def _ws_session_id(path: str) -> str | None:
@@ -188,6 +195,28 @@ def _gone(holder: object) -> bool:
     return isinstance(holder, ServerConnection) and holder.protocol.state is State.CLOSED
 
 
+def _quiet_session_info(quiet: runtime_pb2.GetCurrentAgentResponse, created: bool) -> Frame:
+    """The ``session_info`` the runtime would send for an idle session."""
+    frame = frame_for(
+        runtime_pb2.ConverseResponse(
+            session_opened=runtime_pb2.SessionOpened(
+                session_id=quiet.session_id,
+                agent=quiet.agent,
+                created=created,
+                recovered=True,
+                last_seq=quiet.last_seq,
+            )
+        )
+    )
+    assert frame is not None
+    return frame
+
+
+async def _guarded_send(link: _Link, frame: Frame) -> None:
+    with contextlib.suppress(ConnectionClosed, SlowConsumer):
+        await link.send(frame)
+
+
 async def _discard_until_closed(websocket: ServerConnection) -> None:
     """Read and drop frames until the closing handshake is over.
 
@@ -207,6 +236,10 @@ OPEN_ATTEMPTS = 4
 """Tries at opening a session's stream when replicas answer UNAVAILABLE."""
 OPEN_RETRY_DELAY = 0.25
 """Seconds before the second try; the n-th waits n times as long."""
+ATTACH_PATIENCE = 30.0
+"""Seconds an attach on the first frame keeps trying replicas that answer
+UNAVAILABLE (a dead replica's lease runs out meanwhile): the IDE has sent a
+frame and is owed its delivery, not a retryable close."""
 
 
 @dataclass(slots=True, eq=False)
@@ -219,8 +252,9 @@ class _Link:
     frame_bucket: TokenBucket
     send_timeout: float | None
     call: ConverseCall | None = None
-    token_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set on a refreshed token and on a revocation of the link's user."""
+    watchdog: asyncio.TimerHandle | None = None
+    """The next check of token expiry and idleness (:meth:`Gateway._watch`)."""
+    closing: asyncio.Task[None] | None = None
     last_activity: float = field(default_factory=time.monotonic)
     frames_in: int = 0
     frames_out: int = 0
@@ -340,11 +374,11 @@ class Gateway:
         log.info("gateway_stopped")
 
     def revoke(self, revocation: Revocation) -> None:
-        """Wake the token watcher of every connection of the revoked user;
-        those whose token the revocation voids close with 4001. The
-        revocation must already be in the gateway's :class:`RevocationList`."""
-        for link in self._links.get(revocation.subject, ()):
-            link.token_changed.set()
+        """Check every connection of the revoked user now; those whose token
+        the revocation voids close with 4001. The revocation must already be
+        in the gateway's :class:`RevocationList`."""
+        for link in list(self._links.get(revocation.subject, ())):
+            self._watch(link)
 
     # -- authentication --------------------------------------------------
 
@@ -508,15 +542,18 @@ class Gateway:
         if refusal is not None:
             return self._refuse_overload(refusal.scope)
         try:
-            denied = await self._check_session_access(session_id, user, request_id)
+            probe = await self._check_session_access(session_id, user, request_id)
+            if isinstance(probe, Response):
+                self._slots.release(user, connection)
+                return probe
+            quiet, created = await self._quiet_session(
+                session_id, user, request_id, probe, resume_after_seq
+            )
         except BaseException:
             self._slots.release(user, connection)
             raise
-        if denied is not None:
-            self._slots.release(user, connection)
-            return denied
         self._handshakes[connection] = _Handshake(
-            session_id, principal, resume_after_seq, request_id
+            session_id, principal, resume_after_seq, request_id, quiet, created
         )
         return None
 
@@ -538,8 +575,9 @@ class Gateway:
 
     async def _check_session_access(
         self, session_id: str, user: str, request_id: str
-    ) -> Response | None:
-        """None when ``user`` may open ``session_id``, else the refusal.
+    ) -> Response | runtime_pb2.GetCurrentAgentResponse | None:
+        """The refusal when ``user`` may not open ``session_id``; else the
+        session's state, or None when it is new or the runtime cannot say.
 
         The runtime answers PERMISSION_DENIED for someone else's session and
         NOT_FOUND for a new one (which ``open`` will create). A runtime
@@ -548,7 +586,9 @@ class Gateway:
         """
         request = runtime_pb2.GetCurrentAgentRequest(session_id=session_id)
         try:
-            await self._views.call("GetCurrentAgent", request, user=user, request_id=request_id)
+            reply = await self._views.call(
+                "GetCurrentAgent", request, user=user, request_id=request_id
+            )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
@@ -560,7 +600,43 @@ class Gateway:
                 )
             log.warning("handshake_refused", session_id=session_id, status=code.name)
             return response_for_status(code, exc.details())
-        return None
+        return reply if isinstance(reply, runtime_pb2.GetCurrentAgentResponse) else None
+
+    async def _quiet_session(
+        self,
+        session_id: str,
+        user: str,
+        request_id: str,
+        probe: runtime_pb2.GetCurrentAgentResponse | None,
+        resume_after_seq: int | None,
+    ) -> tuple[runtime_pb2.GetCurrentAgentResponse | None, bool]:
+        """(the session's state, created) when the connection may attach on
+        its first frame: the session is idle and nothing is to be replayed.
+        A new session is created here, so it is idle too. (None, False)
+        means attach at connect."""
+        if not self._config.attach_on_first_frame:
+            return None, False
+        if probe is not None:
+            if not probe.idle:
+                return None, False
+            if resume_after_seq is not None and resume_after_seq != probe.last_seq:
+                return None, False
+            return probe, False
+        if resume_after_seq is not None:
+            return None, False
+        try:
+            reply = await self._views.call(
+                "CreateSession",
+                runtime_pb2.CreateSessionRequest(session_id=session_id),
+                user=user,
+                request_id=request_id,
+            )
+        except grpc.aio.AioRpcError:
+            return None, False  # created meanwhile, or no such call: attach at connect
+        session = reply.session
+        return runtime_pb2.GetCurrentAgentResponse(
+            session_id=session.session_id, agent=session.agent, last_seq=0, idle=True
+        ), True
 
     # -- WebSocket -------------------------------------------------------
 
@@ -587,15 +663,17 @@ class Gateway:
         with structlog.contextvars.bound_contextvars(
             session_id=handshake.session_id, user=user, request_id=handshake.request_id
         ):
-            opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
-            if handshake.resume_after_seq is not None:
-                opening.resume_after_seq = handshake.resume_after_seq
-            call, first = await self._open(opening, metadata)
-            link.call = call
             try:
-                await self._pump(link, call, first)
+                self._watch(link)
+                await self._serve(link, handshake, metadata)
             finally:
-                call.cancel()
+                if link.watchdog is not None:
+                    link.watchdog.cancel()
+                if link.call is not None:
+                    link.call.cancel()
+                if link.closing is not None:
+                    with contextlib.suppress(Exception):
+                        await link.closing
                 links = self._links.get(user)
                 if links is not None:
                     links.discard(link)
@@ -617,46 +695,45 @@ class Gateway:
                     close_code=connection.close_code,
                 )
 
-    async def _open(
-        self, opening: runtime_pb2.OpenSession, metadata: tuple[tuple[str, str], ...]
-    ) -> tuple[ConverseCall, runtime_pb2.ConverseResponse | None]:
-        """Open the session's Converse stream; returns it with its first event.
-
-        A replica answering UNAVAILABLE before the first event (another
-        replica holds the session, or it is going away) is retried a few
-        times: the channel balances the next attempt to another replica. A
-        call that still fails is returned without a first event; the pump's
-        read reports its status.
-        """
-        for attempt in range(OPEN_ATTEMPTS):
-            call = self._runtime.Converse(metadata=metadata)
-            try:
-                await call.write(runtime_pb2.ConverseRequest(open=opening))
-                first = await call.read()
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                if attempt + 1 < OPEN_ATTEMPTS and await call.code() == grpc.StatusCode.UNAVAILABLE:
-                    call.cancel()
-                    await asyncio.sleep(OPEN_RETRY_DELAY * (attempt + 1))
-                    continue
-                return call, None
-            if not isinstance(first, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
-                return call, None
-            return call, first
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _pump(
-        self, link: _Link, call: ConverseCall, first: runtime_pb2.ConverseResponse | None = None
+    async def _serve(
+        self, link: _Link, handshake: _Handshake, metadata: tuple[tuple[str, str], ...]
     ) -> None:
-        """Run both directions and the watchers until one of them ends."""
-        work = [
-            self._ide_to_runtime(link, call),
-            self._runtime_to_ide(link, call, first),
-            self._watch_token(link),
-        ]
-        if self._config.idle_timeout > 0:
-            work.append(self._watch_idle(link))
+        """Attach to the runtime (now, or on the first frame of a quiet
+        session) and pump both ways until either side ends."""
+        opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
+        first: runtime_pb2.ConverseResponse | None = None
+        pending: runtime_pb2.ConverseRequest | None = None
+        quiet = handshake.quiet
+        if quiet is None:
+            if handshake.resume_after_seq is not None:
+                opening.resume_after_seq = handshake.resume_after_seq
+            link.call, first = await self._open(opening, metadata)
+        else:
+            # Nothing to receive until the IDE speaks: hold no stream (and
+            # none of the runtime's memory) until then. Attaching resumes
+            # after the seq announced here, so nothing in between is lost.
+            await _guarded_send(link, _quiet_session_info(quiet, handshake.created))
+            pending = await self._first_action(link)
+            if pending is None:
+                return
+            opening.resume_after_seq = quiet.last_seq
+            link.call, first = await self._open(opening, metadata, ATTACH_PATIENCE)
+            if (
+                first is not None
+                and first.WhichOneof("event") == "session_opened"
+                and first.session_opened.recovered
+            ):
+                first = None  # the client has its session_info already
+        call = link.call
+        assert call is not None
+        if pending is not None:
+            # When the stream is already over, the runtime pump reads why.
+            await self._forward(link, call, pending)
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._guarded(link, item)) for item in work]
+            tasks = [
+                group.create_task(self._guarded(link, self._ide_to_runtime(link, call))),
+                group.create_task(self._guarded(link, self._runtime_to_ide(link, call, first))),
+            ]
 
             def stop_the_others(done: asyncio.Task[None]) -> None:
                 for task in tasks:
@@ -665,6 +742,41 @@ class Gateway:
 
             for task in tasks:
                 task.add_done_callback(stop_the_others)
+
+    async def _open(
+        self,
+        opening: runtime_pb2.OpenSession,
+        metadata: tuple[tuple[str, str], ...],
+        patience: float = 0.0,
+    ) -> tuple[ConverseCall, runtime_pb2.ConverseResponse | None]:
+        """Open the session's Converse stream; returns it with its first event.
+
+        A replica answering UNAVAILABLE before the first event (another
+        replica holds the session, or it is going away) is retried: the
+        channel balances the next attempt to another replica. Without
+        ``patience`` a few times; with it, for that many seconds. A call
+        that still fails is returned without a first event; the pump's read
+        reports its status.
+        """
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._runtime.Converse(metadata=metadata)
+            try:
+                await call.write(runtime_pb2.ConverseRequest(open=opening))
+                first = await call.read()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                delay = min(OPEN_RETRY_DELAY * attempt, 1.0)
+                again = attempt < OPEN_ATTEMPTS or time.monotonic() + delay < deadline
+                if again and await call.code() == grpc.StatusCode.UNAVAILABLE:
+                    call.cancel()
+                    await asyncio.sleep(delay)
+                    continue
+                return call, None
+            if not isinstance(first, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
+                return call, None
+            return call, first
 
     async def _guarded(self, link: _Link, work: Coroutine[Any, Any, None]) -> None:
         """Run one side of the connection; a blocked send closes with 1013."""
@@ -676,41 +788,73 @@ class Gateway:
         except ConnectionClosed:
             return
 
+    async def _first_action(self, link: _Link) -> runtime_pb2.ConverseRequest | None:
+        """Read IDE frames until one is for the runtime; None when the
+        connection ends first. Errors and re-authentication are answered here."""
+        try:
+            async for message in link.websocket:
+                action = await self._on_frame(link, message)
+                if action is not None:
+                    return action
+        except SlowConsumer:
+            log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
+            await self._close(link, SLOW_CONSUMER)
+        except ConnectionClosed:
+            pass
+        return None
+
+    async def _on_frame(
+        self, link: _Link, message: str | bytes
+    ) -> runtime_pb2.ConverseRequest | None:
+        """Check one IDE frame; the action to forward, or None when it was
+        answered here (an error frame, a re-authentication). A frame over the
+        rate closes the connection (FrameRateExceeded)."""
+        link.frames_in += 1
+        link.last_activity = time.monotonic()
+        if link.frame_bucket.take() > 0:
+            log.warning("frame_rate_exceeded", frames_in=link.frames_in)
+            closing = asyncio.create_task(self._close(link, FRAME_RATE_EXCEEDED))
+            try:
+                await _discard_until_closed(link.websocket)
+            finally:
+                await closing
+            raise ConnectionClosed(None, None)
+        if isinstance(message, bytes):
+            await link.send(error_frame("binary_frame", "binary frames are not supported"))
+            return None
+        try:
+            action = parse_frame(message)
+        except FrameError as exc:
+            await link.send(error_frame(exc.code, exc.message))
+            return None
+        except Exception:
+            # A parser bug must cost one frame, not the connection.
+            log.exception("frame_parse_failed")
+            await link.send(error_frame("invalid_frame", "the frame could not be read"))
+            return None
+        if isinstance(action, Reauthenticate):
+            await self._reauthenticate(link, action.token)
+            return None
+        return action
+
+    async def _forward(
+        self, link: _Link, call: ConverseCall, action: runtime_pb2.ConverseRequest
+    ) -> bool:
+        """Write one action to the runtime; False when the stream is over."""
+        try:
+            if action.WhichOneof("event") in _TRACED_EVENTS:
+                await self._write_traced(call, action)
+            else:
+                await call.write(action)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False
+        return True
+
     async def _ide_to_runtime(self, link: _Link, call: ConverseCall) -> None:
         """Forward IDE frames until the WebSocket closes."""
         async for message in link.websocket:
-            link.frames_in += 1
-            link.last_activity = time.monotonic()
-            if link.frame_bucket.take() > 0:
-                log.warning("frame_rate_exceeded", frames_in=link.frames_in)
-                closing = asyncio.create_task(self._close(link, FRAME_RATE_EXCEEDED))
-                try:
-                    await _discard_until_closed(link.websocket)
-                finally:
-                    await closing
-                return
-            if isinstance(message, bytes):
-                await link.send(error_frame("binary_frame", "binary frames are not supported"))
-                continue
-            try:
-                action = parse_frame(message)
-            except FrameError as exc:
-                await link.send(error_frame(exc.code, exc.message))
-                continue
-            except Exception:
-                # A parser bug must cost one frame, not the connection.
-                log.exception("frame_parse_failed")
-                await link.send(error_frame("invalid_frame", "the frame could not be read"))
-                continue
-            if isinstance(action, Reauthenticate):
-                await self._reauthenticate(link, action.token)
-                continue
-            try:
-                if action.WhichOneof("event") in _TRACED_EVENTS:
-                    await self._write_traced(call, action)
-                else:
-                    await call.write(action)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            action = await self._on_frame(link, message)
+            if action is not None and not await self._forward(link, call, action):
                 # The stream is over; the runtime pump reports why and
                 # closes the WebSocket.
                 await _discard_until_closed(link.websocket)
@@ -778,36 +922,39 @@ class Gateway:
             await self._close(link, SUBJECT_CHANGED)
             return
         link.principal = principal
-        link.token_changed.set()
+        self._watch(link)
 
-    async def _watch_token(self, link: _Link) -> None:
-        """Close the connection once its token is revoked (4001) or expires
-        without a refresh (1008)."""
-        while True:
-            if self._is_revoked(link.principal):
-                log.info("connection_revoked")
-                await self._close(link, TOKEN_REVOKED)
-                return
-            remaining = (
-                link.principal.expires_at.timestamp() + self._config.jwt_leeway - time.time()
-            )
-            if remaining <= 0:
-                await self._close(link, TOKEN_EXPIRED)
-                return
-            link.token_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await link.token_changed.wait()
-
-    async def _watch_idle(self, link: _Link) -> None:
-        """Close with 1001 after ``idle_timeout`` seconds without a frame
-        either way (pings do not count)."""
-        while True:
-            remaining = link.last_activity + self._config.idle_timeout - time.monotonic()
-            if remaining <= 0:
-                await self._close(link, IDLE_TIMEOUT)
-                return
-            await asyncio.sleep(remaining)
+    def _watch(self, link: _Link) -> None:
+        """Close ``link`` if its token is revoked (4001) or expired without a
+        refresh (1008), or after ``idle_timeout`` without a frame either way
+        (1001; pings do not count); else check again when the earlier of the
+        two could next happen. A timer, not a task: it costs an idle
+        connection almost nothing."""
+        if link.watchdog is not None:
+            link.watchdog.cancel()
+            link.watchdog = None
+        if link.closing is not None:
+            return
+        closing = None
+        now = time.time()
+        expires = link.principal.expires_at.timestamp() + self._config.jwt_leeway
+        if self._is_revoked(link.principal):
+            log.info("connection_revoked")
+            closing = TOKEN_REVOKED
+        elif expires <= now:
+            closing = TOKEN_EXPIRED
+        next_check = expires - now
+        if closing is None and self._config.idle_timeout > 0:
+            idle_left = link.last_activity + self._config.idle_timeout - time.monotonic()
+            if idle_left <= 0:
+                closing = IDLE_TIMEOUT
+            next_check = min(next_check, idle_left)
+        if closing is not None:
+            link.closing = asyncio.get_running_loop().create_task(self._close(link, closing))
+            return
+        link.watchdog = asyncio.get_running_loop().call_later(
+            max(next_check, 0.05), self._watch, link
+        )
 
     async def _close(self, link: _Link, closing: Closing) -> None:
         """Cancel the runtime call, send ``closing.frame`` if any, close.

@@ -345,8 +345,15 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     ) -> runtime_pb2.GetCurrentAgentResponse:
         row = await self._owned(request.session_id, context)
         live = self._hub.live(row.id)
-        agent = live.session.agent if live is not None else row.agent
-        return runtime_pb2.GetCurrentAgentResponse(session_id=row.id, agent=agent)
+        if live is None:
+            agent, last_seq, idle = row.agent, row.last_seq, row.state == "idle"
+        else:
+            session = live.session
+            agent, last_seq = session.agent, session.last_seq
+            idle = session.state == "idle" and not session.pending
+        return runtime_pb2.GetCurrentAgentResponse(
+            session_id=row.id, agent=agent, last_seq=last_seq, idle=idle
+        )
 
     async def CreateSession(
         self, request: runtime_pb2.CreateSessionRequest, context: Context

@@ -917,25 +917,38 @@ Global___GetCurrentAgentRequest: _TypeAlias = GetCurrentAgentRequest  # noqa: Y0
 
 @_typing.final
 class GetCurrentAgentResponse(_message.Message):
-    """GetCurrentAgentResponse names the current agent."""
+    """GetCurrentAgentResponse names the current agent and says whether the
+    session is busy.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    IDLE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id echoes the request."""
     agent: _builtins.str
     """agent is the current agent's name."""
+    last_seq: _builtins.int
+    """last_seq is the session's newest sequence number."""
+    idle: _builtins.bool
+    """idle is true when no turn is running and nothing waits for the IDE
+    (tool results, approvals, plans): a client connecting now has nothing
+    to receive until it sends a frame.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         agent: _builtins.str = ...,
+        last_seq: _builtins.int = ...,
+        idle: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "idle", b"idle", "last_seq", b"last_seq", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

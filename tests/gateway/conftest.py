@@ -216,6 +216,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         """Set when any Converse call has ended, however."""
         self.sessions: dict[str, tuple[str, pb.Session]] = {}
         self.failures: dict[str, grpc.StatusCode] = {}
+        self.states: dict[str, tuple[int, bool]] = {}
+        """(last_seq, idle) GetCurrentAgent reports; default (0, busy)."""
         self.flooded = 0
 
     def own(self, session_id: str, user: str, title: str = "") -> pb.Session:
@@ -248,7 +250,10 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     yield pb.ConverseResponse(
                         seq=seq,
                         session_opened=pb.SessionOpened(
-                            session_id=request.open.session_id, agent="coder", created=True
+                            session_id=request.open.session_id,
+                            agent="coder",
+                            created=True,
+                            recovered=request.open.HasField("resume_after_seq"),
                         ),
                     )
                 elif kind == "resume":
@@ -322,7 +327,10 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     async def GetCurrentAgent(self, request: Any, context: Any) -> pb.GetCurrentAgentResponse:
         user = await self._enter("GetCurrentAgent", context)
         session = await self._owned(request.session_id, user, context)
-        return pb.GetCurrentAgentResponse(session_id=session.session_id, agent=session.agent)
+        last_seq, idle = self.states.get(request.session_id, (0, False))
+        return pb.GetCurrentAgentResponse(
+            session_id=session.session_id, agent=session.agent, last_seq=last_seq, idle=idle
+        )
 
     async def CreateSession(self, request: Any, context: Any) -> pb.CreateSessionResponse:
         user = await self._enter("CreateSession", context)
@@ -411,6 +419,9 @@ def make_config(jwks: JwksEndpoint, runtime_port: int, **overrides: Any) -> Gate
         "jwt_issuer": ISSUER,
         "jwt_audience": AUDIENCE,
         "shutdown_grace": 5,
+        # Most tests script the stream from the connect on; the lazy attach
+        # of idle sessions has its own tests (test_server.py).
+        "attach_on_first_frame": False,
     }
     settings.update(overrides)
     return GatewayConfig(**settings)

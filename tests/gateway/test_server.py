@@ -392,3 +392,78 @@ async def test_one_summary_line_per_connection_and_no_token_in_logs(edge: Edge):
     assert summary["duration"] >= 0
     assert token not in repr(logs)
     assert "x.y.z" not in repr(logs)
+
+
+# -- attaching on the first frame ---------------------------------------------
+
+
+async def test_a_new_session_is_created_and_attached_on_its_first_frame(edge_factory: Any):
+    """An idle connection holds no runtime stream: the session is created at
+    the handshake, session_info comes from the gateway, and Converse opens
+    (resuming after the announced seq) with the first frame, which follows."""
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        async with edge.connect("/ws/fresh") as ws:
+            info = await opened(ws)
+            assert info["metadata"] == {
+                "session_id": "fresh",
+                "agent": "orchestrator",
+                "created": True,
+                "recovered": True,
+                "last_seq": 0,
+            }
+            await asyncio.sleep(0.1)
+            assert edge.fake.metadata == []  # no Converse yet
+            assert "fresh" in edge.fake.sessions  # but the session exists
+            await ws.send(json.dumps({"type": "user_message", "content": "hi"}))
+            frames = [await receive(ws) for _ in range(4)]
+        opening = (await edge.fake.next_request()).open
+        assert (opening.session_id, opening.resume_after_seq) == ("fresh", 0)
+        assert opening.HasField("resume_after_seq")
+        assert (await edge.fake.next_request()).user_message.content == "hi"
+    # The runtime's own session_opened (recovered) is not shown twice.
+    assert [f["type"] for f in frames] == ["assistant_message"] * 4
+    assert [f["content"] for f in frames] == ["echo: ", "hi", "!", ""]
+
+
+async def test_an_idle_session_resumes_where_the_announcement_left_off(edge_factory: Any):
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        token = mint(edge.key, sub="carol")
+        edge.fake.own("quiet", "carol")
+        edge.fake.states["quiet"] = (41, True)
+        async with edge.connect("/ws/quiet?last_seq=41", token=token) as ws:
+            info = await opened(ws)
+            assert info["metadata"]["last_seq"] == 41
+            assert info["metadata"]["created"] is False
+            await ws.send(json.dumps({"type": "cancel"}))
+            assert (await edge.fake.next_request()).open.resume_after_seq == 41
+            assert (await edge.fake.next_request()).WhichOneof("event") == "cancel"
+        # Errors and re-authentication are answered without attaching.
+        async with edge.connect("/ws/quiet", token=token) as ws:
+            await opened(ws)
+            await ws.send("not json")
+            assert (await receive(ws))["type"] == "error"
+        assert len(edge.fake.metadata) == 1
+
+
+async def test_a_busy_session_or_a_replay_attaches_at_connect(edge_factory: Any):
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        token = mint(edge.key, sub="dave")
+        edge.fake.own("busy", "dave")
+        edge.fake.states["busy"] = (7, False)  # a turn is running
+        async with edge.connect("/ws/busy", token=token) as ws:
+            await opened(ws)
+            assert (await edge.fake.next_request()).open.session_id == "busy"
+        edge.fake.own("behind", "dave")
+        edge.fake.states["behind"] = (9, True)
+        async with edge.connect("/ws/behind?last_seq=5", token=token) as ws:
+            await opened(ws)  # events 6-9 are to be replayed
+            assert (await edge.fake.next_request()).open.resume_after_seq == 5
+
+
+async def test_an_idle_connection_still_times_out(edge_factory: Any):
+    async with edge_factory(attach_on_first_frame=True, idle_timeout=0.3) as edge:
+        async with edge.connect("/ws/sleepy") as ws:
+            await opened(ws)
+            code, _ = await close_code(ws)
+        assert code == 1001
+        assert edge.fake.metadata == []

@@ -230,7 +230,10 @@ async def test_a_dropped_client_resumes_with_exactly_the_missed_events(
     async with IdeConnection(mesh.ws_url, session_id, mesh.token) as ide:
         await ide.next_frame()
         await ide.send_message("remember this")
-        seen = [await ide.next_frame() for _ in range(4)]
+        # One frame: deltas that queue behind a busy hop arrive merged, so a
+        # few frames may already hold the whole answer.
+        seen = [await ide.next_frame()]
+    assert not seen[-1].get("is_final")
     # The connection dropped mid-answer; the turn goes on without it.
     cut = seen[-1]["seq"]
     async with IdeConnection(mesh.ws_url, session_id, mesh.token, last_seq=cut) as ide:
