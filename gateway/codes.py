@@ -69,6 +69,7 @@ FRAME_RATE_EXCEEDED = Closing(CloseCode.POLICY_VIOLATION, "frame rate exceeded")
 IDLE_TIMEOUT = Closing(CloseCode.GOING_AWAY, "idle timeout")
 SLOW_CONSUMER = Closing(CloseCode.TRY_AGAIN_LATER, "client too slow to read")
 SERVICE_RESTART = Closing(CloseCode.SERVICE_RESTART, "service restart")
+KEEPALIVE_TIMEOUT = Closing(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
 _CLOSING_BY_STATUS: dict[grpc.StatusCode, Closing] = {
     grpc.StatusCode.OK: Closing(CloseCode.NORMAL_CLOSURE, "session ended"),

@@ -262,15 +262,30 @@ class TokenVerifier:
             raise InvalidToken("invalid claims") from None
 
 
+_SCOPE_SETS: dict[frozenset[str], frozenset[str]] = {}
+_MAX_SCOPE_SETS = 1024
+
+
+def _shared_scopes(scopes: frozenset[str]) -> frozenset[str]:
+    """One object per distinct scope set: every open connection keeps its
+    principal, and most tokens carry the same few scopes."""
+    shared = _SCOPE_SETS.get(scopes)
+    if shared is None:
+        if len(_SCOPE_SETS) >= _MAX_SCOPE_SETS:
+            return scopes
+        shared = _SCOPE_SETS[scopes] = scopes
+    return shared
+
+
 def _principal(claims: Mapping[str, Any]) -> Principal:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise InvalidToken("invalid claims")
     scope = claims.get("scope", claims.get("scp", ""))
     if isinstance(scope, str):
-        scopes = frozenset(scope.split())
+        scopes = _shared_scopes(frozenset(scope.split()))
     elif isinstance(scope, list):
-        scopes = frozenset(item for item in scope if isinstance(item, str))
+        scopes = _shared_scopes(frozenset(item for item in scope if isinstance(item, str)))
     else:
         scopes = frozenset()
     client_id = claims.get("client_id", claims.get("azp"))

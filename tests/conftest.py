@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,8 +17,22 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
+_BELOW_EPHEMERAL = (20_000, 32_000)
+"""Where free_port looks: below Linux's ephemeral range (32768-60999), so a
+port handed to a service started later is not meanwhile taken as the local
+end of some outgoing connection (the suite makes thousands)."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
+    for _ in range(200):
+        port = random.randint(*_BELOW_EPHEMERAL)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -467,3 +467,24 @@ async def test_an_idle_connection_still_times_out(edge_factory: Any):
             code, _ = await close_code(ws)
         assert code == 1001
         assert edge.fake.metadata == []
+
+
+# -- keepalive ------------------------------------------------------------------
+
+
+async def test_keepalive_pings_are_answered_and_the_connection_stays(edge_factory: Any):
+    async with edge_factory(ping_interval=0.1, ping_timeout=0.3) as edge, edge.connect() as ws:
+        await opened(ws)
+        await asyncio.sleep(1.0)  # ten pings, each answered by the client
+        await ws.send(json.dumps({"type": "user_message", "content": "still here"}))
+        assert (await receive(ws))["content"] == "echo: "
+
+
+async def test_a_client_that_answers_no_ping_is_closed_1011(edge_factory: Any):
+    async with edge_factory(ping_interval=0.1, ping_timeout=0.3) as edge, edge.connect() as ws:
+        await opened(ws)
+        ws.transport.pause_reading()  # pings go unanswered
+        await asyncio.sleep(0.8)
+        ws.transport.resume_reading()
+        code, reason = await close_code(ws)
+    assert (code, reason) == (1011, "keepalive ping timeout")
