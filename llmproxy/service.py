@@ -424,7 +424,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                         raise
                     raise _NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
                 for response in translation.responses(chunk):
-                    outbox.put(response)
+                    await outbox.send(response)
             # A fallback inside the Router's stream updates the wrapper's
             # hidden params to the deployment that really answered.
             hidden = getattr(stream, "_hidden_params", None) or hidden

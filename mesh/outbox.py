@@ -42,18 +42,39 @@ class Outbox(Generic[T, M]):
         self._items: list[T] = []
         self._closing = False
         self._wakeup: asyncio.Future[None] | None = None
+        self._idle = True
+        """The sender holds nothing: it waits, or has not started yet."""
         self._sender = asyncio.get_running_loop().create_task(self._run())
         self.writes = 0
         """Messages written so far (each one ``merge`` result)."""
 
-    def put(self, item: T) -> None:
-        """Queue ``item``; it is written once the caller next yields."""
+    def put(self, item: T) -> bool:
+        """Queue ``item``; it is written once the caller next yields.
+
+        Returns True when the sender was idle (nothing queued, no write in
+        flight): the caller should yield before producing more, or the
+        first item waits for everything it produces in one go (see
+        :meth:`send`).
+        """
         if self._sender.done():
             self._raise_failure()
         if self._closing:
             raise RuntimeError("put() after close()")
         self._items.append(item)
+        idle = self._idle
         self._wake()
+        return idle
+
+    async def send(self, item: T) -> None:
+        """:meth:`put`, then let an idle sender start writing ``item`` now.
+
+        A producer that reads buffered input without ever suspending (a
+        burst of chunks that arrived in one socket read) would otherwise
+        delay the first item until the burst is consumed. One loop turn per
+        idle-to-busy transition; while a write is in flight it never yields.
+        """
+        if self.put(item):
+            await asyncio.sleep(0)
 
     async def close(self) -> None:
         """Write everything queued, then stop the sender; raises its error."""
@@ -85,10 +106,12 @@ class Outbox(Generic[T, M]):
             if not self._items:
                 if self._closing:
                     return
+                self._idle = True
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 self._wakeup = None
                 continue
+            self._idle = False
             batch, self._items = self._items, []
             for message in self._merge(batch):
                 await self._send(message)

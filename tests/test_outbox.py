@@ -90,3 +90,16 @@ async def test_cancel_drops_what_is_queued() -> None:
     assert sink.sent == []
     with pytest.raises(RuntimeError):
         outbox.put("c")
+
+
+async def test_a_producer_that_never_yields_still_gets_its_first_item_out_first() -> None:
+    """A burst read from one socket buffer: send() lets the idle sender start
+    the first write at once; the rest queue behind it and merge."""
+    sink = SlowSink()
+    sink.gate = asyncio.Event()
+    outbox: Outbox[object, object] = Outbox(sink.send, merge_strings)
+    for word in ("a", "b", "c", "d"):
+        await outbox.send(word)  # yields only when the sender was idle
+    sink.gate.set()
+    await outbox.close()
+    assert sink.sent == ["a", "bcd"]

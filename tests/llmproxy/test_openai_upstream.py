@@ -77,9 +77,11 @@ async def test_text_streams_through_litellm(
     responses = [r async for r in proxy.stub.StreamChat(request("text"), metadata=METADATA)]
 
     texts = [r.text.text for r in responses if r.WhichOneof("chunk") == "text"]
-    # The test server sends the whole reply in one burst: the deltas that
-    # arrive together may go out merged (adaptive coalescing), in order.
+    # The test server sends the whole reply in one burst: the first delta
+    # still goes out at once, alone; those that queue behind its write may
+    # go out merged (adaptive coalescing), in order.
     assert "".join(texts) == TEXT_REPLY
+    assert texts[0] == TEXT_REPLY.split(" ")[0] + " "
     assert [r.WhichOneof("chunk") for r in responses][-1] == "end"
     end = responses[-1].end
     assert end.finish_reason == "stop"
