@@ -1,0 +1,569 @@
+"""The IDE connections: each one's runtime stream, its two pumps, its timer.
+
+A connection accepted by :class:`gateway.server.Gateway` (which did every
+handshake check) is served here. It opens one bidirectional ``Converse``
+stream to the runtime — at connect, or, for an idle session with nothing to
+replay, on the IDE's first frame: the gateway then sends the
+``session_info`` itself and the idle connection holds no stream — and pumps
+frames both ways in a task group. One timer per connection (not a task)
+checks the token (expiry, revocation) and idleness and sends keepalive
+pings. Backpressure is end to end: the IDE→runtime pump waits for gRPC flow
+control before reading the next frame (websockets then stops reading the
+socket after ``max_queue`` frames), and the runtime→IDE pump waits for the
+WebSocket's ``write_limit`` to drain before reading the next event — for at
+most ``slow_consumer_timeout`` seconds, after which the connection is closed
+with 1013. Closing cancels the gRPC call, which cancels the runtime's turn.
+
+Every failure's close code comes from :mod:`gateway.codes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+from opentelemetry import trace
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.protocol import State
+
+from gateway.codes import (
+    FRAME_RATE_EXCEEDED,
+    IDLE_TIMEOUT,
+    KEEPALIVE_TIMEOUT,
+    SLOW_CONSUMER,
+    SUBJECT_CHANGED,
+    TOKEN_EXPIRED,
+    TOKEN_REVOKED,
+    Closing,
+    closing_for_status,
+)
+from gateway.config import GatewayConfig
+from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsumer
+from gateway.frames import Frame, Reauthenticate, encode, error_frame, parse_frame
+from gateway.frames import response_to_frame as frame_for
+from gateway.jwks import Principal
+from gateway.limits import ConnectionSlots, TokenBucket
+from gateway.metrics import GatewayMetrics
+from mesh import tracing
+from mesh.grpc_server import internal_metadata
+from runtime.v1 import runtime_pb2
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
+
+    ConverseCall: TypeAlias = grpc.aio.StreamStreamCall[
+        runtime_pb2.ConverseRequest, runtime_pb2.ConverseResponse
+    ]
+
+log = structlog.get_logger("gateway")
+_tracer = tracing.tracer("gateway.connection")
+_TRACED_EVENTS = frozenset({"user_message", "switch_agent"})
+
+
+@dataclass(slots=True)
+class Handshake:
+    session_id: str
+    principal: Principal
+    resume_after_seq: int | None
+    request_id: str
+    quiet: runtime_pb2.GetCurrentAgentResponse | None = None
+    """Set when the session is idle and the client asked for nothing to
+    replay: the connection may attach to the runtime on its first frame."""
+    created: bool = False
+
+
+OPEN_ATTEMPTS = 4
+"""Tries at opening a session's stream when replicas answer UNAVAILABLE."""
+OPEN_RETRY_DELAY = 0.25
+"""Seconds before the second try; the n-th waits n times as long."""
+ATTACH_PATIENCE = 30.0
+"""Seconds an attach on the first frame keeps trying replicas that answer
+UNAVAILABLE (a dead replica's lease runs out meanwhile): the IDE has sent a
+frame and is owed its delivery, not a retryable close."""
+
+
+@dataclass(slots=True, eq=False)
+class Link:
+    """One IDE connection, its gRPC call and its counters."""
+
+    websocket: ServerConnection
+    session_id: str
+    principal: Principal
+    frame_bucket: TokenBucket
+    send_timeout: float | None
+    call: ConverseCall | None = None
+    watchdog: asyncio.TimerHandle | None = None
+    """The next check of token, idleness and keepalive (:meth:`Connections._watch`)."""
+    closing: asyncio.Task[None] | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    next_ping: float = 0.0
+    """When the next keepalive ping is due (monotonic)."""
+    ping_sent: float = 0.0
+    """When the last ping was started; 0 before the first."""
+    pinging: asyncio.Task[None] | None = None
+    pong: asyncio.Future[float] | None = None
+    """The last ping's pong (None until the ping is on the wire)."""
+    frames_in: int = 0
+    frames_out: int = 0
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame; raises SlowConsumer when the IDE has not made room
+        within ``send_timeout``, ConnectionClosed when it is gone."""
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.websocket.send(encode(frame))
+        except TimeoutError:
+            raise SlowConsumer("the client does not read its frames") from None
+        self.frames_out += 1
+        self.last_activity = time.monotonic()
+
+
+def _quiet_session_info(quiet: runtime_pb2.GetCurrentAgentResponse, created: bool) -> Frame:
+    """The ``session_info`` the runtime would send for an idle session."""
+    frame = frame_for(
+        runtime_pb2.ConverseResponse(
+            session_opened=runtime_pb2.SessionOpened(
+                session_id=quiet.session_id,
+                agent=quiet.agent,
+                created=created,
+                recovered=True,
+                last_seq=quiet.last_seq,
+            )
+        )
+    )
+    assert frame is not None
+    return frame
+
+
+async def _guarded_send(link: Link, frame: Frame) -> None:
+    with contextlib.suppress(ConnectionClosed, SlowConsumer):
+        await link.send(frame)
+
+
+async def _discard_until_closed(websocket: ServerConnection) -> None:
+    """Read and drop frames until the closing handshake is over.
+
+    Unread frames fill the library's queue (``max_queue``), which stops it
+    reading the socket, where the peer's close frame waits behind them.
+    """
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in websocket:
+            pass
+
+
+class Connections:
+    """Every open IDE connection of one gateway, by user.
+
+    ``authenticate`` checks a re-authentication's token (raising
+    InvalidToken or KeysUnavailable); ``is_revoked`` tells whether a
+    principal's token has been revoked since it was issued.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        runtime: AgentRuntimeServiceAsyncStub,
+        metrics: GatewayMetrics,
+        slots: ConnectionSlots,
+        *,
+        authenticate: Callable[[str], Awaitable[Principal]],
+        is_revoked: Callable[[Principal], bool],
+    ) -> None:
+        self._config = config
+        self._runtime = runtime
+        self._metrics = metrics
+        self._slots = slots
+        self._authenticate = authenticate
+        self._is_revoked = is_revoked
+        self._links: dict[str, set[Link]] = {}
+
+    def revoke(self, subject: str) -> None:
+        """Check every connection of ``subject`` now; those whose token is
+        revoked close with 4001."""
+        for link in list(self._links.get(subject, ())):
+            self._watch(link)
+
+    async def handle(self, connection: ServerConnection, handshake: Handshake) -> None:
+        """Serve one accepted WebSocket until it closes; frees its slot."""
+        user = handshake.principal.subject
+        config = self._config
+        link = Link(
+            connection,
+            handshake.session_id,
+            handshake.principal,
+            TokenBucket(config.frame_rate, config.frame_burst),
+            config.slow_consumer_timeout if config.slow_consumer_timeout > 0 else None,
+        )
+        self._links.setdefault(user, set()).add(link)
+        started = time.monotonic()
+        link.next_ping = started + (config.ping_interval or 0)
+        self._metrics.connections_open.inc()
+        # Each connection runs in its own task, with its own copy of the
+        # context: binding here cannot leak to another connection, and
+        # holding no context manager open saves an idle connection ~0.7 KB.
+        structlog.contextvars.bind_contextvars(
+            session_id=handshake.session_id, user=user, request_id=handshake.request_id
+        )
+        try:
+            self._watch(link)
+            await self._serve(link, handshake)
+        finally:
+            if link.watchdog is not None:
+                link.watchdog.cancel()
+            if link.call is not None:
+                link.call.cancel()
+            if link.closing is not None:
+                with contextlib.suppress(Exception):
+                    await link.closing
+            links = self._links.get(user)
+            if links is not None:
+                links.discard(link)
+                if not links:
+                    del self._links[user]
+            self._slots.release(user, connection)
+            duration = time.monotonic() - started
+            metrics = self._metrics
+            metrics.connections_open.dec()
+            metrics.connections.labels(str(connection.close_code)).inc()
+            metrics.connection_duration.observe(duration)
+            metrics.frames_in.inc(link.frames_in)
+            metrics.frames_out.inc(link.frames_out)
+            log.info(
+                "connection_closed",
+                duration=round(duration, 3),
+                frames_in=link.frames_in,
+                frames_out=link.frames_out,
+                close_code=connection.close_code,
+            )
+
+    async def _serve(self, link: Link, handshake: Handshake) -> None:
+        """Attach to the runtime (now, or on the first frame of a quiet
+        session) and pump both ways until either side ends."""
+        first: runtime_pb2.ConverseResponse | None = None
+        pending: runtime_pb2.ConverseRequest | None = None
+        quiet = handshake.quiet
+        if quiet is None:
+            opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
+            if handshake.resume_after_seq is not None:
+                opening.resume_after_seq = handshake.resume_after_seq
+            link.call, first = await self._open(opening, self._metadata(link, handshake))
+        else:
+            # Nothing to receive until the IDE speaks: hold no stream (and
+            # none of the runtime's memory) until then. Attaching resumes
+            # after the seq announced here, so nothing in between is lost.
+            await _guarded_send(link, _quiet_session_info(quiet, handshake.created))
+            last_seq, handshake.quiet = quiet.last_seq, None
+            del quiet  # an idle connection keeps as little as it can
+            pending = await self._first_action(link)
+            if pending is None:
+                return
+            opening = runtime_pb2.OpenSession(
+                session_id=handshake.session_id, resume_after_seq=last_seq
+            )
+            metadata = self._metadata(link, handshake)
+            link.call, first = await self._open(opening, metadata, ATTACH_PATIENCE)
+            if (
+                first is not None
+                and first.WhichOneof("event") == "session_opened"
+                and first.session_opened.recovered
+            ):
+                first = None  # the client has its session_info already
+        call = link.call
+        assert call is not None
+        if pending is not None:
+            # When the stream is already over, the runtime pump reads why.
+            await self._forward(link, call, pending)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._guarded(link, self._ide_to_runtime(link, call))),
+                group.create_task(self._guarded(link, self._runtime_to_ide(link, call, first))),
+            ]
+
+            def stop_the_others(done: asyncio.Task[None]) -> None:
+                for task in tasks:
+                    if task is not done:
+                        task.cancel()
+
+            for task in tasks:
+                task.add_done_callback(stop_the_others)
+
+    def _metadata(self, link: Link, handshake: Handshake) -> tuple[tuple[str, str], ...]:
+        """The runtime call's metadata: the credential, the user, the request id."""
+        return internal_metadata(
+            self._config.internal_api_key,
+            user=link.principal.subject,
+            request_id=handshake.request_id,
+        )
+
+    async def _open(
+        self,
+        opening: runtime_pb2.OpenSession,
+        metadata: tuple[tuple[str, str], ...],
+        patience: float = 0.0,
+    ) -> tuple[ConverseCall, runtime_pb2.ConverseResponse | None]:
+        """Open the session's Converse stream; returns it with its first event.
+
+        A replica answering UNAVAILABLE before the first event (another
+        replica holds the session, or it is going away) is retried: the
+        channel balances the next attempt to another replica. Without
+        ``patience`` a few times; with it, for that many seconds. A call
+        that still fails is returned without a first event; the pump's read
+        reports its status.
+        """
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._runtime.Converse(metadata=metadata)
+            try:
+                await call.write(runtime_pb2.ConverseRequest(open=opening))
+                first = await call.read()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                delay = min(OPEN_RETRY_DELAY * attempt, 1.0)
+                again = attempt < OPEN_ATTEMPTS or time.monotonic() + delay < deadline
+                if again and await call.code() == grpc.StatusCode.UNAVAILABLE:
+                    call.cancel()
+                    await asyncio.sleep(delay)
+                    continue
+                return call, None
+            if not isinstance(first, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
+                return call, None
+            return call, first
+
+    async def _guarded(self, link: Link, work: Coroutine[Any, Any, None]) -> None:
+        """Run one side of the connection; a blocked send closes with 1013."""
+        try:
+            await work
+        except SlowConsumer:
+            log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
+            await self._close(link, SLOW_CONSUMER)
+        except ConnectionClosed:
+            return
+
+    async def _first_action(self, link: Link) -> runtime_pb2.ConverseRequest | None:
+        """Read IDE frames until one is for the runtime; None when the
+        connection ends first. Errors and re-authentication are answered here."""
+        try:
+            async for message in link.websocket:
+                action = await self._on_frame(link, message)
+                if action is not None:
+                    return action
+        except SlowConsumer:
+            log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
+            await self._close(link, SLOW_CONSUMER)
+        except ConnectionClosed:
+            pass
+        return None
+
+    async def _on_frame(
+        self, link: Link, message: str | bytes
+    ) -> runtime_pb2.ConverseRequest | None:
+        """Check one IDE frame; the action to forward, or None when it was
+        answered here (an error frame, a re-authentication). A frame over the
+        rate closes the connection (FrameRateExceeded)."""
+        link.frames_in += 1
+        link.last_activity = time.monotonic()
+        if link.frame_bucket.take() > 0:
+            log.warning("frame_rate_exceeded", frames_in=link.frames_in)
+            closing = asyncio.create_task(self._close(link, FRAME_RATE_EXCEEDED))
+            try:
+                await _discard_until_closed(link.websocket)
+            finally:
+                await closing
+            raise ConnectionClosed(None, None)
+        if isinstance(message, bytes):
+            await link.send(error_frame("binary_frame", "binary frames are not supported"))
+            return None
+        try:
+            action = parse_frame(message)
+        except FrameError as exc:
+            await link.send(error_frame(exc.code, exc.message))
+            return None
+        except Exception:
+            # A parser bug must cost one frame, not the connection.
+            log.exception("frame_parse_failed")
+            await link.send(error_frame("invalid_frame", "the frame could not be read"))
+            return None
+        if isinstance(action, Reauthenticate):
+            await self._reauthenticate(link, action.token)
+            return None
+        return action
+
+    async def _forward(
+        self, link: Link, call: ConverseCall, action: runtime_pb2.ConverseRequest
+    ) -> bool:
+        """Write one action to the runtime; False when the stream is over."""
+        try:
+            if action.WhichOneof("event") in _TRACED_EVENTS:
+                await self._write_traced(call, action)
+            else:
+                await call.write(action)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False
+        return True
+
+    async def _ide_to_runtime(self, link: Link, call: ConverseCall) -> None:
+        """Forward IDE frames until the WebSocket closes."""
+        async for message in link.websocket:
+            action = await self._on_frame(link, message)
+            if action is not None and not await self._forward(link, call, action):
+                # The stream is over; the runtime pump reports why and
+                # closes the WebSocket.
+                await _discard_until_closed(link.websocket)
+                return
+
+    @staticmethod
+    async def _write_traced(call: ConverseCall, action: runtime_pb2.ConverseRequest) -> None:
+        """Forward a frame that starts a turn inside a ``ws.message`` span,
+        whose context travels in the request's ``traceparent``."""
+        with _tracer.start_as_current_span(
+            "ws.message",
+            kind=trace.SpanKind.SERVER,
+            attributes={"ws.frame": action.WhichOneof("event") or ""},
+        ):
+            action.traceparent = tracing.traceparent()
+            await call.write(action)
+
+    async def _runtime_to_ide(
+        self, link: Link, call: ConverseCall, first: runtime_pb2.ConverseResponse | None = None
+    ) -> None:
+        """Forward runtime events (``first`` was read already) until the stream ends."""
+        try:
+            if first is not None:
+                frame = frame_for(first)
+                if frame is not None:
+                    await link.send(frame)
+            while True:
+                try:
+                    response = await call.read()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if call.cancelled() and task is not None and not task.cancelling():
+                        # _close cancelled the call; let it finish the close.
+                        await link.websocket.wait_closed()
+                        return
+                    raise
+                if not isinstance(response, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
+                    closing = closing_for_status(grpc.StatusCode.OK, None)
+                    break
+                frame = frame_for(response)
+                if frame is None:
+                    log.warning("unknown_runtime_event", seq=response.seq)
+                    continue
+                await link.send(frame)
+        except grpc.aio.AioRpcError as exc:
+            if link.websocket.state is not State.OPEN:
+                return  # we cancelled the call while closing
+            closing = closing_for_status(exc.code(), exc.details())
+            log.info("runtime_stream_failed", status=exc.code().name)
+        await self._close(link, closing)
+
+    async def _reauthenticate(self, link: Link, token: str) -> None:
+        try:
+            principal = await self._authenticate(token)
+        except InvalidToken as exc:
+            await link.send(error_frame("invalid_token", exc.reason))
+            return
+        except KeysUnavailable:
+            await link.send(
+                error_frame("keys_unavailable", "cannot verify tokens now", retryable=True)
+            )
+            return
+        if principal.subject != link.principal.subject:
+            log.warning("reauthentication_refused", reason="subject changed")
+            await self._close(link, SUBJECT_CHANGED)
+            return
+        link.principal = principal
+        self._watch(link)
+
+    def _watch(self, link: Link) -> None:
+        """Close ``link`` if its token is revoked (4001) or expired without a
+        refresh (1008), after ``idle_timeout`` without a frame either way
+        (1001; pings do not count), or when a keepalive ping got no pong
+        within ``ping_timeout`` (1011); send the next ping when it is due;
+        then check again when the earliest of these could next happen. A
+        timer, not a task: it costs an idle connection almost nothing."""
+        if link.watchdog is not None:
+            link.watchdog.cancel()
+            link.watchdog = None
+        if link.closing is not None:
+            return
+        closing = None
+        now = time.time()
+        expires = link.principal.expires_at.timestamp() + self._config.jwt_leeway
+        if self._is_revoked(link.principal):
+            log.info("connection_revoked")
+            closing = TOKEN_REVOKED
+        elif expires <= now:
+            closing = TOKEN_EXPIRED
+        next_check = expires - now
+        if closing is None and self._config.idle_timeout > 0:
+            idle_left = link.last_activity + self._config.idle_timeout - time.monotonic()
+            if idle_left <= 0:
+                closing = IDLE_TIMEOUT
+            next_check = min(next_check, idle_left)
+        loop = asyncio.get_running_loop()
+        interval, timeout = self._config.ping_interval, self._config.ping_timeout
+        if closing is None and interval:
+            now_m = time.monotonic()
+            awaited = link.ping_sent > 0 and (link.pong is None or not link.pong.done())
+            if awaited and timeout and now_m - link.ping_sent >= timeout:
+                log.info("keepalive_timeout", timeout=timeout)
+                closing = KEEPALIVE_TIMEOUT
+            elif not awaited and now_m >= link.next_ping:
+                link.next_ping = now_m + interval
+                link.pong, link.ping_sent = None, now_m
+                link.pinging = loop.create_task(self._ping(link))
+                awaited = True
+            if awaited:
+                # No ping while one is unanswered, as in websockets' own
+                # keepalive: look again when the next is due, then at its timeout.
+                due = link.ping_sent + (timeout or interval)
+                if link.next_ping > now_m:
+                    due = min(due, link.next_ping)
+                next_check = min(next_check, due - now_m)
+            else:
+                next_check = min(next_check, link.next_ping - now_m)
+        if closing is not None:
+            link.closing = loop.create_task(self._close(link, closing))
+            return
+        link.watchdog = loop.call_later(max(next_check, 0.05), self._watch, link)
+
+    @staticmethod
+    async def _ping(link: Link) -> None:
+        """Send a keepalive ping; its pong lands in ``link.pong``."""
+        with contextlib.suppress(ConnectionClosed):
+            link.pong = await link.websocket.ping()
+
+    async def _close(self, link: Link, closing: Closing) -> None:
+        """Cancel the runtime call, send ``closing.frame`` if any, close.
+
+        A last frame is only attempted within the send timeout; a client
+        that does not read gets the close frame queued behind its unread
+        frames, and the TCP connection is aborted after ``close_timeout``.
+        """
+        if link.call is not None and closing.code != CloseCode.NORMAL_CLOSURE:
+            link.call.cancel()
+        if closing.frame is not None:
+            with contextlib.suppress(ConnectionClosed, SlowConsumer):
+                await link.send(closing.frame)
+        log.info("connection_closing", close_code=closing.code, reason=closing.reason)
+        try:
+            # close() waits for the write buffer to drain before its own
+            # close_timeout starts: a client that never reads would hold it
+            # (and this connection's slot) forever.
+            async with asyncio.timeout(self._config.close_timeout):
+                await link.websocket.close(closing.code, closing.reason)
+        except TimeoutError:
+            log.warning("connection_aborted", reason="close timed out")
+            link.websocket.transport.abort()
