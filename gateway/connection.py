@@ -345,10 +345,13 @@ class Connections:
         try:
             await work
         except SlowConsumer:
-            log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
-            await self._close(link, SLOW_CONSUMER)
+            await self._slow_consumer(link)
         except ConnectionClosed:
             return
+
+    async def _slow_consumer(self, link: Link) -> None:
+        log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
+        await self._close(link, SLOW_CONSUMER)
 
     async def _first_action(self, link: Link) -> runtime_pb2.ConverseRequest | None:
         """Read IDE frames until one is for the runtime; None when the
@@ -359,8 +362,7 @@ class Connections:
                 if action is not None:
                     return action
         except SlowConsumer:
-            log.warning("slow_consumer", timeout=self._config.slow_consumer_timeout)
-            await self._close(link, SLOW_CONSUMER)
+            await self._slow_consumer(link)
         except ConnectionClosed:
             pass
         return None

@@ -7,6 +7,7 @@ foreign keys and a busy timeout, and their directory is created.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,39 @@ def create_engine(database_url: str, *, immediate: bool = False, **options: Any)
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     if immediate:
         _begin_immediate(engine)
     return engine
+
+
+WAL_SWITCH_ATTEMPTS = 50
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (it stays so; later connections find it).
+
+    Switching needs the database to itself, and SQLite answers "database is
+    locked" at once rather than waiting on the busy timeout when another
+    connection (a replica migrating the same new file) holds it: so check
+    first, and retry with a short (non-blocking) pause.
+    """
+    for attempt in range(WAL_SWITCH_ATTEMPTS):
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError
+            if "locked" not in str(exc) or attempt + 1 == WAL_SWITCH_ATTEMPTS:
+                raise
+        sa.util.await_(asyncio.sleep(0.01 * (attempt + 1)))
 
 
 def _begin_immediate(engine: AsyncEngine) -> None:

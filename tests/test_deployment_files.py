@@ -81,10 +81,12 @@ def test_compose_services_are_health_checked_and_wait_for_healthy_dependencies()
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
     assert services["ollama"]["profiles"] == ["ollama"], "Ollama only on request"
-    for replicated in ("gateway", "runtime"):
+    for replicated in ("gateway", "runtime", "llmproxy"):
         assert services[replicated]["deploy"]["replicas"] >= 2, f"{replicated} is replicated"
     runtime_address = services["gateway"]["environment"]["GATEWAY__RUNTIME_ADDRESS"]
     assert runtime_address.startswith("dns:///"), "the gateway balances over every runtime"
+    llmproxy_address = services["runtime"]["environment"]["AGENT_RUNTIME__LLM_PROXY_ADDRESS"]
+    assert llmproxy_address.startswith("dns:///"), "the runtime balances over every llmproxy"
     example = example_variables()
     for variable in re.findall(r"\$\{([A-Z_]+)", (ROOT / "compose.yaml").read_text()):
         assert variable in example, f"compose.yaml uses {variable}, missing from .env.example"
