@@ -545,7 +545,7 @@ class Connections:
     async def _ping(link: Link) -> None:
         """Send a keepalive ping; its pong lands in ``link.pong``."""
         with contextlib.suppress(ConnectionClosed):
-            link.pong = await link.websocket.ping()
+            link.pong = asyncio.ensure_future(await link.websocket.ping())
 
     async def _close(self, link: Link, closing: Closing) -> None:
         """Cancel the runtime call, send ``closing.frame`` if any, close.

@@ -222,7 +222,7 @@ class OfflineLLM(CustomLLM):
             # network read would: other calls and this call's writer go on.
             await asyncio.sleep(0 if chunk["is_finished"] else settings.token_delay)
             if settings.stamp_tokens and chunk["text"]:
-                chunk = {**chunk, "text": _stamped(chunk["text"])}  # type: ignore[typeddict-item]
+                chunk = {**chunk, "text": _stamped(chunk["text"])}
             yield chunk
 
     def embedding(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:

@@ -147,20 +147,20 @@ async def warm_up() -> None:
             }
         ]
     )
-    messages = [{"role": "user", "content": "warm up"}]
+    messages: list[Any] = [{"role": "user", "content": "warm up"}]
     # With tools, LiteLLM also imports its MCP handler (0.4 s here).
     tool = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}
     stream = await router.acompletion(
         model="warm-up",
         messages=messages,
-        tools=[tool],
         stream=True,
+        tools=[tool],
         stream_options={"include_usage": True},
     )
     async for _ in stream:
         pass
     litellm.token_counter(model=f"{OFFLINE_PROVIDER}/warm-up", messages=messages)
-    router.discard()
+    router.discard()  # type: ignore[no-untyped-call]  # LiteLLM leaves it untyped
 
 
 def knows_model(router: Router, model: str) -> bool:
