@@ -233,7 +233,9 @@ def main() -> int:
             f"  metrics     http://127.0.0.1:{env['GATEWAY__PORT']}/metrics (gateway), "
             f":{env['AUTH_SERVICE__PORT']}/metrics (auth), "
             f":{env['AGENT_RUNTIME__METRICS_PORT']}/metrics (runtime), "
-            f":{env['LLM_PROXY__METRICS_PORT']}/metrics (llmproxy)\n"
+            f":{env['LLM_PROXY__METRICS_PORT']}/metrics (llmproxy"
+            + (", its replicas on the next ports" if len(llmproxy_ports(env)) > 1 else "")
+            + ")\n"
             '  try         scripts/chat "hello"\n'
             "Ctrl-C stops everything.",
             flush=True,
