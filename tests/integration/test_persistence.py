@@ -249,6 +249,36 @@ async def test_a_dropped_client_resumes_with_exactly_the_missed_events(
     assert rest[-1]["metadata"]["status"] == "completed"
 
 
+async def test_an_idle_window_attaches_on_its_first_frame_and_misses_nothing(
+    mesh: Mesh, session_id: str
+) -> None:
+    """Two windows on one session. The second connects while the session is
+    idle, so the gateway answers it without opening a runtime stream. The
+    first runs a turn meanwhile; the second's first frame attaches it after
+    the seq it was told, and that turn is replayed to it before its own."""
+    async with IdeConnection(mesh.ws_url, session_id, mesh.token) as first:
+        await first.next_frame()
+        await first.send_message("one")
+        await frames_until_final(first)
+        async with IdeConnection(mesh.ws_url, session_id, mesh.token) as second:
+            announced = await second.next_frame()
+            assert announced["type"] == "session_info"
+            assert announced["metadata"]["created"] is False
+            await first.send_message("two")
+            missed = await frames_until_final(first)
+            # Not attached: the turn was not pushed to it (attached, its
+            # frames would be here by now, sent beside the first window's).
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second.next_frame(), 0.5)
+            await second.send_message("three")
+            seen = await frames_until_final(second)
+            seen += await frames_until_final(second)
+    assert all(f["seq"] > announced["metadata"]["last_seq"] for f in seen)
+    assert text_of(seen).startswith(text_of(missed)), "the other window's turn comes first"
+    assert "You said: three" in text_of(seen)
+    assert [f["type"] for f in seen].count("session_info") == 0
+
+
 async def test_the_gateway_restarts_and_clients_resume(stack: Stack, mesh: Mesh) -> None:
     session_id = f"gw-restart-{uuid.uuid4().hex[:8]}"
     async with IdeConnection(stack.ws_url, session_id, mesh.token) as ide:
