@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -201,3 +203,40 @@ async def test_embed_unknown_model_is_not_found(start_proxy: StartProxy) -> None
         )
 
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_litellm_blocking_work_runs_one_thread_at_a_time(start_proxy: StartProxy) -> None:
+    """LLM_PROXY__WORKER_THREADS (default 1) bounds both thread pools LiteLLM
+    uses: the loop's default executor and anyio's worker threads."""
+    import threading
+    import time
+
+    import anyio.to_thread
+
+    await start_proxy()
+    active = peak = 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)
+        with lock:
+            active -= 1
+
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(None, work) for _ in range(4)))
+    await asyncio.gather(*(anyio.to_thread.run_sync(work) for _ in range(4)))
+    assert peak == 1
+
+
+def test_worker_threads_must_be_positive() -> None:
+    from llmproxy.__main__ import Settings
+    from mesh.env import ConfigError
+
+    base = {"LLM_PROXY__INTERNAL_API_KEY": "k"}
+    assert Settings.from_env({**base, "LLM_PROXY__WORKER_THREADS": "3"}).worker_threads == 3
+    with pytest.raises(ConfigError, match="LLM_PROXY__WORKER_THREADS"):
+        Settings.from_env({**base, "LLM_PROXY__WORKER_THREADS": "0"})
