@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
 from gateway.config import GatewayConfig
@@ -25,7 +25,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import channel_options, grpc_target
+from mesh.grpc_server import channel_options, grpc_target, health_check
 from mesh.logs import configure_logging
 from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
@@ -66,10 +66,10 @@ async def running_gateway(
         # A grpc.aio.Channel selects the stub's async overload.
         runtime = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
         revocations = RevocationList(retention=config.revocation_retention)
-        health = health_pb2_grpc.HealthStub(channel)
+        check = health_check(channel)
 
         async def runtime_serving() -> bool:
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=config.view_timeout)
+            reply = await check(health_pb2.HealthCheckRequest(), timeout=config.view_timeout)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
         gateway = Gateway(

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dev dependency yet
+import yaml
 
 ENV_REFERENCE_PREFIX = "os.environ/"
 

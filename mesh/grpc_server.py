@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -60,14 +60,17 @@ def internal_metadata(
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
     """The first value of ``key`` in the call's metadata, or None."""
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            value = item.value
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
 
 
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
+
+
+def _refusal(handler: Handler) -> Handler:
     message = "missing or invalid internal credential (metadata x-internal-auth)"
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -100,15 +103,17 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+    ) -> Handler | None:
+        method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_EXEMPT_PREFIX):
             return handler
         presented = b""
-        for key, value in handler_call_details.invocation_metadata or ():  # type: ignore[attr-defined]
+        for key, value in handler_call_details.invocation_metadata or ():
             if key == INTERNAL_AUTH_HEADER:
                 presented = value.encode() if isinstance(value, str) else value
                 break
@@ -144,14 +149,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        wrapped: grpc.RpcMethodHandler = _wrap(handler, self._observe(method))
+        method: str = handler_call_details.method
+        wrapped: Handler = _wrap(handler, self._observe(method))
         return wrapped
 
     def _observe(self, method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -279,6 +286,9 @@ class TlsFiles:
         if not (self.cert and self.key):
             raise ValueError("a TLS server needs both a certificate and a key")
         key, cert = self._read(self.key), self._read(self.cert)
+        # Both paths are set (checked above), so both were read.
+        assert key is not None
+        assert cert is not None
         ca = self._read(self.ca)
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
@@ -325,6 +335,26 @@ def channel_options(address: str) -> list[tuple[str, Any]]:
     if target.startswith(("ipv4:", "dns:")):
         options.append(("grpc.lb_policy_name", "round_robin"))
     return options
+
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+def health_check(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]:
+    """The standard health service's ``Check`` on ``channel``.
+
+    Built here rather than through ``HealthStub``, whose type stubs declare
+    no methods.
+    """
+    return channel.unary_unary(
+        HEALTH_CHECK_METHOD,
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
 
 
 def mesh_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:

@@ -17,15 +17,21 @@ import urllib.request
 
 def grpc_serving(address: str, timeout: float) -> str | None:
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
+
+    from mesh.grpc_server import HEALTH_CHECK_METHOD
 
     with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
+            reply = check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:
-            return f"{address}: {exc.code().name}"  # type: ignore[attr-defined]
+            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            return f"{address}: {code.name}"
     if reply.status != health_pb2.HealthCheckResponse.SERVING:
         return f"{address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
     return None

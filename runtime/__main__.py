@@ -65,14 +65,14 @@ from dataclasses import dataclass, field
 import grpc
 import sqlalchemy
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import MeshServer, TlsFiles, grpc_target, mesh_channel
+from mesh.grpc_server import MeshServer, TlsFiles, grpc_target, health_check, mesh_channel
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
@@ -286,10 +286,10 @@ def _llmproxy_check(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
     """Reachable means its health service answers, SERVING or not: a proxy
     whose deployments all cool down is still there, and the turns that need
     it fail with a retryable error of their own."""
-    stub = health_pb2_grpc.HealthStub(channel)
+    call = health_check(channel)
 
     async def check() -> bool:
-        await stub.Check(health_pb2.HealthCheckRequest())
+        await call(health_pb2.HealthCheckRequest())
         return True
 
     return check

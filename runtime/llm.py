@@ -151,7 +151,7 @@ class LlmClient:
 
     def __init__(
         self,
-        stub: llmproxy_pb2_grpc.LlmProxyServiceStub,
+        stub: llmproxy_pb2_grpc.LlmProxyServiceAsyncStub,
         *,
         internal_api_key: str,
         timeout: float,

@@ -190,7 +190,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self._hub = hub
         self._open_timeout = open_timeout
 
-    async def Converse(
+    async def Converse(  # type: ignore[override]  # writes with context.write
         self,
         request_iterator: AsyncIterator[runtime_pb2.ConverseRequest],
         context: Context,
