@@ -158,28 +158,26 @@ async def test_one_replica_holds_a_session_lease_until_it_expires(store: Store) 
     assert await store.lease_owner("leased") is None
 
 
+async def migrated_at_once(url: str, replicas: int) -> str | None:
+    """Migrate ``url`` from ``replicas`` coroutines at once; its revision after."""
+    import asyncio
+
+    await asyncio.gather(*(migrate(url) for _ in range(replicas)))
+    engine = create_engine(url)
+    try:
+        return await current_revision(engine, VERSION_TABLE)
+    finally:
+        await engine.dispose()
+
+
 async def test_many_replicas_creating_one_sqlite_file_all_succeed(tmp_path: Path) -> None:
     """The first connections to a new SQLite file race to switch it to WAL,
     which SQLite refuses at once ("database is locked") instead of waiting:
     before the switch was retried, about half of these rounds failed."""
-    import asyncio
-
     for round_ in range(10):
         url = f"sqlite+aiosqlite:///{tmp_path / f'round-{round_}.db'}"
-        await asyncio.gather(*(migrate(url) for _ in range(6)))
-        engine = create_engine(url)
-        try:
-            assert await current_revision(engine, VERSION_TABLE) == head_revision()
-        finally:
-            await engine.dispose()
+        assert await migrated_at_once(url, 6) == head_revision()
 
 
 async def test_replicas_migrating_at_once_do_not_collide(empty_url: str) -> None:
-    import asyncio
-
-    await asyncio.gather(*(migrate(empty_url) for _ in range(3)))
-    engine = create_engine(empty_url)
-    try:
-        assert await current_revision(engine, VERSION_TABLE) == head_revision()
-    finally:
-        await engine.dispose()
+    assert await migrated_at_once(empty_url, 3) == head_revision()
