@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.protobuf import struct_pb2, timestamp_pb2
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Frame, Opcode
 
 from gateway.__main__ import running_gateway
 from gateway.config import GatewayConfig
@@ -476,6 +477,28 @@ async def receive(ws: ClientConnection) -> dict[str, Any]:
     assert isinstance(message, str)
     frame: dict[str, Any] = json.loads(message)
     return frame
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    """Wait for a condition that has no event to await."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.01)
+
+
+class PingCounter(ClientConnection):
+    """A client connection that counts the keepalive pings it receives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pings = 0
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode is Opcode.PING:
+            self.pings += 1
+        super().process_event(event)
 
 
 async def close_code(ws: ClientConnection) -> tuple[int | None, str | None]:

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +30,7 @@ from tests.gateway.conftest import (
     Feed,
     SigningKey,
     close_code,
+    eventually,
     mint,
     opened,
     receive,
@@ -53,15 +54,6 @@ async def still_works(ws: ClientConnection) -> None:
     await ws.send(json.dumps({"type": "user_message", "content": "still here"}))
     frames = [await receive(ws) for _ in range(4)]
     assert [frame["content"] for frame in frames] == ["echo: ", "still here", "!", ""]
-
-
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait for a condition that has no event to await."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def read_until_closed(ws: ClientConnection) -> None:

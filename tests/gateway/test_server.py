@@ -28,8 +28,10 @@ from tests.gateway.conftest import (
     Edge,
     FakeRuntime,
     JwksEndpoint,
+    PingCounter,
     SigningKey,
     close_code,
+    eventually,
     make_config,
     mint,
     opened,
@@ -411,8 +413,9 @@ async def test_a_new_session_is_created_and_attached_on_its_first_frame(edge_fac
                 "recovered": True,
                 "last_seq": 0,
             }
-            await asyncio.sleep(0.1)
-            assert edge.fake.metadata == []  # no Converse yet
+            # Attached at connect, this session_info would have come from a
+            # Converse the fake had already recorded.
+            assert edge.fake.metadata == []
             assert "fresh" in edge.fake.sessions  # but the session exists
             await ws.send(json.dumps({"type": "user_message", "content": "hi"}))
             frames = [await receive(ws) for _ in range(4)]
@@ -473,9 +476,12 @@ async def test_an_idle_connection_still_times_out(edge_factory: Any):
 
 
 async def test_keepalive_pings_are_answered_and_the_connection_stays(edge_factory: Any):
-    async with edge_factory(ping_interval=0.1, ping_timeout=0.3) as edge, edge.connect() as ws:
+    async with (
+        edge_factory(ping_interval=0.1, ping_timeout=0.3) as edge,
+        edge.connect(create_connection=PingCounter) as ws,
+    ):
         await opened(ws)
-        await asyncio.sleep(1.0)  # ten pings, each answered by the client
+        await eventually(lambda: ws.pings >= 5)  # each answered by the client
         await ws.send(json.dumps({"type": "user_message", "content": "still here"}))
         assert (await receive(ws))["content"] == "echo: "
 
@@ -483,8 +489,9 @@ async def test_keepalive_pings_are_answered_and_the_connection_stays(edge_factor
 async def test_a_client_that_answers_no_ping_is_closed_1011(edge_factory: Any):
     async with edge_factory(ping_interval=0.1, ping_timeout=0.3) as edge, edge.connect() as ws:
         await opened(ws)
-        ws.transport.pause_reading()  # pings go unanswered
-        await asyncio.sleep(0.8)
-        ws.transport.resume_reading()
+        with capture_logs() as logs:
+            ws.transport.pause_reading()  # pings go unanswered
+            await eventually(lambda: any(e["event"] == "keepalive_timeout" for e in logs))
+            ws.transport.resume_reading()
         code, reason = await close_code(ws)
     assert (code, reason) == (1011, "keepalive ping timeout")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -207,29 +208,39 @@ async def test_embed_unknown_model_is_not_found(start_proxy: StartProxy) -> None
 
 async def test_litellm_blocking_work_runs_one_thread_at_a_time(start_proxy: StartProxy) -> None:
     """LLM_PROXY__WORKER_THREADS (default 1) bounds both thread pools LiteLLM
-    uses: the loop's default executor and anyio's worker threads."""
+    uses: the loop's default executor and anyio's worker threads. While one
+    job holds the only thread, a second one does not start."""
     import threading
-    import time
 
     import anyio.to_thread
 
     await start_proxy()
-    active = peak = 0
-    lock = threading.Lock()
-
-    def work() -> None:
-        nonlocal active, peak
-        with lock:
-            active += 1
-            peak = max(peak, active)
-        time.sleep(0.02)
-        with lock:
-            active -= 1
-
     loop = asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(None, work) for _ in range(4)))
-    await asyncio.gather(*(anyio.to_thread.run_sync(work) for _ in range(4)))
-    assert peak == 1
+
+    async def second_waits_for_first(run: Any) -> None:
+        gate = threading.Event()
+        first_in: asyncio.Future[None] = loop.create_future()
+        second_in: asyncio.Future[None] = loop.create_future()
+
+        def first() -> None:
+            loop.call_soon_threadsafe(first_in.set_result, None)
+            gate.wait(10)
+
+        def second() -> None:
+            loop.call_soon_threadsafe(second_in.set_result, None)
+
+        jobs = asyncio.gather(run(first), run(second))
+        try:
+            await first_in
+            done, _ = await asyncio.wait({second_in}, timeout=0.2)
+            assert not done, "a second thread ran beside the first"
+        finally:
+            gate.set()
+        await jobs
+        assert second_in.done()
+
+    await second_waits_for_first(lambda job: loop.run_in_executor(None, job))
+    await second_waits_for_first(anyio.to_thread.run_sync)
 
 
 def test_worker_threads_must_be_positive() -> None:
