@@ -190,8 +190,9 @@ class OfflineLLM(CustomLLM):
 
     Streaming honours ``token_delay`` with ``asyncio.sleep`` (with no delay
     it still yields to the event loop before each token, as a network read
-    would) and is safe to cancel between tokens. The blocking variants exist because LiteLLM routes
-    ``completion``/``embedding`` there; they sleep with ``time.sleep``.
+    would) and is safe to cancel between tokens. The blocking variants exist
+    because LiteLLM routes ``completion``/``embedding`` there; they sleep
+    with ``time.sleep``.
     """
 
     def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:

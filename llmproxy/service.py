@@ -250,8 +250,7 @@ def merged(batch: list[Outgoing]) -> Iterator[llmproxy_pb2.StreamChatResponse]:
 
 
 def _text_message(texts: list[str]) -> llmproxy_pb2.StreamChatResponse:
-    text = texts[0] if len(texts) == 1 else "".join(texts)
-    return llmproxy_pb2.StreamChatResponse(text=llmproxy_pb2.TextDelta(text=text))
+    return llmproxy_pb2.StreamChatResponse(text=llmproxy_pb2.TextDelta(text="".join(texts)))
 
 
 _Outbox: TypeAlias = Outbox[Outgoing, llmproxy_pb2.StreamChatResponse]

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 import grpc
 import structlog
@@ -103,9 +103,7 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         method: str = handler_call_details.method
@@ -149,9 +147,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
@@ -340,12 +336,20 @@ def channel_options(address: str) -> list[tuple[str, Any]]:
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 
+@overload
 def health_check(
     channel: grpc.aio.Channel,
 ) -> grpc.aio.UnaryUnaryMultiCallable[
     health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
-]:
-    """The standard health service's ``Check`` on ``channel``.
+]: ...
+@overload
+def health_check(
+    channel: grpc.Channel,
+) -> grpc.UnaryUnaryMultiCallable[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]: ...
+def health_check(channel: Any) -> Any:
+    """The standard health service's ``Check`` on ``channel`` (async or not).
 
     Built here rather than through ``HealthStub``, whose type stubs declare
     no methods.

@@ -19,16 +19,11 @@ def grpc_serving(address: str, timeout: float) -> str | None:
     import grpc
     from grpc_health.v1 import health_pb2
 
-    from mesh.grpc_server import HEALTH_CHECK_METHOD
+    from mesh.grpc_server import health_check
 
     with grpc.insecure_channel(address) as channel:
-        check = channel.unary_unary(
-            HEALTH_CHECK_METHOD,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
         try:
-            reply = check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = health_check(channel)(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             return f"{address}: {code.name}"
