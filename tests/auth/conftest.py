@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from argon2 import PasswordHasher
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from auth.keys import KeyRing
 from auth.passwords import Passwords
 from auth.store import UserStore, create_engine, metadata, migrate
-
-POSTGRES_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+from tests.conftest import fresh_postgres, fresh_postgres_sync
 
 
 def fast_hasher() -> PasswordHasher:
@@ -50,40 +45,12 @@ async def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
-def _postgres_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test run, dropped at the end."""
-    if not _postgres_reachable():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("PostgreSQL is required in CI but 127.0.0.1:5432 is not reachable")
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    name = f"test_auth_{uuid.uuid4().hex[:12]}"
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    with fresh_postgres_sync("test_auth") as url:
         asyncio.run(migrate(url))
         yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def admin(statement: str) -> None:
-    """Run one statement on the PostgreSQL server outside a transaction (CREATE DATABASE)."""
-    engine = create_async_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -92,13 +59,8 @@ async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> 
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/empty.db"
         return
-    request.getfixturevalue("postgres_database")  # skips or fails like the others
-    name = f"test_auth_{uuid.uuid4().hex[:12]}"
-    await admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_postgres("test_auth") as url:
+        yield url
 
 
 @pytest.fixture
