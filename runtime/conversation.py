@@ -79,6 +79,8 @@ _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancell
 
 MAX_SWITCHES_PER_TURN = 3
 MAX_MODEL_CALLS_PER_TURN = 25
+SEQ_RESERVE_BLOCK = 4096
+"""Text-delta sequence numbers reserved per database write (see ``_reserve_seqs``)."""
 CHARS_PER_TOKEN_BOUND = 8
 """The runtime pre-cuts history to 8 characters per token of the window: more than any
 tokenizer packs into the window, so the exact cut (with the model's tokenizer,
@@ -172,10 +174,37 @@ SESSION_MOVED = Resend(-2)
 
 @dataclass(slots=True)
 class Subscriber:
-    """One attached stream's view of the session's events."""
+    """One attached stream's view of the session's events.
+
+    The queue is bounded. A stream that falls behind by a full queue is not
+    ended: its queued events are dropped and it is marked ``overflowed``,
+    and its pump catches up from the log (every event it missed is there,
+    or in memory until written), then goes on live. Control items (a
+    resend, the end of the stream, a moved session) are never dropped.
+    """
 
     queue: asyncio.Queue[Sequenced | Resend]
     overflowed: bool = False
+
+    def offer(self, item: Sequenced | Resend) -> None:
+        """Queue ``item`` without blocking (see the class docstring)."""
+        if self.overflowed and isinstance(item, Sequenced):
+            return  # the catch-up reads it from the log
+        try:
+            self.queue.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            pass
+        kept: list[Sequenced | Resend] = []
+        while not self.queue.empty():
+            queued = self.queue.get_nowait()
+            if not isinstance(queued, Sequenced):
+                kept.append(queued)
+        if not isinstance(item, Sequenced):
+            kept.append(item)
+        for queued in kept:
+            self.queue.put_nowait(queued)
+        self.overflowed = True
 
 
 @dataclass(slots=True)
@@ -223,6 +252,8 @@ class Conversation:
         self._settings = settings
         self._on_idle = on_idle
         self._subscribers: list[Subscriber] = []
+        self.published_seq = session.last_seq
+        """The highest seq handed to subscribers (what a live-only stream starts after)."""
         self._turn: asyncio.Task[None] | None = None
         self._step: Step | None = None
         self._outgoing: list[Sequenced] = []
@@ -305,9 +336,9 @@ class Conversation:
             return [], True
         session = self.session
         if after_seq > session.last_seq:
-            # The client saw events this log never got (the runtime died
-            # before writing them): numbering continues after what it saw.
-            session.last_seq = after_seq
+            # No seq this session gave out is that high (a crash skips past
+            # every seq its unwritten deltas may have used): the position is
+            # not one of ours. The session's numbering stays as it is.
             return [], False
         if session.last_seq - after_seq > self._settings.max_replay:
             return [], False
@@ -342,16 +373,16 @@ class Conversation:
         return items
 
     def _publish(self, item: Sequenced) -> None:
+        # Never blocks the turn on one slow stream: a stream that falls a
+        # whole queue behind catches up from the log (Subscriber.offer).
+        if item.seq > self.published_seq:
+            self.published_seq = item.seq
         for subscriber in self._subscribers:
             if subscriber.overflowed:
                 continue
-            try:
-                subscriber.queue.put_nowait(item)
-            except asyncio.QueueFull:
-                # Never block the turn on one slow stream: end that stream;
-                # its client resumes from the last seq it saw.
-                subscriber.overflowed = True
-                log.warning("subscriber_overflowed", session_id=self.session.session_id)
+            subscriber.offer(item)
+            if subscriber.overflowed:
+                log.info("subscriber_overflowed", session_id=self.session.session_id)
 
     # -- writing ---------------------------------------------------------------
 
@@ -722,10 +753,7 @@ class Conversation:
             await asyncio.wait([turn])
         self._step, self._outgoing, self._unflushed = None, [], []
         for subscriber in self._subscribers:
-            try:
-                subscriber.queue.put_nowait(SESSION_MOVED)
-            except asyncio.QueueFull:
-                subscriber.overflowed = True
+            subscriber.offer(SESSION_MOVED)
 
     async def close(self) -> None:
         """Cancel the running model call (the turn is marked cancelled); idempotent.
@@ -856,6 +884,8 @@ class Conversation:
                     if chunk.text:
                         parts.append(chunk.text)
                         seq = self.session.next_seq()
+                        if seq > self.session.seq_reserved:
+                            await self._reserve_seqs(seq)
                         self._unflushed.append((seq, chunk.text))
                         self._publish(Sequenced(seq, AssistantText(chunk.text)))
                 elif isinstance(chunk, ToolCallChunk):
@@ -877,6 +907,17 @@ class Conversation:
             call_id = f"call_{uuid.uuid4().hex[:24]}"
             reply.calls.append(ToolCallRequest(call_id, draft.name, "".join(draft.arguments)))
         return reply
+
+    async def _reserve_seqs(self, seq: int) -> None:
+        """Durably allow text deltas up to a block past ``seq`` before ``seq`` is sent.
+
+        Deltas are sent before they are written; a runtime that takes the
+        session over after a crash numbers on after the reservation, so a
+        seq a client saw is never reused (one short write per block).
+        """
+        upto = seq + SEQ_RESERVE_BLOCK
+        await self._store.reserve_seqs(self.session.session_id, upto)
+        self.session.seq_reserved = upto
 
     def _dispatch(self, call: ToolCallRequest) -> bool:
         """Check and start one tool call; True if it ends the turn."""

@@ -207,7 +207,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             await _abort(context, InvalidArgument("the first event must be open"))
         after = first.open.resume_after_seq if first.open.HasField("resume_after_seq") else None
         try:
-            conversation, created = await self._hub.open(first.open.session_id, user, after)
+            conversation, created = await self._hub.open(first.open.session_id, user)
         except RuntimeServiceError as exc:
             await _abort(context, exc)
         session = conversation.session
@@ -216,6 +216,9 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         structlog.contextvars.bind_contextvars(session_id=session.session_id)
         subscriber, first_items, recovered = await conversation.attach(after)
         opened = SessionOpened(session.session_id, session.agent, created, session.last_seq)
+        # What the client has once the first items are out: the replay's
+        # start, or (live only, or told to reload) what was already published.
+        seen = after if after is not None and recovered else conversation.published_seq
         events_in = 0
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -224,18 +227,19 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                         conversation,
                         subscriber,
                         [Sequenced(0, replace(opened, recovered=recovered)), *first_items],
+                        seen,
                         context,
                     )
                 )
                 async for request in request_iterator:
                     events_in += 1
                     if request.WhichOneof("event") == "resume":
-                        _enqueue(subscriber, Resend(request.resume.after_seq))
+                        subscriber.offer(Resend(request.resume.after_seq))
                         continue
                     try:
                         event = to_client_event(request)
                     except InvalidArgument as exc:
-                        _enqueue(subscriber, Sequenced(0, ErrorEvent("invalid_frame", str(exc))))
+                        subscriber.offer(Sequenced(0, ErrorEvent("invalid_frame", str(exc))))
                         continue
                     # The IDE frame's trace (the gateway's ws.message span)
                     # becomes the parent of the turn this event may start.
@@ -243,7 +247,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                         await conversation.handle(event, request_id=request_id)
                 # The client half-closed: let the model call finish, flush, end.
                 await conversation.wait_idle()
-                _enqueue(subscriber, END_OF_STREAM)
+                subscriber.offer(END_OF_STREAM)
         finally:
             conversation.unsubscribe(subscriber)
             log.info(
@@ -259,6 +263,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         conversation: Conversation,
         subscriber: Subscriber,
         first_items: list[Sequenced],
+        seen: int,
         context: Context,
     ) -> None:
         """Write the stream: first items, then the session's events as they come.
@@ -267,9 +272,10 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         write was in flight go out as one message carrying the last seq (a
         client resuming after it has them all). When the stream keeps up,
         every delta goes out alone, at once. Nothing is merged across another
-        kind of event, and order is kept.
+        kind of event, and order is kept. ``seen`` is the seq the client is
+        known to have everything up to once ``first_items`` are written.
         """
-        high = 0
+        high = seen
         for opening in first_items:
             await context.write(to_proto(opening))
             high = max(high, opening.seq)
@@ -277,13 +283,27 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         carried: Sequenced | Resend | None = None
         item: Sequenced | Resend
         while True:
-            if carried is None:
-                if subscriber.overflowed and queue.empty():
+            if subscriber.overflowed:
+                # It fell a whole queue behind: its queued events were
+                # dropped, and what it missed is in the log (or in memory
+                # until written). Catch up from there, then go on live.
+                subscriber.overflowed = False
+                replay, recovered = await conversation.events_after(high)
+                if not recovered:
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "this stream fell behind the session; reconnect with the last seq seen",
+                        "this stream fell too far behind the session; "
+                        "reconnect with the last seq seen",
                     )
+                for replayed in replay:
+                    await context.write(to_proto(replayed))
+                    high = max(high, replayed.seq)
+                continue
+            if carried is None:
                 item = await queue.get()
+                if subscriber.overflowed:
+                    carried = item  # only control items survive an overflow
+                    continue
             else:
                 item, carried = carried, None
             if item is END_OF_STREAM:
@@ -300,7 +320,8 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     session.session_id, session.agent, False, session.last_seq, recovered
                 )
                 await context.write(to_proto(Sequenced(0, notice)))
-                high = item.after_seq
+                # Not recovered: the client reloads; live events go on from here.
+                high = item.after_seq if recovered else conversation.published_seq
                 for replayed in replay:
                     await context.write(to_proto(replayed))
                     high = max(high, replayed.seq)
@@ -427,13 +448,6 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-
-
-def _enqueue(subscriber: Subscriber, item: Any) -> None:
-    try:
-        subscriber.queue.put_nowait(item)
-    except asyncio.QueueFull:
-        subscriber.overflowed = True
 
 
 async def _user(context: Context) -> str:

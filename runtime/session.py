@@ -82,6 +82,8 @@ class Session:
     messages: list[ChatMessage] = field(default_factory=list)
     message_agents: list[str] = field(default_factory=list)
     last_seq: int = 0
+    seq_reserved: int = 0
+    """Text deltas may be numbered up to here (durably recorded before they are)."""
     pending: dict[str, PendingCall] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
     switches: list[SwitchRecord] = field(default_factory=list)
@@ -108,6 +110,7 @@ class Session:
             title=row.title,
             state=row.state,
             last_seq=row.last_seq,
+            seq_reserved=row.seq_reserved,
             answered=set(loaded.answered),
         )
         for record in loaded.messages:
@@ -216,15 +219,14 @@ class SessionHub:
     def store(self) -> Store:
         return self._store
 
-    async def open(
-        self, session_id: str, owner: str, after_seq: int | None = None
-    ) -> tuple[Conversation, bool]:
+    async def open(self, session_id: str, owner: str) -> tuple[Conversation, bool]:
         """The owner's live session, created if new; ``(conversation, created)``.
 
-        ``after_seq`` is the last event the opening client saw: a session
-        whose turn was cut off by a restart numbers its next events after it.
-        Raises InvalidArgument for a malformed id and PermissionDenied when
-        the session belongs to someone else.
+        A session whose turn was cut off (by a crash, or by losing its lease)
+        numbers its next events after every seq its text deltas may have
+        used (:attr:`Session.seq_reserved`), so no seq a client saw names a
+        different event. Raises InvalidArgument for a malformed id and
+        PermissionDenied when the session belongs to someone else.
         """
         from runtime.conversation import Conversation
 
@@ -269,10 +271,9 @@ class SessionHub:
             self._live[session_id] = conversation
         if session.state == "running":
             # This process did not run that turn: whoever did is gone, with
-            # text deltas it sent but never wrote. Number after what the
-            # client saw, so no seq it holds is used twice.
-            if after_seq is not None and after_seq > session.last_seq:
-                session.last_seq = after_seq
+            # text deltas it may have sent but never wrote, numbered at most
+            # up to the reservation. Number on after it.
+            session.last_seq = max(session.last_seq, session.seq_reserved)
             await conversation.mark_interrupted()
         return conversation, created
 

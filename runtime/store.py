@@ -43,6 +43,7 @@ sessions = sa.Table(
     sa.Column("agent", sa.String(32), nullable=False),
     sa.Column("state", sa.String(16), nullable=False, server_default="idle"),
     sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("seq_reserved", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -142,6 +143,8 @@ class SessionRow:
     message_count: int
     created_at: datetime
     updated_at: datetime
+    seq_reserved: int = 0
+    """How far text deltas may have been numbered (see :meth:`Store.reserve_seqs`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,7 @@ def _session(row: Any) -> SessionRow:
         message_count=row.message_count,
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
+        seq_reserved=row.seq_reserved,
     )
 
 
@@ -547,6 +551,20 @@ class Store:
                 )
             ).first()
         return None if row is None else row.lease_owner
+
+    async def reserve_seqs(self, session_id: str, upto: int) -> None:
+        """Record that text deltas of the session may be numbered up to ``upto``.
+
+        Deltas are sent before they are written; whoever serves the session
+        after a crash numbers on after ``upto``, so no seq a client saw is
+        reused. Only ever raises the mark.
+        """
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.seq_reserved < upto)
+                .values(seq_reserved=upto)
+            )
 
     async def events_after(self, session_id: str, after_seq: int) -> list[EventRecord]:
         """Log rows holding any event with seq > after_seq, oldest first."""

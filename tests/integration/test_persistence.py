@@ -354,7 +354,7 @@ async def test_a_runtime_killed_mid_turn_keeps_durable_history_and_pending_appro
         assert interrupted["type"] == "error"
         assert interrupted["code"] == "turn_interrupted"
         assert interrupted["metadata"]["retryable"] is True
-        assert interrupted["seq"] == last + 1, "numbered after what the client saw"
+        assert interrupted["seq"] > last, "numbered after every seq the lost deltas had"
         final = await ide.next_frame()
         assert final["is_final"] is True
         assert final["metadata"]["status"] == "failed"

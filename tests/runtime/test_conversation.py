@@ -577,3 +577,46 @@ async def test_a_replay_during_the_write_of_the_text_still_has_the_text(store: S
     replay, _ = await conversation.events_after(0)
     texts = [item.event.text for item in replay if isinstance(item.event, AssistantText)]
     assert "".join(texts) == "a b", "and from the log once it is there, once"
+
+
+class SlowClient:
+    """A stream's gRPC context whose client reads only when let: records writes."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+        self.reading = asyncio.Event()
+
+    async def write(self, message: Any) -> None:
+        await self.reading.wait()
+        self.written.append(message)
+
+    async def abort(self, code: Any, details: str) -> None:
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+async def test_a_stream_that_falls_a_whole_queue_behind_catches_up_from_the_log(
+    store: Store,
+) -> None:
+    from runtime.conversation import END_OF_STREAM
+    from runtime.service import AgentRuntimeServicer
+
+    words = [f"w{n} " for n in range(40)]
+    llm = ScriptedLlm([TextChunk(w) for w in words])
+    conversation, _, session = await make(store, llm, subscriber_queue=4)
+    subscriber = conversation.subscribe()
+    client = SlowClient()
+    pump = asyncio.create_task(
+        AgentRuntimeServicer._pump(conversation, subscriber, [], 0, client)  # type: ignore[arg-type]
+    )
+    await conversation.handle(UserMessage("go"))
+    await conversation.wait_idle()
+    assert subscriber.overflowed, "the client fell more than the queue behind"
+    subscriber.offer(END_OF_STREAM)
+    client.reading.set()
+    await asyncio.wait_for(pump, 5)
+    seqs = [m.seq for m in client.written]
+    assert seqs == sorted(set(seqs)), "in order, nothing twice"
+    text = "".join(m.assistant_delta.text for m in client.written if m.HasField("assistant_delta"))
+    assert text == "".join(words), "every delta arrived, caught up from the log"
+    assert client.written[-1].HasField("turn_done")
+    assert client.written[-1].seq == session.last_seq

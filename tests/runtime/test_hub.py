@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import ConversationSettings
+from runtime.conversation import SEQ_RESERVE_BLOCK, ConversationSettings, UserMessage
 from runtime.errors import PermissionDenied, Unavailable
+from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone
+from runtime.llm import TextChunk
 from runtime.session import SessionHub
 from runtime.store import Store, migrate
+from tests.conftest import fresh_postgres
+from tests.runtime.test_conversation import ScriptedLlm
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
-    await migrate(url)
-    engine = create_engine(url)
-    yield Store(engine)
-    await engine.dispose()
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        else:
+            url = await stack.enter_async_context(fresh_postgres("test_hub"))
+        await migrate(url)
+        engine = create_engine(url)
+        yield Store(engine)
+        await engine.dispose()
 
 
-def hub(store: Store, replica: str) -> SessionHub:
+def hub(store: Store, replica: str, llm: Any = None) -> SessionHub:
     settings = ConversationSettings(model="m")
-    return SessionHub(store, None, settings, default_agent="coder", replica=replica, lease_ttl=60)  # type: ignore[arg-type]
+    return SessionHub(store, llm, settings, default_agent="coder", replica=replica, lease_ttl=60)
 
 
 async def test_a_session_is_served_by_one_replica_and_only_its_owner(store: Store) -> None:
@@ -56,3 +66,53 @@ async def test_reopening_right_after_an_eviction_keeps_the_lease(store: Store) -
     await asyncio.sleep(0)  # let any scheduled release run
     assert await store.lease_owner("s2") == "r1", "the late release did not drop the new lease"
     await replica.close()
+
+
+async def test_a_seq_a_client_saw_is_never_given_to_another_event_after_a_crash(
+    store: Store,
+) -> None:
+    """Two windows; the runtime dies mid-answer after window A saw one more
+    delta than window B. Whoever reopens the session first, the interruption
+    notice gets a seq neither window holds, and both resume recovered."""
+    hold = asyncio.Event()
+    first = hub(
+        store, "r1", ScriptedLlm([TextChunk("a"), TextChunk("b"), TextChunk("c")], hold=hold)
+    )
+    conversation, _ = await first.open("crash", "alice")
+    window_a = conversation.subscribe()
+    await conversation.handle(UserMessage("go"))
+    seen_a: list[Sequenced] = []
+    while len([i for i in seen_a if isinstance(i.event, AssistantText)]) < 3:
+        seen_a.append(await asyncio.wait_for(window_a.queue.get(), 5))
+    deltas = [i.seq for i in seen_a if isinstance(i.event, AssistantText)]
+    b_position = deltas[-2]  # B dropped before the last delta
+    # The process dies: nothing more is written, its lease runs out.
+    await conversation.abandon()
+    await store.release_lease("crash", "r1")
+    hold.set()
+
+    second = hub(store, "r2", ScriptedLlm([TextChunk("again")]))
+    reopened, _ = await second.open("crash", "alice")
+    replay_b, recovered_b = await reopened.events_after(b_position)
+    replay_a, recovered_a = await reopened.events_after(deltas[-1])
+    assert recovered_a
+    assert recovered_b
+    notice_a = [i for i in replay_a if isinstance(i.event, ErrorEvent)]
+    notice_b = [i for i in replay_b if isinstance(i.event, ErrorEvent)]
+    assert notice_a[0].event.code == "turn_interrupted"
+    assert notice_a == notice_b, "both windows get the same notice with the same seq"
+    assert notice_a[0].seq > deltas[-1], "a seq window A saw is not reused"
+    assert notice_a[0].seq > SEQ_RESERVE_BLOCK, "numbered past the reservation"
+    assert not {i.seq for i in replay_b} & set(deltas), "no seq names two events"
+    assert isinstance(replay_a[-1].event, TurnDone)
+    # A position ahead of the log is refused and does not renumber the session.
+    last = reopened.session.last_seq
+    assert await reopened.events_after(last + 10) == ([], False)
+    assert reopened.session.last_seq == last
+    window = reopened.subscribe()
+    await reopened.handle(UserMessage("retry"))
+    retried = await asyncio.wait_for(window.queue.get(), 5)
+    assert retried.seq == last + 1
+    await reopened.wait_idle()
+    await second.close()
+    await first.close()

@@ -420,14 +420,28 @@ async def test_resume_replays_exactly_the_missed_events(runtime_channel: grpc.ai
     assert notice.session_opened.recovered
     replayed_again = await read_turns(again, 2)
     assert summary(replayed_again) == summary(everything[1:])
-    # A client ahead of the log (it saw events a crash lost) is told to reload.
+    # A position ahead of the log is none this session gave out: the client
+    # is told to reload, and the session's numbering is left as it is.
     ahead, ahead_opened = await open_stream(runtime_channel, "resume-1", after=seqs[-1] + 50)
     assert not ahead_opened.session_opened.recovered
+    assert ahead_opened.session_opened.last_seq == seqs[-1]
+    await ahead.write(runtime_pb2.ConverseRequest(resume=runtime_pb2.Resume(after_seq=2**64 - 1)))
+    refused = await ahead.read()
+    assert refused.HasField("session_opened")
+    assert not refused.session_opened.recovered
     await ahead.write(user_message("third"))
     more = await read_until(ahead, "turn_done")
-    assert more[0].seq > seqs[-1] + 50, "numbering continues after what the client saw"
+    assert more[0].seq == seqs[-1] + 1, "a healthy session is never renumbered"
     again.cancel()
     ahead.cancel()
+    # A position past anything SQL can store is refused the same way.
+    huge, huge_opened = await open_stream(runtime_channel, "resume-1", after=2**64 - 1)
+    assert not huge_opened.session_opened.recovered
+    await huge.write(user_message("fourth"))
+    assert (await read_until(huge, "turn_done"))[-1].turn_done.status == (
+        runtime_pb2.TURN_STATUS_COMPLETED
+    )
+    huge.cancel()
 
 
 async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
@@ -511,7 +525,7 @@ async def test_the_pump_merges_deltas_that_queued_up_and_nothing_else() -> None:
     ):
         subscriber.queue.put_nowait(item)
     context = RecordingContext()
-    await AgentRuntimeServicer._pump(None, subscriber, [], context)  # type: ignore[arg-type]
+    await AgentRuntimeServicer._pump(None, subscriber, [], 0, context)  # type: ignore[arg-type]
     kinds = [(m.seq, m.WhichOneof("event")) for m in context.written]
     assert kinds == [
         (3, "assistant_delta"),
