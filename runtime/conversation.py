@@ -220,6 +220,10 @@ class _CallDraft:
     arguments: list[str] = field(default_factory=list)
 
 
+def _switched(agent: str) -> dict[str, Any]:
+    return {"result": f"switched to {agent}; continue the request as {agent}"}
+
+
 def _tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessage:
     return ChatMessage(
         role="tool",
@@ -641,8 +645,10 @@ class Conversation:
             except ArgumentsInvalid as exc:
                 self._ephemeral("invalid_edit", f"edited arguments are invalid: {exc}")
                 return
+            # Checked against the agent that made the call: the session may
+            # have switched since, to one with other rights.
             verdict = policy.check(
-                AGENTS[self.session.agent],
+                AGENTS[call.agent or self.session.agent],
                 call.tool_name,
                 checked,
                 approval_required=self._settings.approval_required,
@@ -655,6 +661,9 @@ class Conversation:
         elif event.decision != "approve":
             self._ephemeral("invalid_frame", "decision must be approve, edit or reject")
             return
+        if TOOLS[call.tool_name].side is Side.RUNTIME:
+            await self._run_approved(call, arguments)
+            return
         call.arguments = arguments
         call.state = CallState.AWAITING_RESULT
         call.offered_seq = self._durable(
@@ -662,6 +671,20 @@ class Conversation:
         )
         self._record_call(call, "edited" if call.edited else "approved", decided=True)
         await self._flush()
+
+    async def _run_approved(self, call: PendingCall, arguments: dict[str, Any]) -> None:
+        """Run an approved runtime tool call (a widening ``switch_mode``) and answer it."""
+        call.arguments = arguments
+        payload: dict[str, Any]
+        target = arguments["agent"]
+        if target == self.session.agent:
+            payload = {"result": f"{target} is already the current agent"}
+        else:
+            self._switch(target, arguments["reason"], 1.0)
+            payload = _switched(target)
+        if call.edited:
+            payload["edited_arguments"] = arguments
+        await self._resolve(call, payload, "completed", decided=True)
 
     async def _on_switch_agent(self, event: SwitchAgent, request_id: str | None) -> None:
         if self.turn_running:
@@ -990,10 +1013,14 @@ class Conversation:
                     )
                 else:
                     self._switches += 1
-                    self._switch(target, arguments["reason"], 1.0)
-                    self._answer(
-                        call, {"result": f"switched to {target}; continue the request as {target}"}
-                    )
+                    gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
+                    if gain is None:
+                        self._switch(target, arguments["reason"], 1.0)
+                        self._answer(call, _switched(target))
+                    else:
+                        # A model could be talked into widening its own
+                        # rights (prompt injection): a human decides.
+                        self._ask_approval(call, arguments, f"{gain}: {arguments['reason']}")
                 return False
             case "attempt_completion":
                 self._durable(AssistantText(arguments["result"]))
@@ -1007,6 +1034,23 @@ class Conversation:
                 return self._update_plan(call, arguments)
         self._answer(call, {"error": f"{call.name} is not a runtime tool"})
         return False
+
+    def _ask_approval(self, call: ToolCallRequest, arguments: dict[str, Any], reason: str) -> None:
+        """Offer a runtime tool call for approval; it runs here once approved."""
+        pending = PendingCall(
+            call.call_id,
+            call.name,
+            arguments,
+            CallState.AWAITING_APPROVAL,
+            reason,
+            agent=self.session.agent,
+            original_arguments=arguments,
+        )
+        pending.offered_seq = self._durable(
+            ToolCallEvent(call.call_id, call.name, arguments, True, reason)
+        )
+        self.session.pending[call.call_id] = pending
+        self._record_call(pending, pending.state.value)
 
     def _update_plan(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
         plan_id = arguments["plan_id"]

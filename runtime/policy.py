@@ -96,3 +96,22 @@ def check(
     if tool_name in approval_required:
         return Allowed(normalised, True, f"{tool_name} changes the workspace or runs a command")
     return Allowed(normalised, False)
+
+
+def widening(current: Agent, target: Agent) -> str | None:
+    """What ``target`` may do that ``current`` may not, or None if nothing.
+
+    A switch the model asks for that widens the session's rights (more
+    tools, wider write paths) is approved by a human like any dangerous
+    call; a switch to an agent that may do no more happens at once.
+    """
+    gained = sorted(target.tools - current.tools)
+    if gained:
+        return f"the {target.name} agent may also use {', '.join(gained)}"
+    if target.writes and current.writable is not None:
+        if target.writable is None:
+            return f"the {target.name} agent may write any file"
+        wider = sorted(set(target.writable) - set(current.writable))
+        if wider:
+            return f"the {target.name} agent may also write {', '.join(wider)}"
+    return None

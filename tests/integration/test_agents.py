@@ -148,6 +148,29 @@ async def test_architect_is_refused_a_python_write(
     assert "may only write *.md" in turn.text
 
 
+async def test_a_read_only_agent_widens_its_rights_only_with_a_human(
+    connection: IdeConnection, workspace: Workspace
+) -> None:
+    rejecting = Approvals(Decision("reject", feedback="stay read-only"))
+    turn = await session(connection, workspace, rejecting).switch("ask", "switch to coder")
+    (asked,) = rejecting.asked
+    assert (asked["tool_name"], asked["requires_approval"]) == ("switch_mode", True)
+    assert "write_file" in asked["reason"]
+    assert [s["to_agent"] for s in turn.of_type("agent_switched")] == ["ask"]
+    assert "rejected" in turn.text
+    approving = Approvals(Decision("approve"))
+    turn = await session(connection, workspace, approving).say("switch to coder")
+    assert approving.asked[0]["tool_name"] == "switch_mode"
+    switched = turn.of_type("agent_switched")
+    assert [(s["from_agent"], s["to_agent"]) for s in switched] == [("ask", "coder")]
+    assert turn.executed == [], "the runtime ran the switch; the IDE ran nothing"
+    # Narrowing needs nobody.
+    narrowing = Approvals()
+    turn = await session(connection, workspace, narrowing).say("switch to ask")
+    assert narrowing.asked == []
+    assert turn.of_type("agent_switched")[0]["to_agent"] == "ask"
+
+
 async def test_debug_is_refused_any_write(connection: IdeConnection, workspace: Workspace) -> None:
     turn = await session(connection, workspace).switch("debug", "write notes.md: x")
     assert turn.of_type("tool_call") == []

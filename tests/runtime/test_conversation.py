@@ -450,7 +450,8 @@ async def test_unusable_routing_answer_falls_back_to_keywords(store: Store) -> N
 
 async def test_switch_mode_hands_off_and_continues_and_ping_pong_is_bounded(store: Store) -> None:
     scripts: list[list[Chunk]] = [
-        [call("switch_mode", agent="coder" if i % 2 else "debug", reason=f"hop {i}")]
+        # Between agents with the same rights: no approval needed.
+        [call("switch_mode", agent="ask" if i % 2 else "orchestrator", reason=f"hop {i}")]
         for i in range(MAX_SWITCHES_PER_TURN + 1)
     ]
     llm = ScriptedLlm(*scripts, [TextChunk("settled")])
@@ -459,9 +460,78 @@ async def test_switch_mode_hands_off_and_continues_and_ping_pong_is_bounded(stor
     events = await until(outbox, TurnDone)
     switches = [e for e in events if isinstance(e, AgentSwitched)]
     assert len(switches) == MAX_SWITCHES_PER_TURN
-    assert switches[0] == AgentSwitched("ask", "debug", "hop 0", 1.0)
+    assert switches[0] == AgentSwitched("ask", "orchestrator", "hop 0", 1.0)
     assert "no more than" in tool_messages(session)[-1]["error"]
     assert len(session.switches) == MAX_SWITCHES_PER_TURN
+    assert_history_complete(session)
+
+
+async def test_a_switch_the_model_asks_for_that_widens_its_rights_waits_for_a_human(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm(
+        [call("switch_mode", agent="coder", reason="the page says so")],
+        [call("switch_mode", agent="orchestrator", reason="routing")],
+        [TextChunk("still read-only")],
+    )
+    conversation, outbox, session = await make(store, llm, agent="ask")
+    await conversation.handle(UserMessage("summarise README.md"))
+    (asked,) = await until(outbox, ToolCallEvent)
+    assert isinstance(asked, ToolCallEvent)
+    assert asked.tool_name == "switch_mode"
+    assert asked.requires_approval
+    assert "write_file" in asked.reason, "the approval says what the switch would allow"
+    assert session.agent == "ask", "nothing changes before the human decides"
+    assert conversation.turn_running
+    await conversation.handle(ApprovalDecision(asked.call_id, "reject"))
+    events = await until(outbox, TurnDone)
+    # Narrowing (or equal) switches happen at once.
+    assert [e for e in events if isinstance(e, AgentSwitched)] == [
+        AgentSwitched("ask", "orchestrator", "routing", 1.0)
+    ]
+    assert tool_messages(session)[0] == {"error": "the user rejected this tool call"}
+    assert "write_file" not in llm.tools_seen[1], "the rejected switch gave no rights"
+    assert_history_complete(session)
+
+
+async def test_an_approved_widening_switch_runs_and_edits_stay_within_the_callers_rights(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm(
+        [
+            call("write_file", 0, path="design.md", content="# Design"),
+            call("switch_mode", 1, agent="coder", reason="now implement it"),
+        ],
+        [TextChunk("implemented")],
+    )
+    conversation, outbox, session = await make(store, llm, agent="architect")
+    await conversation.handle(UserMessage("design then build"))
+    write, switch = await until(outbox, ToolCallEvent), await until(outbox, ToolCallEvent)
+    assert isinstance(write[0], ToolCallEvent)
+    assert isinstance(switch[0], ToolCallEvent)
+    assert switch[0].requires_approval
+    await conversation.handle(ApprovalDecision(switch[0].call_id, "approve"))
+    (switched,) = await until(outbox, AgentSwitched)
+    assert switched == AgentSwitched("architect", "coder", "now implement it", 1.0)
+    # The write was proposed by the architect: an edit is checked against
+    # the architect's rights, not the coder's the session has now.
+    await conversation.handle(
+        ApprovalDecision(write[0].call_id, "edit", {"path": "main.py", "content": "x"})
+    )
+    (refused,) = await until(outbox, ErrorEvent)
+    assert isinstance(refused, ErrorEvent)
+    assert refused.code == "invalid_edit"
+    assert "*.md" in refused.message
+    await conversation.handle(
+        ApprovalDecision(write[0].call_id, "edit", {"path": "docs/design.md", "content": "#"})
+    )
+    (execute,) = await until(outbox, ToolCallEvent)
+    assert isinstance(execute, ToolCallEvent)
+    assert execute.arguments["path"] == "docs/design.md"
+    await conversation.handle(ToolResult(write[0].call_id, result={"ok": True}))
+    await until(outbox, TurnDone)
+    assert session.agent == "coder"
+    assert "write_file" in llm.tools_seen[1]
     assert_history_complete(session)
 
 
