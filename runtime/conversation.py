@@ -79,6 +79,12 @@ _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancell
 
 MAX_SWITCHES_PER_TURN = 3
 MAX_MODEL_CALLS_PER_TURN = 25
+MAX_FILE_CHANGES = 256
+"""Changed paths a session remembers until its next turn; more are only counted."""
+NOTICE_MAX_PATHS = 50
+NOTICE_MAX_CHARS = 4000
+"""What the model is told of changed files: at most this many paths and
+characters of paths; the rest as a count."""
 SEQ_RESERVE_BLOCK = 4096
 """Text-delta sequence numbers reserved per database write (see ``_reserve_seqs``)."""
 CHARS_PER_TOKEN_BOUND = 8
@@ -514,13 +520,8 @@ class Conversation:
                 await self._on_switch_agent(event, request_id)
             case PlanApproval():
                 await self._on_plan_approval(event)
-            case FileChanged(path=path, timestamp=timestamp):
-                try:
-                    normal = policy.workspace_path(path)
-                except policy.PathRefused as exc:
-                    self._ephemeral("invalid_path", str(exc))
-                    return
-                self.session.file_changes[normal] = timestamp
+            case FileChanged():
+                self._on_file_changed(event)
 
     async def _on_user_message(self, event: UserMessage, request_id: str | None) -> None:
         if self.turn_running:
@@ -559,11 +560,37 @@ class Conversation:
         await self._flush(state="running")
         self._turn = asyncio.create_task(self._advance())
 
+    def _on_file_changed(self, event: FileChanged) -> None:
+        """Remember a changed file for the next turn: coalesced per path, at
+        most ``MAX_FILE_CHANGES`` paths (more are only counted)."""
+        try:
+            normal = policy.workspace_path(event.path)
+        except policy.PathRefused as exc:
+            self._ephemeral("invalid_path", str(exc))
+            return
+        session = self.session
+        if normal in session.file_changes or len(session.file_changes) < MAX_FILE_CHANGES:
+            session.file_changes[normal] = event.timestamp
+        else:
+            session.file_changes_dropped += 1
+
     def _notice_file_changes(self) -> None:
-        changes = self.session.file_changes
+        """Tell the model which files changed, in one bounded message."""
+        session = self.session
+        changes = session.file_changes
         if not changes:
             return
-        listing = ", ".join(sorted(changes))
+        listed: list[str] = []
+        size = 0
+        for path in sorted(changes):
+            if len(listed) == NOTICE_MAX_PATHS or size + len(path) > NOTICE_MAX_CHARS:
+                break
+            listed.append(path)
+            size += len(path) + 2
+        more = len(changes) - len(listed) + session.file_changes_dropped
+        listing = ", ".join(listed)
+        if more:
+            listing += f" and {more} more change{'s' if more != 1 else ''}"
         self._append_message(
             ChatMessage(
                 role="user",
@@ -574,6 +601,7 @@ class Conversation:
             )
         )
         changes.clear()
+        session.file_changes_dropped = 0
 
     async def _on_cancel(self) -> None:
         if not self.turn_running:

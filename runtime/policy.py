@@ -23,6 +23,9 @@ DEFAULT_APPROVAL_REQUIRED = frozenset(
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
+MAX_PATH_LENGTH = 4096
+"""Characters in a workspace path (Linux's PATH_MAX); longer ones are refused."""
+
 
 class PathRefused(ValueError):
     """A path is absolute, escapes the workspace or is otherwise unusable."""
@@ -35,6 +38,8 @@ def workspace_path(raw: str) -> str:
     letters, ``~``, NUL bytes and anything that resolves outside the
     workspace with ``..`` are refused. ``""`` and ``"."`` mean the root.
     """
+    if len(raw) > MAX_PATH_LENGTH:
+        raise PathRefused(f"path is longer than {MAX_PATH_LENGTH} characters")
     if "\x00" in raw:
         raise PathRefused("path contains a NUL byte")
     path = raw.replace("\\", "/")

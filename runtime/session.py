@@ -89,6 +89,9 @@ class Session:
     switches: list[SwitchRecord] = field(default_factory=list)
     plans: dict[str, tuple[PlanStep, ...]] = field(default_factory=dict)
     file_changes: dict[str, float] = field(default_factory=dict)
+    """Files the IDE saw change since the last turn (bounded, see Conversation)."""
+    file_changes_dropped: int = 0
+    """Changes not kept because ``file_changes`` was full."""
 
     def next_seq(self) -> int:
         self.last_seq += 1

@@ -594,6 +594,41 @@ async def test_file_changes_reach_the_model_once_coalesced(store: Store) -> None
     assert sum("[IDE notice]" in m.content for m in llm.seen[1]) == 1, "not repeated"
 
 
+async def test_file_changes_are_bounded_in_memory_and_in_what_the_model_reads(
+    store: Store,
+) -> None:
+    from runtime.conversation import MAX_FILE_CHANGES, NOTICE_MAX_CHARS, NOTICE_MAX_PATHS
+
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, session = await make(store, llm)
+    await conversation.handle(FileChanged("x" * 100_000, 1.0))
+    (too_long,) = await until(outbox, ErrorEvent)
+    assert isinstance(too_long, ErrorEvent)
+    assert too_long.code == "invalid_path"
+    assert session.file_changes == {}
+    for n in range(MAX_FILE_CHANGES * 4):
+        await conversation.handle(FileChanged(f"src/{n:05d}.py", float(n)))
+    assert len(session.file_changes) == MAX_FILE_CHANGES, "kept paths are bounded"
+    await conversation.handle(FileChanged("src/00000.py", 9.0))
+    assert len(session.file_changes) == MAX_FILE_CHANGES, "a known path is coalesced"
+    await conversation.handle(UserMessage("go"))
+    await until(outbox, TurnDone)
+    (notice,) = [m.content for m in llm.seen[0] if "[IDE notice]" in m.content]
+    assert notice.count("src/") == NOTICE_MAX_PATHS
+    assert f"and {MAX_FILE_CHANGES * 4 - NOTICE_MAX_PATHS} more changes" in notice
+    # Long paths: the notice stays within its character budget.
+    for n in range(10):
+        await conversation.handle(FileChanged(f"long/{n}/" + "d" * 3000, float(n)))
+    await conversation.handle(UserMessage("again"))
+    await until(outbox, TurnDone)
+    notice = [m.content for m in llm.seen[1] if "[IDE notice]" in m.content][-1]
+    assert len(notice) < NOTICE_MAX_CHARS + 300
+    assert notice.count("long/") == 1
+    assert "and 9 more changes" in notice
+    assert session.file_changes == {}
+    assert session.file_changes_dropped == 0
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 129, "white space", "../etc"])
 def test_malformed_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument):
