@@ -32,7 +32,7 @@ variable                          default              meaning
 ``DETACH_GRACE``                  ``10``               seconds a streaming turn continues with
                                                        no client attached before it is cancelled
 ``SUBSCRIBER_QUEUE``              ``1024``             events buffered per stream; a stream
-                                                       further behind is ended (client resumes)
+                                                       further behind catches up from the log
 ``MAX_REPLAY``                    ``100000``           a client further behind reloads history
 ``REPLICA_ID``                    ``HOSTNAME:PORT``    this replica's name in session leases (stable
                                                        across restarts of the same slot)

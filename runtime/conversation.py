@@ -159,7 +159,8 @@ class ConversationSettings:
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
-    """Events buffered per attached stream; a stream that falls further behind is ended."""
+    """Events buffered per attached stream; a stream that falls further behind
+    catches up from the log (see :class:`Subscriber`)."""
     max_replay: int = 100_000
     """A client further behind than this many events is told to reload instead."""
 
