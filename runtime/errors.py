@@ -30,6 +30,12 @@ class Unauthenticated(RuntimeServiceError):
     code = "unauthenticated"
 
 
+class AlreadyExists(RuntimeServiceError):
+    """A name that must be unique is taken (whose it is is not said)."""
+
+    code = "already_exists"
+
+
 class Conflict(RuntimeServiceError):
     """The request is valid but not now (e.g. a turn is already running)."""
 

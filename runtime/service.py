@@ -66,6 +66,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "conflict": grpc.StatusCode.ABORTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from runtime.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
@@ -299,11 +305,17 @@ class SessionHub:
         return self._live.get(session_id)
 
     async def create(self, session_id: str, owner: str, title: str) -> SessionRow:
+        """A new session of ``owner``'s. Raises InvalidArgument for a malformed
+        id and AlreadyExists for a taken one — the same whoever holds it, so
+        the answer tells nothing about another user's session but that its
+        id is taken (session ids are one namespace; generated ones are random)."""
         check_session_id(session_id)
         try:
             return await self._store.create_session(session_id, owner, self._default_agent, title)
         except SessionExists:
-            raise InvalidArgument(f"session {session_id!r} already exists") from None
+            raise AlreadyExists(
+                f"session id {session_id!r} is taken; choose another or let the server pick one"
+            ) from None
 
     def _evict(self, conversation: Conversation) -> None:
         session_id = conversation.session.session_id
