@@ -111,6 +111,8 @@ class AgentRuntimeServiceServicer:
 
     def CreateSession(self, request, context):
         """CreateSession creates an empty session owned by the calling user.
+        ALREADY_EXISTS when the requested id is taken (by anyone: the status
+        says nothing of whose), INVALID_ARGUMENT for a malformed id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

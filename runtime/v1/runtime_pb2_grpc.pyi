@@ -49,7 +49,10 @@ class AgentRuntimeServiceStub:
     GetCurrentAgent: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetCurrentAgentRequest, _runtime_pb2.GetCurrentAgentResponse]
     """GetCurrentAgent returns the agent currently serving a session."""
     CreateSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.CreateSessionRequest, _runtime_pb2.CreateSessionResponse]
-    """CreateSession creates an empty session owned by the calling user."""
+    """CreateSession creates an empty session owned by the calling user.
+    ALREADY_EXISTS when the requested id is taken (by anyone: the status
+    says nothing of whose), INVALID_ARGUMENT for a malformed id.
+    """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListSessionsRequest, _runtime_pb2.ListSessionsResponse]
     """ListSessions lists the calling user's sessions, newest first."""
     GetSessionHistory: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetSessionHistoryRequest, _runtime_pb2.GetSessionHistoryResponse]
@@ -78,7 +81,10 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     GetCurrentAgent: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetCurrentAgentRequest, _runtime_pb2.GetCurrentAgentResponse]  # type: ignore[assignment]
     """GetCurrentAgent returns the agent currently serving a session."""
     CreateSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.CreateSessionRequest, _runtime_pb2.CreateSessionResponse]  # type: ignore[assignment]
-    """CreateSession creates an empty session owned by the calling user."""
+    """CreateSession creates an empty session owned by the calling user.
+    ALREADY_EXISTS when the requested id is taken (by anyone: the status
+    says nothing of whose), INVALID_ARGUMENT for a malformed id.
+    """
     ListSessions: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListSessionsRequest, _runtime_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """ListSessions lists the calling user's sessions, newest first."""
     GetSessionHistory: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetSessionHistoryRequest, _runtime_pb2.GetSessionHistoryResponse]  # type: ignore[assignment]
@@ -128,7 +134,10 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runtime_pb2.CreateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_pb2.CreateSessionResponse, _abc.Awaitable[_runtime_pb2.CreateSessionResponse]]:
-        """CreateSession creates an empty session owned by the calling user."""
+        """CreateSession creates an empty session owned by the calling user.
+        ALREADY_EXISTS when the requested id is taken (by anyone: the status
+        says nothing of whose), INVALID_ARGUMENT for a malformed id.
+        """
 
     @_abc_1.abstractmethod
     def ListSessions(

@@ -378,7 +378,8 @@ async def test_sessions_history_and_current_agent_are_owner_scoped(
         await stub.CreateSession(
             runtime_pb2.CreateSessionRequest(session_id="bob-1"), metadata=alice
         )
-    assert duplicate.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "bob" not in (duplicate.value.details() or "").replace("bob-1", "")
 
 
 def summary(responses: list[runtime_pb2.ConverseResponse]) -> tuple[str, list[Any]]:
