@@ -22,7 +22,8 @@ class GatewayConfig:
     jwt_issuer: str = "http://127.0.0.1:8003"
     jwt_audience: str = "codelab-api"
     jwt_leeway: float = 30.0
-    jwt_require_at_jwt: bool = False
+    jwt_require_at_jwt: bool = True
+    """Only ``typ: at+jwt`` tokens (RFC 9068); False also takes ``JWT`` or none."""
     jwks_ttl: float = 300.0
     jwks_min_refetch_interval: float = 10.0
     jwks_timeout: float = 5.0

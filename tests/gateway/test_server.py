@@ -130,6 +130,46 @@ async def test_expired_token_is_401(edge: Edge):
     assert token.encode() not in response.body
 
 
+async def _agents_view_status(edge: Edge, token: str) -> int:
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(
+            edge.http("/api/v1/agents"), headers={"Authorization": f"Bearer {token}"}
+        )
+    return reply.status_code
+
+
+@pytest.mark.parametrize("typ", ["JWT", None, "id+jwt"])
+async def test_tokens_not_typed_at_jwt_are_401_by_default(edge: Edge, typ: str | None):
+    # Signed by the issuer, every claim right: only the typ header is wrong.
+    token = mint(edge.key, headers={"typ": typ})
+    response = await refused_status(edge, additional_headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert json.loads(response.body)["error_description"] == "not an access token"
+    assert await _agents_view_status(edge, token) == 401
+    assert edge.fake.metadata == []
+    assert edge.fake.unary_metadata == []
+
+
+async def test_at_jwt_tokens_open_the_socket_and_the_views(edge: Edge):
+    token = mint(edge.key, headers={"typ": "at+jwt"})
+    async with edge.connect(token=token) as ws:
+        await opened(ws)
+    assert await _agents_view_status(edge, token) == 200
+
+
+@pytest.mark.parametrize("typ", ["JWT", None])
+async def test_without_require_at_jwt_untyped_tokens_are_accepted(
+    edge_factory: Any, typ: str | None
+):
+    async with edge_factory(jwt_require_at_jwt=False) as edge:
+        token = mint(edge.key, headers={"typ": typ})
+        async with edge.connect(token=token) as ws:
+            await opened(ws)
+        assert await _agents_view_status(edge, token) == 200
+        other = mint(edge.key, headers={"typ": "id+jwt"})
+        assert await _agents_view_status(edge, other) == 401
+
+
 async def test_unreachable_issuer_is_503(edge: Edge):
     edge.jwks.status = 500
     token = mint(edge.key)
