@@ -208,6 +208,21 @@ async def test_health_and_unknown_paths(edge: Edge):
         assert missing.json()["error"] == "not_found"
 
 
+async def test_metrics_are_served_on_their_own_port_not_the_public_one(edge_factory: Any):
+    metrics_port = free_port()
+    async with edge_factory(metrics_port=metrics_port) as edge, httpx.AsyncClient() as client:
+        public = await client.get(edge.http("/metrics"))
+        assert public.status_code == 404
+        assert public.json()["error"] == "not_found"
+        scraped = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        # The public 404 above is counted, so these are this gateway's series.
+        assert 'codelab_gateway_handshakes_refused_total{status="404"} 1.0' in scraped.text
+        assert "codelab_gateway_connections_open 0.0" in scraped.text
+        assert (await client.get(f"http://127.0.0.1:{metrics_port}/health")).status_code == 404
+
+
 # -- frames --------------------------------------------------------------
 
 
