@@ -5,6 +5,8 @@
 gateway handles itself, raising :class:`~gateway.errors.FrameError` for
 anything unusable. :func:`response_to_frame` turns one ``ConverseResponse``
 into the JSON object the IDE receives, and :func:`encode` serialises it.
+:func:`last_seq_from_query` reads the handshake's ``?last_seq=`` within the
+same bound as a ``resume`` frame (:data:`MAX_SEQ`).
 
 Every frame sent to the IDE carries ``seq``: the session's event number for
 runtime events, ``None`` for frames the gateway makes itself (those are not
@@ -42,7 +44,11 @@ MAX_NESTING = 32
 """Deepest nesting of an object forwarded as a ``Struct``: protobuf refuses
 to parse messages nested deeper than 100 levels, and each JSON level costs
 two (``Value`` and ``Struct``/``ListValue``)."""
-MAX_SEQ = 2**64 - 1
+MAX_SEQ = 2**63 - 1
+"""The largest ``last_seq`` a client may send (in a ``resume`` frame or the
+WebSocket URL): the runtime stores sequence numbers as signed 64-bit
+integers (SQL ``BIGINT``), so anything larger could never be a real one and
+would fail in the database instead of here."""
 
 _DECISIONS = {
     "approve": runtime_pb2.DECISION_APPROVE,
@@ -187,8 +193,19 @@ def _resume(data: Mapping[str, Any]) -> IdeAction:
     if value is None:
         raise FrameError("missing_field", "'last_seq' is required")
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
-        raise FrameError("invalid_field", "'last_seq' must be a non-negative integer")
+        raise FrameError("invalid_field", f"'last_seq' must be an integer from 0 to {MAX_SEQ}")
     return runtime_pb2.ConverseRequest(resume=runtime_pb2.Resume(after_seq=value))
+
+
+def last_seq_from_query(text: str) -> int | None:
+    """The ``last_seq`` of a WebSocket URL's query: ASCII decimal digits
+    naming 0 to :data:`MAX_SEQ`; None for anything else."""
+    # isdigit() alone would pass "²", which int() refuses; the length check
+    # keeps int() away from huge digit strings.
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_SEQ)):
+        return None
+    value = int(text)
+    return value if value <= MAX_SEQ else None
 
 
 _PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {

@@ -55,6 +55,7 @@ from gateway.codes import (
 from gateway.config import GatewayConfig
 from gateway.connection import Connections, Handshake
 from gateway.errors import InvalidToken, KeysUnavailable
+from gateway.frames import MAX_SEQ, last_seq_from_query
 from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, retry_after
 from gateway.metrics import GatewayMetrics
@@ -403,11 +404,13 @@ class Gateway:
         resume_after_seq: int | None = None
         last_seq = parse_qs(url.query).get("last_seq")
         if last_seq:
-            if not last_seq[0].isdigit() or len(last_seq[0]) > 20 or int(last_seq[0]) >= 2**64:
+            resume_after_seq = last_seq_from_query(last_seq[0])
+            if resume_after_seq is None:
                 return refuse(
-                    http.HTTPStatus.BAD_REQUEST, "invalid_last_seq", "last_seq is not an integer"
+                    http.HTTPStatus.BAD_REQUEST,
+                    "invalid_last_seq",
+                    f"last_seq must be an integer from 0 to {MAX_SEQ}",
                 )
-            resume_after_seq = int(last_seq[0])
         if not origin_allowed(request.headers, self._config.allowed_origins):
             log.info("handshake_refused", session_id=session_id, reason="origin")
             return refuse(http.HTTPStatus.FORBIDDEN, "origin_not_allowed", "origin not allowed")

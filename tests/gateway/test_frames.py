@@ -12,9 +12,11 @@ from google.protobuf import struct_pb2
 from gateway.errors import FrameError
 from gateway.frames import (
     MAX_NESTING,
+    MAX_SEQ,
     Reauthenticate,
     encode,
     error_frame,
+    last_seq_from_query,
     parse_frame,
     response_to_frame,
 )
@@ -327,7 +329,7 @@ def test_round_trip_of_file_content_is_exact():
     assert request.tool_result.result["content"] == content
 
 
-@pytest.mark.parametrize("last_seq", [0, 7, 2**64 - 1])
+@pytest.mark.parametrize("last_seq", [0, 7, 2**63 - 1])
 def test_resume_frame(last_seq: int):
     request = parse_frame(json.dumps({"type": "resume", "last_seq": last_seq}))
     assert isinstance(request, pb.ConverseRequest)
@@ -340,16 +342,40 @@ def test_resume_frame(last_seq: int):
     [
         (None, "missing_field"),
         (-1, "invalid_field"),
+        # The database keeps sequence numbers as signed 64-bit integers.
+        (2**63, "invalid_field"),
+        (2**64 - 1, "invalid_field"),
         (2**64, "invalid_field"),
+        (10**30, "invalid_field"),
         (1.0, "invalid_field"),
+        (1e300, "invalid_field"),
         ("3", "invalid_field"),
         (True, "invalid_field"),
+        (False, "invalid_field"),
+        ([1], "invalid_field"),
     ],
 )
-def test_resume_needs_a_non_negative_integer(last_seq: object, code: str):
+def test_resume_needs_an_integer_from_0_to_max_seq(last_seq: object, code: str):
     with pytest.raises(FrameError) as caught:
         parse_frame(json.dumps({"type": "resume", "last_seq": last_seq}))
     assert caught.value.code == code
+
+
+def test_max_seq_is_what_a_signed_64_bit_column_holds():
+    assert MAX_SEQ == 2**63 - 1
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("42", 42), (str(2**63 - 1), 2**63 - 1)])
+def test_last_seq_from_query(text: str, value: int):
+    assert last_seq_from_query(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [str(2**63), str(2**64 - 1), "9" * 5000, "-1", "+1", "1.5", "1e3", "abc", "²", "٣", " 1", ""],
+)
+def test_last_seq_from_query_refuses_what_no_seq_can_be(text: str):
+    assert last_seq_from_query(text) is None
 
 
 def _nested(depth: int) -> Any:

@@ -77,6 +77,27 @@ async def test_api_v1_path_and_resume_from_last_seq(edge: Edge):
     assert request.open.resume_after_seq == 17
 
 
+async def test_the_largest_last_seq_the_database_holds_is_resumed(edge: Edge):
+    async with edge.connect(f"/ws/s?last_seq={2**63 - 1}") as ws:
+        await opened(ws)
+    assert (await edge.fake.next_request()).open.resume_after_seq == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "last_seq",
+    [str(2**63), str(2**64 - 1), "9" * 5000, "-1", "1.5", "true", "abc", "%C2%B2", "%D9%A3"],
+)
+async def test_a_last_seq_no_session_can_have_is_400_at_the_handshake(edge: Edge, last_seq: str):
+    response = await refused_status(edge, path=f"/ws/s?last_seq={last_seq}")
+    assert response.status_code == 400
+    assert json.loads(response.body) == {
+        "error": "invalid_last_seq",
+        "error_description": f"last_seq must be an integer from 0 to {2**63 - 1}",
+    }
+    assert edge.fake.metadata == []
+    assert edge.fake.unary_metadata == []
+
+
 async def test_without_last_seq_resume_is_unset(edge: Edge):
     async with edge.connect() as ws:
         await opened(ws)
@@ -383,10 +404,16 @@ async def test_resume_frame_asks_the_runtime_to_replay(edge: Edge):
         await ws.send(json.dumps({"type": "resume", "last_seq": 41}))
         frame = await receive(ws)
         assert (frame["content"], frame["seq"]) == ("replayed", 42)
-        await ws.send(json.dumps({"type": "resume", "last_seq": -1}))
-        assert (await receive(ws))["code"] == "invalid_field"
+        for bad in (-1, 2**63, 2**64, 1.5, "7", True):
+            await ws.send(json.dumps({"type": "resume", "last_seq": bad}))
+            error = await receive(ws)
+            assert (error["type"], error["code"]) == ("error", "invalid_field")
+        # The connection is still up and still resumes.
+        await ws.send(json.dumps({"type": "resume", "last_seq": 2**63 - 2}))
+        assert (await receive(ws))["seq"] == 2**63 - 1
     await edge.fake.next_request()  # open
     assert (await edge.fake.next_request()).resume.after_seq == 41
+    assert (await edge.fake.next_request()).resume.after_seq == 2**63 - 2
 
 
 async def test_stop_closes_connections_with_service_restart(edge: Edge):
