@@ -269,6 +269,24 @@ async def test_invalid_frames_get_error_frames_and_the_connection_survives(edge:
     assert (await edge.fake.next_request()).user_message.content == "still here"
 
 
+async def test_overlong_fields_get_error_frames_and_are_not_forwarded(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        for frame in [
+            {"type": "file_changed", "path": "a" * 100_000, "timestamp": 1_700_000_000},
+            {"type": "switch_agent", "agent_type": "coder", "reason": "r" * 100_000},
+            {"type": "hitl_decision", "call_id": "c" * 100_000, "decision": "approve"},
+        ]:
+            await ws.send(json.dumps(frame))
+            error = await receive(ws)
+            assert (error["type"], error["code"]) == ("error", "invalid_field")
+            assert "is longer than" in error["content"]
+        await ws.send(json.dumps({"type": "file_changed", "path": "src/a.py", "timestamp": 1}))
+        await edge.fake.next_request()  # open
+        # The first thing the runtime hears after open is the valid frame.
+        assert (await edge.fake.next_request()).file_changed.path == "src/a.py"
+
+
 async def test_other_frames_are_forwarded(edge: Edge):
     async with edge.connect() as ws:
         await opened(ws)
