@@ -3,8 +3,10 @@
 Reads ``GATEWAY__*`` once (see :class:`gateway.config.GatewayConfig`), builds
 the JWKS client, the runtime channel (TLS, with a client certificate for
 mTLS, when ``RUNTIME_TLS_*`` are set), the revocation feed (when
-``REVOCATIONS_URL`` is set) and the server, serves until SIGTERM or SIGINT,
-then closes every WebSocket with 1012 (service restart).
+``REVOCATIONS_URL`` is set), the Prometheus endpoint (when ``METRICS_PORT``
+is set: ``GET /metrics`` on that port only, never on the public one) and the
+server, serves until SIGTERM or SIGINT, then closes every WebSocket with
+1012 (service restart).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.server import Gateway
 from mesh.env import ConfigError, Env
 from mesh.grpc_server import channel_options, grpc_target, health_check
 from mesh.logs import configure_logging
+from mesh.metrics import MetricsServer
 from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
@@ -43,7 +46,8 @@ async def running_gateway(
 
     Tests use this to run the real composition in-process (``port=0`` picks
     a free port; read it from :attr:`Gateway.port`). Metrics go to
-    ``registry`` (default: a new one) and are served at ``GET /metrics``.
+    ``registry`` (default: a new one), served at ``GET /metrics`` on
+    ``metrics_port`` when it is set.
     """
     async with contextlib.AsyncExitStack() as stack:
         http_client = await stack.enter_async_context(
@@ -72,16 +76,21 @@ async def running_gateway(
             reply = await check(health_pb2.HealthCheckRequest(), timeout=config.view_timeout)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
+        metrics = GatewayMetrics(registry)
         gateway = Gateway(
             config,
             verifier,
             runtime,
             revocations=revocations,
-            metrics=GatewayMetrics(registry),
+            metrics=metrics,
             ready_checks={"runtime": runtime_serving, "jwks": keys.loaded},
         )
         stack.push_async_callback(gateway.stop)
         await gateway.start()
+        if config.metrics_port:
+            exporter = MetricsServer(metrics.registry, config.host, config.metrics_port)
+            await exporter.start()
+            stack.push_async_callback(exporter.stop)
         if config.revocations_url:
             feed = RevocationFeed(
                 http_client,

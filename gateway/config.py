@@ -22,7 +22,8 @@ class GatewayConfig:
     jwt_issuer: str = "http://127.0.0.1:8003"
     jwt_audience: str = "codelab-api"
     jwt_leeway: float = 30.0
-    jwt_require_at_jwt: bool = False
+    jwt_require_at_jwt: bool = True
+    """Only ``typ: at+jwt`` tokens (RFC 9068); False also takes ``JWT`` or none."""
     jwks_ttl: float = 300.0
     jwks_min_refetch_interval: float = 10.0
     jwks_timeout: float = 5.0
@@ -39,6 +40,9 @@ class GatewayConfig:
     shutdown_delay: float = 0.0
     """Seconds ``/ready`` answers 503 before the listener closes on SIGTERM."""
     log_level: str = "INFO"
+    metrics_port: int = 0
+    """Prometheus ``GET /metrics`` on ``host`` at this port, apart from the
+    public one; 0 serves no metrics."""
     # -- the edge under attack (docs/GATEWAY.md) --
     allowed_origins: tuple[str, ...] = ()
     """WebSocket ``Origin`` allow-list; empty allows any, and none."""
@@ -105,6 +109,7 @@ class GatewayConfig:
             shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
             shutdown_delay=env.float("SHUTDOWN_DELAY", cls.shutdown_delay),
             log_level=env.str("LOG_LEVEL", cls.log_level),
+            metrics_port=env.int("METRICS_PORT", cls.metrics_port),
             allowed_origins=tuple(
                 origin.lower().rstrip("/") for origin in env.list("ALLOWED_ORIGINS")
             ),

@@ -5,6 +5,8 @@
 gateway handles itself, raising :class:`~gateway.errors.FrameError` for
 anything unusable. :func:`response_to_frame` turns one ``ConverseResponse``
 into the JSON object the IDE receives, and :func:`encode` serialises it.
+:func:`last_seq_from_query` reads the handshake's ``?last_seq=`` within the
+same bound as a ``resume`` frame (:data:`MAX_SEQ`).
 
 Every frame sent to the IDE carries ``seq``: the session's event number for
 runtime events, ``None`` for frames the gateway makes itself (those are not
@@ -42,7 +44,24 @@ MAX_NESTING = 32
 """Deepest nesting of an object forwarded as a ``Struct``: protobuf refuses
 to parse messages nested deeper than 100 levels, and each JSON level costs
 two (``Value`` and ``Struct``/``ListValue``)."""
-MAX_SEQ = 2**64 - 1
+MAX_PATH_BYTES = 4096
+"""Longest ``file_changed`` path, in UTF-8 bytes: Linux's ``PATH_MAX``. The
+runtime keeps each changed path of a session until the next turn."""
+MAX_ID_BYTES = 128
+"""Longest ``call_id`` and ``plan_id``: the runtime names calls ``call_`` and
+24 hex digits, and stores plan ids in 128 characters."""
+MAX_NAME_BYTES = 64
+"""Longest ``agent_type`` and ``role``: names such as ``orchestrator``."""
+MAX_NOTE_BYTES = 8192
+"""Longest ``reason`` (``switch_agent``) and ``feedback`` (``hitl_decision``,
+``plan_approval``): a person's remark, stored with the decision and shown to
+the model. Message ``content`` and ``tool_result`` payloads are bounded only
+by the frame size (``GATEWAY__MAX_FRAME_BYTES``)."""
+MAX_SEQ = 2**63 - 1
+"""The largest ``last_seq`` a client may send (in a ``resume`` frame or the
+WebSocket URL): the runtime stores sequence numbers as signed 64-bit
+integers (SQL ``BIGINT``), so anything larger could never be a real one and
+would fail in the database instead of here."""
 
 _DECISIONS = {
     "approve": runtime_pb2.DECISION_APPROVE,
@@ -66,8 +85,10 @@ def parse_frame(text: str) -> IdeAction:
 
     Unknown extra fields are ignored, ``null`` counts as absent for optional
     fields; objects passed on to the runtime (``result``,
-    ``modified_arguments``) may nest at most :data:`MAX_NESTING` levels.
-    Raises :class:`FrameError` with code ``invalid_json``, ``not_an_object``,
+    ``modified_arguments``) may nest at most :data:`MAX_NESTING` levels;
+    a path, id, name or note may be at most :data:`MAX_PATH_BYTES`,
+    :data:`MAX_ID_BYTES`, :data:`MAX_NAME_BYTES` or :data:`MAX_NOTE_BYTES`
+    long. Raises :class:`FrameError` with code ``invalid_json``, ``not_an_object``,
     ``unknown_type``, ``missing_field`` or ``invalid_field``.
     """
     try:
@@ -111,14 +132,14 @@ def _user_message(data: Mapping[str, Any]) -> IdeAction:
     content = _required_str(data, "content")
     if not content.strip():
         raise FrameError("invalid_field", "'content' must not be empty")
-    role = _optional_str(data, "role") or "user"
+    role = _optional_str(data, "role", MAX_NAME_BYTES) or "user"
     return runtime_pb2.ConverseRequest(
         user_message=runtime_pb2.UserMessage(content=content, role=role)
     )
 
 
 def _tool_result(data: Mapping[str, Any]) -> IdeAction:
-    call_id = _required_str(data, "call_id")
+    call_id = _required_str(data, "call_id", MAX_ID_BYTES)
     result = _optional_object(data, "result")
     error = _optional_str(data, "error")
     if (result is None) == (error is None):
@@ -132,11 +153,13 @@ def _tool_result(data: Mapping[str, Any]) -> IdeAction:
 
 
 def _hitl_decision(data: Mapping[str, Any]) -> IdeAction:
-    call_id = _required_str(data, "call_id")
+    call_id = _required_str(data, "call_id", MAX_ID_BYTES)
     decision = _required_choice(data, "decision", _DECISIONS)
     arguments = _optional_object(data, "modified_arguments")
     message = runtime_pb2.ApprovalDecision(
-        call_id=call_id, decision=decision, feedback=_optional_str(data, "feedback") or ""
+        call_id=call_id,
+        decision=decision,
+        feedback=_optional_str(data, "feedback", MAX_NOTE_BYTES) or "",
     )
     if decision == runtime_pb2.DECISION_EDIT:
         if arguments is None:
@@ -148,9 +171,9 @@ def _hitl_decision(data: Mapping[str, Any]) -> IdeAction:
 def _switch_agent(data: Mapping[str, Any]) -> IdeAction:
     return runtime_pb2.ConverseRequest(
         switch_agent=runtime_pb2.SwitchAgent(
-            agent_type=_required_str(data, "agent_type"),
+            agent_type=_required_str(data, "agent_type", MAX_NAME_BYTES),
             content=_optional_str(data, "content") or "",
-            reason=_optional_str(data, "reason") or "",
+            reason=_optional_str(data, "reason", MAX_NOTE_BYTES) or "",
         )
     )
 
@@ -158,9 +181,9 @@ def _switch_agent(data: Mapping[str, Any]) -> IdeAction:
 def _plan_approval(data: Mapping[str, Any]) -> IdeAction:
     return runtime_pb2.ConverseRequest(
         plan_approval=runtime_pb2.PlanApproval(
-            plan_id=_required_str(data, "plan_id"),
+            plan_id=_required_str(data, "plan_id", MAX_ID_BYTES),
             decision=_required_choice(data, "decision", _PLAN_DECISIONS),
-            feedback=_optional_str(data, "feedback") or "",
+            feedback=_optional_str(data, "feedback", MAX_NOTE_BYTES) or "",
         )
     )
 
@@ -170,7 +193,7 @@ def _cancel(data: Mapping[str, Any]) -> IdeAction:
 
 
 def _file_changed(data: Mapping[str, Any]) -> IdeAction:
-    path = _required_str(data, "path")
+    path = _required_str(data, "path", MAX_PATH_BYTES)
     if "timestamp" not in data or data["timestamp"] is None:
         raise FrameError("missing_field", "'timestamp' is required")
     return runtime_pb2.ConverseRequest(
@@ -187,8 +210,19 @@ def _resume(data: Mapping[str, Any]) -> IdeAction:
     if value is None:
         raise FrameError("missing_field", "'last_seq' is required")
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
-        raise FrameError("invalid_field", "'last_seq' must be a non-negative integer")
+        raise FrameError("invalid_field", f"'last_seq' must be an integer from 0 to {MAX_SEQ}")
     return runtime_pb2.ConverseRequest(resume=runtime_pb2.Resume(after_seq=value))
+
+
+def last_seq_from_query(text: str) -> int | None:
+    """The ``last_seq`` of a WebSocket URL's query: ASCII decimal digits
+    naming 0 to :data:`MAX_SEQ`; None for anything else."""
+    # isdigit() alone would pass "²", which int() refuses; the length check
+    # keeps int() away from huge digit strings.
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_SEQ)):
+        return None
+    value = int(text)
+    return value if value <= MAX_SEQ else None
 
 
 _PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {
@@ -204,19 +238,34 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {
 }
 
 
-def _required_str(data: Mapping[str, Any], name: str) -> str:
+def _required_str(data: Mapping[str, Any], name: str, max_bytes: int | None = None) -> str:
     if data.get(name) is None:
         raise FrameError("missing_field", f"{name!r} is required")
-    value = _optional_str(data, name)
+    value = _optional_str(data, name, max_bytes)
     assert value is not None
     return value
 
 
-def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
+def _optional_str(data: Mapping[str, Any], name: str, max_bytes: int | None = None) -> str | None:
+    """The string field ``name``; with ``max_bytes``, at most that many bytes
+    of UTF-8 (a lone surrogate raises UnicodeEncodeError, which
+    :func:`parse_frame` refuses)."""
     value = data.get(name)
     if value is not None and not isinstance(value, str):
         raise FrameError("invalid_field", f"{name!r} must be a string")
+    if value is not None and max_bytes is not None and _longer_than(value, max_bytes):
+        raise FrameError("invalid_field", f"{name!r} is longer than {max_bytes} bytes")
     return value
+
+
+def _longer_than(value: str, max_bytes: int) -> bool:
+    """Whether ``value`` takes more than ``max_bytes`` bytes of UTF-8; a
+    character takes one to four, so most strings need no encoding."""
+    if len(value) > max_bytes:
+        return True
+    if 4 * len(value) <= max_bytes:
+        return False
+    return len(value.encode("utf-8")) > max_bytes
 
 
 def _optional_object(data: Mapping[str, Any], name: str) -> dict[str, Any] | None:

@@ -174,9 +174,12 @@ class TokenVerifier:
     """Verifies access tokens issued by ``issuer`` for ``audience``.
 
     ``algorithms`` may only narrow :data:`SUPPORTED_ALGORITHMS`. With
-    ``require_at_jwt`` the ``typ`` header must be ``at+jwt`` (RFC 9068);
-    without it ``typ`` may also be absent or ``JWT``. Any other ``typ`` (a
-    refresh or ID token, say) is refused.
+    ``require_at_jwt`` (the default) the ``typ`` header must be ``at+jwt``
+    or ``application/at+jwt`` (RFC 9068; RFC 8725 §3.11: explicit typing
+    keeps an ID token or any other JWT the issuer signs from passing as an
+    access token). Without it ``typ`` may also be absent or ``JWT``, for
+    issuers that do not type their access tokens. Any other ``typ`` (a
+    refresh or ID token, say) is refused either way.
     """
 
     def __init__(
@@ -187,7 +190,7 @@ class TokenVerifier:
         audience: str,
         leeway: float = 30.0,
         algorithms: tuple[str, ...] = SUPPORTED_ALGORITHMS,
-        require_at_jwt: bool = False,
+        require_at_jwt: bool = True,
     ) -> None:
         unsupported = set(algorithms) - set(SUPPORTED_ALGORITHMS)
         if unsupported or not algorithms:

@@ -3,9 +3,10 @@
 Every request is answered first in :meth:`Gateway._process_request`, before
 any upgrade, in this order (docs/GATEWAY.md explains each):
 
-1. ``/health`` (liveness), ``/ready`` (readiness: the runtime answers its
+1. ``/health`` (liveness) and ``/ready`` (readiness: the runtime answers its
    health check and the JWKS is loaded; 503 otherwise and from the moment
-   shutdown begins) and ``/metrics`` (Prometheus) are answered at once;
+   shutdown begins) are answered at once (Prometheus metrics are not served
+   here but on their own port, ``METRICS_PORT``: see ``gateway.__main__``);
 2. the client address's connect rate (token bucket) → 429;
 3. REST views (:mod:`gateway.rest`) → authenticated, owner-scoped runtime reads;
 4. a WebSocket upgrade: path and ``last_seq`` → 400/404, ``Origin``
@@ -54,11 +55,11 @@ from gateway.codes import (
 from gateway.config import GatewayConfig
 from gateway.connection import Connections, Handshake
 from gateway.errors import InvalidToken, KeysUnavailable
+from gateway.frames import MAX_SEQ, last_seq_from_query
 from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, retry_after
 from gateway.metrics import GatewayMetrics
 from gateway.revocations import Revocation, RevocationList
-from mesh.metrics import exposition
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
@@ -77,7 +78,6 @@ BEARER_SUBPROTOCOL = Subprotocol("bearer")
 
 _HEALTH_PATHS = frozenset({"/health", "/api/v1/health"})
 _READY_PATHS = frozenset({"/ready", "/api/v1/ready"})
-_METRICS_PATH = "/metrics"
 _READY_TIMEOUT = 2.0
 
 ReadyCheck = Callable[[], Awaitable[bool]]
@@ -307,17 +307,9 @@ class Gateway:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         url = urlsplit(request.path)
-        if url.path in _HEALTH_PATHS or url.path in _READY_PATHS or url.path == _METRICS_PATH:
+        if url.path in _HEALTH_PATHS or url.path in _READY_PATHS:
             if request.method not in {"GET", "HEAD"}:
                 return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-            if url.path == _METRICS_PATH:
-                body, content_type = exposition(self._metrics.registry)
-                return Response(
-                    http.HTTPStatus.OK.value,
-                    http.HTTPStatus.OK.phrase,
-                    Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))]),
-                    body,
-                )
             if url.path in _READY_PATHS:
                 return await self._readiness()
             return json_response(http.HTTPStatus.OK, {"status": "ok"})
@@ -412,11 +404,13 @@ class Gateway:
         resume_after_seq: int | None = None
         last_seq = parse_qs(url.query).get("last_seq")
         if last_seq:
-            if not last_seq[0].isdigit() or len(last_seq[0]) > 20 or int(last_seq[0]) >= 2**64:
+            resume_after_seq = last_seq_from_query(last_seq[0])
+            if resume_after_seq is None:
                 return refuse(
-                    http.HTTPStatus.BAD_REQUEST, "invalid_last_seq", "last_seq is not an integer"
+                    http.HTTPStatus.BAD_REQUEST,
+                    "invalid_last_seq",
+                    f"last_seq must be an integer from 0 to {MAX_SEQ}",
                 )
-            resume_after_seq = int(last_seq[0])
         if not origin_allowed(request.headers, self._config.allowed_origins):
             log.info("handshake_refused", session_id=session_id, reason="origin")
             return refuse(http.HTTPStatus.FORBIDDEN, "origin_not_allowed", "origin not allowed")

@@ -59,8 +59,9 @@ def environment() -> dict[str, str]:
         "AUTH_SERVICE__INTERNAL_API_KEY": key,
         "GATEWAY__INTERNAL_API_KEY": key,
         "GATEWAY__PORT": "8000",
-        # Prometheus: the gateway and auth answer GET /metrics on their own
-        # ports; the gRPC services on these.
+        # Prometheus: auth answers GET /metrics on its own port; the gateway
+        # (never on its public port) and the gRPC services on these.
+        "GATEWAY__METRICS_PORT": "9100",
         "AGENT_RUNTIME__METRICS_PORT": "9101",
         "LLM_PROXY__METRICS_PORT": "9102",
     }
@@ -230,7 +231,7 @@ def main() -> int:
             f"  WebSocket   {gateway}\n"
             f"  token       {HOME / 'token'}   (dev user: {HOME / 'dev-user.json'})\n"
             f"  logs        {HOME / 'logs'}\n"
-            f"  metrics     http://127.0.0.1:{env['GATEWAY__PORT']}/metrics (gateway), "
+            f"  metrics     http://127.0.0.1:{env['GATEWAY__METRICS_PORT']}/metrics (gateway), "
             f":{env['AUTH_SERVICE__PORT']}/metrics (auth), "
             f":{env['AGENT_RUNTIME__METRICS_PORT']}/metrics (runtime), "
             f":{env['LLM_PROXY__METRICS_PORT']}/metrics (llmproxy"

@@ -85,7 +85,10 @@ def _forged_tokens(key: SigningKey) -> dict[str, str]:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return {
         "other key, same kid": jwt.encode(
-            {**claims, "sub": "alice"}, stranger, algorithm="RS256", headers={"kid": key.kid}
+            {**claims, "sub": "alice"},
+            stranger,
+            algorithm="RS256",
+            headers={"kid": key.kid, "typ": "at+jwt"},
         ),
         "altered payload": altered,
         "expired": mint(key, exp=now - 3600),
@@ -95,6 +98,8 @@ def _forged_tokens(key: SigningKey) -> dict[str, str]:
         "wrong issuer": mint(key, iss="http://evil.test"),
         "wrong audience": mint(key, aud="another-api"),
         "refresh token typ": mint(key, headers={"typ": "refresh+jwt"}),
+        "plain JWT typ": mint(key, headers={"typ": "JWT"}),
+        "no typ": mint(key, headers={"typ": None}),
         "unknown kid": mint(key, headers={"kid": "nobody-knows"}),
         "truncated": mint(key)[:-10],
         "garbage": "a.b.c",

@@ -18,6 +18,7 @@ def test_defaults_need_only_the_internal_key():
     )
     assert config.max_frame_bytes == DEFAULT_MAX_FRAME_BYTES
     assert (config.ping_interval, config.ping_timeout) == (20.0, 20.0)
+    assert config.jwt_require_at_jwt is True
 
 
 def test_missing_internal_key_is_refused():
@@ -33,13 +34,13 @@ def test_overrides_and_disabled_keepalive():
                 "GATEWAY__INTERNAL_API_KEY": "k",
                 "GATEWAY__PORT": "9000",
                 "GATEWAY__JWT_AUDIENCE": "other",
-                "GATEWAY__JWT_REQUIRE_AT_JWT": "true",
+                "GATEWAY__JWT_REQUIRE_AT_JWT": "false",
                 "GATEWAY__MAX_FRAME_BYTES": "2048",
                 "GATEWAY__PING_INTERVAL": "0",
             },
         )
     )
-    assert (config.port, config.jwt_audience, config.jwt_require_at_jwt) == (9000, "other", True)
+    assert (config.port, config.jwt_audience, config.jwt_require_at_jwt) == (9000, "other", False)
     assert config.max_frame_bytes == 2048
     assert config.ping_interval is None
 

@@ -11,10 +11,16 @@ from google.protobuf import struct_pb2
 
 from gateway.errors import FrameError
 from gateway.frames import (
+    MAX_ID_BYTES,
+    MAX_NAME_BYTES,
     MAX_NESTING,
+    MAX_NOTE_BYTES,
+    MAX_PATH_BYTES,
+    MAX_SEQ,
     Reauthenticate,
     encode,
     error_frame,
+    last_seq_from_query,
     parse_frame,
     response_to_frame,
 )
@@ -327,7 +333,7 @@ def test_round_trip_of_file_content_is_exact():
     assert request.tool_result.result["content"] == content
 
 
-@pytest.mark.parametrize("last_seq", [0, 7, 2**64 - 1])
+@pytest.mark.parametrize("last_seq", [0, 7, 2**63 - 1])
 def test_resume_frame(last_seq: int):
     request = parse_frame(json.dumps({"type": "resume", "last_seq": last_seq}))
     assert isinstance(request, pb.ConverseRequest)
@@ -340,16 +346,115 @@ def test_resume_frame(last_seq: int):
     [
         (None, "missing_field"),
         (-1, "invalid_field"),
+        # The database keeps sequence numbers as signed 64-bit integers.
+        (2**63, "invalid_field"),
+        (2**64 - 1, "invalid_field"),
         (2**64, "invalid_field"),
+        (10**30, "invalid_field"),
         (1.0, "invalid_field"),
+        (1e300, "invalid_field"),
         ("3", "invalid_field"),
         (True, "invalid_field"),
+        (False, "invalid_field"),
+        ([1], "invalid_field"),
     ],
 )
-def test_resume_needs_a_non_negative_integer(last_seq: object, code: str):
+def test_resume_needs_an_integer_from_0_to_max_seq(last_seq: object, code: str):
     with pytest.raises(FrameError) as caught:
         parse_frame(json.dumps({"type": "resume", "last_seq": last_seq}))
     assert caught.value.code == code
+
+
+def test_max_seq_is_what_a_signed_64_bit_column_holds():
+    assert MAX_SEQ == 2**63 - 1
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("42", 42), (str(2**63 - 1), 2**63 - 1)])
+def test_last_seq_from_query(text: str, value: int):
+    assert last_seq_from_query(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [str(2**63), str(2**64 - 1), "9" * 5000, "-1", "+1", "1.5", "1e3", "abc", "²", "٣", " 1", ""],
+)
+def test_last_seq_from_query_refuses_what_no_seq_can_be(text: str):
+    assert last_seq_from_query(text) is None
+
+
+# Every free-text field the runtime keeps or stores, with its bound; message
+# content and tool_result payloads are bounded by the frame size alone.
+BOUNDED_FIELDS = [
+    pytest.param(
+        {"type": "file_changed", "timestamp": 1_700_000_000}, "path", MAX_PATH_BYTES, id="path"
+    ),
+    pytest.param({"type": "tool_result", "result": {}}, "call_id", MAX_ID_BYTES, id="result-call"),
+    pytest.param(
+        {"type": "hitl_decision", "decision": "approve"}, "call_id", MAX_ID_BYTES, id="hitl-call"
+    ),
+    pytest.param(
+        {"type": "plan_approval", "decision": "approve"}, "plan_id", MAX_ID_BYTES, id="plan"
+    ),
+    pytest.param({"type": "switch_agent"}, "agent_type", MAX_NAME_BYTES, id="agent"),
+    pytest.param({"type": "user_message", "content": "hi"}, "role", MAX_NAME_BYTES, id="role"),
+    pytest.param(
+        {"type": "switch_agent", "agent_type": "coder"}, "reason", MAX_NOTE_BYTES, id="reason"
+    ),
+    pytest.param(
+        {"type": "hitl_decision", "call_id": "c", "decision": "reject"},
+        "feedback",
+        MAX_NOTE_BYTES,
+        id="hitl-feedback",
+    ),
+    pytest.param(
+        {"type": "plan_approval", "plan_id": "p", "decision": "reject"},
+        "feedback",
+        MAX_NOTE_BYTES,
+        id="plan-feedback",
+    ),
+]
+
+
+def _fill(frame: dict[str, Any]) -> dict[str, Any]:
+    """``frame`` with the other required fields its type needs."""
+    needed = {"tool_result": "call_id", "hitl_decision": "call_id", "plan_approval": "plan_id"}
+    required = needed.get(frame["type"])
+    return {required: "x", **frame} if required else frame
+
+
+@pytest.mark.parametrize(("frame", "field", "limit"), BOUNDED_FIELDS)
+def test_free_text_fields_are_accepted_up_to_their_bound(
+    frame: dict[str, Any], field: str, limit: int
+):
+    assert isinstance(parse(_fill({**frame, field: "a" * limit})), pb.ConverseRequest)
+    # Counted in UTF-8 bytes: two-byte characters fill the bound at half the count.
+    assert isinstance(parse(_fill({**frame, field: "é" * (limit // 2)})), pb.ConverseRequest)
+
+
+@pytest.mark.parametrize(("frame", "field", "limit"), BOUNDED_FIELDS)
+@pytest.mark.parametrize("excess", ["ascii", "utf-8", "huge"])
+def test_free_text_fields_over_their_bound_are_refused(
+    frame: dict[str, Any], field: str, limit: int, excess: str
+):
+    value = {"ascii": "a" * (limit + 1), "utf-8": "é" * (limit // 2 + 1), "huge": "a" * 100_000}[
+        excess
+    ]
+    error = refused(json.dumps(_fill({**frame, field: value})))
+    assert error.code == "invalid_field"
+    assert error.message == f"{field!r} is longer than {limit} bytes"
+
+
+def test_the_bounds_are_what_the_docs_say():
+    assert (MAX_PATH_BYTES, MAX_ID_BYTES, MAX_NAME_BYTES, MAX_NOTE_BYTES) == (4096, 128, 64, 8192)
+
+
+def test_unbounded_payloads_stay_bounded_by_the_frame_size_only():
+    big = "x" * 500_000
+    assert parse({"type": "user_message", "content": big}).user_message.content == big
+    request = parse({"type": "tool_result", "call_id": "c", "error": big})
+    assert request.tool_result.error == big
+    switch = parse({"type": "switch_agent", "agent_type": "coder", "content": big})
+    assert switch.switch_agent.content == big
 
 
 def _nested(depth: int) -> Any:

@@ -101,9 +101,8 @@ async def test_hs256_with_public_key_as_secret_is_refused(
 async def test_alg_must_match_key_type(verifier: TokenVerifier, rsa_key: SigningKey):
     # An ES256 token naming the RSA key's kid.
     token = mint(rsa_key)
-    forged = f"{_b64(json.dumps({'alg': 'ES256', 'kid': rsa_key.kid}).encode())}." + ".".join(
-        token.split(".")[1:]
-    )
+    header = {"alg": "ES256", "kid": rsa_key.kid, "typ": "at+jwt"}
+    forged = f"{_b64(json.dumps(header).encode())}." + ".".join(token.split(".")[1:])
     assert await refused(verifier, forged) == "key does not match algorithm"
 
 
@@ -121,7 +120,7 @@ async def test_malformed_tokens_are_refused(verifier: TokenVerifier, token: str)
 
 
 async def test_missing_kid_is_refused(verifier: TokenVerifier, rsa_key: SigningKey):
-    token = jwt.encode({"sub": "x"}, rsa_key.private, algorithm="RS256")
+    token = jwt.encode({"sub": "x"}, rsa_key.private, algorithm="RS256", headers={"typ": "at+jwt"})
     assert await refused(verifier, token) == "missing key id"
 
 
@@ -132,33 +131,48 @@ async def test_other_token_types_are_refused(
     assert await refused(verifier, mint(rsa_key, headers={"typ": typ})) == "not an access token"
 
 
-@pytest.mark.parametrize("typ", ["JWT", "at+jwt", "application/at+jwt", None])
-async def test_access_token_types_are_accepted(
-    verifier: TokenVerifier, rsa_key: SigningKey, typ: str | None
-):
+def _typed(key: SigningKey, typ: str | None) -> str:
+    """A valid token whose ``typ`` header is ``typ`` (None: no ``typ`` at all)."""
     token = jwt.encode(
         {"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60},
-        rsa_key.private,
+        key.private,
         algorithm="RS256",
-        headers={"kid": rsa_key.kid, "typ": typ},
+        headers={"kid": key.kid, "typ": typ},
     )
-    if typ is None:  # PyJWT adds typ JWT unless told otherwise
-        header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-        assert header.get("typ") in (None, "JWT")
-    assert (await verifier.verify(token)).subject == "x"
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header.get("typ") == typ  # PyJWT drops a None typ instead of adding JWT
+    return token
 
 
-async def test_require_at_jwt_refuses_plain_jwt(
-    http_client: httpx.AsyncClient, jwks_endpoint: JwksEndpoint, rsa_key: SigningKey
+@pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT"])
+async def test_access_token_types_are_accepted(
+    verifier: TokenVerifier, rsa_key: SigningKey, typ: str
 ):
-    strict = TokenVerifier(
+    assert (await verifier.verify(_typed(rsa_key, typ))).subject == "x"
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", None])
+async def test_untyped_tokens_are_refused_by_default(
+    verifier: TokenVerifier, rsa_key: SigningKey, typ: str | None
+):
+    assert await refused(verifier, _typed(rsa_key, typ)) == "not an access token"
+
+
+@pytest.mark.parametrize("typ", ["JWT", "at+jwt", "application/at+jwt", None])
+async def test_without_require_at_jwt_untyped_tokens_pass(
+    http_client: httpx.AsyncClient,
+    jwks_endpoint: JwksEndpoint,
+    rsa_key: SigningKey,
+    typ: str | None,
+):
+    lenient = TokenVerifier(
         JwksCache(http_client, jwks_endpoint.url),
         issuer=ISSUER,
         audience=AUDIENCE,
-        require_at_jwt=True,
+        require_at_jwt=False,
     )
-    assert await refused(strict, mint(rsa_key, headers={"typ": "JWT"})) == "not an access token"
-    assert (await strict.verify(mint(rsa_key))).subject == "user-1"
+    assert (await lenient.verify(_typed(rsa_key, typ))).subject == "x"
+    assert await refused(lenient, _typed(rsa_key, "id+jwt")) == "not an access token"
 
 
 def test_only_rs256_and_es256_can_be_configured(http_client: httpx.AsyncClient):

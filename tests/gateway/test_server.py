@@ -77,6 +77,27 @@ async def test_api_v1_path_and_resume_from_last_seq(edge: Edge):
     assert request.open.resume_after_seq == 17
 
 
+async def test_the_largest_last_seq_the_database_holds_is_resumed(edge: Edge):
+    async with edge.connect(f"/ws/s?last_seq={2**63 - 1}") as ws:
+        await opened(ws)
+    assert (await edge.fake.next_request()).open.resume_after_seq == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "last_seq",
+    [str(2**63), str(2**64 - 1), "9" * 5000, "-1", "1.5", "true", "abc", "%C2%B2", "%D9%A3"],
+)
+async def test_a_last_seq_no_session_can_have_is_400_at_the_handshake(edge: Edge, last_seq: str):
+    response = await refused_status(edge, path=f"/ws/s?last_seq={last_seq}")
+    assert response.status_code == 400
+    assert json.loads(response.body) == {
+        "error": "invalid_last_seq",
+        "error_description": f"last_seq must be an integer from 0 to {2**63 - 1}",
+    }
+    assert edge.fake.metadata == []
+    assert edge.fake.unary_metadata == []
+
+
 async def test_without_last_seq_resume_is_unset(edge: Edge):
     async with edge.connect() as ws:
         await opened(ws)
@@ -130,6 +151,46 @@ async def test_expired_token_is_401(edge: Edge):
     assert token.encode() not in response.body
 
 
+async def _agents_view_status(edge: Edge, token: str) -> int:
+    async with httpx.AsyncClient() as client:
+        reply = await client.get(
+            edge.http("/api/v1/agents"), headers={"Authorization": f"Bearer {token}"}
+        )
+    return reply.status_code
+
+
+@pytest.mark.parametrize("typ", ["JWT", None, "id+jwt"])
+async def test_tokens_not_typed_at_jwt_are_401_by_default(edge: Edge, typ: str | None):
+    # Signed by the issuer, every claim right: only the typ header is wrong.
+    token = mint(edge.key, headers={"typ": typ})
+    response = await refused_status(edge, additional_headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert json.loads(response.body)["error_description"] == "not an access token"
+    assert await _agents_view_status(edge, token) == 401
+    assert edge.fake.metadata == []
+    assert edge.fake.unary_metadata == []
+
+
+async def test_at_jwt_tokens_open_the_socket_and_the_views(edge: Edge):
+    token = mint(edge.key, headers={"typ": "at+jwt"})
+    async with edge.connect(token=token) as ws:
+        await opened(ws)
+    assert await _agents_view_status(edge, token) == 200
+
+
+@pytest.mark.parametrize("typ", ["JWT", None])
+async def test_without_require_at_jwt_untyped_tokens_are_accepted(
+    edge_factory: Any, typ: str | None
+):
+    async with edge_factory(jwt_require_at_jwt=False) as edge:
+        token = mint(edge.key, headers={"typ": typ})
+        async with edge.connect(token=token) as ws:
+            await opened(ws)
+        assert await _agents_view_status(edge, token) == 200
+        other = mint(edge.key, headers={"typ": "id+jwt"})
+        assert await _agents_view_status(edge, other) == 401
+
+
 async def test_unreachable_issuer_is_503(edge: Edge):
     edge.jwks.status = 500
     token = mint(edge.key)
@@ -168,6 +229,21 @@ async def test_health_and_unknown_paths(edge: Edge):
         assert missing.json()["error"] == "not_found"
 
 
+async def test_metrics_are_served_on_their_own_port_not_the_public_one(edge_factory: Any):
+    metrics_port = free_port()
+    async with edge_factory(metrics_port=metrics_port) as edge, httpx.AsyncClient() as client:
+        public = await client.get(edge.http("/metrics"))
+        assert public.status_code == 404
+        assert public.json()["error"] == "not_found"
+        scraped = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        # The public 404 above is counted, so these are this gateway's series.
+        assert 'codelab_gateway_handshakes_refused_total{status="404"} 1.0' in scraped.text
+        assert "codelab_gateway_connections_open 0.0" in scraped.text
+        assert (await client.get(f"http://127.0.0.1:{metrics_port}/health")).status_code == 404
+
+
 # -- frames --------------------------------------------------------------
 
 
@@ -191,6 +267,24 @@ async def test_invalid_frames_get_error_frames_and_the_connection_survives(edge:
         assert (await receive(ws))["content"] == "echo: "
     await edge.fake.next_request()  # open
     assert (await edge.fake.next_request()).user_message.content == "still here"
+
+
+async def test_overlong_fields_get_error_frames_and_are_not_forwarded(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        for frame in [
+            {"type": "file_changed", "path": "a" * 100_000, "timestamp": 1_700_000_000},
+            {"type": "switch_agent", "agent_type": "coder", "reason": "r" * 100_000},
+            {"type": "hitl_decision", "call_id": "c" * 100_000, "decision": "approve"},
+        ]:
+            await ws.send(json.dumps(frame))
+            error = await receive(ws)
+            assert (error["type"], error["code"]) == ("error", "invalid_field")
+            assert "is longer than" in error["content"]
+        await ws.send(json.dumps({"type": "file_changed", "path": "src/a.py", "timestamp": 1}))
+        await edge.fake.next_request()  # open
+        # The first thing the runtime hears after open is the valid frame.
+        assert (await edge.fake.next_request()).file_changed.path == "src/a.py"
 
 
 async def test_other_frames_are_forwarded(edge: Edge):
@@ -328,10 +422,16 @@ async def test_resume_frame_asks_the_runtime_to_replay(edge: Edge):
         await ws.send(json.dumps({"type": "resume", "last_seq": 41}))
         frame = await receive(ws)
         assert (frame["content"], frame["seq"]) == ("replayed", 42)
-        await ws.send(json.dumps({"type": "resume", "last_seq": -1}))
-        assert (await receive(ws))["code"] == "invalid_field"
+        for bad in (-1, 2**63, 2**64, 1.5, "7", True):
+            await ws.send(json.dumps({"type": "resume", "last_seq": bad}))
+            error = await receive(ws)
+            assert (error["type"], error["code"]) == ("error", "invalid_field")
+        # The connection is still up and still resumes.
+        await ws.send(json.dumps({"type": "resume", "last_seq": 2**63 - 2}))
+        assert (await receive(ws))["seq"] == 2**63 - 1
     await edge.fake.next_request()  # open
     assert (await edge.fake.next_request()).resume.after_seq == 41
+    assert (await edge.fake.next_request()).resume.after_seq == 2**63 - 2
 
 
 async def test_stop_closes_connections_with_service_restart(edge: Edge):

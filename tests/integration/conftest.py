@@ -34,6 +34,7 @@ class Mesh:
     runtime_port: int
     llmproxy_port: int
     auth_port: int
+    gateway_metrics_port: int
     runtime_metrics_port: int
     llmproxy_metrics_port: int
     internal_key: str
@@ -61,7 +62,15 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
     """Run ``scripts/devstack.py`` with ``overrides`` added to its environment."""
     ports = {
         name: free_port()
-        for name in ("gateway", "runtime", "llmproxy", "auth", "runtime_metrics", "llm_metrics")
+        for name in (
+            "gateway",
+            "runtime",
+            "llmproxy",
+            "auth",
+            "gateway_metrics",
+            "runtime_metrics",
+            "llm_metrics",
+        )
     }
     env = {
         **os.environ,
@@ -72,6 +81,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         "AGENT_RUNTIME__PORT": str(ports["runtime"]),
         "LLM_PROXY__PORT": str(ports["llmproxy"]),
         "AUTH_SERVICE__PORT": str(ports["auth"]),
+        "GATEWAY__METRICS_PORT": str(ports["gateway_metrics"]),
         "AGENT_RUNTIME__METRICS_PORT": str(ports["runtime_metrics"]),
         "LLM_PROXY__METRICS_PORT": str(ports["llm_metrics"]),
     }
@@ -113,6 +123,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         runtime_port=ports["runtime"],
         llmproxy_port=ports["llmproxy"],
         auth_port=ports["auth"],
+        gateway_metrics_port=ports["gateway_metrics"],
         runtime_metrics_port=ports["runtime_metrics"],
         llmproxy_metrics_port=ports["llm_metrics"],
         internal_key=(home / "internal-api-key").read_text().strip(),

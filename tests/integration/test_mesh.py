@@ -28,8 +28,9 @@ from tests.integration.conftest import ROOT, Mesh
 GRPCURL = str(Path(ROOT, ".venv", "bin", "grpcurl"))
 
 
-def forged(mesh: Mesh, **overrides: Any) -> str:
-    """A token signed with the mesh's real key, with some claims changed."""
+def forged(mesh: Mesh, *, typ: str = "at+jwt", **overrides: Any) -> str:
+    """A token signed with the mesh's real key, with some claims (or the
+    ``typ`` header) changed."""
     key = KeyRing.load(mesh.home / "keys").current
     now = int(time.time())
     claims = {
@@ -42,7 +43,7 @@ def forged(mesh: Mesh, **overrides: Any) -> str:
         "jti": "x",
     } | overrides
     return jwt.encode(
-        claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"}
+        claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": typ}
     )
 
 
@@ -93,10 +94,11 @@ async def test_a_second_turn_sees_the_conversation(mesh: Mesh) -> None:
                 {"sub": "x", "aud": "codelab-api", "iss": mesh.auth_url, "exp": time.time() + 60},
                 rsa.generate_private_key(public_exponent=65537, key_size=2048),
                 algorithm="RS256",
-                headers={"kid": KeyRing.load(mesh.home / "keys").current.kid},
+                headers={"kid": KeyRing.load(mesh.home / "keys").current.kid, "typ": "at+jwt"},
             ),
             id="signed-by-another-key",
         ),
+        pytest.param(lambda mesh: forged(mesh, typ="JWT"), id="typ-JWT-not-at+jwt"),
         pytest.param(lambda mesh: mesh.token[:-4] + "AAAA", id="altered-signature"),
         pytest.param(lambda mesh: "not-a-jwt", id="garbage"),
     ],

@@ -1,7 +1,7 @@
 """One log story across hops, metrics after a session, no secret in any log.
 
 The mesh is started like ``./scripts/up`` (JSON logs under
-``mesh.home/'logs'``, runtime and llmproxy metrics on their own ports).
+``mesh.home/'logs'``, gateway, runtime and llmproxy metrics on their own ports).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ async def test_metrics_endpoints_expose_the_session(mesh: Mesh) -> None:
     await converse(mesh, "obs-metrics", f"m-{uuid.uuid4().hex}", "hello metrics")
     base = "http://127.0.0.1"
     for _ in range(50):  # the connection's close is counted when its handler ends
-        gateway = await asyncio.to_thread(scrape, f"{base}:{mesh.gateway_port}/metrics")
+        gateway = await asyncio.to_thread(scrape, f"{base}:{mesh.gateway_metrics_port}/metrics")
         if total(gateway, "codelab_gateway_connections_closed_total") >= 2:
             break
         await asyncio.sleep(0.05)
@@ -127,6 +127,8 @@ async def test_metrics_endpoints_expose_the_session(mesh: Mesh) -> None:
     assert total(gateway, "codelab_gateway_frames_received_total") >= 3
     assert total(gateway, "codelab_gateway_frames_sent_total") > 10
     assert "codelab_gateway_connections_open{}" in gateway
+    public = await asyncio.to_thread(httpx.get, f"{base}:{mesh.gateway_port}/metrics", timeout=5)
+    assert public.status_code == 404, "the public port serves no metrics"
 
     runtime = await asyncio.to_thread(scrape, f"{base}:{mesh.runtime_metrics_port}/metrics")
     assert total(runtime, "codelab_runtime_turns_total", status="completed") >= 2
