@@ -86,7 +86,9 @@ NOTICE_MAX_CHARS = 4000
 """What the model is told of changed files: at most this many paths and
 characters of paths; the rest as a count."""
 SEQ_RESERVE_BLOCK = 4096
-"""Text-delta sequence numbers reserved per database write (see ``_reserve_seqs``)."""
+"""Text-delta sequence numbers reserved at a time (see ``_reserve_seqs``)."""
+SEQ_RESERVE_LOW = 1024
+"""A step that starts model calls renews the reservation when fewer are left."""
 CHARS_PER_TOKEN_BOUND = 8
 """The runtime pre-cuts history to 8 characters per token of the window: more than any
 tokenizer packs into the window, so the exact cut (with the model's tokenizer,
@@ -489,10 +491,16 @@ class Conversation:
         step.state = session.state
         step.message_count = len(session.messages)
         step.title = session.title or None
+        if session.state == "running" and session.seq_reserved - session.last_seq < SEQ_RESERVE_LOW:
+            # Model calls follow: reserve their deltas' seqs in this write,
+            # so streaming rarely waits for a write of its own.
+            step.seq_reserved = session.last_seq + SEQ_RESERVE_BLOCK
         outgoing, self._outgoing, self._step = self._outgoing, [], None
         # Shielded: a cancelled turn must not leave half its step unwritten,
         # and the lock keeps steps in order.
         await asyncio.shield(self._commit(step, self._text_written_upto))
+        if step.seq_reserved is not None:
+            session.seq_reserved = max(session.seq_reserved, step.seq_reserved)
         for item in outgoing:
             self._publish(item)
 

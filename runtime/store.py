@@ -208,6 +208,8 @@ class Step:
     plans: dict[str, list[list[str]]] = field(default_factory=dict)
     switches: list[SwitchRecord] = field(default_factory=list)
     title: str | None = None
+    seq_reserved: int | None = None
+    """Raise the session's text-delta reservation (see :meth:`Store.reserve_seqs`)."""
 
     @property
     def empty(self) -> bool:
@@ -438,6 +440,8 @@ class Store:
             }
             if step.title is not None:
                 update["title"] = step.title[:200]
+            if step.seq_reserved is not None:
+                update["seq_reserved"] = step.seq_reserved
             await conn.execute(
                 sessions.update().where(sessions.c.id == step.session_id).values(**update)
             )

@@ -725,3 +725,52 @@ async def test_a_stream_that_falls_a_whole_queue_behind_catches_up_from_the_log(
     assert text == "".join(words), "every delta arrived, caught up from the log"
     assert client.written[-1].HasField("turn_done")
     assert client.written[-1].seq == session.last_seq
+
+
+async def test_every_delta_is_sent_within_a_durable_reservation(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.conversation as module
+
+    monkeypatch.setattr(module, "SEQ_RESERVE_BLOCK", 8)
+    monkeypatch.setattr(module, "SEQ_RESERVE_LOW", 2)
+
+    class Recording(Store):
+        """Knows how far the reservation is committed, and how often it was written alone."""
+
+        committed = 0
+        writes = 0
+
+        async def reserve_seqs(self, session_id: str, upto: int) -> None:
+            await super().reserve_seqs(session_id, upto)
+            self.committed, self.writes = max(self.committed, upto), self.writes + 1
+
+        async def commit(self, step: Any) -> None:
+            await super().commit(step)
+            if step.seq_reserved is not None:
+                self.committed = max(self.committed, step.seq_reserved)
+
+    recording = Recording(store._engine)
+    llm = ScriptedLlm([TextChunk(f"t{n} ") for n in range(30)])
+    await recording.create_session("reserving", "alice", "coder")
+    session = Session.from_store(await recording.load("reserving"))
+    conversation = Conversation(session, llm, recording, ConversationSettings(model="m"))  # type: ignore[arg-type]
+    LIVE.append(conversation)
+    sent: list[tuple[int, int]] = []
+    publish = conversation._publish
+
+    def checking(item: Sequenced) -> None:
+        if isinstance(item.event, AssistantText):
+            sent.append((item.seq, recording.committed))
+        publish(item)
+
+    conversation._publish = checking  # type: ignore[method-assign]
+    outbox = conversation.subscribe().queue
+    await conversation.handle(UserMessage("go"))
+    await until(outbox, TurnDone)
+    assert len(sent) == 30
+    assert all(seq <= committed for seq, committed in sent), "reserved before it is sent"
+    assert recording.writes >= 3, "a long answer renews its reservation while streaming"
+    row = await recording.get_session("reserving")
+    assert row is not None
+    assert row.seq_reserved >= sent[-1][0]
