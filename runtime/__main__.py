@@ -39,7 +39,10 @@ variable                          default              meaning
 ``LEASE_TTL``                     ``15``               seconds a session lease lasts unrenewed: how
                                                        long a dead replica's sessions wait to move
 ``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
-``MAX_CONCURRENT_RPCS``           ``2000``             calls served at once; more are refused
+``MAX_CONCURRENT_RPCS``           ``2000``             calls with the credential served at once;
+                                                       more are refused (RESOURCE_EXHAUSTED);
+                                                       health checks without it have a separate
+                                                       pool (mesh.grpc_server)
 ``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
 ``LOG_LEVEL``                     ``INFO``             log level
 ``METRICS_PORT``                  ``0``                Prometheus ``GET /metrics`` port on HOST
@@ -72,7 +75,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import MeshServer, TlsFiles, grpc_target, health_check, mesh_channel
+from mesh.grpc_server import (
+    MeshServer,
+    TlsFiles,
+    grpc_target,
+    health_check,
+    internal_metadata,
+    mesh_channel,
+)
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
@@ -249,7 +259,12 @@ async def serve(
         stack.push_async_callback(mesh.stop, config.shutdown_grace)
         watch = HealthWatch(
             mesh,
-            {"database": _database_check(engine), "llmproxy": _llmproxy_check(channel)},
+            {
+                "database": _database_check(engine),
+                "llmproxy": _llmproxy_check(
+                    channel, config.llm_proxy_api_key or config.internal_api_key
+                ),
+            },
             interval=config.health_interval,
             timeout=min(config.health_interval, 2.0),
             registry=registry,
@@ -282,14 +297,17 @@ def _database_check(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def _llmproxy_check(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
+def _llmproxy_check(channel: grpc.aio.Channel, key: str) -> Callable[[], Awaitable[bool]]:
     """Reachable means its health service answers, SERVING or not: a proxy
     whose deployments all cool down is still there, and the turns that need
-    it fail with a retryable error of their own."""
+    it fail with a retryable error of their own. The check presents the
+    credential, so it uses the proxy's slots for the mesh's own calls, not
+    the small pool left to anonymous probes."""
     call = health_check(channel)
+    metadata = internal_metadata(key)
 
     async def check() -> bool:
-        await call(health_pb2.HealthCheckRequest())
+        await call(health_pb2.HealthCheckRequest(), metadata=metadata)
         return True
 
     return check
