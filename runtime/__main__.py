@@ -22,6 +22,9 @@ variable                          default              meaning
                                                        move_file, create_directory,
                                                        execute_command; ``none`` for none)
 ``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
+``LLM_CONNECT_TIMEOUT``           ``10``               seconds a model call waits for an
+                                                       unreachable llmproxy (a restart) before
+                                                       it fails with ``llm_unavailable``
 ``TLS_CERT`` / ``TLS_KEY``        (none)               serve TLS with this certificate and key
 ``TLS_CLIENT_CA``                 (none)               with it, require client certificates (mTLS)
 ``LLM_PROXY_TLS_CA``              (none)               TLS to llmproxy, verified with this CA
@@ -72,7 +75,6 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
 from mesh.grpc_server import (
@@ -91,7 +93,7 @@ from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
-from runtime.llm import LlmClient
+from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.metrics import RuntimeMetrics
 from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.service import AgentRuntimeServicer
@@ -115,6 +117,7 @@ class RuntimeConfig:
     agent_models: tuple[tuple[str, str], ...] = ()
     approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
     llm_timeout: float = 300.0
+    llm_connect_timeout: float = CONNECT_TIMEOUT
     tls: TlsFiles = field(default_factory=TlsFiles)
     llm_proxy_tls: TlsFiles = field(default_factory=TlsFiles)
     database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
@@ -151,6 +154,11 @@ class RuntimeConfig:
                     f"with AGENT one of {', '.join(AGENTS)}"
                 )
             agent_models.append((agent.strip(), model.strip()))
+        llm_connect_timeout = env.float("LLM_CONNECT_TIMEOUT", cls.llm_connect_timeout)
+        if llm_connect_timeout <= 0:
+            raise ConfigError(
+                f"{env.name('LLM_CONNECT_TIMEOUT')}={llm_connect_timeout!r} must be positive"
+            )
         llm_proxy_address = env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address)
         try:
             grpc_target(llm_proxy_address)
@@ -167,6 +175,7 @@ class RuntimeConfig:
             agent_models=tuple(agent_models),
             approval_required=approval,
             llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
+            llm_connect_timeout=llm_connect_timeout,
             tls=TlsFiles(
                 cert=env.str("TLS_CERT", ""),
                 key=env.str("TLS_KEY", ""),
@@ -212,9 +221,10 @@ async def serve(
         channel = mesh_channel(config.llm_proxy_address, config.llm_proxy_tls)
         stack.push_async_callback(channel.close)
         llm = LlmClient(
-            llmproxy_pb2_grpc.LlmProxyServiceStub(channel),
+            channel,
             internal_api_key=config.llm_proxy_api_key or config.internal_api_key,
             timeout=config.llm_timeout,
+            connect_timeout=config.llm_connect_timeout,
             metrics=metrics,
         )
         engine = create_engine(config.database_url)
