@@ -27,7 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import channel_options, grpc_target, health_check
+from mesh.grpc_server import channel_options, grpc_target, health_check, internal_metadata
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer
 from mesh.process import run, settled
@@ -71,9 +71,16 @@ async def running_gateway(
         runtime = runtime_pb2_grpc.AgentRuntimeServiceStub(channel)
         revocations = RevocationList(retention=config.revocation_retention)
         check = health_check(channel)
+        # With the credential, the check uses the runtime's slots for the
+        # mesh's own calls, not the small pool left to anonymous probes.
+        check_metadata = internal_metadata(config.internal_api_key)
 
         async def runtime_serving() -> bool:
-            reply = await check(health_pb2.HealthCheckRequest(), timeout=config.view_timeout)
+            reply = await check(
+                health_pb2.HealthCheckRequest(),
+                metadata=check_metadata,
+                timeout=config.view_timeout,
+            )
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
         metrics = GatewayMetrics(registry)

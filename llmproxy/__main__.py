@@ -7,8 +7,9 @@ Environment (read once, into :class:`Settings`):
 - ``LLM_PROXY__CONFIG``: LiteLLM proxy YAML (default: packaged ``default.yaml``)
 - ``LLM_PROXY__LOG_LEVEL`` (INFO)
 - ``LLM_PROXY__SHUTDOWN_GRACE`` (5 seconds for in-flight calls on SIGTERM)
-- ``LLM_PROXY__MAX_CONCURRENT_RPCS`` (1000; further calls are refused
-  with RESOURCE_EXHAUSTED)
+- ``LLM_PROXY__MAX_CONCURRENT_RPCS`` (1000): calls with the credential
+  served at once; further calls are refused with RESOURCE_EXHAUSTED (health
+  checks without it have a separate pool, see :mod:`mesh.grpc_server`)
 - ``LLM_PROXY__FIRST_TOKEN_TIMEOUT`` (60 seconds to the first delta; then
   the call falls back), ``LLM_PROXY__CHUNK_TIMEOUT`` (60 seconds between
   deltas), ``LLM_PROXY__TOTAL_TIMEOUT`` (600 seconds for a whole call);

@@ -3,9 +3,18 @@
 Every server has the standard health service and server reflection, may
 serve TLS (mTLS with a client CA, :class:`TlsFiles`), and refuses any call
 without the internal credential (metadata
-``x-internal-auth``) with UNAUTHENTICATED. Only the health service is exempt,
-so that orchestrators can probe it; reflection needs the credential like
-everything else (grpcurl sends ``-H`` headers with reflection requests too).
+``x-internal-auth``) with UNAUTHENTICATED. Only the health service's
+``Check`` is exempt, so that orchestrators can probe it; its ``Watch``
+stream and reflection need the credential like everything else (grpcurl
+sends ``-H`` headers with reflection requests too).
+
+:class:`InternalAuthInterceptor` also admits calls, in two separate pools:
+calls with the credential share ``max_concurrent_rpcs`` slots, exempt calls
+without it get :data:`UNAUTHENTICATED_RPC_LIMIT` of their own, and a call
+beyond its pool's limit is refused with RESOURCE_EXHAUSTED. A flood of
+unauthenticated calls therefore never takes a slot the mesh's own calls
+need, and a refused call holds none. (gRPC's server-wide
+``maximum_concurrent_rpcs`` is not used: it counts every call alike.)
 
 Every call goes through :class:`CallInterceptor` first: it binds
 ``request_id``, ``user`` and ``rpc`` to the structlog context of the call
@@ -17,6 +26,7 @@ the status code and duration, counted in :class:`mesh.metrics.RpcMetrics`.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import time
@@ -41,7 +51,16 @@ USER_HEADER = "x-user-id"
 REQUEST_ID_HEADER = "x-request-id"
 """Metadata key of the request id created at the edge."""
 
-_EXEMPT_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_EXEMPT_METHODS = frozenset({HEALTH_CHECK_METHOD})
+"""Methods answered without the credential: what probes call."""
+
+UNAUTHENTICATED_RPC_LIMIT = 32
+"""Calls without the credential (health checks by probes) served at once,
+apart from the slots of authenticated calls; more are refused with
+RESOURCE_EXHAUSTED. A probe makes one short ``Check`` at a time, so a
+handful of probers never come near it; a flood fills only this pool."""
 
 log = structlog.get_logger("mesh.grpc")
 
@@ -70,14 +89,17 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
-def _refusal(handler: Handler) -> Handler:
-    message = "missing or invalid internal credential (metadata x-internal-auth)"
+_NO_CREDENTIAL = "missing or invalid internal credential (metadata x-internal-auth)"
+
+
+def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of ``handler``'s kind that ends the call with ``code``."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
         yield  # pragma: no cover - makes this an async generator
 
     codec = {
@@ -93,13 +115,65 @@ def _refusal(handler: Handler) -> Handler:
     return grpc.unary_unary_rpc_method_handler(refuse, **codec)
 
 
-class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls that lack the internal credential (constant-time check)."""
+class _Slots:
+    """Calls in progress in one pool, at most ``limit`` (None: no limit)."""
 
-    def __init__(self, internal_api_key: str) -> None:
+    def __init__(self, limit: int | None, name: str) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} must be at least 1, not {limit}")
+        self.limit = limit
+        self.in_use = 0
+
+    def take(self) -> bool:
+        """Hold a slot until the current call's task ends; False when full.
+
+        gRPC runs a call's interceptors, handler and status in one task,
+        which ends however the call does (answered, aborted, cancelled by
+        the client, cancelled by the server's stop), so its end frees the
+        slot on every path; gRPC's own limiter counts the same way.
+        """
+        if self.limit is not None and self.in_use >= self.limit:
+            return False
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - interceptors run in the call's task
+            raise RuntimeError("a call slot is taken outside the call's task")
+        self.in_use += 1
+        task.add_done_callback(self._release)
+        return True
+
+    def _release(self, task: object) -> None:
+        self.in_use -= 1
+
+
+class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls that lack the internal credential (constant-time check),
+    except the exempt health ``Check``, and admits calls in two pools.
+
+    Authenticated calls (any method, health included) share
+    ``max_concurrent_rpcs`` slots (None: no limit); exempt calls without
+    the credential share ``max_unauthenticated_rpcs``. A call beyond its
+    pool's limit is refused with RESOURCE_EXHAUSTED; a call refused for its
+    credential (UNAUTHENTICATED) takes no slot. Raises ValueError for an
+    empty key or a limit below 1.
+    """
+
+    def __init__(
+        self,
+        internal_api_key: str,
+        *,
+        max_concurrent_rpcs: int | None = None,
+        max_unauthenticated_rpcs: int = UNAUTHENTICATED_RPC_LIMIT,
+    ) -> None:
         if not internal_api_key:
             raise ValueError("the internal API key must not be empty")
         self._key = internal_api_key.encode()
+        self._authenticated = _Slots(max_concurrent_rpcs, "max_concurrent_rpcs")
+        self._unauthenticated = _Slots(max_unauthenticated_rpcs, "max_unauthenticated_rpcs")
+
+    @property
+    def calls_in_progress(self) -> tuple[int, int]:
+        """(authenticated, unauthenticated) calls holding a slot now."""
+        return self._authenticated.in_use, self._unauthenticated.in_use
 
     async def intercept_service(
         self,
@@ -108,7 +182,7 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler | None:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(_EXEMPT_PREFIX):
+        if handler is None:
             return handler
         presented = b""
         for key, value in handler_call_details.invocation_metadata or ():
@@ -116,9 +190,20 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
                 presented = value.encode() if isinstance(value, str) else value
                 break
         if presented and hmac.compare_digest(presented, self._key):
+            slots, message = self._authenticated, "too many calls in progress"
+        elif method in _EXEMPT_METHODS:
+            slots, message = self._unauthenticated, "too many calls without a credential"
+        else:
+            log.warning("grpc_call_refused", method=method, reason="internal_credential")
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, _NO_CREDENTIAL)
+        if slots.take():
             return handler
-        log.warning("grpc_call_refused", method=method, reason="internal_credential")
-        return _refusal(handler)
+        log.warning("grpc_call_refused", method=method, reason="concurrency_limit")
+        return _refusal(
+            handler,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{message} (at most {slots.limit}); retry later",
+        )
 
 
 def _status_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
@@ -158,7 +243,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _observe(self, method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        quiet = method.startswith(_EXEMPT_PREFIX)
+        quiet = method.startswith(_HEALTH_PREFIX)
         metrics = self._metrics
 
         def wrap(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -333,9 +418,6 @@ def channel_options(address: str) -> list[tuple[str, Any]]:
     return options
 
 
-HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
-
-
 @overload
 def health_check(
     channel: grpc.aio.Channel,
@@ -379,7 +461,10 @@ class MeshServer:
     Register servicers on :attr:`server` before :meth:`start`. ``stop`` is
     idempotent: it turns health to NOT_SERVING, stops accepting calls, gives
     in-flight calls ``grace`` seconds and cancels the rest. With ``metrics``,
-    every call is counted (see :class:`CallInterceptor`).
+    every call is counted (see :class:`CallInterceptor`). At most
+    ``max_concurrent_rpcs`` authenticated calls (None: no limit) and
+    ``max_unauthenticated_rpcs`` health checks without the credential are
+    served at once (see :class:`InternalAuthInterceptor`).
     """
 
     def __init__(
@@ -389,6 +474,7 @@ class MeshServer:
         internal_api_key: str,
         service_names: Sequence[str],
         max_concurrent_rpcs: int | None = None,
+        max_unauthenticated_rpcs: int = UNAUTHENTICATED_RPC_LIMIT,
         options: Sequence[tuple[str, Any]] = (),
         metrics: RpcMetrics | None = None,
         tls: TlsFiles | None = None,
@@ -396,10 +482,13 @@ class MeshServer:
         self._address = address
         self._credentials = tls.server_credentials() if tls is not None and tls.enabled else None
         self._service_names = tuple(service_names)
+        self.admission = InternalAuthInterceptor(
+            internal_api_key,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            max_unauthenticated_rpcs=max_unauthenticated_rpcs,
+        )
         self.server = grpc.aio.server(
-            interceptors=[CallInterceptor(metrics), InternalAuthInterceptor(internal_api_key)],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,
-            options=list(options),
+            interceptors=[CallInterceptor(metrics), self.admission], options=list(options)
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)

@@ -4,7 +4,9 @@
     codelab-probe http http://127.0.0.1:8000/ready
 
 Exit status 0 when healthy, 1 when not (the reason on stderr). The gRPC
-health service needs no credential, so the probe holds no secret.
+health ``Check`` needs no credential, so the probe holds no secret (such
+checks are served from a small pool of their own, see
+:mod:`mesh.grpc_server`).
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ variable                          default              meaning
                                                        move_file, create_directory,
                                                        execute_command; ``none`` for none)
 ``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
+``LLM_CONNECT_TIMEOUT``           ``10``               seconds a model call waits for an
+                                                       unreachable llmproxy (a restart) before
+                                                       it fails with ``llm_unavailable``
 ``TLS_CERT`` / ``TLS_KEY``        (none)               serve TLS with this certificate and key
 ``TLS_CLIENT_CA``                 (none)               with it, require client certificates (mTLS)
 ``LLM_PROXY_TLS_CA``              (none)               TLS to llmproxy, verified with this CA
@@ -39,7 +42,10 @@ variable                          default              meaning
 ``LEASE_TTL``                     ``15``               seconds a session lease lasts unrenewed: how
                                                        long a dead replica's sessions wait to move
 ``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
-``MAX_CONCURRENT_RPCS``           ``2000``             calls served at once; more are refused
+``MAX_CONCURRENT_RPCS``           ``2000``             calls with the credential served at once;
+                                                       more are refused (RESOURCE_EXHAUSTED);
+                                                       health checks without it have a separate
+                                                       pool (mesh.grpc_server)
 ``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
 ``LOG_LEVEL``                     ``INFO``             log level
 ``METRICS_PORT``                  ``0``                Prometheus ``GET /metrics`` port on HOST
@@ -69,10 +75,16 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmproxy.v1 import llmproxy_pb2_grpc
 from mesh.database import create_engine, current_revision
 from mesh.env import ConfigError, Env
-from mesh.grpc_server import MeshServer, TlsFiles, grpc_target, health_check, mesh_channel
+from mesh.grpc_server import (
+    MeshServer,
+    TlsFiles,
+    grpc_target,
+    health_check,
+    internal_metadata,
+    mesh_channel,
+)
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
@@ -81,7 +93,7 @@ from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
-from runtime.llm import LlmClient
+from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.metrics import RuntimeMetrics
 from runtime.policy import DEFAULT_APPROVAL_REQUIRED
 from runtime.service import AgentRuntimeServicer
@@ -105,6 +117,7 @@ class RuntimeConfig:
     agent_models: tuple[tuple[str, str], ...] = ()
     approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
     llm_timeout: float = 300.0
+    llm_connect_timeout: float = CONNECT_TIMEOUT
     tls: TlsFiles = field(default_factory=TlsFiles)
     llm_proxy_tls: TlsFiles = field(default_factory=TlsFiles)
     database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
@@ -141,6 +154,11 @@ class RuntimeConfig:
                     f"with AGENT one of {', '.join(AGENTS)}"
                 )
             agent_models.append((agent.strip(), model.strip()))
+        llm_connect_timeout = env.float("LLM_CONNECT_TIMEOUT", cls.llm_connect_timeout)
+        if llm_connect_timeout <= 0:
+            raise ConfigError(
+                f"{env.name('LLM_CONNECT_TIMEOUT')}={llm_connect_timeout!r} must be positive"
+            )
         llm_proxy_address = env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address)
         try:
             grpc_target(llm_proxy_address)
@@ -157,6 +175,7 @@ class RuntimeConfig:
             agent_models=tuple(agent_models),
             approval_required=approval,
             llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
+            llm_connect_timeout=llm_connect_timeout,
             tls=TlsFiles(
                 cert=env.str("TLS_CERT", ""),
                 key=env.str("TLS_KEY", ""),
@@ -202,9 +221,10 @@ async def serve(
         channel = mesh_channel(config.llm_proxy_address, config.llm_proxy_tls)
         stack.push_async_callback(channel.close)
         llm = LlmClient(
-            llmproxy_pb2_grpc.LlmProxyServiceStub(channel),
+            channel,
             internal_api_key=config.llm_proxy_api_key or config.internal_api_key,
             timeout=config.llm_timeout,
+            connect_timeout=config.llm_connect_timeout,
             metrics=metrics,
         )
         engine = create_engine(config.database_url)
@@ -249,7 +269,12 @@ async def serve(
         stack.push_async_callback(mesh.stop, config.shutdown_grace)
         watch = HealthWatch(
             mesh,
-            {"database": _database_check(engine), "llmproxy": _llmproxy_check(channel)},
+            {
+                "database": _database_check(engine),
+                "llmproxy": _llmproxy_check(
+                    channel, config.llm_proxy_api_key or config.internal_api_key
+                ),
+            },
             interval=config.health_interval,
             timeout=min(config.health_interval, 2.0),
             registry=registry,
@@ -282,14 +307,17 @@ def _database_check(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def _llmproxy_check(channel: grpc.aio.Channel) -> Callable[[], Awaitable[bool]]:
+def _llmproxy_check(channel: grpc.aio.Channel, key: str) -> Callable[[], Awaitable[bool]]:
     """Reachable means its health service answers, SERVING or not: a proxy
     whose deployments all cool down is still there, and the turns that need
-    it fail with a retryable error of their own."""
+    it fail with a retryable error of their own. The check presents the
+    credential, so it uses the proxy's slots for the mesh's own calls, not
+    the small pool left to anonymous probes."""
     call = health_check(channel)
+    metadata = internal_metadata(key)
 
     async def check() -> bool:
-        await call(health_pb2.HealthCheckRequest())
+        await call(health_pb2.HealthCheckRequest(), metadata=metadata)
         return True
 
     return check

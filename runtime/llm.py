@@ -4,10 +4,17 @@
 stub and turns its messages into the dataclasses below, and its failures into
 :class:`runtime.errors.UpstreamError`. Cancelling the consumer cancels the
 gRPC call, which cancels the provider request in the proxy.
+
+A call made while the proxy is unreachable (restarting, or just back and
+the channel still in its reconnect backoff) waits for it up to
+``connect_timeout`` seconds instead of failing at once, then fails with
+``llm_unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -26,6 +33,10 @@ from runtime.events import Usage
 from runtime.metrics import RuntimeMetrics
 
 _tracer = tracing.tracer("runtime.llm")
+
+CONNECT_TIMEOUT = 10.0
+"""Default seconds a call waits for an unreachable proxy: long enough for
+a proxy's restart, short of a turn's whole model call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,13 @@ def error_code(exc: grpc.aio.AioRpcError) -> tuple[str, bool]:
     return _STATUS_REASONS.get(exc.code(), ("llm_error", False))
 
 
+def _upstream_error(exc: grpc.aio.AioRpcError) -> UpstreamError:
+    code, retryable = error_code(exc)
+    return UpstreamError(
+        f"LLM proxy: {exc.details() or exc.code().name}", code=code, retryable=retryable
+    )
+
+
 def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
     return llmproxy_pb2.ChatMessage(
         role=message.role,
@@ -143,39 +161,74 @@ def _caller(request_id: str | None) -> dict[str, str | None]:
 
 
 class LlmClient:
-    """Streams chat completions from the LLM proxy.
+    """Streams chat completions from the LLM proxy over ``channel``.
 
     Every call carries the request id (given, or the calling RPC's) and, when
-    tracing is on, the ``llm.call`` span's ``traceparent``.
+    tracing is on, the ``llm.call`` span's ``traceparent``. ``timeout``
+    bounds a whole call, the wait for an unreachable proxy included;
+    ``connect_timeout`` (at most ``timeout``) bounds that wait.
     """
 
     def __init__(
         self,
-        stub: llmproxy_pb2_grpc.LlmProxyServiceAsyncStub,
+        channel: grpc.aio.Channel,
         *,
         internal_api_key: str,
         timeout: float,
+        connect_timeout: float = CONNECT_TIMEOUT,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
-        self._stub = stub
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be positive, not {connect_timeout}")
+        self._channel = channel
+        self._stub = llmproxy_pb2_grpc.LlmProxyServiceStub(channel)
         self._key = internal_api_key
         self._timeout = timeout
+        self._connect_timeout = min(connect_timeout, timeout)
         self._windows: dict[str, int] = {}
         self._metrics = metrics if metrics is not None else RuntimeMetrics()
+
+    async def _connect(self) -> None:
+        """Return once the channel to the proxy is ready.
+
+        A fail-fast call on a channel that cannot connect now fails at once,
+        and after a proxy restarts the channel reconnects only when its
+        backoff (up to two seconds, :func:`mesh.grpc_server.channel_options`)
+        runs out; so a call first waits for the channel, for at most
+        ``connect_timeout`` seconds. Raises UpstreamError (``llm_unavailable``,
+        retryable) when it is still not ready then. Safe to cancel.
+        """
+        if self._channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._connect_timeout):
+                await self._channel.channel_ready()
+                return
+        state = self._channel.get_state().name.lower()
+        raise UpstreamError(
+            f"LLM proxy unreachable for {self._connect_timeout:g}s (channel {state})",
+            code="llm_unavailable",
+            retryable=True,
+        )
 
     async def context_window(self, model: str) -> int:
         """The model group's context window in tokens, 0 when unknown.
 
         Asked once per group (ListModels) and remembered; a failed ask is
-        not remembered, and answers 0 (no limit) this time.
+        not remembered, and answers 0 (no limit) this time. Raises
+        UpstreamError (``llm_unavailable``) when the proxy stays unreachable
+        (see :meth:`_connect`): the model call that would follow cannot
+        succeed either.
         """
         if model in self._windows:
             return self._windows[model]
+        started = time.monotonic()
+        await self._connect()
         try:
             listing = await self._stub.ListModels(
                 llmproxy_pb2.ListModelsRequest(),
                 metadata=internal_metadata(self._key, **_caller(None)),
-                timeout=min(self._timeout, 10.0),
+                timeout=max(min(self._timeout, 10.0) - (time.monotonic() - started), 0.001),
             )
         except grpc.aio.AioRpcError:
             return 0
@@ -208,19 +261,21 @@ class LlmClient:
             ],
         )
         span = _tracer.start_span("llm.call", attributes={"llm.model": model})
-        call = self._stub.StreamChat(
-            request,
-            metadata=tracing.inject(
-                internal_metadata(self._key, **_caller(request_id)),
-                trace.set_span_in_context(span),
-            ),
-            timeout=self._timeout,
+        metadata = tracing.inject(
+            internal_metadata(self._key, **_caller(request_id)), trace.set_span_in_context(span)
         )
         started = time.monotonic()
+        call: grpc.aio.UnaryStreamCall[Any, llmproxy_pb2.StreamChatResponse] | None = None
         deltas = 0
         first = True
         outcome = "cancelled"
         try:
+            await self._connect()
+            call = self._stub.StreamChat(
+                request,
+                metadata=metadata,
+                timeout=max(self._timeout - (time.monotonic() - started), 0.001),
+            )
             async for response in call:
                 if first:
                     first = False
@@ -243,15 +298,14 @@ class LlmClient:
                         end.model,
                     )
             outcome = "ok"
-        except grpc.aio.AioRpcError as exc:
-            code, retryable = error_code(exc)
-            outcome = code
-            span.set_status(trace.StatusCode.ERROR, code)
-            raise UpstreamError(
-                f"LLM proxy: {exc.details() or exc.code().name}", code=code, retryable=retryable
-            ) from None
+        except (grpc.aio.AioRpcError, UpstreamError) as exc:
+            failure = exc if isinstance(exc, UpstreamError) else _upstream_error(exc)
+            outcome = failure.code
+            span.set_status(trace.StatusCode.ERROR, failure.code)
+            raise failure from None
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             # Counted once per call, not per delta.
             self._metrics.tokens_streamed.labels(model).inc(max(0, deltas))
             self._metrics.llm_calls.labels(model, outcome).inc()

@@ -25,11 +25,7 @@ async def test_calls_are_balanced_over_every_replica(start_proxy: StartProxy) ->
     second = await start_proxy(REPLICA.format(tokens=4))
     address = f"127.0.0.1:{first.port}, 127.0.0.1:{second.port}"
     async with mesh_channel(address) as channel:
-        client = LlmClient(
-            llmproxy_pb2_grpc.LlmProxyServiceStub(channel),
-            internal_api_key=INTERNAL_KEY,
-            timeout=10,
-        )
+        client = LlmClient(channel, internal_api_key=INTERNAL_KEY, timeout=10)
         lengths = set()
         for _ in range(20):
             text = "".join(

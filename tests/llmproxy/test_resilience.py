@@ -208,7 +208,7 @@ async def test_a_connection_cut_mid_stream_is_interrupted_not_an_answer(
     assert openai_server.count("text-model") == 0
 
     # The runtime's client turns it into an error the turn loop does not save.
-    client = LlmClient(proxy.stub, internal_api_key=INTERNAL_KEY, timeout=10)
+    client = LlmClient(proxy.channel, internal_api_key=INTERNAL_KEY, timeout=10)
     chunks: list[object] = []
 
     async def consume() -> None:
