@@ -56,6 +56,11 @@ _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _EXEMPT_METHODS = frozenset({HEALTH_CHECK_METHOD})
 """Methods answered without the credential: what probes call."""
 
+UNAUTHENTICATED_CALL_SECONDS = 5.0
+"""How long a call without the credential may last, its request's arrival
+included: a ``Check`` answers in milliseconds, so a prober that opens calls
+and never finishes them loses them (CANCELLED) and cannot pin the pool."""
+
 UNAUTHENTICATED_RPC_LIMIT = 32
 """Calls without the credential (health checks by probes) served at once,
 apart from the slots of authenticated calls; more are refused with
@@ -116,13 +121,15 @@ def _refusal(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
 
 
 class _Slots:
-    """Calls in progress in one pool, at most ``limit`` (None: no limit)."""
+    """Calls in progress in one pool, at most ``limit`` (None: no limit),
+    each for at most ``call_seconds`` (None: no limit) before it is cancelled."""
 
-    def __init__(self, limit: int | None, name: str) -> None:
+    def __init__(self, limit: int | None, name: str, call_seconds: float | None = None) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"{name} must be at least 1, not {limit}")
         self.limit = limit
         self.in_use = 0
+        self._call_seconds = call_seconds
 
     def take(self) -> bool:
         """Hold a slot until the current call's task ends; False when full.
@@ -139,6 +146,9 @@ class _Slots:
             raise RuntimeError("a call slot is taken outside the call's task")
         self.in_use += 1
         task.add_done_callback(self._release)
+        if self._call_seconds is not None:
+            expiry = asyncio.get_running_loop().call_later(self._call_seconds, task.cancel)
+            task.add_done_callback(lambda _: expiry.cancel())
         return True
 
     def _release(self, task: object) -> None:
@@ -151,10 +161,12 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
 
     Authenticated calls (any method, health included) share
     ``max_concurrent_rpcs`` slots (None: no limit); exempt calls without
-    the credential share ``max_unauthenticated_rpcs``. A call beyond its
-    pool's limit is refused with RESOURCE_EXHAUSTED; a call refused for its
-    credential (UNAUTHENTICATED) takes no slot. Raises ValueError for an
-    empty key or a limit below 1.
+    the credential share ``max_unauthenticated_rpcs``, each for at most
+    ``unauthenticated_call_seconds`` (then it is cancelled, so calls held
+    open cannot pin the pool). A call beyond its pool's limit is refused
+    with RESOURCE_EXHAUSTED; a call refused for its credential
+    (UNAUTHENTICATED) takes no slot. Raises ValueError for an empty key or
+    a limit below 1.
     """
 
     def __init__(
@@ -163,12 +175,15 @@ class InternalAuthInterceptor(grpc.aio.ServerInterceptor):
         *,
         max_concurrent_rpcs: int | None = None,
         max_unauthenticated_rpcs: int = UNAUTHENTICATED_RPC_LIMIT,
+        unauthenticated_call_seconds: float = UNAUTHENTICATED_CALL_SECONDS,
     ) -> None:
         if not internal_api_key:
             raise ValueError("the internal API key must not be empty")
         self._key = internal_api_key.encode()
         self._authenticated = _Slots(max_concurrent_rpcs, "max_concurrent_rpcs")
-        self._unauthenticated = _Slots(max_unauthenticated_rpcs, "max_unauthenticated_rpcs")
+        self._unauthenticated = _Slots(
+            max_unauthenticated_rpcs, "max_unauthenticated_rpcs", unauthenticated_call_seconds
+        )
 
     @property
     def calls_in_progress(self) -> tuple[int, int]:
@@ -475,6 +490,7 @@ class MeshServer:
         service_names: Sequence[str],
         max_concurrent_rpcs: int | None = None,
         max_unauthenticated_rpcs: int = UNAUTHENTICATED_RPC_LIMIT,
+        unauthenticated_call_seconds: float = UNAUTHENTICATED_CALL_SECONDS,
         options: Sequence[tuple[str, Any]] = (),
         metrics: RpcMetrics | None = None,
         tls: TlsFiles | None = None,
@@ -486,6 +502,7 @@ class MeshServer:
             internal_api_key,
             max_concurrent_rpcs=max_concurrent_rpcs,
             max_unauthenticated_rpcs=max_unauthenticated_rpcs,
+            unauthenticated_call_seconds=unauthenticated_call_seconds,
         )
         self.server = grpc.aio.server(
             interceptors=[CallInterceptor(metrics), self.admission], options=list(options)

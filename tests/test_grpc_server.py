@@ -106,6 +106,22 @@ async def test_unauthenticated_checks_get_a_small_pool_of_their_own() -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_unauthenticated_calls_held_open_lose_their_slots() -> None:
+    limits = {"max_unauthenticated_rpcs": 2, "unauthenticated_call_seconds": 0.2}
+    async with mesh_server(**limits) as (server, channel):
+        held = [held_check(channel) for _ in range(2)]
+        await eventually(lambda: server.admission.calls_in_progress == (0, 2))
+        # The server gives up on them (the client's side of such a call
+        # stays open until it cancels it; gRPC sends no status for a
+        # cancelled handler), and their slots are free again.
+        await eventually(lambda: server.admission.calls_in_progress == (0, 0))
+        # A probe gets its answer; the pool was not pinned.
+        reply = await health_check(channel)(REQUEST, timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for call in held:
+            call.cancel()
+
+
 async def test_authenticated_calls_are_capped_and_release_their_slots() -> None:
     async with mesh_server(max_concurrent_rpcs=2) as (server, channel):
         streams = [watch(channel, AUTH) for _ in range(2)]
