@@ -87,7 +87,8 @@ class Handshake:
     request_id: str
     quiet: runtime_pb2.GetCurrentAgentResponse | None = None
     """Set when the session is idle and the client asked for nothing to
-    replay: the connection may attach to the runtime on its first frame."""
+    replay: the connection may attach to the runtime later, on its first
+    frame or when the session moves past ``quiet.last_seq``."""
     created: bool = False
 
 
@@ -284,8 +285,9 @@ class Connections:
             )
 
     async def _serve(self, link: Link, handshake: Handshake) -> None:
-        """Attach to the runtime (now, or on the first frame of a quiet
-        session) and pump both ways until either side ends."""
+        """Attach to the runtime (now, or for a quiet session on the first
+        frame or when the session moves on) and pump both ways until either
+        side ends."""
         first: runtime_pb2.ConverseResponse | None = None
         pending: runtime_pb2.ConverseRequest | None = None
         quiet = handshake.quiet
