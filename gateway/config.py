@@ -57,8 +57,9 @@ class GatewayConfig:
     idle_timeout: float = 900.0
     """No frame either way for this long closes with 1001; 0 disables."""
     attach_on_first_frame: bool = True
-    """Open the runtime stream of an idle session on the first IDE frame
-    (see docs/GATEWAY.md); False opens it at connect."""
+    """Open the runtime stream of an idle session on the first IDE frame, or
+    when another connection of the session here gets a newer event (see
+    docs/GATEWAY.md); False opens it at connect."""
     slow_consumer_timeout: float = 10.0
     """A send blocked this long on ``write_limit`` closes with 1013."""
     view_timeout: float = 5.0

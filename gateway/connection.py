@@ -4,15 +4,24 @@ A connection accepted by :class:`gateway.server.Gateway` (which did every
 handshake check) is served here. It opens one bidirectional ``Converse``
 stream to the runtime — at connect, or, for an idle session with nothing to
 replay, on the IDE's first frame: the gateway then sends the
-``session_info`` itself and the idle connection holds no stream — and pumps
-frames both ways in a task group. One timer per connection (not a task)
-checks the token (expiry, revocation) and idleness and sends keepalive
+``session_info`` itself and the idle ("quiet") connection holds no stream —
+and pumps frames both ways in a task group. One timer per connection (not a
+task) checks the token (expiry, revocation) and idleness and sends keepalive
 pings. Backpressure is end to end: the IDE→runtime pump waits for gRPC flow
 control before reading the next frame (websockets then stops reading the
 socket after ``max_queue`` frames), and the runtime→IDE pump waits for the
 WebSocket's ``write_limit`` to drain before reading the next event — for at
 most ``slow_consumer_timeout`` seconds, after which the connection is closed
 with 1013. Closing cancels the gRPC call, which cancels the runtime's turn.
+
+A quiet connection is also attached without a frame of its own as soon as
+this gateway learns that its session has moved past the seq it was told:
+another connection of the session here receives a newer event (a turn that
+another window started), or connects having been told a newer seq. So each
+window sees every event of its session live, while an idle one costs only
+its place in its session's lists (:class:`SessionLinks`) and a timeout
+without deadline around its read, which the wake moves to now. Connections
+to other gateway replicas are not seen (docs/GATEWAY.md).
 
 Every failure's close code comes from :mod:`gateway.codes`.
 """
@@ -78,7 +87,8 @@ class Handshake:
     request_id: str
     quiet: runtime_pb2.GetCurrentAgentResponse | None = None
     """Set when the session is idle and the client asked for nothing to
-    replay: the connection may attach to the runtime on its first frame."""
+    replay: the connection may attach to the runtime later, on its first
+    frame or when the session moves past ``quiet.last_seq``."""
     created: bool = False
 
 
@@ -93,6 +103,15 @@ frame and is owed its delivery, not a retryable close."""
 
 
 @dataclass(slots=True, eq=False)
+class SessionLinks:
+    """The connections of one session in this gateway (every one, and the
+    quiet ones among them, which hold no runtime stream yet)."""
+
+    links: list[Link] = field(default_factory=list)
+    quiet: list[Link] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
 class Link:
     """One IDE connection, its gRPC call and its counters."""
 
@@ -101,6 +120,14 @@ class Link:
     principal: Principal
     frame_bucket: TokenBucket
     send_timeout: float | None
+    peers: SessionLinks
+    """Every connection of this session in this gateway, this one included."""
+    seen_seq: int = 0
+    """The session's highest seq this client was sent or told (``last_seq``)."""
+    wake: asyncio.Timeout | None = None
+    """While quiet and reading: a timeout without deadline that a wake moves to now."""
+    woken: bool = False
+    """Set when the session moved past ``seen_seq`` while this link was quiet."""
     call: ConverseCall | None = None
     watchdog: asyncio.TimerHandle | None = None
     """The next check of token, idleness and keepalive (:meth:`Connections._watch`)."""
@@ -186,6 +213,7 @@ class Connections:
         self._authenticate = authenticate
         self._is_revoked = is_revoked
         self._links: dict[str, set[Link]] = {}
+        self._sessions: dict[str, SessionLinks] = {}
 
     def revoke(self, subject: str) -> None:
         """Check every connection of ``subject`` now; those whose token is
@@ -197,13 +225,20 @@ class Connections:
         """Serve one accepted WebSocket until it closes; frees its slot."""
         user = handshake.principal.subject
         config = self._config
+        session_id = handshake.session_id
+        peers = self._sessions.get(session_id)
+        if peers is None:
+            peers = self._sessions[session_id] = SessionLinks()
         link = Link(
             connection,
-            handshake.session_id,
+            session_id,
             handshake.principal,
             TokenBucket(config.frame_rate, config.frame_burst),
             config.slow_consumer_timeout if config.slow_consumer_timeout > 0 else None,
+            peers,
+            seen_seq=handshake.resume_after_seq or 0,
         )
+        peers.links.append(link)
         self._links.setdefault(user, set()).add(link)
         started = time.monotonic()
         link.next_ping = started + (config.ping_interval or 0)
@@ -230,6 +265,9 @@ class Connections:
                 links.discard(link)
                 if not links:
                     del self._links[user]
+            peers.links.remove(link)
+            if not peers.links and self._sessions.get(session_id) is peers:
+                del self._sessions[session_id]
             self._slots.release(user, connection)
             duration = time.monotonic() - started
             metrics = self._metrics
@@ -247,8 +285,9 @@ class Connections:
             )
 
     async def _serve(self, link: Link, handshake: Handshake) -> None:
-        """Attach to the runtime (now, or on the first frame of a quiet
-        session) and pump both ways until either side ends."""
+        """Attach to the runtime (now, or for a quiet session on the first
+        frame or when the session moves on) and pump both ways until either
+        side ends."""
         first: runtime_pb2.ConverseResponse | None = None
         pending: runtime_pb2.ConverseRequest | None = None
         quiet = handshake.quiet
@@ -258,17 +297,19 @@ class Connections:
                 opening.resume_after_seq = handshake.resume_after_seq
             link.call, first = await self._open(opening, self._metadata(link, handshake))
         else:
-            # Nothing to receive until the IDE speaks: hold no stream (and
-            # none of the runtime's memory) until then. Attaching resumes
-            # after the seq announced here, so nothing in between is lost.
+            # Nothing to receive until the IDE speaks or the session moves
+            # on: hold no stream (and none of the runtime's memory) until
+            # then. Attaching resumes after the seq announced here, so
+            # nothing in between is lost.
             await _guarded_send(link, _quiet_session_info(quiet, handshake.created))
-            last_seq, handshake.quiet = quiet.last_seq, None
+            announced, handshake.quiet = quiet.last_seq, None
             del quiet  # an idle connection keeps as little as it can
-            pending = await self._first_action(link)
-            if pending is None:
+            link.seen_seq = announced
+            pending = await self._until_needed(link)
+            if pending is None and (not link.woken or link.websocket.state is not State.OPEN):
                 return
             opening = runtime_pb2.OpenSession(
-                session_id=handshake.session_id, resume_after_seq=last_seq
+                session_id=handshake.session_id, resume_after_seq=announced
             )
             metadata = self._metadata(link, handshake)
             link.call, first = await self._open(opening, metadata, ATTACH_PATIENCE)
@@ -296,6 +337,42 @@ class Connections:
 
             for task in tasks:
                 task.add_done_callback(stop_the_others)
+
+    async def _until_needed(self, link: Link) -> runtime_pb2.ConverseRequest | None:
+        """Keep ``link`` quiet until its first action (returned) or until
+        the session moves past what it was told (None, ``link.woken`` set);
+        None without ``woken`` when the connection ends first.
+
+        A peer here that was sent or told a newer seq (an event arrived
+        between this connection's handshake and now) wakes it at once; a
+        quiet peer told an older one is woken by this connection's news.
+        """
+        peers = link.peers
+        if max(peer.seen_seq for peer in peers.links) > link.seen_seq:
+            link.woken = True
+            return None
+        self._moved_on(peers, link.seen_seq)
+        peers.quiet.append(link)
+        try:
+            return await self._first_action(link)
+        finally:
+            with contextlib.suppress(ValueError):
+                peers.quiet.remove(link)
+
+    def _moved_on(self, peers: SessionLinks, seq: int) -> None:
+        """The session has reached ``seq``: wake every quiet link told less,
+        so that it attaches (resuming after what it was told) and shows the
+        rest live. Idempotent; costs nothing when no link is behind."""
+        behind = [link for link in peers.quiet if link.seen_seq < seq]
+        if not behind:
+            return
+        now = asyncio.get_running_loop().time()
+        for link in behind:
+            peers.quiet.remove(link)
+            link.woken = True
+            if link.wake is not None:
+                link.wake.reschedule(now)
+        log.info("quiet_connections_woken", count=len(behind), seq=seq)
 
     def _metadata(self, link: Link, handshake: Handshake) -> tuple[tuple[str, str], ...]:
         """The runtime call's metadata: the credential, the user, the request id."""
@@ -355,9 +432,23 @@ class Connections:
 
     async def _first_action(self, link: Link) -> runtime_pb2.ConverseRequest | None:
         """Read IDE frames until one is for the runtime; None when the
-        connection ends first. Errors and re-authentication are answered here."""
+        connection ends first or the link is woken (``link.woken``). Errors
+        and re-authentication are answered here.
+
+        Only the wait for a frame is interrupted by a wake (cancelling
+        websockets' ``recv`` loses no message: the next read returns it);
+        a frame being answered is answered first.
+        """
         try:
-            async for message in link.websocket:
+            while not link.woken:
+                wake = link.wake = asyncio.timeout(None)
+                try:
+                    async with wake:
+                        message = await link.websocket.recv()
+                except TimeoutError:
+                    return None  # woken: a wake moved the deadline to now
+                finally:
+                    link.wake = None
                 action = await self._on_frame(link, message)
                 if action is not None:
                     return action
@@ -442,6 +533,7 @@ class Connections:
         """Forward runtime events (``first`` was read already) until the stream ends."""
         try:
             if first is not None:
+                self._saw(link, first.seq)
                 frame = frame_for(first)
                 if frame is not None:
                     await link.send(frame)
@@ -458,6 +550,7 @@ class Connections:
                 if not isinstance(response, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
                     closing = closing_for_status(grpc.StatusCode.OK, None)
                     break
+                self._saw(link, response.seq)
                 frame = frame_for(response)
                 if frame is None:
                     log.warning("unknown_runtime_event", seq=response.seq)
@@ -469,6 +562,13 @@ class Connections:
             closing = closing_for_status(exc.code(), exc.details())
             log.info("runtime_stream_failed", status=exc.code().name)
         await self._close(link, closing)
+
+    def _saw(self, link: Link, seq: int) -> None:
+        """Note an event for ``link``; a newer seq wakes its quiet peers."""
+        if seq > link.seen_seq:
+            link.seen_seq = seq
+            if link.peers.quiet:
+                self._moved_on(link.peers, seq)
 
     async def _reauthenticate(self, link: Link, token: str) -> None:
         try:

@@ -18,8 +18,9 @@ any upgrade, in this order (docs/GATEWAY.md explains each):
    PERMISSION_DENIED → 403 and NOT_FOUND (a new session) passes.
 
 Each accepted connection is then served by :mod:`gateway.connection` (its
-runtime stream, opened at connect or on the IDE's first frame; the two
-pumps; one timer for the token, idleness and keepalive).
+runtime stream, opened at connect, or on the IDE's first frame or the first
+newer event another connection of the session gets; the two pumps; one
+timer for the token, idleness and keepalive).
 
 Every failure's close code or HTTP status comes from :mod:`gateway.codes`.
 """
@@ -497,8 +498,9 @@ class Gateway:
         probe: runtime_pb2.GetCurrentAgentResponse | None,
         resume_after_seq: int | None,
     ) -> tuple[runtime_pb2.GetCurrentAgentResponse | None, bool]:
-        """(the session's state, created) when the connection may attach on
-        its first frame: the session is idle and nothing is to be replayed.
+        """(the session's state, created) when the connection may attach
+        later (on its first frame, or when the session moves on): the
+        session is idle and nothing is to be replayed.
         A new session is created here, so it is idle too. (None, False)
         means attach at connect."""
         if not self._config.attach_on_first_frame:

@@ -200,12 +200,20 @@ CREATED = timestamp_pb2.Timestamp(seconds=1_700_000_000)
 class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     """Answers open, echoes user messages as three deltas, obeys scripts.
 
-    ``abort:<STATUS>`` ends the stream with that status; ``hang`` blocks the
-    turn until the call is cancelled; ``flood`` streams 16 KiB deltas until
-    cancelled (``flooded`` counts the bytes). Sessions have owners:
-    opening or reading another user's session is PERMISSION_DENIED, an
-    unknown one is NOT_FOUND for the unary reads. ``failures`` makes a unary
-    method abort with a status.
+    ``abort:<STATUS>`` ends the stream with that status; ``partial:<STATUS>``
+    sends the first delta, then ends the stream with that status; ``pause``
+    sends the first delta and waits for ``go`` before the rest; ``hang``
+    blocks the turn until the call is cancelled; ``flood`` streams 16 KiB
+    deltas until cancelled (``flooded`` counts the bytes). Sessions have
+    owners: opening or reading another user's session is PERMISSION_DENIED,
+    an unknown one is NOT_FOUND for the unary reads. ``failures`` makes a
+    unary method abort with a status.
+
+    As in the real runtime, a session's events are numbered per session and
+    go to every stream attached to it (the stream whose message started the
+    turn first), ``session_opened`` carries seq 0, and ``open`` with
+    ``resume_after_seq`` first replays the session's events after it.
+    ``held`` makes the opens of a request id wait for its event.
     """
 
     def __init__(self) -> None:
@@ -218,8 +226,15 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.sessions: dict[str, tuple[str, pb.Session]] = {}
         self.failures: dict[str, grpc.StatusCode] = {}
         self.states: dict[str, tuple[int, bool]] = {}
-        """(last_seq, idle) GetCurrentAgent reports; default (0, busy)."""
+        """(last_seq, idle) GetCurrentAgent reports; default (0, busy).
+        Events a session numbers move its last_seq."""
         self.flooded = 0
+        self.events: dict[str, list[pb.ConverseResponse]] = {}
+        """Each session's numbered events, for replays."""
+        self.streams: dict[str, list[asyncio.Queue[Any]]] = {}
+        """The inboxes of the streams attached to each session."""
+        self.held: dict[str, asyncio.Event] = {}
+        self.go = asyncio.Event()
 
     def own(self, session_id: str, user: str, title: str = "") -> pb.Session:
         session = pb.Session(
@@ -232,31 +247,75 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.sessions[session_id] = (user, session)
         return session
 
+    def publish(
+        self, session_id: str, source: asyncio.Queue[Any] | None = None, **event: Any
+    ) -> pb.ConverseResponse:
+        """Number an event of ``session_id`` and send it to every stream
+        attached to it but ``source`` (the stream whose turn made it, which
+        sends it itself); returns it."""
+        last_seq, idle = self.states.get(session_id, (0, False))
+        response = pb.ConverseResponse(seq=last_seq + 1, **event)
+        self.states[session_id] = (response.seq, idle)
+        self.events.setdefault(session_id, []).append(response)
+        for inbox in self.streams.get(session_id, ()):
+            if inbox is not source:
+                inbox.put_nowait(response)
+        return response
+
+    async def _read(self, requests: Any, inbox: asyncio.Queue[Any]) -> None:
+        try:
+            async for request in requests:
+                await self.requests.put(request)
+                inbox.put_nowait(request)
+        finally:
+            inbox.put_nowait(None)  # the client half-closed (or is gone)
+
     async def Converse(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         metadata = {item.key: item.value for item in context.invocation_metadata()}
         self.metadata.append(metadata)
         # A call cancelled while the handler is blocked in a write ends it
         # without a CancelledError, so watch the call itself.
         context.add_done_callback(lambda call: self.ended.set())
-        seq = 0
+        # The client's requests and the events of turns other streams run.
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(request_iterator, inbox))
+        reader.add_done_callback(lambda task: task.cancelled() or task.exception())
+        session_id = ""
         try:
-            async for request in request_iterator:
-                await self.requests.put(request)
+            while True:
+                item = await inbox.get()
+                if item is None:
+                    return
+                if isinstance(item, pb.ConverseResponse):
+                    yield item
+                    continue
+                request = item
                 kind = request.WhichOneof("event")
                 if kind == "open":
                     owner = self.sessions.get(request.open.session_id)
                     if owner is not None and owner[0] != metadata.get("x-user-id"):
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
-                    seq += 1
+                    held = self.held.get(metadata.get("x-request-id", ""))
+                    if held is not None:
+                        await held.wait()
+                    session_id = request.open.session_id
+                    resumed = request.open.HasField("resume_after_seq")
+                    after = request.open.resume_after_seq
+                    replay = [
+                        e for e in self.events.get(session_id, ()) if resumed and e.seq > after
+                    ]
+                    self.streams.setdefault(session_id, []).append(inbox)
                     yield pb.ConverseResponse(
-                        seq=seq,
                         session_opened=pb.SessionOpened(
-                            session_id=request.open.session_id,
+                            session_id=session_id,
                             agent="coder",
                             created=True,
-                            recovered=request.open.HasField("resume_after_seq"),
+                            recovered=resumed,
+                            last_seq=self.states.get(session_id, (0, False))[0],
                         ),
                     )
+                    for event in replay:
+                        yield event
                 elif kind == "resume":
                     yield pb.ConverseResponse(
                         seq=request.resume.after_seq + 1,
@@ -271,19 +330,21 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     if text == "flood":
                         chunk = "x" * 16384
                         while True:
-                            seq += 1
                             self.flooded += len(chunk)
-                            yield pb.ConverseResponse(
-                                seq=seq, assistant_delta=pb.AssistantDelta(text=chunk)
+                            yield self.publish(
+                                session_id, inbox, assistant_delta=pb.AssistantDelta(text=chunk)
                             )
                     for piece in ("echo: ", text, "!"):
-                        seq += 1
-                        yield pb.ConverseResponse(
-                            seq=seq, assistant_delta=pb.AssistantDelta(text=piece)
+                        yield self.publish(
+                            session_id, inbox, assistant_delta=pb.AssistantDelta(text=piece)
                         )
-                    seq += 1
-                    yield pb.ConverseResponse(
-                        seq=seq,
+                        if text.startswith("partial:"):
+                            await context.abort(grpc.StatusCode[text[8:]], "scripted failure")
+                        if text == "pause":
+                            await self.go.wait()
+                    yield self.publish(
+                        session_id,
+                        inbox,
                         turn_done=pb.TurnDone(
                             status=pb.TURN_STATUS_COMPLETED,
                             usage=pb.Usage(prompt_tokens=3, completion_tokens=3),
@@ -292,6 +353,11 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+        finally:
+            reader.cancel()
+            streams = self.streams.get(session_id, [])
+            if inbox in streams:
+                streams.remove(inbox)
 
     async def next_request(self) -> pb.ConverseRequest:
         async with asyncio.timeout(TIMEOUT):

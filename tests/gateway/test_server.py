@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.__main__ import running_gateway
+from runtime.v1 import runtime_pb2 as pb
 from tests.conftest import free_port
 from tests.gateway.conftest import (
     INTERNAL_KEY,
@@ -51,7 +53,7 @@ async def test_user_message_streams_assistant_frames(edge: Edge):
     assert [f["content"] for f in frames] == ["echo: ", "hi", "!", ""]
     assert [f["is_final"] for f in frames] == [False, False, False, True]
     assert all(f["type"] == "assistant_message" and f["token"] == f["content"] for f in frames)
-    assert [f["seq"] for f in frames] == [2, 3, 4, 5]
+    assert [f["seq"] for f in frames] == [1, 2, 3, 4]
     assert frames[-1]["metadata"]["status"] == "completed"
     assert (await edge.fake.next_request()).open.session_id == "session-1"
     message = (await edge.fake.next_request()).user_message
@@ -570,6 +572,163 @@ async def test_an_idle_connection_still_times_out(edge_factory: Any):
             code, _ = await close_code(ws)
         assert code == 1001
         assert edge.fake.metadata == []
+
+
+# -- every window sees its session live -----------------------------------------
+
+
+async def until_final(ws: Any) -> list[dict[str, Any]]:
+    """Frames up to and including the turn's final assistant_message."""
+    frames = []
+    while not frames or not frames[-1].get("is_final"):
+        frames.append(await receive(ws))
+    return frames
+
+
+def converse_calls(edge: Edge, request_id: str) -> int:
+    return sum(1 for metadata in edge.fake.metadata if metadata["x-request-id"] == request_id)
+
+
+def window(edge: Edge, session_id: str, name: str) -> Any:
+    return edge.connect(f"/ws/{session_id}", headers={"X-Request-Id": name})
+
+
+@pytest.mark.parametrize("count", [2, 3])
+async def test_quiet_windows_see_the_turn_another_starts_live(edge_factory: Any, count: int):
+    """Every window on an idle session is quiet; the first to speak attaches,
+    and its turn's first event wakes the others, which attach after the seq
+    they were told and get the whole turn, numbered alike, without a frame."""
+    async with edge_factory(attach_on_first_frame=True) as edge, AsyncExitStack() as stack:
+        edge.fake.own("shared", "user-1")
+        edge.fake.states["shared"] = (0, True)
+        names = [f"w{n}" for n in range(count)]
+        sockets = [await stack.enter_async_context(window(edge, "shared", n)) for n in names]
+        for ws in sockets:
+            assert (await opened(ws))["metadata"]["last_seq"] == 0
+        speaker, *others = sockets
+        # An action that makes no event attaches the speaker only.
+        await speaker.send(json.dumps({"type": "cancel"}))
+        assert (await edge.fake.next_request()).open.resume_after_seq == 0
+        assert (await edge.fake.next_request()).WhichOneof("event") == "cancel"
+        assert [converse_calls(edge, name) for name in names] == [1] + [0] * len(others)
+        await speaker.send(json.dumps({"type": "user_message", "content": "pause"}))
+        first = await receive(speaker)
+        # The turn is still running: what the others get now is live.
+        for ws in others:
+            assert await receive(ws) == first
+        edge.fake.go.set()
+        turn = [first, *await until_final(speaker)]
+        for ws in others:
+            assert [first, *await until_final(ws)] == turn
+        assert [converse_calls(edge, name) for name in names] == [1] * count
+    assert [f["seq"] for f in turn] == [1, 2, 3, 4]
+    assert [f["content"] for f in turn] == ["echo: ", "pause", "!", ""]
+    openings = [r.open for r in drain(edge.fake) if r.WhichOneof("event") == "open"]
+    assert len(openings) == count - 1
+    assert all(o.HasField("resume_after_seq") and o.resume_after_seq == 0 for o in openings)
+
+
+def drain(fake: FakeRuntime) -> list[Any]:
+    requests = []
+    while not fake.requests.empty():
+        requests.append(fake.requests.get_nowait())
+    return requests
+
+
+async def test_a_window_that_connects_beside_an_attached_one_is_woken_by_its_next_turn(
+    edge_factory: Any,
+):
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        edge.fake.own("shared", "user-1")
+        edge.fake.states["shared"] = (0, True)
+        async with window(edge, "shared", "a") as a:
+            await opened(a)
+            await a.send(json.dumps({"type": "user_message", "content": "one"}))
+            assert [f["seq"] for f in await until_final(a)] == [1, 2, 3, 4]
+            # A stays attached; the session is idle again.
+            async with window(edge, "shared", "b") as b:
+                assert (await opened(b))["metadata"]["last_seq"] == 4
+                assert converse_calls(edge, "b") == 0  # quiet
+                await a.send(json.dumps({"type": "user_message", "content": "two"}))
+                seen_by_a = await until_final(a)
+                seen_by_b = await until_final(b)
+                assert converse_calls(edge, "b") == 1
+    assert seen_by_b == seen_by_a  # nothing of "one" again, all of "two"
+    assert [f["seq"] for f in seen_by_b] == [5, 6, 7, 8]
+    assert [f["content"] for f in seen_by_b] == ["echo: ", "two", "!", ""]
+
+
+async def test_a_window_told_an_older_seq_than_its_peers_attaches_at_once(edge_factory: Any):
+    """The handshake's read of the session may be older than what a window
+    here has already been sent (a turn ran in between): the new window must
+    not wait for the next event to get those."""
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        edge.fake.own("shared", "user-1")
+        edge.fake.states["shared"] = (0, True)
+        async with window(edge, "shared", "a") as a:
+            await opened(a)
+            await a.send(json.dumps({"type": "user_message", "content": "one"}))
+            turn = await until_final(a)
+            edge.fake.states["shared"] = (2, True)  # read in the middle of that turn
+            async with window(edge, "shared", "b") as b:
+                assert (await opened(b))["metadata"]["last_seq"] == 2
+                assert [await receive(b) for _ in range(2)] == turn[2:]
+
+
+async def test_a_newer_announcement_wakes_a_window_told_an_older_one(edge_factory: Any):
+    """A window quiet since seq 4 learns, from a window that connects told
+    6 (events another gateway's window caused), that it is behind."""
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        edge.fake.own("shared", "user-1")
+        edge.fake.states["shared"] = (4, True)
+        async with window(edge, "shared", "old") as old:
+            await opened(old)
+            edge.fake.publish("shared", assistant_delta=pb.AssistantDelta(text="elsewhere"))
+            edge.fake.publish("shared", turn_done=pb.TurnDone(status=pb.TURN_STATUS_COMPLETED))
+            async with window(edge, "shared", "new") as new:
+                assert (await opened(new))["metadata"]["last_seq"] == 6
+                missed = await until_final(old)
+                assert converse_calls(edge, "new") == 0  # it has nothing to catch up on
+    assert [(f["seq"], f["content"]) for f in missed] == [(5, "elsewhere"), (6, "")]
+
+
+async def test_a_window_that_closes_while_being_woken_leaves_nothing_behind(edge_factory: Any):
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        edge.fake.own("shared", "user-1")
+        edge.fake.states["shared"] = (0, True)
+        edge.fake.held["b"] = held = asyncio.Event()
+        async with window(edge, "shared", "a") as a:
+            await opened(a)
+            async with window(edge, "shared", "b") as b:
+                await opened(b)
+                await a.send(json.dumps({"type": "user_message", "content": "one"}))
+                await until_final(a)
+                await eventually(lambda: converse_calls(edge, "b") == 1)  # being woken
+            held.set()  # b is gone; its attach completes now
+            await eventually(lambda: edge.gateway.open_connections == 1)
+            await eventually(lambda: len(edge.fake.streams["shared"]) == 1)
+            await a.send(json.dumps({"type": "user_message", "content": "two"}))
+            assert [f["seq"] for f in await until_final(a)] == [5, 6, 7, 8]
+
+
+async def test_a_window_whose_stream_fails_does_not_take_the_woken_ones_with_it(
+    edge_factory: Any,
+):
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        edge.fake.own("shared", "user-1")
+        edge.fake.states["shared"] = (0, True)
+        async with window(edge, "shared", "a") as a, window(edge, "shared", "b") as b:
+            await opened(a)
+            await opened(b)
+            await a.send(json.dumps({"type": "user_message", "content": "partial:INTERNAL"}))
+            first = await receive(a)
+            assert (first["seq"], first["content"]) == (1, "echo: ")
+            assert (await receive(a))["code"] == "runtime_error"
+            assert (await close_code(a))[0] == 1011
+            assert await receive(b) == first  # woken by that first event
+            await b.send(json.dumps({"type": "user_message", "content": "still here"}))
+            frames = await until_final(b)
+    assert [(f["seq"], f["content"]) for f in frames][:2] == [(2, "echo: "), (3, "still here")]
 
 
 # -- keepalive ------------------------------------------------------------------

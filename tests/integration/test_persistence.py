@@ -249,34 +249,66 @@ async def test_a_dropped_client_resumes_with_exactly_the_missed_events(
     assert rest[-1]["metadata"]["status"] == "completed"
 
 
-async def test_an_idle_window_attaches_on_its_first_frame_and_misses_nothing(
-    mesh: Mesh, session_id: str
-) -> None:
-    """Two windows on one session. The second connects while the session is
-    idle, so the gateway answers it without opening a runtime stream. The
-    first runs a turn meanwhile; the second's first frame attaches it after
-    the seq it was told, and that turn is replayed to it before its own."""
-    async with IdeConnection(mesh.ws_url, session_id, mesh.token) as first:
-        await first.next_frame()
-        await first.send_message("one")
-        await frames_until_final(first)
-        async with IdeConnection(mesh.ws_url, session_id, mesh.token) as second:
-            announced = await second.next_frame()
-            assert announced["type"] == "session_info"
-            assert announced["metadata"]["created"] is False
-            await first.send_message("two")
-            missed = await frames_until_final(first)
-            # Not attached: the turn was not pushed to it (attached, its
-            # frames would be here by now, sent beside the first window's).
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(second.next_frame(), 0.5)
-            await second.send_message("three")
+def numbered_text(frames: list[dict[str, Any]]) -> dict[int, str]:
+    """The turn's text up to each seq a frame carried."""
+    text, upto = "", {}
+    for frame in frames:
+        if frame["type"] == "assistant_message" and not frame["is_final"]:
+            text += frame["content"]
+        upto[frame["seq"]] = text
+    return upto
+
+
+def assert_same_turn(seen: list[dict[str, Any]], sent: list[dict[str, Any]]) -> None:
+    """``seen`` holds the events of ``sent`` under the same seqs. Each stream
+    merges the text deltas that queue behind its own writes (the merged
+    frame carries the last seq), so the two may split the text differently:
+    at every seq both carry, the text so far must be the same."""
+    assert text_of(seen) == text_of(sent)
+    assert seen[-1]["seq"] == sent[-1]["seq"]
+    assert seen[-1]["metadata"] == sent[-1]["metadata"]
+    ours, theirs = numbered_text(seen), numbered_text(sent)
+    shared = ours.keys() & theirs.keys()
+    assert {seq: ours[seq] for seq in shared} == {seq: theirs[seq] for seq in shared}
+    others = [(f["seq"], f["type"]) for f in seen if f["type"] != "assistant_message"]
+    assert others == [(f["seq"], f["type"]) for f in sent if f["type"] != "assistant_message"]
+
+
+async def test_idle_windows_see_each_others_turns_live(mesh: Mesh, session_id: str) -> None:
+    """Windows on an idle session hold no runtime stream until they speak
+    (attach on first frame); a turn one of them starts still reaches every
+    other one live, whole and numbered alike, without any frame from it:
+    both when the speaker was quiet too, and when it was attached already
+    and the listener connected after its previous turn."""
+    async with asyncio.timeout(45):
+        async with (
+            IdeConnection(mesh.ws_url, session_id, mesh.token) as first,
+            IdeConnection(mesh.ws_url, session_id, mesh.token) as second,
+        ):
+            for ide in (first, second):
+                announced = await ide.next_frame()
+                assert announced["type"] == "session_info"
+                assert announced["metadata"]["last_seq"] == 0
+            await first.send_message("one")
+            sent = await frames_until_final(first)
+            assert text_of(sent) == expected_reply_text("one")
             seen = await frames_until_final(second)
-            seen += await frames_until_final(second)
-    assert all(f["seq"] > announced["metadata"]["last_seq"] for f in seen)
-    assert text_of(seen).startswith(text_of(missed)), "the other window's turn comes first"
-    assert "You said: three" in text_of(seen)
-    assert [f["type"] for f in seen].count("session_info") == 0
+            assert_same_turn(seen, sent)
+            # The first window is attached now; a third connects quiet.
+            async with IdeConnection(mesh.ws_url, session_id, mesh.token) as third:
+                announced = await third.next_frame()
+                assert announced["metadata"]["last_seq"] == sent[-1]["seq"]
+                await first.send_message("two")
+                sent = await frames_until_final(first)
+                for ide in (second, third):
+                    seen = await frames_until_final(ide)
+                    assert_same_turn(seen, sent)
+                    assert all(f["seq"] > announced["metadata"]["last_seq"] for f in seen)
+                # And the woken one speaks on the stream it got.
+                await third.send_message("three")
+                own = await frames_until_final(third)
+                assert_same_turn(await frames_until_final(first), own)
+    assert "You said: three" in text_of(own)
 
 
 async def test_the_gateway_restarts_and_clients_resume(stack: Stack, mesh: Mesh) -> None:
