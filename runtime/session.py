@@ -22,7 +22,7 @@ from runtime.errors import InvalidArgument, NotFound, PermissionDenied, Unavaila
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
-from runtime.store import Loaded, MessageRecord, SessionExists, SessionRow, Store
+from runtime.store import DECIDED_STATUSES, Loaded, MessageRecord, SessionExists, SessionRow, Store
 
 if TYPE_CHECKING:
     from runtime.conversation import Conversation, ConversationSettings
@@ -41,9 +41,27 @@ def check_session_id(session_id: str) -> str:
 
 
 class CallState(enum.Enum):
+    """What a waiting call waits for; its value is the status it is stored with when offered."""
+
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_RESULT = "awaiting_result"
     AWAITING_PLAN_APPROVAL = "awaiting_plan_approval"
+
+    @classmethod
+    def of_status(cls, status: str) -> CallState:
+        """The state of a call stored with ``status``, one of the store's PENDING_STATUSES.
+
+        An approved or edited call waits for the IDE's result: the human's
+        decision is kept in its status, the edit in its final arguments.
+        Raises KeyError for a status no waiting call has.
+        """
+        return _STATE_OF_STATUS[status]
+
+
+_STATE_OF_STATUS = {
+    **{state.value: state for state in CallState},
+    **dict.fromkeys(DECIDED_STATUSES, CallState.AWAITING_RESULT),
+}
 
 
 @dataclass(slots=True)
@@ -117,8 +135,8 @@ class Session:
             session.pending[call.call_id] = PendingCall(
                 call_id=call.call_id,
                 tool_name=call.tool_name,
-                arguments=call.final_arguments or call.arguments,
-                state=CallState(call.status),
+                arguments=call.arguments if call.final_arguments is None else call.final_arguments,
+                state=CallState.of_status(call.status),
                 reason=call.reason,
                 agent=call.agent,
                 original_arguments=call.arguments,
