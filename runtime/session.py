@@ -131,7 +131,17 @@ class Session:
         for record in loaded.messages:
             session.messages.append(message_from_record(record))
             session.message_agents.append(record.agent)
-        for call in loaded.pending:
+        pending = loaded.pending
+        if row.state == "idle" and pending:
+            # An idle session waits on nothing: these calls were left open by a
+            # runtime that lost approved calls on a reload, and their turn went
+            # on without them. Offering them now would run a write approved in a
+            # turn long over, so they stay closed.
+            stale = [call.call_id for call in pending]
+            log.warning("stale_tool_calls_closed", session_id=row.id, call_ids=stale)
+            session.answered.update(stale)
+            pending = []
+        for call in pending:
             session.pending[call.call_id] = PendingCall(
                 call_id=call.call_id,
                 tool_name=call.tool_name,

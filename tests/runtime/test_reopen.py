@@ -48,7 +48,15 @@ from runtime.events import (
 )
 from runtime.llm import ChatMessage
 from runtime.session import CallState, SessionHub, message_from_record
-from runtime.store import AWAITING_DECISION, PENDING_STATUSES, Store, migrate
+from runtime.store import (
+    AWAITING_DECISION,
+    PENDING_STATUSES,
+    CallRecord,
+    MessageRecord,
+    Step,
+    Store,
+    migrate,
+)
 from tests.conftest import fresh_postgres
 from tests.gateway.conftest import eventually
 from tests.runtime.test_conversation import ScriptedLlm, call
@@ -303,3 +311,45 @@ async def test_each_call_state_survives_a_reopen(database_url: str, state: str, 
 
 def test_every_status_of_a_waiting_call_has_its_state() -> None:
     assert {CallState.of_status(status) for status in PENDING_STATUSES} == set(CallState)
+
+
+async def test_a_call_the_old_runtime_lost_is_not_offered_in_a_turn_long_over(
+    database_url: str,
+) -> None:
+    """A database written before the fix: a write was approved, the session was
+    reloaded without it, and the user went on to a new turn that ended. The
+    approved write belongs to a turn that is over: it is not offered again."""
+    runtime = Runtime(database_url)
+    store = runtime.store
+    try:
+        await store.create_session("legacy", "alice", "coder")
+        step = Step(session_id="legacy", last_seq=3, agent="coder", state="idle", message_count=4)
+        step.messages = [
+            MessageRecord(0, "user", "write notes"),
+            MessageRecord(
+                1,
+                "assistant",
+                "",
+                tool_calls=[{"call_id": "c1", "name": "write_file", "arguments_json": "{}"}],
+            ),
+            MessageRecord(2, "user", "never mind"),
+            MessageRecord(3, "assistant", "done"),
+        ]
+        step.calls = [CallRecord("c1", "write_file", "coder", "approved", WRITE, offered_seq=2)]
+        await store.commit(step)
+
+        conversation, _ = await runtime.hub.open("legacy", "alice")
+        subscriber, items, _ = await conversation.attach(None)
+        assert items == [], "nothing offered"
+        client = Client(conversation, subscriber)
+        await client.send(ToolResult("c1", RESULT))
+        (late,) = await client.until(ErrorEvent)
+        assert isinstance(late, ErrorEvent)
+        assert late.code == "duplicate_tool_result"
+        await client.send(UserMessage("next"))
+        done = (await client.until(TurnDone))[-1]
+        assert isinstance(done, TurnDone)
+        assert done.status is TurnStatus.COMPLETED
+    finally:
+        await runtime.hub.close()
+        await runtime.engine.dispose()
