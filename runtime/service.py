@@ -54,7 +54,7 @@ from runtime.events import (
     TurnStatus,
 )
 from runtime.session import SessionHub
-from runtime.store import SessionRow
+from runtime.store import AWAITING_DECISION, SessionRow
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 log = structlog.get_logger("runtime.service")
@@ -429,8 +429,8 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         row = await self._owned(request.session_id, context)
         response = runtime_pb2.ListPendingApprovalsResponse(session_id=row.id)
         for call in await self._hub.store.pending_calls(row.id):
-            if call.status == "awaiting_result":
-                continue
+            if call.status not in AWAITING_DECISION:
+                continue  # approved, or needing no approval: it waits for the IDE
             approval = response.approvals.add(
                 call_id=call.call_id, tool_name=call.tool_name, reason=call.reason
             )

@@ -28,7 +28,7 @@ from runtime.errors import (
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
-from runtime.store import Loaded, MessageRecord, SessionExists, SessionRow, Store
+from runtime.store import DECIDED_STATUSES, Loaded, MessageRecord, SessionExists, SessionRow, Store
 
 if TYPE_CHECKING:
     from runtime.conversation import Conversation, ConversationSettings
@@ -47,9 +47,27 @@ def check_session_id(session_id: str) -> str:
 
 
 class CallState(enum.Enum):
+    """What a waiting call waits for; its value is the status it is stored with when offered."""
+
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_RESULT = "awaiting_result"
     AWAITING_PLAN_APPROVAL = "awaiting_plan_approval"
+
+    @classmethod
+    def of_status(cls, status: str) -> CallState:
+        """The state of a call stored with ``status``, one of the store's PENDING_STATUSES.
+
+        An approved or edited call waits for the IDE's result: the human's
+        decision is kept in its status, the edit in its final arguments.
+        Raises KeyError for a status no waiting call has.
+        """
+        return _STATE_OF_STATUS[status]
+
+
+_STATE_OF_STATUS = {
+    **{state.value: state for state in CallState},
+    **dict.fromkeys(DECIDED_STATUSES, CallState.AWAITING_RESULT),
+}
 
 
 @dataclass(slots=True)
@@ -125,12 +143,22 @@ class Session:
         for record in loaded.messages:
             session.messages.append(message_from_record(record))
             session.message_agents.append(record.agent)
-        for call in loaded.pending:
+        pending = loaded.pending
+        if row.state == "idle" and pending:
+            # An idle session waits on nothing: these calls were left open by a
+            # runtime that lost approved calls on a reload, and their turn went
+            # on without them. Offering them now would run a write approved in a
+            # turn long over, so they stay closed.
+            stale = [call.call_id for call in pending]
+            log.warning("stale_tool_calls_closed", session_id=row.id, call_ids=stale)
+            session.answered.update(stale)
+            pending = []
+        for call in pending:
             session.pending[call.call_id] = PendingCall(
                 call_id=call.call_id,
                 tool_name=call.tool_name,
-                arguments=call.final_arguments or call.arguments,
-                state=CallState(call.status),
+                arguments=call.arguments if call.final_arguments is None else call.final_arguments,
+                state=CallState.of_status(call.status),
                 reason=call.reason,
                 agent=call.agent,
                 original_arguments=call.arguments,

@@ -120,7 +120,13 @@ agent_switches = sa.Table(
     sa.Index("ix_agent_switches_session", "session_id", "id"),
 )
 
-PENDING_STATUSES = ("awaiting_approval", "awaiting_result", "awaiting_plan_approval")
+AWAITING_DECISION = ("awaiting_approval", "awaiting_plan_approval")
+"""Statuses of a call that waits for a human's decision (what ListPendingApprovals lists)."""
+DECIDED_STATUSES = ("approved", "edited")
+"""A human approved the call, as proposed or edited: the IDE's result is due now.
+A plan's approval is the exception: it answers the plan's call (see :func:`is_pending`)."""
+PENDING_STATUSES = (*AWAITING_DECISION, "awaiting_result", *DECIDED_STATUSES)
+"""Every status a call the turn still waits on can have; any other status is final."""
 
 
 def now() -> datetime:
@@ -183,6 +189,14 @@ class CallRecord:
     decided_by: str | None = None
     decided_at: datetime | None = None
     created_at: datetime | None = None
+
+
+def is_pending(call: CallRecord) -> bool:
+    """Whether the turn still waits on ``call``: offered again on reopen, answered once."""
+    if call.status in DECIDED_STATUSES:
+        # update_plan is the only call with a plan_id, and approving a plan answers it.
+        return not call.plan_id
+    return call.status in PENDING_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +384,8 @@ class Store:
         return Loaded(
             session=_session(row),
             messages=history,
-            pending=[c for c in calls if c.status in PENDING_STATUSES],
-            answered={c.call_id for c in calls if c.status not in PENDING_STATUSES},
+            pending=[c for c in calls if is_pending(c)],
+            answered={c.call_id for c in calls if not is_pending(c)},
             plans=session_plans,
         )
 
@@ -590,6 +604,7 @@ class Store:
             return [_message(r) for r in rows]
 
     async def pending_calls(self, session_id: str) -> list[CallRecord]:
+        """The calls the session's turn waits on (:func:`is_pending`), oldest first."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 tool_calls.select()
@@ -599,7 +614,7 @@ class Store:
                 )
                 .order_by(tool_calls.c.created_at, tool_calls.c.call_id)
             )
-            return [_call(r) for r in rows]
+            return [call for call in map(_call, rows) if is_pending(call)]
 
     async def switches(self, session_id: str) -> list[SwitchRecord]:
         async with self._engine.connect() as conn:

@@ -29,7 +29,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
+from mesh.database import create_engine
 from mesh.grpc_server import internal_metadata
+from runtime.store import Store
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import ROOT, Mesh, migrate_runtime
@@ -88,6 +90,7 @@ class Stack:
     """llmproxy + runtime + gateway of our own, wired to the mesh's auth."""
 
     def __init__(self, mesh: Mesh, home: Path, database: str) -> None:
+        self.database = database
         self.gateway_port, self.runtime_port, llm_port = free_port(), free_port(), free_port()
         runtime_port = self.runtime_port
         config = home / "litellm.yaml"
@@ -404,6 +407,82 @@ async def test_a_runtime_killed_mid_turn_keeps_durable_history_and_pending_appro
     assert contents[0] == ("user", "a long answer"), "durable history survived SIGKILL"
     assert ("user", "retry") in contents
     assert contents[-1][0] == "assistant"
+
+
+async def released(database: str, session_id: str) -> None:
+    """Wait until the runtime lets the session go: evicting it releases its lease."""
+    engine = create_engine(database)
+    try:
+        store = Store(engine)
+        async with asyncio.timeout(30):
+            while True:
+                if await store.lease_owner(session_id) is None:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_approved_write_is_offered_again_after_a_drop_and_after_a_kill(
+    stack: Stack, mesh: Mesh
+) -> None:
+    """The human approves a write and the IDE drops before running it: the
+    session leaves the runtime's memory, then the runtime itself is killed.
+    Each time the IDE comes back it is asked to run the approved call, once
+    and without a second approval; its result finishes the turn."""
+    session_id = f"approved-{uuid.uuid4().hex[:8]}"
+    async with IdeConnection(stack.ws_url, session_id, mesh.token) as ide:
+        await ide.next_frame()
+        await ide.send_message("write kept.txt: survives")
+        while (proposed := await ide.next_frame())["type"] != "tool_call":
+            pass
+        assert proposed["requires_approval"] is True
+        await ide.send(
+            {"type": "hitl_decision", "call_id": proposed["call_id"], "decision": "approve"}
+        )
+        execute = await ide.next_frame()
+        assert execute["type"] == "tool_call"
+        assert execute["requires_approval"] is False
+    await released(stack.database, session_id)
+
+    async with IdeConnection(stack.ws_url, session_id, mesh.token, last_seq=execute["seq"]) as ide:
+        info = await ide.next_frame()
+        assert info["metadata"]["recovered"] is True
+        # Before the fix the call was lost here: nothing came.
+        reoffer = await asyncio.wait_for(ide.next_frame(), 30)
+        assert reoffer["type"] == "tool_call"
+        assert reoffer["call_id"] == proposed["call_id"]
+        assert reoffer["requires_approval"] is False
+        assert reoffer["arguments"] == execute["arguments"]
+        assert stack.runtime.stop(signal.SIGKILL) == -signal.SIGKILL
+        with pytest.raises(ConnectionClosed):
+            await drain_until_closed(ide)
+    stack.runtime.start()
+
+    async with reconnected(stack.ws_url, session_id, mesh.token, execute["seq"]) as ide:
+        await ide.next_frame()
+        reoffer = await asyncio.wait_for(ide.next_frame(), 30)
+        assert reoffer["type"] == "tool_call"
+        assert reoffer["call_id"] == proposed["call_id"]
+        assert reoffer["requires_approval"] is False
+        assert reoffer["arguments"] == execute["arguments"]
+        await ide.send({"type": "tool_result", "call_id": reoffer["call_id"], "result": {"ok": 1}})
+        finished = await frames_until_final(ide)
+        assert finished[-1]["metadata"]["status"] == "completed"
+        assert "write_file returned" in text_of(finished)
+        assert not [f for f in finished if f["type"] == "error"], "the result was taken"
+        await ide.send({"type": "tool_result", "call_id": reoffer["call_id"], "result": {}})
+        late = await ide.next_frame()
+        assert late["type"] == "error"
+        assert late["code"] == "duplicate_tool_result"
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.runtime_port}") as channel:
+        history = await runtime_pb2_grpc.AgentRuntimeServiceStub(channel).GetSessionHistory(
+            runtime_pb2.GetSessionHistoryRequest(session_id=session_id),
+            metadata=internal_metadata(mesh.internal_key, user=user_of(mesh.token)),
+        )
+    results = [m for m in history.messages if m.tool_call_id == proposed["call_id"]]
+    assert len(results) == 1, "the call has exactly one result in history"
 
 
 def user_of(token: str) -> str:

@@ -15,13 +15,15 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
+from mesh.database import create_engine
 from mesh.grpc_server import MeshServer, internal_metadata
 from runtime.__main__ import RuntimeConfig, serve
-from runtime.store import migrate
+from runtime.store import Store, migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import fresh_postgres
 
@@ -494,6 +496,77 @@ async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
         runtime_pb2.ListPendingApprovalsRequest(session_id="approve-1"), metadata=alice
     )
     assert list(pending.approvals) == []
+
+
+async def evicted(database_url: str, session_id: str) -> None:
+    """Wait until the runtime lets the session go: eviction releases its lease."""
+    engine = create_engine(database_url)
+    try:
+        store = Store(engine)
+        async with asyncio.timeout(10):
+            while True:
+                if await store.lease_owner(session_id) is None:
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("decision", ["approve", "edit"])
+async def test_a_decided_call_is_offered_again_once_its_session_was_evicted(
+    runtime_channel: grpc.aio.Channel, database_url: str, decision: str
+) -> None:
+    """The human approves (or edits) a write, the IDE drops before running it and
+    the waiting session leaves memory: reconnected, the IDE is asked to run it,
+    with the arguments it was approved with and no second approval."""
+    stub = stub_for(runtime_channel)
+    alice = internal_metadata(KEY, user="alice")
+    session_id = f"decided-{decision}"
+    call, _ = await open_stream(runtime_channel, session_id)
+    await call.write(user_message("write notes.txt"))
+    proposed = (await read_until(call, "tool_call"))[-1].tool_call
+    assert proposed.requires_approval
+    arguments = {"path": "notes.txt", "content": "x" if decision == "approve" else "edited"}
+    request = runtime_pb2.ApprovalDecision(
+        call_id=proposed.call_id,
+        decision=runtime_pb2.DECISION_APPROVE
+        if decision == "approve"
+        else runtime_pb2.DECISION_EDIT,
+    )
+    if decision == "edit":
+        request.modified_arguments.update(arguments)
+    await call.write(runtime_pb2.ConverseRequest(approval_decision=request))
+    execute = (await read_until(call, "tool_call"))[-1]
+    assert not execute.tool_call.requires_approval
+    pending = await stub.ListPendingApprovals(
+        runtime_pb2.ListPendingApprovalsRequest(session_id=session_id), metadata=alice
+    )
+    assert list(pending.approvals) == [], "decided: nothing waits for a human"
+    call.cancel()
+    await evicted(database_url, session_id)
+
+    back, opened = await open_stream(runtime_channel, session_id, after=execute.seq)
+    assert opened.session_opened.recovered
+    reoffer = await asyncio.wait_for(back.read(), 10)  # the call lost, nothing would come
+    assert reoffer.seq == 0
+    assert reoffer.tool_call.call_id == proposed.call_id
+    assert not reoffer.tool_call.requires_approval
+    assert json_format.MessageToDict(reoffer.tool_call.arguments) == arguments
+    await back.write(
+        runtime_pb2.ConverseRequest(
+            tool_result=runtime_pb2.ToolResult(call_id=proposed.call_id, error="disk full")
+        )
+    )
+    finished = await read_until(back, "turn_done")
+    assert finished[-1].turn_done.status == runtime_pb2.TURN_STATUS_COMPLETED
+    assert not any(r.HasField("error") for r in finished), "the result was taken"
+    history = await stub.GetSessionHistory(
+        runtime_pb2.GetSessionHistoryRequest(session_id=session_id), metadata=alice
+    )
+    results = [m for m in history.messages if m.tool_call_id == proposed.call_id]
+    assert len(results) == 1
+    assert json.loads(results[0].content)["error"] == "disk full"
+    back.cancel()
 
 
 class RecordingContext:

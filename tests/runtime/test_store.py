@@ -120,8 +120,13 @@ async def test_a_step_round_trips_and_history_is_append_only(store: Store) -> No
         )
     ]
     await store.commit(decided)
-    (call,) = [c for c in (await store.load("s1")).pending] or [None]
-    assert call is None
+    (call,) = (await store.load("s1")).pending
+    assert (call.status, call.final_arguments) == ("edited", {"path": "b"}), "its result is due"
+    assert [c.call_id for c in await store.pending_calls("s1")] == ["c1"]
+    answered = Step(session_id="s1", last_seq=6, agent="coder", state="idle", message_count=4)
+    answered.calls = [CallRecord("c1", "write_file", "coder", "completed", {"path": "a"})]
+    await store.commit(answered)
+    assert (await store.load("s1")).pending == []
     assert await store.pending_calls("s1") == []
     assert "c1" in (await store.load("s1")).answered
 

@@ -1,0 +1,355 @@
+"""Every state of a tool call across a reopen of its session from the database.
+
+A session is loaded again from the store in two ways: its last stream
+detached while it waited, so the hub evicted it and the next stream loads it;
+or its runtime was killed and a new runtime on the same database loads it.
+Either way each call the turn still waits on is offered again exactly once,
+with what it waits for and the arguments it will run with, and answering it
+finishes the turn; every other call stays closed. In every state a late
+result is refused as a duplicate, the history holds each tool call with
+exactly one result, and the session takes a new message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.database import create_engine
+from runtime.conversation import (
+    ApprovalDecision,
+    CancelTurn,
+    ClientEvent,
+    Conversation,
+    ConversationSettings,
+    PlanApproval,
+    Subscriber,
+    ToolResult,
+    UserMessage,
+)
+from runtime.events import (
+    AssistantText,
+    ErrorEvent,
+    Event,
+    PlanStep,
+    PlanUpdate,
+    Sequenced,
+    ToolCallEvent,
+    TurnDone,
+    TurnStatus,
+)
+from runtime.llm import ChatMessage
+from runtime.session import CallState, SessionHub, message_from_record
+from runtime.store import (
+    AWAITING_DECISION,
+    PENDING_STATUSES,
+    CallRecord,
+    MessageRecord,
+    Step,
+    Store,
+    migrate,
+)
+from tests.conftest import fresh_postgres
+from tests.gateway.conftest import eventually
+from tests.runtime.test_conversation import ScriptedLlm, call
+
+WRITE = {"path": "notes.md", "content": "draft"}
+EDITED = {"path": "notes.md", "content": "final"}
+READ = {"path": "main.py"}
+STEPS = [{"id": "1", "description": "read main.py", "status": "pending"}]
+RESULT = {"ok": True}
+
+WAITING = ["awaiting_approval", "approved", "edited", "awaiting_result", "awaiting_plan_approval"]
+CLOSED = ["completed", "failed", "rejected", "cancelled", "interrupted", "plan_approved"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated runtime database of each kind: a SQLite file, a fresh PostgreSQL one."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        else:
+            url = await stack.enter_async_context(fresh_postgres("test_reopen"))
+        await migrate(url)
+        yield url
+
+
+class Runtime:
+    """One runtime process's share of the test: its engine, store, model and hub."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        self.store = Store(self.engine)
+        self.llm = ScriptedLlm()
+        settings = ConversationSettings(model="m", detach_grace=0)
+        # The replica name is HOSTNAME:PORT, so a restarted runtime has the same.
+        self.hub = SessionHub(
+            self.store,
+            self.llm,  # type: ignore[arg-type]
+            settings,
+            default_agent="coder",
+            replica="host:50051",
+        )
+
+
+@dataclass
+class Client:
+    """One stream attached to a conversation: what it read, and the last seq it saw."""
+
+    conversation: Conversation
+    subscriber: Subscriber
+    last_seq: int = 0
+    seen: list[Event] = field(default_factory=list)
+
+    async def until(self, kind: type) -> list[Event]:
+        events = []
+        while True:
+            item = await asyncio.wait_for(self.subscriber.queue.get(), 5)
+            assert isinstance(item, Sequenced)
+            event = item.event
+            self.last_seq = max(self.last_seq, item.seq)
+            events.append(event)
+            self.seen.append(event)
+            if isinstance(event, kind):
+                return events
+
+    async def send(self, event: ClientEvent) -> None:
+        await self.conversation.handle(event)
+
+
+@dataclass(frozen=True)
+class Walked:
+    """A call brought to one state, and what a reopened session owes it."""
+
+    call_id: str
+    reoffer: Event | None
+    """What is offered again (with seq 0); None when the call is closed."""
+    answers: list[ClientEvent] = field(default_factory=list)
+    tool_message: dict[str, Any] | None = None
+    """The call's result in history once answered."""
+
+
+async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
+    """Start a turn and bring its one tool call to ``state``."""
+    if state in ("awaiting_plan_approval", "plan_approved"):
+        llm.scripts = [[call("update_plan", plan_id="p1", steps=STEPS, requires_approval=True)]]
+    elif state in ("awaiting_result", "completed", "failed", "interrupted"):
+        llm.scripts = [[call("read_file", **READ)]]
+    else:
+        llm.scripts = [[call("write_file", **WRITE)]]
+    await client.send(UserMessage("go"))
+    if state in ("awaiting_plan_approval", "plan_approved"):
+        (plan,) = [e for e in await client.until(PlanUpdate) if isinstance(e, PlanUpdate)]
+        assert plan.requires_approval
+        (call_id,) = client.conversation.session.pending
+        if state == "plan_approved":
+            await client.send(PlanApproval("p1", "approve"))
+            await client.until(TurnDone)
+            return Walked(call_id, None)
+        steps = tuple(PlanStep(s["id"], s["description"], s["status"]) for s in STEPS)
+        return Walked(
+            call_id,
+            PlanUpdate("p1", steps, "", True),
+            [PlanApproval("p1", "approve")],
+            {"result": "the user approved the plan; execute it"},
+        )
+    offered = (await client.until(ToolCallEvent))[-1]
+    assert isinstance(offered, ToolCallEvent)
+    call_id = offered.call_id
+    match state:
+        case "awaiting_approval":
+            assert offered.requires_approval
+            return Walked(
+                call_id,
+                offered,
+                [ApprovalDecision(call_id, "approve"), ToolResult(call_id, RESULT)],
+                {"result": RESULT},
+            )
+        case "approved" | "edited":
+            edit = state == "edited"
+            await client.send(
+                ApprovalDecision(call_id, "edit", EDITED)
+                if edit
+                else ApprovalDecision(call_id, "approve")
+            )
+            execute = (await client.until(ToolCallEvent))[-1]
+            assert isinstance(execute, ToolCallEvent)
+            assert not execute.requires_approval
+            arguments = EDITED if edit else WRITE
+            assert execute.arguments == arguments
+            message: dict[str, Any] = {"result": RESULT}
+            if edit:
+                message["edited_arguments"] = EDITED
+            return Walked(
+                call_id,
+                ToolCallEvent(call_id, "write_file", arguments, False, offered.reason),
+                [ToolResult(call_id, RESULT)],
+                message,
+            )
+        case "awaiting_result":
+            assert not offered.requires_approval
+            return Walked(call_id, offered, [ToolResult(call_id, RESULT)], {"result": RESULT})
+        case "completed":
+            await client.send(ToolResult(call_id, RESULT))
+        case "failed":
+            await client.send(ToolResult(call_id, error="no such file"))
+        case "rejected":
+            await client.send(ApprovalDecision(call_id, "reject"))
+        case "cancelled":
+            await client.send(CancelTurn())
+        case "interrupted":
+            # The next model call never ends: the runtime goes while it streams.
+            llm.hold = asyncio.Event()
+            await client.send(ToolResult(call_id, RESULT))
+            await client.until(AssistantText)
+            return Walked(call_id, None)
+    await client.until(TurnDone)
+    return Walked(call_id, None)
+
+
+def offers(events: list[Event]) -> list[Event]:
+    return [e for e in events if isinstance(e, ToolCallEvent | PlanUpdate)]
+
+
+def assert_one_result_per_call(messages: list[ChatMessage]) -> None:
+    calls = [c.call_id for m in messages for c in m.tool_calls]
+    answers = [m.tool_call_id for m in messages if m.role == "tool"]
+    assert sorted(calls) == sorted(answers)
+    assert len(set(answers)) == len(answers)
+
+
+@pytest.mark.parametrize("how", ["evicted", "killed"])
+@pytest.mark.parametrize("state", WAITING + CLOSED)
+async def test_each_call_state_survives_a_reopen(database_url: str, state: str, how: str) -> None:
+    session_id = f"s-{uuid.uuid4().hex[:8]}"
+    first = Runtime(database_url)
+    second = first if how == "evicted" else Runtime(database_url)
+    try:
+        conversation, _ = await first.hub.open(session_id, "alice")
+        client = Client(conversation, conversation.subscribe())
+        walked = await walk(state, client, first.llm)
+
+        if how == "evicted":
+            # The IDE's connection drops: the last stream detaches.
+            conversation.unsubscribe(client.subscriber)
+            await eventually(lambda: first.hub.live(session_id) is None)
+            first.llm.hold = None
+        else:
+            # SIGKILL: the process stops where it is, writing nothing more.
+            await conversation.abandon()
+
+        reopened, created = await second.hub.open(session_id, "alice", client.last_seq)
+        assert not created
+        assert reopened is not conversation, "loaded again from the database"
+        resumed, replay, recovered = await reopened.attach(client.last_seq)
+        assert recovered
+        fresh, offered_fresh, _ = await reopened.attach(None)
+        reopened.unsubscribe(fresh)
+        again = Client(reopened, resumed)
+
+        expected = [] if walked.reoffer is None else [walked.reoffer]
+        assert offers([i.event for i in replay]) == expected, "resuming IDE: offered once"
+        assert [i.event for i in offered_fresh] == expected, "new IDE window: offered once"
+        assert all(i.seq == 0 for i in replay if i.event in expected)
+        waiting = await second.store.pending_calls(session_id)
+        assert [c.call_id for c in waiting] == ([walked.call_id] if walked.reoffer else [])
+        human = isinstance(walked.reoffer, ToolCallEvent | PlanUpdate) and (
+            walked.reoffer.requires_approval
+        )
+        assert [c.call_id for c in waiting if c.status in AWAITING_DECISION] == (
+            [walked.call_id] if human else []
+        ), "what ListPendingApprovals lists: only calls a human must decide"
+        if state == "interrupted" and how == "killed":
+            (cut,) = [i.event for i in replay if isinstance(i.event, ErrorEvent)]
+            assert cut.code == "turn_interrupted"
+
+        if walked.reoffer is not None:
+            # A new message waits until the call is answered.
+            await again.send(UserMessage("meanwhile"))
+            (busy,) = await again.until(ErrorEvent)
+            assert isinstance(busy, ErrorEvent)
+            assert busy.code == "tool_calls_pending"
+            for answer in walked.answers:
+                await again.send(answer)
+            done = (await again.until(TurnDone))[-1]
+            assert isinstance(done, TurnDone)
+            assert done.status is TurnStatus.COMPLETED
+            assert not any(isinstance(e, ErrorEvent) for e in again.seen[1:])
+            results = [m for m in reopened.session.messages if m.tool_call_id == walked.call_id]
+            assert [json.loads(m.content) for m in results] == [walked.tool_message]
+            assert second.llm.seen[-1][-1].tool_call_id == walked.call_id, "the model saw it"
+
+        # Closed now in every state: a late result is a duplicate.
+        await again.send(ToolResult(walked.call_id, {"late": True}))
+        (late,) = await again.until(ErrorEvent)
+        assert isinstance(late, ErrorEvent)
+        assert late.code == "duplicate_tool_result"
+        assert_one_result_per_call(reopened.session.messages)
+        stored = await second.store.history(session_id)
+        assert_one_result_per_call([message_from_record(m) for m in stored])
+        assert await second.store.pending_calls(session_id) == []
+
+        await again.send(UserMessage("next"))
+        done = (await again.until(TurnDone))[-1]
+        assert isinstance(done, TurnDone)
+        assert done.status is TurnStatus.COMPLETED
+    finally:
+        await second.hub.close()
+        await second.engine.dispose()
+        if second is not first:
+            await first.engine.dispose()
+
+
+def test_every_status_of_a_waiting_call_has_its_state() -> None:
+    assert {CallState.of_status(status) for status in PENDING_STATUSES} == set(CallState)
+
+
+async def test_a_call_the_old_runtime_lost_is_not_offered_in_a_turn_long_over(
+    database_url: str,
+) -> None:
+    """A database written before the fix: a write was approved, the session was
+    reloaded without it, and the user went on to a new turn that ended. The
+    approved write belongs to a turn that is over: it is not offered again."""
+    runtime = Runtime(database_url)
+    store = runtime.store
+    try:
+        await store.create_session("legacy", "alice", "coder")
+        step = Step(session_id="legacy", last_seq=3, agent="coder", state="idle", message_count=4)
+        step.messages = [
+            MessageRecord(0, "user", "write notes"),
+            MessageRecord(
+                1,
+                "assistant",
+                "",
+                tool_calls=[{"call_id": "c1", "name": "write_file", "arguments_json": "{}"}],
+            ),
+            MessageRecord(2, "user", "never mind"),
+            MessageRecord(3, "assistant", "done"),
+        ]
+        step.calls = [CallRecord("c1", "write_file", "coder", "approved", WRITE, offered_seq=2)]
+        await store.commit(step)
+
+        conversation, _ = await runtime.hub.open("legacy", "alice")
+        subscriber, items, _ = await conversation.attach(None)
+        assert items == [], "nothing offered"
+        client = Client(conversation, subscriber)
+        await client.send(ToolResult("c1", RESULT))
+        (late,) = await client.until(ErrorEvent)
+        assert isinstance(late, ErrorEvent)
+        assert late.code == "duplicate_tool_result"
+        await client.send(UserMessage("next"))
+        done = (await client.until(TurnDone))[-1]
+        assert isinstance(done, TurnDone)
+        assert done.status is TurnStatus.COMPLETED
+    finally:
+        await runtime.hub.close()
+        await runtime.engine.dispose()
