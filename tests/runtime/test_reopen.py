@@ -67,7 +67,14 @@ READ = {"path": "main.py"}
 STEPS = [{"id": "1", "description": "read main.py", "status": "pending"}]
 RESULT = {"ok": True}
 
-WAITING = ["awaiting_approval", "approved", "edited", "awaiting_result", "awaiting_plan_approval"]
+WAITING = [
+    "awaiting_approval",
+    "approved",
+    "edited",
+    "awaiting_result",
+    "awaiting_plan_approval",
+    "switch_awaiting_approval",
+]
 CLOSED = ["completed", "failed", "rejected", "cancelled", "interrupted", "plan_approved"]
 
 
@@ -144,6 +151,12 @@ async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
         llm.scripts = [[call("update_plan", plan_id="p1", steps=STEPS, requires_approval=True)]]
     elif state in ("awaiting_result", "completed", "failed", "interrupted"):
         llm.scripts = [[call("read_file", **READ)]]
+    elif state == "switch_awaiting_approval":
+        # Narrowing happens at once; widening back waits for a human.
+        llm.scripts = [
+            [call("switch_mode", agent="ask", reason="only questions")],
+            [call("switch_mode", agent="coder", reason="now write")],
+        ]
     else:
         llm.scripts = [[call("write_file", **WRITE)]]
     await client.send(UserMessage("go"))
@@ -166,6 +179,14 @@ async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
     assert isinstance(offered, ToolCallEvent)
     call_id = offered.call_id
     match state:
+        case "switch_awaiting_approval":
+            assert (offered.tool_name, offered.requires_approval) == ("switch_mode", True)
+            return Walked(
+                call_id,
+                offered,
+                [ApprovalDecision(call_id, "approve")],
+                {"result": "switched to coder; continue the request as coder"},
+            )
         case "awaiting_approval":
             assert offered.requires_approval
             return Walked(
@@ -247,7 +268,7 @@ async def test_each_call_state_survives_a_reopen(database_url: str, state: str, 
             # SIGKILL: the process stops where it is, writing nothing more.
             await conversation.abandon()
 
-        reopened, created = await second.hub.open(session_id, "alice", client.last_seq)
+        reopened, created = await second.hub.open(session_id, "alice")
         assert not created
         assert reopened is not conversation, "loaded again from the database"
         resumed, replay, recovered = await reopened.attach(client.last_seq)
