@@ -381,15 +381,24 @@ async def test_a_runtime_killed_mid_turn_keeps_durable_history_and_pending_appro
         assert finished[-1]["metadata"]["status"] == "completed"
         assert "write_file returned" in text_of(finished)
 
-    last = seen[-1]["seq"]
-    async with IdeConnection(stack.ws_url, streaming_session, mesh.token, last_seq=last) as ide:
-        info = await ide.next_frame()
-        assert info["metadata"]["recovered"] is True
+    deltas = [f["seq"] for f in seen if f["type"] == "assistant_message"]
+    last, earlier = deltas[-1], deltas[-2]
+    # A second window that saw one delta less reconnects first; neither
+    # window's resume point may come to name another event.
+    async with (
+        IdeConnection(stack.ws_url, streaming_session, mesh.token, last_seq=earlier) as window,
+        IdeConnection(stack.ws_url, streaming_session, mesh.token, last_seq=last) as ide,
+    ):
+        for client in (window, ide):
+            info = await client.next_frame()
+            assert info["metadata"]["recovered"] is True
+        notice = await window.next_frame()
         interrupted = await ide.next_frame()
         assert interrupted["type"] == "error"
         assert interrupted["code"] == "turn_interrupted"
         assert interrupted["metadata"]["retryable"] is True
         assert interrupted["seq"] > last, "numbered after every seq the lost deltas had"
+        assert (notice["code"], notice["seq"]) == ("turn_interrupted", interrupted["seq"])
         final = await ide.next_frame()
         assert final["is_final"] is True
         assert final["metadata"]["status"] == "failed"
