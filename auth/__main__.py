@@ -3,7 +3,11 @@
 Environment (all optional; defaults in brackets):
 
 - ``AUTH_SERVICE__HOST`` [127.0.0.1] — address to listen on.
-- ``AUTH_SERVICE__PORT`` [8003] — TCP port; 0 picks a free one.
+- ``AUTH_SERVICE__PORT`` [8003] — TCP port; 0 picks a free one. Public: it
+  serves no metrics (``/metrics`` there is a 404).
+- ``AUTH_SERVICE__METRICS_PORT`` [0] — Prometheus ``GET /metrics`` on this
+  port of HOST, apart from the public one (0: no metrics endpoint); keep it
+  where only Prometheus reaches it.
 - ``AUTH_SERVICE__DATABASE_URL`` [sqlite+aiosqlite:///.codelab/auth.db] —
   SQLAlchemy async URL; ``postgresql+asyncpg://...`` for PostgreSQL.
 - ``AUTH_SERVICE__KEYS_DIR`` [.codelab/keys] — signing keys (``*.pem``); an
@@ -51,6 +55,7 @@ from collections.abc import Callable, Generator
 
 import structlog
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from auth.app import create_app
 from auth.config import ENV_PREFIX, AuthConfig
@@ -59,6 +64,7 @@ from auth.passwords import Passwords
 from auth.store import create_engine, migrate
 from mesh.env import ConfigError, Env
 from mesh.logs import configure_logging
+from mesh.metrics import MetricsServer
 from mesh.process import run
 from mesh.signals import wait_for_stop_signal
 
@@ -77,6 +83,8 @@ async def serve(config: AuthConfig, *, on_listening: Callable[[int], None] | Non
     """Build everything, serve until SIGTERM/SIGINT, then shut down gracefully.
 
     ``on_listening`` is called with the bound port once the socket accepts.
+    The app's request metrics are served on ``metrics_port`` when it is set,
+    never on the public port.
     """
     if config.migrate_on_start:
         await migrate(config.database_url)
@@ -94,7 +102,12 @@ async def serve(config: AuthConfig, *, on_listening: Callable[[int], None] | Non
                 reload_keys(keys, config.keys_reload_interval), name="auth-keys-reload"
             )
             stack.push_async_callback(_cancel, reloading)
-        app = create_app(config, keys=keys, engine=engine, passwords=passwords)
+        registry = CollectorRegistry()
+        app = create_app(config, keys=keys, engine=engine, passwords=passwords, registry=registry)
+        if config.metrics_port:
+            exporter = MetricsServer(registry, config.host, config.metrics_port)
+            await exporter.start()
+            stack.push_async_callback(exporter.stop)
         server = _Server(
             uvicorn.Config(
                 app,

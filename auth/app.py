@@ -18,7 +18,11 @@ Routes:
   retiring), cacheable for 5 minutes.
 - ``GET /.well-known/openid-configuration`` — discovery (RFC 8414 fields).
 - ``GET /health`` — liveness.
-- ``GET /metrics`` — Prometheus (request counts and durations by route).
+
+Prometheus metrics (request counts and durations by route, in the
+``registry`` given to :func:`create_app`) are not served here: this port is
+public (the IDE logs in on it), so ``/metrics`` is a 404 like any unknown
+path; ``auth.__main__`` serves them on ``METRICS_PORT``.
 
 This is the only module that knows HTTP: :class:`~auth.errors.OAuthError` is
 mapped to a status here, and anything unexpected becomes a logged 500
@@ -66,7 +70,7 @@ from auth.revocations import RevocationFeed
 from auth.store import UserStore
 from auth.throttle import LoginThrottle, ThrottlePolicy
 from auth.tokens import TokenIssuer
-from mesh.metrics import LATENCY_BUCKETS, exposition
+from mesh.metrics import LATENCY_BUCKETS
 
 MAX_FORM_BYTES = 16 * 1024
 """Largest token request body we read; a bigger one is ``invalid_request``."""
@@ -135,8 +139,8 @@ def create_app(
 ) -> Starlette:
     """The ASGI app over one database engine and key ring (neither is owned).
 
-    Request counts and durations go to ``registry`` (default: a new one),
-    served at ``GET /metrics``.
+    Request counts and durations go to ``registry`` (default: a new one);
+    the app does not serve them (see :class:`mesh.metrics.MetricsServer`).
     """
     registry = registry if registry is not None else CollectorRegistry()
     issuer = TokenIssuer(
@@ -232,10 +236,6 @@ def create_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def metrics_view(request: Request) -> Response:
-        body, content_type = exposition(registry)
-        return Response(body, headers={"Content-Type": content_type})
-
     app = Starlette(
         routes=[
             Route("/oauth/token", token, methods=["POST"]),
@@ -244,7 +244,6 @@ def create_app(
             Route("/.well-known/jwks.json", jwks_view, methods=["GET"]),
             Route("/.well-known/openid-configuration", discovery_view, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
-            Route("/metrics", metrics_view, methods=["GET"]),
         ],
     )
     app.add_middleware(RequestLogMiddleware, metrics=HttpMetrics(registry))
@@ -339,6 +338,5 @@ _ROUTE_PATHS = frozenset(
         "/.well-known/jwks.json",
         "/.well-known/openid-configuration",
         "/health",
-        "/metrics",
     }
 )

@@ -23,6 +23,7 @@ class AuthConfig:
 
     host: str = "127.0.0.1"
     port: int = 8003
+    metrics_port: int = 0
     database_url: str = DEFAULT_DATABASE_URL
     keys_dir: Path = Path(".codelab/keys")
     issuer: str = "http://127.0.0.1:8003"
@@ -54,6 +55,7 @@ class AuthConfig:
         config = cls(
             host=env.str("HOST", defaults.host),
             port=env.int("PORT", defaults.port),
+            metrics_port=env.int("METRICS_PORT", defaults.metrics_port),
             database_url=env.str("DATABASE_URL", defaults.database_url),
             keys_dir=Path(env.str("KEYS_DIR", str(defaults.keys_dir))),
             issuer=env.str("ISSUER", defaults.issuer).rstrip("/"),
@@ -75,6 +77,15 @@ class AuthConfig:
         )
         if not 0 <= config.port <= 65535:
             raise ConfigError(f"{env.name('PORT')}={config.port} is not a TCP port")
+        if not 0 <= config.metrics_port <= 65535:
+            raise ConfigError(
+                f"{env.name('METRICS_PORT')}={config.metrics_port} is not a TCP port (0: none)"
+            )
+        if config.metrics_port and config.metrics_port == config.port:
+            raise ConfigError(
+                f"{env.name('METRICS_PORT')} must differ from {env.name('PORT')}: "
+                "metrics are never served on the public port"
+            )
         if config.access_token_ttl <= 0:
             raise ConfigError(
                 f"{env.name('ACCESS_TOKEN_TTL')} must be a positive number of seconds"

@@ -3,11 +3,11 @@
 Every service builds its own :class:`prometheus_client.CollectorRegistry`
 in its composition root and hands it to the objects that count; nothing
 registers in the library's global default registry, so tests can run
-several services in one process. The HTTP services answer ``GET /metrics``
-on their own port (:func:`exposition`); the gRPC services serve it from
-:class:`MetricsServer`, a minimal HTTP/1.1 responder on the event loop (no
-thread, unlike ``prometheus_client.start_http_server``), on the port named
-by ``*__METRICS_PORT`` (0, the default, disables it).
+several services in one process. Every service serves ``GET /metrics``
+from :class:`MetricsServer`, a minimal HTTP/1.1 responder on the event loop
+(no thread, unlike ``prometheus_client.start_http_server``), on the port
+named by ``*__METRICS_PORT`` (0, the default, disables it) and never on a
+service's public port: the gateway's and auth's are reached by IDEs.
 """
 
 from __future__ import annotations

@@ -59,11 +59,12 @@ def environment() -> dict[str, str]:
         "AUTH_SERVICE__INTERNAL_API_KEY": key,
         "GATEWAY__INTERNAL_API_KEY": key,
         "GATEWAY__PORT": "8000",
-        # Prometheus: auth answers GET /metrics on its own port; the gateway
-        # (never on its public port) and the gRPC services on these.
+        # Prometheus GET /metrics, on a port of its own for every service
+        # (never on the public ports of the gateway and auth).
         "GATEWAY__METRICS_PORT": "9100",
         "AGENT_RUNTIME__METRICS_PORT": "9101",
         "LLM_PROXY__METRICS_PORT": "9102",
+        "AUTH_SERVICE__METRICS_PORT": "9103",
     }
     env = {**defaults, **os.environ}
     env.setdefault(
@@ -125,14 +126,22 @@ def llmproxy_plan(
 ) -> list[tuple[str, str, dict[str, str], Callable[[], bool]]]:
     """One llmproxy process per port of :func:`llmproxy_ports`; replicas
     after the first are named ``llmproxy-2``... and put their metrics on the
-    next ports."""
+    next ports that no other service's ``*__METRICS_PORT`` names."""
     plan = []
     metrics = int(env.get("LLM_PROXY__METRICS_PORT") or 0)
+    taken = {
+        int(value)
+        for name, value in env.items()
+        if name.endswith("__METRICS_PORT") and name != "LLM_PROXY__METRICS_PORT" and value
+    }
     for index, port in enumerate(llmproxy_ports(env)):
         name = "llmproxy" if index == 0 else f"llmproxy-{index + 1}"
         replica = {**env, "LLM_PROXY__PORT": str(port)}
         if metrics:
-            replica["LLM_PROXY__METRICS_PORT"] = str(metrics + index)
+            while index and metrics in taken:
+                metrics += 1
+            replica["LLM_PROXY__METRICS_PORT"] = str(metrics)
+            metrics += 1
         plan.append((name, "llmproxy", replica, lambda p=str(port): grpc_serving(p)))
     return plan
 
@@ -232,11 +241,10 @@ def main() -> int:
             f"  token       {HOME / 'token'}   (dev user: {HOME / 'dev-user.json'})\n"
             f"  logs        {HOME / 'logs'}\n"
             f"  metrics     http://127.0.0.1:{env['GATEWAY__METRICS_PORT']}/metrics (gateway), "
-            f":{env['AUTH_SERVICE__PORT']}/metrics (auth), "
             f":{env['AGENT_RUNTIME__METRICS_PORT']}/metrics (runtime), "
             f":{env['LLM_PROXY__METRICS_PORT']}/metrics (llmproxy"
-            + (", its replicas on the next ports" if len(llmproxy_ports(env)) > 1 else "")
-            + ")\n"
+            + (", its replicas on the next free ports" if len(llmproxy_ports(env)) > 1 else "")
+            + f"), :{env['AUTH_SERVICE__METRICS_PORT']}/metrics (auth)\n"
             '  try         scripts/chat "hello"\n'
             "Ctrl-C stops everything.",
             flush=True,

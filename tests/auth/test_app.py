@@ -262,6 +262,19 @@ async def test_health(service: Service) -> None:
     assert response.json() == {"status": "ok"}
 
 
+async def test_the_public_port_serves_no_metrics(service: Service) -> None:
+    """The IDE (and a front door) reach this port: /metrics is an unknown path."""
+    await _token(service)
+    metrics = await service.client.get("/metrics")
+    unknown = await service.client.get("/no-such-path")
+    assert metrics.status_code == 404
+    assert (metrics.text, metrics.headers["content-type"]) == (
+        unknown.text,
+        unknown.headers["content-type"],
+    )
+    assert "codelab_auth_http_requests" not in metrics.text
+
+
 async def test_token_endpoint_only_accepts_post(service: Service) -> None:
     assert (await service.client.get("/oauth/token")).status_code == 405
 

@@ -13,8 +13,11 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from auth.config import AuthConfig
 from auth.keys import rotate_keys
+from mesh.env import ConfigError, Env
 from tests.conftest import free_port
 
 from .conftest import subprocess_env
@@ -42,11 +45,19 @@ def _wait_until_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture
-def running_service(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def running_service(
+    workdir: Path, metrics_port: int
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = subprocess_env(
         AUTH_SERVICE__PORT=str(port),
+        AUTH_SERVICE__METRICS_PORT=str(metrics_port),
         AUTH_SERVICE__ISSUER=base_url,
         AUTH_SERVICE__LOG_LEVEL="INFO",
         AUTH_SERVICE__KEYS_RELOAD_INTERVAL="0.2",
@@ -172,6 +183,34 @@ def test_token_over_a_real_socket_then_graceful_stop(
     assert addresses == {"127.0.0.1"}
 
 
+def test_metrics_are_served_on_their_own_port_only(
+    running_service: tuple[str, subprocess.Popen[str]], metrics_port: int
+) -> None:
+    base_url, _process = running_service
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        issued = client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "password",
+                "username": "alice",
+                "password": PASSWORD,
+                "client_id": "codelab-ide",
+            },
+        )
+        assert issued.status_code == 200, issued.text
+        assert client.get("/metrics").status_code == 404, "the public port serves no metrics"
+        scraped = client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert scraped.status_code == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        for sample in family.samples
+    }
+    token_requests = (("path", "/oauth/token"), ("status", "200"))
+    assert samples[("codelab_auth_http_requests_total", token_requests)] == 1
+    assert samples[("codelab_auth_http_request_duration_seconds_count", (token_requests[0],))] == 1
+
+
 def test_bad_configuration_exits_2(workdir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "auth"],
@@ -184,3 +223,17 @@ def test_bad_configuration_exits_2(workdir: Path) -> None:
     )
     assert result.returncode == 2
     assert "AUTH_SERVICE__PORT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("metrics_port", "message"),
+    [("65536", "is not a TCP port"), ("-1", "is not a TCP port"), ("8003", "must differ")],
+)
+def test_a_bad_metrics_port_is_a_configuration_error(metrics_port: str, message: str) -> None:
+    env = Env("AUTH_SERVICE", {"AUTH_SERVICE__METRICS_PORT": metrics_port})
+    with pytest.raises(ConfigError, match=f"AUTH_SERVICE__METRICS_PORT.*{message}"):
+        AuthConfig.from_env(env)
+
+
+def test_metrics_are_off_by_default() -> None:
+    assert AuthConfig.from_env(Env("AUTH_SERVICE", {})).metrics_port == 0

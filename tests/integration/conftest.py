@@ -37,6 +37,7 @@ class Mesh:
     gateway_metrics_port: int
     runtime_metrics_port: int
     llmproxy_metrics_port: int
+    auth_metrics_port: int
     internal_key: str
     token: str
     dev_user: dict[str, str]
@@ -70,6 +71,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
             "gateway_metrics",
             "runtime_metrics",
             "llm_metrics",
+            "auth_metrics",
         )
     }
     env = {
@@ -84,6 +86,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         "GATEWAY__METRICS_PORT": str(ports["gateway_metrics"]),
         "AGENT_RUNTIME__METRICS_PORT": str(ports["runtime_metrics"]),
         "LLM_PROXY__METRICS_PORT": str(ports["llm_metrics"]),
+        "AUTH_SERVICE__METRICS_PORT": str(ports["auth_metrics"]),
     }
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "devstack.py")],
@@ -126,6 +129,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         gateway_metrics_port=ports["gateway_metrics"],
         runtime_metrics_port=ports["runtime_metrics"],
         llmproxy_metrics_port=ports["llm_metrics"],
+        auth_metrics_port=ports["auth_metrics"],
         internal_key=(home / "internal-api-key").read_text().strip(),
         token=(home / "token").read_text().strip(),
         dev_user=json.loads((home / "dev-user.json").read_text()),

@@ -1,7 +1,7 @@
 """One log story across hops, metrics after a session, no secret in any log.
 
 The mesh is started like ``./scripts/up`` (JSON logs under
-``mesh.home/'logs'``, gateway, runtime and llmproxy metrics on their own ports).
+``mesh.home/'logs'``, every service's metrics on its own port).
 """
 
 from __future__ import annotations
@@ -152,8 +152,11 @@ async def test_metrics_endpoints_expose_the_session(mesh: Mesh) -> None:
     )
     assert any(k.startswith("codelab_llmproxy_deployment_cooling_down") for k in llmproxy)
 
-    auth = await asyncio.to_thread(scrape, f"http://127.0.0.1:{mesh.auth_port}/metrics")
+    auth = await asyncio.to_thread(scrape, f"{base}:{mesh.auth_metrics_port}/metrics")
     assert total(auth, "codelab_auth_http_requests_total", path="/.well-known/jwks.json") >= 1
+    assert total(auth, "codelab_auth_http_requests_total", path="/oauth/token", status="200") >= 1
+    public = await asyncio.to_thread(httpx.get, f"{base}:{mesh.auth_port}/metrics", timeout=5)
+    assert public.status_code == 404, "auth's public port serves no metrics"
 
 
 async def test_health_and_readiness(mesh: Mesh) -> None:
