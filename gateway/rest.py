@@ -12,7 +12,7 @@ Routes (``{sid}`` is a session id)::
     GET  /api/v1/agents                          → views.agents
     GET  /api/v1/agents/{sid}/current            → views.current_agent
     GET  /api/v1/sessions?page_size=&page_token= → views.sessions
-    POST /api/v1/sessions?title=&session_id=     → 201 views.created_session
+    POST /api/v1/sessions?title=                 → 201 views.created_session
     GET  /api/v1/sessions/{sid}/history          → views.history
     GET  /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
 """
@@ -161,12 +161,14 @@ def _build_request(route: Route, query: Mapping[str, list[str]]) -> Message:
     title = _single(query, "title") or ""
     if len(title) > _MAX_TITLE_CHARS:
         raise BadRequest("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
-    new_id = _single(query, "session_id") or ""
-    if new_id and not SESSION_ID.fullmatch(new_id):
+    if "session_id" in query or "id" in query:
+        # The server picks the id (128 random bits): a client-chosen one
+        # would have to be refused when taken, and so would tell whoever
+        # asks that someone else's session has it.
         raise BadRequest(
-            "invalid_session_id", "session ids are 1-128 characters of A-Z a-z 0-9 . _ : -"
+            "invalid_request", "the server chooses a new session's id; send only title"
         )
-    return runtime_pb2.CreateSessionRequest(session_id=new_id, title=title)
+    return runtime_pb2.CreateSessionRequest(title=title)
 
 
 def _single(query: Mapping[str, list[str]], name: str) -> str | None:

@@ -135,6 +135,8 @@ async def test_invalid_argument_from_the_runtime_is_400(edge: Edge, client: http
         ("GET", "/api/v1/sessions", {"page_token": "t" * 2000}, 400),
         ("POST", "/api/v1/sessions", {"title": "t" * 201}, 400),
         ("POST", "/api/v1/sessions", {"session_id": "bad id"}, 400),
+        ("POST", "/api/v1/sessions", {"session_id": "mine"}, 400),
+        ("POST", "/api/v1/sessions", {"id": "mine"}, 400),
         ("GET", "/api/v1/sessions/bad%20id/history", {}, 400),
         ("DELETE", "/api/v1/sessions", {}, 405),
         ("POST", "/api/v1/agents", {}, 405),

@@ -11,7 +11,6 @@ from websockets.exceptions import InvalidStatus
 
 from ide.connection import IdeConnection
 from tests.integration.conftest import Mesh, add_user
-from tests.integration.test_persistence import user_of
 
 
 @pytest.fixture(scope="package")
@@ -86,16 +85,15 @@ async def test_nobody_sees_or_joins_another_users_session(mesh: Mesh, other_toke
             assert reply.status_code == 404, path
             assert "secret" not in reply.text
         listed = (await client.get("/api/v1/sessions")).json()
-        # Creating a taken id answers the same whoever holds it, and says no more.
-        taken = await client.post("/api/v1/sessions", params={"session_id": session_id})
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{mesh.gateway_port}", headers=bearer(mesh.token)
-    ) as client:
-        own = await client.post("/api/v1/sessions", params={"session_id": session_id})
-    assert (taken.status_code, taken.json()) == (own.status_code, own.json())
-    assert taken.status_code == 409
-    assert "secret" not in taken.text
-    assert user_of(mesh.token) not in taken.text
+        # Creating cannot probe for it: the server picks new sessions' ids.
+        for name in ("session_id", "id"):
+            taken = await client.post("/api/v1/sessions", params={name: session_id})
+            assert taken.status_code == 400
+            assert taken.json()["error"] == "invalid_request"
+            assert "secret" not in taken.text
+        fresh = await client.post("/api/v1/sessions")
+        assert fresh.status_code == 201
+        assert fresh.json()["session_id"] != session_id
     assert session_id not in [s["session_id"] for s in listed["sessions"]]
     with pytest.raises(InvalidStatus) as refused:
         async with IdeConnection(mesh.ws_url, session_id, other_token):
