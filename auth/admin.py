@@ -9,7 +9,7 @@ Subcommands::
     enable-user USERNAME
     reset-password USERNAME [--password-stdin]
     revoke-user USERNAME             revoke refresh tokens, feed row "admin" (logs out everywhere)
-    add-client CLIENT_ID (--confidential | --public) [--scope S ...]
+    add-client CLIENT_ID (--confidential | --public) [--scope S ...] [--exist-ok]
     list-clients
     disable-client CLIENT_ID / enable-client CLIENT_ID
     rotate-keys                      stage a new signing key, delete retired ones
@@ -43,7 +43,7 @@ from auth import audit
 from auth.audit import AuditLog
 from auth.clients import Client, Clients
 from auth.config import ENV_PREFIX, AuthConfig
-from auth.errors import AuthError, NotFound, WeakPassword
+from auth.errors import AlreadyExists, AuthError, NotFound, WeakPassword
 from auth.keys import KeyFileError, KeyRing, RotationPending, rotate_keys
 from auth.passwords import Passwords, check_password_policy
 from auth.refresh import RefreshTokens
@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="a scope the client may request (repeatable; default: AUTH_SERVICE__SCOPES)",
+    )
+    client.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="a public client already registered is success (for setup scripts)",
     )
     commands.add_parser("list-clients", help="list registered clients (never shows secrets)")
     for name, text in (("disable-client", "refuse the client"), ("enable-client", "allow it")):
@@ -239,9 +244,16 @@ async def _run(args: argparse.Namespace, config: AuthConfig) -> None:
                 if not args.scope
                 else parse_scope(" ".join(args.scope), allowed=args.scope)
             )
-            secret = await clients.add(
-                args.client_id, confidential=args.confidential, scopes=scopes
-            )
+            try:
+                secret = await clients.add(
+                    args.client_id, confidential=args.confidential, scopes=scopes
+                )
+            except AlreadyExists:
+                existing = await clients.get(args.client_id)
+                if not (args.exist_ok and args.public and existing and not existing.confidential):
+                    raise
+                print(f"public client {args.client_id} is already registered")
+                return
             kind = "confidential" if secret else "public"
             print(f"added {kind} client {args.client_id} (scopes: {' '.join(scopes)})")
             if secret is not None:

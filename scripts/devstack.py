@@ -3,9 +3,13 @@
 On first run it creates, under ``.codelab/`` (or ``$CODELAB_HOME``): the
 internal credential, the auth service's signing key and database, the
 runtime's database, and a dev user whose password and a fresh access token
-are written next to them. Every run applies pending schema migrations. Then it
-starts llmproxy, runtime, auth and gateway, waits until each is healthy,
-prints how to connect, and stops all four on Ctrl-C or SIGTERM.
+are written next to them. Every run applies pending schema migrations and
+registers the CodeLab IDE's OAuth client (``codelab-flutter-app``). Then it
+starts llmproxy, runtime, auth and gateway, and the front door (Caddy, from
+the ``caddyserver`` package, with the repository's ``Caddyfile``) on
+``CODELAB_FRONT_PORT`` (8080; 0: none): one base URL for the IDE. It waits
+until each is healthy, prints how to connect, and stops them all on Ctrl-C
+or SIGTERM.
 
 Any ``GATEWAY__*``, ``AGENT_RUNTIME__*``, ``LLM_PROXY__*`` or
 ``AUTH_SERVICE__*`` variable already set in the environment wins over the
@@ -33,6 +37,9 @@ HOME = Path(os.environ.get("CODELAB_HOME", ROOT / ".codelab")).resolve()
 PYTHON = sys.executable
 DEV_USER = "dev"
 START_TIMEOUT = 60.0
+IDE_CLIENT = "codelab-flutter-app"
+"""The CodeLab IDE's OAuth client id: a first-party public client."""
+CADDY = Path(sys.executable).parent / "caddy"
 
 
 def secret_file(path: Path, make: Callable[[], str]) -> str:
@@ -65,6 +72,10 @@ def environment() -> dict[str, str]:
         "AGENT_RUNTIME__METRICS_PORT": "9101",
         "LLM_PROXY__METRICS_PORT": "9102",
         "AUTH_SERVICE__METRICS_PORT": "9103",
+        # The front door forwards from 127.0.0.1 and says who the client is
+        # in X-Forwarded-For; auth believes it only from there.
+        "AUTH_SERVICE__TRUSTED_PROXIES": "127.0.0.1",
+        "CODELAB_FRONT_PORT": "8080",
     }
     env = {**defaults, **os.environ}
     env.setdefault(
@@ -99,8 +110,9 @@ def run_admin(env: dict[str, str], *args: str, stdin: str | None = None) -> None
 
 
 def migrate(env: dict[str, str]) -> None:
-    """Apply both services' schemas (Alembic); idempotent."""
+    """Apply both services' schemas (Alembic) and register the IDE's client; idempotent."""
     run_admin(env, "migrate")
+    run_admin(env, "add-client", IDE_CLIENT, "--public", "--exist-ok")
     subprocess.run([PYTHON, "-m", "runtime", "migrate"], env=env, check=True)
 
 
@@ -114,16 +126,38 @@ def ensure_dev_user(env: dict[str, str]) -> dict[str, str]:
     return {"username": DEV_USER, "password": password}
 
 
-def start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     logs = HOME / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = (logs / f"{name}.log").open("ab")
-    return subprocess.Popen([PYTHON, "-m", module], env=env, stdout=log, stderr=log, cwd=ROOT)
+    return subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=ROOT)
 
 
-def llmproxy_plan(
-    env: dict[str, str],
-) -> list[tuple[str, str, dict[str, str], Callable[[], bool]]]:
+def service(module: str) -> list[str]:
+    return [PYTHON, "-m", module]
+
+
+def front_door(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Caddy with the repository's Caddyfile, on 127.0.0.1:``CODELAB_FRONT_PORT``,
+    in front of this auth and gateway; its state stays under ``CODELAB_HOME``."""
+    front = {
+        **env,
+        "CODELAB_SITE": f":{env['CODELAB_FRONT_PORT']}",
+        "CODELAB_FRONT_BIND": "127.0.0.1",
+        "CODELAB_AUTH_UPSTREAM": f"127.0.0.1:{env['AUTH_SERVICE__PORT']}",
+        "CODELAB_GATEWAY_UPSTREAMS": f"to 127.0.0.1:{env['GATEWAY__PORT']}",
+        "XDG_DATA_HOME": str(HOME / "caddy"),
+        "XDG_CONFIG_HOME": str(HOME / "caddy"),
+    }
+    argv = [str(CADDY), "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"]
+    return argv, front
+
+
+Plan = list[tuple[str, list[str], dict[str, str], Callable[[], bool]]]
+"""What to start, in order: name, command, environment, health check."""
+
+
+def llmproxy_plan(env: dict[str, str]) -> Plan:
     """One llmproxy process per port of :func:`llmproxy_ports`; replicas
     after the first are named ``llmproxy-2``... and put their metrics on the
     next ports that no other service's ``*__METRICS_PORT`` names."""
@@ -142,7 +176,7 @@ def llmproxy_plan(
                 metrics += 1
             replica["LLM_PROXY__METRICS_PORT"] = str(metrics)
             metrics += 1
-        plan.append((name, "llmproxy", replica, lambda p=str(port): grpc_serving(p)))
+        plan.append((name, service("llmproxy"), replica, lambda p=str(port): grpc_serving(p)))
     return plan
 
 
@@ -222,21 +256,27 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        plan = [
+        plan: Plan = [
             *llmproxy_plan(env),
-            ("runtime", "runtime", env, lambda: grpc_serving(env["AGENT_RUNTIME__PORT"])),
-            ("auth", "auth", env, lambda: http_healthy(env["AUTH_SERVICE__PORT"])),
-            ("gateway", "gateway", env, lambda: http_healthy(env["GATEWAY__PORT"])),
+            ("runtime", service("runtime"), env, lambda: grpc_serving(env["AGENT_RUNTIME__PORT"])),
+            ("auth", service("auth"), env, lambda: http_healthy(env["AUTH_SERVICE__PORT"])),
+            ("gateway", service("gateway"), env, lambda: http_healthy(env["GATEWAY__PORT"])),
         ]
-        for name, module, service_env, check in plan:
-            proc = start(name, module, service_env)
+        front_port = env["CODELAB_FRONT_PORT"]
+        if front_port != "0":
+            argv, front_env = front_door(env)
+            plan.append(("front door", argv, front_env, lambda: http_healthy(front_port)))
+        for name, argv, service_env, check in plan:
+            proc = start(name.replace(" ", "-"), argv, service_env)
             procs.append(proc)
             wait_healthy(name, proc, check)
             print(f"up: {name} healthy", flush=True)
         fetch_token(env, user)
         gateway = f"ws://127.0.0.1:{env['GATEWAY__PORT']}/ws/<session_id>"
+        base = f"http://127.0.0.1:{front_port}" if front_port != "0" else "(no front door)"
         print(
             "\nCodeLab mesh is up (offline model).\n"
+            f"  IDE base URL {base}   (the CodeLab IDE: client {IDE_CLIENT})\n"
             f"  WebSocket   {gateway}\n"
             f"  token       {HOME / 'token'}   (dev user: {HOME / 'dev-user.json'})\n"
             f"  logs        {HOME / 'logs'}\n"

@@ -49,14 +49,15 @@ def test_compose_sets_only_real_variables_and_runs_real_entry_points() -> None:
     scripts = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
     read = variables_read_by_code()
     services = compose["services"]
-    assert {"postgres", "auth", "llmproxy", "runtime", "gateway"} <= set(services)
+    assert {"frontdoor", "postgres", "auth", "llmproxy", "runtime", "gateway"} <= set(services)
     ours = {name: service for name, service in services.items() if "build" in service}
     assert set(ours) == {"auth", "llmproxy", "runtime", "gateway"}
     for name, service in ours.items():
         for variable in service.get("environment", {}):
             assert variable in read, f"{name} sets {variable}, which nothing reads"
         command = " ".join(service["command"])
-        used = set(re.findall(r"codelab-[a-z-]+", command))
+        # Console scripts in command position (not arguments like a client id).
+        used = set(re.findall(r"(?:^|&&|;|exec)\s*(codelab-[a-z-]+)", command))
         assert used, f"{name} runs one of the console scripts"
         assert used <= scripts, f"{name} runs {used - scripts}"
 
@@ -142,3 +143,20 @@ def test_the_configuration_reference_is_generated_from_env_example() -> None:
     assert (ROOT / "docs" / "CONFIGURATION.md").read_text() == configuration_reference(), (
         "run scripts/gen-config-docs"
     )
+
+
+def test_the_front_door_is_the_only_published_entrance() -> None:
+    """compose publishes the front door; auth and the gateway only behind it,
+    with the Caddyfile the front door is given and scripts/up runs."""
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published - {"ollama"} == {"frontdoor"}, "(Ollama, on request, is a local model)"
+    front = services["frontdoor"]
+    assert "./Caddyfile:/etc/caddy/Caddyfile:ro" in front["volumes"]
+    assert front["depends_on"] == {
+        "auth": {"condition": "service_healthy"},
+        "gateway": {"condition": "service_healthy"},
+    }
+    assert "add-client codelab-flutter-app --public --exist-ok" in " ".join(
+        services["auth"]["command"]
+    ), "the CodeLab IDE's client is registered out of the box"

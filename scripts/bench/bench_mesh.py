@@ -268,6 +268,7 @@ def mesh(
         "LLM_PROXY__PORT": str(ports["llmproxy"]),
         "AUTH_SERVICE__PORT": str(ports["auth"]),
         "CODELAB_LLMPROXY_REPLICAS": str(LLMPROXY_REPLICAS),
+        "CODELAB_FRONT_PORT": "0",  # the bench talks to the gateway itself
     }
     if database_url:
         env["AGENT_RUNTIME__DATABASE_URL"] = database_url

@@ -158,6 +158,13 @@ async def test_clients_revocation_and_audit(admin: Admin) -> None:
     public = admin("add-client", "codelab-cli", "--public")
     assert public.returncode == 0, public.stderr
     assert "secret" not in public.stdout
+    # Setup scripts register their public clients on every run.
+    again = admin("add-client", "codelab-cli", "--public", "--exist-ok")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "public client codelab-cli is already registered\n"
+    assert admin("add-client", "codelab-cli", "--public").returncode == 1, "only when asked"
+    not_public = admin("add-client", "ci-bot", "--public", "--exist-ok")
+    assert not_public.returncode == 1, "a confidential client is not the public one asked for"
     assert admin("disable-client", "codelab-cli").returncode == 0
     listed = admin("list-clients")
     assert listed.stdout.splitlines() == [

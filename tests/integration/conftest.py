@@ -38,6 +38,7 @@ class Mesh:
     runtime_metrics_port: int
     llmproxy_metrics_port: int
     auth_metrics_port: int
+    front_port: int
     internal_key: str
     token: str
     dev_user: dict[str, str]
@@ -50,6 +51,11 @@ class Mesh:
     @property
     def auth_url(self) -> str:
         return f"http://127.0.0.1:{self.auth_port}"
+
+    @property
+    def front_url(self) -> str:
+        """The front door: one base URL for auth and the gateway."""
+        return f"http://127.0.0.1:{self.front_port}"
 
 
 @pytest.fixture(scope="package")
@@ -72,6 +78,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
             "runtime_metrics",
             "llm_metrics",
             "auth_metrics",
+            "front",
         )
     }
     env = {
@@ -87,6 +94,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         "AGENT_RUNTIME__METRICS_PORT": str(ports["runtime_metrics"]),
         "LLM_PROXY__METRICS_PORT": str(ports["llm_metrics"]),
         "AUTH_SERVICE__METRICS_PORT": str(ports["auth_metrics"]),
+        "CODELAB_FRONT_PORT": str(ports["front"]),
     }
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "devstack.py")],
@@ -130,6 +138,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         runtime_metrics_port=ports["runtime_metrics"],
         llmproxy_metrics_port=ports["llm_metrics"],
         auth_metrics_port=ports["auth_metrics"],
+        front_port=ports["front"],
         internal_key=(home / "internal-api-key").read_text().strip(),
         token=(home / "token").read_text().strip(),
         dev_user=json.loads((home / "dev-user.json").read_text()),

@@ -1,0 +1,78 @@
+"""The front door (Caddy with the repository's Caddyfile, started by
+``scripts/up``): one base URL for the CodeLab IDE — login, REST and the
+WebSocket — exactly as that IDE addresses them."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ide.connection import IdeConnection
+from tests.integration.conftest import Mesh
+
+IDE_CLIENT = "codelab-flutter-app"
+"""The OAuth client id the CodeLab IDE logs in with (its auth datasource)."""
+
+
+@pytest.fixture
+async def front(mesh: Mesh) -> httpx.AsyncClient:
+    async with httpx.AsyncClient(base_url=mesh.front_url, timeout=10) as client:
+        yield client  # type: ignore[misc]
+
+
+async def test_the_ide_logs_in_and_works_through_one_base_url(
+    mesh: Mesh, front: httpx.AsyncClient
+) -> None:
+    login = await front.post(
+        "/oauth/token",
+        data={
+            "grant_type": "password",
+            "username": mesh.dev_user["username"],
+            "password": mesh.dev_user["password"],
+            "client_id": IDE_CLIENT,
+        },
+    )
+    assert login.status_code == 200, login.text
+    tokens = login.json()
+    refreshed = await front.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": IDE_CLIENT,
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    token = refreshed.json()["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+
+    assert (await front.get("/health")).json() == {"status": "ok"}
+    keys = (await front.get("/.well-known/jwks.json")).json()
+    assert keys["keys"], "the JWKS is served at the same base URL"
+    created = await front.post("/api/v1/sessions", headers=bearer)
+    assert created.status_code == 201, created.text
+    session_id = created.json()["session_id"]
+    listed = (await front.get("/api/v1/sessions", headers=bearer)).json()
+    assert session_id in [s["session_id"] for s in listed["sessions"]]
+
+    ws_url = mesh.front_url.replace("http://", "ws://") + "/api/v1"
+    async with IdeConnection(ws_url, session_id, token) as ide:
+        info = await ide.next_frame()
+        assert info["type"] == "session_info"
+        await ide.send({"type": "user_message", "content": "hello"})
+        frames = []
+        while not (frame := await ide.next_frame()).get("is_final"):
+            frames.append(frame)
+    text = "".join(f["content"] for f in frames if f["type"] == "assistant_message")
+    assert text.startswith("You said: hello")
+
+
+async def test_the_front_door_serves_nothing_else(front: httpx.AsyncClient) -> None:
+    for path in ("/metrics", "/internal/revocations", "/admin", "/"):
+        reply = await front.get(path)
+        assert reply.status_code == 404, path
+    unknown = await front.post(
+        "/oauth/token", data={"grant_type": "password", "client_id": "not-registered"}
+    )
+    assert unknown.status_code == 401
+    assert unknown.json()["error"] == "invalid_client"

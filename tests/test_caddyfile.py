@@ -1,0 +1,131 @@
+"""The repository's Caddyfile, run by the real Caddy binary (the
+``caddyserver`` package) in front of two stand-in upstreams that answer with
+their own name and the X-Forwarded-For they were given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CADDY = Path(sys.executable).parent / "caddy"
+
+
+async def _upstream(name: str) -> tuple[asyncio.Server, int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        forwarded = [
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")
+            if line.lower().startswith("x-forwarded-for:")
+        ]
+        body = f"{name} {','.join(forwarded)}".encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@contextlib.contextmanager
+def caddy(env: dict[str, str]) -> Iterator[threading.Event]:
+    """Caddy with the Caddyfile; yields an event set once it serves (its log says so)."""
+    process = subprocess.Popen(
+        [str(CADDY), "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    serving, log = threading.Event(), []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            if '"serving initial configuration"' in line:
+                serving.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield serving
+    finally:
+        process.terminate()
+        process.wait(10)
+        reader.join(5)
+        assert process.stderr is not None
+        process.stderr.close()
+    if not serving.is_set():
+        pytest.fail("Caddy did not start:\n" + "".join(log[-20:]))
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    servers = [await _upstream(name) for name in ("auth", "gw-a", "gw-b")]
+    (_, auth), (_, gw_a), (_, gw_b) = servers
+    port = free_port()
+    env = {
+        "CODELAB_SITE": f":{port}",
+        "CODELAB_FRONT_BIND": "127.0.0.1",
+        "CODELAB_AUTH_UPSTREAM": f"127.0.0.1:{auth}",
+        "CODELAB_GATEWAY_UPSTREAMS": f"to 127.0.0.1:{gw_a} 127.0.0.1:{gw_b}",
+        "XDG_DATA_HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+    with caddy(env) as serving:
+        assert await asyncio.to_thread(serving.wait, 30), "Caddy is serving"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            yield client
+    for server, _ in servers:
+        server.close()
+
+
+async def test_paths_go_to_their_service_and_nothing_else_is_served(
+    front: httpx.AsyncClient,
+) -> None:
+    for path in ("/oauth/token", "/.well-known/jwks.json"):
+        assert (await front.get(path)).text.startswith("auth "), path
+    for path in ("/api/v1/sessions", "/ws/s1", "/api/v1/ws/s1", "/health", "/ready"):
+        assert (await front.get(path)).text.startswith("gw-"), path
+    for path in ("/metrics", "/internal/revocations", "/", "/oauth"):
+        reply = await front.get(path)
+        assert reply.status_code == 404, path
+        assert reply.json()["error"] == "not_found"
+
+
+async def test_every_window_of_a_session_reaches_the_same_gateway(
+    front: httpx.AsyncClient,
+) -> None:
+    homes = {}
+    for n in range(20):
+        seen = {
+            (await front.get(path)).text.split()[0]
+            for path in (f"/ws/s{n}", f"/api/v1/ws/s{n}", f"/ws/s{n}?last_seq=5")
+            for _ in range(3)
+        }
+        assert len(seen) == 1, f"session s{n} was split over {seen}"
+        homes[n] = seen.pop()
+    assert set(homes.values()) == {"gw-a", "gw-b"}, "sessions spread over both"
+
+
+async def test_a_forwarded_for_sent_by_the_client_is_not_passed_on(
+    front: httpx.AsyncClient,
+) -> None:
+    reply = await front.get("/oauth/token", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert reply.text == "auth 127.0.0.1", "auth sees the real client, not a claimed one"
