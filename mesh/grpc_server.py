@@ -1,7 +1,7 @@
 """A gRPC server as every service of the mesh runs it.
 
 Every server has the standard health service and server reflection, may
-serve TLS (mTLS with a client CA, :class:`TlsFiles`), and refuses any call
+serve TLS (mTLS with a client CA, :class:`mesh.tls.TlsFiles`), and refuses any call
 without the internal credential (metadata
 ``x-internal-auth``) with UNAUTHENTICATED. Only the health service's
 ``Check`` is exempt, so that orchestrators can probe it; its ``Watch``
@@ -31,8 +31,6 @@ import hmac
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeAlias, overload
 
 import grpc
@@ -43,6 +41,7 @@ from opentelemetry import context as otel_context
 
 from mesh import tracing
 from mesh.metrics import RpcMetrics
+from mesh.tls import TlsFiles
 
 INTERNAL_AUTH_HEADER = "x-internal-auth"
 """Metadata key of the shared internal credential."""
@@ -351,56 +350,6 @@ def _wrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
     return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codec)
 
 
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM file paths for TLS on a server or a channel; empty strings are unset.
-
-    On a server: ``cert`` and ``key`` are its own, ``ca`` (optional) makes it
-    require client certificates signed by that CA (mTLS). On a channel:
-    ``ca`` verifies the server, ``cert``/``key`` (optional) are the client's.
-    """
-
-    cert: str = ""
-    key: str = ""
-    ca: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert or self.key or self.ca)
-
-    @staticmethod
-    def _read(path: str) -> bytes | None:
-        if not path:
-            return None
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read TLS file {path}: {exc.strerror}") from None
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """Raises ValueError unless cert and key are both given and readable."""
-        if not (self.cert and self.key):
-            raise ValueError("a TLS server needs both a certificate and a key")
-        key, cert = self._read(self.key), self._read(self.cert)
-        # Both paths are set (checked above), so both were read.
-        assert key is not None
-        assert cert is not None
-        ca = self._read(self.ca)
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-        )
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """Raises ValueError for a half-given client certificate or unreadable files."""
-        if bool(self.cert) != bool(self.key):
-            raise ValueError("a client certificate needs its key, and the key its certificate")
-        return grpc.ssl_channel_credentials(
-            root_certificates=self._read(self.ca),
-            private_key=self._read(self.key),
-            certificate_chain=self._read(self.cert),
-        )
-
-
 def grpc_target(address: str) -> str:
     """The gRPC target for one ``host:port``, a comma list of IPv4
     ``host:port`` (replicas), or a ``dns:///name:port`` naming them all.
@@ -458,15 +407,21 @@ def health_check(channel: Any) -> Any:
     )
 
 
-def mesh_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+def mesh_channel(
+    address: str, tls: TlsFiles | None = None, *, server_name: str = ""
+) -> grpc.aio.Channel:
     """A channel to another service of the mesh, or to its replicas (see
-    :func:`grpc_target`): plaintext, or TLS/mTLS.
+    :func:`grpc_target`): plaintext, or TLS/mTLS. ``server_name`` (TLS only)
+    overrides the name checked in the server's certificate.
 
-    Raises ValueError for an address list it cannot use.
+    Raises ValueError for an address list it cannot use, TlsFileError for
+    unusable TLS files.
     """
     target, options = grpc_target(address), channel_options(address)
     if tls is None or not tls.enabled:
         return grpc.aio.insecure_channel(target, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
 
 
@@ -526,11 +481,6 @@ class MeshServer:
         await self.server.start()
         await self.set_serving(True)
         return self.port
-
-    @property
-    def stopping(self) -> bool:
-        """Whether :meth:`stop` was called; health then stays NOT_SERVING."""
-        return self._stopped
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service SERVING or NOT_SERVING; after :meth:`stop`,
