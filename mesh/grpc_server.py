@@ -19,7 +19,8 @@ need, and a refused call holds none. (gRPC's server-wide
 Every call goes through :class:`CallInterceptor` first: it binds
 ``request_id``, ``user`` and ``rpc`` to the structlog context of the call
 (so every line the call logs carries them, and tasks it starts inherit
-them), makes the caller's ``traceparent`` the current trace context, and
+them), sets :data:`mesh.caller.CALLER` (which the runtime's LLM client
+forwards), makes the caller's ``traceparent`` the current trace context, and
 writes one ``rpc_finished`` line per call (health checks at DEBUG) with
 the status code and duration, counted in :class:`mesh.metrics.RpcMetrics`.
 """
@@ -40,6 +41,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 
 from mesh import tracing
+from mesh.caller import CALLER, Caller
 from mesh.metrics import RpcMetrics
 from mesh.tls import TlsFiles
 
@@ -297,11 +299,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _enter(method: str, context: Any) -> tuple[float, object]:
-    bound = {
-        "rpc": method,
-        "request_id": metadata_value(context, REQUEST_ID_HEADER),
-        "user": metadata_value(context, USER_HEADER),
-    }
+    caller = Caller(
+        request_id=metadata_value(context, REQUEST_ID_HEADER) or None,
+        user=metadata_value(context, USER_HEADER) or None,
+    )
+    CALLER.set(caller)
+    bound = {"rpc": method, "request_id": caller.request_id, "user": caller.user}
     structlog.contextvars.bind_contextvars(**{k: v for k, v in bound.items() if v})
     traceparent = metadata_value(context, tracing.TRACEPARENT_HEADER)
     token = otel_context.attach(tracing.extract(traceparent)) if traceparent else None
@@ -325,6 +328,7 @@ def _leave(
     emit = log.debug if quiet else log.info
     emit("rpc_finished", code=code.name, duration_ms=round(elapsed * 1000, 1))
     structlog.contextvars.unbind_contextvars("rpc", "request_id", "user")
+    CALLER.set(Caller())
 
 
 def _failure_code(exc: BaseException, context: Any) -> grpc.StatusCode:
