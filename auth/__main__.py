@@ -1,46 +1,7 @@
 """Run the auth service: ``python -m auth`` or ``codelab-auth``.
 
-Environment (all optional; defaults in brackets):
-
-- ``AUTH_SERVICE__HOST`` [127.0.0.1] — address to listen on.
-- ``AUTH_SERVICE__PORT`` [8003] — TCP port; 0 picks a free one. Public: it
-  serves no metrics (``/metrics`` there is a 404).
-- ``AUTH_SERVICE__METRICS_PORT`` [0] — Prometheus ``GET /metrics`` on this
-  port of HOST, apart from the public one (0: no metrics endpoint); keep it
-  where only Prometheus reaches it.
-- ``AUTH_SERVICE__DATABASE_URL`` [sqlite+aiosqlite:///.codelab/auth.db] —
-  SQLAlchemy async URL; ``postgresql+asyncpg://...`` for PostgreSQL.
-- ``AUTH_SERVICE__KEYS_DIR`` [.codelab/keys] — signing keys (``*.pem``); an
-  RSA-2048 key is generated on first start.
-- ``AUTH_SERVICE__ISSUER`` [http://127.0.0.1:8003] — ``iss`` of every token and
-  the base of the URLs in the discovery document.
-- ``AUTH_SERVICE__AUDIENCE`` [codelab-api] — ``aud`` of every token.
-- ``AUTH_SERVICE__ACCESS_TOKEN_TTL`` [900] — access token lifetime, seconds.
-- ``AUTH_SERVICE__CLIENT_ID`` [codelab-ide] — the first-party public client
-  allowed to use the password grant.
-- ``AUTH_SERVICE__SCOPES`` [codelab] — comma-separated scopes the client may
-  request; all of them are granted when the request names none.
-- ``AUTH_SERVICE__REFRESH_TOKEN_TTL`` [2592000] — refresh token lifetime,
-  seconds (30 days); every use rotates it and restarts the clock.
-- ``AUTH_SERVICE__TRUSTED_PROXIES`` [] — comma list of IPs/CIDRs whose
-  ``X-Forwarded-For`` is believed (rightmost untrusted hop is the client).
-- ``AUTH_SERVICE__INTERNAL_API_KEY`` [] — key the gateway sends as
-  ``X-Internal-Auth`` to read ``/internal/revocations``; unset: 404.
-- ``AUTH_SERVICE__KEYS_RELOAD_INTERVAL`` [30] — seconds between re-reads of
-  the keys directory (0: never; restart to pick up keys).
-- ``AUTH_SERVICE__KEYS_PUBLISH_AHEAD`` [600] — seconds a staged key is
-  published before it signs (> the gateway's JWKS cache + reload interval).
-- ``AUTH_SERVICE__KEYS_RETIRE_LEEWAY`` [300] — a replaced key stays published
-  for ACCESS_TOKEN_TTL plus this many seconds.
-- ``AUTH_SERVICE__LOCKOUT_THRESHOLD`` [10] — failed logins of one account from
-  one address before it is locked there (address-wide: three times as many).
-- ``AUTH_SERVICE__LOCKOUT_DURATION`` [900] — seconds a lockout lasts.
-- ``AUTH_SERVICE__MIGRATE_ON_START`` [true] — apply pending migrations before
-  serving (serialised across replicas on PostgreSQL); set false to leave it to
-  ``codelab-auth-admin migrate``.
-- ``AUTH_SERVICE__SHUTDOWN_GRACE`` [10] — seconds in-flight requests get after
-  SIGTERM/SIGINT before they are cancelled.
-- ``AUTH_SERVICE__LOG_LEVEL`` [INFO].
+Settings: ``AUTH_SERVICE__*``, one per field of :class:`auth.config.AuthConfig`
+(all optional; listed with defaults in ``docs/CONFIGURATION.md``).
 
 Exit status: 0 after a signal-initiated shutdown, 2 on a configuration error.
 """
@@ -50,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Generator
 
@@ -58,11 +20,11 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from auth.app import create_app
-from auth.config import ENV_PREFIX, AuthConfig
+from auth.config import AuthConfig
 from auth.keys import KeyFileError, KeyRing
 from auth.passwords import Passwords
 from auth.store import create_engine, migrate
-from mesh.env import ConfigError, Env
+from mesh.config import ConfigError, load
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer
 from mesh.process import run
@@ -179,14 +141,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 def main() -> None:
     """Console entry point."""
     try:
-        config = AuthConfig.from_env(Env(ENV_PREFIX))
+        config = load(AuthConfig, os.environ)
     except ConfigError as exc:
         print(f"codelab-auth: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(config.log_level)
     # Alembic narrates every migration step at INFO; we log our own summary.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    run(serve(config))
+    run(serve(config), os.environ)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth import audit
 from auth.audit import AuditLog
 from auth.clients import Client, Clients
-from auth.config import ENV_PREFIX, AuthConfig
+from auth.config import AuthConfig
 from auth.errors import AlreadyExists, AuthError, NotFound, WeakPassword
 from auth.keys import KeyFileError, KeyRing, RotationPending, rotate_keys
 from auth.passwords import Passwords, check_password_policy
@@ -50,7 +51,7 @@ from auth.refresh import RefreshTokens
 from auth.revocations import record_revocation
 from auth.store import UserStore, check_username, create_engine, migrate
 from auth.tokens import parse_scope
-from mesh.env import ConfigError, Env
+from mesh.config import ConfigError, load
 
 
 class _NoPasswords(Passwords):
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point; exits with the documented status."""
     args = _parser().parse_args(argv)
     try:
-        config = AuthConfig.from_env(Env(ENV_PREFIX))
+        config = load(AuthConfig, os.environ)
     except ConfigError as exc:
         print(f"codelab-auth-admin: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

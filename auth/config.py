@@ -1,6 +1,7 @@
 """The auth service's settings, read once from ``AUTH_SERVICE__*`` variables.
 
-See ``auth.__main__`` for the list of variables and their defaults. The
+Each field is one variable, documented by its docstring (see
+:mod:`mesh.config`; listed with defaults in ``docs/CONFIGURATION.md``). The
 admin CLI reads the same variables, so both always agree on the database.
 """
 
@@ -8,101 +9,84 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from auth.addresses import Network, parse_networks
-from mesh.env import ConfigError, Env
-
-ENV_PREFIX = "AUTH_SERVICE"
+from mesh.config import ConfigError, comma_list, not_negative, positive, setting
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.codelab/auth.db"
 
 
-@dataclass(frozen=True, slots=True)
+def _tcp_port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "is not a TCP port"
+
+
+def _some_scope(value: tuple[str, ...]) -> str | None:
+    return None if value else "must name at least one scope"
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    return parse_networks(comma_list(text))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
     """Everything the service needs to know about its environment."""
 
+    env_prefix: ClassVar[str] = "AUTH_SERVICE"
+
     host: str = "127.0.0.1"
-    port: int = 8003
-    metrics_port: int = 0
+    """address the OAuth2 HTTP service listens on"""
+    port: int = setting(8003, check=_tcp_port)
+    """HTTP port: /oauth/token, /oauth/revoke, JWKS, discovery (metrics: METRICS_PORT)"""
+    metrics_port: int = setting(0, check=_tcp_port)
+    """Prometheus GET /metrics on this port of HOST, never on the public PORT (0: no metrics
+    endpoint; scripts/up: 9103)"""
     database_url: str = DEFAULT_DATABASE_URL
+    """users, clients, refresh tokens, lockouts, audit (PostgreSQL: postgresql+asyncpg://...)"""
     keys_dir: Path = Path(".codelab/keys")
-    issuer: str = "http://127.0.0.1:8003"
+    """signing keys, created on first start (files 0600, directory 0700)"""
+    issuer: str = setting("http://127.0.0.1:8003", parse=lambda text: text.rstrip("/"))
+    """iss of the tokens it signs; also the discovery document's issuer"""
     audience: str = "codelab-api"
-    access_token_ttl: int = 900
+    """aud of the access tokens"""
+    access_token_ttl: int = setting(900, check=positive)
+    """seconds an access token lives"""
     client_id: str = "codelab-ide"
-    scopes: tuple[str, ...] = ("codelab",)
-    refresh_token_ttl: int = 30 * 24 * 3600
-    trusted_proxies: tuple[Network, ...] = ()
-    internal_api_key: str | None = None
-    keys_reload_interval: float = 30.0
-    keys_publish_ahead: float = 600.0
-    keys_retire_leeway: float = 300.0
-    lockout_threshold: int = 10
-    lockout_duration: float = 900.0
+    """the first-party client allowed to use the password grant"""
+    scopes: tuple[str, ...] = setting(("codelab",), check=_some_scope)
+    """scopes granted when a request names none (comma list)"""
+    refresh_token_ttl: int = setting(30 * 24 * 3600, check=positive)
+    """refresh tokens live this long (seconds); each use rotates them"""
+    trusted_proxies: tuple[Network, ...] = setting((), parse=_networks)
+    """proxies whose X-Forwarded-For is believed (comma list of IPs/CIDRs)"""
+    internal_api_key: str | None = setting(None, example="${CODELAB_INTERNAL_API_KEY}")
+    """key the gateway presents to /internal/revocations (empty: the feed is off)"""
+    keys_reload_interval: float = setting(30.0, check=not_negative)
+    """seconds between re-reads of KEYS_DIR (key rotation without restart)"""
+    keys_publish_ahead: float = setting(600.0, check=not_negative)
+    """a staged key is published this long before it signs"""
+    keys_retire_leeway: float = setting(300.0, check=not_negative)
+    """a retired key stays published access-token TTL + this long"""
+    lockout_threshold: int = setting(10, check=positive)
+    """failures before a temporary lockout, and its length (seconds)"""
+    lockout_duration: float = setting(900.0, check=positive)
+    """seconds a lockout lasts"""
     migrate_on_start: bool = True
+    """apply pending schema migrations at start"""
     shutdown_grace: float = 10.0
-    log_level: str = "INFO"
+    """seconds in-flight requests get on SIGTERM"""
+    log_level: str = setting("INFO", parse=str.upper)
+    """log level; logs are JSON unless stderr is a terminal"""
+
+    def __post_init__(self) -> None:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError(
+                f"{self.env_prefix}__METRICS_PORT must differ from {self.env_prefix}__PORT: "
+                "metrics are never served on the public port"
+            )
 
     @property
     def key_retire_after(self) -> float:
         """How long a replaced key stays published: every token it signed has expired."""
         return self.access_token_ttl + self.keys_retire_leeway
-
-    @classmethod
-    def from_env(cls, env: Env) -> AuthConfig:
-        """Read the variables; raises :class:`mesh.env.ConfigError` naming a bad one."""
-        defaults = cls()
-        config = cls(
-            host=env.str("HOST", defaults.host),
-            port=env.int("PORT", defaults.port),
-            metrics_port=env.int("METRICS_PORT", defaults.metrics_port),
-            database_url=env.str("DATABASE_URL", defaults.database_url),
-            keys_dir=Path(env.str("KEYS_DIR", str(defaults.keys_dir))),
-            issuer=env.str("ISSUER", defaults.issuer).rstrip("/"),
-            audience=env.str("AUDIENCE", defaults.audience),
-            access_token_ttl=env.int("ACCESS_TOKEN_TTL", defaults.access_token_ttl),
-            client_id=env.str("CLIENT_ID", defaults.client_id),
-            scopes=env.list("SCOPES", defaults.scopes),
-            refresh_token_ttl=env.int("REFRESH_TOKEN_TTL", defaults.refresh_token_ttl),
-            trusted_proxies=_networks(env),
-            internal_api_key=env.raw("INTERNAL_API_KEY"),
-            keys_reload_interval=env.float("KEYS_RELOAD_INTERVAL", defaults.keys_reload_interval),
-            keys_publish_ahead=env.float("KEYS_PUBLISH_AHEAD", defaults.keys_publish_ahead),
-            keys_retire_leeway=env.float("KEYS_RETIRE_LEEWAY", defaults.keys_retire_leeway),
-            lockout_threshold=env.int("LOCKOUT_THRESHOLD", defaults.lockout_threshold),
-            lockout_duration=env.float("LOCKOUT_DURATION", defaults.lockout_duration),
-            migrate_on_start=env.bool("MIGRATE_ON_START", defaults.migrate_on_start),
-            shutdown_grace=env.float("SHUTDOWN_GRACE", defaults.shutdown_grace),
-            log_level=env.str("LOG_LEVEL", defaults.log_level).upper(),
-        )
-        if not 0 <= config.port <= 65535:
-            raise ConfigError(f"{env.name('PORT')}={config.port} is not a TCP port")
-        if not 0 <= config.metrics_port <= 65535:
-            raise ConfigError(
-                f"{env.name('METRICS_PORT')}={config.metrics_port} is not a TCP port (0: none)"
-            )
-        if config.metrics_port and config.metrics_port == config.port:
-            raise ConfigError(
-                f"{env.name('METRICS_PORT')} must differ from {env.name('PORT')}: "
-                "metrics are never served on the public port"
-            )
-        if config.access_token_ttl <= 0:
-            raise ConfigError(
-                f"{env.name('ACCESS_TOKEN_TTL')} must be a positive number of seconds"
-            )
-        for name in ("REFRESH_TOKEN_TTL", "LOCKOUT_THRESHOLD", "LOCKOUT_DURATION"):
-            if getattr(config, name.lower()) <= 0:
-                raise ConfigError(f"{env.name(name)} must be positive")
-        for name in ("KEYS_RELOAD_INTERVAL", "KEYS_PUBLISH_AHEAD", "KEYS_RETIRE_LEEWAY"):
-            if getattr(config, name.lower()) < 0:
-                raise ConfigError(f"{env.name(name)} must not be negative")
-        if not config.scopes:
-            raise ConfigError(f"{env.name('SCOPES')} must name at least one scope")
-        return config
-
-
-def _networks(env: Env) -> tuple[Network, ...]:
-    try:
-        return parse_networks(env.list("TRUSTED_PROXIES"))
-    except ValueError as exc:
-        raise ConfigError(f"{env.name('TRUSTED_PROXIES')}: {exc}") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import grpc
@@ -26,12 +27,13 @@ from gateway.jwks import JwksCache, TokenVerifier
 from gateway.metrics import GatewayMetrics
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
-from mesh.env import ConfigError, Env
-from mesh.grpc_server import channel_options, grpc_target, health_check, internal_metadata
+from mesh.config import ConfigError, load
+from mesh.grpc_server import grpc_target, health_check, internal_metadata, mesh_channel
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer
 from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
+from mesh.tls import TlsFileError
 from mesh.tracing import configure_tracing
 from runtime.v1 import runtime_pb2_grpc
 
@@ -122,21 +124,13 @@ def runtime_channel(config: GatewayConfig) -> grpc.aio.Channel:
     ``host:port`` (or a ``dns:///name:port`` naming them all); calls are spread
     round robin, and a replica that is down is skipped.
     """
-    target = runtime_target(config.runtime_address)
-    balancing = channel_options(config.runtime_address)
-    if not (config.runtime_tls_ca or config.runtime_tls_cert or config.runtime_tls_key):
-        return grpc.aio.insecure_channel(target, options=balancing)
-    if bool(config.runtime_tls_cert) != bool(config.runtime_tls_key):
-        raise ConfigError("GATEWAY__RUNTIME_TLS_CERT and GATEWAY__RUNTIME_TLS_KEY go together")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(config.runtime_tls_ca, "RUNTIME_TLS_CA"),
-        private_key=_read(config.runtime_tls_key, "RUNTIME_TLS_KEY"),
-        certificate_chain=_read(config.runtime_tls_cert, "RUNTIME_TLS_CERT"),
-    )
-    options = list(balancing)
-    if config.runtime_tls_server_name:
-        options.append(("grpc.ssl_target_name_override", config.runtime_tls_server_name))
-    return grpc.aio.secure_channel(target, credentials, options=options)
+    runtime_target(config.runtime_address)
+    try:
+        return mesh_channel(
+            config.runtime_address, config.runtime_tls, server_name=config.runtime_tls_server_name
+        )
+    except TlsFileError as exc:
+        raise ConfigError(f"GATEWAY__RUNTIME_TLS_{exc.part.upper()}: {exc}") from None
 
 
 def runtime_target(address: str) -> str:
@@ -145,16 +139,6 @@ def runtime_target(address: str) -> str:
         return grpc_target(address)
     except ValueError as exc:
         raise ConfigError(f"GATEWAY__RUNTIME_ADDRESS: {exc}") from None
-
-
-def _read(path: str, name: str) -> bytes | None:
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise ConfigError(f"GATEWAY__{name}={path!r} cannot be read: {exc.strerror}") from None
 
 
 async def serve(config: GatewayConfig) -> None:
@@ -167,13 +151,13 @@ async def serve(config: GatewayConfig) -> None:
 
 def main() -> None:
     """Console entry point."""
-    config = GatewayConfig.from_env(Env("GATEWAY"))
+    config = load(GatewayConfig, os.environ)
     configure_logging(config.log_level)
     # websockets logs every connection and HTTP response at INFO; the gateway
     # writes its own one-line summary per connection instead.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
-    configure_tracing("codelab-gateway")
-    run(serve(config))
+    configure_tracing("codelab-gateway", os.environ)
+    run(serve(config), os.environ)
 
 
 if __name__ == "__main__":

@@ -1,144 +1,143 @@
-"""The gateway's settings, read once from ``GATEWAY__*`` by ``__main__``."""
+"""The gateway's settings, read once from ``GATEWAY__*`` by ``__main__``.
+
+Each field is one variable, documented by its docstring (see
+:mod:`mesh.config`); ``.env.example`` and ``docs/CONFIGURATION.md`` are
+generated from them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from mesh.env import Env
+from mesh.config import comma_list, setting
+from mesh.tls import TlsFiles
 
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 """1 MiB: a ``tool_result`` carries whole file contents."""
 
+INTERNAL_API_KEY_EXAMPLE = "${CODELAB_INTERNAL_API_KEY}"
 
-@dataclass(frozen=True)
+
+def _optional_seconds(text: str) -> float | None:
+    """0 disables a keepalive timer."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    return value if value > 0 else None
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(origin.lower().rstrip("/") for origin in comma_list(text))
+
+
+@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     """Everything the gateway needs; tests build it directly."""
 
-    internal_api_key: str
+    env_prefix: ClassVar[str] = "GATEWAY"
+
     host: str = "127.0.0.1"
+    """address the WebSocket + HTTP edge listens on"""
     port: int = 8000
+    """the IDE's port: WebSocket, read views, /health, /ready (metrics: METRICS_PORT)"""
+    internal_api_key: str = setting(example=INTERNAL_API_KEY_EXAMPLE)
+    """credential presented to the runtime (x-internal-auth)"""
     runtime_address: str = "127.0.0.1:50051"
+    """the runtime's gRPC address; several replicas: a comma list, or dns:///name:port (round
+    robin)"""
     jwks_url: str = "http://127.0.0.1:8003/.well-known/jwks.json"
+    """where the token issuer publishes its signing keys"""
     jwt_issuer: str = "http://127.0.0.1:8003"
+    """required iss of access tokens"""
     jwt_audience: str = "codelab-api"
+    """required aud of access tokens"""
     jwt_leeway: float = 30.0
+    """seconds of clock skew tolerated on exp/nbf/iat"""
     jwt_require_at_jwt: bool = True
-    """Only ``typ: at+jwt`` tokens (RFC 9068); False also takes ``JWT`` or none."""
+    """only access tokens with header typ at+jwt (RFC 9068, what auth/ issues); false also
+    accepts typ JWT or none"""
     jwks_ttl: float = 300.0
+    """seconds the fetched keys are cached"""
     jwks_min_refetch_interval: float = 10.0
+    """an unknown kid refetches the JWKS at most this often (seconds)"""
     jwks_timeout: float = 5.0
+    """seconds a JWKS fetch may take"""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """largest IDE frame; tool_result carries whole files (1 MiB)"""
     max_queue: int = 16
-    """Incoming frames buffered per connection before reading pauses."""
+    """incoming frames buffered per connection before reading pauses"""
     write_limit: int = 64 * 1024
-    """Outgoing bytes buffered per connection before sends wait."""
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
+    """outgoing bytes buffered per connection before sends wait"""
+    ping_interval: float | None = setting(20.0, parse=_optional_seconds)
+    """0 disables keepalive pings"""
+    ping_timeout: float | None = setting(20.0, parse=_optional_seconds)
+    """seconds to wait for a pong before closing (0 disables)"""
     open_timeout: float = 10.0
+    """seconds a WebSocket handshake may take"""
     close_timeout: float = 10.0
+    """seconds to wait for the closing handshake"""
     shutdown_grace: float = 10.0
+    """seconds connections get to close on SIGTERM (code 1012)"""
     shutdown_delay: float = 0.0
-    """Seconds ``/ready`` answers 503 before the listener closes on SIGTERM."""
+    """seconds /ready answers 503 before the listener closes on SIGTERM (0: close at once)"""
     log_level: str = "INFO"
+    """log level; logs are JSON unless stderr is a terminal"""
     metrics_port: int = 0
-    """Prometheus ``GET /metrics`` on ``host`` at this port, apart from the
-    public one; 0 serves no metrics."""
+    """Prometheus GET /metrics on this port of HOST, never on the public PORT (0: no metrics
+    endpoint; scripts/up: 9100)"""
     # -- the edge under attack (docs/GATEWAY.md) --
-    allowed_origins: tuple[str, ...] = ()
-    """WebSocket ``Origin`` allow-list; empty allows any, and none."""
+    allowed_origins: tuple[str, ...] = setting((), parse=_origins)
+    """Origins allowed to open the WebSocket (comma list); empty allows any and none"""
     max_connections_per_user: int = 16
+    """open WebSockets per user / per process (0 = no limit)"""
     max_connections: int = 10_000
+    """open WebSockets per process (0 = no limit); over it: 503"""
     connect_rate: float = 20.0
-    """Requests per second per client address (token bucket); 0 disables."""
+    """handshakes per second per client address, and the burst (0 disables)"""
     connect_burst: int = 40
+    """burst of handshakes allowed per client address"""
     frame_rate: float = 50.0
-    """IDE frames per second per connection (token bucket); 0 disables."""
+    """IDE frames per second per connection, and the burst (0 disables); over it: close 1008"""
     frame_burst: int = 100
+    """burst of IDE frames allowed per connection"""
     idle_timeout: float = 900.0
-    """No frame either way for this long closes with 1001; 0 disables."""
+    """seconds with no frame either way before the connection is closed (0 disables)"""
     attach_on_first_frame: bool = True
-    """Open the runtime stream of an idle session on the first IDE frame, or
-    when another connection of the session here gets a newer event (see
-    docs/GATEWAY.md); False opens it at connect."""
+    """open the runtime stream of an idle session on the connection's first frame, not at
+    connect (saves ~25 KB in the gateway and ~30 KB in the runtime per idle connection); it
+    also opens when another connection of the session on the same gateway gets a newer event,
+    so windows see each other's turns live; windows on different gateway replicas do not
+    (docs/GATEWAY.md): false attaches every connection at connect"""
     slow_consumer_timeout: float = 10.0
-    """A send blocked this long on ``write_limit`` closes with 1013."""
+    """seconds a send may wait for an IDE that does not read before close 1013 (0 disables)"""
     view_timeout: float = 5.0
-    """Bound of each unary runtime call (REST views, the ownership check)."""
-    revocations_url: str = ""
-    """The auth service's revocation feed; empty disables polling."""
-    auth_internal_api_key: str = ""
-    """Credential for the feed; empty means ``internal_api_key``."""
+    """seconds each unary runtime call of the REST views may take"""
+    revocations_url: str = setting("", example="http://127.0.0.1:8003/internal/revocations")
+    """the auth service's revocation feed; empty turns revocation polling off"""
+    auth_internal_api_key: str = setting("", example=INTERNAL_API_KEY_EXAMPLE)
+    """key sent to the feed (default: INTERNAL_API_KEY)"""
     revocation_poll_interval: float = 2.0
+    """seconds between polls of the revocation feed"""
     revocation_retention: float = 86_400.0
-    """How long a revocation is remembered; at least the longest token lifetime."""
+    """seconds a revocation is remembered (at least the longest token lifetime)"""
     runtime_tls_ca: str = ""
-    """PEM file: with it the runtime channel uses TLS (mTLS with cert and key)."""
+    """TLS / mTLS to the runtime: CA, client certificate and key (empty: plaintext)"""
     runtime_tls_cert: str = ""
+    """client certificate for mTLS to the runtime (with RUNTIME_TLS_KEY)"""
     runtime_tls_key: str = ""
+    """key of that client certificate"""
     runtime_tls_server_name: str = ""
-    """Overrides the name checked in the runtime's certificate."""
+    """name to verify in the runtime's certificate (default: from the address)"""
 
     @property
     def feed_api_key(self) -> str:
         return self.auth_internal_api_key or self.internal_api_key
 
-    @classmethod
-    def from_env(cls, env: Env) -> GatewayConfig:
-        """Read ``GATEWAY__*``; raises :class:`mesh.env.ConfigError`."""
-        return cls(
-            internal_api_key=env.required("INTERNAL_API_KEY"),
-            host=env.str("HOST", cls.host),
-            port=env.int("PORT", cls.port),
-            runtime_address=env.str("RUNTIME_ADDRESS", cls.runtime_address),
-            jwks_url=env.str("JWKS_URL", cls.jwks_url),
-            jwt_issuer=env.str("JWT_ISSUER", cls.jwt_issuer),
-            jwt_audience=env.str("JWT_AUDIENCE", cls.jwt_audience),
-            jwt_leeway=env.float("JWT_LEEWAY", cls.jwt_leeway),
-            jwt_require_at_jwt=env.bool("JWT_REQUIRE_AT_JWT", cls.jwt_require_at_jwt),
-            jwks_ttl=env.float("JWKS_TTL", cls.jwks_ttl),
-            jwks_min_refetch_interval=env.float(
-                "JWKS_MIN_REFETCH_INTERVAL", cls.jwks_min_refetch_interval
-            ),
-            jwks_timeout=env.float("JWKS_TIMEOUT", cls.jwks_timeout),
-            max_frame_bytes=env.int("MAX_FRAME_BYTES", cls.max_frame_bytes),
-            max_queue=env.int("MAX_QUEUE", cls.max_queue),
-            write_limit=env.int("WRITE_LIMIT", cls.write_limit),
-            ping_interval=_optional_seconds(env.float("PING_INTERVAL", 20.0)),
-            ping_timeout=_optional_seconds(env.float("PING_TIMEOUT", 20.0)),
-            open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
-            close_timeout=env.float("CLOSE_TIMEOUT", cls.close_timeout),
-            shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
-            shutdown_delay=env.float("SHUTDOWN_DELAY", cls.shutdown_delay),
-            log_level=env.str("LOG_LEVEL", cls.log_level),
-            metrics_port=env.int("METRICS_PORT", cls.metrics_port),
-            allowed_origins=tuple(
-                origin.lower().rstrip("/") for origin in env.list("ALLOWED_ORIGINS")
-            ),
-            max_connections_per_user=env.int(
-                "MAX_CONNECTIONS_PER_USER", cls.max_connections_per_user
-            ),
-            max_connections=env.int("MAX_CONNECTIONS", cls.max_connections),
-            connect_rate=env.float("CONNECT_RATE", cls.connect_rate),
-            connect_burst=env.int("CONNECT_BURST", cls.connect_burst),
-            frame_rate=env.float("FRAME_RATE", cls.frame_rate),
-            frame_burst=env.int("FRAME_BURST", cls.frame_burst),
-            idle_timeout=env.float("IDLE_TIMEOUT", cls.idle_timeout),
-            attach_on_first_frame=env.bool("ATTACH_ON_FIRST_FRAME", cls.attach_on_first_frame),
-            slow_consumer_timeout=env.float("SLOW_CONSUMER_TIMEOUT", cls.slow_consumer_timeout),
-            view_timeout=env.float("VIEW_TIMEOUT", cls.view_timeout),
-            revocations_url=env.str("REVOCATIONS_URL", cls.revocations_url),
-            auth_internal_api_key=env.str("AUTH_INTERNAL_API_KEY", cls.auth_internal_api_key),
-            revocation_poll_interval=env.float(
-                "REVOCATION_POLL_INTERVAL", cls.revocation_poll_interval
-            ),
-            revocation_retention=env.float("REVOCATION_RETENTION", cls.revocation_retention),
-            runtime_tls_ca=env.str("RUNTIME_TLS_CA", cls.runtime_tls_ca),
-            runtime_tls_cert=env.str("RUNTIME_TLS_CERT", cls.runtime_tls_cert),
-            runtime_tls_key=env.str("RUNTIME_TLS_KEY", cls.runtime_tls_key),
-            runtime_tls_server_name=env.str("RUNTIME_TLS_SERVER_NAME", cls.runtime_tls_server_name),
+    @property
+    def runtime_tls(self) -> TlsFiles:
+        """The files of the runtime channel (none: plaintext)."""
+        return TlsFiles(
+            cert=self.runtime_tls_cert, key=self.runtime_tls_key, ca=self.runtime_tls_ca
         )
-
-
-def _optional_seconds(value: float) -> float | None:
-    """0 disables a keepalive timer."""
-    return value if value > 0 else None

@@ -34,15 +34,13 @@ from websockets.http11 import Response
 from gateway import views
 from gateway.codes import json_response, refuse, response_for_status
 from mesh.grpc_server import internal_metadata
+from mesh.ids import SESSION_ID
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
     from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
 
 log = structlog.get_logger("gateway.rest")
-
-SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-"""What a session id may look like, in paths and queries."""
 
 _MAX_TITLE_CHARS = 200
 _MAX_PAGE_TOKEN_CHARS = 1024

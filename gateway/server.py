@@ -61,6 +61,7 @@ from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, retry_after
 from gateway.metrics import GatewayMetrics
 from gateway.revocations import Revocation, RevocationList
+from mesh.ids import SESSION_ID
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ _READY_TIMEOUT = 2.0
 ReadyCheck = Callable[[], Awaitable[bool]]
 """True when a dependency the gateway needs is usable; may raise (not ready)."""
 _WS_PREFIXES = ("/api/v1/ws/", "/ws/")
-_REQUEST_ID = rest.SESSION_ID
+_REQUEST_ID = SESSION_ID
 _OVERLOAD_RETRY_AFTER = "5"
 
 
@@ -396,7 +397,7 @@ class Gateway:
     ) -> Response | None:
         if request.method != "GET":
             return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-        if not rest.SESSION_ID.fullmatch(session_id):
+        if not SESSION_ID.fullmatch(session_id):
             return refuse(
                 http.HTTPStatus.BAD_REQUEST,
                 "invalid_session_id",

@@ -1,24 +1,10 @@
 """Composition root: ``python -m llmproxy`` / ``codelab-llmproxy``.
 
-Environment (read once, into :class:`Settings`):
-
-- ``LLM_PROXY__HOST`` (127.0.0.1), ``LLM_PROXY__PORT`` (50052; 0 picks one)
-- ``LLM_PROXY__INTERNAL_API_KEY`` (required): the mesh's shared credential
-- ``LLM_PROXY__CONFIG``: LiteLLM proxy YAML (default: packaged ``default.yaml``)
-- ``LLM_PROXY__LOG_LEVEL`` (INFO)
-- ``LLM_PROXY__SHUTDOWN_GRACE`` (5 seconds for in-flight calls on SIGTERM)
-- ``LLM_PROXY__MAX_CONCURRENT_RPCS`` (1000): calls with the credential
-  served at once; further calls are refused with RESOURCE_EXHAUSTED (health
-  checks without it have a separate pool, see :mod:`mesh.grpc_server`)
-- ``LLM_PROXY__FIRST_TOKEN_TIMEOUT`` (60 seconds to the first delta; then
-  the call falls back), ``LLM_PROXY__CHUNK_TIMEOUT`` (60 seconds between
-  deltas), ``LLM_PROXY__TOTAL_TIMEOUT`` (600 seconds for a whole call);
-  0 disables one. A deployment's ``stream_first_token_timeout`` /
-  ``stream_chunk_timeout`` override the first two.
-- ``LLM_PROXY__METRICS_PORT`` (0: none): Prometheus ``GET /metrics`` on HOST
-- ``LLM_PROXY__HEALTH_INTERVAL`` (5 seconds): how often gRPC health is
-  re-judged; NOT_SERVING while every deployment cools down
-- ``OTEL_TRACES_EXPORTER``: tracing, see :mod:`mesh.tracing`
+Settings: ``LLM_PROXY__*``, one per field of :class:`Settings` (listed with
+defaults in ``docs/CONFIGURATION.md``); tracing: ``OTEL_TRACES_EXPORTER``
+(see :mod:`mesh.tracing`). A deployment's ``stream_first_token_timeout`` /
+``stream_chunk_timeout`` in the LiteLLM config override the first two
+stream timeouts.
 """
 
 from __future__ import annotations
@@ -27,87 +13,85 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from mesh.env import ConfigError as EnvError
-from mesh.env import Env
-from mesh.grpc_server import MeshServer, TlsFiles
+from mesh.config import ConfigError, load, setting, tls_setting
+from mesh.grpc_server import MeshServer
 from mesh.health import HealthWatch
 from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
 from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
+from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 
 log = structlog.get_logger("llmproxy")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the process reads from its environment."""
+def _timeout(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0 (0 disables it)"
 
-    internal_api_key: str
+
+def _threads(value: int) -> str | None:
+    return None if value >= 1 else "must be at least 1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the process reads from ``LLM_PROXY__*``; tests build it directly."""
+
+    env_prefix: ClassVar[str] = "LLM_PROXY"
+
     host: str = "127.0.0.1"
+    """address the gRPC server listens on"""
     port: int = 50052
-    config_path: Path | None = None
-    log_level: str = "INFO"
-    shutdown_grace: float = 5.0
-    max_concurrent_rpcs: int = 1000
-    first_token_timeout: float = 60.0
-    chunk_timeout: float = 60.0
-    total_timeout: float = 600.0
+    """gRPC port"""
+    internal_api_key: str = setting(example="${CODELAB_INTERNAL_API_KEY}")
+    """credential every caller must present (x-internal-auth)"""
     metrics_port: int = 0
+    """Prometheus GET /metrics on this port (0: no metrics endpoint; scripts/up: 9102)"""
     health_interval: float = 5.0
-    worker_threads: int = 1
-    """Threads for LiteLLM's blocking work (see :func:`limit_worker_threads`)."""
-    tls: TlsFiles = field(default_factory=TlsFiles)
+    """seconds between health re-judgements (NOT_SERVING while every deployment cools down)"""
+    config_path: Path | None = setting(None, env="CONFIG")
+    """LiteLLM config (model_list, router_settings, litellm_settings); empty: the packaged
+    offline-only llmproxy/default.yaml"""
+    max_concurrent_rpcs: int = 1000
+    """calls with the credential served at once; more are refused (RESOURCE_EXHAUSTED). Health
+    checks without it have a separate pool of 32"""
+    worker_threads: int = setting(1, check=_threads)
+    """threads for LiteLLM's blocking work (call set-up, end-of-stream bookkeeping); 1 leaves
+    the event loop the GIL for relaying chunks. Raise it for a provider LiteLLM only calls
+    synchronously"""
+    first_token_timeout: float = setting(60.0, check=_timeout)
+    """seconds to the first delta before falling back (0 = off)"""
+    chunk_timeout: float = setting(60.0, check=_timeout)
+    """seconds allowed between deltas before the stream ends "interrupted" (0 = off)"""
+    total_timeout: float = setting(600.0, check=_timeout)
+    """a whole call, retries and fallbacks included (0 = off)"""
+    tls: TlsFiles = tls_setting(
+        cert=(
+            "TLS_CERT",
+            "serve TLS with this certificate and key; with TLS_CLIENT_CA, require client "
+            "certificates (mTLS)",
+        ),
+        key=("TLS_KEY", "key of llmproxy's TLS certificate"),
+        ca=("TLS_CLIENT_CA", "CA that client certificates must be signed by (mTLS)"),
+    )
+    shutdown_grace: float = 5.0
+    """seconds in-flight calls get on SIGTERM"""
+    log_level: str = "INFO"
+    """log level; logs are JSON unless stderr is a terminal"""
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``LLM_PROXY__*``; raises ``mesh.env.ConfigError`` naming a bad one."""
-        env = Env("LLM_PROXY", environ)
-        config = env.raw("CONFIG")
-        timeouts = {
-            "FIRST_TOKEN_TIMEOUT": env.float("FIRST_TOKEN_TIMEOUT", 60.0),
-            "CHUNK_TIMEOUT": env.float("CHUNK_TIMEOUT", 60.0),
-            "TOTAL_TIMEOUT": env.float("TOTAL_TIMEOUT", 600.0),
-        }
-        for key, value in timeouts.items():
-            if value < 0:
-                raise EnvError(f"{env.name(key)}={value!r} must be >= 0 (0 disables it)")
-        worker_threads = env.int("WORKER_THREADS", 1)
-        if worker_threads < 1:
-            raise EnvError(f"{env.name('WORKER_THREADS')}={worker_threads} must be at least 1")
-        return cls(
-            internal_api_key=env.required("INTERNAL_API_KEY"),
-            host=env.str("HOST", "127.0.0.1"),
-            port=env.int("PORT", 50052),
-            config_path=None if config is None else Path(config),
-            log_level=env.str("LOG_LEVEL", "INFO"),
-            shutdown_grace=env.float("SHUTDOWN_GRACE", 5.0),
-            max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", 1000),
-            first_token_timeout=timeouts["FIRST_TOKEN_TIMEOUT"],
-            chunk_timeout=timeouts["CHUNK_TIMEOUT"],
-            total_timeout=timeouts["TOTAL_TIMEOUT"],
-            metrics_port=env.int("METRICS_PORT", 0),
-            health_interval=env.float("HEALTH_INTERVAL", 5.0),
-            worker_threads=worker_threads,
-            tls=TlsFiles(
-                cert=env.str("TLS_CERT", ""),
-                key=env.str("TLS_KEY", ""),
-                ca=env.str("TLS_CLIENT_CA", ""),
-            ),
-        )
 
 
 def limit_worker_threads(count: int) -> None:
@@ -138,7 +122,7 @@ async def running(
 ) -> AsyncIterator[MeshServer]:
     """Start the proxy; on exit, stop it with the shutdown grace.
 
-    Raises ``llmproxy.config.ConfigError`` for a bad config file. The yielded
+    Raises :class:`mesh.config.ConfigError` for a bad config file. The yielded
     server's ``port`` is the bound port (useful with ``port=0``). Metrics go
     to ``registry`` (default: a new one).
     """
@@ -224,20 +208,14 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     """Console entry point; exits 2 on a configuration error."""
     try:
-        settings = Settings.from_env()
-    except EnvError as exc:
+        settings = load(Settings, os.environ)
+        configure_logging(settings.log_level)
+        configure_tracing("codelab-llmproxy", os.environ)
+    except ConfigError as exc:
         print(f"llmproxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level)
     try:
-        configure_tracing("codelab-llmproxy")
-    except EnvError as exc:
-        print(f"llmproxy: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    from llmproxy.config import ConfigError
-
-    try:
-        run(serve(settings))
+        run(serve(settings), os.environ)
     except ConfigError as exc:
         log.error("llmproxy_config_invalid", error=str(exc))
         raise SystemExit(2) from None

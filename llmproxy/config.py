@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from mesh.config import ConfigError
+
 ENV_REFERENCE_PREFIX = "os.environ/"
 
 # litellm_settings keys that LiteLLM's own proxy hands to the Router; they
@@ -59,10 +61,6 @@ _GLOBAL_KEYS_IN_LITELLM_SETTINGS = frozenset(
 # either way they end up in model_info, so LiteLLM never forwards them to a
 # provider as request parameters.
 STREAM_TIMEOUT_KEYS = frozenset({"stream_first_token_timeout", "stream_chunk_timeout"})
-
-
-class ConfigError(ValueError):
-    """The configuration file is unusable; the message says where and why."""
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from litellm.router_utils.router_callbacks.track_deployment_metrics import (
     get_deployment_successes_for_current_minute,
 )
 
-from llmproxy.config import ConfigError, ProxyConfig
+from llmproxy.config import ProxyConfig
 from llmproxy.offline import PROVIDER as OFFLINE_PROVIDER
 from llmproxy.offline import OfflineLLM, OfflineSettings
+from mesh.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A gRPC server as every service of the mesh runs it.
 
 Every server has the standard health service and server reflection, may
-serve TLS (mTLS with a client CA, :class:`TlsFiles`), and refuses any call
+serve TLS (mTLS with a client CA, :class:`mesh.tls.TlsFiles`), and refuses any call
 without the internal credential (metadata
 ``x-internal-auth``) with UNAUTHENTICATED. Only the health service's
 ``Check`` is exempt, so that orchestrators can probe it; its ``Watch``
@@ -19,7 +19,8 @@ need, and a refused call holds none. (gRPC's server-wide
 Every call goes through :class:`CallInterceptor` first: it binds
 ``request_id``, ``user`` and ``rpc`` to the structlog context of the call
 (so every line the call logs carries them, and tasks it starts inherit
-them), makes the caller's ``traceparent`` the current trace context, and
+them), sets :data:`mesh.caller.CALLER` (which the runtime's LLM client
+forwards), makes the caller's ``traceparent`` the current trace context, and
 writes one ``rpc_finished`` line per call (health checks at DEBUG) with
 the status code and duration, counted in :class:`mesh.metrics.RpcMetrics`.
 """
@@ -31,8 +32,6 @@ import hmac
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeAlias, overload
 
 import grpc
@@ -42,7 +41,9 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 
 from mesh import tracing
+from mesh.caller import CALLER, Caller
 from mesh.metrics import RpcMetrics
+from mesh.tls import TlsFiles
 
 INTERNAL_AUTH_HEADER = "x-internal-auth"
 """Metadata key of the shared internal credential."""
@@ -298,11 +299,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _enter(method: str, context: Any) -> tuple[float, object]:
-    bound = {
-        "rpc": method,
-        "request_id": metadata_value(context, REQUEST_ID_HEADER),
-        "user": metadata_value(context, USER_HEADER),
-    }
+    caller = Caller(
+        request_id=metadata_value(context, REQUEST_ID_HEADER) or None,
+        user=metadata_value(context, USER_HEADER) or None,
+    )
+    CALLER.set(caller)
+    bound = {"rpc": method, "request_id": caller.request_id, "user": caller.user}
     structlog.contextvars.bind_contextvars(**{k: v for k, v in bound.items() if v})
     traceparent = metadata_value(context, tracing.TRACEPARENT_HEADER)
     token = otel_context.attach(tracing.extract(traceparent)) if traceparent else None
@@ -326,6 +328,7 @@ def _leave(
     emit = log.debug if quiet else log.info
     emit("rpc_finished", code=code.name, duration_ms=round(elapsed * 1000, 1))
     structlog.contextvars.unbind_contextvars("rpc", "request_id", "user")
+    CALLER.set(Caller())
 
 
 def _failure_code(exc: BaseException, context: Any) -> grpc.StatusCode:
@@ -349,56 +352,6 @@ def _wrap(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codec)
     return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codec)
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM file paths for TLS on a server or a channel; empty strings are unset.
-
-    On a server: ``cert`` and ``key`` are its own, ``ca`` (optional) makes it
-    require client certificates signed by that CA (mTLS). On a channel:
-    ``ca`` verifies the server, ``cert``/``key`` (optional) are the client's.
-    """
-
-    cert: str = ""
-    key: str = ""
-    ca: str = ""
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.cert or self.key or self.ca)
-
-    @staticmethod
-    def _read(path: str) -> bytes | None:
-        if not path:
-            return None
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read TLS file {path}: {exc.strerror}") from None
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """Raises ValueError unless cert and key are both given and readable."""
-        if not (self.cert and self.key):
-            raise ValueError("a TLS server needs both a certificate and a key")
-        key, cert = self._read(self.key), self._read(self.cert)
-        # Both paths are set (checked above), so both were read.
-        assert key is not None
-        assert cert is not None
-        ca = self._read(self.ca)
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-        )
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """Raises ValueError for a half-given client certificate or unreadable files."""
-        if bool(self.cert) != bool(self.key):
-            raise ValueError("a client certificate needs its key, and the key its certificate")
-        return grpc.ssl_channel_credentials(
-            root_certificates=self._read(self.ca),
-            private_key=self._read(self.key),
-            certificate_chain=self._read(self.cert),
-        )
 
 
 def grpc_target(address: str) -> str:
@@ -458,15 +411,21 @@ def health_check(channel: Any) -> Any:
     )
 
 
-def mesh_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+def mesh_channel(
+    address: str, tls: TlsFiles | None = None, *, server_name: str = ""
+) -> grpc.aio.Channel:
     """A channel to another service of the mesh, or to its replicas (see
-    :func:`grpc_target`): plaintext, or TLS/mTLS.
+    :func:`grpc_target`): plaintext, or TLS/mTLS. ``server_name`` (TLS only)
+    overrides the name checked in the server's certificate.
 
-    Raises ValueError for an address list it cannot use.
+    Raises ValueError for an address list it cannot use, TlsFileError for
+    unusable TLS files.
     """
     target, options = grpc_target(address), channel_options(address)
     if tls is None or not tls.enabled:
         return grpc.aio.insecure_channel(target, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=options)
 
 
@@ -526,11 +485,6 @@ class MeshServer:
         await self.server.start()
         await self.set_serving(True)
         return self.port
-
-    @property
-    def stopping(self) -> bool:
-        """Whether :meth:`stop` was called; health then stays NOT_SERVING."""
-        return self._stopped
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service SERVING or NOT_SERVING; after :meth:`stop`,

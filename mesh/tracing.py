@@ -25,14 +25,13 @@ and ``llm.call``; llmproxy ``stream_chat``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from mesh.env import ConfigError
+from mesh.config import ConfigError
 
 TRACEPARENT_HEADER = "traceparent"
 """Metadata key (and ConverseRequest field) of the W3C trace context."""
@@ -40,14 +39,13 @@ TRACEPARENT_HEADER = "traceparent"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def configure_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> bool:
+def configure_tracing(service_name: str, environ: Mapping[str, str]) -> bool:
     """Install a tracer provider when ``OTEL_TRACES_EXPORTER`` asks for one.
 
     Returns whether tracing is on. Raises ConfigError for an unknown
     exporter or a missing exporter package. Call once per process.
     """
-    env = os.environ if environ is None else environ
-    exporter_name = (env.get("OTEL_TRACES_EXPORTER") or "none").strip().lower()
+    exporter_name = (environ.get("OTEL_TRACES_EXPORTER") or "none").strip().lower()
     if exporter_name == "none":
         return False
     from opentelemetry.sdk.resources import Resource
@@ -75,7 +73,7 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] | None = Non
         raise ConfigError(
             f"OTEL_TRACES_EXPORTER={exporter_name!r} is not one of none, console, otlp"
         )
-    name = env.get("OTEL_SERVICE_NAME") or service_name
+    name = environ.get("OTEL_SERVICE_NAME") or service_name
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

@@ -3,59 +3,9 @@
 ``python -m runtime migrate`` applies the database schema (Alembic); the
 service refuses to start on a database that is not at the newest revision.
 
-Environment (prefix ``AGENT_RUNTIME__``):
-
-================================  ===================  =========================================
-variable                          default              meaning
-================================  ===================  =========================================
-``HOST``                          ``127.0.0.1``        address to listen on
-``PORT``                          ``50051``            gRPC port (0 picks a free one)
-``INTERNAL_API_KEY``              (required)           credential callers must present
-``LLM_PROXY_ADDRESS``             ``127.0.0.1:50052``  the LLM proxy's gRPC address
-``LLM_PROXY_API_KEY``             = INTERNAL_API_KEY   credential presented to the LLM proxy
-``LLM_MODEL``                     ``offline``          model group the agents use
-``ROUTING_MODEL``                 = LLM_MODEL          model group that routes first messages
-``AGENT_MODELS``                  (none)               per-agent model groups, e.g.
-                                                       ``debug=gpt-4o,ask=offline``
-``APPROVAL_REQUIRED``             write_file,…         tools needing approval (comma list;
-                                                       default: write_file, delete_file,
-                                                       move_file, create_directory,
-                                                       execute_command; ``none`` for none)
-``LLM_TIMEOUT``                   ``300``              seconds a whole model call may take
-``LLM_CONNECT_TIMEOUT``           ``10``               seconds a model call waits for an
-                                                       unreachable llmproxy (a restart) before
-                                                       it fails with ``llm_unavailable``
-``TLS_CERT`` / ``TLS_KEY``        (none)               serve TLS with this certificate and key
-``TLS_CLIENT_CA``                 (none)               with it, require client certificates (mTLS)
-``LLM_PROXY_TLS_CA``              (none)               TLS to llmproxy, verified with this CA
-``LLM_PROXY_TLS_CERT`` / ``_KEY`` (none)               client certificate for mTLS to llmproxy
-``DATABASE_URL``                  ``sqlite+aiosqlite:///.codelab/runtime.db``
-                                                       sessions, history, approvals, event log
-                                                       (PostgreSQL: ``postgresql+asyncpg://…``)
-``DETACH_GRACE``                  ``10``               seconds a streaming turn continues with
-                                                       no client attached before it is cancelled
-``SUBSCRIBER_QUEUE``              ``1024``             events buffered per stream; a stream
-                                                       further behind catches up from the log
-``MAX_REPLAY``                    ``100000``           a client further behind reloads history
-``REPLICA_ID``                    ``HOSTNAME:PORT``    this replica's name in session leases (stable
-                                                       across restarts of the same slot)
-``LEASE_TTL``                     ``15``               seconds a session lease lasts unrenewed: how
-                                                       long a dead replica's sessions wait to move
-``OPEN_TIMEOUT``                  ``10``               seconds a new stream has to send ``open``
-``MAX_CONCURRENT_RPCS``           ``2000``             calls with the credential served at once;
-                                                       more are refused (RESOURCE_EXHAUSTED);
-                                                       health checks without it have a separate
-                                                       pool (mesh.grpc_server)
-``SHUTDOWN_GRACE``                ``5``                seconds in-flight calls get on SIGTERM
-``LOG_LEVEL``                     ``INFO``             log level
-``METRICS_PORT``                  ``0``                Prometheus ``GET /metrics`` port on HOST
-                                                       (0: no metrics endpoint)
-``HEALTH_INTERVAL``               ``5``                seconds between dependency checks
-                                                       (database, llmproxy); gRPC health is
-                                                       NOT_SERVING while one fails
-================================  ===================  =========================================
-
-Tracing: ``OTEL_TRACES_EXPORTER`` (see :mod:`mesh.tracing`).
+Settings: ``AGENT_RUNTIME__*``, one per field of :class:`RuntimeConfig`
+(listed with defaults in ``docs/CONFIGURATION.md``); tracing:
+``OTEL_TRACES_EXPORTER`` (see :mod:`mesh.tracing`).
 """
 
 from __future__ import annotations
@@ -65,8 +15,9 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import grpc
 import sqlalchemy
@@ -75,11 +26,10 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mesh.config import ConfigError, comma_list, load, positive, setting, tls_setting
 from mesh.database import create_engine, current_revision
-from mesh.env import ConfigError, Env
 from mesh.grpc_server import (
     MeshServer,
-    TlsFiles,
     grpc_target,
     health_check,
     internal_metadata,
@@ -90,6 +40,7 @@ from mesh.logs import configure_logging
 from mesh.metrics import MetricsServer, RpcMetrics
 from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
+from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
@@ -105,100 +56,105 @@ from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    internal_api_key: str
-    host: str = "127.0.0.1"
-    port: int = 50051
-    llm_proxy_address: str = "127.0.0.1:50052"
-    llm_proxy_api_key: str = ""
-    llm_model: str = "offline"
-    routing_model: str = ""
-    agent_models: tuple[tuple[str, str], ...] = ()
-    approval_required: tuple[str, ...] = tuple(sorted(DEFAULT_APPROVAL_REQUIRED))
-    llm_timeout: float = 300.0
-    llm_connect_timeout: float = CONNECT_TIMEOUT
-    tls: TlsFiles = field(default_factory=TlsFiles)
-    llm_proxy_tls: TlsFiles = field(default_factory=TlsFiles)
-    database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
-    detach_grace: float = 10.0
-    replica_id: str = ""
-    lease_ttl: float = 15.0
-    subscriber_queue: int = 1024
-    max_replay: int = 100_000
-    open_timeout: float = 10.0
-    max_concurrent_rpcs: int = 2000
-    shutdown_grace: float = 5.0
-    log_level: str = "INFO"
-    metrics_port: int = 0
-    health_interval: float = 5.0
+def _approval_required(text: str) -> tuple[str, ...]:
+    approval = tuple(name for name in comma_list(text) if name != "none")
+    unknown = sorted(set(approval) - set(TOOLS))
+    if unknown:
+        raise ValueError(f"unknown tools {unknown}")
+    return approval
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-        env = Env("AGENT_RUNTIME", environ)
-        key = env.required("INTERNAL_API_KEY")
-        approval = tuple(
-            name
-            for name in env.list("APPROVAL_REQUIRED", tuple(sorted(DEFAULT_APPROVAL_REQUIRED)))
-            if name != "none"
-        )
-        unknown = sorted(set(approval) - set(TOOLS))
-        if unknown:
-            raise ConfigError(f"{env.name('APPROVAL_REQUIRED')}: unknown tools {unknown}")
-        agent_models = []
-        for item in env.list("AGENT_MODELS"):
-            agent, sep, model = item.partition("=")
-            if not sep or agent.strip() not in AGENTS or not model.strip():
-                raise ConfigError(
-                    f"{env.name('AGENT_MODELS')}: {item!r} is not AGENT=MODEL "
-                    f"with AGENT one of {', '.join(AGENTS)}"
-                )
-            agent_models.append((agent.strip(), model.strip()))
-        llm_connect_timeout = env.float("LLM_CONNECT_TIMEOUT", cls.llm_connect_timeout)
-        if llm_connect_timeout <= 0:
-            raise ConfigError(
-                f"{env.name('LLM_CONNECT_TIMEOUT')}={llm_connect_timeout!r} must be positive"
-            )
-        llm_proxy_address = env.str("LLM_PROXY_ADDRESS", cls.llm_proxy_address)
-        try:
-            grpc_target(llm_proxy_address)
-        except ValueError as exc:
-            raise ConfigError(f"{env.name('LLM_PROXY_ADDRESS')}: {exc}") from None
-        return cls(
-            internal_api_key=key,
-            host=env.str("HOST", cls.host),
-            port=env.int("PORT", cls.port),
-            llm_proxy_address=llm_proxy_address,
-            llm_proxy_api_key=env.str("LLM_PROXY_API_KEY", key),
-            llm_model=env.str("LLM_MODEL", cls.llm_model),
-            routing_model=env.str("ROUTING_MODEL", ""),
-            agent_models=tuple(agent_models),
-            approval_required=approval,
-            llm_timeout=env.float("LLM_TIMEOUT", cls.llm_timeout),
-            llm_connect_timeout=llm_connect_timeout,
-            tls=TlsFiles(
-                cert=env.str("TLS_CERT", ""),
-                key=env.str("TLS_KEY", ""),
-                ca=env.str("TLS_CLIENT_CA", ""),
-            ),
-            llm_proxy_tls=TlsFiles(
-                cert=env.str("LLM_PROXY_TLS_CERT", ""),
-                key=env.str("LLM_PROXY_TLS_KEY", ""),
-                ca=env.str("LLM_PROXY_TLS_CA", ""),
-            ),
-            database_url=env.str("DATABASE_URL", cls.database_url),
-            detach_grace=env.float("DETACH_GRACE", cls.detach_grace),
-            replica_id=env.str("REPLICA_ID", ""),
-            lease_ttl=env.float("LEASE_TTL", cls.lease_ttl),
-            subscriber_queue=env.int("SUBSCRIBER_QUEUE", cls.subscriber_queue),
-            max_replay=env.int("MAX_REPLAY", cls.max_replay),
-            open_timeout=env.float("OPEN_TIMEOUT", cls.open_timeout),
-            max_concurrent_rpcs=env.int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs),
-            shutdown_grace=env.float("SHUTDOWN_GRACE", cls.shutdown_grace),
-            log_level=env.str("LOG_LEVEL", cls.log_level),
-            metrics_port=env.int("METRICS_PORT", cls.metrics_port),
-            health_interval=env.float("HEALTH_INTERVAL", cls.health_interval),
-        )
+
+def _agent_models(text: str) -> tuple[tuple[str, str], ...]:
+    agent_models = []
+    for item in comma_list(text):
+        agent, sep, model = item.partition("=")
+        if not sep or agent.strip() not in AGENTS or not model.strip():
+            raise ValueError(f"{item!r} is not AGENT=MODEL with AGENT one of {', '.join(AGENTS)}")
+        agent_models.append((agent.strip(), model.strip()))
+    return tuple(agent_models)
+
+
+def _address(text: str) -> str:
+    grpc_target(text)
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """Everything the runtime reads from ``AGENT_RUNTIME__*``; tests build it directly."""
+
+    env_prefix: ClassVar[str] = "AGENT_RUNTIME"
+
+    host: str = "127.0.0.1"
+    """address the gRPC server listens on"""
+    port: int = 50051
+    """gRPC port"""
+    internal_api_key: str = setting(example="${CODELAB_INTERNAL_API_KEY}")
+    """credential every caller must present (x-internal-auth)"""
+    llm_proxy_address: str = setting("127.0.0.1:50052", parse=_address)
+    """llmproxy's gRPC address; several replicas: a comma list, or dns:///name:port (round
+    robin)"""
+    llm_proxy_api_key: str = setting("", example="${CODELAB_INTERNAL_API_KEY}")
+    """credential presented to llmproxy (default: INTERNAL_API_KEY)"""
+    llm_model: str = "offline"
+    """model group the agents use"""
+    routing_model: str = setting("", example="offline")
+    """model group that classifies a new session's first message (default: LLM_MODEL)"""
+    agent_models: tuple[tuple[str, str], ...] = setting((), parse=_agent_models)
+    """per-agent model groups, e.g. debug=gpt-4o,ask=offline (default: none)"""
+    approval_required: tuple[str, ...] = setting(
+        tuple(sorted(DEFAULT_APPROVAL_REQUIRED)), parse=_approval_required
+    )
+    """tools that wait for a human's approval; "none" for none"""
+    llm_timeout: float = 300.0
+    """seconds a whole model call may take"""
+    llm_connect_timeout: float = setting(CONNECT_TIMEOUT, check=positive)
+    """seconds a model call waits for an unreachable llmproxy (a restart) before it fails with
+    llm_unavailable"""
+    database_url: str = "sqlite+aiosqlite:///.codelab/runtime.db"
+    """sessions, history, approvals, event log (PostgreSQL: postgresql+asyncpg://...)"""
+    detach_grace: float = 10.0
+    """seconds a streaming turn goes on with no IDE attached before it is cancelled"""
+    subscriber_queue: int = 1024
+    """events buffered per stream; a stream further behind catches up from the log"""
+    max_replay: int = 100_000
+    """a client further behind than this many events reloads history instead"""
+    replica_id: str = ""
+    """this replica's name in session leases (default HOSTNAME:PORT: stable across restarts of
+    one slot)"""
+    lease_ttl: float = 15.0
+    """seconds a session lease lasts unrenewed: how long a dead replica's sessions wait to move"""
+    tls: TlsFiles = tls_setting(
+        cert=(
+            "TLS_CERT",
+            "serve TLS with this certificate and key; with TLS_CLIENT_CA, require client "
+            "certificates (mTLS)",
+        ),
+        key=("TLS_KEY", "key of the runtime's TLS certificate"),
+        ca=("TLS_CLIENT_CA", "CA that client certificates must be signed by (mTLS)"),
+    )
+    llm_proxy_tls: TlsFiles = tls_setting(
+        ca=(
+            "LLM_PROXY_TLS_CA",
+            "TLS to llmproxy: the CA that signed its certificate, and a client certificate for "
+            "mTLS",
+        ),
+        cert=("LLM_PROXY_TLS_CERT", "client certificate for mTLS to llmproxy"),
+        key=("LLM_PROXY_TLS_KEY", "key of that client certificate"),
+    )
+    open_timeout: float = 10.0
+    """seconds a new Converse stream has to send open"""
+    max_concurrent_rpcs: int = 2000
+    """calls with the credential served at once; more are refused (RESOURCE_EXHAUSTED). Health
+    checks without it have a separate pool of 32"""
+    shutdown_grace: float = 5.0
+    """seconds in-flight calls get on SIGTERM"""
+    log_level: str = "INFO"
+    """log level; logs are JSON unless stderr is a terminal"""
+    metrics_port: int = 0
+    """Prometheus GET /metrics on this port (0: no metrics endpoint; scripts/up: 9101)"""
+    health_interval: float = 5.0
+    """seconds between dependency checks (database, llmproxy) behind gRPC health"""
 
 
 async def serve(
@@ -329,7 +285,7 @@ def main() -> None:
     parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     command = parser.parse_args().command
     try:
-        config = RuntimeConfig.from_env(os.environ)
+        config = load(RuntimeConfig, os.environ)
     except ConfigError as exc:
         raise SystemExit(f"codelab-runtime: {exc}") from None
     configure_logging(config.log_level)
@@ -338,8 +294,8 @@ def main() -> None:
             asyncio.run(migrate(config.database_url))
             structlog.get_logger("runtime").info("runtime_schema_migrated")
         else:
-            configure_tracing("codelab-runtime")
-            run(serve(config))
+            configure_tracing("codelab-runtime", os.environ)
+            run(serve(config), os.environ)
     except ConfigError as exc:
         raise SystemExit(f"codelab-runtime: {exc}") from None
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import structlog
 from opentelemetry import trace
 
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh import tracing
+from mesh.caller import CALLER
 from mesh.grpc_server import internal_metadata
 from runtime.errors import UpstreamError
 from runtime.events import Usage
@@ -150,14 +150,12 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
 
 def _caller(request_id: str | None) -> dict[str, str | None]:
     """The request id and user to forward: ``request_id`` if given, else
-    what the calling RPC bound to the log context (see
-    mesh.grpc_server.CallInterceptor), so the proxy's logs carry both."""
-    bound = structlog.contextvars.get_contextvars()
-    user = bound.get("user")
+    the calling RPC's (:data:`mesh.caller.CALLER`), so the proxy's logs
+    carry both."""
+    caller = CALLER.get()
     if request_id is None:
-        found = bound.get("request_id")
-        request_id = found if isinstance(found, str) else None
-    return {"request_id": request_id, "user": user if isinstance(user, str) else None}
+        request_id = caller.request_id
+    return {"request_id": request_id, "user": caller.user}
 
 
 class LlmClient:

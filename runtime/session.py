@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from mesh.ids import SESSION_ID, SESSION_ID_RULE
 from runtime.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -36,13 +36,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("runtime.session")
 
-_SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
 
 def check_session_id(session_id: str) -> str:
     """Return ``session_id`` if well formed, else raise InvalidArgument."""
-    if not _SESSION_ID.fullmatch(session_id):
-        raise InvalidArgument("session_id must be 1-128 characters of [A-Za-z0-9._:-]")
+    if not SESSION_ID.fullmatch(session_id):
+        raise InvalidArgument(f"session_id must be {SESSION_ID_RULE}")
     return session_id
 
 

@@ -28,11 +28,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mesh import probe  # noqa: E402
+
 HOME = Path(os.environ.get("CODELAB_HOME", ROOT / ".codelab")).resolve()
 PYTHON = sys.executable
 DEV_USER = "dev"
@@ -181,14 +183,7 @@ def llmproxy_plan(env: dict[str, str]) -> Plan:
 
 
 def grpc_serving(port: str) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    return probe.grpc_serving(f"127.0.0.1:{port}", timeout=1) is None
 
 
 def http_healthy(port: str) -> bool:

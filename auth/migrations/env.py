@@ -1,9 +1,10 @@
 """Alembic environment for the auth schema.
 
 ``auth.store.migrate`` passes an open (sync-facing) connection in
-``config.attributes["connection"]``. Without one, the URL comes from
-``sqlalchemy.url`` or ``AUTH_SERVICE__DATABASE_URL`` and an async engine is
-created here, so async URLs work from the ``alembic`` command line too.
+``config.attributes["connection"]``. Without one (the ``alembic`` command
+line), the URL comes from ``sqlalchemy.url`` and an async engine is created
+here, so async URLs work there too. The environment is read by the
+composition roots only: ``codelab-auth-admin migrate`` is the usual way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from auth.config import ENV_PREFIX, AuthConfig
 from auth.schema import metadata
-from mesh.env import Env
 
 config = context.config
 target_metadata = metadata
@@ -24,7 +23,9 @@ target_metadata = metadata
 
 def _database_url() -> str:
     url = config.get_main_option("sqlalchemy.url")
-    return url or AuthConfig.from_env(Env(ENV_PREFIX)).database_url
+    if not url:
+        raise RuntimeError("set sqlalchemy.url, or run `codelab-auth-admin migrate`")
+    return url
 
 
 def _run(connection: sa.Connection) -> None:

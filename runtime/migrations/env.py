@@ -2,15 +2,15 @@
 
 :func:`runtime.store.migrate` (through :func:`mesh.database.upgrade`) passes
 an open connection in ``config.attributes["connection"]``. From the
-``alembic`` command line, the URL comes from ``sqlalchemy.url`` or
-``AGENT_RUNTIME__DATABASE_URL``. The version table is
+``alembic`` command line, the URL comes from ``sqlalchemy.url`` (the
+environment is read by the composition root only: ``python -m runtime
+migrate`` is the usual way). The version table is
 ``runtime_alembic_version`` so the runtime and auth can share a database.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 
 import sqlalchemy as sa
 from alembic import context
@@ -46,5 +46,7 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    url = config.get_main_option("sqlalchemy.url") or os.environ["AGENT_RUNTIME__DATABASE_URL"]
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("set sqlalchemy.url, or run `python -m runtime migrate`")
     asyncio.run(_run_async(url))

@@ -35,12 +35,12 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from mesh import probe  # noqa: E402
 from mesh.grpc_server import internal_metadata  # noqa: E402
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc  # noqa: E402
 
@@ -67,15 +67,8 @@ def wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"a service exited:\n{log.read_text()[-2000:]}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
+        if probe.grpc_serving(f"127.0.0.1:{port}", timeout=1) is None:
+            return
         time.sleep(0.1)
     raise SystemExit("a service did not become healthy")
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from auth.config import AuthConfig
 from auth.keys import rotate_keys
-from mesh.env import ConfigError, Env
+from mesh.config import ConfigError, load
 from tests.conftest import free_port
 
 from .conftest import subprocess_env
@@ -230,10 +230,10 @@ def test_bad_configuration_exits_2(workdir: Path) -> None:
     [("65536", "is not a TCP port"), ("-1", "is not a TCP port"), ("8003", "must differ")],
 )
 def test_a_bad_metrics_port_is_a_configuration_error(metrics_port: str, message: str) -> None:
-    env = Env("AUTH_SERVICE", {"AUTH_SERVICE__METRICS_PORT": metrics_port})
+    env = {"AUTH_SERVICE__METRICS_PORT": metrics_port}
     with pytest.raises(ConfigError, match=f"AUTH_SERVICE__METRICS_PORT.*{message}"):
-        AuthConfig.from_env(env)
+        load(AuthConfig, env)
 
 
 def test_metrics_are_off_by_default() -> None:
-    assert AuthConfig.from_env(Env("AUTH_SERVICE", {})).metrics_port == 0
+    assert load(AuthConfig, {}).metrics_port == 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import DEFAULT_MAX_FRAME_BYTES, GatewayConfig
-from mesh.env import ConfigError, Env
+from mesh.config import ConfigError, load
 
 
 def test_defaults_need_only_the_internal_key():
-    config = GatewayConfig.from_env(Env("GATEWAY", {"GATEWAY__INTERNAL_API_KEY": "k"}))
+    config = load(GatewayConfig, {"GATEWAY__INTERNAL_API_KEY": "k"})
     assert config == GatewayConfig(internal_api_key="k")
     assert (config.host, config.port, config.runtime_address) == (
         "127.0.0.1",
@@ -23,22 +23,20 @@ def test_defaults_need_only_the_internal_key():
 
 def test_missing_internal_key_is_refused():
     with pytest.raises(ConfigError, match="GATEWAY__INTERNAL_API_KEY"):
-        GatewayConfig.from_env(Env("GATEWAY", {}))
+        load(GatewayConfig, {})
 
 
 def test_overrides_and_disabled_keepalive():
-    config = GatewayConfig.from_env(
-        Env(
-            "GATEWAY",
-            {
-                "GATEWAY__INTERNAL_API_KEY": "k",
-                "GATEWAY__PORT": "9000",
-                "GATEWAY__JWT_AUDIENCE": "other",
-                "GATEWAY__JWT_REQUIRE_AT_JWT": "false",
-                "GATEWAY__MAX_FRAME_BYTES": "2048",
-                "GATEWAY__PING_INTERVAL": "0",
-            },
-        )
+    config = load(
+        GatewayConfig,
+        {
+            "GATEWAY__INTERNAL_API_KEY": "k",
+            "GATEWAY__PORT": "9000",
+            "GATEWAY__JWT_AUDIENCE": "other",
+            "GATEWAY__JWT_REQUIRE_AT_JWT": "false",
+            "GATEWAY__MAX_FRAME_BYTES": "2048",
+            "GATEWAY__PING_INTERVAL": "0",
+        },
     )
     assert (config.port, config.jwt_audience, config.jwt_require_at_jwt) == (9000, "other", False)
     assert config.max_frame_bytes == 2048
@@ -47,32 +45,28 @@ def test_overrides_and_disabled_keepalive():
 
 def test_bad_number_names_the_variable():
     with pytest.raises(ConfigError, match="GATEWAY__PORT"):
-        GatewayConfig.from_env(
-            Env("GATEWAY", {"GATEWAY__INTERNAL_API_KEY": "k", "GATEWAY__PORT": "x"})
-        )
+        load(GatewayConfig, {"GATEWAY__INTERNAL_API_KEY": "k", "GATEWAY__PORT": "x"})
 
 
 def test_edge_limits_and_revocation_settings():
-    config = GatewayConfig.from_env(
-        Env(
-            "GATEWAY",
-            {
-                "GATEWAY__INTERNAL_API_KEY": "k",
-                "GATEWAY__ALLOWED_ORIGINS": "https://IDE.example/, http://localhost:3000",
-                "GATEWAY__MAX_CONNECTIONS_PER_USER": "4",
-                "GATEWAY__MAX_CONNECTIONS": "100",
-                "GATEWAY__CONNECT_RATE": "5",
-                "GATEWAY__CONNECT_BURST": "10",
-                "GATEWAY__FRAME_RATE": "0",
-                "GATEWAY__FRAME_BURST": "7",
-                "GATEWAY__IDLE_TIMEOUT": "60",
-                "GATEWAY__SLOW_CONSUMER_TIMEOUT": "3",
-                "GATEWAY__VIEW_TIMEOUT": "2",
-                "GATEWAY__REVOCATIONS_URL": "http://auth/internal/revocations",
-                "GATEWAY__REVOCATION_POLL_INTERVAL": "0.5",
-                "GATEWAY__REVOCATION_RETENTION": "3600",
-            },
-        )
+    config = load(
+        GatewayConfig,
+        {
+            "GATEWAY__INTERNAL_API_KEY": "k",
+            "GATEWAY__ALLOWED_ORIGINS": "https://IDE.example/, http://localhost:3000",
+            "GATEWAY__MAX_CONNECTIONS_PER_USER": "4",
+            "GATEWAY__MAX_CONNECTIONS": "100",
+            "GATEWAY__CONNECT_RATE": "5",
+            "GATEWAY__CONNECT_BURST": "10",
+            "GATEWAY__FRAME_RATE": "0",
+            "GATEWAY__FRAME_BURST": "7",
+            "GATEWAY__IDLE_TIMEOUT": "60",
+            "GATEWAY__SLOW_CONSUMER_TIMEOUT": "3",
+            "GATEWAY__VIEW_TIMEOUT": "2",
+            "GATEWAY__REVOCATIONS_URL": "http://auth/internal/revocations",
+            "GATEWAY__REVOCATION_POLL_INTERVAL": "0.5",
+            "GATEWAY__REVOCATION_RETENTION": "3600",
+        },
     )
     assert config.allowed_origins == ("https://ide.example", "http://localhost:3000")
     assert (config.max_connections_per_user, config.max_connections) == (4, 100)
@@ -97,7 +91,6 @@ def test_edge_defaults():
 
 def test_runtime_replicas_are_one_round_robin_target() -> None:
     from gateway.__main__ import runtime_target
-    from mesh.env import ConfigError
 
     assert runtime_target("127.0.0.1:50051") == "127.0.0.1:50051"
     assert runtime_target("127.0.0.1:1, 127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway.__main__ import running_gateway, runtime_channel
-from mesh.env import ConfigError
+from mesh.config import ConfigError
 from runtime.v1 import runtime_pb2_grpc
 from tests.gateway.conftest import FakeRuntime, JwksEndpoint, SigningKey, make_config, mint, opened
 

@@ -24,11 +24,11 @@ import httpx
 import jwt
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
+from mesh import probe
 from mesh.database import create_engine
 from mesh.grpc_server import internal_metadata
 from runtime.store import Store
@@ -64,14 +64,7 @@ class Service:
 
 def grpc_ready(port: int) -> Callable[[], bool]:
     def check() -> bool:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return probe.grpc_serving(f"127.0.0.1:{port}", timeout=1) is None
 
     return check
 

@@ -63,13 +63,13 @@ def test_a_list_of_names_is_refused_with_a_reason() -> None:
 
 
 def test_the_runtime_refuses_an_address_list_it_cannot_use() -> None:
-    from mesh.env import ConfigError
+    from mesh.config import ConfigError, load
     from runtime.__main__ import RuntimeConfig
 
     base = {"AGENT_RUNTIME__INTERNAL_API_KEY": "k"}
-    config = RuntimeConfig.from_env(
-        {**base, "AGENT_RUNTIME__LLM_PROXY_ADDRESS": "127.0.0.1:1,127.0.0.1:2"}
+    config = load(
+        RuntimeConfig, {**base, "AGENT_RUNTIME__LLM_PROXY_ADDRESS": "127.0.0.1:1,127.0.0.1:2"}
     )
     assert config.llm_proxy_address == "127.0.0.1:1,127.0.0.1:2"
     with pytest.raises(ConfigError, match="AGENT_RUNTIME__LLM_PROXY_ADDRESS"):
-        RuntimeConfig.from_env({**base, "AGENT_RUNTIME__LLM_PROXY_ADDRESS": "a:1,b:2"})
+        load(RuntimeConfig, {**base, "AGENT_RUNTIME__LLM_PROXY_ADDRESS": "a:1,b:2"})

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from llmproxy.__main__ import Settings, running
-from mesh.env import ConfigError
+from mesh.config import ConfigError, load
 from mesh.grpc_server import mesh_channel
 from runtime.__main__ import RuntimeConfig
 from runtime.errors import UpstreamError
@@ -92,8 +92,8 @@ async def test_a_proxy_that_stays_down_gives_llm_unavailable() -> None:
 
 def test_the_connect_timeout_is_read_and_must_be_positive() -> None:
     base = {"AGENT_RUNTIME__INTERNAL_API_KEY": "k"}
-    assert RuntimeConfig.from_env(base).llm_connect_timeout == 10
-    configured = RuntimeConfig.from_env({**base, "AGENT_RUNTIME__LLM_CONNECT_TIMEOUT": "2.5"})
+    assert load(RuntimeConfig, base).llm_connect_timeout == 10
+    configured = load(RuntimeConfig, {**base, "AGENT_RUNTIME__LLM_CONNECT_TIMEOUT": "2.5"})
     assert configured.llm_connect_timeout == 2.5
     with pytest.raises(ConfigError, match="AGENT_RUNTIME__LLM_CONNECT_TIMEOUT"):
-        RuntimeConfig.from_env({**base, "AGENT_RUNTIME__LLM_CONNECT_TIMEOUT": "0"})
+        load(RuntimeConfig, {**base, "AGENT_RUNTIME__LLM_CONNECT_TIMEOUT": "0"})

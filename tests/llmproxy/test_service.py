@@ -245,9 +245,9 @@ async def test_litellm_blocking_work_runs_one_thread_at_a_time(start_proxy: Star
 
 def test_worker_threads_must_be_positive() -> None:
     from llmproxy.__main__ import Settings
-    from mesh.env import ConfigError
+    from mesh.config import ConfigError, load
 
     base = {"LLM_PROXY__INTERNAL_API_KEY": "k"}
-    assert Settings.from_env({**base, "LLM_PROXY__WORKER_THREADS": "3"}).worker_threads == 3
+    assert load(Settings, {**base, "LLM_PROXY__WORKER_THREADS": "3"}).worker_threads == 3
     with pytest.raises(ConfigError, match="LLM_PROXY__WORKER_THREADS"):
-        Settings.from_env({**base, "LLM_PROXY__WORKER_THREADS": "0"})
+        load(Settings, {**base, "LLM_PROXY__WORKER_THREADS": "0"})

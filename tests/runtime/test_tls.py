@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from llmproxy.v1 import llmproxy_pb2_grpc
-from mesh.grpc_server import MeshServer, TlsFiles, internal_metadata, mesh_channel
+from mesh.grpc_server import MeshServer, internal_metadata, mesh_channel
+from mesh.tls import TlsFiles
 from runtime.__main__ import RuntimeConfig
 from runtime.store import migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
