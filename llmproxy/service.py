@@ -502,7 +502,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         try:
             if not request.inputs:
                 raise errors.InvalidRequest("inputs must not be empty")
-            self._checked({"model": request.model})
+            self._require_model(request.model)
             result = await self._router.aembedding(model=request.model, input=list(request.inputs))
         except Exception as exc:
             await _abort(context, exc)
@@ -517,14 +517,18 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             ),
         )
 
-    def _checked(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Check the model exists and fit the messages to its context window."""
-        model = arguments["model"]
+    def _require_model(self, model: str) -> None:
+        """Raise unless ``model`` names a group the Router serves."""
         if not model:
             raise errors.InvalidRequest("model must be set")
         if not knows_model(self._router, model):
             names = ", ".join(self._router.get_model_names())
             raise errors.NotFound(f"model {model!r} is not configured (configured: {names})")
+
+    def _checked(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Check the model exists and fit the messages to its context window."""
+        model = arguments["model"]
+        self._require_model(model)
         window = self._windows.get(model)
         if window is None:
             window = self._windows[model] = context_window_of(self._router, model)

@@ -129,6 +129,25 @@ async def test_embed_is_deterministic_with_the_configured_dimension(
     assert first.model == "offline/embed"
 
 
+async def test_embed_on_a_model_with_a_known_context_window(start_proxy: StartProxy) -> None:
+    """An embedding group whose window is known (every real embedding model
+    has one) embeds; the window only budgets chat messages."""
+    proxy = await start_proxy(
+        """
+model_list:
+  - model_name: embedder
+    litellm_params: {model: offline/embed, embedding_dimensions: 4}
+    model_info: {max_input_tokens: 8191}
+"""
+    )
+
+    answer = await proxy.stub.Embed(
+        llmproxy_pb2.EmbedRequest(model="embedder", inputs=["alpha"]), metadata=METADATA
+    )
+
+    assert [len(e.values) for e in answer.embeddings] == [4]
+
+
 async def test_calls_without_the_credential_are_unauthenticated(start_proxy: StartProxy) -> None:
     proxy = await start_proxy()
 
