@@ -29,31 +29,25 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
-import litellm
 import structlog
 from litellm import exceptions as litellm_errors
 from litellm.router import Router
 from opentelemetry import trace
 
 from llmproxy import errors
+from llmproxy.budget import ContextBudget
 from llmproxy.metrics import ProxyMetrics
 from llmproxy.router import (
-    context_window_of,
     deployment_health,
     deployment_of,
     describe_models,
     fallback_groups,
-    knows_model,
     record_failure,
 )
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh import tracing
-from mesh.context import fit
 from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
 from mesh.outbox import Outbox
-
-DEFAULT_OUTPUT_RESERVE = 4096
-"""Tokens left for the answer when a request names no max_tokens."""
 
 log = structlog.get_logger("llmproxy")
 _tracer = tracing.tracer("llmproxy.service")
@@ -282,7 +276,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         self._router = router
         self._timeouts = timeouts or StreamTimeouts()
         self._metrics = metrics if metrics is not None else ProxyMetrics()
-        self._windows: dict[str, tuple[int, str]] = {}
+        self._budget = ContextBudget(router)
 
     async def StreamChat(  # type: ignore[override]  # writes with context.write
         self, request: llmproxy_pb2.StreamChatRequest, context: Context
@@ -303,7 +297,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         # up, merged while a write is still in flight (see mesh.outbox).
         outbox: _Outbox = Outbox(context.write, merged)
         try:
-            arguments = self._checked(chat_arguments(request))
+            arguments = self._budget.fitted(chat_arguments(request))
             await self._stream(arguments, translation, outbox)
             await outbox.close()
             outcome = status = "ok"
@@ -438,7 +432,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
         )
         try:
-            arguments = self._checked(chat_arguments(request))
+            arguments = self._budget.fitted(chat_arguments(request))
             total = self._timeouts.total
             deadline = None if total is None else asyncio.get_running_loop().time() + total
             try:
@@ -502,7 +496,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         try:
             if not request.inputs:
                 raise errors.InvalidRequest("inputs must not be empty")
-            self._require_model(request.model)
+            self._budget.require_model(request.model)
             result = await self._router.aembedding(model=request.model, input=list(request.inputs))
         except Exception as exc:
             await _abort(context, exc)
@@ -516,60 +510,6 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 total_tokens=int(getattr(usage, "total_tokens", 0) or 0),
             ),
         )
-
-    def _require_model(self, model: str) -> None:
-        """Raise unless ``model`` names a group the Router serves."""
-        if not model:
-            raise errors.InvalidRequest("model must be set")
-        if not knows_model(self._router, model):
-            names = ", ".join(self._router.get_model_names())
-            raise errors.NotFound(f"model {model!r} is not configured (configured: {names})")
-
-    def _checked(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """Check the model exists and fit the messages to its context window."""
-        model = arguments["model"]
-        self._require_model(model)
-        window = self._windows.get(model)
-        if window is None:
-            window = self._windows[model] = context_window_of(self._router, model)
-        budget, tokenizer = window
-        if budget > 0:
-            reserve = arguments.get("max_tokens") or min(DEFAULT_OUTPUT_RESERVE, budget // 4)
-            messages = arguments["messages"]
-            if _token_bound(messages) <= budget - reserve:
-                return arguments  # fits whatever the tokenizer: no need to count
-            fitted = fit(
-                messages,
-                budget - reserve,
-                lambda run: litellm.token_counter(model=tokenizer, messages=list(run)),
-                lambda m: (m["role"], bool(m.get("tool_calls"))),
-            )
-            if len(fitted) < len(messages):
-                log.info("context_trimmed", dropped=len(messages) - len(fitted), budget=budget)
-                arguments = {**arguments, "messages": fitted}
-        return arguments
-
-
-_MESSAGE_OVERHEAD_TOKENS = 8
-"""More than any chat template adds per message (OpenAI's adds 3-4)."""
-
-
-def _token_bound(messages: list[dict[str, Any]]) -> int:
-    """An upper bound on the tokens of ``messages`` that costs no tokenizing.
-
-    A byte-level BPE token covers at least one UTF-8 byte, so a text has at
-    most as many tokens as bytes; role, names, tool call ids and arguments
-    are counted as text too, and every message adds a template's overhead.
-    """
-    total = 3
-    for message in messages:
-        total += _MESSAGE_OVERHEAD_TOKENS
-        for value in message.values():
-            if isinstance(value, str):
-                total += len(value.encode())
-            elif value is not None:
-                total += len(json.dumps(value).encode())
-    return total
 
 
 async def _bounded(
