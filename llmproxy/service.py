@@ -5,45 +5,37 @@ Router takes); streamed LiteLLM chunks become ``StreamChatResponse``
 messages; exceptions become status codes (plus the ``x-error-reason``
 trailer) through :mod:`llmproxy.errors`.
 
-Resilience is split between LiteLLM and this module. The Router retries
-(:class:`llmproxy.router.ProxyRouter` says which errors), falls back to other
-model groups, and cools deployments down; all of that happens before the
-first chunk arrives or, for a stream LiteLLM sees break before any content,
-inside its stream. This module adds what LiteLLM does not have: a deadline
-for the first delta, one between deltas, and one for the whole call. A
-first-delta timeout counts as a failure of the deployment (its cooldown
-judges it) and moves the call to the group's next fallback, transparently,
-because the caller has seen nothing yet. Once a delta has been sent, any
-failure ends the call with ``interrupted``: a partial answer is never
-dressed up as a whole one.
+Deadlines and fallbacks are :mod:`llmproxy.resilience` (on plain deltas,
+which :func:`merged` turns into messages); the context window is
+:mod:`llmproxy.budget`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import structlog
-from litellm import exceptions as litellm_errors
 from litellm.router import Router
 from opentelemetry import trace
 
 from llmproxy import errors
 from llmproxy.budget import ContextBudget
 from llmproxy.metrics import ProxyMetrics
-from llmproxy.router import (
-    deployment_health,
-    deployment_of,
-    describe_models,
-    fallback_groups,
-    record_failure,
+from llmproxy.resilience import (
+    Delta,
+    ResilientUpstream,
+    RouterUpstream,
+    StreamProgress,
+    StreamTimeouts,
+    ToolCallDelta,
+    after_deltas,
 )
+from llmproxy.router import deployment_health, describe_models
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
@@ -57,34 +49,6 @@ _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 ChatRequest: TypeAlias = llmproxy_pb2.StreamChatRequest | llmproxy_pb2.ChatRequest
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class StreamTimeouts:
-    """Seconds the proxy waits on a provider; None means no limit.
-
-    ``first_token``: from the call to the first delta (text or tool call);
-    ``chunk``: between deltas; ``total``: the whole call, retries and
-    fallbacks included. A deployment's ``model_info`` may override the first
-    two with ``stream_first_token_timeout`` / ``stream_chunk_timeout`` (0
-    disables). Connect and read timeouts of the HTTP request itself are
-    LiteLLM's ``timeout`` / ``stream_timeout``.
-    """
-
-    first_token: float | None = 60.0
-    chunk: float | None = 60.0
-    total: float | None = 600.0
-
-    def for_deployment(self, model_info: Mapping[str, Any]) -> StreamTimeouts:
-        """These timeouts with the deployment's own overrides applied."""
-        first = model_info.get("stream_first_token_timeout")
-        chunk = model_info.get("stream_chunk_timeout")
-        return replace(
-            self,
-            first_token=self.first_token if first is None else (float(first) or None),
-            chunk=self.chunk if chunk is None else (float(chunk) or None),
-        )
 
 
 def chat_arguments(request: ChatRequest) -> dict[str, Any]:
@@ -162,70 +126,8 @@ def _tool(tool: llmproxy_pb2.Tool, index: int) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-@dataclass
-class StreamTranslation:
-    """Turns LiteLLM stream chunks into ``StreamChatResponse`` messages.
-
-    Remembers what only arrives once (finish reason, usage, model) for
-    :meth:`end`.
-    """
-
-    chunks: int = 0
-    emitted: int = 0
-    finish_reason: str = ""
-    model: str = ""
-    usage: dict[str, int] = field(default_factory=dict)
-
-    def responses(self, chunk: Any) -> Iterator[str | llmproxy_pb2.StreamChatResponse]:
-        """What ``chunk`` carries: text deltas as ``str`` (the outbox merges
-        them into ``TextDelta`` messages), every other delta as a message."""
-        self.chunks += 1
-        if not self.model and getattr(chunk, "model", None):
-            self.model = str(chunk.model)
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.usage = {
-                "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
-                "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
-                "total_tokens": int(getattr(usage, "total_tokens", 0) or 0),
-            }
-        for choice in getattr(chunk, "choices", None) or ():
-            if choice.finish_reason:
-                self.finish_reason = str(choice.finish_reason)
-            delta = choice.delta
-            if delta is None:
-                continue
-            if delta.content:
-                self.emitted += 1
-                yield delta.content
-            for call in delta.tool_calls or ():
-                function = call.function
-                self.emitted += 1
-                yield llmproxy_pb2.StreamChatResponse(
-                    tool_call=llmproxy_pb2.ToolCallDelta(
-                        index=int(call.index or 0),
-                        id=call.id or "",
-                        name=(function.name if function else None) or "",
-                        arguments_fragment=(function.arguments if function else None) or "",
-                    )
-                )
-
-    def end(self, answered_by: str | None) -> llmproxy_pb2.StreamChatResponse:
-        """The closing message; ``answered_by`` is the deployment's model string
-        (``openai/gpt-4o``) when LiteLLM reports it, else the chunks' model."""
-        if answered_by:
-            self.model = answered_by
-        return llmproxy_pb2.StreamChatResponse(
-            end=llmproxy_pb2.StreamEnd(
-                finish_reason=self.finish_reason or "stop",
-                usage=llmproxy_pb2.Usage(**self.usage),
-                model=self.model,
-            )
-        )
-
-
-Outgoing: TypeAlias = str | llmproxy_pb2.StreamChatResponse
-"""One item of a call's outbox: a text delta, or a message written as is."""
+Outgoing: TypeAlias = Delta | llmproxy_pb2.StreamChatResponse
+"""One item of a call's outbox: a delta, or a message written as is."""
 
 
 def merged(batch: list[Outgoing]) -> Iterator[llmproxy_pb2.StreamChatResponse]:
@@ -238,9 +140,33 @@ def merged(batch: list[Outgoing]) -> Iterator[llmproxy_pb2.StreamChatResponse]:
         if texts:
             yield _text_message(texts)
             texts = []
-        yield item
+        if isinstance(item, ToolCallDelta):
+            yield _tool_call_message(item)
+        else:
+            yield item
     if texts:
         yield _text_message(texts)
+
+
+def _tool_call_message(delta: ToolCallDelta) -> llmproxy_pb2.StreamChatResponse:
+    return llmproxy_pb2.StreamChatResponse(
+        tool_call=llmproxy_pb2.ToolCallDelta(
+            index=delta.index,
+            id=delta.id,
+            name=delta.name,
+            arguments_fragment=delta.arguments_fragment,
+        )
+    )
+
+
+def _end_message(progress: StreamProgress) -> llmproxy_pb2.StreamChatResponse:
+    return llmproxy_pb2.StreamChatResponse(
+        end=llmproxy_pb2.StreamEnd(
+            finish_reason=progress.finish_reason or "stop",
+            usage=llmproxy_pb2.Usage(**progress.usage),
+            model=progress.model,
+        )
+    )
 
 
 def _text_message(texts: list[str]) -> llmproxy_pb2.StreamChatResponse:
@@ -248,16 +174,6 @@ def _text_message(texts: list[str]) -> llmproxy_pb2.StreamChatResponse:
 
 
 _Outbox: TypeAlias = Outbox[Outgoing, llmproxy_pb2.StreamChatResponse]
-
-
-class _NoFirstDelta(Exception):
-    """A deployment produced no delta in time; the caller has seen nothing."""
-
-
-class _LimitReached(Exception):
-    def __init__(self, *, total: bool) -> None:
-        super().__init__("total" if total else "limit")
-        self.total = total
 
 
 class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
@@ -274,8 +190,12 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         metrics: ProxyMetrics | None = None,
     ) -> None:
         self._router = router
-        self._timeouts = timeouts or StreamTimeouts()
         self._metrics = metrics if metrics is not None else ProxyMetrics()
+        self._upstream = ResilientUpstream(
+            RouterUpstream(router),
+            timeouts or StreamTimeouts(),
+            on_fallback=lambda group, to: self._metrics.fallbacks.labels(group, to).inc(),
+        )
         self._budget = ContextBudget(router)
 
     async def StreamChat(  # type: ignore[override]  # writes with context.write
@@ -286,7 +206,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         # provider stream at once instead of whenever the generator is
         # garbage-collected.
         started = time.monotonic()
-        translation = StreamTranslation()
+        progress = StreamProgress()
         outcome = "error"
         status = "cancelled"
         bound = structlog.contextvars.bind_contextvars(
@@ -298,13 +218,14 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         outbox: _Outbox = Outbox(context.write, merged)
         try:
             arguments = self._budget.fitted(chat_arguments(request))
-            await self._stream(arguments, translation, outbox)
+            await self._upstream.stream(arguments, progress, outbox.send)
+            outbox.put(_end_message(progress))
             await outbox.close()
             outcome = status = "ok"
         except Exception as exc:
-            error = _after_deltas(exc, translation) if translation.emitted else exc
-            outcome = "interrupted" if translation.emitted else "failed"
-            status = "interrupted" if translation.emitted else _reason(exc)
+            error = after_deltas(exc, progress.emitted) if progress.emitted else exc
+            outcome = "interrupted" if progress.emitted else "failed"
+            status = "interrupted" if progress.emitted else _reason(exc)
             span.set_status(trace.StatusCode.ERROR, status)
             # The deltas produced before the failure still go first.
             with contextlib.suppress(Exception):
@@ -318,112 +239,20 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             elapsed = time.monotonic() - started
             self._metrics.calls.labels(request.model, status).inc()
             self._metrics.duration.labels(request.model).observe(elapsed)
-            span.set_attribute("llm.deltas", translation.emitted)
-            span.set_attribute("llm.answered_by", translation.model)
+            span.set_attribute("llm.deltas", progress.emitted)
+            span.set_attribute("llm.answered_by", progress.model)
             span.end()
             log.info(
                 "stream_chat_finished",
                 outcome=outcome,
-                chunks=translation.chunks,
-                deltas=translation.emitted,
+                chunks=progress.chunks,
+                deltas=progress.emitted,
                 writes=outbox.writes,
-                finish_reason=translation.finish_reason,
-                answered_by=translation.model,
+                finish_reason=progress.finish_reason,
+                answered_by=progress.model,
                 duration_ms=round(elapsed * 1000, 1),
             )
             structlog.contextvars.reset_contextvars(**bound)
-
-    async def _stream(
-        self, arguments: dict[str, Any], translation: StreamTranslation, outbox: _Outbox
-    ) -> None:
-        """Stream from the group, then from its fallbacks while no delta was sent."""
-        total = self._timeouts.total
-        deadline = None if total is None else asyncio.get_running_loop().time() + total
-        group = arguments["model"]
-        tried = [group]
-        while True:
-            try:
-                await self._stream_once(
-                    {**arguments, "model": group}, translation, outbox, deadline
-                )
-                return
-            except _NoFirstDelta as exc:
-                following = [g for g in fallback_groups(self._router, tried[0]) if g not in tried]
-                if not following:
-                    raise errors.UpstreamTimeout(str(exc)) from None
-                log.warning(
-                    "stream_fallback", from_group=group, to_group=following[0], cause=str(exc)
-                )
-                self._metrics.fallbacks.labels(group, following[0]).inc()
-                group = following[0]
-                tried.append(group)
-
-    async def _stream_once(
-        self,
-        arguments: dict[str, Any],
-        translation: StreamTranslation,
-        outbox: _Outbox,
-        deadline: float | None,
-    ) -> None:
-        group = arguments["model"]
-        try:
-            stream = await _bounded(
-                self._router.acompletion(
-                    **arguments, stream=True, stream_options={"include_usage": True}
-                ),
-                None,
-                deadline,
-            )
-        except _LimitReached:
-            raise errors.UpstreamTimeout(
-                f"no answer within the total timeout of {self._timeouts.total:g} s"
-            ) from None
-        try:
-            hidden = getattr(stream, "_hidden_params", None) or {}
-            model_id = hidden.get("model_id")
-            deployment = deployment_of(self._router, model_id) or {}
-            timeouts = self._timeouts.for_deployment(deployment.get("model_info") or {})
-            iterator = aiter(stream)
-            while True:
-                limit = timeouts.chunk if translation.emitted else timeouts.first_token
-                try:
-                    chunk = await _bounded(anext(iterator), limit, deadline)
-                except StopAsyncIteration:
-                    break
-                except _LimitReached as reached:
-                    if reached.total:
-                        raise errors.UpstreamTimeout(
-                            f"the call exceeded the total timeout of {self._timeouts.total:g} s"
-                        ) from None
-                    if translation.emitted:
-                        raise errors.StreamInterrupted(
-                            f"the provider sent nothing for {limit:g} s"
-                        ) from None
-                    message = f"{group}: no first delta within {limit:g} s"
-                    record_failure(
-                        self._router,
-                        model_id,
-                        group,
-                        litellm_errors.Timeout(
-                            message, model=str(hidden.get("litellm_model_name")), llm_provider=""
-                        ),
-                    )
-                    raise _NoFirstDelta(message) from None
-                except litellm_errors.Timeout as exc:
-                    # The HTTP read timeout (LiteLLM's stream_timeout) fired
-                    # inside the stream; LiteLLM raises it without falling
-                    # back. Before any delta it is a first-delta timeout.
-                    if translation.emitted:
-                        raise
-                    raise _NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
-                for response in translation.responses(chunk):
-                    await outbox.send(response)
-            # A fallback inside the Router's stream updates the wrapper's
-            # hidden params to the deployment that really answered.
-            hidden = getattr(stream, "_hidden_params", None) or hidden
-            outbox.put(translation.end(hidden.get("litellm_model_name")))
-        finally:
-            await _close(stream)
 
     async def Chat(
         self, request: llmproxy_pb2.ChatRequest, context: Context
@@ -433,16 +262,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         )
         try:
             arguments = self._budget.fitted(chat_arguments(request))
-            total = self._timeouts.total
-            deadline = None if total is None else asyncio.get_running_loop().time() + total
-            try:
-                result = await _bounded(
-                    self._router.acompletion(**arguments, stream=False), None, deadline
-                )
-            except _LimitReached:
-                raise errors.UpstreamTimeout(
-                    f"no answer within the total timeout of {total:g} s"
-                ) from None
+            result = await self._upstream.complete(arguments)
         except Exception as exc:
             self._metrics.calls.labels(request.model, _reason(exc)).inc()
             await _abort(context, exc)
@@ -512,51 +332,10 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         )
 
 
-async def _bounded(
-    awaitable: Coroutine[Any, Any, T], limit: float | None, deadline: float | None
-) -> T:
-    """Await with the tighter of ``limit`` seconds and the ``deadline``.
-
-    Raises :class:`_LimitReached` (``total`` says whether the deadline was
-    the binding one); the awaited coroutine is cancelled.
-    """
-    remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
-    waits = [w for w in (limit, remaining) if w is not None]
-    if not waits:
-        return await awaitable
-    wait = min(waits)
-    total = remaining is not None and remaining <= wait
-    if wait <= 0:
-        awaitable.close()
-        raise _LimitReached(total=total)
-    try:
-        async with asyncio.timeout(wait):
-            return await awaitable
-    except TimeoutError:
-        raise _LimitReached(total=total) from None
-
-
 def _reason(exc: Exception) -> str:
     """The metrics status of a failed call: its error reason, or ``internal``."""
     mapped = errors.from_litellm(exc)
     return "internal" if mapped is None else mapped.reason
-
-
-def _after_deltas(exc: Exception, translation: StreamTranslation) -> errors.ProxyError:
-    """The error for a failure after ``translation`` sent deltas: always
-    ``interrupted``, with the cause in the message."""
-    if isinstance(exc, errors.StreamInterrupted):
-        cause = str(exc)
-    else:
-        mapped = errors.from_litellm(exc)
-        if mapped is None:
-            log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
-            cause = "internal error in llmproxy"
-        else:
-            cause = str(mapped)
-    return errors.StreamInterrupted(
-        f"the stream broke after {translation.emitted} deltas, the answer is partial: {cause}"
-    )
 
 
 def _chat_response(result: Any, requested: str) -> llmproxy_pb2.ChatResponse:
@@ -603,12 +382,6 @@ async def _abort(context: Context, exc: Exception) -> NoReturn:
         )
         await context.abort(code, str(error), trailing_metadata=errors.trailing_metadata(error))
     raise AssertionError("context.abort returned")  # pragma: no cover
-
-
-async def _close(stream: Any) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def _vector(item: Any) -> list[float]:
