@@ -282,7 +282,7 @@ def after_deltas(exc: Exception, emitted: int) -> errors.StreamInterrupted:
         mapped = errors.from_litellm(exc)
         if mapped is None:
             log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
-            cause = "internal error in llmproxy"
+            cause = errors.INTERNAL_MESSAGE
         else:
             cause = str(mapped)
     return errors.StreamInterrupted(

@@ -1,28 +1,28 @@
-"""The gRPC servicer: protobuf in, LiteLLM Router calls, protobuf out.
+"""The gRPC servicer: ``llmproxy.v1.LlmProxyService`` on a LiteLLM Router.
 
-Protobuf messages stop here. Requests become OpenAI-style dicts (what the
-Router takes); streamed LiteLLM chunks become ``StreamChatResponse``
-messages; exceptions become status codes (plus the ``x-error-reason``
-trailer) through :mod:`llmproxy.errors`.
-
-Deadlines and fallbacks are :mod:`llmproxy.resilience` (on plain deltas,
-which :func:`merged` turns into messages); the context window is
-:mod:`llmproxy.budget`.
+Protobuf stops here. :mod:`llmproxy.translate` turns requests into the
+Router's keyword arguments and answers into messages;
+:mod:`llmproxy.budget` fits the prompt to the model's context window;
+:mod:`llmproxy.resilience` streams with the proxy's deadlines and
+fallbacks, on plain deltas. Every RPC runs inside
+:func:`llmproxy.errors.grpc_boundary`, the one place an exception becomes a
+status code (plus the ``x-error-reason`` trailer).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, NoReturn, TypeAlias
+from collections.abc import Iterator
+from typing import TypeAlias
 
-import grpc
 import structlog
 from litellm.router import Router
 from opentelemetry import trace
 
 from llmproxy import errors, translate
 from llmproxy.budget import ContextBudget
+from llmproxy.errors import Context
 from llmproxy.metrics import ProxyMetrics
 from llmproxy.resilience import (
     ResilientUpstream,
@@ -39,9 +39,6 @@ from mesh.outbox import Outbox
 
 log = structlog.get_logger("llmproxy")
 _tracer = tracing.tracer("llmproxy.service")
-
-
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 _Outbox: TypeAlias = Outbox[translate.Outgoing, llmproxy_pb2.StreamChatResponse]
@@ -76,13 +73,53 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         # cancellation then lands in this frame, so `finally` closes the
         # provider stream at once instead of whenever the generator is
         # garbage-collected.
+        with _bound(context, request.model):
+            async with errors.grpc_boundary(context):
+                await self._stream_chat(request, context)
+
+    async def Chat(
+        self, request: llmproxy_pb2.ChatRequest, context: Context
+    ) -> llmproxy_pb2.ChatResponse:
+        with _bound(context, request.model):
+            async with errors.grpc_boundary(context):
+                try:
+                    arguments = self._budget.fitted(translate.chat_arguments(request))
+                    result = await self._upstream.complete(arguments)
+                except Exception as exc:
+                    self._metrics.calls.labels(request.model, errors.reason_of(exc)).inc()
+                    raise
+                self._metrics.calls.labels(request.model, "ok").inc()
+                return translate.chat_response(result, request.model)
+
+    async def ListModels(
+        self, request: llmproxy_pb2.ListModelsRequest, context: Context
+    ) -> llmproxy_pb2.ListModelsResponse:
+        async with errors.grpc_boundary(context):
+            return translate.models_response(describe_models(self._router))
+
+    async def GetDeploymentHealth(
+        self, request: llmproxy_pb2.GetDeploymentHealthRequest, context: Context
+    ) -> llmproxy_pb2.GetDeploymentHealthResponse:
+        async with errors.grpc_boundary(context):
+            return translate.health_response(deployment_health(self._router))
+
+    async def Embed(
+        self, request: llmproxy_pb2.EmbedRequest, context: Context
+    ) -> llmproxy_pb2.EmbedResponse:
+        async with errors.grpc_boundary(context):
+            if not request.inputs:
+                raise errors.InvalidRequest("inputs must not be empty")
+            self._budget.require_model(request.model)
+            result = await self._router.aembedding(model=request.model, input=list(request.inputs))
+            return translate.embed_response(result, request.model)
+
+    async def _stream_chat(self, request: llmproxy_pb2.StreamChatRequest, context: Context) -> None:
+        """Stream the answer with ``context.write``; raises what ended it,
+        :class:`errors.StreamInterrupted` once deltas were sent."""
         started = time.monotonic()
         progress = StreamProgress()
         outcome = "error"
         status = "cancelled"
-        bound = structlog.contextvars.bind_contextvars(
-            request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
-        )
         span = _tracer.start_span("stream_chat", attributes={"llm.model": request.model})
         # Deltas go out through the outbox: at once while the stream keeps
         # up, merged while a write is still in flight (see mesh.outbox).
@@ -94,14 +131,15 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             await outbox.close()
             outcome = status = "ok"
         except Exception as exc:
-            error = after_deltas(exc, progress.emitted) if progress.emitted else exc
             outcome = "interrupted" if progress.emitted else "failed"
-            status = "interrupted" if progress.emitted else _reason(exc)
+            status = "interrupted" if progress.emitted else errors.reason_of(exc)
             span.set_status(trace.StatusCode.ERROR, status)
             # The deltas produced before the failure still go first.
             with contextlib.suppress(Exception):
                 await outbox.close()
-            await _abort(context, error)
+            if progress.emitted:
+                raise after_deltas(exc, progress.emitted) from exc
+            raise
         except BaseException:
             outcome = "cancelled"
             raise
@@ -123,68 +161,15 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
                 answered_by=progress.model,
                 duration_ms=round(elapsed * 1000, 1),
             )
-            structlog.contextvars.reset_contextvars(**bound)
-
-    async def Chat(
-        self, request: llmproxy_pb2.ChatRequest, context: Context
-    ) -> llmproxy_pb2.ChatResponse:
-        bound = structlog.contextvars.bind_contextvars(
-            request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=request.model
-        )
-        try:
-            arguments = self._budget.fitted(translate.chat_arguments(request))
-            result = await self._upstream.complete(arguments)
-        except Exception as exc:
-            self._metrics.calls.labels(request.model, _reason(exc)).inc()
-            await _abort(context, exc)
-        finally:
-            structlog.contextvars.reset_contextvars(**bound)
-        self._metrics.calls.labels(request.model, "ok").inc()
-        return translate.chat_response(result, request.model)
-
-    async def ListModels(
-        self, request: llmproxy_pb2.ListModelsRequest, context: Context
-    ) -> llmproxy_pb2.ListModelsResponse:
-        return translate.models_response(describe_models(self._router))
-
-    async def GetDeploymentHealth(
-        self, request: llmproxy_pb2.GetDeploymentHealthRequest, context: Context
-    ) -> llmproxy_pb2.GetDeploymentHealthResponse:
-        return translate.health_response(deployment_health(self._router))
-
-    async def Embed(
-        self, request: llmproxy_pb2.EmbedRequest, context: Context
-    ) -> llmproxy_pb2.EmbedResponse:
-        try:
-            if not request.inputs:
-                raise errors.InvalidRequest("inputs must not be empty")
-            self._budget.require_model(request.model)
-            result = await self._router.aembedding(model=request.model, input=list(request.inputs))
-        except Exception as exc:
-            await _abort(context, exc)
-        return translate.embed_response(result, request.model)
 
 
-def _reason(exc: Exception) -> str:
-    """The metrics status of a failed call: its error reason, or ``internal``."""
-    mapped = errors.from_litellm(exc)
-    return "internal" if mapped is None else mapped.reason
-
-
-async def _abort(context: Context, exc: Exception) -> NoReturn:
-    """End the call with the status and ``x-error-reason`` for ``exc``; logs
-    what is unexpected."""
-    error = errors.from_litellm(exc)
-    if error is None:
-        log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error in llmproxy")
-    else:
-        code = errors.grpc_status(error)
-        log.info(
-            "llmproxy_call_failed",
-            code=code.name,
-            reason=error.reason,
-            error_type=type(exc).__name__,
-        )
-        await context.abort(code, str(error), trailing_metadata=errors.trailing_metadata(error))
-    raise AssertionError("context.abort returned")  # pragma: no cover
+@contextlib.contextmanager
+def _bound(context: Context, model: str) -> Iterator[None]:
+    """Log lines within carry the call's request id and model."""
+    bound = structlog.contextvars.bind_contextvars(
+        request_id=metadata_value(context, REQUEST_ID_HEADER) or "", model=model
+    )
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
