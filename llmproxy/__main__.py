@@ -131,8 +131,9 @@ async def running(
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from llmproxy.config import default_config_path, load_config
     from llmproxy.metrics import ProxyMetrics
+    from llmproxy.resilience import StreamTimeouts
     from llmproxy.router import build_router, deployment_health, warm_up
-    from llmproxy.service import LlmProxyServicer, StreamTimeouts
+    from llmproxy.service import LlmProxyServicer
     from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 
     config_path = settings.config_path or default_config_path()

@@ -3,23 +3,34 @@
 LiteLLM raises OpenAI-shaped exceptions; :func:`from_litellm` turns them into
 this small transport-neutral hierarchy. Each error names a machine-readable
 ``reason`` (sent as the trailing metadata ``x-error-reason``) and
-:data:`GRPC_STATUS` says which status code it is on the wire. The servicer is
-the only caller of both.
+:data:`GRPC_STATUS` says which status code it is on the wire.
+:func:`grpc_boundary` applies both: every RPC of the servicer runs inside it,
+as httpx runs its transport inside ``map_httpcore_exceptions``, so the
+status codes the proto documents are decided here and nowhere else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias
 
 import grpc
+import structlog
 from litellm import exceptions as litellm
 from litellm.types.router import RouterRateLimitError
 
 ERROR_REASON_KEY = "x-error-reason"
 RETRY_AFTER_KEY = "x-retry-after"
+
+INTERNAL_MESSAGE = "internal error in llmproxy"
+"""What a caller reads for a bug in the proxy (the details go to the log)."""
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+log = structlog.get_logger("llmproxy")
 
 
 class ProxyError(Exception):
@@ -138,6 +149,42 @@ def from_litellm(exc: BaseException) -> ProxyError | None:
                 f"{reason}: {detail}" if detail else reason, retry_after=retry_after_of(exc)
             )
     return None
+
+
+def reason_of(exc: BaseException) -> str:
+    """The reason a call failed with ``exc``, ``internal`` for a bug (metrics)."""
+    mapped = from_litellm(exc)
+    return "internal" if mapped is None else mapped.reason
+
+
+@contextlib.asynccontextmanager
+async def grpc_boundary(context: Context) -> AsyncIterator[None]:
+    """End the RPC with the status for any exception raised inside.
+
+    A :class:`ProxyError` or a LiteLLM exception ends it with its status
+    code (:data:`GRPC_STATUS`), its message and ``x-error-reason`` (and
+    ``x-retry-after``); any other exception is a bug: INTERNAL with
+    :data:`INTERNAL_MESSAGE`, logged with its traceback. Cancellation
+    passes through.
+    """
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise  # already a status
+    except Exception as exc:
+        error = from_litellm(exc)
+        if error is None:
+            log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        else:
+            code = grpc_status(error)
+            log.info(
+                "llmproxy_call_failed",
+                code=code.name,
+                reason=error.reason,
+                error_type=type(exc).__name__,
+            )
+            await context.abort(code, str(error), trailing_metadata=trailing_metadata(error))
 
 
 def grpc_status(error: ProxyError) -> grpc.StatusCode:

@@ -43,6 +43,12 @@ class LlmProxyServiceStub:
     - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
     provider failed, so what arrived is a partial answer and must not be
     kept as one
+
+    Any RPC may also end, without `x-error-reason`, with UNAUTHENTICATED (no
+    or a wrong credential), RESOURCE_EXHAUSTED (the proxy serves its maximum of
+    concurrent calls), INTERNAL (a bug in the proxy; the message is always
+    "internal error in llmproxy") or CANCELLED (the caller cancelled). Each
+    RPC below lists the reasons it can add.
     """
 
     def __init__(self, channel):
@@ -96,6 +102,12 @@ class LlmProxyServiceServicer:
     - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
     provider failed, so what arrived is a partial answer and must not be
     kept as one
+
+    Any RPC may also end, without `x-error-reason`, with UNAUTHENTICATED (no
+    or a wrong credential), RESOURCE_EXHAUSTED (the proxy serves its maximum of
+    concurrent calls), INTERNAL (a bug in the proxy; the message is always
+    "internal error in llmproxy") or CANCELLED (the caller cancelled). Each
+    RPC below lists the reasons it can add.
     """
 
     def StreamChat(self, request, context):
@@ -106,6 +118,15 @@ class LlmProxyServiceServicer:
         Cancellation needs no client stream: cancelling the call (or its
         deadline passing) cancels the server handler, which closes the provider
         request.
+
+        Fails with `bad_request` (empty model or messages, an unknown role or
+        tool_choice, a tool message without tool_call_id, tool parameters that
+        are not a JSON object, or the provider rejected the request),
+        `context_too_long`, `model_not_found`, `rate_limited`,
+        `upstream_auth_failed`, `unavailable`, `timed_out` (no first delta
+        within the first-token timeout and no fallback left, the total timeout,
+        or the provider's own timeout), and, once deltas were sent, only
+        `interrupted`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,13 +135,18 @@ class LlmProxyServiceServicer:
     def Chat(self, request, context):
         """Chat returns one whole chat completion; same routing, retries and
         fallbacks as StreamChat, for callers that do not need deltas.
+
+        Fails like StreamChat before its first delta: `bad_request`,
+        `context_too_long`, `model_not_found`, `rate_limited`,
+        `upstream_auth_failed`, `unavailable`, `timed_out` (the total timeout,
+        or the provider's own timeout).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """ListModels lists the configured models.
+        """ListModels lists the configured models; it adds no failure reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +154,10 @@ class LlmProxyServiceServicer:
 
     def Embed(self, request, context):
         """Embed computes embeddings.
+
+        Fails with `bad_request` (no inputs, or the provider rejected them),
+        `model_not_found`, `rate_limited`, `upstream_auth_failed`,
+        `unavailable`, `timed_out` (the provider's own timeout).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +165,8 @@ class LlmProxyServiceServicer:
 
     def GetDeploymentHealth(self, request, context):
         """GetDeploymentHealth reports every deployment's circuit-breaker state
-        (LiteLLM's cooldown) and its failures in the current minute.
+        (LiteLLM's cooldown) and its failures in the current minute; it adds no
+        failure reason.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +226,12 @@ class LlmProxyService:
     - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
     provider failed, so what arrived is a partial answer and must not be
     kept as one
+
+    Any RPC may also end, without `x-error-reason`, with UNAUTHENTICATED (no
+    or a wrong credential), RESOURCE_EXHAUSTED (the proxy serves its maximum of
+    concurrent calls), INTERNAL (a bug in the proxy; the message is always
+    "internal error in llmproxy") or CANCELLED (the caller cancelled). Each
+    RPC below lists the reasons it can add.
     """
 
     @staticmethod

@@ -44,6 +44,12 @@ class LlmProxyServiceStub:
     - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
       provider failed, so what arrived is a partial answer and must not be
       kept as one
+
+    Any RPC may also end, without `x-error-reason`, with UNAUTHENTICATED (no
+    or a wrong credential), RESOURCE_EXHAUSTED (the proxy serves its maximum of
+    concurrent calls), INTERNAL (a bug in the proxy; the message is always
+    "internal error in llmproxy") or CANCELLED (the caller cancelled). Each
+    RPC below lists the reasons it can add.
     """
 
     @_typing.overload
@@ -58,18 +64,38 @@ class LlmProxyServiceStub:
     Cancellation needs no client stream: cancelling the call (or its
     deadline passing) cancels the server handler, which closes the provider
     request.
+
+    Fails with `bad_request` (empty model or messages, an unknown role or
+    tool_choice, a tool message without tool_call_id, tool parameters that
+    are not a JSON object, or the provider rejected the request),
+    `context_too_long`, `model_not_found`, `rate_limited`,
+    `upstream_auth_failed`, `unavailable`, `timed_out` (no first delta
+    within the first-token timeout and no fallback left, the total timeout,
+    or the provider's own timeout), and, once deltas were sent, only
+    `interrupted`.
     """
     Chat: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.ChatRequest, _llmproxy_pb2.ChatResponse]
     """Chat returns one whole chat completion; same routing, retries and
     fallbacks as StreamChat, for callers that do not need deltas.
+
+    Fails like StreamChat before its first delta: `bad_request`,
+    `context_too_long`, `model_not_found`, `rate_limited`,
+    `upstream_auth_failed`, `unavailable`, `timed_out` (the total timeout,
+    or the provider's own timeout).
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.ListModelsRequest, _llmproxy_pb2.ListModelsResponse]
-    """ListModels lists the configured models."""
+    """ListModels lists the configured models; it adds no failure reason."""
     Embed: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.EmbedRequest, _llmproxy_pb2.EmbedResponse]
-    """Embed computes embeddings."""
+    """Embed computes embeddings.
+
+    Fails with `bad_request` (no inputs, or the provider rejected them),
+    `model_not_found`, `rate_limited`, `upstream_auth_failed`,
+    `unavailable`, `timed_out` (the provider's own timeout).
+    """
     GetDeploymentHealth: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.GetDeploymentHealthRequest, _llmproxy_pb2.GetDeploymentHealthResponse]
     """GetDeploymentHealth reports every deployment's circuit-breaker state
-    (LiteLLM's cooldown) and its failures in the current minute.
+    (LiteLLM's cooldown) and its failures in the current minute; it adds no
+    failure reason.
     """
 
 @_typing.type_check_only
@@ -91,6 +117,12 @@ class LlmProxyServiceAsyncStub(LlmProxyServiceStub):
     - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
       provider failed, so what arrived is a partial answer and must not be
       kept as one
+
+    Any RPC may also end, without `x-error-reason`, with UNAUTHENTICATED (no
+    or a wrong credential), RESOURCE_EXHAUSTED (the proxy serves its maximum of
+    concurrent calls), INTERNAL (a bug in the proxy; the message is always
+    "internal error in llmproxy") or CANCELLED (the caller cancelled). Each
+    RPC below lists the reasons it can add.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -102,18 +134,38 @@ class LlmProxyServiceAsyncStub(LlmProxyServiceStub):
     Cancellation needs no client stream: cancelling the call (or its
     deadline passing) cancels the server handler, which closes the provider
     request.
+
+    Fails with `bad_request` (empty model or messages, an unknown role or
+    tool_choice, a tool message without tool_call_id, tool parameters that
+    are not a JSON object, or the provider rejected the request),
+    `context_too_long`, `model_not_found`, `rate_limited`,
+    `upstream_auth_failed`, `unavailable`, `timed_out` (no first delta
+    within the first-token timeout and no fallback left, the total timeout,
+    or the provider's own timeout), and, once deltas were sent, only
+    `interrupted`.
     """
     Chat: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.ChatRequest, _llmproxy_pb2.ChatResponse]  # type: ignore[assignment]
     """Chat returns one whole chat completion; same routing, retries and
     fallbacks as StreamChat, for callers that do not need deltas.
+
+    Fails like StreamChat before its first delta: `bad_request`,
+    `context_too_long`, `model_not_found`, `rate_limited`,
+    `upstream_auth_failed`, `unavailable`, `timed_out` (the total timeout,
+    or the provider's own timeout).
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.ListModelsRequest, _llmproxy_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """ListModels lists the configured models."""
+    """ListModels lists the configured models; it adds no failure reason."""
     Embed: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.EmbedRequest, _llmproxy_pb2.EmbedResponse]  # type: ignore[assignment]
-    """Embed computes embeddings."""
+    """Embed computes embeddings.
+
+    Fails with `bad_request` (no inputs, or the provider rejected them),
+    `model_not_found`, `rate_limited`, `upstream_auth_failed`,
+    `unavailable`, `timed_out` (the provider's own timeout).
+    """
     GetDeploymentHealth: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.GetDeploymentHealthRequest, _llmproxy_pb2.GetDeploymentHealthResponse]  # type: ignore[assignment]
     """GetDeploymentHealth reports every deployment's circuit-breaker state
-    (LiteLLM's cooldown) and its failures in the current minute.
+    (LiteLLM's cooldown) and its failures in the current minute; it adds no
+    failure reason.
     """
 
 class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +186,12 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
     - `interrupted`: UNAVAILABLE; the stream had already sent deltas when the
       provider failed, so what arrived is a partial answer and must not be
       kept as one
+
+    Any RPC may also end, without `x-error-reason`, with UNAUTHENTICATED (no
+    or a wrong credential), RESOURCE_EXHAUSTED (the proxy serves its maximum of
+    concurrent calls), INTERNAL (a bug in the proxy; the message is always
+    "internal error in llmproxy") or CANCELLED (the caller cancelled). Each
+    RPC below lists the reasons it can add.
     """
 
     @_abc_1.abstractmethod
@@ -149,6 +207,15 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         Cancellation needs no client stream: cancelling the call (or its
         deadline passing) cancels the server handler, which closes the provider
         request.
+
+        Fails with `bad_request` (empty model or messages, an unknown role or
+        tool_choice, a tool message without tool_call_id, tool parameters that
+        are not a JSON object, or the provider rejected the request),
+        `context_too_long`, `model_not_found`, `rate_limited`,
+        `upstream_auth_failed`, `unavailable`, `timed_out` (no first delta
+        within the first-token timeout and no fallback left, the total timeout,
+        or the provider's own timeout), and, once deltas were sent, only
+        `interrupted`.
         """
 
     @_abc_1.abstractmethod
@@ -159,6 +226,11 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_llmproxy_pb2.ChatResponse, _abc.Awaitable[_llmproxy_pb2.ChatResponse]]:
         """Chat returns one whole chat completion; same routing, retries and
         fallbacks as StreamChat, for callers that do not need deltas.
+
+        Fails like StreamChat before its first delta: `bad_request`,
+        `context_too_long`, `model_not_found`, `rate_limited`,
+        `upstream_auth_failed`, `unavailable`, `timed_out` (the total timeout,
+        or the provider's own timeout).
         """
 
     @_abc_1.abstractmethod
@@ -167,7 +239,7 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _llmproxy_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_llmproxy_pb2.ListModelsResponse, _abc.Awaitable[_llmproxy_pb2.ListModelsResponse]]:
-        """ListModels lists the configured models."""
+        """ListModels lists the configured models; it adds no failure reason."""
 
     @_abc_1.abstractmethod
     def Embed(
@@ -175,7 +247,12 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _llmproxy_pb2.EmbedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_llmproxy_pb2.EmbedResponse, _abc.Awaitable[_llmproxy_pb2.EmbedResponse]]:
-        """Embed computes embeddings."""
+        """Embed computes embeddings.
+
+        Fails with `bad_request` (no inputs, or the provider rejected them),
+        `model_not_found`, `rate_limited`, `upstream_auth_failed`,
+        `unavailable`, `timed_out` (the provider's own timeout).
+        """
 
     @_abc_1.abstractmethod
     def GetDeploymentHealth(
@@ -184,7 +261,8 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llmproxy_pb2.GetDeploymentHealthResponse, _abc.Awaitable[_llmproxy_pb2.GetDeploymentHealthResponse]]:
         """GetDeploymentHealth reports every deployment's circuit-breaker state
-        (LiteLLM's cooldown) and its failures in the current minute.
+        (LiteLLM's cooldown) and its failures in the current minute; it adds no
+        failure reason.
         """
 
 def add_LlmProxyServiceServicer_to_server(servicer: LlmProxyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -129,6 +129,25 @@ async def test_embed_is_deterministic_with_the_configured_dimension(
     assert first.model == "offline/embed"
 
 
+async def test_embed_on_a_model_with_a_known_context_window(start_proxy: StartProxy) -> None:
+    """An embedding group whose window is known (every real embedding model
+    has one) embeds; the window only budgets chat messages."""
+    proxy = await start_proxy(
+        """
+model_list:
+  - model_name: embedder
+    litellm_params: {model: offline/embed, embedding_dimensions: 4}
+    model_info: {max_input_tokens: 8191}
+"""
+    )
+
+    answer = await proxy.stub.Embed(
+        llmproxy_pb2.EmbedRequest(model="embedder", inputs=["alpha"]), metadata=METADATA
+    )
+
+    assert [len(e.values) for e in answer.embeddings] == [4]
+
+
 async def test_calls_without_the_credential_are_unauthenticated(start_proxy: StartProxy) -> None:
     proxy = await start_proxy()
 
@@ -204,6 +223,29 @@ async def test_embed_unknown_model_is_not_found(start_proxy: StartProxy) -> None
         )
 
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_bug_in_the_proxy_is_internal_on_every_rpc(start_proxy: StartProxy) -> None:
+    """Every RPC ends an unexpected exception (here: a model_info value the
+    proxy cannot read) with INTERNAL and a fixed message, never with the
+    Python exception's text."""
+    proxy = await start_proxy(
+        """
+model_list:
+  - model_name: odd
+    litellm_params: {model: offline/echo}
+    model_info: {max_input_tokens: lots}
+"""
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as listed:
+        await proxy.stub.ListModels(llmproxy_pb2.ListModelsRequest(), metadata=METADATA)
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        await collect(proxy, chat("odd", "hi"))
+
+    for refused in (listed.value, streamed.value):
+        assert refused.code() == grpc.StatusCode.INTERNAL
+        assert refused.details() == "internal error in llmproxy"
 
 
 async def test_litellm_blocking_work_runs_one_thread_at_a_time(start_proxy: StartProxy) -> None:
