@@ -187,7 +187,7 @@ class Gateway:
             if revocations is not None
             else RevocationList(retention=config.revocation_retention)
         )
-        self._views = rest.RestViews(
+        self._views = rest.RuntimeReads(
             runtime, internal_api_key=config.internal_api_key, timeout=config.view_timeout
         )
         self._connect_rate = AddressRateLimiter(config.connect_rate, config.connect_burst)
@@ -472,11 +472,8 @@ class Gateway:
         without the unary reads (UNIMPLEMENTED) is let through: ``open``
         still refuses a foreign session, with close 1008.
         """
-        request = runtime_pb2.GetCurrentAgentRequest(session_id=session_id)
         try:
-            reply = await self._views.call(
-                "GetCurrentAgent", request, user=user, request_id=request_id
-            )
+            reply = await self._views.current_agent(session_id, user=user, request_id=request_id)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
@@ -488,7 +485,7 @@ class Gateway:
                 )
             log.warning("handshake_refused", session_id=session_id, status=code.name)
             return response_for_status(code, exc.details())
-        return reply if isinstance(reply, runtime_pb2.GetCurrentAgentResponse) else None
+        return reply
 
     async def _quiet_session(
         self,
@@ -514,11 +511,8 @@ class Gateway:
         if resume_after_seq is not None:
             return None, False
         try:
-            reply = await self._views.call(
-                "CreateSession",
-                runtime_pb2.CreateSessionRequest(session_id=session_id),
-                user=user,
-                request_id=request_id,
+            reply = await self._views.create_session(
+                session_id, user=user, request_id=request_id
             )
         except grpc.aio.AioRpcError:
             return None, False  # created meanwhile, or no such call: attach at connect
