@@ -27,7 +27,8 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Response
 
-from gateway.frames import Frame, error_frame
+from gateway.errors import HandshakeProblem
+from gateway.frames import MAX_SEQ, Frame, error_frame
 
 _MAX_CLOSE_REASON_BYTES = 123
 
@@ -158,6 +159,39 @@ def refuse_keys_unavailable() -> Response:
         "cannot verify tokens now",
         retry_after="5",
     )
+
+
+_HANDSHAKE_REFUSALS: dict[HandshakeProblem, tuple[http.HTTPStatus, str, str]] = {
+    HandshakeProblem.NO_SUCH_PATH: (http.HTTPStatus.NOT_FOUND, "not_found", "no such path"),
+    HandshakeProblem.METHOD_NOT_ALLOWED: (
+        http.HTTPStatus.METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "use GET",
+    ),
+    HandshakeProblem.BAD_SESSION_ID: (
+        http.HTTPStatus.BAD_REQUEST,
+        "invalid_session_id",
+        "session ids are 1-128 characters of A-Z a-z 0-9 . _ : -",
+    ),
+    HandshakeProblem.BAD_LAST_SEQ: (
+        http.HTTPStatus.BAD_REQUEST,
+        "invalid_last_seq",
+        f"last_seq must be an integer from 0 to {MAX_SEQ}",
+    ),
+    HandshakeProblem.ORIGIN_NOT_ALLOWED: (
+        http.HTTPStatus.FORBIDDEN,
+        "origin_not_allowed",
+        "origin not allowed",
+    ),
+}
+
+
+def refuse_handshake(problem: HandshakeProblem) -> Response:
+    """The refusal of an upgrade request :func:`gateway.handshake.parse_upgrade`
+    found unusable: 404 (no such path), 405 (not GET), 400 (session id,
+    ``last_seq``), 403 (origin)."""
+    status, error, description = _HANDSHAKE_REFUSALS[problem]
+    return refuse(status, error, description)
 
 
 RUNTIME_RETRY_AFTER = "2"

@@ -58,6 +58,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsumer
 from gateway.frames import Frame, Reauthenticate, encode, error_frame, parse_frame
 from gateway.frames import response_to_frame as frame_for
+from gateway.handshake import Handshake
 from gateway.jwks import Principal
 from gateway.limits import ConnectionSlots, TokenBucket
 from gateway.metrics import GatewayMetrics
@@ -77,19 +78,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway")
 _tracer = tracing.tracer("gateway.connection")
 _TRACED_EVENTS = frozenset({"user_message", "switch_agent"})
-
-
-@dataclass(slots=True)
-class Handshake:
-    session_id: str
-    principal: Principal
-    resume_after_seq: int | None
-    request_id: str
-    quiet: runtime_pb2.GetCurrentAgentResponse | None = None
-    """Set when the session is idle and the client asked for nothing to
-    replay: the connection may attach to the runtime later, on its first
-    frame or when the session moves past ``quiet.last_seq``."""
-    created: bool = False
 
 
 OPEN_ATTEMPTS = 4
