@@ -45,11 +45,9 @@ from websockets.protocol import State
 
 from gateway.codes import (
     FRAME_RATE_EXCEEDED,
-    IDLE_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     SLOW_CONSUMER,
     SUBJECT_CHANGED,
-    TOKEN_EXPIRED,
     TOKEN_REVOKED,
     Closing,
     closing_for_status,
@@ -62,6 +60,7 @@ from gateway.handshake import Handshake
 from gateway.jwks import Principal
 from gateway.limits import ConnectionSlots, TokenBucket
 from gateway.metrics import GatewayMetrics
+from gateway.watchdog import Limits, Watch, decide
 from mesh import tracing
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2
@@ -200,6 +199,7 @@ class Connections:
         self._slots = slots
         self._authenticate = authenticate
         self._is_revoked = is_revoked
+        self._limits = Limits(config.idle_timeout, config.ping_interval, config.ping_timeout)
         self._links: dict[str, set[Link]] = {}
         self._sessions: dict[str, SessionLinks] = {}
 
@@ -577,57 +577,37 @@ class Connections:
         self._watch(link)
 
     def _watch(self, link: Link) -> None:
-        """Close ``link`` if its token is revoked (4001) or expired without a
-        refresh (1008), after ``idle_timeout`` without a frame either way
-        (1001; pings do not count), or when a keepalive ping got no pong
-        within ``ping_timeout`` (1011); send the next ping when it is due;
-        then check again when the earliest of these could next happen. A
-        timer, not a task: it costs an idle connection almost nothing."""
+        """Check ``link`` now (:func:`gateway.watchdog.decide`): close it, or
+        send the keepalive ping that is due, then set its timer for the next
+        check. A timer, not a task: it costs an idle connection almost nothing."""
         if link.watchdog is not None:
             link.watchdog.cancel()
             link.watchdog = None
         if link.closing is not None:
             return
-        closing = None
-        now = time.time()
-        expires = link.principal.expires_at.timestamp() + self._config.jwt_leeway
-        if self._is_revoked(link.principal):
-            log.info("connection_revoked")
-            closing = TOKEN_REVOKED
-        elif expires <= now:
-            closing = TOKEN_EXPIRED
-        next_check = expires - now
-        if closing is None and self._config.idle_timeout > 0:
-            idle_left = link.last_activity + self._config.idle_timeout - time.monotonic()
-            if idle_left <= 0:
-                closing = IDLE_TIMEOUT
-            next_check = min(next_check, idle_left)
+        now = time.monotonic()
+        watch = Watch(
+            revoked=self._is_revoked(link.principal),
+            expires_at=link.principal.expires_at.timestamp() + self._config.jwt_leeway,
+            last_activity=link.last_activity,
+            next_ping=link.next_ping,
+            ping_sent=link.ping_sent,
+            pong_pending=link.pong is None or not link.pong.done(),
+        )
+        verdict = decide(watch, self._limits, wall=time.time(), now=now)
         loop = asyncio.get_running_loop()
-        interval, timeout = self._config.ping_interval, self._config.ping_timeout
-        if closing is None and interval:
-            now_m = time.monotonic()
-            awaited = link.ping_sent > 0 and (link.pong is None or not link.pong.done())
-            if awaited and timeout and now_m - link.ping_sent >= timeout:
-                log.info("keepalive_timeout", timeout=timeout)
-                closing = KEEPALIVE_TIMEOUT
-            elif not awaited and now_m >= link.next_ping:
-                link.next_ping = now_m + interval
-                link.pong, link.ping_sent = None, now_m
-                link.pinging = loop.create_task(self._ping(link))
-                awaited = True
-            if awaited:
-                # No ping while one is unanswered, as in websockets' own
-                # keepalive: look again when the next is due, then at its timeout.
-                due = link.ping_sent + (timeout or interval)
-                if link.next_ping > now_m:
-                    due = min(due, link.next_ping)
-                next_check = min(next_check, due - now_m)
-            else:
-                next_check = min(next_check, link.next_ping - now_m)
-        if closing is not None:
-            link.closing = loop.create_task(self._close(link, closing))
+        if verdict.close is not None:
+            if verdict.close is TOKEN_REVOKED:
+                log.info("connection_revoked")
+            elif verdict.close is KEEPALIVE_TIMEOUT:
+                log.info("keepalive_timeout", timeout=self._limits.ping_timeout)
+            link.closing = loop.create_task(self._close(link, verdict.close))
             return
-        link.watchdog = loop.call_later(max(next_check, 0.05), self._watch, link)
+        if verdict.next_ping is not None:
+            link.next_ping = verdict.next_ping
+            link.pong, link.ping_sent = None, now
+            link.pinging = loop.create_task(self._ping(link))
+        link.watchdog = loop.call_later(verdict.next_check, self._watch, link)
 
     @staticmethod
     async def _ping(link: Link) -> None:
