@@ -71,13 +71,7 @@ from gateway.revocations import Revocation, RevocationList
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
     from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
-
-    ConverseCall: TypeAlias = grpc.aio.StreamStreamCall[
-        runtime_pb2.ConverseRequest, runtime_pb2.ConverseResponse
-    ]
 
 log = structlog.get_logger("gateway")
 
