@@ -53,10 +53,11 @@ from gateway.codes import (
     TOKEN_REVOKED,
     Closing,
     closing_for_status,
+    error_frame_for,
 )
 from gateway.config import GatewayConfig
 from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsumer
-from gateway.frames import Reauthenticate, error_frame, parse_frame
+from gateway.frames import Reauthenticate, parse_frame
 from gateway.frames import response_to_frame as frame_for
 from gateway.handshake import Handshake
 from gateway.jwks import Principal
@@ -316,18 +317,17 @@ class Connections:
             finally:
                 await closing
             raise ConnectionClosed(None, None)
-        if isinstance(message, bytes):
-            await link.send(error_frame("binary_frame", "binary frames are not supported"))
-            return None
         try:
+            if isinstance(message, bytes):
+                raise FrameError("binary_frame", "binary frames are not supported")
             action = parse_frame(message)
         except FrameError as exc:
-            await link.send(error_frame(exc.code, exc.message))
+            await link.send(error_frame_for(exc))
             return None
-        except Exception:
+        except Exception as exc:
             # A parser bug must cost one frame, not the connection.
             log.exception("frame_parse_failed")
-            await link.send(error_frame("invalid_frame", "the frame could not be read"))
+            await link.send(error_frame_for(exc))
             return None
         if isinstance(action, Reauthenticate):
             await self._reauthenticate(link, action.token)
@@ -408,13 +408,8 @@ class Connections:
     async def _reauthenticate(self, link: Link, token: str) -> None:
         try:
             principal = await self._authenticate(token)
-        except InvalidToken as exc:
-            await link.send(error_frame("invalid_token", exc.reason))
-            return
-        except KeysUnavailable:
-            await link.send(
-                error_frame("keys_unavailable", "cannot verify tokens now", retryable=True)
-            )
+        except (InvalidToken, KeysUnavailable) as exc:
+            await link.send(error_frame_for(exc))
             return
         if principal.subject != link.principal.subject:
             log.warning("reauthentication_refused", reason="subject changed")

@@ -59,3 +59,13 @@ class BadHandshake(GatewayError):
         super().__init__(problem.value)
         self.problem = problem
         self.session_id = session_id
+
+
+class InvalidQuery(GatewayError):
+    """A REST view's path or query parameter is unusable; ``error`` is
+    stable, ``description`` is for humans."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description

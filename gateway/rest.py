@@ -35,7 +35,8 @@ from google.protobuf.message import Message
 from websockets.http11 import Response
 
 from gateway import views
-from gateway.codes import json_response, refuse, response_for_status
+from gateway.codes import json_response, refuse_query, response_for_status
+from gateway.errors import InvalidQuery
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2
 
@@ -64,21 +65,12 @@ class Route:
     session_id: str | None
 
 
-class BadRequest(Exception):
-    """A path or query parameter is unusable; becomes a 400."""
-
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-
 @dataclass(frozen=True, slots=True)
 class View(Generic[RequestT, ResponseT]):
     """One REST view: its route, the runtime read it makes and its JSON body.
 
     ``request`` builds the read's request from the path's session id (``""``
-    when the path has none) and the query, raising :class:`BadRequest`;
+    when the path has none) and the query, raising :class:`InvalidQuery`;
     ``rpc`` picks the stub's method (typed, so a renamed RPC fails mypy, not
     a request); ``body`` renders the reply (:mod:`gateway.views`).
     """
@@ -133,12 +125,12 @@ class RuntimeReads:
         view = VIEWS[route.name]
         try:
             if route.session_id is not None and not SESSION_ID.fullmatch(route.session_id):
-                raise BadRequest("invalid_session_id", _SESSION_ID_RULE)
+                raise InvalidQuery("invalid_session_id", _SESSION_ID_RULE)
             request = view.request(route.session_id or "", parse_qs(query, max_num_fields=16))
-        except BadRequest as exc:
-            return refuse(http.HTTPStatus.BAD_REQUEST, exc.error, exc.description)
+        except InvalidQuery as exc:
+            return refuse_query(exc)
         except ValueError:
-            return refuse(http.HTTPStatus.BAD_REQUEST, "invalid_request", "unusable query")
+            return refuse_query(InvalidQuery("invalid_request", "unusable query"))
         try:
             reply = await self._call(view.rpc(self._runtime), request, user, request_id)
         except grpc.aio.AioRpcError as exc:
@@ -182,27 +174,27 @@ def _single(query: Query, name: str) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise BadRequest("invalid_request", f"{name} is given more than once")
+        raise InvalidQuery("invalid_request", f"{name} is given more than once")
     return values[0]
 
 
 def _list_sessions(sid: str, query: Query) -> runtime_pb2.ListSessionsRequest:
     size = _single(query, "page_size") or "0"
     if not size.isdigit() or len(size) > _MAX_PAGE_SIZE_DIGITS:
-        raise BadRequest("invalid_page_size", "page_size must be a non-negative integer")
+        raise InvalidQuery("invalid_page_size", "page_size must be a non-negative integer")
     token = _single(query, "page_token") or ""
     if len(token) > _MAX_PAGE_TOKEN_CHARS:
-        raise BadRequest("invalid_page_token", "page_token is too long")
+        raise InvalidQuery("invalid_page_token", "page_token is too long")
     return runtime_pb2.ListSessionsRequest(page_size=int(size), page_token=token)
 
 
 def _create_session(sid: str, query: Query) -> runtime_pb2.CreateSessionRequest:
     title = _single(query, "title") or ""
     if len(title) > _MAX_TITLE_CHARS:
-        raise BadRequest("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
+        raise InvalidQuery("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
     new_id = _single(query, "session_id") or ""
     if new_id and not SESSION_ID.fullmatch(new_id):
-        raise BadRequest("invalid_session_id", _SESSION_ID_RULE)
+        raise InvalidQuery("invalid_session_id", _SESSION_ID_RULE)
     return runtime_pb2.CreateSessionRequest(session_id=new_id, title=title)
 
 

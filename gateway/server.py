@@ -47,11 +47,13 @@ from gateway import rest
 from gateway.codes import (
     SERVICE_RESTART,
     json_response,
-    refuse,
+    refuse_connect_rate,
     refuse_handshake,
     refuse_keys_unavailable,
+    refuse_overload,
+    refuse_session_access,
     refuse_token,
-    response_for_status,
+    refuse_view_method,
 )
 from gateway.config import GatewayConfig
 from gateway.connection import Connections
@@ -81,7 +83,6 @@ _READY_TIMEOUT = 2.0
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 """True when a dependency the gateway needs is usable; may raise (not ready)."""
-_OVERLOAD_RETRY_AFTER = "5"
 
 
 def _select_subprotocol(
@@ -252,19 +253,14 @@ class Gateway:
         url = urlsplit(request.path)
         if url.path in _HEALTH_PATHS or url.path in _READY_PATHS:
             if request.method not in {"GET", "HEAD"}:
-                return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+                return refuse_handshake(HandshakeProblem.METHOD_NOT_ALLOWED)
             if url.path in _READY_PATHS:
                 return await self._readiness()
             return json_response(http.HTTPStatus.OK, {"status": "ok"})
         wait = self._connect_rate.take(_client_address(connection))
         if wait > 0:
             log.info("request_refused", path=url.path, reason="connect rate")
-            return refuse(
-                http.HTTPStatus.TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many connections from this address",
-                retry_after=retry_after(wait),
-            )
+            return refuse_connect_rate(retry_after(wait))
         request_id = client_request_id(request.headers) or uuid.uuid4().hex
         try:
             upgrade = parse_upgrade(
@@ -283,9 +279,9 @@ class Gateway:
     ) -> Response:
         route = rest.match(request.method, path)
         if route is None:
-            return refuse(http.HTTPStatus.NOT_FOUND, "not_found", "no such path")
+            return refuse_handshake(HandshakeProblem.NO_SUCH_PATH)
         if isinstance(route, http.HTTPStatus):
-            return refuse(route, "method_not_allowed", "method not allowed here")
+            return refuse_view_method()
         principal = await self._authenticate_request(bearer_token(request.headers), path)
         if isinstance(principal, Response):
             return principal
@@ -371,21 +367,10 @@ class Gateway:
         )
         return None
 
-    def _refuse_overload(self, scope: str) -> Response:
+    @staticmethod
+    def _refuse_overload(scope: str) -> Response:
         log.warning("handshake_refused", reason=f"{scope} connection limit")
-        if scope == "user":
-            return refuse(
-                http.HTTPStatus.TOO_MANY_REQUESTS,
-                "too_many_connections",
-                "this user has too many open connections",
-                retry_after=_OVERLOAD_RETRY_AFTER,
-            )
-        return refuse(
-            http.HTTPStatus.SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the gateway is at its connection limit",
-            retry_after=_OVERLOAD_RETRY_AFTER,
-        )
+        return refuse_overload(scope)
 
     async def _check_session_access(
         self, session_id: str, user: str, request_id: str
@@ -394,23 +379,21 @@ class Gateway:
         session's state, or None when it is new or the runtime cannot say.
 
         The runtime answers PERMISSION_DENIED for someone else's session and
-        NOT_FOUND for a new one (which ``open`` will create). A runtime
-        without the unary reads (UNIMPLEMENTED) is let through: ``open``
-        still refuses a foreign session, with close 1008.
+        NOT_FOUND for a new one (which ``open`` will create); which status
+        refuses and which passes is :func:`gateway.codes.refuse_session_access`.
         """
         try:
             reply = await self._views.current_agent(session_id, user=user, request_id=request_id)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+            refusal = refuse_session_access(code, exc.details())
+            if refusal is None:
                 return None
             if code is grpc.StatusCode.PERMISSION_DENIED:
                 log.info("handshake_refused", session_id=session_id, reason="foreign session")
-                return refuse(
-                    http.HTTPStatus.FORBIDDEN, "forbidden", "the session belongs to another user"
-                )
-            log.warning("handshake_refused", session_id=session_id, status=code.name)
-            return response_for_status(code, exc.details())
+            else:
+                log.warning("handshake_refused", session_id=session_id, status=code.name)
+            return refusal
         return reply
 
     async def _quiet_session(
