@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -45,6 +45,7 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from gateway.attach import ATTACH_PATIENCE, open_stream, quiet_session_info
+from gateway.authentication import Authenticator
 from gateway.codes import (
     FRAME_RATE_EXCEEDED,
     KEEPALIVE_TIMEOUT,
@@ -60,7 +61,6 @@ from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsum
 from gateway.frames import Reauthenticate, parse_frame
 from gateway.frames import response_to_frame as frame_for
 from gateway.handshake import Handshake
-from gateway.jwks import Principal
 from gateway.limits import ConnectionSlots, TokenBucket
 from gateway.link import Link, SessionLinks, discard_until_closed
 from gateway.metrics import GatewayMetrics
@@ -81,9 +81,8 @@ _TRACED_EVENTS = frozenset({"user_message", "switch_agent"})
 class Connections:
     """Every open IDE connection of one gateway, by user.
 
-    ``authenticate`` checks a re-authentication's token (raising
-    InvalidToken or KeysUnavailable); ``is_revoked`` tells whether a
-    principal's token has been revoked since it was issued.
+    ``auth`` checks an ``auth`` frame's token and, on every timer check,
+    whether a connection's token has been revoked since it was issued.
     """
 
     def __init__(
@@ -92,16 +91,13 @@ class Connections:
         runtime: AgentRuntimeServiceAsyncStub,
         metrics: GatewayMetrics,
         slots: ConnectionSlots,
-        *,
-        authenticate: Callable[[str], Awaitable[Principal]],
-        is_revoked: Callable[[Principal], bool],
+        auth: Authenticator,
     ) -> None:
         self._config = config
         self._runtime = runtime
         self._metrics = metrics
         self._slots = slots
-        self._authenticate = authenticate
-        self._is_revoked = is_revoked
+        self._auth = auth
         self._limits = Limits(config.idle_timeout, config.ping_interval, config.ping_timeout)
         self._links: dict[str, set[Link]] = {}
         self._sessions: dict[str, SessionLinks] = {}
@@ -407,7 +403,7 @@ class Connections:
 
     async def _reauthenticate(self, link: Link, token: str) -> None:
         try:
-            principal = await self._authenticate(token)
+            principal = await self._auth.authenticate(token)
         except (InvalidToken, KeysUnavailable) as exc:
             await link.send(error_frame_for(exc))
             return
@@ -429,7 +425,7 @@ class Connections:
             return
         now = time.monotonic()
         watch = Watch(
-            revoked=self._is_revoked(link.principal),
+            revoked=self._auth.is_revoked(link.principal),
             expires_at=link.principal.expires_at.timestamp() + self._config.jwt_leeway,
             last_activity=link.last_activity,
             next_ping=link.next_ping,

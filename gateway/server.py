@@ -44,6 +44,7 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from gateway import rest
+from gateway.authentication import Authenticator
 from gateway.codes import (
     SERVICE_RESTART,
     json_response,
@@ -124,12 +125,12 @@ class Gateway:
         self._metrics = metrics if metrics is not None else GatewayMetrics()
         self._ready_checks = dict(ready_checks or {})
         self._draining = False
-        self._verifier = verifier
         self._runtime = runtime
-        self._revocations = (
+        self._auth = Authenticator(
+            verifier,
             revocations
             if revocations is not None
-            else RevocationList(retention=config.revocation_retention)
+            else RevocationList(retention=config.revocation_retention),
         )
         self._views = rest.RuntimeReads(
             runtime, internal_api_key=config.internal_api_key, timeout=config.view_timeout
@@ -143,8 +144,7 @@ class Gateway:
             runtime,
             self._metrics,
             self._slots,
-            authenticate=self._authenticate,
-            is_revoked=self._is_revoked,
+            self._auth,
         )
         self._server: Server | None = None
         self._stopped = False
@@ -220,24 +220,12 @@ class Gateway:
 
     # -- authentication --------------------------------------------------
 
-    def _is_revoked(self, principal: Principal) -> bool:
-        issued_at = principal.issued_at.timestamp() if principal.issued_at else None
-        return self._revocations.is_revoked(principal.subject, issued_at)
-
-    async def _authenticate(self, token: str) -> Principal:
-        """The principal of a valid, unrevoked token; raises InvalidToken or
-        KeysUnavailable."""
-        principal = await self._verifier.verify(token)
-        if self._is_revoked(principal):
-            raise InvalidToken("token revoked")
-        return principal
-
     async def _authenticate_request(self, token: str | None, path: str) -> Principal | Response:
         if token is None:
             log.info("request_refused", path=path, reason="missing token")
             return refuse_token("missing bearer token")
         try:
-            return await self._authenticate(token)
+            return await self._auth.authenticate(token)
         except InvalidToken as exc:
             log.info("request_refused", path=path, reason=exc.reason)
             return refuse_token(exc.reason)
