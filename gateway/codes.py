@@ -1,4 +1,12 @@
-"""Every failure's WebSocket close code and HTTP status, in one place.
+"""Every failure's WebSocket close code, ``error`` frame and HTTP status, in one place.
+
+The rest of the gateway raises or names failures (:mod:`gateway.errors`,
+a runtime call's gRPC status, a :class:`Closing` constant) and asks this
+module how to answer them: :func:`closing_for_status` for a ``Converse``
+stream that ended, :func:`error_frame_for` for an IDE frame refused on an
+open connection, :func:`refuse_handshake` / :func:`refuse_session_access` /
+:func:`refuse_overload` / :func:`refuse_token` for an upgrade, and
+:func:`response_for_status` / :func:`refuse_query` for a REST view.
 
 Close codes fall in two classes the IDE must tell apart (docs/GATEWAY.md
 has the table):
@@ -27,7 +35,14 @@ from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Response
 
-from gateway.frames import Frame, error_frame
+from gateway.errors import (
+    FrameError,
+    HandshakeProblem,
+    InvalidQuery,
+    InvalidToken,
+    KeysUnavailable,
+)
+from gateway.frames import MAX_SEQ, Frame, error_frame
 
 _MAX_CLOSE_REASON_BYTES = 123
 
@@ -104,6 +119,21 @@ def clip_reason(reason: str) -> str:
     return encoded.decode(errors="ignore")
 
 
+def error_frame_for(error: Exception) -> Frame:
+    """The ``error`` frame that answers an IDE frame the gateway could not
+    take (the connection stays open): a :class:`FrameError` with its code,
+    a re-authentication's InvalidToken (``invalid_token``) or
+    KeysUnavailable (``keys_unavailable``, retryable); anything else is a
+    parser bug and costs the frame only (``invalid_frame``)."""
+    if isinstance(error, FrameError):
+        return error_frame(error.code, error.message)
+    if isinstance(error, InvalidToken):
+        return error_frame("invalid_token", error.reason)
+    if isinstance(error, KeysUnavailable):
+        return error_frame("keys_unavailable", "cannot verify tokens now", retryable=True)
+    return error_frame("invalid_frame", "the frame could not be read")
+
+
 # ---------------------------------------------------------------------------
 # HTTP statuses (handshake refusals and the REST views)
 
@@ -158,6 +188,98 @@ def refuse_keys_unavailable() -> Response:
         "cannot verify tokens now",
         retry_after="5",
     )
+
+
+_HANDSHAKE_REFUSALS: dict[HandshakeProblem, tuple[http.HTTPStatus, str, str]] = {
+    HandshakeProblem.NO_SUCH_PATH: (http.HTTPStatus.NOT_FOUND, "not_found", "no such path"),
+    HandshakeProblem.METHOD_NOT_ALLOWED: (
+        http.HTTPStatus.METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "use GET",
+    ),
+    HandshakeProblem.BAD_SESSION_ID: (
+        http.HTTPStatus.BAD_REQUEST,
+        "invalid_session_id",
+        "session ids are 1-128 characters of A-Z a-z 0-9 . _ : -",
+    ),
+    HandshakeProblem.BAD_LAST_SEQ: (
+        http.HTTPStatus.BAD_REQUEST,
+        "invalid_last_seq",
+        f"last_seq must be an integer from 0 to {MAX_SEQ}",
+    ),
+    HandshakeProblem.ORIGIN_NOT_ALLOWED: (
+        http.HTTPStatus.FORBIDDEN,
+        "origin_not_allowed",
+        "origin not allowed",
+    ),
+}
+
+
+def refuse_handshake(problem: HandshakeProblem) -> Response:
+    """The refusal of an upgrade request :func:`gateway.handshake.parse_upgrade`
+    found unusable: 404 (no such path), 405 (not GET), 400 (session id,
+    ``last_seq``), 403 (origin)."""
+    status, error, description = _HANDSHAKE_REFUSALS[problem]
+    return refuse(status, error, description)
+
+
+def refuse_query(error: InvalidQuery) -> Response:
+    """400 for a REST view's unusable path or query parameter."""
+    return refuse(http.HTTPStatus.BAD_REQUEST, error.error, error.description)
+
+
+def refuse_view_method() -> Response:
+    """405 for a view's path asked with another method."""
+    return refuse(
+        http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here"
+    )
+
+
+def refuse_connect_rate(retry_after: str) -> Response:
+    """429 when the client's address opens connections too fast."""
+    return refuse(
+        http.HTTPStatus.TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many connections from this address",
+        retry_after=retry_after,
+    )
+
+
+OVERLOAD_RETRY_AFTER = "5"
+
+
+def refuse_overload(scope: str) -> Response:
+    """429 when the user (``scope`` "user") has too many connections open,
+    503 when the process has."""
+    if scope == "user":
+        return refuse(
+            http.HTTPStatus.TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "this user has too many open connections",
+            retry_after=OVERLOAD_RETRY_AFTER,
+        )
+    return refuse(
+        http.HTTPStatus.SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the gateway is at its connection limit",
+        retry_after=OVERLOAD_RETRY_AFTER,
+    )
+
+
+def refuse_session_access(code: grpc.StatusCode, details: str | None) -> Response | None:
+    """The handshake's answer when the ownership probe (``GetCurrentAgent``
+    as the user) failed with ``code``; None lets the upgrade through.
+
+    NOT_FOUND (a new session: ``open`` creates it) and UNIMPLEMENTED (a
+    runtime without the unary reads: ``open`` still refuses a foreign
+    session, with close 1008) pass; PERMISSION_DENIED → 403; anything else
+    as a view's failure (:func:`response_for_status`).
+    """
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+        return None
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return refuse(http.HTTPStatus.FORBIDDEN, "forbidden", "the session belongs to another user")
+    return response_for_status(code, details)
 
 
 RUNTIME_RETRY_AFTER = "2"

@@ -5,11 +5,13 @@ handshake check) is served here. It opens one bidirectional ``Converse``
 stream to the runtime — at connect, or, for an idle session with nothing to
 replay, on the IDE's first frame: the gateway then sends the
 ``session_info`` itself and the idle ("quiet") connection holds no stream —
-and pumps frames both ways in a task group. One timer per connection (not a
-task) checks the token (expiry, revocation) and idleness and sends keepalive
-pings. Backpressure is end to end: the IDE→runtime pump waits for gRPC flow
-control before reading the next frame (websockets then stops reading the
-socket after ``max_queue`` frames), and the runtime→IDE pump waits for the
+and pumps frames both ways in a task group (opening and its retries:
+:mod:`gateway.attach`). One timer per connection (not a task) checks the
+token (expiry, revocation) and idleness and sends keepalive pings, doing
+what :func:`gateway.watchdog.decide` says. Backpressure is end to end:
+the IDE→runtime pump waits for gRPC flow control before reading the next
+frame (websockets then stops reading the socket after ``max_queue``
+frames), and the runtime→IDE pump waits for the
 WebSocket's ``write_limit`` to drain before reading the next event — for at
 most ``slow_consumer_timeout`` seconds, after which the connection is closed
 with 1013. Closing cancels the gRPC call, which cancels the runtime's turn.
@@ -19,9 +21,9 @@ this gateway learns that its session has moved past the seq it was told:
 another connection of the session here receives a newer event (a turn that
 another window started), or connects having been told a newer seq. So each
 window sees every event of its session live, while an idle one costs only
-its place in its session's lists (:class:`SessionLinks`) and a timeout
-without deadline around its read, which the wake moves to now. Connections
-to other gateway replicas are not seen (docs/GATEWAY.md).
+its place in its session's lists (:class:`gateway.link.SessionLinks`) and a
+timeout without deadline around its read, which the wake moves to now.
+Connections to other gateway replicas are not seen (docs/GATEWAY.md).
 
 Every failure's close code comes from :mod:`gateway.codes`.
 """
@@ -31,8 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -43,157 +44,45 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
+from gateway.attach import ATTACH_PATIENCE, open_stream, quiet_session_info
+from gateway.authentication import Authenticator
 from gateway.codes import (
     FRAME_RATE_EXCEEDED,
-    IDLE_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     SLOW_CONSUMER,
     SUBJECT_CHANGED,
-    TOKEN_EXPIRED,
     TOKEN_REVOKED,
     Closing,
     closing_for_status,
+    error_frame_for,
 )
 from gateway.config import GatewayConfig
 from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsumer
-from gateway.frames import Frame, Reauthenticate, encode, error_frame, parse_frame
+from gateway.frames import Reauthenticate, parse_frame
 from gateway.frames import response_to_frame as frame_for
-from gateway.jwks import Principal
+from gateway.handshake import Handshake
 from gateway.limits import ConnectionSlots, TokenBucket
+from gateway.link import Link, SessionLinks, discard_until_closed
 from gateway.metrics import GatewayMetrics
+from gateway.watchdog import Limits, Watch, decide
 from mesh import tracing
 from mesh.grpc_server import internal_metadata
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
+    from gateway.attach import ConverseCall
     from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
-
-    ConverseCall: TypeAlias = grpc.aio.StreamStreamCall[
-        runtime_pb2.ConverseRequest, runtime_pb2.ConverseResponse
-    ]
 
 log = structlog.get_logger("gateway")
 _tracer = tracing.tracer("gateway.connection")
 _TRACED_EVENTS = frozenset({"user_message", "switch_agent"})
 
 
-@dataclass(slots=True)
-class Handshake:
-    session_id: str
-    principal: Principal
-    resume_after_seq: int | None
-    request_id: str
-    quiet: runtime_pb2.GetCurrentAgentResponse | None = None
-    """Set when the session is idle and the client asked for nothing to
-    replay: the connection may attach to the runtime later, on its first
-    frame or when the session moves past ``quiet.last_seq``."""
-    created: bool = False
-
-
-OPEN_ATTEMPTS = 4
-"""Tries at opening a session's stream when replicas answer UNAVAILABLE."""
-OPEN_RETRY_DELAY = 0.25
-"""Seconds before the second try; the n-th waits n times as long."""
-ATTACH_PATIENCE = 30.0
-"""Seconds an attach on the first frame keeps trying replicas that answer
-UNAVAILABLE (a dead replica's lease runs out meanwhile): the IDE has sent a
-frame and is owed its delivery, not a retryable close."""
-
-
-@dataclass(slots=True, eq=False)
-class SessionLinks:
-    """The connections of one session in this gateway (every one, and the
-    quiet ones among them, which hold no runtime stream yet)."""
-
-    links: list[Link] = field(default_factory=list)
-    quiet: list[Link] = field(default_factory=list)
-
-
-@dataclass(slots=True, eq=False)
-class Link:
-    """One IDE connection, its gRPC call and its counters."""
-
-    websocket: ServerConnection
-    session_id: str
-    principal: Principal
-    frame_bucket: TokenBucket
-    send_timeout: float | None
-    peers: SessionLinks
-    """Every connection of this session in this gateway, this one included."""
-    seen_seq: int = 0
-    """The session's highest seq this client was sent or told (``last_seq``)."""
-    wake: asyncio.Timeout | None = None
-    """While quiet and reading: a timeout without deadline that a wake moves to now."""
-    woken: bool = False
-    """Set when the session moved past ``seen_seq`` while this link was quiet."""
-    call: ConverseCall | None = None
-    watchdog: asyncio.TimerHandle | None = None
-    """The next check of token, idleness and keepalive (:meth:`Connections._watch`)."""
-    closing: asyncio.Task[None] | None = None
-    last_activity: float = field(default_factory=time.monotonic)
-    next_ping: float = 0.0
-    """When the next keepalive ping is due (monotonic)."""
-    ping_sent: float = 0.0
-    """When the last ping was started; 0 before the first."""
-    pinging: asyncio.Task[None] | None = None
-    pong: asyncio.Future[float] | None = None
-    """The last ping's pong (None until the ping is on the wire)."""
-    frames_in: int = 0
-    frames_out: int = 0
-
-    async def send(self, frame: Frame) -> None:
-        """Send one frame; raises SlowConsumer when the IDE has not made room
-        within ``send_timeout``, ConnectionClosed when it is gone."""
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await self.websocket.send(encode(frame))
-        except TimeoutError:
-            raise SlowConsumer("the client does not read its frames") from None
-        self.frames_out += 1
-        self.last_activity = time.monotonic()
-
-
-def _quiet_session_info(quiet: runtime_pb2.GetCurrentAgentResponse, created: bool) -> Frame:
-    """The ``session_info`` the runtime would send for an idle session."""
-    frame = frame_for(
-        runtime_pb2.ConverseResponse(
-            session_opened=runtime_pb2.SessionOpened(
-                session_id=quiet.session_id,
-                agent=quiet.agent,
-                created=created,
-                recovered=True,
-                last_seq=quiet.last_seq,
-            )
-        )
-    )
-    assert frame is not None
-    return frame
-
-
-async def _guarded_send(link: Link, frame: Frame) -> None:
-    with contextlib.suppress(ConnectionClosed, SlowConsumer):
-        await link.send(frame)
-
-
-async def _discard_until_closed(websocket: ServerConnection) -> None:
-    """Read and drop frames until the closing handshake is over.
-
-    Unread frames fill the library's queue (``max_queue``), which stops it
-    reading the socket, where the peer's close frame waits behind them.
-    """
-    with contextlib.suppress(ConnectionClosed):
-        async for _ in websocket:
-            pass
-
-
 class Connections:
     """Every open IDE connection of one gateway, by user.
 
-    ``authenticate`` checks a re-authentication's token (raising
-    InvalidToken or KeysUnavailable); ``is_revoked`` tells whether a
-    principal's token has been revoked since it was issued.
+    ``auth`` checks an ``auth`` frame's token and, on every timer check,
+    whether a connection's token has been revoked since it was issued.
     """
 
     def __init__(
@@ -202,16 +91,14 @@ class Connections:
         runtime: AgentRuntimeServiceAsyncStub,
         metrics: GatewayMetrics,
         slots: ConnectionSlots,
-        *,
-        authenticate: Callable[[str], Awaitable[Principal]],
-        is_revoked: Callable[[Principal], bool],
+        auth: Authenticator,
     ) -> None:
         self._config = config
         self._runtime = runtime
         self._metrics = metrics
         self._slots = slots
-        self._authenticate = authenticate
-        self._is_revoked = is_revoked
+        self._auth = auth
+        self._limits = Limits(config.idle_timeout, config.ping_interval, config.ping_timeout)
         self._links: dict[str, set[Link]] = {}
         self._sessions: dict[str, SessionLinks] = {}
 
@@ -295,13 +182,15 @@ class Connections:
             opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
             if handshake.resume_after_seq is not None:
                 opening.resume_after_seq = handshake.resume_after_seq
-            link.call, first = await self._open(opening, self._metadata(link, handshake))
+            link.call, first = await open_stream(
+                self._runtime, opening, self._metadata(link, handshake)
+            )
         else:
             # Nothing to receive until the IDE speaks or the session moves
             # on: hold no stream (and none of the runtime's memory) until
             # then. Attaching resumes after the seq announced here, so
             # nothing in between is lost.
-            await _guarded_send(link, _quiet_session_info(quiet, handshake.created))
+            await link.send_if_open(quiet_session_info(quiet, handshake.created))
             announced, handshake.quiet = quiet.last_seq, None
             del quiet  # an idle connection keeps as little as it can
             link.seen_seq = announced
@@ -312,7 +201,7 @@ class Connections:
                 session_id=handshake.session_id, resume_after_seq=announced
             )
             metadata = self._metadata(link, handshake)
-            link.call, first = await self._open(opening, metadata, ATTACH_PATIENCE)
+            link.call, first = await open_stream(self._runtime, opening, metadata, ATTACH_PATIENCE)
             if (
                 first is not None
                 and first.WhichOneof("event") == "session_opened"
@@ -348,31 +237,16 @@ class Connections:
         quiet peer told an older one is woken by this connection's news.
         """
         peers = link.peers
-        if max(peer.seen_seq for peer in peers.links) > link.seen_seq:
+        if link.behind_a_peer():
             link.woken = True
             return None
-        self._moved_on(peers, link.seen_seq)
+        peers.moved_on(link.seen_seq)
         peers.quiet.append(link)
         try:
             return await self._first_action(link)
         finally:
             with contextlib.suppress(ValueError):
                 peers.quiet.remove(link)
-
-    def _moved_on(self, peers: SessionLinks, seq: int) -> None:
-        """The session has reached ``seq``: wake every quiet link told less,
-        so that it attaches (resuming after what it was told) and shows the
-        rest live. Idempotent; costs nothing when no link is behind."""
-        behind = [link for link in peers.quiet if link.seen_seq < seq]
-        if not behind:
-            return
-        now = asyncio.get_running_loop().time()
-        for link in behind:
-            peers.quiet.remove(link)
-            link.woken = True
-            if link.wake is not None:
-                link.wake.reschedule(now)
-        log.info("quiet_connections_woken", count=len(behind), seq=seq)
 
     def _metadata(self, link: Link, handshake: Handshake) -> tuple[tuple[str, str], ...]:
         """The runtime call's metadata: the credential, the user, the request id."""
@@ -381,41 +255,6 @@ class Connections:
             user=link.principal.subject,
             request_id=handshake.request_id,
         )
-
-    async def _open(
-        self,
-        opening: runtime_pb2.OpenSession,
-        metadata: tuple[tuple[str, str], ...],
-        patience: float = 0.0,
-    ) -> tuple[ConverseCall, runtime_pb2.ConverseResponse | None]:
-        """Open the session's Converse stream; returns it with its first event.
-
-        A replica answering UNAVAILABLE before the first event (another
-        replica holds the session, or it is going away) is retried: the
-        channel balances the next attempt to another replica. Without
-        ``patience`` a few times; with it, for that many seconds. A call
-        that still fails is returned without a first event; the pump's read
-        reports its status.
-        """
-        deadline = time.monotonic() + patience
-        attempt = 0
-        while True:
-            attempt += 1
-            call = self._runtime.Converse(metadata=metadata)
-            try:
-                await call.write(runtime_pb2.ConverseRequest(open=opening))
-                first = await call.read()
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                delay = min(OPEN_RETRY_DELAY * attempt, 1.0)
-                again = attempt < OPEN_ATTEMPTS or time.monotonic() + delay < deadline
-                if again and await call.code() == grpc.StatusCode.UNAVAILABLE:
-                    call.cancel()
-                    await asyncio.sleep(delay)
-                    continue
-                return call, None
-            if not isinstance(first, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
-                return call, None
-            return call, first
 
     async def _guarded(self, link: Link, work: Coroutine[Any, Any, None]) -> None:
         """Run one side of the connection; a blocked send closes with 1013."""
@@ -470,22 +309,21 @@ class Connections:
             log.warning("frame_rate_exceeded", frames_in=link.frames_in)
             closing = asyncio.create_task(self._close(link, FRAME_RATE_EXCEEDED))
             try:
-                await _discard_until_closed(link.websocket)
+                await discard_until_closed(link.websocket)
             finally:
                 await closing
             raise ConnectionClosed(None, None)
-        if isinstance(message, bytes):
-            await link.send(error_frame("binary_frame", "binary frames are not supported"))
-            return None
         try:
+            if isinstance(message, bytes):
+                raise FrameError("binary_frame", "binary frames are not supported")
             action = parse_frame(message)
         except FrameError as exc:
-            await link.send(error_frame(exc.code, exc.message))
+            await link.send(error_frame_for(exc))
             return None
-        except Exception:
+        except Exception as exc:
             # A parser bug must cost one frame, not the connection.
             log.exception("frame_parse_failed")
-            await link.send(error_frame("invalid_frame", "the frame could not be read"))
+            await link.send(error_frame_for(exc))
             return None
         if isinstance(action, Reauthenticate):
             await self._reauthenticate(link, action.token)
@@ -512,7 +350,7 @@ class Connections:
             if action is not None and not await self._forward(link, call, action):
                 # The stream is over; the runtime pump reports why and
                 # closes the WebSocket.
-                await _discard_until_closed(link.websocket)
+                await discard_until_closed(link.websocket)
                 return
 
     @staticmethod
@@ -533,7 +371,7 @@ class Connections:
         """Forward runtime events (``first`` was read already) until the stream ends."""
         try:
             if first is not None:
-                self._saw(link, first.seq)
+                link.saw(first.seq)
                 frame = frame_for(first)
                 if frame is not None:
                     await link.send(frame)
@@ -550,7 +388,7 @@ class Connections:
                 if not isinstance(response, runtime_pb2.ConverseResponse):  # grpc.aio.EOF
                     closing = closing_for_status(grpc.StatusCode.OK, None)
                     break
-                self._saw(link, response.seq)
+                link.saw(response.seq)
                 frame = frame_for(response)
                 if frame is None:
                     log.warning("unknown_runtime_event", seq=response.seq)
@@ -563,23 +401,11 @@ class Connections:
             log.info("runtime_stream_failed", status=exc.code().name)
         await self._close(link, closing)
 
-    def _saw(self, link: Link, seq: int) -> None:
-        """Note an event for ``link``; a newer seq wakes its quiet peers."""
-        if seq > link.seen_seq:
-            link.seen_seq = seq
-            if link.peers.quiet:
-                self._moved_on(link.peers, seq)
-
     async def _reauthenticate(self, link: Link, token: str) -> None:
         try:
-            principal = await self._authenticate(token)
-        except InvalidToken as exc:
-            await link.send(error_frame("invalid_token", exc.reason))
-            return
-        except KeysUnavailable:
-            await link.send(
-                error_frame("keys_unavailable", "cannot verify tokens now", retryable=True)
-            )
+            principal = await self._auth.authenticate(token)
+        except (InvalidToken, KeysUnavailable) as exc:
+            await link.send(error_frame_for(exc))
             return
         if principal.subject != link.principal.subject:
             log.warning("reauthentication_refused", reason="subject changed")
@@ -589,57 +415,37 @@ class Connections:
         self._watch(link)
 
     def _watch(self, link: Link) -> None:
-        """Close ``link`` if its token is revoked (4001) or expired without a
-        refresh (1008), after ``idle_timeout`` without a frame either way
-        (1001; pings do not count), or when a keepalive ping got no pong
-        within ``ping_timeout`` (1011); send the next ping when it is due;
-        then check again when the earliest of these could next happen. A
-        timer, not a task: it costs an idle connection almost nothing."""
+        """Check ``link`` now (:func:`gateway.watchdog.decide`): close it, or
+        send the keepalive ping that is due, then set its timer for the next
+        check. A timer, not a task: it costs an idle connection almost nothing."""
         if link.watchdog is not None:
             link.watchdog.cancel()
             link.watchdog = None
         if link.closing is not None:
             return
-        closing = None
-        now = time.time()
-        expires = link.principal.expires_at.timestamp() + self._config.jwt_leeway
-        if self._is_revoked(link.principal):
-            log.info("connection_revoked")
-            closing = TOKEN_REVOKED
-        elif expires <= now:
-            closing = TOKEN_EXPIRED
-        next_check = expires - now
-        if closing is None and self._config.idle_timeout > 0:
-            idle_left = link.last_activity + self._config.idle_timeout - time.monotonic()
-            if idle_left <= 0:
-                closing = IDLE_TIMEOUT
-            next_check = min(next_check, idle_left)
+        now = time.monotonic()
+        watch = Watch(
+            revoked=self._auth.is_revoked(link.principal),
+            expires_at=link.principal.expires_at.timestamp() + self._config.jwt_leeway,
+            last_activity=link.last_activity,
+            next_ping=link.next_ping,
+            ping_sent=link.ping_sent,
+            pong_pending=link.pong is None or not link.pong.done(),
+        )
+        verdict = decide(watch, self._limits, wall=time.time(), now=now)
         loop = asyncio.get_running_loop()
-        interval, timeout = self._config.ping_interval, self._config.ping_timeout
-        if closing is None and interval:
-            now_m = time.monotonic()
-            awaited = link.ping_sent > 0 and (link.pong is None or not link.pong.done())
-            if awaited and timeout and now_m - link.ping_sent >= timeout:
-                log.info("keepalive_timeout", timeout=timeout)
-                closing = KEEPALIVE_TIMEOUT
-            elif not awaited and now_m >= link.next_ping:
-                link.next_ping = now_m + interval
-                link.pong, link.ping_sent = None, now_m
-                link.pinging = loop.create_task(self._ping(link))
-                awaited = True
-            if awaited:
-                # No ping while one is unanswered, as in websockets' own
-                # keepalive: look again when the next is due, then at its timeout.
-                due = link.ping_sent + (timeout or interval)
-                if link.next_ping > now_m:
-                    due = min(due, link.next_ping)
-                next_check = min(next_check, due - now_m)
-            else:
-                next_check = min(next_check, link.next_ping - now_m)
-        if closing is not None:
-            link.closing = loop.create_task(self._close(link, closing))
+        if verdict.close is not None:
+            if verdict.close is TOKEN_REVOKED:
+                log.info("connection_revoked")
+            elif verdict.close is KEEPALIVE_TIMEOUT:
+                log.info("keepalive_timeout", timeout=self._limits.ping_timeout)
+            link.closing = loop.create_task(self._close(link, verdict.close))
             return
-        link.watchdog = loop.call_later(max(next_check, 0.05), self._watch, link)
+        if verdict.next_ping is not None:
+            link.next_ping = verdict.next_ping
+            link.pong, link.ping_sent = None, now
+            link.pinging = loop.create_task(self._ping(link))
+        link.watchdog = loop.call_later(verdict.next_check, self._watch, link)
 
     @staticmethod
     async def _ping(link: Link) -> None:

@@ -7,7 +7,7 @@ JSON and :mod:`gateway.codes` maps failures to statuses. websockets hands
 bodiless ``POST /api/v1/sessions`` the IDE sends works here too; a request
 with a body is refused by the library before it reaches us.
 
-Routes (``{sid}`` is a session id)::
+Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
 
     GET  /api/v1/agents                          → views.agents
     GET  /api/v1/agents/{sid}/current            → views.current_agent
@@ -15,15 +15,18 @@ Routes (``{sid}`` is a session id)::
     POST /api/v1/sessions?title=                 → 201 views.created_session
     GET  /api/v1/sessions/{sid}/history          → views.history
     GET  /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
+
+:class:`RuntimeReads` also makes the two reads the handshake needs
+(``GetCurrentAgent``, ``CreateSession``) through the same typed calls.
 """
 
 from __future__ import annotations
 
 import http
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
 import grpc
@@ -32,9 +35,10 @@ from google.protobuf.message import Message
 from websockets.http11 import Response
 
 from gateway import views
-from gateway.codes import json_response, refuse, response_for_status
+from gateway.codes import json_response, refuse_query, response_for_status
+from gateway.errors import InvalidQuery
 from mesh.grpc_server import internal_metadata
-from mesh.ids import SESSION_ID
+from mesh.ids import SESSION_ID, SESSION_ID_RULE
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
@@ -42,18 +46,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.rest")
 
+"""What a session id may look like, in paths and queries."""
+
 _MAX_TITLE_CHARS = 200
 _MAX_PAGE_TOKEN_CHARS = 1024
 _MAX_PAGE_SIZE_DIGITS = 4
 
-_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
-    ("GET", re.compile(r"/api/v1/agents"), "list_agents"),
-    ("GET", re.compile(r"/api/v1/agents/(?P<sid>[^/]+)/current"), "current_agent"),
-    ("GET", re.compile(r"/api/v1/sessions"), "list_sessions"),
-    ("POST", re.compile(r"/api/v1/sessions"), "create_session"),
-    ("GET", re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/history"), "history"),
-    ("GET", re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/pending-approvals"), "approvals"),
-)
+RequestT = TypeVar("RequestT", bound=Message)
+ResponseT = TypeVar("ResponseT", bound=Message)
+Query = Mapping[str, list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,36 +65,49 @@ class Route:
     session_id: str | None
 
 
-class BadRequest(Exception):
-    """A path or query parameter is unusable; becomes a 400."""
+@dataclass(frozen=True, slots=True)
+class View(Generic[RequestT, ResponseT]):
+    """One REST view: its route, the runtime read it makes and its JSON body.
 
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
+    ``request`` builds the read's request from the path's session id (``""``
+    when the path has none) and the query, raising :class:`InvalidQuery`;
+    ``rpc`` picks the stub's method (typed, so a renamed RPC fails mypy, not
+    a request); ``body`` renders the reply (:mod:`gateway.views`).
+    """
+
+    method: str
+    path: re.Pattern[str]
+    request: Callable[[str, Query], RequestT]
+    rpc: Callable[
+        [AgentRuntimeServiceAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
+    ]
+    body: Callable[[ResponseT], views.Body]
+    status: http.HTTPStatus = http.HTTPStatus.OK
 
 
 def match(method: str, path: str) -> Route | http.HTTPStatus | None:
     """The view for ``method`` and ``path``; 405 when only the method is
     wrong; None when no view has that path."""
     wrong_method = False
-    for route_method, pattern, name in _ROUTES:
-        found = pattern.fullmatch(path)
+    for name, view in VIEWS.items():
+        found = view.path.fullmatch(path)
         if found is None:
             continue
-        if route_method != method:
+        if view.method != method:
             wrong_method = True
             continue
         return Route(name, found.groupdict().get("sid"))
     return http.HTTPStatus.METHOD_NOT_ALLOWED if wrong_method else None
 
 
-def is_view_path(path: str) -> bool:
-    return any(pattern.fullmatch(path) for _, pattern, _ in _ROUTES)
+class RuntimeReads:
+    """Unary runtime calls on behalf of a user: the REST views
+    (:meth:`answer`) and the handshake's reads.
 
-
-class RestViews:
-    """Answers matched routes by calling the runtime as ``user``."""
+    Every call is bounded by ``timeout`` and raises grpc.aio.AioRpcError
+    (DEADLINE_EXCEEDED on timeout) except :meth:`answer`, which maps
+    failures to HTTP statuses.
+    """
 
     def __init__(
         self,
@@ -108,81 +122,138 @@ class RestViews:
 
     async def answer(self, route: Route, query: str, *, user: str, request_id: str) -> Response:
         """The HTTP response of one view; never raises for runtime failures."""
+        view = VIEWS[route.name]
         try:
-            request = _build_request(route, parse_qs(query, max_num_fields=16))
-        except BadRequest as exc:
-            return refuse(http.HTTPStatus.BAD_REQUEST, exc.error, exc.description)
+            if route.session_id is not None and not SESSION_ID.fullmatch(route.session_id):
+                raise InvalidQuery("invalid_session_id", _SESSION_ID_RULE)
+            request = view.request(route.session_id or "", parse_qs(query, max_num_fields=16))
+        except InvalidQuery as exc:
+            return refuse_query(exc)
         except ValueError:
-            return refuse(http.HTTPStatus.BAD_REQUEST, "invalid_request", "unusable query")
-        method, build, status = _CALLS[route.name]
+            return refuse_query(InvalidQuery("invalid_request", "unusable query"))
         try:
-            reply = await self.call(method, request, user=user, request_id=request_id)
+            reply = await self._call(view.rpc(self._runtime), request, user, request_id)
         except grpc.aio.AioRpcError as exc:
             log.info("view_failed", view=route.name, status=exc.code().name)
             return response_for_status(exc.code(), exc.details())
-        return json_response(status, build(reply))
+        return json_response(view.status, view.body(reply))
 
-    async def call(self, method: str, request: Message, *, user: str, request_id: str) -> Any:
-        """One unary runtime call on behalf of ``user``, bounded by the
-        timeout; raises grpc.aio.AioRpcError (DEADLINE_EXCEEDED on timeout)."""
-        stub: Callable[..., Awaitable[Any]] = getattr(self._runtime, method)
-        return await stub(
+    async def current_agent(
+        self, session_id: str, *, user: str, request_id: str
+    ) -> runtime_pb2.GetCurrentAgentResponse:
+        """``GetCurrentAgent``: the session's agent, ``last_seq`` and ``idle``."""
+        request = runtime_pb2.GetCurrentAgentRequest(session_id=session_id)
+        return await self._call(self._runtime.GetCurrentAgent, request, user, request_id)
+
+    async def create_session(
+        self, session_id: str, *, user: str, request_id: str
+    ) -> runtime_pb2.CreateSessionResponse:
+        """``CreateSession`` with this id, owned by ``user``."""
+        request = runtime_pb2.CreateSessionRequest(session_id=session_id)
+        return await self._call(self._runtime.CreateSession, request, user, request_id)
+
+    async def _call(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+        request: RequestT,
+        user: str,
+        request_id: str,
+    ) -> ResponseT:
+        return await rpc(
             request,
             metadata=internal_metadata(self._key, user=user, request_id=request_id),
             timeout=self._timeout,
         )
 
 
-def _build_request(route: Route, query: Mapping[str, list[str]]) -> Message:
-    if route.session_id is not None and not SESSION_ID.fullmatch(route.session_id):
-        raise BadRequest(
-            "invalid_session_id", "session ids are 1-128 characters of A-Z a-z 0-9 . _ : -"
-        )
-    sid = route.session_id or ""
-    if route.name == "list_agents":
-        return runtime_pb2.ListAgentsRequest()
-    if route.name == "current_agent":
-        return runtime_pb2.GetCurrentAgentRequest(session_id=sid)
-    if route.name == "history":
-        return runtime_pb2.GetSessionHistoryRequest(session_id=sid)
-    if route.name == "approvals":
-        return runtime_pb2.ListPendingApprovalsRequest(session_id=sid)
-    if route.name == "list_sessions":
-        size = _single(query, "page_size") or "0"
-        if not size.isdigit() or len(size) > _MAX_PAGE_SIZE_DIGITS:
-            raise BadRequest("invalid_page_size", "page_size must be a non-negative integer")
-        token = _single(query, "page_token") or ""
-        if len(token) > _MAX_PAGE_TOKEN_CHARS:
-            raise BadRequest("invalid_page_token", "page_token is too long")
-        return runtime_pb2.ListSessionsRequest(page_size=int(size), page_token=token)
-    assert route.name == "create_session"
+_SESSION_ID_RULE = f"session ids are {SESSION_ID_RULE}"
+
+
+def _single(query: Query, name: str) -> str | None:
+    values = query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidQuery("invalid_request", f"{name} is given more than once")
+    return values[0]
+
+
+def _list_sessions(sid: str, query: Query) -> runtime_pb2.ListSessionsRequest:
+    size = _single(query, "page_size") or "0"
+    if not size.isdigit() or len(size) > _MAX_PAGE_SIZE_DIGITS:
+        raise InvalidQuery("invalid_page_size", "page_size must be a non-negative integer")
+    token = _single(query, "page_token") or ""
+    if len(token) > _MAX_PAGE_TOKEN_CHARS:
+        raise InvalidQuery("invalid_page_token", "page_token is too long")
+    return runtime_pb2.ListSessionsRequest(page_size=int(size), page_token=token)
+
+
+def _create_session(sid: str, query: Query) -> runtime_pb2.CreateSessionRequest:
     title = _single(query, "title") or ""
     if len(title) > _MAX_TITLE_CHARS:
-        raise BadRequest("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
+        raise InvalidQuery("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
     if "session_id" in query or "id" in query:
         # The server picks the id (128 random bits): a client-chosen one
         # would have to be refused when taken, and so would tell whoever
         # asks that someone else's session has it.
-        raise BadRequest(
+        raise InvalidQuery(
             "invalid_request", "the server chooses a new session's id; send only title"
         )
     return runtime_pb2.CreateSessionRequest(title=title)
 
 
-def _single(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest("invalid_request", f"{name} is given more than once")
-    return values[0]
+# Each view is built on its own (not inside the mapping's ``View[Any, Any]``)
+# so that mypy checks its request, stub method and body against each other.
+_AGENTS = View(
+    "GET",
+    re.compile(r"/api/v1/agents"),
+    lambda sid, query: runtime_pb2.ListAgentsRequest(),
+    lambda stub: stub.ListAgents,
+    views.agents,
+)
+_CURRENT_AGENT = View(
+    "GET",
+    re.compile(r"/api/v1/agents/(?P<sid>[^/]+)/current"),
+    lambda sid, query: runtime_pb2.GetCurrentAgentRequest(session_id=sid),
+    lambda stub: stub.GetCurrentAgent,
+    views.current_agent,
+)
+_SESSIONS = View(
+    "GET",
+    re.compile(r"/api/v1/sessions"),
+    _list_sessions,
+    lambda stub: stub.ListSessions,
+    views.sessions,
+)
+_NEW_SESSION = View(
+    "POST",
+    re.compile(r"/api/v1/sessions"),
+    _create_session,
+    lambda stub: stub.CreateSession,
+    views.created_session,
+    http.HTTPStatus.CREATED,
+)
+_HISTORY = View(
+    "GET",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/history"),
+    lambda sid, query: runtime_pb2.GetSessionHistoryRequest(session_id=sid),
+    lambda stub: stub.GetSessionHistory,
+    views.history,
+)
+_APPROVALS = View(
+    "GET",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/pending-approvals"),
+    lambda sid, query: runtime_pb2.ListPendingApprovalsRequest(session_id=sid),
+    lambda stub: stub.ListPendingApprovals,
+    views.pending_approvals,
+)
 
-
-_CALLS: Mapping[str, tuple[str, Callable[[Any], views.Body], http.HTTPStatus]] = {
-    "list_agents": ("ListAgents", views.agents, http.HTTPStatus.OK),
-    "current_agent": ("GetCurrentAgent", views.current_agent, http.HTTPStatus.OK),
-    "list_sessions": ("ListSessions", views.sessions, http.HTTPStatus.OK),
-    "create_session": ("CreateSession", views.created_session, http.HTTPStatus.CREATED),
-    "history": ("GetSessionHistory", views.history, http.HTTPStatus.OK),
-    "approvals": ("ListPendingApprovals", views.pending_approvals, http.HTTPStatus.OK),
+VIEWS: Mapping[str, View[Any, Any]] = {
+    "list_agents": _AGENTS,
+    "current_agent": _CURRENT_AGENT,
+    "list_sessions": _SESSIONS,
+    "create_session": _NEW_SESSION,
+    "history": _HISTORY,
+    "approvals": _APPROVALS,
 }
+"""Every REST view by the name its :class:`Route` carries, in matching order."""

@@ -32,51 +32,51 @@ import http
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import grpc
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from gateway import rest
+from gateway.authentication import Authenticator
 from gateway.codes import (
     SERVICE_RESTART,
     json_response,
-    refuse,
+    refuse_connect_rate,
+    refuse_handshake,
     refuse_keys_unavailable,
+    refuse_overload,
+    refuse_session_access,
     refuse_token,
-    response_for_status,
+    refuse_view_method,
 )
 from gateway.config import GatewayConfig
-from gateway.connection import Connections, Handshake
-from gateway.errors import InvalidToken, KeysUnavailable
-from gateway.frames import MAX_SEQ, last_seq_from_query
+from gateway.connection import Connections
+from gateway.errors import BadHandshake, HandshakeProblem, InvalidToken, KeysUnavailable
+from gateway.handshake import (
+    Handshake,
+    Upgrade,
+    bearer_token,
+    client_request_id,
+    parse_upgrade,
+    select_subprotocol,
+)
 from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, retry_after
 from gateway.metrics import GatewayMetrics
 from gateway.revocations import Revocation, RevocationList
-from mesh.ids import SESSION_ID
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
-    from typing import TypeAlias
-
     from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
 
-    ConverseCall: TypeAlias = grpc.aio.StreamStreamCall[
-        runtime_pb2.ConverseRequest, runtime_pb2.ConverseResponse
-    ]
-
 log = structlog.get_logger("gateway")
-
-BEARER_SUBPROTOCOL = Subprotocol("bearer")
-"""Browsers send ``Sec-WebSocket-Protocol: bearer, <token>``; we select this."""
 
 _HEALTH_PATHS = frozenset({"/health", "/api/v1/health"})
 _READY_PATHS = frozenset({"/ready", "/api/v1/ready"})
@@ -84,68 +84,12 @@ _READY_TIMEOUT = 2.0
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 """True when a dependency the gateway needs is usable; may raise (not ready)."""
-_WS_PREFIXES = ("/api/v1/ws/", "/ws/")
-_REQUEST_ID = SESSION_ID
-_OVERLOAD_RETRY_AFTER = "5"
-
-
-# ---------------------------------------------------------------------------
-# Handshake
-
-
-def _ws_session_id(path: str) -> str | None:
-    for prefix in _WS_PREFIXES:
-        if path.startswith(prefix):
-            return path[len(prefix) :]
-    return None
-
-
-def _header(headers: Headers, name: str) -> str | None:
-    values = headers.get_all(name)
-    return values[0] if len(values) == 1 else None
-
-
-def _offered_subprotocols(headers: Headers) -> list[str]:
-    return [
-        item.strip()
-        for value in headers.get_all("Sec-WebSocket-Protocol")
-        for item in value.split(",")
-        if item.strip()
-    ]
-
-
-def bearer_token(headers: Headers) -> str | None:
-    """The access token of a handshake: ``Authorization: Bearer <token>``,
-    else the item after ``bearer`` in ``Sec-WebSocket-Protocol``."""
-    authorization = _header(headers, "Authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        return token.strip() or None if scheme.lower() == "bearer" else None
-    offered = _offered_subprotocols(headers)
-    if BEARER_SUBPROTOCOL in offered:
-        index = offered.index(BEARER_SUBPROTOCOL)
-        if index + 1 < len(offered):
-            return offered[index + 1]
-    return None
-
-
-def origin_allowed(headers: Headers, allowed: Sequence[str]) -> bool:
-    """Whether the handshake's ``Origin`` passes the allow-list.
-
-    An empty list allows anything, a missing ``Origin`` included; otherwise
-    exactly one ``Origin`` equal (case-insensitively) to an entry is needed.
-    """
-    if not allowed:
-        return True
-    origin = _header(headers, "Origin")
-    return origin is not None and origin.lower().rstrip("/") in allowed
 
 
 def _select_subprotocol(
     connection: ServerConnection, subprotocols: Sequence[Subprotocol]
 ) -> Subprotocol | None:
-    # Only the marker is ever selected: selecting the token would echo it.
-    return BEARER_SUBPROTOCOL if BEARER_SUBPROTOCOL in subprotocols else None
+    return select_subprotocol(subprotocols)
 
 
 def _client_address(connection: ServerConnection) -> str:
@@ -181,14 +125,14 @@ class Gateway:
         self._metrics = metrics if metrics is not None else GatewayMetrics()
         self._ready_checks = dict(ready_checks or {})
         self._draining = False
-        self._verifier = verifier
         self._runtime = runtime
-        self._revocations = (
+        self._auth = Authenticator(
+            verifier,
             revocations
             if revocations is not None
-            else RevocationList(retention=config.revocation_retention)
+            else RevocationList(retention=config.revocation_retention),
         )
-        self._views = rest.RestViews(
+        self._views = rest.RuntimeReads(
             runtime, internal_api_key=config.internal_api_key, timeout=config.view_timeout
         )
         self._connect_rate = AddressRateLimiter(config.connect_rate, config.connect_burst)
@@ -200,8 +144,7 @@ class Gateway:
             runtime,
             self._metrics,
             self._slots,
-            authenticate=self._authenticate,
-            is_revoked=self._is_revoked,
+            self._auth,
         )
         self._server: Server | None = None
         self._stopped = False
@@ -277,25 +220,12 @@ class Gateway:
 
     # -- authentication --------------------------------------------------
 
-    def _is_revoked(self, principal: Principal) -> bool:
-        issued_at = principal.issued_at.timestamp() if principal.issued_at else None
-        return self._revocations.is_revoked(principal.subject, issued_at)
-
-    async def _authenticate(self, token: str) -> Principal:
-        """The principal of a valid, unrevoked token; raises InvalidToken or
-        KeysUnavailable."""
-        principal = await self._verifier.verify(token)
-        if self._is_revoked(principal):
-            raise InvalidToken("token revoked")
-        return principal
-
-    async def _authenticate_request(self, request: Request, path: str) -> Principal | Response:
-        token = bearer_token(request.headers)
+    async def _authenticate_request(self, token: str | None, path: str) -> Principal | Response:
         if token is None:
             log.info("request_refused", path=path, reason="missing token")
             return refuse_token("missing bearer token")
         try:
-            return await self._authenticate(token)
+            return await self._auth.authenticate(token)
         except InvalidToken as exc:
             log.info("request_refused", path=path, reason=exc.reason)
             return refuse_token(exc.reason)
@@ -311,38 +241,36 @@ class Gateway:
         url = urlsplit(request.path)
         if url.path in _HEALTH_PATHS or url.path in _READY_PATHS:
             if request.method not in {"GET", "HEAD"}:
-                return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+                return refuse_handshake(HandshakeProblem.METHOD_NOT_ALLOWED)
             if url.path in _READY_PATHS:
                 return await self._readiness()
             return json_response(http.HTTPStatus.OK, {"status": "ok"})
         wait = self._connect_rate.take(_client_address(connection))
         if wait > 0:
             log.info("request_refused", path=url.path, reason="connect rate")
-            return refuse(
-                http.HTTPStatus.TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many connections from this address",
-                retry_after=retry_after(wait),
+            return refuse_connect_rate(retry_after(wait))
+        request_id = client_request_id(request.headers) or uuid.uuid4().hex
+        try:
+            upgrade = parse_upgrade(
+                request.method, url.path, url.query, request.headers, self._config.allowed_origins
             )
-        request_id = _header(request.headers, "X-Request-Id")
-        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex
-        session_id = _ws_session_id(url.path)
-        if session_id is None:
+        except BadHandshake as exc:
+            if exc.problem is HandshakeProblem.ORIGIN_NOT_ALLOWED:
+                log.info("handshake_refused", session_id=exc.session_id, reason="origin")
+            return refuse_handshake(exc.problem)
+        if upgrade is None:
             return await self._answer_view(request, url.path, url.query, request_id)
-        if not session_id or "/" in session_id:
-            return refuse(http.HTTPStatus.NOT_FOUND, "not_found", "no such path")
-        return await self._authorize_upgrade(connection, request, session_id, url, request_id)
+        return await self._authorize_upgrade(connection, upgrade, url.path, request_id)
 
     async def _answer_view(
         self, request: Request, path: str, query: str, request_id: str
     ) -> Response:
         route = rest.match(request.method, path)
         if route is None:
-            return refuse(http.HTTPStatus.NOT_FOUND, "not_found", "no such path")
+            return refuse_handshake(HandshakeProblem.NO_SUCH_PATH)
         if isinstance(route, http.HTTPStatus):
-            return refuse(route, "method_not_allowed", "method not allowed here")
-        principal = await self._authenticate_request(request, path)
+            return refuse_view_method()
+        principal = await self._authenticate_request(bearer_token(request.headers), path)
         if isinstance(principal, Response):
             return principal
         with structlog.contextvars.bound_contextvars(user=principal.subject, request_id=request_id):
@@ -390,37 +318,18 @@ class Gateway:
     async def _authorize_upgrade(
         self,
         connection: ServerConnection,
-        request: Request,
-        session_id: str,
-        url: Any,
+        upgrade: Upgrade,
+        path: str,
         request_id: str,
     ) -> Response | None:
-        if request.method != "GET":
-            return refuse(http.HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-        if not SESSION_ID.fullmatch(session_id):
-            return refuse(
-                http.HTTPStatus.BAD_REQUEST,
-                "invalid_session_id",
-                "session ids are 1-128 characters of A-Z a-z 0-9 . _ : -",
-            )
-        resume_after_seq: int | None = None
-        last_seq = parse_qs(url.query).get("last_seq")
-        if last_seq:
-            resume_after_seq = last_seq_from_query(last_seq[0])
-            if resume_after_seq is None:
-                return refuse(
-                    http.HTTPStatus.BAD_REQUEST,
-                    "invalid_last_seq",
-                    f"last_seq must be an integer from 0 to {MAX_SEQ}",
-                )
-        if not origin_allowed(request.headers, self._config.allowed_origins):
-            log.info("handshake_refused", session_id=session_id, reason="origin")
-            return refuse(http.HTTPStatus.FORBIDDEN, "origin_not_allowed", "origin not allowed")
+        """The refusal of a well-formed upgrade, or None once its slot is
+        reserved and its :class:`Handshake` stored for :meth:`_handle`."""
+        session_id, resume_after_seq = upgrade.session_id, upgrade.resume_after_seq
         if self._slots.process_full():
             self._slots.prune(_gone)
             if self._slots.process_full():
                 return self._refuse_overload("process")
-        principal = await self._authenticate_request(request, url.path)
+        principal = await self._authenticate_request(upgrade.token, path)
         if isinstance(principal, Response):
             return principal
         user = principal.subject
@@ -446,21 +355,10 @@ class Gateway:
         )
         return None
 
-    def _refuse_overload(self, scope: str) -> Response:
+    @staticmethod
+    def _refuse_overload(scope: str) -> Response:
         log.warning("handshake_refused", reason=f"{scope} connection limit")
-        if scope == "user":
-            return refuse(
-                http.HTTPStatus.TOO_MANY_REQUESTS,
-                "too_many_connections",
-                "this user has too many open connections",
-                retry_after=_OVERLOAD_RETRY_AFTER,
-            )
-        return refuse(
-            http.HTTPStatus.SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the gateway is at its connection limit",
-            retry_after=_OVERLOAD_RETRY_AFTER,
-        )
+        return refuse_overload(scope)
 
     async def _check_session_access(
         self, session_id: str, user: str, request_id: str
@@ -469,27 +367,22 @@ class Gateway:
         session's state, or None when it is new or the runtime cannot say.
 
         The runtime answers PERMISSION_DENIED for someone else's session and
-        NOT_FOUND for a new one (which ``open`` will create). A runtime
-        without the unary reads (UNIMPLEMENTED) is let through: ``open``
-        still refuses a foreign session, with close 1008.
+        NOT_FOUND for a new one (which ``open`` will create); which status
+        refuses and which passes is :func:`gateway.codes.refuse_session_access`.
         """
-        request = runtime_pb2.GetCurrentAgentRequest(session_id=session_id)
         try:
-            reply = await self._views.call(
-                "GetCurrentAgent", request, user=user, request_id=request_id
-            )
+            reply = await self._views.current_agent(session_id, user=user, request_id=request_id)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+            refusal = refuse_session_access(code, exc.details())
+            if refusal is None:
                 return None
             if code is grpc.StatusCode.PERMISSION_DENIED:
                 log.info("handshake_refused", session_id=session_id, reason="foreign session")
-                return refuse(
-                    http.HTTPStatus.FORBIDDEN, "forbidden", "the session belongs to another user"
-                )
-            log.warning("handshake_refused", session_id=session_id, status=code.name)
-            return response_for_status(code, exc.details())
-        return reply if isinstance(reply, runtime_pb2.GetCurrentAgentResponse) else None
+            else:
+                log.warning("handshake_refused", session_id=session_id, status=code.name)
+            return refusal
+        return reply
 
     async def _quiet_session(
         self,
@@ -515,12 +408,7 @@ class Gateway:
         if resume_after_seq is not None:
             return None, False
         try:
-            reply = await self._views.call(
-                "CreateSession",
-                runtime_pb2.CreateSessionRequest(session_id=session_id),
-                user=user,
-                request_id=request_id,
-            )
+            reply = await self._views.create_session(session_id, user=user, request_id=request_id)
         except grpc.aio.AioRpcError:
             return None, False  # created meanwhile, or no such call: attach at connect
         session = reply.session

@@ -29,6 +29,7 @@ from websockets.frames import Frame, Opcode
 from gateway.__main__ import running_gateway
 from gateway.config import GatewayConfig
 from gateway.jwks import JwksCache, TokenVerifier
+from gateway.rest import SESSION_ID
 from gateway.server import Gateway
 from mesh.grpc_server import MeshServer
 from runtime.v1 import runtime_pb2 as pb
@@ -204,16 +205,25 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     sends the first delta, then ends the stream with that status; ``pause``
     sends the first delta and waits for ``go`` before the rest; ``hang``
     blocks the turn until the call is cancelled; ``flood`` streams 16 KiB
-    deltas until cancelled (``flooded`` counts the bytes). Sessions have
-    owners: opening or reading another user's session is PERMISSION_DENIED,
-    an unknown one is NOT_FOUND for the unary reads. ``failures`` makes a
-    unary method abort with a status.
+    deltas until cancelled (``flooded`` counts the bytes); ``write <path>``
+    proposes a ``write_file`` that waits for approval (listed by
+    ListPendingApprovals, as are ``approvals`` a test sets). ``failures``
+    makes a unary method abort with a status.
 
-    As in the real runtime, a session's events are numbered per session and
-    go to every stream attached to it (the stream whose message started the
-    turn first), ``session_opened`` carries seq 0, and ``open`` with
-    ``resume_after_seq`` first replays the session's events after it.
-    ``held`` makes the opens of a request id wait for its event.
+    What the gateway relies on behaves as in the real runtime, which
+    tests/contract/test_runtime_contract.py checks by running the same cases
+    against both: sessions have owners (``open`` of an unknown session
+    creates it for the caller; another user's is PERMISSION_DENIED, an
+    unknown one NOT_FOUND for the unary reads); a session's events are
+    numbered per session and go to every stream attached to it (the stream
+    whose message started the turn first); ``session_opened`` carries seq 0,
+    ``created`` when this open made the session, and ``recovered`` unless
+    the resume point is past the session's last seq; ``open`` with
+    ``resume_after_seq`` first replays the events after it; CreateSession
+    refuses a malformed id (INVALID_ARGUMENT) and a taken one
+    (ALREADY_EXISTS); ListSessions lists newest first, caps ``page_size`` at
+    100 and pages with opaque tokens (INVALID_ARGUMENT for one it did not
+    issue). ``held`` makes the opens of a request id wait for its event.
     """
 
     def __init__(self) -> None:
@@ -226,8 +236,12 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.sessions: dict[str, tuple[str, pb.Session]] = {}
         self.failures: dict[str, grpc.StatusCode] = {}
         self.states: dict[str, tuple[int, bool]] = {}
-        """(last_seq, idle) GetCurrentAgent reports; default (0, busy).
+        """(last_seq, idle) GetCurrentAgent reports; default (0, idle).
         Events a session numbers move its last_seq."""
+        self.approvals: dict[str, list[pb.PendingApproval]] = {}
+        """Each session's tool calls waiting for a human decision."""
+        self.page_tokens: dict[str, str] = {}
+        """The opaque page tokens given out: token → the last session id of its page."""
         self.flooded = 0
         self.events: dict[str, list[pb.ConverseResponse]] = {}
         """Each session's numbered events, for replays."""
@@ -236,11 +250,13 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.held: dict[str, asyncio.Event] = {}
         self.go = asyncio.Event()
 
-    def own(self, session_id: str, user: str, title: str = "") -> pb.Session:
+    def own(
+        self, session_id: str, user: str, title: str = "", agent: str = "orchestrator"
+    ) -> pb.Session:
         session = pb.Session(
             session_id=session_id,
             title=title,
-            agent="orchestrator",
+            agent=agent,
             created_at=CREATED,
             updated_at=CREATED,
         )
@@ -253,7 +269,7 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         """Number an event of ``session_id`` and send it to every stream
         attached to it but ``source`` (the stream whose turn made it, which
         sends it itself); returns it."""
-        last_seq, idle = self.states.get(session_id, (0, False))
+        last_seq, idle = self.states.get(session_id, (0, True))
         response = pb.ConverseResponse(seq=last_seq + 1, **event)
         self.states[session_id] = (response.seq, idle)
         self.events.setdefault(session_id, []).append(response)
@@ -292,26 +308,34 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 request = item
                 kind = request.WhichOneof("event")
                 if kind == "open":
+                    user = metadata.get("x-user-id", "")
                     owner = self.sessions.get(request.open.session_id)
-                    if owner is not None and owner[0] != metadata.get("x-user-id"):
+                    if owner is not None and owner[0] != user:
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
                     held = self.held.get(metadata.get("x-request-id", ""))
                     if held is not None:
                         await held.wait()
                     session_id = request.open.session_id
+                    owner = self.sessions.get(session_id)
+                    created = owner is None
+                    session = self.own(session_id, user) if owner is None else owner[1]
+                    last_seq = self.states.get(session_id, (0, True))[0]
                     resumed = request.open.HasField("resume_after_seq")
                     after = request.open.resume_after_seq
+                    recovered = not resumed or after <= last_seq
                     replay = [
-                        e for e in self.events.get(session_id, ()) if resumed and e.seq > after
+                        e
+                        for e in self.events.get(session_id, ())
+                        if resumed and recovered and e.seq > after
                     ]
                     self.streams.setdefault(session_id, []).append(inbox)
                     yield pb.ConverseResponse(
                         session_opened=pb.SessionOpened(
                             session_id=session_id,
-                            agent="coder",
-                            created=True,
-                            recovered=resumed,
-                            last_seq=self.states.get(session_id, (0, False))[0],
+                            agent=session.agent,
+                            created=created,
+                            recovered=recovered,
+                            last_seq=last_seq,
                         ),
                     )
                     for event in replay:
@@ -327,6 +351,9 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                         await context.abort(grpc.StatusCode[text[6:]], "scripted failure")
                     if text == "hang":
                         await asyncio.Event().wait()
+                    if text.startswith("write "):
+                        yield self._propose_write(session_id, inbox, text.split()[1])
+                        continue
                     if text == "flood":
                         chunk = "x" * 16384
                         while True:
@@ -358,6 +385,32 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             streams = self.streams.get(session_id, [])
             if inbox in streams:
                 streams.remove(inbox)
+
+    def _propose_write(
+        self, session_id: str, source: asyncio.Queue[Any], path: str
+    ) -> pb.ConverseResponse:
+        """A ``write_file`` that waits for a human: published and pending."""
+        arguments = struct_pb2.Struct()
+        arguments.update({"path": path, "content": "x"})
+        approval = pb.PendingApproval(
+            call_id=f"w{len(self.approvals.get(session_id, ())) + 1}",
+            tool_name="write_file",
+            arguments=arguments,
+            reason="writes a file",
+            created_at=CREATED,
+        )
+        self.approvals.setdefault(session_id, []).append(approval)
+        return self.publish(
+            session_id,
+            source,
+            tool_call=pb.ToolCall(
+                call_id=approval.call_id,
+                tool_name=approval.tool_name,
+                arguments=arguments,
+                requires_approval=True,
+                reason=approval.reason,
+            ),
+        )
 
     async def next_request(self) -> pb.ConverseRequest:
         async with asyncio.timeout(TIMEOUT):
@@ -394,13 +447,15 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     async def GetCurrentAgent(self, request: Any, context: Any) -> pb.GetCurrentAgentResponse:
         user = await self._enter("GetCurrentAgent", context)
         session = await self._owned(request.session_id, user, context)
-        last_seq, idle = self.states.get(request.session_id, (0, False))
+        last_seq, idle = self.states.get(request.session_id, (0, True))
         return pb.GetCurrentAgentResponse(
             session_id=session.session_id, agent=session.agent, last_seq=last_seq, idle=idle
         )
 
     async def CreateSession(self, request: Any, context: Any) -> pb.CreateSessionResponse:
         user = await self._enter("CreateSession", context)
+        if request.session_id and not SESSION_ID.fullmatch(request.session_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed session_id")
         if request.session_id in self.sessions:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "taken")
         session_id = request.session_id or f"s-{len(self.sessions) + 1}"
@@ -408,16 +463,23 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
 
     async def ListSessions(self, request: Any, context: Any) -> pb.ListSessionsResponse:
         user = await self._enter("ListSessions", context)
-        if request.page_size > 100:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size is at most 100")
-        mine = [session for owner, session in self.sessions.values() if owner == user]
-        start = int(request.page_token or 0)
-        size = request.page_size or 20
+        mine = [session for owner, session in reversed(self.sessions.values()) if owner == user]
+        start = 0
+        if request.page_token:
+            ids = [session.session_id for session in mine]
+            after = self.page_tokens.get(request.page_token)
+            if after is None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this service issued"
+                )
+            start = ids.index(after) + 1 if after in ids else len(ids)
+        size = min(request.page_size or 20, 100)
         page = mine[start : start + size]
-        more = start + size < len(mine)
-        return pb.ListSessionsResponse(
-            sessions=page, next_page_token=str(start + size) if more else ""
-        )
+        token = ""
+        if start + size < len(mine):
+            token = uuid.uuid5(uuid.NAMESPACE_OID, page[-1].session_id).hex
+            self.page_tokens[token] = page[-1].session_id
+        return pb.ListSessionsResponse(sessions=page, next_page_token=token)
 
     async def GetSessionHistory(self, request: Any, context: Any) -> pb.GetSessionHistoryResponse:
         user = await self._enter("GetSessionHistory", context)
@@ -445,19 +507,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     ) -> pb.ListPendingApprovalsResponse:
         user = await self._enter("ListPendingApprovals", context)
         session = await self._owned(request.session_id, user, context)
-        arguments = struct_pb2.Struct()
-        arguments.update({"command": "ls"})
         return pb.ListPendingApprovalsResponse(
-            session_id=session.session_id,
-            approvals=[
-                pb.PendingApproval(
-                    call_id="c9",
-                    tool_name="execute_command",
-                    arguments=arguments,
-                    reason="runs a command",
-                    created_at=CREATED,
-                )
-            ],
+            session_id=session.session_id, approvals=self.approvals.get(request.session_id, [])
         )
 
 

@@ -8,9 +8,11 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import struct_pb2
 
 from gateway import rest
-from tests.gateway.conftest import INTERNAL_KEY, Edge, mint
+from runtime.v1 import runtime_pb2 as pb
+from tests.gateway.conftest import CREATED, INTERNAL_KEY, Edge, mint
 
 
 @pytest.fixture
@@ -61,8 +63,25 @@ async def test_create_then_read_own_session(edge: Edge, client: httpx.AsyncClien
         "start_line": 3,
     }
 
+    arguments = struct_pb2.Struct()
+    arguments.update({"command": "ls"})
+    edge.fake.approvals[sid] = [
+        pb.PendingApproval(
+            call_id="c9",
+            tool_name="execute_command",
+            arguments=arguments,
+            reason="runs a command",
+            created_at=CREATED,
+        )
+    ]
     pending = await client.get(f"/api/v1/sessions/{sid}/pending-approvals", headers=bearer(edge))
-    assert pending.json()["pending_approvals"][0]["call_id"] == "c9"
+    assert pending.json()["pending_approvals"][0] == {
+        "call_id": "c9",
+        "tool_name": "execute_command",
+        "arguments": {"command": "ls"},
+        "reason": "runs a command",
+        "created_at": "2023-11-14T22:13:20Z",
+    }
 
 
 async def test_session_listing_pages_and_is_owner_scoped(edge: Edge, client: httpx.AsyncClient):
@@ -71,14 +90,15 @@ async def test_session_listing_pages_and_is_owner_scoped(edge: Edge, client: htt
     edge.fake.own("b0", "bob")
     first = await client.get("/api/v1/sessions", params={"page_size": "2"}, headers=bearer(edge))
     page = first.json()
-    assert [s["session_id"] for s in page["sessions"]] == ["a0", "a1"]
-    assert page["next_page_token"] == "2"
+    # Newest first, as the runtime lists them; the token is opaque.
+    assert [s["session_id"] for s in page["sessions"]] == ["a2", "a1"]
+    assert page["next_page_token"]
     second = await client.get(
         "/api/v1/sessions",
         params={"page_size": "2", "page_token": page["next_page_token"]},
         headers=bearer(edge),
     )
-    assert [s["session_id"] for s in second.json()["sessions"]] == ["a2"]
+    assert [s["session_id"] for s in second.json()["sessions"]] == ["a0"]
     assert second.json()["next_page_token"] is None
 
 
@@ -122,10 +142,10 @@ async def test_runtime_failures_map_to_statuses(
 
 async def test_invalid_argument_from_the_runtime_is_400(edge: Edge, client: httpx.AsyncClient):
     response = await client.get(
-        "/api/v1/sessions", params={"page_size": "500"}, headers=bearer(edge)
+        "/api/v1/sessions", params={"page_token": "not-issued"}, headers=bearer(edge)
     )
     assert response.status_code == 400
-    assert response.json()["error_description"] == "page_size is at most 100"
+    assert response.json()["error_description"] == "page_token is not one this service issued"
 
 
 @pytest.mark.parametrize(

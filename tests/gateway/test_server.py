@@ -47,7 +47,7 @@ async def test_user_message_streams_assistant_frames(edge: Edge):
     async with edge.connect() as ws:
         info = await opened(ws)
         assert info["metadata"]["session_id"] == "session-1"
-        assert info["metadata"]["agent"] == "coder"
+        assert info["metadata"]["agent"] == "orchestrator"
         await ws.send(json.dumps({"type": "user_message", "content": "hi"}))
         frames = [await receive(ws) for _ in range(4)]
     assert [f["content"] for f in frames] == ["echo: ", "hi", "!", ""]
