@@ -71,7 +71,7 @@ from runtime.session import (
 )
 from runtime.store import CallRecord, EventRecord, Step, Store, now
 from runtime.store import SwitchRecord as StoredSwitch
-from runtime.tools import TOOLS, ArgumentsInvalid, Side, validate_arguments
+from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS, Side
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
@@ -157,7 +157,7 @@ class ConversationSettings:
     model: str
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
-    approval_required: frozenset[str] = policy.DEFAULT_APPROVAL_REQUIRED
+    approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -677,21 +677,16 @@ class Conversation:
             if event.modified_arguments is None:
                 self._ephemeral("invalid_edit", "edit needs modified_arguments")
                 return
-            try:
-                checked = validate_arguments(call.tool_name, event.modified_arguments)
-            except ArgumentsInvalid as exc:
-                self._ephemeral("invalid_edit", f"edited arguments are invalid: {exc}")
-                return
             # Checked against the agent that made the call: the session may
             # have switched since, to one with other rights.
             verdict = policy.check(
                 AGENTS[call.agent or self.session.agent],
                 call.tool_name,
-                checked,
+                event.modified_arguments,
                 approval_required=self._settings.approval_required,
             )
             if isinstance(verdict, policy.Refused):
-                self._ephemeral("invalid_edit", f"edited call refused: {verdict.reason}")
+                self._ephemeral("invalid_edit", verdict.to_editor())
                 return
             arguments = verdict.arguments
             call.edited = True
@@ -981,15 +976,21 @@ class Conversation:
 
     def _dispatch(self, call: ToolCallRequest) -> bool:
         """Check and start one tool call; True if it ends the turn."""
-        refusal = self._refusal(call)
-        if isinstance(refusal, str):
+        verdict = policy.check(
+            AGENTS[self.session.agent],
+            call.name,
+            call.arguments_json,
+            approval_required=self._settings.approval_required,
+        )
+        if isinstance(verdict, policy.Refused):
+            if verdict.grounds is policy.Grounds.DENIED:
+                log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
             self._metrics.tool_calls.labels(
                 call.name if call.name in TOOLS else "unknown", "refused"
             ).inc()
-            self._answer(call, {"error": refusal})
+            self._answer(call, {"error": verdict.to_model()})
             return False
-        tool, verdict = refusal
-        if tool.side is Side.RUNTIME:
+        if TOOLS[call.name].side is Side.RUNTIME:
             self._metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
         approval = verdict.requires_approval
@@ -1008,30 +1009,6 @@ class Conversation:
         self.session.pending[call.call_id] = pending
         self._record_call(pending, pending.state.value)
         return False
-
-    def _refusal(self, call: ToolCallRequest) -> str | tuple[Any, policy.Allowed]:
-        """Why ``call`` may not run, or its tool and the policy's verdict."""
-        tool = TOOLS.get(call.name)
-        if tool is None:
-            return f"unknown tool {call.name!r}"
-        try:
-            arguments = json.loads(call.arguments_json or "{}")
-        except json.JSONDecodeError:
-            return "the arguments are not valid JSON"
-        try:
-            checked = validate_arguments(call.name, arguments)
-        except ArgumentsInvalid as exc:
-            return f"invalid arguments: {exc}"
-        verdict = policy.check(
-            AGENTS[self.session.agent],
-            call.name,
-            checked,
-            approval_required=self._settings.approval_required,
-        )
-        if isinstance(verdict, policy.Refused):
-            log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
-            return f"refused by policy: {verdict.reason}"
-        return tool, verdict
 
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
         self.session.answered.add(call.call_id)

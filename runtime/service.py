@@ -67,7 +67,6 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
-    "conflict": grpc.StatusCode.ABORTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 

@@ -225,10 +225,6 @@ class Step:
     seq_reserved: int | None = None
     """Raise the session's text-delta reservation (see :meth:`Store.reserve_seqs`)."""
 
-    @property
-    def empty(self) -> bool:
-        return not (self.events or self.messages or self.calls or self.plans or self.switches)
-
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
@@ -615,15 +611,6 @@ class Store:
                 .order_by(tool_calls.c.created_at, tool_calls.c.call_id)
             )
             return [call for call in map(_call, rows) if is_pending(call)]
-
-    async def switches(self, session_id: str) -> list[SwitchRecord]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                agent_switches.select()
-                .where(agent_switches.c.session_id == session_id)
-                .order_by(agent_switches.c.id)
-            )
-            return [SwitchRecord(r.from_agent, r.to_agent, r.reason, r.confidence) for r in rows]
 
 
 async def migrate(database_url: str, revision: str = "head") -> None:
