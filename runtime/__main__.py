@@ -93,11 +93,12 @@ from mesh.signals import wait_for_stop_signal
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
+from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.metrics import RuntimeMetrics
+from runtime.schema import VERSION_TABLE
 from runtime.service import AgentRuntimeServicer
-from runtime.session import SessionHub
-from runtime.store import VERSION_TABLE, Store, head_revision, migrate
+from runtime.store import Store, head_revision, migrate
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 

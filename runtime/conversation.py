@@ -62,7 +62,7 @@ from runtime.llm import (
     ToolCallRequest,
 )
 from runtime.metrics import RuntimeMetrics
-from runtime.session import (
+from runtime.state import (
     CallState,
     PendingCall,
     Session,
@@ -245,7 +245,7 @@ def _tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessa
 class Conversation:
     """The live side of one session: its turn, its subscribers, its writes.
 
-    One per live session (see :class:`runtime.session.SessionHub`), shared
+    One per live session (see :class:`runtime.hub.SessionHub`), shared
     by every stream attached to it. ``close`` cancels the turn; idempotent.
     """
 

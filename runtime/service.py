@@ -53,7 +53,7 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
-from runtime.session import SessionHub
+from runtime.hub import SessionHub
 from runtime.store import AWAITING_DECISION, SessionRow
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 

@@ -39,8 +39,9 @@ from runtime.events import (
     TurnStatus,
     Usage,
 )
+from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
-from runtime.session import Session, check_session_id
+from runtime.state import Session
 from runtime.store import Store, migrate
 from tests.conftest import fresh_postgres
 

@@ -14,8 +14,8 @@ from mesh.database import create_engine
 from runtime.conversation import SEQ_RESERVE_BLOCK, ConversationSettings, UserMessage
 from runtime.errors import PermissionDenied, Unavailable
 from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone
+from runtime.hub import SessionHub
 from runtime.llm import TextChunk
-from runtime.session import SessionHub
 from runtime.store import Store, migrate
 from tests.conftest import fresh_postgres
 from tests.runtime.test_conversation import ScriptedLlm

@@ -16,19 +16,19 @@ from runtime.tools import (
 
 
 def test_the_groups_and_default_approvals_follow_the_declarations() -> None:
-    assert READ_TOOLS == {"read_file", "list_files", "search_in_code"}
-    assert IDE_TOOLS == {name for name, tool in TOOLS.items() if tool.side is Side.IDE}
-    assert RUNTIME_TOOLS == {
+    assert {"read_file", "list_files", "search_in_code"} == READ_TOOLS
+    assert {name for name, tool in TOOLS.items() if tool.side is Side.IDE} == IDE_TOOLS
+    assert {
         "switch_mode",
         "attempt_completion",
         "ask_followup_question",
         "update_plan",
-    }
-    assert DEFAULT_APPROVAL_REQUIRED == {
+    } == RUNTIME_TOOLS
+    assert {
         name
         for name, tool in TOOLS.items()
         if tool.side is Side.IDE and tool.effect in (Effect.WRITE, Effect.EXECUTE)
-    }
+    } == DEFAULT_APPROVAL_REQUIRED
     assert [name for name, agent in AGENTS.items() if agent.writes] == ["coder", "architect"]
 
 

@@ -46,8 +46,9 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
+from runtime.hub import SessionHub
 from runtime.llm import ChatMessage
-from runtime.session import CallState, SessionHub, message_from_record
+from runtime.state import CallState, message_from_record
 from runtime.store import (
     AWAITING_DECISION,
     PENDING_STATUSES,
