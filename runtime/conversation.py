@@ -50,8 +50,6 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
     Usage,
-    from_payload,
-    to_payload,
 )
 from runtime.llm import (
     ChatMessage,
@@ -69,8 +67,9 @@ from runtime.state import (
     SwitchRecord,
     message_to_record,
 )
-from runtime.store import CallRecord, EventRecord, Step, Store, now
+from runtime.store import CallRecord, Store, now
 from runtime.store import SwitchRecord as StoredSwitch
+from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS, Side
 
 log = structlog.get_logger("runtime.conversation")
@@ -85,10 +84,6 @@ NOTICE_MAX_PATHS = 50
 NOTICE_MAX_CHARS = 4000
 """What the model is told of changed files: at most this many paths and
 characters of paths; the rest as a count."""
-SEQ_RESERVE_BLOCK = 4096
-"""Text-delta sequence numbers reserved at a time (see ``_reserve_seqs``)."""
-SEQ_RESERVE_LOW = 1024
-"""A step that starts model calls renews the reservation when fewer are left."""
 CHARS_PER_TOKEN_BOUND = 8
 """The runtime pre-cuts history to 8 characters per token of the window: more than any
 tokenizer packs into the window, so the exact cut (with the model's tokenizer,
@@ -167,55 +162,6 @@ class ConversationSettings:
     """A client further behind than this many events is told to reload instead."""
 
 
-@dataclass(frozen=True, slots=True)
-class Resend:
-    """Asks a stream's pump to replay the events after ``after_seq``."""
-
-    after_seq: int
-
-
-END_OF_STREAM = Resend(-1)
-"""Tells a stream's pump that everything queued before it was all."""
-
-SESSION_MOVED = Resend(-2)
-"""Tells a stream's pump that this replica lost the session: end with UNAVAILABLE."""
-
-
-@dataclass(slots=True)
-class Subscriber:
-    """One attached stream's view of the session's events.
-
-    The queue is bounded. A stream that falls behind by a full queue is not
-    ended: its queued events are dropped and it is marked ``overflowed``,
-    and its pump catches up from the log (every event it missed is there,
-    or in memory until written), then goes on live. Control items (a
-    resend, the end of the stream, a moved session) are never dropped.
-    """
-
-    queue: asyncio.Queue[Sequenced | Resend]
-    overflowed: bool = False
-
-    def offer(self, item: Sequenced | Resend) -> None:
-        """Queue ``item`` without blocking (see the class docstring)."""
-        if self.overflowed and isinstance(item, Sequenced):
-            return  # the catch-up reads it from the log
-        try:
-            self.queue.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            pass
-        kept: list[Sequenced | Resend] = []
-        while not self.queue.empty():
-            queued = self.queue.get_nowait()
-            if not isinstance(queued, Sequenced):
-                kept.append(queued)
-        if not isinstance(item, Sequenced):
-            kept.append(item)
-        for queued in kept:
-            self.queue.put_nowait(queued)
-        self.overflowed = True
-
-
 @dataclass(slots=True)
 class _ModelReply:
     text: str = ""
@@ -264,17 +210,15 @@ class Conversation:
         self._store = store
         self._settings = settings
         self._on_idle = on_idle
-        self._subscribers: list[Subscriber] = []
-        self.published_seq = session.last_seq
-        """The highest seq handed to subscribers (what a live-only stream starts after)."""
+        self._metrics = metrics if metrics is not None else RuntimeMetrics()
+        self.stream = EventStream(
+            session,
+            store,
+            subscriber_queue=settings.subscriber_queue,
+            max_replay=settings.max_replay,
+            metrics=self._metrics,
+        )
         self._turn: asyncio.Task[None] | None = None
-        self._step: Step | None = None
-        self._outgoing: list[Sequenced] = []
-        self._unflushed: list[tuple[int, str]] = []
-        """Text deltas sent but not yet known to be in the log (replays read them)."""
-        self._text_written_upto = 0
-        """The last delta seq put in a step (its commit may still be in flight)."""
-        self._commit_lock = asyncio.Lock()
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
         self._switches = 0
@@ -282,7 +226,6 @@ class Conversation:
         self._ends_after_results = False
         self._usage = Usage()
         self._request_id: str | None = None
-        self._metrics = metrics if metrics is not None else RuntimeMetrics()
         self._turn_started: float | None = None
 
     # -- subscribers -----------------------------------------------------------
@@ -297,8 +240,8 @@ class Conversation:
         return self._turn is not None and not self._turn.done()
 
     def subscribe(self) -> Subscriber:
-        subscriber = Subscriber(asyncio.Queue(maxsize=self._settings.subscriber_queue))
-        self._subscribers.append(subscriber)
+        """Attach a stream to the session's events (a detached turn goes on)."""
+        subscriber = self.stream.subscribe()
         if self._detach_timer is not None:
             self._detach_timer.cancel()
             self._detach_timer = None
@@ -306,9 +249,8 @@ class Conversation:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Detach a stream; with nobody left, a streaming turn gets ``detach_grace``."""
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(subscriber)
-        if self._subscribers:
+        self.stream.unsubscribe(subscriber)
+        if self.stream.attached:
             return
         if self._task_running:
             loop = asyncio.get_running_loop()
@@ -323,11 +265,11 @@ class Conversation:
         self._detach_task = asyncio.create_task(self._cancel_unattended())
 
     async def _cancel_unattended(self) -> None:
-        if self._subscribers or not self._task_running:
+        if self.stream.attached or not self._task_running:
             return
         log.info("turn_cancelled_unattended", session_id=self.session.session_id)
         await self._cancel_turn("cancelled: the IDE went away")
-        if not self._subscribers and self._on_idle is not None:
+        if not self.stream.attached and self._on_idle is not None:
             self._on_idle(self)
 
     async def attach(self, after_seq: int | None) -> tuple[Subscriber, list[Sequenced], bool]:
@@ -339,35 +281,9 @@ class Conversation:
         for this client are offered again (with seq 0).
         """
         subscriber = self.subscribe()
-        items, recovered = await self.events_after(after_seq)
+        items, recovered = await self.stream.events_after(after_seq)
         items.extend(self._reoffers(after_seq if recovered else None))
         return subscriber, items, recovered
-
-    async def events_after(self, after_seq: int | None) -> tuple[list[Sequenced], bool]:
-        """The session's events after ``after_seq`` (none for None), and ``recovered``."""
-        if after_seq is None:
-            return [], True
-        session = self.session
-        if after_seq > session.last_seq:
-            # No seq this session gave out is that high (a crash skips past
-            # every seq its unwritten deltas may have used): the position is
-            # not one of ours. The session's numbering stays as it is.
-            return [], False
-        if session.last_seq - after_seq > self._settings.max_replay:
-            return [], False
-        snapshot = [(seq, text) for seq, text in self._unflushed if seq > after_seq]
-        rows = await self._store.events_after(session.session_id, after_seq)
-        found: dict[int, Event] = {}
-        for row in rows:
-            if row.kind == "text":
-                for seq, text in row.payload["chunks"]:
-                    if seq > after_seq:
-                        found[seq] = AssistantText(text)
-            else:
-                found[row.seq] = from_payload(row.kind, row.payload)
-        for seq, text in snapshot:
-            found[seq] = AssistantText(text)
-        return [Sequenced(seq, found[seq]) for seq in sorted(found)], True
 
     def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
         items = []
@@ -385,39 +301,11 @@ class Conversation:
                 items.append(Sequenced(0, event))
         return items
 
-    def _publish(self, item: Sequenced) -> None:
-        # Never blocks the turn on one slow stream: a stream that falls a
-        # whole queue behind catches up from the log (Subscriber.offer).
-        if item.seq > self.published_seq:
-            self.published_seq = item.seq
-        for subscriber in self._subscribers:
-            if subscriber.overflowed:
-                continue
-            subscriber.offer(item)
-            if subscriber.overflowed:
-                log.info("subscriber_overflowed", session_id=self.session.session_id)
-
     # -- writing ---------------------------------------------------------------
-
-    def _open_step(self) -> Step:
-        if self._step is None:
-            session = self.session
-            self._step = Step(
-                session_id=session.session_id,
-                last_seq=session.last_seq,
-                agent=session.agent,
-                state=session.state,
-                message_count=len(session.messages),
-            )
-        return self._step
 
     def _durable(self, event: Event) -> int:
         """Queue a durable event for the next flush; returns its seq."""
-        step = self._open_step()
-        seq = self.session.next_seq()
-        kind, payload = to_payload(event)
-        step.events.append(EventRecord(seq, seq, kind, payload))
-        self._outgoing.append(Sequenced(seq, event))
+        seq = self.stream.durable(event)
         if isinstance(event, TurnDone):
             self._count_turn(event)
         return seq
@@ -447,11 +335,11 @@ class Conversation:
 
     def _ephemeral(self, code: str, message: str, retryable: bool = False) -> None:
         """An answer to one client's bad request: sent now, not logged (seq 0)."""
-        self._publish(Sequenced(0, ErrorEvent(code, message, retryable)))
+        self.stream.publish(Sequenced(0, ErrorEvent(code, message, retryable)))
 
     def _append_message(self, message: ChatMessage) -> None:
         session = self.session
-        step = self._open_step()
+        step = self.stream.step()
         step.messages.append(message_to_record(len(session.messages), message, session.agent))
         session.messages.append(message)
         session.message_agents.append(session.agent)
@@ -459,7 +347,7 @@ class Conversation:
     def _record_call(self, call: PendingCall, status: str, decided: bool = False) -> None:
         if status in _TERMINAL_CALL_STATUSES:
             self._metrics.tool_calls.labels(call.tool_name, status).inc()
-        self._open_step().calls.append(
+        self.stream.step().calls.append(
             CallRecord(
                 call_id=call.call_id,
                 tool_name=call.tool_name,
@@ -477,40 +365,9 @@ class Conversation:
 
     async def _flush(self, state: str | None = None) -> None:
         """Write the open step (and unwritten text) then send its events."""
-        session = self.session
         if state is not None:
-            session.state = state
-        step = self._open_step()
-        text = [(seq, t) for seq, t in self._unflushed if seq > self._text_written_upto]
-        if text:
-            chunks = [[seq, t] for seq, t in text]
-            step.events.insert(0, EventRecord(text[0][0], text[-1][0], "text", {"chunks": chunks}))
-            self._text_written_upto = text[-1][0]
-        step.last_seq = session.last_seq
-        step.agent = session.agent
-        step.state = session.state
-        step.message_count = len(session.messages)
-        step.title = session.title or None
-        if session.state == "running" and session.seq_reserved - session.last_seq < SEQ_RESERVE_LOW:
-            # Model calls follow: reserve their deltas' seqs in this write,
-            # so streaming rarely waits for a write of its own.
-            step.seq_reserved = session.last_seq + SEQ_RESERVE_BLOCK
-        outgoing, self._outgoing, self._step = self._outgoing, [], None
-        # Shielded: a cancelled turn must not leave half its step unwritten,
-        # and the lock keeps steps in order.
-        await asyncio.shield(self._commit(step, self._text_written_upto))
-        if step.seq_reserved is not None:
-            session.seq_reserved = max(session.seq_reserved, step.seq_reserved)
-        for item in outgoing:
-            self._publish(item)
-
-    async def _commit(self, step: Step, text_upto: int) -> None:
-        async with self._commit_lock:
-            with self._metrics.db_commit.time():
-                await self._store.commit(step)
-        # Only now do replays find this text in the log: until here they read
-        # it from memory (a replay between the two would otherwise miss it).
-        self._unflushed = [(seq, t) for seq, t in self._unflushed if seq > text_upto]
+            self.session.state = state
+        await self.stream.flush()
 
     # -- client events -------------------------------------------------------
 
@@ -806,9 +663,7 @@ class Conversation:
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
-        self._step, self._outgoing, self._unflushed = None, [], []
-        for subscriber in self._subscribers:
-            subscriber.offer(SESSION_MOVED)
+        self.stream.moved()
 
     async def close(self) -> None:
         """Cancel the running model call (the turn is marked cancelled); idempotent.
@@ -822,8 +677,7 @@ class Conversation:
             await asyncio.wait([self._detach_task])
         if self._task_running:
             await self._cancel_turn("cancelled: the runtime is shutting down")
-        async with self._commit_lock:
-            pass  # a shielded commit still in flight finishes first
+        await self.stream.drain()  # a shielded commit still in flight finishes first
 
     def _close_open_calls(self, reason: str) -> None:
         session = self.session
@@ -907,7 +761,7 @@ class Conversation:
         from_agent = session.agent
         session.agent = to_agent
         session.switches.append(SwitchRecord(from_agent, to_agent, reason, confidence, time.time()))
-        self._open_step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
+        self.stream.step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
         self._durable(AgentSwitched(from_agent, to_agent, reason, confidence))
 
     async def _call_model(self) -> _ModelReply:
@@ -924,7 +778,7 @@ class Conversation:
         parts: list[str] = []
         drafts: dict[int, _CallDraft] = {}
         # Durable events queued before this call (a routing switch) go out first.
-        if self._outgoing:
+        if self.stream.pending_output:
             await self._flush()
         async with contextlib.aclosing(
             self._llm.stream_chat(
@@ -938,11 +792,7 @@ class Conversation:
                 if isinstance(chunk, TextChunk):
                     if chunk.text:
                         parts.append(chunk.text)
-                        seq = self.session.next_seq()
-                        if seq > self.session.seq_reserved:
-                            await self._reserve_seqs(seq)
-                        self._unflushed.append((seq, chunk.text))
-                        self._publish(Sequenced(seq, AssistantText(chunk.text)))
+                        await self.stream.text(chunk.text)
                 elif isinstance(chunk, ToolCallChunk):
                     draft = drafts.setdefault(chunk.index, _CallDraft())
                     draft.name = draft.name or chunk.name
@@ -962,17 +812,6 @@ class Conversation:
             call_id = f"call_{uuid.uuid4().hex[:24]}"
             reply.calls.append(ToolCallRequest(call_id, draft.name, "".join(draft.arguments)))
         return reply
-
-    async def _reserve_seqs(self, seq: int) -> None:
-        """Durably allow text deltas up to a block past ``seq`` before ``seq`` is sent.
-
-        Deltas are sent before they are written; a runtime that takes the
-        session over after a crash numbers on after the reservation, so a
-        seq a client saw is never reused (one short write per block).
-        """
-        upto = seq + SEQ_RESERVE_BLOCK
-        await self._store.reserve_seqs(self.session.session_id, upto)
-        self.session.seq_reserved = upto
 
     def _dispatch(self, call: ToolCallRequest) -> bool:
         """Check and start one tool call; True if it ends the turn."""
@@ -1079,7 +918,7 @@ class Conversation:
                 if old is None or old.status != step.status:
                     self._durable(PlanProgress(plan_id, step.id, step.status, step.description))
         self.session.plans[plan_id] = steps
-        self._open_step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
+        self.stream.step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
         current = next((s.id for s in steps if s.status == "in_progress"), "")
         needs_approval = bool(arguments.get("requires_approval")) and not before
         offered = self._durable(PlanUpdate(plan_id, steps, current, needs_approval))

@@ -26,16 +26,11 @@ from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
 from mesh.structs import struct_to_dict
 from runtime.agents import AGENTS
 from runtime.conversation import (
-    END_OF_STREAM,
-    SESSION_MOVED,
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
-    Conversation,
     FileChanged,
     PlanApproval,
-    Resend,
-    Subscriber,
     SwitchAgent,
     ToolResult,
     UserMessage,
@@ -55,6 +50,15 @@ from runtime.events import (
 )
 from runtime.hub import SessionHub
 from runtime.store import AWAITING_DECISION, SessionRow
+from runtime.stream import (
+    END_OF_STREAM,
+    Control,
+    EndOfStream,
+    EventStream,
+    Resend,
+    SessionMoved,
+    Subscriber,
+)
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 log = structlog.get_logger("runtime.service")
@@ -218,13 +222,13 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         opened = SessionOpened(session.session_id, session.agent, created, session.last_seq)
         # What the client has once the first items are out: the replay's
         # start, or (live only, or told to reload) what was already published.
-        seen = after if after is not None and recovered else conversation.published_seq
+        seen = after if after is not None and recovered else conversation.stream.published_seq
         events_in = 0
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(
                     self._pump(
-                        conversation,
+                        conversation.stream,
                         subscriber,
                         [Sequenced(0, replace(opened, recovered=recovered)), *first_items],
                         seen,
@@ -260,7 +264,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
 
     @staticmethod
     async def _pump(
-        conversation: Conversation,
+        stream: EventStream,
         subscriber: Subscriber,
         first_items: list[Sequenced],
         seen: int,
@@ -280,15 +284,15 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             await context.write(to_proto(opening))
             high = max(high, opening.seq)
         queue = subscriber.queue
-        carried: Sequenced | Resend | None = None
-        item: Sequenced | Resend
+        carried: Sequenced | Control | None = None
+        item: Sequenced | Control
         while True:
             if subscriber.overflowed:
                 # It fell a whole queue behind: its queued events were
                 # dropped, and what it missed is in the log (or in memory
                 # until written). Catch up from there, then go on live.
                 subscriber.overflowed = False
-                replay, recovered = await conversation.events_after(high)
+                replay, recovered = await stream.events_after(high)
                 if not recovered:
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -306,22 +310,22 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     continue
             else:
                 item, carried = carried, None
-            if item is END_OF_STREAM:
+            if isinstance(item, EndOfStream):
                 return
-            if item is SESSION_MOVED:
+            if isinstance(item, SessionMoved):
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "the session moved to another runtime replica; reconnect and resume",
                 )
             if isinstance(item, Resend):
-                replay, recovered = await conversation.events_after(item.after_seq)
-                session = conversation.session
+                replay, recovered = await stream.events_after(item.after_seq)
+                session = stream.session
                 notice = SessionOpened(
                     session.session_id, session.agent, False, session.last_seq, recovered
                 )
                 await context.write(to_proto(Sequenced(0, notice)))
                 # Not recovered: the client reloads; live events go on from here.
-                high = item.after_seq if recovered else conversation.published_seq
+                high = item.after_seq if recovered else stream.published_seq
                 for replayed in replay:
                     await context.write(to_proto(replayed))
                     high = max(high, replayed.seq)

@@ -31,7 +31,6 @@ from runtime.conversation import (
     Conversation,
     ConversationSettings,
     PlanApproval,
-    Subscriber,
     ToolResult,
     UserMessage,
 )
@@ -58,6 +57,7 @@ from runtime.store import (
     Store,
     migrate,
 )
+from runtime.stream import Subscriber
 from tests.conftest import fresh_postgres
 from tests.gateway.conftest import eventually
 from tests.runtime.test_conversation import ScriptedLlm, call

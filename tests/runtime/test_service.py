@@ -583,9 +583,9 @@ class RecordingContext:
 
 
 async def test_the_pump_merges_deltas_that_queued_up_and_nothing_else() -> None:
-    from runtime.conversation import END_OF_STREAM, Subscriber
     from runtime.events import AssistantText, Sequenced, ToolCallEvent, TurnDone, TurnStatus
     from runtime.service import AgentRuntimeServicer
+    from runtime.stream import END_OF_STREAM, Subscriber
 
     subscriber = Subscriber(asyncio.Queue())
     for item in (
