@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from runtime.events import AssistantText, Event, Sequenced, from_payload, to_payload
 from runtime.metrics import RuntimeMetrics
 from runtime.state import Session
-from runtime.store import EventRecord, Step, Store
+from runtime.store import EventRecord, Step
 
 log = structlog.get_logger("runtime.stream")
 
@@ -38,6 +39,16 @@ SEQ_RESERVE_BLOCK = 4096
 """Text-delta sequence numbers reserved at a time (see :meth:`EventStream.text`)."""
 SEQ_RESERVE_LOW = 1024
 """A step written while a turn runs renews the reservation when fewer are left."""
+
+
+class EventLog(Protocol):
+    """Where a stream's steps are written (:class:`runtime.store.Store`; a test fake)."""
+
+    async def commit(self, step: Step) -> None: ...
+
+    async def reserve_seqs(self, session_id: str, upto: int) -> None: ...
+
+    async def events_after(self, session_id: str, after_seq: int) -> list[EventRecord]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +124,7 @@ class EventStream:
     def __init__(
         self,
         session: Session,
-        store: Store,
+        store: EventLog,
         *,
         subscriber_queue: int,
         max_replay: int,
