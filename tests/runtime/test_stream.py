@@ -52,7 +52,7 @@ def make(*, queue: int = 100, max_replay: int = 1000) -> tuple[EventStream, Memo
 
 
 def drain(subscriber: Subscriber) -> list[object]:
-    items = []
+    items: list[object] = []
     while not subscriber.queue.empty():
         items.append(subscriber.queue.get_nowait())
     return items
