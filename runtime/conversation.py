@@ -22,10 +22,8 @@ never holds a tool call without its result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +31,6 @@ from typing import Any
 import structlog
 
 from mesh import tracing
-from mesh.context import fit
 from runtime import policy, routing
 from runtime.agents import AGENTS
 from runtime.errors import UpstreamError
@@ -49,16 +46,8 @@ from runtime.events import (
     ToolCallEvent,
     TurnDone,
     TurnStatus,
-    Usage,
 )
-from runtime.llm import (
-    ChatMessage,
-    LlmClient,
-    StreamEnd,
-    TextChunk,
-    ToolCallChunk,
-    ToolCallRequest,
-)
+from runtime.llm import ChatMessage, ChatModel, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.state import (
     CallState,
@@ -71,23 +60,24 @@ from runtime.store import CallRecord, Store, now
 from runtime.store import SwitchRecord as StoredSwitch
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS, Side
+from runtime.turn import (
+    MAX_MODEL_CALLS_PER_TURN,
+    MAX_SWITCHES_PER_TURN,
+    ModelReply,
+    Turn,
+    request_reply,
+)
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
 _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
 
-MAX_SWITCHES_PER_TURN = 3
-MAX_MODEL_CALLS_PER_TURN = 25
 MAX_FILE_CHANGES = 256
 """Changed paths a session remembers until its next turn; more are only counted."""
 NOTICE_MAX_PATHS = 50
 NOTICE_MAX_CHARS = 4000
 """What the model is told of changed files: at most this many paths and
 characters of paths; the rest as a count."""
-CHARS_PER_TOKEN_BOUND = 8
-"""The runtime pre-cuts history to 8 characters per token of the window: more than any
-tokenizer packs into the window, so the exact cut (with the model's tokenizer,
-in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,19 +152,6 @@ class ConversationSettings:
     """A client further behind than this many events is told to reload instead."""
 
 
-@dataclass(slots=True)
-class _ModelReply:
-    text: str = ""
-    calls: list[ToolCallRequest] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-
-
-@dataclass(slots=True)
-class _CallDraft:
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
 def _switched(agent: str) -> dict[str, Any]:
     return {"result": f"switched to {agent}; continue the request as {agent}"}
 
@@ -198,7 +175,7 @@ class Conversation:
     def __init__(
         self,
         session: Session,
-        llm: LlmClient,
+        llm: ChatModel,
         store: Store,
         settings: ConversationSettings,
         *,
@@ -218,26 +195,21 @@ class Conversation:
             max_replay=settings.max_replay,
             metrics=self._metrics,
         )
-        self._turn: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
-        self._switches = 0
-        self._model_calls = 0
-        self._ends_after_results = False
-        self._usage = Usage()
-        self._request_id: str | None = None
-        self._turn_started: float | None = None
+        self._turn = Turn()
 
     # -- subscribers -----------------------------------------------------------
 
     @property
     def turn_running(self) -> bool:
         """A model call runs, or tool calls wait: a new message must wait."""
-        return (self._turn is not None and not self._turn.done()) or bool(self.session.pending)
+        return (self._task is not None and not self._task.done()) or bool(self.session.pending)
 
     @property
     def _task_running(self) -> bool:
-        return self._turn is not None and not self._turn.done()
+        return self._task is not None and not self._task.done()
 
     def subscribe(self) -> Subscriber:
         """Attach a stream to the session's events (a detached turn goes on)."""
@@ -318,16 +290,16 @@ class Conversation:
         metrics.usage_tokens.labels("prompt").inc(done.usage.prompt_tokens)
         metrics.usage_tokens.labels("completion").inc(done.usage.completion_tokens)
         duration = None
-        if self._turn_started is not None:
-            duration = time.monotonic() - self._turn_started
+        if self._turn.started is not None:
+            duration = time.monotonic() - self._turn.started
             metrics.turn_duration.labels(status).observe(duration)
-            self._turn_started = None
+            self._turn.started = None
         log.info(
             "turn_finished",
             session_id=self.session.session_id,
             agent=self.session.agent,
             status=status,
-            model_calls=self._model_calls,
+            model_calls=self._turn.model_calls,
             prompt_tokens=done.usage.prompt_tokens,
             completion_tokens=done.usage.completion_tokens,
             duration_ms=None if duration is None else round(duration * 1000, 1),
@@ -417,14 +389,9 @@ class Conversation:
         self._append_message(ChatMessage(role="user", content=content))
         if not self.session.title:
             self.session.title = content.strip().splitlines()[0][:80]
-        self._switches = 0
-        self._model_calls = 0
-        self._ends_after_results = False
-        self._usage = Usage()
-        self._request_id = request_id
-        self._turn_started = time.monotonic()
+        self._turn = Turn(request_id=request_id, started=time.monotonic())
         await self._flush(state="running")
-        self._turn = asyncio.create_task(self._advance())
+        self._task = asyncio.create_task(self._advance())
 
     def _on_file_changed(self, event: FileChanged) -> None:
         """Remember a changed file for the next turn: coalesced per path, at
@@ -476,14 +443,14 @@ class Conversation:
         await self._cancel_turn("cancelled by the user before it finished")
 
     async def _cancel_turn(self, reason: str) -> None:
-        turn, self._turn = self._turn, None
+        turn, self._task = self._task, None
         if turn is not None and not turn.done():
             turn.cancel()
             # asyncio.wait, not await: the turn's CancelledError stays inside
             # it, while a cancellation of the caller still propagates.
             await asyncio.wait([turn])
         self._close_open_calls(reason)
-        self._durable(TurnDone(TurnStatus.CANCELLED, self._usage))
+        self._durable(TurnDone(TurnStatus.CANCELLED, self._turn.usage))
         await self._flush(state="idle")
 
     async def _on_tool_result(self, event: ToolResult) -> None:
@@ -622,19 +589,19 @@ class Conversation:
         if session.pending:
             await self._flush()
             return
-        if self._ends_after_results:
-            self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+        if self._turn.ends_after_results:
+            self._durable(TurnDone(TurnStatus.COMPLETED, self._turn.usage))
             await self._flush(state="idle")
             return
         await self._flush(state="running")
-        self._turn = asyncio.create_task(self._advance())
+        self._task = asyncio.create_task(self._advance())
 
     # -- lifecycle ------------------------------------------------------------
 
     async def wait_idle(self) -> None:
         """Wait for the running model call, if any, to finish."""
-        if self._turn is not None:
-            await asyncio.wait([self._turn])
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
     async def mark_interrupted(self) -> None:
         """The turn in the log was cut off by a restart: close it so the user can retry."""
@@ -659,7 +626,7 @@ class Conversation:
         if self._detach_timer is not None:
             self._detach_timer.cancel()
             self._detach_timer = None
-        turn, self._turn = self._turn, None
+        turn, self._task = self._task, None
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
@@ -709,12 +676,11 @@ class Conversation:
         try:
             if self.session.agent == "orchestrator":
                 await self._route()
-            while self._model_calls < MAX_MODEL_CALLS_PER_TURN:
-                self._model_calls += 1
+            while self._turn.take_model_call():
                 reply = await self._call_model()
                 if not reply.calls:
                     self._append_message(ChatMessage("assistant", reply.text))
-                    self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    self._durable(TurnDone(TurnStatus.COMPLETED, self._turn.usage))
                     await self._flush(state="idle")
                     return
                 self._append_message(
@@ -724,11 +690,11 @@ class Conversation:
                 for call in reply.calls:
                     ends_turn |= self._dispatch(call)
                 if self.session.pending:
-                    self._ends_after_results = ends_turn
+                    self._turn.ends_after_results = ends_turn
                     await self._flush(state="waiting")
                     return
                 if ends_turn:
-                    self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    self._durable(TurnDone(TurnStatus.COMPLETED, self._turn.usage))
                     await self._flush(state="idle")
                     return
                 await self._flush()
@@ -737,13 +703,13 @@ class Conversation:
                     "turn_limit", f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
                 )
             )
-            self._durable(TurnDone(TurnStatus.FAILED, self._usage))
+            self._durable(TurnDone(TurnStatus.FAILED, self._turn.usage))
             await self._flush(state="idle")
         except UpstreamError as exc:
             log.warning("turn_failed", code=exc.code, error=str(exc))
             self._close_open_calls("the turn failed")
             self._durable(ErrorEvent(exc.code, str(exc), exc.retryable))
-            self._durable(TurnDone(TurnStatus.FAILED, self._usage))
+            self._durable(TurnDone(TurnStatus.FAILED, self._turn.usage))
             await self._flush(state="idle")
 
     async def _route(self) -> None:
@@ -752,7 +718,7 @@ class Conversation:
             self._llm,
             self._settings.routing_model or self._settings.model,
             request,
-            request_id=self._request_id,
+            request_id=self._turn.request_id,
         )
         self._switch(route.agent, route.rationale, route.confidence)
 
@@ -764,53 +730,20 @@ class Conversation:
         self.stream.step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
         self._durable(AgentSwitched(from_agent, to_agent, reason, confidence))
 
-    async def _call_model(self) -> _ModelReply:
+    async def _call_model(self) -> ModelReply:
         agent = AGENTS[self.session.agent]
-        model = self._settings.agent_models.get(agent.name, self._settings.model)
-        messages = fit(
-            [ChatMessage("system", agent.system_prompt), *self.session.messages],
-            await self._llm.context_window(model) * CHARS_PER_TOKEN_BOUND,
-            lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
-            lambda m: (m.role, bool(m.tool_calls)),
-        )
-        tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
-        reply = _ModelReply()
-        parts: list[str] = []
-        drafts: dict[int, _CallDraft] = {}
         # Durable events queued before this call (a routing switch) go out first.
         if self.stream.pending_output:
             await self._flush()
-        async with contextlib.aclosing(
-            self._llm.stream_chat(
-                model,
-                messages,
-                tools,
-                request_id=self._request_id,
-            )
-        ) as chunks:
-            async for chunk in chunks:
-                if isinstance(chunk, TextChunk):
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        await self.stream.text(chunk.text)
-                elif isinstance(chunk, ToolCallChunk):
-                    draft = drafts.setdefault(chunk.index, _CallDraft())
-                    draft.name = draft.name or chunk.name
-                    draft.arguments.append(chunk.arguments_fragment)
-                elif isinstance(chunk, StreamEnd):
-                    reply.usage = chunk.usage
-        self._usage = Usage(
-            self._usage.prompt_tokens + reply.usage.prompt_tokens,
-            self._usage.completion_tokens + reply.usage.completion_tokens,
+        reply = await request_reply(
+            self._llm,
+            self._settings.agent_models.get(agent.name, self._settings.model),
+            agent,
+            self.session.messages,
+            on_text=self.stream.text,
+            request_id=self._turn.request_id,
         )
-        reply.text = "".join(parts)
-        for index in sorted(drafts):
-            draft = drafts[index]
-            # The runtime names every call itself: ids are then unique across
-            # sessions and turns whatever the provider sends (some send none,
-            # a deterministic model repeats them), and the IDE cannot guess them.
-            call_id = f"call_{uuid.uuid4().hex[:24]}"
-            reply.calls.append(ToolCallRequest(call_id, draft.name, "".join(draft.arguments)))
+        self._turn.add_usage(reply.usage)
         return reply
 
     def _dispatch(self, call: ToolCallRequest) -> bool:
@@ -859,13 +792,12 @@ class Conversation:
                 target = arguments["agent"]
                 if target == self.session.agent:
                     self._answer(call, {"result": f"{target} is already the current agent"})
-                elif self._switches >= MAX_SWITCHES_PER_TURN:
+                elif not self._turn.take_switch():
                     self._answer(
                         call,
                         {"error": f"no more than {MAX_SWITCHES_PER_TURN} switches per turn"},
                     )
                 else:
-                    self._switches += 1
                     gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
                     if gain is None:
                         self._switch(target, arguments["reason"], 1.0)

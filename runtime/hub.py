@@ -22,7 +22,7 @@ from runtime.errors import (
     PermissionDenied,
     Unavailable,
 )
-from runtime.llm import LlmClient
+from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.state import Session
 from runtime.store import SessionExists, SessionRow, Store
@@ -54,7 +54,7 @@ class SessionHub:
     def __init__(
         self,
         store: Store,
-        llm: LlmClient,
+        llm: ChatModel,
         settings: ConversationSettings,
         *,
         default_agent: str,

@@ -14,7 +14,6 @@ import pytest
 
 from mesh.database import create_engine
 from runtime.conversation import (
-    MAX_SWITCHES_PER_TURN,
     ApprovalDecision,
     CancelTurn,
     Conversation,
@@ -43,6 +42,7 @@ from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
 from runtime.state import Session
 from runtime.store import Store, migrate
+from runtime.turn import MAX_SWITCHES_PER_TURN
 from tests.conftest import fresh_postgres
 
 
