@@ -1,8 +1,10 @@
 """The gRPC face of the runtime: ``runtime.v1.AgentRuntimeService``.
 
 This module converts between protobuf and the runtime's dataclasses and maps
-:mod:`runtime.errors` to gRPC status codes; nothing else in the runtime knows
-about gRPC. Callers are authenticated by the internal credential
+:mod:`runtime.errors` to gRPC status codes, in one place (:func:`_mapped`,
+around every RPC; the codes each RPC returns are listed in
+``proto/runtime/v1/runtime.proto``); nothing else in the runtime knows about
+gRPC. Callers are authenticated by the internal credential
 (:class:`mesh.grpc_server.InternalAuthInterceptor`) before they get here, so
 the user named in ``x-user-id`` is the one the gateway vouches for.
 """
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -81,9 +84,32 @@ _TURN_STATUS = {
 }
 
 
-async def _abort(context: Context, exc: RuntimeServiceError) -> NoReturn:
-    await context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
-    raise AssertionError("unreachable")  # pragma: no cover - abort raises
+def status_code(exc: RuntimeServiceError) -> grpc.StatusCode:
+    """The gRPC status an RPC ends with when it raises ``exc``."""
+    return _STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
+
+
+_Servicer = TypeVar("_Servicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def _mapped(
+    method: Callable[[_Servicer, _Request, Context], Awaitable[_Response]],
+) -> Callable[[_Servicer, _Request, Context], Awaitable[_Response]]:
+    """The one error boundary of the servicer: an RPC that raises one of
+    :mod:`runtime.errors` ends with its status (:func:`status_code`) and
+    message. Anything else propagates (gRPC reports it as UNKNOWN)."""
+
+    @functools.wraps(method)
+    async def rpc(self: _Servicer, request: _Request, context: Context) -> _Response:
+        try:
+            return await method(self, request, context)
+        except RuntimeServiceError as exc:
+            await context.abort(status_code(exc), str(exc))
+            raise AssertionError("unreachable") from exc  # pragma: no cover - abort raises
+
+    return rpc
 
 
 def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
@@ -194,26 +220,24 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self._hub = hub
         self._open_timeout = open_timeout
 
+    @_mapped
     async def Converse(  # type: ignore[override]  # writes with context.write
         self,
         request_iterator: AsyncIterator[runtime_pb2.ConverseRequest],
         context: Context,
     ) -> None:
         started = time.monotonic()
-        user = await _user(context)
+        user = _user(context)
         request_id = metadata_value(context, REQUEST_ID_HEADER)
         try:
             async with asyncio.timeout(self._open_timeout):
                 first = await anext(aiter(request_iterator), None)
         except TimeoutError:
-            await _abort(context, InvalidArgument("no open event within the open timeout"))
+            raise InvalidArgument("no open event within the open timeout") from None
         if first is None or first.WhichOneof("event") != "open":
-            await _abort(context, InvalidArgument("the first event must be open"))
+            raise InvalidArgument("the first event must be open")
         after = first.open.resume_after_seq if first.open.HasField("resume_after_seq") else None
-        try:
-            conversation, created = await self._hub.open(first.open.session_id, user)
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        conversation, created = await self._hub.open(first.open.session_id, user)
         session = conversation.session
         # In the call's log context (mesh.grpc_server.CallInterceptor bound
         # request_id and user): the turns this stream starts inherit it.
@@ -350,10 +374,11 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             await context.write(to_proto(item))
             high = max(high, item.seq)
 
+    @_mapped
     async def ListAgents(
         self, request: runtime_pb2.ListAgentsRequest, context: Context
     ) -> runtime_pb2.ListAgentsResponse:
-        await _user(context)
+        _user(context)
         return runtime_pb2.ListAgentsResponse(
             agents=[
                 runtime_pb2.Agent(
@@ -365,6 +390,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             ]
         )
 
+    @_mapped
     async def GetCurrentAgent(
         self, request: runtime_pb2.GetCurrentAgentRequest, context: Context
     ) -> runtime_pb2.GetCurrentAgentResponse:
@@ -380,32 +406,29 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             session_id=row.id, agent=agent, last_seq=last_seq, idle=idle
         )
 
+    @_mapped
     async def CreateSession(
         self, request: runtime_pb2.CreateSessionRequest, context: Context
     ) -> runtime_pb2.CreateSessionResponse:
-        user = await _user(context)
+        user = _user(context)
         session_id = request.session_id or f"s-{uuid.uuid4().hex}"
-        try:
-            row = await self._hub.create(session_id, user, request.title)
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        row = await self._hub.create(session_id, user, request.title)
         return runtime_pb2.CreateSessionResponse(session=_session_proto(row))
 
+    @_mapped
     async def ListSessions(
         self, request: runtime_pb2.ListSessionsRequest, context: Context
     ) -> runtime_pb2.ListSessionsResponse:
-        user = await _user(context)
+        user = _user(context)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            rows, token = await self._hub.store.list_sessions(
-                user, limit=size, page_token=request.page_token
-            )
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        rows, token = await self._hub.store.list_sessions(
+            user, limit=size, page_token=request.page_token
+        )
         return runtime_pb2.ListSessionsResponse(
             sessions=[_session_proto(row) for row in rows], next_page_token=token
         )
 
+    @_mapped
     async def GetSessionHistory(
         self, request: runtime_pb2.GetSessionHistoryRequest, context: Context
     ) -> runtime_pb2.GetSessionHistoryResponse:
@@ -426,6 +449,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     stored.arguments.update(json.loads(call["arguments_json"] or "{}"))
         return response
 
+    @_mapped
     async def ListPendingApprovals(
         self, request: runtime_pb2.ListPendingApprovalsRequest, context: Context
     ) -> runtime_pb2.ListPendingApprovalsResponse:
@@ -443,21 +467,18 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         return response
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
-        user = await _user(context)
-        try:
-            return await self._hub.owned(session_id, user)
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        return await self._hub.owned(session_id, _user(context))
 
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-async def _user(context: Context) -> str:
+def _user(context: Context) -> str:
+    """The calling user (the gateway vouches for it); raises Unauthenticated without one."""
     user = metadata_value(context, USER_HEADER)
     if not user:
-        await _abort(context, Unauthenticated("x-user-id metadata is required"))
+        raise Unauthenticated("x-user-id metadata is required")
     return user
 
 
