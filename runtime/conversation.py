@@ -33,6 +33,16 @@ import structlog
 from mesh import tracing
 from runtime import policy, routing
 from runtime.agents import AGENTS
+from runtime.commands import (
+    ApprovalDecision,
+    CancelTurn,
+    ClientEvent,
+    FileChanged,
+    PlanApproval,
+    SwitchAgent,
+    ToolResult,
+    UserMessage,
+)
 from runtime.errors import UpstreamError
 from runtime.events import (
     AgentSwitched,
@@ -78,63 +88,6 @@ NOTICE_MAX_PATHS = 50
 NOTICE_MAX_CHARS = 4000
 """What the model is told of changed files: at most this many paths and
 characters of paths; the rest as a count."""
-
-
-@dataclass(frozen=True, slots=True)
-class UserMessage:
-    content: str
-    role: str = "user"
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTurn:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ToolResult:
-    call_id: str
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalDecision:
-    call_id: str
-    decision: str  # approve | edit | reject
-    modified_arguments: dict[str, Any] | None = None
-    feedback: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchAgent:
-    agent_type: str
-    content: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PlanApproval:
-    plan_id: str
-    decision: str  # approve | reject
-    feedback: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class FileChanged:
-    path: str
-    timestamp: float
-
-
-ClientEvent = (
-    UserMessage
-    | CancelTurn
-    | ToolResult
-    | ApprovalDecision
-    | SwitchAgent
-    | PlanApproval
-    | FileChanged
-)
 
 
 @dataclass(frozen=True, slots=True)

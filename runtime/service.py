@@ -28,7 +28,7 @@ from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
 from mesh.structs import struct_to_dict
 from runtime.agents import AGENTS
-from runtime.conversation import (
+from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
     ClientEvent,

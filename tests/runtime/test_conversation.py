@@ -13,17 +13,16 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import (
+from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
-    Conversation,
-    ConversationSettings,
     FileChanged,
     PlanApproval,
     SwitchAgent,
     ToolResult,
     UserMessage,
 )
+from runtime.conversation import Conversation, ConversationSettings
 from runtime.errors import InvalidArgument, UpstreamError
 from runtime.events import (
     AgentSwitched,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import ConversationSettings, UserMessage
+from runtime.commands import UserMessage
+from runtime.conversation import ConversationSettings
 from runtime.errors import PermissionDenied, Unavailable
 from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone
 from runtime.hub import SessionHub

@@ -24,16 +24,15 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import (
+from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
-    Conversation,
-    ConversationSettings,
     PlanApproval,
     ToolResult,
     UserMessage,
 )
+from runtime.conversation import Conversation, ConversationSettings
 from runtime.events import (
     AssistantText,
     ErrorEvent,

@@ -261,7 +261,7 @@ async def test_health_needs_no_credential_and_reflection_does(
 def test_client_events_keep_integers_and_reject_bad_decisions() -> None:
     from google.protobuf import struct_pb2
 
-    from runtime.conversation import ApprovalDecision, ToolResult
+    from runtime.commands import ApprovalDecision, ToolResult
     from runtime.errors import InvalidArgument
     from runtime.service import to_client_event
 
