@@ -15,8 +15,16 @@ database and are offered again when the IDE reconnects.
 
 Durability: every durable event is written (with the rest of its step)
 before it is sent, in one transaction per step; text deltas are sent at once
-and written as one row when the model call ends. History is append-only and
-never holds a tool call without its result.
+and written as one row when the model call ends (both by the session's
+:class:`~runtime.stream.EventStream`). History is append-only and never
+holds a tool call without its result.
+
+What is here is the reaction to each client command
+(:mod:`runtime.commands`), tool dispatch through the one gate
+(:func:`runtime.policy.check`), the runtime's own tools and plans, and the
+session's lifecycle (detach grace, cancel, interruption, a lost lease); a
+model request and the turn's limits are the turn core's
+(:mod:`runtime.turn`).
 """
 
 from __future__ import annotations
