@@ -44,13 +44,13 @@ from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
+from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.metrics import RuntimeMetrics
-from runtime.policy import DEFAULT_APPROVAL_REQUIRED
+from runtime.schema import VERSION_TABLE
 from runtime.service import AgentRuntimeServicer
-from runtime.session import SessionHub
-from runtime.store import VERSION_TABLE, Store, head_revision, migrate
-from runtime.tools import TOOLS
+from runtime.store import Store, head_revision, migrate
+from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 SERVICE_NAME = runtime_pb2.DESCRIPTOR.services_by_name["AgentRuntimeService"].full_name

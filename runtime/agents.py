@@ -1,24 +1,16 @@
 """The five agents, as data: prompt, tools, path rules, routing keywords.
 
-Policy (:mod:`runtime.policy`) enforces ``tools`` and ``writable``; the
-prompt only tells the model what it will be allowed to do.
+An agent's tools are named by the groups :mod:`runtime.tools` derives from
+the tools' declarations. Policy (:mod:`runtime.policy`) enforces ``tools``
+and ``writable``; the prompt only tells the model what it will be allowed
+to do.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-READ_TOOLS = frozenset({"read_file", "list_files", "search_in_code"})
-IDE_TOOLS = READ_TOOLS | {
-    "write_file",
-    "create_directory",
-    "execute_command",
-    "delete_file",
-    "move_file",
-}
-RUNTIME_TOOLS = frozenset(
-    {"switch_mode", "attempt_completion", "ask_followup_question", "update_plan"}
-)
+from runtime.tools import IDE_TOOLS, READ_TOOLS, RUNTIME_TOOLS, WRITE_TOOLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +26,8 @@ class Agent:
 
     @property
     def writes(self) -> bool:
-        return bool(self.tools & (IDE_TOOLS - READ_TOOLS - {"execute_command"}))
+        """Whether the agent has a tool that changes workspace files."""
+        return bool(self.tools & WRITE_TOOLS)
 
 
 _COMMON = (

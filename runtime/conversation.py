@@ -15,17 +15,23 @@ database and are offered again when the IDE reconnects.
 
 Durability: every durable event is written (with the rest of its step)
 before it is sent, in one transaction per step; text deltas are sent at once
-and written as one row when the model call ends. History is append-only and
-never holds a tool call without its result.
+and written as one row when the model call ends (both by the session's
+:class:`~runtime.stream.EventStream`). History is append-only and never
+holds a tool call without its result.
+
+What is here is the reaction to each client command
+(:mod:`runtime.commands`), tool dispatch through the one gate
+(:func:`runtime.policy.check`), the runtime's own tools and plans, and the
+session's lifecycle (detach grace, cancel, interruption, a lost lease); a
+model request and the turn's limits are the turn core's
+(:mod:`runtime.turn`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +39,18 @@ from typing import Any
 import structlog
 
 from mesh import tracing
-from mesh.context import fit
 from runtime import policy, routing
 from runtime.agents import AGENTS
+from runtime.commands import (
+    ApprovalDecision,
+    CancelTurn,
+    ClientEvent,
+    FileChanged,
+    PlanApproval,
+    SwitchAgent,
+    ToolResult,
+    UserMessage,
+)
 from runtime.errors import UpstreamError
 from runtime.events import (
     AgentSwitched,
@@ -49,107 +64,38 @@ from runtime.events import (
     ToolCallEvent,
     TurnDone,
     TurnStatus,
-    Usage,
-    from_payload,
-    to_payload,
 )
-from runtime.llm import (
-    ChatMessage,
-    LlmClient,
-    StreamEnd,
-    TextChunk,
-    ToolCallChunk,
-    ToolCallRequest,
-)
+from runtime.llm import ChatMessage, ChatModel, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
-from runtime.session import (
+from runtime.state import (
     CallState,
     PendingCall,
     Session,
     SwitchRecord,
     message_to_record,
 )
-from runtime.store import CallRecord, EventRecord, Step, Store, now
+from runtime.store import CallRecord, Store, now
 from runtime.store import SwitchRecord as StoredSwitch
-from runtime.tools import TOOLS, ArgumentsInvalid, Side, validate_arguments
+from runtime.stream import EventStream, Subscriber
+from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS, Side
+from runtime.turn import (
+    MAX_MODEL_CALLS_PER_TURN,
+    MAX_SWITCHES_PER_TURN,
+    ModelReply,
+    Turn,
+    request_reply,
+)
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
 _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
 
-MAX_SWITCHES_PER_TURN = 3
-MAX_MODEL_CALLS_PER_TURN = 25
 MAX_FILE_CHANGES = 256
 """Changed paths a session remembers until its next turn; more are only counted."""
 NOTICE_MAX_PATHS = 50
 NOTICE_MAX_CHARS = 4000
 """What the model is told of changed files: at most this many paths and
 characters of paths; the rest as a count."""
-SEQ_RESERVE_BLOCK = 4096
-"""Text-delta sequence numbers reserved at a time (see ``_reserve_seqs``)."""
-SEQ_RESERVE_LOW = 1024
-"""A step that starts model calls renews the reservation when fewer are left."""
-CHARS_PER_TOKEN_BOUND = 8
-"""The runtime pre-cuts history to 8 characters per token of the window: more than any
-tokenizer packs into the window, so the exact cut (with the model's tokenizer,
-in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
-
-
-@dataclass(frozen=True, slots=True)
-class UserMessage:
-    content: str
-    role: str = "user"
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTurn:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ToolResult:
-    call_id: str
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalDecision:
-    call_id: str
-    decision: str  # approve | edit | reject
-    modified_arguments: dict[str, Any] | None = None
-    feedback: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchAgent:
-    agent_type: str
-    content: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PlanApproval:
-    plan_id: str
-    decision: str  # approve | reject
-    feedback: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class FileChanged:
-    path: str
-    timestamp: float
-
-
-ClientEvent = (
-    UserMessage
-    | CancelTurn
-    | ToolResult
-    | ApprovalDecision
-    | SwitchAgent
-    | PlanApproval
-    | FileChanged
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +103,7 @@ class ConversationSettings:
     model: str
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
-    approval_required: frozenset[str] = policy.DEFAULT_APPROVAL_REQUIRED
+    approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -165,68 +111,6 @@ class ConversationSettings:
     catches up from the log (see :class:`Subscriber`)."""
     max_replay: int = 100_000
     """A client further behind than this many events is told to reload instead."""
-
-
-@dataclass(frozen=True, slots=True)
-class Resend:
-    """Asks a stream's pump to replay the events after ``after_seq``."""
-
-    after_seq: int
-
-
-END_OF_STREAM = Resend(-1)
-"""Tells a stream's pump that everything queued before it was all."""
-
-SESSION_MOVED = Resend(-2)
-"""Tells a stream's pump that this replica lost the session: end with UNAVAILABLE."""
-
-
-@dataclass(slots=True)
-class Subscriber:
-    """One attached stream's view of the session's events.
-
-    The queue is bounded. A stream that falls behind by a full queue is not
-    ended: its queued events are dropped and it is marked ``overflowed``,
-    and its pump catches up from the log (every event it missed is there,
-    or in memory until written), then goes on live. Control items (a
-    resend, the end of the stream, a moved session) are never dropped.
-    """
-
-    queue: asyncio.Queue[Sequenced | Resend]
-    overflowed: bool = False
-
-    def offer(self, item: Sequenced | Resend) -> None:
-        """Queue ``item`` without blocking (see the class docstring)."""
-        if self.overflowed and isinstance(item, Sequenced):
-            return  # the catch-up reads it from the log
-        try:
-            self.queue.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            pass
-        kept: list[Sequenced | Resend] = []
-        while not self.queue.empty():
-            queued = self.queue.get_nowait()
-            if not isinstance(queued, Sequenced):
-                kept.append(queued)
-        if not isinstance(item, Sequenced):
-            kept.append(item)
-        for queued in kept:
-            self.queue.put_nowait(queued)
-        self.overflowed = True
-
-
-@dataclass(slots=True)
-class _ModelReply:
-    text: str = ""
-    calls: list[ToolCallRequest] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-
-
-@dataclass(slots=True)
-class _CallDraft:
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
 
 
 def _switched(agent: str) -> dict[str, Any]:
@@ -245,14 +129,14 @@ def _tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessa
 class Conversation:
     """The live side of one session: its turn, its subscribers, its writes.
 
-    One per live session (see :class:`runtime.session.SessionHub`), shared
+    One per live session (see :class:`runtime.hub.SessionHub`), shared
     by every stream attached to it. ``close`` cancels the turn; idempotent.
     """
 
     def __init__(
         self,
         session: Session,
-        llm: LlmClient,
+        llm: ChatModel,
         store: Store,
         settings: ConversationSettings,
         *,
@@ -264,41 +148,33 @@ class Conversation:
         self._store = store
         self._settings = settings
         self._on_idle = on_idle
-        self._subscribers: list[Subscriber] = []
-        self.published_seq = session.last_seq
-        """The highest seq handed to subscribers (what a live-only stream starts after)."""
-        self._turn: asyncio.Task[None] | None = None
-        self._step: Step | None = None
-        self._outgoing: list[Sequenced] = []
-        self._unflushed: list[tuple[int, str]] = []
-        """Text deltas sent but not yet known to be in the log (replays read them)."""
-        self._text_written_upto = 0
-        """The last delta seq put in a step (its commit may still be in flight)."""
-        self._commit_lock = asyncio.Lock()
+        self._metrics = metrics if metrics is not None else RuntimeMetrics()
+        self.stream = EventStream(
+            session,
+            store,
+            subscriber_queue=settings.subscriber_queue,
+            max_replay=settings.max_replay,
+            metrics=self._metrics,
+        )
+        self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
-        self._switches = 0
-        self._model_calls = 0
-        self._ends_after_results = False
-        self._usage = Usage()
-        self._request_id: str | None = None
-        self._metrics = metrics if metrics is not None else RuntimeMetrics()
-        self._turn_started: float | None = None
+        self._turn = Turn()
 
     # -- subscribers -----------------------------------------------------------
 
     @property
     def turn_running(self) -> bool:
         """A model call runs, or tool calls wait: a new message must wait."""
-        return (self._turn is not None and not self._turn.done()) or bool(self.session.pending)
+        return (self._task is not None and not self._task.done()) or bool(self.session.pending)
 
     @property
     def _task_running(self) -> bool:
-        return self._turn is not None and not self._turn.done()
+        return self._task is not None and not self._task.done()
 
     def subscribe(self) -> Subscriber:
-        subscriber = Subscriber(asyncio.Queue(maxsize=self._settings.subscriber_queue))
-        self._subscribers.append(subscriber)
+        """Attach a stream to the session's events (a detached turn goes on)."""
+        subscriber = self.stream.subscribe()
         if self._detach_timer is not None:
             self._detach_timer.cancel()
             self._detach_timer = None
@@ -306,9 +182,8 @@ class Conversation:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Detach a stream; with nobody left, a streaming turn gets ``detach_grace``."""
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(subscriber)
-        if self._subscribers:
+        self.stream.unsubscribe(subscriber)
+        if self.stream.attached:
             return
         if self._task_running:
             loop = asyncio.get_running_loop()
@@ -323,11 +198,11 @@ class Conversation:
         self._detach_task = asyncio.create_task(self._cancel_unattended())
 
     async def _cancel_unattended(self) -> None:
-        if self._subscribers or not self._task_running:
+        if self.stream.attached or not self._task_running:
             return
         log.info("turn_cancelled_unattended", session_id=self.session.session_id)
         await self._cancel_turn("cancelled: the IDE went away")
-        if not self._subscribers and self._on_idle is not None:
+        if not self.stream.attached and self._on_idle is not None:
             self._on_idle(self)
 
     async def attach(self, after_seq: int | None) -> tuple[Subscriber, list[Sequenced], bool]:
@@ -339,35 +214,9 @@ class Conversation:
         for this client are offered again (with seq 0).
         """
         subscriber = self.subscribe()
-        items, recovered = await self.events_after(after_seq)
+        items, recovered = await self.stream.events_after(after_seq)
         items.extend(self._reoffers(after_seq if recovered else None))
         return subscriber, items, recovered
-
-    async def events_after(self, after_seq: int | None) -> tuple[list[Sequenced], bool]:
-        """The session's events after ``after_seq`` (none for None), and ``recovered``."""
-        if after_seq is None:
-            return [], True
-        session = self.session
-        if after_seq > session.last_seq:
-            # No seq this session gave out is that high (a crash skips past
-            # every seq its unwritten deltas may have used): the position is
-            # not one of ours. The session's numbering stays as it is.
-            return [], False
-        if session.last_seq - after_seq > self._settings.max_replay:
-            return [], False
-        snapshot = [(seq, text) for seq, text in self._unflushed if seq > after_seq]
-        rows = await self._store.events_after(session.session_id, after_seq)
-        found: dict[int, Event] = {}
-        for row in rows:
-            if row.kind == "text":
-                for seq, text in row.payload["chunks"]:
-                    if seq > after_seq:
-                        found[seq] = AssistantText(text)
-            else:
-                found[row.seq] = from_payload(row.kind, row.payload)
-        for seq, text in snapshot:
-            found[seq] = AssistantText(text)
-        return [Sequenced(seq, found[seq]) for seq in sorted(found)], True
 
     def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
         items = []
@@ -385,39 +234,11 @@ class Conversation:
                 items.append(Sequenced(0, event))
         return items
 
-    def _publish(self, item: Sequenced) -> None:
-        # Never blocks the turn on one slow stream: a stream that falls a
-        # whole queue behind catches up from the log (Subscriber.offer).
-        if item.seq > self.published_seq:
-            self.published_seq = item.seq
-        for subscriber in self._subscribers:
-            if subscriber.overflowed:
-                continue
-            subscriber.offer(item)
-            if subscriber.overflowed:
-                log.info("subscriber_overflowed", session_id=self.session.session_id)
-
     # -- writing ---------------------------------------------------------------
-
-    def _open_step(self) -> Step:
-        if self._step is None:
-            session = self.session
-            self._step = Step(
-                session_id=session.session_id,
-                last_seq=session.last_seq,
-                agent=session.agent,
-                state=session.state,
-                message_count=len(session.messages),
-            )
-        return self._step
 
     def _durable(self, event: Event) -> int:
         """Queue a durable event for the next flush; returns its seq."""
-        step = self._open_step()
-        seq = self.session.next_seq()
-        kind, payload = to_payload(event)
-        step.events.append(EventRecord(seq, seq, kind, payload))
-        self._outgoing.append(Sequenced(seq, event))
+        seq = self.stream.durable(event)
         if isinstance(event, TurnDone):
             self._count_turn(event)
         return seq
@@ -430,16 +251,16 @@ class Conversation:
         metrics.usage_tokens.labels("prompt").inc(done.usage.prompt_tokens)
         metrics.usage_tokens.labels("completion").inc(done.usage.completion_tokens)
         duration = None
-        if self._turn_started is not None:
-            duration = time.monotonic() - self._turn_started
+        if self._turn.started is not None:
+            duration = time.monotonic() - self._turn.started
             metrics.turn_duration.labels(status).observe(duration)
-            self._turn_started = None
+            self._turn.started = None
         log.info(
             "turn_finished",
             session_id=self.session.session_id,
             agent=self.session.agent,
             status=status,
-            model_calls=self._model_calls,
+            model_calls=self._turn.model_calls,
             prompt_tokens=done.usage.prompt_tokens,
             completion_tokens=done.usage.completion_tokens,
             duration_ms=None if duration is None else round(duration * 1000, 1),
@@ -447,11 +268,11 @@ class Conversation:
 
     def _ephemeral(self, code: str, message: str, retryable: bool = False) -> None:
         """An answer to one client's bad request: sent now, not logged (seq 0)."""
-        self._publish(Sequenced(0, ErrorEvent(code, message, retryable)))
+        self.stream.publish(Sequenced(0, ErrorEvent(code, message, retryable)))
 
     def _append_message(self, message: ChatMessage) -> None:
         session = self.session
-        step = self._open_step()
+        step = self.stream.step()
         step.messages.append(message_to_record(len(session.messages), message, session.agent))
         session.messages.append(message)
         session.message_agents.append(session.agent)
@@ -459,7 +280,7 @@ class Conversation:
     def _record_call(self, call: PendingCall, status: str, decided: bool = False) -> None:
         if status in _TERMINAL_CALL_STATUSES:
             self._metrics.tool_calls.labels(call.tool_name, status).inc()
-        self._open_step().calls.append(
+        self.stream.step().calls.append(
             CallRecord(
                 call_id=call.call_id,
                 tool_name=call.tool_name,
@@ -477,40 +298,9 @@ class Conversation:
 
     async def _flush(self, state: str | None = None) -> None:
         """Write the open step (and unwritten text) then send its events."""
-        session = self.session
         if state is not None:
-            session.state = state
-        step = self._open_step()
-        text = [(seq, t) for seq, t in self._unflushed if seq > self._text_written_upto]
-        if text:
-            chunks = [[seq, t] for seq, t in text]
-            step.events.insert(0, EventRecord(text[0][0], text[-1][0], "text", {"chunks": chunks}))
-            self._text_written_upto = text[-1][0]
-        step.last_seq = session.last_seq
-        step.agent = session.agent
-        step.state = session.state
-        step.message_count = len(session.messages)
-        step.title = session.title or None
-        if session.state == "running" and session.seq_reserved - session.last_seq < SEQ_RESERVE_LOW:
-            # Model calls follow: reserve their deltas' seqs in this write,
-            # so streaming rarely waits for a write of its own.
-            step.seq_reserved = session.last_seq + SEQ_RESERVE_BLOCK
-        outgoing, self._outgoing, self._step = self._outgoing, [], None
-        # Shielded: a cancelled turn must not leave half its step unwritten,
-        # and the lock keeps steps in order.
-        await asyncio.shield(self._commit(step, self._text_written_upto))
-        if step.seq_reserved is not None:
-            session.seq_reserved = max(session.seq_reserved, step.seq_reserved)
-        for item in outgoing:
-            self._publish(item)
-
-    async def _commit(self, step: Step, text_upto: int) -> None:
-        async with self._commit_lock:
-            with self._metrics.db_commit.time():
-                await self._store.commit(step)
-        # Only now do replays find this text in the log: until here they read
-        # it from memory (a replay between the two would otherwise miss it).
-        self._unflushed = [(seq, t) for seq, t in self._unflushed if seq > text_upto]
+            self.session.state = state
+        await self.stream.flush()
 
     # -- client events -------------------------------------------------------
 
@@ -560,14 +350,9 @@ class Conversation:
         self._append_message(ChatMessage(role="user", content=content))
         if not self.session.title:
             self.session.title = content.strip().splitlines()[0][:80]
-        self._switches = 0
-        self._model_calls = 0
-        self._ends_after_results = False
-        self._usage = Usage()
-        self._request_id = request_id
-        self._turn_started = time.monotonic()
+        self._turn = Turn(request_id=request_id, started=time.monotonic())
         await self._flush(state="running")
-        self._turn = asyncio.create_task(self._advance())
+        self._task = asyncio.create_task(self._advance())
 
     def _on_file_changed(self, event: FileChanged) -> None:
         """Remember a changed file for the next turn: coalesced per path, at
@@ -619,14 +404,14 @@ class Conversation:
         await self._cancel_turn("cancelled by the user before it finished")
 
     async def _cancel_turn(self, reason: str) -> None:
-        turn, self._turn = self._turn, None
+        turn, self._task = self._task, None
         if turn is not None and not turn.done():
             turn.cancel()
             # asyncio.wait, not await: the turn's CancelledError stays inside
             # it, while a cancellation of the caller still propagates.
             await asyncio.wait([turn])
         self._close_open_calls(reason)
-        self._durable(TurnDone(TurnStatus.CANCELLED, self._usage))
+        self._durable(TurnDone(TurnStatus.CANCELLED, self._turn.usage))
         await self._flush(state="idle")
 
     async def _on_tool_result(self, event: ToolResult) -> None:
@@ -677,21 +462,16 @@ class Conversation:
             if event.modified_arguments is None:
                 self._ephemeral("invalid_edit", "edit needs modified_arguments")
                 return
-            try:
-                checked = validate_arguments(call.tool_name, event.modified_arguments)
-            except ArgumentsInvalid as exc:
-                self._ephemeral("invalid_edit", f"edited arguments are invalid: {exc}")
-                return
             # Checked against the agent that made the call: the session may
             # have switched since, to one with other rights.
             verdict = policy.check(
                 AGENTS[call.agent or self.session.agent],
                 call.tool_name,
-                checked,
+                event.modified_arguments,
                 approval_required=self._settings.approval_required,
             )
             if isinstance(verdict, policy.Refused):
-                self._ephemeral("invalid_edit", f"edited call refused: {verdict.reason}")
+                self._ephemeral("invalid_edit", verdict.to_editor())
                 return
             arguments = verdict.arguments
             call.edited = True
@@ -770,19 +550,19 @@ class Conversation:
         if session.pending:
             await self._flush()
             return
-        if self._ends_after_results:
-            self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+        if self._turn.ends_after_results:
+            self._durable(TurnDone(TurnStatus.COMPLETED, self._turn.usage))
             await self._flush(state="idle")
             return
         await self._flush(state="running")
-        self._turn = asyncio.create_task(self._advance())
+        self._task = asyncio.create_task(self._advance())
 
     # -- lifecycle ------------------------------------------------------------
 
     async def wait_idle(self) -> None:
         """Wait for the running model call, if any, to finish."""
-        if self._turn is not None:
-            await asyncio.wait([self._turn])
+        if self._task is not None:
+            await asyncio.wait([self._task])
 
     async def mark_interrupted(self) -> None:
         """The turn in the log was cut off by a restart: close it so the user can retry."""
@@ -807,13 +587,11 @@ class Conversation:
         if self._detach_timer is not None:
             self._detach_timer.cancel()
             self._detach_timer = None
-        turn, self._turn = self._turn, None
+        turn, self._task = self._task, None
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
-        self._step, self._outgoing, self._unflushed = None, [], []
-        for subscriber in self._subscribers:
-            subscriber.offer(SESSION_MOVED)
+        self.stream.moved()
 
     async def close(self) -> None:
         """Cancel the running model call (the turn is marked cancelled); idempotent.
@@ -827,8 +605,7 @@ class Conversation:
             await asyncio.wait([self._detach_task])
         if self._task_running:
             await self._cancel_turn("cancelled: the runtime is shutting down")
-        async with self._commit_lock:
-            pass  # a shielded commit still in flight finishes first
+        await self.stream.drain()  # a shielded commit still in flight finishes first
 
     def _close_open_calls(self, reason: str) -> None:
         session = self.session
@@ -860,12 +637,11 @@ class Conversation:
         try:
             if self.session.agent == "orchestrator":
                 await self._route()
-            while self._model_calls < MAX_MODEL_CALLS_PER_TURN:
-                self._model_calls += 1
+            while self._turn.take_model_call():
                 reply = await self._call_model()
                 if not reply.calls:
                     self._append_message(ChatMessage("assistant", reply.text))
-                    self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    self._durable(TurnDone(TurnStatus.COMPLETED, self._turn.usage))
                     await self._flush(state="idle")
                     return
                 self._append_message(
@@ -875,11 +651,11 @@ class Conversation:
                 for call in reply.calls:
                     ends_turn |= self._dispatch(call)
                 if self.session.pending:
-                    self._ends_after_results = ends_turn
+                    self._turn.ends_after_results = ends_turn
                     await self._flush(state="waiting")
                     return
                 if ends_turn:
-                    self._durable(TurnDone(TurnStatus.COMPLETED, self._usage))
+                    self._durable(TurnDone(TurnStatus.COMPLETED, self._turn.usage))
                     await self._flush(state="idle")
                     return
                 await self._flush()
@@ -888,13 +664,13 @@ class Conversation:
                     "turn_limit", f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
                 )
             )
-            self._durable(TurnDone(TurnStatus.FAILED, self._usage))
+            self._durable(TurnDone(TurnStatus.FAILED, self._turn.usage))
             await self._flush(state="idle")
         except UpstreamError as exc:
             log.warning("turn_failed", code=exc.code, error=str(exc))
             self._close_open_calls("the turn failed")
             self._durable(ErrorEvent(exc.code, str(exc), exc.retryable))
-            self._durable(TurnDone(TurnStatus.FAILED, self._usage))
+            self._durable(TurnDone(TurnStatus.FAILED, self._turn.usage))
             await self._flush(state="idle")
 
     async def _route(self) -> None:
@@ -903,7 +679,7 @@ class Conversation:
             self._llm,
             self._settings.routing_model or self._settings.model,
             request,
-            request_id=self._request_id,
+            request_id=self._turn.request_id,
         )
         self._switch(route.agent, route.rationale, route.confidence)
 
@@ -912,84 +688,42 @@ class Conversation:
         from_agent = session.agent
         session.agent = to_agent
         session.switches.append(SwitchRecord(from_agent, to_agent, reason, confidence, time.time()))
-        self._open_step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
+        self.stream.step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
         self._durable(AgentSwitched(from_agent, to_agent, reason, confidence))
 
-    async def _call_model(self) -> _ModelReply:
+    async def _call_model(self) -> ModelReply:
         agent = AGENTS[self.session.agent]
-        model = self._settings.agent_models.get(agent.name, self._settings.model)
-        messages = fit(
-            [ChatMessage("system", agent.system_prompt), *self.session.messages],
-            await self._llm.context_window(model) * CHARS_PER_TOKEN_BOUND,
-            lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
-            lambda m: (m.role, bool(m.tool_calls)),
-        )
-        tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
-        reply = _ModelReply()
-        parts: list[str] = []
-        drafts: dict[int, _CallDraft] = {}
         # Durable events queued before this call (a routing switch) go out first.
-        if self._outgoing:
+        if self.stream.pending_output:
             await self._flush()
-        async with contextlib.aclosing(
-            self._llm.stream_chat(
-                model,
-                messages,
-                tools,
-                request_id=self._request_id,
-            )
-        ) as chunks:
-            async for chunk in chunks:
-                if isinstance(chunk, TextChunk):
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        seq = self.session.next_seq()
-                        if seq > self.session.seq_reserved:
-                            await self._reserve_seqs(seq)
-                        self._unflushed.append((seq, chunk.text))
-                        self._publish(Sequenced(seq, AssistantText(chunk.text)))
-                elif isinstance(chunk, ToolCallChunk):
-                    draft = drafts.setdefault(chunk.index, _CallDraft())
-                    draft.name = draft.name or chunk.name
-                    draft.arguments.append(chunk.arguments_fragment)
-                elif isinstance(chunk, StreamEnd):
-                    reply.usage = chunk.usage
-        self._usage = Usage(
-            self._usage.prompt_tokens + reply.usage.prompt_tokens,
-            self._usage.completion_tokens + reply.usage.completion_tokens,
+        reply = await request_reply(
+            self._llm,
+            self._settings.agent_models.get(agent.name, self._settings.model),
+            agent,
+            self.session.messages,
+            on_text=self.stream.text,
+            request_id=self._turn.request_id,
         )
-        reply.text = "".join(parts)
-        for index in sorted(drafts):
-            draft = drafts[index]
-            # The runtime names every call itself: ids are then unique across
-            # sessions and turns whatever the provider sends (some send none,
-            # a deterministic model repeats them), and the IDE cannot guess them.
-            call_id = f"call_{uuid.uuid4().hex[:24]}"
-            reply.calls.append(ToolCallRequest(call_id, draft.name, "".join(draft.arguments)))
+        self._turn.add_usage(reply.usage)
         return reply
-
-    async def _reserve_seqs(self, seq: int) -> None:
-        """Durably allow text deltas up to a block past ``seq`` before ``seq`` is sent.
-
-        Deltas are sent before they are written; a runtime that takes the
-        session over after a crash numbers on after the reservation, so a
-        seq a client saw is never reused (one short write per block).
-        """
-        upto = seq + SEQ_RESERVE_BLOCK
-        await self._store.reserve_seqs(self.session.session_id, upto)
-        self.session.seq_reserved = upto
 
     def _dispatch(self, call: ToolCallRequest) -> bool:
         """Check and start one tool call; True if it ends the turn."""
-        refusal = self._refusal(call)
-        if isinstance(refusal, str):
+        verdict = policy.check(
+            AGENTS[self.session.agent],
+            call.name,
+            call.arguments_json,
+            approval_required=self._settings.approval_required,
+        )
+        if isinstance(verdict, policy.Refused):
+            if verdict.grounds is policy.Grounds.DENIED:
+                log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
             self._metrics.tool_calls.labels(
                 call.name if call.name in TOOLS else "unknown", "refused"
             ).inc()
-            self._answer(call, {"error": refusal})
+            self._answer(call, {"error": verdict.to_model()})
             return False
-        tool, verdict = refusal
-        if tool.side is Side.RUNTIME:
+        if TOOLS[call.name].side is Side.RUNTIME:
             self._metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
         approval = verdict.requires_approval
@@ -1009,30 +743,6 @@ class Conversation:
         self._record_call(pending, pending.state.value)
         return False
 
-    def _refusal(self, call: ToolCallRequest) -> str | tuple[Any, policy.Allowed]:
-        """Why ``call`` may not run, or its tool and the policy's verdict."""
-        tool = TOOLS.get(call.name)
-        if tool is None:
-            return f"unknown tool {call.name!r}"
-        try:
-            arguments = json.loads(call.arguments_json or "{}")
-        except json.JSONDecodeError:
-            return "the arguments are not valid JSON"
-        try:
-            checked = validate_arguments(call.name, arguments)
-        except ArgumentsInvalid as exc:
-            return f"invalid arguments: {exc}"
-        verdict = policy.check(
-            AGENTS[self.session.agent],
-            call.name,
-            checked,
-            approval_required=self._settings.approval_required,
-        )
-        if isinstance(verdict, policy.Refused):
-            log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
-            return f"refused by policy: {verdict.reason}"
-        return tool, verdict
-
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
         self.session.answered.add(call.call_id)
         self._append_message(_tool_message(call.call_id, call.name, payload))
@@ -1043,13 +753,12 @@ class Conversation:
                 target = arguments["agent"]
                 if target == self.session.agent:
                     self._answer(call, {"result": f"{target} is already the current agent"})
-                elif self._switches >= MAX_SWITCHES_PER_TURN:
+                elif not self._turn.take_switch():
                     self._answer(
                         call,
                         {"error": f"no more than {MAX_SWITCHES_PER_TURN} switches per turn"},
                     )
                 else:
-                    self._switches += 1
                     gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
                     if gain is None:
                         self._switch(target, arguments["reason"], 1.0)
@@ -1102,7 +811,7 @@ class Conversation:
                 if old is None or old.status != step.status:
                     self._durable(PlanProgress(plan_id, step.id, step.status, step.description))
         self.session.plans[plan_id] = steps
-        self._open_step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
+        self.stream.step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
         current = next((s.id for s in steps if s.status == "in_progress"), "")
         needs_approval = bool(arguments.get("requires_approval")) and not before
         offered = self._durable(PlanUpdate(plan_id, steps, current, needs_approval))

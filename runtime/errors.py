@@ -36,13 +36,6 @@ class AlreadyExists(RuntimeServiceError):
     code = "already_exists"
 
 
-class Conflict(RuntimeServiceError):
-    """The request is valid but not now (e.g. a turn is already running)."""
-
-    code = "conflict"
-    retryable = True
-
-
 class Unavailable(RuntimeServiceError):
     """Not here, not now: e.g. another replica serves the session. Retry."""
 

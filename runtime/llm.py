@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from opentelemetry import trace
@@ -89,6 +89,27 @@ class StreamEnd:
 
 
 Chunk = TextChunk | ToolCallChunk | StreamEnd
+
+
+class ChatModel(Protocol):
+    """What a turn needs of a model: :class:`LlmClient`, or a test's scripted model."""
+
+    async def context_window(self, model: str) -> int:
+        """The model's context window in tokens, 0 when unknown."""
+        ...
+
+    def stream_chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        """The completion's chunks as they arrive, the last a StreamEnd; raises
+        :class:`~runtime.errors.UpstreamError`."""
+        ...
+
 
 # The proxy's trailing ``x-error-reason`` → (error code for the IDE,
 # retryable). `interrupted` means deltas already arrived: the turn fails and

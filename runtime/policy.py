@@ -1,13 +1,18 @@
 """Whether an agent may make a tool call, and whether a human must approve it.
 
-Runs in the runtime on the complete, schema-validated arguments, before
+:func:`check` is the one gate every call passes, the model's and a human's
+edit of it alike: it refuses an unknown tool, arguments that are not JSON or
+do not match the tool's schema, a tool the agent may not use and a path it
+may not touch. It runs in the runtime on the complete arguments, before
 anything reaches the IDE. A refused call goes back to the model as a tool
 error carrying :attr:`Refused.reason`, so the model can recover.
 """
 
 from __future__ import annotations
 
+import enum
 import fnmatch
+import json
 import posixpath
 import re
 from collections.abc import Collection
@@ -15,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.agents import Agent
-from runtime.tools import TOOLS, Effect
-
-DEFAULT_APPROVAL_REQUIRED = frozenset(
-    {"write_file", "delete_file", "move_file", "create_directory", "execute_command"}
+from runtime.tools import (
+    DEFAULT_APPROVAL_REQUIRED,
+    TOOLS,
+    ArgumentsInvalid,
+    Effect,
+    validate_arguments,
 )
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -61,9 +68,36 @@ class Allowed:
     reason: str = ""
 
 
+class Grounds(enum.Enum):
+    """Why a call was refused: the call is malformed, or the agent may not make it."""
+
+    UNKNOWN_TOOL = "unknown_tool"
+    NOT_JSON = "not_json"
+    INVALID = "invalid"
+    """The arguments do not match the tool's schema."""
+    DENIED = "denied"
+    """A well-formed call the agent may not make (tool or path)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     reason: str
+    grounds: Grounds = Grounds.DENIED
+
+    def to_model(self) -> str:
+        """The refusal as the model is told it (in the call's tool message)."""
+        match self.grounds:
+            case Grounds.INVALID:
+                return f"invalid arguments: {self.reason}"
+            case Grounds.DENIED:
+                return f"refused by policy: {self.reason}"
+        return self.reason
+
+    def to_editor(self) -> str:
+        """The refusal of a human's edit, as the one who edited is told it."""
+        if self.grounds in (Grounds.NOT_JSON, Grounds.INVALID):
+            return f"edited arguments are invalid: {self.reason}"
+        return f"edited call refused: {self.reason}"
 
 
 Verdict = Allowed | Refused
@@ -72,14 +106,28 @@ Verdict = Allowed | Refused
 def check(
     agent: Agent,
     tool_name: str,
-    arguments: dict[str, Any],
+    arguments: str | dict[str, Any],
     *,
     approval_required: Collection[str] = DEFAULT_APPROVAL_REQUIRED,
 ) -> Verdict:
-    """Decide one call of ``tool_name`` by ``agent`` with validated ``arguments``."""
+    """Decide one call of ``tool_name`` by ``agent``.
+
+    ``arguments`` is the model's JSON text (empty for none) or a decoded
+    object (a human's edit). Allowed carries them checked against the
+    tool's schema and with their paths normalised.
+    """
     tool = TOOLS.get(tool_name)
     if tool is None:
-        return Refused(f"unknown tool {tool_name!r}")
+        return Refused(f"unknown tool {tool_name!r}", Grounds.UNKNOWN_TOOL)
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            return Refused("the arguments are not valid JSON", Grounds.NOT_JSON)
+    try:
+        arguments = validate_arguments(tool_name, arguments)
+    except ArgumentsInvalid as exc:
+        return Refused(str(exc), Grounds.INVALID)
     if tool_name not in agent.tools:
         return Refused(f"the {agent.name} agent may not use {tool_name}")
     normalised = dict(arguments)

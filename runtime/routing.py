@@ -1,7 +1,7 @@
 """Choosing the agent for a new request: the model classifies, keywords back it up.
 
 :func:`parse_classification` and :func:`keyword_route` are pure;
-:func:`classify` asks the model (through :class:`runtime.llm.LlmClient`) and
+:func:`classify` asks the model (a :class:`runtime.llm.ChatModel`) and
 falls back to keywords when the answer is unusable or the call fails.
 """
 
@@ -16,7 +16,7 @@ import structlog
 
 from runtime.agents import AGENTS, FALLBACK_AGENT, ROUTABLE
 from runtime.errors import UpstreamError
-from runtime.llm import ChatMessage, LlmClient, TextChunk
+from runtime.llm import ChatMessage, ChatModel, TextChunk
 
 log = structlog.get_logger("runtime.routing")
 
@@ -78,7 +78,7 @@ def keyword_route(text: str) -> Route:
 
 
 async def classify(
-    llm: LlmClient, model: str, request: str, *, request_id: str | None = None
+    llm: ChatModel, model: str, request: str, *, request_id: str | None = None
 ) -> Route:
     """Ask ``model`` which agent fits ``request``; keywords if its answer is unusable.
 

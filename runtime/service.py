@@ -1,8 +1,10 @@
 """The gRPC face of the runtime: ``runtime.v1.AgentRuntimeService``.
 
 This module converts between protobuf and the runtime's dataclasses and maps
-:mod:`runtime.errors` to gRPC status codes; nothing else in the runtime knows
-about gRPC. Callers are authenticated by the internal credential
+:mod:`runtime.errors` to gRPC status codes, in one place (:func:`_mapped`,
+around every RPC; the codes each RPC returns are listed in
+``proto/runtime/v1/runtime.proto``); nothing else in the runtime knows about
+gRPC. Callers are authenticated by the internal credential
 (:class:`mesh.grpc_server.InternalAuthInterceptor`) before they get here, so
 the user named in ``x-user-id`` is the one the gateway vouches for.
 """
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -25,17 +28,12 @@ from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
 from mesh.structs import struct_to_dict
 from runtime.agents import AGENTS
-from runtime.conversation import (
-    END_OF_STREAM,
-    SESSION_MOVED,
+from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
-    Conversation,
     FileChanged,
     PlanApproval,
-    Resend,
-    Subscriber,
     SwitchAgent,
     ToolResult,
     UserMessage,
@@ -53,8 +51,17 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
-from runtime.session import SessionHub
+from runtime.hub import SessionHub
 from runtime.store import AWAITING_DECISION, SessionRow
+from runtime.stream import (
+    END_OF_STREAM,
+    Control,
+    EndOfStream,
+    EventStream,
+    Resend,
+    SessionMoved,
+    Subscriber,
+)
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
 log = structlog.get_logger("runtime.service")
@@ -67,7 +74,6 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
-    "conflict": grpc.StatusCode.ABORTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -78,9 +84,32 @@ _TURN_STATUS = {
 }
 
 
-async def _abort(context: Context, exc: RuntimeServiceError) -> NoReturn:
-    await context.abort(_STATUS.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
-    raise AssertionError("unreachable")  # pragma: no cover - abort raises
+def status_code(exc: RuntimeServiceError) -> grpc.StatusCode:
+    """The gRPC status an RPC ends with when it raises ``exc``."""
+    return _STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
+
+
+_Servicer = TypeVar("_Servicer")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def _mapped(
+    method: Callable[[_Servicer, _Request, Context], Awaitable[_Response]],
+) -> Callable[[_Servicer, _Request, Context], Awaitable[_Response]]:
+    """The one error boundary of the servicer: an RPC that raises one of
+    :mod:`runtime.errors` ends with its status (:func:`status_code`) and
+    message. Anything else propagates (gRPC reports it as UNKNOWN)."""
+
+    @functools.wraps(method)
+    async def rpc(self: _Servicer, request: _Request, context: Context) -> _Response:
+        try:
+            return await method(self, request, context)
+        except RuntimeServiceError as exc:
+            await context.abort(status_code(exc), str(exc))
+            raise AssertionError("unreachable") from exc  # pragma: no cover - abort raises
+
+    return rpc
 
 
 def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
@@ -191,26 +220,24 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self._hub = hub
         self._open_timeout = open_timeout
 
+    @_mapped
     async def Converse(  # type: ignore[override]  # writes with context.write
         self,
         request_iterator: AsyncIterator[runtime_pb2.ConverseRequest],
         context: Context,
     ) -> None:
         started = time.monotonic()
-        user = await _user(context)
+        user = _user(context)
         request_id = metadata_value(context, REQUEST_ID_HEADER)
         try:
             async with asyncio.timeout(self._open_timeout):
                 first = await anext(aiter(request_iterator), None)
         except TimeoutError:
-            await _abort(context, InvalidArgument("no open event within the open timeout"))
+            raise InvalidArgument("no open event within the open timeout") from None
         if first is None or first.WhichOneof("event") != "open":
-            await _abort(context, InvalidArgument("the first event must be open"))
+            raise InvalidArgument("the first event must be open")
         after = first.open.resume_after_seq if first.open.HasField("resume_after_seq") else None
-        try:
-            conversation, created = await self._hub.open(first.open.session_id, user)
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        conversation, created = await self._hub.open(first.open.session_id, user)
         session = conversation.session
         # In the call's log context (mesh.grpc_server.CallInterceptor bound
         # request_id and user): the turns this stream starts inherit it.
@@ -219,13 +246,13 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         opened = SessionOpened(session.session_id, session.agent, created, session.last_seq)
         # What the client has once the first items are out: the replay's
         # start, or (live only, or told to reload) what was already published.
-        seen = after if after is not None and recovered else conversation.published_seq
+        seen = after if after is not None and recovered else conversation.stream.published_seq
         events_in = 0
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(
                     self._pump(
-                        conversation,
+                        conversation.stream,
                         subscriber,
                         [Sequenced(0, replace(opened, recovered=recovered)), *first_items],
                         seen,
@@ -261,7 +288,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
 
     @staticmethod
     async def _pump(
-        conversation: Conversation,
+        stream: EventStream,
         subscriber: Subscriber,
         first_items: list[Sequenced],
         seen: int,
@@ -281,15 +308,15 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             await context.write(to_proto(opening))
             high = max(high, opening.seq)
         queue = subscriber.queue
-        carried: Sequenced | Resend | None = None
-        item: Sequenced | Resend
+        carried: Sequenced | Control | None = None
+        item: Sequenced | Control
         while True:
             if subscriber.overflowed:
                 # It fell a whole queue behind: its queued events were
                 # dropped, and what it missed is in the log (or in memory
                 # until written). Catch up from there, then go on live.
                 subscriber.overflowed = False
-                replay, recovered = await conversation.events_after(high)
+                replay, recovered = await stream.events_after(high)
                 if not recovered:
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -307,22 +334,22 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     continue
             else:
                 item, carried = carried, None
-            if item is END_OF_STREAM:
+            if isinstance(item, EndOfStream):
                 return
-            if item is SESSION_MOVED:
+            if isinstance(item, SessionMoved):
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "the session moved to another runtime replica; reconnect and resume",
                 )
             if isinstance(item, Resend):
-                replay, recovered = await conversation.events_after(item.after_seq)
-                session = conversation.session
+                replay, recovered = await stream.events_after(item.after_seq)
+                session = stream.session
                 notice = SessionOpened(
                     session.session_id, session.agent, False, session.last_seq, recovered
                 )
                 await context.write(to_proto(Sequenced(0, notice)))
                 # Not recovered: the client reloads; live events go on from here.
-                high = item.after_seq if recovered else conversation.published_seq
+                high = item.after_seq if recovered else stream.published_seq
                 for replayed in replay:
                     await context.write(to_proto(replayed))
                     high = max(high, replayed.seq)
@@ -347,10 +374,11 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             await context.write(to_proto(item))
             high = max(high, item.seq)
 
+    @_mapped
     async def ListAgents(
         self, request: runtime_pb2.ListAgentsRequest, context: Context
     ) -> runtime_pb2.ListAgentsResponse:
-        await _user(context)
+        _user(context)
         return runtime_pb2.ListAgentsResponse(
             agents=[
                 runtime_pb2.Agent(
@@ -362,6 +390,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             ]
         )
 
+    @_mapped
     async def GetCurrentAgent(
         self, request: runtime_pb2.GetCurrentAgentRequest, context: Context
     ) -> runtime_pb2.GetCurrentAgentResponse:
@@ -377,32 +406,29 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             session_id=row.id, agent=agent, last_seq=last_seq, idle=idle
         )
 
+    @_mapped
     async def CreateSession(
         self, request: runtime_pb2.CreateSessionRequest, context: Context
     ) -> runtime_pb2.CreateSessionResponse:
-        user = await _user(context)
+        user = _user(context)
         session_id = request.session_id or f"s-{uuid.uuid4().hex}"
-        try:
-            row = await self._hub.create(session_id, user, request.title)
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        row = await self._hub.create(session_id, user, request.title)
         return runtime_pb2.CreateSessionResponse(session=_session_proto(row))
 
+    @_mapped
     async def ListSessions(
         self, request: runtime_pb2.ListSessionsRequest, context: Context
     ) -> runtime_pb2.ListSessionsResponse:
-        user = await _user(context)
+        user = _user(context)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        try:
-            rows, token = await self._hub.store.list_sessions(
-                user, limit=size, page_token=request.page_token
-            )
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        rows, token = await self._hub.store.list_sessions(
+            user, limit=size, page_token=request.page_token
+        )
         return runtime_pb2.ListSessionsResponse(
             sessions=[_session_proto(row) for row in rows], next_page_token=token
         )
 
+    @_mapped
     async def GetSessionHistory(
         self, request: runtime_pb2.GetSessionHistoryRequest, context: Context
     ) -> runtime_pb2.GetSessionHistoryResponse:
@@ -423,6 +449,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     stored.arguments.update(json.loads(call["arguments_json"] or "{}"))
         return response
 
+    @_mapped
     async def ListPendingApprovals(
         self, request: runtime_pb2.ListPendingApprovalsRequest, context: Context
     ) -> runtime_pb2.ListPendingApprovalsResponse:
@@ -440,21 +467,18 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         return response
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
-        user = await _user(context)
-        try:
-            return await self._hub.owned(session_id, user)
-        except RuntimeServiceError as exc:
-            await _abort(context, exc)
+        return await self._hub.owned(session_id, _user(context))
 
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
 
-async def _user(context: Context) -> str:
+def _user(context: Context) -> str:
+    """The calling user (the gateway vouches for it); raises Unauthenticated without one."""
     user = metadata_value(context, USER_HEADER)
     if not user:
-        await _abort(context, Unauthenticated("x-user-id metadata is required"))
+        raise Unauthenticated("x-user-id metadata is required")
     return user
 
 

@@ -1,8 +1,15 @@
-"""The tools an agent may call, with the JSON schemas the model sees.
+"""The tools an agent may call: each declared once, here.
 
-IDE tools are executed by the IDE (the runtime sends ``tool_call`` and waits
-for ``tool_result``); runtime tools are executed here. Every call's arguments
-are validated against the tool's schema before anything else looks at them.
+A :class:`Tool` says everything the runtime knows of it: the JSON schema the
+model sees, which side runs it (IDE tools are executed by the IDE, which gets
+``tool_call`` and answers ``tool_result``; runtime tools are executed here),
+what it does to the workspace, which arguments are workspace paths, and
+whether a human approves it by default. The agents' tool groups
+(:data:`READ_TOOLS`, :data:`IDE_TOOLS`, :data:`RUNTIME_TOOLS`), the policy
+and the default approvals (:data:`DEFAULT_APPROVAL_REQUIRED`) are derived
+from these declarations; adding a tool is one entry in :data:`TOOLS` (plus
+its implementation in the IDE, or in :mod:`runtime.dispatch` for a runtime
+tool). :func:`runtime.policy.check` is the one gate a call passes.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class Tool:
     effect: Effect
     path_fields: tuple[str, ...] = ()
     """Argument names holding workspace paths (checked by the policy)."""
+    approval: bool = False
+    """Whether a human approves a call by default (``APPROVAL_REQUIRED`` overrides)."""
 
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.parameters)
@@ -90,6 +99,7 @@ TOOLS: dict[str, Tool] = {
             Side.IDE,
             Effect.WRITE,
             ("path",),
+            approval=True,
         ),
         Tool(
             "list_files",
@@ -130,6 +140,7 @@ TOOLS: dict[str, Tool] = {
             Side.IDE,
             Effect.WRITE,
             ("path",),
+            approval=True,
         ),
         Tool(
             "execute_command",
@@ -145,6 +156,7 @@ TOOLS: dict[str, Tool] = {
             Side.IDE,
             Effect.EXECUTE,
             ("cwd",),
+            approval=True,
         ),
         Tool(
             "delete_file",
@@ -153,6 +165,7 @@ TOOLS: dict[str, Tool] = {
             Side.IDE,
             Effect.WRITE,
             ("path",),
+            approval=True,
         ),
         Tool(
             "move_file",
@@ -161,6 +174,7 @@ TOOLS: dict[str, Tool] = {
             Side.IDE,
             Effect.WRITE,
             ("source", "destination"),
+            approval=True,
         ),
         Tool(
             "switch_mode",
@@ -224,6 +238,22 @@ TOOLS: dict[str, Tool] = {
         ),
     )
 }
+
+
+def _names(*, side: Side, effects: frozenset[Effect] = frozenset(Effect)) -> frozenset[str]:
+    return frozenset(
+        name for name, tool in TOOLS.items() if tool.side is side and tool.effect in effects
+    )
+
+
+READ_TOOLS = _names(side=Side.IDE, effects=frozenset({Effect.READ}))
+"""The IDE tools that only read: every agent has them."""
+IDE_TOOLS = _names(side=Side.IDE)
+RUNTIME_TOOLS = _names(side=Side.RUNTIME)
+"""The runtime's own tools (switch agents, finish, ask, plan): every agent has them."""
+WRITE_TOOLS = _names(side=Side.IDE, effects=frozenset({Effect.WRITE}))
+DEFAULT_APPROVAL_REQUIRED = frozenset(name for name, tool in TOOLS.items() if tool.approval)
+"""The tools a human approves unless ``APPROVAL_REQUIRED`` says otherwise."""
 
 _VALIDATORS = {
     name: jsonschema.Draft202012Validator(tool.parameters) for name, tool in TOOLS.items()

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from mesh.database import create_engine
-from runtime.store import VERSION_TABLE, metadata
+from runtime.schema import VERSION_TABLE, metadata
 
 config = context.config
 

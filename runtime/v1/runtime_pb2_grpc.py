@@ -32,6 +32,13 @@ class AgentRuntimeServiceStub:
     metadata key. Calls made on behalf of an IDE user also carry the user's
     subject in `x-user-id`; the runtime trusts it only from a caller that
     presented the credential.
+
+    Status codes every call may end with: UNAUTHENTICATED without the
+    credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
+    serves its maximum of concurrent calls. A session id is 1-128 characters
+    of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
+    its other codes.
     """
 
     def __init__(self, channel):
@@ -84,12 +91,27 @@ class AgentRuntimeServiceServicer:
     metadata key. Calls made on behalf of an IDE user also carry the user's
     subject in `x-user-id`; the runtime trusts it only from a caller that
     presented the credential.
+
+    Status codes every call may end with: UNAUTHENTICATED without the
+    credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
+    serves its maximum of concurrent calls. A session id is 1-128 characters
+    of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
+    its other codes.
     """
 
     def Converse(self, request_iterator, context):
         """Converse is one IDE connection: the first client event must be `open`,
         then the client sends IDE events and the server streams session events.
         Cancelling the call cancels the turn in flight, LLM request included.
+        INVALID_ARGUMENT when `open` is missing, not first, or late (the
+        runtime's open timeout). UNAVAILABLE (retry, resuming after the last
+        seq seen) when another runtime replica serves the session, or when the
+        session moves to another replica during the call. RESOURCE_EXHAUSTED
+        when the client reads so slowly that it falls further behind than the
+        runtime replays (reconnect with the last seq seen). A malformed event
+        after `open` does not end the call: it is answered with an `error`
+        event (`invalid_frame`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +126,7 @@ class AgentRuntimeServiceServicer:
 
     def GetCurrentAgent(self, request, context):
         """GetCurrentAgent returns the agent currently serving a session.
+        NOT_FOUND for a session that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +143,7 @@ class AgentRuntimeServiceServicer:
 
     def ListSessions(self, request, context):
         """ListSessions lists the calling user's sessions, newest first.
+        INVALID_ARGUMENT for a page_token this service did not issue.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +151,7 @@ class AgentRuntimeServiceServicer:
 
     def GetSessionHistory(self, request, context):
         """GetSessionHistory returns the durable messages of one session.
+        NOT_FOUND for a session that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +159,7 @@ class AgentRuntimeServiceServicer:
 
     def ListPendingApprovals(self, request, context):
         """ListPendingApprovals returns the tool calls waiting for a human decision.
+        NOT_FOUND for a session that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +218,13 @@ class AgentRuntimeService:
     metadata key. Calls made on behalf of an IDE user also carry the user's
     subject in `x-user-id`; the runtime trusts it only from a caller that
     presented the credential.
+
+    Status codes every call may end with: UNAUTHENTICATED without the
+    credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
+    serves its maximum of concurrent calls. A session id is 1-128 characters
+    of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
+    its other codes.
     """
 
     @staticmethod

@@ -33,6 +33,13 @@ class AgentRuntimeServiceStub:
     metadata key. Calls made on behalf of an IDE user also carry the user's
     subject in `x-user-id`; the runtime trusts it only from a caller that
     presented the credential.
+
+    Status codes every call may end with: UNAUTHENTICATED without the
+    credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
+    serves its maximum of concurrent calls. A session id is 1-128 characters
+    of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
+    its other codes.
     """
 
     @_typing.overload
@@ -43,22 +50,38 @@ class AgentRuntimeServiceStub:
     """Converse is one IDE connection: the first client event must be `open`,
     then the client sends IDE events and the server streams session events.
     Cancelling the call cancels the turn in flight, LLM request included.
+    INVALID_ARGUMENT when `open` is missing, not first, or late (the
+    runtime's open timeout). UNAVAILABLE (retry, resuming after the last
+    seq seen) when another runtime replica serves the session, or when the
+    session moves to another replica during the call. RESOURCE_EXHAUSTED
+    when the client reads so slowly that it falls further behind than the
+    runtime replays (reconnect with the last seq seen). A malformed event
+    after `open` does not end the call: it is answered with an `error`
+    event (`invalid_frame`).
     """
     ListAgents: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListAgentsRequest, _runtime_pb2.ListAgentsResponse]
     """ListAgents returns the agents the runtime knows."""
     GetCurrentAgent: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetCurrentAgentRequest, _runtime_pb2.GetCurrentAgentResponse]
-    """GetCurrentAgent returns the agent currently serving a session."""
+    """GetCurrentAgent returns the agent currently serving a session.
+    NOT_FOUND for a session that does not exist.
+    """
     CreateSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.CreateSessionRequest, _runtime_pb2.CreateSessionResponse]
     """CreateSession creates an empty session owned by the calling user.
     ALREADY_EXISTS when the requested id is taken (by anyone: the status
     says nothing of whose), INVALID_ARGUMENT for a malformed id.
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListSessionsRequest, _runtime_pb2.ListSessionsResponse]
-    """ListSessions lists the calling user's sessions, newest first."""
+    """ListSessions lists the calling user's sessions, newest first.
+    INVALID_ARGUMENT for a page_token this service did not issue.
+    """
     GetSessionHistory: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetSessionHistoryRequest, _runtime_pb2.GetSessionHistoryResponse]
-    """GetSessionHistory returns the durable messages of one session."""
+    """GetSessionHistory returns the durable messages of one session.
+    NOT_FOUND for a session that does not exist.
+    """
     ListPendingApprovals: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListPendingApprovalsRequest, _runtime_pb2.ListPendingApprovalsResponse]
-    """ListPendingApprovals returns the tool calls waiting for a human decision."""
+    """ListPendingApprovals returns the tool calls waiting for a human decision.
+    NOT_FOUND for a session that does not exist.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -68,6 +91,13 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     metadata key. Calls made on behalf of an IDE user also carry the user's
     subject in `x-user-id`; the runtime trusts it only from a caller that
     presented the credential.
+
+    Status codes every call may end with: UNAUTHENTICATED without the
+    credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
+    serves its maximum of concurrent calls. A session id is 1-128 characters
+    of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
+    its other codes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -75,22 +105,38 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     """Converse is one IDE connection: the first client event must be `open`,
     then the client sends IDE events and the server streams session events.
     Cancelling the call cancels the turn in flight, LLM request included.
+    INVALID_ARGUMENT when `open` is missing, not first, or late (the
+    runtime's open timeout). UNAVAILABLE (retry, resuming after the last
+    seq seen) when another runtime replica serves the session, or when the
+    session moves to another replica during the call. RESOURCE_EXHAUSTED
+    when the client reads so slowly that it falls further behind than the
+    runtime replays (reconnect with the last seq seen). A malformed event
+    after `open` does not end the call: it is answered with an `error`
+    event (`invalid_frame`).
     """
     ListAgents: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListAgentsRequest, _runtime_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """ListAgents returns the agents the runtime knows."""
     GetCurrentAgent: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetCurrentAgentRequest, _runtime_pb2.GetCurrentAgentResponse]  # type: ignore[assignment]
-    """GetCurrentAgent returns the agent currently serving a session."""
+    """GetCurrentAgent returns the agent currently serving a session.
+    NOT_FOUND for a session that does not exist.
+    """
     CreateSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.CreateSessionRequest, _runtime_pb2.CreateSessionResponse]  # type: ignore[assignment]
     """CreateSession creates an empty session owned by the calling user.
     ALREADY_EXISTS when the requested id is taken (by anyone: the status
     says nothing of whose), INVALID_ARGUMENT for a malformed id.
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListSessionsRequest, _runtime_pb2.ListSessionsResponse]  # type: ignore[assignment]
-    """ListSessions lists the calling user's sessions, newest first."""
+    """ListSessions lists the calling user's sessions, newest first.
+    INVALID_ARGUMENT for a page_token this service did not issue.
+    """
     GetSessionHistory: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetSessionHistoryRequest, _runtime_pb2.GetSessionHistoryResponse]  # type: ignore[assignment]
-    """GetSessionHistory returns the durable messages of one session."""
+    """GetSessionHistory returns the durable messages of one session.
+    NOT_FOUND for a session that does not exist.
+    """
     ListPendingApprovals: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListPendingApprovalsRequest, _runtime_pb2.ListPendingApprovalsResponse]  # type: ignore[assignment]
-    """ListPendingApprovals returns the tool calls waiting for a human decision."""
+    """ListPendingApprovals returns the tool calls waiting for a human decision.
+    NOT_FOUND for a session that does not exist.
+    """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentRuntimeService is the agent brain and the owner of session state.
@@ -99,6 +145,13 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     metadata key. Calls made on behalf of an IDE user also carry the user's
     subject in `x-user-id`; the runtime trusts it only from a caller that
     presented the credential.
+
+    Status codes every call may end with: UNAUTHENTICATED without the
+    credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
+    serves its maximum of concurrent calls. A session id is 1-128 characters
+    of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
+    its other codes.
     """
 
     @_abc_1.abstractmethod
@@ -110,6 +163,14 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Converse is one IDE connection: the first client event must be `open`,
         then the client sends IDE events and the server streams session events.
         Cancelling the call cancels the turn in flight, LLM request included.
+        INVALID_ARGUMENT when `open` is missing, not first, or late (the
+        runtime's open timeout). UNAVAILABLE (retry, resuming after the last
+        seq seen) when another runtime replica serves the session, or when the
+        session moves to another replica during the call. RESOURCE_EXHAUSTED
+        when the client reads so slowly that it falls further behind than the
+        runtime replays (reconnect with the last seq seen). A malformed event
+        after `open` does not end the call: it is answered with an `error`
+        event (`invalid_frame`).
         """
 
     @_abc_1.abstractmethod
@@ -126,7 +187,9 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runtime_pb2.GetCurrentAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_pb2.GetCurrentAgentResponse, _abc.Awaitable[_runtime_pb2.GetCurrentAgentResponse]]:
-        """GetCurrentAgent returns the agent currently serving a session."""
+        """GetCurrentAgent returns the agent currently serving a session.
+        NOT_FOUND for a session that does not exist.
+        """
 
     @_abc_1.abstractmethod
     def CreateSession(
@@ -145,7 +208,9 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runtime_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_pb2.ListSessionsResponse, _abc.Awaitable[_runtime_pb2.ListSessionsResponse]]:
-        """ListSessions lists the calling user's sessions, newest first."""
+        """ListSessions lists the calling user's sessions, newest first.
+        INVALID_ARGUMENT for a page_token this service did not issue.
+        """
 
     @_abc_1.abstractmethod
     def GetSessionHistory(
@@ -153,7 +218,9 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runtime_pb2.GetSessionHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_pb2.GetSessionHistoryResponse, _abc.Awaitable[_runtime_pb2.GetSessionHistoryResponse]]:
-        """GetSessionHistory returns the durable messages of one session."""
+        """GetSessionHistory returns the durable messages of one session.
+        NOT_FOUND for a session that does not exist.
+        """
 
     @_abc_1.abstractmethod
     def ListPendingApprovals(
@@ -161,6 +228,8 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runtime_pb2.ListPendingApprovalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_pb2.ListPendingApprovalsResponse, _abc.Awaitable[_runtime_pb2.ListPendingApprovalsResponse]]:
-        """ListPendingApprovals returns the tool calls waiting for a human decision."""
+        """ListPendingApprovals returns the tool calls waiting for a human decision.
+        NOT_FOUND for a session that does not exist.
+        """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,18 +13,16 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import (
-    MAX_SWITCHES_PER_TURN,
+from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
-    Conversation,
-    ConversationSettings,
     FileChanged,
     PlanApproval,
     SwitchAgent,
     ToolResult,
     UserMessage,
 )
+from runtime.conversation import Conversation, ConversationSettings
 from runtime.errors import InvalidArgument, UpstreamError
 from runtime.events import (
     AgentSwitched,
@@ -39,9 +37,11 @@ from runtime.events import (
     TurnStatus,
     Usage,
 )
+from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
-from runtime.session import Session, check_session_id
+from runtime.state import Session
 from runtime.store import Store, migrate
+from runtime.turn import MAX_SWITCHES_PER_TURN
 from tests.conftest import fresh_postgres
 
 
@@ -673,13 +673,13 @@ async def test_a_replay_during_the_write_of_the_text_still_has_the_text(store: S
     LIVE.append(conversation)
     await conversation.handle(UserMessage("go"))
     await asyncio.wait_for(gated.waiting.wait(), 5)  # the text's commit is in flight
-    replay, recovered = await conversation.events_after(0)
+    replay, recovered = await conversation.stream.events_after(0)
     assert recovered
     texts = [item.event.text for item in replay if isinstance(item.event, AssistantText)]
     assert "".join(texts) == "a b", "the text is read from memory until it is in the log"
     gated.gate.set()
     await conversation.wait_idle()
-    replay, _ = await conversation.events_after(0)
+    replay, _ = await conversation.stream.events_after(0)
     texts = [item.event.text for item in replay if isinstance(item.event, AssistantText)]
     assert "".join(texts) == "a b", "and from the log once it is there, once"
 
@@ -702,8 +702,8 @@ class SlowClient:
 async def test_a_stream_that_falls_a_whole_queue_behind_catches_up_from_the_log(
     store: Store,
 ) -> None:
-    from runtime.conversation import END_OF_STREAM
     from runtime.service import AgentRuntimeServicer
+    from runtime.stream import END_OF_STREAM
 
     words = [f"w{n} " for n in range(40)]
     llm = ScriptedLlm([TextChunk(w) for w in words])
@@ -711,7 +711,7 @@ async def test_a_stream_that_falls_a_whole_queue_behind_catches_up_from_the_log(
     subscriber = conversation.subscribe()
     client = SlowClient()
     pump = asyncio.create_task(
-        AgentRuntimeServicer._pump(conversation, subscriber, [], 0, client)  # type: ignore[arg-type]
+        AgentRuntimeServicer._pump(conversation.stream, subscriber, [], 0, client)  # type: ignore[arg-type]
     )
     await conversation.handle(UserMessage("go"))
     await conversation.wait_idle()
@@ -730,7 +730,7 @@ async def test_a_stream_that_falls_a_whole_queue_behind_catches_up_from_the_log(
 async def test_every_delta_is_sent_within_a_durable_reservation(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runtime.conversation as module
+    import runtime.stream as module
 
     monkeypatch.setattr(module, "SEQ_RESERVE_BLOCK", 8)
     monkeypatch.setattr(module, "SEQ_RESERVE_LOW", 2)
@@ -757,14 +757,14 @@ async def test_every_delta_is_sent_within_a_durable_reservation(
     conversation = Conversation(session, llm, recording, ConversationSettings(model="m"))  # type: ignore[arg-type]
     LIVE.append(conversation)
     sent: list[tuple[int, int]] = []
-    publish = conversation._publish
+    publish = conversation.stream.publish
 
     def checking(item: Sequenced) -> None:
         if isinstance(item.event, AssistantText):
             sent.append((item.seq, recording.committed))
         publish(item)
 
-    conversation._publish = checking  # type: ignore[method-assign]
+    conversation.stream.publish = checking  # type: ignore[method-assign]
     outbox = conversation.subscribe().queue
     await conversation.handle(UserMessage("go"))
     await until(outbox, TurnDone)

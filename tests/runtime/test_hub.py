@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import SEQ_RESERVE_BLOCK, ConversationSettings, UserMessage
+from runtime.commands import UserMessage
+from runtime.conversation import ConversationSettings
 from runtime.errors import PermissionDenied, Unavailable
 from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone
+from runtime.hub import SessionHub
 from runtime.llm import TextChunk
-from runtime.session import SessionHub
 from runtime.store import Store, migrate
+from runtime.stream import SEQ_RESERVE_BLOCK
 from tests.conftest import fresh_postgres
 from tests.runtime.test_conversation import ScriptedLlm
 
@@ -93,8 +95,8 @@ async def test_a_seq_a_client_saw_is_never_given_to_another_event_after_a_crash(
 
     second = hub(store, "r2", ScriptedLlm([TextChunk("again")]))
     reopened, _ = await second.open("crash", "alice")
-    replay_b, recovered_b = await reopened.events_after(b_position)
-    replay_a, recovered_a = await reopened.events_after(deltas[-1])
+    replay_b, recovered_b = await reopened.stream.events_after(b_position)
+    replay_a, recovered_a = await reopened.stream.events_after(deltas[-1])
     assert recovered_a
     assert recovered_b
     notice_a = [i for i in replay_a if isinstance(i.event, ErrorEvent)]
@@ -107,7 +109,7 @@ async def test_a_seq_a_client_saw_is_never_given_to_another_event_after_a_crash(
     assert isinstance(replay_a[-1].event, TurnDone)
     # A position ahead of the log is refused and does not renumber the session.
     last = reopened.session.last_seq
-    assert await reopened.events_after(last + 10) == ([], False)
+    assert await reopened.stream.events_after(last + 10) == ([], False)
     assert reopened.session.last_seq == last
     window = reopened.subscribe()
     await reopened.handle(UserMessage("retry"))

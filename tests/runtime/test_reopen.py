@@ -24,17 +24,15 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.conversation import (
+from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
-    Conversation,
-    ConversationSettings,
     PlanApproval,
-    Subscriber,
     ToolResult,
     UserMessage,
 )
+from runtime.conversation import Conversation, ConversationSettings
 from runtime.events import (
     AssistantText,
     ErrorEvent,
@@ -46,8 +44,9 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
+from runtime.hub import SessionHub
 from runtime.llm import ChatMessage
-from runtime.session import CallState, SessionHub, message_from_record
+from runtime.state import CallState, message_from_record
 from runtime.store import (
     AWAITING_DECISION,
     PENDING_STATUSES,
@@ -57,6 +56,7 @@ from runtime.store import (
     Store,
     migrate,
 )
+from runtime.stream import Subscriber
 from tests.conftest import fresh_postgres
 from tests.gateway.conftest import eventually
 from tests.runtime.test_conversation import ScriptedLlm, call

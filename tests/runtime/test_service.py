@@ -261,7 +261,7 @@ async def test_health_needs_no_credential_and_reflection_does(
 def test_client_events_keep_integers_and_reject_bad_decisions() -> None:
     from google.protobuf import struct_pb2
 
-    from runtime.conversation import ApprovalDecision, ToolResult
+    from runtime.commands import ApprovalDecision, ToolResult
     from runtime.errors import InvalidArgument
     from runtime.service import to_client_event
 
@@ -583,9 +583,9 @@ class RecordingContext:
 
 
 async def test_the_pump_merges_deltas_that_queued_up_and_nothing_else() -> None:
-    from runtime.conversation import END_OF_STREAM, Subscriber
     from runtime.events import AssistantText, Sequenced, ToolCallEvent, TurnDone, TurnStatus
     from runtime.service import AgentRuntimeServicer
+    from runtime.stream import END_OF_STREAM, Subscriber
 
     subscriber = Subscriber(asyncio.Queue())
     for item in (

@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 
 from mesh.database import alembic_config, create_engine, current_revision
 from runtime.errors import InvalidArgument
+from runtime.schema import VERSION_TABLE, metadata
 from runtime.store import (
     MIGRATIONS_DIR,
-    VERSION_TABLE,
     CallRecord,
     EventRecord,
     MessageRecord,
@@ -23,7 +23,6 @@ from runtime.store import (
     Step,
     Store,
     head_revision,
-    metadata,
     migrate,
 )
 from tests.conftest import fresh_postgres

@@ -1,0 +1,67 @@
+"""What a client asks of a session, as plain data.
+
+:mod:`runtime.service` turns ``runtime.v1`` client events into these;
+:meth:`runtime.conversation.Conversation.handle` reacts to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    content: str
+    role: str = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTurn:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    call_id: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecision:
+    call_id: str
+    decision: str  # approve | edit | reject
+    modified_arguments: dict[str, Any] | None = None
+    feedback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchAgent:
+    agent_type: str
+    content: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanApproval:
+    plan_id: str
+    decision: str  # approve | reject
+    feedback: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileChanged:
+    path: str
+    timestamp: float
+
+
+ClientEvent = (
+    UserMessage
+    | CancelTurn
+    | ToolResult
+    | ApprovalDecision
+    | SwitchAgent
+    | PlanApproval
+    | FileChanged
+)

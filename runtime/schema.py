@@ -1,0 +1,101 @@
+"""The runtime's SQL schema: sessions, messages, the event log, tool calls,
+plans and agent switches, as SQLAlchemy Core tables.
+
+Alembic owns the schema in the database (``runtime/migrations``, which
+compares against :data:`metadata`); :mod:`runtime.store` reads and writes
+these tables.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+VERSION_TABLE = "runtime_alembic_version"
+
+metadata = sa.MetaData()
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False, server_default=""),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="idle"),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("seq_reserved", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(255), nullable=True),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_sessions_owner_updated", "owner", "updated_at", "id"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("tool_calls", sa.Text, nullable=True),
+    sa.Column("tool_call_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("name", sa.String(64), nullable=False, server_default=""),
+    sa.Column("agent", sa.String(32), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_events_session_last_seq", "session_id", "last_seq"),
+)
+
+tool_calls = sa.Table(
+    "tool_calls",
+    metadata,
+    sa.Column("call_id", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("tool_name", sa.String(64), nullable=False),
+    sa.Column("agent", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("arguments", sa.Text, nullable=False),
+    sa.Column("final_arguments", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("plan_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("offered_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("decided_by", sa.String(255), nullable=True),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_tool_calls_session_status", "session_id", "status"),
+)
+
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("plan_id", sa.String(128), primary_key=True),
+    sa.Column("steps", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+agent_switches = sa.Table(
+    "agent_switches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("from_agent", sa.String(32), nullable=False),
+    sa.Column("to_agent", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_switches_session", "session_id", "id"),
+)

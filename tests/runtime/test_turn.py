@@ -1,0 +1,157 @@
+"""The turn core without a database or gRPC: a fake ChatModel answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+import pytest
+
+from runtime import routing
+from runtime.agents import AGENTS
+from runtime.errors import UpstreamError
+from runtime.events import Usage
+from runtime.llm import (
+    ChatMessage,
+    Chunk,
+    StreamEnd,
+    TextChunk,
+    ToolCallChunk,
+    ToolCallRequest,
+    ToolSpec,
+)
+from runtime.turn import (
+    CHARS_PER_TOKEN_BOUND,
+    MAX_MODEL_CALLS_PER_TURN,
+    MAX_SWITCHES_PER_TURN,
+    Turn,
+    request_reply,
+)
+
+
+class FakeModel:
+    """A ChatModel that answers with ``chunks`` and records what it was asked."""
+
+    def __init__(self, *chunks: Chunk, window: int = 0, fail: UpstreamError | None = None) -> None:
+        self.chunks = chunks
+        self.window = window
+        self.fail = fail
+        self.asked: list[tuple[str, list[ChatMessage], list[str]]] = []
+        self.closed = asyncio.Event()
+
+    async def context_window(self, model: str) -> int:
+        return self.window
+
+    async def stream_chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        *,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[Chunk, None]:
+        self.asked.append((model, list(messages), [tool.name for tool in tools]))
+        try:
+            for chunk in self.chunks:
+                yield chunk
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.closed.set()
+
+
+async def test_a_reply_gathers_text_tool_calls_and_usage() -> None:
+    model = FakeModel(
+        TextChunk("Let me "),
+        TextChunk(""),
+        TextChunk("look."),
+        ToolCallChunk(1, "p-2", "list_files", '{"path"'),
+        ToolCallChunk(0, "p-1", "read_file", '{"path": '),
+        ToolCallChunk(1, "", "", ': "."}'),
+        ToolCallChunk(0, "", "", '"a.py"}'),
+        StreamEnd("tool_calls", Usage(7, 3), "fake"),
+    )
+    seen: list[str] = []
+
+    async def on_text(text: str) -> None:
+        seen.append(text)
+
+    history = [ChatMessage("user", "what is in a.py?")]
+    reply = await request_reply(model, "m", AGENTS["ask"], history, on_text=on_text)
+    assert seen == ["Let me ", "look."], "each non-empty delta as it came"
+    assert reply.text == "Let me look."
+    assert [(c.name, c.arguments_json) for c in reply.calls] == [
+        ("read_file", '{"path": "a.py"}'),
+        ("list_files", '{"path": "."}'),
+    ], "calls by index, put together from their fragments"
+    assert all(c.call_id.startswith("call_") for c in reply.calls), "named by the runtime"
+    assert len({c.call_id for c in reply.calls}) == 2
+    assert reply.usage == Usage(7, 3)
+    ((name, messages, tools),) = model.asked
+    assert name == "m"
+    assert messages == [ChatMessage("system", AGENTS["ask"].system_prompt), *history]
+    assert tools == sorted(AGENTS["ask"].tools), "the agent's tools only"
+
+
+async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> None:
+    call = ToolCallRequest("c1", "read_file", '{"path": "a.py"}')
+    history = [
+        ChatMessage("user", "x" * 400),
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", "y" * 40, tool_call_id="c1", name="read_file"),
+        ChatMessage("user", "and now?"),
+    ]
+    model = FakeModel(TextChunk("ok"))
+
+    async def ignore(text: str) -> None:
+        pass
+
+    agent = AGENTS["coder"]
+    model.window = (len(agent.system_prompt) + 200) // CHARS_PER_TOKEN_BOUND
+    await request_reply(model, "m", agent, history, on_text=ignore)
+    sent = model.asked[0][1]
+    assert sent[0].role == "system"
+    assert sent[-1] == history[-1]
+    assert history[0] not in sent, "the oldest message did not fit"
+    tool_ids = {m.tool_call_id for m in sent if m.role == "tool"}
+    call_ids = {c.call_id for m in sent for c in m.tool_calls}
+    assert tool_ids == call_ids, "a call and its result go together or not at all"
+
+
+async def test_a_failing_model_fails_the_request_and_is_closed() -> None:
+    failure = UpstreamError("proxy down", code="llm_unavailable", retryable=True)
+    model = FakeModel(TextChunk("par"), fail=failure)
+    seen: list[str] = []
+
+    async def on_text(text: str) -> None:
+        seen.append(text)
+
+    with pytest.raises(UpstreamError) as raised:
+        await request_reply(model, "m", AGENTS["coder"], [], on_text=on_text)
+    assert raised.value is failure
+    assert seen == ["par"]
+    assert model.closed.is_set()
+
+
+def test_a_turn_counts_its_limits_and_usage() -> None:
+    turn = Turn(request_id="r-1")
+    assert [turn.take_model_call() for _ in range(MAX_MODEL_CALLS_PER_TURN + 1)][-2:] == [
+        True,
+        False,
+    ]
+    assert turn.model_calls == MAX_MODEL_CALLS_PER_TURN
+    assert [turn.take_switch() for _ in range(MAX_SWITCHES_PER_TURN + 1)].count(True) == (
+        MAX_SWITCHES_PER_TURN
+    )
+    turn.add_usage(Usage(2, 1))
+    turn.add_usage(Usage(3, 4))
+    assert turn.usage == Usage(5, 5)
+
+
+async def test_routing_takes_the_models_answer_or_falls_back_to_keywords() -> None:
+    answer = '{"agent": "debug", "confidence": 0.8, "rationale": "a failure"}'
+    route = await routing.classify(FakeModel(TextChunk(answer)), "m", "it crashes")
+    assert (route.agent, route.confidence, route.by_model) == ("debug", 0.8, True)
+    down = FakeModel(fail=UpstreamError("down", code="llm_unavailable", retryable=True))
+    route = await routing.classify(down, "m", "please refactor this function")
+    assert (route.agent, route.by_model) == ("coder", False)
