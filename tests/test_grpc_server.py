@@ -25,7 +25,7 @@ from mesh.grpc_server import (
     health_check,
     internal_metadata,
 )
-from tests.gateway.conftest import eventually
+from tests.support import eventually
 
 KEY = "test-internal-key"
 AUTH = internal_metadata(KEY)

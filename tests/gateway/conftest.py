@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -594,15 +594,6 @@ async def receive(ws: ClientConnection) -> dict[str, Any]:
     assert isinstance(message, str)
     frame: dict[str, Any] = json.loads(message)
     return frame
-
-
-async def eventually(predicate: Callable[[], bool]) -> None:
-    """Wait for a condition that has no event to await."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
 
 
 class PingCounter(ClientConnection):

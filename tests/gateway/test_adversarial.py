@@ -30,11 +30,11 @@ from tests.gateway.conftest import (
     Feed,
     SigningKey,
     close_code,
-    eventually,
     mint,
     opened,
     receive,
 )
+from tests.support import eventually
 
 
 def _b64(data: bytes) -> str:

@@ -33,12 +33,12 @@ from tests.gateway.conftest import (
     PingCounter,
     SigningKey,
     close_code,
-    eventually,
     make_config,
     mint,
     opened,
     receive,
 )
+from tests.support import eventually
 
 # -- streaming -----------------------------------------------------------
 

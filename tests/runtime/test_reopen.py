@@ -58,8 +58,8 @@ from runtime.store import (
 )
 from runtime.stream import Subscriber
 from tests.conftest import fresh_postgres
-from tests.gateway.conftest import eventually
 from tests.runtime.test_conversation import ScriptedLlm, call
+from tests.support import eventually
 
 WRITE = {"path": "notes.md", "content": "draft"}
 EDITED = {"path": "notes.md", "content": "final"}
