@@ -1,9 +1,9 @@
 """What tests in every folder share for waiting: on a condition that has
 no event (:func:`eventually`, :func:`wait_until`), on a service's health
 check (:func:`grpc_healthy`, :func:`http_healthy`: the checks of
-:mod:`mesh.probe`, the containers' probe), and on a program run as a subprocess (:class:`Service`: started
-with its output captured, ready once a line or a check says so, stopped
-with a signal and a bounded wait).
+:mod:`mesh.probe`, the containers' probe), and on a program run as a
+subprocess (:class:`Service`: started with its output captured, ready once
+a line or a check says so, stopped with a signal and a bounded wait).
 
 Every wait here is bounded; none is a fixed sleep standing in for an event.
 """

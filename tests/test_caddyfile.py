@@ -5,18 +5,16 @@ their own name and the X-Forwarded-For they were given."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.support import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 CADDY = Path(sys.executable).parent / "caddy"
@@ -42,37 +40,14 @@ async def _upstream(name: str) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-@contextlib.contextmanager
-def caddy(env: dict[str, str]) -> Iterator[threading.Event]:
-    """Caddy with the Caddyfile; yields an event set once it serves (its log says so)."""
-    process = subprocess.Popen(
+def caddy(env: dict[str, str]) -> Service:
+    """Caddy with the Caddyfile; ready once its log says it serves."""
+    return Service(
         [str(CADDY), "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
         env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        ready='"serving initial configuration"',
+        start_timeout=30,
     )
-    serving, log = threading.Event(), []
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            if '"serving initial configuration"' in line:
-                serving.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        yield serving
-    finally:
-        process.terminate()
-        process.wait(10)
-        reader.join(5)
-        assert process.stderr is not None
-        process.stderr.close()
-    if not serving.is_set():
-        pytest.fail("Caddy did not start:\n" + "".join(log[-20:]))
 
 
 @pytest.fixture
@@ -88,10 +63,13 @@ async def front(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         "XDG_DATA_HOME": str(tmp_path),
         "XDG_CONFIG_HOME": str(tmp_path),
     }
-    with caddy(env) as serving:
-        assert await asyncio.to_thread(serving.wait, 30), "Caddy is serving"
+    proxy = caddy(env)
+    await asyncio.to_thread(proxy.start)
+    try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             yield client
+    finally:
+        await asyncio.to_thread(proxy.stop, timeout=10)
     for server, _ in servers:
         server.close()
 

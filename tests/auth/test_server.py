@@ -6,7 +6,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from auth.config import AuthConfig
 from auth.keys import rotate_keys
 from mesh.config import ConfigError, load
 from tests.conftest import free_port
+from tests.support import Service, http_healthy, wait_until
 
 from .conftest import subprocess_env
 
@@ -30,29 +30,13 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _wait_until_healthy(base_url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"auth exited early with {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    pytest.fail("auth did not become healthy in 20 s")
-
-
 @pytest.fixture
 def metrics_port() -> int:
     return free_port()
 
 
 @pytest.fixture
-def running_service(
-    workdir: Path, metrics_port: int
-) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def running_service(workdir: Path, metrics_port: int) -> Iterator[tuple[str, Service]]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = subprocess_env(
@@ -84,27 +68,24 @@ def running_service(
         check=False,
     )
     assert added.returncode == 0, added.stderr
-    process = subprocess.Popen(
+    service = Service(
         [sys.executable, "-m", "auth"],
         cwd=workdir,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        ready=http_healthy(f"{base_url}/health"),
+        start_timeout=20,
     )
+    service.start()
     try:
-        _wait_until_healthy(base_url, process)
-        yield base_url, process
+        yield base_url, service
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+        service.stop(signal.SIGKILL)
 
 
 def test_token_over_a_real_socket_then_graceful_stop(
-    running_service: tuple[str, subprocess.Popen[str]], workdir: Path
+    running_service: tuple[str, Service], workdir: Path
 ) -> None:
-    base_url, process = running_service
+    base_url, service = running_service
     with httpx.Client(base_url=base_url, timeout=10) as client:
         discovery = client.get("/.well-known/openid-configuration").json()
         assert discovery["token_endpoint"] == f"{base_url}/oauth/token"
@@ -141,10 +122,11 @@ def test_token_over_a_real_socket_then_graceful_stop(
 
         # A staged key shows up in the JWKS without a restart, and does not sign yet.
         rotation = rotate_keys(workdir / ".codelab" / "keys", publish_ahead=600, retire_after=1200)
-        deadline = time.monotonic() + 10
-        while len(client.get(discovery["jwks_uri"]).json()["keys"]) < 2:
-            assert time.monotonic() < deadline, "the staged key was never published"
-            time.sleep(0.1)
+        wait_until(
+            lambda: len(client.get(discovery["jwks_uri"]).json()["keys"]) >= 2,
+            timeout=10,
+            what="the staged key published",
+        )
         published = [key["kid"] for key in client.get(discovery["jwks_uri"]).json()["keys"]]
         assert published[1] == rotation.staged.kid
 
@@ -163,19 +145,19 @@ def test_token_over_a_real_socket_then_graceful_stop(
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in key_files)
     assert (workdir / ".codelab" / "auth.db").is_file()
 
-    process.send_signal(signal.SIGTERM)
-    _stdout, stderr = process.communicate(timeout=20)
-    assert process.returncode == 0, stderr
-    assert "auth_stopped" in stderr
-    assert "token_issued" in stderr
+    returncode = service.stop(signal.SIGTERM, timeout=20)
+    output = service.output  # stdout and stderr
+    assert returncode == 0, output
+    assert "auth_stopped" in output
+    assert "token_issued" in output
     # Nothing secret reaches the logs.
-    assert PASSWORD not in stderr
-    assert token not in stderr
-    assert token.split(".")[2] not in stderr
-    assert "PRIVATE KEY" not in stderr
+    assert PASSWORD not in output
+    assert token not in output
+    assert token.split(".")[2] not in output
+    assert "PRIVATE KEY" not in output
     for secret in (refresh_token, second_refresh):
-        assert secret not in stderr
-    assert "signing_keys_reloaded" in stderr
+        assert secret not in output
+    assert "signing_keys_reloaded" in output
 
     # The socket peer, not the forged header, is who logged in.
     with sqlite3.connect(workdir / ".codelab" / "auth.db") as db:
@@ -184,9 +166,9 @@ def test_token_over_a_real_socket_then_graceful_stop(
 
 
 def test_metrics_are_served_on_their_own_port_only(
-    running_service: tuple[str, subprocess.Popen[str]], metrics_port: int
+    running_service: tuple[str, Service], metrics_port: int
 ) -> None:
-    base_url, _process = running_service
+    base_url, _service = running_service
     with httpx.Client(base_url=base_url, timeout=10) as client:
         issued = client.post(
             "/oauth/token",

@@ -2,8 +2,9 @@
 
 ``scripts/devstack.py`` (what ``scripts/up`` runs after installing) starts
 llmproxy, runtime, auth and gateway as subprocesses on free loopback ports,
-with a fresh ``CODELAB_HOME``; the fixture waits for its "up" line and stops
-it with SIGTERM at the end.
+with a fresh ``CODELAB_HOME``; the fixture runs it as a
+:class:`tests.support.Service`, waits for its "up" line and stops it with
+SIGTERM at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support import NotReady, Service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,6 @@ class Mesh:
     internal_key: str
     token: str
     dev_user: dict[str, str]
-    process: subprocess.Popen[str]
 
     @property
     def ws_url(self) -> str:
@@ -96,38 +96,20 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         "AUTH_SERVICE__METRICS_PORT": str(ports["auth_metrics"]),
         "CODELAB_FRONT_PORT": str(ports["front"]),
     }
-    process = subprocess.Popen(
+    devstack = Service(
         [sys.executable, str(ROOT / "scripts" / "devstack.py")],
         env=env,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        ready="Ctrl-C stops everything",
+        start_timeout=90,
     )
-    output: list[str] = []
-    ready = threading.Event()
-    up = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        with process.stdout:
-            for line in process.stdout:
-                output.append(line)
-                if "Ctrl-C stops everything" in line:
-                    up.set()
-                    ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    if not ready.wait(90) or not up.is_set():
-        process.kill()
-        process.wait()
-        reader.join(5)
+    try:
+        devstack.start()
+    except NotReady as failed:
         logs = "".join(
             f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (home / "logs").glob("*.log")
         )
-        pytest.fail(f"scripts/up did not come up:\n{''.join(output)}\n{logs}")
+        pytest.fail(f"scripts/up did not come up: {failed}\n{logs}")
     mesh = Mesh(
         home=home,
         gateway_port=ports["gateway"],
@@ -142,20 +124,12 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         internal_key=(home / "internal-api-key").read_text().strip(),
         token=(home / "token").read_text().strip(),
         dev_user=json.loads((home / "dev-user.json").read_text()),
-        process=process,
     )
     try:
         yield mesh
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        reader.join(5)
-    assert code == 0, "".join(output)
+        code = devstack.stop(signal.SIGTERM, timeout=30)
+    assert code == 0, devstack.output
 
 
 def add_user(mesh: Mesh) -> dict[str, str]:

@@ -11,16 +11,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import jwt
 import pytest
 import yaml
@@ -28,55 +25,18 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
-from mesh import probe
 from mesh.database import create_engine
 from mesh.grpc_server import internal_metadata
 from runtime.store import Store
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import ROOT, Mesh, migrate_runtime
+from tests.support import Service, grpc_healthy, http_healthy
 
 
-class Service:
-    """One service as a subprocess, restartable on the same port."""
-
-    def __init__(self, module: str, env: dict[str, str], log: Path, ready: Callable[[], bool]):
-        self.module, self.env, self.log, self.ready = module, env, log, ready
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=self.env, cwd=ROOT, stdout=out, stderr=out
-            )
-        deadline = time.monotonic() + 60
-        while not self.ready():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.module} did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(30)
-
-
-def grpc_ready(port: int) -> Callable[[], bool]:
-    def check() -> bool:
-        return probe.grpc_serving(f"127.0.0.1:{port}", timeout=1) is None
-
-    return check
-
-
-def http_ready(port: int) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return check
+def module_service(module: str, env: dict[str, str], ready: Callable[[], bool]) -> Service:
+    """``python -m module``, restartable on the same port."""
+    return Service([sys.executable, "-m", module], env=env, cwd=ROOT, ready=ready)
 
 
 class Stack:
@@ -107,7 +67,7 @@ class Stack:
         key = mesh.internal_key
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         migrate_runtime(database, key)
-        self.llmproxy = Service(
+        self.llmproxy = module_service(
             "llmproxy",
             {
                 **base,
@@ -115,10 +75,9 @@ class Stack:
                 "LLM_PROXY__INTERNAL_API_KEY": key,
                 "LLM_PROXY__CONFIG": str(config),
             },
-            home / "llmproxy.log",
-            grpc_ready(llm_port),
+            grpc_healthy(f"127.0.0.1:{llm_port}"),
         )
-        self.runtime = Service(
+        self.runtime = module_service(
             "runtime",
             {
                 **base,
@@ -128,10 +87,9 @@ class Stack:
                 "AGENT_RUNTIME__DATABASE_URL": database,
                 "AGENT_RUNTIME__AGENT_MODELS": "ask=offline-slow",
             },
-            home / "runtime.log",
-            grpc_ready(runtime_port),
+            grpc_healthy(f"127.0.0.1:{runtime_port}"),
         )
-        self.gateway = Service(
+        self.gateway = module_service(
             "gateway",
             {
                 **base,
@@ -141,8 +99,7 @@ class Stack:
                 "GATEWAY__JWKS_URL": f"{mesh.auth_url}/.well-known/jwks.json",
                 "GATEWAY__JWT_ISSUER": mesh.auth_url,
             },
-            home / "gateway.log",
-            http_ready(self.gateway_port),
+            http_healthy(f"http://127.0.0.1:{self.gateway_port}/health"),
         )
 
     @property
@@ -155,7 +112,7 @@ class Stack:
 
     def stop(self) -> None:
         for service in (self.gateway, self.runtime, self.llmproxy):
-            if service.process is not None and service.process.poll() is None:
+            if service.running:
                 service.stop()
 
 

@@ -14,7 +14,6 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -23,7 +22,8 @@ from ide.connection import IdeConnection
 from runtime.store import Store
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import Mesh, migrate_runtime
-from tests.integration.test_persistence import Service, frames_until_final, grpc_ready, http_ready
+from tests.integration.test_persistence import frames_until_final, module_service
+from tests.support import Service, grpc_healthy, http_healthy
 
 LEASE_TTL = 2.0
 
@@ -31,21 +31,20 @@ pytestmark = pytest.mark.postgres
 
 
 class Replicas:
-    def __init__(self, mesh: Mesh, home: Path, database: str) -> None:
+    def __init__(self, mesh: Mesh, database: str) -> None:
         key = mesh.internal_key
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         llm_port = free_port()
         self.runtime_ports = [free_port(), free_port()]
         self.gateway_ports = [free_port(), free_port()]
         migrate_runtime(database, key)
-        self.llmproxy = Service(
+        self.llmproxy = module_service(
             "llmproxy",
             {**base, "LLM_PROXY__PORT": str(llm_port), "LLM_PROXY__INTERNAL_API_KEY": key},
-            home / "llmproxy.log",
-            grpc_ready(llm_port),
+            grpc_healthy(f"127.0.0.1:{llm_port}"),
         )
         self.runtimes = [
-            Service(
+            module_service(
                 "runtime",
                 {
                     **base,
@@ -56,14 +55,13 @@ class Replicas:
                     "AGENT_RUNTIME__LLM_PROXY_ADDRESS": f"127.0.0.1:{llm_port}",
                     "AGENT_RUNTIME__DATABASE_URL": database,
                 },
-                home / f"runtime{index}.log",
-                grpc_ready(port),
+                grpc_healthy(f"127.0.0.1:{port}"),
             )
             for index, port in enumerate(self.runtime_ports)
         ]
         addresses = ",".join(f"127.0.0.1:{port}" for port in self.runtime_ports)
         self.gateways = [
-            Service(
+            module_service(
                 "gateway",
                 {
                     **base,
@@ -73,8 +71,7 @@ class Replicas:
                     "GATEWAY__JWKS_URL": f"{mesh.auth_url}/.well-known/jwks.json",
                     "GATEWAY__JWT_ISSUER": mesh.auth_url,
                 },
-                home / f"gateway{index}.log",
-                http_ready(port),
+                http_healthy(f"http://127.0.0.1:{port}/health"),
             )
             for index, port in enumerate(self.gateway_ports)
         ]
@@ -87,16 +84,14 @@ class Replicas:
 
 
 @pytest.fixture
-def replicas(mesh: Mesh, tmp_path: Path) -> Iterator[Replicas]:
+def replicas(mesh: Mesh) -> Iterator[Replicas]:
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(fresh_postgres_sync("test_replicas"))
-        own = Replicas(mesh, tmp_path, database)
+        own = Replicas(mesh, database)
         own.database = database  # type: ignore[attr-defined]
         for service in own.services():
             service.start()
-            cleanup.callback(
-                lambda s=service: s.stop() if s.process and s.process.poll() is None else None
-            )
+            cleanup.callback(lambda s=service: s.stop() if s.running else None)
         yield own
 
 

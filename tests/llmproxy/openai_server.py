@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +45,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support import wait_until
 
 TEXT_REPLY = "Hello from the test server, streamed word by word."
 TOOL_PREAMBLE = "Let me look."
@@ -97,11 +98,8 @@ class OpenAIServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test OpenAI server did not start")
-            time.sleep(0.01)
+        server = self._server
+        wait_until(lambda: server.started, timeout=10, what="the test OpenAI server started")
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:

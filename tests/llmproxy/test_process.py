@@ -7,38 +7,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmproxy.offline import expected_reply_text
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from tests.conftest import free_port
 from tests.llmproxy.conftest import INTERNAL_KEY, METADATA
+from tests.support import Service, grpc_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def wait_until_serving(
-    channel: grpc.aio.Channel, process: asyncio.subprocess.Process
-) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.returncode is None, "llmproxy exited before serving"
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        assert time.monotonic() < deadline, "llmproxy did not become SERVING"
-        await asyncio.sleep(0.1)
-
-
-async def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+async def test_process_serves_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     env = {
         **os.environ,
@@ -47,31 +29,29 @@ async def test_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> No
         "LLM_PROXY__SHUTDOWN_GRACE": "1",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
-    log_path = tmp_path / "llmproxy.log"
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmproxy", cwd=REPO, env=env, stdout=log_file, stderr=log_file
-        )
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await wait_until_serving(channel, process)
-                stub = llmproxy_pb2_grpc.LlmProxyServiceStub(channel)
-                request = llmproxy_pb2.StreamChatRequest(
-                    model="offline",
-                    messages=[llmproxy_pb2.ChatMessage(role="user", content="plugh xyzzy")],
-                )
-                responses = [r async for r in stub.StreamChat(request, metadata=METADATA)]
-            process.send_signal(signal.SIGTERM)
-            exit_code = await asyncio.wait_for(process.wait(), 20)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+    llmproxy = Service(
+        [sys.executable, "-m", "llmproxy"],
+        cwd=REPO,
+        env=env,
+        ready=grpc_healthy(f"127.0.0.1:{port}"),
+        start_timeout=30,
+    )
+    await asyncio.to_thread(llmproxy.start)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = llmproxy_pb2_grpc.LlmProxyServiceStub(channel)
+            request = llmproxy_pb2.StreamChatRequest(
+                model="offline",
+                messages=[llmproxy_pb2.ChatMessage(role="user", content="plugh xyzzy")],
+            )
+            responses = [r async for r in stub.StreamChat(request, metadata=METADATA)]
+    finally:
+        exit_code = await asyncio.to_thread(llmproxy.stop, signal.SIGTERM, 20)
 
     text = "".join(r.text.text for r in responses if r.WhichOneof("chunk") == "text")
     assert text == expected_reply_text("plugh xyzzy")
     assert responses[-1].WhichOneof("chunk") == "end"
-    log = log_path.read_text()
+    log = llmproxy.output
     assert exit_code == 0, log
     assert '"event": "llmproxy_started"' in log
     assert f'"port": {port}' in log
