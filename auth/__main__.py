@@ -78,7 +78,7 @@ async def serve(config: AuthConfig, *, on_listening: Callable[[int], None] | Non
                 log_config=None,
                 lifespan="on",
                 access_log=False,
-                # The client address decides throttling; auth.addresses alone
+                # The client address decides throttling; mesh.addresses alone
                 # reads X-Forwarded-For, and only from trusted proxies.
                 proxy_headers=False,
                 server_header=False,

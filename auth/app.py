@@ -27,7 +27,7 @@ path; ``auth.__main__`` serves them on ``METRICS_PORT``.
 This is the only module that knows HTTP: :class:`~auth.errors.OAuthError` is
 mapped to a status here, and anything unexpected becomes a logged 500
 ``server_error``. The client address is the socket peer unless a trusted
-proxy forwarded the request (:mod:`auth.addresses`). :func:`create_app` takes
+proxy forwarded the request (:mod:`mesh.addresses`). :func:`create_app` takes
 every resource as an argument and owns none of them; the caller closes them.
 """
 
@@ -50,7 +50,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from auth.addresses import client_address
 from auth.audit import AuditLog
 from auth.clients import Client, Clients
 from auth.config import AuthConfig
@@ -70,6 +69,7 @@ from auth.revocations import RevocationFeed
 from auth.store import UserStore
 from auth.throttle import LoginThrottle, ThrottlePolicy
 from auth.tokens import TokenIssuer
+from mesh.addresses import client_address
 from mesh.metrics import LATENCY_BUCKETS
 
 MAX_FORM_BYTES = 16 * 1024

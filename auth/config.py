@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from auth.addresses import Network, parse_networks
+from mesh.addresses import Network, parse_networks
 from mesh.config import ConfigError, comma_list, not_negative, positive, setting
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.codelab/auth.db"

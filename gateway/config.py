@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mesh.addresses import Network, parse_networks
 from mesh.config import comma_list, setting
 from mesh.tls import TlsFiles
 
@@ -26,6 +27,10 @@ def _optional_seconds(text: str) -> float | None:
     except ValueError:
         raise ValueError(f"{text!r} is not a number") from None
     return value if value > 0 else None
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    return parse_networks(comma_list(text))
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -94,6 +99,9 @@ class GatewayConfig:
     """open WebSockets per user / per process (0 = no limit)"""
     max_connections: int = 10_000
     """open WebSockets per process (0 = no limit); over it: 503"""
+    trusted_proxies: tuple[Network, ...] = setting((), parse=_networks)
+    """proxies whose X-Forwarded-For names the client (comma list of IPs/CIDRs; the front
+    door: scripts/up sets 127.0.0.1); per-address limits then count the real client"""
     connect_rate: float = 20.0
     """handshakes per second per client address, and the burst (0 disables)"""
     connect_burst: int = 40

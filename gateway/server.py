@@ -71,6 +71,7 @@ from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, retry_after
 from gateway.metrics import GatewayMetrics
 from gateway.revocations import Revocation, RevocationList
+from mesh.addresses import Network, client_address
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
@@ -92,9 +93,14 @@ def _select_subprotocol(
     return select_subprotocol(subprotocols)
 
 
-def _client_address(connection: ServerConnection) -> str:
+def _client_address(
+    connection: ServerConnection, request: Request, trusted: Sequence[Network]
+) -> str:
+    """The client's address: the peer's, or, behind a trusted proxy (the
+    front door), the one its ``X-Forwarded-For`` names (:mod:`mesh.addresses`)."""
     address = connection.remote_address
-    return str(address[0]) if isinstance(address, tuple) and address else str(address)
+    peer = str(address[0]) if isinstance(address, tuple) and address else str(address)
+    return client_address(peer, request.headers.get_all("X-Forwarded-For"), trusted)
 
 
 def _gone(holder: object) -> bool:
@@ -245,7 +251,8 @@ class Gateway:
             if url.path in _READY_PATHS:
                 return await self._readiness()
             return json_response(http.HTTPStatus.OK, {"status": "ok"})
-        wait = self._connect_rate.take(_client_address(connection))
+        address = _client_address(connection, request, self._config.trusted_proxies)
+        wait = self._connect_rate.take(address)
         if wait > 0:
             log.info("request_refused", path=url.path, reason="connect rate")
             return refuse_connect_rate(retry_after(wait))

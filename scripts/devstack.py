@@ -75,8 +75,9 @@ def environment() -> dict[str, str]:
         "LLM_PROXY__METRICS_PORT": "9102",
         "AUTH_SERVICE__METRICS_PORT": "9103",
         # The front door forwards from 127.0.0.1 and says who the client is
-        # in X-Forwarded-For; auth believes it only from there.
+        # in X-Forwarded-For; auth and the gateway believe it only from there.
         "AUTH_SERVICE__TRUSTED_PROXIES": "127.0.0.1",
+        "GATEWAY__TRUSTED_PROXIES": "127.0.0.1",
         "CODELAB_FRONT_PORT": "8080",
     }
     env = {**defaults, **os.environ}

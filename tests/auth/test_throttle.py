@@ -8,10 +8,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from auth.addresses import client_address, parse_networks
 from auth.keys import KeyRing
 from auth.schema import audit_events, login_failures
 from auth.throttle import Limit
+from mesh.addresses import client_address, parse_networks
 
 from .conftest import FakeClock
 from .harness import PASSWORD, Auth, add_alice, running

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from mesh.addresses import parse_networks
 from tests.gateway.conftest import (
     AUDIENCE,
     ISSUER,
@@ -227,6 +228,22 @@ async def test_connect_rate_per_address(edge_factory: Any):
             edge, additional_headers={"Authorization": f"Bearer {mint(edge.key)}"}
         )
         assert response.status_code == 429
+
+
+async def test_behind_the_front_door_each_client_has_its_own_connect_rate(edge_factory: Any):
+    """From a trusted proxy, the X-Forwarded-For client is who is counted; from
+    anyone else the header is ignored (it could be made up)."""
+    alice, bob = {"X-Forwarded-For": "198.51.100.7"}, {"X-Forwarded-For": "198.51.100.8"}
+
+    async def statuses(trusted: Any, *clients: dict[str, str]) -> list[int]:
+        limits = {"connect_rate": 0.5, "connect_burst": 2, "trusted_proxies": trusted}
+        async with edge_factory(**limits) as edge, httpx.AsyncClient(base_url=edge.http("")) as c:
+            return [(await c.get("/api/v1/agents", headers=who)).status_code for who in clients]
+
+    untrusted = await statuses((), alice, bob, alice)
+    assert untrusted == [401, 401, 429], "untrusted: one bucket, the peer's"
+    trusted = await statuses(parse_networks(["127.0.0.1"]), alice, alice, bob, bob, alice)
+    assert trusted == [401, 401, 401, 401, 429], "a bucket per forwarded client"
 
 
 async def test_idle_connection_is_closed_with_1001(edge_factory: Any):

@@ -1,7 +1,8 @@
 """Which address a request comes from, given the proxies we trust.
 
 The peer address of the TCP connection is the client, unless that peer is a
-configured trusted proxy (``AUTH_SERVICE__TRUSTED_PROXIES``). Then the
+configured trusted proxy (``AUTH_SERVICE__TRUSTED_PROXIES``,
+``GATEWAY__TRUSTED_PROXIES``: the front door). Then the
 ``X-Forwarded-For`` chain is walked from the right, skipping trusted proxies,
 and the first untrusted address is the client: everything left of it could
 have been written by the client itself. A malformed entry stops the walk at
