@@ -67,7 +67,9 @@ def parse_upgrade(
     problem: a session id after the prefix and no further ``/``
     (NO_SUCH_PATH), method GET (METHOD_NOT_ALLOWED), the session id's form
     (BAD_SESSION_ID), ``last_seq`` from 0 to ``MAX_SEQ`` (BAD_LAST_SEQ; an
-    empty one is no resume point), the ``Origin`` (ORIGIN_NOT_ALLOWED). A
+    empty one is no resume point), the ``Origin`` (ORIGIN_NOT_ALLOWED). The
+    token comes from ``Authorization: Bearer``, else the subprotocol pair
+    ``bearer, <token>``, else one ``access_token`` query parameter. A
     missing token is not refused here: it is checked after the process's
     connection limit, so a flood of tokenless upgrades costs no more.
     """
@@ -88,7 +90,14 @@ def parse_upgrade(
             raise BadHandshake(HandshakeProblem.BAD_LAST_SEQ, session_id)
     if not origin_allowed(headers, allowed_origins):
         raise BadHandshake(HandshakeProblem.ORIGIN_NOT_ALLOWED, session_id)
-    return Upgrade(session_id, resume_after_seq, bearer_token(headers))
+    token = bearer_token(headers)
+    if "Authorization" not in headers and BEARER_SUBPROTOCOL not in offered_subprotocols(headers):
+        # RFC 6750 §2.3, for clients that can set neither a header nor a
+        # subprotocol; only at the upgrade, and never logged (the gateway
+        # logs paths, not queries).
+        given = parse_qs(query).get("access_token") or []
+        token = given[0] if len(given) == 1 else None
+    return Upgrade(session_id, resume_after_seq, token)
 
 
 def websocket_session_id(path: str) -> str | None:

@@ -119,6 +119,20 @@ def test_the_token_comes_from_the_header_or_the_subprotocol_pair(
     assert bearer_token(Headers(headers)) == token
 
 
+def test_a_client_that_sets_no_header_may_put_the_token_in_the_query():
+    assert parse(query=f"access_token={TOKEN}", headers=Headers()) == Upgrade("s1", None, TOKEN)
+    assert parse(query=f"last_seq=3&access_token={TOKEN}", headers=Headers()).token == TOKEN  # type: ignore[union-attr]
+    # One way only: a header or a subprotocol pair wins, even without a token.
+    for headers in (
+        Headers([("Authorization", "Basic x")]),
+        Headers([("Sec-WebSocket-Protocol", "bearer")]),
+    ):
+        assert parse(query=f"access_token={TOKEN}", headers=headers).token is None  # type: ignore[union-attr]
+    twice = f"access_token={TOKEN}&access_token=other"
+    assert parse(query=twice, headers=Headers()).token is None  # type: ignore[union-attr]
+    assert parse(query="access_token=", headers=Headers()).token is None  # type: ignore[union-attr]
+
+
 def test_only_the_bearer_marker_is_selected_never_the_token():
     assert select_subprotocol([Subprotocol("bearer"), Subprotocol(TOKEN)]) == "bearer"
     assert select_subprotocol([Subprotocol(TOKEN)]) is None

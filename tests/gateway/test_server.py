@@ -477,6 +477,18 @@ async def test_expired_connection_is_closed_unless_refreshed(
             assert await close_code(ws) == (1008, "token expired")
 
 
+async def test_a_token_in_the_query_opens_the_socket_and_is_never_logged(edge: Edge):
+    token = mint(edge.key, sub="alice")
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with connect(edge.url(f"/ws/query-token?access_token={token}")) as ws:
+            await opened(ws)
+        refused = await refused_status(edge, path="/ws/query-token?access_token=x.y.z")
+        assert refused.status_code == 401
+        await edge.gateway.stop()
+    assert token not in repr(logs)
+    assert "x.y.z" not in repr(logs)
+
+
 async def test_one_summary_line_per_connection_and_no_token_in_logs(edge: Edge):
     token = mint(edge.key, sub="alice")
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
