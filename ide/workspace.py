@@ -78,11 +78,16 @@ class Workspace:
             text = "".join(lines[first:last])
         return {"path": self._relative(target), "content": text, "total_lines": len(lines)}
 
-    async def _tool_write_file(self, path: str, content: str) -> dict[str, Any]:
+    async def _tool_write_file(
+        self, path: str, content: str, create_dirs: bool = False
+    ) -> dict[str, Any]:
         target = self.path(path)
         if target.is_dir():
             raise ToolFailed(f"{path!r} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if create_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        elif not target.parent.is_dir():
+            raise ToolFailed(f"the directory of {path!r} does not exist (create_dirs is false)")
         existed = target.exists()
         target.write_text(content)
         return {
@@ -92,7 +97,11 @@ class Workspace:
         }
 
     async def _tool_list_files(
-        self, path: str = ".", recursive: bool = False, pattern: str | None = None
+        self,
+        path: str = ".",
+        recursive: bool = False,
+        pattern: str | None = None,
+        include_hidden: bool = False,
     ) -> dict[str, Any]:
         base = self.path(path)
         if not base.is_dir():
@@ -101,6 +110,10 @@ class Workspace:
         truncated = False
         for entry in self._walk(base, recursive):
             relative = self._relative(entry)
+            if not include_hidden and any(
+                part.startswith(".") for part in entry.relative_to(base).parts
+            ):
+                continue
             if pattern and not (
                 fnmatch.fnmatch(entry.name, pattern) or fnmatch.fnmatch(relative, pattern)
             ):
@@ -124,6 +137,7 @@ class Workspace:
         self,
         query: str,
         path: str = ".",
+        file_pattern: str | None = None,
         case_sensitive: bool = False,
         regex: bool = False,
         max_results: int = 100,
@@ -139,6 +153,8 @@ class Workspace:
         for file in files:
             if len(matches) >= max_results:
                 break
+            if file_pattern and not fnmatch.fnmatch(file.name, file_pattern):
+                continue
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 if file.stat().st_size > MAX_READ_BYTES:
                     continue

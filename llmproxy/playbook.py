@@ -212,10 +212,11 @@ def _greedy(verb: str, rest: str) -> ToolCall | None:
             path, sep, content = rest.partition(" with ")
         if not sep:
             return None
-        content = content.strip()
-        return ToolCall(
-            "write_file", {"path": path.strip(), "content": content + "\n" if content else ""}
-        )
+        content, path = content.strip(), path.strip()
+        write: dict[str, Any] = {"path": path, "content": content + "\n" if content else ""}
+        if "/" in path:
+            write["create_dirs"] = True  # as a model would, for a folder that may be new
+        return ToolCall("write_file", write)
     if verb == "run":
         return ToolCall("execute_command", {"command": rest})
     if verb == "plan":

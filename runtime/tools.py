@@ -93,6 +93,13 @@ TOOLS: dict[str, Tool] = {
                 {
                     "path": _PATH | {"description": "workspace-relative path"},
                     "content": {"type": "string", "maxLength": 4_000_000},
+                    "create_dirs": {
+                        "type": "boolean",
+                        "description": (
+                            "create missing parent directories; IDEs default to false, so "
+                            "send true to write into a folder that does not exist yet"
+                        ),
+                    },
                 },
                 ["path", "content"],
             ),
@@ -109,6 +116,10 @@ TOOLS: dict[str, Tool] = {
                     "path": _PATH | {"description": "workspace-relative directory, '.' for root"},
                     "recursive": {"type": "boolean"},
                     "pattern": {"type": "string", "maxLength": 256, "description": "glob"},
+                    "include_hidden": {
+                        "type": "boolean",
+                        "description": "also list names starting with a dot",
+                    },
                 },
                 ["path"],
             ),
@@ -123,6 +134,11 @@ TOOLS: dict[str, Tool] = {
                 {
                     "query": {"type": "string", "minLength": 1, "maxLength": 1024},
                     "path": _PATH | {"description": "directory to search, '.' for root"},
+                    "file_pattern": {
+                        "type": "string",
+                        "maxLength": 256,
+                        "description": "glob the searched files' names must match",
+                    },
                     "case_sensitive": {"type": "boolean"},
                     "regex": {"type": "boolean"},
                     "max_results": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -149,7 +165,7 @@ TOOLS: dict[str, Tool] = {
                 {
                     "command": {"type": "string", "minLength": 1, "maxLength": 8192},
                     "cwd": _PATH | {"description": "workspace-relative working directory"},
-                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                    "timeout": {"type": "integer", "minimum": 1, "maximum": 3600},
                 },
                 ["command"],
             ),

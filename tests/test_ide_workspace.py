@@ -1,0 +1,43 @@
+"""The terminal client's tools (``ide.workspace``) honour the parameters the
+runtime sends, as the CodeLab IDE does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ide.workspace import ToolFailed, Workspace
+
+
+async def test_a_write_creates_folders_only_when_asked(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path)
+    with pytest.raises(ToolFailed, match="create_dirs"):
+        await workspace.run(
+            "write_file", {"path": "new/a.txt", "content": "x", "create_dirs": False}
+        )
+    assert not (tmp_path / "new").exists()
+    await workspace.run("write_file", {"path": "new/a.txt", "content": "x", "create_dirs": True})
+    assert (tmp_path / "new" / "a.txt").read_text() == "x"
+
+
+async def test_hidden_files_are_listed_only_when_asked(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("secret")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("")
+    (tmp_path / "main.py").write_text("")
+    workspace = Workspace(tmp_path)
+    plain = await workspace.run("list_files", {"path": ".", "recursive": True})
+    assert plain["files"] == ["main.py"]
+    everything = await workspace.run(
+        "list_files", {"path": ".", "recursive": True, "include_hidden": True}
+    )
+    assert ".env" in everything["files"]
+
+
+async def test_a_search_can_be_limited_to_file_names(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("TODO here\n")
+    (tmp_path / "b.md").write_text("TODO there\n")
+    workspace = Workspace(tmp_path)
+    found = await workspace.run("search_in_code", {"query": "TODO", "file_pattern": "*.md"})
+    assert [m["path"] for m in found["matches"]] == ["b.md"]
