@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
-from runtime.store import Store
+from runtime.leases import Leases
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import Mesh, migrate_runtime
 from tests.integration.test_persistence import Service, frames_until_final, grpc_ready, http_ready
@@ -105,7 +105,7 @@ async def lease_owner(database: str, session_id: str) -> str | None:
 
     engine = create_engine(database)
     try:
-        return await Store(engine).lease_owner(session_id)
+        return await Leases(engine).owner(session_id)
     finally:
         await engine.dispose()
 
