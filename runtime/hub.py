@@ -4,7 +4,9 @@ A session belongs to the user who created it. :class:`SessionHub` loads a
 session from the :class:`~runtime.store.Store` into this process the first
 time a client opens it, keeps one :class:`~runtime.conversation.Conversation`
 per live session whatever the number of streams attached, and refuses any
-other user with :class:`~runtime.errors.PermissionDenied`.
+other user with :class:`~runtime.errors.PermissionDenied`. Across replicas,
+a session is live in one process at a time: the hub holds and renews its
+lease (:class:`~runtime.leases.Leases`).
 """
 
 from __future__ import annotations
