@@ -4,7 +4,9 @@ A session belongs to the user who created it. :class:`SessionHub` loads a
 session from the :class:`~runtime.store.Store` into this process the first
 time a client opens it, keeps one :class:`~runtime.conversation.Conversation`
 per live session whatever the number of streams attached, and refuses any
-other user with :class:`~runtime.errors.PermissionDenied`.
+other user with :class:`~runtime.errors.PermissionDenied`. Across replicas,
+a session is live in one process at a time: the hub holds and renews its
+lease (:class:`~runtime.leases.Leases`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class SessionHub:
             await asyncio.sleep(self._lease_ttl / 3)
             live = list(self._live)
             try:
-                held = await self._store.renew_leases(self._replica, live, self._lease_ttl)
+                held = await self._store.leases.renew(self._replica, live, self._lease_ttl)
             except Exception:  # the database is down: keep serving, try again
                 log.warning("lease_renewal_failed", exc_info=True)
                 continue
@@ -129,7 +131,7 @@ class SessionHub:
                 # It was just evicted here: its lease release must not land
                 # after the lease is taken again below.
                 await asyncio.wait([release])
-            if not await self._store.acquire_lease(session_id, self._replica, self._lease_ttl):
+            if not await self._store.leases.acquire(session_id, self._replica, self._lease_ttl):
                 raise Unavailable(
                     "another runtime replica serves this session; retry shortly "
                     "(it moves here when that replica's lease expires)"
@@ -187,7 +189,7 @@ class SessionHub:
         session_id = conversation.session.session_id
         if self._live.get(session_id) is conversation:
             del self._live[session_id]
-            release = asyncio.create_task(self._store.release_lease(session_id, self._replica))
+            release = asyncio.create_task(self._store.leases.release(session_id, self._replica))
             self._releases[session_id] = release
             release.add_done_callback(
                 lambda done: (
@@ -205,7 +207,7 @@ class SessionHub:
             self._heartbeat = None
         for session_id, conversation in list(self._live.items()):
             await conversation.close()
-            await self._store.release_lease(session_id, self._replica)
+            await self._store.leases.release(session_id, self._replica)
         self._live.clear()
         if self._releases:
             await asyncio.wait(list(self._releases.values()))

@@ -4,7 +4,8 @@
 numbering of its events, the tool calls its turn waits on
 (:class:`PendingCall`), its plans and the files the IDE saw change. It is
 loaded from the store (:meth:`Session.from_store`) and changed only by the
-session's :class:`~runtime.conversation.Conversation`.
+session's :class:`~runtime.conversation.Conversation` and its
+:class:`~runtime.dispatch.Dispatcher`.
 """
 
 from __future__ import annotations

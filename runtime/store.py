@@ -11,7 +11,8 @@ by primary key.
 
 The tables are in :mod:`runtime.schema`; the schema in the database belongs
 to Alembic (``runtime/migrations``), and :func:`migrate` applies it. Works
-on SQLite (aiosqlite) and PostgreSQL (asyncpg).
+on SQLite (aiosqlite) and PostgreSQL (asyncpg). Which replica serves a
+session (its lease) is :mod:`runtime.leases`, reached as :attr:`Store.leases`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mesh import database
 from runtime.errors import InvalidArgument
+from runtime.leases import Leases
 from runtime.schema import agent_switches, events, messages, plans, sessions, tool_calls
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -217,6 +219,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.leases = Leases(engine)
+        """Which replica serves each session (:class:`runtime.leases.Leases`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""
@@ -420,63 +424,6 @@ class Store:
                     session_id=session_id, plan_id=plan_id, steps=text, updated_at=stamp
                 )
             )
-
-    async def acquire_lease(self, session_id: str, replica: str, ttl: float) -> bool:
-        """Take or extend the session's lease for ``replica``; False if another holds it.
-
-        One conditional UPDATE: it wins only if the lease is free, expired or
-        already ours, so two replicas can never both win.
-        """
-        stamp = now()
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                sessions.update()
-                .where(
-                    sessions.c.id == session_id,
-                    sa.or_(
-                        sessions.c.lease_owner.is_(None),
-                        sessions.c.lease_owner == replica,
-                        sessions.c.lease_expires_at < stamp,
-                    ),
-                )
-                .values(lease_owner=replica, lease_expires_at=stamp + timedelta(seconds=ttl))
-            )
-        return bool(result.rowcount == 1)
-
-    async def renew_leases(self, replica: str, session_ids: list[str], ttl: float) -> set[str]:
-        """Extend ``replica``'s leases on these sessions; returns the ones still held."""
-        if not session_ids:
-            return set()
-        stamp = now()
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                sessions.update()
-                .where(sessions.c.id.in_(session_ids), sessions.c.lease_owner == replica)
-                .values(lease_expires_at=stamp + timedelta(seconds=ttl))
-            )
-            rows = await conn.execute(
-                sa.select(sessions.c.id).where(
-                    sessions.c.id.in_(session_ids), sessions.c.lease_owner == replica
-                )
-            )
-            return {row.id for row in rows}
-
-    async def release_lease(self, session_id: str, replica: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                sessions.update()
-                .where(sessions.c.id == session_id, sessions.c.lease_owner == replica)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
-
-    async def lease_owner(self, session_id: str) -> str | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(sessions.c.lease_owner).where(sessions.c.id == session_id)
-                )
-            ).first()
-        return None if row is None else row.lease_owner
 
     async def reserve_seqs(self, session_id: str, upto: int) -> None:
         """Record that text deltas of the session may be numbered up to ``upto``.

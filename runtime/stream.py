@@ -15,8 +15,9 @@ What a stream's pump receives besides events are real values: a
 :class:`Resend` (replay after a seq), :data:`END_OF_STREAM` and
 :data:`SESSION_MOVED`.
 
-No transport and no turn logic here: :class:`~runtime.conversation.Conversation`
-decides what happens, the gRPC servicer writes what subscribers receive.
+No transport and no turn logic here: :class:`~runtime.dispatch.Dispatcher`
+decides what a step holds, :class:`~runtime.conversation.Conversation` flushes
+it, the gRPC servicer writes what subscribers receive.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ scripted model); text is handed on through a callback as it streams, so
 the caller decides where it goes (:meth:`runtime.stream.EventStream.text`).
 :class:`~runtime.conversation.Conversation` drives turns with these: it
 routes a new session's first request (:func:`runtime.routing.classify`),
-asks for a reply, dispatches its tool calls and writes each step.
+asks for a reply, hands it to :class:`~runtime.dispatch.Dispatcher` (which
+dispatches its tool calls and decides how the turn goes on) and writes each
+step.
 """
 
 from __future__ import annotations

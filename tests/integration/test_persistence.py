@@ -375,7 +375,7 @@ async def released(database: str, session_id: str) -> None:
         store = Store(engine)
         async with asyncio.timeout(30):
             while True:
-                if await store.lease_owner(session_id) is None:
+                if await store.leases.owner(session_id) is None:
                     return
                 await asyncio.sleep(0.05)
     finally:

@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
-from runtime.store import Store
+from runtime.leases import Leases
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import Mesh, migrate_runtime
 from tests.integration.test_persistence import frames_until_final, module_service
@@ -100,7 +100,7 @@ async def lease_owner(database: str, session_id: str) -> str | None:
 
     engine = create_engine(database)
     try:
-        return await Store(engine).lease_owner(session_id)
+        return await Leases(engine).owner(session_id)
     finally:
         await engine.dispose()
 

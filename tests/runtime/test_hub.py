@@ -49,9 +49,9 @@ async def test_a_session_is_served_by_one_replica_and_only_its_owner(store: Stor
         await first.open("s1", "mallory")
     with pytest.raises(Unavailable):
         await second.open("s1", "alice")
-    assert await store.lease_owner("s1") == "r1"
+    assert await store.leases.owner("s1") == "r1"
     await first.close()
-    assert await store.lease_owner("s1") is None, "closing releases the lease"
+    assert await store.leases.owner("s1") is None, "closing releases the lease"
     again, _ = await second.open("s1", "alice")
     assert again.session.owner == "alice"
     await second.close()
@@ -66,7 +66,7 @@ async def test_reopening_right_after_an_eviction_keeps_the_lease(store: Store) -
     assert not created
     assert reopened is not conversation
     await asyncio.sleep(0)  # let any scheduled release run
-    assert await store.lease_owner("s2") == "r1", "the late release did not drop the new lease"
+    assert await store.leases.owner("s2") == "r1", "the late release did not drop the new lease"
     await replica.close()
 
 
@@ -90,7 +90,7 @@ async def test_a_seq_a_client_saw_is_never_given_to_another_event_after_a_crash(
     b_position = deltas[-2]  # B dropped before the last delta
     # The process dies: nothing more is written, its lease runs out.
     await conversation.abandon()
-    await store.release_lease("crash", "r1")
+    await store.leases.release("crash", "r1")
     hold.set()
 
     second = hub(store, "r2", ScriptedLlm([TextChunk("again")]))

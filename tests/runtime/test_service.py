@@ -505,7 +505,7 @@ async def evicted(database_url: str, session_id: str) -> None:
         store = Store(engine)
         async with asyncio.timeout(10):
             while True:
-                if await store.lease_owner(session_id) is None:
+                if await store.leases.owner(session_id) is None:
                     return
                 await asyncio.sleep(0.01)
     finally:

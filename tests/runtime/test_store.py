@@ -148,18 +148,18 @@ async def test_sessions_page_newest_first_per_owner(store: Store) -> None:
 
 async def test_one_replica_holds_a_session_lease_until_it_expires(store: Store) -> None:
     await store.create_session("leased", "alice", "coder")
-    assert await store.acquire_lease("leased", "r1", ttl=60)
-    assert await store.acquire_lease("leased", "r1", ttl=60), "the holder renews"
-    assert not await store.acquire_lease("leased", "r2", ttl=60), "never two holders"
-    assert await store.renew_leases("r1", ["leased"], ttl=60) == {"leased"}
-    assert await store.renew_leases("r2", ["leased"], ttl=60) == set()
-    assert await store.acquire_lease("leased", "r1", ttl=-1), "expired at once"
-    assert await store.acquire_lease("leased", "r2", ttl=60), "an expired lease moves"
-    assert await store.lease_owner("leased") == "r2"
-    await store.release_lease("leased", "r1")  # not the holder: no effect
-    assert await store.lease_owner("leased") == "r2"
-    await store.release_lease("leased", "r2")
-    assert await store.lease_owner("leased") is None
+    assert await store.leases.acquire("leased", "r1", ttl=60)
+    assert await store.leases.acquire("leased", "r1", ttl=60), "the holder renews"
+    assert not await store.leases.acquire("leased", "r2", ttl=60), "never two holders"
+    assert await store.leases.renew("r1", ["leased"], ttl=60) == {"leased"}
+    assert await store.leases.renew("r2", ["leased"], ttl=60) == set()
+    assert await store.leases.acquire("leased", "r1", ttl=-1), "expired at once"
+    assert await store.leases.acquire("leased", "r2", ttl=60), "an expired lease moves"
+    assert await store.leases.owner("leased") == "r2"
+    await store.leases.release("leased", "r1")  # not the holder: no effect
+    assert await store.leases.owner("leased") == "r2"
+    await store.leases.release("leased", "r2")
+    assert await store.leases.owner("leased") is None
 
 
 async def migrated_at_once(url: str, replicas: int) -> str | None:

@@ -1,0 +1,499 @@
+"""A turn's decisions, without I/O: tool calls dispatched and answered, the turn ended.
+
+:class:`Dispatcher` is the sans-I/O core of a live session's turn, as
+websockets' protocol is to its connection. It changes the session's state
+and queues what the change writes in the stream's open step; it never
+awaits. Each step returns what comes :class:`Next`, and the shell,
+:class:`~runtime.conversation.Conversation`, writes the step
+(:meth:`~runtime.stream.EventStream.flush`) and makes the model call that
+follows. Decided here:
+
+- a model reply's tool calls, each checked by the one gate
+  (:func:`runtime.policy.check`): refused back to the model, offered to the
+  IDE (or first to a human), or run here: the runtime's tools
+  ``switch_mode`` (a switch that widens the agent's rights waits for a
+  human), ``attempt_completion``, ``ask_followup_question``, ``update_plan``;
+- the answers to waiting calls; the last one lets the turn go on;
+- the ends of a turn: no tool calls, a tool that ends it, the model-call
+  limit, a failure, a cancel.
+
+A client's answer that does not fit is refused at once (seq 0, not logged)
+and changes nothing. History never holds a tool call without its result.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from typing import Any
+
+import structlog
+
+from runtime import policy
+from runtime.agents import AGENTS
+from runtime.commands import ApprovalDecision, PlanApproval, ToolResult
+from runtime.events import (
+    AgentSwitched,
+    AssistantText,
+    ErrorEvent,
+    PlanProgress,
+    PlanStep,
+    PlanUpdate,
+    Sequenced,
+    ToolCallEvent,
+    TurnDone,
+    TurnStatus,
+)
+from runtime.llm import ChatMessage, ToolCallRequest
+from runtime.metrics import RuntimeMetrics
+from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
+from runtime.store import CallRecord, now
+from runtime.store import SwitchRecord as StoredSwitch
+from runtime.stream import EventStream
+from runtime.tools import TOOLS, Side
+from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Turn
+
+log = structlog.get_logger("runtime.dispatch")
+
+_TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
+
+
+class Next(enum.Enum):
+    """What the shell does once a step's changes are queued."""
+
+    NOTHING = "nothing"
+    """Nothing changed (a refusal went out at once): there is nothing to write."""
+    WAIT = "wait"
+    """Write the step; the turn waits for answers to its tool calls, nothing runs."""
+    MODEL = "model"
+    """Write the step, then call the model."""
+    DONE = "done"
+    """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
+
+
+def _switched(agent: str) -> dict[str, Any]:
+    return {"result": f"switched to {agent}; continue the request as {agent}"}
+
+
+def _tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessage:
+    content = json.dumps(payload, ensure_ascii=False)
+    return ChatMessage(role="tool", content=content, tool_call_id=call_id, name=name)
+
+
+class Dispatcher:
+    """The decisions of one live session's turns; the changes go to ``stream``'s open step.
+
+    ``approval_required`` names the tools a human approves before the IDE
+    runs them. :attr:`turn` is the current turn's counters (a new one per
+    :meth:`begin`). No method awaits or writes: the caller flushes ``stream``
+    when a method returns anything but :attr:`Next.NOTHING`.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        stream: EventStream,
+        *,
+        approval_required: frozenset[str],
+        metrics: RuntimeMetrics,
+    ) -> None:
+        self.session = session
+        self.stream = stream
+        self._approval_required = approval_required
+        self._metrics = metrics
+        self.turn = Turn()
+
+    # -- recording -------------------------------------------------------------
+
+    def refuse(self, code: str, message: str, retryable: bool = False) -> None:
+        """Answer one client's bad request: sent now, not logged (seq 0)."""
+        self.stream.publish(Sequenced(0, ErrorEvent(code, message, retryable)))
+
+    def append_message(self, message: ChatMessage) -> None:
+        """Add ``message`` to the history, said by the current agent."""
+        session = self.session
+        step = self.stream.step()
+        step.messages.append(message_to_record(len(session.messages), message, session.agent))
+        session.messages.append(message)
+        session.message_agents.append(session.agent)
+
+    def switch(self, to_agent: str, reason: str, confidence: float) -> None:
+        """Make ``to_agent`` the session's agent (routing, the user, or an approved tool)."""
+        session = self.session
+        from_agent = session.agent
+        session.agent = to_agent
+        session.switches.append(SwitchRecord(from_agent, to_agent, reason, confidence, time.time()))
+        self.stream.step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
+        self.stream.durable(AgentSwitched(from_agent, to_agent, reason, confidence))
+
+    def _record_call(self, call: PendingCall, status: str, decided: bool = False) -> None:
+        if status in _TERMINAL_CALL_STATUSES:
+            self._metrics.tool_calls.labels(call.tool_name, status).inc()
+        self.stream.step().calls.append(
+            CallRecord(
+                call_id=call.call_id,
+                tool_name=call.tool_name,
+                agent=call.agent or self.session.agent,
+                status=status,
+                arguments=call.original_arguments or call.arguments,
+                final_arguments=call.arguments if call.edited else None,
+                reason=call.reason,
+                plan_id=call.plan_id,
+                offered_seq=call.offered_seq,
+                decided_by=self.session.owner if decided else None,
+                decided_at=now() if decided else None,
+            )
+        )
+
+    # -- the turn ----------------------------------------------------------------
+
+    def begin(self, content: str, request_id: str | None) -> Next:
+        """Start a turn on the user's ``content``: the model is called next."""
+        session = self.session
+        self.append_message(ChatMessage(role="user", content=content))
+        if not session.title:
+            session.title = content.strip().splitlines()[0][:80]
+        self.turn = Turn(request_id=request_id, started=time.monotonic())
+        session.state = "running"
+        return Next.MODEL
+
+    def take_model_call(self) -> bool:
+        """Count one more model call; at the turn's limit, end the turn instead.
+
+        Returns False once ``MAX_MODEL_CALLS_PER_TURN`` calls were made: the
+        turn then fails with ``turn_limit`` (queued, for the caller to write).
+        """
+        if self.turn.take_model_call():
+            return True
+        limit = f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
+        self.stream.durable(ErrorEvent("turn_limit", limit))
+        self._finish(TurnStatus.FAILED)
+        return False
+
+    def after_reply(self, reply: ModelReply) -> Next:
+        """Take in a model reply: dispatch its tool calls, then decide how the turn goes on.
+
+        :attr:`Next.MODEL` when every call was answered here; :attr:`Next.WAIT`
+        while calls wait for the IDE or a human; :attr:`Next.DONE` when the
+        reply has no tool calls or a tool ended the turn.
+        """
+        self.turn.add_usage(reply.usage)
+        if not reply.calls:
+            self.append_message(ChatMessage("assistant", reply.text))
+            return self._finish(TurnStatus.COMPLETED)
+        self.append_message(ChatMessage("assistant", reply.text, tool_calls=tuple(reply.calls)))
+        ends_turn = False
+        for call in reply.calls:
+            ends_turn |= self._dispatch(call)
+        if self.session.pending:
+            self.turn.ends_after_results = ends_turn
+            self.session.state = "waiting"
+            return Next.WAIT
+        if ends_turn:
+            return self._finish(TurnStatus.COMPLETED)
+        return Next.MODEL
+
+    def fail(self, error: ErrorEvent, reason: str) -> Next:
+        """End the turn as failed with ``error``; open calls are answered with ``reason``."""
+        self._close_open_calls(reason)
+        self.stream.durable(error)
+        return self._finish(TurnStatus.FAILED)
+
+    def cancel(self, reason: str) -> Next:
+        """End the turn as cancelled; open calls are answered with ``reason``."""
+        self._close_open_calls(reason)
+        return self._finish(TurnStatus.CANCELLED)
+
+    def _finish(self, status: TurnStatus) -> Next:
+        """Queue the turn's TurnDone; count it and log its summary line."""
+        turn, usage = self.turn, self.turn.usage
+        self.stream.durable(TurnDone(status, usage))
+        self.session.state = "idle"
+        metrics = self._metrics
+        metrics.turns.labels(status.value).inc()
+        metrics.usage_tokens.labels("prompt").inc(usage.prompt_tokens)
+        metrics.usage_tokens.labels("completion").inc(usage.completion_tokens)
+        duration = None
+        if turn.started is not None:
+            duration = time.monotonic() - turn.started
+            metrics.turn_duration.labels(status.value).observe(duration)
+            turn.started = None
+        log.info(
+            "turn_finished",
+            session_id=self.session.session_id,
+            agent=self.session.agent,
+            status=status.value,
+            model_calls=turn.model_calls,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            duration_ms=None if duration is None else round(duration * 1000, 1),
+        )
+        return Next.DONE
+
+    def _close_open_calls(self, reason: str) -> None:
+        session = self.session
+        for pending in list(session.pending.values()):
+            self._record_call(pending, "cancelled")
+        session.pending.clear()
+        answered = {m.tool_call_id for m in session.messages if m.role == "tool"}
+        for message in reversed(session.messages):
+            if message.role == "assistant" and message.tool_calls:
+                for call in message.tool_calls:
+                    if call.call_id not in answered:
+                        session.answered.add(call.call_id)
+                        self.append_message(
+                            _tool_message(call.call_id, call.name, {"error": reason})
+                        )
+                break
+            if message.role == "user":
+                break
+
+    # -- dispatching a model's calls -------------------------------------------
+
+    def _dispatch(self, call: ToolCallRequest) -> bool:
+        """Check and start one tool call; True if it ends the turn."""
+        verdict = policy.check(
+            AGENTS[self.session.agent],
+            call.name,
+            call.arguments_json,
+            approval_required=self._approval_required,
+        )
+        if isinstance(verdict, policy.Refused):
+            if verdict.grounds is policy.Grounds.DENIED:
+                log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
+            self._metrics.tool_calls.labels(
+                call.name if call.name in TOOLS else "unknown", "refused"
+            ).inc()
+            self._answer(call, {"error": verdict.to_model()})
+            return False
+        if TOOLS[call.name].side is Side.RUNTIME:
+            self._metrics.tool_calls.labels(call.name, "runtime").inc()
+            return self._run_runtime_tool(call, verdict.arguments)
+        approval = verdict.requires_approval
+        state = CallState.AWAITING_APPROVAL if approval else CallState.AWAITING_RESULT
+        self._offer(call, verdict.arguments, state, verdict.reason)
+        return False
+
+    def _offer(
+        self, call: ToolCallRequest, arguments: dict[str, Any], state: CallState, reason: str
+    ) -> None:
+        """Send a call to the IDE (or for approval) and wait for its answer."""
+        pending = PendingCall(
+            call.call_id,
+            call.name,
+            arguments,
+            state,
+            reason,
+            agent=self.session.agent,
+            original_arguments=arguments,
+        )
+        approval = state is CallState.AWAITING_APPROVAL
+        pending.offered_seq = self.stream.durable(
+            ToolCallEvent(call.call_id, call.name, arguments, approval, reason)
+        )
+        self.session.pending[call.call_id] = pending
+        self._record_call(pending, pending.state.value)
+
+    def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
+        self.session.answered.add(call.call_id)
+        self.append_message(_tool_message(call.call_id, call.name, payload))
+
+    def _run_runtime_tool(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
+        match call.name:
+            case "switch_mode":
+                target = arguments["agent"]
+                if target == self.session.agent:
+                    self._answer(call, {"result": f"{target} is already the current agent"})
+                elif not self.turn.take_switch():
+                    self._answer(
+                        call,
+                        {"error": f"no more than {MAX_SWITCHES_PER_TURN} switches per turn"},
+                    )
+                else:
+                    gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
+                    if gain is None:
+                        self.switch(target, arguments["reason"], 1.0)
+                        self._answer(call, _switched(target))
+                    else:
+                        # A model could be talked into widening its own
+                        # rights (prompt injection): a human decides, and
+                        # the call runs here once approved (_run_approved).
+                        reason = f"{gain}: {arguments['reason']}"
+                        self._offer(call, arguments, CallState.AWAITING_APPROVAL, reason)
+                return False
+            case "attempt_completion":
+                self.stream.durable(AssistantText(arguments["result"]))
+                self._answer(call, {"result": "the result was shown to the user"})
+                return True
+            case "ask_followup_question":
+                self.stream.durable(AssistantText(arguments["question"]))
+                self._answer(call, {"result": "asked; the answer is the next user message"})
+                return True
+            case "update_plan":
+                self._update_plan(call, arguments)
+                return False
+        self._answer(call, {"error": f"{call.name} is not a runtime tool"})
+        return False
+
+    def _update_plan(self, call: ToolCallRequest, arguments: dict[str, Any]) -> None:
+        plan_id = arguments["plan_id"]
+        steps = tuple(
+            PlanStep(s["id"], s.get("description", ""), s["status"]) for s in arguments["steps"]
+        )
+        before = {step.id: step for step in self.session.plans.get(plan_id, ())}
+        if before:
+            # Updating an existing plan: each changed step is progress.
+            for step in steps:
+                old = before.get(step.id)
+                if old is None or old.status != step.status:
+                    self.stream.durable(
+                        PlanProgress(plan_id, step.id, step.status, step.description)
+                    )
+        self.session.plans[plan_id] = steps
+        self.stream.step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
+        current = next((s.id for s in steps if s.status == "in_progress"), "")
+        needs_approval = bool(arguments.get("requires_approval")) and not before
+        offered = self.stream.durable(PlanUpdate(plan_id, steps, current, needs_approval))
+        if needs_approval:
+            pending = PendingCall(
+                call.call_id,
+                call.name,
+                arguments,
+                CallState.AWAITING_PLAN_APPROVAL,
+                "the plan needs approval",
+                agent=self.session.agent,
+                plan_id=plan_id,
+                offered_seq=offered,
+            )
+            self.session.pending[call.call_id] = pending
+            self._record_call(pending, pending.state.value)
+        else:
+            self._answer(call, {"result": "plan published"})
+
+    # -- answers to waiting calls ------------------------------------------------
+
+    def on_tool_result(self, event: ToolResult) -> Next:
+        """The IDE's result of a call it was sent (refused if not approved yet)."""
+        call = self.session.pending.get(event.call_id)
+        if call is None or call.state is CallState.AWAITING_PLAN_APPROVAL:
+            if event.call_id in self.session.answered:
+                self.refuse(
+                    "duplicate_tool_result", f"tool call {event.call_id!r} was already answered"
+                )
+            else:
+                self.refuse(
+                    "unknown_call_id", f"this session issued no tool call {event.call_id!r}"
+                )
+            return Next.NOTHING
+        if call.state is CallState.AWAITING_APPROVAL:
+            self.refuse(
+                "approval_required",
+                f"tool call {event.call_id!r} has not been approved; send hitl_decision first",
+            )
+            return Next.NOTHING
+        if event.error is not None:
+            payload: dict[str, Any] = {"error": event.error}
+            status = "failed"
+        else:
+            payload = {"result": event.result if event.result is not None else {}}
+            status = "completed"
+        if call.edited:
+            payload["edited_arguments"] = call.arguments
+        return self._resolve(call, payload, status)
+
+    def on_approval(self, event: ApprovalDecision) -> Next:
+        """A human's decision on a call: approve, edit (checked again) or reject."""
+        call = self.session.pending.get(event.call_id)
+        if call is None or call.state is not CallState.AWAITING_APPROVAL:
+            self.refuse(
+                "unknown_call_id", f"no tool call {event.call_id!r} is waiting for approval"
+            )
+            return Next.NOTHING
+        if event.decision in ("approve", "edit", "reject"):
+            self._metrics.approvals.labels(call.tool_name, event.decision).inc()
+        if event.decision == "reject":
+            payload: dict[str, Any] = {"error": "the user rejected this tool call"}
+            if event.feedback:
+                payload["feedback"] = event.feedback
+            return self._resolve(call, payload, "rejected", decided=True)
+        arguments = call.arguments
+        if event.decision == "edit":
+            if event.modified_arguments is None:
+                self.refuse("invalid_edit", "edit needs modified_arguments")
+                return Next.NOTHING
+            # Checked against the agent that made the call: the session may
+            # have switched since, to one with other rights.
+            verdict = policy.check(
+                AGENTS[call.agent or self.session.agent],
+                call.tool_name,
+                event.modified_arguments,
+                approval_required=self._approval_required,
+            )
+            if isinstance(verdict, policy.Refused):
+                self.refuse("invalid_edit", verdict.to_editor())
+                return Next.NOTHING
+            arguments = verdict.arguments
+            call.edited = True
+        elif event.decision != "approve":
+            self.refuse("invalid_frame", "decision must be approve, edit or reject")
+            return Next.NOTHING
+        if TOOLS[call.tool_name].side is Side.RUNTIME:
+            return self._run_approved(call, arguments)
+        call.arguments = arguments
+        call.state = CallState.AWAITING_RESULT
+        call.offered_seq = self.stream.durable(
+            ToolCallEvent(call.call_id, call.tool_name, arguments, False, f"{event.decision}d")
+        )
+        self._record_call(call, "edited" if call.edited else "approved", decided=True)
+        return Next.WAIT
+
+    def _run_approved(self, call: PendingCall, arguments: dict[str, Any]) -> Next:
+        """Run an approved runtime tool call (a widening ``switch_mode``) and answer it."""
+        call.arguments = arguments
+        payload: dict[str, Any]
+        target = arguments["agent"]
+        if target == self.session.agent:
+            payload = {"result": f"{target} is already the current agent"}
+        else:
+            self.switch(target, arguments["reason"], 1.0)
+            payload = _switched(target)
+        if call.edited:
+            payload["edited_arguments"] = arguments
+        return self._resolve(call, payload, "completed", decided=True)
+
+    def on_plan_approval(self, event: PlanApproval) -> Next:
+        """A human's decision on a plan that waits for approval."""
+        call = self.session.pending_plan(event.plan_id)
+        if call is None:
+            self.refuse("unknown_plan", f"no plan {event.plan_id!r} is waiting for approval")
+            return Next.NOTHING
+        if event.decision in ("approve", "reject"):
+            self._metrics.approvals.labels(call.tool_name, event.decision).inc()
+        if event.decision == "approve":
+            return self._resolve(
+                call, {"result": "the user approved the plan; execute it"}, "approved", True
+            )
+        if event.decision == "reject":
+            payload: dict[str, Any] = {"error": "the user rejected the plan"}
+            if event.feedback:
+                payload["feedback"] = event.feedback
+            return self._resolve(call, payload, "rejected", decided=True)
+        self.refuse("invalid_frame", "decision must be approve or reject")
+        return Next.NOTHING
+
+    def _resolve(
+        self, call: PendingCall, payload: dict[str, Any], status: str, decided: bool = False
+    ) -> Next:
+        """Answer a waiting call; the last answer of a set lets the turn go on."""
+        session = self.session
+        del session.pending[call.call_id]
+        session.answered.add(call.call_id)
+        self.append_message(_tool_message(call.call_id, call.tool_name, payload))
+        self._record_call(call, status, decided)
+        if session.pending:
+            return Next.WAIT
+        if self.turn.ends_after_results:
+            return self._finish(TurnStatus.COMPLETED)
+        session.state = "running"
+        return Next.MODEL

@@ -1,0 +1,271 @@
+"""The turn's decisions without a database: a Dispatcher's steps, read from the open step.
+
+The stream here has a log that fails any write: a step only queues, and what
+it queued is read back from the stream's open step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from runtime.commands import ApprovalDecision, PlanApproval, ToolResult
+from runtime.dispatch import Dispatcher, Next
+from runtime.events import (
+    AgentSwitched,
+    AssistantText,
+    ErrorEvent,
+    Event,
+    PlanUpdate,
+    Sequenced,
+    ToolCallEvent,
+    TurnDone,
+    TurnStatus,
+    Usage,
+    from_payload,
+)
+from runtime.llm import ToolCallRequest
+from runtime.metrics import RuntimeMetrics
+from runtime.state import CallState, Session
+from runtime.store import EventRecord, Step
+from runtime.stream import EventStream, Subscriber
+from runtime.tools import DEFAULT_APPROVAL_REQUIRED
+from runtime.turn import MAX_MODEL_CALLS_PER_TURN, ModelReply
+
+
+class NoLog:
+    """An event log that is never to be written: the dispatcher does no I/O."""
+
+    async def commit(self, step: Step) -> None:
+        raise AssertionError("the dispatcher wrote a step")
+
+    async def reserve_seqs(self, session_id: str, upto: int) -> None:
+        raise AssertionError("the dispatcher reserved seqs")
+
+    async def events_after(self, session_id: str, after_seq: int) -> list[EventRecord]:
+        raise AssertionError("the dispatcher read the log")
+
+
+def make(agent: str = "coder") -> tuple[Dispatcher, Session, Subscriber]:
+    session = Session("s-1", "alice", agent)
+    metrics = RuntimeMetrics()
+    stream = EventStream(session, NoLog(), subscriber_queue=100, max_replay=1000, metrics=metrics)
+    dispatcher = Dispatcher(
+        session, stream, approval_required=DEFAULT_APPROVAL_REQUIRED, metrics=metrics
+    )
+    return dispatcher, session, stream.subscribe()
+
+
+def reply(*calls: tuple[str, dict[str, Any]], text: str = "") -> ModelReply:
+    requests = [
+        ToolCallRequest(f"call_{i}", name, json.dumps(arguments))
+        for i, (name, arguments) in enumerate(calls)
+    ]
+    return ModelReply(text, requests, Usage(3, 2))
+
+
+def queued(dispatcher: Dispatcher) -> list[Event]:
+    """The durable events the open step will write (and then send)."""
+    return [from_payload(row.kind, row.payload) for row in dispatcher.stream.step().events]
+
+
+def sent(subscriber: Subscriber) -> list[Sequenced]:
+    items = []
+    while not subscriber.queue.empty():
+        item = subscriber.queue.get_nowait()
+        assert isinstance(item, Sequenced)
+        items.append(item)
+    return items
+
+
+def answers(session: Session) -> list[dict[str, Any]]:
+    return [json.loads(m.content) for m in session.messages if m.role == "tool"]
+
+
+def test_a_reply_without_tool_calls_ends_the_turn() -> None:
+    dispatcher, session, _ = make()
+    assert dispatcher.begin("hi", "req-1") is Next.MODEL
+    assert session.state == "running"
+    assert session.title == "hi"
+    assert dispatcher.after_reply(reply(text="hello")) is Next.DONE
+    assert session.state == "idle"
+    assert [m.content for m in session.messages] == ["hi", "hello"]
+    assert queued(dispatcher) == [TurnDone(TurnStatus.COMPLETED, Usage(3, 2))]
+    assert [m.position for m in dispatcher.stream.step().messages] == [0, 1]
+
+
+def test_an_ide_call_waits_and_its_result_calls_the_model_again() -> None:
+    dispatcher, session, subscriber = make()
+    dispatcher.begin("read a", None)
+    assert dispatcher.after_reply(reply(("read_file", {"path": "./a.py"}))) is Next.WAIT
+    assert session.state == "waiting"
+    assert queued(dispatcher) == [ToolCallEvent("call_0", "read_file", {"path": "a.py"}, False)]
+    assert session.pending["call_0"].state is CallState.AWAITING_RESULT
+    assert sent(subscriber) == [], "durable events go out only once written"
+    assert dispatcher.on_tool_result(ToolResult("call_0", result={"content": "x"})) is Next.MODEL
+    assert session.state == "running"
+    assert session.pending == {}
+    assert answers(session) == [{"result": {"content": "x"}}]
+    assert [c.status for c in dispatcher.stream.step().calls] == ["awaiting_result", "completed"]
+
+
+def test_a_refused_call_goes_back_to_the_model_and_the_model_is_called_again() -> None:
+    dispatcher, session, _ = make("architect")
+    dispatcher.begin("write", None)
+    step = reply(("write_file", {"path": "main.py", "content": "x"}))
+    assert dispatcher.after_reply(step) is Next.MODEL
+    assert queued(dispatcher) == [], "the IDE never sees it"
+    (answer,) = answers(session)
+    assert "may only write *.md" in answer["error"]
+    assert session.pending == {}
+
+
+def test_a_call_needing_approval_refuses_an_early_result_then_runs_once_approved() -> None:
+    dispatcher, _, subscriber = make()
+    dispatcher.begin("write", None)
+    arguments = {"path": "a.py", "content": "x"}
+    assert dispatcher.after_reply(reply(("write_file", arguments))) is Next.WAIT
+    (offered,) = queued(dispatcher)
+    assert isinstance(offered, ToolCallEvent)
+    assert offered.requires_approval
+    assert dispatcher.on_tool_result(ToolResult("call_0", result={})) is Next.NOTHING
+    (refusal,) = sent(subscriber)
+    assert refusal.seq == 0
+    assert isinstance(refusal.event, ErrorEvent)
+    assert refusal.event.code == "approval_required"
+    assert dispatcher.on_approval(ApprovalDecision("call_0", "approve")) is Next.WAIT
+    assert queued(dispatcher)[-1] == ToolCallEvent(
+        "call_0", "write_file", arguments, False, "approved"
+    )
+    decided = dispatcher.stream.step().calls[-1]
+    assert (decided.status, decided.decided_by) == ("approved", "alice")
+    assert dispatcher.on_tool_result(ToolResult("call_0", result={"ok": True})) is Next.MODEL
+
+
+def test_an_edit_is_checked_by_the_gate_again() -> None:
+    dispatcher, session, subscriber = make()
+    dispatcher.begin("write", None)
+    dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
+    edit = ApprovalDecision("call_0", "edit", {"path": "../b.py", "content": "y"})
+    assert dispatcher.on_approval(edit) is Next.NOTHING
+    (refusal,) = sent(subscriber)
+    assert isinstance(refusal.event, ErrorEvent)
+    assert refusal.event.code == "invalid_edit"
+    assert session.pending["call_0"].state is CallState.AWAITING_APPROVAL
+
+
+def test_a_tool_that_ends_the_turn_waits_for_the_other_calls_first() -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("read and finish", None)
+    step = reply(("read_file", {"path": "a"}), ("attempt_completion", {"result": "all done"}))
+    assert dispatcher.after_reply(step) is Next.WAIT
+    assert AssistantText("all done") in queued(dispatcher)
+    assert dispatcher.on_tool_result(ToolResult("call_0", error="gone")) is Next.DONE
+    assert session.state == "idle"
+    assert queued(dispatcher)[-1] == TurnDone(TurnStatus.COMPLETED, Usage(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "shown"),
+    [
+        ("attempt_completion", {"result": "done"}, "done"),
+        ("ask_followup_question", {"question": "which file?"}, "which file?"),
+    ],
+)
+def test_completion_and_a_question_end_the_turn(
+    tool: str, arguments: dict[str, Any], shown: str
+) -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("go", None)
+    assert dispatcher.after_reply(reply((tool, arguments))) is Next.DONE
+    assert queued(dispatcher) == [
+        AssistantText(shown),
+        TurnDone(TurnStatus.COMPLETED, Usage(3, 2)),
+    ]
+    assert len(answers(session)) == 1
+
+
+def test_a_switch_that_widens_rights_waits_for_a_human_then_runs_here() -> None:
+    dispatcher, session, _ = make("ask")
+    dispatcher.begin("fix it", None)
+    switch = ("switch_mode", {"agent": "coder", "reason": "needs edits"})
+    assert dispatcher.after_reply(reply(switch)) is Next.WAIT
+    (offered,) = queued(dispatcher)
+    assert isinstance(offered, ToolCallEvent)
+    assert offered.requires_approval
+    assert "write_file" in offered.reason
+    assert session.agent == "ask"
+    assert dispatcher.on_approval(ApprovalDecision("call_0", "approve")) is Next.MODEL
+    assert session.agent == "coder"
+    assert queued(dispatcher)[-1] == AgentSwitched("ask", "coder", "needs edits", 1.0)
+    assert answers(session) == [{"result": "switched to coder; continue the request as coder"}]
+
+
+def test_a_switch_that_narrows_rights_happens_at_once() -> None:
+    dispatcher, session, _ = make("coder")
+    dispatcher.begin("explain", None)
+    switch = ("switch_mode", {"agent": "ask", "reason": "a question"})
+    assert dispatcher.after_reply(reply(switch)) is Next.MODEL
+    assert session.agent == "ask"
+    assert queued(dispatcher) == [AgentSwitched("coder", "ask", "a question", 1.0)]
+
+
+def test_a_plan_waits_for_approval_and_a_rejection_goes_back_to_the_model() -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("plan", None)
+    steps = [{"id": "1", "description": "read", "status": "pending"}]
+    plan = ("update_plan", {"plan_id": "p", "steps": steps, "requires_approval": True})
+    assert dispatcher.after_reply(reply(plan)) is Next.WAIT
+    (update,) = queued(dispatcher)
+    assert isinstance(update, PlanUpdate)
+    assert update.requires_approval
+    rejection = PlanApproval("p", "reject", feedback="smaller")
+    assert dispatcher.on_plan_approval(rejection) is Next.MODEL
+    assert answers(session) == [{"error": "the user rejected the plan", "feedback": "smaller"}]
+
+
+def test_the_model_call_limit_fails_the_turn() -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("loop", None)
+    taken = [dispatcher.take_model_call() for _ in range(MAX_MODEL_CALLS_PER_TURN + 1)]
+    assert taken.count(True) == MAX_MODEL_CALLS_PER_TURN
+    assert taken[-1] is False
+    assert session.state == "idle"
+    limit, done = queued(dispatcher)
+    assert isinstance(limit, ErrorEvent)
+    assert limit.code == "turn_limit"
+    assert done == TurnDone(TurnStatus.FAILED)
+
+
+def test_cancel_answers_every_open_call_in_history() -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("read two", None)
+    step = reply(("read_file", {"path": "a"}), ("write_file", {"path": "b", "content": ""}))
+    dispatcher.after_reply(step)
+    assert dispatcher.cancel("cancelled by the user") is Next.DONE
+    assert session.pending == {}
+    assert answers(session) == [{"error": "cancelled by the user"}] * 2
+    assert queued(dispatcher)[-1] == TurnDone(TurnStatus.CANCELLED, Usage(3, 2))
+
+
+def test_a_failure_closes_open_calls_and_carries_its_error() -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("read", None)
+    dispatcher.after_reply(reply(("read_file", {"path": "a"})))
+    error = ErrorEvent("turn_interrupted", "restarted", True)
+    assert dispatcher.fail(error, "the runtime restarted") is Next.DONE
+    assert answers(session) == [{"error": "the runtime restarted"}]
+    assert queued(dispatcher)[-2:] == [error, TurnDone(TurnStatus.FAILED, Usage(3, 2))]
+
+
+def test_answers_that_do_not_fit_are_refused_and_change_nothing() -> None:
+    dispatcher, session, subscriber = make()
+    assert dispatcher.on_tool_result(ToolResult("call_x", result={})) is Next.NOTHING
+    assert dispatcher.on_approval(ApprovalDecision("call_x", "approve")) is Next.NOTHING
+    assert dispatcher.on_plan_approval(PlanApproval("p", "approve")) is Next.NOTHING
+    codes = [item.event.code for item in sent(subscriber) if isinstance(item.event, ErrorEvent)]
+    assert codes == ["unknown_call_id", "unknown_call_id", "unknown_plan"]
+    assert session.messages == []
+    assert queued(dispatcher) == []
