@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gateway.profiles import parse_assignment
 from mesh.addresses import Network, parse_networks
 from mesh.config import comma_list, setting
 from mesh.tls import TlsFiles
@@ -31,6 +32,13 @@ def _optional_seconds(text: str) -> float | None:
 
 def _networks(text: str) -> tuple[Network, ...]:
     return parse_networks(comma_list(text))
+
+
+def _profile_assignments(text: str) -> tuple[str, ...]:
+    entries = comma_list(text)
+    for entry in entries:
+        parse_assignment(entry)  # a ValueError names the bad entry
+    return entries
 
 
 def _origins(text: str) -> tuple[str, ...]:
@@ -118,6 +126,12 @@ class GatewayConfig:
     also opens when another connection of the session on the same gateway gets a newer event,
     so windows see each other's turns live; windows on different gateway replicas do not
     (docs/GATEWAY.md): false attaches every connection at connect"""
+    client_profiles: tuple[str, ...] = setting(
+        ("codelab-flutter-app=codelab-ide",), parse=_profile_assignments
+    )
+    """which OAuth client ids get which built-in profile (comma list of client_id=profile;
+    profiles: strict, codelab-ide); any other client gets strict, the protocol in the README
+    (docs/GATEWAY.md, "Client profiles")"""
     slow_consumer_timeout: float = 10.0
     """seconds a send may wait for an IDE that does not read before close 1013 (0 disables)"""
     view_timeout: float = 5.0

@@ -59,11 +59,11 @@ from gateway.codes import (
 from gateway.config import GatewayConfig
 from gateway.errors import FrameError, InvalidToken, KeysUnavailable, SlowConsumer
 from gateway.frames import Reauthenticate, parse_frame
-from gateway.frames import response_to_frame as frame_for
 from gateway.handshake import Handshake
 from gateway.limits import ConnectionSlots, TokenBucket
 from gateway.link import Link, SessionLinks, discard_until_closed
 from gateway.metrics import GatewayMetrics
+from gateway.profiles import FrameShaper, Profiles
 from gateway.watchdog import Limits, Watch, decide
 from mesh import tracing
 from mesh.grpc_server import internal_metadata
@@ -99,6 +99,7 @@ class Connections:
         self._slots = slots
         self._auth = auth
         self._limits = Limits(config.idle_timeout, config.ping_interval, config.ping_timeout)
+        self._profiles = Profiles(config.client_profiles)
         self._links: dict[str, set[Link]] = {}
         self._sessions: dict[str, SessionLinks] = {}
 
@@ -123,6 +124,7 @@ class Connections:
             TokenBucket(config.frame_rate, config.frame_burst),
             config.slow_consumer_timeout if config.slow_consumer_timeout > 0 else None,
             peers,
+            FrameShaper(self._profiles.for_client(handshake.principal.client_id)),
             seen_seq=handshake.resume_after_seq or 0,
         )
         peers.links.append(link)
@@ -178,10 +180,9 @@ class Connections:
         first: runtime_pb2.ConverseResponse | None = None
         pending: runtime_pb2.ConverseRequest | None = None
         quiet = handshake.quiet
+        profile = link.shaper.profile
         if quiet is None:
-            opening = runtime_pb2.OpenSession(session_id=handshake.session_id)
-            if handshake.resume_after_seq is not None:
-                opening.resume_after_seq = handshake.resume_after_seq
+            opening = profile.opening(handshake.session_id, handshake.resume_after_seq)
             link.call, first = await open_stream(
                 self._runtime, opening, self._metadata(link, handshake)
             )
@@ -190,16 +191,15 @@ class Connections:
             # on: hold no stream (and none of the runtime's memory) until
             # then. Attaching resumes after the seq announced here, so
             # nothing in between is lost.
-            await link.send_if_open(quiet_session_info(quiet, handshake.created))
+            for frame in link.shaper.local(quiet_session_info(quiet, handshake.created)):
+                await link.send_if_open(frame)
             announced, handshake.quiet = quiet.last_seq, None
             del quiet  # an idle connection keeps as little as it can
             link.seen_seq = announced
             pending = await self._until_needed(link)
             if pending is None and (not link.woken or link.websocket.state is not State.OPEN):
                 return
-            opening = runtime_pb2.OpenSession(
-                session_id=handshake.session_id, resume_after_seq=announced
-            )
+            opening = profile.opening(handshake.session_id, announced)
             metadata = self._metadata(link, handshake)
             link.call, first = await open_stream(self._runtime, opening, metadata, ATTACH_PATIENCE)
             if (
@@ -328,7 +328,7 @@ class Connections:
         if isinstance(action, Reauthenticate):
             await self._reauthenticate(link, action.token)
             return None
-        return action
+        return link.shaper.incoming(action)
 
     async def _forward(
         self, link: Link, call: ConverseCall, action: runtime_pb2.ConverseRequest
@@ -372,8 +372,7 @@ class Connections:
         try:
             if first is not None:
                 link.saw(first.seq)
-                frame = frame_for(first)
-                if frame is not None:
+                for frame in link.shaper.outgoing(first):
                     await link.send(frame)
             while True:
                 try:
@@ -389,16 +388,18 @@ class Connections:
                     closing = closing_for_status(grpc.StatusCode.OK, None)
                     break
                 link.saw(response.seq)
-                frame = frame_for(response)
-                if frame is None:
+                if response.WhichOneof("event") is None:
                     log.warning("unknown_runtime_event", seq=response.seq)
                     continue
-                await link.send(frame)
+                for frame in link.shaper.outgoing(response):
+                    await link.send(frame)
         except grpc.aio.AioRpcError as exc:
             if link.websocket.state is not State.OPEN:
                 return  # we cancelled the call while closing
             closing = closing_for_status(exc.code(), exc.details())
             log.info("runtime_stream_failed", status=exc.code().name)
+        for frame in link.shaper.flush():  # an answer the stream ended in
+            await link.send_if_open(frame)
         await self._close(link, closing)
 
     async def _reauthenticate(self, link: Link, token: str) -> None:
@@ -424,10 +425,15 @@ class Connections:
         if link.closing is not None:
             return
         now = time.monotonic()
+        expires_at, last_activity = link.shaper.profile.lifetime(
+            link.principal.expires_at.timestamp() + self._config.jwt_leeway,
+            link.last_activity,
+            link.last_pong,
+        )
         watch = Watch(
             revoked=self._auth.is_revoked(link.principal),
-            expires_at=link.principal.expires_at.timestamp() + self._config.jwt_leeway,
-            last_activity=link.last_activity,
+            expires_at=expires_at,
+            last_activity=last_activity,
             next_ping=link.next_ping,
             ping_sent=link.ping_sent,
             pong_pending=link.pong is None or not link.pong.done(),
@@ -451,7 +457,8 @@ class Connections:
     async def _ping(link: Link) -> None:
         """Send a keepalive ping; its pong lands in ``link.pong``."""
         with contextlib.suppress(ConnectionClosed):
-            link.pong = asyncio.ensure_future(await link.websocket.ping())
+            link.pong = pong = asyncio.ensure_future(await link.websocket.ping())
+            pong.add_done_callback(lambda _: setattr(link, "last_pong", time.monotonic()))
 
     async def _close(self, link: Link, closing: Closing) -> None:
         """Cancel the runtime call, send ``closing.frame`` if any, close.

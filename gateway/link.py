@@ -25,6 +25,7 @@ from gateway.errors import SlowConsumer
 from gateway.frames import Frame, encode
 from gateway.jwks import Principal
 from gateway.limits import TokenBucket
+from gateway.profiles import FrameShaper
 
 if TYPE_CHECKING:
     from gateway.attach import ConverseCall
@@ -67,6 +68,8 @@ class Link:
     send_timeout: float | None
     peers: SessionLinks
     """Every connection of this session in this gateway, this one included."""
+    shaper: FrameShaper
+    """The client's profile, applied to this connection's frames."""
     seen_seq: int = 0
     """The session's highest seq this client was sent or told (``last_seq``)."""
     wake: asyncio.Timeout | None = None
@@ -85,6 +88,8 @@ class Link:
     pinging: asyncio.Task[None] | None = None
     pong: asyncio.Future[float] | None = None
     """The last ping's pong (None until the ping is on the wire)."""
+    last_pong: float = 0.0
+    """When the last pong arrived (monotonic); 0 before the first."""
     frames_in: int = 0
     frames_out: int = 0
 

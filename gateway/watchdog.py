@@ -23,6 +23,9 @@ from gateway.codes import (
 
 MIN_RECHECK = 0.05
 """Seconds: the timer never fires sooner than this after a check."""
+MAX_RECHECK = 3600.0
+"""Seconds: the longest a timer waits when nothing else is due (a revocation
+is checked at once by :meth:`gateway.connection.Connections.revoke`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +47,13 @@ class Watch:
 
     revoked: bool
     """The token has been revoked since it was issued."""
-    expires_at: float
-    """Wall-clock time (``time.time()``) the token expires, leeway included."""
+    expires_at: float | None
+    """Wall-clock time (``time.time()``) the token expires, leeway included;
+    None when the token does not bound the connection (the client's profile,
+    :meth:`gateway.profiles.ClientProfile.lifetime`)."""
     last_activity: float
-    """Monotonic time of the last frame in or out (pings do not count)."""
+    """Monotonic time of the last frame in or out (pings do not count; pongs
+    do when the client's profile says so)."""
     next_ping: float
     """Monotonic time the next keepalive ping is due."""
     ping_sent: float
@@ -70,7 +76,8 @@ class Verdict:
 def decide(watch: Watch, limits: Limits, *, wall: float, now: float) -> Verdict:
     """What to do for ``watch`` at wall-clock time ``wall`` and monotonic ``now``.
 
-    In order: a revoked token closes with 4001, an expired one with 1008,
+    In order: a revoked token closes with 4001, an expired one (unless
+    ``expires_at`` is None) with 1008,
     ``idle_timeout`` without a frame with 1001, a ping unanswered for
     ``ping_timeout`` with 1011. Otherwise a ping is sent when due and none
     is unanswered (as in websockets' own keepalive), and the next check is
@@ -79,9 +86,11 @@ def decide(watch: Watch, limits: Limits, *, wall: float, now: float) -> Verdict:
     """
     if watch.revoked:
         return Verdict(TOKEN_REVOKED)
-    if watch.expires_at <= wall:
-        return Verdict(TOKEN_EXPIRED)
-    next_check = watch.expires_at - wall
+    next_check = MAX_RECHECK
+    if watch.expires_at is not None:
+        if watch.expires_at <= wall:
+            return Verdict(TOKEN_EXPIRED)
+        next_check = min(next_check, watch.expires_at - wall)
     if limits.idle_timeout > 0:
         idle_left = watch.last_activity + limits.idle_timeout - now
         if idle_left <= 0:

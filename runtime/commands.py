@@ -11,6 +11,26 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """What the runtime must know of the client behind a stream.
+
+    Sent by the gateway in ``OpenSession`` (from the client's profile); every
+    event of that stream is handled with them. The default is the strict
+    protocol: approval by ``approval_decision``, every IDE-side tool.
+    """
+
+    approves_by_result: bool = False
+    """The client asks its human and runs the call itself: its ``tool_result``
+    for a call awaiting approval is the approval and the result at once, and
+    plans it is shown are not waited on."""
+    tools: frozenset[str] | None = None
+    """The IDE-side tools the client implements; None: all of them."""
+
+
+STRICT = ClientOptions()
+
+
+@dataclass(frozen=True, slots=True)
 class UserMessage:
     content: str
     role: str = "user"

@@ -39,9 +39,11 @@ from mesh import tracing
 from runtime import policy, routing
 from runtime.agents import AGENTS
 from runtime.commands import (
+    STRICT,
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
+    ClientOptions,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -196,20 +198,27 @@ class Conversation:
 
     # -- client events -------------------------------------------------------
 
-    async def handle(self, event: ClientEvent, *, request_id: str | None = None) -> None:
-        """React to one client event; returns without waiting for a model call."""
+    async def handle(
+        self,
+        event: ClientEvent,
+        *,
+        request_id: str | None = None,
+        client: ClientOptions = STRICT,
+    ) -> None:
+        """React to one client event of a stream whose client is ``client``;
+        returns without waiting for a model call."""
         dispatcher = self._dispatcher
         match event:
             case UserMessage():
-                await self._on_user_message(event, request_id)
+                await self._on_user_message(event, request_id, client)
             case CancelTurn():
                 await self._on_cancel()
             case ToolResult():
-                await self._go_on(dispatcher.on_tool_result(event))
+                await self._go_on(dispatcher.on_tool_result(event, client))
             case ApprovalDecision():
-                await self._go_on(dispatcher.on_approval(event))
+                await self._go_on(dispatcher.on_approval(event, client))
             case SwitchAgent():
-                await self._on_switch_agent(event, request_id)
+                await self._on_switch_agent(event, request_id, client)
             case PlanApproval():
                 await self._go_on(dispatcher.on_plan_approval(event))
             case FileChanged():
@@ -223,7 +232,9 @@ class Conversation:
         if next_ is Next.MODEL:
             self._task = asyncio.create_task(self._advance())
 
-    async def _on_user_message(self, event: UserMessage, request_id: str | None) -> None:
+    async def _on_user_message(
+        self, event: UserMessage, request_id: str | None, client: ClientOptions
+    ) -> None:
         refuse = self._dispatcher.refuse
         if self.turn_running:
             if self.session.pending:
@@ -245,11 +256,13 @@ class Conversation:
         if not event.content.strip():
             refuse("invalid_frame", "content must not be empty")
             return
-        await self._begin_turn(event.content, request_id)
+        await self._begin_turn(event.content, request_id, client)
 
-    async def _begin_turn(self, content: str, request_id: str | None) -> None:
+    async def _begin_turn(
+        self, content: str, request_id: str | None, client: ClientOptions
+    ) -> None:
         self._notice_file_changes()
-        await self._go_on(self._dispatcher.begin(content, request_id))
+        await self._go_on(self._dispatcher.begin(content, request_id, client))
 
     def _on_file_changed(self, event: FileChanged) -> None:
         """Remember a changed file for the next turn: coalesced per path, at
@@ -310,7 +323,9 @@ class Conversation:
         self._dispatcher.cancel(reason)
         await self.stream.flush()
 
-    async def _on_switch_agent(self, event: SwitchAgent, request_id: str | None) -> None:
+    async def _on_switch_agent(
+        self, event: SwitchAgent, request_id: str | None, client: ClientOptions
+    ) -> None:
         if self.turn_running:
             self._dispatcher.refuse(
                 "turn_in_progress", "cannot switch agents during a turn; cancel it first", True
@@ -324,7 +339,7 @@ class Conversation:
             return
         self._dispatcher.switch(event.agent_type, event.reason or "requested by the user", 1.0)
         if event.content.strip():
-            await self._begin_turn(event.content, request_id)
+            await self._begin_turn(event.content, request_id, client)
         else:
             await self.stream.flush()
 
@@ -411,7 +426,7 @@ class Conversation:
         self._dispatcher.switch(route.agent, route.rationale, route.confidence)
 
     async def _call_model(self) -> ModelReply:
-        agent = AGENTS[self.session.agent]
+        agent = self._dispatcher.agent
         # Durable events queued before this call (a routing switch) go out first.
         if self.stream.pending_output:
             await self.stream.flush()

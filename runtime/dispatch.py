@@ -23,6 +23,7 @@ and changes nothing. History never holds a tool call without its result.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import time
@@ -31,8 +32,8 @@ from typing import Any
 import structlog
 
 from runtime import policy
-from runtime.agents import AGENTS
-from runtime.commands import ApprovalDecision, PlanApproval, ToolResult
+from runtime.agents import AGENTS, Agent
+from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.events import (
     AgentSwitched,
     AssistantText,
@@ -104,6 +105,20 @@ class Dispatcher:
         self._metrics = metrics
         self.turn = Turn()
 
+    @property
+    def agent(self) -> Agent:
+        """The session's agent as the turn's client may use it: with only the
+        IDE-side tools that client implements (what the model is offered, and
+        what the gate lets through)."""
+        agent = AGENTS[self.session.agent]
+        implemented = self.turn.client.tools
+        if implemented is None:
+            return agent
+        tools = frozenset(
+            name for name in agent.tools if TOOLS[name].side is Side.RUNTIME or name in implemented
+        )
+        return agent if tools == agent.tools else dataclasses.replace(agent, tools=tools)
+
     # -- recording -------------------------------------------------------------
 
     def refuse(self, code: str, message: str, retryable: bool = False) -> None:
@@ -127,7 +142,15 @@ class Dispatcher:
         self.stream.step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
         self.stream.durable(AgentSwitched(from_agent, to_agent, reason, confidence))
 
-    def _record_call(self, call: PendingCall, status: str, decided: bool = False) -> None:
+    def _record_call(
+        self,
+        call: PendingCall,
+        status: str,
+        decided: bool = False,
+        ran: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue ``call``'s row; ``ran``: the arguments a client ran without
+        being sent them again (approval by result), kept as the final ones."""
         if status in _TERMINAL_CALL_STATUSES:
             self._metrics.tool_calls.labels(call.tool_name, status).inc()
         self.stream.step().calls.append(
@@ -137,7 +160,7 @@ class Dispatcher:
                 agent=call.agent or self.session.agent,
                 status=status,
                 arguments=call.original_arguments or call.arguments,
-                final_arguments=call.arguments if call.edited else None,
+                final_arguments=call.arguments if call.edited else ran,
                 reason=call.reason,
                 plan_id=call.plan_id,
                 offered_seq=call.offered_seq,
@@ -148,13 +171,13 @@ class Dispatcher:
 
     # -- the turn ----------------------------------------------------------------
 
-    def begin(self, content: str, request_id: str | None) -> Next:
-        """Start a turn on the user's ``content``: the model is called next."""
+    def begin(self, content: str, request_id: str | None, client: ClientOptions = STRICT) -> Next:
+        """Start a turn on the user's ``content`` for ``client``: the model is called next."""
         session = self.session
         self.append_message(ChatMessage(role="user", content=content))
         if not session.title:
             session.title = content.strip().splitlines()[0][:80]
-        self.turn = Turn(request_id=request_id, started=time.monotonic())
+        self.turn = Turn(request_id=request_id, started=time.monotonic(), client=client)
         session.state = "running"
         return Next.MODEL
 
@@ -254,7 +277,7 @@ class Dispatcher:
     def _dispatch(self, call: ToolCallRequest) -> bool:
         """Check and start one tool call; True if it ends the turn."""
         verdict = policy.check(
-            AGENTS[self.session.agent],
+            self.agent,
             call.name,
             call.arguments_json,
             approval_required=self._approval_required,
@@ -353,7 +376,13 @@ class Dispatcher:
         self.session.plans[plan_id] = steps
         self.stream.step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
         current = next((s.id for s in steps if s.status == "in_progress"), "")
-        needs_approval = bool(arguments.get("requires_approval")) and not before
+        # A client that approves by running calls has no way to approve a
+        # plan: it is shown the plan, and the turn goes on.
+        needs_approval = (
+            bool(arguments.get("requires_approval"))
+            and not before
+            and not self.turn.client.approves_by_result
+        )
         offered = self.stream.durable(PlanUpdate(plan_id, steps, current, needs_approval))
         if needs_approval:
             pending = PendingCall(
@@ -373,8 +402,12 @@ class Dispatcher:
 
     # -- answers to waiting calls ------------------------------------------------
 
-    def on_tool_result(self, event: ToolResult) -> Next:
-        """The IDE's result of a call it was sent (refused if not approved yet)."""
+    def on_tool_result(self, event: ToolResult, client: ClientOptions = STRICT) -> Next:
+        """The IDE's result of a call it was sent.
+
+        For a call still awaiting approval it is refused, unless ``client``
+        approves by result (:meth:`_approved_by_result`).
+        """
         call = self.session.pending.get(event.call_id)
         if call is None or call.state is CallState.AWAITING_PLAN_APPROVAL:
             if event.call_id in self.session.answered:
@@ -386,6 +419,9 @@ class Dispatcher:
                     "unknown_call_id", f"this session issued no tool call {event.call_id!r}"
                 )
             return Next.NOTHING
+        if call.state is CallState.AWAITING_APPROVAL and client.approves_by_result:
+            self.turn.client = client
+            return self._approved_by_result(call, event)
         if call.state is CallState.AWAITING_APPROVAL:
             self.refuse(
                 "approval_required",
@@ -400,9 +436,29 @@ class Dispatcher:
             status = "completed"
         if call.edited:
             payload["edited_arguments"] = call.arguments
+        self.turn.client = client
         return self._resolve(call, payload, status)
 
-    def on_approval(self, event: ApprovalDecision) -> Next:
+    def _approved_by_result(self, call: PendingCall, event: ToolResult) -> Next:
+        """A client that approves by running answered a call awaiting approval.
+
+        A result means its human approved the call as offered and it ran:
+        recorded as decided by the session's user, with those arguments as
+        the ones run. An error means it did not run or failed (a rejection
+        the client's profile recognises arrives as an ``approval_decision``
+        instead); the model gets the error either way. A runtime tool
+        (a widening ``switch_mode``) runs here on a result.
+        """
+        if event.error is not None:
+            return self._resolve(call, {"error": event.error}, "failed")
+        self._metrics.approvals.labels(call.tool_name, "approve").inc()
+        log.info("approved_by_tool_result", call_id=call.call_id, tool=call.tool_name)
+        if TOOLS[call.tool_name].side is Side.RUNTIME:
+            return self._run_approved(call, call.arguments)
+        payload = {"result": event.result if event.result is not None else {}}
+        return self._resolve(call, payload, "completed", decided=True, ran=call.arguments)
+
+    def on_approval(self, event: ApprovalDecision, client: ClientOptions = STRICT) -> Next:
         """A human's decision on a call: approve, edit (checked again) or reject."""
         call = self.session.pending.get(event.call_id)
         if call is None or call.state is not CallState.AWAITING_APPROVAL:
@@ -410,6 +466,7 @@ class Dispatcher:
                 "unknown_call_id", f"no tool call {event.call_id!r} is waiting for approval"
             )
             return Next.NOTHING
+        self.turn.client = client
         if event.decision in ("approve", "edit", "reject"):
             self._metrics.approvals.labels(call.tool_name, event.decision).inc()
         if event.decision == "reject":
@@ -483,14 +540,19 @@ class Dispatcher:
         return Next.NOTHING
 
     def _resolve(
-        self, call: PendingCall, payload: dict[str, Any], status: str, decided: bool = False
+        self,
+        call: PendingCall,
+        payload: dict[str, Any],
+        status: str,
+        decided: bool = False,
+        ran: dict[str, Any] | None = None,
     ) -> Next:
         """Answer a waiting call; the last answer of a set lets the turn go on."""
         session = self.session
         del session.pending[call.call_id]
         session.answered.add(call.call_id)
         self.append_message(_tool_message(call.call_id, call.tool_name, payload))
-        self._record_call(call, status, decided)
+        self._record_call(call, status, decided, ran)
         if session.pending:
             return Next.WAIT
         if self.turn.ends_after_results:

@@ -32,6 +32,7 @@ from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
+    ClientOptions,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -213,6 +214,14 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
     raise InvalidArgument("expected a client event after open")
 
 
+def to_client_options(opening: runtime_pb2.OpenSession) -> ClientOptions:
+    """The client behind a stream, as its ``open`` describes it."""
+    return ClientOptions(
+        approves_by_result=opening.approval == runtime_pb2.APPROVAL_MODE_TOOL_RESULT,
+        tools=frozenset(opening.client_tools) if opening.client_tools else None,
+    )
+
+
 class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     """Serves Converse streams and the owner-scoped reads from a SessionHub."""
 
@@ -237,6 +246,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         if first is None or first.WhichOneof("event") != "open":
             raise InvalidArgument("the first event must be open")
         after = first.open.resume_after_seq if first.open.HasField("resume_after_seq") else None
+        client = to_client_options(first.open)
         conversation, created = await self._hub.open(first.open.session_id, user)
         session = conversation.session
         # In the call's log context (mesh.grpc_server.CallInterceptor bound
@@ -272,7 +282,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     # The IDE frame's trace (the gateway's ws.message span)
                     # becomes the parent of the turn this event may start.
                     with tracing.continued_from(request.traceparent):
-                        await conversation.handle(event, request_id=request_id)
+                        await conversation.handle(event, request_id=request_id, client=client)
                 # The client half-closed: let the model call finish, flush, end.
                 await conversation.wait_idle()
                 subscriber.offer(END_OF_STREAM)

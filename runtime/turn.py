@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from mesh.context import fit
 from runtime.agents import Agent
+from runtime.commands import STRICT, ClientOptions
 from runtime.events import Usage
 from runtime.llm import (
     ChatMessage,
@@ -53,6 +54,9 @@ class Turn:
     ends_after_results: bool = False
     """A tool that ends the turn was called: it ends once the waiting calls are answered."""
     usage: Usage = field(default_factory=Usage)
+    client: ClientOptions = STRICT
+    """The client the turn runs for: the one that started it, then the one
+    whose answer let it go on (its tools are what the model is offered)."""
 
     def take_model_call(self) -> bool:
         """Count one more model call; False (counting nothing) when the limit is reached."""

@@ -21,6 +21,44 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ApprovalMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_MODE_UNSPECIFIED: _ApprovalMode.ValueType  # 0
+    """APPROVAL_MODE_UNSPECIFIED means APPROVAL_MODE_DECISION."""
+    APPROVAL_MODE_DECISION: _ApprovalMode.ValueType  # 1
+    """APPROVAL_MODE_DECISION: an approval_decision first; the approved call
+    is sent again to run, and a tool_result before the decision is refused
+    (`approval_required`).
+    """
+    APPROVAL_MODE_TOOL_RESULT: _ApprovalMode.ValueType  # 2
+    """APPROVAL_MODE_TOOL_RESULT: the client asks its human and runs the call
+    itself; its tool_result for a call awaiting approval is the approval
+    and the result at once, and an error result that says the user
+    rejected the call is the rejection. Plans are shown, not approved.
+    """
+
+class ApprovalMode(_ApprovalMode, metaclass=_ApprovalModeEnumTypeWrapper):
+    """ApprovalMode is how a client answers a tool call that needs approval."""
+
+APPROVAL_MODE_UNSPECIFIED: ApprovalMode.ValueType  # 0
+"""APPROVAL_MODE_UNSPECIFIED means APPROVAL_MODE_DECISION."""
+APPROVAL_MODE_DECISION: ApprovalMode.ValueType  # 1
+"""APPROVAL_MODE_DECISION: an approval_decision first; the approved call
+is sent again to run, and a tool_result before the decision is refused
+(`approval_required`).
+"""
+APPROVAL_MODE_TOOL_RESULT: ApprovalMode.ValueType  # 2
+"""APPROVAL_MODE_TOOL_RESULT: the client asks its human and runs the call
+itself; its tool_result for a call awaiting approval is the approval
+and the result at once, and an error result that says the user
+rejected the call is the rejection. Plans are shown, not approved.
+"""
+Global___ApprovalMode: _TypeAlias = ApprovalMode  # noqa: Y015
+
 class _Decision:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -197,21 +235,37 @@ class OpenSession(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    CLIENT_TOOLS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is chosen by the IDE; an unknown id creates the session."""
     resume_after_seq: _builtins.int
     """resume_after_seq, when set, asks for every event after this sequence
     number before the live stream.
     """
+    approval: Global___ApprovalMode.ValueType
+    """approval says how this stream's client answers a tool call that needs
+    a human (the client's profile in the gateway decides it).
+    """
+    @_builtins.property
+    def client_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """client_tools, when not empty, are the only IDE-side tools this client
+        implements: a turn this stream starts offers the model only these (and
+        the runtime's own tools), and a call of any other is refused to the
+        model. Empty: every IDE-side tool.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         resume_after_seq: _builtins.int | None = ...,
+        approval: Global___ApprovalMode.ValueType = ...,
+        client_tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "approval", b"approval", "client_tools", b"client_tools", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after_seq: _TypeAlias = _typing.Literal["resume_after_seq"]  # noqa: Y015
     _WhichOneofArgType__resume_after_seq: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq"]  # noqa: Y015

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runtime.commands import ApprovalDecision, PlanApproval, ToolResult
+from runtime.commands import ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, Next
 from runtime.events import (
     AgentSwitched,
@@ -269,3 +269,79 @@ def test_answers_that_do_not_fit_are_refused_and_change_nothing() -> None:
     assert codes == ["unknown_call_id", "unknown_call_id", "unknown_plan"]
     assert session.messages == []
     assert queued(dispatcher) == []
+
+
+# -- a client that approves by running the call (the CodeLab IDE's profile) ----
+
+IDE = ClientOptions(
+    approves_by_result=True,
+    tools=frozenset(
+        {
+            "read_file",
+            "write_file",
+            "list_files",
+            "search_in_code",
+            "create_directory",
+            "execute_command",
+        }
+    ),
+)
+
+
+def test_a_result_from_a_client_that_approves_by_running_is_its_approval() -> None:
+    dispatcher, session, subscriber = make()
+    dispatcher.begin("write", None, IDE)
+    arguments = {"path": "a.py", "content": "x = 1\n"}
+    dispatcher.after_reply(reply(("write_file", arguments)))
+    offered = queued(dispatcher)[-1]
+    assert isinstance(offered, ToolCallEvent)
+    assert offered.requires_approval
+    events_before = len(queued(dispatcher))
+
+    answer = ToolResult("call_0", result={"success": True})
+    assert dispatcher.on_tool_result(answer, IDE) is Next.MODEL
+    assert sent(subscriber) == []  # no refusal
+    assert len(queued(dispatcher)) == events_before  # not offered again to run
+    decided = dispatcher.stream.step().calls[-1]
+    assert (decided.status, decided.decided_by) == ("completed", "alice")
+    assert decided.decided_at is not None
+    assert decided.final_arguments == arguments  # what the IDE ran
+    assert json.loads(session.messages[-1].content) == {"result": {"success": True}}
+    assert not session.pending
+
+
+def test_an_error_from_a_client_that_approves_by_running_fails_the_call() -> None:
+    dispatcher, session, _ = make()
+    dispatcher.begin("write", None, IDE)
+    dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
+    assert dispatcher.on_tool_result(ToolResult("call_0", error="disk full"), IDE) is Next.MODEL
+    failed = dispatcher.stream.step().calls[-1]
+    assert (failed.status, failed.decided_by) == ("failed", None)
+    assert json.loads(session.messages[-1].content) == {"error": "disk full"}
+
+
+def test_the_model_is_offered_only_the_tools_the_client_implements() -> None:
+    dispatcher, session, _ = make()
+    assert {"delete_file", "move_file"} <= dispatcher.agent.tools  # strict: every tool
+    dispatcher.begin("delete", None, IDE)
+    assert "delete_file" not in dispatcher.agent.tools
+    assert "move_file" not in dispatcher.agent.tools
+    assert {"write_file", "switch_mode", "attempt_completion"} <= dispatcher.agent.tools
+    # A call of a tool the client lacks is refused to the model, never offered.
+    assert dispatcher.after_reply(reply(("delete_file", {"path": "a.py"}))) is Next.MODEL
+    assert not any(isinstance(event, ToolCallEvent) for event in queued(dispatcher))
+    assert "error" in json.loads(session.messages[-1].content)
+
+
+def test_a_plan_is_shown_not_waited_on_for_a_client_that_approves_by_running() -> None:
+    dispatcher, session, _ = make("architect")
+    dispatcher.begin("plan", None, IDE)
+    plan = {
+        "plan_id": "p1",
+        "steps": [{"id": "1", "description": "read", "status": "pending"}],
+        "requires_approval": True,
+    }
+    assert dispatcher.after_reply(reply(("update_plan", plan))) is Next.MODEL
+    (published,) = [e for e in queued(dispatcher) if isinstance(e, PlanUpdate)]
+    assert not published.requires_approval
+    assert not session.pending
