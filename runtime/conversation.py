@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh import tracing
-from runtime import policy, routing
+from runtime import answers, policy, routing
 from runtime.agents import AGENTS
 from runtime.commands import (
     STRICT,
@@ -214,13 +214,13 @@ class Conversation:
             case CancelTurn():
                 await self._on_cancel()
             case ToolResult():
-                await self._go_on(dispatcher.on_tool_result(event, client))
+                await self._go_on(answers.on_tool_result(dispatcher, event, client))
             case ApprovalDecision():
-                await self._go_on(dispatcher.on_approval(event, client))
+                await self._go_on(answers.on_approval(dispatcher, event, client))
             case SwitchAgent():
                 await self._on_switch_agent(event, request_id, client)
             case PlanApproval():
-                await self._go_on(dispatcher.on_plan_approval(event))
+                await self._go_on(answers.on_plan_approval(dispatcher, event))
             case FileChanged():
                 self._on_file_changed(event)
 

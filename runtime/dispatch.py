@@ -13,7 +13,8 @@ follows. Decided here:
   IDE (or first to a human), or run here: the runtime's tools
   ``switch_mode`` (a switch that widens the agent's rights waits for a
   human), ``attempt_completion``, ``ask_followup_question``, ``update_plan``;
-- the answers to waiting calls; the last one lets the turn go on;
+- the answers to waiting calls (:mod:`runtime.answers`); the last one lets
+  the turn go on (:meth:`Dispatcher.resolve`);
 - the ends of a turn: no tool calls, a tool that ends it, the model-call
   limit, a failure, a cancel.
 
@@ -33,7 +34,7 @@ import structlog
 
 from runtime import policy
 from runtime.agents import AGENTS, Agent
-from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
+from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
     AgentSwitched,
     AssistantText,
@@ -73,11 +74,11 @@ class Next(enum.Enum):
     """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
 
 
-def _switched(agent: str) -> dict[str, Any]:
+def switched(agent: str) -> dict[str, Any]:
     return {"result": f"switched to {agent}; continue the request as {agent}"}
 
 
-def _tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessage:
+def tool_message(call_id: str, name: str, payload: dict[str, Any]) -> ChatMessage:
     content = json.dumps(payload, ensure_ascii=False)
     return ChatMessage(role="tool", content=content, tool_call_id=call_id, name=name)
 
@@ -101,8 +102,8 @@ class Dispatcher:
     ) -> None:
         self.session = session
         self.stream = stream
-        self._approval_required = approval_required
-        self._metrics = metrics
+        self.approval_required = approval_required
+        self.metrics = metrics
         self.turn = Turn()
 
     @property
@@ -142,7 +143,7 @@ class Dispatcher:
         self.stream.step().switches.append(StoredSwitch(from_agent, to_agent, reason, confidence))
         self.stream.durable(AgentSwitched(from_agent, to_agent, reason, confidence))
 
-    def _record_call(
+    def record_call(
         self,
         call: PendingCall,
         status: str,
@@ -152,7 +153,7 @@ class Dispatcher:
         """Queue ``call``'s row; ``ran``: the arguments a client ran without
         being sent them again (approval by result), kept as the final ones."""
         if status in _TERMINAL_CALL_STATUSES:
-            self._metrics.tool_calls.labels(call.tool_name, status).inc()
+            self.metrics.tool_calls.labels(call.tool_name, status).inc()
         self.stream.step().calls.append(
             CallRecord(
                 call_id=call.call_id,
@@ -233,7 +234,7 @@ class Dispatcher:
         turn, usage = self.turn, self.turn.usage
         self.stream.durable(TurnDone(status, usage))
         self.session.state = "idle"
-        metrics = self._metrics
+        metrics = self.metrics
         metrics.turns.labels(status.value).inc()
         metrics.usage_tokens.labels("prompt").inc(usage.prompt_tokens)
         metrics.usage_tokens.labels("completion").inc(usage.completion_tokens)
@@ -257,7 +258,7 @@ class Dispatcher:
     def _close_open_calls(self, reason: str) -> None:
         session = self.session
         for pending in list(session.pending.values()):
-            self._record_call(pending, "cancelled")
+            self.record_call(pending, "cancelled")
         session.pending.clear()
         answered = {m.tool_call_id for m in session.messages if m.role == "tool"}
         for message in reversed(session.messages):
@@ -266,7 +267,7 @@ class Dispatcher:
                     if call.call_id not in answered:
                         session.answered.add(call.call_id)
                         self.append_message(
-                            _tool_message(call.call_id, call.name, {"error": reason})
+                            tool_message(call.call_id, call.name, {"error": reason})
                         )
                 break
             if message.role == "user":
@@ -280,18 +281,18 @@ class Dispatcher:
             self.agent,
             call.name,
             call.arguments_json,
-            approval_required=self._approval_required,
+            approval_required=self.approval_required,
         )
         if isinstance(verdict, policy.Refused):
             if verdict.grounds is policy.Grounds.DENIED:
                 log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
-            self._metrics.tool_calls.labels(
+            self.metrics.tool_calls.labels(
                 call.name if call.name in TOOLS else "unknown", "refused"
             ).inc()
             self._answer(call, {"error": verdict.to_model()})
             return False
         if TOOLS[call.name].side is Side.RUNTIME:
-            self._metrics.tool_calls.labels(call.name, "runtime").inc()
+            self.metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
         approval = verdict.requires_approval
         state = CallState.AWAITING_APPROVAL if approval else CallState.AWAITING_RESULT
@@ -316,11 +317,11 @@ class Dispatcher:
             ToolCallEvent(call.call_id, call.name, arguments, approval, reason)
         )
         self.session.pending[call.call_id] = pending
-        self._record_call(pending, pending.state.value)
+        self.record_call(pending, pending.state.value)
 
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
         self.session.answered.add(call.call_id)
-        self.append_message(_tool_message(call.call_id, call.name, payload))
+        self.append_message(tool_message(call.call_id, call.name, payload))
 
     def _run_runtime_tool(self, call: ToolCallRequest, arguments: dict[str, Any]) -> bool:
         match call.name:
@@ -337,11 +338,11 @@ class Dispatcher:
                     gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
                     if gain is None:
                         self.switch(target, arguments["reason"], 1.0)
-                        self._answer(call, _switched(target))
+                        self._answer(call, switched(target))
                     else:
                         # A model could be talked into widening its own
                         # rights (prompt injection): a human decides, and
-                        # the call runs here once approved (_run_approved).
+                        # the call runs here once approved (runtime.answers).
                         reason = f"{gain}: {arguments['reason']}"
                         self._offer(call, arguments, CallState.AWAITING_APPROVAL, reason)
                 return False
@@ -396,150 +397,11 @@ class Dispatcher:
                 offered_seq=offered,
             )
             self.session.pending[call.call_id] = pending
-            self._record_call(pending, pending.state.value)
+            self.record_call(pending, pending.state.value)
         else:
             self._answer(call, {"result": "plan published"})
 
-    # -- answers to waiting calls ------------------------------------------------
-
-    def on_tool_result(self, event: ToolResult, client: ClientOptions = STRICT) -> Next:
-        """The IDE's result of a call it was sent.
-
-        For a call still awaiting approval it is refused, unless ``client``
-        approves by result (:meth:`_approved_by_result`).
-        """
-        call = self.session.pending.get(event.call_id)
-        if call is None or call.state is CallState.AWAITING_PLAN_APPROVAL:
-            if event.call_id in self.session.answered:
-                self.refuse(
-                    "duplicate_tool_result", f"tool call {event.call_id!r} was already answered"
-                )
-            else:
-                self.refuse(
-                    "unknown_call_id", f"this session issued no tool call {event.call_id!r}"
-                )
-            return Next.NOTHING
-        if call.state is CallState.AWAITING_APPROVAL and client.approves_by_result:
-            self.turn.client = client
-            return self._approved_by_result(call, event)
-        if call.state is CallState.AWAITING_APPROVAL:
-            self.refuse(
-                "approval_required",
-                f"tool call {event.call_id!r} has not been approved; send hitl_decision first",
-            )
-            return Next.NOTHING
-        if event.error is not None:
-            payload: dict[str, Any] = {"error": event.error}
-            status = "failed"
-        else:
-            payload = {"result": event.result if event.result is not None else {}}
-            status = "completed"
-        if call.edited:
-            payload["edited_arguments"] = call.arguments
-        self.turn.client = client
-        return self._resolve(call, payload, status)
-
-    def _approved_by_result(self, call: PendingCall, event: ToolResult) -> Next:
-        """A client that approves by running answered a call awaiting approval.
-
-        A result means its human approved the call as offered and it ran:
-        recorded as decided by the session's user, with those arguments as
-        the ones run. An error means it did not run or failed (a rejection
-        the client's profile recognises arrives as an ``approval_decision``
-        instead); the model gets the error either way. A runtime tool
-        (a widening ``switch_mode``) runs here on a result.
-        """
-        if event.error is not None:
-            return self._resolve(call, {"error": event.error}, "failed")
-        self._metrics.approvals.labels(call.tool_name, "approve").inc()
-        log.info("approved_by_tool_result", call_id=call.call_id, tool=call.tool_name)
-        if TOOLS[call.tool_name].side is Side.RUNTIME:
-            return self._run_approved(call, call.arguments)
-        payload = {"result": event.result if event.result is not None else {}}
-        return self._resolve(call, payload, "completed", decided=True, ran=call.arguments)
-
-    def on_approval(self, event: ApprovalDecision, client: ClientOptions = STRICT) -> Next:
-        """A human's decision on a call: approve, edit (checked again) or reject."""
-        call = self.session.pending.get(event.call_id)
-        if call is None or call.state is not CallState.AWAITING_APPROVAL:
-            self.refuse(
-                "unknown_call_id", f"no tool call {event.call_id!r} is waiting for approval"
-            )
-            return Next.NOTHING
-        self.turn.client = client
-        if event.decision in ("approve", "edit", "reject"):
-            self._metrics.approvals.labels(call.tool_name, event.decision).inc()
-        if event.decision == "reject":
-            payload: dict[str, Any] = {"error": "the user rejected this tool call"}
-            if event.feedback:
-                payload["feedback"] = event.feedback
-            return self._resolve(call, payload, "rejected", decided=True)
-        arguments = call.arguments
-        if event.decision == "edit":
-            if event.modified_arguments is None:
-                self.refuse("invalid_edit", "edit needs modified_arguments")
-                return Next.NOTHING
-            # Checked against the agent that made the call: the session may
-            # have switched since, to one with other rights.
-            verdict = policy.check(
-                AGENTS[call.agent or self.session.agent],
-                call.tool_name,
-                event.modified_arguments,
-                approval_required=self._approval_required,
-            )
-            if isinstance(verdict, policy.Refused):
-                self.refuse("invalid_edit", verdict.to_editor())
-                return Next.NOTHING
-            arguments = verdict.arguments
-            call.edited = True
-        elif event.decision != "approve":
-            self.refuse("invalid_frame", "decision must be approve, edit or reject")
-            return Next.NOTHING
-        if TOOLS[call.tool_name].side is Side.RUNTIME:
-            return self._run_approved(call, arguments)
-        call.arguments = arguments
-        call.state = CallState.AWAITING_RESULT
-        call.offered_seq = self.stream.durable(
-            ToolCallEvent(call.call_id, call.tool_name, arguments, False, f"{event.decision}d")
-        )
-        self._record_call(call, "edited" if call.edited else "approved", decided=True)
-        return Next.WAIT
-
-    def _run_approved(self, call: PendingCall, arguments: dict[str, Any]) -> Next:
-        """Run an approved runtime tool call (a widening ``switch_mode``) and answer it."""
-        call.arguments = arguments
-        payload: dict[str, Any]
-        target = arguments["agent"]
-        if target == self.session.agent:
-            payload = {"result": f"{target} is already the current agent"}
-        else:
-            self.switch(target, arguments["reason"], 1.0)
-            payload = _switched(target)
-        if call.edited:
-            payload["edited_arguments"] = arguments
-        return self._resolve(call, payload, "completed", decided=True)
-
-    def on_plan_approval(self, event: PlanApproval) -> Next:
-        """A human's decision on a plan that waits for approval."""
-        call = self.session.pending_plan(event.plan_id)
-        if call is None:
-            self.refuse("unknown_plan", f"no plan {event.plan_id!r} is waiting for approval")
-            return Next.NOTHING
-        if event.decision in ("approve", "reject"):
-            self._metrics.approvals.labels(call.tool_name, event.decision).inc()
-        if event.decision == "approve":
-            return self._resolve(
-                call, {"result": "the user approved the plan; execute it"}, "approved", True
-            )
-        if event.decision == "reject":
-            payload: dict[str, Any] = {"error": "the user rejected the plan"}
-            if event.feedback:
-                payload["feedback"] = event.feedback
-            return self._resolve(call, payload, "rejected", decided=True)
-        self.refuse("invalid_frame", "decision must be approve or reject")
-        return Next.NOTHING
-
-    def _resolve(
+    def resolve(
         self,
         call: PendingCall,
         payload: dict[str, Any],
@@ -551,8 +413,8 @@ class Dispatcher:
         session = self.session
         del session.pending[call.call_id]
         session.answered.add(call.call_id)
-        self.append_message(_tool_message(call.call_id, call.tool_name, payload))
-        self._record_call(call, status, decided, ran)
+        self.append_message(tool_message(call.call_id, call.tool_name, payload))
+        self.record_call(call, status, decided, ran)
         if session.pending:
             return Next.WAIT
         if self.turn.ends_after_results:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from runtime import answers
 from runtime.commands import ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, Next
 from runtime.events import (
@@ -80,7 +81,7 @@ def sent(subscriber: Subscriber) -> list[Sequenced]:
     return items
 
 
-def answers(session: Session) -> list[dict[str, Any]]:
+def tool_answers(session: Session) -> list[dict[str, Any]]:
     return [json.loads(m.content) for m in session.messages if m.role == "tool"]
 
 
@@ -104,10 +105,13 @@ def test_an_ide_call_waits_and_its_result_calls_the_model_again() -> None:
     assert queued(dispatcher) == [ToolCallEvent("call_0", "read_file", {"path": "a.py"}, False)]
     assert session.pending["call_0"].state is CallState.AWAITING_RESULT
     assert sent(subscriber) == [], "durable events go out only once written"
-    assert dispatcher.on_tool_result(ToolResult("call_0", result={"content": "x"})) is Next.MODEL
+    assert (
+        answers.on_tool_result(dispatcher, ToolResult("call_0", result={"content": "x"}))
+        is Next.MODEL
+    )
     assert session.state == "running"
     assert session.pending == {}
-    assert answers(session) == [{"result": {"content": "x"}}]
+    assert tool_answers(session) == [{"result": {"content": "x"}}]
     assert [c.status for c in dispatcher.stream.step().calls] == ["awaiting_result", "completed"]
 
 
@@ -117,7 +121,7 @@ def test_a_refused_call_goes_back_to_the_model_and_the_model_is_called_again() -
     step = reply(("write_file", {"path": "main.py", "content": "x"}))
     assert dispatcher.after_reply(step) is Next.MODEL
     assert queued(dispatcher) == [], "the IDE never sees it"
-    (answer,) = answers(session)
+    (answer,) = tool_answers(session)
     assert "may only write *.md" in answer["error"]
     assert session.pending == {}
 
@@ -130,18 +134,20 @@ def test_a_call_needing_approval_refuses_an_early_result_then_runs_once_approved
     (offered,) = queued(dispatcher)
     assert isinstance(offered, ToolCallEvent)
     assert offered.requires_approval
-    assert dispatcher.on_tool_result(ToolResult("call_0", result={})) is Next.NOTHING
+    assert answers.on_tool_result(dispatcher, ToolResult("call_0", result={})) is Next.NOTHING
     (refusal,) = sent(subscriber)
     assert refusal.seq == 0
     assert isinstance(refusal.event, ErrorEvent)
     assert refusal.event.code == "approval_required"
-    assert dispatcher.on_approval(ApprovalDecision("call_0", "approve")) is Next.WAIT
+    assert answers.on_approval(dispatcher, ApprovalDecision("call_0", "approve")) is Next.WAIT
     assert queued(dispatcher)[-1] == ToolCallEvent(
         "call_0", "write_file", arguments, False, "approved"
     )
     decided = dispatcher.stream.step().calls[-1]
     assert (decided.status, decided.decided_by) == ("approved", "alice")
-    assert dispatcher.on_tool_result(ToolResult("call_0", result={"ok": True})) is Next.MODEL
+    assert (
+        answers.on_tool_result(dispatcher, ToolResult("call_0", result={"ok": True})) is Next.MODEL
+    )
 
 
 def test_an_edit_is_checked_by_the_gate_again() -> None:
@@ -149,7 +155,7 @@ def test_an_edit_is_checked_by_the_gate_again() -> None:
     dispatcher.begin("write", None)
     dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
     edit = ApprovalDecision("call_0", "edit", {"path": "../b.py", "content": "y"})
-    assert dispatcher.on_approval(edit) is Next.NOTHING
+    assert answers.on_approval(dispatcher, edit) is Next.NOTHING
     (refusal,) = sent(subscriber)
     assert isinstance(refusal.event, ErrorEvent)
     assert refusal.event.code == "invalid_edit"
@@ -162,7 +168,7 @@ def test_a_tool_that_ends_the_turn_waits_for_the_other_calls_first() -> None:
     step = reply(("read_file", {"path": "a"}), ("attempt_completion", {"result": "all done"}))
     assert dispatcher.after_reply(step) is Next.WAIT
     assert AssistantText("all done") in queued(dispatcher)
-    assert dispatcher.on_tool_result(ToolResult("call_0", error="gone")) is Next.DONE
+    assert answers.on_tool_result(dispatcher, ToolResult("call_0", error="gone")) is Next.DONE
     assert session.state == "idle"
     assert queued(dispatcher)[-1] == TurnDone(TurnStatus.COMPLETED, Usage(3, 2))
 
@@ -184,7 +190,7 @@ def test_completion_and_a_question_end_the_turn(
         AssistantText(shown),
         TurnDone(TurnStatus.COMPLETED, Usage(3, 2)),
     ]
-    assert len(answers(session)) == 1
+    assert len(tool_answers(session)) == 1
 
 
 def test_a_switch_that_widens_rights_waits_for_a_human_then_runs_here() -> None:
@@ -197,10 +203,10 @@ def test_a_switch_that_widens_rights_waits_for_a_human_then_runs_here() -> None:
     assert offered.requires_approval
     assert "write_file" in offered.reason
     assert session.agent == "ask"
-    assert dispatcher.on_approval(ApprovalDecision("call_0", "approve")) is Next.MODEL
+    assert answers.on_approval(dispatcher, ApprovalDecision("call_0", "approve")) is Next.MODEL
     assert session.agent == "coder"
     assert queued(dispatcher)[-1] == AgentSwitched("ask", "coder", "needs edits", 1.0)
-    assert answers(session) == [{"result": "switched to coder; continue the request as coder"}]
+    assert tool_answers(session) == [{"result": "switched to coder; continue the request as coder"}]
 
 
 def test_a_switch_that_narrows_rights_happens_at_once() -> None:
@@ -222,8 +228,8 @@ def test_a_plan_waits_for_approval_and_a_rejection_goes_back_to_the_model() -> N
     assert isinstance(update, PlanUpdate)
     assert update.requires_approval
     rejection = PlanApproval("p", "reject", feedback="smaller")
-    assert dispatcher.on_plan_approval(rejection) is Next.MODEL
-    assert answers(session) == [{"error": "the user rejected the plan", "feedback": "smaller"}]
+    assert answers.on_plan_approval(dispatcher, rejection) is Next.MODEL
+    assert tool_answers(session) == [{"error": "the user rejected the plan", "feedback": "smaller"}]
 
 
 def test_the_model_call_limit_fails_the_turn() -> None:
@@ -246,7 +252,7 @@ def test_cancel_answers_every_open_call_in_history() -> None:
     dispatcher.after_reply(step)
     assert dispatcher.cancel("cancelled by the user") is Next.DONE
     assert session.pending == {}
-    assert answers(session) == [{"error": "cancelled by the user"}] * 2
+    assert tool_answers(session) == [{"error": "cancelled by the user"}] * 2
     assert queued(dispatcher)[-1] == TurnDone(TurnStatus.CANCELLED, Usage(3, 2))
 
 
@@ -256,15 +262,15 @@ def test_a_failure_closes_open_calls_and_carries_its_error() -> None:
     dispatcher.after_reply(reply(("read_file", {"path": "a"})))
     error = ErrorEvent("turn_interrupted", "restarted", True)
     assert dispatcher.fail(error, "the runtime restarted") is Next.DONE
-    assert answers(session) == [{"error": "the runtime restarted"}]
+    assert tool_answers(session) == [{"error": "the runtime restarted"}]
     assert queued(dispatcher)[-2:] == [error, TurnDone(TurnStatus.FAILED, Usage(3, 2))]
 
 
 def test_answers_that_do_not_fit_are_refused_and_change_nothing() -> None:
     dispatcher, session, subscriber = make()
-    assert dispatcher.on_tool_result(ToolResult("call_x", result={})) is Next.NOTHING
-    assert dispatcher.on_approval(ApprovalDecision("call_x", "approve")) is Next.NOTHING
-    assert dispatcher.on_plan_approval(PlanApproval("p", "approve")) is Next.NOTHING
+    assert answers.on_tool_result(dispatcher, ToolResult("call_x", result={})) is Next.NOTHING
+    assert answers.on_approval(dispatcher, ApprovalDecision("call_x", "approve")) is Next.NOTHING
+    assert answers.on_plan_approval(dispatcher, PlanApproval("p", "approve")) is Next.NOTHING
     codes = [item.event.code for item in sent(subscriber) if isinstance(item.event, ErrorEvent)]
     assert codes == ["unknown_call_id", "unknown_call_id", "unknown_plan"]
     assert session.messages == []
@@ -299,7 +305,7 @@ def test_a_result_from_a_client_that_approves_by_running_is_its_approval() -> No
     events_before = len(queued(dispatcher))
 
     answer = ToolResult("call_0", result={"success": True})
-    assert dispatcher.on_tool_result(answer, IDE) is Next.MODEL
+    assert answers.on_tool_result(dispatcher, answer, IDE) is Next.MODEL
     assert sent(subscriber) == []  # no refusal
     assert len(queued(dispatcher)) == events_before  # not offered again to run
     decided = dispatcher.stream.step().calls[-1]
@@ -314,7 +320,10 @@ def test_an_error_from_a_client_that_approves_by_running_fails_the_call() -> Non
     dispatcher, session, _ = make()
     dispatcher.begin("write", None, IDE)
     dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
-    assert dispatcher.on_tool_result(ToolResult("call_0", error="disk full"), IDE) is Next.MODEL
+    assert (
+        answers.on_tool_result(dispatcher, ToolResult("call_0", error="disk full"), IDE)
+        is Next.MODEL
+    )
     failed = dispatcher.stream.step().calls[-1]
     assert (failed.status, failed.decided_by) == ("failed", None)
     assert json.loads(session.messages[-1].content) == {"error": "disk full"}

@@ -1,0 +1,159 @@
+"""Answers to a turn's waiting calls: the IDE's results and the human's decisions.
+
+Functions over a :class:`~runtime.dispatch.Dispatcher`, without I/O like it:
+each changes the session's state, queues the change in the stream's open
+step and returns what comes :class:`~runtime.dispatch.Next`. An answer that
+does not fit is refused at once (seq 0, not logged) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from runtime import policy
+from runtime.agents import AGENTS
+from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
+from runtime.dispatch import Dispatcher, Next, switched
+from runtime.events import ToolCallEvent
+from runtime.state import CallState, PendingCall
+from runtime.tools import TOOLS, Side
+
+log = structlog.get_logger("runtime.answers")
+
+
+def on_tool_result(d: Dispatcher, event: ToolResult, client: ClientOptions = STRICT) -> Next:
+    """The IDE's result of a call it was sent.
+
+    For a call still awaiting approval it is refused, unless ``client``
+    approves by result (:func:`_approved_by_result`).
+    """
+    call = d.session.pending.get(event.call_id)
+    if call is None or call.state is CallState.AWAITING_PLAN_APPROVAL:
+        if event.call_id in d.session.answered:
+            d.refuse("duplicate_tool_result", f"tool call {event.call_id!r} was already answered")
+        else:
+            d.refuse("unknown_call_id", f"this session issued no tool call {event.call_id!r}")
+        return Next.NOTHING
+    if call.state is CallState.AWAITING_APPROVAL and client.approves_by_result:
+        d.turn.client = client
+        return _approved_by_result(d, call, event)
+    if call.state is CallState.AWAITING_APPROVAL:
+        d.refuse(
+            "approval_required",
+            f"tool call {event.call_id!r} has not been approved; send hitl_decision first",
+        )
+        return Next.NOTHING
+    if event.error is not None:
+        payload: dict[str, Any] = {"error": event.error}
+        status = "failed"
+    else:
+        payload = {"result": event.result if event.result is not None else {}}
+        status = "completed"
+    if call.edited:
+        payload["edited_arguments"] = call.arguments
+    d.turn.client = client
+    return d.resolve(call, payload, status)
+
+
+def _approved_by_result(d: Dispatcher, call: PendingCall, event: ToolResult) -> Next:
+    """A client that approves by running answered a call awaiting approval.
+
+    A result means its human approved the call as offered and it ran:
+    recorded as decided by the session's user, with those arguments as
+    the ones run. An error means it did not run or failed (a rejection
+    the client's profile recognises arrives as an ``approval_decision``
+    instead); the model gets the error either way. A runtime tool
+    (a widening ``switch_mode``) runs here on a result.
+    """
+    if event.error is not None:
+        return d.resolve(call, {"error": event.error}, "failed")
+    d.metrics.approvals.labels(call.tool_name, "approve").inc()
+    log.info("approved_by_tool_result", call_id=call.call_id, tool=call.tool_name)
+    if TOOLS[call.tool_name].side is Side.RUNTIME:
+        return _run_approved(d, call, call.arguments)
+    payload = {"result": event.result if event.result is not None else {}}
+    return d.resolve(call, payload, "completed", decided=True, ran=call.arguments)
+
+
+def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = STRICT) -> Next:
+    """A human's decision on a call: approve, edit (checked again) or reject."""
+    call = d.session.pending.get(event.call_id)
+    if call is None or call.state is not CallState.AWAITING_APPROVAL:
+        d.refuse("unknown_call_id", f"no tool call {event.call_id!r} is waiting for approval")
+        return Next.NOTHING
+    d.turn.client = client
+    if event.decision in ("approve", "edit", "reject"):
+        d.metrics.approvals.labels(call.tool_name, event.decision).inc()
+    if event.decision == "reject":
+        payload: dict[str, Any] = {"error": "the user rejected this tool call"}
+        if event.feedback:
+            payload["feedback"] = event.feedback
+        return d.resolve(call, payload, "rejected", decided=True)
+    arguments = call.arguments
+    if event.decision == "edit":
+        if event.modified_arguments is None:
+            d.refuse("invalid_edit", "edit needs modified_arguments")
+            return Next.NOTHING
+        # Checked against the agent that made the call: the session may
+        # have switched since, to one with other rights.
+        verdict = policy.check(
+            AGENTS[call.agent or d.session.agent],
+            call.tool_name,
+            event.modified_arguments,
+            approval_required=d.approval_required,
+        )
+        if isinstance(verdict, policy.Refused):
+            d.refuse("invalid_edit", verdict.to_editor())
+            return Next.NOTHING
+        arguments = verdict.arguments
+        call.edited = True
+    elif event.decision != "approve":
+        d.refuse("invalid_frame", "decision must be approve, edit or reject")
+        return Next.NOTHING
+    if TOOLS[call.tool_name].side is Side.RUNTIME:
+        return _run_approved(d, call, arguments)
+    call.arguments = arguments
+    call.state = CallState.AWAITING_RESULT
+    call.offered_seq = d.stream.durable(
+        ToolCallEvent(call.call_id, call.tool_name, arguments, False, f"{event.decision}d")
+    )
+    d.record_call(call, "edited" if call.edited else "approved", decided=True)
+    return Next.WAIT
+
+
+def _run_approved(d: Dispatcher, call: PendingCall, arguments: dict[str, Any]) -> Next:
+    """Run an approved runtime tool call (a widening ``switch_mode``) and answer it."""
+    call.arguments = arguments
+    payload: dict[str, Any]
+    target = arguments["agent"]
+    if target == d.session.agent:
+        payload = {"result": f"{target} is already the current agent"}
+    else:
+        d.switch(target, arguments["reason"], 1.0)
+        payload = switched(target)
+    if call.edited:
+        payload["edited_arguments"] = arguments
+    return d.resolve(call, payload, "completed", decided=True)
+
+
+def on_plan_approval(d: Dispatcher, event: PlanApproval) -> Next:
+    """A human's decision on a plan that waits for approval."""
+    call = d.session.pending_plan(event.plan_id)
+    if call is None:
+        d.refuse("unknown_plan", f"no plan {event.plan_id!r} is waiting for approval")
+        return Next.NOTHING
+    if event.decision in ("approve", "reject"):
+        d.metrics.approvals.labels(call.tool_name, event.decision).inc()
+    if event.decision == "approve":
+        return d.resolve(
+            call, {"result": "the user approved the plan; execute it"}, "approved", True
+        )
+    if event.decision == "reject":
+        payload: dict[str, Any] = {"error": "the user rejected the plan"}
+        if event.feedback:
+            payload["feedback"] = event.feedback
+        return d.resolve(call, payload, "rejected", decided=True)
+    d.refuse("invalid_frame", "decision must be approve or reject")
+    return Next.NOTHING
