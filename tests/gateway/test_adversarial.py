@@ -282,10 +282,14 @@ async def test_revocation_closes_connections_and_refuses_old_tokens(edge_factory
 
 async def test_auth_frame_with_a_revoked_token_is_refused(edge_factory: Any, feed: Feed):
     async with edge_factory(revocations_url=feed.url, revocation_poll_interval=0.05) as edge:
-        fresh_iat = int(time.time()) + 2
+        # The socket's own token is newer than the revocation, whatever the
+        # machine's pace (the cut was "now + 1" against an iat of the next
+        # whole second but one, which a slow second crossed); the token the
+        # auth frame brings, minted now, is older.
+        fresh_iat = int(time.time()) + 10
         async with edge.connect(token=mint(edge.key, iat=fresh_iat)) as ws:
             await opened(ws)
-            feed.revoke("user-1", time.time() + 1)
+            feed.revoke("user-1", fresh_iat - 1)
             # Wait until the gateway has applied the revocation.
             await eventually(lambda: len(feed.requests) > 1 and feed.requests[-1][0] != "0")
             await ws.send(json.dumps({"type": "auth", "token": mint(edge.key)}))
