@@ -59,6 +59,7 @@ from runtime.stream import (
     EndOfStream,
     EventStream,
     Resend,
+    SessionDeleted,
     SessionMoved,
     Subscriber,
 )
@@ -74,6 +75,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -341,6 +343,8 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     grpc.StatusCode.UNAVAILABLE,
                     "the session moved to another runtime replica; reconnect and resume",
                 )
+            if isinstance(item, SessionDeleted):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the session was deleted")
             if isinstance(item, Resend):
                 replay, recovered = await stream.events_after(item.after_seq)
                 session = stream.session
@@ -424,22 +428,67 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         rows, token = await self._hub.store.list_sessions(
             user, limit=size, page_token=request.page_token
         )
+        total = await self._hub.store.count_sessions(user)
         return runtime_pb2.ListSessionsResponse(
-            sessions=[_session_proto(row) for row in rows], next_page_token=token
+            sessions=[_session_proto(row) for row in rows], next_page_token=token, total=total
         )
+
+    @_mapped
+    async def GetSession(
+        self, request: runtime_pb2.GetSessionRequest, context: Context
+    ) -> runtime_pb2.GetSessionResponse:
+        row = await self._owned(request.session_id, context)
+        live = self._hub.live(row.id)
+        if live is not None:
+            # The row's agent and count trail a turn in flight by one step.
+            session = live.session
+            row = replace(row, agent=session.agent, message_count=len(session.messages))
+        return runtime_pb2.GetSessionResponse(session=_session_proto(row))
+
+    @_mapped
+    async def UpdateSession(
+        self, request: runtime_pb2.UpdateSessionRequest, context: Context
+    ) -> runtime_pb2.UpdateSessionResponse:
+        user = _user(context)
+        if request.HasField("title"):
+            row = await self._hub.rename(request.session_id, user, request.title)
+        else:
+            row = await self._hub.owned(request.session_id, user)
+        return runtime_pb2.UpdateSessionResponse(session=_session_proto(row))
+
+    @_mapped
+    async def DeleteSession(
+        self, request: runtime_pb2.DeleteSessionRequest, context: Context
+    ) -> runtime_pb2.DeleteSessionResponse:
+        await self._hub.delete(request.session_id, _user(context))
+        log.info("session_deleted", session_id=request.session_id)
+        return runtime_pb2.DeleteSessionResponse(session_id=request.session_id)
 
     @_mapped
     async def GetSessionHistory(
         self, request: runtime_pb2.GetSessionHistoryRequest, context: Context
     ) -> runtime_pb2.GetSessionHistoryResponse:
         row = await self._owned(request.session_id, context)
-        response = runtime_pb2.GetSessionHistoryResponse(session_id=row.id)
-        for record in await self._hub.store.history(row.id):
+        live = self._hub.live(row.id)
+        response = runtime_pb2.GetSessionHistoryResponse(
+            session_id=row.id, current_agent=live.session.agent if live else row.agent
+        )
+        response.last_activity.FromDatetime(row.updated_at)
+        for switch in await self._hub.store.agent_switches(row.id):
+            record_switch = response.agent_switches.add(
+                from_agent=switch.from_agent, to_agent=switch.to_agent, reason=switch.reason
+            )
+            if switch.created_at is not None:
+                record_switch.created_at.FromDatetime(switch.created_at)
+        history = await self._hub.store.history(row.id)
+        response.message_count = len(history)
+        for record in history:
             message = response.messages.add(
                 role=record.role,
                 content=record.content,
                 tool_call_id=record.tool_call_id,
                 agent=record.agent,
+                name=record.name,
             )
             if record.created_at is not None:
                 message.created_at.FromDatetime(record.created_at)

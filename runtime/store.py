@@ -65,6 +65,8 @@ class SessionRow:
     updated_at: datetime
     seq_reserved: int = 0
     """How far text deltas may have been numbered (see :meth:`Store.reserve_seqs`)."""
+    deleted_at: datetime | None = None
+    """Set on a deleted session's tombstone (see :meth:`Store.delete_session`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class SwitchRecord:
     to_agent: str
     reason: str
     confidence: float
+    created_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -163,6 +166,7 @@ def _session(row: Any) -> SessionRow:
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
         seq_reserved=row.seq_reserved,
+        deleted_at=_aware(row.deleted_at) if row.deleted_at is not None else None,
     )
 
 
@@ -214,6 +218,14 @@ class SessionExists(Exception):
     """A session with that id already exists."""
 
 
+class SessionGone(Exception):
+    """The session was deleted: a step for it is not written."""
+
+
+_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches)
+"""Every table holding a session's data, by ``session_id`` (deleted with it)."""
+
+
 class Store:
     """Queries and writes; each method is one short transaction, safe to cancel."""
 
@@ -254,7 +266,7 @@ class Store:
         self, owner: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[SessionRow], str]:
         """The owner's sessions, most recently updated first; returns (page, next token)."""
-        query = sessions.select().where(sessions.c.owner == owner)
+        query = sessions.select().where(sessions.c.owner == owner, sessions.c.deleted_at.is_(None))
         if page_token:
             stamp, last_id = decode_page_token(page_token)
             query = query.where(
@@ -270,6 +282,71 @@ class Store:
             return rows, ""
         page = rows[:limit]
         return page, encode_page_token(page[-1].updated_at, page[-1].id)
+
+    async def count_sessions(self, owner: str) -> int:
+        """How many sessions the owner has (deleted ones not counted)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(sessions)
+            .where(sessions.c.owner == owner, sessions.c.deleted_at.is_(None))
+        )
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def rename_session(self, session_id: str, title: str) -> SessionRow | None:
+        """Set the title of a session that is not deleted; None when there is none."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.deleted_at.is_(None))
+                .values(title=title[:200], updated_at=now())
+            )
+            if result.rowcount != 1:
+                return None
+            row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).one()
+        return _session(row)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete everything of the session in one transaction and leave its
+        row as a tombstone (``deleted_at`` set, title cleared, lease freed);
+        False when there is no such session or it is already deleted.
+
+        The tombstone keeps the id taken: :meth:`create_session` refuses it,
+        and :meth:`commit` refuses any step for it (:class:`SessionGone`).
+        """
+        stamp = now()
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.deleted_at.is_(None))
+                .values(
+                    deleted_at=stamp,
+                    updated_at=stamp,
+                    title="",
+                    state="idle",
+                    message_count=0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            for table in _SESSION_DATA:
+                await conn.execute(table.delete().where(table.c.session_id == session_id))
+        return True
+
+    async def agent_switches(self, session_id: str) -> list[SwitchRecord]:
+        """The session's agent switches, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                agent_switches.select()
+                .where(agent_switches.c.session_id == session_id)
+                .order_by(agent_switches.c.id)
+            )
+            return [
+                SwitchRecord(r.from_agent, r.to_agent, r.reason, r.confidence, _aware(r.created_at))
+                for r in rows
+            ]
 
     async def load(self, session_id: str) -> Loaded:
         """Everything the turn loop needs to serve the session in this process."""
@@ -302,7 +379,11 @@ class Store:
         )
 
     async def commit(self, step: Step) -> None:
-        """Write one step; the session's summary columns move with it."""
+        """Write one step; the session's summary columns move with it.
+
+        Raises :class:`SessionGone` (and writes nothing) when the session
+        was deleted meanwhile, so nothing of a deleted session comes back.
+        """
         stamp = now()
         async with self._engine.begin() as conn:
             if step.events:
@@ -368,9 +449,14 @@ class Store:
                 update["title"] = step.title[:200]
             if step.seq_reserved is not None:
                 update["seq_reserved"] = step.seq_reserved
-            await conn.execute(
-                sessions.update().where(sessions.c.id == step.session_id).values(**update)
+            result = await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == step.session_id, sessions.c.deleted_at.is_(None))
+                .values(**update)
             )
+            if result.rowcount != 1:
+                # Raised inside the transaction: its inserts are rolled back.
+                raise SessionGone(step.session_id)
 
     @staticmethod
     async def _upsert_call(

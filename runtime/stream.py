@@ -69,10 +69,16 @@ class SessionMoved:
     """Tells a stream's pump that this replica lost the session: end retryably."""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionDeleted:
+    """Tells a stream's pump that the session was deleted: end for good."""
+
+
 END_OF_STREAM = EndOfStream()
 SESSION_MOVED = SessionMoved()
+SESSION_DELETED = SessionDeleted()
 
-Control = Resend | EndOfStream | SessionMoved
+Control = Resend | EndOfStream | SessionMoved | SessionDeleted
 """What a subscriber receives that is not an event; never dropped."""
 
 
@@ -270,12 +276,14 @@ class EventStream:
         async with self._commit_lock:
             pass
 
-    def moved(self) -> None:
-        """The session moved to another replica: drop what is unwritten (the other
-        replica owns the log now) and end every subscriber's stream retryably."""
+    def moved(self, *, deleted: bool = False) -> None:
+        """The session moved to another replica (or was deleted): drop what is
+        unwritten (the other replica owns the log now; a deleted session has
+        none) and end every subscriber's stream, retryably unless deleted."""
         self._step, self._outgoing, self._unflushed = None, [], []
+        ending = SESSION_DELETED if deleted else SESSION_MOVED
         for subscriber in self._subscribers:
-            subscriber.offer(SESSION_MOVED)
+            subscriber.offer(ending)
 
     # -- replay ------------------------------------------------------------------
 
