@@ -30,8 +30,8 @@ from runtime.store import (
     SessionExists,
     SessionGone,
     Step,
-    SwitchRecord,
     Store,
+    SwitchRecord,
     head_revision,
     migrate,
 )
@@ -193,7 +193,8 @@ async def test_a_deleted_session_leaves_only_a_tombstone_that_keeps_its_id(
         assert await _rows_of(engine, "gone") == 0, "nothing of it is left"
         assert await _rows_of(engine, "kept") == 5, "another session is untouched"
         tombstone = await store.get_session("gone")
-        assert tombstone is not None and tombstone.deleted_at is not None
+        assert tombstone is not None
+        assert tombstone.deleted_at is not None
         assert (tombstone.title, tombstone.message_count) == ("", 0)
         page, _ = await store.list_sessions("alice", limit=10)
         assert [row.id for row in page] == ["kept"]
@@ -215,7 +216,8 @@ async def test_a_rename_sets_the_title_and_moves_the_session_up(store: Store) ->
     await store.create_session("a", "alice", "coder", title="old")
     await store.create_session("b", "alice", "coder")
     renamed = await store.rename_session("a", "new")
-    assert renamed is not None and renamed.title == "new"
+    assert renamed is not None
+    assert renamed.title == "new"
     page, _ = await store.list_sessions("alice", limit=10)
     assert [(row.id, row.title) for row in page] == [("a", "new"), ("b", "")]
     assert await store.rename_session("missing", "x") is None
