@@ -502,3 +502,23 @@ async def _end_of(call: Any) -> grpc.aio.AioRpcError:
             await read(call)
         except grpc.aio.AioRpcError as exc:
             return exc
+
+
+async def test_a_rename_holds_while_the_session_is_live(runtime: Runtime):
+    # PATCH while a window has the session open: its next turn keeps the title.
+    async with runtime.converse("s-named", "alice") as call:
+        assert (await read(call)).WhichOneof("event") == "session_opened"
+        await call.write(pb.ConverseRequest(user_message=pb.UserMessage(content="hello")))
+        while (await read(call)).WhichOneof("event") != "turn_done":
+            pass
+        await runtime.stub.UpdateSession(
+            pb.UpdateSessionRequest(session_id="s-named", title="renamed"),
+            **runtime.as_user("alice"),
+        )
+        await call.write(pb.ConverseRequest(user_message=pb.UserMessage(content="again")))
+        while (await read(call)).WhichOneof("event") != "turn_done":
+            pass
+    got = await runtime.stub.GetSession(
+        pb.GetSessionRequest(session_id="s-named"), **runtime.as_user("alice")
+    )
+    assert got.session.title == "renamed"
