@@ -7,9 +7,10 @@ JSON object the IDE receives. Times are ISO 8601 in UTC (``...Z``), or
 The bodies are our shape plus, additively, the names the CodeLab IDE's
 decoders read (``SessionModel``, ``SessionListResponse``, ``SessionHistory``,
 ``PendingApprovalsResponse``, replicated in tests/codelab_ide_rest.py and
-read through in tests/integration/test_ide_rest.py): a session also has ``id`` (= ``session_id``), ``current_agent``
-(= ``agent``), ``last_activity`` (= ``updated_at``), ``description`` (null:
-sessions have none) and ``is_active`` (true: a deleted session is gone, not
+read through in tests/integration/test_ide_rest.py): a session also has
+``id`` (= ``session_id``), ``current_agent`` (= ``agent``),
+``last_activity`` (= ``updated_at``), ``description`` (null: sessions have
+none) and ``is_active`` (true: a deleted session is gone, not
 inactive); a list also has ``total``; a history also has ``message_count``,
 ``current_agent``, ``last_activity`` and ``agent_history`` ``[{from, to,
 reason, timestamp}]``, each tool call also in OpenAI's shape (``id``,

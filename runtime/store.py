@@ -7,7 +7,8 @@ each; nothing is written per token (the text deltas of a model call are one
 event row) and nothing already written is rewritten, except the status of a
 tool call and the session's summary columns. The cost of a step does not
 grow with the session's length: every statement is an insert or an update
-by primary key.
+by primary key. Deleting a session (:meth:`Store.delete_session`) deletes
+its data in one transaction and leaves its row as a tombstone.
 
 The tables are in :mod:`runtime.schema`; the schema in the database belongs
 to Alembic (``runtime/migrations``), and :func:`migrate` applies it. Works
