@@ -4,7 +4,8 @@ Reads ``GATEWAY__*`` once (see :class:`gateway.config.GatewayConfig`), builds
 the JWKS client, the runtime channel (TLS, with a client certificate for
 mTLS, when ``RUNTIME_TLS_*`` are set), the revocation feed (when
 ``REVOCATIONS_URL`` is set), the Prometheus endpoint (when ``METRICS_PORT``
-is set: ``GET /metrics`` on that port only, never on the public one) and the
+is set: ``GET /metrics`` on that port only, never on the public one), the
+REST port (when ``REST_PORT`` is set: :mod:`gateway.rest_server`) and the
 server, serves until SIGTERM or SIGINT, then closes every WebSocket with
 1012 (service restart).
 """
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import GatewayConfig
 from gateway.jwks import JwksCache, TokenVerifier
 from gateway.metrics import GatewayMetrics
+from gateway.rest_server import RestServer
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
 from mesh.config import ConfigError, load
@@ -96,6 +98,11 @@ async def running_gateway(
         )
         stack.push_async_callback(gateway.stop)
         await gateway.start()
+        if config.rest_port:
+            rest = RestServer(gateway, config.host, config.rest_port, grace=config.shutdown_grace)
+            await rest.start()
+            stack.push_async_callback(rest.stop)
+            gateway.rest_port = rest.port
         if config.metrics_port:
             exporter = MetricsServer(metrics.registry, config.host, config.metrics_port)
             await exporter.start()

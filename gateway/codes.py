@@ -92,6 +92,10 @@ _CLOSING_BY_STATUS: dict[grpc.StatusCode, Closing] = {
     grpc.StatusCode.CANCELLED: Closing(CloseCode.TRY_AGAIN_LATER, "runtime cancelled the stream"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: Closing(CloseCode.TRY_AGAIN_LATER, "runtime busy"),
     grpc.StatusCode.PERMISSION_DENIED: Closing(CloseCode.POLICY_VIOLATION, "permission denied"),
+    # The runtime's only FAILED_PRECONDITION: the session was deleted.
+    grpc.StatusCode.FAILED_PRECONDITION: Closing(
+        CloseCode.POLICY_VIOLATION, "the session was deleted"
+    ),
     grpc.StatusCode.UNAUTHENTICATED: Closing(CloseCode.INTERNAL_ERROR, "gateway not trusted"),
 }
 
@@ -101,6 +105,7 @@ def closing_for_status(code: grpc.StatusCode, details: str | None) -> Closing:
 
     OK → 1000; UNAVAILABLE, CANCELLED, RESOURCE_EXHAUSTED → 1013 (try again
     later); PERMISSION_DENIED → 1008 (terminal: someone else's session);
+    FAILED_PRECONDITION → 1008 (terminal: the session was deleted);
     UNAUTHENTICATED (the runtime refused the gateway's credential) → 1011;
     anything else → an ``error`` frame, then 1011.
     """
@@ -272,7 +277,8 @@ def refuse_session_access(code: grpc.StatusCode, details: str | None) -> Respons
 
     NOT_FOUND (a new session: ``open`` creates it) and UNIMPLEMENTED (a
     runtime without the unary reads: ``open`` still refuses a foreign
-    session, with close 1008) pass; PERMISSION_DENIED → 403; anything else
+    session, with close 1008) pass; PERMISSION_DENIED → 403;
+    FAILED_PRECONDITION (a deleted session) → 404; anything else
     as a view's failure (:func:`response_for_status`).
     """
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
@@ -288,6 +294,12 @@ _HTTP_BY_STATUS: dict[grpc.StatusCode, tuple[http.HTTPStatus, str, str]] = {
     # A foreign session must be indistinguishable from a missing one.
     grpc.StatusCode.NOT_FOUND: (http.HTTPStatus.NOT_FOUND, "not_found", "no such session"),
     grpc.StatusCode.PERMISSION_DENIED: (http.HTTPStatus.NOT_FOUND, "not_found", "no such session"),
+    # A deleted session is gone for its owner too.
+    grpc.StatusCode.FAILED_PRECONDITION: (
+        http.HTTPStatus.NOT_FOUND,
+        "not_found",
+        "no such session",
+    ),
     grpc.StatusCode.INVALID_ARGUMENT: (http.HTTPStatus.BAD_REQUEST, "invalid_request", ""),
     grpc.StatusCode.ALREADY_EXISTS: (http.HTTPStatus.CONFLICT, "already_exists", ""),
     grpc.StatusCode.UNIMPLEMENTED: (
@@ -316,7 +328,8 @@ _HTTP_BY_STATUS: dict[grpc.StatusCode, tuple[http.HTTPStatus, str, str]] = {
 def response_for_status(code: grpc.StatusCode, details: str | None) -> Response:
     """The HTTP answer of a REST view whose runtime call failed with ``code``.
 
-    NOT_FOUND and PERMISSION_DENIED → 404; INVALID_ARGUMENT → 400 (with the
+    NOT_FOUND, PERMISSION_DENIED and FAILED_PRECONDITION (deleted) → 404;
+    INVALID_ARGUMENT → 400 (with the
     runtime's details); ALREADY_EXISTS → 409; UNIMPLEMENTED → 501;
     UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED → 503 with
     Retry-After; anything else → 502.

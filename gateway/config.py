@@ -55,6 +55,10 @@ class GatewayConfig:
     """address the WebSocket + HTTP edge listens on"""
     port: int = 8000
     """the IDE's port: WebSocket, read views, /health, /ready (metrics: METRICS_PORT)"""
+    rest_port: int = 0
+    """the REST views again on this port of HOST, where request bodies are read (PATCH
+    /api/v1/sessions/{id}); the front door sends every REST path here (0: none, only the
+    bodiless views on PORT; scripts/up: 8001)"""
     internal_api_key: str = setting(example=INTERNAL_API_KEY_EXAMPLE)
     """credential presented to the runtime (x-internal-auth)"""
     runtime_address: str = "127.0.0.1:50051"

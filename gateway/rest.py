@@ -1,20 +1,28 @@
-"""The IDE's REST views, answered on the WebSocket port; thin I/O.
+"""The IDE's REST views: one typed table (:data:`VIEWS`), served on two ports; thin I/O.
 
 Each view is one owner-scoped unary call to the runtime (``x-user-id`` = the
 token's ``sub``), bounded by ``timeout``; :mod:`gateway.views` builds the
-JSON and :mod:`gateway.codes` maps failures to statuses. websockets hands
-``process_request`` every bodiless request whatever its method, so the
-bodiless ``POST /api/v1/sessions`` the IDE sends works here too; a request
-with a body is refused by the library before it reaches us.
+JSON and :mod:`gateway.codes` maps failures to statuses.
+
+The same table answers on the WebSocket port (``process_request``) and on
+the REST port (:mod:`gateway.rest_server`, ``GATEWAY__REST_PORT``). websockets
+hands ``process_request`` every bodiless request whatever its method and
+refuses any request with a body before it reaches us, which keeps the edge
+pure; so a view that reads a body (``PATCH``) is usable only on the REST
+port, where starlette reads it, and the front door routes every REST path
+there. On the WebSocket port such a view answers 400, saying where to go.
 
 Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
 
-    GET  /api/v1/agents                          → views.agents
-    GET  /api/v1/agents/{sid}/current            → views.current_agent
-    GET  /api/v1/sessions?page_size=&page_token= → views.sessions
-    POST /api/v1/sessions?title=                 → 201 views.created_session
-    GET  /api/v1/sessions/{sid}/history          → views.history
-    GET  /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
+    GET    /api/v1/agents                          → views.agents
+    GET    /api/v1/agents/{sid}/current            → views.current_agent
+    GET    /api/v1/sessions?page_size=&page_token= → views.sessions
+    POST   /api/v1/sessions?title=                 → 201 views.created_session
+    GET    /api/v1/sessions/{sid}                  → views.one_session
+    PATCH  /api/v1/sessions/{sid}  {"title": …}    → views.updated_session
+    DELETE /api/v1/sessions/{sid}                  → views.deleted_session
+    GET    /api/v1/sessions/{sid}/history          → views.history
+    GET    /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
 
 :class:`RuntimeReads` also makes the two reads the handshake needs
 (``GetCurrentAgent``, ``CreateSession``) through the same typed calls.
@@ -23,6 +31,7 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
 from __future__ import annotations
 
 import http
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,10 +60,25 @@ log = structlog.get_logger("gateway.rest")
 _MAX_TITLE_CHARS = 200
 _MAX_PAGE_TOKEN_CHARS = 1024
 _MAX_PAGE_SIZE_DIGITS = 4
+MAX_BODY_BYTES = 16 * 1024
+"""The largest request body a view reads (a title is at most 200 characters)."""
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
 Query = Mapping[str, list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """What a view's request is built from.
+
+    ``session_id`` is the path's (``""`` when it has none); ``body`` the
+    request's JSON object, or None for a request without a body.
+    """
+
+    session_id: str
+    query: Query
+    body: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +93,22 @@ class Route:
 class View(Generic[RequestT, ResponseT]):
     """One REST view: its route, the runtime read it makes and its JSON body.
 
-    ``request`` builds the read's request from the path's session id (``""``
-    when the path has none) and the query, raising :class:`InvalidQuery`;
+    ``request`` builds the read's request from the :class:`Params`, raising
+    :class:`InvalidQuery`; ``reads_body`` views take a JSON object body (the
+    REST port only), the others refuse one;
     ``rpc`` picks the stub's method (typed, so a renamed RPC fails mypy, not
     a request); ``body`` renders the reply (:mod:`gateway.views`).
     """
 
     method: str
     path: re.Pattern[str]
-    request: Callable[[str, Query], RequestT]
+    request: Callable[[Params], RequestT]
     rpc: Callable[
         [AgentRuntimeServiceAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
     ]
     body: Callable[[ResponseT], views.Body]
     status: http.HTTPStatus = http.HTTPStatus.OK
+    reads_body: bool = False
 
 
 def match(method: str, path: str) -> Route | http.HTTPStatus | None:
@@ -120,13 +146,31 @@ class RuntimeReads:
         self._key = internal_api_key
         self._timeout = timeout
 
-    async def answer(self, route: Route, query: str, *, user: str, request_id: str) -> Response:
-        """The HTTP response of one view; never raises for runtime failures."""
+    async def answer(
+        self,
+        route: Route,
+        query: str,
+        *,
+        user: str,
+        request_id: str,
+        body: bytes | None = None,
+    ) -> Response:
+        """The HTTP response of one view; never raises for runtime failures.
+
+        ``body`` is the request's body as read by the REST port (None on the
+        WebSocket port, where no request has one): a JSON object for a view
+        that reads one, absent or empty for any other (else 400).
+        """
         view = VIEWS[route.name]
         try:
             if route.session_id is not None and not SESSION_ID.fullmatch(route.session_id):
                 raise InvalidQuery("invalid_session_id", _SESSION_ID_RULE)
-            request = view.request(route.session_id or "", parse_qs(query, max_num_fields=16))
+            params = Params(
+                route.session_id or "",
+                parse_qs(query, max_num_fields=16),
+                _json_object(body) if view.reads_body else _no_body(body),
+            )
+            request = view.request(params)
         except InvalidQuery as exc:
             return refuse_query(exc)
         except ValueError:
@@ -169,6 +213,24 @@ class RuntimeReads:
 _SESSION_ID_RULE = f"session ids are {SESSION_ID_RULE}"
 
 
+def _json_object(body: bytes | None) -> Mapping[str, Any] | None:
+    if not body:
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidQuery("invalid_body", "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidQuery("invalid_body", "the body must be a JSON object")
+    return value
+
+
+def _no_body(body: bytes | None) -> Mapping[str, Any] | None:
+    if body:
+        raise InvalidQuery("invalid_body", "this view takes no request body")
+    return None
+
+
 def _single(query: Query, name: str) -> str | None:
     values = query.get(name)
     if not values:
@@ -178,7 +240,8 @@ def _single(query: Query, name: str) -> str | None:
     return values[0]
 
 
-def _list_sessions(sid: str, query: Query) -> runtime_pb2.ListSessionsRequest:
+def _list_sessions(params: Params) -> runtime_pb2.ListSessionsRequest:
+    query = params.query
     size = _single(query, "page_size") or "0"
     if not size.isdigit() or len(size) > _MAX_PAGE_SIZE_DIGITS:
         raise InvalidQuery("invalid_page_size", "page_size must be a non-negative integer")
@@ -188,10 +251,15 @@ def _list_sessions(sid: str, query: Query) -> runtime_pb2.ListSessionsRequest:
     return runtime_pb2.ListSessionsRequest(page_size=int(size), page_token=token)
 
 
-def _create_session(sid: str, query: Query) -> runtime_pb2.CreateSessionRequest:
-    title = _single(query, "title") or ""
+def _checked_title(title: str) -> str:
     if len(title) > _MAX_TITLE_CHARS:
         raise InvalidQuery("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
+    return title
+
+
+def _create_session(params: Params) -> runtime_pb2.CreateSessionRequest:
+    query = params.query
+    title = _checked_title(_single(query, "title") or "")
     if "session_id" in query or "id" in query:
         # The server picks the id (128 random bits): a client-chosen one
         # would have to be refused when taken, and so would tell whoever
@@ -202,19 +270,42 @@ def _create_session(sid: str, query: Query) -> runtime_pb2.CreateSessionRequest:
     return runtime_pb2.CreateSessionRequest(title=title)
 
 
+_UPDATABLE = frozenset({"title"})
+
+
+def _update_session(params: Params) -> runtime_pb2.UpdateSessionRequest:
+    body = params.body
+    if body is None:
+        raise InvalidQuery(
+            "invalid_body",
+            'send the change as a JSON body, e.g. {"title": "…"} (through the front door, '
+            "or on the gateway's REST port: the WebSocket port reads no request bodies)",
+        )
+    unknown = sorted(set(body) - _UPDATABLE)
+    if unknown:
+        raise InvalidQuery("invalid_body", f"only title can be changed, not {', '.join(unknown)}")
+    request = runtime_pb2.UpdateSessionRequest(session_id=params.session_id)
+    if "title" in body:
+        title = body["title"]
+        if not isinstance(title, str):
+            raise InvalidQuery("invalid_title", "title must be a string")
+        request.title = _checked_title(title)
+    return request
+
+
 # Each view is built on its own (not inside the mapping's ``View[Any, Any]``)
 # so that mypy checks its request, stub method and body against each other.
 _AGENTS = View(
     "GET",
     re.compile(r"/api/v1/agents"),
-    lambda sid, query: runtime_pb2.ListAgentsRequest(),
+    lambda params: runtime_pb2.ListAgentsRequest(),
     lambda stub: stub.ListAgents,
     views.agents,
 )
 _CURRENT_AGENT = View(
     "GET",
     re.compile(r"/api/v1/agents/(?P<sid>[^/]+)/current"),
-    lambda sid, query: runtime_pb2.GetCurrentAgentRequest(session_id=sid),
+    lambda params: runtime_pb2.GetCurrentAgentRequest(session_id=params.session_id),
     lambda stub: stub.GetCurrentAgent,
     views.current_agent,
 )
@@ -233,17 +324,40 @@ _NEW_SESSION = View(
     views.created_session,
     http.HTTPStatus.CREATED,
 )
+_SESSION_PATH = re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)")
+_SESSION = View(
+    "GET",
+    _SESSION_PATH,
+    lambda params: runtime_pb2.GetSessionRequest(session_id=params.session_id),
+    lambda stub: stub.GetSession,
+    views.one_session,
+)
+_RENAME = View(
+    "PATCH",
+    _SESSION_PATH,
+    _update_session,
+    lambda stub: stub.UpdateSession,
+    views.updated_session,
+    reads_body=True,
+)
+_DELETE = View(
+    "DELETE",
+    _SESSION_PATH,
+    lambda params: runtime_pb2.DeleteSessionRequest(session_id=params.session_id),
+    lambda stub: stub.DeleteSession,
+    views.deleted_session,
+)
 _HISTORY = View(
     "GET",
     re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/history"),
-    lambda sid, query: runtime_pb2.GetSessionHistoryRequest(session_id=sid),
+    lambda params: runtime_pb2.GetSessionHistoryRequest(session_id=params.session_id),
     lambda stub: stub.GetSessionHistory,
     views.history,
 )
 _APPROVALS = View(
     "GET",
     re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/pending-approvals"),
-    lambda sid, query: runtime_pb2.ListPendingApprovalsRequest(session_id=sid),
+    lambda params: runtime_pb2.ListPendingApprovalsRequest(session_id=params.session_id),
     lambda stub: stub.ListPendingApprovals,
     views.pending_approvals,
 )
@@ -253,6 +367,9 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "current_agent": _CURRENT_AGENT,
     "list_sessions": _SESSIONS,
     "create_session": _NEW_SESSION,
+    "session": _SESSION,
+    "rename_session": _RENAME,
+    "delete_session": _DELETE,
     "history": _HISTORY,
     "approvals": _APPROVALS,
 }

@@ -8,7 +8,9 @@ any upgrade, in this order (docs/GATEWAY.md explains each):
    shutdown begins) are answered at once (Prometheus metrics are not served
    here but on their own port, ``METRICS_PORT``: see ``gateway.__main__``);
 2. the client address's connect rate (token bucket) → 429;
-3. REST views (:mod:`gateway.rest`) → authenticated, owner-scoped runtime reads;
+3. REST views (:mod:`gateway.rest`) → authenticated, owner-scoped runtime reads
+   (the same views, with request bodies, on the REST port:
+   :meth:`Gateway.answer_rest`, served by :mod:`gateway.rest_server`);
 4. a WebSocket upgrade: path and ``last_seq`` → 400/404, ``Origin``
    allow-list → 403, process connection limit → 503, access token (from
    ``Authorization: Bearer`` or the subprotocol pair ``bearer, <token>``, of
@@ -38,6 +40,7 @@ from urllib.parse import urlsplit
 import grpc
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -153,6 +156,8 @@ class Gateway:
             self._auth,
         )
         self._server: Server | None = None
+        self.rest_port: int | None = None
+        """The REST port (:mod:`gateway.rest_server`) once it is bound; None without one."""
         self._stopped = False
         self._handshakes: weakref.WeakKeyDictionary[ServerConnection, Handshake] = (
             weakref.WeakKeyDictionary()
@@ -266,23 +271,48 @@ class Gateway:
                 log.info("handshake_refused", session_id=exc.session_id, reason="origin")
             return refuse_handshake(exc.problem)
         if upgrade is None:
-            return await self._answer_view(request, url.path, url.query, request_id)
+            return await self._answer_view(
+                request.method, url.path, url.query, request.headers, request_id
+            )
         return await self._authorize_upgrade(connection, upgrade, url.path, request_id)
 
-    async def _answer_view(
-        self, request: Request, path: str, query: str, request_id: str
+    async def answer_rest(
+        self, method: str, target: str, headers: Headers, peer: str, body: bytes | None
     ) -> Response:
-        route = rest.match(request.method, path)
+        """A request on the REST port (:mod:`gateway.rest_server`): the same
+        connect-rate limit, token check and views as on this port, and the
+        request's ``body`` (already read, at most ``rest.MAX_BODY_BYTES``)."""
+        url = urlsplit(target)
+        address = client_address(
+            peer, headers.get_all("X-Forwarded-For"), self._config.trusted_proxies
+        )
+        wait = self._connect_rate.take(address)
+        if wait > 0:
+            log.info("request_refused", path=url.path, reason="connect rate")
+            return refuse_connect_rate(retry_after(wait))
+        request_id = client_request_id(headers) or uuid.uuid4().hex
+        return await self._answer_view(method, url.path, url.query, headers, request_id, body)
+
+    async def _answer_view(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        request_id: str,
+        body: bytes | None = None,
+    ) -> Response:
+        route = rest.match(method, path)
         if route is None:
             return refuse_handshake(HandshakeProblem.NO_SUCH_PATH)
         if isinstance(route, http.HTTPStatus):
             return refuse_view_method()
-        principal = await self._authenticate_request(bearer_token(request.headers), path)
+        principal = await self._authenticate_request(bearer_token(headers), path)
         if isinstance(principal, Response):
             return principal
         with structlog.contextvars.bound_contextvars(user=principal.subject, request_id=request_id):
             return await self._views.answer(
-                route, query, user=principal.subject, request_id=request_id
+                route, query, user=principal.subject, request_id=request_id, body=body
             )
 
     async def _readiness(self) -> Response:

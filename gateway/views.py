@@ -3,10 +3,25 @@
 Each function takes a response message of one unary read and returns the
 JSON object the IDE receives. Times are ISO 8601 in UTC (``...Z``), or
 ``None`` when the runtime left them unset.
+
+The bodies are our shape plus, additively, the names the CodeLab IDE's
+decoders read (``SessionModel``, ``SessionListResponse``, ``SessionHistory``,
+``PendingApprovalsResponse``, replicated in tests/codelab_ide_rest.py and
+read through in tests/integration/test_ide_rest.py): a session also has
+``id`` (= ``session_id``), ``current_agent`` (= ``agent``),
+``last_activity`` (= ``updated_at``), ``description`` (null: sessions have
+none) and ``is_active`` (true: a deleted session is gone, not
+inactive); a list also has ``total``; a history also has ``message_count``,
+``current_agent``, ``last_activity`` and ``agent_history`` ``[{from, to,
+reason, timestamp}]``, each tool call also in OpenAI's shape (``id``,
+``type: "function"``, ``function: {name, arguments}`` with the arguments as
+a JSON string) and each tool message its tool's ``name``; pending approvals
+also have ``count``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -42,19 +57,26 @@ def current_agent(response: runtime_pb2.GetCurrentAgentResponse) -> Body:
 
 
 def session(message: runtime_pb2.Session) -> Body:
+    updated_at = iso_time(message.updated_at)
     return {
         "session_id": message.session_id,
+        "id": message.session_id,
         "title": message.title,
+        "description": None,
         "agent": message.agent,
+        "current_agent": message.agent,
         "message_count": message.message_count,
         "created_at": iso_time(message.created_at),
-        "updated_at": iso_time(message.updated_at),
+        "updated_at": updated_at,
+        "last_activity": updated_at,
+        "is_active": True,
     }
 
 
 def sessions(response: runtime_pb2.ListSessionsResponse) -> Body:
     return {
         "sessions": [session(item) for item in response.sessions],
+        "total": response.total,
         "next_page_token": response.next_page_token or None,
     }
 
@@ -63,22 +85,53 @@ def created_session(response: runtime_pb2.CreateSessionResponse) -> Body:
     return session(response.session)
 
 
+def one_session(response: runtime_pb2.GetSessionResponse) -> Body:
+    return session(response.session)
+
+
+def updated_session(response: runtime_pb2.UpdateSessionResponse) -> Body:
+    return session(response.session)
+
+
+def deleted_session(response: runtime_pb2.DeleteSessionResponse) -> Body:
+    return {"session_id": response.session_id, "id": response.session_id, "deleted": True}
+
+
+def _tool_call(call: runtime_pb2.HistoryToolCall) -> Body:
+    arguments = struct_to_dict(call.arguments)
+    return {
+        "call_id": call.call_id,
+        "tool_name": call.tool_name,
+        "arguments": arguments,
+        # OpenAI's shape, which the CodeLab IDE reads back from a history.
+        "id": call.call_id,
+        "type": "function",
+        "function": {"name": call.tool_name, "arguments": json.dumps(arguments)},
+    }
+
+
 def history(response: runtime_pb2.GetSessionHistoryResponse) -> Body:
     return {
         "session_id": response.session_id,
+        "message_count": response.message_count,
+        "current_agent": response.current_agent or None,
+        "last_activity": iso_time(response.last_activity),
+        "agent_history": [
+            {
+                "from": switch.from_agent,
+                "to": switch.to_agent,
+                "reason": switch.reason,
+                "timestamp": iso_time(switch.created_at),
+            }
+            for switch in response.agent_switches
+        ],
         "messages": [
             {
                 "role": message.role,
                 "content": message.content,
-                "tool_calls": [
-                    {
-                        "call_id": call.call_id,
-                        "tool_name": call.tool_name,
-                        "arguments": struct_to_dict(call.arguments),
-                    }
-                    for call in message.tool_calls
-                ],
+                "tool_calls": [_tool_call(call) for call in message.tool_calls],
                 "tool_call_id": message.tool_call_id or None,
+                "name": message.name or None,
                 "agent": message.agent,
                 "created_at": iso_time(message.created_at),
             }
@@ -90,6 +143,7 @@ def history(response: runtime_pb2.GetSessionHistoryResponse) -> Body:
 def pending_approvals(response: runtime_pb2.ListPendingApprovalsResponse) -> Body:
     return {
         "session_id": response.session_id,
+        "count": len(response.approvals),
         "pending_approvals": [
             {
                 "call_id": approval.call_id,

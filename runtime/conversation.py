@@ -360,12 +360,14 @@ class Conversation:
         self._dispatcher.fail(error, "the runtime restarted before this call finished")
         await self.stream.flush()
 
-    async def abandon(self) -> None:
-        """Another replica took the session: stop without writing anything more.
+    async def abandon(self, *, deleted: bool = False) -> None:
+        """Another replica took the session (or it was deleted): stop without
+        writing anything more.
 
         The running model call is cancelled, nothing is flushed (the other
         replica owns the log now), and every attached stream ends retryably
-        so its client reconnects to the session's new home.
+        so its client reconnects to the session's new home; for a deleted
+        session, for good.
         """
         if self._detach_timer is not None:
             self._detach_timer.cancel()
@@ -374,7 +376,7 @@ class Conversation:
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
-        self.stream.moved()
+        self.stream.moved(deleted=deleted)
 
     async def close(self) -> None:
         """Cancel the running model call (the turn is marked cancelled); idempotent.

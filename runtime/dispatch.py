@@ -49,9 +49,9 @@ from runtime.events import (
 )
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
+from runtime.records import CallRecord, now
+from runtime.records import SwitchRecord as StoredSwitch
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
-from runtime.store import CallRecord, now
-from runtime.store import SwitchRecord as StoredSwitch
 from runtime.stream import EventStream
 from runtime.tools import TOOLS, Side
 from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Turn

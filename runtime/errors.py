@@ -26,6 +26,12 @@ class PermissionDenied(RuntimeServiceError):
     code = "permission_denied"
 
 
+class Deleted(RuntimeServiceError):
+    """The session was deleted: its id stays taken and nothing of it is served."""
+
+    code = "failed_precondition"
+
+
 class Unauthenticated(RuntimeServiceError):
     code = "unauthenticated"
 

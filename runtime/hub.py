@@ -7,11 +7,18 @@ per live session whatever the number of streams attached, and refuses any
 other user with :class:`~runtime.errors.PermissionDenied`. Across replicas,
 a session is live in one process at a time: the hub holds and renews its
 lease (:class:`~runtime.leases.Leases`).
+
+Deleting a session (:meth:`SessionHub.delete`) ends its live conversation
+here (every attached stream ends with :class:`~runtime.errors.Deleted`) and
+leaves a tombstone: the id stays taken, and opening it again is
+:class:`~runtime.errors.Deleted` for everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -19,6 +26,7 @@ from mesh.ids import SESSION_ID, SESSION_ID_RULE
 from runtime.conversation import Conversation, ConversationSettings
 from runtime.errors import (
     AlreadyExists,
+    Deleted,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -26,10 +34,14 @@ from runtime.errors import (
 )
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.records import SessionRow
 from runtime.state import Session
-from runtime.store import SessionExists, SessionRow, Store
+from runtime.store import SessionExists, Store
 
 log = structlog.get_logger("runtime.hub")
+
+MAX_TITLE_CHARS = 200
+"""A session title's bound (the ``sessions.title`` column)."""
 
 
 def check_session_id(session_id: str) -> str:
@@ -124,6 +136,8 @@ class SessionHub:
                     if row is None:  # pragma: no cover - deleted in between
                         raise NotFound("session disappeared") from None
                     created = False
+            if row.deleted_at is not None:
+                raise Deleted(f"session {session_id!r} was deleted")
             if row.owner != owner:
                 raise PermissionDenied("session belongs to another user")
             release = self._releases.pop(session_id, None)
@@ -157,14 +171,17 @@ class SessionHub:
     async def owned(self, session_id: str, owner: str) -> SessionRow:
         """The owner's session row.
 
-        Raises NotFound for a missing session and PermissionDenied for someone
-        else's (the gateway shows both as 404 in its views, and refuses the
-        WebSocket handshake to a foreign session with 403).
+        Raises NotFound for a missing session, Deleted for a deleted one
+        (whoever asks) and PermissionDenied for someone else's (the gateway
+        shows all three as 404 in its views, and refuses the WebSocket
+        handshake to a foreign session with 403, to a deleted one with 404).
         """
         check_session_id(session_id)
         row = await self._store.get_session(session_id)
         if row is None:
             raise NotFound(f"no session {session_id!r}")
+        if row.deleted_at is not None:
+            raise Deleted(f"session {session_id!r} was deleted")
         if row.owner != owner:
             raise PermissionDenied("session belongs to another user")
         return row
@@ -184,6 +201,68 @@ class SessionHub:
             raise AlreadyExists(
                 f"session id {session_id!r} is taken; choose another or let the server pick one"
             ) from None
+
+    async def rename(self, session_id: str, owner: str, title: str) -> SessionRow:
+        """Set the title of one of ``owner``'s sessions.
+
+        Raises InvalidArgument for a title over 200 characters, what
+        :meth:`owned` raises, and Unavailable while another replica serves
+        the session (its next step would write the old title back).
+        """
+        if len(title) > MAX_TITLE_CHARS:
+            raise InvalidArgument(f"title must be at most {MAX_TITLE_CHARS} characters")
+        async with self._lock:
+            await self.owned(session_id, owner)
+            live = self._live.get(session_id)
+            if live is not None:
+                # Steps built from now on carry the new title; one already
+                # in flight lands before the write below.
+                live.session.title = title
+                await live.stream.drain()
+                row = await self._store.rename_session(session_id, title)
+            else:
+                async with self._leased(session_id):
+                    row = await self._store.rename_session(session_id, title)
+        if row is None:  # pragma: no cover - deleted under the hub's lock: impossible here
+            raise Deleted(f"session {session_id!r} was deleted")
+        return row
+
+    async def delete(self, session_id: str, owner: str) -> None:
+        """Delete one of ``owner``'s sessions, its data with it (a tombstone keeps the id).
+
+        A conversation live here is stopped first: its model call is
+        cancelled, nothing more is written, and every attached stream ends
+        with :class:`~runtime.errors.Deleted`. Raises what :meth:`owned`
+        raises (Deleted when already deleted), and Unavailable while another
+        replica serves the session.
+        """
+        async with self._lock:
+            await self.owned(session_id, owner)
+            live = self._live.pop(session_id, None)
+            if live is not None:
+                await live.abandon(deleted=True)
+                await live.stream.drain()
+                await self._store.delete_session(session_id)
+                return
+            async with self._leased(session_id):
+                await self._store.delete_session(session_id)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the lease of a session not live here for a moment, so no
+        other replica writes to it meanwhile; Unavailable if another holds it."""
+        release = self._releases.pop(session_id, None)
+        if release is not None:
+            await asyncio.wait([release])
+        if not await self._store.leases.acquire(session_id, self._replica, self._lease_ttl):
+            raise Unavailable(
+                "another runtime replica serves this session; retry shortly "
+                "(it moves here when that replica's lease expires)"
+            )
+        try:
+            yield
+        finally:
+            await self._store.leases.release(session_id, self._replica)
 
     def _evict(self, conversation: Conversation) -> None:
         session_id = conversation.session.session_id

@@ -1,7 +1,8 @@
 """The gRPC face of the runtime: ``runtime.v1.AgentRuntimeService``.
 
-This module converts between protobuf and the runtime's dataclasses and maps
-:mod:`runtime.errors` to gRPC status codes, in one place (:func:`_mapped`,
+This module serves the RPCs (:mod:`runtime.wire` converts between protobuf
+and the runtime's dataclasses) and maps :mod:`runtime.errors` to gRPC status
+codes, in one place (:func:`_mapped`,
 around every RPC; the codes each RPC returns are listed in
 ``proto/runtime/v1/runtime.proto``); nothing else in the runtime knows about
 gRPC. Callers are authenticated by the internal credential
@@ -26,44 +27,28 @@ import structlog
 
 from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
-from mesh.structs import struct_to_dict
 from runtime.agents import AGENTS
-from runtime.commands import (
-    ApprovalDecision,
-    CancelTurn,
-    ClientEvent,
-    ClientOptions,
-    FileChanged,
-    PlanApproval,
-    SwitchAgent,
-    ToolResult,
-    UserMessage,
-)
 from runtime.errors import InvalidArgument, RuntimeServiceError, Unauthenticated
 from runtime.events import (
-    AgentSwitched,
     AssistantText,
     ErrorEvent,
-    PlanProgress,
-    PlanUpdate,
     Sequenced,
     SessionOpened,
-    ToolCallEvent,
-    TurnDone,
-    TurnStatus,
 )
 from runtime.hub import SessionHub
-from runtime.store import AWAITING_DECISION, SessionRow
+from runtime.records import AWAITING_DECISION, SessionRow
 from runtime.stream import (
     END_OF_STREAM,
     Control,
     EndOfStream,
     EventStream,
     Resend,
+    SessionDeleted,
     SessionMoved,
     Subscriber,
 )
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
+from runtime.wire import session_proto, to_client_event, to_client_options, to_proto
 
 log = structlog.get_logger("runtime.service")
 
@@ -75,13 +60,8 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
-}
-
-_TURN_STATUS = {
-    TurnStatus.COMPLETED: runtime_pb2.TURN_STATUS_COMPLETED,
-    TurnStatus.CANCELLED: runtime_pb2.TURN_STATUS_CANCELLED,
-    TurnStatus.FAILED: runtime_pb2.TURN_STATUS_FAILED,
 }
 
 
@@ -111,115 +91,6 @@ def _mapped(
             raise AssertionError("unreachable") from exc  # pragma: no cover - abort raises
 
     return rpc
-
-
-def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
-    """The wire form of one session event."""
-    response = runtime_pb2.ConverseResponse(seq=item.seq)
-    match item.event:
-        case AssistantText(text=text):
-            response.assistant_delta.text = text
-        case TurnDone(status=status, usage=usage):
-            response.turn_done.status = _TURN_STATUS[status]
-            response.turn_done.usage.prompt_tokens = usage.prompt_tokens
-            response.turn_done.usage.completion_tokens = usage.completion_tokens
-        case ErrorEvent(code=code, message=message, retryable=retryable):
-            response.error.code = code
-            response.error.message = message
-            response.error.retryable = retryable
-        case ToolCallEvent() as call:
-            response.tool_call.call_id = call.call_id
-            response.tool_call.tool_name = call.tool_name
-            response.tool_call.arguments.update(call.arguments)
-            response.tool_call.requires_approval = call.requires_approval
-            response.tool_call.reason = call.reason
-        case AgentSwitched() as switched:
-            response.agent_switched.from_agent = switched.from_agent
-            response.agent_switched.to_agent = switched.to_agent
-            response.agent_switched.reason = switched.reason
-            response.agent_switched.confidence = switched.confidence
-            response.agent_switched.content = switched.content
-        case PlanUpdate() as plan:
-            response.plan_update.plan_id = plan.plan_id
-            response.plan_update.current_step = plan.current_step
-            response.plan_update.requires_approval = plan.requires_approval
-            for step in plan.steps:
-                response.plan_update.steps.add(
-                    id=step.id, description=step.description, status=step.status
-                )
-        case PlanProgress() as progress:
-            response.plan_progress.plan_id = progress.plan_id
-            response.plan_progress.step_id = progress.step_id
-            response.plan_progress.status = progress.status
-            response.plan_progress.result = progress.result
-        case SessionOpened() as opened:
-            response.session_opened.session_id = opened.session_id
-            response.session_opened.agent = opened.agent
-            response.session_opened.created = opened.created
-            response.session_opened.recovered = opened.recovered
-            response.session_opened.last_seq = opened.last_seq
-    return response
-
-
-_DECISIONS = {
-    runtime_pb2.DECISION_APPROVE: "approve",
-    runtime_pb2.DECISION_EDIT: "edit",
-    runtime_pb2.DECISION_REJECT: "reject",
-}
-
-
-def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
-    """The runtime's view of one client event; InvalidArgument if malformed."""
-    kind = request.WhichOneof("event")
-    if kind == "user_message":
-        message = request.user_message
-        return UserMessage(content=message.content, role=message.role or "user")
-    if kind == "cancel":
-        return CancelTurn()
-    if kind == "tool_result":
-        result = request.tool_result
-        outcome = result.WhichOneof("outcome")
-        if outcome == "error":
-            return ToolResult(result.call_id, error=result.error)
-        payload = struct_to_dict(result.result) if outcome == "result" else {}
-        return ToolResult(result.call_id, result=payload)
-    if kind == "approval_decision":
-        decision = request.approval_decision
-        if decision.decision not in _DECISIONS:
-            raise InvalidArgument("approval decision must be approve, edit or reject")
-        modified = (
-            struct_to_dict(decision.modified_arguments)
-            if decision.HasField("modified_arguments")
-            else None
-        )
-        return ApprovalDecision(
-            decision.call_id, _DECISIONS[decision.decision], modified, decision.feedback
-        )
-    if kind == "switch_agent":
-        switch = request.switch_agent
-        return SwitchAgent(switch.agent_type, switch.content, switch.reason)
-    if kind == "plan_approval":
-        plan = request.plan_approval
-        if plan.decision not in (runtime_pb2.DECISION_APPROVE, runtime_pb2.DECISION_REJECT):
-            raise InvalidArgument("plan decision must be approve or reject")
-        return PlanApproval(plan.plan_id, _DECISIONS[plan.decision], plan.feedback)
-    if kind == "file_changed":
-        changed = request.file_changed
-        timestamp = (
-            changed.timestamp.ToMicroseconds() / 1e6
-            if changed.HasField("timestamp")
-            else time.time()
-        )
-        return FileChanged(changed.path, timestamp)
-    raise InvalidArgument("expected a client event after open")
-
-
-def to_client_options(opening: runtime_pb2.OpenSession) -> ClientOptions:
-    """The client behind a stream, as its ``open`` describes it."""
-    return ClientOptions(
-        approves_by_result=opening.approval == runtime_pb2.APPROVAL_MODE_TOOL_RESULT,
-        tools=frozenset(opening.client_tools) if opening.client_tools else None,
-    )
 
 
 class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
@@ -351,6 +222,8 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     grpc.StatusCode.UNAVAILABLE,
                     "the session moved to another runtime replica; reconnect and resume",
                 )
+            if isinstance(item, SessionDeleted):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the session was deleted")
             if isinstance(item, Resend):
                 replay, recovered = await stream.events_after(item.after_seq)
                 session = stream.session
@@ -423,7 +296,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         user = _user(context)
         session_id = request.session_id or f"s-{uuid.uuid4().hex}"
         row = await self._hub.create(session_id, user, request.title)
-        return runtime_pb2.CreateSessionResponse(session=_session_proto(row))
+        return runtime_pb2.CreateSessionResponse(session=session_proto(row))
 
     @_mapped
     async def ListSessions(
@@ -434,22 +307,67 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         rows, token = await self._hub.store.list_sessions(
             user, limit=size, page_token=request.page_token
         )
+        total = await self._hub.store.count_sessions(user)
         return runtime_pb2.ListSessionsResponse(
-            sessions=[_session_proto(row) for row in rows], next_page_token=token
+            sessions=[session_proto(row) for row in rows], next_page_token=token, total=total
         )
+
+    @_mapped
+    async def GetSession(
+        self, request: runtime_pb2.GetSessionRequest, context: Context
+    ) -> runtime_pb2.GetSessionResponse:
+        row = await self._owned(request.session_id, context)
+        live = self._hub.live(row.id)
+        if live is not None:
+            # The row's agent and count trail a turn in flight by one step.
+            session = live.session
+            row = replace(row, agent=session.agent, message_count=len(session.messages))
+        return runtime_pb2.GetSessionResponse(session=session_proto(row))
+
+    @_mapped
+    async def UpdateSession(
+        self, request: runtime_pb2.UpdateSessionRequest, context: Context
+    ) -> runtime_pb2.UpdateSessionResponse:
+        user = _user(context)
+        if request.HasField("title"):
+            row = await self._hub.rename(request.session_id, user, request.title)
+        else:
+            row = await self._hub.owned(request.session_id, user)
+        return runtime_pb2.UpdateSessionResponse(session=session_proto(row))
+
+    @_mapped
+    async def DeleteSession(
+        self, request: runtime_pb2.DeleteSessionRequest, context: Context
+    ) -> runtime_pb2.DeleteSessionResponse:
+        await self._hub.delete(request.session_id, _user(context))
+        log.info("session_deleted", session_id=request.session_id)
+        return runtime_pb2.DeleteSessionResponse(session_id=request.session_id)
 
     @_mapped
     async def GetSessionHistory(
         self, request: runtime_pb2.GetSessionHistoryRequest, context: Context
     ) -> runtime_pb2.GetSessionHistoryResponse:
         row = await self._owned(request.session_id, context)
-        response = runtime_pb2.GetSessionHistoryResponse(session_id=row.id)
-        for record in await self._hub.store.history(row.id):
+        live = self._hub.live(row.id)
+        response = runtime_pb2.GetSessionHistoryResponse(
+            session_id=row.id, current_agent=live.session.agent if live else row.agent
+        )
+        response.last_activity.FromDatetime(row.updated_at)
+        for switch in await self._hub.store.agent_switches(row.id):
+            record_switch = response.agent_switches.add(
+                from_agent=switch.from_agent, to_agent=switch.to_agent, reason=switch.reason
+            )
+            if switch.created_at is not None:
+                record_switch.created_at.FromDatetime(switch.created_at)
+        history = await self._hub.store.history(row.id)
+        response.message_count = len(history)
+        for record in history:
             message = response.messages.add(
                 role=record.role,
                 content=record.content,
                 tool_call_id=record.tool_call_id,
                 agent=record.agent,
+                name=record.name,
             )
             if record.created_at is not None:
                 message.created_at.FromDatetime(record.created_at)
@@ -490,12 +408,3 @@ def _user(context: Context) -> str:
     if not user:
         raise Unauthenticated("x-user-id metadata is required")
     return user
-
-
-def _session_proto(row: SessionRow) -> runtime_pb2.Session:
-    session = runtime_pb2.Session(
-        session_id=row.id, title=row.title, agent=row.agent, message_count=row.message_count
-    )
-    session.created_at.FromDatetime(row.created_at)
-    session.updated_at.FromDatetime(row.updated_at)
-    return session

@@ -19,7 +19,7 @@ import structlog
 
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
-from runtime.store import DECIDED_STATUSES, Loaded, MessageRecord
+from runtime.records import DECIDED_STATUSES, Loaded, MessageRecord
 
 log = structlog.get_logger("runtime.state")
 

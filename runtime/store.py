@@ -7,7 +7,8 @@ each; nothing is written per token (the text deltas of a model call are one
 event row) and nothing already written is rewritten, except the status of a
 tool call and the session's summary columns. The cost of a step does not
 grow with the session's length: every statement is an insert or an update
-by primary key.
+by primary key. Deleting a session (:meth:`Store.delete_session`) deletes
+its data in one transaction and leaves its row as a tombstone.
 
 The tables are in :mod:`runtime.schema`; the schema in the database belongs
 to Alembic (``runtime/migrations``), and :func:`migrate` applies it. Works
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,124 +31,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mesh import database
 from runtime.errors import InvalidArgument
 from runtime.leases import Leases
+from runtime.records import (
+    PENDING_STATUSES,
+    CallRecord,
+    EventRecord,
+    Loaded,
+    MessageRecord,
+    SessionRow,
+    Step,
+    SwitchRecord,
+    is_pending,
+    now,
+)
 from runtime.schema import agent_switches, events, messages, plans, sessions, tool_calls
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-AWAITING_DECISION = ("awaiting_approval", "awaiting_plan_approval")
-"""Statuses of a call that waits for a human's decision (what ListPendingApprovals lists)."""
-DECIDED_STATUSES = ("approved", "edited")
-"""A human approved the call, as proposed or edited: the IDE's result is due now.
-A plan's approval is the exception: it answers the plan's call (see :func:`is_pending`)."""
-PENDING_STATUSES = (*AWAITING_DECISION, "awaiting_result", *DECIDED_STATUSES)
-"""Every status a call the turn still waits on can have; any other status is final."""
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything stored is UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRow:
-    id: str
-    owner: str
-    title: str
-    agent: str
-    state: str
-    last_seq: int
-    message_count: int
-    created_at: datetime
-    updated_at: datetime
-    seq_reserved: int = 0
-    """How far text deltas may have been numbered (see :meth:`Store.reserve_seqs`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    position: int
-    role: str
-    content: str
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str = ""
-    name: str = ""
-    agent: str = ""
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One log row: a single event (seq == last_seq) or a run of text deltas."""
-
-    seq: int
-    last_seq: int
-    kind: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    call_id: str
-    tool_name: str
-    agent: str
-    status: str
-    arguments: dict[str, Any]
-    final_arguments: dict[str, Any] | None = None
-    reason: str = ""
-    plan_id: str = ""
-    offered_seq: int = 0
-    decided_by: str | None = None
-    decided_at: datetime | None = None
-    created_at: datetime | None = None
-
-
-def is_pending(call: CallRecord) -> bool:
-    """Whether the turn still waits on ``call``: offered again on reopen, answered once."""
-    if call.status in DECIDED_STATUSES:
-        # update_plan is the only call with a plan_id, and approving a plan answers it.
-        return not call.plan_id
-    return call.status in PENDING_STATUSES
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchRecord:
-    from_agent: str
-    to_agent: str
-    reason: str
-    confidence: float
-
-
-@dataclass(slots=True)
-class Step:
-    """Everything one turn step changes, written in one transaction."""
-
-    session_id: str
-    last_seq: int
-    agent: str
-    state: str
-    message_count: int
-    events: list[EventRecord] = field(default_factory=list)
-    messages: list[MessageRecord] = field(default_factory=list)
-    calls: list[CallRecord] = field(default_factory=list)
-    plans: dict[str, list[list[str]]] = field(default_factory=dict)
-    switches: list[SwitchRecord] = field(default_factory=list)
-    title: str | None = None
-    seq_reserved: int | None = None
-    """Raise the session's text-delta reservation (see :meth:`Store.reserve_seqs`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """A session's state as the turn loop needs it."""
-
-    session: SessionRow
-    messages: list[MessageRecord]
-    pending: list[CallRecord]
-    answered: set[str]
-    plans: dict[str, list[list[str]]]
 
 
 def _session(row: Any) -> SessionRow:
@@ -163,6 +65,7 @@ def _session(row: Any) -> SessionRow:
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
         seq_reserved=row.seq_reserved,
+        deleted_at=_aware(row.deleted_at) if row.deleted_at is not None else None,
     )
 
 
@@ -214,6 +117,14 @@ class SessionExists(Exception):
     """A session with that id already exists."""
 
 
+class SessionGone(Exception):
+    """The session was deleted: a step for it is not written."""
+
+
+_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches)
+"""Every table holding a session's data, by ``session_id`` (deleted with it)."""
+
+
 class Store:
     """Queries and writes; each method is one short transaction, safe to cancel."""
 
@@ -254,7 +165,7 @@ class Store:
         self, owner: str, *, limit: int, page_token: str = ""
     ) -> tuple[list[SessionRow], str]:
         """The owner's sessions, most recently updated first; returns (page, next token)."""
-        query = sessions.select().where(sessions.c.owner == owner)
+        query = sessions.select().where(sessions.c.owner == owner, sessions.c.deleted_at.is_(None))
         if page_token:
             stamp, last_id = decode_page_token(page_token)
             query = query.where(
@@ -270,6 +181,71 @@ class Store:
             return rows, ""
         page = rows[:limit]
         return page, encode_page_token(page[-1].updated_at, page[-1].id)
+
+    async def count_sessions(self, owner: str) -> int:
+        """How many sessions the owner has (deleted ones not counted)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(sessions)
+            .where(sessions.c.owner == owner, sessions.c.deleted_at.is_(None))
+        )
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def rename_session(self, session_id: str, title: str) -> SessionRow | None:
+        """Set the title of a session that is not deleted; None when there is none."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.deleted_at.is_(None))
+                .values(title=title[:200], updated_at=now())
+            )
+            if result.rowcount != 1:
+                return None
+            row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).one()
+        return _session(row)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete everything of the session in one transaction and leave its
+        row as a tombstone (``deleted_at`` set, title cleared, lease freed);
+        False when there is no such session or it is already deleted.
+
+        The tombstone keeps the id taken: :meth:`create_session` refuses it,
+        and :meth:`commit` refuses any step for it (:class:`SessionGone`).
+        """
+        stamp = now()
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id, sessions.c.deleted_at.is_(None))
+                .values(
+                    deleted_at=stamp,
+                    updated_at=stamp,
+                    title="",
+                    state="idle",
+                    message_count=0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            for table in _SESSION_DATA:
+                await conn.execute(table.delete().where(table.c.session_id == session_id))
+        return True
+
+    async def agent_switches(self, session_id: str) -> list[SwitchRecord]:
+        """The session's agent switches, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                agent_switches.select()
+                .where(agent_switches.c.session_id == session_id)
+                .order_by(agent_switches.c.id)
+            )
+            return [
+                SwitchRecord(r.from_agent, r.to_agent, r.reason, r.confidence, _aware(r.created_at))
+                for r in rows
+            ]
 
     async def load(self, session_id: str) -> Loaded:
         """Everything the turn loop needs to serve the session in this process."""
@@ -302,7 +278,11 @@ class Store:
         )
 
     async def commit(self, step: Step) -> None:
-        """Write one step; the session's summary columns move with it."""
+        """Write one step; the session's summary columns move with it.
+
+        Raises :class:`SessionGone` (and writes nothing) when the session
+        was deleted meanwhile, so nothing of a deleted session comes back.
+        """
         stamp = now()
         async with self._engine.begin() as conn:
             if step.events:
@@ -368,9 +348,14 @@ class Store:
                 update["title"] = step.title[:200]
             if step.seq_reserved is not None:
                 update["seq_reserved"] = step.seq_reserved
-            await conn.execute(
-                sessions.update().where(sessions.c.id == step.session_id).values(**update)
+            result = await conn.execute(
+                sessions.update()
+                .where(sessions.c.id == step.session_id, sessions.c.deleted_at.is_(None))
+                .values(**update)
             )
+            if result.rowcount != 1:
+                # Raised inside the transaction: its inserts are rolled back.
+                raise SessionGone(step.session_id)
 
     @staticmethod
     async def _upsert_call(

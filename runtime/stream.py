@@ -2,7 +2,7 @@
 
 Every event a session tells its clients gets the session's next ``seq``.
 :class:`EventStream` gives it out, gathers what a turn step changes into one
-:class:`~runtime.store.Step` (its durable events among it), writes each step
+:class:`~runtime.records.Step` (its durable events among it), writes each step
 in one transaction, in order, and only then hands its events to the attached
 streams (:class:`Subscriber`). Text deltas are the exception: they go out at
 once and are written as one log row with the next step; until that write is
@@ -31,8 +31,8 @@ import structlog
 
 from runtime.events import AssistantText, Event, Sequenced, from_payload, to_payload
 from runtime.metrics import RuntimeMetrics
+from runtime.records import EventRecord, Step
 from runtime.state import Session
-from runtime.store import EventRecord, Step
 
 log = structlog.get_logger("runtime.stream")
 
@@ -69,10 +69,16 @@ class SessionMoved:
     """Tells a stream's pump that this replica lost the session: end retryably."""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionDeleted:
+    """Tells a stream's pump that the session was deleted: end for good."""
+
+
 END_OF_STREAM = EndOfStream()
 SESSION_MOVED = SessionMoved()
+SESSION_DELETED = SessionDeleted()
 
-Control = Resend | EndOfStream | SessionMoved
+Control = Resend | EndOfStream | SessionMoved | SessionDeleted
 """What a subscriber receives that is not an event; never dropped."""
 
 
@@ -270,12 +276,14 @@ class EventStream:
         async with self._commit_lock:
             pass
 
-    def moved(self) -> None:
-        """The session moved to another replica: drop what is unwritten (the other
-        replica owns the log now) and end every subscriber's stream retryably."""
+    def moved(self, *, deleted: bool = False) -> None:
+        """The session moved to another replica (or was deleted): drop what is
+        unwritten (the other replica owns the log now; a deleted session has
+        none) and end every subscriber's stream, retryably unless deleted."""
         self._step, self._outgoing, self._unflushed = None, [], []
+        ending = SESSION_DELETED if deleted else SESSION_MOVED
         for subscriber in self._subscribers:
-            subscriber.offer(SESSION_MOVED)
+            subscriber.offer(ending)
 
     # -- replay ------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ def environment() -> dict[str, str]:
         "AUTH_SERVICE__INTERNAL_API_KEY": key,
         "GATEWAY__INTERNAL_API_KEY": key,
         "GATEWAY__PORT": "8000",
+        # The REST views with request bodies (PATCH); the front door sends
+        # every REST path there.
+        "GATEWAY__REST_PORT": "8001",
         # Prometheus GET /metrics, on a port of its own for every service
         # (never on the public ports of the gateway and auth).
         "GATEWAY__METRICS_PORT": "9100",
@@ -149,6 +152,7 @@ def front_door(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         "CODELAB_FRONT_BIND": "127.0.0.1",
         "CODELAB_AUTH_UPSTREAM": f"127.0.0.1:{env['AUTH_SERVICE__PORT']}",
         "CODELAB_GATEWAY_UPSTREAMS": f"to 127.0.0.1:{env['GATEWAY__PORT']}",
+        "CODELAB_GATEWAY_REST_UPSTREAMS": f"to 127.0.0.1:{env['GATEWAY__REST_PORT']}",
         "XDG_DATA_HOME": str(HOME / "caddy"),
         "XDG_CONFIG_HOME": str(HOME / "caddy"),
     }

@@ -5,6 +5,7 @@ their own name and the X-Forwarded-For they were given."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -23,12 +24,21 @@ CADDY = Path(sys.executable).parent / "caddy"
 async def _upstream(name: str) -> tuple[asyncio.Server, int]:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
         forwarded = [
             line.split(":", 1)[1].strip()
-            for line in head.split("\r\n")
+            for line in lines
             if line.lower().startswith("x-forwarded-for:")
         ]
+        length = [
+            int(line.split(":", 1)[1])
+            for line in lines
+            if line.lower().startswith("content-length:")
+        ]
+        received = await reader.readexactly(length[0]) if length else b""
         body = f"{name} {','.join(forwarded)}".encode()
+        if received:
+            body += b" " + received
         writer.write(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
             % (len(body), body)
@@ -52,14 +62,15 @@ def caddy(env: dict[str, str]) -> Service:
 
 @pytest.fixture
 async def front(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    servers = [await _upstream(name) for name in ("auth", "gw-a", "gw-b")]
-    (_, auth), (_, gw_a), (_, gw_b) = servers
+    servers = [await _upstream(name) for name in ("auth", "gw-a", "gw-b", "rest-a", "rest-b")]
+    (_, auth), (_, gw_a), (_, gw_b), (_, rest_a), (_, rest_b) = servers
     port = free_port()
     env = {
         "CODELAB_SITE": f":{port}",
         "CODELAB_FRONT_BIND": "127.0.0.1",
         "CODELAB_AUTH_UPSTREAM": f"127.0.0.1:{auth}",
         "CODELAB_GATEWAY_UPSTREAMS": f"to 127.0.0.1:{gw_a} 127.0.0.1:{gw_b}",
+        "CODELAB_GATEWAY_REST_UPSTREAMS": f"to 127.0.0.1:{rest_a} 127.0.0.1:{rest_b}",
         "XDG_DATA_HOME": str(tmp_path),
         "XDG_CONFIG_HOME": str(tmp_path),
     }
@@ -79,12 +90,33 @@ async def test_paths_go_to_their_service_and_nothing_else_is_served(
 ) -> None:
     for path in ("/oauth/token", "/.well-known/jwks.json"):
         assert (await front.get(path)).text.startswith("auth "), path
-    for path in ("/api/v1/sessions", "/ws/s1", "/api/v1/ws/s1", "/health", "/ready"):
+    for path in ("/ws/s1", "/api/v1/ws/s1", "/health", "/ready", "/api/v1/health"):
         assert (await front.get(path)).text.startswith("gw-"), path
+    for path in (
+        "/api/v1/sessions",
+        "/api/v1/sessions/s1",
+        "/api/v1/sessions/s1/history",
+        "/api/v1/sessions/s1/pending-approvals",
+        "/api/v1/agents",
+        "/api/v1/agents/s1/current",
+    ):
+        assert (await front.get(path)).text.startswith("rest-"), path
     for path in ("/metrics", "/internal/revocations", "/", "/oauth"):
         reply = await front.get(path)
         assert reply.status_code == 404, path
         assert reply.json()["error"] == "not_found"
+
+
+async def test_a_rest_call_with_a_body_reaches_the_rest_port_whole(
+    front: httpx.AsyncClient,
+) -> None:
+    # The WebSocket port refuses bodies; the REST port reads them.
+    reply = await front.patch("/api/v1/sessions/s1", json={"title": "renamed"})
+    name, _, received = reply.text.split(" ", 2)
+    assert name.startswith("rest-")
+    assert json.loads(received) == {"title": "renamed"}
+    deleted = await front.delete("/api/v1/sessions/s1")
+    assert deleted.text.startswith("rest-")
 
 
 async def test_every_window_of_a_session_reaches_the_same_gateway(

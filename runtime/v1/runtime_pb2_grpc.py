@@ -37,8 +37,11 @@ class AgentRuntimeServiceStub:
     credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
     serves its maximum of concurrent calls. A session id is 1-128 characters
     of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
-    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
-    its other codes.
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). A deleted session
+    (DeleteSession) is FAILED_PRECONDITION for every call that names it,
+    whoever calls: Converse at open, and every stream attached to it when it
+    is deleted; its id stays taken (CreateSession: ALREADY_EXISTS). Each
+    call lists its other codes.
     """
 
     def __init__(self, channel):
@@ -82,6 +85,21 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.ListPendingApprovalsRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListPendingApprovalsResponse.FromString,
                 _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/GetSession',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.GetSessionResponse.FromString,
+                _registered_method=True)
+        self.UpdateSession = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/UpdateSession',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateSessionRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateSessionResponse.FromString,
+                _registered_method=True)
+        self.DeleteSession = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/DeleteSession',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -96,8 +114,11 @@ class AgentRuntimeServiceServicer:
     credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
     serves its maximum of concurrent calls. A session id is 1-128 characters
     of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
-    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
-    its other codes.
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). A deleted session
+    (DeleteSession) is FAILED_PRECONDITION for every call that names it,
+    whoever calls: Converse at open, and every stream attached to it when it
+    is deleted; its id stays taken (CreateSession: ALREADY_EXISTS). Each
+    call lists its other codes.
     """
 
     def Converse(self, request_iterator, context):
@@ -165,6 +186,35 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSession(self, request, context):
+        """GetSession returns one session of the calling user.
+        NOT_FOUND for a session that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSession(self, request, context):
+        """UpdateSession changes a session's title. NOT_FOUND for a session that
+        does not exist; INVALID_ARGUMENT for a title longer than
+        200 characters; UNAVAILABLE (retry) while another runtime replica
+        serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSession(self, request, context):
+        """DeleteSession deletes a session and everything in it (messages, events,
+        tool calls, plans, agent switches); a running turn is cancelled, LLM
+        request included. NOT_FOUND for a session that does not exist
+        (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
+        another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +253,21 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListPendingApprovalsRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.ListPendingApprovalsResponse.SerializeToString,
             ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.GetSessionRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'UpdateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSession,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateSessionRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateSessionResponse.SerializeToString,
+            ),
+            'DeleteSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSession,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'runtime.v1.AgentRuntimeService', rpc_method_handlers)
@@ -223,8 +288,11 @@ class AgentRuntimeService:
     credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
     serves its maximum of concurrent calls. A session id is 1-128 characters
     of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
-    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
-    its other codes.
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). A deleted session
+    (DeleteSession) is FAILED_PRECONDITION for every call that names it,
+    whoever calls: Converse at open, and every stream attached to it when it
+    is deleted; its id stays taken (CreateSession: ALREADY_EXISTS). Each
+    call lists its other codes.
     """
 
     @staticmethod
@@ -406,6 +474,87 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/ListPendingApprovals',
             runtime_dot_v1_dot_runtime__pb2.ListPendingApprovalsRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.ListPendingApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/GetSession',
+            runtime_dot_v1_dot_runtime__pb2.GetSessionRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/UpdateSession',
+            runtime_dot_v1_dot_runtime__pb2.UpdateSessionRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.UpdateSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/DeleteSession',
+            runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,8 +38,11 @@ class AgentRuntimeServiceStub:
     credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
     serves its maximum of concurrent calls. A session id is 1-128 characters
     of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
-    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
-    its other codes.
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). A deleted session
+    (DeleteSession) is FAILED_PRECONDITION for every call that names it,
+    whoever calls: Converse at open, and every stream attached to it when it
+    is deleted; its id stays taken (CreateSession: ALREADY_EXISTS). Each
+    call lists its other codes.
     """
 
     @_typing.overload
@@ -82,6 +85,23 @@ class AgentRuntimeServiceStub:
     """ListPendingApprovals returns the tool calls waiting for a human decision.
     NOT_FOUND for a session that does not exist.
     """
+    GetSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetSessionRequest, _runtime_pb2.GetSessionResponse]
+    """GetSession returns one session of the calling user.
+    NOT_FOUND for a session that does not exist.
+    """
+    UpdateSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.UpdateSessionRequest, _runtime_pb2.UpdateSessionResponse]
+    """UpdateSession changes a session's title. NOT_FOUND for a session that
+    does not exist; INVALID_ARGUMENT for a title longer than
+    200 characters; UNAVAILABLE (retry) while another runtime replica
+    serves the session.
+    """
+    DeleteSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.DeleteSessionRequest, _runtime_pb2.DeleteSessionResponse]
+    """DeleteSession deletes a session and everything in it (messages, events,
+    tool calls, plans, agent switches); a running turn is cancelled, LLM
+    request included. NOT_FOUND for a session that does not exist
+    (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
+    another runtime replica serves the session.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -96,8 +116,11 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
     serves its maximum of concurrent calls. A session id is 1-128 characters
     of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
-    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
-    its other codes.
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). A deleted session
+    (DeleteSession) is FAILED_PRECONDITION for every call that names it,
+    whoever calls: Converse at open, and every stream attached to it when it
+    is deleted; its id stays taken (CreateSession: ALREADY_EXISTS). Each
+    call lists its other codes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -137,6 +160,23 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     """ListPendingApprovals returns the tool calls waiting for a human decision.
     NOT_FOUND for a session that does not exist.
     """
+    GetSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetSessionRequest, _runtime_pb2.GetSessionResponse]  # type: ignore[assignment]
+    """GetSession returns one session of the calling user.
+    NOT_FOUND for a session that does not exist.
+    """
+    UpdateSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UpdateSessionRequest, _runtime_pb2.UpdateSessionResponse]  # type: ignore[assignment]
+    """UpdateSession changes a session's title. NOT_FOUND for a session that
+    does not exist; INVALID_ARGUMENT for a title longer than
+    200 characters; UNAVAILABLE (retry) while another runtime replica
+    serves the session.
+    """
+    DeleteSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.DeleteSessionRequest, _runtime_pb2.DeleteSessionResponse]  # type: ignore[assignment]
+    """DeleteSession deletes a session and everything in it (messages, events,
+    tool calls, plans, agent switches); a running turn is cancelled, LLM
+    request included. NOT_FOUND for a session that does not exist
+    (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
+    another runtime replica serves the session.
+    """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentRuntimeService is the agent brain and the owner of session state.
@@ -150,8 +190,11 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     credential or without `x-user-id`; RESOURCE_EXHAUSTED when the runtime
     serves its maximum of concurrent calls. A session id is 1-128 characters
     of [A-Za-z0-9._:-]; any other is INVALID_ARGUMENT. Another user's session
-    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). Each call lists
-    its other codes.
+    is PERMISSION_DENIED (CreateSession: ALREADY_EXISTS). A deleted session
+    (DeleteSession) is FAILED_PRECONDITION for every call that names it,
+    whoever calls: Converse at open, and every stream attached to it when it
+    is deleted; its id stays taken (CreateSession: ALREADY_EXISTS). Each
+    call lists its other codes.
     """
 
     @_abc_1.abstractmethod
@@ -230,6 +273,41 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runtime_pb2.ListPendingApprovalsResponse, _abc.Awaitable[_runtime_pb2.ListPendingApprovalsResponse]]:
         """ListPendingApprovals returns the tool calls waiting for a human decision.
         NOT_FOUND for a session that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSession(
+        self,
+        request: _runtime_pb2.GetSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.GetSessionResponse, _abc.Awaitable[_runtime_pb2.GetSessionResponse]]:
+        """GetSession returns one session of the calling user.
+        NOT_FOUND for a session that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSession(
+        self,
+        request: _runtime_pb2.UpdateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.UpdateSessionResponse, _abc.Awaitable[_runtime_pb2.UpdateSessionResponse]]:
+        """UpdateSession changes a session's title. NOT_FOUND for a session that
+        does not exist; INVALID_ARGUMENT for a title longer than
+        200 characters; UNAVAILABLE (retry) while another runtime replica
+        serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSession(
+        self,
+        request: _runtime_pb2.DeleteSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.DeleteSessionResponse, _abc.Awaitable[_runtime_pb2.DeleteSessionResponse]]:
+        """DeleteSession deletes a session and everything in it (messages, events,
+        tool calls, plans, agent switches); a running turn is cancelled, LLM
+        request included. NOT_FOUND for a session that does not exist
+        (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
+        another runtime replica serves the session.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

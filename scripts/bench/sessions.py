@@ -153,7 +153,8 @@ async def turns(
 async def store_commits(database_url: str, steps: int) -> tuple[float, float]:
     """Median time of one turn's write (Store.commit) at steps 3-7 and the last five."""
     from mesh.database import create_engine
-    from runtime.store import EventRecord, MessageRecord, Step, Store, migrate
+    from runtime.records import EventRecord, MessageRecord, Step
+    from runtime.store import Store, migrate
 
     await migrate(database_url)
     engine = create_engine(database_url)

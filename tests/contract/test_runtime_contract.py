@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -376,3 +377,148 @@ async def test_a_new_session_has_no_pending_approvals(runtime: Runtime):
         pb.ListPendingApprovalsRequest(session_id="s-none"), **runtime.as_user("alice")
     )
     assert list(pending.approvals) == []
+
+
+# ---------------------------------------------------------------------------
+# one session: get, rename, delete (GET, PATCH, DELETE /api/v1/sessions/{id})
+
+
+async def test_a_session_is_read_and_renamed_by_its_owner_only(runtime: Runtime):
+    stub = runtime.stub
+    await stub.CreateSession(
+        pb.CreateSessionRequest(session_id="s-one", title="first"), **runtime.as_user("alice")
+    )
+    got = await stub.GetSession(
+        pb.GetSessionRequest(session_id="s-one"), **runtime.as_user("alice")
+    )
+    assert (got.session.session_id, got.session.title) == ("s-one", "first")
+    assert got.session.created_at.seconds > 0
+    renamed = await stub.UpdateSession(
+        pb.UpdateSessionRequest(session_id="s-one", title="second"), **runtime.as_user("alice")
+    )
+    assert (renamed.session.session_id, renamed.session.title) == ("s-one", "second")
+    listed = await stub.ListSessions(pb.ListSessionsRequest(), **runtime.as_user("alice"))
+    assert [(s.session_id, s.title) for s in listed.sessions] == [("s-one", "second")]
+    assert listed.total == 1
+    too_long = pb.UpdateSessionRequest(session_id="s-one", title="x" * 201)
+    assert await runtime.status(stub.UpdateSession, too_long, "alice") is S.INVALID_ARGUMENT
+    for call, request in [
+        (stub.GetSession, pb.GetSessionRequest(session_id="s-one")),
+        (stub.UpdateSession, pb.UpdateSessionRequest(session_id="s-one", title="mine")),
+        (stub.DeleteSession, pb.DeleteSessionRequest(session_id="s-one")),
+    ]:
+        assert await runtime.status(call, request, "bob") is S.PERMISSION_DENIED
+        request.session_id = "nobody"
+        assert await runtime.status(call, request, "alice") is S.NOT_FOUND
+    got = await stub.GetSession(
+        pb.GetSessionRequest(session_id="s-one"), **runtime.as_user("alice")
+    )
+    assert got.session.title == "second", "bob changed nothing"
+
+
+async def test_total_counts_every_page(runtime: Runtime):
+    for index in range(3):
+        await runtime.stub.CreateSession(
+            pb.CreateSessionRequest(session_id=f"t{index}"), **runtime.as_user("alice")
+        )
+    page = await runtime.stub.ListSessions(
+        pb.ListSessionsRequest(page_size=2), **runtime.as_user("alice")
+    )
+    assert (len(page.sessions), page.total) == (2, 3)
+    empty = await runtime.stub.ListSessions(pb.ListSessionsRequest(), **runtime.as_user("carol"))
+    assert (list(empty.sessions), empty.total) == ([], 0)
+
+
+async def test_history_names_the_agent_its_switches_and_its_count(runtime: Runtime):
+    # GET /history: message_count, current_agent, agent_history, tool names.
+    await runtime.turn("s-hist", "alice", "hello")
+    history = await runtime.stub.GetSessionHistory(
+        pb.GetSessionHistoryRequest(session_id="s-hist"), **runtime.as_user("alice")
+    )
+    assert history.message_count == len(history.messages) > 0
+    current = await runtime.stub.GetCurrentAgent(
+        pb.GetCurrentAgentRequest(session_id="s-hist"), **runtime.as_user("alice")
+    )
+    assert history.current_agent == current.agent
+    assert history.last_activity.seconds > 0
+    switches = [(s.from_agent, s.to_agent) for s in history.agent_switches]
+    for (_, before), (after, _) in itertools.pairwise(switches):
+        assert before == after, "each switch starts where the last one ended"
+    assert switches[-1:] in ([], [(switches[-1][0], current.agent)] if switches else [])
+    assert all(s.created_at.seconds > 0 for s in history.agent_switches)
+
+
+async def test_a_deleted_session_is_gone_for_good_and_its_id_stays_taken(runtime: Runtime):
+    stub = runtime.stub
+    await runtime.turn("s-del", "alice", "write notes.txt")
+    await stub.CreateSession(
+        pb.CreateSessionRequest(session_id="s-kept"), **runtime.as_user("alice")
+    )
+    deleted = await stub.DeleteSession(
+        pb.DeleteSessionRequest(session_id="s-del"), **runtime.as_user("alice")
+    )
+    assert deleted.session_id == "s-del"
+    reads: list[Any] = [
+        (stub.GetSession, pb.GetSessionRequest(session_id="s-del")),
+        (stub.GetCurrentAgent, pb.GetCurrentAgentRequest(session_id="s-del")),
+        (stub.GetSessionHistory, pb.GetSessionHistoryRequest(session_id="s-del")),
+        (stub.ListPendingApprovals, pb.ListPendingApprovalsRequest(session_id="s-del")),
+        (stub.UpdateSession, pb.UpdateSessionRequest(session_id="s-del", title="back")),
+        (stub.DeleteSession, pb.DeleteSessionRequest(session_id="s-del")),
+    ]
+    for user in ("alice", "bob"):
+        for call, request in reads:
+            assert await runtime.status(call, request, user) is S.FAILED_PRECONDITION, call
+        # No one brings it back: not by opening it, not by creating it.
+        async with runtime.converse("s-del", user) as converse:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await read(converse)
+        assert refused.value.code() is S.FAILED_PRECONDITION
+        create = pb.CreateSessionRequest(session_id="s-del")
+        assert await runtime.status(stub.CreateSession, create, user) is S.ALREADY_EXISTS
+    listed = await stub.ListSessions(pb.ListSessionsRequest(), **runtime.as_user("alice"))
+    assert ([s.session_id for s in listed.sessions], listed.total) == (["s-kept"], 1)
+
+
+async def test_a_stream_attached_to_a_deleted_session_ends_for_good(runtime: Runtime):
+    # The gateway closes the IDE's socket on it (1008, not retryable).
+    await runtime.stub.CreateSession(
+        pb.CreateSessionRequest(session_id="s-live"), **runtime.as_user("alice")
+    )
+    async with runtime.converse("s-live", "alice") as call:
+        assert (await read(call)).WhichOneof("event") == "session_opened"
+        await runtime.stub.DeleteSession(
+            pb.DeleteSessionRequest(session_id="s-live"), **runtime.as_user("alice")
+        )
+        ended = await _end_of(call)
+    assert ended.code() is S.FAILED_PRECONDITION
+    assert "deleted" in (ended.details() or "")
+
+
+async def _end_of(call: Any) -> grpc.aio.AioRpcError:
+    """The error a stream ends with, after reading whatever comes before it."""
+    while True:
+        try:
+            await read(call)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+
+
+async def test_a_rename_holds_while_the_session_is_live(runtime: Runtime):
+    # PATCH while a window has the session open: its next turn keeps the title.
+    async with runtime.converse("s-named", "alice") as call:
+        assert (await read(call)).WhichOneof("event") == "session_opened"
+        await call.write(pb.ConverseRequest(user_message=pb.UserMessage(content="hello")))
+        while (await read(call)).WhichOneof("event") != "turn_done":
+            pass
+        await runtime.stub.UpdateSession(
+            pb.UpdateSessionRequest(session_id="s-named", title="renamed"),
+            **runtime.as_user("alice"),
+        )
+        await call.write(pb.ConverseRequest(user_message=pb.UserMessage(content="again")))
+        while (await read(call)).WhichOneof("event") != "turn_done":
+            pass
+    got = await runtime.stub.GetSession(
+        pb.GetSessionRequest(session_id="s-named"), **runtime.as_user("alice")
+    )
+    assert got.session.title == "renamed"

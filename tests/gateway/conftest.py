@@ -194,6 +194,8 @@ def mint(
 # The scripted runtime and the gateway in front of it
 
 INTERNAL_KEY = "internal-test-key"
+_DELETED = object()
+"""Put in the inboxes of a deleted session's streams: they end FAILED_PRECONDITION."""
 TIMEOUT = 10
 CREATED = timestamp_pb2.Timestamp(seconds=1_700_000_000)
 
@@ -223,7 +225,11 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     refuses a malformed id (INVALID_ARGUMENT) and a taken one
     (ALREADY_EXISTS); ListSessions lists newest first, caps ``page_size`` at
     100 and pages with opaque tokens (INVALID_ARGUMENT for one it did not
-    issue). ``held`` makes the opens of a request id wait for its event.
+    issue) and reports the user's ``total``; GetSession, UpdateSession
+    (title) and DeleteSession are owner-scoped like the reads; a deleted
+    session's id stays taken, and every call naming it (``open`` included,
+    and the streams attached when it is deleted) is FAILED_PRECONDITION.
+    ``held`` makes the opens of a request id wait for its event.
     """
 
     def __init__(self) -> None:
@@ -234,6 +240,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.ended = asyncio.Event()
         """Set when any Converse call has ended, however."""
         self.sessions: dict[str, tuple[str, pb.Session]] = {}
+        self.deleted: set[str] = set()
+        """Ids of deleted sessions (taken for good)."""
         self.failures: dict[str, grpc.StatusCode] = {}
         self.states: dict[str, tuple[int, bool]] = {}
         """(last_seq, idle) GetCurrentAgent reports; default (0, idle).
@@ -302,6 +310,10 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 item = await inbox.get()
                 if item is None:
                     return
+                if item is _DELETED:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION, "the session was deleted"
+                    )
                 if isinstance(item, pb.ConverseResponse):
                     yield item
                     continue
@@ -309,6 +321,10 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 kind = request.WhichOneof("event")
                 if kind == "open":
                     user = metadata.get("x-user-id", "")
+                    if request.open.session_id in self.deleted:
+                        await context.abort(
+                            grpc.StatusCode.FAILED_PRECONDITION, "the session was deleted"
+                        )
                     owner = self.sessions.get(request.open.session_id)
                     if owner is not None and owner[0] != user:
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
@@ -427,6 +443,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         return metadata.get("x-user-id", "")
 
     async def _owned(self, session_id: str, user: str, context: Any) -> pb.Session:
+        if session_id in self.deleted:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the session was deleted")
         found = self.sessions.get(session_id)
         if found is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such session")
@@ -456,7 +474,7 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         user = await self._enter("CreateSession", context)
         if request.session_id and not SESSION_ID.fullmatch(request.session_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed session_id")
-        if request.session_id in self.sessions:
+        if request.session_id in self.sessions or request.session_id in self.deleted:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "taken")
         session_id = request.session_id or f"s-{len(self.sessions) + 1}"
         return pb.CreateSessionResponse(session=self.own(session_id, user, request.title))
@@ -479,7 +497,31 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         if start + size < len(mine):
             token = uuid.uuid5(uuid.NAMESPACE_OID, page[-1].session_id).hex
             self.page_tokens[token] = page[-1].session_id
-        return pb.ListSessionsResponse(sessions=page, next_page_token=token)
+        return pb.ListSessionsResponse(sessions=page, next_page_token=token, total=len(mine))
+
+    async def GetSession(self, request: Any, context: Any) -> pb.GetSessionResponse:
+        user = await self._enter("GetSession", context)
+        return pb.GetSessionResponse(session=await self._owned(request.session_id, user, context))
+
+    async def UpdateSession(self, request: Any, context: Any) -> pb.UpdateSessionResponse:
+        user = await self._enter("UpdateSession", context)
+        session = await self._owned(request.session_id, user, context)
+        if request.HasField("title"):
+            if len(request.title) > 200:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "title is too long")
+            session.title = request.title
+        return pb.UpdateSessionResponse(session=session)
+
+    async def DeleteSession(self, request: Any, context: Any) -> pb.DeleteSessionResponse:
+        user = await self._enter("DeleteSession", context)
+        await self._owned(request.session_id, user, context)
+        del self.sessions[request.session_id]
+        self.deleted.add(request.session_id)
+        self.approvals.pop(request.session_id, None)
+        self.events.pop(request.session_id, None)
+        for inbox in self.streams.pop(request.session_id, []):
+            inbox.put_nowait(_DELETED)
+        return pb.DeleteSessionResponse(session_id=request.session_id)
 
     async def GetSessionHistory(self, request: Any, context: Any) -> pb.GetSessionHistoryResponse:
         user = await self._enter("GetSessionHistory", context)
@@ -488,6 +530,19 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         arguments.update({"path": "a.py", "start_line": 3})
         return pb.GetSessionHistoryResponse(
             session_id=session.session_id,
+            message_count=3,
+            current_agent=session.agent,
+            last_activity=session.updated_at,
+            agent_switches=[
+                pb.AgentSwitchRecord(
+                    from_agent="orchestrator",
+                    to_agent=session.agent,
+                    reason="routed",
+                    created_at=CREATED,
+                )
+            ]
+            if session.agent != "orchestrator"
+            else [],
             messages=[
                 pb.HistoryMessage(role="user", content="read a.py", agent="coder"),
                 pb.HistoryMessage(
@@ -498,7 +553,9 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     ],
                     created_at=CREATED,
                 ),
-                pb.HistoryMessage(role="tool", content="print()", tool_call_id="c1"),
+                pb.HistoryMessage(
+                    role="tool", content="print()", tool_call_id="c1", name="read_file"
+                ),
             ],
         )
 

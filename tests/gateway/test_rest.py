@@ -9,10 +9,12 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import struct_pb2
+from websockets.exceptions import InvalidStatus
 
 from gateway import rest
 from runtime.v1 import runtime_pb2 as pb
-from tests.gateway.conftest import CREATED, INTERNAL_KEY, Edge, mint
+from tests.conftest import free_port
+from tests.gateway.conftest import CREATED, INTERNAL_KEY, Edge, close_code, mint, opened
 
 
 @pytest.fixture
@@ -159,6 +161,7 @@ async def test_invalid_argument_from_the_runtime_is_400(edge: Edge, client: http
         ("POST", "/api/v1/sessions", {"id": "mine"}, 400),
         ("GET", "/api/v1/sessions/bad%20id/history", {}, 400),
         ("DELETE", "/api/v1/sessions", {}, 405),
+        ("PUT", "/api/v1/sessions/s1", {}, 405),
         ("POST", "/api/v1/agents", {}, 405),
         ("GET", "/api/v1/nothing", {}, 404),
     ],
@@ -199,3 +202,181 @@ def test_route_matching():
     assert rest.match("POST", "/api/v1/sessions") == rest.Route("create_session", None)
     assert rest.match("PUT", "/api/v1/sessions") == 405
     assert rest.match("GET", "/api/v1/sessions/a/b/history") is None
+    assert rest.match("GET", "/api/v1/sessions/s1") == rest.Route("session", "s1")
+    assert rest.match("PATCH", "/api/v1/sessions/s1") == rest.Route("rename_session", "s1")
+    assert rest.match("DELETE", "/api/v1/sessions/s1") == rest.Route("delete_session", "s1")
+
+
+# ---------------------------------------------------------------------------
+# one session: GET, PATCH (a body: the REST port), DELETE
+
+
+@pytest.fixture
+async def rest_edge(edge_factory: Any) -> AsyncIterator[Edge]:
+    async with edge_factory(rest_port=free_port()) as running:
+        yield running
+
+
+@pytest.fixture
+async def rest_client(rest_edge: Edge) -> AsyncIterator[httpx.AsyncClient]:
+    base = f"http://127.0.0.1:{rest_edge.gateway.rest_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http_client:
+        yield http_client
+
+
+async def test_the_rest_port_reads_a_patch_body_and_renames(
+    rest_edge: Edge, rest_client: httpx.AsyncClient
+):
+    created = await rest_client.post("/api/v1/sessions", headers=bearer(rest_edge))
+    assert created.status_code == 201
+    sid = created.json()["id"]
+    renamed = await rest_client.patch(
+        f"/api/v1/sessions/{sid}", json={"title": "Über den Plan"}, headers=bearer(rest_edge)
+    )
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.headers["content-type"] == "application/json"
+    assert (renamed.json()["id"], renamed.json()["title"]) == (sid, "Über den Plan")
+    got = await rest_client.get(f"/api/v1/sessions/{sid}", headers=bearer(rest_edge))
+    assert got.json()["title"] == "Über den Plan"
+    method, metadata = rest_edge.fake.unary_metadata[-2]
+    assert (method, metadata["x-user-id"]) == ("UpdateSession", "alice")
+    # Someone else's session, or none, is a 404 like on the other views.
+    foreign = await rest_client.patch(
+        f"/api/v1/sessions/{sid}", json={"title": "mine"}, headers=bearer(rest_edge, "bob")
+    )
+    missing = await rest_client.patch(
+        "/api/v1/sessions/nobody", json={"title": "x"}, headers=bearer(rest_edge)
+    )
+    assert foreign.status_code == missing.status_code == 404
+    assert rest_edge.fake.sessions[sid][1].title == "Über den Plan"
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"", "invalid_body"),
+        (b"not json", "invalid_body"),
+        (b'["title"]', "invalid_body"),
+        (b'{"title": 5}', "invalid_title"),
+        (b'{"title": "x", "owner": "bob"}', "invalid_body"),
+        ('{"title": "%s"}' % ("t" * 201), "invalid_title"),
+    ],
+)
+async def test_a_bad_patch_body_is_a_400(
+    rest_edge: Edge, rest_client: httpx.AsyncClient, content: bytes | str, error: str
+):
+    rest_edge.fake.own("mine", "alice")
+    response = await rest_client.patch(
+        "/api/v1/sessions/mine",
+        content=content,
+        headers={**bearer(rest_edge), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+    assert [m for m, _ in rest_edge.fake.unary_metadata] == []
+
+
+async def test_the_rest_port_bounds_bodies_and_checks_tokens(
+    rest_edge: Edge, rest_client: httpx.AsyncClient
+):
+    rest_edge.fake.own("mine", "alice")
+    huge = await rest_client.patch(
+        "/api/v1/sessions/mine",
+        json={"title": "x" * (rest.MAX_BODY_BYTES + 1)},
+        headers=bearer(rest_edge),
+    )
+    assert huge.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(rest.MAX_BODY_BYTES // 1024 + 1):
+            yield b" " * 1024
+
+    streamed = await rest_client.patch(
+        "/api/v1/sessions/mine", content=chunks(), headers=bearer(rest_edge)
+    )
+    assert streamed.status_code == 413, "a chunked body is bounded as it arrives"
+    for headers in ({}, {"Authorization": "Bearer nonsense"}):
+        refused = await rest_client.patch(
+            "/api/v1/sessions/mine", json={"title": "x"}, headers=headers
+        )
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "invalid_token"
+    body_on_get = await rest_client.request(
+        "GET", "/api/v1/sessions/mine", content=b"{}", headers=bearer(rest_edge)
+    )
+    assert body_on_get.status_code == 400
+    assert (await rest_client.get("/metrics")).status_code == 404
+    assert (
+        await rest_client.put("/api/v1/sessions/mine", headers=bearer(rest_edge))
+    ).status_code == 405
+    assert rest_edge.fake.unary_metadata == []
+
+
+async def test_every_view_answers_the_same_on_both_ports(
+    rest_edge: Edge, rest_client: httpx.AsyncClient
+):
+    rest_edge.fake.own("mine", "alice", title="t")
+    async with httpx.AsyncClient(base_url=rest_edge.http(""), timeout=10) as socket_port:
+        for path in (
+            "/api/v1/agents",
+            "/api/v1/agents/mine/current",
+            "/api/v1/sessions",
+            "/api/v1/sessions/mine",
+            "/api/v1/sessions/mine/history",
+            "/api/v1/sessions/mine/pending-approvals",
+            "/api/v1/sessions/nobody",
+        ):
+            here = await rest_client.get(path, headers=bearer(rest_edge))
+            there = await socket_port.get(path, headers=bearer(rest_edge))
+            assert (here.status_code, here.json()) == (there.status_code, there.json()), path
+
+
+async def test_a_patch_on_the_websocket_port_says_where_bodies_go(
+    edge: Edge, client: httpx.AsyncClient
+):
+    edge.fake.own("mine", "alice")
+    response = await client.patch("/api/v1/sessions/mine", headers=bearer(edge))
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_body"
+    assert "REST port" in response.json()["error_description"]
+
+
+async def test_a_deleted_session_is_404_everywhere_and_cannot_be_opened(
+    edge: Edge, client: httpx.AsyncClient
+):
+    edge.fake.own("doomed", "alice")
+    assert (
+        await client.delete("/api/v1/sessions/doomed", headers=bearer(edge, "bob"))
+    ).status_code == 404
+    deleted = await client.delete("/api/v1/sessions/doomed", headers=bearer(edge))
+    assert deleted.status_code == 200
+    assert deleted.json() == {"session_id": "doomed", "id": "doomed", "deleted": True}
+    for path in (
+        "/api/v1/sessions/doomed",
+        "/api/v1/sessions/doomed/history",
+        "/api/v1/sessions/doomed/pending-approvals",
+        "/api/v1/agents/doomed/current",
+    ):
+        response = await client.get(path, headers=bearer(edge))
+        assert response.status_code == 404, path
+        assert response.json()["error"] == "not_found"
+    again = await client.delete("/api/v1/sessions/doomed", headers=bearer(edge))
+    assert again.status_code == 404
+    # No one resurrects it by connecting: the handshake refuses it.
+    for user in ("alice", "bob"):
+        with pytest.raises(InvalidStatus) as refused:
+            async with edge.connect("/ws/doomed", token=mint(edge.key, sub=user)):
+                pass
+        assert refused.value.response.status_code == 404
+    assert "doomed" not in edge.fake.sessions
+
+
+async def test_a_socket_on_a_session_being_deleted_closes_for_good(
+    edge: Edge, client: httpx.AsyncClient
+):
+    async with edge.connect("/ws/live", token=mint(edge.key, sub="alice")) as ws:
+        await opened(ws)
+        response = await client.delete("/api/v1/sessions/live", headers=bearer(edge))
+        assert response.status_code == 200
+        code, reason = await close_code(ws)
+    assert (code, reason) == (1008, "the session was deleted")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from gateway import views
@@ -32,7 +34,9 @@ def test_current_agent():
 
 def test_sessions_page_and_last_page():
     session = pb.Session(session_id="s1", title="t", agent="ask", message_count=4, created_at=STAMP)
-    body = views.sessions(pb.ListSessionsResponse(sessions=[session], next_page_token="p2"))
+    body = views.sessions(
+        pb.ListSessionsResponse(sessions=[session], next_page_token="p2", total=7)
+    )
     assert body == {
         "sessions": [
             {
@@ -42,8 +46,15 @@ def test_sessions_page_and_last_page():
                 "message_count": 4,
                 "created_at": "2023-11-14T22:13:20.500Z",
                 "updated_at": None,
+                # the CodeLab IDE's names, additive
+                "id": "s1",
+                "current_agent": "ask",
+                "last_activity": None,
+                "description": None,
+                "is_active": True,
             }
         ],
+        "total": 7,
         "next_page_token": "p2",
     }
     assert views.sessions(pb.ListSessionsResponse())["next_page_token"] is None
@@ -60,7 +71,19 @@ def test_created_session_is_the_session_fields():
         "message_count",
         "created_at",
         "updated_at",
+        "id",
+        "current_agent",
+        "last_activity",
+        "description",
+        "is_active",
     }
+    renamed = views.updated_session(pb.UpdateSessionResponse(session=response.session))
+    assert renamed == body == views.one_session(pb.GetSessionResponse(session=response.session))
+
+
+def test_deleted_session_names_it():
+    body = views.deleted_session(pb.DeleteSessionResponse(session_id="gone"))
+    assert body == {"session_id": "gone", "id": "gone", "deleted": True}
 
 
 def test_history_keeps_tool_calls_with_integer_arguments():
@@ -68,6 +91,14 @@ def test_history_keeps_tool_calls_with_integer_arguments():
     arguments.update({"path": "a.py", "start_line": 3, "nested": {"n": [1, 2.5]}})
     response = pb.GetSessionHistoryResponse(
         session_id="s",
+        message_count=2,
+        current_agent="coder",
+        last_activity=STAMP,
+        agent_switches=[
+            pb.AgentSwitchRecord(
+                from_agent="orchestrator", to_agent="coder", reason="code", created_at=STAMP
+            )
+        ],
         messages=[
             pb.HistoryMessage(
                 role="assistant",
@@ -78,22 +109,47 @@ def test_history_keeps_tool_calls_with_integer_arguments():
                 ],
                 created_at=STAMP,
             ),
-            pb.HistoryMessage(role="tool", content="x", tool_call_id="c1", agent="coder"),
+            pb.HistoryMessage(
+                role="tool", content="x", tool_call_id="c1", agent="coder", name="read_file"
+            ),
         ],
     )
     body = views.history(response)
     assert body["session_id"] == "s"
-    first, second = body["messages"]
-    assert first["tool_calls"] == [
+    assert (body["message_count"], body["current_agent"], body["last_activity"]) == (
+        2,
+        "coder",
+        "2023-11-14T22:13:20.500Z",
+    )
+    assert body["agent_history"] == [
         {
-            "call_id": "c1",
-            "tool_name": "read_file",
-            "arguments": {"path": "a.py", "start_line": 3, "nested": {"n": [1, 2.5]}},
+            "from": "orchestrator",
+            "to": "coder",
+            "reason": "code",
+            "timestamp": "2023-11-14T22:13:20.500Z",
         }
     ]
-    assert first["tool_call_id"] is None
+    first, second = body["messages"]
+    arguments_back = {"path": "a.py", "start_line": 3, "nested": {"n": [1, 2.5]}}
+    (call,) = first["tool_calls"]
+    assert call == {
+        "call_id": "c1",
+        "tool_name": "read_file",
+        "arguments": arguments_back,
+        # also in OpenAI's shape, arguments as a JSON string
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "read_file", "arguments": call["function"]["arguments"]},
+    }
+    assert json.loads(call["function"]["arguments"]) == arguments_back
+    assert (first["tool_call_id"], first["name"]) == (None, None)
     assert first["created_at"] == "2023-11-14T22:13:20.500Z"
-    assert (second["role"], second["tool_call_id"], second["tool_calls"]) == ("tool", "c1", [])
+    assert (second["role"], second["tool_call_id"], second["tool_calls"], second["name"]) == (
+        "tool",
+        "c1",
+        [],
+        "read_file",
+    )
 
 
 def test_pending_approvals():
@@ -113,6 +169,7 @@ def test_pending_approvals():
     )
     assert views.pending_approvals(response) == {
         "session_id": "s",
+        "count": 1,
         "pending_approvals": [
             {
                 "call_id": "c",

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Mesh:
     home: Path
     gateway_port: int
+    gateway_rest_port: int
     runtime_port: int
     llmproxy_port: int
     auth_port: int
@@ -71,6 +72,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         name: free_port()
         for name in (
             "gateway",
+            "gateway_rest",
             "runtime",
             "llmproxy",
             "auth",
@@ -87,6 +89,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
         "CODELAB_HOME": str(home),
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "GATEWAY__PORT": str(ports["gateway"]),
+        "GATEWAY__REST_PORT": str(ports["gateway_rest"]),
         "AGENT_RUNTIME__PORT": str(ports["runtime"]),
         "LLM_PROXY__PORT": str(ports["llmproxy"]),
         "AUTH_SERVICE__PORT": str(ports["auth"]),
@@ -113,6 +116,7 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
     mesh = Mesh(
         home=home,
         gateway_port=ports["gateway"],
+        gateway_rest_port=ports["gateway_rest"],
         runtime_port=ports["runtime"],
         llmproxy_port=ports["llmproxy"],
         auth_port=ports["auth"],

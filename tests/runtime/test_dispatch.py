@@ -29,8 +29,8 @@ from runtime.events import (
 )
 from runtime.llm import ToolCallRequest
 from runtime.metrics import RuntimeMetrics
+from runtime.records import EventRecord, Step
 from runtime.state import CallState, Session
-from runtime.store import EventRecord, Step
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
 from runtime.turn import MAX_MODEL_CALLS_PER_TURN, ModelReply

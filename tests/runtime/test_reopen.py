@@ -46,16 +46,9 @@ from runtime.events import (
 )
 from runtime.hub import SessionHub
 from runtime.llm import ChatMessage
+from runtime.records import AWAITING_DECISION, PENDING_STATUSES, CallRecord, MessageRecord, Step
 from runtime.state import CallState, message_from_record
-from runtime.store import (
-    AWAITING_DECISION,
-    PENDING_STATUSES,
-    CallRecord,
-    MessageRecord,
-    Step,
-    Store,
-    migrate,
-)
+from runtime.store import Store, migrate
 from runtime.stream import Subscriber
 from tests.conftest import fresh_postgres
 from tests.runtime.test_conversation import ScriptedLlm, call

@@ -263,7 +263,7 @@ def test_client_events_keep_integers_and_reject_bad_decisions() -> None:
 
     from runtime.commands import ApprovalDecision, ToolResult
     from runtime.errors import InvalidArgument
-    from runtime.service import to_client_event
+    from runtime.wire import to_client_event
 
     result = struct_pb2.Struct()
     result.update({"bytes": 6, "ratio": 0.5, "nested": {"lines": [1, 2]}})

@@ -13,18 +13,17 @@ from alembic.script import ScriptDirectory
 
 from mesh.database import alembic_config, create_engine, current_revision
 from runtime.errors import InvalidArgument
-from runtime.schema import VERSION_TABLE, metadata
-from runtime.store import (
-    MIGRATIONS_DIR,
-    CallRecord,
-    EventRecord,
-    MessageRecord,
-    SessionExists,
-    Step,
-    Store,
-    head_revision,
-    migrate,
+from runtime.records import CallRecord, EventRecord, MessageRecord, Step, SwitchRecord
+from runtime.schema import (
+    VERSION_TABLE,
+    agent_switches,
+    events,
+    messages,
+    metadata,
+    plans,
+    tool_calls,
 )
+from runtime.store import MIGRATIONS_DIR, SessionExists, SessionGone, Store, head_revision, migrate
 from tests.conftest import fresh_postgres
 
 
@@ -144,6 +143,73 @@ async def test_sessions_page_newest_first_per_owner(store: Store) -> None:
     assert seen == ["a4", "a3", "a2", "a1", "a0"]
     with pytest.raises(InvalidArgument):
         await store.list_sessions("alice", limit=2, page_token="garbage!")
+
+
+async def _rows_of(store_url_engine: sa.ext.asyncio.AsyncEngine, session_id: str) -> int:
+    total = 0
+    async with store_url_engine.connect() as conn:
+        for table in (events, messages, tool_calls, plans, agent_switches):
+            query = sa.select(sa.func.count()).where(table.c.session_id == session_id)
+            total += int((await conn.execute(query)).scalar_one())
+    return total
+
+
+async def test_a_deleted_session_leaves_only_a_tombstone_that_keeps_its_id(
+    empty_url: str,
+) -> None:
+    await migrate(empty_url)
+    engine = create_engine(empty_url)
+    store = Store(engine)
+    try:
+        for session_id in ("gone", "kept"):
+            await store.create_session(session_id, "alice", "coder", title="secret plans")
+            step = Step(
+                session_id=session_id, last_seq=2, agent="ask", state="idle", message_count=1
+            )
+            step.messages = [MessageRecord(0, "user", "read a")]
+            step.events = [EventRecord(1, 2, "text", {"chunks": [[1, "a"], [2, "b"]]})]
+            step.calls = [CallRecord(f"c-{session_id}", "read_file", "coder", "completed", {})]
+            step.plans = {"p": [["1", "read", "pending"]]}
+            step.switches = [SwitchRecord("coder", "ask", "asked", 1.0)]
+            await store.commit(step)
+        assert len(await store.agent_switches("kept")) == 1
+        assert await store.count_sessions("alice") == 2
+
+        assert await store.delete_session("gone") is True
+        assert await store.delete_session("gone") is False, "already deleted"
+        assert await store.delete_session("never") is False
+
+        assert await _rows_of(engine, "gone") == 0, "nothing of it is left"
+        assert await _rows_of(engine, "kept") == 5, "another session is untouched"
+        tombstone = await store.get_session("gone")
+        assert tombstone is not None
+        assert tombstone.deleted_at is not None
+        assert (tombstone.title, tombstone.message_count) == ("", 0)
+        page, _ = await store.list_sessions("alice", limit=10)
+        assert [row.id for row in page] == ["kept"]
+        assert await store.count_sessions("alice") == 1
+        with pytest.raises(SessionExists):
+            await store.create_session("gone", "bob", "coder")
+        late = Step(session_id="gone", last_seq=3, agent="ask", state="idle", message_count=2)
+        late.messages = [MessageRecord(1, "assistant", "a late answer")]
+        late.events = [EventRecord(3, 3, "turn_done", {})]
+        with pytest.raises(SessionGone):
+            await store.commit(late)
+        assert await _rows_of(engine, "gone") == 0, "a late step writes nothing"
+        assert await store.rename_session("gone", "back") is None
+    finally:
+        await engine.dispose()
+
+
+async def test_a_rename_sets_the_title_and_moves_the_session_up(store: Store) -> None:
+    await store.create_session("a", "alice", "coder", title="old")
+    await store.create_session("b", "alice", "coder")
+    renamed = await store.rename_session("a", "new")
+    assert renamed is not None
+    assert renamed.title == "new"
+    page, _ = await store.list_sessions("alice", limit=10)
+    assert [(row.id, row.title) for row in page] == [("a", "new"), ("b", "")]
+    assert await store.rename_session("missing", "x") is None
 
 
 async def test_one_replica_holds_a_session_lease_until_it_expires(store: Store) -> None:

@@ -6,8 +6,8 @@ import asyncio
 
 from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone, TurnStatus
 from runtime.metrics import RuntimeMetrics
+from runtime.records import EventRecord, Step
 from runtime.state import Session
-from runtime.store import EventRecord, Step
 from runtime.stream import (
     END_OF_STREAM,
     SESSION_MOVED,

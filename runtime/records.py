@@ -1,0 +1,125 @@
+"""What the runtime keeps, as plain data: the rows :mod:`runtime.store` reads
+and writes, a turn step's changes (:class:`Step`), and the statuses of a call.
+
+Leaves: nothing here does I/O or imports another runtime module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+AWAITING_DECISION = ("awaiting_approval", "awaiting_plan_approval")
+"""Statuses of a call that waits for a human's decision (what ListPendingApprovals lists)."""
+DECIDED_STATUSES = ("approved", "edited")
+"""A human approved the call, as proposed or edited: the IDE's result is due now.
+A plan's approval is the exception: it answers the plan's call (see :func:`is_pending`)."""
+PENDING_STATUSES = (*AWAITING_DECISION, "awaiting_result", *DECIDED_STATUSES)
+"""Every status a call the turn still waits on can have; any other status is final."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    id: str
+    owner: str
+    title: str
+    agent: str
+    state: str
+    last_seq: int
+    message_count: int
+    created_at: datetime
+    updated_at: datetime
+    seq_reserved: int = 0
+    """How far text deltas may have been numbered (see :meth:`Store.reserve_seqs`)."""
+    deleted_at: datetime | None = None
+    """Set on a deleted session's tombstone (see :meth:`Store.delete_session`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    position: int
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str = ""
+    name: str = ""
+    agent: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One log row: a single event (seq == last_seq) or a run of text deltas."""
+
+    seq: int
+    last_seq: int
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    tool_name: str
+    agent: str
+    status: str
+    arguments: dict[str, Any]
+    final_arguments: dict[str, Any] | None = None
+    reason: str = ""
+    plan_id: str = ""
+    offered_seq: int = 0
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    created_at: datetime | None = None
+
+
+def is_pending(call: CallRecord) -> bool:
+    """Whether the turn still waits on ``call``: offered again on reopen, answered once."""
+    if call.status in DECIDED_STATUSES:
+        # update_plan is the only call with a plan_id, and approving a plan answers it.
+        return not call.plan_id
+    return call.status in PENDING_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRecord:
+    from_agent: str
+    to_agent: str
+    reason: str
+    confidence: float
+    created_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    """Everything one turn step changes, written in one transaction."""
+
+    session_id: str
+    last_seq: int
+    agent: str
+    state: str
+    message_count: int
+    events: list[EventRecord] = field(default_factory=list)
+    messages: list[MessageRecord] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    plans: dict[str, list[list[str]]] = field(default_factory=dict)
+    switches: list[SwitchRecord] = field(default_factory=list)
+    title: str | None = None
+    seq_reserved: int | None = None
+    """Raise the session's text-delta reservation (see :meth:`Store.reserve_seqs`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A session's state as the turn loop needs it."""
+
+    session: SessionRow
+    messages: list[MessageRecord]
+    pending: list[CallRecord]
+    answered: set[str]
+    plans: dict[str, list[list[str]]]

@@ -1,0 +1,162 @@
+"""The runtime's events and a client's commands on the wire (``runtime.v1``).
+
+Pure conversions between protobuf and the runtime's dataclasses, both ways;
+:mod:`runtime.service` is the servicer that uses them, and nothing else in
+the runtime sees protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mesh.structs import struct_to_dict
+from runtime.commands import (
+    ApprovalDecision,
+    CancelTurn,
+    ClientEvent,
+    ClientOptions,
+    FileChanged,
+    PlanApproval,
+    SwitchAgent,
+    ToolResult,
+    UserMessage,
+)
+from runtime.errors import InvalidArgument
+from runtime.events import (
+    AgentSwitched,
+    AssistantText,
+    ErrorEvent,
+    PlanProgress,
+    PlanUpdate,
+    Sequenced,
+    SessionOpened,
+    ToolCallEvent,
+    TurnDone,
+    TurnStatus,
+)
+from runtime.records import SessionRow
+from runtime.v1 import runtime_pb2
+
+_TURN_STATUS = {
+    TurnStatus.COMPLETED: runtime_pb2.TURN_STATUS_COMPLETED,
+    TurnStatus.CANCELLED: runtime_pb2.TURN_STATUS_CANCELLED,
+    TurnStatus.FAILED: runtime_pb2.TURN_STATUS_FAILED,
+}
+
+
+def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
+    """The wire form of one session event."""
+    response = runtime_pb2.ConverseResponse(seq=item.seq)
+    match item.event:
+        case AssistantText(text=text):
+            response.assistant_delta.text = text
+        case TurnDone(status=status, usage=usage):
+            response.turn_done.status = _TURN_STATUS[status]
+            response.turn_done.usage.prompt_tokens = usage.prompt_tokens
+            response.turn_done.usage.completion_tokens = usage.completion_tokens
+        case ErrorEvent(code=code, message=message, retryable=retryable):
+            response.error.code = code
+            response.error.message = message
+            response.error.retryable = retryable
+        case ToolCallEvent() as call:
+            response.tool_call.call_id = call.call_id
+            response.tool_call.tool_name = call.tool_name
+            response.tool_call.arguments.update(call.arguments)
+            response.tool_call.requires_approval = call.requires_approval
+            response.tool_call.reason = call.reason
+        case AgentSwitched() as switched:
+            response.agent_switched.from_agent = switched.from_agent
+            response.agent_switched.to_agent = switched.to_agent
+            response.agent_switched.reason = switched.reason
+            response.agent_switched.confidence = switched.confidence
+            response.agent_switched.content = switched.content
+        case PlanUpdate() as plan:
+            response.plan_update.plan_id = plan.plan_id
+            response.plan_update.current_step = plan.current_step
+            response.plan_update.requires_approval = plan.requires_approval
+            for step in plan.steps:
+                response.plan_update.steps.add(
+                    id=step.id, description=step.description, status=step.status
+                )
+        case PlanProgress() as progress:
+            response.plan_progress.plan_id = progress.plan_id
+            response.plan_progress.step_id = progress.step_id
+            response.plan_progress.status = progress.status
+            response.plan_progress.result = progress.result
+        case SessionOpened() as opened:
+            response.session_opened.session_id = opened.session_id
+            response.session_opened.agent = opened.agent
+            response.session_opened.created = opened.created
+            response.session_opened.recovered = opened.recovered
+            response.session_opened.last_seq = opened.last_seq
+    return response
+
+
+_DECISIONS = {
+    runtime_pb2.DECISION_APPROVE: "approve",
+    runtime_pb2.DECISION_EDIT: "edit",
+    runtime_pb2.DECISION_REJECT: "reject",
+}
+
+
+def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
+    """The runtime's view of one client event; InvalidArgument if malformed."""
+    kind = request.WhichOneof("event")
+    if kind == "user_message":
+        message = request.user_message
+        return UserMessage(content=message.content, role=message.role or "user")
+    if kind == "cancel":
+        return CancelTurn()
+    if kind == "tool_result":
+        result = request.tool_result
+        outcome = result.WhichOneof("outcome")
+        if outcome == "error":
+            return ToolResult(result.call_id, error=result.error)
+        payload = struct_to_dict(result.result) if outcome == "result" else {}
+        return ToolResult(result.call_id, result=payload)
+    if kind == "approval_decision":
+        decision = request.approval_decision
+        if decision.decision not in _DECISIONS:
+            raise InvalidArgument("approval decision must be approve, edit or reject")
+        modified = (
+            struct_to_dict(decision.modified_arguments)
+            if decision.HasField("modified_arguments")
+            else None
+        )
+        return ApprovalDecision(
+            decision.call_id, _DECISIONS[decision.decision], modified, decision.feedback
+        )
+    if kind == "switch_agent":
+        switch = request.switch_agent
+        return SwitchAgent(switch.agent_type, switch.content, switch.reason)
+    if kind == "plan_approval":
+        plan = request.plan_approval
+        if plan.decision not in (runtime_pb2.DECISION_APPROVE, runtime_pb2.DECISION_REJECT):
+            raise InvalidArgument("plan decision must be approve or reject")
+        return PlanApproval(plan.plan_id, _DECISIONS[plan.decision], plan.feedback)
+    if kind == "file_changed":
+        changed = request.file_changed
+        timestamp = (
+            changed.timestamp.ToMicroseconds() / 1e6
+            if changed.HasField("timestamp")
+            else time.time()
+        )
+        return FileChanged(changed.path, timestamp)
+    raise InvalidArgument("expected a client event after open")
+
+
+def to_client_options(opening: runtime_pb2.OpenSession) -> ClientOptions:
+    """The client behind a stream, as its ``open`` describes it."""
+    return ClientOptions(
+        approves_by_result=opening.approval == runtime_pb2.APPROVAL_MODE_TOOL_RESULT,
+        tools=frozenset(opening.client_tools) if opening.client_tools else None,
+    )
+
+
+def session_proto(row: SessionRow) -> runtime_pb2.Session:
+    session = runtime_pb2.Session(
+        session_id=row.id, title=row.title, agent=row.agent, message_count=row.message_count
+    )
+    session.created_at.FromDatetime(row.created_at)
+    session.updated_at.FromDatetime(row.updated_at)
+    return session

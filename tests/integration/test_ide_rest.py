@@ -1,0 +1,158 @@
+"""The CodeLab IDE's sessions REST, as that IDE calls it, through the front
+door of a mesh started like ``./scripts/up``: login with its client id,
+create, list, read, rename and delete sessions, its history and its pending
+approvals. Every answer is read through exact replicas of the IDE's
+decoders (:mod:`tests.codelab_ide_rest`, each naming its ``.g.dart`` file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests import codelab_ide_rest as ide
+from tests.integration.conftest import Mesh, add_user
+
+IDE_CLIENT = "codelab-flutter-app"
+"""The OAuth client id the CodeLab IDE logs in with (its auth datasource)."""
+TIMEOUT = 20
+
+
+@pytest.fixture
+async def front(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=mesh.front_url, timeout=TIMEOUT) as client:
+        yield client
+
+
+async def login(front: httpx.AsyncClient, user: dict[str, str]) -> dict[str, str]:
+    """The IDE's password login at the front door; its bearer header."""
+    reply = await front.post(
+        "/oauth/token",
+        data={
+            "grant_type": "password",
+            "username": user["username"],
+            "password": user["password"],
+            "client_id": IDE_CLIENT,
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+def socket(mesh: Mesh, session_id: str, headers: dict[str, str]) -> Any:
+    """The IDE's WebSocket at the front door, its token as the subprotocol."""
+    token = headers["Authorization"].removeprefix("Bearer ")
+    url = mesh.front_url.replace("http://", "ws://") + f"/api/v1/ws/{session_id}"
+    return connect(url, subprotocols=["bearer", token])  # type: ignore[list-item]
+
+
+async def frame_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == kind:
+                return dict(frame)
+
+
+async def test_the_ide_manages_its_sessions_through_the_front_door(
+    mesh: Mesh, front: httpx.AsyncClient
+) -> None:
+    alice = await login(front, mesh.dev_user)
+    api = "/api/v1"
+
+    # SessionRemoteDataSource.createSession: POST with no body.
+    created = await front.post(f"{api}/sessions", headers=alice)
+    assert created.status_code == 201, created.text
+    session = ide.session_model(created.json())
+    sid = session["id"]
+    assert created.json()["session_id"] == sid, "our own shape stays"
+    assert (session["messageCount"], session["isActive"]) == (0, True)
+    assert session["createdAt"] is not None
+
+    # GET /sessions/{id}, then PATCH {title} (a body: the gateway's REST port).
+    got = ide.session_model((await front.get(f"{api}/sessions/{sid}", headers=alice)).json())
+    assert got["id"] == sid
+    renamed = await front.patch(
+        f"{api}/sessions/{sid}", json={"title": "Рефакторинг"}, headers=alice
+    )
+    assert renamed.status_code == 200, renamed.text
+    assert ide.session_model(renamed.json())["title"] == "Рефакторинг"
+
+    # A write that waits for approval, over the IDE's socket.
+    async with socket(mesh, sid, alice) as ws:
+        await frame_of_type(ws, "session_info")
+        await ws.send(json.dumps({"type": "user_message", "content": "write notes.txt: hi"}))
+        call = await frame_of_type(ws, "tool_call")
+    assert call["tool_name"] == "write_file"
+
+    # Both list decoders: SessionRemoteDataSource and GatewayApi.listSessions.
+    listed = (await front.get(f"{api}/sessions", headers=alice)).json()
+    (mine,) = [s for s in ide.list_sessions_remote(listed) if s["id"] == sid]
+    assert mine["title"] == "Рефакторинг"
+    assert mine["messageCount"] >= 2
+    assert mine["currentAgent"] == "coder"
+    page = ide.session_list_response(listed)
+    assert page["total"] == len(page["sessions"])
+    assert sid in [s["sessionId"] for s in page["sessions"]]
+
+    # ApprovalSyncService.fetchPendingApprovals (restores the dialog).
+    pending = ide.pending_approvals_response(
+        (await front.get(f"{api}/sessions/{sid}/pending-approvals", headers=alice)).json()
+    )
+    assert pending["count"] == 1
+    (approval,) = pending["pendingApprovals"]
+    assert (approval["callId"], approval["toolName"]) == (call["call_id"], "write_file")
+    assert approval["arguments"]["path"] == "notes.txt"
+
+    # GatewayApi.getSessionHistory, rendered by AgentRepositoryImpl.
+    history = ide.session_history(
+        (await front.get(f"{api}/sessions/{sid}/history", headers=alice)).json()
+    )
+    assert history["messageCount"] == len(history["messages"])
+    assert history["currentAgent"] == "coder"
+    assert [(s["from"], s["to"]) for s in history["agentHistory"]] == [("orchestrator", "coder")]
+    ide.dart_datetime_parse(history["agentHistory"][0]["timestamp"])
+    rendered = [ide.history_message_to_ws(m) for m in history["messages"]]
+    assert rendered[0] == {"type": "user_message", "content": "write notes.txt: hi"}
+    assert {
+        "type": "tool_call",
+        "call_id": call["call_id"],
+        "tool_name": "write_file",
+        "arguments": call["arguments"],
+    } in rendered
+
+    # Someone else sees none of it and deletes nothing.
+    bob = await login(front, add_user(mesh))
+    for method in ("GET", "DELETE"):
+        foreign = await front.request(method, f"{api}/sessions/{sid}", headers=bob)
+        assert foreign.status_code == 404, method
+    bobs = ide.session_list_response((await front.get(f"{api}/sessions", headers=bob)).json())
+    assert (bobs["sessions"], bobs["total"]) == ([], 0)
+
+    # DELETE with a window open on it: the socket closes for good (1008).
+    async with socket(mesh, sid, alice) as ws:
+        await frame_of_type(ws, "session_info")
+        deleted = await front.delete(f"{api}/sessions/{sid}", headers=alice)
+        assert deleted.status_code == 200, deleted.text
+        with pytest.raises(ConnectionClosed):
+            await frame_of_type(ws, "never")
+    assert (ws.close_code, ws.close_reason) == (1008, "the session was deleted")
+
+    # Gone for its owner: every view 404s (the IDE shows an empty history,
+    # no approvals), the list forgets it, and no handshake brings it back.
+    for path in ("", "/history", "/pending-approvals"):
+        assert (await front.get(f"{api}/sessions/{sid}{path}", headers=alice)).status_code == 404
+    after = ide.session_list_response((await front.get(f"{api}/sessions", headers=alice)).json())
+    assert sid not in [s["sessionId"] for s in after["sessions"]]
+    for user in (alice, bob):
+        with pytest.raises(InvalidStatus) as refused:
+            async with socket(mesh, sid, user):
+                pass
+        assert refused.value.response.status_code == 404
