@@ -87,7 +87,7 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
 
     # A write that waits for approval, over the IDE's socket.
     async with socket(mesh, sid, alice) as ws:
-        await frame_of_type(ws, "session_info")
+        # The IDE's profile sends no session_info (it would be an empty bubble).
         await ws.send(json.dumps({"type": "user_message", "content": "write notes.txt: hi"}))
         call = await frame_of_type(ws, "tool_call")
     assert call["tool_name"] == "write_file"
@@ -138,7 +138,9 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
 
     # DELETE with a window open on it: the socket closes for good (1008).
     async with socket(mesh, sid, alice) as ws:
-        await frame_of_type(ws, "session_info")
+        # Attached: the runtime itself answers that a call still waits.
+        await ws.send(json.dumps({"type": "user_message", "content": "again"}))
+        assert (await frame_of_type(ws, "error"))["code"] == "tool_calls_pending"
         deleted = await front.delete(f"{api}/sessions/{sid}", headers=alice)
         assert deleted.status_code == 200, deleted.text
         with pytest.raises(ConnectionClosed):
