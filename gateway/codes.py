@@ -144,7 +144,9 @@ def error_frame_for(error: Exception) -> Frame:
 
 
 def json_response(
-    status: http.HTTPStatus, body: dict[str, Any], headers: Sequence[tuple[str, str]] = ()
+    status: http.HTTPStatus,
+    body: dict[str, Any] | list[Any],
+    headers: Sequence[tuple[str, str]] = (),
 ) -> Response:
     """A JSON response; every response closes its connection."""
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

@@ -12,8 +12,10 @@ picks one by the access token's ``client_id`` (``GATEWAY__CLIENT_PROFILES``;
 anyone else gets :data:`STRICT`, today's protocol unchanged). Every profile
 decision is applied here and only here: :meth:`ClientProfile.opening` (the
 Converse options the runtime must know), :class:`FrameShaper` (each
-connection's frames, both ways) and :meth:`ClientProfile.lifetime` (what
-the watchdog reads of the token and the pongs).
+connection's frames, both ways), :meth:`ClientProfile.lifetime` (what
+the watchdog reads of the token and the pongs) and
+:meth:`ClientProfile.rest_body` (a REST view's JSON, where the client's
+shape clashes with ours).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from gateway.frames import Frame
 from gateway.frames import response_to_frame as frame_for
+from gateway.views import Body
 from runtime.v1 import runtime_pb2
 
 
@@ -65,6 +69,11 @@ class ClientProfile:
     closes it with 4001."""
     pongs_keep_alive: bool = False
     """A pong counts as activity: no idle close while the client answers pings."""
+    rest_lists: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """REST views (by their name in :data:`gateway.rest.VIEWS`) answered with
+    one member of our JSON object, a list, instead of the object: the view
+    name → the member's key. Every other field a client needs is additive
+    (:mod:`gateway.views`); only a clash of shapes is declared here."""
 
     def opening(
         self, session_id: str, resume_after_seq: int | None = None
@@ -76,6 +85,12 @@ class ClientProfile:
         if resume_after_seq is not None:
             opening.resume_after_seq = resume_after_seq
         return opening
+
+    def rest_body(self, view: str, body: Body) -> Body | list[Any]:
+        """The JSON the REST view named ``view`` answers this client: our
+        ``body``, or the member of it :attr:`rest_lists` names."""
+        member = self.rest_lists.get(view)
+        return body if member is None else list(body[member])
 
     def lifetime(
         self, expires_at: float, last_activity: float, last_pong: float
@@ -119,6 +134,8 @@ CODELAB_IDE = ClientProfile(
     switch_runs_turn=False,
     outlives_token=True,
     pongs_keep_alive=True,
+    # GatewayApi.listAgents: (response.data as List) (gateway_api.dart).
+    rest_lists=MappingProxyType({"list_agents": "agents"}),
 )
 """The CodeLab IDE (``pese-git/codelab_ide``, ``agent_chat_bloc.dart``)."""
 

@@ -2,7 +2,9 @@
 
 Each view is one owner-scoped unary call to the runtime (``x-user-id`` = the
 token's ``sub``), bounded by ``timeout``; :mod:`gateway.views` builds the
-JSON and :mod:`gateway.codes` maps failures to statuses.
+JSON, the client's profile (:meth:`gateway.profiles.ClientProfile.rest_body`)
+reshapes it where its shape clashes with ours, and :mod:`gateway.codes`
+maps failures to statuses.
 
 The same table answers on the WebSocket port (``process_request``) and on
 the REST port (:mod:`gateway.rest_server`, ``GATEWAY__REST_PORT``). websockets
@@ -46,6 +48,7 @@ from websockets.http11 import Response
 from gateway import views
 from gateway.codes import json_response, refuse_query, response_for_status
 from gateway.errors import InvalidQuery
+from gateway.profiles import STRICT, ClientProfile
 from mesh.grpc_server import internal_metadata
 from mesh.ids import SESSION_ID, SESSION_ID_RULE
 from runtime.v1 import runtime_pb2
@@ -154,12 +157,15 @@ class RuntimeReads:
         user: str,
         request_id: str,
         body: bytes | None = None,
+        profile: ClientProfile = STRICT,
     ) -> Response:
         """The HTTP response of one view; never raises for runtime failures.
 
         ``body`` is the request's body as read by the REST port (None on the
         WebSocket port, where no request has one): a JSON object for a view
         that reads one, absent or empty for any other (else 400).
+        ``profile`` is the client's (by its token's ``client_id``), which
+        shapes the answer where its shape clashes with ours.
         """
         view = VIEWS[route.name]
         try:
@@ -180,7 +186,7 @@ class RuntimeReads:
         except grpc.aio.AioRpcError as exc:
             log.info("view_failed", view=route.name, status=exc.code().name)
             return response_for_status(exc.code(), exc.details())
-        return json_response(view.status, view.body(reply))
+        return json_response(view.status, profile.rest_body(route.name, view.body(reply)))
 
     async def current_agent(
         self, session_id: str, *, user: str, request_id: str
@@ -305,7 +311,9 @@ _AGENTS = View(
 _CURRENT_AGENT = View(
     "GET",
     re.compile(r"/api/v1/agents/(?P<sid>[^/]+)/current"),
-    lambda params: runtime_pb2.GetCurrentAgentRequest(session_id=params.session_id),
+    lambda params: runtime_pb2.GetCurrentAgentRequest(
+        session_id=params.session_id, include_agent_switches=True
+    ),
     lambda stub: stub.GetCurrentAgent,
     views.current_agent,
 )

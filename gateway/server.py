@@ -73,6 +73,7 @@ from gateway.handshake import (
 from gateway.jwks import Principal, TokenVerifier
 from gateway.limits import AddressRateLimiter, ConnectionSlots, retry_after
 from gateway.metrics import GatewayMetrics
+from gateway.profiles import Profiles
 from gateway.revocations import Revocation, RevocationList
 from mesh.addresses import Network, client_address
 from runtime.v1 import runtime_pb2
@@ -144,6 +145,7 @@ class Gateway:
         self._views = rest.RuntimeReads(
             runtime, internal_api_key=config.internal_api_key, timeout=config.view_timeout
         )
+        self._profiles = Profiles(config.client_profiles)
         self._connect_rate = AddressRateLimiter(config.connect_rate, config.connect_burst)
         self._slots = ConnectionSlots(
             per_user=config.max_connections_per_user, total=config.max_connections
@@ -312,7 +314,12 @@ class Gateway:
             return principal
         with structlog.contextvars.bound_contextvars(user=principal.subject, request_id=request_id):
             return await self._views.answer(
-                route, query, user=principal.subject, request_id=request_id, body=body
+                route,
+                query,
+                user=principal.subject,
+                request_id=request_id,
+                body=body,
+                profile=self._profiles.for_client(principal.client_id),
             )
 
     async def _readiness(self) -> Response:

@@ -6,22 +6,31 @@ JSON object the IDE receives. Times are ISO 8601 in UTC (``...Z``), or
 
 The bodies are our shape plus, additively, the names the CodeLab IDE's
 decoders read (``SessionModel``, ``SessionListResponse``, ``SessionHistory``,
-``PendingApprovalsResponse``, replicated in tests/codelab_ide_rest.py and
-read through in tests/integration/test_ide_rest.py): a session also has
-``id`` (= ``session_id``), ``current_agent`` (= ``agent``),
-``last_activity`` (= ``updated_at``), ``description`` (null: sessions have
-none) and ``is_active`` (true: a deleted session is gone, not
-inactive); a list also has ``total``; a history also has ``message_count``,
-``current_agent``, ``last_activity`` and ``agent_history`` ``[{from, to,
-reason, timestamp}]``, each tool call also in OpenAI's shape (``id``,
-``type: "function"``, ``function: {name, arguments}`` with the arguments as
-a JSON string) and each tool message its tool's ``name``; pending approvals
-also have ``count``.
+``PendingApprovalsResponse``, ``AgentInfo``, ``CurrentAgentInfo``,
+replicated in tests/codelab_ide_rest.py and read through in
+tests/integration/test_ide_rest.py): an agent also has ``type`` (=
+``name``) and ``has_file_restrictions`` (whether ``writable_paths`` limits
+its writes); the current agent also has ``agent_history`` and
+``switch_count``; a session also has ``id`` (= ``session_id``),
+``current_agent`` (= ``agent``), ``last_activity`` (= ``updated_at``),
+``description`` (null: sessions have none) and ``is_active`` (true: a
+deleted session is gone, not inactive); a list also has ``total``; a
+history also has ``message_count``, ``current_agent``, ``last_activity``
+and ``agent_history`` ``[{from, to, reason, timestamp}]``, each tool call
+also in OpenAI's shape (``id``, ``type: "function"``, ``function: {name,
+arguments}`` with the arguments as a JSON string) and each tool message its
+tool's ``name``; pending approvals also have ``count``.
+
+Where the IDE's shape clashes with ours rather than adding to it (it reads
+``GET /api/v1/agents`` as a bare list), the client's profile says so
+(:meth:`gateway.profiles.ClientProfile.rest_body`); these functions build
+our shape only.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -46,14 +55,36 @@ def agents(response: runtime_pb2.ListAgentsResponse) -> Body:
                 "name": agent.name,
                 "description": agent.description,
                 "allowed_tools": list(agent.allowed_tools),
+                "writable_paths": list(agent.writable_paths),
+                # the CodeLab IDE's names (AgentInfo), additive
+                "type": agent.name,
+                "has_file_restrictions": bool(agent.writable_paths),
             }
             for agent in response.agents
         ]
     }
 
 
+def _agent_history(switches: Iterable[runtime_pb2.AgentSwitchRecord]) -> list[Body]:
+    return [
+        {
+            "from": switch.from_agent,
+            "to": switch.to_agent,
+            "reason": switch.reason,
+            "timestamp": iso_time(switch.created_at),
+        }
+        for switch in switches
+    ]
+
+
 def current_agent(response: runtime_pb2.GetCurrentAgentResponse) -> Body:
-    return {"session_id": response.session_id, "current_agent": response.agent}
+    return {
+        "session_id": response.session_id,
+        "current_agent": response.agent,
+        # the CodeLab IDE's names (CurrentAgentInfo), additive
+        "agent_history": _agent_history(response.agent_switches),
+        "switch_count": len(response.agent_switches),
+    }
 
 
 def session(message: runtime_pb2.Session) -> Body:
@@ -116,15 +147,7 @@ def history(response: runtime_pb2.GetSessionHistoryResponse) -> Body:
         "message_count": response.message_count,
         "current_agent": response.current_agent or None,
         "last_activity": iso_time(response.last_activity),
-        "agent_history": [
-            {
-                "from": switch.from_agent,
-                "to": switch.to_agent,
-                "reason": switch.reason,
-                "timestamp": iso_time(switch.created_at),
-            }
-            for switch in response.agent_switches
-        ],
+        "agent_history": _agent_history(response.agent_switches),
         "messages": [
             {
                 "role": message.role,

@@ -48,7 +48,13 @@ from runtime.stream import (
     Subscriber,
 )
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
-from runtime.wire import session_proto, to_client_event, to_client_options, to_proto
+from runtime.wire import (
+    session_proto,
+    switch_proto,
+    to_client_event,
+    to_client_options,
+    to_proto,
+)
 
 log = structlog.get_logger("runtime.service")
 
@@ -268,6 +274,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                     name=agent.name,
                     description=agent.description,
                     allowed_tools=sorted(agent.tools),
+                    writable_paths=agent.writable or (),
                 )
                 for agent in AGENTS.values()
             ]
@@ -285,9 +292,14 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             session = live.session
             agent, last_seq = session.agent, session.last_seq
             idle = session.state == "idle" and not session.pending
-        return runtime_pb2.GetCurrentAgentResponse(
+        response = runtime_pb2.GetCurrentAgentResponse(
             session_id=row.id, agent=agent, last_seq=last_seq, idle=idle
         )
+        if request.include_agent_switches:
+            response.agent_switches.extend(
+                switch_proto(switch) for switch in await self._hub.store.agent_switches(row.id)
+            )
+        return response
 
     @_mapped
     async def CreateSession(
@@ -353,12 +365,9 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             session_id=row.id, current_agent=live.session.agent if live else row.agent
         )
         response.last_activity.FromDatetime(row.updated_at)
-        for switch in await self._hub.store.agent_switches(row.id):
-            record_switch = response.agent_switches.add(
-                from_agent=switch.from_agent, to_agent=switch.to_agent, reason=switch.reason
-            )
-            if switch.created_at is not None:
-                record_switch.created_at.FromDatetime(switch.created_at)
+        response.agent_switches.extend(
+            switch_proto(switch) for switch in await self._hub.store.agent_switches(row.id)
+        )
         history = await self._hub.store.history(row.id)
         response.message_count = len(history)
         for record in history:

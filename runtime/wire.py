@@ -34,7 +34,7 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
-from runtime.records import SessionRow
+from runtime.records import SessionRow, SwitchRecord
 from runtime.v1 import runtime_pb2
 
 _TURN_STATUS = {
@@ -160,3 +160,13 @@ def session_proto(row: SessionRow) -> runtime_pb2.Session:
     session.created_at.FromDatetime(row.created_at)
     session.updated_at.FromDatetime(row.updated_at)
     return session
+
+
+def switch_proto(switch: SwitchRecord) -> runtime_pb2.AgentSwitchRecord:
+    """One stored agent switch as the reads report it."""
+    record = runtime_pb2.AgentSwitchRecord(
+        from_agent=switch.from_agent, to_agent=switch.to_agent, reason=switch.reason
+    )
+    if switch.created_at is not None:
+        record.created_at.FromDatetime(switch.created_at)
+    return record

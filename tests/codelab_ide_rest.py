@@ -15,9 +15,12 @@ The files replicated (``.g.dart`` is what runs):
   (``SessionRemoteDataSource``: POST/GET/PATCH ``/sessions[/{id}]``, and each
   item of GET ``/sessions``' ``sessions``);
 - ``session_management/data/models/session_models.g.dart``:
-  :func:`session_list_response` (``GatewayApi.listSessions``) and
-  :func:`session_history` (``GatewayApi.getSessionHistory``), with
-  ``ChatMessage``, ``AgentSwitch`` and ``SessionInfo``;
+  :func:`session_list_response` (``GatewayApi.listSessions``),
+  :func:`session_history` (``GatewayApi.getSessionHistory``),
+  :func:`list_agents` (``GatewayApi.listAgents``: the body cast to a
+  ``List``, each item an ``AgentInfo``) and :func:`current_agent_info`
+  (``GatewayApi.getCurrentAgent``), with ``ChatMessage``, ``AgentSwitch``
+  and ``SessionInfo``;
 - ``tool_execution/data/models/pending_approvals_response.g.dart``:
   :func:`pending_approvals_response` (``GatewayApi.getPendingApprovals``,
   whose ``created_at`` ``ApprovalSyncService`` then hands to
@@ -205,6 +208,54 @@ def session_list_response(data: Any) -> Json:
     return {
         "sessions": [session_info(_map(s, "e")) for s in _list(json_, "sessions")],
         "total": _num_to_int(json_, "total"),
+    }
+
+
+def _string_list(json_: Json, key: str) -> list[str]:
+    # (json['k'] as List<dynamic>).map((e) => e as String).toList()
+    values = _list(json_, key)
+    for value in values:
+        if not isinstance(value, str):
+            raise DartDecodeError(f"json[{key!r}] item as String: got {value!r}")
+    return values
+
+
+def _bool(json_: Json, key: str) -> bool:
+    value = json_.get(key)
+    if not isinstance(value, bool):
+        raise DartDecodeError(f"json[{key!r}] as bool: got {value!r}")
+    return value
+
+
+def agent_info(json_: Json) -> Json:
+    """``_$AgentInfoFromJson`` (session_management/data/models/session_models.g.dart)."""
+    return {
+        "type": _string(json_, "type"),
+        "name": _string(json_, "name"),
+        "description": _string(json_, "description"),
+        "allowedTools": _string_list(json_, "allowed_tools"),
+        "hasFileRestrictions": _bool(json_, "has_file_restrictions"),
+    }
+
+
+def list_agents(data: Any) -> list[Json]:
+    """``GatewayApi.listAgents`` (agent_chat/data/datasources/gateway_api.dart):
+    ``(response.data as List).map((e) => AgentInfo.fromJson(e as Map<String,
+    dynamic>))``."""
+    if not isinstance(data, list):
+        raise DartDecodeError(f"response.data as List: got {type(data).__name__}")
+    return [agent_info(_map(item, "e")) for item in data]
+
+
+def current_agent_info(data: Any) -> Json:
+    """``_$CurrentAgentInfoFromJson`` (session_management/data/models/session_models.g.dart),
+    as ``GatewayApi.getCurrentAgent`` calls it on ``response.data``."""
+    json_ = _map(data, "response.data")
+    return {
+        "sessionId": _string(json_, "session_id"),
+        "currentAgent": _string(json_, "current_agent"),
+        "agentHistory": [agent_switch(_map(s, "e")) for s in _list(json_, "agent_history")],
+        "switchCount": _num_to_int(json_, "switch_count"),
     }
 
 

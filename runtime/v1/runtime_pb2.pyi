@@ -900,6 +900,7 @@ class Agent(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
+    WRITABLE_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name is the agent's id, e.g. "coder"."""
     description: _builtins.str
@@ -908,16 +909,23 @@ class Agent(_message.Message):
     def allowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """allowed_tools are the tools the agent may call."""
 
+    @_builtins.property
+    def writable_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """writable_paths are the glob patterns (on workspace-relative paths) a
+        write by this agent may touch; empty: any path in the workspace.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         allowed_tools: _abc.Iterable[_builtins.str] | None = ...,
+        writable_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "description", b"description", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "description", b"description", "name", b"name", "writable_paths", b"writable_paths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -954,16 +962,22 @@ class GetCurrentAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_AGENT_SWITCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id names a session of the calling user."""
+    include_agent_switches: _builtins.bool
+    """include_agent_switches asks for the session's agent switches too (the
+    REST view; the gateway's handshake does not need them).
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        include_agent_switches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_agent_switches", b"include_agent_switches", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -981,6 +995,7 @@ class GetCurrentAgentResponse(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     IDLE_FIELD_NUMBER: _builtins.int
+    AGENT_SWITCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id echoes the request."""
     agent: _builtins.str
@@ -992,6 +1007,12 @@ class GetCurrentAgentResponse(_message.Message):
     (tool results, approvals, plans): a client connecting now has nothing
     to receive until it sends a frame.
     """
+    @_builtins.property
+    def agent_switches(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentSwitchRecord]:
+        """agent_switches are the session's agent changes, oldest first, when the
+        request asked for them (else empty).
+        """
+
     def __init__(
         self,
         *,
@@ -999,10 +1020,11 @@ class GetCurrentAgentResponse(_message.Message):
         agent: _builtins.str = ...,
         last_seq: _builtins.int = ...,
         idle: _builtins.bool = ...,
+        agent_switches: _abc.Iterable[Global___AgentSwitchRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "idle", b"idle", "last_seq", b"last_seq", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_switches", b"agent_switches", "idle", b"idle", "last_seq", b"last_seq", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

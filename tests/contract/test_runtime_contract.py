@@ -448,6 +448,36 @@ async def test_history_names_the_agent_its_switches_and_its_count(runtime: Runti
     assert all(s.created_at.seconds > 0 for s in history.agent_switches)
 
 
+async def test_the_current_agent_names_its_switches_when_asked(runtime: Runtime):
+    # GET /agents/{id}/current: agent_history and switch_count; the
+    # handshake's read does not ask for them.
+    await runtime.turn("s-cur", "alice", "hello")
+    history = await runtime.stub.GetSessionHistory(
+        pb.GetSessionHistoryRequest(session_id="s-cur"), **runtime.as_user("alice")
+    )
+    asked = await runtime.stub.GetCurrentAgent(
+        pb.GetCurrentAgentRequest(session_id="s-cur", include_agent_switches=True),
+        **runtime.as_user("alice"),
+    )
+    assert list(asked.agent_switches) == list(history.agent_switches)
+    assert asked.agent == history.current_agent
+    plain = await runtime.stub.GetCurrentAgent(
+        pb.GetCurrentAgentRequest(session_id="s-cur"), **runtime.as_user("alice")
+    )
+    assert list(plain.agent_switches) == []
+    assert (plain.agent, plain.last_seq) == (asked.agent, asked.last_seq)
+
+
+async def test_agents_name_the_paths_they_may_write(runtime: Runtime):
+    # GET /agents: has_file_restrictions (the IDE's AgentInfo).
+    listed = await runtime.stub.ListAgents(pb.ListAgentsRequest(), **runtime.as_user("alice"))
+    writable = {agent.name: list(agent.writable_paths) for agent in listed.agents}
+    assert (writable["coder"], writable["architect"]) == ([], ["*.md"])
+    for agent in listed.agents:
+        if agent.writable_paths:
+            assert "write_file" in agent.allowed_tools
+
+
 async def test_a_deleted_session_is_gone_for_good_and_its_id_stays_taken(runtime: Runtime):
     stub = runtime.stub
     await runtime.turn("s-del", "alice", "write notes.txt")

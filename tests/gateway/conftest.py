@@ -246,6 +246,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self.states: dict[str, tuple[int, bool]] = {}
         """(last_seq, idle) GetCurrentAgent reports; default (0, idle).
         Events a session numbers move its last_seq."""
+        self.current_requests: list[pb.GetCurrentAgentRequest] = []
+        """Every GetCurrentAgent request, in order."""
         self.approvals: dict[str, list[pb.PendingApproval]] = {}
         """Each session's tool calls waiting for a human decision."""
         self.page_tokens: dict[str, str] = {}
@@ -458,16 +460,27 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         return pb.ListAgentsResponse(
             agents=[
                 pb.Agent(name="coder", description="writes code", allowed_tools=["read_file"]),
+                pb.Agent(
+                    name="architect",
+                    description="designs",
+                    allowed_tools=["read_file", "write_file"],
+                    writable_paths=["*.md"],
+                ),
                 pb.Agent(name="ask", description="answers", allowed_tools=[]),
             ]
         )
 
     async def GetCurrentAgent(self, request: Any, context: Any) -> pb.GetCurrentAgentResponse:
+        self.current_requests.append(request)
         user = await self._enter("GetCurrentAgent", context)
         session = await self._owned(request.session_id, user, context)
         last_seq, idle = self.states.get(request.session_id, (0, True))
         return pb.GetCurrentAgentResponse(
-            session_id=session.session_id, agent=session.agent, last_seq=last_seq, idle=idle
+            session_id=session.session_id,
+            agent=session.agent,
+            last_seq=last_seq,
+            idle=idle,
+            agent_switches=_switches(session) if request.include_agent_switches else [],
         )
 
     async def CreateSession(self, request: Any, context: Any) -> pb.CreateSessionResponse:
@@ -533,16 +546,7 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             message_count=3,
             current_agent=session.agent,
             last_activity=session.updated_at,
-            agent_switches=[
-                pb.AgentSwitchRecord(
-                    from_agent="orchestrator",
-                    to_agent=session.agent,
-                    reason="routed",
-                    created_at=CREATED,
-                )
-            ]
-            if session.agent != "orchestrator"
-            else [],
+            agent_switches=_switches(session),
             messages=[
                 pb.HistoryMessage(role="user", content="read a.py", agent="coder"),
                 pb.HistoryMessage(
@@ -567,6 +571,18 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         return pb.ListPendingApprovalsResponse(
             session_id=session.session_id, approvals=self.approvals.get(request.session_id, [])
         )
+
+
+def _switches(session: pb.Session) -> list[pb.AgentSwitchRecord]:
+    """A session's agent switches: one from the orchestrator to the agent
+    a test gave it, if any."""
+    if session.agent == "orchestrator":
+        return []
+    return [
+        pb.AgentSwitchRecord(
+            from_agent="orchestrator", to_agent=session.agent, reason="routed", created_at=CREATED
+        )
+    ]
 
 
 @pytest.fixture

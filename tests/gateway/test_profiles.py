@@ -1,5 +1,5 @@
 """Client profiles (gateway/profiles.py): the table, the frames both ways,
-the Converse options, the socket's lifetime; and one IDE connection end to
+the Converse options, the socket's lifetime, the REST views' shape; and one IDE connection end to
 end through the gateway in front of the scripted runtime."""
 
 from __future__ import annotations
@@ -12,11 +12,19 @@ import pytest
 from google.protobuf import struct_pb2
 from websockets.asyncio.client import connect
 
+from gateway import rest, views
 from gateway.__main__ import running_gateway
 from gateway.config import GatewayConfig
 from gateway.frames import parse_frame
 from gateway.frames import response_to_frame as frame_for
-from gateway.profiles import CODELAB_IDE, CODELAB_IDE_TOOLS, STRICT, FrameShaper, Profiles
+from gateway.profiles import (
+    BUILT_IN,
+    CODELAB_IDE,
+    CODELAB_IDE_TOOLS,
+    STRICT,
+    FrameShaper,
+    Profiles,
+)
 from gateway.watchdog import Limits, Watch, decide
 from mesh.config import ConfigError, load
 from runtime.v1 import runtime_pb2 as pb
@@ -275,6 +283,19 @@ def verdict(profile: Any, *, revoked: bool = False) -> Any:
         pong_pending=False,
     )
     return decide(watch, LIMITS, wall=wall, now=now)
+
+
+def test_the_ide_reads_the_agents_as_a_bare_list_and_every_other_view_as_ours() -> None:
+    agents = views.agents(
+        pb.ListAgentsResponse(agents=[pb.Agent(name="coder"), pb.Agent(name="ask")])
+    )
+    assert CODELAB_IDE.rest_body("list_agents", agents) == agents["agents"]
+    assert STRICT.rest_body("list_agents", agents) is agents
+    current = views.current_agent(pb.GetCurrentAgentResponse(session_id="s", agent="coder"))
+    for name in set(rest.VIEWS) - {"list_agents"}:
+        assert CODELAB_IDE.rest_body(name, current) is current
+    for profile in BUILT_IN.values():  # each names real views
+        assert set(profile.rest_lists) <= set(rest.VIEWS)
 
 
 def test_the_ides_socket_outlives_its_token_and_idles_not_while_it_pongs() -> None:

@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from gateway import rest
 from runtime.v1 import runtime_pb2 as pb
+from tests import codelab_ide_rest as ide
 from tests.conftest import free_port
 from tests.gateway.conftest import CREATED, INTERNAL_KEY, Edge, close_code, mint, opened
 
@@ -21,6 +22,9 @@ from tests.gateway.conftest import CREATED, INTERNAL_KEY, Edge, close_code, mint
 async def client(edge: Edge) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=edge.http(""), timeout=10) as http_client:
         yield http_client
+
+
+IDE_CLIENT = "codelab-flutter-app"
 
 
 def bearer(edge: Edge, sub: str = "alice") -> dict[str, str]:
@@ -35,6 +39,9 @@ async def test_agents(edge: Edge, client: httpx.AsyncClient):
         "name": "coder",
         "description": "writes code",
         "allowed_tools": ["read_file"],
+        "writable_paths": [],
+        "type": "coder",
+        "has_file_restrictions": False,
     }
     method, metadata = edge.fake.unary_metadata[-1]
     assert (method, metadata["x-user-id"], metadata["x-internal-auth"]) == (
@@ -55,7 +62,12 @@ async def test_create_then_read_own_session(edge: Edge, client: httpx.AsyncClien
     sid = body["session_id"]
 
     current = await client.get(f"/api/v1/agents/{sid}/current", headers=bearer(edge))
-    assert current.json() == {"session_id": sid, "current_agent": "orchestrator"}
+    assert current.json() == {
+        "session_id": sid,
+        "current_agent": "orchestrator",
+        "agent_history": [],
+        "switch_count": 0,
+    }
 
     history = (await client.get(f"/api/v1/sessions/{sid}/history", headers=bearer(edge))).json()
     assert history["session_id"] == sid
@@ -205,6 +217,74 @@ def test_route_matching():
     assert rest.match("GET", "/api/v1/sessions/s1") == rest.Route("session", "s1")
     assert rest.match("PATCH", "/api/v1/sessions/s1") == rest.Route("rename_session", "s1")
     assert rest.match("DELETE", "/api/v1/sessions/s1") == rest.Route("delete_session", "s1")
+
+
+# ---------------------------------------------------------------------------
+# the agents views as the CodeLab IDE reads them (its client profile)
+
+
+def ide_bearer(edge: Edge, sub: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(edge.key, sub=sub, client_id=IDE_CLIENT)}"}
+
+
+async def test_the_ide_reads_the_agents_as_a_bare_list_of_agent_info(
+    edge: Edge, client: httpx.AsyncClient
+):
+    response = await client.get("/api/v1/agents", headers=ide_bearer(edge))
+    assert response.status_code == 200
+    agents = ide.list_agents(response.json())  # GatewayApi.listAgents
+    assert [(a["type"], a["hasFileRestrictions"]) for a in agents] == [
+        ("coder", False),
+        ("architect", True),
+        ("ask", False),
+    ]
+    assert agents[1]["allowedTools"] == ["read_file", "write_file"]
+    # Our own clients keep the object: the shape is the profile's, not the path's.
+    ours = (await client.get("/api/v1/agents", headers=bearer(edge))).json()
+    assert [agent["name"] for agent in ours["agents"]] == ["coder", "architect", "ask"]
+    with pytest.raises(ide.DartDecodeError):
+        ide.list_agents(ours)
+
+
+async def test_the_ide_reads_the_current_agent_with_its_switches(
+    edge: Edge, client: httpx.AsyncClient
+):
+    edge.fake.own("routed", "alice", agent="coder")
+    edge.fake.own("fresh", "alice")
+    for headers in (ide_bearer(edge), bearer(edge)):  # additive: one shape for both
+        response = await client.get("/api/v1/agents/routed/current", headers=headers)
+        assert response.status_code == 200
+        current = ide.current_agent_info(response.json())  # GatewayApi.getCurrentAgent
+        assert (current["sessionId"], current["currentAgent"], current["switchCount"]) == (
+            "routed",
+            "coder",
+            1,
+        )
+        assert current["agentHistory"] == [
+            {
+                "from": "orchestrator",
+                "to": "coder",
+                "reason": "routed",
+                "timestamp": "2023-11-14T22:13:20Z",
+            }
+        ]
+        fresh = ide.current_agent_info(
+            (await client.get("/api/v1/agents/fresh/current", headers=headers)).json()
+        )
+        assert (fresh["agentHistory"], fresh["switchCount"]) == ([], 0)
+    # The handshake's own read does not ask for the switches.
+    async with edge.connect("/ws/routed", token=mint(edge.key, sub="alice")):
+        pass
+    assert edge.fake.current_requests[-1].include_agent_switches is False
+
+
+async def test_the_rest_port_answers_the_ide_its_shape_too(
+    rest_edge: Edge, rest_client: httpx.AsyncClient
+):
+    response = await rest_client.get("/api/v1/agents", headers=ide_bearer(rest_edge))
+    assert [a["type"] for a in ide.list_agents(response.json())] == ["coder", "architect", "ask"]
+    ours = await rest_client.get("/api/v1/agents", headers=bearer(rest_edge))
+    assert [agent["type"] for agent in ours.json()["agents"]] == ["coder", "architect", "ask"]
 
 
 # ---------------------------------------------------------------------------

@@ -19,17 +19,63 @@ def test_times_are_iso_8601_utc_and_unset_is_null():
 
 def test_agents():
     response = pb.ListAgentsResponse(
-        agents=[pb.Agent(name="coder", description="writes", allowed_tools=["a", "b"])]
+        agents=[
+            pb.Agent(name="coder", description="writes", allowed_tools=["a", "b"]),
+            pb.Agent(name="architect", description="designs", writable_paths=["*.md"]),
+        ]
     )
     assert views.agents(response) == {
-        "agents": [{"name": "coder", "description": "writes", "allowed_tools": ["a", "b"]}]
+        "agents": [
+            {
+                "name": "coder",
+                "description": "writes",
+                "allowed_tools": ["a", "b"],
+                "writable_paths": [],
+                # the CodeLab IDE's names (AgentInfo), additive
+                "type": "coder",
+                "has_file_restrictions": False,
+            },
+            {
+                "name": "architect",
+                "description": "designs",
+                "allowed_tools": [],
+                "writable_paths": ["*.md"],
+                "type": "architect",
+                "has_file_restrictions": True,
+            },
+        ]
     }
     assert views.agents(pb.ListAgentsResponse()) == {"agents": []}
 
 
-def test_current_agent():
-    response = pb.GetCurrentAgentResponse(session_id="s", agent="debug")
-    assert views.current_agent(response) == {"session_id": "s", "current_agent": "debug"}
+def test_current_agent_with_its_switches():
+    response = pb.GetCurrentAgentResponse(
+        session_id="s",
+        agent="debug",
+        agent_switches=[
+            pb.AgentSwitchRecord(
+                from_agent="orchestrator", to_agent="coder", reason="code", created_at=STAMP
+            ),
+            pb.AgentSwitchRecord(from_agent="coder", to_agent="debug", reason="user"),
+        ],
+    )
+    assert views.current_agent(response) == {
+        "session_id": "s",
+        "current_agent": "debug",
+        # the CodeLab IDE's names (CurrentAgentInfo), additive
+        "agent_history": [
+            {
+                "from": "orchestrator",
+                "to": "coder",
+                "reason": "code",
+                "timestamp": "2023-11-14T22:13:20.500Z",
+            },
+            {"from": "coder", "to": "debug", "reason": "user", "timestamp": None},
+        ],
+        "switch_count": 2,
+    }
+    fresh = views.current_agent(pb.GetCurrentAgentResponse(session_id="s", agent="orchestrator"))
+    assert (fresh["agent_history"], fresh["switch_count"]) == ([], 0)
 
 
 def test_sessions_page_and_last_page():

@@ -1,8 +1,9 @@
 """The CodeLab IDE's sessions REST, as that IDE calls it, through the front
 door of a mesh started like ``./scripts/up``: login with its client id,
 create, list, read, rename and delete sessions, its history and its pending
-approvals. Every answer is read through exact replicas of the IDE's
-decoders (:mod:`tests.codelab_ide_rest`, each naming its ``.g.dart`` file).
+approvals, the agents and a session's current agent. Every answer is read
+through exact replicas of the IDE's decoders (:mod:`tests.codelab_ide_rest`,
+each naming its ``.g.dart`` file).
 """
 
 from __future__ import annotations
@@ -158,3 +159,48 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
             async with socket(mesh, sid, user):
                 pass
         assert refused.value.response.status_code == 404
+
+
+async def test_the_ide_reads_the_agents_and_the_current_agent_through_the_front_door(
+    mesh: Mesh, front: httpx.AsyncClient
+) -> None:
+    alice = await login(front, mesh.dev_user)
+    api = "/api/v1"
+
+    # GatewayApi.listAgents: the body is the list itself.
+    listed = await front.get(f"{api}/agents", headers=alice)
+    assert listed.status_code == 200, listed.text
+    agents = {agent["type"]: agent for agent in ide.list_agents(listed.json())}
+    assert set(agents) == {"orchestrator", "coder", "architect", "debug", "ask"}
+    assert agents["architect"]["hasFileRestrictions"] is True
+    assert agents["coder"]["hasFileRestrictions"] is False
+    assert "write_file" in agents["coder"]["allowedTools"]
+
+    # GatewayApi.getCurrentAgent: a new session, then one routed to coder.
+    sid = ide.session_model((await front.post(f"{api}/sessions", headers=alice)).json())["id"]
+    fresh = ide.current_agent_info(
+        (await front.get(f"{api}/agents/{sid}/current", headers=alice)).json()
+    )
+    assert (fresh["currentAgent"], fresh["agentHistory"], fresh["switchCount"]) == (
+        "orchestrator",
+        [],
+        0,
+    )
+    async with socket(mesh, sid, alice) as ws:  # its profile sends no session_info
+        await ws.send(json.dumps({"type": "user_message", "content": "write notes.txt: hi"}))
+        await frame_of_type(ws, "tool_call")
+    current = ide.current_agent_info(
+        (await front.get(f"{api}/agents/{sid}/current", headers=alice)).json()
+    )
+    assert (current["sessionId"], current["currentAgent"], current["switchCount"]) == (
+        sid,
+        "coder",
+        1,
+    )
+    (switch,) = current["agentHistory"]
+    assert (switch["from"], switch["to"]) == ("orchestrator", "coder")
+    ide.dart_datetime_parse(switch["timestamp"])
+
+    # Someone else's session is 404 here too.
+    bob = await login(front, add_user(mesh))
+    assert (await front.get(f"{api}/agents/{sid}/current", headers=bob)).status_code == 404

@@ -60,6 +60,11 @@ async def test_views_show_the_owners_sessions(mesh: Mesh) -> None:
     }
     assert history["messages"][1]["tool_calls"][0]["tool_name"] == "write_file"
     assert current["current_agent"] == "coder"
+    # Our shapes keep, with the CodeLab IDE's fields added.
+    architect = next(a for a in agents["agents"] if a["name"] == "architect")
+    assert (architect["writable_paths"], architect["has_file_restrictions"]) == (["*.md"], True)
+    assert [(s["from"], s["to"]) for s in current["agent_history"]] == [("orchestrator", "coder")]
+    assert current["switch_count"] == 1
     (waiting,) = pending["pending_approvals"]
     assert waiting["tool_name"] == "write_file"
     assert waiting["arguments"] == {"path": "notes.txt", "content": "pending\n"}
