@@ -92,6 +92,7 @@ class Connections:
         metrics: GatewayMetrics,
         slots: ConnectionSlots,
         auth: Authenticator,
+        profiles: Profiles,
     ) -> None:
         self._config = config
         self._runtime = runtime
@@ -99,7 +100,7 @@ class Connections:
         self._slots = slots
         self._auth = auth
         self._limits = Limits(config.idle_timeout, config.ping_interval, config.ping_timeout)
-        self._profiles = Profiles(config.client_profiles)
+        self._profiles = profiles
         self._links: dict[str, set[Link]] = {}
         self._sessions: dict[str, SessionLinks] = {}
 

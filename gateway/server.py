@@ -151,11 +151,7 @@ class Gateway:
             per_user=config.max_connections_per_user, total=config.max_connections
         )
         self._connections = Connections(
-            config,
-            runtime,
-            self._metrics,
-            self._slots,
-            self._auth,
+            config, runtime, self._metrics, self._slots, self._auth, self._profiles
         )
         self._server: Server | None = None
         self.rest_port: int | None = None
