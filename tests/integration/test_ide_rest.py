@@ -65,7 +65,7 @@ async def frame_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
 async def test_the_ide_manages_its_sessions_through_the_front_door(
     mesh: Mesh, front: httpx.AsyncClient
 ) -> None:
-    alice = await login(front, mesh.dev_user)
+    alice = await login(front, add_user(mesh))  # a list of her own, whatever ran before
     api = "/api/v1"
 
     # SessionRemoteDataSource.createSession: POST with no body.
@@ -164,7 +164,7 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
 async def test_the_ide_reads_the_agents_and_the_current_agent_through_the_front_door(
     mesh: Mesh, front: httpx.AsyncClient
 ) -> None:
-    alice = await login(front, mesh.dev_user)
+    alice = await login(front, add_user(mesh))  # a list of her own, whatever ran before
     api = "/api/v1"
 
     # GatewayApi.listAgents: the body is the list itself.
