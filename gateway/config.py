@@ -10,13 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gateway.frames import DEFAULT_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, PayloadLimits
 from gateway.profiles import parse_assignment
 from mesh.addresses import Network, parse_networks
-from mesh.config import comma_list, setting
+from mesh.config import comma_list, positive, setting
 from mesh.tls import TlsFiles
 
-DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
-"""1 MiB: a ``tool_result`` carries whole file contents."""
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
+"""4 MiB: room to receive (and answer) a ``tool_result`` larger than the
+runtime may get (``MAX_TOOL_RESULT_BYTES``); with ``MAX_QUEUE`` 4 a
+connection still buffers at most 16 MiB, as 1 MiB x 16 did."""
 
 INTERNAL_API_KEY_EXAMPLE = "${CODELAB_INTERNAL_API_KEY}"
 
@@ -28,6 +31,12 @@ def _optional_seconds(text: str) -> float | None:
     except ValueError:
         raise ValueError(f"{text!r} is not a number") from None
     return value if value > 0 else None
+
+
+def _payload_bound(value: int) -> str | None:
+    if 0 < value <= MAX_PAYLOAD_BYTES:
+        return None
+    return f"must be from 1 to {MAX_PAYLOAD_BYTES} (below the runtime's gRPC message limit)"
 
 
 def _networks(text: str) -> tuple[Network, ...]:
@@ -81,10 +90,17 @@ class GatewayConfig:
     """an unknown kid refetches the JWKS at most this often (seconds)"""
     jwks_timeout: float = 5.0
     """seconds a JWKS fetch may take"""
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    """largest IDE frame; tool_result carries whole files (1 MiB)"""
-    max_queue: int = 16
+    max_frame_bytes: int = setting(DEFAULT_MAX_FRAME_BYTES, check=positive)
+    """largest IDE frame the socket takes (4 MiB); larger closes 1009. A connection buffers at
+    most MAX_FRAME_BYTES x MAX_QUEUE (16 MiB)"""
+    max_queue: int = setting(4, check=positive)
     """incoming frames buffered per connection before reading pauses"""
+    max_tool_result_bytes: int = setting(DEFAULT_PAYLOAD_BYTES, check=_payload_bound)
+    """largest tool result passed to the runtime (encoded; 1 MiB); a larger one fails that
+    call with an error the model sees (ask for a smaller part), the connection stays up"""
+    max_message_bytes: int = setting(DEFAULT_PAYLOAD_BYTES, check=_payload_bound)
+    """largest message content (user_message, switch_agent) or edited arguments (hitl_decision)
+    passed to the runtime (1 MiB); larger: an error frame invalid_field"""
     write_limit: int = 64 * 1024
     """outgoing bytes buffered per connection before sends wait"""
     ping_interval: float | None = setting(20.0, parse=_optional_seconds)
@@ -156,6 +172,11 @@ class GatewayConfig:
     """key of that client certificate"""
     runtime_tls_server_name: str = ""
     """name to verify in the runtime's certificate (default: from the address)"""
+
+    @property
+    def payload_limits(self) -> PayloadLimits:
+        """What a frame may carry to the runtime (:func:`gateway.frames.parse_frame`)."""
+        return PayloadLimits(message=self.max_message_bytes, tool_result=self.max_tool_result_bytes)
 
     @property
     def feed_api_key(self) -> str:

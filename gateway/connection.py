@@ -101,6 +101,7 @@ class Connections:
         self._auth = auth
         self._limits = Limits(config.idle_timeout, config.ping_interval, config.ping_timeout)
         self._profiles = profiles
+        self._payload_limits = config.payload_limits
         self._links: dict[str, set[Link]] = {}
         self._sessions: dict[str, SessionLinks] = {}
 
@@ -317,7 +318,7 @@ class Connections:
         try:
             if isinstance(message, bytes):
                 raise FrameError("binary_frame", "binary frames are not supported")
-            action = parse_frame(message)
+            action = parse_frame(message, self._payload_limits)
         except FrameError as exc:
             await link.send(error_frame_for(exc))
             return None

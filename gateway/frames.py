@@ -3,7 +3,9 @@
 :func:`parse_frame` turns one text frame from the IDE into either a
 ``ConverseRequest`` for the runtime or a :class:`Reauthenticate` action the
 gateway handles itself, raising :class:`~gateway.errors.FrameError` for
-anything unusable. :func:`response_to_frame` turns one ``ConverseResponse``
+anything unusable; :class:`PayloadLimits` bounds what it forwards (a
+``tool_result`` over its bound becomes that call's error, so the model
+hears it and the connection lives on). :func:`response_to_frame` turns one ``ConverseResponse``
 into the JSON object the IDE receives, and :func:`encode` serialises it.
 :func:`last_seq_from_query` reads the handshake's ``?last_seq=`` within the
 same bound as a ``resume`` frame (:data:`MAX_SEQ`).
@@ -55,13 +57,50 @@ MAX_NAME_BYTES = 64
 MAX_NOTE_BYTES = 8192
 """Longest ``reason`` (``switch_agent``) and ``feedback`` (``hitl_decision``,
 ``plan_approval``): a person's remark, stored with the decision and shown to
-the model. Message ``content`` and ``tool_result`` payloads are bounded only
-by the frame size (``GATEWAY__MAX_FRAME_BYTES``)."""
+the model. Message ``content``, edited arguments and ``tool_result``
+payloads carry whole messages and files: :class:`PayloadLimits` bounds them."""
+RUNTIME_MESSAGE_BYTES = 4 * 1024 * 1024
+"""gRPC's default limit on a message the runtime receives; a payload bound
+must leave room below it for the request around the payload."""
+MAX_PAYLOAD_BYTES = RUNTIME_MESSAGE_BYTES - 64 * 1024
+"""The largest a :class:`PayloadLimits` bound may be set."""
+DEFAULT_PAYLOAD_BYTES = 1024 * 1024
+"""1 MiB: a source file of 300 KB is ordinary; a megabyte is a third of a
+large model's context window already."""
 MAX_SEQ = 2**63 - 1
 """The largest ``last_seq`` a client may send (in a ``resume`` frame or the
 WebSocket URL): the runtime stores sequence numbers as signed 64-bit
 integers (SQL ``BIGINT``), so anything larger could never be a real one and
 would fail in the database instead of here."""
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadLimits:
+    """How much of a frame reaches the runtime, in bytes.
+
+    ``tool_result``: the encoded ``ToolResult`` (its ``result`` object or
+    its ``error`` text); a larger one is not forwarded, the runtime gets the
+    same call failed with an error that says why (:func:`oversized_result`),
+    so the model can ask for less. ``message``: a ``user_message`` or
+    ``switch_agent`` ``content`` (UTF-8) and a ``hitl_decision``'s encoded
+    ``modified_arguments``; larger → :class:`FrameError` ``invalid_field``.
+    Both must stay below the runtime's gRPC message limit
+    (:data:`MAX_PAYLOAD_BYTES`); the frame itself is bounded by the socket
+    (``GATEWAY__MAX_FRAME_BYTES``).
+    """
+
+    message: int = DEFAULT_PAYLOAD_BYTES
+    tool_result: int = DEFAULT_PAYLOAD_BYTES
+
+
+def oversized_result(size: int, limit: int) -> str:
+    """The error the model gets for a tool result of ``size`` bytes."""
+    return (
+        f"the tool result was {size} bytes, more than the limit of {limit} bytes, "
+        "so it was not delivered; ask for a smaller part: a line range of a file "
+        "(start_line, end_line), a narrower search or listing, a command with less output"
+    )
+
 
 _DECISIONS = {
     "approve": runtime_pb2.DECISION_APPROVE,
@@ -80,7 +119,7 @@ _TURN_STATUS = {
 # IDE → runtime
 
 
-def parse_frame(text: str) -> IdeAction:
+def parse_frame(text: str, limits: PayloadLimits = PayloadLimits()) -> IdeAction:
     """Validate one IDE text frame and translate it.
 
     Unknown extra fields are ignored, ``null`` counts as absent for optional
@@ -88,7 +127,9 @@ def parse_frame(text: str) -> IdeAction:
     ``modified_arguments``) may nest at most :data:`MAX_NESTING` levels;
     a path, id, name or note may be at most :data:`MAX_PATH_BYTES`,
     :data:`MAX_ID_BYTES`, :data:`MAX_NAME_BYTES` or :data:`MAX_NOTE_BYTES`
-    long. Raises :class:`FrameError` with code ``invalid_json``, ``not_an_object``,
+    long, a payload at most what ``limits`` says (a ``tool_result`` over
+    its limit is translated into that call's error, not refused). Raises
+    :class:`FrameError` with code ``invalid_json``, ``not_an_object``,
     ``unknown_type``, ``missing_field`` or ``invalid_field``.
     """
     try:
@@ -109,7 +150,7 @@ def parse_frame(text: str) -> IdeAction:
     if parser is None:
         raise FrameError("unknown_type", f"unknown frame type {kind[:64]!r}")
     try:
-        return parser(data)
+        return parser(data, limits)
     except UnicodeEncodeError:
         # JSON may escape lone surrogates ("\ud800"); protobuf strings refuse them.
         raise FrameError("invalid_field", "strings must not contain lone surrogates") from None
@@ -128,8 +169,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _user_message(data: Mapping[str, Any]) -> IdeAction:
-    content = _required_str(data, "content")
+def _user_message(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    content = _required_str(data, "content", limits.message)
     if not content.strip():
         raise FrameError("invalid_field", "'content' must not be empty")
     role = _optional_str(data, "role", MAX_NAME_BYTES) or "user"
@@ -138,7 +179,7 @@ def _user_message(data: Mapping[str, Any]) -> IdeAction:
     )
 
 
-def _tool_result(data: Mapping[str, Any]) -> IdeAction:
+def _tool_result(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     call_id = _required_str(data, "call_id", MAX_ID_BYTES)
     result = _optional_object(data, "result")
     error = _optional_str(data, "error")
@@ -149,10 +190,17 @@ def _tool_result(data: Mapping[str, Any]) -> IdeAction:
         message.result.CopyFrom(_struct(result))
     else:
         message.error = error or ""
+    # Measured encoded: a JSON number of one byte costs eleven in a Struct,
+    # so the frame's size says little about what the runtime would receive.
+    size = message.ByteSize()
+    if size > limits.tool_result:
+        message = runtime_pb2.ToolResult(
+            call_id=call_id, error=oversized_result(size, limits.tool_result)
+        )
     return runtime_pb2.ConverseRequest(tool_result=message)
 
 
-def _hitl_decision(data: Mapping[str, Any]) -> IdeAction:
+def _hitl_decision(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     call_id = _required_str(data, "call_id", MAX_ID_BYTES)
     decision = _required_choice(data, "decision", _DECISIONS)
     arguments = _optional_object(data, "modified_arguments")
@@ -165,20 +213,24 @@ def _hitl_decision(data: Mapping[str, Any]) -> IdeAction:
         if arguments is None:
             raise FrameError("missing_field", "'modified_arguments' is required to edit")
         message.modified_arguments.CopyFrom(_struct(arguments))
+        if message.modified_arguments.ByteSize() > limits.message:
+            raise FrameError(
+                "invalid_field", f"'modified_arguments' is larger than {limits.message} bytes"
+            )
     return runtime_pb2.ConverseRequest(approval_decision=message)
 
 
-def _switch_agent(data: Mapping[str, Any]) -> IdeAction:
+def _switch_agent(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(
         switch_agent=runtime_pb2.SwitchAgent(
             agent_type=_required_str(data, "agent_type", MAX_NAME_BYTES),
-            content=_optional_str(data, "content") or "",
+            content=_optional_str(data, "content", limits.message) or "",
             reason=_optional_str(data, "reason", MAX_NOTE_BYTES) or "",
         )
     )
 
 
-def _plan_approval(data: Mapping[str, Any]) -> IdeAction:
+def _plan_approval(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(
         plan_approval=runtime_pb2.PlanApproval(
             plan_id=_required_str(data, "plan_id", MAX_ID_BYTES),
@@ -188,11 +240,11 @@ def _plan_approval(data: Mapping[str, Any]) -> IdeAction:
     )
 
 
-def _cancel(data: Mapping[str, Any]) -> IdeAction:
+def _cancel(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(cancel=runtime_pb2.Cancel())
 
 
-def _file_changed(data: Mapping[str, Any]) -> IdeAction:
+def _file_changed(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     path = _required_str(data, "path", MAX_PATH_BYTES)
     if "timestamp" not in data or data["timestamp"] is None:
         raise FrameError("missing_field", "'timestamp' is required")
@@ -201,11 +253,11 @@ def _file_changed(data: Mapping[str, Any]) -> IdeAction:
     )
 
 
-def _auth(data: Mapping[str, Any]) -> IdeAction:
+def _auth(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return Reauthenticate(token=_required_str(data, "token"))
 
 
-def _resume(data: Mapping[str, Any]) -> IdeAction:
+def _resume(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     value = data.get("last_seq")
     if value is None:
         raise FrameError("missing_field", "'last_seq' is required")
@@ -225,7 +277,7 @@ def last_seq_from_query(text: str) -> int | None:
     return value if value <= MAX_SEQ else None
 
 
-_PARSERS: Mapping[str, Callable[[Mapping[str, Any]], IdeAction]] = {
+_PARSERS: Mapping[str, Callable[[Mapping[str, Any], PayloadLimits], IdeAction]] = {
     "user_message": _user_message,
     "tool_result": _tool_result,
     "hitl_decision": _hitl_decision,

@@ -97,3 +97,12 @@ def test_runtime_replicas_are_one_round_robin_target() -> None:
     assert runtime_target("dns:///runtime:50051") == "dns:///runtime:50051"
     with pytest.raises(ConfigError):
         runtime_target("runtime-a:1,runtime-b:2")
+
+
+@pytest.mark.parametrize("name", ["MAX_TOOL_RESULT_BYTES", "MAX_MESSAGE_BYTES"])
+@pytest.mark.parametrize("value", ["0", str(4 * 1024 * 1024)])
+def test_payload_limits_stay_below_the_runtimes_message_limit(name: str, value: str):
+    with pytest.raises(ConfigError, match=f"GATEWAY__{name}"):
+        load(GatewayConfig, {"GATEWAY__INTERNAL_API_KEY": "k", f"GATEWAY__{name}": value})
+    config = load(GatewayConfig, {"GATEWAY__INTERNAL_API_KEY": "k", f"GATEWAY__{name}": "4096"})
+    assert 4096 in (config.payload_limits.tool_result, config.payload_limits.message)

@@ -16,7 +16,9 @@ from gateway.frames import (
     MAX_NESTING,
     MAX_NOTE_BYTES,
     MAX_PATH_BYTES,
+    MAX_PAYLOAD_BYTES,
     MAX_SEQ,
+    PayloadLimits,
     Reauthenticate,
     encode,
     error_frame,
@@ -383,7 +385,7 @@ def test_last_seq_from_query_refuses_what_no_seq_can_be(text: str):
 
 
 # Every free-text field the runtime keeps or stores, with its bound; message
-# content and tool_result payloads are bounded by the frame size alone.
+# content and tool_result payloads have PayloadLimits (below).
 BOUNDED_FIELDS = [
     pytest.param(
         {"type": "file_changed", "timestamp": 1_700_000_000}, "path", MAX_PATH_BYTES, id="path"
@@ -448,13 +450,91 @@ def test_the_bounds_are_what_the_docs_say():
     assert (MAX_PATH_BYTES, MAX_ID_BYTES, MAX_NAME_BYTES, MAX_NOTE_BYTES) == (4096, 128, 64, 8192)
 
 
-def test_unbounded_payloads_stay_bounded_by_the_frame_size_only():
+def test_payloads_up_to_their_limits_pass_whole():
     big = "x" * 500_000
     assert parse({"type": "user_message", "content": big}).user_message.content == big
     request = parse({"type": "tool_result", "call_id": "c", "error": big})
     assert request.tool_result.error == big
     switch = parse({"type": "switch_agent", "agent_type": "coder", "content": big})
     assert switch.switch_agent.content == big
+    limits = PayloadLimits(message=1000, tool_result=1000)
+    exact = parse_frame(
+        json.dumps({"type": "user_message", "content": "é" * 500}), limits
+    )  # 1000 bytes of UTF-8
+    assert exact.user_message.content == "é" * 500
+
+
+def test_the_payload_limits_default_to_1_mib_below_the_runtimes_message_limit():
+    assert PayloadLimits() == PayloadLimits(message=1024 * 1024, tool_result=1024 * 1024)
+    assert MAX_PAYLOAD_BYTES < 4 * 1024 * 1024
+
+
+def _tool_result(frame: dict[str, Any], limits: PayloadLimits) -> pb.ToolResult:
+    request = parse_frame(json.dumps({"type": "tool_result", "call_id": "call_7", **frame}), limits)
+    assert isinstance(request, pb.ConverseRequest)
+    return request.tool_result
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param({"result": {"content": "x" * 5000}}, id="result"),
+        pytest.param({"error": "x" * 5000}, id="error"),
+        # 2 bytes a number in JSON, 11 in a Struct: small as a frame, large encoded.
+        pytest.param({"result": {"n": [0] * 1000}}, id="numbers"),
+    ],
+)
+def test_a_tool_result_over_its_limit_becomes_that_calls_error(frame: dict[str, Any]):
+    result = _tool_result(frame, PayloadLimits(tool_result=4096))
+    assert result.call_id == "call_7"
+    assert not result.HasField("result")
+    size = int(result.error.split()[4])
+    assert size > 4096
+    assert result.error.startswith(
+        f"the tool result was {size} bytes, more than the limit of 4096 bytes"
+    )
+    assert "a line range of a file (start_line, end_line)" in result.error
+
+
+def test_a_tool_result_at_its_limit_passes():
+    content = "x" * 4000
+    result = _tool_result({"result": {"content": content}}, PayloadLimits(tool_result=4096))
+    assert result.ByteSize() <= 4096
+    assert result.result["content"] == content
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        pytest.param({"type": "user_message", "content": "é" * 501}, "content", id="message"),
+        pytest.param(
+            {"type": "switch_agent", "agent_type": "coder", "content": "x" * 1001},
+            "content",
+            id="switch",
+        ),
+    ],
+)
+def test_message_content_over_its_limit_is_refused(frame: dict[str, Any], field: str):
+    with pytest.raises(FrameError) as caught:
+        parse_frame(json.dumps(frame), PayloadLimits(message=1000))
+    assert caught.value.code == "invalid_field"
+    assert caught.value.message == f"{field!r} is longer than 1000 bytes"
+
+
+def test_edited_arguments_over_the_message_limit_are_refused():
+    frame = {
+        "type": "hitl_decision",
+        "call_id": "c",
+        "decision": "edit",
+        "modified_arguments": {"path": "a.py", "content": "x" * 2000},
+    }
+    with pytest.raises(FrameError) as caught:
+        parse_frame(json.dumps(frame), PayloadLimits(message=1000))
+    assert (caught.value.code, caught.value.message) == (
+        "invalid_field",
+        "'modified_arguments' is larger than 1000 bytes",
+    )
+    assert parse_frame(json.dumps(frame), PayloadLimits(message=4000)).HasField("approval_decision")
 
 
 def _nested(depth: int) -> Any:

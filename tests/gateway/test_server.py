@@ -312,6 +312,68 @@ async def test_oversized_frame_closes_with_1009(
             assert (await close_code(ws))[0] == 1009
 
 
+async def _answer(ws: Any) -> str:
+    """The text of one answer, streamed (strict) or whole (codelab-ide)."""
+    parts = []
+    while True:
+        frame = await receive(ws)
+        assert frame["type"] == "assistant_message", frame
+        parts.append(frame["content"])
+        if frame["is_final"]:
+            return "".join(parts)
+
+
+@pytest.mark.parametrize("client_id", ["ide", "codelab-flutter-app"], ids=["strict", "codelab"])
+async def test_a_tool_result_too_large_for_the_runtime_fails_that_call_only(
+    edge: Edge, client_id: str
+):
+    # read_file of a 1.5 MB file: more than the runtime takes (1 MiB), less
+    # than the socket does (4 MiB). The call fails, the connection lives.
+    content = "x" * 1_500_000
+    async with edge.connect(token=mint(edge.key, client_id=client_id)) as ws:
+        if client_id == "ide":
+            await opened(ws)  # the CodeLab IDE is not sent session_info
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "tool_result",
+                    "call_id": "call_big",
+                    "result": {"path": "big.log", "content": content},
+                }
+            )
+        )
+        assert (await edge.fake.next_request()).HasField("open")
+        result = (await edge.fake.next_request()).tool_result
+        assert (result.call_id, result.WhichOneof("outcome")) == ("call_big", "error")
+        size = int(result.error.split()[4])
+        assert size > len(content)
+        assert result.error.startswith(
+            f"the tool result was {size} bytes, more than the limit of 1048576 bytes"
+        )
+        assert "a line range of a file" in result.error
+        # A result within the limit still passes whole, and the session goes on.
+        await ws.send(
+            json.dumps({"type": "tool_result", "call_id": "call_small", "result": {"n": 1}})
+        )
+        assert (await edge.fake.next_request()).tool_result.result["n"] == 1
+        await ws.send(json.dumps({"type": "user_message", "content": "still here"}))
+        assert await _answer(ws) == "echo: still here!"
+        assert ws.close_code is None
+
+
+async def test_a_message_over_its_limit_gets_an_error_frame_and_the_socket_lives(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps({"type": "user_message", "content": "x" * 1_500_000}))
+        error = await receive(ws)
+        assert (error["type"], error["code"]) == ("error", "invalid_field")
+        assert error["content"] == "'content' is longer than 1048576 bytes"
+        await ws.send(json.dumps({"type": "user_message", "content": "after"}))
+        assert await _answer(ws) == "echo: after!"
+    assert (await edge.fake.next_request()).HasField("open")
+    assert (await edge.fake.next_request()).user_message.content == "after"
+
+
 # -- lifetime ------------------------------------------------------------
 
 
