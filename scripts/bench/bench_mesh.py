@@ -269,6 +269,11 @@ def mesh(
         "AUTH_SERVICE__PORT": str(ports["auth"]),
         "CODELAB_LLMPROXY_REPLICAS": str(LLMPROXY_REPLICAS),
         "CODELAB_FRONT_PORT": "0",  # the bench talks to the gateway itself
+        # No metrics endpoints: the fixed ports scripts/up uses may be taken.
+        "GATEWAY__METRICS_PORT": "0",
+        "AGENT_RUNTIME__METRICS_PORT": "0",
+        "LLM_PROXY__METRICS_PORT": "0",
+        "AUTH_SERVICE__METRICS_PORT": "0",
     }
     if database_url:
         env["AGENT_RUNTIME__DATABASE_URL"] = database_url
