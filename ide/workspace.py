@@ -68,15 +68,27 @@ class Workspace:
         target = self.path(path)
         if not target.is_file():
             raise ToolFailed(f"{path!r} is not a file")
-        if target.stat().st_size > MAX_READ_BYTES:
-            raise ToolFailed(f"{path!r} is larger than {MAX_READ_BYTES} bytes")
-        text = target.read_text(errors="replace")
-        lines = text.splitlines(keepends=True)
-        if start_line is not None or end_line is not None:
-            first = (start_line or 1) - 1
-            last = end_line or len(lines)
-            text = "".join(lines[first:last])
-        return {"path": self._relative(target), "content": text, "total_lines": len(lines)}
+        ranged = start_line is not None or end_line is not None
+        if not ranged and target.stat().st_size > MAX_READ_BYTES:
+            raise ToolFailed(
+                f"{path!r} is larger than {MAX_READ_BYTES} bytes; read a line range "
+                "(start_line, end_line)"
+            )
+        first = (start_line or 1) - 1
+        kept: list[str] = []
+        size = total = 0
+        with target.open(errors="replace") as lines:
+            # Line by line: a range of a big file costs only that range.
+            for total, line in enumerate(lines, start=1):
+                if total > first and (end_line is None or total <= end_line):
+                    size += len(line)
+                    if size > MAX_READ_BYTES:
+                        raise ToolFailed(
+                            f"lines {first + 1}-{total} of {path!r} pass {MAX_READ_BYTES} "
+                            "bytes; read a smaller range"
+                        )
+                    kept.append(line)
+        return {"path": self._relative(target), "content": "".join(kept), "total_lines": total}
 
     async def _tool_write_file(
         self, path: str, content: str, create_dirs: bool = False

@@ -41,3 +41,14 @@ async def test_a_search_can_be_limited_to_file_names(tmp_path: Path) -> None:
     workspace = Workspace(tmp_path)
     found = await workspace.run("search_in_code", {"query": "TODO", "file_pattern": "*.md"})
     assert [m["path"] for m in found["matches"]] == ["b.md"]
+
+
+async def test_a_line_range_of_a_big_file_can_be_read(tmp_path: Path) -> None:
+    (tmp_path / "big.log").write_text("".join(f"line {n}\n" for n in range(300_000)))
+    workspace = Workspace(tmp_path)
+    with pytest.raises(ToolFailed, match="line range"):
+        await workspace.run("read_file", {"path": "big.log"})
+    part = await workspace.run("read_file", {"path": "big.log", "start_line": 2, "end_line": 3})
+    assert part == {"path": "big.log", "content": "line 1\nline 2\n", "total_lines": 300_000}
+    small = await workspace.run("read_file", {"path": "big.log", "end_line": 1})
+    assert small["content"] == "line 0\n"
