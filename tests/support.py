@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from mesh import probe
+from mesh.database import create_engine
+from runtime.leases import Leases
 
 TIMEOUT = 10.0
 """How long :func:`eventually` waits, in seconds."""
@@ -33,6 +35,22 @@ async def eventually(predicate: Callable[[], bool]) -> None:
             if predicate():
                 return
             await asyncio.sleep(0.01)
+
+
+async def lease_released(database_url: str, session_id: str, *, limit: float = 30.0) -> None:
+    """Wait until no runtime replica holds ``session_id``'s lease in the
+    database: the runtime let the session go (it evicts a session whose
+    last stream detached); TimeoutError after ``limit`` seconds."""
+    engine = create_engine(database_url)
+    try:
+        leases = Leases(engine)
+        async with asyncio.timeout(limit):
+            while True:
+                if await leases.owner(session_id) is None:
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await engine.dispose()
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str) -> None:

@@ -25,13 +25,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ide.connection import IdeConnection
 from llmproxy.offline import expected_reply_text
-from mesh.database import create_engine
 from mesh.grpc_server import internal_metadata
-from runtime.store import Store
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import ROOT, Mesh, migrate_runtime
-from tests.support import Service, grpc_healthy, http_healthy
+from tests.support import Service, grpc_healthy, http_healthy, lease_released
 
 
 def module_service(module: str, env: dict[str, str], ready: Callable[[], bool]) -> Service:
@@ -368,20 +366,6 @@ async def test_a_runtime_killed_mid_turn_keeps_durable_history_and_pending_appro
     assert contents[-1][0] == "assistant"
 
 
-async def released(database: str, session_id: str) -> None:
-    """Wait until the runtime lets the session go: evicting it releases its lease."""
-    engine = create_engine(database)
-    try:
-        store = Store(engine)
-        async with asyncio.timeout(30):
-            while True:
-                if await store.leases.owner(session_id) is None:
-                    return
-                await asyncio.sleep(0.05)
-    finally:
-        await engine.dispose()
-
-
 async def test_an_approved_write_is_offered_again_after_a_drop_and_after_a_kill(
     stack: Stack, mesh: Mesh
 ) -> None:
@@ -402,7 +386,7 @@ async def test_an_approved_write_is_offered_again_after_a_drop_and_after_a_kill(
         execute = await ide.next_frame()
         assert execute["type"] == "tool_call"
         assert execute["requires_approval"] is False
-    await released(stack.database, session_id)
+    await lease_released(stack.database, session_id)
 
     async with IdeConnection(stack.ws_url, session_id, mesh.token, last_seq=execute["seq"]) as ide:
         info = await ide.next_frame()

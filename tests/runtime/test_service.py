@@ -20,12 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
-from mesh.database import create_engine
 from mesh.grpc_server import MeshServer, internal_metadata
 from runtime.__main__ import RuntimeConfig, serve
-from runtime.store import Store, migrate
+from runtime.store import migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from tests.conftest import fresh_postgres
+from tests.support import lease_released
 
 KEY = "test-internal-key"
 
@@ -498,20 +498,6 @@ async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
     assert list(pending.approvals) == []
 
 
-async def evicted(database_url: str, session_id: str) -> None:
-    """Wait until the runtime lets the session go: eviction releases its lease."""
-    engine = create_engine(database_url)
-    try:
-        store = Store(engine)
-        async with asyncio.timeout(10):
-            while True:
-                if await store.leases.owner(session_id) is None:
-                    return
-                await asyncio.sleep(0.01)
-    finally:
-        await engine.dispose()
-
-
 @pytest.mark.parametrize("decision", ["approve", "edit"])
 async def test_a_decided_call_is_offered_again_once_its_session_was_evicted(
     runtime_channel: grpc.aio.Channel, database_url: str, decision: str
@@ -543,7 +529,7 @@ async def test_a_decided_call_is_offered_again_once_its_session_was_evicted(
     )
     assert list(pending.approvals) == [], "decided: nothing waits for a human"
     call.cancel()
-    await evicted(database_url, session_id)
+    await lease_released(database_url, session_id)
 
     back, opened = await open_stream(runtime_channel, session_id, after=execute.seq)
     assert opened.session_opened.recovered
