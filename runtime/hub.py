@@ -140,16 +140,7 @@ class SessionHub:
                 raise Deleted(f"session {session_id!r} was deleted")
             if row.owner != owner:
                 raise PermissionDenied("session belongs to another user")
-            release = self._releases.pop(session_id, None)
-            if release is not None:
-                # It was just evicted here: its lease release must not land
-                # after the lease is taken again below.
-                await asyncio.wait([release])
-            if not await self._store.leases.acquire(session_id, self._replica, self._lease_ttl):
-                raise Unavailable(
-                    "another runtime replica serves this session; retry shortly "
-                    "(it moves here when that replica's lease expires)"
-                )
+            await self._take_lease(session_id)
             session = Session.from_store(await self._store.load(session_id))
             conversation = Conversation(
                 session,
@@ -247,18 +238,24 @@ class SessionHub:
             async with self._leased(session_id):
                 await self._store.delete_session(session_id)
 
-    @contextlib.asynccontextmanager
-    async def _leased(self, session_id: str) -> AsyncIterator[None]:
-        """Hold the lease of a session not live here for a moment, so no
-        other replica writes to it meanwhile; Unavailable if another holds it."""
+    async def _take_lease(self, session_id: str) -> None:
+        """Take the session's lease for this replica; Unavailable if another holds it."""
         release = self._releases.pop(session_id, None)
         if release is not None:
+            # It was just evicted here: its lease release must not land
+            # after the lease is taken again.
             await asyncio.wait([release])
         if not await self._store.leases.acquire(session_id, self._replica, self._lease_ttl):
             raise Unavailable(
                 "another runtime replica serves this session; retry shortly "
                 "(it moves here when that replica's lease expires)"
             )
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the lease of a session not live here for a moment, so no
+        other replica writes to it meanwhile; Unavailable if another holds it."""
+        await self._take_lease(session_id)
         try:
             yield
         finally:
