@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
@@ -170,3 +171,26 @@ def migrate_runtime(database: str, internal_key: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+IDE_CLIENT = "codelab-flutter-app"
+"""The OAuth client id the CodeLab IDE logs in with (its auth datasource)."""
+
+
+async def ide_login(mesh: Mesh, user: dict[str, str] | None = None) -> dict[str, str]:
+    """The CodeLab IDE's password grant at the front door, as ``user`` (the
+    dev user by default); the token response (access and refresh token)."""
+    user = user or mesh.dev_user
+    async with httpx.AsyncClient(base_url=mesh.front_url, timeout=10) as http:
+        reply = await http.post(
+            "/oauth/token",
+            data={
+                "grant_type": "password",
+                "username": user["username"],
+                "password": user["password"],
+                "client_id": IDE_CLIENT,
+            },
+        )
+    assert reply.status_code == 200, reply.text
+    tokens: dict[str, str] = reply.json()
+    return tokens

@@ -19,28 +19,14 @@ import httpx
 import jwt
 import pytest
 
-from tests.integration.conftest import Mesh, launch
+from tests.integration.conftest import Mesh, ide_login, launch
 from tests.integration.dart_chat import Bubble, DartChat, MessageModel
 from tests.support import eventually
 
-IDE_CLIENT = "codelab-flutter-app"
-
 
 async def login(mesh: Mesh) -> str:
-    """The IDE's password grant at the front door."""
-    async with httpx.AsyncClient(base_url=mesh.front_url, timeout=10) as http:
-        reply = await http.post(
-            "/oauth/token",
-            data={
-                "grant_type": "password",
-                "username": mesh.dev_user["username"],
-                "password": mesh.dev_user["password"],
-                "client_id": IDE_CLIENT,
-            },
-        )
-        assert reply.status_code == 200, reply.text
-    token: str = reply.json()["access_token"]
-    return token
+    """The IDE's password grant at the front door; its access token."""
+    return (await ide_login(mesh))["access_token"]
 
 
 async def new_session(mesh: Mesh, token: str) -> str:

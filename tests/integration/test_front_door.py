@@ -8,10 +8,7 @@ import httpx
 import pytest
 
 from ide.connection import IdeConnection
-from tests.integration.conftest import Mesh
-
-IDE_CLIENT = "codelab-flutter-app"
-"""The OAuth client id the CodeLab IDE logs in with (its auth datasource)."""
+from tests.integration.conftest import IDE_CLIENT, Mesh, ide_login
 
 
 @pytest.fixture
@@ -23,17 +20,7 @@ async def front(mesh: Mesh) -> httpx.AsyncClient:
 async def test_the_ide_logs_in_and_works_through_one_base_url(
     mesh: Mesh, front: httpx.AsyncClient
 ) -> None:
-    login = await front.post(
-        "/oauth/token",
-        data={
-            "grant_type": "password",
-            "username": mesh.dev_user["username"],
-            "password": mesh.dev_user["password"],
-            "client_id": IDE_CLIENT,
-        },
-    )
-    assert login.status_code == 200, login.text
-    tokens = login.json()
+    tokens = await ide_login(mesh)
     refreshed = await front.post(
         "/oauth/token",
         data={

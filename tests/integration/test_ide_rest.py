@@ -19,9 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests import codelab_ide_rest as ide
-from tests.integration.conftest import Mesh, add_user
+from tests.integration.conftest import Mesh, add_user, ide_login
 
-IDE_CLIENT = "codelab-flutter-app"
 """The OAuth client id the CodeLab IDE logs in with (its auth datasource)."""
 TIMEOUT = 20
 
@@ -32,19 +31,9 @@ async def front(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def login(front: httpx.AsyncClient, user: dict[str, str]) -> dict[str, str]:
+async def login(mesh: Mesh, user: dict[str, str]) -> dict[str, str]:
     """The IDE's password login at the front door; its bearer header."""
-    reply = await front.post(
-        "/oauth/token",
-        data={
-            "grant_type": "password",
-            "username": user["username"],
-            "password": user["password"],
-            "client_id": IDE_CLIENT,
-        },
-    )
-    assert reply.status_code == 200, reply.text
-    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+    return {"Authorization": f"Bearer {(await ide_login(mesh, user))['access_token']}"}
 
 
 def socket(mesh: Mesh, session_id: str, headers: dict[str, str]) -> Any:
@@ -65,7 +54,7 @@ async def frame_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
 async def test_the_ide_manages_its_sessions_through_the_front_door(
     mesh: Mesh, front: httpx.AsyncClient
 ) -> None:
-    alice = await login(front, add_user(mesh))  # a list of her own, whatever ran before
+    alice = await login(mesh, add_user(mesh))  # a list of her own, whatever ran before
     api = "/api/v1"
 
     # SessionRemoteDataSource.createSession: POST with no body.
@@ -130,7 +119,7 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
     } in rendered
 
     # Someone else sees none of it and deletes nothing.
-    bob = await login(front, add_user(mesh))
+    bob = await login(mesh, add_user(mesh))
     for method in ("GET", "DELETE"):
         foreign = await front.request(method, f"{api}/sessions/{sid}", headers=bob)
         assert foreign.status_code == 404, method
@@ -164,7 +153,7 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
 async def test_the_ide_reads_the_agents_and_the_current_agent_through_the_front_door(
     mesh: Mesh, front: httpx.AsyncClient
 ) -> None:
-    alice = await login(front, add_user(mesh))  # a list of her own, whatever ran before
+    alice = await login(mesh, add_user(mesh))  # a list of her own, whatever ran before
     api = "/api/v1"
 
     # GatewayApi.listAgents: the body is the list itself.
@@ -202,5 +191,5 @@ async def test_the_ide_reads_the_agents_and_the_current_agent_through_the_front_
     ide.dart_datetime_parse(switch["timestamp"])
 
     # Someone else's session is 404 here too.
-    bob = await login(front, add_user(mesh))
+    bob = await login(mesh, add_user(mesh))
     assert (await front.get(f"{api}/agents/{sid}/current", headers=bob)).status_code == 404
