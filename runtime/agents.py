@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.tools import IDE_TOOLS, READ_TOOLS, RUNTIME_TOOLS, WRITE_TOOLS
+from runtime.tools import EDIT_TOOLS, IDE_TOOLS, READ_TOOLS, RUNTIME_TOOLS, WRITE_TOOLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ AGENTS: dict[str, Agent] = {
             "You are a senior software engineer. Make the change the user asks for: read "
             "the relevant files first, then write complete files, and run commands to "
             "check your work. " + _COMMON,
-            IDE_TOOLS | RUNTIME_TOOLS,
+            IDE_TOOLS | EDIT_TOOLS | RUNTIME_TOOLS,
             keywords=(
                 "write",
                 "create",
@@ -79,7 +79,7 @@ AGENTS: dict[str, Agent] = {
             "Designs systems and writes design documents (Markdown only).",
             "You are a software architect. Study the code, then propose designs and plans. "
             "You may write Markdown files (*.md) only and never run commands. " + _COMMON,
-            READ_TOOLS | {"write_file"} | RUNTIME_TOOLS,
+            READ_TOOLS | {"write_file"} | EDIT_TOOLS | RUNTIME_TOOLS,
             writable=("*.md",),
             keywords=(
                 "design",

@@ -53,7 +53,7 @@ from runtime.records import CallRecord, now
 from runtime.records import SwitchRecord as StoredSwitch
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
 from runtime.stream import EventStream
-from runtime.tools import TOOLS, Side
+from runtime.tools import TOOLS, Side, Tool
 from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Turn
 
 log = structlog.get_logger("runtime.dispatch")
@@ -72,6 +72,16 @@ class Next(enum.Enum):
     """Write the step, then call the model."""
     DONE = "done"
     """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
+
+
+def _implemented(tool: Tool, implemented: frozenset[str]) -> bool:
+    """Whether a client implementing the IDE tools ``implemented`` can serve ``tool``."""
+    match tool.side:
+        case Side.RUNTIME:
+            return True
+        case Side.COMPOSED:
+            return all(name in implemented for name in tool.made_of)
+    return tool.name in implemented
 
 
 def switched(agent: str) -> dict[str, Any]:
@@ -115,9 +125,7 @@ class Dispatcher:
         implemented = self.turn.client.tools
         if implemented is None:
             return agent
-        tools = frozenset(
-            name for name in agent.tools if TOOLS[name].side is Side.RUNTIME or name in implemented
-        )
+        tools = frozenset(name for name in agent.tools if _implemented(TOOLS[name], implemented))
         return agent if tools == agent.tools else dataclasses.replace(agent, tools=tools)
 
     # -- recording -------------------------------------------------------------

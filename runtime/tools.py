@@ -25,7 +25,13 @@ from runtime.llm import ToolSpec
 
 class Side(enum.Enum):
     IDE = "ide"
+    """The IDE runs it: it gets ``tool_call`` and answers ``tool_result``."""
     RUNTIME = "runtime"
+    """The runtime runs it, with no workspace access (switch, finish, ask, plan)."""
+    COMPOSED = "composed"
+    """The runtime runs it as IDE calls of the tools in :attr:`Tool.made_of`
+    (an edit: ``read_file``, then a ``write_file`` of the edited content), so
+    it works with every IDE that implements those."""
 
 
 class Effect(enum.Enum):
@@ -48,6 +54,8 @@ class Tool:
     """Argument names holding workspace paths (checked by the policy)."""
     approval: bool = False
     """Whether a human approves a call by default (``APPROVAL_REQUIRED`` overrides)."""
+    made_of: tuple[str, ...] = ()
+    """For a :attr:`Side.COMPOSED` tool, the IDE tools it is run with."""
 
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.parameters)
@@ -107,6 +115,63 @@ TOOLS: dict[str, Tool] = {
             Effect.WRITE,
             ("path",),
             approval=True,
+        ),
+        Tool(
+            "apply_diff",
+            (
+                "Change part of an existing text file: each block's `search` text must occur "
+                "exactly once in the file (copy it, whitespace included, from a fresh "
+                "read_file) and is replaced by `replace`. Prefer this to write_file for any "
+                "change to an existing file; the user approves the resulting diff."
+            ),
+            _object(
+                {
+                    "path": _PATH | {"description": "workspace-relative path of an existing file"},
+                    "blocks": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": 50,
+                        "items": _object(
+                            {
+                                "search": {
+                                    "type": "string",
+                                    "minLength": 1,
+                                    "maxLength": 200_000,
+                                    "description": "exact text to find, occurring once",
+                                },
+                                "replace": {"type": "string", "maxLength": 200_000},
+                            },
+                            ["search", "replace"],
+                        ),
+                    },
+                },
+                ["path", "blocks"],
+            ),
+            Side.COMPOSED,
+            Effect.WRITE,
+            ("path",),
+            approval=True,
+            made_of=("read_file", "write_file"),
+        ),
+        Tool(
+            "insert_content",
+            (
+                "Insert lines into an existing text file before line `line` (1-based); "
+                "line 0 appends at the end. The user approves the resulting diff."
+            ),
+            _object(
+                {
+                    "path": _PATH | {"description": "workspace-relative path of an existing file"},
+                    "line": {"type": "integer", "minimum": 0},
+                    "content": {"type": "string", "minLength": 1, "maxLength": 1_000_000},
+                },
+                ["path", "line", "content"],
+            ),
+            Side.COMPOSED,
+            Effect.WRITE,
+            ("path",),
+            approval=True,
+            made_of=("read_file", "write_file"),
         ),
         Tool(
             "list_files",
@@ -256,18 +321,23 @@ TOOLS: dict[str, Tool] = {
 }
 
 
-def _names(*, side: Side, effects: frozenset[Effect] = frozenset(Effect)) -> frozenset[str]:
+def _names(
+    *, sides: frozenset[Side], effects: frozenset[Effect] = frozenset(Effect)
+) -> frozenset[str]:
     return frozenset(
-        name for name, tool in TOOLS.items() if tool.side is side and tool.effect in effects
+        name for name, tool in TOOLS.items() if tool.side in sides and tool.effect in effects
     )
 
 
-READ_TOOLS = _names(side=Side.IDE, effects=frozenset({Effect.READ}))
+_IDE = frozenset({Side.IDE})
+READ_TOOLS = _names(sides=_IDE, effects=frozenset({Effect.READ}))
 """The IDE tools that only read: every agent has them."""
-IDE_TOOLS = _names(side=Side.IDE)
-RUNTIME_TOOLS = _names(side=Side.RUNTIME)
+IDE_TOOLS = _names(sides=_IDE)
+EDIT_TOOLS = _names(sides=frozenset({Side.COMPOSED}), effects=frozenset({Effect.WRITE}))
+"""Targeted edits of a file (``apply_diff``, ``insert_content``), run as IDE reads and writes."""
+RUNTIME_TOOLS = _names(sides=frozenset({Side.RUNTIME}))
 """The runtime's own tools (switch agents, finish, ask, plan): every agent has them."""
-WRITE_TOOLS = _names(side=Side.IDE, effects=frozenset({Effect.WRITE}))
+WRITE_TOOLS = _names(sides=frozenset({Side.IDE, Side.COMPOSED}), effects=frozenset({Effect.WRITE}))
 DEFAULT_APPROVAL_REQUIRED = frozenset(name for name, tool in TOOLS.items() if tool.approval)
 """The tools a human approves unless ``APPROVAL_REQUIRED`` says otherwise."""
 

@@ -6,6 +6,7 @@ from runtime import policy
 from runtime.agents import AGENTS
 from runtime.tools import (
     DEFAULT_APPROVAL_REQUIRED,
+    EDIT_TOOLS,
     IDE_TOOLS,
     READ_TOOLS,
     RUNTIME_TOOLS,
@@ -27,8 +28,10 @@ def test_the_groups_and_default_approvals_follow_the_declarations() -> None:
     assert {
         name
         for name, tool in TOOLS.items()
-        if tool.side is Side.IDE and tool.effect in (Effect.WRITE, Effect.EXECUTE)
+        if tool.side is not Side.RUNTIME and tool.effect in (Effect.WRITE, Effect.EXECUTE)
     } == DEFAULT_APPROVAL_REQUIRED
+    assert {"apply_diff", "insert_content"} == EDIT_TOOLS
+    assert all(TOOLS[name].made_of == ("read_file", "write_file") for name in EDIT_TOOLS)
     assert [name for name, agent in AGENTS.items() if agent.writes] == ["coder", "architect"]
 
 
