@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from runtime import policy
+from runtime import changes, policy
 from runtime.agents import AGENTS
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, Next, switched
@@ -108,6 +108,12 @@ def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = 
             d.refuse("invalid_edit", verdict.to_editor())
             return Next.NOTHING
         arguments = verdict.arguments
+        if call.job is not None:
+            job = changes.edited(call.job, call.arguments, arguments)
+            if isinstance(job, str):
+                d.refuse("invalid_edit", job)
+                return Next.NOTHING
+            call.job = job
         call.edited = True
     elif event.decision != "approve":
         d.refuse("invalid_frame", "decision must be approve, edit or reject")

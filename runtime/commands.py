@@ -76,8 +76,16 @@ class FileChanged:
     timestamp: float
 
 
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """Restore the files changed from a turn on; ``turn_id`` empty: the last such turn."""
+
+    turn_id: str = ""
+
+
 ClientEvent = (
-    UserMessage
+    Undo
+    | UserMessage
     | CancelTurn
     | ToolResult
     | ApprovalDecision

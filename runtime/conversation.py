@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh import tracing
-from runtime import answers, policy, routing
+from runtime import answers, policy, routing, subcalls, undo
 from runtime.agents import AGENTS
 from runtime.commands import (
     STRICT,
@@ -48,6 +48,7 @@ from runtime.commands import (
     PlanApproval,
     SwitchAgent,
     ToolResult,
+    Undo,
     UserMessage,
 )
 from runtime.dispatch import Dispatcher, Next
@@ -106,6 +107,7 @@ class Conversation:
     ) -> None:
         self.session = session
         self._llm = llm
+        self._store = store
         self._settings = settings
         self._on_idle = on_idle
         metrics = metrics if metrics is not None else RuntimeMetrics()
@@ -183,6 +185,8 @@ class Conversation:
     def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
         items = []
         for call in self.session.pending.values():
+            if call.state is CallState.RUNNING:
+                continue  # the runtime runs it: its own calls are offered instead
             if after_seq is not None and call.offered_seq > after_seq:
                 continue  # the replay holds it
             if call.state is CallState.AWAITING_PLAN_APPROVAL:
@@ -191,7 +195,12 @@ class Conversation:
             else:
                 approval = call.state is CallState.AWAITING_APPROVAL
                 event = ToolCallEvent(
-                    call.call_id, call.tool_name, call.arguments, approval, call.reason
+                    call.call_id,
+                    call.tool_name,
+                    call.arguments,
+                    approval,
+                    call.reason,
+                    call.metadata,
                 )
                 items.append(Sequenced(0, event))
         return items
@@ -223,6 +232,8 @@ class Conversation:
                 await self._go_on(answers.on_plan_approval(dispatcher, event))
             case FileChanged():
                 self._on_file_changed(event)
+            case Undo():
+                await self._on_undo(event, request_id, client)
 
     async def _go_on(self, next_: Next) -> None:
         """Write what a step changed; start the model call that follows, if one does."""
@@ -257,6 +268,25 @@ class Conversation:
             refuse("invalid_frame", "content must not be empty")
             return
         await self._begin_turn(event.content, request_id, client)
+
+    async def _on_undo(self, event: Undo, request_id: str | None, client: ClientOptions) -> None:
+        """Start an undo turn: the IDE restores files through tool calls."""
+        if self.turn_running:
+            self._dispatcher.refuse(
+                "turn_in_progress",
+                "cannot undo during a turn; cancel it or wait for is_final",
+                True,
+            )
+            return
+        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
+        try:
+            next_ = subcalls.start_undo(
+                self._dispatcher, checkpoints, event.turn_id, request_id, client
+            )
+        except undo.NothingToUndo as exc:
+            self._dispatcher.refuse("nothing_to_undo", str(exc))
+            return
+        await self._go_on(next_)
 
     async def _begin_turn(
         self, content: str, request_id: str | None, client: ClientOptions

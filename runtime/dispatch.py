@@ -25,14 +25,13 @@ and changes nothing. History never holds a tool call without its result.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import time
 from typing import Any
 
 import structlog
 
-from runtime import policy
+from runtime import changes, policy, subcalls
 from runtime.agents import AGENTS, Agent
 from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
@@ -54,24 +53,11 @@ from runtime.records import SwitchRecord as StoredSwitch
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
 from runtime.stream import EventStream
 from runtime.tools import TOOLS, Side, Tool
-from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Turn
+from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Next, Turn
 
 log = structlog.get_logger("runtime.dispatch")
 
 _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
-
-
-class Next(enum.Enum):
-    """What the shell does once a step's changes are queued."""
-
-    NOTHING = "nothing"
-    """Nothing changed (a refusal went out at once): there is nothing to write."""
-    WAIT = "wait"
-    """Write the step; the turn waits for answers to its tool calls, nothing runs."""
-    MODEL = "model"
-    """Write the step, then call the model."""
-    DONE = "done"
-    """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
 
 
 def _implemented(tool: Tool, implemented: frozenset[str]) -> bool:
@@ -175,6 +161,8 @@ class Dispatcher:
                 offered_seq=call.offered_seq,
                 decided_by=self.session.owner if decided else None,
                 decided_at=now() if decided else None,
+                parent_call_id=call.parent,
+                job=call.job,
             )
         )
 
@@ -200,7 +188,7 @@ class Dispatcher:
             return True
         limit = f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
         self.stream.durable(ErrorEvent("turn_limit", limit))
-        self._finish(TurnStatus.FAILED)
+        self.finish(TurnStatus.FAILED)
         return False
 
     def after_reply(self, reply: ModelReply) -> Next:
@@ -213,7 +201,7 @@ class Dispatcher:
         self.turn.add_usage(reply.usage)
         if not reply.calls:
             self.append_message(ChatMessage("assistant", reply.text))
-            return self._finish(TurnStatus.COMPLETED)
+            return self.finish(TurnStatus.COMPLETED)
         self.append_message(ChatMessage("assistant", reply.text, tool_calls=tuple(reply.calls)))
         ends_turn = False
         for call in reply.calls:
@@ -223,21 +211,21 @@ class Dispatcher:
             self.session.state = "waiting"
             return Next.WAIT
         if ends_turn:
-            return self._finish(TurnStatus.COMPLETED)
+            return self.finish(TurnStatus.COMPLETED)
         return Next.MODEL
 
     def fail(self, error: ErrorEvent, reason: str) -> Next:
         """End the turn as failed with ``error``; open calls are answered with ``reason``."""
         self._close_open_calls(reason)
         self.stream.durable(error)
-        return self._finish(TurnStatus.FAILED)
+        return self.finish(TurnStatus.FAILED)
 
     def cancel(self, reason: str) -> Next:
         """End the turn as cancelled; open calls are answered with ``reason``."""
         self._close_open_calls(reason)
-        return self._finish(TurnStatus.CANCELLED)
+        return self.finish(TurnStatus.CANCELLED)
 
-    def _finish(self, status: TurnStatus) -> Next:
+    def finish(self, status: TurnStatus) -> Next:
         """Queue the turn's TurnDone; count it and log its summary line."""
         turn, usage = self.turn, self.turn.usage
         self.stream.durable(TurnDone(status, usage))
@@ -303,6 +291,9 @@ class Dispatcher:
             self.metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
         approval = verdict.requires_approval
+        if call.name in changes.CHANGE_TOOLS:
+            subcalls.start_change(self, call, verdict.arguments, approval, verdict.reason)
+            return False
         state = CallState.AWAITING_APPROVAL if approval else CallState.AWAITING_RESULT
         self._offer(call, verdict.arguments, state, verdict.reason)
         return False
@@ -320,12 +311,29 @@ class Dispatcher:
             agent=self.session.agent,
             original_arguments=arguments,
         )
-        approval = state is CallState.AWAITING_APPROVAL
+        self.offer(pending)
+
+    def offer(self, pending: PendingCall) -> None:
+        """Send ``pending`` to the IDE (or for approval) and wait for its answer."""
+        approval = pending.state is CallState.AWAITING_APPROVAL
         pending.offered_seq = self.stream.durable(
-            ToolCallEvent(call.call_id, call.name, arguments, approval, reason)
+            ToolCallEvent(
+                pending.call_id,
+                pending.tool_name,
+                pending.arguments,
+                approval,
+                pending.reason,
+                pending.metadata,
+            )
         )
-        self.session.pending[call.call_id] = pending
+        self.session.pending[pending.call_id] = pending
         self.record_call(pending, pending.state.value)
+
+    @property
+    def turn_position(self) -> int:
+        """The position of the user message that began the current turn: its id."""
+        messages = self.session.messages
+        return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), 0)
 
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
         self.session.answered.add(call.call_id)
@@ -417,15 +425,23 @@ class Dispatcher:
         decided: bool = False,
         ran: dict[str, Any] | None = None,
     ) -> Next:
-        """Answer a waiting call; the last answer of a set lets the turn go on."""
+        """Answer a waiting call; the last answer of a set lets the turn go on.
+
+        A call the runtime issued itself answers the step of its work instead
+        (:mod:`runtime.changes`): the next sub-call, or the model's call.
+        """
         session = self.session
         del session.pending[call.call_id]
+        if call.job is not None:
+            session.answered.add(call.call_id)
+            self.record_call(call, status, decided, ran)
+            return subcalls.answered(self, call, payload, status)
         session.answered.add(call.call_id)
         self.append_message(tool_message(call.call_id, call.tool_name, payload))
         self.record_call(call, status, decided, ran)
         if session.pending:
             return Next.WAIT
         if self.turn.ends_after_results:
-            return self._finish(TurnStatus.COMPLETED)
+            return self.finish(TurnStatus.COMPLETED)
         session.state = "running"
         return Next.MODEL

@@ -30,6 +30,8 @@ class CallState(enum.Enum):
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_RESULT = "awaiting_result"
     AWAITING_PLAN_APPROVAL = "awaiting_plan_approval"
+    RUNNING = "running"
+    """A model's call the runtime runs through calls of its own (:mod:`runtime.changes`)."""
 
     @classmethod
     def of_status(cls, status: str) -> CallState:
@@ -63,6 +65,21 @@ class PendingCall:
     plan_id: str = ""
     offered_seq: int = 0
     created_at: float = field(default_factory=time.time)
+    parent: str = ""
+    """For a call the runtime issued on a model's call's behalf, that call's id."""
+    job: dict[str, Any] | None = None
+    """For such a call, the state of the work it is part of (:mod:`runtime.changes`)."""
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """What a client is told besides the call: the diff a human approves, the
+        model's call this one serves."""
+        if self.job is None:
+            return {}
+        metadata = {"parent_call_id": self.parent, "parent_tool": self.job["tool"]}
+        if self.job.get("diff") and self.job.get("step") != "read":
+            metadata["diff"] = self.job["diff"]
+        return metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +160,8 @@ class Session:
                 edited=call.final_arguments is not None,
                 plan_id=call.plan_id,
                 offered_seq=call.offered_seq,
+                parent=call.parent_call_id,
+                job=call.job,
             )
         session.plans = {
             plan_id: tuple(PlanStep(*step) for step in steps)

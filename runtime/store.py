@@ -29,6 +29,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mesh import database
+from runtime import checkpoints as checkpoint_rows
+from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.leases import Leases
 from runtime.records import (
@@ -43,7 +45,15 @@ from runtime.records import (
     is_pending,
     now,
 )
-from runtime.schema import agent_switches, events, messages, plans, sessions, tool_calls
+from runtime.schema import (
+    agent_switches,
+    checkpoints,
+    events,
+    messages,
+    plans,
+    sessions,
+    tool_calls,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -96,6 +106,8 @@ def _call(row: sa.Row[Any]) -> CallRecord:
         decided_by=row.decided_by,
         decided_at=_aware(row.decided_at) if row.decided_at else None,
         created_at=_aware(row.created_at),
+        parent_call_id=row.parent_call_id,
+        job=json.loads(row.job) if row.job else None,
     )
 
 
@@ -121,7 +133,7 @@ class SessionGone(Exception):
     """The session was deleted: a step for it is not written."""
 
 
-_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches)
+_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints)
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
 
@@ -132,6 +144,8 @@ class Store:
         self._engine = engine
         self.leases = Leases(engine)
         """Which replica serves each session (:class:`runtime.leases.Leases`)."""
+        self.checkpoints = Checkpoints(engine)
+        """The checkpoints of sessions' changes (:class:`runtime.checkpoints.Checkpoints`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""
@@ -322,6 +336,7 @@ class Store:
                 await self._upsert_call(conn, step.session_id, call, stamp)
             for plan_id, plan_steps in step.plans.items():
                 await self._upsert_plan(conn, step.session_id, plan_id, plan_steps, stamp)
+            await checkpoint_rows.write(conn, step, stamp)
             if step.switches:
                 await conn.execute(
                     agent_switches.insert(),
@@ -384,6 +399,8 @@ class Store:
                     arguments=json.dumps(call.arguments),
                     reason=call.reason,
                     plan_id=call.plan_id,
+                    parent_call_id=call.parent_call_id,
+                    job=json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
                     created_at=stamp,
                     **values,
                 )

@@ -14,6 +14,7 @@ step.
 from __future__ import annotations
 
 import contextlib
+import enum
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,19 @@ CHARS_PER_TOKEN_BOUND = 8
 """The runtime pre-cuts history to 8 characters per token of the window: more than any
 tokenizer packs into the window, so the exact cut (with the model's tokenizer,
 in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
+
+
+class Next(enum.Enum):
+    """What the shell does once a step's changes are queued."""
+
+    NOTHING = "nothing"
+    """Nothing changed (a refusal went out at once): there is nothing to write."""
+    WAIT = "wait"
+    """Write the step; the turn waits for answers to its tool calls, nothing runs."""
+    MODEL = "model"
+    """Write the step, then call the model."""
+    DONE = "done"
+    """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
 
 
 @dataclass(slots=True)

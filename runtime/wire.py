@@ -19,6 +19,7 @@ from runtime.commands import (
     PlanApproval,
     SwitchAgent,
     ToolResult,
+    Undo,
     UserMessage,
 )
 from runtime.errors import InvalidArgument
@@ -64,6 +65,10 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
             response.tool_call.arguments.update(call.arguments)
             response.tool_call.requires_approval = call.requires_approval
             response.tool_call.reason = call.reason
+            if call.metadata:
+                response.tool_call.metadata.diff = call.metadata.get("diff", "")
+                response.tool_call.metadata.parent_call_id = call.metadata["parent_call_id"]
+                response.tool_call.metadata.parent_tool = call.metadata["parent_tool"]
         case AgentSwitched() as switched:
             response.agent_switched.from_agent = switched.from_agent
             response.agent_switched.to_agent = switched.to_agent
@@ -142,6 +147,8 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
             else time.time()
         )
         return FileChanged(changed.path, timestamp)
+    if kind == "undo":
+        return Undo(request.undo.turn_id)
     raise InvalidArgument("expected a client event after open")
 
 

@@ -138,6 +138,7 @@ class ConverseRequest(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     FILE_CHANGED_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
+    UNDO_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """traceparent is the W3C trace context of the IDE frame behind this
@@ -181,6 +182,10 @@ class ConverseRequest(_message.Message):
         sequence number (the IDE's first frame may carry it instead of `open`).
         """
 
+    @_builtins.property
+    def undo(self) -> Global___Undo:
+        """undo restores the workspace to how it was before a turn."""
+
     def __init__(
         self,
         *,
@@ -193,13 +198,14 @@ class ConverseRequest(_message.Message):
         cancel: Global___Cancel | None = ...,
         file_changed: Global___FileChanged | None = ...,
         resume: Global___Resume | None = ...,
+        undo: Global___Undo | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -447,6 +453,37 @@ class Cancel(_message.Message):
 Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 
 @_typing.final
+class Undo(_message.Message):
+    """Undo restores the files agents changed, from a turn on, to how they were
+    before it. It runs as a turn of its own: the IDE is sent ordinary tool
+    calls (write_file, delete_file) that approvals apply to, one file at a
+    time, and the turn ends with a message saying which files were restored.
+    A file changed since the agent wrote it is restored only with a human's
+    approval. Refused (`error`) while a turn runs or when there is nothing to
+    undo.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """turn_id names the first turn to undo (ListCheckpoints); empty means the
+    last turn that changed files and is not undone yet.
+    """
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Undo: _TypeAlias = Undo  # noqa: Y015
+
+@_typing.final
 class FileChanged(_message.Message):
     """FileChanged reports a change the IDE saw in the workspace."""
 
@@ -621,6 +658,7 @@ class ToolCall(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """call_id correlates the IDE's tool_result and any approval decision."""
     tool_name: _builtins.str
@@ -633,6 +671,13 @@ class ToolCall(_message.Message):
     def arguments(self) -> _struct_pb2.Struct:
         """arguments are validated against the tool's schema and policy."""
 
+    @_builtins.property
+    def metadata(self) -> Global___ToolCallMetadata:
+        """metadata is set when the runtime issued this call on behalf of the
+        model's call (a change to the workspace runs as a read_file, then the
+        call that makes it).
+        """
+
     def __init__(
         self,
         *,
@@ -641,14 +686,47 @@ class ToolCall(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         requires_approval: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        metadata: Global___ToolCallMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "reason", b"reason", "requires_approval", b"requires_approval", "tool_name", b"tool_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "metadata", b"metadata", "reason", b"reason", "requires_approval", b"requires_approval", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolCallMetadata(_message.Message):
+    """ToolCallMetadata describes a call the runtime issued itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIFF_FIELD_NUMBER: _builtins.int
+    PARENT_CALL_ID_FIELD_NUMBER: _builtins.int
+    PARENT_TOOL_FIELD_NUMBER: _builtins.int
+    diff: _builtins.str
+    """diff is the unified diff of what the call changes (git style, cut at
+    64,000 characters): what a human approves.
+    """
+    parent_call_id: _builtins.str
+    """parent_call_id is the model's call this call serves."""
+    parent_tool: _builtins.str
+    """parent_tool is that call's tool (e.g. apply_diff), or "undo"."""
+    def __init__(
+        self,
+        *,
+        diff: _builtins.str = ...,
+        parent_call_id: _builtins.str = ...,
+        parent_tool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diff", b"diff", "parent_call_id", b"parent_call_id", "parent_tool", b"parent_tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallMetadata: _TypeAlias = ToolCallMetadata  # noqa: Y015
 
 @_typing.final
 class AgentSwitched(_message.Message):
@@ -1393,6 +1471,7 @@ class HistoryMessage(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """role is user, assistant, tool or system."""
     content: _builtins.str
@@ -1403,6 +1482,8 @@ class HistoryMessage(_message.Message):
     """agent is the agent that produced or received the message."""
     name: _builtins.str
     """name is the tool a tool message answers; empty otherwise."""
+    undone: _builtins.bool
+    """undone marks the user message of a turn whose changes were undone."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryToolCall]:
         """tool_calls are the calls an assistant message made."""
@@ -1421,10 +1502,11 @@ class HistoryMessage(_message.Message):
         agent: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         name: _builtins.str = ...,
+        undone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "content", b"content", "created_at", b"created_at", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "content", b"content", "created_at", b"created_at", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "undone", b"undone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1605,3 +1687,123 @@ class ListPendingApprovalsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPendingApprovalsResponse: _TypeAlias = ListPendingApprovalsResponse  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsRequest(_message.Message):
+    """ListCheckpointsRequest names a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointsRequest: _TypeAlias = ListCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class FileCheckpoint(_message.Message):
+    """FileCheckpoint is one file a turn changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is workspace-relative."""
+    change: _builtins.str
+    """change is created, modified or deleted (the file's state before the
+    turn against its state after it).
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        change: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileCheckpoint: _TypeAlias = FileCheckpoint  # noqa: Y015
+
+@_typing.final
+class TurnCheckpoint(_message.Message):
+    """TurnCheckpoint is what one turn changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """turn_id names the turn (Undo.turn_id)."""
+    message: _builtins.str
+    """message is the first line of the user message that began the turn."""
+    undone: _builtins.bool
+    """undone is true once an undo restored every file of the turn."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileCheckpoint]:
+        """files are the files the turn changed."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """created_at is when the turn's first change was made."""
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        files: _abc.Iterable[Global___FileCheckpoint] | None = ...,
+        undone: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "files", b"files", "message", b"message", "turn_id", b"turn_id", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnCheckpoint: _TypeAlias = TurnCheckpoint  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsResponse(_message.Message):
+    """ListCheckpointsResponse lists a session's turns that changed files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id echoes the request."""
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___TurnCheckpoint]:
+        """turns are oldest first."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turns: _abc.Iterable[Global___TurnCheckpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: Y015

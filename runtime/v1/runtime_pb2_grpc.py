@@ -100,6 +100,11 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ListCheckpoints',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -215,6 +220,15 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCheckpoints(self, request, context):
+        """ListCheckpoints lists, per turn, the files agents changed in a session,
+        oldest first: what an `undo` can restore. NOT_FOUND for a session that
+        does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +281,11 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.DeleteSession,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -555,6 +574,33 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/DeleteSession',
             runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ListCheckpoints',
+            runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,11 @@ class AgentRuntimeServiceStub:
     (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
     another runtime replica serves the session.
     """
+    ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListCheckpointsRequest, _runtime_pb2.ListCheckpointsResponse]
+    """ListCheckpoints lists, per turn, the files agents changed in a session,
+    oldest first: what an `undo` can restore. NOT_FOUND for a session that
+    does not exist.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -176,6 +181,11 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     request included. NOT_FOUND for a session that does not exist
     (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
     another runtime replica serves the session.
+    """
+    ListCheckpoints: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListCheckpointsRequest, _runtime_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
+    """ListCheckpoints lists, per turn, the files agents changed in a session,
+    oldest first: what an `undo` can restore. NOT_FOUND for a session that
+    does not exist.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -308,6 +318,17 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request included. NOT_FOUND for a session that does not exist
         (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
         another runtime replica serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCheckpoints(
+        self,
+        request: _runtime_pb2.ListCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ListCheckpointsResponse, _abc.Awaitable[_runtime_pb2.ListCheckpointsResponse]]:
+        """ListCheckpoints lists, per turn, the files agents changed in a session,
+        oldest first: what an `undo` can restore. NOT_FOUND for a session that
+        does not exist.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
