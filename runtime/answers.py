@@ -30,7 +30,10 @@ def on_tool_result(d: Dispatcher, event: ToolResult, client: ClientOptions = STR
     approves by result (:func:`_approved_by_result`).
     """
     call = d.session.pending.get(event.call_id)
-    if call is None or call.state is CallState.AWAITING_PLAN_APPROVAL:
+    # A plan is answered by a decision, and a call the runtime runs through
+    # calls of its own (a change, RUNNING) by their results: the IDE was
+    # never sent either as a call to run.
+    if call is None or call.state in (CallState.AWAITING_PLAN_APPROVAL, CallState.RUNNING):
         if event.call_id in d.session.answered:
             d.refuse("duplicate_tool_result", f"tool call {event.call_id!r} was already answered")
         else:
@@ -122,10 +125,11 @@ def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = 
         return _run_approved(d, call, arguments)
     call.arguments = arguments
     call.state = CallState.AWAITING_RESULT
+    decided = "edited" if call.edited else "approved"
     call.offered_seq = d.stream.durable(
-        ToolCallEvent(call.call_id, call.tool_name, arguments, False, f"{event.decision}d")
+        ToolCallEvent(call.call_id, call.tool_name, arguments, False, decided, call.metadata)
     )
-    d.record_call(call, "edited" if call.edited else "approved", decided=True)
+    d.record_call(call, decided, decided=True)
     return Next.WAIT
 
 

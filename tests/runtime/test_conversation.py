@@ -148,6 +148,35 @@ async def make(store: Store, llm: ScriptedLlm, agent: str = "coder", **settings:
     return conversation, conversation.subscribe().queue, session
 
 
+def read_result(call_id: str, path: str, content: str | None) -> ToolResult:
+    """The CodeLab IDE's answer to a ``read_file`` of ``path``: its text, or not found."""
+    if content is None:
+        return ToolResult(call_id, error=f"File not found: {path}")
+    return ToolResult(call_id, result={"content": content, "lines_read": content.count("\n")})
+
+
+async def read_first(
+    conversation: Conversation,
+    outbox: asyncio.Queue[Any],
+    path: str,
+    content: str | None = None,
+) -> ToolCallEvent:
+    """Answer the ``read_file`` the runtime offers before a change of ``path`` with
+    ``content`` (None: the file is absent); returns the call offered next."""
+    read = (await until(outbox, ToolCallEvent))[-1]
+    assert isinstance(read, ToolCallEvent)
+    assert (read.tool_name, read.arguments, read.requires_approval) == (
+        "read_file",
+        {"path": path},
+        False,
+    )
+    assert read.metadata["parent_call_id"] == read.call_id.rsplit(".", 1)[0]
+    await conversation.handle(read_result(read.call_id, path, content))
+    change = (await until(outbox, ToolCallEvent))[-1]
+    assert isinstance(change, ToolCallEvent)
+    return change
+
+
 def tool_messages(session: Session) -> list[dict[str, Any]]:
     return [json.loads(m.content) for m in session.messages if m.role == "tool"]
 
@@ -208,9 +237,15 @@ async def test_write_waits_for_approval_and_runs_after_approve(store: Store) -> 
     llm = ScriptedLlm([call("write_file", path="a.py", content="x = 1\n")], [TextChunk("Written.")])
     conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("write a.py"))
-    (proposed,) = await until(outbox, ToolCallEvent)
-    assert isinstance(proposed, ToolCallEvent)
+    proposed = await read_first(conversation, outbox, "a.py", "x = 0\n")
     assert proposed.requires_approval
+    parent = proposed.metadata["parent_call_id"]
+    assert proposed.call_id == f"{parent}.2"
+    assert proposed.metadata == {
+        "parent_call_id": parent,
+        "parent_tool": "write_file",
+        "diff": "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 0\n+x = 1\n",
+    }
     # Executing before approval is refused by the server.
     await conversation.handle(ToolResult(proposed.call_id, result={"ok": True}))
     (refused,) = await until(outbox, ErrorEvent)
@@ -219,59 +254,79 @@ async def test_write_waits_for_approval_and_runs_after_approve(store: Store) -> 
     await conversation.handle(ApprovalDecision(proposed.call_id, "approve"))
     (execute,) = await until(outbox, ToolCallEvent)
     assert execute == ToolCallEvent(
-        proposed.call_id, "write_file", {"path": "a.py", "content": "x = 1\n"}, False, "approved"
+        proposed.call_id,
+        "write_file",
+        {"path": "a.py", "content": "x = 1\n"},
+        False,
+        "approved",
+        proposed.metadata,
     )
     await conversation.handle(ToolResult(proposed.call_id, result={"ok": True}))
     await until(outbox, TurnDone)
     assert tool_messages(session) == [{"result": {"ok": True}}]
+    assert_history_complete(session)
+    (checkpoint,) = await store.checkpoints.of_session(session.session_id)
+    assert (checkpoint.path, checkpoint.before, checkpoint.after) == ("a.py", "x = 0\n", "x = 1\n")
 
 
 async def test_edit_is_validated_again_then_executed_with_new_arguments(store: Store) -> None:
     llm = ScriptedLlm([call("write_file", path="a.py", content="old")], [TextChunk("ok")])
     conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("write"))
-    (proposed,) = await until(outbox, ToolCallEvent)
-    assert isinstance(proposed, ToolCallEvent)
+    proposed = await read_first(conversation, outbox, "a.py")
     await conversation.handle(
         ApprovalDecision(proposed.call_id, "edit", {"path": "../escape.py", "content": "x"})
     )
     (bad_edit,) = await until(outbox, ErrorEvent)
     assert isinstance(bad_edit, ErrorEvent)
     assert bad_edit.code == "invalid_edit"
-    await conversation.handle(ApprovalDecision(proposed.call_id, "edit", {"path": "b.py"}))
+    await conversation.handle(ApprovalDecision(proposed.call_id, "edit", {"path": "a.py"}))
     (bad_schema,) = await until(outbox, ErrorEvent)
     assert isinstance(bad_schema, ErrorEvent)
     assert "content" in bad_schema.message
+    # The previous state read is a.py's: an edit may not write elsewhere.
     await conversation.handle(
         ApprovalDecision(proposed.call_id, "edit", {"path": "b.py", "content": "new"})
     )
+    (other_path,) = await until(outbox, ErrorEvent)
+    assert isinstance(other_path, ErrorEvent)
+    assert other_path.code == "invalid_edit"
+    assert "only the content" in other_path.message
+    await conversation.handle(
+        ApprovalDecision(proposed.call_id, "edit", {"path": "a.py", "content": "new"})
+    )
     (execute,) = await until(outbox, ToolCallEvent)
     assert isinstance(execute, ToolCallEvent)
-    assert execute.arguments == {"path": "b.py", "content": "new"}
+    assert execute.arguments == {"path": "a.py", "content": "new"}
     assert not execute.requires_approval
-    await conversation.handle(ToolResult(proposed.call_id, result={"ok": True}))
+    assert "+new" in execute.metadata["diff"], "the diff shows the edited content"
+    await conversation.handle(ToolResult(execute.call_id, result={"ok": True}))
     await until(outbox, TurnDone)
     assert tool_messages(session) == [
-        {"result": {"ok": True}, "edited_arguments": {"path": "b.py", "content": "new"}}
+        {"result": {"ok": True}, "edited_arguments": {"path": "a.py", "content": "new"}}
     ]
+    (checkpoint,) = await store.checkpoints.of_session(session.session_id)
+    assert (checkpoint.before, checkpoint.after) == (None, "new")
 
 
 async def test_reject_returns_feedback_to_the_model_and_nothing_runs(store: Store) -> None:
     llm = ScriptedLlm([call("delete_file", path="a.py")], [TextChunk("Understood.")])
     conversation, outbox, session = await make(store, llm)
     await conversation.handle(UserMessage("delete a.py"))
-    (proposed,) = await until(outbox, ToolCallEvent)
-    assert isinstance(proposed, ToolCallEvent)
+    proposed = await read_first(conversation, outbox, "a.py", "x = 1\n")
+    assert (proposed.tool_name, proposed.requires_approval) == ("delete_file", True)
     await conversation.handle(ApprovalDecision(proposed.call_id, "reject", feedback="keep it"))
     events = await until(outbox, TurnDone)
     assert not any(isinstance(e, ToolCallEvent) for e in events)
     assert tool_messages(session) == [
         {"error": "the user rejected this tool call", "feedback": "keep it"}
     ]
-    await conversation.handle(ToolResult(proposed.call_id, result={"deleted": True}))
-    (late,) = await until(outbox, ErrorEvent)
-    assert isinstance(late, ErrorEvent)
-    assert late.code == "duplicate_tool_result"
+    for late_id in (proposed.call_id, proposed.metadata["parent_call_id"]):
+        await conversation.handle(ToolResult(late_id, result={"deleted": True}))
+        (late,) = await until(outbox, ErrorEvent)
+        assert isinstance(late, ErrorEvent)
+        assert late.code == "duplicate_tool_result"
+    assert await store.checkpoints.of_session(session.session_id) == [], "nothing changed"
 
 
 @pytest.mark.parametrize(
@@ -306,9 +361,9 @@ async def test_architect_may_write_markdown(store: Store) -> None:
     llm = ScriptedLlm([call("write_file", path="docs/DESIGN.md", content="# x")])
     conversation, outbox, _ = await make(store, llm, agent="architect")
     await conversation.handle(UserMessage("document"))
-    (proposed,) = await until(outbox, ToolCallEvent)
-    assert isinstance(proposed, ToolCallEvent)
-    assert proposed.arguments["path"] == "docs/DESIGN.md"
+    proposed = await read_first(conversation, outbox, "docs/DESIGN.md")
+    assert proposed.tool_name == "write_file"
+    assert proposed.arguments == {"path": "docs/DESIGN.md", "content": "# x"}
 
 
 async def test_parallel_calls_all_dispatched_and_the_turn_waits_for_every_result(
@@ -506,29 +561,34 @@ async def test_an_approved_widening_switch_runs_and_edits_stay_within_the_caller
     )
     conversation, outbox, session = await make(store, llm, agent="architect")
     await conversation.handle(UserMessage("design then build"))
-    write, switch = await until(outbox, ToolCallEvent), await until(outbox, ToolCallEvent)
-    assert isinstance(write[0], ToolCallEvent)
+    read, switch = await until(outbox, ToolCallEvent), await until(outbox, ToolCallEvent)
+    assert isinstance(read[0], ToolCallEvent)
+    assert read[0].tool_name == "read_file", "the write reads design.md first"
     assert isinstance(switch[0], ToolCallEvent)
     assert switch[0].requires_approval
     await conversation.handle(ApprovalDecision(switch[0].call_id, "approve"))
     (switched,) = await until(outbox, AgentSwitched)
     assert switched == AgentSwitched("architect", "coder", "now implement it", 1.0)
+    await conversation.handle(read_result(read[0].call_id, "design.md", None))
+    (write,) = await until(outbox, ToolCallEvent)
+    assert isinstance(write, ToolCallEvent)
+    assert (write.tool_name, write.requires_approval) == ("write_file", True)
     # The write was proposed by the architect: an edit is checked against
     # the architect's rights, not the coder's the session has now.
     await conversation.handle(
-        ApprovalDecision(write[0].call_id, "edit", {"path": "main.py", "content": "x"})
+        ApprovalDecision(write.call_id, "edit", {"path": "main.py", "content": "x"})
     )
     (refused,) = await until(outbox, ErrorEvent)
     assert isinstance(refused, ErrorEvent)
     assert refused.code == "invalid_edit"
     assert "*.md" in refused.message
     await conversation.handle(
-        ApprovalDecision(write[0].call_id, "edit", {"path": "docs/design.md", "content": "#"})
+        ApprovalDecision(write.call_id, "edit", {"path": "design.md", "content": "#"})
     )
     (execute,) = await until(outbox, ToolCallEvent)
     assert isinstance(execute, ToolCallEvent)
-    assert execute.arguments["path"] == "docs/design.md"
-    await conversation.handle(ToolResult(write[0].call_id, result={"ok": True}))
+    assert execute.arguments == {"path": "design.md", "content": "#"}
+    await conversation.handle(ToolResult(write.call_id, result={"ok": True}))
     await until(outbox, TurnDone)
     assert session.agent == "coder"
     assert "write_file" in llm.tools_seen[1]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from runtime import answers
-from runtime.commands import ApprovalDecision, ClientOptions, PlanApproval, ToolResult
+from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, Next
 from runtime.events import (
     AgentSwitched,
@@ -29,11 +29,12 @@ from runtime.events import (
 )
 from runtime.llm import ToolCallRequest
 from runtime.metrics import RuntimeMetrics
-from runtime.records import EventRecord, Step
+from runtime.records import CallRecord, EventRecord, Step
 from runtime.state import CallState, Session
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
 from runtime.turn import MAX_MODEL_CALLS_PER_TURN, ModelReply
+from tests.runtime.test_conversation import read_result
 
 
 class NoLog:
@@ -85,6 +86,30 @@ def tool_answers(session: Session) -> list[dict[str, Any]]:
     return [json.loads(m.content) for m in session.messages if m.role == "tool"]
 
 
+def read_first(
+    dispatcher: Dispatcher,
+    read_id: str,
+    path: str,
+    content: str | None = None,
+    client: ClientOptions = STRICT,
+) -> Next:
+    """Answer the ``read_file`` the runtime offered (as ``read_id``) before a change
+    of ``path``, with ``content`` (None: the file is absent)."""
+    (read,) = [e for e in queued(dispatcher) if getattr(e, "call_id", None) == read_id]
+    assert isinstance(read, ToolCallEvent)
+    assert (read.tool_name, read.arguments, read.requires_approval) == (
+        "read_file",
+        {"path": path},
+        False,
+    )
+    return answers.on_tool_result(dispatcher, read_result(read_id, path, content), client)
+
+
+def row_of(dispatcher: Dispatcher, call_id: str) -> CallRecord:
+    """The last row the open step holds for ``call_id``."""
+    return [c for c in dispatcher.stream.step().calls if c.call_id == call_id][-1]
+
+
 def test_a_reply_without_tool_calls_ends_the_turn() -> None:
     dispatcher, session, _ = make()
     assert dispatcher.begin("hi", "req-1") is Next.MODEL
@@ -127,39 +152,91 @@ def test_a_refused_call_goes_back_to_the_model_and_the_model_is_called_again() -
 
 
 def test_a_call_needing_approval_refuses_an_early_result_then_runs_once_approved() -> None:
-    dispatcher, _, subscriber = make()
+    dispatcher, session, subscriber = make()
     dispatcher.begin("write", None)
     arguments = {"path": "a.py", "content": "x"}
     assert dispatcher.after_reply(reply(("write_file", arguments))) is Next.WAIT
-    (offered,) = queued(dispatcher)
+    (read,) = queued(dispatcher)
+    assert read == ToolCallEvent(
+        "call_0.1",
+        "read_file",
+        {"path": "a.py"},
+        False,
+        "",
+        {"parent_call_id": "call_0", "parent_tool": "write_file"},
+    ), "the file's previous state is read first, without approval"
+    assert session.pending["call_0"].state is CallState.RUNNING
+    assert read_first(dispatcher, "call_0.1", "a.py") is Next.WAIT
+    offered = queued(dispatcher)[-1]
     assert isinstance(offered, ToolCallEvent)
+    assert (offered.call_id, offered.arguments) == ("call_0.2", arguments)
     assert offered.requires_approval
-    assert answers.on_tool_result(dispatcher, ToolResult("call_0", result={})) is Next.NOTHING
-    (refusal,) = sent(subscriber)
+    assert offered.metadata["diff"] == "--- /dev/null\n+++ b/a.py\n@@ -0,0 +1 @@\n+x\n" + (
+        "\\ No newline at end of file\n"
+    )
+    for early in ("call_0.2", "call_0"):
+        assert answers.on_tool_result(dispatcher, ToolResult(early, result={})) is Next.NOTHING
+    refusal, never_sent = sent(subscriber)
     assert refusal.seq == 0
     assert isinstance(refusal.event, ErrorEvent)
     assert refusal.event.code == "approval_required"
-    assert answers.on_approval(dispatcher, ApprovalDecision("call_0", "approve")) is Next.WAIT
+    assert isinstance(never_sent.event, ErrorEvent)
+    assert never_sent.event.code == "unknown_call_id", "the model's own call is not the IDE's"
+    assert answers.on_approval(dispatcher, ApprovalDecision("call_0", "approve")) is Next.NOTHING
+    assert answers.on_approval(dispatcher, ApprovalDecision("call_0.2", "approve")) is Next.WAIT
     assert queued(dispatcher)[-1] == ToolCallEvent(
-        "call_0", "write_file", arguments, False, "approved"
+        "call_0.2", "write_file", arguments, False, "approved", offered.metadata
     )
     decided = dispatcher.stream.step().calls[-1]
-    assert (decided.status, decided.decided_by) == ("approved", "alice")
-    assert (
-        answers.on_tool_result(dispatcher, ToolResult("call_0", result={"ok": True})) is Next.MODEL
+    assert (decided.call_id, decided.status, decided.decided_by) == (
+        "call_0.2",
+        "approved",
+        "alice",
     )
+    assert tool_answers(session) == [], "the model's call waits for the write"
+    assert (
+        answers.on_tool_result(dispatcher, ToolResult("call_0.2", result={"ok": True}))
+        is Next.MODEL
+    )
+    assert tool_answers(session) == [{"result": {"ok": True}}]
+    assert session.messages[-1].tool_call_id == "call_0"
+    assert row_of(dispatcher, "call_0").status == "completed"
+    (checkpoint,) = dispatcher.stream.step().checkpoints
+    assert (checkpoint.path, checkpoint.before, checkpoint.after) == ("a.py", None, "x")
 
 
 def test_an_edit_is_checked_by_the_gate_again() -> None:
     dispatcher, session, subscriber = make()
     dispatcher.begin("write", None)
     dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
-    edit = ApprovalDecision("call_0", "edit", {"path": "../b.py", "content": "y"})
+    read_first(dispatcher, "call_0.1", "a.py")
+    edit = ApprovalDecision("call_0.2", "edit", {"path": "../b.py", "content": "y"})
+    assert answers.on_approval(dispatcher, edit) is Next.NOTHING
+    (refusal,) = sent(subscriber)
+    assert isinstance(refusal.event, ErrorEvent)
+    assert refusal.event.code == "invalid_edit"
+    assert "escapes the workspace" in refusal.event.message
+    assert session.pending["call_0.2"].state is CallState.AWAITING_APPROVAL
+
+
+def test_an_edit_of_a_tool_the_runtime_does_not_checkpoint_is_checked_by_the_gate_again() -> None:
+    dispatcher, session, subscriber = make("debug")
+    dispatcher.begin("run", None)
+    dispatcher.after_reply(reply(("execute_command", {"command": "pytest"})))
+    (offered,) = queued(dispatcher)
+    assert isinstance(offered, ToolCallEvent)
+    assert (offered.call_id, offered.requires_approval, offered.metadata) == ("call_0", True, {})
+    edit = ApprovalDecision("call_0", "edit", {"command": 7})
     assert answers.on_approval(dispatcher, edit) is Next.NOTHING
     (refusal,) = sent(subscriber)
     assert isinstance(refusal.event, ErrorEvent)
     assert refusal.event.code == "invalid_edit"
     assert session.pending["call_0"].state is CallState.AWAITING_APPROVAL
+    edit = ApprovalDecision("call_0", "edit", {"command": "pytest -x"})
+    assert answers.on_approval(dispatcher, edit) is Next.WAIT
+    assert queued(dispatcher)[-1] == ToolCallEvent(
+        "call_0", "execute_command", {"command": "pytest -x"}, False, "edited"
+    )
 
 
 def test_a_tool_that_ends_the_turn_waits_for_the_other_calls_first() -> None:
@@ -299,34 +376,42 @@ def test_a_result_from_a_client_that_approves_by_running_is_its_approval() -> No
     dispatcher.begin("write", None, IDE)
     arguments = {"path": "a.py", "content": "x = 1\n"}
     dispatcher.after_reply(reply(("write_file", arguments)))
+    assert read_first(dispatcher, "call_0.1", "a.py", "x = 0\n", IDE) is Next.WAIT
     offered = queued(dispatcher)[-1]
     assert isinstance(offered, ToolCallEvent)
+    assert offered.call_id == "call_0.2"
     assert offered.requires_approval
     events_before = len(queued(dispatcher))
 
-    answer = ToolResult("call_0", result={"success": True})
+    answer = ToolResult("call_0.2", result={"success": True})
     assert answers.on_tool_result(dispatcher, answer, IDE) is Next.MODEL
     assert sent(subscriber) == []  # no refusal
     assert len(queued(dispatcher)) == events_before  # not offered again to run
-    decided = dispatcher.stream.step().calls[-1]
+    decided = row_of(dispatcher, "call_0.2")
     assert (decided.status, decided.decided_by) == ("completed", "alice")
     assert decided.decided_at is not None
     assert decided.final_arguments == arguments  # what the IDE ran
+    assert session.messages[-1].tool_call_id == "call_0"
     assert json.loads(session.messages[-1].content) == {"result": {"success": True}}
     assert not session.pending
+    (checkpoint,) = dispatcher.stream.step().checkpoints
+    assert (checkpoint.before, checkpoint.after) == ("x = 0\n", "x = 1\n")
 
 
 def test_an_error_from_a_client_that_approves_by_running_fails_the_call() -> None:
     dispatcher, session, _ = make()
     dispatcher.begin("write", None, IDE)
     dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
+    read_first(dispatcher, "call_0.1", "a.py", None, IDE)
     assert (
-        answers.on_tool_result(dispatcher, ToolResult("call_0", error="disk full"), IDE)
+        answers.on_tool_result(dispatcher, ToolResult("call_0.2", error="disk full"), IDE)
         is Next.MODEL
     )
-    failed = dispatcher.stream.step().calls[-1]
+    failed = row_of(dispatcher, "call_0.2")
     assert (failed.status, failed.decided_by) == ("failed", None)
+    assert row_of(dispatcher, "call_0").status == "failed"
     assert json.loads(session.messages[-1].content) == {"error": "disk full"}
+    assert dispatcher.stream.step().checkpoints == [], "nothing changed: nothing to undo"
 
 
 def test_the_model_is_offered_only_the_tools_the_client_implements() -> None:
