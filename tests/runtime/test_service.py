@@ -310,6 +310,26 @@ async def read_until(call: Any, kind: str) -> list[runtime_pb2.ConverseResponse]
             return responses
 
 
+async def read_first(call: Any, path: str) -> runtime_pb2.ToolCall:
+    """Answer the ``read_file`` the runtime offers before a change of ``path``
+    (the file is absent, as the CodeLab IDE says); returns the call offered next."""
+    read = (await read_until(call, "tool_call"))[-1].tool_call
+    assert read.tool_name == "read_file"
+    assert json_format.MessageToDict(read.arguments) == {"path": path}
+    assert not read.requires_approval
+    assert read.metadata.parent_tool == "write_file"
+    await call.write(
+        runtime_pb2.ConverseRequest(
+            tool_result=runtime_pb2.ToolResult(
+                call_id=read.call_id, error=f"File not found: {path}"
+            )
+        )
+    )
+    change = (await read_until(call, "tool_call"))[-1].tool_call
+    assert change.metadata.parent_call_id == read.metadata.parent_call_id
+    return change
+
+
 async def test_sessions_history_and_current_agent_are_owner_scoped(
     runtime_channel: grpc.aio.Channel,
 ) -> None:
@@ -454,8 +474,11 @@ async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
     alice = internal_metadata(KEY, user="alice")
     call, _ = await open_stream(runtime_channel, "approve-1")
     await call.write(user_message("write notes.txt"))
-    proposed = (await read_until(call, "tool_call"))[-1].tool_call
+    proposed = await read_first(call, "notes.txt")
     assert proposed.requires_approval
+    assert proposed.metadata.diff == "--- /dev/null\n+++ b/notes.txt\n@@ -0,0 +1 @@\n+x\n" + (
+        "\\ No newline at end of file\n"
+    )
     call.cancel()
     pending = await stub.ListPendingApprovals(
         runtime_pb2.ListPendingApprovalsRequest(session_id="approve-1"), metadata=alice
@@ -466,8 +489,7 @@ async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
     back, _ = await open_stream(runtime_channel, "approve-1")
     reoffer = await back.read()
     assert reoffer.seq == 0
-    assert reoffer.tool_call.call_id == proposed.call_id
-    assert reoffer.tool_call.requires_approval
+    assert reoffer.tool_call == proposed, "the same call, its diff and parent included"
     await back.write(
         runtime_pb2.ConverseRequest(
             approval_decision=runtime_pb2.ApprovalDecision(
@@ -478,12 +500,18 @@ async def test_pending_approval_is_listed_and_reoffered_on_reconnect(
     execute = await back.read()
     assert execute.tool_call.call_id == proposed.call_id
     assert not execute.tool_call.requires_approval
+    assert execute.tool_call.metadata == proposed.metadata
     await back.write(
         runtime_pb2.ConverseRequest(
             tool_result=runtime_pb2.ToolResult(call_id=proposed.call_id, error="disk full")
         )
     )
     await read_until(back, "turn_done")
+    history = await stub.GetSessionHistory(
+        runtime_pb2.GetSessionHistoryRequest(session_id="approve-1"), metadata=alice
+    )
+    (answer,) = [m for m in history.messages if m.tool_call_id == proposed.metadata.parent_call_id]
+    assert json.loads(answer.content) == {"error": "disk full"}
     await back.write(
         runtime_pb2.ConverseRequest(
             tool_result=runtime_pb2.ToolResult(call_id=proposed.call_id, error="again")
@@ -510,7 +538,7 @@ async def test_a_decided_call_is_offered_again_once_its_session_was_evicted(
     session_id = f"decided-{decision}"
     call, _ = await open_stream(runtime_channel, session_id)
     await call.write(user_message("write notes.txt"))
-    proposed = (await read_until(call, "tool_call"))[-1].tool_call
+    proposed = await read_first(call, "notes.txt")
     assert proposed.requires_approval
     arguments = {"path": "notes.txt", "content": "x" if decision == "approve" else "edited"}
     request = runtime_pb2.ApprovalDecision(
@@ -538,6 +566,8 @@ async def test_a_decided_call_is_offered_again_once_its_session_was_evicted(
     assert reoffer.tool_call.call_id == proposed.call_id
     assert not reoffer.tool_call.requires_approval
     assert json_format.MessageToDict(reoffer.tool_call.arguments) == arguments
+    assert reoffer.tool_call.metadata.parent_call_id == proposed.metadata.parent_call_id
+    assert f"+{arguments['content']}" in reoffer.tool_call.metadata.diff, "the diff run"
     await back.write(
         runtime_pb2.ConverseRequest(
             tool_result=runtime_pb2.ToolResult(call_id=proposed.call_id, error="disk full")
@@ -549,7 +579,7 @@ async def test_a_decided_call_is_offered_again_once_its_session_was_evicted(
     history = await stub.GetSessionHistory(
         runtime_pb2.GetSessionHistoryRequest(session_id=session_id), metadata=alice
     )
-    results = [m for m in history.messages if m.tool_call_id == proposed.call_id]
+    results = [m for m in history.messages if m.tool_call_id == proposed.metadata.parent_call_id]
     assert len(results) == 1
     assert json.loads(results[0].content)["error"] == "disk full"
     back.cancel()
