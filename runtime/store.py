@@ -384,6 +384,8 @@ class Store:
             "offered_seq": call.offered_seq,
             "decided_by": call.decided_by,
             "decided_at": call.decided_at,
+            # A sub-call's work moves on with it (an edit changes what its change writes).
+            "job": json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
             "updated_at": stamp,
         }
         result = await conn.execute(
@@ -400,7 +402,6 @@ class Store:
                     reason=call.reason,
                     plan_id=call.plan_id,
                     parent_call_id=call.parent_call_id,
-                    job=json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
                     created_at=stamp,
                     **values,
                 )

@@ -85,7 +85,13 @@ def start_undo(
         approval="write_file" in d.approval_required,
         can_delete=tools is None or "delete_file" in tools,
     )
-    return _carry_out(d, parent, planned)
+    next_ = _carry_out(d, parent, planned)
+    if next_ is Next.WAIT:
+        # Like a model's turn waiting on its calls: a session reopened now
+        # offers them again, where a "running" one would be taken for a
+        # turn a restart cut off, and failed.
+        d.session.state = "waiting"
+    return next_
 
 
 def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: str) -> Next:

@@ -8,6 +8,11 @@ with what it waits for and the arguments it will run with, and answering it
 finishes the turn; every other call stays closed. In every state a late
 result is refused as a duplicate, the history holds each tool call with
 exactly one result, and the session takes a new message.
+
+A change to the workspace (and an undo) waits as a RUNNING call the runtime
+runs through calls of its own: a read_file, then the change. Those are
+offered again (with the diff a human approves), never the RUNNING call, and
+the change's checkpoint is written once, when it is done.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from runtime.commands import (
     ClientEvent,
     PlanApproval,
     ToolResult,
+    Undo,
     UserMessage,
 )
 from runtime.conversation import Conversation, ConversationSettings
@@ -51,11 +57,15 @@ from runtime.state import CallState, message_from_record
 from runtime.store import Store, migrate
 from runtime.stream import Subscriber
 from tests.conftest import fresh_postgres
-from tests.runtime.test_conversation import ScriptedLlm, call
+from tests.runtime.test_conversation import ScriptedLlm, call, read_result
 from tests.support import eventually
 
 WRITE = {"path": "notes.md", "content": "draft"}
 EDITED = {"path": "notes.md", "content": "final"}
+BEFORE = "old notes\n"
+"""What notes.md holds before a change that finds it (None in a walk: it is absent)."""
+COMMAND = {"command": "make test"}
+EDITED_COMMAND = {"command": "make test-fast"}
 READ = {"path": "main.py"}
 STEPS = [{"id": "1", "description": "read main.py", "status": "pending"}]
 RESULT = {"ok": True}
@@ -67,8 +77,25 @@ WAITING = [
     "awaiting_result",
     "awaiting_plan_approval",
     "switch_awaiting_approval",
+    # A change to the workspace: the model's write_file runs (RUNNING, never
+    # offered) as a read_file of notes.md, then the write itself.
+    "change_reading",
+    "change_awaiting_approval",
+    "change_approved",
+    "change_edited",
+    # An undo of a turn's change: a read_file, then the restore.
+    "undo_awaiting_approval",
 ]
-CLOSED = ["completed", "failed", "rejected", "cancelled", "interrupted", "plan_approved"]
+CLOSED = [
+    "completed",
+    "failed",
+    "rejected",
+    "cancelled",
+    "interrupted",
+    "plan_approved",
+    "change_completed",
+    "change_rejected",
+]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -131,15 +158,31 @@ class Walked:
     """A call brought to one state, and what a reopened session owes it."""
 
     call_id: str
+    """The call offered to the IDE (for a change or an undo, the runtime's sub-call)."""
     reoffer: Event | None
     """What is offered again (with seq 0); None when the call is closed."""
     answers: list[ClientEvent] = field(default_factory=list)
     tool_message: dict[str, Any] | None = None
-    """The call's result in history once answered."""
+    """The model's call's result in history once answered."""
+    parent: str = ""
+    """The call a sub-call serves: the model's call (RUNNING while it waits), or an undo's."""
+    checkpoints: list[tuple[str, str | None, str | None, bool]] = field(default_factory=list)
+    """(path, before, after, undone) of each checkpoint row once the turn is over."""
+    said: str = ""
+    """What the turn's last assistant message says (an undo's summary)."""
+
+    @property
+    def model_call_id(self) -> str:
+        """The model's call whose result history holds; none for an undo."""
+        if self.parent.startswith("undo-"):
+            return ""
+        return self.parent or self.call_id
 
 
 async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
     """Start a turn and bring its one tool call to ``state``."""
+    if state.startswith(("change_", "undo_")) or state == "cancelled":
+        return await walk_change(state, client, llm)
     if state in ("awaiting_plan_approval", "plan_approved"):
         llm.scripts = [[call("update_plan", plan_id="p1", steps=STEPS, requires_approval=True)]]
     elif state in ("awaiting_result", "completed", "failed", "interrupted"):
@@ -151,7 +194,7 @@ async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
             [call("switch_mode", agent="coder", reason="now write")],
         ]
     else:
-        llm.scripts = [[call("write_file", **WRITE)]]
+        llm.scripts = [[call("execute_command", **COMMAND)]]
     await client.send(UserMessage("go"))
     if state in ("awaiting_plan_approval", "plan_approved"):
         (plan,) = [e for e in await client.until(PlanUpdate) if isinstance(e, PlanUpdate)]
@@ -191,21 +234,21 @@ async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
         case "approved" | "edited":
             edit = state == "edited"
             await client.send(
-                ApprovalDecision(call_id, "edit", EDITED)
+                ApprovalDecision(call_id, "edit", EDITED_COMMAND)
                 if edit
                 else ApprovalDecision(call_id, "approve")
             )
             execute = (await client.until(ToolCallEvent))[-1]
             assert isinstance(execute, ToolCallEvent)
             assert not execute.requires_approval
-            arguments = EDITED if edit else WRITE
+            arguments = EDITED_COMMAND if edit else COMMAND
             assert execute.arguments == arguments
             message: dict[str, Any] = {"result": RESULT}
             if edit:
-                message["edited_arguments"] = EDITED
+                message["edited_arguments"] = EDITED_COMMAND
             return Walked(
                 call_id,
-                ToolCallEvent(call_id, "write_file", arguments, False, offered.reason),
+                ToolCallEvent(call_id, "execute_command", arguments, False, offered.reason),
                 [ToolResult(call_id, RESULT)],
                 message,
             )
@@ -218,8 +261,6 @@ async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
             await client.send(ToolResult(call_id, error="no such file"))
         case "rejected":
             await client.send(ApprovalDecision(call_id, "reject"))
-        case "cancelled":
-            await client.send(CancelTurn())
         case "interrupted":
             # The next model call never ends: the runtime goes while it streams.
             llm.hold = asyncio.Event()
@@ -228,6 +269,126 @@ async def walk(state: str, client: Client, llm: ScriptedLlm) -> Walked:
             return Walked(call_id, None)
     await client.until(TurnDone)
     return Walked(call_id, None)
+
+
+async def walk_change(state: str, client: Client, llm: ScriptedLlm) -> Walked:
+    """Start a turn whose model writes notes.md and bring that change to ``state``."""
+    llm.scripts = [[call("write_file", **WRITE)]]
+    await client.send(UserMessage("go"))
+    read = (await client.until(ToolCallEvent))[-1]
+    assert isinstance(read, ToolCallEvent)
+    parent = read.metadata["parent_call_id"]
+    assert read == ToolCallEvent(
+        f"{parent}.1",
+        "read_file",
+        {"path": "notes.md"},
+        False,
+        "",
+        {"parent_call_id": parent, "parent_tool": "write_file"},
+    )
+    assert client.conversation.session.pending[parent].state is CallState.RUNNING
+    change_id = f"{parent}.2"
+    if state == "change_reading":
+        return Walked(
+            read.call_id,
+            read,
+            [
+                read_result(read.call_id, "notes.md", None),
+                ApprovalDecision(change_id, "approve"),
+                ToolResult(change_id, RESULT),
+            ],
+            {"result": RESULT},
+            parent,
+            [("notes.md", None, "draft", False)],
+        )
+    # An undo restores notes.md as the turn found it: absent.
+    before = None if state.startswith("undo_") else BEFORE
+    await client.send(read_result(read.call_id, "notes.md", before))
+    offered = (await client.until(ToolCallEvent))[-1]
+    assert isinstance(offered, ToolCallEvent)
+    assert (offered.call_id, offered.arguments, offered.requires_approval) == (
+        change_id,
+        WRITE,
+        True,
+    )
+    assert "+draft" in offered.metadata["diff"]
+    written = [("notes.md", before, "draft", False)]
+    match state:
+        case "change_awaiting_approval":
+            answers = [ApprovalDecision(change_id, "approve"), ToolResult(change_id, RESULT)]
+            return Walked(change_id, offered, answers, {"result": RESULT}, parent, written)
+        case "change_approved" | "change_edited":
+            edit = state == "change_edited"
+            await client.send(
+                ApprovalDecision(change_id, "edit", EDITED)
+                if edit
+                else ApprovalDecision(change_id, "approve")
+            )
+            execute = (await client.until(ToolCallEvent))[-1]
+            assert isinstance(execute, ToolCallEvent)
+            arguments = EDITED if edit else WRITE
+            assert (execute.arguments, execute.requires_approval) == (arguments, False)
+            assert execute.metadata["parent_call_id"] == parent
+            assert ("+final" if edit else "+draft") in execute.metadata["diff"]
+            message: dict[str, Any] = {"result": RESULT}
+            if edit:
+                message["edited_arguments"] = EDITED
+                written = [("notes.md", BEFORE, "final", False)]
+            return Walked(
+                change_id,
+                ToolCallEvent(
+                    change_id, "write_file", arguments, False, offered.reason, execute.metadata
+                ),
+                [ToolResult(change_id, RESULT)],
+                message,
+                parent,
+                written,
+            )
+        case "change_completed":
+            await client.send(ApprovalDecision(change_id, "approve"))
+            await client.send(ToolResult(change_id, RESULT))
+            await client.until(TurnDone)
+            return Walked(change_id, None, parent=parent, checkpoints=written)
+        case "change_rejected":
+            await client.send(ApprovalDecision(change_id, "reject"))
+            await client.until(TurnDone)
+            return Walked(change_id, None, parent=parent)
+        case "cancelled":
+            await client.send(CancelTurn())
+            await client.until(TurnDone)
+            return Walked(change_id, None, parent=parent)
+    assert state == "undo_awaiting_approval"
+    await client.send(ApprovalDecision(change_id, "approve"))
+    await client.send(ToolResult(change_id, RESULT))
+    await client.until(TurnDone)
+    await client.send(Undo())
+    read = (await client.until(ToolCallEvent))[-1]
+    assert isinstance(read, ToolCallEvent)
+    undo = read.metadata["parent_call_id"]
+    assert (read.call_id, read.tool_name, read.metadata["parent_tool"]) == (
+        f"{undo}.1",
+        "read_file",
+        "undo",
+    )
+    await client.send(read_result(read.call_id, "notes.md", "draft"))
+    restore = (await client.until(ToolCallEvent))[-1]
+    assert isinstance(restore, ToolCallEvent)
+    assert (restore.call_id, restore.tool_name, restore.arguments) == (
+        f"{undo}.2",
+        "delete_file",
+        {"path": "notes.md"},
+    )
+    assert restore.requires_approval
+    assert restore.metadata["diff"].startswith("--- a/notes.md\n+++ /dev/null\n")
+    return Walked(
+        restore.call_id,
+        restore,
+        [ApprovalDecision(restore.call_id, "approve"), ToolResult(restore.call_id, RESULT)],
+        None,
+        undo,
+        [("notes.md", None, "draft", True)],
+        "Undo: Restored: notes.md (deleted).",
+    )
 
 
 def offers(events: list[Event]) -> list[Event]:
@@ -275,7 +436,11 @@ async def test_each_call_state_survives_a_reopen(database_url: str, state: str, 
         assert [i.event for i in offered_fresh] == expected, "new IDE window: offered once"
         assert all(i.seq == 0 for i in replay if i.event in expected)
         waiting = await second.store.pending_calls(session_id)
-        assert [c.call_id for c in waiting] == ([walked.call_id] if walked.reoffer else [])
+        waits_on = [walked.call_id, walked.parent] if walked.parent else [walked.call_id]
+        assert sorted(c.call_id for c in waiting) == (sorted(waits_on) if walked.reoffer else [])
+        if walked.parent and walked.reoffer:
+            (parent,) = [c for c in waiting if c.call_id == walked.parent]
+            assert parent.status == "running", "the runtime runs it: never offered"
         human = isinstance(walked.reoffer, ToolCallEvent | PlanUpdate) and (
             walked.reoffer.requires_approval
         )
@@ -298,15 +463,22 @@ async def test_each_call_state_survives_a_reopen(database_url: str, state: str, 
             assert isinstance(done, TurnDone)
             assert done.status is TurnStatus.COMPLETED
             assert not any(isinstance(e, ErrorEvent) for e in again.seen[1:])
-            results = [m for m in reopened.session.messages if m.tool_call_id == walked.call_id]
-            assert [json.loads(m.content) for m in results] == [walked.tool_message]
-            assert second.llm.seen[-1][-1].tool_call_id == walked.call_id, "the model saw it"
+            if walked.model_call_id:
+                model_call = walked.model_call_id
+                results = [m for m in reopened.session.messages if m.tool_call_id == model_call]
+                assert [json.loads(m.content) for m in results] == [walked.tool_message]
+                assert second.llm.seen[-1][-1].tool_call_id == model_call, "the model saw it"
+            else:
+                assert reopened.session.messages[-1] == ChatMessage("assistant", walked.said)
+        rows = await second.store.checkpoints.of_session(session_id)
+        assert [(c.path, c.before, c.after, c.undone) for c in rows] == walked.checkpoints
 
         # Closed now in every state: a late result is a duplicate.
-        await again.send(ToolResult(walked.call_id, {"late": True}))
-        (late,) = await again.until(ErrorEvent)
-        assert isinstance(late, ErrorEvent)
-        assert late.code == "duplicate_tool_result"
+        for late_id in {walked.call_id, walked.parent} - {""}:
+            await again.send(ToolResult(late_id, {"late": True}))
+            (late,) = await again.until(ErrorEvent)
+            assert isinstance(late, ErrorEvent)
+            assert late.code == "duplicate_tool_result"
         assert_one_result_per_call(reopened.session.messages)
         stored = await second.store.history(session_id)
         assert_one_result_per_call([message_from_record(m) for m in stored])
