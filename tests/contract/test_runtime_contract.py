@@ -140,7 +140,9 @@ class Runtime:
 
     async def turn(self, session_id: str, user: str, text: str) -> list[pb.ConverseResponse]:
         """Open, say ``text``, and return the numbered events up to the
-        turn's end (a turn_done, or a tool call that waits for a human)."""
+        turn's end (a turn_done, or a tool call that waits for a human).
+        A read (the runtime's, of a file it is about to change) is answered
+        as an IDE without the file answers it."""
         async with self.converse(session_id, user) as call:
             assert (await read(call)).WhichOneof("event") == "session_opened"
             await call.write(pb.ConverseRequest(user_message=pb.UserMessage(content=text)))
@@ -154,6 +156,12 @@ class Runtime:
                     kind == "tool_call" and event.tool_call.requires_approval
                 ):
                     return events
+                if kind == "tool_call" and event.tool_call.tool_name == "read_file":
+                    path = event.tool_call.arguments["path"]
+                    missing = pb.ToolResult(
+                        call_id=event.tool_call.call_id, error=f"File not found: {path}"
+                    )
+                    await call.write(pb.ConverseRequest(tool_result=missing))
 
 
 async def read(call: Any) -> pb.ConverseResponse:

@@ -207,6 +207,14 @@ class DartChat:
 
     async def _run(self, call_id: str, tool: str, arguments: dict[str, Any]) -> None:
         path = self.workspace / arguments.get("path", "")
+        if tool == "read_file" and not path.is_file():
+            await self.send(
+                "tool_result",
+                call_id=call_id,
+                tool_name=tool,
+                error=f"File not found: {arguments.get('path', '')}",
+            )
+            return
         if tool == "read_file":
             content = path.read_text()
             result = {"success": True, "content": content, "lines_read": len(content.split("\n"))}

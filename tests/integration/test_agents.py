@@ -110,7 +110,14 @@ async def test_a_write_runs_only_after_approval(
     assert approvals.asked[0]["requires_approval"] is True
     assert approvals.asked[0]["reason"]
     assert target.read_text() == "fresh content\n"
-    (executed,) = turn.executed
+    # The runtime reads the file first (its previous state, kept to undo
+    # the change), without asking; then the write runs once approved.
+    read, executed = turn.executed
+    assert (read["tool_name"], read["arguments"], read["requires_approval"]) == (
+        "read_file",
+        {"path": "new.txt"},
+        False,
+    )
     assert executed["call_id"] == approvals.asked[0]["call_id"]
     assert executed["requires_approval"] is False
     assert "write_file returned" in turn.text
@@ -119,12 +126,11 @@ async def test_a_write_runs_only_after_approval(
 async def test_an_edited_write_runs_with_the_edited_arguments(
     connection: IdeConnection, workspace: Workspace
 ) -> None:
-    edit = Decision("edit", {"path": "edited.txt", "content": "edited\n"})
+    edit = Decision("edit", {"path": "first.txt", "content": "edited\n"})
     turn = await session(connection, workspace, Approvals(edit)).say("write first.txt: original")
-    assert not (workspace.root / "first.txt").exists()
-    assert (workspace.root / "edited.txt").read_text() == "edited\n"
-    (executed,) = turn.executed
-    assert executed["arguments"] == {"path": "edited.txt", "content": "edited\n"}
+    assert (workspace.root / "first.txt").read_text() == "edited\n"
+    _read, executed = turn.executed
+    assert executed["arguments"] == {"path": "first.txt", "content": "edited\n"}
 
 
 async def test_a_rejected_write_never_runs_and_the_model_hears_why(
@@ -133,7 +139,7 @@ async def test_a_rejected_write_never_runs_and_the_model_hears_why(
     reject = Decision("reject", feedback="not that file")
     turn = await session(connection, workspace, Approvals(reject)).say("write x.txt: no")
     assert not (workspace.root / "x.txt").exists()
-    assert turn.executed == []
+    assert [c["tool_name"] for c in turn.executed] == ["read_file"], "only its previous state"
     assert "rejected" in turn.text
     assert "not that file" in turn.text
 

@@ -79,8 +79,20 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
     async with socket(mesh, sid, alice) as ws:
         # The IDE's profile sends no session_info (it would be an empty bubble).
         await ws.send(json.dumps({"type": "user_message", "content": "write notes.txt: hi"}))
+        # The runtime reads the file's previous state first; the IDE runs it.
+        read = await frame_of_type(ws, "tool_call")
+        assert (read["tool_name"], read["requires_approval"]) == ("read_file", False)
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "tool_result",
+                    "call_id": read["call_id"],
+                    "error": "File not found: notes.txt",
+                }
+            )
+        )
         call = await frame_of_type(ws, "tool_call")
-    assert call["tool_name"] == "write_file"
+    assert (call["tool_name"], call["requires_approval"]) == ("write_file", True)
 
     # Both list decoders: SessionRemoteDataSource and GatewayApi.listSessions.
     listed = (await front.get(f"{api}/sessions", headers=alice)).json()
@@ -111,12 +123,15 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
     ide.dart_datetime_parse(history["agentHistory"][0]["timestamp"])
     rendered = [ide.history_message_to_ws(m) for m in history["messages"]]
     assert rendered[0] == {"type": "user_message", "content": "write notes.txt: hi"}
-    assert {
+    # History holds the model's call, which the IDE's calls served (and not those).
+    (model_call,) = [m for m in rendered if m["type"] == "tool_call"]
+    assert model_call == {
         "type": "tool_call",
-        "call_id": call["call_id"],
+        "call_id": model_call["call_id"],
         "tool_name": "write_file",
         "arguments": call["arguments"],
-    } in rendered
+    }
+    assert call["call_id"] == model_call["call_id"] + ".2"
 
     # Someone else sees none of it and deletes nothing.
     bob = await login(mesh, add_user(mesh))

@@ -28,7 +28,8 @@ async def converse(
     mesh: Mesh, session_id: str, request_id: str, content: str
 ) -> list[dict[str, Any]]:
     """One message on a new connection with ``X-Request-Id``; rejects any
-    tool call that waits for approval, and returns every frame up to the end of the turn."""
+    tool call that waits for approval, answers any other as an empty workspace
+    would (not found), and returns every frame up to the end of the turn."""
     frames = []
     async with websockets.connect(
         f"{mesh.ws_url}/ws/{session_id}",
@@ -44,6 +45,12 @@ async def converse(
                     json.dumps(
                         {"type": "hitl_decision", "call_id": frame["call_id"], "decision": "reject"}
                     )
+                )
+            elif frame["type"] == "tool_call":
+                path = frame["arguments"].get("path", "")
+                error = f"File not found: {path}"
+                await ws.send(
+                    json.dumps({"type": "tool_result", "call_id": frame["call_id"], "error": error})
                 )
             if frame["type"] == "assistant_message" and frame["is_final"]:
                 return frames

@@ -30,7 +30,8 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def converse(mesh: Mesh, session_id: str, text: str) -> None:
-    """Send one message; return at the end of the answer or at a call awaiting approval."""
+    """Send one message; return at the end of the answer or at a call awaiting
+    approval. A read the runtime makes before a change finds no file."""
     async with IdeConnection(mesh.ws_url, session_id, mesh.token) as ide:
         await ide.next_frame()
         await ide.send_message(text)
@@ -38,6 +39,9 @@ async def converse(mesh: Mesh, session_id: str, text: str) -> None:
             frame = await ide.next_frame()
             if frame.get("is_final") or frame.get("requires_approval"):
                 return
+            if frame.get("type") == "tool_call" and frame["tool_name"] == "read_file":
+                error = f"File not found: {frame['arguments']['path']}"
+                await ide.send({"type": "tool_result", "call_id": frame["call_id"], "error": error})
 
 
 async def test_views_show_the_owners_sessions(mesh: Mesh) -> None:
