@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mesh.database import create_engine
 from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
@@ -40,9 +37,9 @@ from runtime.events import (
 from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
 from runtime.state import Session
-from runtime.store import Store, migrate
+from runtime.store import Store
 from runtime.turn import MAX_SWITCHES_PER_TURN
-from tests.conftest import fresh_postgres
+from tests.runtime.conftest import LIVE
 
 
 def call(name: str, index: int = 0, **arguments: Any) -> ToolCallChunk:
@@ -99,36 +96,6 @@ async def until(outbox: asyncio.Queue[Sequenced], kind: type) -> list[Event]:
         events.append(event)
         if isinstance(event, kind):
             return events
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """A migrated store on each backend: a SQLite file, a fresh PostgreSQL database."""
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
-        else:
-            url = await stack.enter_async_context(fresh_postgres("test_runtime"))
-        await migrate(url)
-        engine = create_engine(url)
-        async with _closing(engine) as store:
-            yield store
-
-
-@contextlib.asynccontextmanager
-async def _closing(engine: Any) -> AsyncIterator[Store]:
-    try:
-        yield Store(engine)
-    finally:
-        # Turns still running hold connections: end them before the engine goes.
-        while LIVE:
-            conversation = LIVE.pop()
-            await conversation.close()
-            await conversation.wait_idle()
-        await engine.dispose()
-
-
-LIVE: list[Conversation] = []
 
 
 Made = tuple[Conversation, "asyncio.Queue[Any]", Session]
