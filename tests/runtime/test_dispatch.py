@@ -50,13 +50,13 @@ class NoLog:
         raise AssertionError("the dispatcher read the log")
 
 
-def make(agent: str = "coder") -> tuple[Dispatcher, Session, Subscriber]:
+def make(
+    agent: str = "coder", approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+) -> tuple[Dispatcher, Session, Subscriber]:
     session = Session("s-1", "alice", agent)
     metrics = RuntimeMetrics()
     stream = EventStream(session, NoLog(), subscriber_queue=100, max_replay=1000, metrics=metrics)
-    dispatcher = Dispatcher(
-        session, stream, approval_required=DEFAULT_APPROVAL_REQUIRED, metrics=metrics
-    )
+    dispatcher = Dispatcher(session, stream, approval_required=approval_required, metrics=metrics)
     return dispatcher, session, stream.subscribe()
 
 
