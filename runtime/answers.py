@@ -15,10 +15,11 @@ import structlog
 from runtime import changes, policy
 from runtime.agents import AGENTS
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
-from runtime.dispatch import Dispatcher, Next, switched
+from runtime.dispatch import Dispatcher, switched
 from runtime.events import ToolCallEvent
 from runtime.state import CallState, PendingCall
 from runtime.tools import TOOLS, Side
+from runtime.turn import Next
 
 log = structlog.get_logger("runtime.answers")
 

@@ -51,7 +51,7 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
-from runtime.dispatch import Dispatcher, Next
+from runtime.dispatch import Dispatcher
 from runtime.errors import UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
@@ -60,7 +60,7 @@ from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
-from runtime.turn import ModelReply, request_reply
+from runtime.turn import ModelReply, Next, request_reply
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
