@@ -69,6 +69,9 @@ class ClientProfile:
     closes it with 4001."""
     pongs_keep_alive: bool = False
     """A pong counts as activity: no idle close while the client answers pings."""
+    diff_in_reason: bool = False
+    """The client shows a call's ``reason`` and raw arguments, not
+    ``metadata``: the diff a human approves is appended to the reason."""
     rest_lists: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """REST views (by their name in :data:`gateway.rest.VIEWS`) answered with
     one member of our JSON object, a list, instead of the object: the view
@@ -134,6 +137,8 @@ CODELAB_IDE = ClientProfile(
     switch_runs_turn=False,
     outlives_token=True,
     pongs_keep_alive=True,
+    # ToolApprovalDialog shows `reason` and the arguments as JSON.
+    diff_in_reason=True,
     # GatewayApi.listAgents: (response.data as List) (gateway_api.dart).
     rest_lists=MappingProxyType({"list_agents": "agents"}),
 )
@@ -193,6 +198,10 @@ class FrameShaper:
         frame = frame_for(response)
         if frame is None:
             return []
+        if kind == "tool_call" and profile.diff_in_reason and frame.get("metadata"):
+            diff = frame["metadata"]["diff"]
+            if diff:
+                frame["reason"] = f"{frame['reason']}\n\n{diff}" if frame["reason"] else diff
         if response.seq == 0 and kind != "session_opened":
             # Not an event of the answer (a refusal, a call offered again):
             # a held answer stays whole.

@@ -52,7 +52,7 @@ from runtime.commands import (
     UserMessage,
 )
 from runtime.dispatch import Dispatcher, Next
-from runtime.errors import UpstreamError
+from runtime.errors import Precondition, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
@@ -270,23 +270,32 @@ class Conversation:
         await self._begin_turn(event.content, request_id, client)
 
     async def _on_undo(self, event: Undo, request_id: str | None, client: ClientOptions) -> None:
-        """Start an undo turn: the IDE restores files through tool calls."""
-        if self.turn_running:
-            self._dispatcher.refuse(
-                "turn_in_progress",
-                "cannot undo during a turn; cancel it or wait for is_final",
-                True,
-            )
-            return
-        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
         try:
-            next_ = subcalls.start_undo(
-                self._dispatcher, checkpoints, event.turn_id, request_id, client
-            )
-        except undo.NothingToUndo as exc:
-            self._dispatcher.refuse("nothing_to_undo", str(exc))
-            return
+            await self.undo(event.turn_id, request_id, client)
+        except Precondition as exc:
+            code = "nothing_to_undo" if isinstance(exc, undo.NothingToUndo) else "turn_in_progress"
+            self._dispatcher.refuse(code, str(exc), retryable=code == "turn_in_progress")
+
+    async def undo(self, turn_id: str, request_id: str | None, client: ClientOptions) -> int:
+        """Start an undo turn from ``turn_id`` on (empty: the last turn that
+        changed files): the IDE restores the files through tool calls.
+
+        Returns the first turn undone. Raises :class:`~runtime.errors.Precondition`
+        while a turn runs, :class:`~runtime.undo.NothingToUndo` with nothing to undo.
+        """
+        if self.turn_running:
+            raise Precondition("cannot undo during a turn; cancel it or wait for it to end")
+        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
+        next_, first = subcalls.start_undo(
+            self._dispatcher, checkpoints, turn_id, request_id, client
+        )
         await self._go_on(next_)
+        return first
+
+    @property
+    def client(self) -> ClientOptions:
+        """The client the last turn ran for (an undo asked by REST runs for it)."""
+        return self._dispatcher.turn.client
 
     async def _begin_turn(
         self, content: str, request_id: str | None, client: ClientOptions

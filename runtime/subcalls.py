@@ -64,8 +64,11 @@ def start_undo(
     turn_id: str,
     request_id: str | None,
     client: ClientOptions,
-) -> Next:
-    """Begin an undo turn; refused (:class:`undo.NothingToUndo`) with nothing to undo."""
+) -> tuple[Next, int]:
+    """Begin an undo turn; returns what comes next and the first turn it undoes.
+
+    Raises :class:`undo.NothingToUndo` (and starts nothing) with nothing to undo.
+    """
     first, files = undo.plan(checkpoints, turn_id)
     d.begin(f"/undo {first}", request_id, client)
     parent = PendingCall(
@@ -85,7 +88,7 @@ def start_undo(
         approval="write_file" in d.approval_required,
         can_delete=tools is None or "delete_file" in tools,
     )
-    return _carry_out(d, parent, planned)
+    return _carry_out(d, parent, planned), first
 
 
 def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: str) -> Next:
