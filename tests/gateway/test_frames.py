@@ -582,3 +582,31 @@ def test_deep_nesting_is_invalid_json_not_a_crash(text: str):
 def test_values_protobuf_cannot_carry_are_refused(text: str):
     with pytest.raises(FrameError):
         parse_frame(text)
+
+
+def test_undo_names_a_turn_or_none():
+    assert parse({"type": "undo"}) == pb.ConverseRequest(undo=pb.Undo())
+    assert parse({"type": "undo", "turn_id": "4"}) == pb.ConverseRequest(
+        undo=pb.Undo(turn_id="4")
+    )
+    assert refused(json.dumps({"type": "undo", "turn_id": 4})).code == "invalid_field"
+    assert refused(json.dumps({"type": "undo", "turn_id": "4" * 200})).code == "invalid_field"
+
+
+def test_a_call_the_runtime_issued_carries_its_diff_and_parent():
+    diff = "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    sent = frame(
+        tool_call=pb.ToolCall(
+            call_id="c1.2",
+            tool_name="write_file",
+            requires_approval=True,
+            reason="apply_diff changes the workspace",
+            metadata=pb.ToolCallMetadata(
+                diff=diff, parent_call_id="c1", parent_tool="apply_diff"
+            ),
+        )
+    )
+    assert sent["metadata"] == {"diff": diff, "parent_call_id": "c1", "parent_tool": "apply_diff"}
+    assert sent["reason"] == "apply_diff changes the workspace"
+    plain = frame(tool_call=pb.ToolCall(call_id="c2", tool_name="read_file"))
+    assert "metadata" not in plain

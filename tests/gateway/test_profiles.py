@@ -330,3 +330,23 @@ async def test_an_ide_connection_is_served_by_its_profile(
             assert answer["type"] == "assistant_message"
             assert answer["content"] == "echo: hello!"
             assert answer["is_final"] is True
+
+
+def test_the_ide_reads_the_diff_it_approves_in_the_reason() -> None:
+    """ToolApprovalDialog shows `reason` and the raw arguments, not `metadata`."""
+    diff = "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    offered = pb.ConverseResponse(
+        seq=3,
+        tool_call=pb.ToolCall(
+            call_id="c1.2",
+            tool_name="write_file",
+            requires_approval=True,
+            reason="apply_diff changes the workspace",
+            metadata=pb.ToolCallMetadata(diff=diff, parent_call_id="c1", parent_tool="apply_diff"),
+        ),
+    )
+    (ide,) = shape(CODELAB_IDE, offered)
+    assert ide["reason"] == f"apply_diff changes the workspace\n\n{diff}"
+    (strict,) = shape(STRICT, offered)
+    assert strict["reason"] == "apply_diff changes the workspace"
+    assert strict["metadata"]["diff"] == diff
