@@ -91,7 +91,13 @@ class ClientProfile:
 
     def rest_body(self, view: str, body: Body) -> Body | list[Any]:
         """The JSON the REST view named ``view`` answers this client: our
-        ``body``, or the member of it :attr:`rest_lists` names."""
+        ``body``, or the member of it :attr:`rest_lists` names; with
+        :attr:`diff_in_reason`, a restored approval's reason carries its diff."""
+        if self.diff_in_reason and view == "approvals":
+            for approval in body.get("pending_approvals", ()):
+                diff = approval.get("metadata", {}).get("diff")
+                if diff:
+                    approval["reason"] = _with_diff(approval["reason"], diff)
         member = self.rest_lists.get(view)
         return body if member is None else list(body[member])
 
@@ -201,7 +207,7 @@ class FrameShaper:
         if kind == "tool_call" and profile.diff_in_reason and frame.get("metadata"):
             diff = frame["metadata"]["diff"]
             if diff:
-                frame["reason"] = f"{frame['reason']}\n\n{diff}" if frame["reason"] else diff
+                frame["reason"] = _with_diff(frame["reason"], diff)
         if response.seq == 0 and kind != "session_opened":
             # Not an event of the answer (a refusal, a call offered again):
             # a held answer stays whole.
@@ -273,6 +279,10 @@ class FrameShaper:
             if not profile.switch_runs_turn:
                 switch.content = ""
         return action
+
+
+def _with_diff(reason: str, diff: str) -> str:
+    return f"{reason}\n\n{diff}" if reason else diff
 
 
 _STEP_MARKS = {"done": "x", "skipped": "x"}

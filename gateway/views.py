@@ -175,6 +175,7 @@ def pending_approvals(response: runtime_pb2.ListPendingApprovalsResponse) -> Bod
                 "arguments": struct_to_dict(approval.arguments),
                 "reason": approval.reason,
                 "created_at": iso_time(approval.created_at),
+                **_metadata(approval),
             }
             for approval in response.approvals
         ],
@@ -199,3 +200,16 @@ def checkpoints(response: runtime_pb2.ListCheckpointsResponse) -> Body:
 
 def undo_started(response: runtime_pb2.UndoTurnResponse) -> Body:
     return {"session_id": response.session_id, "turn_id": response.turn_id, "started": True}
+
+
+def _metadata(approval: runtime_pb2.PendingApproval) -> Body:
+    if not approval.HasField("metadata"):
+        return {}
+    metadata = approval.metadata
+    return {
+        "metadata": {
+            "diff": metadata.diff,
+            "parent_call_id": metadata.parent_call_id,
+            "parent_tool": metadata.parent_tool,
+        }
+    }

@@ -404,6 +404,10 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 call_id=call.call_id, tool_name=call.tool_name, reason=call.reason
             )
             approval.arguments.update(call.final_arguments or call.arguments)
+            if call.job is not None:
+                approval.metadata.diff = call.job.get("diff", "")
+                approval.metadata.parent_call_id = call.parent_call_id
+                approval.metadata.parent_tool = call.job["tool"]
             if call.created_at is not None:
                 approval.created_at.FromDatetime(call.created_at)
         return response

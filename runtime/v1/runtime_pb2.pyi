@@ -1629,6 +1629,7 @@ class PendingApproval(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """call_id is the waiting call."""
     tool_name: _builtins.str
@@ -1643,6 +1644,10 @@ class PendingApproval(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """created_at is when the call was proposed."""
 
+    @_builtins.property
+    def metadata(self) -> Global___ToolCallMetadata:
+        """metadata is set for a call the runtime issued (see ToolCall.metadata)."""
+
     def __init__(
         self,
         *,
@@ -1651,10 +1656,11 @@ class PendingApproval(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         reason: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        metadata: Global___ToolCallMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "created_at", b"created_at", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "created_at", b"created_at", "reason", b"reason", "tool_name", b"tool_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "created_at", b"created_at", "metadata", b"metadata", "reason", b"reason", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -586,9 +586,7 @@ def test_values_protobuf_cannot_carry_are_refused(text: str):
 
 def test_undo_names_a_turn_or_none():
     assert parse({"type": "undo"}) == pb.ConverseRequest(undo=pb.Undo())
-    assert parse({"type": "undo", "turn_id": "4"}) == pb.ConverseRequest(
-        undo=pb.Undo(turn_id="4")
-    )
+    assert parse({"type": "undo", "turn_id": "4"}) == pb.ConverseRequest(undo=pb.Undo(turn_id="4"))
     assert refused(json.dumps({"type": "undo", "turn_id": 4})).code == "invalid_field"
     assert refused(json.dumps({"type": "undo", "turn_id": "4" * 200})).code == "invalid_field"
 
@@ -601,9 +599,7 @@ def test_a_call_the_runtime_issued_carries_its_diff_and_parent():
             tool_name="write_file",
             requires_approval=True,
             reason="apply_diff changes the workspace",
-            metadata=pb.ToolCallMetadata(
-                diff=diff, parent_call_id="c1", parent_tool="apply_diff"
-            ),
+            metadata=pb.ToolCallMetadata(diff=diff, parent_call_id="c1", parent_tool="apply_diff"),
         )
     )
     assert sent["metadata"] == {"diff": diff, "parent_call_id": "c1", "parent_tool": "apply_diff"}
