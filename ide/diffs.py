@@ -52,6 +52,11 @@ def wants_color(stream: TextIO, environ: Mapping[str, str]) -> bool:
     return not environ.get("NO_COLOR") and stream.isatty()
 
 
+def printable(text: str) -> str:
+    """``text`` with every control character but tab and newline escaped."""
+    return "\n".join(line.translate(_VISIBLE) for line in text.split("\n"))
+
+
 def classify(diff: str) -> Iterator[tuple[Line, str]]:
     """Each line of ``diff`` with its kind.
 
