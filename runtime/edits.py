@@ -83,8 +83,8 @@ def apply_blocks(text: str, blocks: Sequence[Mapping[str, str]]) -> str:
         result = _apply_block(result, block, number, len(blocks), newline)
     if result == text:
         raise EditFailed(
-            "the blocks change nothing: each `replace` equals the text it would replace. "
-            "Send only blocks whose `replace` differs from their `search`."
+            "the blocks change nothing: applied in order, they leave the file exactly as "
+            "it is. Send blocks whose `replace` differs from their `search`."
         )
     return result
 

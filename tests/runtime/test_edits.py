@@ -360,3 +360,8 @@ def test_a_huge_diff_is_cut_with_a_marker_and_counted_in_full() -> None:
     untruncated = unified_diff("big.txt", before, after)
     assert len(untruncated.encode()) <= 256 * 1024 + 200
     assert diff_stats(untruncated) == (20_000, 20_000)
+
+
+def test_blocks_that_undo_each_other_change_nothing() -> None:
+    with pytest.raises(EditFailed, match="leave the file exactly as it is"):
+        apply_blocks("a = 1\n", [block("a = 1", "a = 2"), block("a = 2", "a = 1")])
