@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime import edits
-from runtime.changes import MAX_DIFF_CHARS, Done, Planned, SubCall, read_outcome
+from runtime.changes import MAX_DIFF_BYTES, Done, Planned, SubCall, read_outcome
 from runtime.errors import Precondition
 from runtime.records import Checkpoint
 
@@ -147,9 +147,7 @@ def advance(
         reason = f"{path} changed since the agent wrote it: undoing discards those changes"
     else:
         reason = f"undo restores {path}"
-    diff = edits.unified_diff(path, state, target)
-    if len(diff) > MAX_DIFF_CHARS:
-        diff = diff[:MAX_DIFF_CHARS] + "\n… (the diff is cut here; the restore is complete)\n"
+    diff = edits.unified_diff(path, state, target, limit=MAX_DIFF_BYTES)
     return SubCall(
         call[0],
         call[1],

@@ -707,7 +707,7 @@ class ToolCallMetadata(_message.Message):
     PARENT_TOOL_FIELD_NUMBER: _builtins.int
     diff: _builtins.str
     """diff is the unified diff of what the call changes (git style, cut at
-    64,000 characters): what a human approves.
+    64 KiB, with a line saying so): what a human approves.
     """
     parent_call_id: _builtins.str
     """parent_call_id is the model's call this call serves."""
