@@ -1,8 +1,8 @@
 """Issue 15's promises on real processes: an edit is approved as a diff and
 changes only what it says; undo puts the workspace back byte for byte.
 
-Runs on the package's own llmproxy, runtime and gateway (``stack``, from
-:mod:`tests.integration.test_persistence`) on SQLite and PostgreSQL, with the
+Runs on the package's own llmproxy, runtime and gateway (``stack``) on SQLite
+and PostgreSQL, with the
 offline model's verbs and the terminal client's workspace as the IDE.
 """
 
@@ -17,8 +17,7 @@ import httpx
 from ide.connection import IdeConnection
 from ide.turns import Decision, IdeSession
 from ide.workspace import Workspace
-from tests.integration.conftest import Mesh
-from tests.integration.test_persistence import Stack, stack  # noqa: F401  (the fixture)
+from tests.integration.conftest import Mesh, Stack
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -36,6 +35,15 @@ class Approvals:
     async def __call__(self, frame: dict[str, Any]) -> Decision:
         self.asked.append(frame)
         return Decision("approve")
+
+
+async def view(stack: Stack, mesh: Mesh, path: str) -> Any:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.gateway_port}") as client:
+        response = await client.get(
+            f"/api/v1/sessions/{path}", headers={"Authorization": f"Bearer {mesh.token}"}
+        )
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def changed_lines(diff: str) -> list[str]:
@@ -85,14 +93,9 @@ async def test_an_edit_is_a_diff_and_undo_restores_the_workspace_byte_for_byte(
         assert not (root / "old.txt").exists()
         assert (root / "n.txt").read_bytes() == before["m.txt"]
 
-        checkpoints = httpx.get(
-            f"http://127.0.0.1:{stack.gateway_port}/api/v1/sessions/{session_id}/checkpoints",
-            headers={"Authorization": f"Bearer {mesh.token}"},
-        ).json()
+        checkpoints = await view(stack, mesh, f"{session_id}/checkpoints")
         turns = checkpoints["turns"]
-        assert [
-            sorted((f["path"], f["change"]) for f in turn["files"]) for turn in turns
-        ] == [
+        assert [sorted((f["path"], f["change"]) for f in turn["files"]) for turn in turns] == [
             [("big.py", "modified")],
             [("m.txt", "deleted"), ("n.txt", "created"), ("old.txt", "deleted")],
             [("notes.txt", "modified")],
@@ -113,9 +116,6 @@ async def test_an_edit_is_a_diff_and_undo_restores_the_workspace_byte_for_byte(
         assert again.status == "refused"
         assert again.frames[0]["code"] == "nothing_to_undo"
 
-    history = httpx.get(
-        f"http://127.0.0.1:{stack.gateway_port}/api/v1/sessions/{session_id}/history",
-        headers={"Authorization": f"Bearer {mesh.token}"},
-    ).json()
+    history = await view(stack, mesh, f"{session_id}/history")
     undone_messages = [m["content"] for m in history["messages"] if m["undone"]]
     assert len(undone_messages) == 3

@@ -7,8 +7,10 @@ serves one under a model name, streamed as real OpenAI SSE chunks: text one
 word per chunk, each tool call opened by a chunk carrying its id and name,
 its arguments' JSON then split over several chunks, as OpenAI sends them.
 
-Before answering a turn the trajectory checks the request: every tool call
-of the previous turn must have its ``tool`` message (by ``tool_call_id``),
+Before answering a turn the trajectory checks the request: the previous
+turn's tool calls must be the history's last assistant calls (by name and
+position: an agent may rename calls, ours does), each with its ``tool``
+message (by ``tool_call_id``),
 and the turn's own expectations must hold (:attr:`Turn.tool_result_contains`,
 :attr:`Turn.check`). A request that fails a check, or comes after the last
 turn, is answered with an OpenAI-style 400 (not retried) and recorded in
@@ -109,13 +111,29 @@ class Trajectory:
         messages: list[dict[str, Any]] = body.get("messages") or []
         answered_ids = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
         if self.answered:
+            # The agent may name the calls itself (our runtime does): the
+            # previous turn's calls are the last assistant message's, by
+            # position, and each needs its tool message.
             previous = self.turns[self.answered - 1]
-            for index, call in enumerate(previous.calls):
-                call_id = call_id_of(call, self.answered, index)
-                if call_id not in answered_ids:
+            sent = next(
+                (
+                    m.get("tool_calls") or []
+                    for m in reversed(messages)
+                    if m.get("role") == "assistant"
+                ),
+                [],
+            )
+            names = [c.get("function", {}).get("name") for c in sent]
+            if previous.calls and names != [call.name for call in previous.calls]:
+                raise ScriptFailure(
+                    f"turn {number}: the history's last assistant calls are {names}, not turn "
+                    f"{self.answered}'s {[call.name for call in previous.calls]}"
+                )
+            for call, echoed in zip(previous.calls, sent, strict=False):
+                if echoed.get("id") not in answered_ids:
                     raise ScriptFailure(
-                        f"turn {number}: no tool result for {call.name} ({call_id}) of turn "
-                        f"{self.answered}"
+                        f"turn {number}: no tool result for {call.name} ({echoed.get('id')}) "
+                        f"of turn {self.answered}"
                     )
         if turn.tool_result_contains is not None:
             last = messages[-1] if messages else {}
