@@ -59,6 +59,10 @@ MAX_ID_BYTES = 128
 24 hex digits, and stores plan ids in 128 characters."""
 MAX_NAME_BYTES = 64
 """Longest ``agent_type`` and ``role``: names such as ``orchestrator``."""
+MAX_ENVIRONMENT_BYTES = 256
+"""Longest ``os`` and ``shell`` of an ``environment`` frame (its
+``workspace_root`` is a path: :data:`MAX_PATH_BYTES`); they go into every
+model call's system prompt."""
 MAX_NOTE_BYTES = 8192
 """Longest ``reason`` (``switch_agent``) and ``feedback`` (``hitl_decision``,
 ``plan_approval``): a person's remark, stored with the decision and shown to
@@ -130,10 +134,11 @@ def parse_frame(text: str, limits: PayloadLimits = PayloadLimits()) -> IdeAction
     Unknown extra fields are ignored, ``null`` counts as absent for optional
     fields; objects passed on to the runtime (``result``,
     ``modified_arguments``) may nest at most :data:`MAX_NESTING` levels;
-    a path, id, name or note may be at most :data:`MAX_PATH_BYTES`,
-    :data:`MAX_ID_BYTES`, :data:`MAX_NAME_BYTES` or :data:`MAX_NOTE_BYTES`
-    long, a payload at most what ``limits`` says (a ``tool_result`` over
-    its limit is translated into that call's error, not refused). Raises
+    a path, id, name, environment value or note may be at most
+    :data:`MAX_PATH_BYTES`, :data:`MAX_ID_BYTES`, :data:`MAX_NAME_BYTES`,
+    :data:`MAX_ENVIRONMENT_BYTES` or :data:`MAX_NOTE_BYTES` long, a
+    payload at most what ``limits`` says (a ``tool_result`` over its limit
+    is translated into that call's error, not refused). Raises
     :class:`FrameError` with code ``invalid_json``, ``not_an_object``,
     ``unknown_type``, ``missing_field`` or ``invalid_field``.
     """
@@ -258,6 +263,16 @@ def _file_changed(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     )
 
 
+def _environment(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    return runtime_pb2.ConverseRequest(
+        environment=runtime_pb2.Environment(
+            os=optional_str(data, "os", MAX_ENVIRONMENT_BYTES) or "",
+            shell=optional_str(data, "shell", MAX_ENVIRONMENT_BYTES) or "",
+            workspace_root=optional_str(data, "workspace_root", MAX_PATH_BYTES) or "",
+        )
+    )
+
+
 def _auth(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return Reauthenticate(token=required_str(data, "token"))
 
@@ -290,6 +305,7 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any], PayloadLimits], IdeAction]] 
     "plan_approval": _plan_approval,
     "cancel": _cancel,
     "file_changed": _file_changed,
+    "environment": _environment,
     "auth": _auth,
     "resume": _resume,
 }

@@ -128,6 +128,7 @@ async def run(args: argparse.Namespace) -> None:
     token = read_token(args.token)
     workspace = Workspace(Path(args.workspace))
     async with IdeConnection(args.url, args.session, token) as connection:
+        await connection.report_environment(workspace.root)
         info = await connection.next_frame()
         agent = (info.get("metadata") or {}).get("agent", "?")
         print(f"session {args.session} (agent {agent}) in {workspace.root}", file=sys.stderr)

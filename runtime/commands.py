@@ -76,6 +76,20 @@ class FileChanged:
     timestamp: float
 
 
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """Where the IDE runs, as it reports it; an empty field was not reported.
+
+    A live session keeps the latest report in memory only (each connection
+    reports it again) and its agents are told in their system prompt
+    (:func:`runtime.prompts.system_prompt`). Hashable: prompts are cached by it.
+    """
+
+    os: str = ""
+    shell: str = ""
+    workspace_root: str = ""
+
+
 ClientEvent = (
     UserMessage
     | CancelTurn
@@ -84,4 +98,5 @@ ClientEvent = (
     | SwitchAgent
     | PlanApproval
     | FileChanged
+    | Environment
 )

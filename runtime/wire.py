@@ -15,6 +15,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -142,6 +143,9 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
             else time.time()
         )
         return FileChanged(changed.path, timestamp)
+    if kind == "environment":
+        reported = request.environment
+        return Environment(reported.os, reported.shell, reported.workspace_root)
     raise InvalidArgument("expected a client event after open")
 
 

@@ -3,10 +3,14 @@ runtime sends, as the CodeLab IDE does."""
 
 from __future__ import annotations
 
+import json
+import platform
 from pathlib import Path
 
 import pytest
 
+from gateway.frames import parse_frame
+from ide.connection import environment_frame
 from ide.workspace import ToolFailed, Workspace
 
 
@@ -52,3 +56,12 @@ async def test_a_line_range_of_a_big_file_can_be_read(tmp_path: Path) -> None:
     assert part == {"path": "big.log", "content": "line 1\nline 2\n", "total_lines": 300_000}
     small = await workspace.run("read_file", {"path": "big.log", "end_line": 1})
     assert small["content"] == "line 0\n"
+
+
+async def test_the_reported_environment_names_the_shell_commands_run_in(tmp_path: Path) -> None:
+    frame = environment_frame(tmp_path)
+    reported = parse_frame(json.dumps(frame)).environment
+    assert reported.os.startswith(platform.system())
+    assert reported.workspace_root == str(tmp_path)
+    ran = await Workspace(tmp_path).run("execute_command", {"command": "echo $0"})
+    assert ran["stdout"].strip() == reported.shell

@@ -138,6 +138,7 @@ class ConverseRequest(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     FILE_CHANGED_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """traceparent is the W3C trace context of the IDE frame behind this
@@ -181,6 +182,10 @@ class ConverseRequest(_message.Message):
         sequence number (the IDE's first frame may carry it instead of `open`).
         """
 
+    @_builtins.property
+    def environment(self) -> Global___Environment:
+        """environment reports where the IDE runs, for the agents' prompt."""
+
     def __init__(
         self,
         *,
@@ -193,13 +198,14 @@ class ConverseRequest(_message.Message):
         cancel: Global___Cancel | None = ...,
         file_changed: Global___FileChanged | None = ...,
         resume: Global___Resume | None = ...,
+        environment: Global___Environment | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "environment"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -473,6 +479,40 @@ class FileChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileChanged: _TypeAlias = FileChanged  # noqa: Y015
+
+@_typing.final
+class Environment(_message.Message):
+    """Environment is what the IDE reports of where it runs; an empty field was
+    not reported. The runtime keeps a live session's latest report in memory
+    (not in the database: each connection reports it again) and tells the
+    model in the system prompt, so its commands and paths fit the machine.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OS_FIELD_NUMBER: _builtins.int
+    SHELL_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ROOT_FIELD_NUMBER: _builtins.int
+    os: _builtins.str
+    """os names the operating system, e.g. "Linux", "Darwin 23.4.0", "Windows 11"."""
+    shell: _builtins.str
+    """shell is the shell execute_command runs in, e.g. "/bin/zsh", "powershell"."""
+    workspace_root: _builtins.str
+    """workspace_root is the workspace folder's absolute path on the IDE's machine."""
+    def __init__(
+        self,
+        *,
+        os: _builtins.str = ...,
+        shell: _builtins.str = ...,
+        workspace_root: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["os", b"os", "shell", b"shell", "workspace_root", b"workspace_root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Environment: _TypeAlias = Environment  # noqa: Y015
 
 @_typing.final
 class ConverseResponse(_message.Message):
