@@ -44,6 +44,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -55,6 +56,7 @@ from runtime.errors import UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.prompts import NOTICE_MARK
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -223,6 +225,9 @@ class Conversation:
                 await self._go_on(answers.on_plan_approval(dispatcher, event))
             case FileChanged():
                 self._on_file_changed(event)
+            case Environment():
+                # The model calls from now on are told (runtime.prompts).
+                self.session.environment = event
 
     async def _go_on(self, next_: Next) -> None:
         """Write what a step changed; start the model call that follows, if one does."""
@@ -299,7 +304,7 @@ class Conversation:
             ChatMessage(
                 role="user",
                 content=(
-                    f"[IDE notice] These files changed in the editor since you last saw "
+                    f"{NOTICE_MARK} These files changed in the editor since you last saw "
                     f"them: {listing}. Read them again before relying on their contents."
                 ),
             )
@@ -439,4 +444,6 @@ class Conversation:
             self.session.messages,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
+            environment=self.session.environment,
+            workspace_view=self.session.workspace_view,
         )

@@ -17,10 +17,11 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 
 from mesh.context import fit
 from runtime.agents import Agent
-from runtime.commands import STRICT, ClientOptions
+from runtime.commands import STRICT, ClientOptions, Environment
 from runtime.events import Usage
 from runtime.llm import (
     ChatMessage,
@@ -30,6 +31,7 @@ from runtime.llm import (
     ToolCallChunk,
     ToolCallRequest,
 )
+from runtime.prompts import system_prompt
 from runtime.tools import TOOLS
 
 MAX_SWITCHES_PER_TURN = 3
@@ -94,11 +96,11 @@ class _CallDraft:
     arguments: list[str] = field(default_factory=list)
 
 
-def prompt(agent: Agent, history: Sequence[ChatMessage], window: int) -> list[ChatMessage]:
-    """The agent's system prompt and as much recent ``history`` as fits ``window``
+def prompt(system: str, history: Sequence[ChatMessage], window: int) -> list[ChatMessage]:
+    """The ``system`` prompt and as much recent ``history`` as fits ``window``
     tokens (0: no limit), tool calls never split from their results."""
     return fit(
-        [ChatMessage("system", agent.system_prompt), *history],
+        [ChatMessage("system", system), *history],
         window * CHARS_PER_TOKEN_BOUND,
         lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
         lambda m: (m.role, bool(m.tool_calls)),
@@ -113,15 +115,22 @@ async def request_reply(
     *,
     on_text: Callable[[str], Awaitable[None]],
     request_id: str | None = None,
+    environment: Environment | None = None,
+    workspace_view: str | None = None,
+    today: date | None = None,
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
-    Each non-empty text delta is passed to ``on_text`` as it arrives; tool
-    calls are put together from their fragments and named by the runtime.
+    The system prompt is the agent's (:func:`runtime.prompts.system_prompt`)
+    in the session's ``environment``, with its ``workspace_view`` and
+    ``today``'s date (default: today in UTC). Each non-empty text delta is
+    passed to ``on_text`` as it arrives; tool calls are put together from
+    their fragments and named by the runtime.
     Raises what ``chat`` raises (:class:`~runtime.errors.UpstreamError`).
     Safe to cancel: the model call is closed with it.
     """
-    messages = prompt(agent, history, await chat.context_window(model))
+    system = system_prompt(agent, environment, workspace_view, today or datetime.now(UTC).date())
+    messages = prompt(system, history, await chat.context_window(model))
     tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
     reply = ModelReply()
     parts: list[str] = []
