@@ -51,7 +51,7 @@ from runtime.commands import (
     ToolResult,
     UserMessage,
 )
-from runtime.dispatch import Dispatcher, Next
+from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher, Next
 from runtime.errors import UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
@@ -80,6 +80,8 @@ class ConversationSettings:
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+    max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
+    """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -119,7 +121,11 @@ class Conversation:
             metrics=metrics,
         )
         self._dispatcher = Dispatcher(
-            session, self.stream, approval_required=settings.approval_required, metrics=metrics
+            session,
+            self.stream,
+            approval_required=settings.approval_required,
+            metrics=metrics,
+            max_mistakes=settings.max_consecutive_mistakes,
         )
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None

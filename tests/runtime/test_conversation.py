@@ -656,6 +656,35 @@ async def test_the_model_is_told_the_environment_the_ide_reported(store: Store) 
     assert [m.content for m in session.messages if m.role == "user"] == ["before", "after"]
 
 
+async def test_three_failing_calls_end_the_turn_with_a_question(store: Store) -> None:
+    failing = [call("read_file", path="missing.py")]
+    llm = ScriptedLlm(failing, failing, failing, [TextChunk("never")])
+    conversation, outbox, session = await make(store, llm)
+    await conversation.handle(UserMessage("read missing.py"))
+    for _ in range(3):
+        (offered,) = await until(outbox, ToolCallEvent)
+        assert isinstance(offered, ToolCallEvent)
+        await conversation.handle(ToolResult(offered.call_id, error="missing.py: no such file"))
+    *_, asked, done = await until(outbox, TurnDone)
+    assert isinstance(asked, AssistantText)
+    assert "3 failed tool calls in a row" in asked.text
+    assert "read_file, failed with: missing.py: no such file" in asked.text
+    assert done == TurnDone(TurnStatus.COMPLETED, Usage(3, 3))
+    assert len(llm.seen) == 3, "the model is not called a fourth time"
+    assert session.messages[-1] == ChatMessage("assistant", asked.text)
+    assert_history_complete(session)
+
+
+async def test_the_mistakes_limit_is_a_setting(store: Store) -> None:
+    failing = [call("search_in_code", query="")]  # refused: an empty query
+    llm = ScriptedLlm(failing, failing, failing, [TextChunk("gave up")])
+    conversation, outbox, _ = await make(store, llm, max_consecutive_mistakes=0)
+    await conversation.handle(UserMessage("search"))
+    events = await until(outbox, TurnDone)
+    assert events[0] == AssistantText("gave up"), "no limit: the model decides"
+    assert len(llm.seen) == 4
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 129, "white space", "../etc"])
 def test_malformed_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument):

@@ -25,6 +25,7 @@ from runtime.llm import (
 from runtime.prompts import system_prompt
 from runtime.turn import (
     CHARS_PER_TOKEN_BOUND,
+    MAX_ERROR_CHARS,
     MAX_MODEL_CALLS_PER_TURN,
     MAX_SWITCHES_PER_TURN,
     Turn,
@@ -185,6 +186,22 @@ def test_a_turn_counts_its_limits_and_usage() -> None:
     turn.add_usage(Usage(2, 1))
     turn.add_usage(Usage(3, 4))
     assert turn.usage == Usage(5, 5)
+
+
+def test_a_turn_counts_failed_calls_in_a_row_and_says_what_kept_failing() -> None:
+    turn = Turn()
+    turn.note_outcome("read_file", {"error": "no such file"})
+    turn.note_outcome("read_file", {"error": "no such file"})
+    assert turn.mistakes == 2
+    turn.note_outcome("list_files", {"result": {"files": []}})
+    assert turn.mistakes == 0, "a success resets the count"
+    turn.note_outcome("apply_diff", {"error": "search text\nnot found " + "x" * 1000})
+    message = turn.stuck_message()
+    assert "after 1 failed tool call in a row" in message
+    assert "apply_diff" in message
+    assert "search text not found" in message, "on one line"
+    assert "x" * (MAX_ERROR_CHARS + 1) not in message, "shortened"
+    assert message.endswith("How would you like me to proceed?")
 
 
 async def test_routing_takes_the_models_answer_or_falls_back_to_keywords() -> None:
