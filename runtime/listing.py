@@ -5,7 +5,8 @@
 for the system prompt's environment section
 (:func:`runtime.prompts.environment_details`): breadth first, so the top
 levels are always complete before any deeper one, directories before files,
-and a "… and N more" line wherever entries were left out. Pure: no I/O.
+and a "… and N more" line wherever entries were left out (a directory none
+of whose entries fit says only how many it has). Pure: no I/O.
 
 Two answers are understood:
 
@@ -155,11 +156,13 @@ def _render(directory: _Node, shown: set[int], lines: list[str]) -> None:
             continue
         if not node.is_dir:
             lines.append(f"{indent}{node.name}")
-        elif node.opens() or not node.children:
+        elif not node.opens() and node.children:
+            lines.append(f"{indent}{node.name}/ ({_count(len(node.children))}, not listed)")
+        elif node.children and not any(id(child) in shown for child in node.children.values()):
+            lines.append(f"{indent}{node.name}/ ({_count(len(node.children))})")
+        else:
             lines.append(f"{indent}{node.name}/")
             _render(node, shown, lines)
-        else:
-            lines.append(f"{indent}{node.name}/ ({_count(len(node.children))}, not listed)")
     if hidden:
         lines.append(f"{indent}… and {hidden} more")
 

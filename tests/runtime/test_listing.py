@@ -67,19 +67,17 @@ async def test_our_clients_answer_implies_folders_from_file_paths(tmp_path: Path
 
 def test_a_big_workspace_is_cut_breadth_first_within_both_bounds() -> None:
     files = [
-        f"pkg{i:02}/mod{j:02}/file{k:02}.py"
-        for i in range(40)
-        for j in range(10)
-        for k in range(10)
+        f"pkg{i:02}/mod{j:02}/file{k:02}.py" for i in range(40) for j in range(7) for k in range(10)
     ]
     summary = summarize_listing({"path": ".", "files": files, "truncated": False})
     lines = summary.splitlines()
     entries = [line for line in lines if not line.strip().startswith("…")]
     assert len(entries) <= MAX_ENTRIES
     assert len(summary) <= MAX_CHARS
-    top = [line for line in lines if not line.startswith(" ")]
-    assert top == [f"pkg{i:02}/" for i in range(40)], "the top level is complete"
-    assert "  … and 10 more" in lines, "a folder whose entries did not fit says how many"
+    top = [line.split("/")[0] for line in lines if not line.startswith(" ")]
+    assert top == [f"pkg{i:02}" for i in range(40)], "the top level is complete"
+    assert "pkg39/ (7 entries)" in lines, "a folder none of whose entries fit says how many"
+    assert "  … and 1 more" in lines, "a folder only some of whose entries fit, too"
     many = summarize_listing({"path": ".", "files": [f"f{i:04}.txt" for i in range(5000)]})
     assert many.splitlines()[-1] == f"… and {5000 - MAX_ENTRIES} more"
     small = summarize_listing({"path": ".", "files": files}, max_entries=10_000, max_chars=2000)
