@@ -103,10 +103,18 @@ def _tool_use(agent: Agent) -> str:
         "read why and change your approach instead of repeating the call. After several "
         "failed calls in a row the turn stops and the user is asked how to go on.",
     ]
-    if agent.writes or "execute_command" in agent.tools:
+    risky = [
+        what
+        for what, able in (
+            ("change files", agent.writes),
+            ("run commands", "execute_command" in agent.tools),
+        )
+        if able
+    ]
+    if risky:
         lines.append(
-            "- Calls that change files or run commands wait for the user's approval. A "
-            "rejected call did not run: follow the user's feedback, don't retry it unchanged."
+            f"- Calls that {' or '.join(risky)} may wait for the user's approval. A rejected "
+            "call did not run: follow the user's feedback, don't retry it unchanged."
         )
     lines += [
         "- Finish a task with attempt_completion once it is done and verified: its result "
