@@ -69,6 +69,10 @@ class ClientProfile:
     closes it with 4001."""
     pongs_keep_alive: bool = False
     """A pong counts as activity: no idle close while the client answers pings."""
+    workspace_view: bool = False
+    """The runtime lists the workspace (``list_files``) at a session's first
+    turn for the agents' prompt: for a client that does not report its
+    ``environment`` (which asks for it too)."""
     diff_in_reason: bool = False
     """The client shows a call's ``reason`` and raw arguments, not
     ``metadata``: the diff a human approves is appended to the reason."""
@@ -83,7 +87,10 @@ class ClientProfile:
     ) -> runtime_pb2.OpenSession:
         """The ``OpenSession`` of this client's stream, with its Converse options."""
         opening = runtime_pb2.OpenSession(
-            session_id=session_id, approval=self.approval, client_tools=sorted(self.tools or ())
+            session_id=session_id,
+            approval=self.approval,
+            client_tools=sorted(self.tools or ()),
+            workspace_view=self.workspace_view,
         )
         if resume_after_seq is not None:
             opening.resume_after_seq = resume_after_seq
@@ -145,6 +152,7 @@ CODELAB_IDE = ClientProfile(
     pongs_keep_alive=True,
     # ToolApprovalDialog shows `reason` and the arguments as JSON.
     diff_in_reason=True,
+    workspace_view=True,
     # GatewayApi.listAgents: (response.data as List) (gateway_api.dart).
     rest_lists=MappingProxyType({"list_agents": "agents"}),
 )

@@ -124,6 +124,7 @@ async def run(args: argparse.Namespace) -> None:
         max_lines=max(20, shutil.get_terminal_size().lines - 10),
     )
     async with IdeConnection(args.url, args.session, token) as connection:
+        await connection.report_environment(workspace.root)
         info = await connection.next_frame()
         agent = (info.get("metadata") or {}).get("agent", "?")
         print(f"session {args.session} (agent {agent}) in {workspace.root}", file=sys.stderr)

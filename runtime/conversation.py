@@ -44,6 +44,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -51,11 +52,12 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
-from runtime.dispatch import Dispatcher, Next
+from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher, Next
 from runtime.errors import Precondition, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.prompts import NOTICE_MARK
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -79,6 +81,8 @@ class ConversationSettings:
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+    max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
+    """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -119,7 +123,11 @@ class Conversation:
             metrics=metrics,
         )
         self._dispatcher = Dispatcher(
-            session, self.stream, approval_required=settings.approval_required, metrics=metrics
+            session,
+            self.stream,
+            approval_required=settings.approval_required,
+            metrics=metrics,
+            max_mistakes=settings.max_consecutive_mistakes,
         )
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
@@ -234,6 +242,9 @@ class Conversation:
                 self._on_file_changed(event)
             case Undo():
                 await self._on_undo(event, request_id, client)
+            case Environment():
+                # The model calls from now on are told (runtime.prompts).
+                self.session.environment = event
 
     async def _go_on(self, next_: Next) -> None:
         """Write what a step changed; start the model call that follows, if one does."""
@@ -338,7 +349,7 @@ class Conversation:
             ChatMessage(
                 role="user",
                 content=(
-                    f"[IDE notice] These files changed in the editor since you last saw "
+                    f"{NOTICE_MARK} These files changed in the editor since you last saw "
                     f"them: {listing}. Read them again before relying on their contents."
                 ),
             )
@@ -478,4 +489,6 @@ class Conversation:
             self.session.messages,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
+            environment=self.session.environment,
+            workspace_view=self.session.workspace_view,
         )

@@ -28,6 +28,7 @@ def test_every_ide_frame_example_is_accepted_by_the_gateway() -> None:
         "plan_approval",
         "cancel",
         "file_changed",
+        "environment",
         "auth",
         "resume",
         "undo",

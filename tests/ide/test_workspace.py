@@ -4,10 +4,14 @@ undo restores is what was there)."""
 
 from __future__ import annotations
 
+import json
+import platform
 from pathlib import Path
 
 import pytest
 
+from gateway.frames import parse_frame
+from ide.connection import environment_frame
 from ide.workspace import ToolFailed, Workspace
 
 
@@ -114,3 +118,12 @@ async def test_move_file_keeps_the_bytes_and_never_overwrites(tmp_path: Path) ->
     assert (tmp_path / "taken.txt").read_text() == "mine"
     with pytest.raises(ToolFailed, match="outside the workspace"):
         await workspace.run("move_file", {"source": "sub/b.txt", "destination": "../out.txt"})
+
+
+async def test_the_reported_environment_names_the_shell_commands_run_in(tmp_path: Path) -> None:
+    frame = environment_frame(tmp_path)
+    reported = parse_frame(json.dumps(frame)).environment
+    assert reported.os.startswith(platform.system())
+    assert reported.workspace_root == str(tmp_path)
+    ran = await Workspace(tmp_path).run("execute_command", {"command": "echo $0"})
+    assert ran["stdout"].strip() == reported.shell
