@@ -16,6 +16,7 @@ from mesh.database import create_engine
 from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
+    ClientOptions,
     Environment,
     FileChanged,
     PlanApproval,
@@ -830,3 +831,42 @@ async def test_every_delta_is_sent_within_a_durable_reservation(
     row = await recording.get_session("reserving")
     assert row is not None
     assert row.seq_reserved >= sent[-1][0]
+
+
+async def test_the_workspace_is_listed_once_for_the_prompt_of_a_client_that_asks(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, session = await make(store, llm, agent="debug")
+    viewing = ClientOptions(workspace_view=True)
+    await conversation.handle(UserMessage("first"), client=viewing)
+    (listing,) = await until(outbox, ToolCallEvent)
+    assert isinstance(listing, ToolCallEvent)
+    assert (listing.tool_name, listing.arguments) == (
+        "list_files",
+        {"path": ".", "recursive": True},
+    )
+    assert not listing.requires_approval
+    assert llm.seen == [], "the model waits for the listing"
+    result = {"path": ".", "files": ["src/", "src/shop.py", "README.md"], "truncated": False}
+    await conversation.handle(ToolResult(listing.call_id, result=result), client=viewing)
+    await until(outbox, TurnDone)
+    system = llm.seen[0][0].content
+    assert "src/" in system
+    assert "shop.py" in system
+    assert "README.md" in system
+    assert all(m.role != "tool" for m in session.messages), "the listing is not in the history"
+    await conversation.handle(UserMessage("second"), client=viewing)
+    events = await until(outbox, TurnDone)
+    assert not any(isinstance(e, ToolCallEvent) for e in events), "listed once"
+    assert "shop.py" in llm.seen[1][0].content
+
+
+async def test_a_client_that_cannot_list_or_did_not_ask_is_not_asked_to(store: Store) -> None:
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, _ = await make(store, llm, agent="debug")
+    await conversation.handle(UserMessage("plain"))
+    assert not any(isinstance(e, ToolCallEvent) for e in await until(outbox, TurnDone))
+    no_list = ClientOptions(workspace_view=True, tools=frozenset({"read_file"}))
+    await conversation.handle(UserMessage("cannot list"), client=no_list)
+    assert not any(isinstance(e, ToolCallEvent) for e in await until(outbox, TurnDone))
