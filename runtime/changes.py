@@ -29,8 +29,10 @@ from runtime.records import Checkpoint
 CHANGE_TOOLS = frozenset({"write_file", "delete_file", "move_file", "apply_diff", "insert_content"})
 """The tools run as a checkpointed change; every other tool is offered as it is."""
 
-MAX_DIFF_CHARS = 64_000
+MAX_DIFF_BYTES = 64 * 1024
 """A diff shown for approval is cut here (the change itself is exact)."""
+MODEL_DIFF_BYTES = 4096
+"""An edit's answer to the model carries its diff up to this size."""
 
 _ABSENT = re.compile(r"not found|no such file|does not exist|is not a file|enoent", re.IGNORECASE)
 
@@ -123,13 +125,10 @@ def advance(job: dict[str, Any], payload: dict[str, Any], status: str) -> Planne
     result = dict(payload)
     if job["tool"] in ("apply_diff", "insert_content"):
         added, removed = edits.diff_stats(job["diff"])
-        result = {
-            "result": {
-                "path": job["args"]["path"],
-                "changed": f"+{added} -{removed} lines",
-                "diff": job["diff"],
-            }
-        }
+        answer = {"path": job["args"]["path"], "changed": f"+{added} -{removed} lines"}
+        if len(job["diff"]) <= MODEL_DIFF_BYTES:
+            answer["diff"] = job["diff"]
+        result = {"result": answer}
     checkpoints = [
         Checkpoint(job["turn"], path, job["before"][path], after)
         for path, after in job["after"].items()
@@ -170,9 +169,10 @@ def _change(job: dict[str, Any]) -> Planned:
     if tool == "move_file":
         diff = f"rename from {args['source']}\nrename to {args['destination']}\n"
     else:
-        diff = "".join(edits.unified_diff(p, before.get(p), new) for p, new in after.items())
-    if len(diff) > MAX_DIFF_CHARS:
-        diff = diff[:MAX_DIFF_CHARS] + "\n… (the diff is cut here; the change is complete)\n"
+        diff = "".join(
+            edits.unified_diff(p, before.get(p), new, limit=MAX_DIFF_BYTES)
+            for p, new in after.items()
+        )
     tool_name, arguments = call
     return SubCall(
         tool_name,
@@ -201,5 +201,5 @@ def edited(
     if "content" not in arguments:
         return job
     path = arguments["path"]
-    diff = edits.unified_diff(path, job["before"][path], arguments["content"])
+    diff = edits.unified_diff(path, job["before"][path], arguments["content"], limit=MAX_DIFF_BYTES)
     return {**job, "after": {path: arguments["content"]}, "diff": diff}

@@ -44,6 +44,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -51,11 +52,12 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
-from runtime.dispatch import Dispatcher
-from runtime.errors import UpstreamError
+from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
+from runtime.errors import Precondition, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.prompts import NOTICE_MARK
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -79,6 +81,8 @@ class ConversationSettings:
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+    max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
+    """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -119,7 +123,11 @@ class Conversation:
             metrics=metrics,
         )
         self._dispatcher = Dispatcher(
-            session, self.stream, approval_required=settings.approval_required, metrics=metrics
+            session,
+            self.stream,
+            approval_required=settings.approval_required,
+            metrics=metrics,
+            max_mistakes=settings.max_consecutive_mistakes,
         )
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
@@ -234,6 +242,9 @@ class Conversation:
                 self._on_file_changed(event)
             case Undo():
                 await self._on_undo(event, request_id, client)
+            case Environment():
+                # The model calls from now on are told (runtime.prompts).
+                self.session.environment = event
 
     async def _go_on(self, next_: Next) -> None:
         """Write what a step changed; start the model call that follows, if one does."""
@@ -270,23 +281,32 @@ class Conversation:
         await self._begin_turn(event.content, request_id, client)
 
     async def _on_undo(self, event: Undo, request_id: str | None, client: ClientOptions) -> None:
-        """Start an undo turn: the IDE restores files through tool calls."""
-        if self.turn_running:
-            self._dispatcher.refuse(
-                "turn_in_progress",
-                "cannot undo during a turn; cancel it or wait for is_final",
-                True,
-            )
-            return
-        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
         try:
-            next_ = subcalls.start_undo(
-                self._dispatcher, checkpoints, event.turn_id, request_id, client
-            )
-        except undo.NothingToUndo as exc:
-            self._dispatcher.refuse("nothing_to_undo", str(exc))
-            return
+            await self.undo(event.turn_id, request_id, client)
+        except Precondition as exc:
+            code = "nothing_to_undo" if isinstance(exc, undo.NothingToUndo) else "turn_in_progress"
+            self._dispatcher.refuse(code, str(exc), retryable=code == "turn_in_progress")
+
+    async def undo(self, turn_id: str, request_id: str | None, client: ClientOptions) -> int:
+        """Start an undo turn from ``turn_id`` on (empty: the last turn that
+        changed files): the IDE restores the files through tool calls.
+
+        Returns the first turn undone. Raises :class:`~runtime.errors.Precondition`
+        while a turn runs, :class:`~runtime.undo.NothingToUndo` with nothing to undo.
+        """
+        if self.turn_running:
+            raise Precondition("cannot undo during a turn; cancel it or wait for it to end")
+        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
+        next_, first = subcalls.start_undo(
+            self._dispatcher, checkpoints, turn_id, request_id, client
+        )
         await self._go_on(next_)
+        return first
+
+    @property
+    def client(self) -> ClientOptions:
+        """The client the last turn ran for (an undo asked by REST runs for it)."""
+        return self._dispatcher.turn.client
 
     async def _begin_turn(
         self, content: str, request_id: str | None, client: ClientOptions
@@ -329,7 +349,7 @@ class Conversation:
             ChatMessage(
                 role="user",
                 content=(
-                    f"[IDE notice] These files changed in the editor since you last saw "
+                    f"{NOTICE_MARK} These files changed in the editor since you last saw "
                     f"them: {listing}. Read them again before relying on their contents."
                 ),
             )
@@ -469,4 +489,6 @@ class Conversation:
             self.session.messages,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
+            environment=self.session.environment,
+            workspace_view=self.session.workspace_view,
         )

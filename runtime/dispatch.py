@@ -57,6 +57,10 @@ from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelR
 
 log = structlog.get_logger("runtime.dispatch")
 
+DEFAULT_MAX_MISTAKES = 3
+"""Failed tool calls in a row after which a turn stops and asks the user (Roo
+Code's ``consecutiveMistakeLimit`` default); ``MAX_CONSECUTIVE_MISTAKES``."""
+
 _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
 
 
@@ -95,11 +99,13 @@ class Dispatcher:
         *,
         approval_required: frozenset[str],
         metrics: RuntimeMetrics,
+        max_mistakes: int = DEFAULT_MAX_MISTAKES,
     ) -> None:
         self.session = session
         self.stream = stream
         self.approval_required = approval_required
         self.metrics = metrics
+        self.max_mistakes = max_mistakes
         self.turn = Turn()
 
     @property
@@ -168,22 +174,44 @@ class Dispatcher:
 
     # -- the turn ----------------------------------------------------------------
 
-    def begin(self, content: str, request_id: str | None, client: ClientOptions = STRICT) -> Next:
-        """Start a turn on the user's ``content`` for ``client``: the model is called next."""
+    def begin(
+        self,
+        content: str,
+        request_id: str | None,
+        client: ClientOptions = STRICT,
+        *,
+        view: bool = True,
+    ) -> Next:
+        """Start a turn on the user's ``content`` for ``client``: the model is
+        called next, or once the workspace is listed for its prompt
+        (:func:`runtime.subcalls.fetch_view`; not with ``view`` False)."""
         session = self.session
         self.append_message(ChatMessage(role="user", content=content))
         if not session.title:
             session.title = content.strip().splitlines()[0][:80]
         self.turn = Turn(request_id=request_id, started=time.monotonic(), client=client)
         session.state = "running"
-        return Next.MODEL
+        return subcalls.fetch_view(self, client) if view else Next.MODEL
 
     def take_model_call(self) -> bool:
-        """Count one more model call; at the turn's limit, end the turn instead.
+        """Count one more model call; at the turn's limits, end the turn instead.
 
         Returns False once ``MAX_MODEL_CALLS_PER_TURN`` calls were made: the
-        turn then fails with ``turn_limit`` (queued, for the caller to write).
+        turn then fails with ``turn_limit``. Also False after ``max_mistakes``
+        failed tool calls in a row (0: no such limit): the turn then ends
+        with a message that asks the user how to go on. Either end is
+        queued, for the caller to write.
         """
+        turn = self.turn
+        if self.max_mistakes and turn.mistakes >= self.max_mistakes:
+            text = turn.stuck_message()
+            log.info(
+                "turn_stopped_after_mistakes", mistakes=turn.mistakes, tool=turn.last_failure[0]
+            )
+            self.stream.durable(AssistantText(text))
+            self.append_message(ChatMessage("assistant", text))
+            self.finish(TurnStatus.COMPLETED)
+            return False
         if self.turn.take_model_call():
             return True
         limit = f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
@@ -339,6 +367,7 @@ class Dispatcher:
         return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), 0)
 
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
+        self.turn.note_outcome(call.name, payload)
         self.session.answered.add(call.call_id)
         self.append_message(tool_message(call.call_id, call.name, payload))
 
@@ -440,6 +469,8 @@ class Dispatcher:
             self.record_call(call, status, decided, ran)
             return subcalls.answered(self, call, payload, status)
         session.answered.add(call.call_id)
+        if status != "rejected":  # the user's decision is no mistake of the model's
+            self.turn.note_outcome(call.tool_name, payload)
         self.append_message(tool_message(call.call_id, call.tool_name, payload))
         self.record_call(call, status, decided, ran)
         if session.pending:

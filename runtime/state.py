@@ -2,7 +2,9 @@
 
 :class:`Session` holds the conversation (messages and who said them), the
 numbering of its events, the tool calls its turn waits on
-(:class:`PendingCall`), its plans and the files the IDE saw change. It is
+(:class:`PendingCall`), its plans, the files the IDE saw change and what
+its agents are told of the IDE's machine (its environment, the workspace's
+file tree). It is
 loaded from the store (:meth:`Session.from_store`) and changed only by the
 session's :class:`~runtime.conversation.Conversation` and its
 :class:`~runtime.dispatch.Dispatcher`.
@@ -17,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from runtime.commands import Environment
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.records import DECIDED_STATUSES, Loaded, MessageRecord
@@ -111,6 +114,13 @@ class Session:
     """Files the IDE saw change since the last turn (bounded, see Conversation)."""
     file_changes_dropped: int = 0
     """Changes not kept because ``file_changes`` was full."""
+    environment: Environment | None = None
+    """Where the IDE runs, as it last reported it (None: not reported). In
+    memory only: every connection reports it again."""
+    workspace_view: str | None = None
+    """The workspace's file tree as the model is shown it in the system prompt
+    (:func:`runtime.listing.summarize_listing` of a ``list_files`` result),
+    fetched at the session's first turn; None until then. In memory only."""
 
     def next_seq(self) -> int:
         self.last_seq += 1

@@ -17,7 +17,7 @@ import hashlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from runtime import changes, undo
+from runtime import changes, listing, undo
 from runtime.commands import ClientOptions
 from runtime.events import AssistantText, TurnStatus
 from runtime.llm import ChatMessage, ToolCallRequest
@@ -64,10 +64,13 @@ def start_undo(
     turn_id: str,
     request_id: str | None,
     client: ClientOptions,
-) -> Next:
-    """Begin an undo turn; refused (:class:`undo.NothingToUndo`) with nothing to undo."""
+) -> tuple[Next, int]:
+    """Begin an undo turn; returns what comes next and the first turn it undoes.
+
+    Raises :class:`undo.NothingToUndo` (and starts nothing) with nothing to undo.
+    """
     first, files = undo.plan(checkpoints, turn_id)
-    d.begin(f"/undo {first}", request_id, client)
+    d.begin(f"/undo {first}", request_id, client, view=False)
     parent = PendingCall(
         f"undo-{uuid.uuid4().hex}",
         "undo",
@@ -91,12 +94,54 @@ def start_undo(
         # offers them again, where a "running" one would be taken for a
         # turn a restart cut off, and failed.
         d.session.state = "waiting"
-    return next_
+    return next_, first
+
+
+VIEW_JOB = {"kind": "view", "tool": "workspace_view"}
+
+
+def fetch_view(d: Dispatcher, client: ClientOptions) -> Next:
+    """At a turn's start: list the workspace for the prompt if nobody has yet.
+
+    Once per live session, for a client that asked (``workspace_view``) or
+    reported its environment, and implements ``list_files``: the model is
+    called once the listing is in (:data:`Next.WAIT` till then).
+    """
+    session = d.session
+    wanted = client.workspace_view or session.environment is not None
+    can_list = client.tools is None or "list_files" in client.tools
+    if session.workspace_view is not None or not wanted or not can_list:
+        return Next.MODEL
+    d.offer(
+        PendingCall(
+            f"view-{uuid.uuid4().hex[:24]}",
+            "list_files",
+            {"path": ".", "recursive": True},
+            CallState.AWAITING_RESULT,
+            "the workspace's files, for the agents' prompt",
+            agent=session.agent,
+            original_arguments={"path": ".", "recursive": True},
+            job=VIEW_JOB,
+        )
+    )
+    session.state = "waiting"
+    return Next.WAIT
 
 
 def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: str) -> Next:
     """A sub-call was answered (already recorded): take the next step of its work."""
     assert call.job is not None
+    if call.job["kind"] == "view":
+        result = payload.get("result")
+        d.session.workspace_view = (
+            listing.summarize_listing(result)
+            if status == "completed" and isinstance(result, dict)
+            else f"(the IDE could not list the workspace: {str(payload.get('error'))[:200]})"
+        )
+        if d.session.pending:
+            return Next.WAIT
+        d.session.state = "running"
+        return Next.MODEL
     parent = d.session.pending[call.parent]
     if call.job["kind"] == "undo":
         assert parent.job is not None

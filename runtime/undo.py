@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from runtime import edits
-from runtime.changes import MAX_DIFF_CHARS, Done, Planned, SubCall, read_outcome
+from runtime.changes import MAX_DIFF_BYTES, Done, Planned, SubCall, read_outcome
+from runtime.errors import Precondition
 from runtime.records import Checkpoint
 
 MAX_UNDO_BYTES = 16_000_000
@@ -25,13 +26,35 @@ MAX_UNDO_BYTES = 16_000_000
 later turns first)."""
 
 
-class NothingToUndo(ValueError):
+class NothingToUndo(Precondition):
     """There is no change to undo from the turn asked for; the message says why."""
 
 
-def turns(checkpoints: list[Checkpoint]) -> list[int]:
-    """The turns that changed files, oldest first."""
-    return sorted({c.turn for c in checkpoints})
+def turns(checkpoints: list[Checkpoint]) -> dict[int, list[Checkpoint]]:
+    """The checkpoints by the turn that made them, turns oldest first."""
+    by_turn: dict[int, list[Checkpoint]] = {}
+    for c in sorted(checkpoints, key=lambda c: (c.turn, c.id)):
+        by_turn.setdefault(c.turn, []).append(c)
+    return by_turn
+
+
+def file_changes(checkpoints: list[Checkpoint]) -> list[tuple[str, str]]:
+    """One turn's files, in the order first changed, each ``created``,
+    ``modified`` or ``deleted`` (its state before the turn against after it)."""
+    first: dict[str, str | None] = {}
+    last: dict[str, str | None] = {}
+    for c in checkpoints:
+        first.setdefault(c.path, c.before)
+        last[c.path] = c.after
+    changes = []
+    for path, before in first.items():
+        after = last[path]
+        if before is None:
+            change = "created" if after is not None else "unchanged"
+        else:
+            change = "deleted" if after is None else "modified"
+        changes.append((path, change))
+    return changes
 
 
 def plan(checkpoints: list[Checkpoint], turn_id: str) -> tuple[int, list[dict[str, Any]]]:
@@ -124,9 +147,7 @@ def advance(
         reason = f"{path} changed since the agent wrote it: undoing discards those changes"
     else:
         reason = f"undo restores {path}"
-    diff = edits.unified_diff(path, state, target)
-    if len(diff) > MAX_DIFF_CHARS:
-        diff = diff[:MAX_DIFF_CHARS] + "\n… (the diff is cut here; the restore is complete)\n"
+    diff = edits.unified_diff(path, state, target, limit=MAX_DIFF_BYTES)
     return SubCall(
         call[0],
         call[1],

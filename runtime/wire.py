@@ -15,6 +15,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -149,6 +150,9 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
         return FileChanged(changed.path, timestamp)
     if kind == "undo":
         return Undo(request.undo.turn_id)
+    if kind == "environment":
+        reported = request.environment
+        return Environment(reported.os, reported.shell, reported.workspace_root)
     raise InvalidArgument("expected a client event after open")
 
 
@@ -157,6 +161,7 @@ def to_client_options(opening: runtime_pb2.OpenSession) -> ClientOptions:
     return ClientOptions(
         approves_by_result=opening.approval == runtime_pb2.APPROVAL_MODE_TOOL_RESULT,
         tools=frozenset(opening.client_tools) if opening.client_tools else None,
+        workspace_view=opening.workspace_view,
     )
 
 

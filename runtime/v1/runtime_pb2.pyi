@@ -139,6 +139,7 @@ class ConverseRequest(_message.Message):
     FILE_CHANGED_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     UNDO_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """traceparent is the W3C trace context of the IDE frame behind this
@@ -186,6 +187,10 @@ class ConverseRequest(_message.Message):
     def undo(self) -> Global___Undo:
         """undo restores the workspace to how it was before a turn."""
 
+    @_builtins.property
+    def environment(self) -> Global___Environment:
+        """environment reports where the IDE runs, for the agents' prompt."""
+
     def __init__(
         self,
         *,
@@ -199,13 +204,14 @@ class ConverseRequest(_message.Message):
         file_changed: Global___FileChanged | None = ...,
         resume: Global___Resume | None = ...,
         undo: Global___Undo | None = ...,
+        environment: Global___Environment | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -243,6 +249,7 @@ class OpenSession(_message.Message):
     RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
     CLIENT_TOOLS_FIELD_NUMBER: _builtins.int
+    WORKSPACE_VIEW_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is chosen by the IDE; an unknown id creates the session."""
     resume_after_seq: _builtins.int
@@ -252,6 +259,12 @@ class OpenSession(_message.Message):
     approval: Global___ApprovalMode.ValueType
     """approval says how this stream's client answers a tool call that needs
     a human (the client's profile in the gateway decides it).
+    """
+    workspace_view: _builtins.bool
+    """workspace_view asks the runtime to list the workspace (list_files,
+    recursive) before the first model call of the session's first turn
+    here, for the agents' prompt. A stream that reports its `environment`
+    gets the listing too.
     """
     @_builtins.property
     def client_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -268,10 +281,11 @@ class OpenSession(_message.Message):
         resume_after_seq: _builtins.int | None = ...,
         approval: Global___ApprovalMode.ValueType = ...,
         client_tools: _abc.Iterable[_builtins.str] | None = ...,
+        workspace_view: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "approval", b"approval", "client_tools", b"client_tools", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "approval", b"approval", "client_tools", b"client_tools", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id", "workspace_view", b"workspace_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after_seq: _TypeAlias = _typing.Literal["resume_after_seq"]  # noqa: Y015
     _WhichOneofArgType__resume_after_seq: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq"]  # noqa: Y015
@@ -451,6 +465,40 @@ class Cancel(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
+
+@_typing.final
+class Environment(_message.Message):
+    """Environment is what the IDE reports of where it runs; an empty field was
+    not reported. The runtime keeps a live session's latest report in memory
+    (not in the database: each connection reports it again) and tells the
+    model in the system prompt, so its commands and paths fit the machine.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OS_FIELD_NUMBER: _builtins.int
+    SHELL_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ROOT_FIELD_NUMBER: _builtins.int
+    os: _builtins.str
+    """os names the operating system, e.g. "Linux", "Darwin 23.4.0", "Windows 11"."""
+    shell: _builtins.str
+    """shell is the shell execute_command runs in, e.g. "/bin/zsh", "powershell"."""
+    workspace_root: _builtins.str
+    """workspace_root is the workspace folder's absolute path on the IDE's machine."""
+    def __init__(
+        self,
+        *,
+        os: _builtins.str = ...,
+        shell: _builtins.str = ...,
+        workspace_root: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["os", b"os", "shell", b"shell", "workspace_root", b"workspace_root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Environment: _TypeAlias = Environment  # noqa: Y015
 
 @_typing.final
 class Undo(_message.Message):
@@ -707,7 +755,7 @@ class ToolCallMetadata(_message.Message):
     PARENT_TOOL_FIELD_NUMBER: _builtins.int
     diff: _builtins.str
     """diff is the unified diff of what the call changes (git style, cut at
-    64,000 characters): what a human approves.
+    64 KiB, with a line saying so): what a human approves.
     """
     parent_call_id: _builtins.str
     """parent_call_id is the model's call this call serves."""
@@ -1629,6 +1677,7 @@ class PendingApproval(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """call_id is the waiting call."""
     tool_name: _builtins.str
@@ -1643,6 +1692,10 @@ class PendingApproval(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """created_at is when the call was proposed."""
 
+    @_builtins.property
+    def metadata(self) -> Global___ToolCallMetadata:
+        """metadata is set for a call the runtime issued (see ToolCall.metadata)."""
+
     def __init__(
         self,
         *,
@@ -1651,10 +1704,11 @@ class PendingApproval(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         reason: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        metadata: Global___ToolCallMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "created_at", b"created_at", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "created_at", b"created_at", "reason", b"reason", "tool_name", b"tool_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "created_at", b"created_at", "metadata", b"metadata", "reason", b"reason", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1807,3 +1861,57 @@ class ListCheckpointsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class UndoTurnRequest(_message.Message):
+    """UndoTurnRequest names a session and the first turn to undo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    turn_id: _builtins.str
+    """turn_id is the first turn to undo; empty: the last turn that changed
+    files and is not undone yet.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndoTurnRequest: _TypeAlias = UndoTurnRequest  # noqa: Y015
+
+@_typing.final
+class UndoTurnResponse(_message.Message):
+    """UndoTurnResponse says the undo started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id echoes the request."""
+    turn_id: _builtins.str
+    """turn_id is the first turn being undone."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndoTurnResponse: _TypeAlias = UndoTurnResponse  # noqa: Y015

@@ -105,6 +105,11 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.UndoTurn = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/UndoTurn',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -229,6 +234,17 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UndoTurn(self, request, context):
+        """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+        the restores are tool calls that IDE runs. NOT_FOUND for a session that
+        does not exist; ABORTED when no IDE is connected here, a turn runs, or
+        there is nothing to undo (the details say which); UNAVAILABLE (retry) while
+        another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +302,11 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.ListCheckpoints,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'UndoTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndoTurn,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -601,6 +622,33 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/ListCheckpoints',
             runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndoTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/UndoTurn',
+            runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -107,6 +107,13 @@ class AgentRuntimeServiceStub:
     oldest first: what an `undo` can restore. NOT_FOUND for a session that
     does not exist.
     """
+    UndoTurn: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.UndoTurnRequest, _runtime_pb2.UndoTurnResponse]
+    """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+    the restores are tool calls that IDE runs. NOT_FOUND for a session that
+    does not exist; ABORTED when no IDE is connected here, a turn runs, or
+    there is nothing to undo (the details say which); UNAVAILABLE (retry) while
+    another runtime replica serves the session.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -186,6 +193,13 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     """ListCheckpoints lists, per turn, the files agents changed in a session,
     oldest first: what an `undo` can restore. NOT_FOUND for a session that
     does not exist.
+    """
+    UndoTurn: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UndoTurnRequest, _runtime_pb2.UndoTurnResponse]  # type: ignore[assignment]
+    """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+    the restores are tool calls that IDE runs. NOT_FOUND for a session that
+    does not exist; ABORTED when no IDE is connected here, a turn runs, or
+    there is nothing to undo (the details say which); UNAVAILABLE (retry) while
+    another runtime replica serves the session.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -329,6 +343,19 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListCheckpoints lists, per turn, the files agents changed in a session,
         oldest first: what an `undo` can restore. NOT_FOUND for a session that
         does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def UndoTurn(
+        self,
+        request: _runtime_pb2.UndoTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.UndoTurnResponse, _abc.Awaitable[_runtime_pb2.UndoTurnResponse]]:
+        """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+        the restores are tool calls that IDE runs. NOT_FOUND for a session that
+        does not exist; ABORTED when no IDE is connected here, a turn runs, or
+        there is nothing to undo (the details say which); UNAVAILABLE (retry) while
+        another runtime replica serves the session.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

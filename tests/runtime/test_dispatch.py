@@ -27,7 +27,7 @@ from runtime.events import (
     Usage,
     from_payload,
 )
-from runtime.llm import ToolCallRequest
+from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.records import CallRecord, EventRecord, Step
 from runtime.state import CallState, Session
@@ -439,3 +439,60 @@ def test_a_plan_is_shown_not_waited_on_for_a_client_that_approves_by_running() -
     (published,) = [e for e in queued(dispatcher) if isinstance(e, PlanUpdate)]
     assert not published.requires_approval
     assert not session.pending
+
+
+# -- the mistakes limit --------------------------------------------------------
+
+
+def test_three_failed_calls_in_a_row_stop_the_turn_and_ask_the_user() -> None:
+    dispatcher, session, _ = make("architect")
+    dispatcher.begin("write main.py", None)
+    refused = ("write_file", {"path": "main.py", "content": "x"})
+    for _ in range(3):
+        assert dispatcher.take_model_call()
+        assert dispatcher.after_reply(reply(refused)) is Next.MODEL
+    assert not dispatcher.take_model_call(), "no fourth model call"
+    assert dispatcher.turn.model_calls == 3
+    *_, asked, done = queued(dispatcher)
+    assert isinstance(asked, AssistantText)
+    assert "after 3 failed tool calls in a row" in asked.text
+    assert "write_file" in asked.text
+    assert "may only write *.md" in asked.text, "the last error, quoted"
+    assert asked.text.endswith("How would you like me to proceed?")
+    assert done == TurnDone(TurnStatus.COMPLETED, Usage(9, 6))
+    assert session.messages[-1] == ChatMessage("assistant", asked.text)
+    assert session.state == "idle"
+
+
+def test_two_failures_and_a_success_do_not_stop_the_turn() -> None:
+    """IDE errors count (Dispatcher.resolve); a result resets the count."""
+    dispatcher, _, _ = make()
+    dispatcher.begin("read", None)
+
+    def read(**answer: Any) -> Next:
+        assert dispatcher.take_model_call()
+        assert dispatcher.after_reply(reply(("read_file", {"path": "a.py"}))) is Next.WAIT
+        return answers.on_tool_result(dispatcher, ToolResult("call_0", **answer))
+
+    assert read(error="no such file") is Next.MODEL
+    assert read(error="no such file") is Next.MODEL
+    assert read(result={"content": "x"}) is Next.MODEL
+    assert read(error="no such file") is Next.MODEL
+    assert read(error="no such file") is Next.MODEL
+    assert dispatcher.take_model_call(), "two failures in a row since the success"
+    assert dispatcher.turn.mistakes == 2
+
+
+def test_rejections_are_not_mistakes_and_zero_turns_the_limit_off() -> None:
+    dispatcher, _, _ = make()
+    dispatcher.begin("write", None)
+    for _ in range(3):
+        assert dispatcher.take_model_call()
+        dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
+        answers.on_approval(dispatcher, ApprovalDecision("call_0", "reject"))
+    assert dispatcher.take_model_call(), "the user said no: the model adapts, it did not fail"
+    dispatcher.max_mistakes = 0
+    for _ in range(5):
+        dispatcher.after_reply(reply(("switch_mode", {"agent": "nobody", "reason": "r"})))
+    assert dispatcher.turn.mistakes == 5
+    assert dispatcher.take_model_call()
