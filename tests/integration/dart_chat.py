@@ -218,6 +218,19 @@ class DartChat:
         if tool == "read_file":
             content = path.read_text()
             result = {"success": True, "content": content, "lines_read": len(content.split("\n"))}
+        elif tool == "list_files":
+            entries = (
+                sorted(path.rglob("*")) if arguments.get("recursive") else sorted(path.iterdir())
+            )
+            items = [
+                {
+                    "name": entry.name,
+                    "path": entry.relative_to(self.workspace).as_posix(),
+                    "type": "directory" if entry.is_dir() else "file",
+                }
+                for entry in entries
+            ]
+            result = {"success": True, "path": ".", "items": items, "total_count": len(items)}
         elif tool == "write_file":
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(arguments["content"])

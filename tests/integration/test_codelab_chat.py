@@ -56,12 +56,13 @@ async def test_the_ides_chat_reads_writes_is_refused_and_streams_one_bubble(
         return decisions.pop(0)
 
     async with DartChat(mesh.front_url, token, session_id, tmp_path, human) as chat:
-        # An approved write: the file's previous state read first (not found:
+        # An approved write: the workspace listed for the agents' prompt (a
+        # session's first turn), the file's previous state read (not found:
         # a new file), then the write asked once, run by the IDE, answered.
         shown = await chat.say("write hello.py: print('hi')")
         assert (tmp_path / "hello.py").read_text().strip() == "print('hi')"
         calls = [b for b in shown if b.kind == "tool_call"]
-        assert [c.text for c in calls] == ["read_file", "write_file"]  # never sent again to run
+        assert [c.text for c in calls] == ["list_files", "read_file", "write_file"]  # once each
         assert [b.kind for b in shown if b.kind == "error"] == []
         assert texts(shown)[-1].startswith("write_file returned:")
         no_empty_bubbles(shown)

@@ -50,7 +50,15 @@ async def test_the_ide_logs_in_and_works_through_one_base_url(
         frames = []
         while not (frame := await ide.next_frame()).get("is_final"):
             frames.append(frame)
-    assert [f["type"] for f in frames] == ["agent_switched"]
+            if frame["type"] == "tool_call":  # the workspace, for the agents' prompt
+                listing = {"success": True, "path": ".", "items": [], "total_count": 0}
+                await ide.send(
+                    {"type": "tool_result", "call_id": frame["call_id"], "result": listing}
+                )
+    assert [(f["type"], f.get("tool_name")) for f in frames] == [
+        ("tool_call", "list_files"),
+        ("agent_switched", None),
+    ]
     assert frame["type"] == "assistant_message"
     assert frame["content"].startswith("You said: hello")
 

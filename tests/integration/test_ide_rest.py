@@ -51,6 +51,19 @@ async def frame_of_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
                 return dict(frame)
 
 
+EMPTY_LISTING = {"success": True, "path": ".", "items": [], "total_count": 0}
+"""The CodeLab IDE's list_files answer for an empty workspace."""
+
+
+async def list_workspace(ws: ClientConnection) -> None:
+    """Answer the listing of the workspace the runtime asks the IDE for before a
+    session's first model call (its profile asks for the agents' prompt)."""
+    listing = await frame_of_type(ws, "tool_call")
+    assert (listing["tool_name"], listing["requires_approval"]) == ("list_files", False)
+    result = {"type": "tool_result", "call_id": listing["call_id"], "result": EMPTY_LISTING}
+    await ws.send(json.dumps(result))
+
+
 async def test_the_ide_manages_its_sessions_through_the_front_door(
     mesh: Mesh, front: httpx.AsyncClient
 ) -> None:
@@ -79,6 +92,7 @@ async def test_the_ide_manages_its_sessions_through_the_front_door(
     async with socket(mesh, sid, alice) as ws:
         # The IDE's profile sends no session_info (it would be an empty bubble).
         await ws.send(json.dumps({"type": "user_message", "content": "write notes.txt: hi"}))
+        await list_workspace(ws)
         # The runtime reads the file's previous state first; the IDE runs it.
         read = await frame_of_type(ws, "tool_call")
         assert (read["tool_name"], read["requires_approval"]) == ("read_file", False)
@@ -192,7 +206,8 @@ async def test_the_ide_reads_the_agents_and_the_current_agent_through_the_front_
     )
     async with socket(mesh, sid, alice) as ws:  # its profile sends no session_info
         await ws.send(json.dumps({"type": "user_message", "content": "write notes.txt: hi"}))
-        await frame_of_type(ws, "tool_call")
+        await list_workspace(ws)
+        await frame_of_type(ws, "agent_switched")
     current = ide.current_agent_info(
         (await front.get(f"{api}/agents/{sid}/current", headers=alice)).json()
     )

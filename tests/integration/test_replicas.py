@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from ide.connection import IdeConnection
 from runtime.leases import Leases
 from tests.conftest import free_port, fresh_postgres_sync
-from tests.integration.conftest import Mesh, migrate_runtime
-from tests.integration.test_persistence import frames_until_final, module_service
+from tests.integration.conftest import Mesh, migrate_runtime, module_service
+from tests.integration.test_persistence import frames_until_final
 from tests.support import Service, grpc_healthy, http_healthy
 
 LEASE_TTL = 2.0

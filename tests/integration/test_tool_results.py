@@ -74,7 +74,8 @@ async def test_the_ides_chat_hears_the_error_in_one_bubble(mesh: Mesh, tmp_path:
     session_id = await new_session(mesh, token)
     async with DartChat(mesh.front_url, token, session_id, tmp_path) as chat:
         shown = await chat.say("read big.log")
-        assert [b.text for b in shown if b.kind == "tool_call"] == ["read_file"]
+        # The workspace is listed first, for the agents' prompt (a session's first turn).
+        assert [b.text for b in shown if b.kind == "tool_call"] == ["list_files", "read_file"]
         assert [b.kind for b in shown if b.kind == "error"] == []
         heard_the_limit(texts(shown)[-1])
         # The socket is still open and the session goes on.

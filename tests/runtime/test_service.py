@@ -186,14 +186,20 @@ async def test_the_environment_the_ide_reports_reaches_the_models_prompt(
     environment.shell = "/bin/bash"
     await call.write(runtime_pb2.ConverseRequest(environment=environment))
     await call.write(user_message("hello"))
-    while not (await call.read()).HasField("turn_done"):
-        pass
+    # An IDE that reports its environment is asked for the workspace's files too.
+    listing = (await read_until(call, "tool_call"))[-1].tool_call
+    assert listing.tool_name == "list_files"
+    listed = runtime_pb2.ToolResult(call_id=listing.call_id)
+    listed.result.update({"path": ".", "files": ["src/", "src/app.py"], "truncated": False})
+    await call.write(runtime_pb2.ConverseRequest(tool_result=listed))
+    await read_until(call, "turn_done")
     await call.done_writing()
     servicer, _ = proxy
     _, answer = servicer.requests
     system = answer.messages[0]
     assert system.role == "system"
     assert "Operating system: Linux 6.8\nShell: /bin/bash\nWorkspace root: /w\n" in system.content
+    assert "  app.py" in system.content, "and its files, as listed"
 
 
 async def test_cancelling_the_stream_cancels_the_llm_call(
