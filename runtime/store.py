@@ -13,7 +13,8 @@ its data in one transaction and leaves its row as a tombstone.
 The tables are in :mod:`runtime.schema`; the schema in the database belongs
 to Alembic (``runtime/migrations``), and :func:`migrate` applies it. Works
 on SQLite (aiosqlite) and PostgreSQL (asyncpg). Which replica serves a
-session (its lease) is :mod:`runtime.leases`, reached as :attr:`Store.leases`.
+session (its lease) is :mod:`runtime.leases`, reached as :attr:`Store.leases`;
+each user's approval rules are :mod:`runtime.rules_store`, as :attr:`Store.rules`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mesh import database
 from runtime.errors import InvalidArgument
 from runtime.leases import Leases
+from runtime.rules_store import RulesStore
 from runtime.records import (
     PENDING_STATUSES,
     CallRecord,
@@ -132,6 +134,8 @@ class Store:
         self._engine = engine
         self.leases = Leases(engine)
         """Which replica serves each session (:class:`runtime.leases.Leases`)."""
+        self.rules = RulesStore(engine)
+        """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""
