@@ -55,6 +55,7 @@ from runtime.errors import UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.rules import OperatorLimits
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -78,6 +79,8 @@ class ConversationSettings:
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+    rule_limits: OperatorLimits = OperatorLimits()
+    """What users' approval rules may auto-approve (the operator's floor)."""
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
