@@ -55,7 +55,7 @@ from runtime.errors import UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
-from runtime.rules import OperatorLimits
+from runtime.rules import DEFAULT_LIMITS, OperatorLimits
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -79,7 +79,7 @@ class ConversationSettings:
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
-    rule_limits: OperatorLimits = OperatorLimits()
+    rule_limits: OperatorLimits = DEFAULT_LIMITS
     """What users' approval rules may auto-approve (the operator's floor)."""
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
@@ -120,8 +120,13 @@ class Conversation:
             metrics=metrics,
         )
         self._dispatcher = Dispatcher(
-            session, self.stream, approval_required=settings.approval_required, metrics=metrics
+            session,
+            self.stream,
+            approval_required=settings.approval_required,
+            metrics=metrics,
+            limits=settings.rule_limits,
         )
+        self._rules = store.rules
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -264,8 +269,14 @@ class Conversation:
     async def _begin_turn(
         self, content: str, request_id: str | None, client: ClientOptions
     ) -> None:
+        await self.load_rules()
         self._notice_file_changes()
         await self._go_on(self._dispatcher.begin(content, request_id, client))
+
+    async def load_rules(self) -> None:
+        """Read the owner's approval rules (one query): at each turn's start, so
+        a change made meanwhile (``UpdateApprovalRules``) holds from the next turn."""
+        self._dispatcher.rules = await self._rules.get(self.session.owner)
 
     def _on_file_changed(self, event: FileChanged) -> None:
         """Remember a changed file for the next turn: coalesced per path, at

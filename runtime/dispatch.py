@@ -51,6 +51,14 @@ from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.records import CallRecord, now
 from runtime.records import SwitchRecord as StoredSwitch
+from runtime.rules import (
+    DEFAULT_LIMITS,
+    Approval,
+    ApprovalRules,
+    OperatorLimits,
+    Outcome,
+    decide,
+)
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
 from runtime.stream import EventStream
 from runtime.tools import TOOLS, Side, Tool
@@ -97,9 +105,11 @@ class Dispatcher:
     """The decisions of one live session's turns; the changes go to ``stream``'s open step.
 
     ``approval_required`` names the tools a human approves before the IDE
-    runs them. :attr:`turn` is the current turn's counters (a new one per
-    :meth:`begin`). No method awaits or writes: the caller flushes ``stream``
-    when a method returns anything but :attr:`Next.NOTHING`.
+    runs them, unless the session owner's :attr:`rules` auto-approve a call
+    within the operator's ``limits`` (:meth:`approval_for`). :attr:`turn` is
+    the current turn's counters (a new one per :meth:`begin`). No method
+    awaits or writes: the caller flushes ``stream`` when a method returns
+    anything but :attr:`Next.NOTHING`.
     """
 
     def __init__(
@@ -109,11 +119,15 @@ class Dispatcher:
         *,
         approval_required: frozenset[str],
         metrics: RuntimeMetrics,
+        limits: OperatorLimits = DEFAULT_LIMITS,
     ) -> None:
         self.session = session
         self.stream = stream
         self.approval_required = approval_required
         self.metrics = metrics
+        self.limits = limits
+        self.rules = ApprovalRules()
+        """The session owner's approval rules, as the shell loaded them for this turn."""
         self.turn = Turn()
 
     @property
@@ -302,10 +316,53 @@ class Dispatcher:
         if TOOLS[call.name].side is Side.RUNTIME:
             self.metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
-        approval = verdict.requires_approval
-        state = CallState.AWAITING_APPROVAL if approval else CallState.AWAITING_RESULT
-        self._offer(call, verdict.arguments, state, verdict.reason)
+        approval = self.approval_for(call.name, verdict.arguments, verdict.requires_approval)
+        if isinstance(approval, policy.Refused):
+            self.metrics.tool_calls.labels(call.name, "refused").inc()
+            self._answer(call, {"error": approval.to_model()})
+            return False
+        state = CallState.AWAITING_APPROVAL if approval.ask else CallState.AWAITING_RESULT
+        self._offer(call, verdict.arguments, state, approval.reason(verdict.reason))
         return False
+
+    def approval_for(
+        self, tool_name: str, arguments: dict[str, Any], requires_approval: bool
+    ) -> Approval | policy.Refused:
+        """Whether a call the policy let through waits for a human: the whole
+        decision of the owner's :attr:`rules` over the operator's floor.
+
+        Refused when a deny rule matches (any tool, reads too). Else a call
+        needing no approval runs; one that needs it is auto-approved only if
+        allow rules cover it (never a command of the always-asked list:
+        :func:`runtime.rules.decide`), the operator lets rules auto-approve
+        the tool (``USER_AUTO_APPROVE``) and the turn is under its cap, which
+        the auto-approval then uses up by one (so call it once per call).
+        """
+        decision = decide(self.rules, tool_name, arguments)
+        session_id = self.session.session_id
+        if decision.outcome is Outcome.DENY:
+            log.info(
+                "tool_call_denied_by_rule",
+                session_id=session_id,
+                tool=tool_name,
+                rule=decision.rule,
+            )
+            return policy.Refused(decision.reason, policy.Grounds.RULE)
+        if not requires_approval:
+            return Approval(ask=False)
+        if decision.outcome is Outcome.ASK:
+            speaks = any(rule.covers(tool_name) for rule in self.rules.allow)
+            return Approval(ask=True, note=decision.reason if speaks else "")
+        if tool_name not in self.limits.user_auto_approve:
+            return Approval(True, f"the operator lets no rule auto-approve {tool_name}")
+        cap = self.limits.cap(self.rules)
+        if not self.turn.take_auto_approval(cap):
+            return Approval(True, f"this turn's {cap} auto-approved calls are used up")
+        self.metrics.approvals.labels(tool_name, "auto").inc()
+        log.info(
+            "tool_call_auto_approved", session_id=session_id, tool=tool_name, rule=decision.rule
+        )
+        return Approval(ask=False, note=f"auto-approved by your rule {decision.rule}")
 
     def _offer(
         self, call: ToolCallRequest, arguments: dict[str, Any], state: CallState, reason: str

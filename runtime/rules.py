@@ -283,6 +283,29 @@ class OperatorLimits:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """Whether a call the policy let through waits for a human
+    (:meth:`runtime.dispatch.Dispatcher.approval_for`)."""
+
+    ask: bool
+    note: str = ""
+    """Not asked: the rule that auto-approved it; asked: why the user's rules
+    did not apply (empty when they say nothing of the tool)."""
+
+    def reason(self, policy_reason: str) -> str:
+        """The call's reason as the IDE and its row show it, from the policy's."""
+        if not self.note:
+            return policy_reason
+        if not self.ask or not policy_reason:
+            return self.note
+        return f"{policy_reason} ({self.note})"
+
+
+DEFAULT_LIMITS = OperatorLimits()
+"""The floor when the operator sets none: rules may auto-approve what needs approval."""
+
+
 class Outcome(enum.Enum):
     ALLOW = "allow"
     DENY = "deny"

@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mesh import database
 from runtime.errors import InvalidArgument
 from runtime.leases import Leases
-from runtime.rules_store import RulesStore
 from runtime.records import (
     PENDING_STATUSES,
     CallRecord,
@@ -45,6 +44,7 @@ from runtime.records import (
     is_pending,
     now,
 )
+from runtime.rules_store import RulesStore
 from runtime.schema import agent_switches, events, messages, plans, sessions, tool_calls
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -39,6 +39,7 @@ from runtime.events import (
 )
 from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
+from runtime.rules import ApprovalRules
 from runtime.state import Session
 from runtime.store import Store, migrate
 from runtime.turn import MAX_SWITCHES_PER_TURN
@@ -774,3 +775,27 @@ async def test_every_delta_is_sent_within_a_durable_reservation(
     row = await recording.get_session("reserving")
     assert row is not None
     assert row.seq_reserved >= sent[-1][0]
+
+
+# -- the user's approval rules ---------------------------------------------------
+
+
+async def test_the_owners_rules_are_read_when_a_turn_begins(store: Store) -> None:
+    pytest_call = [call("execute_command", command="pytest -q")]
+    llm = ScriptedLlm(pytest_call, [TextChunk("ran")], pytest_call)
+    conversation, outbox, session = await make(store, llm)
+    await store.rules.set(
+        "alice", ApprovalRules.from_json({"allow": ["execute_command(pytest:*)"]})
+    )
+    await store.rules.set("bob", ApprovalRules.from_json({"deny": ["execute_command"]}))
+    await conversation.handle(UserMessage("run the tests"))
+    (offered,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert not offered.requires_approval, "alice's rule, not bob's, applies to her session"
+    (row,) = await store.pending_calls(session.session_id)
+    assert row.reason == "auto-approved by your rule execute_command(pytest:*)"
+    await conversation.handle(ToolResult(offered.call_id, result={"exit_code": 0}))
+    await until(outbox, TurnDone)
+    await store.rules.set("alice", ApprovalRules())  # changed between turns
+    await conversation.handle(UserMessage("again"))
+    (again,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert again.requires_approval, "the next turn reads the rules again"
