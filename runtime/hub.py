@@ -35,6 +35,7 @@ from runtime.errors import (
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.records import SessionRow
+from runtime.rules import OperatorLimits
 from runtime.state import Session
 from runtime.store import SessionExists, Store
 
@@ -109,6 +110,11 @@ class SessionHub:
     @property
     def store(self) -> Store:
         return self._store
+
+    @property
+    def rule_limits(self) -> OperatorLimits:
+        """The operator's floor under users' approval rules."""
+        return self._settings.rule_limits
 
     async def open(self, session_id: str, owner: str) -> tuple[Conversation, bool]:
         """The owner's live session, created if new; ``(conversation, created)``.

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from runtime import shell
+from runtime.errors import InvalidArgument
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED, READ_TOOLS, TOOLS, WRITE_TOOLS, Side
 
 MAX_RULES = 200
@@ -61,7 +62,7 @@ ALWAYS_ASK = (*(d.name for d in shell.ALWAYS_ASK), GIT_DIR_WRITES)
 """What no rule auto-approves, as the user is shown it."""
 
 
-class RulesInvalid(ValueError):
+class RulesInvalid(InvalidArgument):
     """Rules that cannot be used; the message names the rule and what is wrong."""
 
 

@@ -102,6 +102,16 @@ class AgentRuntimeServiceStub:
     (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
     another runtime replica serves the session.
     """
+    GetApprovalRules: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetApprovalRulesRequest, _runtime_pb2.GetApprovalRulesResponse]
+    """GetApprovalRules returns the calling user's approval rules, the
+    operator's limits on them and what is always asked whatever they say.
+    """
+    UpdateApprovalRules: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.UpdateApprovalRulesRequest, _runtime_pb2.UpdateApprovalRulesResponse]
+    """UpdateApprovalRules replaces the calling user's approval rules; each
+    session's next turn follows them. INVALID_ARGUMENT, saying which rule
+    and why, for a rule that cannot be read, more than 200 rules in a
+    list, or a cap above the operator's.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -176,6 +186,16 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     request included. NOT_FOUND for a session that does not exist
     (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
     another runtime replica serves the session.
+    """
+    GetApprovalRules: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetApprovalRulesRequest, _runtime_pb2.GetApprovalRulesResponse]  # type: ignore[assignment]
+    """GetApprovalRules returns the calling user's approval rules, the
+    operator's limits on them and what is always asked whatever they say.
+    """
+    UpdateApprovalRules: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UpdateApprovalRulesRequest, _runtime_pb2.UpdateApprovalRulesResponse]  # type: ignore[assignment]
+    """UpdateApprovalRules replaces the calling user's approval rules; each
+    session's next turn follows them. INVALID_ARGUMENT, saying which rule
+    and why, for a rule that cannot be read, more than 200 rules in a
+    list, or a cap above the operator's.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -308,6 +328,28 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request included. NOT_FOUND for a session that does not exist
         (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
         another runtime replica serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def GetApprovalRules(
+        self,
+        request: _runtime_pb2.GetApprovalRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.GetApprovalRulesResponse, _abc.Awaitable[_runtime_pb2.GetApprovalRulesResponse]]:
+        """GetApprovalRules returns the calling user's approval rules, the
+        operator's limits on them and what is always asked whatever they say.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateApprovalRules(
+        self,
+        request: _runtime_pb2.UpdateApprovalRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.UpdateApprovalRulesResponse, _abc.Awaitable[_runtime_pb2.UpdateApprovalRulesResponse]]:
+        """UpdateApprovalRules replaces the calling user's approval rules; each
+        session's next turn follows them. INVALID_ARGUMENT, saying which rule
+        and why, for a rule that cannot be read, more than 200 rules in a
+        list, or a cap above the operator's.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
