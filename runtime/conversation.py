@@ -51,11 +51,11 @@ from runtime.commands import (
     UserMessage,
 )
 from runtime.dispatch import Dispatcher, Next
-from runtime.errors import UpstreamError
+from runtime.errors import Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
-from runtime.rules import DEFAULT_LIMITS, OperatorLimits
+from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -224,7 +224,7 @@ class Conversation:
             case ToolResult():
                 await self._go_on(answers.on_tool_result(dispatcher, event, client))
             case ApprovalDecision():
-                await self._go_on(answers.on_approval(dispatcher, event, client))
+                await self._on_approval(event, client)
             case SwitchAgent():
                 await self._on_switch_agent(event, request_id, client)
             case PlanApproval():
@@ -239,6 +239,22 @@ class Conversation:
         await self.stream.flush()
         if next_ is Next.MODEL:
             self._task = asyncio.create_task(self._advance())
+
+    async def _on_approval(self, event: ApprovalDecision, client: ClientOptions) -> None:
+        """A human's decision; with ``always_allow``, the rule it adds is stored
+        once the decision is written, and holds for the rest of the turn too."""
+        dispatcher = self._dispatcher
+        rule = answers.always_allow(dispatcher, event)
+        next_ = answers.on_approval(dispatcher, event, client)
+        await self._go_on(next_)
+        if rule is None or next_ is Next.NOTHING:
+            return
+        try:
+            dispatcher.rules = await self._rules.add_rule(self.session.owner, rule)
+        except (RulesInvalid, Unavailable) as exc:  # the allow list is full; a race
+            dispatcher.refuse("rule_not_added", f"no rule was added: {exc}", exc.retryable)
+            return
+        log.info("approval_rule_added", session_id=self.session.session_id, rule=rule.text)
 
     async def _on_user_message(
         self, event: UserMessage, request_id: str | None, client: ClientOptions

@@ -799,3 +799,28 @@ async def test_the_owners_rules_are_read_when_a_turn_begins(store: Store) -> Non
     await conversation.handle(UserMessage("again"))
     (again,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
     assert again.requires_approval, "the next turn reads the rules again"
+
+
+async def test_always_allow_stores_the_rule_and_it_holds_at_once(store: Store) -> None:
+    run = [call("execute_command", command="pytest -q")]
+    llm = ScriptedLlm(run, run, [TextChunk("done")], run)
+    conversation, outbox, session = await make(store, llm)
+    await conversation.handle(UserMessage("test"))
+    (asked,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert asked.requires_approval
+    await conversation.handle(ApprovalDecision(asked.call_id, "approve", always_allow=True))
+    (approved,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert (approved.call_id, approved.requires_approval) == (asked.call_id, False)
+    stored = await store.rules.get("alice")
+    assert [rule.text for rule in stored.allow] == ["execute_command(pytest:*)"]
+    await conversation.handle(ToolResult(approved.call_id, result={"exit_code": 0}))
+    (same_turn,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert not same_turn.requires_approval, "the rule holds for the rest of the turn"
+    await conversation.handle(ToolResult(same_turn.call_id, result={"exit_code": 0}))
+    await until(outbox, TurnDone)
+    await conversation.handle(UserMessage("again"))
+    (next_turn,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert not next_turn.requires_approval, "and for the next turns"
+    await conversation.handle(ToolResult(next_turn.call_id, result={"exit_code": 0}))
+    await until(outbox, TurnDone)
+    assert_history_complete(session)

@@ -455,3 +455,55 @@ def test_the_operator_decides_which_tools_rules_may_auto_approve() -> None:
     assert command.requires_approval
     assert "the operator lets no rule auto-approve execute_command" in command.reason
     assert not write.requires_approval
+
+
+def test_always_allow_names_the_rule_and_the_call_is_approved() -> None:
+    dispatcher = ruled([])
+    dispatcher.after_reply(reply(("execute_command", {"command": "npm test -- -q"})))
+    decision = ApprovalDecision("call_0", "approve", always_allow=True)
+    rule = answers.always_allow(dispatcher, decision)
+    assert rule is not None
+    assert rule.text == "execute_command(npm test:*)"
+    assert answers.on_approval(dispatcher, decision) is Next.WAIT
+    assert offered(dispatcher)[-1].reason == "approved"
+
+
+@pytest.mark.parametrize(
+    ("line", "decision", "why", "status"),
+    [
+        ("pytest; rm -rf x", "approve", "always asked: rm -r (recursive delete)", "approved"),
+        ("pytest && ls", "approve", "a line of several commands", "approved"),
+        ("pytest", "reject", "always_allow goes with approve", "rejected"),
+    ],
+)
+def test_always_allow_of_an_unsuitable_call_adds_nothing_but_the_decision_stands(
+    line: str, decision: str, why: str, status: str
+) -> None:
+    dispatcher = ruled([])
+    dispatcher.after_reply(reply(("execute_command", {"command": line})))
+    subscriber = dispatcher.stream.subscribe()
+    event = ApprovalDecision("call_0", decision, always_allow=True)
+    assert answers.always_allow(dispatcher, event) is None
+    (error,) = sent(subscriber)
+    assert isinstance(error.event, ErrorEvent)
+    assert (error.seq, error.event.code) == (0, "rule_not_added")
+    assert why in error.event.message
+    answers.on_approval(dispatcher, event)
+    assert dispatcher.stream.step().calls[-1].status == status
+
+
+def test_always_allow_respects_the_operators_floor() -> None:
+    dispatcher = ruled([], user_auto_approve=frozenset({"write_file"}))
+    dispatcher.after_reply(reply(("execute_command", {"command": "pytest"})))
+    subscriber = dispatcher.stream.subscribe()
+    event = ApprovalDecision("call_0", "approve", always_allow=True)
+    assert answers.always_allow(dispatcher, event) is None
+    (error,) = sent(subscriber)
+    assert "operator lets no rule auto-approve execute_command" in error.event.message  # type: ignore[union-attr]
+
+
+def test_always_allow_for_an_unknown_call_is_left_to_the_decision() -> None:
+    dispatcher = ruled([])
+    event = ApprovalDecision("call_x", "approve", always_allow=True)
+    assert answers.always_allow(dispatcher, event) is None
+    assert answers.on_approval(dispatcher, event) is Next.NOTHING
