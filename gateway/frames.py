@@ -204,10 +204,14 @@ def _hitl_decision(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     call_id = _required_str(data, "call_id", MAX_ID_BYTES)
     decision = _required_choice(data, "decision", _DECISIONS)
     arguments = _optional_object(data, "modified_arguments")
+    always = data.get("always_allow")
+    if always is not None and not isinstance(always, bool):
+        raise FrameError("invalid_field", "'always_allow' must be a boolean")
     message = runtime_pb2.ApprovalDecision(
         call_id=call_id,
         decision=decision,
         feedback=_optional_str(data, "feedback", MAX_NOTE_BYTES) or "",
+        always_allow=bool(always),
     )
     if decision == runtime_pb2.DECISION_EDIT:
         if arguments is None:

@@ -83,9 +83,12 @@ async def ask(prompt: str) -> str:
 
 async def ask_human(frame: dict[str, Any]) -> Decision:
     while True:
-        answer = (await ask(f"Allow {frame['tool_name']}? [y]es / [n]o / [e]dit: ")).lower()
+        prompt = f"Allow {frame['tool_name']}? [y]es / [a]lways / [n]o / [e]dit: "
+        answer = (await ask(prompt)).lower()
         if answer in ("y", "yes"):
             return Decision("approve")
+        if answer in ("a", "always"):
+            return Decision("approve", always_allow=True)
         if answer in ("n", "no"):
             return Decision("reject", feedback=await ask("Why (optional)? "))
         if answer in ("e", "edit"):

@@ -26,6 +26,8 @@ class Decision:
     decision: str  # approve | edit | reject
     modified_arguments: dict[str, Any] | None = None
     feedback: str = ""
+    always_allow: bool = False
+    """With approve: also add the rule that lets such calls run unasked."""
 
 
 Approver = Callable[[Frame], Awaitable[Decision]]
@@ -119,6 +121,8 @@ class IdeSession:
             }
             if decision.modified_arguments is not None:
                 message["modified_arguments"] = decision.modified_arguments
+            if decision.always_allow:
+                message["always_allow"] = True
             # Approved calls come back as a tool_call without requires_approval:
             # that one is executed, never this one.
             await self.connection.send(message)
