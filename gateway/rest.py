@@ -322,7 +322,8 @@ def _update_rules(params: Params) -> runtime_pb2.UpdateApprovalRulesRequest:
         )
     rules = runtime_pb2.ApprovalRules()
     for name in ("allow", "deny"):
-        texts = body.get(name) or []
+        texts = body.get(name)
+        texts = [] if texts is None else texts
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise InvalidQuery("invalid_body", f"{name} must be a list of rule strings")
         getattr(rules, name).extend(texts)

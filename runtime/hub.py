@@ -156,11 +156,12 @@ class SessionHub:
                 on_idle=self._evict,
                 metrics=self._metrics,
             )
+            if session.pending:
+                # A turn waits on calls and goes on here when they are
+                # answered: its next calls meet the owner's rules (a deny
+                # rule above all), read before any answer can arrive.
+                await conversation.load_rules()
             self._live[session_id] = conversation
-        if session.pending:
-            # A turn waits on calls and goes on here when they are answered:
-            # its next calls meet the owner's rules (a deny rule above all).
-            await conversation.load_rules()
         if session.state == "running":
             # This process did not run that turn: whoever did is gone, with
             # text deltas it may have sent but never wrote, numbered at most

@@ -334,9 +334,11 @@ def decide(rules: ApprovalRules, tool_name: str, arguments: Mapping[str, Any]) -
     paths = _paths(tool_name, arguments)
     for rule in rules.deny:
         if rule.covers(tool_name):
+            if rule.kind is Kind.ANY:
+                return Decision(Outcome.DENY, rule.text, f"{rule.text} matches {tool_name}")
             hit = next((p for p in paths if rule.matches_path(p)), None)
-            if rule.kind is Kind.ANY or hit is not None:
-                return Decision(Outcome.DENY, rule.text, f"{rule.text} matches {hit or tool_name}")
+            if hit is not None:
+                return Decision(Outcome.DENY, rule.text, f"{rule.text} matches {hit}")
     if tool_name in WRITE_TOOLS and any(p == ".git" or p.startswith(".git/") for p in paths):
         return Decision(Outcome.ASK, reason=f"always asked: {GIT_DIR_WRITES}")
     matched = []

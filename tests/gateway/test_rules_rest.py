@@ -102,6 +102,7 @@ async def test_a_user_puts_and_gets_their_rules_and_only_theirs(ports: Ports) ->
         ({"max_auto_approvals_per_turn": 11}, "invalid_request", "at most 10 (the operator's cap)"),
         ({"allow": "read"}, "invalid_body", "allow must be a list of rule strings"),
         ({"allow": [1]}, "invalid_body", "allow must be a list of rule strings"),
+        ({"deny": ""}, "invalid_body", "deny must be a list of rule strings"),
         ({"ask": []}, "invalid_body", "unknown fields ask"),
         ({"max_auto_approvals_per_turn": -1}, "invalid_body", "a whole number from 0"),
         ({"max_auto_approvals_per_turn": "5"}, "invalid_body", "a whole number from 0"),
