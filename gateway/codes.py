@@ -306,6 +306,8 @@ _HTTP_BY_STATUS: dict[grpc.StatusCode, tuple[http.HTTPStatus, str, str]] = {
     ),
     grpc.StatusCode.INVALID_ARGUMENT: (http.HTTPStatus.BAD_REQUEST, "invalid_request", ""),
     grpc.StatusCode.ALREADY_EXISTS: (http.HTTPStatus.CONFLICT, "already_exists", ""),
+    # Not now, in this session's state (a turn runs, nothing to undo): the details say why.
+    grpc.StatusCode.ABORTED: (http.HTTPStatus.CONFLICT, "conflict", ""),
     grpc.StatusCode.UNIMPLEMENTED: (
         http.HTTPStatus.NOT_IMPLEMENTED,
         "not_implemented",
@@ -334,7 +336,8 @@ def response_for_status(code: grpc.StatusCode, details: str | None) -> Response:
 
     NOT_FOUND, PERMISSION_DENIED and FAILED_PRECONDITION (deleted) → 404;
     INVALID_ARGUMENT → 400 (with the
-    runtime's details); ALREADY_EXISTS → 409; UNIMPLEMENTED → 501;
+    runtime's details); ALREADY_EXISTS and ABORTED (with the details) → 409;
+    UNIMPLEMENTED → 501;
     UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED → 503 with
     Retry-After; anything else → 502.
     """

@@ -212,6 +212,9 @@ class Connections:
                 first = None  # the client has its session_info already
         call = link.call
         assert call is not None
+        if link.environment is not None:
+            await self._forward(link, call, link.environment)
+            link.environment = None
         if pending is not None:
             # When the stream is already over, the runtime pump reads why.
             await self._forward(link, call, pending)
@@ -274,7 +277,8 @@ class Connections:
     async def _first_action(self, link: Link) -> runtime_pb2.ConverseRequest | None:
         """Read IDE frames until one is for the runtime; None when the
         connection ends first or the link is woken (``link.woken``). Errors
-        and re-authentication are answered here.
+        and re-authentication are answered here; an ``environment`` is kept
+        for when the link attaches.
 
         Only the wait for a frame is interrupted by a wake (cancelling
         websockets' ``recv`` loses no message: the next read returns it);
@@ -291,7 +295,9 @@ class Connections:
                 finally:
                     link.wake = None
                 action = await self._on_frame(link, message)
-                if action is not None:
+                if action is not None and action.WhichOneof("event") == "environment":
+                    link.environment = action  # no reason to attach: the IDE said nothing yet
+                elif action is not None:
                     return action
         except SlowConsumer:
             await self._slow_consumer(link)

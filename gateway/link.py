@@ -26,6 +26,7 @@ from gateway.frames import Frame, encode
 from gateway.jwks import Principal
 from gateway.limits import TokenBucket
 from gateway.profiles import FrameShaper
+from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
     from gateway.attach import ConverseCall
@@ -76,6 +77,9 @@ class Link:
     """While quiet and reading: a timeout without deadline that a wake moves to now."""
     woken: bool = False
     """Set when the session moved past ``seen_seq`` while this link was quiet."""
+    environment: runtime_pb2.ConverseRequest | None = None
+    """The ``environment`` a quiet link was sent: it does not attach the link
+    (it makes no event), it is forwarded first once the link attaches."""
     call: ConverseCall | None = None
     watchdog: asyncio.TimerHandle | None = None
     """The next check of token, idleness and keepalive (``Connections._watch``)."""

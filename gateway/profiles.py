@@ -69,6 +69,13 @@ class ClientProfile:
     closes it with 4001."""
     pongs_keep_alive: bool = False
     """A pong counts as activity: no idle close while the client answers pings."""
+    workspace_view: bool = False
+    """The runtime lists the workspace (``list_files``) at a session's first
+    turn for the agents' prompt: for a client that does not report its
+    ``environment`` (which asks for it too)."""
+    diff_in_reason: bool = False
+    """The client shows a call's ``reason`` and raw arguments, not
+    ``metadata``: the diff a human approves is appended to the reason."""
     rest_lists: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """REST views (by their name in :data:`gateway.rest.VIEWS`) answered with
     one member of our JSON object, a list, instead of the object: the view
@@ -80,7 +87,10 @@ class ClientProfile:
     ) -> runtime_pb2.OpenSession:
         """The ``OpenSession`` of this client's stream, with its Converse options."""
         opening = runtime_pb2.OpenSession(
-            session_id=session_id, approval=self.approval, client_tools=sorted(self.tools or ())
+            session_id=session_id,
+            approval=self.approval,
+            client_tools=sorted(self.tools or ()),
+            workspace_view=self.workspace_view,
         )
         if resume_after_seq is not None:
             opening.resume_after_seq = resume_after_seq
@@ -88,7 +98,13 @@ class ClientProfile:
 
     def rest_body(self, view: str, body: Body) -> Body | list[Any]:
         """The JSON the REST view named ``view`` answers this client: our
-        ``body``, or the member of it :attr:`rest_lists` names."""
+        ``body``, or the member of it :attr:`rest_lists` names; with
+        :attr:`diff_in_reason`, a restored approval's reason carries its diff."""
+        if self.diff_in_reason and view == "approvals":
+            for approval in body.get("pending_approvals", ()):
+                diff = approval.get("metadata", {}).get("diff")
+                if diff:
+                    approval["reason"] = _with_diff(approval["reason"], diff)
         member = self.rest_lists.get(view)
         return body if member is None else list(body[member])
 
@@ -134,6 +150,9 @@ CODELAB_IDE = ClientProfile(
     switch_runs_turn=False,
     outlives_token=True,
     pongs_keep_alive=True,
+    # ToolApprovalDialog shows `reason` and the arguments as JSON.
+    diff_in_reason=True,
+    workspace_view=True,
     # GatewayApi.listAgents: (response.data as List) (gateway_api.dart).
     rest_lists=MappingProxyType({"list_agents": "agents"}),
 )
@@ -193,6 +212,10 @@ class FrameShaper:
         frame = frame_for(response)
         if frame is None:
             return []
+        if kind == "tool_call" and profile.diff_in_reason and frame.get("metadata"):
+            diff = frame["metadata"]["diff"]
+            if diff:
+                frame["reason"] = _with_diff(frame["reason"], diff)
         if response.seq == 0 and kind != "session_opened":
             # Not an event of the answer (a refusal, a call offered again):
             # a held answer stays whole.
@@ -264,6 +287,10 @@ class FrameShaper:
             if not profile.switch_runs_turn:
                 switch.content = ""
         return action
+
+
+def _with_diff(reason: str, diff: str) -> str:
+    return f"{reason}\n\n{diff}" if reason else diff
 
 
 _STEP_MARKS = {"done": "x", "skipped": "x"}

@@ -25,6 +25,8 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     DELETE /api/v1/sessions/{sid}                  → views.deleted_session
     GET    /api/v1/sessions/{sid}/history          → views.history
     GET    /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
+    GET    /api/v1/sessions/{sid}/checkpoints      → views.checkpoints
+    POST   /api/v1/sessions/{sid}/undo?turn_id=    → 202 views.undo_started
     GET    /api/v1/approval-rules                  → views.approval_rules
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
 
@@ -281,6 +283,13 @@ def _create_session(params: Params) -> runtime_pb2.CreateSessionRequest:
     return runtime_pb2.CreateSessionRequest(title=title)
 
 
+def _undo(params: Params) -> runtime_pb2.UndoTurnRequest:
+    turn_id = _single(params.query, "turn_id") or ""
+    if len(turn_id) > 32 or not (turn_id == "" or turn_id.isdigit()):
+        raise InvalidQuery("invalid_turn_id", "turn_id is a turn's id from /checkpoints")
+    return runtime_pb2.UndoTurnRequest(session_id=params.session_id, turn_id=turn_id)
+
+
 _UPDATABLE = frozenset({"title"})
 
 
@@ -410,6 +419,21 @@ _APPROVALS = View(
     views.pending_approvals,
 )
 
+_CHECKPOINTS = View(
+    "GET",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/checkpoints"),
+    lambda params: runtime_pb2.ListCheckpointsRequest(session_id=params.session_id),
+    lambda stub: stub.ListCheckpoints,
+    views.checkpoints,
+)
+_UNDO = View(
+    "POST",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/undo"),
+    _undo,
+    lambda stub: stub.UndoTurn,
+    views.undo_started,
+    http.HTTPStatus.ACCEPTED,
+)
 _RULES_PATH = re.compile(r"/api/v1/approval-rules")
 _RULES = View(
     "GET",
@@ -437,6 +461,8 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "delete_session": _DELETE,
     "history": _HISTORY,
     "approvals": _APPROVALS,
+    "checkpoints": _CHECKPOINTS,
+    "undo": _UNDO,
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
 }

@@ -157,6 +157,7 @@ def history(response: runtime_pb2.GetSessionHistoryResponse) -> Body:
                 "name": message.name or None,
                 "agent": message.agent,
                 "created_at": iso_time(message.created_at),
+                "undone": message.undone,
             }
             for message in response.messages
         ],
@@ -174,9 +175,43 @@ def pending_approvals(response: runtime_pb2.ListPendingApprovalsResponse) -> Bod
                 "arguments": struct_to_dict(approval.arguments),
                 "reason": approval.reason,
                 "created_at": iso_time(approval.created_at),
+                **_metadata(approval),
             }
             for approval in response.approvals
         ],
+    }
+
+
+def checkpoints(response: runtime_pb2.ListCheckpointsResponse) -> Body:
+    return {
+        "session_id": response.session_id,
+        "turns": [
+            {
+                "turn_id": turn.turn_id,
+                "message": turn.message,
+                "files": [{"path": f.path, "change": f.change} for f in turn.files],
+                "undone": turn.undone,
+                "created_at": iso_time(turn.created_at),
+            }
+            for turn in response.turns
+        ],
+    }
+
+
+def undo_started(response: runtime_pb2.UndoTurnResponse) -> Body:
+    return {"session_id": response.session_id, "turn_id": response.turn_id, "started": True}
+
+
+def _metadata(approval: runtime_pb2.PendingApproval) -> Body:
+    if not approval.HasField("metadata"):
+        return {}
+    metadata = approval.metadata
+    return {
+        "metadata": {
+            "diff": metadata.diff,
+            "parent_call_id": metadata.parent_call_id,
+            "parent_tool": metadata.parent_tool,
+        }
     }
 
 

@@ -5,9 +5,9 @@
     scripts/chat --session chat-1234 "go on"     # continue an existing session
 
 Tool calls run inside ``--workspace`` (default: the current directory) and
-never outside it; calls that need approval are asked about (y/n/e) unless
-``--yes``. Lines starting with ``/`` are commands: ``/switch AGENT [message]``,
-``/cancel`` is Ctrl-C during a turn, ``/quit``.
+never outside it; calls that need approval are shown (tool, reason, the diff
+of what they change) and asked about unless ``--yes``. Lines starting with
+``/`` are commands (``/help``); Ctrl-C cancels the running turn.
 
 The token is read from ``--token``, ``$CODELAB_TOKEN`` or ``.codelab/token``
 (written by ``scripts/up``).
@@ -18,16 +18,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
+import re
+import shutil
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ide.connection import IdeConnection
-from ide.turns import Decision, IdeSession, approve_all
+from ide.console import Console, read_line
+from ide.diffs import wants_color
+from ide.rest import RestClient, RestError, format_checkpoints, format_rules, rest_base
+from ide.turns import IdeSession, Turn, approve_all
 from ide.workspace import Workspace
+
+HELP = """\
+/switch AGENT [message]  switch agents (and send the message as the new agent)
+/undo [TURN_ID]          restore the files of the last turn that changed any (or of TURN_ID)
+/checkpoints             the turns of this session that changed files, with their ids
+/rules                   your approval rules ([a]lways at a prompt adds one)
+/help                    this list
+/quit                    leave (Ctrl-C cancels a running turn; Ctrl-D leaves too)
+At an approval: [y]es, [a]lways (approve and add a rule for this kind of call),
+[n]o, [e]dit the arguments, [d]iff in full when it was cut to the terminal."""
+
+_COMMAND = re.compile(r"/[a-z]+")
 
 
 def read_token(explicit: str | None) -> str:
@@ -44,119 +62,101 @@ def read_token(explicit: str | None) -> str:
         ) from None
 
 
-def show(frame: dict[str, Any]) -> None:
-    """Print one frame for a human."""
-    kind = frame.get("type")
-    if kind == "assistant_message":
-        if frame.get("is_final"):
-            status = (frame.get("metadata") or {}).get("status", "")
-            print("" if status == "completed" else f"\n[turn {status}]", flush=True)
+@dataclass(slots=True)
+class Chat:
+    """One session at the terminal: runs input lines as turns or commands."""
+
+    session: IdeSession
+    rest: RestClient
+
+    async def run_line(self, line: str) -> bool:
+        """Run one input line; False to quit."""
+        command, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if command in ("/quit", "/exit"):
+            return False
+        if command == "/help":
+            print(HELP)
+        elif command == "/switch":
+            agent, _, message = rest.partition(" ")
+            if not agent:
+                print("/switch AGENT [message]: which agent?", file=sys.stderr)
+                return True
+            await self._turn(self.session.switch(agent, message, "switched from the terminal"))
+        elif command == "/undo":
+            await self._turn(self.session.undo(rest or None))
+        elif command == "/checkpoints":
+            session_id = self.session.connection.session_id
+            await self._view(self.rest.checkpoints(session_id), format_checkpoints)
+        elif command == "/rules":
+            await self._view(self.rest.approval_rules(), format_rules)
+        elif _COMMAND.fullmatch(command):
+            print(f"unknown command {command}; /help lists them", file=sys.stderr)
         else:
-            print(frame.get("content", ""), end="", flush=True)
-    elif kind == "agent_switched":
-        print(
-            f"\n[agent] {frame['from_agent']} -> {frame['to_agent']}: {frame.get('reason', '')}"
-            f" (confidence {frame.get('confidence', 1):.2f})",
-            flush=True,
-        )
-    elif kind == "tool_call":
-        arguments = json.dumps(frame.get("arguments"), ensure_ascii=False)
-        if len(arguments) > 200:
-            arguments = arguments[:200] + "…"
-        state = "needs approval" if frame.get("requires_approval") else "running"
-        print(f"\n[tool {state}] {frame['tool_name']} {arguments}", flush=True)
-    elif kind == "plan_update":
-        print(f"\n[plan {frame['plan_id']}]", flush=True)
-        for step in frame.get("steps", []):
-            print(f"  {step['id']}. [{step['status']}] {step['desc']}", flush=True)
-    elif kind == "plan_progress":
-        print(f"\n[plan {frame['plan_id']}] step {frame['step_id']} {frame['status']}", flush=True)
-    elif kind == "error":
-        print(f"\n[error {frame.get('code')}] {frame.get('content')}", file=sys.stderr, flush=True)
-
-
-async def ask(prompt: str) -> str:
-    loop = asyncio.get_running_loop()
-    answer = await loop.run_in_executor(None, input, prompt)
-    return answer.strip()
-
-
-async def ask_human(frame: dict[str, Any]) -> Decision:
-    while True:
-        prompt = f"Allow {frame['tool_name']}? [y]es / [a]lways / [n]o / [e]dit: "
-        answer = (await ask(prompt)).lower()
-        if answer in ("y", "yes"):
-            return Decision("approve")
-        if answer in ("a", "always"):
-            return Decision("approve", always_allow=True)
-        if answer in ("n", "no"):
-            return Decision("reject", feedback=await ask("Why (optional)? "))
-        if answer in ("e", "edit"):
-            current = json.dumps(frame.get("arguments"), ensure_ascii=False)
-            print(f"current arguments: {current}")
-            try:
-                edited = json.loads(await ask("New arguments as JSON: "))
-            except json.JSONDecodeError as exc:
-                print(f"not JSON: {exc}")
-                continue
-            return Decision("edit", modified_arguments=edited)
-
-
-async def ask_plan(frame: dict[str, Any]) -> Decision:
-    answer = (await ask("Approve this plan? [y]es / [n]o: ")).lower()
-    if answer in ("y", "yes"):
-        return Decision("approve")
-    return Decision("reject", feedback=await ask("Why (optional)? "))
-
-
-async def run_line(session: IdeSession, line: str) -> bool:
-    """Run one input line; False to quit."""
-    if line in ("/quit", "/exit"):
-        return False
-    if line.startswith("/switch "):
-        _, agent, *rest = line.split(" ", 2)
-        await session.switch(agent, rest[0] if rest else "", "switched from the terminal")
+            await self._turn(self.session.say(line))
         return True
-    turn = asyncio.ensure_future(session.say(line))
-    try:
-        await asyncio.shield(turn)
-    except asyncio.CancelledError:
-        await session.connection.send({"type": "cancel"})
-        await turn
-        raise
-    return True
+
+    async def _turn(self, running: Awaitable[Turn]) -> None:
+        """Wait for a turn; Ctrl-C sends ``cancel`` and waits for its end."""
+        turn = asyncio.ensure_future(running)
+        try:
+            await asyncio.shield(turn)
+        except asyncio.CancelledError:
+            await self.session.connection.send({"type": "cancel"})
+            await turn
+            raise
+
+    async def _view(self, getting: Awaitable[Any], render: Callable[[Any], str]) -> None:
+        """Print a REST view; its failure is a line on stderr, the chat goes on."""
+        try:
+            body = await getting
+        except RestError as exc:
+            print(f"[rest] {exc}", file=sys.stderr, flush=True)
+            return
+        print(render(body), flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:
     token = read_token(args.token)
     workspace = Workspace(Path(args.workspace))
+    console = Console(
+        color=wants_color(sys.stdout, os.environ),
+        max_lines=max(20, shutil.get_terminal_size().lines - 10),
+    )
     async with IdeConnection(args.url, args.session, token) as connection:
+        await connection.report_environment(workspace.root)
         info = await connection.next_frame()
         agent = (info.get("metadata") or {}).get("agent", "?")
         print(f"session {args.session} (agent {agent}) in {workspace.root}", file=sys.stderr)
         session = IdeSession(
             connection,
             workspace,
-            approve=approve_all if args.yes else ask_human,
-            approve_plan=approve_all if args.yes else ask_plan,
-            observe=show,
+            approve=approve_all if args.yes else console.approve_call,
+            approve_plan=approve_all if args.yes else console.approve_plan,
+            observe=console.show,
         )
+        chat = Chat(session, RestClient(rest_base(args.url), token))
         if args.message:
-            await run_line(session, " ".join(args.message))
+            await chat.run_line(" ".join(args.message))
             return
+        print("/help lists the commands", file=sys.stderr)
         while True:
             try:
-                line = await ask("> ")
+                line = await read_line("> ")
             except EOFError:
                 return
-            if line and not await run_line(session, line):
+            if line and not await chat.run_line(line):
                 return
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="codelab-chat", description=__doc__.splitlines()[0])
     parser.add_argument("message", nargs="*", help="send this and exit (default: interactive)")
-    parser.add_argument("--url", default=os.environ.get("CODELAB_URL", "ws://127.0.0.1:8000"))
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("CODELAB_URL", "ws://127.0.0.1:8000"),
+        help="the gateway's WebSocket base; its REST views are read at the same address",
+    )
     parser.add_argument("--session", default=f"chat-{uuid.uuid4().hex[:12]}")
     parser.add_argument("--workspace", default=".", help="folder the agent's tools work in")
     parser.add_argument("--token", default=None)

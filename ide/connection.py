@@ -9,7 +9,10 @@ does.
 from __future__ import annotations
 
 import json
+import os
+import platform
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -58,6 +61,10 @@ class IdeConnection:
     async def send(self, frame: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(frame))
 
+    async def report_environment(self, workspace_root: Path) -> None:
+        """Tell the agents where their tools run (an ``environment`` frame)."""
+        await self.send(environment_frame(workspace_root))
+
     async def send_message(self, content: str) -> None:
         await self.send({"type": "user_message", "content": content, "role": "user"})
 
@@ -85,3 +92,17 @@ class IdeConnection:
                 if frame.get("is_final"):
                     return "".join(parts), frames
                 parts.append(str(frame.get("content", "")))
+
+
+def environment_frame(workspace_root: Path) -> dict[str, Any]:
+    """This machine as the agents should know it: its OS, the shell that
+    ``execute_command`` runs in (:mod:`ide.workspace` runs commands through
+    the system shell, ``/bin/sh`` or ``%COMSPEC%``, whatever the user's login
+    shell is), and the workspace's absolute path."""
+    shell = os.environ.get("COMSPEC", "cmd.exe") if os.name == "nt" else "/bin/sh"
+    return {
+        "type": "environment",
+        "os": f"{platform.system()} {platform.release()}".strip(),
+        "shell": shell,
+        "workspace_root": str(workspace_root),
+    }

@@ -3,8 +3,9 @@
 :class:`IdeSession` sends a message and reacts to every frame until the final
 ``assistant_message``: it executes tool calls in its :class:`Workspace`, asks
 its approver about calls (and plans) that need a human, and reports the rest
-to an observer. The terminal client and the end-to-end tests both drive the
-agent through it.
+to an observer. An undo (``{"type": "undo"}``) is driven the same way: the
+runtime restores files with ordinary tool calls. The terminal client and the
+end-to-end tests both drive the agent through it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class Decision:
     decision: str  # approve | edit | reject
     modified_arguments: dict[str, Any] | None = None
     feedback: str = ""
+    # With approve: the server adds a rule that approves this kind of call from now on.
     always_allow: bool = False
-    """With approve: also add the rule that lets such calls run unasked."""
 
 
 Approver = Callable[[Frame], Awaitable[Decision]]
@@ -43,7 +44,7 @@ class Turn:
     """What one turn produced."""
 
     text: str = ""
-    status: str = ""
+    status: str = ""  # the final frame's status, or "refused" (see IdeSession.follow)
     frames: list[Frame] = field(default_factory=list)
     executed: list[Frame] = field(default_factory=list)
 
@@ -81,8 +82,24 @@ class IdeSession:
         )
         return await self.follow()
 
+    async def undo(self, turn_id: str | None = None) -> Turn:
+        """Ask the runtime to restore the workspace to how it was before a turn
+        (default: the last turn that changed files) and handle the restoring
+        turn: its write_file / delete_file calls run here, approvals are asked."""
+        frame: Frame = {"type": "undo"}
+        if turn_id is not None:
+            frame["turn_id"] = turn_id
+        await self.connection.send(frame)
+        return await self.follow()
+
     async def follow(self) -> Turn:
-        """Handle frames until the final assistant frame."""
+        """Handle frames until the final assistant frame.
+
+        An ``error`` that is no event of the session (``seq`` null or 0) and
+        comes before anything else refused the request that was to start the
+        turn (a turn already running, a frame this server does not know): no
+        turn follows, so this one ends with status ``refused``.
+        """
         turn = Turn()
         parts: list[str] = []
         while True:
@@ -91,6 +108,9 @@ class IdeSession:
             kind = frame.get("type")
             if self._observe is not None:
                 self._observe(frame)
+            if kind == "error" and not frame.get("seq") and len(turn.frames) == 1:
+                turn.status = "refused"
+                return turn
             if kind == "assistant_message":
                 if frame.get("is_final"):
                     turn.text = "".join(parts)
@@ -121,7 +141,7 @@ class IdeSession:
             }
             if decision.modified_arguments is not None:
                 message["modified_arguments"] = decision.modified_arguments
-            if decision.always_allow:
+            if decision.always_allow and decision.decision == "approve":
                 message["always_allow"] = True
             # Approved calls come back as a tool_call without requires_approval:
             # that one is executed, never this one.

@@ -77,7 +77,10 @@ class Workspace:
         first = (start_line or 1) - 1
         kept: list[str] = []
         size = total = 0
-        with target.open(errors="replace") as lines:
+        # newline="": the text exactly as stored (CRLF stays CRLF, a missing final
+        # newline stays missing), so what the runtime remembers of a file can
+        # restore it byte for byte (undo).
+        with target.open(encoding="utf-8", errors="replace", newline="") as lines:
             # Line by line: a range of a big file costs only that range.
             for total, line in enumerate(lines, start=1):
                 if total > first and (end_line is None or total <= end_line):
@@ -101,7 +104,8 @@ class Workspace:
         elif not target.parent.is_dir():
             raise ToolFailed(f"the directory of {path!r} does not exist (create_dirs is false)")
         existed = target.exists()
-        target.write_text(content)
+        # Exactly these characters, no newline translation: an undo restores bytes.
+        target.write_text(content, encoding="utf-8", newline="")
         return {
             "path": self._relative(target),
             "bytes": len(content.encode()),

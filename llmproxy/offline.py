@@ -18,10 +18,11 @@ as ``optional_params``; that is how these settings arrive. A request's
 ``max_tokens`` below ``reply_tokens`` truncates the reply with finish reason
 ``length``, as a real model would.
 
-The reply is ``"You said: <last user message>"`` followed by filler words,
+Unless a rule of :mod:`llmproxy.playbook` answers (with text or tool calls),
+the reply is ``"You said: <last user message>"`` followed by filler words,
 cut or padded to ``reply_tokens`` words. A streamed token is one word plus
-the space after it. :func:`compose_reply` is where a rules table can later
-turn a request into tool calls; the streaming code already forwards them.
+the space after it; in a rule's text, plus the spaces or line breaks after
+it, so a quoted file or error keeps its lines.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -42,6 +44,8 @@ from litellm.types.llms.openai import ChatCompletionToolCallChunk
 from litellm.types.utils import EmbeddingResponse, GenericStreamingChunk, ModelResponse, Usage
 
 from llmproxy import playbook
+
+_WORD = re.compile(r"\S+\s*")
 
 PROVIDER = "offline"
 DEFAULT_REPLY_TOKENS = 24
@@ -146,27 +150,32 @@ def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettin
             )
             for index, call in enumerate(answer.tool_calls)
         )
-        tokens = _tokens(answer.text.split())
-        return Reply(tokens, "tool_calls", prompt_tokens, calls)
+        return Reply(_text_tokens(answer.text), "tool_calls", prompt_tokens, calls)
     if answer is not None:
-        words = answer.text.split()
+        tokens = _text_tokens(answer.text)
     else:
         said = _content_text(_last_user_content(messages))
         words = ["You", "said:", *said.split()]
         fill = itertools.cycle(FILLER_WORDS)
         while len(words) < settings.reply_tokens:
             words.append(next(fill))
-        words = words[: settings.reply_tokens]
+        tokens = _tokens(words[: settings.reply_tokens])
     finish_reason = "stop"
-    if settings.max_tokens is not None and settings.max_tokens < len(words):
-        words = words[: max(settings.max_tokens, 0)]
+    if settings.max_tokens is not None and settings.max_tokens < len(tokens):
+        tokens = _tokens([token.strip() for token in tokens[: max(settings.max_tokens, 0)]])
         finish_reason = "length"
-    return Reply(tokens=_tokens(words), finish_reason=finish_reason, prompt_tokens=prompt_tokens)
+    return Reply(tokens=tokens, finish_reason=finish_reason, prompt_tokens=prompt_tokens)
 
 
 def _tokens(words: Sequence[str]) -> tuple[str, ...]:
     """One streamed token per word, each but the last with its following space."""
     return tuple(word if i == len(words) - 1 else word + " " for i, word in enumerate(words))
+
+
+def _text_tokens(text: str) -> tuple[str, ...]:
+    """One streamed token per word of a rule's answer, each with the spaces or
+    line breaks after it: a quoted error or file keeps its lines."""
+    return tuple(_WORD.findall(text.strip()))
 
 
 def expected_reply_text(user_message: str, reply_tokens: int = DEFAULT_REPLY_TOKENS) -> str:

@@ -15,9 +15,16 @@ Rules, in order (documented in the README):
 3. A user message made of commands becomes tool calls, several joined by
    "and": ``read PATH``, ``list PATH``, ``search TEXT``, ``mkdir PATH``,
    ``delete PATH``, ``move A to B``, and (taking the rest of the message)
-   ``write PATH: CONTENT``, ``run COMMAND``, ``plan A; B; C`` (``plan with
-   approval: …`` asks for approval), ``switch to AGENT``, ``done RESULT``,
-   ``clarify QUESTION``.
+   ``write PATH: CONTENT``, ``edit PATH: OLD => NEW``, ``insert PATH at N:
+   TEXT``, ``run COMMAND``, ``plan A; B; C`` (``plan with approval: …`` asks
+   for approval), ``switch to AGENT``, ``done RESULT``, ``clarify QUESTION``.
+
+   ``edit`` is one ``apply_diff`` block: OLD is everything between the colon
+   (and the one space or line break after it) and the first `` => ``, NEW the
+   rest (empty: OLD is deleted), both verbatim, line breaks included. One
+   block per message: a second would need a separator that code never
+   contains, and ``;`` is not one. ``insert`` takes a line number (``at 0``
+   or ``at end`` appends) and the text after the colon (and one space).
 
 The rules emit tool calls whether or not the tool was offered, on purpose: a
 real model sometimes calls what it should not, and the runtime's policy must
@@ -35,7 +42,19 @@ from typing import Any
 ROUTING_MARKER = "You route requests to agents"
 
 _ROUTES = {
-    "coder": ("write", "create", "implement", "add", "delete", "move", "mkdir", "refactor", "fix"),
+    "coder": (
+        "write",
+        "edit",
+        "insert",
+        "create",
+        "implement",
+        "add",
+        "delete",
+        "move",
+        "mkdir",
+        "refactor",
+        "fix",
+    ),
     "architect": ("design", "plan", "document", "architect"),
     "debug": ("run", "debug", "why", "crash", "trace"),
     "ask": ("read", "list", "search", "what", "how", "explain", "where", "show"),
@@ -142,8 +161,10 @@ def _summary(message: Mapping[str, Any]) -> str:
     name = message.get("name") or "the tool"
     payload = _payload(message)
     if "error" in payload:
+        error = str(payload["error"])
+        end = "" if error.endswith((".", "!", "?")) else "."
         feedback = f" Feedback: {payload['feedback']}." if payload.get("feedback") else ""
-        return f"{name} failed: {payload['error']}.{feedback}"
+        return f"{name} failed: {error}{end}{feedback}"
     result = payload.get("result")
     if isinstance(result, dict):
         shown = result.get("content", result.get("output", result))
@@ -155,23 +176,31 @@ def _summary(message: Mapping[str, Any]) -> str:
     return f"{name} returned: {text}"
 
 
+_GREEDY = ("write", "edit", "insert", "run", "plan", "switch", "done", "clarify")
+"""Verbs that take the rest of the message, "and" included, verbatim."""
+
+
 def _commands(message: str) -> list[ToolCall]:
-    clauses = re.split(r"\s+and\s+", message)
     calls: list[ToolCall] = []
-    for position, clause in enumerate(clauses):
-        verb, _, rest = clause.strip().partition(" ")
+    start = 0
+    for separator in [*re.finditer(r"\s+and\s+", message), None]:
+        end = len(message) if separator is None else separator.start()
+        verb, _, rest = message[start:end].strip().partition(" ")
         verb = verb.lower()
-        rest = rest.strip()
-        tail = " and ".join([rest, *clauses[position + 1 :]]).strip()
-        if verb in ("write", "run", "plan", "switch", "done", "clarify"):
+        if verb in _GREEDY:
+            # The rest of the message as written: "and", spacing and line
+            # breaks are part of a file's content or an edit's text.
+            tail = message[start:].lstrip()[len(verb) :].lstrip(" ")
             call = _greedy(verb, tail)
             if call is not None:
                 calls.append(call)
             return calls
-        call = _simple(verb, rest)
+        call = _simple(verb, rest.strip())
         if call is None:
             return calls if calls else []
         calls.append(call)
+        if separator is not None:
+            start = separator.end()
     return calls
 
 
@@ -217,6 +246,26 @@ def _greedy(verb: str, rest: str) -> ToolCall | None:
         if "/" in path:
             write["create_dirs"] = True  # as a model would, for a folder that may be new
         return ToolCall("write_file", write)
+    if verb == "edit":
+        path, sep, change = rest.partition(":")
+        change = change[1:] if change[:1] in (" ", "\n") else change
+        search, arrow, replace = change.partition(" => ")
+        if not arrow and change.endswith(" =>"):  # "=> nothing": the message was stripped
+            search, arrow, replace = change[:-3], " =>", ""
+        if not sep or not arrow or not path.strip() or not search:
+            return None
+        return ToolCall(
+            "apply_diff",
+            {"path": path.strip(), "blocks": [{"search": search, "replace": replace}]},
+        )
+    if verb == "insert":
+        where = re.fullmatch(r"(\S+)\s+at\s+(\d+|end)\s*:\s?(.+)", rest, re.DOTALL)
+        if where is None:
+            return None
+        line = 0 if where.group(2) == "end" else int(where.group(2))
+        return ToolCall(
+            "insert_content", {"path": where.group(1), "line": line, "content": where.group(3)}
+        )
     if verb == "run":
         return ToolCall("execute_command", {"command": rest})
     if verb == "plan":

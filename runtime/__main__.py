@@ -52,6 +52,7 @@ from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
 from runtime.conversation import ConversationSettings
+from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.metrics import RuntimeMetrics
@@ -111,6 +112,9 @@ class RuntimeConfig:
     """model group that classifies a new session's first message (default: LLM_MODEL)"""
     agent_models: tuple[tuple[str, str], ...] = setting((), parse=_agent_models)
     """per-agent model groups, e.g. debug=gpt-4o,ask=offline (default: none)"""
+    max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
+    """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
+    turn stops and asks the user how to go on; 0: never"""
     approval_required: tuple[str, ...] = setting(
         tuple(sorted(DEFAULT_APPROVAL_REQUIRED)), parse=_approval_required
     )
@@ -218,6 +222,7 @@ async def serve(
             routing_model=config.routing_model or None,
             agent_models=dict(config.agent_models),
             approval_required=frozenset(config.approval_required),
+            max_consecutive_mistakes=config.max_consecutive_mistakes,
             rule_limits=config.rule_limits(),
             detach_grace=config.detach_grace,
             subscriber_queue=config.subscriber_queue,

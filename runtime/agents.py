@@ -1,9 +1,10 @@
-"""The five agents, as data: prompt, tools, path rules, routing keywords.
+"""The five agents, as data: role, tools, path rules, routing keywords.
 
 An agent's tools are named by the groups :mod:`runtime.tools` derives from
 the tools' declarations. Policy (:mod:`runtime.policy`) enforces ``tools``
-and ``writable``; the prompt only tells the model what it will be allowed
-to do.
+and ``writable``; the prompt (:mod:`runtime.prompts`, which adds to the
+role the rules that follow from the tools) only tells the model what it
+will be allowed to do.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from runtime.tools import EDIT_TOOLS, IDE_TOOLS, READ_TOOLS, RUNTIME_TOOLS, WRIT
 class Agent:
     name: str
     description: str
-    system_prompt: str
+    role: str
+    """Who the agent is and how it works: the first paragraph of its system prompt."""
     tools: frozenset[str]
     writable: tuple[str, ...] | None = None
     """Glob patterns (on the workspace-relative path) a write may touch; None: any."""
@@ -30,31 +32,26 @@ class Agent:
         return bool(self.tools & WRITE_TOOLS)
 
 
-_COMMON = (
-    "Paths are relative to the workspace root; never absolute, never outside it. "
-    "Call tools through function calls only. When the request is done, call "
-    "attempt_completion with the result; when it is ambiguous, ask_followup_question. "
-    "If another agent fits the request better, call switch_mode."
-)
-
 AGENTS: dict[str, Agent] = {
     agent.name: agent
     for agent in (
         Agent(
             "orchestrator",
             "Understands the request and routes it to the agent that fits.",
-            "You are the orchestrator of a team of coding agents. Look at the request, "
-            "read what you need, and hand the work to the right agent with switch_mode: "
-            "coder writes code, architect designs and documents, debug finds and fixes "
-            "failures by running things, ask answers questions. " + _COMMON,
+            "You are the orchestrator of a team of coding agents. You do no work yourself: "
+            "work out what the request needs, read only what you must to decide, then hand "
+            "it with switch_mode to the agent that fits, with a reason that tells that "
+            "agent what to do.",
             READ_TOOLS | RUNTIME_TOOLS,
         ),
         Agent(
             "coder",
             "Writes and changes code, creates files, runs commands.",
-            "You are a senior software engineer. Make the change the user asks for: read "
-            "the relevant files first, then write complete files, and run commands to "
-            "check your work. " + _COMMON,
+            "You are the coder: a senior software engineer who makes the changes the user "
+            "asks for in their workspace. Work in steps: find and read the code involved, "
+            "make the smallest change that does the job, in the project's own style, then "
+            "check it (run the tests, the build or the program) and fix what fails before "
+            "you finish.",
             IDE_TOOLS | EDIT_TOOLS | RUNTIME_TOOLS,
             keywords=(
                 "write",
@@ -77,8 +74,11 @@ AGENTS: dict[str, Agent] = {
         Agent(
             "architect",
             "Designs systems and writes design documents (Markdown only).",
-            "You are a software architect. Study the code, then propose designs and plans. "
-            "You may write Markdown files (*.md) only and never run commands. " + _COMMON,
+            "You are the architect: you study the code and turn a request into a design or "
+            "a plan before anyone implements it. Gather context, weigh the options and their "
+            "trade-offs, and write the result as a Markdown document (a design, an ADR, a "
+            "plan) or publish it with update_plan. Ask the user when a decision is theirs to "
+            "make; leave the implementation to the coder.",
             READ_TOOLS | {"write_file"} | EDIT_TOOLS | RUNTIME_TOOLS,
             writable=("*.md",),
             keywords=(
@@ -97,8 +97,10 @@ AGENTS: dict[str, Agent] = {
         Agent(
             "debug",
             "Finds the cause of failures by reading code and running commands; never writes.",
-            "You are a debugging expert. Reproduce the problem by running commands, read "
-            "the code, find the root cause and explain it. You never modify files. " + _COMMON,
+            "You are the debugger: an expert in finding why software fails. Reproduce the "
+            "failure with a command, read the code on its path, list the likely causes and "
+            "narrow them down with evidence (output, a test, the code) until one is proven. "
+            "Report the root cause, the evidence and the fix you recommend.",
             READ_TOOLS | {"execute_command"} | RUNTIME_TOOLS,
             keywords=(
                 "debug",
@@ -119,8 +121,9 @@ AGENTS: dict[str, Agent] = {
         Agent(
             "ask",
             "Answers questions about the code and concepts; read-only.",
-            "You answer questions about the codebase and programming. Read what you need; "
-            "you never change anything. " + _COMMON,
+            "You answer questions about this codebase and about programming. Look up what "
+            "the question is about in the workspace before you answer, name the files your "
+            "answer rests on, and say so when you are unsure.",
             READ_TOOLS | RUNTIME_TOOLS,
             keywords=("what", "how", "why", "explain", "where", "which", "who", "?"),
         ),

@@ -12,14 +12,15 @@ from typing import Any
 
 import structlog
 
-from runtime import policy
+from runtime import changes, policy
 from runtime.agents import AGENTS
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
-from runtime.dispatch import Dispatcher, Next, switched
+from runtime.dispatch import Dispatcher, switched
 from runtime.events import ToolCallEvent
 from runtime.rules import Rule, suggest_rule, why_no_rule
 from runtime.state import CallState, PendingCall
 from runtime.tools import TOOLS, Side
+from runtime.turn import Next
 
 log = structlog.get_logger("runtime.answers")
 
@@ -141,6 +142,12 @@ def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = 
             d.refuse("invalid_edit", verdict.to_editor())
             return Next.NOTHING
         arguments = verdict.arguments
+        if call.job is not None:
+            job = changes.edited(call.job, call.arguments, arguments)
+            if isinstance(job, str):
+                d.refuse("invalid_edit", job)
+                return Next.NOTHING
+            call.job = job
         call.edited = True
     elif event.decision != "approve":
         d.refuse("invalid_frame", "decision must be approve, edit or reject")

@@ -25,6 +25,9 @@ class ClientOptions:
     plans it is shown are not waited on."""
     tools: frozenset[str] | None = None
     """The IDE-side tools the client implements; None: all of them."""
+    workspace_view: bool = False
+    """List the workspace for the agents' prompt at the session's first turn
+    (also done for a client that reported its environment)."""
 
 
 STRICT = ClientOptions()
@@ -78,12 +81,35 @@ class FileChanged:
     timestamp: float
 
 
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """Restore the files changed from a turn on; ``turn_id`` empty: the last such turn."""
+
+    turn_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """Where the IDE runs, as it reports it; an empty field was not reported.
+
+    A live session keeps the latest report in memory only (each connection
+    reports it again) and its agents are told in their system prompt
+    (:func:`runtime.prompts.system_prompt`). Hashable: prompts are cached by it.
+    """
+
+    os: str = ""
+    shell: str = ""
+    workspace_root: str = ""
+
+
 ClientEvent = (
-    UserMessage
+    Undo
+    | UserMessage
     | CancelTurn
     | ToolResult
     | ApprovalDecision
     | SwitchAgent
     | PlanApproval
     | FileChanged
+    | Environment
 )

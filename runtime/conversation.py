@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh import tracing
-from runtime import answers, policy, routing
+from runtime import answers, policy, routing, subcalls, undo
 from runtime.agents import AGENTS
 from runtime.commands import (
     STRICT,
@@ -44,23 +44,26 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
     ToolResult,
+    Undo,
     UserMessage,
 )
-from runtime.dispatch import Dispatcher, Next
-from runtime.errors import Unavailable, UpstreamError
+from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
+from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.prompts import NOTICE_MARK
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
-from runtime.turn import ModelReply, request_reply
+from runtime.turn import ModelReply, Next, request_reply
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
@@ -79,6 +82,8 @@ class ConversationSettings:
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+    max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
+    """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
     rule_limits: OperatorLimits = DEFAULT_LIMITS
     """What users' approval rules may auto-approve (the operator's floor)."""
     detach_grace: float = 10.0
@@ -109,6 +114,7 @@ class Conversation:
     ) -> None:
         self.session = session
         self._llm = llm
+        self._store = store
         self._settings = settings
         self._on_idle = on_idle
         metrics = metrics if metrics is not None else RuntimeMetrics()
@@ -124,6 +130,7 @@ class Conversation:
             self.stream,
             approval_required=settings.approval_required,
             metrics=metrics,
+            max_mistakes=settings.max_consecutive_mistakes,
             limits=settings.rule_limits,
         )
         self._rules = store.rules
@@ -191,6 +198,8 @@ class Conversation:
     def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
         items = []
         for call in self.session.pending.values():
+            if call.state is CallState.RUNNING:
+                continue  # the runtime runs it: its own calls are offered instead
             if after_seq is not None and call.offered_seq > after_seq:
                 continue  # the replay holds it
             if call.state is CallState.AWAITING_PLAN_APPROVAL:
@@ -199,7 +208,12 @@ class Conversation:
             else:
                 approval = call.state is CallState.AWAITING_APPROVAL
                 event = ToolCallEvent(
-                    call.call_id, call.tool_name, call.arguments, approval, call.reason
+                    call.call_id,
+                    call.tool_name,
+                    call.arguments,
+                    approval,
+                    call.reason,
+                    call.metadata,
                 )
                 items.append(Sequenced(0, event))
         return items
@@ -231,6 +245,11 @@ class Conversation:
                 await self._go_on(answers.on_plan_approval(dispatcher, event))
             case FileChanged():
                 self._on_file_changed(event)
+            case Undo():
+                await self._on_undo(event, request_id, client)
+            case Environment():
+                # The model calls from now on are told (runtime.prompts).
+                self.session.environment = event
 
     async def _go_on(self, next_: Next) -> None:
         """Write what a step changed; start the model call that follows, if one does."""
@@ -251,10 +270,9 @@ class Conversation:
             return
         try:
             dispatcher.rules = await self._rules.add_rule(self.session.owner, rule)
+            log.info("approval_rule_added", session_id=self.session.session_id, rule=rule.text)
         except (RulesInvalid, Unavailable) as exc:  # the allow list is full; a race
             dispatcher.refuse("rule_not_added", f"no rule was added: {exc}", exc.retryable)
-            return
-        log.info("approval_rule_added", session_id=self.session.session_id, rule=rule.text)
 
     async def _on_user_message(
         self, event: UserMessage, request_id: str | None, client: ClientOptions
@@ -281,6 +299,34 @@ class Conversation:
             refuse("invalid_frame", "content must not be empty")
             return
         await self._begin_turn(event.content, request_id, client)
+
+    async def _on_undo(self, event: Undo, request_id: str | None, client: ClientOptions) -> None:
+        try:
+            await self.undo(event.turn_id, request_id, client)
+        except Precondition as exc:
+            code = "nothing_to_undo" if isinstance(exc, undo.NothingToUndo) else "turn_in_progress"
+            self._dispatcher.refuse(code, str(exc), retryable=code == "turn_in_progress")
+
+    async def undo(self, turn_id: str, request_id: str | None, client: ClientOptions) -> int:
+        """Start an undo turn from ``turn_id`` on (empty: the last turn that
+        changed files): the IDE restores the files through tool calls.
+
+        Returns the first turn undone. Raises :class:`~runtime.errors.Precondition`
+        while a turn runs, :class:`~runtime.undo.NothingToUndo` with nothing to undo.
+        """
+        if self.turn_running:
+            raise Precondition("cannot undo during a turn; cancel it or wait for it to end")
+        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
+        next_, first = subcalls.start_undo(
+            self._dispatcher, checkpoints, turn_id, request_id, client
+        )
+        await self._go_on(next_)
+        return first
+
+    @property
+    def client(self) -> ClientOptions:
+        """The client the last turn ran for (an undo asked by REST runs for it)."""
+        return self._dispatcher.turn.client
 
     async def _begin_turn(
         self, content: str, request_id: str | None, client: ClientOptions
@@ -329,7 +375,7 @@ class Conversation:
             ChatMessage(
                 role="user",
                 content=(
-                    f"[IDE notice] These files changed in the editor since you last saw "
+                    f"{NOTICE_MARK} These files changed in the editor since you last saw "
                     f"them: {listing}. Read them again before relying on their contents."
                 ),
             )
@@ -469,4 +515,6 @@ class Conversation:
             self.session.messages,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
+            environment=self.session.environment,
+            workspace_view=self.session.workspace_view,
         )

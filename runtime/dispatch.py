@@ -25,14 +25,13 @@ and changes nothing. History never holds a tool call without its result.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import time
 from typing import Any
 
 import structlog
 
-from runtime import policy
+from runtime import changes, policy, subcalls
 from runtime.agents import AGENTS, Agent
 from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
@@ -62,24 +61,15 @@ from runtime.rules import (
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
 from runtime.stream import EventStream
 from runtime.tools import TOOLS, Side, Tool
-from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Turn
+from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Next, Turn
 
 log = structlog.get_logger("runtime.dispatch")
 
+DEFAULT_MAX_MISTAKES = 3
+"""Failed tool calls in a row after which a turn stops and asks the user (Roo
+Code's ``consecutiveMistakeLimit`` default); ``MAX_CONSECUTIVE_MISTAKES``."""
+
 _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancelled"})
-
-
-class Next(enum.Enum):
-    """What the shell does once a step's changes are queued."""
-
-    NOTHING = "nothing"
-    """Nothing changed (a refusal went out at once): there is nothing to write."""
-    WAIT = "wait"
-    """Write the step; the turn waits for answers to its tool calls, nothing runs."""
-    MODEL = "model"
-    """Write the step, then call the model."""
-    DONE = "done"
-    """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
 
 
 def _implemented(tool: Tool, implemented: frozenset[str]) -> bool:
@@ -120,6 +110,7 @@ class Dispatcher:
         approval_required: frozenset[str],
         metrics: RuntimeMetrics,
         limits: OperatorLimits = DEFAULT_LIMITS,
+        max_mistakes: int = DEFAULT_MAX_MISTAKES,
     ) -> None:
         self.session = session
         self.stream = stream
@@ -128,6 +119,7 @@ class Dispatcher:
         self.limits = limits
         self.rules = ApprovalRules()
         """The session owner's approval rules, as the shell loaded them for this turn."""
+        self.max_mistakes = max_mistakes
         self.turn = Turn()
 
     @property
@@ -189,32 +181,56 @@ class Dispatcher:
                 offered_seq=call.offered_seq,
                 decided_by=self.session.owner if decided else None,
                 decided_at=now() if decided else None,
+                parent_call_id=call.parent,
+                job=call.job,
             )
         )
 
     # -- the turn ----------------------------------------------------------------
 
-    def begin(self, content: str, request_id: str | None, client: ClientOptions = STRICT) -> Next:
-        """Start a turn on the user's ``content`` for ``client``: the model is called next."""
+    def begin(
+        self,
+        content: str,
+        request_id: str | None,
+        client: ClientOptions = STRICT,
+        *,
+        view: bool = True,
+    ) -> Next:
+        """Start a turn on the user's ``content`` for ``client``: the model is
+        called next, or once the workspace is listed for its prompt
+        (:func:`runtime.subcalls.fetch_view`; not with ``view`` False)."""
         session = self.session
         self.append_message(ChatMessage(role="user", content=content))
         if not session.title:
             session.title = content.strip().splitlines()[0][:80]
         self.turn = Turn(request_id=request_id, started=time.monotonic(), client=client)
         session.state = "running"
-        return Next.MODEL
+        return subcalls.fetch_view(self, client) if view else Next.MODEL
 
     def take_model_call(self) -> bool:
-        """Count one more model call; at the turn's limit, end the turn instead.
+        """Count one more model call; at the turn's limits, end the turn instead.
 
         Returns False once ``MAX_MODEL_CALLS_PER_TURN`` calls were made: the
-        turn then fails with ``turn_limit`` (queued, for the caller to write).
+        turn then fails with ``turn_limit``. Also False after ``max_mistakes``
+        failed tool calls in a row (0: no such limit): the turn then ends
+        with a message that asks the user how to go on. Either end is
+        queued, for the caller to write.
         """
+        turn = self.turn
+        if self.max_mistakes and turn.mistakes >= self.max_mistakes:
+            text = turn.stuck_message()
+            log.info(
+                "turn_stopped_after_mistakes", mistakes=turn.mistakes, tool=turn.last_failure[0]
+            )
+            self.stream.durable(AssistantText(text))
+            self.append_message(ChatMessage("assistant", text))
+            self.finish(TurnStatus.COMPLETED)
+            return False
         if self.turn.take_model_call():
             return True
         limit = f"the turn stopped after {MAX_MODEL_CALLS_PER_TURN} model calls"
         self.stream.durable(ErrorEvent("turn_limit", limit))
-        self._finish(TurnStatus.FAILED)
+        self.finish(TurnStatus.FAILED)
         return False
 
     def after_reply(self, reply: ModelReply) -> Next:
@@ -227,7 +243,7 @@ class Dispatcher:
         self.turn.add_usage(reply.usage)
         if not reply.calls:
             self.append_message(ChatMessage("assistant", reply.text))
-            return self._finish(TurnStatus.COMPLETED)
+            return self.finish(TurnStatus.COMPLETED)
         self.append_message(ChatMessage("assistant", reply.text, tool_calls=tuple(reply.calls)))
         ends_turn = False
         for call in reply.calls:
@@ -237,21 +253,21 @@ class Dispatcher:
             self.session.state = "waiting"
             return Next.WAIT
         if ends_turn:
-            return self._finish(TurnStatus.COMPLETED)
+            return self.finish(TurnStatus.COMPLETED)
         return Next.MODEL
 
     def fail(self, error: ErrorEvent, reason: str) -> Next:
         """End the turn as failed with ``error``; open calls are answered with ``reason``."""
         self._close_open_calls(reason)
         self.stream.durable(error)
-        return self._finish(TurnStatus.FAILED)
+        return self.finish(TurnStatus.FAILED)
 
     def cancel(self, reason: str) -> Next:
         """End the turn as cancelled; open calls are answered with ``reason``."""
         self._close_open_calls(reason)
-        return self._finish(TurnStatus.CANCELLED)
+        return self.finish(TurnStatus.CANCELLED)
 
-    def _finish(self, status: TurnStatus) -> Next:
+    def finish(self, status: TurnStatus) -> Next:
         """Queue the turn's TurnDone; count it and log its summary line."""
         turn, usage = self.turn, self.turn.usage
         self.stream.durable(TurnDone(status, usage))
@@ -321,48 +337,35 @@ class Dispatcher:
             self.metrics.tool_calls.labels(call.name, "refused").inc()
             self._answer(call, {"error": approval.to_model()})
             return False
+        reason = approval.reason(verdict.reason)
+        if call.name in changes.CHANGE_TOOLS:
+            subcalls.start_change(self, call, verdict.arguments, approval.ask, reason)
+            return False
         state = CallState.AWAITING_APPROVAL if approval.ask else CallState.AWAITING_RESULT
-        self._offer(call, verdict.arguments, state, approval.reason(verdict.reason))
+        self._offer(call, verdict.arguments, state, reason)
         return False
 
     def approval_for(
         self, tool_name: str, arguments: dict[str, Any], requires_approval: bool
     ) -> Approval | policy.Refused:
-        """Whether a call the policy let through waits for a human: the whole
-        decision of the owner's :attr:`rules` over the operator's floor.
-
-        Refused when a deny rule matches (any tool, reads too). Else a call
-        needing no approval runs; one that needs it is auto-approved only if
-        allow rules cover it (never a command of the always-asked list:
-        :func:`runtime.rules.decide`), the operator lets rules auto-approve
-        the tool (``USER_AUTO_APPROVE``) and the turn is under its cap, which
-        the auto-approval then uses up by one (so call it once per call).
+        """Whether a call the policy let through waits for a human: the owner's
+        :attr:`rules` (:func:`runtime.rules.decide`) over the operator's floor
+        (:meth:`runtime.rules.OperatorLimits.approval`). Refused when a deny
+        rule matches, any tool. An auto-approval uses up one of the turn's
+        (so: once per call), and is logged with its rule.
         """
         decision = decide(self.rules, tool_name, arguments)
-        session_id = self.session.session_id
+        where = {"session_id": self.session.session_id, "tool": tool_name, "rule": decision.rule}
         if decision.outcome is Outcome.DENY:
-            log.info(
-                "tool_call_denied_by_rule",
-                session_id=session_id,
-                tool=tool_name,
-                rule=decision.rule,
-            )
+            log.info("tool_call_denied_by_rule", **where)
             return policy.Refused(decision.reason, policy.Grounds.RULE)
-        if not requires_approval:
-            return Approval(ask=False)
-        if decision.outcome is Outcome.ASK:
-            speaks = any(rule.covers(tool_name) for rule in self.rules.allow)
-            return Approval(ask=True, note=decision.reason if speaks else "")
-        if tool_name not in self.limits.user_auto_approve:
-            return Approval(True, f"the operator lets no rule auto-approve {tool_name}")
-        cap = self.limits.cap(self.rules)
-        if not self.turn.take_auto_approval(cap):
-            return Approval(True, f"this turn's {cap} auto-approved calls are used up")
-        self.metrics.approvals.labels(tool_name, "auto").inc()
-        log.info(
-            "tool_call_auto_approved", session_id=session_id, tool=tool_name, rule=decision.rule
+        approval = self.limits.approval(
+            self.rules, decision, tool_name, requires_approval, self.turn.take_auto_approval
         )
-        return Approval(ask=False, note=f"auto-approved by your rule {decision.rule}")
+        if requires_approval and not approval.ask:
+            self.metrics.approvals.labels(tool_name, "auto").inc()
+            log.info("tool_call_auto_approved", **where)
+        return approval
 
     def _offer(
         self, call: ToolCallRequest, arguments: dict[str, Any], state: CallState, reason: str
@@ -377,14 +380,32 @@ class Dispatcher:
             agent=self.session.agent,
             original_arguments=arguments,
         )
-        approval = state is CallState.AWAITING_APPROVAL
+        self.offer(pending)
+
+    def offer(self, pending: PendingCall) -> None:
+        """Send ``pending`` to the IDE (or for approval) and wait for its answer."""
+        approval = pending.state is CallState.AWAITING_APPROVAL
         pending.offered_seq = self.stream.durable(
-            ToolCallEvent(call.call_id, call.name, arguments, approval, reason)
+            ToolCallEvent(
+                pending.call_id,
+                pending.tool_name,
+                pending.arguments,
+                approval,
+                pending.reason,
+                pending.metadata,
+            )
         )
-        self.session.pending[call.call_id] = pending
+        self.session.pending[pending.call_id] = pending
         self.record_call(pending, pending.state.value)
 
+    @property
+    def turn_position(self) -> int:
+        """The position of the user message that began the current turn: its id."""
+        messages = self.session.messages
+        return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), 0)
+
     def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
+        self.turn.note_outcome(call.name, payload)
         self.session.answered.add(call.call_id)
         self.append_message(tool_message(call.call_id, call.name, payload))
 
@@ -474,15 +495,25 @@ class Dispatcher:
         decided: bool = False,
         ran: dict[str, Any] | None = None,
     ) -> Next:
-        """Answer a waiting call; the last answer of a set lets the turn go on."""
+        """Answer a waiting call; the last answer of a set lets the turn go on.
+
+        A call the runtime issued itself answers the step of its work instead
+        (:mod:`runtime.changes`): the next sub-call, or the model's call.
+        """
         session = self.session
         del session.pending[call.call_id]
+        if call.job is not None:
+            session.answered.add(call.call_id)
+            self.record_call(call, status, decided, ran)
+            return subcalls.answered(self, call, payload, status)
         session.answered.add(call.call_id)
+        if status != "rejected":  # the user's decision is no mistake of the model's
+            self.turn.note_outcome(call.tool_name, payload)
         self.append_message(tool_message(call.call_id, call.tool_name, payload))
         self.record_call(call, status, decided, ran)
         if session.pending:
             return Next.WAIT
         if self.turn.ends_after_results:
-            return self._finish(TurnStatus.COMPLETED)
+            return self.finish(TurnStatus.COMPLETED)
         session.state = "running"
         return Next.MODEL

@@ -32,6 +32,14 @@ class Deleted(RuntimeServiceError):
     code = "failed_precondition"
 
 
+class Precondition(RuntimeServiceError):
+    """The request cannot be served in the session's current state (the message
+    says why: a turn runs, nothing to undo, no IDE connected). Not
+    ``failed_precondition``, which says the session was deleted."""
+
+    code = "aborted"
+
+
 class Unauthenticated(RuntimeServiceError):
     code = "unauthenticated"
 

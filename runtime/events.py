@@ -7,7 +7,7 @@ loop and the tests work with these dataclasses only.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -59,6 +59,9 @@ class ToolCallEvent:
     arguments: dict[str, Any]
     requires_approval: bool
     reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """For a call the runtime issued itself: ``diff``, ``parent_call_id``,
+    ``parent_tool`` (see :attr:`runtime.state.PendingCall.metadata`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,10 @@ AWAITING_DECISION = ("awaiting_approval", "awaiting_plan_approval")
 DECIDED_STATUSES = ("approved", "edited")
 """A human approved the call, as proposed or edited: the IDE's result is due now.
 A plan's approval is the exception: it answers the plan's call (see :func:`is_pending`)."""
-PENDING_STATUSES = (*AWAITING_DECISION, "awaiting_result", *DECIDED_STATUSES)
+RUNNING = "running"
+"""A model's call the runtime runs as IDE calls of its own (see :mod:`runtime.changes`):
+it is answered when they are, and never offered to the IDE itself."""
+PENDING_STATUSES = (*AWAITING_DECISION, "awaiting_result", *DECIDED_STATUSES, RUNNING)
 """Every status a call the turn still waits on can have; any other status is final."""
 
 
@@ -76,6 +79,27 @@ class CallRecord:
     decided_by: str | None = None
     decided_at: datetime | None = None
     created_at: datetime | None = None
+    parent_call_id: str = ""
+    """For a call the runtime issued on a model's call's behalf, that call's id."""
+    job: dict[str, Any] | None = None
+    """For such a call, the state of the work it is part of (:mod:`runtime.changes`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A file's state before and after one change an agent made, kept so it can be undone.
+
+    ``None`` for a state means the file did not exist. ``turn`` is the
+    position of the user message whose turn made the change.
+    """
+
+    turn: int
+    path: str
+    before: str | None
+    after: str | None
+    id: int = 0
+    undone: bool = False
+    created_at: datetime | None = None
 
 
 def is_pending(call: CallRecord) -> bool:
@@ -109,6 +133,9 @@ class Step:
     calls: list[CallRecord] = field(default_factory=list)
     plans: dict[str, list[list[str]]] = field(default_factory=dict)
     switches: list[SwitchRecord] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    undone: list[int] = field(default_factory=list)
+    """Ids of checkpoints an undo restored."""
     title: str | None = None
     seq_reserved: int | None = None
     """Raise the session's text-delta reservation (see :meth:`Store.reserve_seqs`)."""

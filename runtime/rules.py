@@ -37,7 +37,7 @@ import enum
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -273,6 +273,34 @@ class OperatorLimits:
         own = rules.max_auto_approvals_per_turn
         limit = self.max_auto_approvals_per_turn
         return limit if own is None else min(own, limit)
+
+    def approval(
+        self,
+        rules: ApprovalRules,
+        decision: Decision,
+        tool_name: str,
+        requires_approval: bool,
+        take_auto_approval: Callable[[int], bool],
+    ) -> Approval:
+        """Whether a call ``rules`` did not deny waits for a human, under this floor.
+
+        One that needs no approval runs. One that does is auto-approved when
+        ``decision`` allows it, the tool is in :attr:`user_auto_approve`, and
+        ``take_auto_approval(cap)`` counts it against the turn's cap (False at
+        the cap). Asked otherwise, with a note saying why when the user has
+        rules for the tool.
+        """
+        if not requires_approval:
+            return Approval(ask=False)
+        if decision.outcome is not Outcome.ALLOW:
+            speaks = any(rule.covers(tool_name) for rule in rules.allow)
+            return Approval(ask=True, note=decision.reason if speaks else "")
+        if tool_name not in self.user_auto_approve:
+            return Approval(True, f"the operator lets no rule auto-approve {tool_name}")
+        cap = self.cap(rules)
+        if not take_auto_approval(cap):
+            return Approval(True, f"this turn's {cap} auto-approved calls are used up")
+        return Approval(ask=False, note=f"auto-approved by your rule {decision.rule}")
 
     def check(self, rules: ApprovalRules) -> None:
         """Raise RulesInvalid when ``rules`` ask for more than the operator allows."""

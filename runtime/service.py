@@ -27,8 +27,9 @@ import structlog
 
 from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
+from runtime import undo
 from runtime.agents import AGENTS
-from runtime.errors import InvalidArgument, RuntimeServiceError, Unauthenticated
+from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError, Unauthenticated
 from runtime.events import (
     AssistantText,
     ErrorEvent,
@@ -69,6 +70,7 @@ _STATUS: dict[str, grpc.StatusCode] = {
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "aborted": grpc.StatusCode.ABORTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -371,6 +373,8 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             switch_proto(switch) for switch in await self._hub.store.agent_switches(row.id)
         )
         history = await self._hub.store.history(row.id)
+        by_turn = undo.turns(await self._hub.store.checkpoints.of_session(row.id))
+        undone = {turn for turn, rows in by_turn.items() if all(c.undone for c in rows)}
         response.message_count = len(history)
         for record in history:
             message = response.messages.add(
@@ -379,6 +383,7 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 tool_call_id=record.tool_call_id,
                 agent=record.agent,
                 name=record.name,
+                undone=record.position in undone,
             )
             if record.created_at is not None:
                 message.created_at.FromDatetime(record.created_at)
@@ -401,9 +406,48 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 call_id=call.call_id, tool_name=call.tool_name, reason=call.reason
             )
             approval.arguments.update(call.final_arguments or call.arguments)
+            if call.job is not None:
+                approval.metadata.diff = call.job.get("diff", "")
+                approval.metadata.parent_call_id = call.parent_call_id
+                approval.metadata.parent_tool = call.job["tool"]
             if call.created_at is not None:
                 approval.created_at.FromDatetime(call.created_at)
         return response
+
+    @_mapped
+    async def ListCheckpoints(
+        self, request: runtime_pb2.ListCheckpointsRequest, context: Context
+    ) -> runtime_pb2.ListCheckpointsResponse:
+        row = await self._owned(request.session_id, context)
+        store = self._hub.store
+        history = await store.history(row.id)
+        response = runtime_pb2.ListCheckpointsResponse(session_id=row.id)
+        for turn, rows in undo.turns(await store.checkpoints.of_session(row.id)).items():
+            text = history[turn].content if turn < len(history) else ""
+            entry = response.turns.add(
+                turn_id=str(turn),
+                message=(text.strip().splitlines() or [""])[0][:200],
+                undone=all(c.undone for c in rows),
+            )
+            if rows[0].created_at is not None:
+                entry.created_at.FromDatetime(rows[0].created_at)
+            for path, change in undo.file_changes(rows):
+                entry.files.add(path=path, change=change)
+        return response
+
+    @_mapped
+    async def UndoTurn(
+        self, request: runtime_pb2.UndoTurnRequest, context: Context
+    ) -> runtime_pb2.UndoTurnResponse:
+        row = await self._owned(request.session_id, context)
+        live = self._hub.live(row.id)
+        if live is None or not live.stream.attached:
+            raise Precondition(
+                "no IDE is connected to this session here: an undo runs through the "
+                "IDE's tool calls; connect the IDE and retry"
+            )
+        first = await live.undo(request.turn_id, None, live.client)
+        return runtime_pb2.UndoTurnResponse(session_id=row.id, turn_id=str(first))
 
     @_mapped
     async def GetApprovalRules(

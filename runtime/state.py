@@ -2,7 +2,9 @@
 
 :class:`Session` holds the conversation (messages and who said them), the
 numbering of its events, the tool calls its turn waits on
-(:class:`PendingCall`), its plans and the files the IDE saw change. It is
+(:class:`PendingCall`), its plans, the files the IDE saw change and what
+its agents are told of the IDE's machine (its environment, the workspace's
+file tree). It is
 loaded from the store (:meth:`Session.from_store`) and changed only by the
 session's :class:`~runtime.conversation.Conversation` and its
 :class:`~runtime.dispatch.Dispatcher`.
@@ -17,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from runtime.commands import Environment
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.records import DECIDED_STATUSES, Loaded, MessageRecord
@@ -30,6 +33,8 @@ class CallState(enum.Enum):
     AWAITING_APPROVAL = "awaiting_approval"
     AWAITING_RESULT = "awaiting_result"
     AWAITING_PLAN_APPROVAL = "awaiting_plan_approval"
+    RUNNING = "running"
+    """A model's call the runtime runs through calls of its own (:mod:`runtime.changes`)."""
 
     @classmethod
     def of_status(cls, status: str) -> CallState:
@@ -63,6 +68,21 @@ class PendingCall:
     plan_id: str = ""
     offered_seq: int = 0
     created_at: float = field(default_factory=time.time)
+    parent: str = ""
+    """For a call the runtime issued on a model's call's behalf, that call's id."""
+    job: dict[str, Any] | None = None
+    """For such a call, the state of the work it is part of (:mod:`runtime.changes`)."""
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """What a client is told besides the call: the diff a human approves, the
+        model's call this one serves."""
+        if self.job is None:
+            return {}
+        metadata = {"parent_call_id": self.parent, "parent_tool": self.job["tool"]}
+        if self.job.get("diff") and self.job.get("step") != "read":
+            metadata["diff"] = self.job["diff"]
+        return metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,13 @@ class Session:
     """Files the IDE saw change since the last turn (bounded, see Conversation)."""
     file_changes_dropped: int = 0
     """Changes not kept because ``file_changes`` was full."""
+    environment: Environment | None = None
+    """Where the IDE runs, as it last reported it (None: not reported). In
+    memory only: every connection reports it again."""
+    workspace_view: str | None = None
+    """The workspace's file tree as the model is shown it in the system prompt
+    (:func:`runtime.listing.summarize_listing` of a ``list_files`` result),
+    fetched at the session's first turn; None until then. In memory only."""
 
     def next_seq(self) -> int:
         self.last_seq += 1
@@ -143,6 +170,8 @@ class Session:
                 edited=call.final_arguments is not None,
                 plan_id=call.plan_id,
                 offered_seq=call.offered_seq,
+                parent=call.parent_call_id,
+                job=call.job,
             )
         session.plans = {
             plan_id: tuple(PlanStep(*step) for step in steps)

@@ -30,6 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mesh import database
+from runtime import checkpoints as checkpoint_rows
+from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.leases import Leases
 from runtime.records import (
@@ -45,7 +47,15 @@ from runtime.records import (
     now,
 )
 from runtime.rules_store import RulesStore
-from runtime.schema import agent_switches, events, messages, plans, sessions, tool_calls
+from runtime.schema import (
+    agent_switches,
+    checkpoints,
+    events,
+    messages,
+    plans,
+    sessions,
+    tool_calls,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -98,6 +108,8 @@ def _call(row: sa.Row[Any]) -> CallRecord:
         decided_by=row.decided_by,
         decided_at=_aware(row.decided_at) if row.decided_at else None,
         created_at=_aware(row.created_at),
+        parent_call_id=row.parent_call_id,
+        job=json.loads(row.job) if row.job else None,
     )
 
 
@@ -123,7 +135,7 @@ class SessionGone(Exception):
     """The session was deleted: a step for it is not written."""
 
 
-_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches)
+_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints)
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
 
@@ -134,6 +146,8 @@ class Store:
         self._engine = engine
         self.leases = Leases(engine)
         """Which replica serves each session (:class:`runtime.leases.Leases`)."""
+        self.checkpoints = Checkpoints(engine)
+        """The checkpoints of sessions' changes (:class:`runtime.checkpoints.Checkpoints`)."""
         self.rules = RulesStore(engine)
         """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
 
@@ -326,6 +340,7 @@ class Store:
                 await self._upsert_call(conn, step.session_id, call, stamp)
             for plan_id, plan_steps in step.plans.items():
                 await self._upsert_plan(conn, step.session_id, plan_id, plan_steps, stamp)
+            await checkpoint_rows.write(conn, step, stamp)
             if step.switches:
                 await conn.execute(
                     agent_switches.insert(),
@@ -388,6 +403,8 @@ class Store:
                     arguments=json.dumps(call.arguments),
                     reason=call.reason,
                     plan_id=call.plan_id,
+                    parent_call_id=call.parent_call_id,
+                    job=json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
                     created_at=stamp,
                     **values,
                 )

@@ -14,13 +14,16 @@ step.
 from __future__ import annotations
 
 import contextlib
+import enum
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
 
 from mesh.context import fit
 from runtime.agents import Agent
-from runtime.commands import STRICT, ClientOptions
+from runtime.commands import STRICT, ClientOptions, Environment
 from runtime.events import Usage
 from runtime.llm import (
     ChatMessage,
@@ -30,16 +33,32 @@ from runtime.llm import (
     ToolCallChunk,
     ToolCallRequest,
 )
+from runtime.prompts import system_prompt
 from runtime.tools import TOOLS
 
 MAX_SWITCHES_PER_TURN = 3
 """Agent switches the model may make in one turn (more are refused to it)."""
 MAX_MODEL_CALLS_PER_TURN = 25
 """Model calls in one turn; the turn fails with ``turn_limit`` after them."""
+MAX_ERROR_CHARS = 300
+"""Characters of the last error quoted when a turn stops after its mistakes."""
 CHARS_PER_TOKEN_BOUND = 8
 """The runtime pre-cuts history to 8 characters per token of the window: more than any
 tokenizer packs into the window, so the exact cut (with the model's tokenizer,
 in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
+
+
+class Next(enum.Enum):
+    """What the shell does once a step's changes are queued."""
+
+    NOTHING = "nothing"
+    """Nothing changed (a refusal went out at once): there is nothing to write."""
+    WAIT = "wait"
+    """Write the step; the turn waits for answers to its tool calls, nothing runs."""
+    MODEL = "model"
+    """Write the step, then call the model."""
+    DONE = "done"
+    """Write the step; the turn is over (its ``TurnDone`` is in the step)."""
 
 
 @dataclass(slots=True)
@@ -55,6 +74,11 @@ class Turn:
     """Calls the user's approval rules let run unasked (:meth:`take_auto_approval`)."""
     ends_after_results: bool = False
     """A tool that ends the turn was called: it ends once the waiting calls are answered."""
+    mistakes: int = 0
+    """Failed tool calls in a row (refused, answered with an error, an edit that
+    did not apply); a call that succeeds resets it."""
+    last_failure: tuple[str, str] = ("", "")
+    """The last failed call's tool and the error it was answered with."""
     usage: Usage = field(default_factory=Usage)
     client: ClientOptions = STRICT
     """The client the turn runs for: the one that started it, then the one
@@ -66,6 +90,29 @@ class Turn:
             return False
         self.model_calls += 1
         return True
+
+    def note_outcome(self, tool: str, payload: Mapping[str, Any]) -> None:
+        """Count a call of ``tool`` answered with ``payload``: an ``error`` is
+        one more mistake in a row, anything else resets the count."""
+        error = payload.get("error")
+        if error is None:
+            self.mistakes = 0
+        else:
+            self.mistakes += 1
+            self.last_failure = (tool, str(error))
+
+    def stuck_message(self) -> str:
+        """What the user is told when the turn stops after its mistakes: what
+        kept failing (the last error, shortened) and a question."""
+        tool, error = self.last_failure
+        error = " ".join(error.split())
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[: MAX_ERROR_CHARS - 1] + "…"
+        return (
+            f"I stopped after {self.mistakes} failed tool "
+            f"call{'s' if self.mistakes != 1 else ''} in a row. The last one, "
+            f"{tool}, failed with: {error}\n\nHow would you like me to proceed?"
+        )
 
     def take_switch(self) -> bool:
         """Count one more switch by the model; False when the limit is reached."""
@@ -103,11 +150,11 @@ class _CallDraft:
     arguments: list[str] = field(default_factory=list)
 
 
-def prompt(agent: Agent, history: Sequence[ChatMessage], window: int) -> list[ChatMessage]:
-    """The agent's system prompt and as much recent ``history`` as fits ``window``
+def prompt(system: str, history: Sequence[ChatMessage], window: int) -> list[ChatMessage]:
+    """The ``system`` prompt and as much recent ``history`` as fits ``window``
     tokens (0: no limit), tool calls never split from their results."""
     return fit(
-        [ChatMessage("system", agent.system_prompt), *history],
+        [ChatMessage("system", system), *history],
         window * CHARS_PER_TOKEN_BOUND,
         lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
         lambda m: (m.role, bool(m.tool_calls)),
@@ -122,15 +169,22 @@ async def request_reply(
     *,
     on_text: Callable[[str], Awaitable[None]],
     request_id: str | None = None,
+    environment: Environment | None = None,
+    workspace_view: str | None = None,
+    today: date | None = None,
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
-    Each non-empty text delta is passed to ``on_text`` as it arrives; tool
-    calls are put together from their fragments and named by the runtime.
+    The system prompt is the agent's (:func:`runtime.prompts.system_prompt`)
+    in the session's ``environment``, with its ``workspace_view`` and
+    ``today``'s date (default: today in UTC). Each non-empty text delta is
+    passed to ``on_text`` as it arrives; tool calls are put together from
+    their fragments and named by the runtime.
     Raises what ``chat`` raises (:class:`~runtime.errors.UpstreamError`).
     Safe to cancel: the model call is closed with it.
     """
-    messages = prompt(agent, history, await chat.context_window(model))
+    system = system_prompt(agent, environment, workspace_view, today or datetime.now(UTC).date())
+    messages = prompt(system, history, await chat.context_window(model))
     tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
     reply = ModelReply()
     parts: list[str] = []

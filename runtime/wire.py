@@ -15,10 +15,12 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
     ToolResult,
+    Undo,
     UserMessage,
 )
 from runtime.errors import InvalidArgument
@@ -65,6 +67,10 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
             response.tool_call.arguments.update(call.arguments)
             response.tool_call.requires_approval = call.requires_approval
             response.tool_call.reason = call.reason
+            if call.metadata:
+                response.tool_call.metadata.diff = call.metadata.get("diff", "")
+                response.tool_call.metadata.parent_call_id = call.metadata["parent_call_id"]
+                response.tool_call.metadata.parent_tool = call.metadata["parent_tool"]
         case AgentSwitched() as switched:
             response.agent_switched.from_agent = switched.from_agent
             response.agent_switched.to_agent = switched.to_agent
@@ -147,6 +153,11 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
             else time.time()
         )
         return FileChanged(changed.path, timestamp)
+    if kind == "undo":
+        return Undo(request.undo.turn_id)
+    if kind == "environment":
+        reported = request.environment
+        return Environment(reported.os, reported.shell, reported.workspace_root)
     raise InvalidArgument("expected a client event after open")
 
 
@@ -155,6 +166,7 @@ def to_client_options(opening: runtime_pb2.OpenSession) -> ClientOptions:
     return ClientOptions(
         approves_by_result=opening.approval == runtime_pb2.APPROVAL_MODE_TOOL_RESULT,
         tools=frozenset(opening.client_tools) if opening.client_tools else None,
+        workspace_view=opening.workspace_view,
     )
 
 

@@ -28,8 +28,10 @@ def test_every_ide_frame_example_is_accepted_by_the_gateway() -> None:
         "plan_approval",
         "cancel",
         "file_changed",
+        "environment",
         "auth",
         "resume",
+        "undo",
     }
     for frame in ide_frames:
         parse_frame(json.dumps(frame))  # raises FrameError for a bad example

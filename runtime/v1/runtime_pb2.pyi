@@ -138,6 +138,8 @@ class ConverseRequest(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     FILE_CHANGED_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
+    UNDO_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """traceparent is the W3C trace context of the IDE frame behind this
@@ -181,6 +183,14 @@ class ConverseRequest(_message.Message):
         sequence number (the IDE's first frame may carry it instead of `open`).
         """
 
+    @_builtins.property
+    def undo(self) -> Global___Undo:
+        """undo restores the workspace to how it was before a turn."""
+
+    @_builtins.property
+    def environment(self) -> Global___Environment:
+        """environment reports where the IDE runs, for the agents' prompt."""
+
     def __init__(
         self,
         *,
@@ -193,13 +203,15 @@ class ConverseRequest(_message.Message):
         cancel: Global___Cancel | None = ...,
         file_changed: Global___FileChanged | None = ...,
         resume: Global___Resume | None = ...,
+        undo: Global___Undo | None = ...,
+        environment: Global___Environment | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -237,6 +249,7 @@ class OpenSession(_message.Message):
     RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
     CLIENT_TOOLS_FIELD_NUMBER: _builtins.int
+    WORKSPACE_VIEW_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is chosen by the IDE; an unknown id creates the session."""
     resume_after_seq: _builtins.int
@@ -246,6 +259,12 @@ class OpenSession(_message.Message):
     approval: Global___ApprovalMode.ValueType
     """approval says how this stream's client answers a tool call that needs
     a human (the client's profile in the gateway decides it).
+    """
+    workspace_view: _builtins.bool
+    """workspace_view asks the runtime to list the workspace (list_files,
+    recursive) before the first model call of the session's first turn
+    here, for the agents' prompt. A stream that reports its `environment`
+    gets the listing too.
     """
     @_builtins.property
     def client_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -262,10 +281,11 @@ class OpenSession(_message.Message):
         resume_after_seq: _builtins.int | None = ...,
         approval: Global___ApprovalMode.ValueType = ...,
         client_tools: _abc.Iterable[_builtins.str] | None = ...,
+        workspace_view: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "approval", b"approval", "client_tools", b"client_tools", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "approval", b"approval", "client_tools", b"client_tools", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id", "workspace_view", b"workspace_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after_seq: _TypeAlias = _typing.Literal["resume_after_seq"]  # noqa: Y015
     _WhichOneofArgType__resume_after_seq: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq"]  # noqa: Y015
@@ -455,6 +475,71 @@ class Cancel(_message.Message):
 Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 
 @_typing.final
+class Environment(_message.Message):
+    """Environment is what the IDE reports of where it runs; an empty field was
+    not reported. The runtime keeps a live session's latest report in memory
+    (not in the database: each connection reports it again) and tells the
+    model in the system prompt, so its commands and paths fit the machine.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OS_FIELD_NUMBER: _builtins.int
+    SHELL_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ROOT_FIELD_NUMBER: _builtins.int
+    os: _builtins.str
+    """os names the operating system, e.g. "Linux", "Darwin 23.4.0", "Windows 11"."""
+    shell: _builtins.str
+    """shell is the shell execute_command runs in, e.g. "/bin/zsh", "powershell"."""
+    workspace_root: _builtins.str
+    """workspace_root is the workspace folder's absolute path on the IDE's machine."""
+    def __init__(
+        self,
+        *,
+        os: _builtins.str = ...,
+        shell: _builtins.str = ...,
+        workspace_root: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["os", b"os", "shell", b"shell", "workspace_root", b"workspace_root"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Environment: _TypeAlias = Environment  # noqa: Y015
+
+@_typing.final
+class Undo(_message.Message):
+    """Undo restores the files agents changed, from a turn on, to how they were
+    before it. It runs as a turn of its own: the IDE is sent ordinary tool
+    calls (write_file, delete_file) that approvals apply to, one file at a
+    time, and the turn ends with a message saying which files were restored.
+    A file changed since the agent wrote it is restored only with a human's
+    approval. Refused (`error`) while a turn runs or when there is nothing to
+    undo.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """turn_id names the first turn to undo (ListCheckpoints); empty means the
+    last turn that changed files and is not undone yet.
+    """
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Undo: _TypeAlias = Undo  # noqa: Y015
+
+@_typing.final
 class FileChanged(_message.Message):
     """FileChanged reports a change the IDE saw in the workspace."""
 
@@ -629,6 +714,7 @@ class ToolCall(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """call_id correlates the IDE's tool_result and any approval decision."""
     tool_name: _builtins.str
@@ -641,6 +727,13 @@ class ToolCall(_message.Message):
     def arguments(self) -> _struct_pb2.Struct:
         """arguments are validated against the tool's schema and policy."""
 
+    @_builtins.property
+    def metadata(self) -> Global___ToolCallMetadata:
+        """metadata is set when the runtime issued this call on behalf of the
+        model's call (a change to the workspace runs as a read_file, then the
+        call that makes it).
+        """
+
     def __init__(
         self,
         *,
@@ -649,14 +742,47 @@ class ToolCall(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         requires_approval: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        metadata: Global___ToolCallMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "reason", b"reason", "requires_approval", b"requires_approval", "tool_name", b"tool_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "metadata", b"metadata", "reason", b"reason", "requires_approval", b"requires_approval", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolCallMetadata(_message.Message):
+    """ToolCallMetadata describes a call the runtime issued itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIFF_FIELD_NUMBER: _builtins.int
+    PARENT_CALL_ID_FIELD_NUMBER: _builtins.int
+    PARENT_TOOL_FIELD_NUMBER: _builtins.int
+    diff: _builtins.str
+    """diff is the unified diff of what the call changes (git style, cut at
+    64 KiB, with a line saying so): what a human approves.
+    """
+    parent_call_id: _builtins.str
+    """parent_call_id is the model's call this call serves."""
+    parent_tool: _builtins.str
+    """parent_tool is that call's tool (e.g. apply_diff), or "undo"."""
+    def __init__(
+        self,
+        *,
+        diff: _builtins.str = ...,
+        parent_call_id: _builtins.str = ...,
+        parent_tool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diff", b"diff", "parent_call_id", b"parent_call_id", "parent_tool", b"parent_tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallMetadata: _TypeAlias = ToolCallMetadata  # noqa: Y015
 
 @_typing.final
 class AgentSwitched(_message.Message):
@@ -1401,6 +1527,7 @@ class HistoryMessage(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """role is user, assistant, tool or system."""
     content: _builtins.str
@@ -1411,6 +1538,8 @@ class HistoryMessage(_message.Message):
     """agent is the agent that produced or received the message."""
     name: _builtins.str
     """name is the tool a tool message answers; empty otherwise."""
+    undone: _builtins.bool
+    """undone marks the user message of a turn whose changes were undone."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryToolCall]:
         """tool_calls are the calls an assistant message made."""
@@ -1429,10 +1558,11 @@ class HistoryMessage(_message.Message):
         agent: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         name: _builtins.str = ...,
+        undone: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "content", b"content", "created_at", b"created_at", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "content", b"content", "created_at", b"created_at", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "undone", b"undone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1555,6 +1685,7 @@ class PendingApproval(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """call_id is the waiting call."""
     tool_name: _builtins.str
@@ -1569,6 +1700,10 @@ class PendingApproval(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """created_at is when the call was proposed."""
 
+    @_builtins.property
+    def metadata(self) -> Global___ToolCallMetadata:
+        """metadata is set for a call the runtime issued (see ToolCall.metadata)."""
+
     def __init__(
         self,
         *,
@@ -1577,10 +1712,11 @@ class PendingApproval(_message.Message):
         arguments: _struct_pb2.Struct | None = ...,
         reason: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        metadata: Global___ToolCallMetadata | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "created_at", b"created_at", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "created_at", b"created_at", "reason", b"reason", "tool_name", b"tool_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "created_at", b"created_at", "metadata", b"metadata", "reason", b"reason", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1613,6 +1749,180 @@ class ListPendingApprovalsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPendingApprovalsResponse: _TypeAlias = ListPendingApprovalsResponse  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsRequest(_message.Message):
+    """ListCheckpointsRequest names a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointsRequest: _TypeAlias = ListCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class FileCheckpoint(_message.Message):
+    """FileCheckpoint is one file a turn changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """path is workspace-relative."""
+    change: _builtins.str
+    """change is created, modified or deleted (the file's state before the
+    turn against its state after it).
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        change: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileCheckpoint: _TypeAlias = FileCheckpoint  # noqa: Y015
+
+@_typing.final
+class TurnCheckpoint(_message.Message):
+    """TurnCheckpoint is what one turn changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """turn_id names the turn (Undo.turn_id)."""
+    message: _builtins.str
+    """message is the first line of the user message that began the turn."""
+    undone: _builtins.bool
+    """undone is true once an undo restored every file of the turn."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileCheckpoint]:
+        """files are the files the turn changed."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """created_at is when the turn's first change was made."""
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        files: _abc.Iterable[Global___FileCheckpoint] | None = ...,
+        undone: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "files", b"files", "message", b"message", "turn_id", b"turn_id", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnCheckpoint: _TypeAlias = TurnCheckpoint  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsResponse(_message.Message):
+    """ListCheckpointsResponse lists a session's turns that changed files."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id echoes the request."""
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___TurnCheckpoint]:
+        """turns are oldest first."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turns: _abc.Iterable[Global___TurnCheckpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class UndoTurnRequest(_message.Message):
+    """UndoTurnRequest names a session and the first turn to undo."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    turn_id: _builtins.str
+    """turn_id is the first turn to undo; empty: the last turn that changed
+    files and is not undone yet.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndoTurnRequest: _TypeAlias = UndoTurnRequest  # noqa: Y015
+
+@_typing.final
+class UndoTurnResponse(_message.Message):
+    """UndoTurnResponse says the undo started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id echoes the request."""
+    turn_id: _builtins.str
+    """turn_id is the first turn being undone."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndoTurnResponse: _TypeAlias = UndoTurnResponse  # noqa: Y015
 
 @_typing.final
 class ApprovalRules(_message.Message):

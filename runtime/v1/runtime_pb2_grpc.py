@@ -100,6 +100,16 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ListCheckpoints',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.UndoTurn = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/UndoTurn',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.FromString,
+                _registered_method=True)
         self.GetApprovalRules = channel.unary_unary(
                 '/runtime.v1.AgentRuntimeService/GetApprovalRules',
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesRequest.SerializeToString,
@@ -225,6 +235,26 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCheckpoints(self, request, context):
+        """ListCheckpoints lists, per turn, the files agents changed in a session,
+        oldest first: what an `undo` can restore. NOT_FOUND for a session that
+        does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndoTurn(self, request, context):
+        """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+        the restores are tool calls that IDE runs. NOT_FOUND for a session that
+        does not exist; ABORTED when no IDE is connected here, a turn runs, or
+        there is nothing to undo (the details say which); UNAVAILABLE (retry) while
+        another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetApprovalRules(self, request, context):
         """GetApprovalRules returns the calling user's approval rules, the
         operator's limits on them and what is always asked whatever they say.
@@ -295,6 +325,16 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.DeleteSession,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'UndoTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndoTurn,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.SerializeToString,
             ),
             'GetApprovalRules': grpc.unary_unary_rpc_method_handler(
                     servicer.GetApprovalRules,
@@ -593,6 +633,60 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/DeleteSession',
             runtime_dot_v1_dot_runtime__pb2.DeleteSessionRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ListCheckpoints',
+            runtime_dot_v1_dot_runtime__pb2.ListCheckpointsRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndoTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/UndoTurn',
+            runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,18 @@ class AgentRuntimeServiceStub:
     (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
     another runtime replica serves the session.
     """
+    ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListCheckpointsRequest, _runtime_pb2.ListCheckpointsResponse]
+    """ListCheckpoints lists, per turn, the files agents changed in a session,
+    oldest first: what an `undo` can restore. NOT_FOUND for a session that
+    does not exist.
+    """
+    UndoTurn: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.UndoTurnRequest, _runtime_pb2.UndoTurnResponse]
+    """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+    the restores are tool calls that IDE runs. NOT_FOUND for a session that
+    does not exist; ABORTED when no IDE is connected here, a turn runs, or
+    there is nothing to undo (the details say which); UNAVAILABLE (retry) while
+    another runtime replica serves the session.
+    """
     GetApprovalRules: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetApprovalRulesRequest, _runtime_pb2.GetApprovalRulesResponse]
     """GetApprovalRules returns the calling user's approval rules, the
     operator's limits on them and what is always asked whatever they say.
@@ -185,6 +197,18 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     tool calls, plans, agent switches); a running turn is cancelled, LLM
     request included. NOT_FOUND for a session that does not exist
     (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
+    another runtime replica serves the session.
+    """
+    ListCheckpoints: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListCheckpointsRequest, _runtime_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
+    """ListCheckpoints lists, per turn, the files agents changed in a session,
+    oldest first: what an `undo` can restore. NOT_FOUND for a session that
+    does not exist.
+    """
+    UndoTurn: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UndoTurnRequest, _runtime_pb2.UndoTurnResponse]  # type: ignore[assignment]
+    """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+    the restores are tool calls that IDE runs. NOT_FOUND for a session that
+    does not exist; ABORTED when no IDE is connected here, a turn runs, or
+    there is nothing to undo (the details say which); UNAVAILABLE (retry) while
     another runtime replica serves the session.
     """
     GetApprovalRules: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetApprovalRulesRequest, _runtime_pb2.GetApprovalRulesResponse]  # type: ignore[assignment]
@@ -327,6 +351,30 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         tool calls, plans, agent switches); a running turn is cancelled, LLM
         request included. NOT_FOUND for a session that does not exist
         (FAILED_PRECONDITION when already deleted); UNAVAILABLE (retry) while
+        another runtime replica serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCheckpoints(
+        self,
+        request: _runtime_pb2.ListCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ListCheckpointsResponse, _abc.Awaitable[_runtime_pb2.ListCheckpointsResponse]]:
+        """ListCheckpoints lists, per turn, the files agents changed in a session,
+        oldest first: what an `undo` can restore. NOT_FOUND for a session that
+        does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def UndoTurn(
+        self,
+        request: _runtime_pb2.UndoTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.UndoTurnResponse, _abc.Awaitable[_runtime_pb2.UndoTurnResponse]]:
+        """UndoTurn starts an undo (see Undo) on a session an IDE is connected to:
+        the restores are tool calls that IDE runs. NOT_FOUND for a session that
+        does not exist; ABORTED when no IDE is connected here, a turn runs, or
+        there is nothing to undo (the details say which); UNAVAILABLE (retry) while
         another runtime replica serves the session.
         """
 

@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2
 
 from gateway.errors import FrameError
 from gateway.frames import (
+    MAX_ENVIRONMENT_BYTES,
     MAX_ID_BYTES,
     MAX_NAME_BYTES,
     MAX_NESTING,
@@ -142,6 +143,15 @@ def test_file_changed(timestamp: object):
 def test_file_changed_bad_timestamp(timestamp: object):
     frame = {"type": "file_changed", "path": "a", "timestamp": timestamp}
     assert refused(json.dumps(frame)).code == "invalid_field"
+
+
+def test_environment():
+    frame = {"type": "environment", "os": "Linux 6.8", "shell": "/bin/sh", "workspace_root": "/w"}
+    reported = parse(frame).environment
+    assert (reported.os, reported.shell, reported.workspace_root) == ("Linux 6.8", "/bin/sh", "/w")
+    partial = parse({"type": "environment", "os": "Windows 11", "shell": None}).environment
+    assert (partial.os, partial.shell, partial.workspace_root) == ("Windows 11", "", "")
+    assert refused(json.dumps({"type": "environment", "os": 11})).code == "invalid_field"
 
 
 def test_auth_frame_is_a_gateway_action():
@@ -426,6 +436,9 @@ BOUNDED_FIELDS = [
         MAX_NOTE_BYTES,
         id="plan-feedback",
     ),
+    pytest.param({"type": "environment"}, "os", MAX_ENVIRONMENT_BYTES, id="os"),
+    pytest.param({"type": "environment"}, "shell", MAX_ENVIRONMENT_BYTES, id="shell"),
+    pytest.param({"type": "environment"}, "workspace_root", MAX_PATH_BYTES, id="root"),
 ]
 
 
@@ -460,6 +473,7 @@ def test_free_text_fields_over_their_bound_are_refused(
 
 def test_the_bounds_are_what_the_docs_say():
     assert (MAX_PATH_BYTES, MAX_ID_BYTES, MAX_NAME_BYTES, MAX_NOTE_BYTES) == (4096, 128, 64, 8192)
+    assert MAX_ENVIRONMENT_BYTES == 256
 
 
 def test_payloads_up_to_their_limits_pass_whole():
@@ -594,3 +608,27 @@ def test_deep_nesting_is_invalid_json_not_a_crash(text: str):
 def test_values_protobuf_cannot_carry_are_refused(text: str):
     with pytest.raises(FrameError):
         parse_frame(text)
+
+
+def test_undo_names_a_turn_or_none():
+    assert parse({"type": "undo"}) == pb.ConverseRequest(undo=pb.Undo())
+    assert parse({"type": "undo", "turn_id": "4"}) == pb.ConverseRequest(undo=pb.Undo(turn_id="4"))
+    assert refused(json.dumps({"type": "undo", "turn_id": 4})).code == "invalid_field"
+    assert refused(json.dumps({"type": "undo", "turn_id": "4" * 200})).code == "invalid_field"
+
+
+def test_a_call_the_runtime_issued_carries_its_diff_and_parent():
+    diff = "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    sent = frame(
+        tool_call=pb.ToolCall(
+            call_id="c1.2",
+            tool_name="write_file",
+            requires_approval=True,
+            reason="apply_diff changes the workspace",
+            metadata=pb.ToolCallMetadata(diff=diff, parent_call_id="c1", parent_tool="apply_diff"),
+        )
+    )
+    assert sent["metadata"] == {"diff": diff, "parent_call_id": "c1", "parent_tool": "apply_diff"}
+    assert sent["reason"] == "apply_diff changes the workspace"
+    plain = frame(tool_call=pb.ToolCall(call_id="c2", tool_name="read_file"))
+    assert "metadata" not in plain

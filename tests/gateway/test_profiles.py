@@ -330,3 +330,44 @@ async def test_an_ide_connection_is_served_by_its_profile(
             assert answer["type"] == "assistant_message"
             assert answer["content"] == "echo: hello!"
             assert answer["is_final"] is True
+
+
+def test_the_ide_reads_the_diff_it_approves_in_the_reason() -> None:
+    """ToolApprovalDialog shows `reason` and the raw arguments, not `metadata`."""
+    diff = "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    offered = pb.ConverseResponse(
+        seq=3,
+        tool_call=pb.ToolCall(
+            call_id="c1.2",
+            tool_name="write_file",
+            requires_approval=True,
+            reason="apply_diff changes the workspace",
+            metadata=pb.ToolCallMetadata(diff=diff, parent_call_id="c1", parent_tool="apply_diff"),
+        ),
+    )
+    (ide,) = shape(CODELAB_IDE, offered)
+    assert ide["reason"] == f"apply_diff changes the workspace\n\n{diff}"
+    (strict,) = shape(STRICT, offered)
+    assert strict["reason"] == "apply_diff changes the workspace"
+    assert strict["metadata"]["diff"] == diff
+
+
+def test_an_approval_the_ide_restores_from_rest_carries_its_diff_in_the_reason() -> None:
+    diff = "--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    response = pb.ListPendingApprovalsResponse(session_id="s")
+    response.approvals.add(
+        call_id="c1.2",
+        tool_name="write_file",
+        reason="apply_diff changes the workspace",
+        metadata=pb.ToolCallMetadata(diff=diff, parent_call_id="c1", parent_tool="apply_diff"),
+    )
+    response.approvals.add(call_id="c2", tool_name="execute_command", reason="runs a command")
+    ours = views.pending_approvals(response)
+    assert ours["pending_approvals"][0]["metadata"]["diff"] == diff
+    assert "metadata" not in ours["pending_approvals"][1]
+    ide = CODELAB_IDE.rest_body("approvals", views.pending_approvals(response))
+    assert isinstance(ide, dict)
+    first, second = ide["pending_approvals"]
+    assert first["reason"] == f"apply_diff changes the workspace\n\n{diff}"
+    assert second["reason"] == "runs a command"
+    assert STRICT.rest_body("approvals", ours) == views.pending_approvals(response)

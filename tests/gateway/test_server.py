@@ -604,6 +604,35 @@ async def test_a_new_session_is_created_and_attached_on_its_first_frame(edge_fac
     assert [f["content"] for f in frames] == ["echo: ", "hi", "!", ""]
 
 
+ENVIRONMENT = {"type": "environment", "os": "Linux", "shell": "/bin/sh", "workspace_root": "/w"}
+
+
+async def test_an_environment_is_forwarded(edge: Edge):
+    async with edge.connect() as ws:
+        await opened(ws)
+        await ws.send(json.dumps(ENVIRONMENT))
+        await edge.fake.next_request()  # open
+        reported = (await edge.fake.next_request()).environment
+        assert (reported.os, reported.shell, reported.workspace_root) == ("Linux", "/bin/sh", "/w")
+
+
+async def test_an_environment_keeps_a_connection_quiet_and_goes_first_when_it_attaches(
+    edge_factory: Any,
+):
+    async with edge_factory(attach_on_first_frame=True) as edge:
+        async with edge.connect("/ws/reporting") as ws:
+            await opened(ws)
+            await ws.send(json.dumps(ENVIRONMENT))
+            await ws.send("not json")  # answered after the environment was read
+            assert (await receive(ws))["code"] == "invalid_json"
+            assert edge.fake.metadata == [], "no runtime stream for a report"
+            await ws.send(json.dumps({"type": "user_message", "content": "hi"}))
+            await receive(ws)
+        assert (await edge.fake.next_request()).open.session_id == "reporting"
+        assert (await edge.fake.next_request()).environment.os == "Linux"
+        assert (await edge.fake.next_request()).user_message.content == "hi"
+
+
 async def test_an_idle_session_resumes_where_the_announcement_left_off(edge_factory: Any):
     async with edge_factory(attach_on_first_frame=True) as edge:
         token = mint(edge.key, sub="carol")

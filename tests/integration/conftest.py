@@ -16,15 +16,16 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from tests.conftest import free_port
-from tests.support import NotReady, Service
+from tests.conftest import free_port, fresh_postgres_sync
+from tests.support import NotReady, Service, grpc_healthy, http_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -194,3 +195,99 @@ async def ide_login(mesh: Mesh, user: dict[str, str] | None = None) -> dict[str,
     assert reply.status_code == 200, reply.text
     tokens: dict[str, str] = reply.json()
     return tokens
+
+
+def module_service(module: str, env: dict[str, str], ready: Callable[[], bool]) -> Service:
+    """``python -m module``, restartable on the same port."""
+    return Service([sys.executable, "-m", module], env=env, cwd=ROOT, ready=ready)
+
+
+class Stack:
+    """llmproxy + runtime + gateway of our own, wired to the mesh's auth."""
+
+    def __init__(self, mesh: Mesh, home: Path, database: str) -> None:
+        self.database = database
+        self.gateway_port, self.runtime_port, llm_port = free_port(), free_port(), free_port()
+        runtime_port = self.runtime_port
+        config = home / "litellm.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "model_list": [
+                        {"model_name": "offline", "litellm_params": {"model": "offline/echo"}},
+                        {
+                            "model_name": "offline-slow",
+                            "litellm_params": {
+                                "model": "offline/echo",
+                                "reply_tokens": 5000,
+                                "token_delay": 0.01,
+                            },
+                        },
+                    ]
+                }
+            )
+        )
+        key = mesh.internal_key
+        base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        migrate_runtime(database, key)
+        self.llmproxy = module_service(
+            "llmproxy",
+            {
+                **base,
+                "LLM_PROXY__PORT": str(llm_port),
+                "LLM_PROXY__INTERNAL_API_KEY": key,
+                "LLM_PROXY__CONFIG": str(config),
+            },
+            grpc_healthy(f"127.0.0.1:{llm_port}"),
+        )
+        self.runtime = module_service(
+            "runtime",
+            {
+                **base,
+                "AGENT_RUNTIME__PORT": str(runtime_port),
+                "AGENT_RUNTIME__INTERNAL_API_KEY": key,
+                "AGENT_RUNTIME__LLM_PROXY_ADDRESS": f"127.0.0.1:{llm_port}",
+                "AGENT_RUNTIME__DATABASE_URL": database,
+                "AGENT_RUNTIME__AGENT_MODELS": "ask=offline-slow",
+            },
+            grpc_healthy(f"127.0.0.1:{runtime_port}"),
+        )
+        self.gateway = module_service(
+            "gateway",
+            {
+                **base,
+                "GATEWAY__PORT": str(self.gateway_port),
+                "GATEWAY__INTERNAL_API_KEY": key,
+                "GATEWAY__RUNTIME_ADDRESS": f"127.0.0.1:{runtime_port}",
+                "GATEWAY__JWKS_URL": f"{mesh.auth_url}/.well-known/jwks.json",
+                "GATEWAY__JWT_ISSUER": mesh.auth_url,
+            },
+            http_healthy(f"http://127.0.0.1:{self.gateway_port}/health"),
+        )
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> None:
+        for service in (self.llmproxy, self.runtime, self.gateway):
+            service.start()
+
+    def stop(self) -> None:
+        for service in (self.gateway, self.runtime, self.llmproxy):
+            if service.running:
+                service.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path) -> Iterator[Stack]:
+    """Our own llmproxy, runtime and gateway, on each database backend."""
+    with contextlib.ExitStack() as cleanup:
+        if request.param == "sqlite":
+            database = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+        else:
+            database = cleanup.enter_context(fresh_postgres_sync("test_persist"))
+        own = Stack(mesh, tmp_path, database)
+        cleanup.callback(own.stop)
+        own.start()
+        yield own

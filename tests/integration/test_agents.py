@@ -266,6 +266,20 @@ async def test_file_changes_reach_the_model(
     assert error["code"] == "invalid_path"
 
 
+async def test_three_failing_calls_stop_the_turn_and_the_user_is_asked(
+    connection: IdeConnection, workspace: Workspace
+) -> None:
+    await connection.report_environment(workspace.root)
+    turn = await session(connection, workspace).say(
+        "read gone-1.txt and read gone-2.txt and read gone-3.txt"
+    )
+    assert turn.status == "completed"
+    assert len(turn.executed) == 3
+    assert turn.text.startswith("I stopped after 3 failed tool calls in a row.")
+    assert "read_file, failed with: 'gone-3.txt' is not a file" in turn.text
+    assert turn.text.endswith("How would you like me to proceed?")
+
+
 async def test_the_terminal_client_runs_a_tool_flow(mesh: Mesh, workspace: Workspace) -> None:
     result = await asyncio.to_thread(
         subprocess.run,

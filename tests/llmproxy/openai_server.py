@@ -23,6 +23,8 @@ It speaks just enough of the API for LiteLLM's ``openai/`` provider:
 - ``cut-model``: streams three words, then drops the connection without
   ending the response (a provider dying mid-stream).
 - ``bench-model``: streams :attr:`OpenAIServer.bench_chunks` one-word chunks.
+- any model given a script with :meth:`OpenAIServer.script`: answers its
+  turns in order (:mod:`tests.llmproxy.trajectory`), checking each request.
 
 :meth:`OpenAIServer.fail_next` queues error answers (status, headers) for a
 model: each request takes the next one until the queue is empty.
@@ -37,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -46,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.llmproxy.trajectory import ScriptFailure, Trajectory, Turn, words
 from tests.support import wait_until
 
 TEXT_REPLY = "Hello from the test server, streamed word by word."
@@ -75,6 +78,7 @@ class OpenAIServer:
         self.first_chunk_delay = 2.0
         self.bench_chunks = 100
         self._failures: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        self._scripts: dict[str, Trajectory] = {}
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -109,6 +113,13 @@ class OpenAIServer:
     def fail_next(self, model: str, status: int, headers: dict[str, str] | None = None) -> None:
         """Answer the next request for ``model`` with an OpenAI-style error."""
         self._failures.setdefault(model, []).append((status, headers or {}))
+
+    def script(self, model: str, turns: Sequence[Turn]) -> Trajectory:
+        """Answer requests for ``model`` with ``turns``, one per request, checked;
+        replaces an earlier script for it. The trajectory records what came."""
+        trajectory = Trajectory(turns)
+        self._scripts[model] = trajectory
+        return trajectory
 
     def count(self, model: str) -> int:
         """How many chat requests named ``model``."""
@@ -158,8 +169,24 @@ class OpenAIServer:
                 status_code=400,
             )
         after_tool = (body.get("messages") or [{}])[-1].get("role") == "tool"
-        if model == "agent-model" and after_tool:
-            deltas = [{"content": word} for word in _words(AFTER_TOOL_REPLY)]
+        script = self._scripts.get(model)
+        if script is not None:
+            try:
+                deltas, finish_reason = script.answer(body)
+            except ScriptFailure as failure:
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": str(failure),
+                            "type": "invalid_request_error",
+                            "param": "messages",
+                            "code": "script_failure",
+                        }
+                    },
+                    status_code=400,
+                )
+        elif model == "agent-model" and after_tool:
+            deltas = [{"content": word} for word in words(AFTER_TOOL_REPLY)]
             finish_reason = "stop"
         elif model in ("tool-model", "agent-model"):
             deltas = _tool_deltas()
@@ -175,7 +202,7 @@ class OpenAIServer:
             deltas = [{"content": f"t{i} "} for i in range(self.bench_chunks)]
             finish_reason = "stop"
         else:
-            deltas = [{"content": word} for word in _words(TEXT_REPLY)]
+            deltas = [{"content": word} for word in words(TEXT_REPLY)]
             finish_reason = "stop"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if not body.get("stream"):
@@ -242,13 +269,8 @@ class OpenAIServer:
         )
 
 
-def _words(text: str) -> list[str]:
-    words = text.split(" ")
-    return [word + " " for word in words[:-1]] + [words[-1]]
-
-
 def _tool_deltas() -> list[dict[str, Any]]:
-    deltas: list[dict[str, Any]] = [{"content": word} for word in _words(TOOL_PREAMBLE)]
+    deltas: list[dict[str, Any]] = [{"content": word} for word in words(TOOL_PREAMBLE)]
     deltas.append(
         {
             "tool_calls": [
@@ -307,19 +329,29 @@ def _usage(completion_tokens: int) -> dict[str, int]:
 
 
 def _completion(model: str, deltas: list[dict[str, Any]], finish_reason: str) -> dict[str, Any]:
-    text = "".join(delta.get("content", "") for delta in deltas)
+    """The non-streamed answer the deltas add up to, tool calls included."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(delta.get("content", "") for delta in deltas),
+    }
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in deltas:
+        for part in delta.get("tool_calls", ()):
+            call = calls.setdefault(
+                part["index"], {"type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if "id" in part:
+                call["id"] = part["id"]
+            for key in ("name", "arguments"):
+                call["function"][key] += part.get("function", {}).get(key, "")
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 1700000000,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": _usage(len(deltas)),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -104,3 +105,34 @@ def test_router_streams_synchronously_too() -> None:
 
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
     assert text == "You said: yo this"
+
+
+def test_a_rule_answer_streams_with_its_line_breaks() -> None:
+    # A failed edit's error quotes lines of the file: the user sees them as lines.
+    error = "block 1: `search` was not found.\n2 |     return 1\nRead the file again."
+    messages = [
+        {"role": "user", "content": "edit a.py: return  1 => return 2"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "apply_diff", "arguments": "{}"},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "c1",
+            "name": "apply_diff",
+            "content": json.dumps({"error": error}),
+        },
+    ]
+
+    stream = offline_router(4).completion(model="offline", messages=messages, stream=True)
+
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
+    assert "".join(pieces) == f"apply_diff failed: {error}"
+    assert "|     " in pieces  # one streamed token per word, with the spaces after it

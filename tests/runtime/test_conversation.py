@@ -16,6 +16,8 @@ from mesh.database import create_engine
 from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
+    ClientOptions,
+    Environment,
     FileChanged,
     PlanApproval,
     SwitchAgent,
@@ -39,6 +41,7 @@ from runtime.events import (
 )
 from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
+from runtime.prompts import NOTICE_MARK
 from runtime.rules import ApprovalRules
 from runtime.state import Session
 from runtime.store import Store, migrate
@@ -576,6 +579,11 @@ async def test_plan_with_approval_and_progress(store: Store) -> None:
     assert_history_complete(session)
 
 
+def notices_in(messages: list[ChatMessage]) -> list[str]:
+    """The IDE's notices among the messages a model was sent."""
+    return [m.content for m in messages if m.role == "user" and m.content.startswith(NOTICE_MARK)]
+
+
 async def test_file_changes_reach_the_model_once_coalesced(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
     conversation, outbox, _ = await make(store, llm)
@@ -587,12 +595,12 @@ async def test_file_changes_reach_the_model_once_coalesced(store: Store) -> None
     assert bad.code == "invalid_path"
     await conversation.handle(UserMessage("go"))
     await until(outbox, TurnDone)
-    notices = [m.content for m in llm.seen[0] if "[IDE notice]" in m.content]
+    notices = notices_in(llm.seen[0])
     assert len(notices) == 1
     assert "src/a.py" in notices[0]
     await conversation.handle(UserMessage("again"))
     await until(outbox, TurnDone)
-    assert sum("[IDE notice]" in m.content for m in llm.seen[1]) == 1, "not repeated"
+    assert len(notices_in(llm.seen[1])) == 1, "not repeated"
 
 
 async def test_file_changes_are_bounded_in_memory_and_in_what_the_model_reads(
@@ -614,7 +622,7 @@ async def test_file_changes_are_bounded_in_memory_and_in_what_the_model_reads(
     assert len(session.file_changes) == MAX_FILE_CHANGES, "a known path is coalesced"
     await conversation.handle(UserMessage("go"))
     await until(outbox, TurnDone)
-    (notice,) = [m.content for m in llm.seen[0] if "[IDE notice]" in m.content]
+    (notice,) = notices_in(llm.seen[0])
     assert notice.count("src/") == NOTICE_MAX_PATHS
     assert f"and {MAX_FILE_CHANGES * 4 - NOTICE_MAX_PATHS} more changes" in notice
     # Long paths: the notice stays within its character budget.
@@ -622,12 +630,61 @@ async def test_file_changes_are_bounded_in_memory_and_in_what_the_model_reads(
         await conversation.handle(FileChanged(f"long/{n}/" + "d" * 3000, float(n)))
     await conversation.handle(UserMessage("again"))
     await until(outbox, TurnDone)
-    notice = [m.content for m in llm.seen[1] if "[IDE notice]" in m.content][-1]
+    notice = notices_in(llm.seen[1])[-1]
     assert len(notice) < NOTICE_MAX_CHARS + 300
     assert notice.count("long/") == 1
     assert "and 9 more changes" in notice
     assert session.file_changes == {}
     assert session.file_changes_dropped == 0
+
+
+async def test_the_model_is_told_the_environment_the_ide_reported(store: Store) -> None:
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, session = await make(store, llm, agent="debug")
+    await conversation.handle(UserMessage("before"))
+    await until(outbox, TurnDone)
+    assert "Operating system: not reported" in llm.seen[0][0].content
+    await conversation.handle(Environment("Windows 11", "powershell", "C:\\work\\shop"))
+    session.workspace_view = "src/\n  shop.ps1"
+    await conversation.handle(UserMessage("after"))
+    await until(outbox, TurnDone)
+    system = llm.seen[1][0]
+    assert system.role == "system"
+    assert "Operating system: Windows 11" in system.content
+    assert "Shell: powershell" in system.content
+    assert "Workspace root: C:\\work\\shop" in system.content
+    assert system.content.endswith("src/\n  shop.ps1")
+    assert outbox.empty(), "reporting the environment sends nothing"
+    assert [m.content for m in session.messages if m.role == "user"] == ["before", "after"]
+
+
+async def test_three_failing_calls_end_the_turn_with_a_question(store: Store) -> None:
+    failing = [call("read_file", path="missing.py")]
+    llm = ScriptedLlm(failing, failing, failing, [TextChunk("never")])
+    conversation, outbox, session = await make(store, llm)
+    await conversation.handle(UserMessage("read missing.py"))
+    for _ in range(3):
+        (offered,) = await until(outbox, ToolCallEvent)
+        assert isinstance(offered, ToolCallEvent)
+        await conversation.handle(ToolResult(offered.call_id, error="missing.py: no such file"))
+    *_, asked, done = await until(outbox, TurnDone)
+    assert isinstance(asked, AssistantText)
+    assert "3 failed tool calls in a row" in asked.text
+    assert "read_file, failed with: missing.py: no such file" in asked.text
+    assert done == TurnDone(TurnStatus.COMPLETED, Usage(3, 3))
+    assert len(llm.seen) == 3, "the model is not called a fourth time"
+    assert session.messages[-1] == ChatMessage("assistant", asked.text)
+    assert_history_complete(session)
+
+
+async def test_the_mistakes_limit_is_a_setting(store: Store) -> None:
+    failing = [call("search_in_code", query="")]  # refused: an empty query
+    llm = ScriptedLlm(failing, failing, failing, [TextChunk("gave up")])
+    conversation, outbox, _ = await make(store, llm, max_consecutive_mistakes=0)
+    await conversation.handle(UserMessage("search"))
+    events = await until(outbox, TurnDone)
+    assert events[0] == AssistantText("gave up"), "no limit: the model decides"
+    assert len(llm.seen) == 4
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 129, "white space", "../etc"])
@@ -775,6 +832,45 @@ async def test_every_delta_is_sent_within_a_durable_reservation(
     row = await recording.get_session("reserving")
     assert row is not None
     assert row.seq_reserved >= sent[-1][0]
+
+
+async def test_the_workspace_is_listed_once_for_the_prompt_of_a_client_that_asks(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, session = await make(store, llm, agent="debug")
+    viewing = ClientOptions(workspace_view=True)
+    await conversation.handle(UserMessage("first"), client=viewing)
+    (listing,) = await until(outbox, ToolCallEvent)
+    assert isinstance(listing, ToolCallEvent)
+    assert (listing.tool_name, listing.arguments) == (
+        "list_files",
+        {"path": ".", "recursive": True},
+    )
+    assert not listing.requires_approval
+    assert llm.seen == [], "the model waits for the listing"
+    result = {"path": ".", "files": ["src/", "src/shop.py", "README.md"], "truncated": False}
+    await conversation.handle(ToolResult(listing.call_id, result=result), client=viewing)
+    await until(outbox, TurnDone)
+    system = llm.seen[0][0].content
+    assert "src/" in system
+    assert "shop.py" in system
+    assert "README.md" in system
+    assert all(m.role != "tool" for m in session.messages), "the listing is not in the history"
+    await conversation.handle(UserMessage("second"), client=viewing)
+    events = await until(outbox, TurnDone)
+    assert not any(isinstance(e, ToolCallEvent) for e in events), "listed once"
+    assert "shop.py" in llm.seen[1][0].content
+
+
+async def test_a_client_that_cannot_list_or_did_not_ask_is_not_asked_to(store: Store) -> None:
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, _ = await make(store, llm, agent="debug")
+    await conversation.handle(UserMessage("plain"))
+    assert not any(isinstance(e, ToolCallEvent) for e in await until(outbox, TurnDone))
+    no_list = ClientOptions(workspace_view=True, tools=frozenset({"read_file"}))
+    await conversation.handle(UserMessage("cannot list"), client=no_list)
+    assert not any(isinstance(e, ToolCallEvent) for e in await until(outbox, TurnDone))
 
 
 # -- the user's approval rules ---------------------------------------------------

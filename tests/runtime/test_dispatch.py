@@ -27,7 +27,7 @@ from runtime.events import (
     Usage,
     from_payload,
 )
-from runtime.llm import ToolCallRequest
+from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.records import EventRecord, Step
 from runtime.rules import DEFAULT_LIMITS, ApprovalRules, OperatorLimits
@@ -363,6 +363,63 @@ def test_a_plan_is_shown_not_waited_on_for_a_client_that_approves_by_running() -
     assert not session.pending
 
 
+# -- the mistakes limit --------------------------------------------------------
+
+
+def test_three_failed_calls_in_a_row_stop_the_turn_and_ask_the_user() -> None:
+    dispatcher, session, _ = make("architect")
+    dispatcher.begin("write main.py", None)
+    refused = ("write_file", {"path": "main.py", "content": "x"})
+    for _ in range(3):
+        assert dispatcher.take_model_call()
+        assert dispatcher.after_reply(reply(refused)) is Next.MODEL
+    assert not dispatcher.take_model_call(), "no fourth model call"
+    assert dispatcher.turn.model_calls == 3
+    *_, asked, done = queued(dispatcher)
+    assert isinstance(asked, AssistantText)
+    assert "after 3 failed tool calls in a row" in asked.text
+    assert "write_file" in asked.text
+    assert "may only write *.md" in asked.text, "the last error, quoted"
+    assert asked.text.endswith("How would you like me to proceed?")
+    assert done == TurnDone(TurnStatus.COMPLETED, Usage(9, 6))
+    assert session.messages[-1] == ChatMessage("assistant", asked.text)
+    assert session.state == "idle"
+
+
+def test_two_failures_and_a_success_do_not_stop_the_turn() -> None:
+    """IDE errors count (Dispatcher.resolve); a result resets the count."""
+    dispatcher, _, _ = make()
+    dispatcher.begin("read", None)
+
+    def read(**answer: Any) -> Next:
+        assert dispatcher.take_model_call()
+        assert dispatcher.after_reply(reply(("read_file", {"path": "a.py"}))) is Next.WAIT
+        return answers.on_tool_result(dispatcher, ToolResult("call_0", **answer))
+
+    assert read(error="no such file") is Next.MODEL
+    assert read(error="no such file") is Next.MODEL
+    assert read(result={"content": "x"}) is Next.MODEL
+    assert read(error="no such file") is Next.MODEL
+    assert read(error="no such file") is Next.MODEL
+    assert dispatcher.take_model_call(), "two failures in a row since the success"
+    assert dispatcher.turn.mistakes == 2
+
+
+def test_rejections_are_not_mistakes_and_zero_turns_the_limit_off() -> None:
+    dispatcher, _, _ = make()
+    dispatcher.begin("write", None)
+    for _ in range(3):
+        assert dispatcher.take_model_call()
+        dispatcher.after_reply(reply(("write_file", {"path": "a.py", "content": "x"})))
+        answers.on_approval(dispatcher, ApprovalDecision("call_0", "reject"))
+    assert dispatcher.take_model_call(), "the user said no: the model adapts, it did not fail"
+    dispatcher.max_mistakes = 0
+    for _ in range(5):
+        dispatcher.after_reply(reply(("switch_mode", {"agent": "nobody", "reason": "r"})))
+    assert dispatcher.turn.mistakes == 5
+    assert dispatcher.take_model_call()
+
+
 # -- the user's approval rules ---------------------------------------------------
 
 
@@ -445,16 +502,37 @@ def test_the_users_own_cap_is_lower_than_the_operators() -> None:
 
 
 def test_the_operator_decides_which_tools_rules_may_auto_approve() -> None:
-    dispatcher = ruled(["execute_command", "edit"], user_auto_approve=frozenset({"write_file"}))
-    step = reply(
-        ("execute_command", {"command": "ls"}),
-        ("write_file", {"path": "a.py", "content": "x"}),
+    dispatcher = ruled(
+        ["execute_command", "edit"], user_auto_approve=frozenset({"create_directory"})
     )
+    step = reply(("execute_command", {"command": "ls"}), ("create_directory", {"path": "d"}))
     dispatcher.after_reply(step)
-    command, write = offered(dispatcher)
+    command, mkdir = offered(dispatcher)
     assert command.requires_approval
     assert "the operator lets no rule auto-approve execute_command" in command.reason
-    assert not write.requires_approval
+    assert (mkdir.tool_name, mkdir.requires_approval) == ("create_directory", False)
+
+
+def test_a_change_is_read_first_then_written_as_the_rules_say() -> None:
+    """A change runs as a read then the write (runtime.subcalls): the rules
+    decide the write's approval, and a deny rule stops it before the read."""
+    dispatcher = ruled(["edit(src/**)"], ["edit(*.lock)"])
+    step = reply(
+        ("write_file", {"path": "src/a.py", "content": "x"}),
+        ("write_file", {"path": "lib/b.py", "content": "y"}),
+        ("delete_file", {"path": "src/poetry.lock"}),
+    )
+    dispatcher.after_reply(step)
+    assert [call.call_id for call in offered(dispatcher)] == ["call_0.1", "call_1.1"]
+    (denied,) = tool_answers(dispatcher.session)
+    assert denied["error"].startswith("denied by your approval rules: edit(*.lock) matches")
+    for read in ("call_0.1", "call_1.1"):
+        answers.on_tool_result(dispatcher, ToolResult(read, result={"content": "old"}))
+    writes = {call.call_id: call for call in offered(dispatcher) if call.tool_name == "write_file"}
+    assert not writes["call_0.2"].requires_approval
+    assert writes["call_0.2"].reason == "auto-approved by your rule edit(src/**)"
+    assert writes["call_1.2"].requires_approval
+    assert "no rule allows write_file of lib/b.py" in writes["call_1.2"].reason
 
 
 def test_always_allow_names_the_rule_and_the_call_is_approved() -> None:

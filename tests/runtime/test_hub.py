@@ -126,11 +126,11 @@ async def test_a_turn_taken_over_while_it_waits_meets_the_owners_deny_rules(
 ) -> None:
     """The turn began on another replica, which loaded the rules; the one that
     takes the session over reads them too before the turn's next calls."""
-    write = call("write_file", path="a.md", content="x")
-    first = hub(store, "r1", ScriptedLlm([write]))
+    mkdir = call("create_directory", path="docs")
+    first = hub(store, "r1", ScriptedLlm([mkdir]))
     conversation, _ = await first.open("waits", "alice")
     outbox = conversation.subscribe().queue
-    await conversation.handle(UserMessage("write"))
+    await conversation.handle(UserMessage("make a folder"))
     offered = await asyncio.wait_for(outbox.get(), 5)
     while not isinstance(offered.event, ToolCallEvent):
         offered = await asyncio.wait_for(outbox.get(), 5)

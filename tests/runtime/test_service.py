@@ -175,6 +175,27 @@ async def test_converse_streams_the_answer(
     assert "write_file" in [tool.name for tool in answer.tools]
 
 
+async def test_the_environment_the_ide_reports_reaches_the_models_prompt(
+    runtime_channel: grpc.aio.Channel, proxy: tuple[ScriptedProxy, int]
+) -> None:
+    stub = runtime_pb2_grpc.AgentRuntimeServiceStub(runtime_channel)
+    call = stub.Converse(metadata=internal_metadata(KEY, user="alice"))
+    await call.write(open_request("s-env"))
+    await call.read()
+    environment = runtime_pb2.Environment(os="Linux 6.8", workspace_root="/w")
+    environment.shell = "/bin/bash"
+    await call.write(runtime_pb2.ConverseRequest(environment=environment))
+    await call.write(user_message("hello"))
+    while not (await call.read()).HasField("turn_done"):
+        pass
+    await call.done_writing()
+    servicer, _ = proxy
+    _, answer = servicer.requests
+    system = answer.messages[0]
+    assert system.role == "system"
+    assert "Operating system: Linux 6.8\nShell: /bin/bash\nWorkspace root: /w\n" in system.content
+
+
 async def test_cancelling_the_stream_cancels_the_llm_call(
     runtime_channel: grpc.aio.Channel, proxy: tuple[ScriptedProxy, int]
 ) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
+from datetime import date
 
 import pytest
 
 from runtime import routing
 from runtime.agents import AGENTS
+from runtime.commands import Environment
 from runtime.errors import UpstreamError
 from runtime.events import Usage
 from runtime.llm import (
@@ -20,13 +22,17 @@ from runtime.llm import (
     ToolCallRequest,
     ToolSpec,
 )
+from runtime.prompts import system_prompt
 from runtime.turn import (
     CHARS_PER_TOKEN_BOUND,
+    MAX_ERROR_CHARS,
     MAX_MODEL_CALLS_PER_TURN,
     MAX_SWITCHES_PER_TURN,
     Turn,
     request_reply,
 )
+
+TODAY = date(2026, 11, 29)
 
 
 class FakeModel:
@@ -77,7 +83,7 @@ async def test_a_reply_gathers_text_tool_calls_and_usage() -> None:
         seen.append(text)
 
     history = [ChatMessage("user", "what is in a.py?")]
-    reply = await request_reply(model, "m", AGENTS["ask"], history, on_text=on_text)
+    reply = await request_reply(model, "m", AGENTS["ask"], history, on_text=on_text, today=TODAY)
     assert seen == ["Let me ", "look."], "each non-empty delta as it came"
     assert reply.text == "Let me look."
     assert [(c.name, c.arguments_json) for c in reply.calls] == [
@@ -89,7 +95,9 @@ async def test_a_reply_gathers_text_tool_calls_and_usage() -> None:
     assert reply.usage == Usage(7, 3)
     ((name, messages, tools),) = model.asked
     assert name == "m"
-    assert messages == [ChatMessage("system", AGENTS["ask"].system_prompt), *history]
+    system = system_prompt(AGENTS["ask"], None, None, TODAY)
+    assert messages == [ChatMessage("system", system), *history]
+    assert "Operating system: not reported" in system
     assert tools == sorted(AGENTS["ask"].tools), "the agent's tools only"
 
 
@@ -107,8 +115,9 @@ async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> N
         pass
 
     agent = AGENTS["coder"]
-    model.window = (len(agent.system_prompt) + 200) // CHARS_PER_TOKEN_BOUND
-    await request_reply(model, "m", agent, history, on_text=ignore)
+    system = system_prompt(agent, None, None, TODAY)
+    model.window = (len(system) + 200) // CHARS_PER_TOKEN_BOUND
+    await request_reply(model, "m", agent, history, on_text=ignore, today=TODAY)
     sent = model.asked[0][1]
     assert sent[0].role == "system"
     assert sent[-1] == history[-1]
@@ -116,6 +125,37 @@ async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> N
     tool_ids = {m.tool_call_id for m in sent if m.role == "tool"}
     call_ids = {c.call_id for m in sent for c in m.tool_calls}
     assert tool_ids == call_ids, "a call and its result go together or not at all"
+
+
+async def test_the_system_prompt_tells_the_model_the_sessions_environment() -> None:
+    model = FakeModel(TextChunk("ok"))
+
+    async def ignore(text: str) -> None:
+        pass
+
+    environment = Environment("Darwin 23.4.0", "/bin/zsh", "/Users/ada/shop")
+    view = "src/\n  cart.py\nREADME.md"
+    await request_reply(
+        model,
+        "m",
+        AGENTS["coder"],
+        [ChatMessage("user", "hi")],
+        on_text=ignore,
+        environment=environment,
+        workspace_view=view,
+        today=TODAY,
+    )
+    system = model.asked[0][1][0]
+    assert system.role == "system"
+    assert system.content.startswith(AGENTS["coder"].role)
+    for line in (
+        "Operating system: Darwin 23.4.0",
+        "Shell: /bin/zsh",
+        "Workspace root: /Users/ada/shop",
+        "Date: 2026-11-29 (UTC)",
+        view,
+    ):
+        assert line in system.content
 
 
 async def test_a_failing_model_fails_the_request_and_is_closed() -> None:
@@ -146,6 +186,22 @@ def test_a_turn_counts_its_limits_and_usage() -> None:
     turn.add_usage(Usage(2, 1))
     turn.add_usage(Usage(3, 4))
     assert turn.usage == Usage(5, 5)
+
+
+def test_a_turn_counts_failed_calls_in_a_row_and_says_what_kept_failing() -> None:
+    turn = Turn()
+    turn.note_outcome("read_file", {"error": "no such file"})
+    turn.note_outcome("read_file", {"error": "no such file"})
+    assert turn.mistakes == 2
+    turn.note_outcome("list_files", {"result": {"files": []}})
+    assert turn.mistakes == 0, "a success resets the count"
+    turn.note_outcome("apply_diff", {"error": "search text\nnot found " + "x" * 1000})
+    message = turn.stuck_message()
+    assert "after 1 failed tool call in a row" in message
+    assert "apply_diff" in message
+    assert "search text not found" in message, "on one line"
+    assert "x" * (MAX_ERROR_CHARS + 1) not in message, "shortened"
+    assert message.endswith("How would you like me to proceed?")
 
 
 async def test_routing_takes_the_models_answer_or_falls_back_to_keywords() -> None:

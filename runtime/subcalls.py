@@ -1,0 +1,178 @@
+"""The calls the runtime issues to the IDE on its own behalf, over a
+:class:`~runtime.dispatch.Dispatcher`.
+
+A model's change to the workspace (:mod:`runtime.changes`) and a user's undo
+(:mod:`runtime.undo`) are planned without I/O as a sequence of IDE calls;
+these functions carry the plans out like :mod:`runtime.answers` does the
+answers: each offers the next sub-call (a :class:`~runtime.state.PendingCall`
+naming its ``parent`` and carrying its ``job``) or, when the plan is done,
+answers the call it served and records its checkpoints. The parent waits as
+a :attr:`~runtime.state.CallState.RUNNING` call: never offered to the IDE,
+it keeps the turn waiting until its work is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from runtime import changes, listing, undo
+from runtime.commands import ClientOptions
+from runtime.events import AssistantText, TurnStatus
+from runtime.llm import ChatMessage, ToolCallRequest
+from runtime.records import Checkpoint
+from runtime.state import CallState, PendingCall
+from runtime.turn import Next
+
+if TYPE_CHECKING:
+    from runtime.dispatch import Dispatcher
+
+
+def sub_call_id(parent: str, number: int) -> str:
+    """The id of the ``number``-th call the runtime issues on ``parent``'s behalf."""
+    suffix = f".{number}"
+    if len(parent) + len(suffix) > 64:  # the column's width
+        parent = "rt-" + hashlib.sha256(parent.encode()).hexdigest()[:40]
+    return parent + suffix
+
+
+def start_change(
+    d: Dispatcher, call: ToolCallRequest, arguments: dict[str, Any], approval: bool, reason: str
+) -> None:
+    """Run a model's change to the workspace as IDE calls: reads, then the change."""
+    parent = PendingCall(
+        call.call_id,
+        call.name,
+        arguments,
+        CallState.RUNNING,
+        reason,
+        agent=d.session.agent,
+        original_arguments=arguments,
+    )
+    d.session.pending[call.call_id] = parent
+    d.record_call(parent, parent.state.value)
+    planned = changes.begin(
+        call.name, arguments, requires_approval=approval, reason=reason, turn=d.turn_position
+    )
+    _carry_out(d, parent, planned)
+
+
+def start_undo(
+    d: Dispatcher,
+    checkpoints: list[Checkpoint],
+    turn_id: str,
+    request_id: str | None,
+    client: ClientOptions,
+) -> tuple[Next, int]:
+    """Begin an undo turn; returns what comes next and the first turn it undoes.
+
+    Raises :class:`undo.NothingToUndo` (and starts nothing) with nothing to undo.
+    """
+    first, files = undo.plan(checkpoints, turn_id)
+    d.begin(f"/undo {first}", request_id, client, view=False)
+    parent = PendingCall(
+        f"undo-{uuid.uuid4().hex}",
+        "undo",
+        {"turn_id": str(first)},
+        CallState.RUNNING,
+        f"undo the changes of turn {first} and later",
+        agent=d.session.agent,
+        job={"kind": "undo-plan", "tool": "undo", "files": files},
+    )
+    d.session.pending[parent.call_id] = parent
+    d.record_call(parent, parent.state.value)
+    tools = client.tools
+    planned = undo.begin(
+        files,
+        approval="write_file" in d.approval_required,
+        can_delete=tools is None or "delete_file" in tools,
+    )
+    return _carry_out(d, parent, planned), first
+
+
+VIEW_JOB = {"kind": "view", "tool": "workspace_view"}
+
+
+def fetch_view(d: Dispatcher, client: ClientOptions) -> Next:
+    """At a turn's start: list the workspace for the prompt if nobody has yet.
+
+    Once per live session, for a client that asked (``workspace_view``) or
+    reported its environment, and implements ``list_files``: the model is
+    called once the listing is in (:data:`Next.WAIT` till then).
+    """
+    session = d.session
+    wanted = client.workspace_view or session.environment is not None
+    can_list = client.tools is None or "list_files" in client.tools
+    if session.workspace_view is not None or not wanted or not can_list:
+        return Next.MODEL
+    d.offer(
+        PendingCall(
+            f"view-{uuid.uuid4().hex[:24]}",
+            "list_files",
+            {"path": ".", "recursive": True},
+            CallState.AWAITING_RESULT,
+            "the workspace's files, for the agents' prompt",
+            agent=session.agent,
+            original_arguments={"path": ".", "recursive": True},
+            job=VIEW_JOB,
+        )
+    )
+    session.state = "waiting"
+    return Next.WAIT
+
+
+def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: str) -> Next:
+    """A sub-call was answered (already recorded): take the next step of its work."""
+    assert call.job is not None
+    if call.job["kind"] == "view":
+        result = payload.get("result")
+        d.session.workspace_view = (
+            listing.summarize_listing(result)
+            if status == "completed" and isinstance(result, dict)
+            else f"(the IDE could not list the workspace: {str(payload.get('error'))[:200]})"
+        )
+        if d.session.pending:
+            return Next.WAIT
+        d.session.state = "running"
+        return Next.MODEL
+    parent = d.session.pending[call.parent]
+    if call.job["kind"] == "undo":
+        assert parent.job is not None
+        return _carry_out(d, parent, undo.advance(parent.job["files"], call.job, payload, status))
+    return _carry_out(d, parent, changes.advance(call.job, payload, status))
+
+
+def _carry_out(d: Dispatcher, parent: PendingCall, planned: changes.Planned) -> Next:
+    """Offer a planned sub-call of ``parent``, or answer ``parent`` as planned."""
+    if isinstance(planned, changes.SubCall):
+        number = planned.job.get("n", 0) + 1
+        d.offer(
+            PendingCall(
+                sub_call_id(parent.call_id, number),
+                planned.tool_name,
+                planned.arguments,
+                CallState.AWAITING_APPROVAL
+                if planned.requires_approval
+                else CallState.AWAITING_RESULT,
+                planned.reason,
+                agent=parent.agent,
+                original_arguments=planned.arguments,
+                parent=parent.call_id,
+                job={**planned.job, "n": number},
+            )
+        )
+        return Next.WAIT
+    d.stream.step().checkpoints.extend(planned.checkpoints)
+    if parent.tool_name != "undo":
+        return d.resolve(parent, planned.payload, planned.status)
+    # The undo's own call is no model's: nothing answers it in the history,
+    # the turn ends with what was restored.
+    del d.session.pending[parent.call_id]
+    d.session.answered.add(parent.call_id)
+    d.record_call(parent, "completed")
+    d.stream.step().undone.extend(planned.payload["undone_ids"])
+    text = undo.summary(planned.payload)
+    d.append_message(ChatMessage("assistant", text))
+    d.stream.durable(AssistantText(text))
+    return d.finish(TurnStatus.COMPLETED)
