@@ -45,6 +45,8 @@ from gateway.errors import (
 from gateway.frames import MAX_SEQ, Frame, error_frame
 
 _MAX_CLOSE_REASON_BYTES = 123
+_MAX_DESCRIPTION_CHARS = 1024
+"""Of a runtime's reason passed on in an HTTP error body (a rule named in it)."""
 
 TOKEN_REVOKED_CODE = 4001
 """Private-use close code: the token was revoked; the IDE must log in again."""
@@ -344,6 +346,6 @@ def response_for_status(code: grpc.StatusCode, details: str | None) -> Response:
         return refuse(http.HTTPStatus.BAD_GATEWAY, "runtime_error", "the runtime failed")
     status, error, description = known
     if not description:
-        description = clip_reason(details or status.phrase)
+        description = (details or status.phrase)[:_MAX_DESCRIPTION_CHARS]
     retry = RUNTIME_RETRY_AFTER if status is http.HTTPStatus.SERVICE_UNAVAILABLE else None
     return refuse(status, error, description, retry_after=retry)

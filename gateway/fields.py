@@ -38,6 +38,14 @@ def optional_str(data: Mapping[str, Any], name: str, max_bytes: int | None = Non
     return value
 
 
+def flag(data: Mapping[str, Any], name: str) -> bool:
+    """The optional boolean field ``name``; absent or null is false."""
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise FrameError("invalid_field", f"{name!r} must be a boolean")
+    return bool(value)
+
+
 def longer_than(value: str, max_bytes: int) -> bool:
     """Whether ``value`` takes more than ``max_bytes`` bytes of UTF-8; a
     character takes one to four, so most strings need no encoding."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.errors import FrameError
 from gateway.fields import (
+    flag,
     optional_object,
     optional_str,
     required_choice,
@@ -208,6 +209,7 @@ def _hitl_decision(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
         call_id=call_id,
         decision=decision,
         feedback=optional_str(data, "feedback", MAX_NOTE_BYTES) or "",
+        always_allow=flag(data, "always_allow"),
     )
     if decision == runtime_pb2.DECISION_EDIT:
         if arguments is None:

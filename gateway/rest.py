@@ -10,7 +10,7 @@ The same table answers on the WebSocket port (``process_request``) and on
 the REST port (:mod:`gateway.rest_server`, ``GATEWAY__REST_PORT``). websockets
 hands ``process_request`` every bodiless request whatever its method and
 refuses any request with a body before it reaches us, which keeps the edge
-pure; so a view that reads a body (``PATCH``) is usable only on the REST
+pure; so a view that reads a body (``PATCH``, ``PUT``) is usable only on the REST
 port, where starlette reads it, and the front door routes every REST path
 there. On the WebSocket port such a view answers 400, saying where to go.
 
@@ -27,6 +27,8 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     GET    /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
     GET    /api/v1/sessions/{sid}/checkpoints      → views.checkpoints
     POST   /api/v1/sessions/{sid}/undo?turn_id=    → 202 views.undo_started
+    GET    /api/v1/approval-rules                  → views.approval_rules
+    PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
 
 :class:`RuntimeReads` also makes the two reads the handshake needs
 (``GetCurrentAgent``, ``CreateSession``) through the same typed calls.
@@ -65,8 +67,11 @@ log = structlog.get_logger("gateway.rest")
 _MAX_TITLE_CHARS = 200
 _MAX_PAGE_TOKEN_CHARS = 1024
 _MAX_PAGE_SIZE_DIGITS = 4
-MAX_BODY_BYTES = 16 * 1024
-"""The largest request body a view reads (a title is at most 200 characters)."""
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body a view reads: a title is at most 200 characters,
+a user's approval rules a few kilobytes."""
+_RULE_FIELDS = frozenset({"allow", "deny", "max_auto_approvals_per_turn"})
+_MAX_CAP = 2**32 - 1
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
@@ -308,6 +313,41 @@ def _update_session(params: Params) -> runtime_pb2.UpdateSessionRequest:
     return request
 
 
+def _update_rules(params: Params) -> runtime_pb2.UpdateApprovalRulesRequest:
+    """The shape of a rules body; the rules themselves are the runtime's to check."""
+    body = params.body
+    if body is None:
+        raise InvalidQuery(
+            "invalid_body",
+            'send the rules as a JSON body, e.g. {"allow": ["execute_command(pytest:*)"], '
+            '"deny": []} (through the front door, or on the gateway\'s REST port: the '
+            "WebSocket port reads no request bodies)",
+        )
+    unknown = sorted(set(body) - _RULE_FIELDS)
+    if unknown:
+        raise InvalidQuery(
+            "invalid_body",
+            f"unknown fields {', '.join(unknown)}: send allow, deny, max_auto_approvals_per_turn",
+        )
+    rules = runtime_pb2.ApprovalRules()
+    for name in ("allow", "deny"):
+        texts = body.get(name)
+        texts = [] if texts is None else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise InvalidQuery("invalid_body", f"{name} must be a list of rule strings")
+        getattr(rules, name).extend(texts)
+    cap = body.get("max_auto_approvals_per_turn")
+    if cap is not None:
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= _MAX_CAP:
+            raise InvalidQuery(
+                "invalid_body",
+                "max_auto_approvals_per_turn must be a whole number from 0, or null "
+                "(the operator's cap)",
+            )
+        rules.max_auto_approvals_per_turn = cap
+    return runtime_pb2.UpdateApprovalRulesRequest(rules=rules)
+
+
 # Each view is built on its own (not inside the mapping's ``View[Any, Any]``)
 # so that mypy checks its request, stub method and body against each other.
 _AGENTS = View(
@@ -394,6 +434,22 @@ _UNDO = View(
     views.undo_started,
     http.HTTPStatus.ACCEPTED,
 )
+_RULES_PATH = re.compile(r"/api/v1/approval-rules")
+_RULES = View(
+    "GET",
+    _RULES_PATH,
+    lambda params: runtime_pb2.GetApprovalRulesRequest(),
+    lambda stub: stub.GetApprovalRules,
+    views.approval_rules,
+)
+_UPDATE_RULES = View(
+    "PUT",
+    _RULES_PATH,
+    _update_rules,
+    lambda stub: stub.UpdateApprovalRules,
+    views.approval_rules,
+    reads_body=True,
+)
 
 VIEWS: Mapping[str, View[Any, Any]] = {
     "list_agents": _AGENTS,
@@ -407,5 +463,7 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "approvals": _APPROVALS,
     "checkpoints": _CHECKPOINTS,
     "undo": _UNDO,
+    "approval_rules": _RULES,
+    "update_approval_rules": _UPDATE_RULES,
 }
 """Every REST view by the name its :class:`Route` carries, in matching order."""

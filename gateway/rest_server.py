@@ -2,7 +2,8 @@
 
 The WebSocket port is a pure ``websockets`` server, and websockets refuses
 any request with a body; the CodeLab IDE renames a session with ``PATCH
-/api/v1/sessions/{id}`` and a JSON body. So the gateway process also serves
+/api/v1/sessions/{id}`` and a JSON body (and ``PUT /api/v1/approval-rules``
+replaces a user's approval rules). So the gateway process also serves
 the same typed view table (:data:`gateway.rest.VIEWS`) on
 ``GATEWAY__REST_PORT`` through a small starlette app under uvicorn (both
 already used by ``auth/``): starlette reads the body (``Content-Length`` or
@@ -10,8 +11,8 @@ chunked, at most :data:`gateway.rest.MAX_BODY_BYTES`: 413 beyond), and
 :meth:`gateway.server.Gateway.answer_rest` answers it exactly as the
 WebSocket port answers a view (connect-rate limit, token, owner-scoped
 runtime call, the one status mapping in :mod:`gateway.codes`). The front
-door routes every REST path (``/api/v1/sessions*``, ``/api/v1/agents*``)
-here and WebSocket upgrades to the WebSocket port.
+door routes every REST path (``/api/v1/sessions*``, ``/api/v1/agents*``,
+``/api/v1/approval-rules*``) here and WebSocket upgrades to the WebSocket port.
 
 No WebSocket, health or metrics here; anything but a view is 404.
 """

@@ -213,3 +213,24 @@ def _metadata(approval: runtime_pb2.PendingApproval) -> Body:
             "parent_tool": metadata.parent_tool,
         }
     }
+
+
+def approval_rules(
+    response: runtime_pb2.GetApprovalRulesResponse | runtime_pb2.UpdateApprovalRulesResponse,
+) -> Body:
+    """The user's approval rules (a null cap: the operator's), the operator's
+    floor under them, and what is always asked whatever they say."""
+    rules = response.rules
+    cap = rules.max_auto_approvals_per_turn
+    return {
+        "allow": list(rules.allow),
+        "deny": list(rules.deny),
+        "max_auto_approvals_per_turn": cap
+        if rules.HasField("max_auto_approvals_per_turn")
+        else None,
+        "operator": {
+            "user_auto_approve": list(response.operator.user_auto_approve),
+            "max_auto_approvals_per_turn": response.operator.max_auto_approvals_per_turn,
+        },
+        "always_ask": list(response.always_ask),
+    }

@@ -56,6 +56,7 @@ from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.metrics import RuntimeMetrics
+from runtime.rules import MAX_AUTO_APPROVALS_PER_TURN, OperatorLimits
 from runtime.schema import VERSION_TABLE
 from runtime.service import AgentRuntimeServicer
 from runtime.store import Store, head_revision, migrate
@@ -118,6 +119,13 @@ class RuntimeConfig:
         tuple(sorted(DEFAULT_APPROVAL_REQUIRED)), parse=_approval_required
     )
     """tools that wait for a human's approval; "none" for none"""
+    user_auto_approve: tuple[str, ...] | None = setting(None, parse=_approval_required)
+    """tools a user's own approval rules may auto-approve (default: every tool in
+    APPROVAL_REQUIRED); "none": users cannot lower any approval, APPROVAL_REQUIRED is the floor.
+    Users' deny rules apply to every tool whatever this says"""
+    max_auto_approvals_per_turn: int = setting(MAX_AUTO_APPROVALS_PER_TURN, check=not_negative)
+    """calls one turn may auto-approve by a user's rules (the next ones are asked); a user's own
+    cap can only be lower"""
     llm_timeout: float = 300.0
     """seconds a whole model call may take"""
     llm_connect_timeout: float = setting(CONNECT_TIMEOUT, check=positive)
@@ -168,6 +176,12 @@ class RuntimeConfig:
     health_interval: float = 5.0
     """seconds between dependency checks (database, llmproxy) behind gRPC health"""
 
+    def rule_limits(self) -> OperatorLimits:
+        """The floor under users' approval rules: USER_AUTO_APPROVE (unset: APPROVAL_REQUIRED)
+        and MAX_AUTO_APPROVALS_PER_TURN."""
+        tools = self.approval_required if self.user_auto_approve is None else self.user_auto_approve
+        return OperatorLimits(frozenset(tools), self.max_auto_approvals_per_turn)
+
 
 async def serve(
     config: RuntimeConfig,
@@ -209,6 +223,7 @@ async def serve(
             agent_models=dict(config.agent_models),
             approval_required=frozenset(config.approval_required),
             max_consecutive_mistakes=config.max_consecutive_mistakes,
+            rule_limits=config.rule_limits(),
             detach_grace=config.detach_grace,
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,

@@ -17,6 +17,7 @@ from runtime.agents import AGENTS
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, switched
 from runtime.events import ToolCallEvent
+from runtime.rules import Rule, suggest_rule, why_no_rule
 from runtime.state import CallState, PendingCall
 from runtime.tools import TOOLS, Side
 from runtime.turn import Next
@@ -79,6 +80,38 @@ def _approved_by_result(d: Dispatcher, call: PendingCall, event: ToolResult) -> 
         return _run_approved(d, call, call.arguments)
     payload = {"result": event.result if event.result is not None else {}}
     return d.resolve(call, payload, "completed", decided=True, ran=call.arguments)
+
+
+def always_allow(d: Dispatcher, event: ApprovalDecision) -> Rule | None:
+    """The allow rule an approval with ``always_allow`` adds to the owner's
+    rules (:func:`runtime.rules.suggest_rule` of the call as offered), read
+    before :func:`on_approval` decides the call; the caller stores it.
+
+    None when the event adds no rule: without ``always_allow``, or for a
+    call :func:`on_approval` refuses. Also None, with a ``rule_not_added``
+    error sent at once, when it cannot add one: a decision other than
+    approve, a call no rule may allow (a compound or always-asked command,
+    a move), a tool the operator lets no rule auto-approve. The decision is
+    applied either way.
+    """
+    call = d.session.pending.get(event.call_id)
+    if not event.always_allow or call is None or call.state is not CallState.AWAITING_APPROVAL:
+        return None
+    if event.decision != "approve":
+        d.refuse("rule_not_added", "always_allow goes with approve: no rule was added")
+        return None
+    text = suggest_rule(call.tool_name, call.arguments)
+    if text is None:
+        why = why_no_rule(call.tool_name, call.arguments)
+        d.refuse("rule_not_added", f"no rule was added ({why}); the call is approved this once")
+        return None
+    if call.tool_name not in d.limits.user_auto_approve:
+        d.refuse(
+            "rule_not_added",
+            f"no rule was added: the operator lets no rule auto-approve {call.tool_name}",
+        )
+        return None
+    return Rule.parse(text)
 
 
 def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = STRICT) -> Next:

@@ -57,6 +57,8 @@ class ApprovalDecision:
     decision: str  # approve | edit | reject
     modified_arguments: dict[str, Any] | None = None
     feedback: str = ""
+    always_allow: bool = False
+    """With approve: also add the rule that allows such calls to the user's rules."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,11 +53,12 @@ from runtime.commands import (
     UserMessage,
 )
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
-from runtime.errors import Precondition, UpstreamError
+from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatMessage, ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.prompts import NOTICE_MARK
+from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
 from runtime.state import CallState, Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
@@ -83,6 +84,8 @@ class ConversationSettings:
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
     max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
     """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
+    rule_limits: OperatorLimits = DEFAULT_LIMITS
+    """What users' approval rules may auto-approve (the operator's floor)."""
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -128,7 +131,9 @@ class Conversation:
             approval_required=settings.approval_required,
             metrics=metrics,
             max_mistakes=settings.max_consecutive_mistakes,
+            limits=settings.rule_limits,
         )
+        self._rules = store.rules
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -233,7 +238,7 @@ class Conversation:
             case ToolResult():
                 await self._go_on(answers.on_tool_result(dispatcher, event, client))
             case ApprovalDecision():
-                await self._go_on(answers.on_approval(dispatcher, event, client))
+                await self._on_approval(event, client)
             case SwitchAgent():
                 await self._on_switch_agent(event, request_id, client)
             case PlanApproval():
@@ -253,6 +258,21 @@ class Conversation:
         await self.stream.flush()
         if next_ is Next.MODEL:
             self._task = asyncio.create_task(self._advance())
+
+    async def _on_approval(self, event: ApprovalDecision, client: ClientOptions) -> None:
+        """A human's decision; with ``always_allow``, the rule it adds is stored
+        once the decision is written, and holds for the rest of the turn too."""
+        dispatcher = self._dispatcher
+        rule = answers.always_allow(dispatcher, event)
+        next_ = answers.on_approval(dispatcher, event, client)
+        await self._go_on(next_)
+        if rule is None or next_ is Next.NOTHING:
+            return
+        try:
+            dispatcher.rules = await self._rules.add_rule(self.session.owner, rule)
+            log.info("approval_rule_added", session_id=self.session.session_id, rule=rule.text)
+        except (RulesInvalid, Unavailable) as exc:  # the allow list is full; a race
+            dispatcher.refuse("rule_not_added", f"no rule was added: {exc}", exc.retryable)
 
     async def _on_user_message(
         self, event: UserMessage, request_id: str | None, client: ClientOptions
@@ -311,8 +331,14 @@ class Conversation:
     async def _begin_turn(
         self, content: str, request_id: str | None, client: ClientOptions
     ) -> None:
+        await self.load_rules()
         self._notice_file_changes()
         await self._go_on(self._dispatcher.begin(content, request_id, client))
+
+    async def load_rules(self) -> None:
+        """Read the owner's approval rules (one query): at each turn's start, so
+        a change made meanwhile (``UpdateApprovalRules``) holds from the next turn."""
+        self._dispatcher.rules = await self._rules.get(self.session.owner)
 
     def _on_file_changed(self, event: FileChanged) -> None:
         """Remember a changed file for the next turn: coalesced per path, at

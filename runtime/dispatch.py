@@ -50,6 +50,14 @@ from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.records import CallRecord, now
 from runtime.records import SwitchRecord as StoredSwitch
+from runtime.rules import (
+    DEFAULT_LIMITS,
+    Approval,
+    ApprovalRules,
+    OperatorLimits,
+    Outcome,
+    decide,
+)
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
 from runtime.stream import EventStream
 from runtime.tools import TOOLS, Side, Tool
@@ -87,9 +95,11 @@ class Dispatcher:
     """The decisions of one live session's turns; the changes go to ``stream``'s open step.
 
     ``approval_required`` names the tools a human approves before the IDE
-    runs them. :attr:`turn` is the current turn's counters (a new one per
-    :meth:`begin`). No method awaits or writes: the caller flushes ``stream``
-    when a method returns anything but :attr:`Next.NOTHING`.
+    runs them, unless the session owner's :attr:`rules` auto-approve a call
+    within the operator's ``limits`` (:meth:`approval_for`). :attr:`turn` is
+    the current turn's counters (a new one per :meth:`begin`). No method
+    awaits or writes: the caller flushes ``stream`` when a method returns
+    anything but :attr:`Next.NOTHING`.
     """
 
     def __init__(
@@ -99,12 +109,16 @@ class Dispatcher:
         *,
         approval_required: frozenset[str],
         metrics: RuntimeMetrics,
+        limits: OperatorLimits = DEFAULT_LIMITS,
         max_mistakes: int = DEFAULT_MAX_MISTAKES,
     ) -> None:
         self.session = session
         self.stream = stream
         self.approval_required = approval_required
         self.metrics = metrics
+        self.limits = limits
+        self.rules = ApprovalRules()
+        """The session owner's approval rules, as the shell loaded them for this turn."""
         self.max_mistakes = max_mistakes
         self.turn = Turn()
 
@@ -321,13 +335,40 @@ class Dispatcher:
         if TOOLS[call.name].side is Side.RUNTIME:
             self.metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
-        approval = verdict.requires_approval
-        if call.name in changes.CHANGE_TOOLS:
-            subcalls.start_change(self, call, verdict.arguments, approval, verdict.reason)
+        approval = self.approval_for(call.name, verdict.arguments, verdict.requires_approval)
+        if isinstance(approval, policy.Refused):
+            self.metrics.tool_calls.labels(call.name, "refused").inc()
+            self._answer(call, {"error": approval.to_model()})
             return False
-        state = CallState.AWAITING_APPROVAL if approval else CallState.AWAITING_RESULT
-        self._offer(call, verdict.arguments, state, verdict.reason)
+        reason = approval.reason(verdict.reason)
+        if call.name in changes.CHANGE_TOOLS:
+            subcalls.start_change(self, call, verdict.arguments, approval.ask, reason)
+            return False
+        state = CallState.AWAITING_APPROVAL if approval.ask else CallState.AWAITING_RESULT
+        self._offer(call, verdict.arguments, state, reason)
         return False
+
+    def approval_for(
+        self, tool_name: str, arguments: dict[str, Any], requires_approval: bool
+    ) -> Approval | policy.Refused:
+        """Whether a call the policy let through waits for a human: the owner's
+        :attr:`rules` (:func:`runtime.rules.decide`) over the operator's floor
+        (:meth:`runtime.rules.OperatorLimits.approval`). Refused when a deny
+        rule matches, any tool. An auto-approval uses up one of the turn's
+        (so: once per call), and is logged with its rule.
+        """
+        decision = decide(self.rules, tool_name, arguments)
+        where = {"session_id": self.session.session_id, "tool": tool_name, "rule": decision.rule}
+        if decision.outcome is Outcome.DENY:
+            log.info("tool_call_denied_by_rule", **where)
+            return policy.Refused(decision.reason, policy.Grounds.RULE)
+        approval = self.limits.approval(
+            self.rules, decision, tool_name, requires_approval, self.turn.take_auto_approval
+        )
+        if requires_approval and not approval.ask:
+            self.metrics.approvals.labels(tool_name, "auto").inc()
+            log.info("tool_call_auto_approved", **where)
+        return approval
 
     def _offer(
         self, call: ToolCallRequest, arguments: dict[str, Any], state: CallState, reason: str

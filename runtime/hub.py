@@ -35,6 +35,7 @@ from runtime.errors import (
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.records import SessionRow
+from runtime.rules import OperatorLimits
 from runtime.state import Session
 from runtime.store import SessionExists, Store
 
@@ -110,6 +111,11 @@ class SessionHub:
     def store(self) -> Store:
         return self._store
 
+    @property
+    def rule_limits(self) -> OperatorLimits:
+        """The operator's floor under users' approval rules."""
+        return self._settings.rule_limits
+
     async def open(self, session_id: str, owner: str) -> tuple[Conversation, bool]:
         """The owner's live session, created if new; ``(conversation, created)``.
 
@@ -150,6 +156,11 @@ class SessionHub:
                 on_idle=self._evict,
                 metrics=self._metrics,
             )
+            if session.pending:
+                # A turn waits on calls and goes on here when they are
+                # answered: its next calls meet the owner's rules (a deny
+                # rule above all), read before any answer can arrive.
+                await conversation.load_rules()
             self._live[session_id] = conversation
         if session.state == "running":
             # This process did not run that turn: whoever did is gone, with

@@ -64,7 +64,7 @@ class RuntimeMetrics:
         )
         self.approvals = Counter(
             "codelab_runtime_approvals",
-            "Human decisions on tool calls and plans, by tool and decision.",
+            "Decisions on tool calls and plans, by tool and decision (auto: by the user's rules).",
             ["tool", "decision"],
             registry=registry,
         )

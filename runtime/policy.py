@@ -77,6 +77,8 @@ class Grounds(enum.Enum):
     """The arguments do not match the tool's schema."""
     DENIED = "denied"
     """A well-formed call the agent may not make (tool or path)."""
+    RULE = "rule"
+    """A call the user's own approval rules deny (:mod:`runtime.rules`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class Refused:
                 return f"invalid arguments: {self.reason}"
             case Grounds.DENIED:
                 return f"refused by policy: {self.reason}"
+            case Grounds.RULE:
+                return f"denied by your approval rules: {self.reason}"
         return self.reason
 
     def to_editor(self) -> str:

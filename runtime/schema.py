@@ -1,5 +1,5 @@
 """The runtime's SQL schema: sessions, messages, the event log, tool calls,
-plans and agent switches, as SQLAlchemy Core tables.
+plans, agent switches and each user's approval rules, as SQLAlchemy Core tables.
 
 Alembic owns the schema in the database (``runtime/migrations``, which
 compares against :data:`metadata`); :mod:`runtime.store` reads and writes
@@ -117,4 +117,14 @@ agent_switches = sa.Table(
     sa.Column("confidence", sa.Float, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_agent_switches_session", "session_id", "id"),
+)
+
+approval_rules = sa.Table(
+    "approval_rules",
+    metadata,
+    sa.Column("owner", sa.String(255), primary_key=True),
+    # The rules as JSON ({"allow": [...], "deny": [...], "max_auto_approvals_per_turn": N}),
+    # validated by runtime.rules before they are written.
+    sa.Column("rules", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -50,6 +50,8 @@ from runtime.stream import (
 )
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from runtime.wire import (
+    fill_rules,
+    rules_from_proto,
     session_proto,
     switch_proto,
     to_client_event,
@@ -446,6 +448,28 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             )
         first = await live.undo(request.turn_id, None, live.client)
         return runtime_pb2.UndoTurnResponse(session_id=row.id, turn_id=str(first))
+
+    @_mapped
+    async def GetApprovalRules(
+        self, request: runtime_pb2.GetApprovalRulesRequest, context: Context
+    ) -> runtime_pb2.GetApprovalRulesResponse:
+        rules = await self._hub.store.rules.get(_user(context))
+        response = runtime_pb2.GetApprovalRulesResponse()
+        fill_rules(response, rules, self._hub.rule_limits)
+        return response
+
+    @_mapped
+    async def UpdateApprovalRules(
+        self, request: runtime_pb2.UpdateApprovalRulesRequest, context: Context
+    ) -> runtime_pb2.UpdateApprovalRulesResponse:
+        user = _user(context)
+        rules = rules_from_proto(request.rules)
+        self._hub.rule_limits.check(rules)
+        await self._hub.store.rules.set(user, rules)
+        log.info("approval_rules_updated", allow=len(rules.allow), deny=len(rules.deny))
+        response = runtime_pb2.UpdateApprovalRulesResponse()
+        fill_rules(response, rules, self._hub.rule_limits)
+        return response
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
         return await self._hub.owned(session_id, _user(context))

@@ -13,7 +13,8 @@ its data in one transaction and leaves its row as a tombstone.
 The tables are in :mod:`runtime.schema`; the schema in the database belongs
 to Alembic (``runtime/migrations``), and :func:`migrate` applies it. Works
 on SQLite (aiosqlite) and PostgreSQL (asyncpg). Which replica serves a
-session (its lease) is :mod:`runtime.leases`, reached as :attr:`Store.leases`.
+session (its lease) is :mod:`runtime.leases`, reached as :attr:`Store.leases`;
+each user's approval rules are :mod:`runtime.rules_store`, as :attr:`Store.rules`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from runtime.records import (
     is_pending,
     now,
 )
+from runtime.rules_store import RulesStore
 from runtime.schema import (
     agent_switches,
     checkpoints,
@@ -146,6 +148,8 @@ class Store:
         """Which replica serves each session (:class:`runtime.leases.Leases`)."""
         self.checkpoints = Checkpoints(engine)
         """The checkpoints of sessions' changes (:class:`runtime.checkpoints.Checkpoints`)."""
+        self.rules = RulesStore(engine)
+        """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""

@@ -13,11 +13,12 @@ it keeps the turn waiting until its work is done.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from runtime import changes, listing, undo
+from runtime import changes, listing, policy, undo
 from runtime.commands import ClientOptions
 from runtime.events import AssistantText, TurnStatus
 from runtime.llm import ChatMessage, ToolCallRequest
@@ -149,8 +150,31 @@ def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: 
     return _carry_out(d, parent, changes.advance(call.job, payload, status))
 
 
+def _ruled_restore(
+    d: Dispatcher, parent: PendingCall, planned: changes.SubCall
+) -> changes.Planned:
+    """An undo's restore under the owner's approval rules, like any write: a
+    deny rule fails it, an allow rule runs it unasked, except a restore over
+    changes made since the agent's, which a human always approves."""
+    if planned.job["changed_since"]:
+        return planned
+    decision = d.approval_for(planned.tool_name, planned.arguments, planned.requires_approval)
+    if isinstance(decision, policy.Refused):
+        assert parent.job is not None
+        refusal = {"error": decision.to_model()}
+        return undo.advance(parent.job["files"], planned.job, refusal, "rejected")
+    return dataclasses.replace(
+        planned, requires_approval=decision.ask, reason=decision.reason(planned.reason)
+    )
+
+
 def _carry_out(d: Dispatcher, parent: PendingCall, planned: changes.Planned) -> Next:
     """Offer a planned sub-call of ``parent``, or answer ``parent`` as planned."""
+    if isinstance(planned, changes.SubCall) and planned.job.get("step") == "restore":
+        ruled = _ruled_restore(d, parent, planned)
+        if not isinstance(ruled, changes.SubCall):
+            return _carry_out(d, parent, ruled)
+        planned = ruled
     if isinstance(planned, changes.SubCall):
         number = planned.job.get("n", 0) + 1
         d.offer(

@@ -70,6 +70,8 @@ class Turn:
     """``time.monotonic()`` when it began (None once it is counted as finished)."""
     switches: int = 0
     model_calls: int = 0
+    auto_approvals: int = 0
+    """Calls the user's approval rules let run unasked (:meth:`take_auto_approval`)."""
     ends_after_results: bool = False
     """A tool that ends the turn was called: it ends once the waiting calls are answered."""
     mistakes: int = 0
@@ -117,6 +119,13 @@ class Turn:
         if self.switches >= MAX_SWITCHES_PER_TURN:
             return False
         self.switches += 1
+        return True
+
+    def take_auto_approval(self, limit: int) -> bool:
+        """Count one more auto-approved call; False (counting nothing) at ``limit``."""
+        if self.auto_approvals >= limit:
+            return False
+        self.auto_approvals += 1
         return True
 
     def add_usage(self, usage: Usage) -> None:

@@ -153,7 +153,7 @@ def advance(
         call[1],
         job["approval"] or changed_since,
         reason,
-        {**job, "step": "restore", "diff": diff},
+        {**job, "step": "restore", "diff": diff, "changed_since": changed_since},
         diff,
     )
 

@@ -37,6 +37,7 @@ from runtime.events import (
     TurnStatus,
 )
 from runtime.records import SessionRow, SwitchRecord
+from runtime.rules import ALWAYS_ASK, ApprovalRules, OperatorLimits
 from runtime.v1 import runtime_pb2
 
 _TURN_STATUS = {
@@ -130,7 +131,11 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
             else None
         )
         return ApprovalDecision(
-            decision.call_id, _DECISIONS[decision.decision], modified, decision.feedback
+            decision.call_id,
+            _DECISIONS[decision.decision],
+            modified,
+            decision.feedback,
+            always_allow=decision.always_allow,
         )
     if kind == "switch_agent":
         switch = request.switch_agent
@@ -182,3 +187,33 @@ def switch_proto(switch: SwitchRecord) -> runtime_pb2.AgentSwitchRecord:
     if switch.created_at is not None:
         record.created_at.FromDatetime(switch.created_at)
     return record
+
+
+def rules_from_proto(message: runtime_pb2.ApprovalRules) -> ApprovalRules:
+    """A user's rules as sent; raises RulesInvalid (an InvalidArgument) naming a bad one."""
+    cap = (
+        message.max_auto_approvals_per_turn
+        if message.HasField("max_auto_approvals_per_turn")
+        else None
+    )
+    return ApprovalRules.from_json(
+        {
+            "allow": list(message.allow),
+            "deny": list(message.deny),
+            "max_auto_approvals_per_turn": cap,
+        }
+    )
+
+
+RulesResponse = runtime_pb2.GetApprovalRulesResponse | runtime_pb2.UpdateApprovalRulesResponse
+
+
+def fill_rules(response: RulesResponse, rules: ApprovalRules, limits: OperatorLimits) -> None:
+    """Fill ``response``: a user's ``rules``, the operator's ``limits``, what is always asked."""
+    response.rules.allow.extend(rule.text for rule in rules.allow)
+    response.rules.deny.extend(rule.text for rule in rules.deny)
+    if rules.max_auto_approvals_per_turn is not None:
+        response.rules.max_auto_approvals_per_turn = rules.max_auto_approvals_per_turn
+    response.operator.user_auto_approve.extend(sorted(limits.user_auto_approve))
+    response.operator.max_auto_approvals_per_turn = limits.max_auto_approvals_per_turn
+    response.always_ask.extend(ALWAYS_ASK)

@@ -99,6 +99,7 @@ async def test_paths_go_to_their_service_and_nothing_else_is_served(
         "/api/v1/sessions/s1/pending-approvals",
         "/api/v1/agents",
         "/api/v1/agents/s1/current",
+        "/api/v1/approval-rules",
     ):
         assert (await front.get(path)).text.startswith("rest-"), path
     for path in ("/metrics", "/internal/revocations", "/", "/oauth"):
@@ -117,6 +118,11 @@ async def test_a_rest_call_with_a_body_reaches_the_rest_port_whole(
     assert json.loads(received) == {"title": "renamed"}
     deleted = await front.delete("/api/v1/sessions/s1")
     assert deleted.text.startswith("rest-")
+    rules = {"allow": ["execute_command(pytest:*)"], "deny": []}
+    replaced = await front.put("/api/v1/approval-rules", json=rules)
+    name, _, received = replaced.text.split(" ", 2)
+    assert name.startswith("rest-")
+    assert json.loads(received) == rules
 
 
 async def test_every_window_of_a_session_reaches_the_same_gateway(

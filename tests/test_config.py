@@ -109,3 +109,27 @@ def test_tls_files_are_read_from_their_three_variables() -> None:
     )
     assert config.tls == TlsFiles(cert="c.pem", key="k.pem", ca="ca.pem")
     assert config.llm_proxy_tls == TlsFiles(ca="proxy-ca.pem")
+
+
+def test_the_floor_under_users_approval_rules() -> None:
+    from runtime.__main__ import RuntimeConfig
+
+    key = {"AGENT_RUNTIME__INTERNAL_API_KEY": "k"}
+    default = load(RuntimeConfig, key).rule_limits()
+    assert default.user_auto_approve == frozenset(load(RuntimeConfig, key).approval_required)
+    assert default.max_auto_approvals_per_turn == 25
+    narrowed = load(
+        RuntimeConfig,
+        {
+            **key,
+            "AGENT_RUNTIME__APPROVAL_REQUIRED": "write_file,execute_command",
+            "AGENT_RUNTIME__MAX_AUTO_APPROVALS_PER_TURN": "3",
+        },
+    ).rule_limits()
+    assert narrowed.user_auto_approve == {"write_file", "execute_command"}
+    assert narrowed.max_auto_approvals_per_turn == 3
+    none = load(RuntimeConfig, {**key, "AGENT_RUNTIME__USER_AUTO_APPROVE": "none"})
+    assert none.rule_limits().user_auto_approve == frozenset()
+    for name, value in [("USER_AUTO_APPROVE", "rm"), ("MAX_AUTO_APPROVALS_PER_TURN", "-1")]:
+        with pytest.raises(ConfigError, match=f"AGENT_RUNTIME__{name}"):
+            load(RuntimeConfig, {**key, f"AGENT_RUNTIME__{name}": value})

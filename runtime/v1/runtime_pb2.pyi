@@ -363,12 +363,19 @@ class ApprovalDecision(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     MODIFIED_ARGUMENTS_FIELD_NUMBER: _builtins.int
     FEEDBACK_FIELD_NUMBER: _builtins.int
+    ALWAYS_ALLOW_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     """call_id names the tool call being decided."""
     decision: Global___Decision.ValueType
     """decision is approve, edit or reject."""
     feedback: _builtins.str
     """feedback is the human's comment, passed to the model."""
+    always_allow: _builtins.bool
+    """always_allow, with DECISION_APPROVE, also adds to the user's approval
+    rules the allow rule that lets such calls run unasked from now on; a
+    call no rule may allow (a compound or always-asked command) is still
+    approved, and answered with an `error` event `rule_not_added`.
+    """
     @_builtins.property
     def modified_arguments(self) -> _struct_pb2.Struct:
         """modified_arguments replace the arguments when decision is edit."""
@@ -380,10 +387,11 @@ class ApprovalDecision(_message.Message):
         decision: Global___Decision.ValueType = ...,
         modified_arguments: _struct_pb2.Struct | None = ...,
         feedback: _builtins.str = ...,
+        always_allow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["modified_arguments", b"modified_arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "decision", b"decision", "feedback", b"feedback", "modified_arguments", b"modified_arguments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["always_allow", b"always_allow", "call_id", b"call_id", "decision", b"decision", "feedback", b"feedback", "modified_arguments", b"modified_arguments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1915,3 +1923,190 @@ class UndoTurnResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UndoTurnResponse: _TypeAlias = UndoTurnResponse  # noqa: Y015
+
+@_typing.final
+class ApprovalRules(_message.Message):
+    """ApprovalRules are one user's approval rules, strings such as
+    `execute_command(pytest:*)` or `edit(src/**)` (README, "Approval rules").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_FIELD_NUMBER: _builtins.int
+    DENY_FIELD_NUMBER: _builtins.int
+    MAX_AUTO_APPROVALS_PER_TURN_FIELD_NUMBER: _builtins.int
+    max_auto_approvals_per_turn: _builtins.int
+    """max_auto_approvals_per_turn, when set, caps the calls one turn
+    auto-approves below the operator's cap; unset: the operator's cap.
+    """
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """allow are the rules whose calls run without asking the user."""
+
+    @_builtins.property
+    def deny(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """deny are the rules whose calls are refused; deny wins over allow."""
+
+    def __init__(
+        self,
+        *,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        deny: _abc.Iterable[_builtins.str] | None = ...,
+        max_auto_approvals_per_turn: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_auto_approvals_per_turn", b"_max_auto_approvals_per_turn", "max_auto_approvals_per_turn", b"max_auto_approvals_per_turn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_auto_approvals_per_turn", b"_max_auto_approvals_per_turn", "allow", b"allow", "deny", b"deny", "max_auto_approvals_per_turn", b"max_auto_approvals_per_turn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_auto_approvals_per_turn: _TypeAlias = _typing.Literal["max_auto_approvals_per_turn"]  # noqa: Y015
+    _WhichOneofArgType__max_auto_approvals_per_turn: _TypeAlias = _typing.Literal["_max_auto_approvals_per_turn", b"_max_auto_approvals_per_turn"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_auto_approvals_per_turn) -> _WhichOneofReturnType__max_auto_approvals_per_turn | None: ...
+
+Global___ApprovalRules: _TypeAlias = ApprovalRules  # noqa: Y015
+
+@_typing.final
+class OperatorApprovalLimits(_message.Message):
+    """OperatorApprovalLimits is the floor the operator sets under every user's
+    rules.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_AUTO_APPROVE_FIELD_NUMBER: _builtins.int
+    MAX_AUTO_APPROVALS_PER_TURN_FIELD_NUMBER: _builtins.int
+    max_auto_approvals_per_turn: _builtins.int
+    """max_auto_approvals_per_turn is the operator's cap on calls one turn
+    auto-approves.
+    """
+    @_builtins.property
+    def user_auto_approve(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """user_auto_approve are the tools rules may auto-approve; empty: none."""
+
+    def __init__(
+        self,
+        *,
+        user_auto_approve: _abc.Iterable[_builtins.str] | None = ...,
+        max_auto_approvals_per_turn: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_auto_approvals_per_turn", b"max_auto_approvals_per_turn", "user_auto_approve", b"user_auto_approve"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperatorApprovalLimits: _TypeAlias = OperatorApprovalLimits  # noqa: Y015
+
+@_typing.final
+class GetApprovalRulesRequest(_message.Message):
+    """GetApprovalRulesRequest is empty: the rules are the calling user's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApprovalRulesRequest: _TypeAlias = GetApprovalRulesRequest  # noqa: Y015
+
+@_typing.final
+class GetApprovalRulesResponse(_message.Message):
+    """GetApprovalRulesResponse is the calling user's rules and their limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    ALWAYS_ASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> Global___ApprovalRules:
+        """rules are the user's; none stored: empty lists."""
+
+    @_builtins.property
+    def operator(self) -> Global___OperatorApprovalLimits:
+        """operator is the floor under them."""
+
+    @_builtins.property
+    def always_ask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """always_ask describes what no rule auto-approves."""
+
+    def __init__(
+        self,
+        *,
+        rules: Global___ApprovalRules | None = ...,
+        operator: Global___OperatorApprovalLimits | None = ...,
+        always_ask: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["always_ask", b"always_ask", "operator", b"operator", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApprovalRulesResponse: _TypeAlias = GetApprovalRulesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateApprovalRulesRequest(_message.Message):
+    """UpdateApprovalRulesRequest replaces the calling user's rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> Global___ApprovalRules:
+        """rules are the new rules, whole."""
+
+    def __init__(
+        self,
+        *,
+        rules: Global___ApprovalRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateApprovalRulesRequest: _TypeAlias = UpdateApprovalRulesRequest  # noqa: Y015
+
+@_typing.final
+class UpdateApprovalRulesResponse(_message.Message):
+    """UpdateApprovalRulesResponse is the rules as stored (each in its
+    canonical form) and their limits.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    ALWAYS_ASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> Global___ApprovalRules:
+        """rules are the user's rules as stored."""
+
+    @_builtins.property
+    def operator(self) -> Global___OperatorApprovalLimits:
+        """operator is the floor under them."""
+
+    @_builtins.property
+    def always_ask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """always_ask describes what no rule auto-approves."""
+
+    def __init__(
+        self,
+        *,
+        rules: Global___ApprovalRules | None = ...,
+        operator: Global___OperatorApprovalLimits | None = ...,
+        always_ask: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operator", b"operator", "rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["always_ask", b"always_ask", "operator", b"operator", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateApprovalRulesResponse: _TypeAlias = UpdateApprovalRulesResponse  # noqa: Y015

@@ -110,6 +110,16 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.FromString,
                 _registered_method=True)
+        self.GetApprovalRules = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/GetApprovalRules',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateApprovalRules = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/UpdateApprovalRules',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -245,6 +255,24 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetApprovalRules(self, request, context):
+        """GetApprovalRules returns the calling user's approval rules, the
+        operator's limits on them and what is always asked whatever they say.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateApprovalRules(self, request, context):
+        """UpdateApprovalRules replaces the calling user's approval rules; each
+        session's next turn follows them. INVALID_ARGUMENT, saying which rule
+        and why, for a rule that cannot be read, more than 200 rules in a
+        list, or a cap above the operator's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +335,16 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.UndoTurn,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.SerializeToString,
+            ),
+            'GetApprovalRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApprovalRules,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesResponse.SerializeToString,
+            ),
+            'UpdateApprovalRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateApprovalRules,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -649,6 +687,60 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/UndoTurn',
             runtime_dot_v1_dot_runtime__pb2.UndoTurnRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.UndoTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApprovalRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/GetApprovalRules',
+            runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.GetApprovalRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateApprovalRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/UpdateApprovalRules',
+            runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

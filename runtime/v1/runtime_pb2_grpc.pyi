@@ -114,6 +114,16 @@ class AgentRuntimeServiceStub:
     there is nothing to undo (the details say which); UNAVAILABLE (retry) while
     another runtime replica serves the session.
     """
+    GetApprovalRules: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetApprovalRulesRequest, _runtime_pb2.GetApprovalRulesResponse]
+    """GetApprovalRules returns the calling user's approval rules, the
+    operator's limits on them and what is always asked whatever they say.
+    """
+    UpdateApprovalRules: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.UpdateApprovalRulesRequest, _runtime_pb2.UpdateApprovalRulesResponse]
+    """UpdateApprovalRules replaces the calling user's approval rules; each
+    session's next turn follows them. INVALID_ARGUMENT, saying which rule
+    and why, for a rule that cannot be read, more than 200 rules in a
+    list, or a cap above the operator's.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -200,6 +210,16 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     does not exist; ABORTED when no IDE is connected here, a turn runs, or
     there is nothing to undo (the details say which); UNAVAILABLE (retry) while
     another runtime replica serves the session.
+    """
+    GetApprovalRules: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetApprovalRulesRequest, _runtime_pb2.GetApprovalRulesResponse]  # type: ignore[assignment]
+    """GetApprovalRules returns the calling user's approval rules, the
+    operator's limits on them and what is always asked whatever they say.
+    """
+    UpdateApprovalRules: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UpdateApprovalRulesRequest, _runtime_pb2.UpdateApprovalRulesResponse]  # type: ignore[assignment]
+    """UpdateApprovalRules replaces the calling user's approval rules; each
+    session's next turn follows them. INVALID_ARGUMENT, saying which rule
+    and why, for a rule that cannot be read, more than 200 rules in a
+    list, or a cap above the operator's.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +376,28 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         does not exist; ABORTED when no IDE is connected here, a turn runs, or
         there is nothing to undo (the details say which); UNAVAILABLE (retry) while
         another runtime replica serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def GetApprovalRules(
+        self,
+        request: _runtime_pb2.GetApprovalRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.GetApprovalRulesResponse, _abc.Awaitable[_runtime_pb2.GetApprovalRulesResponse]]:
+        """GetApprovalRules returns the calling user's approval rules, the
+        operator's limits on them and what is always asked whatever they say.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateApprovalRules(
+        self,
+        request: _runtime_pb2.UpdateApprovalRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.UpdateApprovalRulesResponse, _abc.Awaitable[_runtime_pb2.UpdateApprovalRulesResponse]]:
+        """UpdateApprovalRules replaces the calling user's approval rules; each
+        session's next turn follows them. INVALID_ARGUMENT, saying which rule
+        and why, for a rule that cannot be read, more than 200 rules in a
+        list, or a cap above the operator's.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -95,6 +95,13 @@ def test_hitl_decisions():
     assert edit.approval_decision.feedback == "use a.md"
     reject = parse({"type": "hitl_decision", "call_id": "c1", "decision": "reject"})
     assert reject.approval_decision.decision == pb.DECISION_REJECT
+    assert not approve.approval_decision.always_allow
+    always = parse(
+        {"type": "hitl_decision", "call_id": "c1", "decision": "approve", "always_allow": True}
+    )
+    assert always.approval_decision.always_allow
+    unset = {"type": "hitl_decision", "call_id": "c1", "decision": "approve", "always_allow": None}
+    assert not parse(unset).approval_decision.always_allow
 
 
 def test_edit_needs_modified_arguments():
@@ -170,6 +177,11 @@ def test_auth_frame_is_a_gateway_action():
         ('{"type": "tool_result", "call_id": "c", "result": "text"}', "invalid_field"),
         ('{"type": "hitl_decision", "call_id": "c", "decision": "maybe"}', "invalid_field"),
         ('{"type": "hitl_decision", "call_id": "c"}', "missing_field"),
+        (
+            '{"type": "hitl_decision", "call_id": "c", "decision": "approve", '
+            '"always_allow": "yes"}',
+            "invalid_field",
+        ),
         (
             '{"type": "hitl_decision", "call_id": "c", "decision": "edit", '
             '"modified_arguments": []}',

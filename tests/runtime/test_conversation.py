@@ -39,6 +39,7 @@ from runtime.events import (
 from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
 from runtime.prompts import NOTICE_MARK
+from runtime.rules import ApprovalRules
 from runtime.state import Session
 from runtime.store import Store
 from runtime.turn import MAX_SWITCHES_PER_TURN
@@ -897,3 +898,52 @@ async def test_a_client_that_cannot_list_or_did_not_ask_is_not_asked_to(store: S
     no_list = ClientOptions(workspace_view=True, tools=frozenset({"read_file"}))
     await conversation.handle(UserMessage("cannot list"), client=no_list)
     assert not any(isinstance(e, ToolCallEvent) for e in await until(outbox, TurnDone))
+
+
+# -- the user's approval rules ---------------------------------------------------
+
+
+async def test_the_owners_rules_are_read_when_a_turn_begins(store: Store) -> None:
+    pytest_call = [call("execute_command", command="pytest -q")]
+    llm = ScriptedLlm(pytest_call, [TextChunk("ran")], pytest_call)
+    conversation, outbox, session = await make(store, llm)
+    await store.rules.set(
+        "alice", ApprovalRules.from_json({"allow": ["execute_command(pytest:*)"]})
+    )
+    await store.rules.set("bob", ApprovalRules.from_json({"deny": ["execute_command"]}))
+    await conversation.handle(UserMessage("run the tests"))
+    (offered,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert not offered.requires_approval, "alice's rule, not bob's, applies to her session"
+    (row,) = await store.pending_calls(session.session_id)
+    assert row.reason == "auto-approved by your rule execute_command(pytest:*)"
+    await conversation.handle(ToolResult(offered.call_id, result={"exit_code": 0}))
+    await until(outbox, TurnDone)
+    await store.rules.set("alice", ApprovalRules())  # changed between turns
+    await conversation.handle(UserMessage("again"))
+    (again,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert again.requires_approval, "the next turn reads the rules again"
+
+
+async def test_always_allow_stores_the_rule_and_it_holds_at_once(store: Store) -> None:
+    run = [call("execute_command", command="pytest -q")]
+    llm = ScriptedLlm(run, run, [TextChunk("done")], run)
+    conversation, outbox, session = await make(store, llm)
+    await conversation.handle(UserMessage("test"))
+    (asked,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert asked.requires_approval
+    await conversation.handle(ApprovalDecision(asked.call_id, "approve", always_allow=True))
+    (approved,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert (approved.call_id, approved.requires_approval) == (asked.call_id, False)
+    stored = await store.rules.get("alice")
+    assert [rule.text for rule in stored.allow] == ["execute_command(pytest:*)"]
+    await conversation.handle(ToolResult(approved.call_id, result={"exit_code": 0}))
+    (same_turn,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert not same_turn.requires_approval, "the rule holds for the rest of the turn"
+    await conversation.handle(ToolResult(same_turn.call_id, result={"exit_code": 0}))
+    await until(outbox, TurnDone)
+    await conversation.handle(UserMessage("again"))
+    (next_turn,) = [e for e in await until(outbox, ToolCallEvent) if isinstance(e, ToolCallEvent)]
+    assert not next_turn.requires_approval, "and for the next turns"
+    await conversation.handle(ToolResult(next_turn.call_id, result={"exit_code": 0}))
+    await until(outbox, TurnDone)
+    assert_history_complete(session)

@@ -30,6 +30,7 @@ from runtime.events import (
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.records import CallRecord, EventRecord, Step
+from runtime.rules import DEFAULT_LIMITS, ApprovalRules, OperatorLimits
 from runtime.state import CallState, Session
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
@@ -51,12 +52,20 @@ class NoLog:
 
 
 def make(
-    agent: str = "coder", approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
+    agent: str = "coder",
+    limits: OperatorLimits = DEFAULT_LIMITS,
+    approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED,
 ) -> tuple[Dispatcher, Session, Subscriber]:
     session = Session("s-1", "alice", agent)
     metrics = RuntimeMetrics()
     stream = EventStream(session, NoLog(), subscriber_queue=100, max_replay=1000, metrics=metrics)
-    dispatcher = Dispatcher(session, stream, approval_required=approval_required, metrics=metrics)
+    dispatcher = Dispatcher(
+        session,
+        stream,
+        approval_required=approval_required,
+        metrics=metrics,
+        limits=limits,
+    )
     return dispatcher, session, stream.subscribe()
 
 
@@ -496,3 +505,170 @@ def test_rejections_are_not_mistakes_and_zero_turns_the_limit_off() -> None:
         dispatcher.after_reply(reply(("switch_mode", {"agent": "nobody", "reason": "r"})))
     assert dispatcher.turn.mistakes == 5
     assert dispatcher.take_model_call()
+
+
+# -- the user's approval rules ---------------------------------------------------
+
+
+def ruled(allow: list[str], deny: list[str] = [], **limits: Any) -> Dispatcher:  # noqa: B006
+    dispatcher, _, _ = make(limits=OperatorLimits(**limits) if limits else DEFAULT_LIMITS)
+    dispatcher.rules = ApprovalRules.from_json({"allow": allow, "deny": deny})
+    dispatcher.begin("go", None)
+    return dispatcher
+
+
+def offered(dispatcher: Dispatcher) -> list[ToolCallEvent]:
+    return [event for event in queued(dispatcher) if isinstance(event, ToolCallEvent)]
+
+
+def test_an_allowed_command_runs_unasked_and_its_row_says_which_rule() -> None:
+    dispatcher = ruled(["execute_command(pytest:*)"])
+    assert dispatcher.after_reply(reply(("execute_command", {"command": "pytest -q"}))) is Next.WAIT
+    reason = "auto-approved by your rule execute_command(pytest:*)"
+    assert offered(dispatcher) == [
+        ToolCallEvent("call_0", "execute_command", {"command": "pytest -q"}, False, reason)
+    ]
+    assert dispatcher.session.pending["call_0"].state is CallState.AWAITING_RESULT
+    (row,) = dispatcher.stream.step().calls
+    assert (row.status, row.reason, row.decided_by) == ("awaiting_result", reason, None)
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("pytest; rm -rf x", "always asked: rm -r (recursive delete)"),
+        ("pytest $(whoami)", "command substitution"),
+        ("pytestx", "no rule allows pytestx"),
+    ],
+)
+def test_a_command_the_rules_do_not_cover_is_asked_saying_why(line: str, why: str) -> None:
+    dispatcher = ruled(["execute_command(pytest:*)"])
+    dispatcher.after_reply(reply(("execute_command", {"command": line})))
+    (call,) = offered(dispatcher)
+    assert call.requires_approval
+    assert call.reason.startswith("execute_command changes the workspace or runs a command (")
+    assert why in call.reason
+
+
+def test_without_rules_for_the_tool_the_reason_is_the_policys() -> None:
+    dispatcher = ruled(["edit(src/**)"])
+    dispatcher.after_reply(reply(("execute_command", {"command": "ls"})))
+    (call,) = offered(dispatcher)
+    assert (call.requires_approval, call.reason) == (
+        True,
+        "execute_command changes the workspace or runs a command",
+    )
+
+
+def test_a_deny_rule_refuses_the_call_even_a_read_and_the_model_is_told() -> None:
+    dispatcher = ruled(["read"], ["read(.env)"])
+    step = reply(("read_file", {"path": "config/.env"}), ("read_file", {"path": "a.py"}))
+    assert dispatcher.after_reply(step) is Next.WAIT
+    assert [call.call_id for call in offered(dispatcher)] == ["call_1"]
+    (denied,) = tool_answers(dispatcher.session)
+    assert denied == {"error": "denied by your approval rules: read(.env) matches config/.env"}
+
+
+def test_the_turn_cap_asks_for_the_call_after_the_last_auto_approved_one() -> None:
+    dispatcher = ruled(["create_directory"], max_auto_approvals_per_turn=2)
+    dispatcher.after_reply(reply(*(("create_directory", {"path": f"d{i}"}) for i in range(3))))
+    assert [call.requires_approval for call in offered(dispatcher)] == [False, False, True]
+    assert "this turn's 2 auto-approved calls are used up" in offered(dispatcher)[2].reason
+    dispatcher.begin("again", None)  # a new turn, a new count
+    dispatcher.after_reply(reply(("create_directory", {"path": "d3"})))
+    assert offered(dispatcher)[-1].requires_approval is False
+
+
+def test_the_users_own_cap_is_lower_than_the_operators() -> None:
+    dispatcher = ruled(["create_directory"], max_auto_approvals_per_turn=5)
+    dispatcher.rules = ApprovalRules.from_json(
+        {"allow": ["create_directory"], "max_auto_approvals_per_turn": 1}
+    )
+    dispatcher.after_reply(reply(*(("create_directory", {"path": f"d{i}"}) for i in range(2))))
+    assert [call.requires_approval for call in offered(dispatcher)] == [False, True]
+
+
+def test_the_operator_decides_which_tools_rules_may_auto_approve() -> None:
+    dispatcher = ruled(
+        ["execute_command", "edit"], user_auto_approve=frozenset({"create_directory"})
+    )
+    step = reply(("execute_command", {"command": "ls"}), ("create_directory", {"path": "d"}))
+    dispatcher.after_reply(step)
+    command, mkdir = offered(dispatcher)
+    assert command.requires_approval
+    assert "the operator lets no rule auto-approve execute_command" in command.reason
+    assert (mkdir.tool_name, mkdir.requires_approval) == ("create_directory", False)
+
+
+def test_a_change_is_read_first_then_written_as_the_rules_say() -> None:
+    """A change runs as a read then the write (runtime.subcalls): the rules
+    decide the write's approval, and a deny rule stops it before the read."""
+    dispatcher = ruled(["edit(src/**)"], ["edit(*.lock)"])
+    step = reply(
+        ("write_file", {"path": "src/a.py", "content": "x"}),
+        ("write_file", {"path": "lib/b.py", "content": "y"}),
+        ("delete_file", {"path": "src/poetry.lock"}),
+    )
+    dispatcher.after_reply(step)
+    assert [call.call_id for call in offered(dispatcher)] == ["call_0.1", "call_1.1"]
+    (denied,) = tool_answers(dispatcher.session)
+    assert denied["error"].startswith("denied by your approval rules: edit(*.lock) matches")
+    for read in ("call_0.1", "call_1.1"):
+        answers.on_tool_result(dispatcher, ToolResult(read, result={"content": "old"}))
+    writes = {call.call_id: call for call in offered(dispatcher) if call.tool_name == "write_file"}
+    assert not writes["call_0.2"].requires_approval
+    assert writes["call_0.2"].reason == "auto-approved by your rule edit(src/**)"
+    assert writes["call_1.2"].requires_approval
+    assert "no rule allows write_file of lib/b.py" in writes["call_1.2"].reason
+
+
+def test_always_allow_names_the_rule_and_the_call_is_approved() -> None:
+    dispatcher = ruled([])
+    dispatcher.after_reply(reply(("execute_command", {"command": "npm test -- -q"})))
+    decision = ApprovalDecision("call_0", "approve", always_allow=True)
+    rule = answers.always_allow(dispatcher, decision)
+    assert rule is not None
+    assert rule.text == "execute_command(npm test:*)"
+    assert answers.on_approval(dispatcher, decision) is Next.WAIT
+    assert offered(dispatcher)[-1].reason == "approved"
+
+
+@pytest.mark.parametrize(
+    ("line", "decision", "why", "status"),
+    [
+        ("pytest; rm -rf x", "approve", "always asked: rm -r (recursive delete)", "approved"),
+        ("pytest && ls", "approve", "a line of several commands", "approved"),
+        ("pytest", "reject", "always_allow goes with approve", "rejected"),
+    ],
+)
+def test_always_allow_of_an_unsuitable_call_adds_nothing_but_the_decision_stands(
+    line: str, decision: str, why: str, status: str
+) -> None:
+    dispatcher = ruled([])
+    dispatcher.after_reply(reply(("execute_command", {"command": line})))
+    subscriber = dispatcher.stream.subscribe()
+    event = ApprovalDecision("call_0", decision, always_allow=True)
+    assert answers.always_allow(dispatcher, event) is None
+    (error,) = sent(subscriber)
+    assert isinstance(error.event, ErrorEvent)
+    assert (error.seq, error.event.code) == (0, "rule_not_added")
+    assert why in error.event.message
+    answers.on_approval(dispatcher, event)
+    assert dispatcher.stream.step().calls[-1].status == status
+
+
+def test_always_allow_respects_the_operators_floor() -> None:
+    dispatcher = ruled([], user_auto_approve=frozenset({"write_file"}))
+    dispatcher.after_reply(reply(("execute_command", {"command": "pytest"})))
+    subscriber = dispatcher.stream.subscribe()
+    event = ApprovalDecision("call_0", "approve", always_allow=True)
+    assert answers.always_allow(dispatcher, event) is None
+    (error,) = sent(subscriber)
+    assert "operator lets no rule auto-approve execute_command" in error.event.message  # type: ignore[union-attr]
+
+
+def test_always_allow_for_an_unknown_call_is_left_to_the_decision() -> None:
+    dispatcher = ruled([])
+    event = ApprovalDecision("call_x", "approve", always_allow=True)
+    assert answers.always_allow(dispatcher, event) is None
+    assert answers.on_approval(dispatcher, event) is Next.NOTHING

@@ -11,16 +11,17 @@ from typing import Any
 import pytest
 
 from mesh.database import create_engine
-from runtime.commands import UserMessage
+from runtime.commands import ApprovalDecision, UserMessage
 from runtime.conversation import ConversationSettings
 from runtime.errors import PermissionDenied, Unavailable
-from runtime.events import AssistantText, ErrorEvent, Sequenced, TurnDone
+from runtime.events import AssistantText, ErrorEvent, Sequenced, ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
 from runtime.llm import TextChunk
+from runtime.rules import ApprovalRules
 from runtime.store import Store, migrate
 from runtime.stream import SEQ_RESERVE_BLOCK
 from tests.conftest import fresh_postgres
-from tests.runtime.test_conversation import ScriptedLlm
+from tests.runtime.test_conversation import ScriptedLlm, call
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -118,3 +119,27 @@ async def test_a_seq_a_client_saw_is_never_given_to_another_event_after_a_crash(
     await reopened.wait_idle()
     await second.close()
     await first.close()
+
+
+async def test_a_turn_taken_over_while_it_waits_meets_the_owners_deny_rules(
+    store: Store,
+) -> None:
+    """The turn began on another replica, which loaded the rules; the one that
+    takes the session over reads them too before the turn's next calls."""
+    mkdir = call("create_directory", path="docs")
+    first = hub(store, "r1", ScriptedLlm([mkdir]))
+    conversation, _ = await first.open("waits", "alice")
+    outbox = conversation.subscribe().queue
+    await conversation.handle(UserMessage("make a folder"))
+    offered = await asyncio.wait_for(outbox.get(), 5)
+    while not isinstance(offered.event, ToolCallEvent):
+        offered = await asyncio.wait_for(outbox.get(), 5)
+    await first.close()
+    await store.rules.set("alice", ApprovalRules.from_json({"deny": ["read(.env)"]}))
+    second = hub(store, "r2", ScriptedLlm([call("read_file", path=".env")], [TextChunk("ok")]))
+    reopened, _ = await second.open("waits", "alice")
+    await reopened.handle(ApprovalDecision(offered.event.call_id, "reject"))
+    await reopened.wait_idle()
+    denied = [m.content for m in reopened.session.messages if m.role == "tool"][-1]
+    assert "denied by your approval rules: read(.env) matches .env" in denied
+    await second.close()

@@ -307,6 +307,14 @@ def test_client_events_keep_integers_and_reject_bad_decisions() -> None:
         )
     )
     assert decision == ApprovalDecision("c", "reject", None, "no")
+    always = to_client_event(
+        runtime_pb2.ConverseRequest(
+            approval_decision=runtime_pb2.ApprovalDecision(
+                call_id="c", decision=runtime_pb2.DECISION_APPROVE, always_allow=True
+            )
+        )
+    )
+    assert always == ApprovalDecision("c", "approve", always_allow=True)
     with pytest.raises(InvalidArgument):
         to_client_event(
             runtime_pb2.ConverseRequest(approval_decision=runtime_pb2.ApprovalDecision(call_id="c"))
