@@ -150,9 +150,7 @@ def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: 
     return _carry_out(d, parent, changes.advance(call.job, payload, status))
 
 
-def _ruled_restore(
-    d: Dispatcher, parent: PendingCall, planned: changes.SubCall
-) -> changes.Planned:
+def _ruled_restore(d: Dispatcher, parent: PendingCall, planned: changes.SubCall) -> changes.Planned:
     """An undo's restore under the owner's approval rules, like any write: a
     deny rule fails it, an allow rule runs it unasked, except a restore over
     changes made since the agent's, which a human always approves."""
