@@ -297,9 +297,7 @@ class Dispatcher:
         session = self.session
         for pending in list(session.pending.values()):
             self.record_call(pending, "cancelled")
-        # Calls the runtime issued itself have no message in history: a late
-        # result for one is a duplicate too, as it is once the session reloads.
-        session.answered.update(session.pending)
+        session.answered.update(session.pending)  # sub-calls: a late result is a duplicate
         session.pending.clear()
         answered = {m.tool_call_id for m in session.messages if m.role == "tool"}
         for message in reversed(session.messages):
