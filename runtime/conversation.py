@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh import tracing
-from runtime import answers, policy, routing, subcalls, undo
+from runtime import answers, notices, policy, routing, subcalls, undo
 from runtime.agents import AGENTS
 from runtime.commands import (
     STRICT,
@@ -55,9 +55,8 @@ from runtime.commands import (
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
-from runtime.llm import ChatMessage, ChatModel
+from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
-from runtime.prompts import NOTICE_MARK
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
 from runtime.state import CallState, Session
 from runtime.store import Store
@@ -67,13 +66,6 @@ from runtime.turn import ModelReply, Next, request_reply
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
-
-MAX_FILE_CHANGES = 256
-"""Changed paths a session remembers until its next turn; more are only counted."""
-NOTICE_MAX_PATHS = 50
-NOTICE_MAX_CHARS = 4000
-"""What the model is told of changed files: at most this many paths and
-characters of paths; the rest as a count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +324,9 @@ class Conversation:
         self, content: str, request_id: str | None, client: ClientOptions
     ) -> None:
         await self.load_rules()
-        self._notice_file_changes()
+        notice = notices.take(self.session)
+        if notice is not None:
+            self._dispatcher.append_message(notice)
         await self._go_on(self._dispatcher.begin(content, request_id, client))
 
     async def load_rules(self) -> None:
@@ -341,47 +335,10 @@ class Conversation:
         self._dispatcher.rules = await self._rules.get(self.session.owner)
 
     def _on_file_changed(self, event: FileChanged) -> None:
-        """Remember a changed file for the next turn: coalesced per path, at
-        most ``MAX_FILE_CHANGES`` paths (more are only counted)."""
         try:
-            normal = policy.workspace_path(event.path)
+            notices.remember(self.session, event.path, event.timestamp)
         except policy.PathRefused as exc:
             self._dispatcher.refuse("invalid_path", str(exc))
-            return
-        session = self.session
-        if normal in session.file_changes or len(session.file_changes) < MAX_FILE_CHANGES:
-            session.file_changes[normal] = event.timestamp
-        else:
-            session.file_changes_dropped += 1
-
-    def _notice_file_changes(self) -> None:
-        """Tell the model which files changed, in one bounded message."""
-        session = self.session
-        changes = session.file_changes
-        if not changes:
-            return
-        listed: list[str] = []
-        size = 0
-        for path in sorted(changes):
-            if len(listed) == NOTICE_MAX_PATHS or size + len(path) > NOTICE_MAX_CHARS:
-                break
-            listed.append(path)
-            size += len(path) + 2
-        more = len(changes) - len(listed) + session.file_changes_dropped
-        listing = ", ".join(listed)
-        if more:
-            listing += f" and {more} more change{'s' if more != 1 else ''}"
-        self._dispatcher.append_message(
-            ChatMessage(
-                role="user",
-                content=(
-                    f"{NOTICE_MARK} These files changed in the editor since you last saw "
-                    f"them: {listing}. Read them again before relying on their contents."
-                ),
-            )
-        )
-        changes.clear()
-        session.file_changes_dropped = 0
 
     async def _on_cancel(self) -> None:
         if not self.turn_running:

@@ -31,16 +31,13 @@ from typing import Any
 
 import structlog
 
-from runtime import changes, policy, subcalls
+from runtime import changes, plans, policy, subcalls
 from runtime.agents import AGENTS, Agent
 from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
     AgentSwitched,
     AssistantText,
     ErrorEvent,
-    PlanProgress,
-    PlanStep,
-    PlanUpdate,
     Sequenced,
     ToolCallEvent,
     TurnDone,
@@ -328,7 +325,7 @@ class Dispatcher:
             self.metrics.tool_calls.labels(
                 call.name if call.name in TOOLS else "unknown", "refused"
             ).inc()
-            self._answer(call, {"error": verdict.to_model()})
+            self.answer(call, {"error": verdict.to_model()})
             return False
         if TOOLS[call.name].side is Side.RUNTIME:
             self.metrics.tool_calls.labels(call.name, "runtime").inc()
@@ -336,7 +333,7 @@ class Dispatcher:
         approval = self.approval_for(call.name, verdict.arguments, verdict.requires_approval)
         if isinstance(approval, policy.Refused):
             self.metrics.tool_calls.labels(call.name, "refused").inc()
-            self._answer(call, {"error": approval.to_model()})
+            self.answer(call, {"error": approval.to_model()})
             return False
         reason = approval.reason(verdict.reason)
         if call.name in changes.CHANGE_TOOLS:
@@ -405,7 +402,8 @@ class Dispatcher:
         messages = self.session.messages
         return next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), 0)
 
-    def _answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
+    def answer(self, call: ToolCallRequest, payload: dict[str, Any]) -> None:
+        """Answer a model's call at once (no IDE involved): its tool message."""
         self.turn.note_outcome(call.name, payload)
         self.session.answered.add(call.call_id)
         self.append_message(tool_message(call.call_id, call.name, payload))
@@ -415,9 +413,9 @@ class Dispatcher:
             case "switch_mode":
                 target = arguments["agent"]
                 if target == self.session.agent:
-                    self._answer(call, {"result": f"{target} is already the current agent"})
+                    self.answer(call, {"result": f"{target} is already the current agent"})
                 elif not self.turn.take_switch():
-                    self._answer(
+                    self.answer(
                         call,
                         {"error": f"no more than {MAX_SWITCHES_PER_TURN} switches per turn"},
                     )
@@ -425,7 +423,7 @@ class Dispatcher:
                     gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
                     if gain is None:
                         self.switch(target, arguments["reason"], 1.0)
-                        self._answer(call, switched(target))
+                        self.answer(call, switched(target))
                     else:
                         # A model could be talked into widening its own
                         # rights (prompt injection): a human decides, and
@@ -435,58 +433,17 @@ class Dispatcher:
                 return False
             case "attempt_completion":
                 self.stream.durable(AssistantText(arguments["result"]))
-                self._answer(call, {"result": "the result was shown to the user"})
+                self.answer(call, {"result": "the result was shown to the user"})
                 return True
             case "ask_followup_question":
                 self.stream.durable(AssistantText(arguments["question"]))
-                self._answer(call, {"result": "asked; the answer is the next user message"})
+                self.answer(call, {"result": "asked; the answer is the next user message"})
                 return True
             case "update_plan":
-                self._update_plan(call, arguments)
+                plans.update(self, call, arguments)
                 return False
-        self._answer(call, {"error": f"{call.name} is not a runtime tool"})
+        self.answer(call, {"error": f"{call.name} is not a runtime tool"})
         return False
-
-    def _update_plan(self, call: ToolCallRequest, arguments: dict[str, Any]) -> None:
-        plan_id = arguments["plan_id"]
-        steps = tuple(
-            PlanStep(s["id"], s.get("description", ""), s["status"]) for s in arguments["steps"]
-        )
-        before = {step.id: step for step in self.session.plans.get(plan_id, ())}
-        if before:
-            # Updating an existing plan: each changed step is progress.
-            for step in steps:
-                old = before.get(step.id)
-                if old is None or old.status != step.status:
-                    self.stream.durable(
-                        PlanProgress(plan_id, step.id, step.status, step.description)
-                    )
-        self.session.plans[plan_id] = steps
-        self.stream.step().plans[plan_id] = [[s.id, s.description, s.status] for s in steps]
-        current = next((s.id for s in steps if s.status == "in_progress"), "")
-        # A client that approves by running calls has no way to approve a
-        # plan: it is shown the plan, and the turn goes on.
-        needs_approval = (
-            bool(arguments.get("requires_approval"))
-            and not before
-            and not self.turn.client.approves_by_result
-        )
-        offered = self.stream.durable(PlanUpdate(plan_id, steps, current, needs_approval))
-        if needs_approval:
-            pending = PendingCall(
-                call.call_id,
-                call.name,
-                arguments,
-                CallState.AWAITING_PLAN_APPROVAL,
-                "the plan needs approval",
-                agent=self.session.agent,
-                plan_id=plan_id,
-                offered_seq=offered,
-            )
-            self.session.pending[call.call_id] = pending
-            self.record_call(pending, pending.state.value)
-        else:
-            self._answer(call, {"result": "plan published"})
 
     def resolve(
         self,

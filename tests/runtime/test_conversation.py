@@ -633,7 +633,7 @@ async def test_file_changes_reach_the_model_once_coalesced(store: Store) -> None
 async def test_file_changes_are_bounded_in_memory_and_in_what_the_model_reads(
     store: Store,
 ) -> None:
-    from runtime.conversation import MAX_FILE_CHANGES, NOTICE_MAX_CHARS, NOTICE_MAX_PATHS
+    from runtime.notices import MAX_FILE_CHANGES, NOTICE_MAX_CHARS, NOTICE_MAX_PATHS
 
     llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
     conversation, outbox, session = await make(store, llm)
