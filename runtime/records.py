@@ -102,6 +102,18 @@ class Checkpoint:
     created_at: datetime | None = None
 
 
+def call_metadata(parent_call_id: str, job: dict[str, Any] | None) -> dict[str, str]:
+    """What a client is told of a call the runtime issued itself (``job`` set):
+    the model's call it serves and, for a call that changes a file, the diff
+    a human approves. Empty for any other call."""
+    if job is None:
+        return {}
+    metadata = {"parent_call_id": parent_call_id, "parent_tool": job["tool"]}
+    if job.get("diff") and job.get("step") != "read":
+        metadata["diff"] = job["diff"]
+    return metadata
+
+
 def is_pending(call: CallRecord) -> bool:
     """Whether the turn still waits on ``call``: offered again on reopen, answered once."""
     if call.status in DECIDED_STATUSES:

@@ -37,7 +37,7 @@ from runtime.events import (
     SessionOpened,
 )
 from runtime.hub import SessionHub
-from runtime.records import AWAITING_DECISION, SessionRow
+from runtime.records import AWAITING_DECISION, SessionRow, call_metadata
 from runtime.stream import (
     END_OF_STREAM,
     Control,
@@ -406,10 +406,9 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 call_id=call.call_id, tool_name=call.tool_name, reason=call.reason
             )
             approval.arguments.update(call.final_arguments or call.arguments)
-            if call.job is not None:
-                approval.metadata.diff = call.job.get("diff", "")
-                approval.metadata.parent_call_id = call.parent_call_id
-                approval.metadata.parent_tool = call.job["tool"]
+            metadata = call_metadata(call.parent_call_id, call.job)
+            if metadata:
+                approval.metadata.CopyFrom(runtime_pb2.ToolCallMetadata(**metadata))
             if call.created_at is not None:
                 approval.created_at.FromDatetime(call.created_at)
         return response

@@ -22,7 +22,7 @@ import structlog
 from runtime.commands import Environment
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
-from runtime.records import DECIDED_STATUSES, Loaded, MessageRecord
+from runtime.records import DECIDED_STATUSES, Loaded, MessageRecord, call_metadata
 
 log = structlog.get_logger("runtime.state")
 
@@ -75,14 +75,8 @@ class PendingCall:
 
     @property
     def metadata(self) -> dict[str, str]:
-        """What a client is told besides the call: the diff a human approves, the
-        model's call this one serves."""
-        if self.job is None:
-            return {}
-        metadata = {"parent_call_id": self.parent, "parent_tool": self.job["tool"]}
-        if self.job.get("diff") and self.job.get("step") != "read":
-            metadata["diff"] = self.job["diff"]
-        return metadata
+        """What a client is told besides the call (:func:`runtime.records.call_metadata`)."""
+        return call_metadata(self.parent, self.job)
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,9 +68,7 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
             response.tool_call.requires_approval = call.requires_approval
             response.tool_call.reason = call.reason
             if call.metadata:
-                response.tool_call.metadata.diff = call.metadata.get("diff", "")
-                response.tool_call.metadata.parent_call_id = call.metadata["parent_call_id"]
-                response.tool_call.metadata.parent_tool = call.metadata["parent_tool"]
+                response.tool_call.metadata.CopyFrom(runtime_pb2.ToolCallMetadata(**call.metadata))
         case AgentSwitched() as switched:
             response.agent_switched.from_agent = switched.from_agent
             response.agent_switched.to_agent = switched.to_agent

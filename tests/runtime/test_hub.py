@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mesh.database import create_engine
 from runtime.commands import ApprovalDecision, UserMessage
 from runtime.conversation import ConversationSettings
 from runtime.errors import PermissionDenied, Unavailable
@@ -18,23 +14,9 @@ from runtime.events import AssistantText, ErrorEvent, Sequenced, ToolCallEvent, 
 from runtime.hub import SessionHub
 from runtime.llm import TextChunk
 from runtime.rules import ApprovalRules
-from runtime.store import Store, migrate
+from runtime.store import Store
 from runtime.stream import SEQ_RESERVE_BLOCK
-from tests.conftest import fresh_postgres
 from tests.runtime.test_conversation import ScriptedLlm, call
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
-        else:
-            url = await stack.enter_async_context(fresh_postgres("test_hub"))
-        await migrate(url)
-        engine = create_engine(url)
-        yield Store(engine)
-        await engine.dispose()
 
 
 def hub(store: Store, replica: str, llm: Any = None) -> SessionHub:
