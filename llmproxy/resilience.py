@@ -95,7 +95,42 @@ class StreamProgress:
     usage: dict[str, int] = field(default_factory=dict)
 
     def deltas(self, chunk: Any) -> Iterator[Delta]:
-        """The deltas ``chunk`` (a LiteLLM stream chunk) carries, in order."""
+        """The deltas ``chunk`` carries, in order: a LiteLLM stream chunk, or
+        an OpenAI chunk as decoded JSON (a dict, from the fast path)."""
+        if isinstance(chunk, dict):
+            return self._payload_deltas(chunk)
+        return self._chunk_deltas(chunk)
+
+    def _payload_deltas(self, payload: Mapping[str, Any]) -> Iterator[Delta]:
+        self.chunks += 1
+        usage = payload.get("usage")
+        if usage:
+            self.usage = {
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+                "total_tokens": int(usage.get("total_tokens") or 0),
+            }
+        for choice in payload.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            delta = choice.get("delta")
+            if not delta:
+                continue
+            content = delta.get("content")
+            if content:
+                self.emitted += 1
+                yield content
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                self.emitted += 1
+                yield ToolCallDelta(
+                    index=int(call.get("index") or 0),
+                    id=call.get("id") or "",
+                    name=function.get("name") or "",
+                    arguments_fragment=function.get("arguments") or "",
+                )
+
+    def _chunk_deltas(self, chunk: Any) -> Iterator[Delta]:
         self.chunks += 1
         if not self.model and getattr(chunk, "model", None):
             self.model = str(chunk.model)
