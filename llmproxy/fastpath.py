@@ -32,7 +32,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import litellm
@@ -43,6 +43,10 @@ from litellm.llms.openai.common_utils import OpenAIError
 from litellm.router import Router
 from litellm.types.utils import GenericStreamingChunk, LlmProviders
 from litellm.utils import ProviderConfigManager, get_optional_params
+from openai._base_client import make_request_options
+from openai._constants import RAW_RESPONSE_HEADER
+from openai._legacy_response import LegacyAPIResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llmproxy.offline import PROVIDER as OFFLINE_PROVIDER
 from llmproxy.offline import OfflineSettings, stream_reply
@@ -316,8 +320,21 @@ class _OpenAIRoute:
         config = ProviderConfigManager.get_provider_chat_config(self.model, LlmProviders.OPENAI)
         assert config is not None  # OpenAI always has one
         body = config.transform_request(self.model, list(messages), optional, {}, {})  # type: ignore[arg-type]
-        raw = await self.client.chat.completions.with_raw_response.create(**body)
-        return _SseSource(raw.http_response)
+        # Posted as LiteLLM posts embeddings: past the SDK's TypedDict
+        # transform of the body (0.7 ms of CPU for a short prompt; the body
+        # is already plain JSON), with the SDK's auth, timeout and errors.
+        options = make_request_options(
+            extra_headers={RAW_RESPONSE_HEADER: "true"}, extra_body=body.pop("extra_body", None)
+        )
+        raw = await self.client.post(
+            "/chat/completions",
+            body=body,
+            options=options,
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+        )
+        return _SseSource(cast(LegacyAPIResponse[Any], raw).http_response)
 
     def litellm_error(self, exc: Exception) -> Exception:
         return _litellm_error(exc, self.model)
@@ -333,12 +350,16 @@ class _SseSource:
         self._response = response
 
     async def payloads(self) -> AsyncIterator[dict[str, Any]]:
+        done = False
+        # Read to the end of the body even after [DONE]: only a response read
+        # to its end gives its connection back to the pool.
         async for line in self._response.aiter_lines():
-            if not line.startswith("data:"):
+            if done or not line.startswith("data:"):
                 continue  # blank separators, ": keep-alive" comments, event names
             data = line[5:].strip()
             if data == "[DONE]":
-                return
+                done = True
+                continue
             payload = json.loads(data)
             if isinstance(payload, dict) and payload.get("error"):
                 # As the openai SDK's own stream does for an error event.
