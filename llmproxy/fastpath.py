@@ -50,7 +50,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from llmproxy.offline import PROVIDER as OFFLINE_PROVIDER
 from llmproxy.offline import OfflineSettings, stream_reply
-from llmproxy.resilience import RouterUpstream
+from llmproxy.resilience import NoFirstDelta, RouterUpstream
 from llmproxy.router import fallback_groups, record_failure
 
 _OPENAI_PARAMS = frozenset(
@@ -221,12 +221,17 @@ class _FastStream:
         self._hidden_params: dict[str, Any] = {}
 
     async def chunks(self) -> AsyncIterator[Any]:
+        started = False
         try:
             async for payload in self._source.payloads():
+                started = True
                 yield payload
         except Exception as exc:
             error = self._route.litellm_error(exc)
             record_failure(self._router, self._model_id, self._group, error)
+            if not started:
+                # As LiteLLM's Router does inside its own stream wrapper.
+                raise NoFirstDelta(f"{self._group}: {error}", cause=error) from exc
             raise error from exc
         self._router.sync_deployment_callback_on_success(
             kwargs={

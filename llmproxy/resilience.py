@@ -231,8 +231,10 @@ class ResilientUpstream:
             try:
                 await self._stream_once({**arguments, "model": group}, progress, send, deadline)
                 return
-            except _NoFirstDelta as exc:
+            except NoFirstDelta as exc:
                 following = [g for g in self._upstream.fallbacks(tried[0]) if g not in tried]
+                if not following and exc.cause is not None:
+                    raise exc.cause from None
                 if not following:
                     raise errors.UpstreamTimeout(str(exc)) from None
                 log.warning(
@@ -291,14 +293,14 @@ class ResilientUpstream:
                         ) from None
                     message = f"{group}: no first delta within {limit:g} s"
                     stream.record_no_first_delta(message)
-                    raise _NoFirstDelta(message) from None
+                    raise NoFirstDelta(message) from None
                 except litellm_errors.Timeout as exc:
                     # The HTTP read timeout (LiteLLM's stream_timeout) fired
                     # inside the stream; LiteLLM raises it without falling
                     # back. Before any delta it is a first-delta timeout.
                     if progress.emitted:
                         raise
-                    raise _NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
+                    raise NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
                 for delta in progress.deltas(chunk):
                     await send(delta)
             answered_by = stream.answered_by()
@@ -384,8 +386,19 @@ class _RouterStream:
             await close()
 
 
-class _NoFirstDelta(Exception):
-    """A deployment produced no delta in time; the caller has seen nothing."""
+class NoFirstDelta(Exception):
+    """A deployment produced no first delta: none in time, or (``cause``)
+    its stream broke first. The caller has seen nothing, so the call moves
+    on to the group's next fallback; with none left it ends with ``cause``,
+    or as timed out.
+
+    An :class:`UpstreamStream` raises it from ``chunks()`` for a break
+    that LiteLLM did not already fall back from (the fast path's streams).
+    """
+
+    def __init__(self, message: str, cause: Exception | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class _LimitReached(Exception):

@@ -134,6 +134,34 @@ async def test_both_paths_send_the_same_request_and_stream_the_same_answer(
         assert len(sent_by_fast) == 1
 
 
+async def test_a_stream_cut_before_its_first_chunk_falls_back(
+    start_proxy: StartProxy, openai_server: OpenAIServer
+) -> None:
+    """As LiteLLM's Router does inside its own stream wrapper on the full
+    path (whose fallback stream, under this suite's warnings-as-errors,
+    trips over a pydantic deprecation warning in LiteLLM's usage merging)."""
+    base = openai_server.base_url
+    groups = {"early": "early-cut-model", "text": "text-model", "alone": "early-cut-model"}
+    proxy = await start_proxy(
+        "model_list:\n"
+        + "".join(
+            f"  - model_name: {name}\n    litellm_params:\n      model: openai/{model}\n"
+            f"      api_base: {base}\n      api_key: os.environ/TEST_OPENAI_KEY\n"
+            for name, model in groups.items()
+        )
+        + "router_settings:\n  num_retries: 0\n  fallbacks: [{early: [text]}]\n"
+    )
+
+    fell_back = await streamed(proxy, request("early"))
+    with pytest.raises(grpc.aio.AioRpcError) as alone:
+        await streamed(proxy, request("alone"))
+
+    assert fell_back["text"] == TEXT_REPLY
+    assert fell_back["end"].model == "openai/text-model"
+    assert alone.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert dict(alone.value.trailing_metadata() or ())["x-error-reason"] == "unavailable"
+
+
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
 async def test_a_deployment_that_keeps_failing_cools_down_and_is_skipped(
     start_proxy: StartProxy, openai_server: OpenAIServer
