@@ -75,6 +75,10 @@ class Settings:
     """seconds allowed between deltas before the stream ends "interrupted" (0 = off)"""
     total_timeout: float = setting(600.0, check=_timeout)
     """a whole call, retries and fallbacks included (0 = off)"""
+    fast_path: bool = True
+    """stream openai/ and offline deployments below LiteLLM's per-chunk wrapper (the Router
+    still picks, retries, falls back and cools down); false: every call takes LiteLLM's full
+    path"""
     tls: TlsFiles = tls_setting(
         cert=(
             "TLS_CERT",
@@ -130,8 +134,9 @@ async def running(
     # to; the proxy must start offline, so set it before the first import.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from llmproxy.config import default_config_path, load_config
+    from llmproxy.fastpath import FastPathUpstream
     from llmproxy.metrics import ProxyMetrics
-    from llmproxy.resilience import StreamTimeouts
+    from llmproxy.resilience import RouterUpstream, StreamTimeouts
     from llmproxy.router import build_router, deployment_health, warm_up
     from llmproxy.service import LlmProxyServicer
     from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
@@ -158,8 +163,9 @@ async def running(
         chunk=settings.chunk_timeout or None,
         total=settings.total_timeout or None,
     )
+    upstream = FastPathUpstream(router) if settings.fast_path else RouterUpstream(router)
     llmproxy_pb2_grpc.add_LlmProxyServiceServicer_to_server(
-        LlmProxyServicer(router, timeouts, metrics), mesh.server
+        LlmProxyServicer(router, timeouts, metrics, upstream), mesh.server
     )
 
     async def some_deployment_usable() -> bool:
@@ -195,6 +201,8 @@ async def running(
         await mesh.stop(settings.shutdown_grace)
         if exporter is not None:
             await exporter.stop()
+        if isinstance(upstream, FastPathUpstream):
+            await upstream.aclose()
         log.info("llmproxy_stopped")
 
 

@@ -226,13 +226,7 @@ class OfflineLLM(CustomLLM):
         self, *args: Any, **kwargs: Any
     ) -> AsyncIterator[GenericStreamingChunk]:
         settings = OfflineSettings.from_params(kwargs["optional_params"])
-        reply = compose_reply(kwargs["messages"], settings)
-        for chunk in _chunks(reply):
-            # With no delay, still let the loop run between tokens, as a
-            # network read would: other calls and this call's writer go on.
-            await asyncio.sleep(0 if chunk["is_finished"] else settings.token_delay)
-            if settings.stamp_tokens and chunk["text"]:
-                chunk = {**chunk, "text": _stamped(chunk["text"])}
+        async for chunk in stream_reply(kwargs["messages"], settings):
             yield chunk
 
     def embedding(self, *args: Any, **kwargs: Any) -> EmbeddingResponse:
@@ -245,6 +239,25 @@ class OfflineLLM(CustomLLM):
     def _reply(kwargs: Mapping[str, Any]) -> Reply:
         settings = OfflineSettings.from_params(kwargs["optional_params"])
         return compose_reply(kwargs["messages"], settings)
+
+
+async def stream_reply(
+    messages: Sequence[Mapping[str, Any]], settings: OfflineSettings
+) -> AsyncIterator[GenericStreamingChunk]:
+    """The reply to ``messages`` as LiteLLM's generic chunks, paced by
+    ``token_delay`` and stamped when asked; safe to cancel between tokens.
+
+    Both ways to the offline model stream this: LiteLLM's custom-provider
+    path (:meth:`OfflineLLM.astreaming`) and the proxy's fast path.
+    """
+    reply = compose_reply(messages, settings)
+    for chunk in _chunks(reply):
+        # With no delay, still let the loop run between tokens, as a
+        # network read would: other calls and this call's writer go on.
+        await asyncio.sleep(0 if chunk["is_finished"] else settings.token_delay)
+        if settings.stamp_tokens and chunk["text"]:
+            chunk = {**chunk, "text": _stamped(chunk["text"])}
+        yield chunk
 
 
 def _chunks(reply: Reply) -> Iterator[GenericStreamingChunk]:

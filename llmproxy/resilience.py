@@ -95,7 +95,42 @@ class StreamProgress:
     usage: dict[str, int] = field(default_factory=dict)
 
     def deltas(self, chunk: Any) -> Iterator[Delta]:
-        """The deltas ``chunk`` (a LiteLLM stream chunk) carries, in order."""
+        """The deltas ``chunk`` carries, in order: a LiteLLM stream chunk, or
+        an OpenAI chunk as decoded JSON (a dict, from the fast path)."""
+        if isinstance(chunk, dict):
+            return self._payload_deltas(chunk)
+        return self._chunk_deltas(chunk)
+
+    def _payload_deltas(self, payload: Mapping[str, Any]) -> Iterator[Delta]:
+        self.chunks += 1
+        usage = payload.get("usage")
+        if usage:
+            self.usage = {
+                "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                "completion_tokens": int(usage.get("completion_tokens") or 0),
+                "total_tokens": int(usage.get("total_tokens") or 0),
+            }
+        for choice in payload.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+            delta = choice.get("delta")
+            if not delta:
+                continue
+            content = delta.get("content")
+            if content:
+                self.emitted += 1
+                yield content
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                self.emitted += 1
+                yield ToolCallDelta(
+                    index=int(call.get("index") or 0),
+                    id=call.get("id") or "",
+                    name=function.get("name") or "",
+                    arguments_fragment=function.get("arguments") or "",
+                )
+
+    def _chunk_deltas(self, chunk: Any) -> Iterator[Delta]:
         self.chunks += 1
         if not self.model and getattr(chunk, "model", None):
             self.model = str(chunk.model)
@@ -196,8 +231,10 @@ class ResilientUpstream:
             try:
                 await self._stream_once({**arguments, "model": group}, progress, send, deadline)
                 return
-            except _NoFirstDelta as exc:
+            except NoFirstDelta as exc:
                 following = [g for g in self._upstream.fallbacks(tried[0]) if g not in tried]
+                if not following and exc.cause is not None:
+                    raise exc.cause from None
                 if not following:
                     raise errors.UpstreamTimeout(str(exc)) from None
                 log.warning(
@@ -256,14 +293,14 @@ class ResilientUpstream:
                         ) from None
                     message = f"{group}: no first delta within {limit:g} s"
                     stream.record_no_first_delta(message)
-                    raise _NoFirstDelta(message) from None
+                    raise NoFirstDelta(message) from None
                 except litellm_errors.Timeout as exc:
                     # The HTTP read timeout (LiteLLM's stream_timeout) fired
                     # inside the stream; LiteLLM raises it without falling
                     # back. Before any delta it is a first-delta timeout.
                     if progress.emitted:
                         raise
-                    raise _NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
+                    raise NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
                 for delta in progress.deltas(chunk):
                     await send(delta)
             answered_by = stream.answered_by()
@@ -349,8 +386,19 @@ class _RouterStream:
             await close()
 
 
-class _NoFirstDelta(Exception):
-    """A deployment produced no delta in time; the caller has seen nothing."""
+class NoFirstDelta(Exception):
+    """A deployment produced no first delta: none in time, or (``cause``)
+    its stream broke first. The caller has seen nothing, so the call moves
+    on to the group's next fallback; with none left it ends with ``cause``,
+    or as timed out.
+
+    An :class:`UpstreamStream` raises it from ``chunks()`` for a break
+    that LiteLLM did not already fall back from (the fast path's streams).
+    """
+
+    def __init__(self, message: str, cause: Exception | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class _LimitReached(Exception):

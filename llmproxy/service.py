@@ -29,6 +29,7 @@ from llmproxy.resilience import (
     RouterUpstream,
     StreamProgress,
     StreamTimeouts,
+    Upstream,
     after_deltas,
 )
 from llmproxy.router import deployment_health, describe_models
@@ -47,8 +48,12 @@ _Outbox: TypeAlias = Outbox[translate.Outgoing, llmproxy_pb2.StreamChatResponse]
 class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
     """``llmproxy.v1.LlmProxyService`` on a LiteLLM Router.
 
-    Every method is safe to cancel: cancelling a ``StreamChat`` call closes
-    the provider stream (and with it the upstream HTTP request).
+    Calls go to ``upstream`` (default: the Router's full path,
+    :class:`RouterUpstream`; in production
+    :class:`llmproxy.fastpath.FastPathUpstream` unless the fast path is
+    switched off). Every method is safe to cancel: cancelling a
+    ``StreamChat`` call closes the provider stream (and with it the upstream
+    HTTP request).
     """
 
     def __init__(
@@ -56,11 +61,12 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         router: Router,
         timeouts: StreamTimeouts | None = None,
         metrics: ProxyMetrics | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self._router = router
         self._metrics = metrics if metrics is not None else ProxyMetrics()
         self._upstream = ResilientUpstream(
-            RouterUpstream(router),
+            upstream if upstream is not None else RouterUpstream(router),
             timeouts or StreamTimeouts(),
             on_fallback=lambda group, to: self._metrics.fallbacks.labels(group, to).inc(),
         )

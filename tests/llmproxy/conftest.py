@@ -35,17 +35,27 @@ StartProxy = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
+def fast_path() -> bool:
+    """The proxies :func:`start_proxy` starts take the fast path (the default).
+    A module overrides this fixture with ``params=[True, False]`` to run its
+    tests on both paths."""
+    return True
+
+
+@pytest.fixture
+async def start_proxy(tmp_path: Path, fast_path: bool) -> AsyncIterator[StartProxy]:
     """Start the proxy with a YAML config text (None: the packaged default);
-    keyword arguments override :class:`Settings` fields (e.g. timeouts)."""
+    keyword arguments override :class:`Settings` fields (e.g. timeouts,
+    ``fast_path``, which defaults to the :func:`fast_path` fixture)."""
     numbers = itertools.count()
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(config_yaml: str | None = None, **settings: float) -> Proxy:
+        async def start(config_yaml: str | None = None, **settings: float | bool) -> Proxy:
             config_path = None
             if config_yaml is not None:
                 config_path = tmp_path / f"config-{next(numbers)}.yaml"
                 config_path.write_text(config_yaml)
+            settings.setdefault("fast_path", fast_path)
             settings = Settings(
                 internal_api_key=INTERNAL_KEY,
                 port=0,

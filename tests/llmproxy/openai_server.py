@@ -22,6 +22,8 @@ It speaks just enough of the API for LiteLLM's ``openai/`` provider:
   :attr:`OpenAIServer.first_chunk_delay` seconds before the first chunk.
 - ``cut-model``: streams three words, then drops the connection without
   ending the response (a provider dying mid-stream).
+- ``early-cut-model``: sends the response headers, then drops the
+  connection before the first chunk.
 - ``bench-model``: streams :attr:`OpenAIServer.bench_chunks` one-word chunks.
 - any model given a script with :meth:`OpenAIServer.script`: answers its
   turns in order (:mod:`tests.llmproxy.trajectory`), checking each request.
@@ -209,7 +211,7 @@ class OpenAIServer:
             return JSONResponse(_completion(model, deltas, finish_reason))
         delay = 0.02 if model == "slow-model" else 0.0
         first_delay = self.first_chunk_delay if model == "late-model" else 0.0
-        cut_after = CUT_AFTER_WORDS if model == "cut-model" else None
+        cut_after = {"cut-model": CUT_AFTER_WORDS, "early-cut-model": 0}.get(model)
         return StreamingResponse(
             self._sse(model, deltas, finish_reason, include_usage, delay, first_delay, cut_after),
             media_type="text/event-stream",

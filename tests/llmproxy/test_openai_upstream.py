@@ -19,6 +19,10 @@ from tests.llmproxy.openai_server import (
     OpenAIServer,
 )
 
+# Every test here runs on the fast path and on LiteLLM's full path
+# (tests/llmproxy/conftest.py's fast_path fixture).
+pytestmark = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
+
 UPSTREAM_YAML = """
 model_list:
   - model_name: text

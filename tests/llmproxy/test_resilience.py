@@ -15,6 +15,10 @@ from runtime.llm import ChatMessage, LlmClient, TextChunk
 from tests.llmproxy.conftest import INTERNAL_KEY, METADATA, Proxy, StartProxy
 from tests.llmproxy.openai_server import CUT_AFTER_WORDS, TEXT_REPLY, TWO_TOOL_CALLS, OpenAIServer
 
+# Every test here runs on the fast path and on LiteLLM's full path
+# (tests/llmproxy/conftest.py's fast_path fixture).
+pytestmark = pytest.mark.parametrize("fast_path", [True, False], ids=["fast", "full"])
+
 
 def deployment(name: str, model: str, base: str, key: str = "os.environ/TEST_OPENAI_KEY") -> str:
     return f"""
