@@ -152,12 +152,24 @@ def json_response(
 ) -> Response:
     """A JSON response; every response closes its connection."""
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return _response(status, "application/json", payload, headers)
+
+
+def text_response(status: http.HTTPStatus, media_type: str, text: str) -> Response:
+    """A response of ``text`` as UTF-8 (``media_type`` should say so); it
+    closes its connection."""
+    return _response(status, media_type, text.encode(), ())
+
+
+def _response(
+    status: http.HTTPStatus, media_type: str, payload: bytes, headers: Sequence[tuple[str, str]]
+) -> Response:
     return Response(
         status.value,
         status.phrase,
         Headers(
             [
-                ("Content-Type", "application/json"),
+                ("Content-Type", media_type),
                 ("Content-Length", str(len(payload))),
                 ("Cache-Control", "no-store"),
                 ("Connection", "close"),

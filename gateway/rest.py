@@ -27,6 +27,8 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     GET    /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
     GET    /api/v1/sessions/{sid}/checkpoints      → views.checkpoints
     POST   /api/v1/sessions/{sid}/undo?turn_id=    → 202 views.undo_started
+    GET    /api/v1/sessions/{sid}/export?format=   → exports.as_json / as_markdown
+    POST   /api/v1/sessions/{sid}/fork?message=    → 201 views.forked_session
     GET    /api/v1/approval-rules                  → views.approval_rules
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
 
@@ -40,7 +42,7 @@ import http
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
@@ -49,8 +51,8 @@ import structlog
 from google.protobuf.message import Message
 from websockets.http11 import Response
 
-from gateway import views
-from gateway.codes import json_response, refuse_query, response_for_status
+from gateway import exports, views
+from gateway.codes import json_response, refuse_query, response_for_status, text_response
 from gateway.errors import InvalidQuery
 from gateway.profiles import STRICT, ClientProfile
 from mesh.grpc_server import internal_metadata
@@ -99,15 +101,21 @@ class Route:
     session_id: str | None
 
 
+Render = Callable[[ResponseT], views.Body | views.Document]
+
+
 @dataclass(frozen=True, slots=True)
 class View(Generic[RequestT, ResponseT]):
-    """One REST view: its route, the runtime read it makes and its JSON body.
+    """One REST view: its route, the runtime read it makes and its answer.
 
     ``request`` builds the read's request from the :class:`Params`, raising
     :class:`InvalidQuery`; ``reads_body`` views take a JSON object body (the
     REST port only), the others refuse one;
     ``rpc`` picks the stub's method (typed, so a renamed RPC fails mypy, not
-    a request); ``body`` renders the reply (:mod:`gateway.views`).
+    a request); ``body`` renders the reply (:mod:`gateway.views`): a JSON
+    body, or a :class:`~gateway.views.Document` answered with its media
+    type. A view with ``formats`` renders with the one its ``?format=``
+    names (absent: ``body``).
     """
 
     method: str
@@ -116,9 +124,19 @@ class View(Generic[RequestT, ResponseT]):
     rpc: Callable[
         [AgentRuntimeServiceAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
     ]
-    body: Callable[[ResponseT], views.Body]
+    body: Render[ResponseT]
     status: http.HTTPStatus = http.HTTPStatus.OK
     reads_body: bool = False
+    formats: Mapping[str, Render[ResponseT]] = field(default_factory=dict)
+
+    def renderer(self, query: Query) -> Render[ResponseT]:
+        """The rendering ``?format=`` asks for; raises InvalidQuery for one it has not."""
+        name = _single(query, "format") if self.formats else None
+        if name is None:
+            return self.body
+        if name not in self.formats:
+            raise InvalidQuery("invalid_format", f"format is one of {', '.join(self.formats)}")
+        return self.formats[name]
 
 
 def match(method: str, path: str) -> Route | http.HTTPStatus | None:
@@ -184,6 +202,7 @@ class RuntimeReads:
                 _json_object(body) if view.reads_body else _no_body(body),
             )
             request = view.request(params)
+            render = view.renderer(params.query)
         except InvalidQuery as exc:
             return refuse_query(exc)
         except ValueError:
@@ -193,7 +212,10 @@ class RuntimeReads:
         except grpc.aio.AioRpcError as exc:
             log.info("view_failed", view=route.name, status=exc.code().name)
             return response_for_status(exc.code(), exc.details())
-        return json_response(view.status, profile.rest_body(route.name, view.body(reply)))
+        answer = render(reply)
+        if isinstance(answer, views.Document):
+            return text_response(view.status, answer.media_type, answer.text)
+        return json_response(view.status, profile.rest_body(route.name, answer))
 
     async def current_agent(
         self, session_id: str, *, user: str, request_id: str
@@ -288,6 +310,16 @@ def _undo(params: Params) -> runtime_pb2.UndoTurnRequest:
     if len(turn_id) > 32 or not (turn_id == "" or turn_id.isdigit()):
         raise InvalidQuery("invalid_turn_id", "turn_id is a turn's id from /checkpoints")
     return runtime_pb2.UndoTurnRequest(session_id=params.session_id, turn_id=turn_id)
+
+
+def _fork(params: Params) -> runtime_pb2.ForkSessionRequest:
+    request = runtime_pb2.ForkSessionRequest(session_id=params.session_id)
+    message = _single(params.query, "message")
+    if message is not None:
+        if not message.isdigit() or len(message) > 9:
+            raise InvalidQuery("invalid_message", "message is a position from /history, from 0")
+        request.through_message = int(message)
+    return request
 
 
 _UPDATABLE = frozenset({"title"})
@@ -434,6 +466,22 @@ _UNDO = View(
     views.undo_started,
     http.HTTPStatus.ACCEPTED,
 )
+_EXPORT = View(
+    "GET",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/export"),
+    lambda params: runtime_pb2.ExportSessionRequest(session_id=params.session_id),
+    lambda stub: stub.ExportSession,
+    exports.as_json,
+    formats={"json": exports.as_json, "markdown": exports.as_markdown},
+)
+_FORK = View(
+    "POST",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/fork"),
+    _fork,
+    lambda stub: stub.ForkSession,
+    views.forked_session,
+    http.HTTPStatus.CREATED,
+)
 _RULES_PATH = re.compile(r"/api/v1/approval-rules")
 _RULES = View(
     "GET",
@@ -463,6 +511,8 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "approvals": _APPROVALS,
     "checkpoints": _CHECKPOINTS,
     "undo": _UNDO,
+    "export": _EXPORT,
+    "fork": _FORK,
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
 }

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -39,6 +40,15 @@ from mesh.structs import struct_to_dict
 from runtime.v1 import runtime_pb2
 
 Body = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A view's answer that is not JSON: text of a media type (which names
+    its charset), such as an export as Markdown."""
+
+    media_type: str
+    text: str
 
 
 def iso_time(stamp: timestamp_pb2.Timestamp) -> str | None:
@@ -65,7 +75,8 @@ def agents(response: runtime_pb2.ListAgentsResponse) -> Body:
     }
 
 
-def _agent_history(switches: Iterable[runtime_pb2.AgentSwitchRecord]) -> list[Body]:
+def agent_history(switches: Iterable[runtime_pb2.AgentSwitchRecord]) -> list[Body]:
+    """Agent switches as ``{from, to, reason, timestamp}``, oldest first."""
     return [
         {
             "from": switch.from_agent,
@@ -82,7 +93,7 @@ def current_agent(response: runtime_pb2.GetCurrentAgentResponse) -> Body:
         "session_id": response.session_id,
         "current_agent": response.agent,
         # the CodeLab IDE's names (CurrentAgentInfo), additive
-        "agent_history": _agent_history(response.agent_switches),
+        "agent_history": agent_history(response.agent_switches),
         "switch_count": len(response.agent_switches),
     }
 
@@ -124,11 +135,16 @@ def updated_session(response: runtime_pb2.UpdateSessionResponse) -> Body:
     return session(response.session)
 
 
+def forked_session(response: runtime_pb2.ForkSessionResponse) -> Body:
+    return session(response.session)
+
+
 def deleted_session(response: runtime_pb2.DeleteSessionResponse) -> Body:
     return {"session_id": response.session_id, "id": response.session_id, "deleted": True}
 
 
-def _tool_call(call: runtime_pb2.HistoryToolCall) -> Body:
+def tool_call(call: runtime_pb2.HistoryToolCall) -> Body:
+    """A stored tool call, in our shape and in OpenAI's."""
     arguments = struct_to_dict(call.arguments)
     return {
         "call_id": call.call_id,
@@ -147,20 +163,23 @@ def history(response: runtime_pb2.GetSessionHistoryResponse) -> Body:
         "message_count": response.message_count,
         "current_agent": response.current_agent or None,
         "last_activity": iso_time(response.last_activity),
-        "agent_history": _agent_history(response.agent_switches),
-        "messages": [
-            {
-                "role": message.role,
-                "content": message.content,
-                "tool_calls": [_tool_call(call) for call in message.tool_calls],
-                "tool_call_id": message.tool_call_id or None,
-                "name": message.name or None,
-                "agent": message.agent,
-                "created_at": iso_time(message.created_at),
-                "undone": message.undone,
-            }
-            for message in response.messages
-        ],
+        "agent_history": agent_history(response.agent_switches),
+        "messages": [history_message(message) for message in response.messages],
+    }
+
+
+def history_message(message: runtime_pb2.HistoryMessage) -> Body:
+    """One stored message: its tool calls with their arguments, a tool
+    message's call id and tool, who wrote it and when, whether undone."""
+    return {
+        "role": message.role,
+        "content": message.content,
+        "tool_calls": [tool_call(call) for call in message.tool_calls],
+        "tool_call_id": message.tool_call_id or None,
+        "name": message.name or None,
+        "agent": message.agent,
+        "created_at": iso_time(message.created_at),
+        "undone": message.undone,
     }
 
 
@@ -182,19 +201,21 @@ def pending_approvals(response: runtime_pb2.ListPendingApprovalsResponse) -> Bod
     }
 
 
+def checkpoint_turn(turn: runtime_pb2.TurnCheckpoint) -> Body:
+    """One turn that changed files: its files by path and change, no contents."""
+    return {
+        "turn_id": turn.turn_id,
+        "message": turn.message,
+        "files": [{"path": f.path, "change": f.change} for f in turn.files],
+        "undone": turn.undone,
+        "created_at": iso_time(turn.created_at),
+    }
+
+
 def checkpoints(response: runtime_pb2.ListCheckpointsResponse) -> Body:
     return {
         "session_id": response.session_id,
-        "turns": [
-            {
-                "turn_id": turn.turn_id,
-                "message": turn.message,
-                "files": [{"path": f.path, "change": f.change} for f in turn.files],
-                "undone": turn.undone,
-                "created_at": iso_time(turn.created_at),
-            }
-            for turn in response.turns
-        ],
+        "turns": [checkpoint_turn(turn) for turn in response.turns],
     }
 
 

@@ -13,9 +13,7 @@ the user named in ``x-user-id`` is the one the gateway vouches for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +25,6 @@ import structlog
 
 from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
-from runtime import undo
 from runtime.agents import AGENTS
 from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError, Unauthenticated
 from runtime.events import (
@@ -51,12 +48,14 @@ from runtime.stream import (
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from runtime.wire import (
     fill_rules,
+    history_protos,
     rules_from_proto,
     session_proto,
     switch_proto,
     to_client_event,
     to_client_options,
     to_proto,
+    turn_protos,
 )
 
 log = structlog.get_logger("runtime.service")
@@ -373,24 +372,9 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
             switch_proto(switch) for switch in await self._hub.store.agent_switches(row.id)
         )
         history = await self._hub.store.history(row.id)
-        by_turn = undo.turns(await self._hub.store.checkpoints.of_session(row.id))
-        undone = {turn for turn, rows in by_turn.items() if all(c.undone for c in rows)}
+        checkpoints = await self._hub.store.checkpoints.of_session(row.id)
         response.message_count = len(history)
-        for record in history:
-            message = response.messages.add(
-                role=record.role,
-                content=record.content,
-                tool_call_id=record.tool_call_id,
-                agent=record.agent,
-                name=record.name,
-                undone=record.position in undone,
-            )
-            if record.created_at is not None:
-                message.created_at.FromDatetime(record.created_at)
-            for call in record.tool_calls or ():
-                stored = message.tool_calls.add(call_id=call["call_id"], tool_name=call["name"])
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    stored.arguments.update(json.loads(call["arguments_json"] or "{}"))
+        response.messages.extend(history_protos(history, checkpoints))
         return response
 
     @_mapped
@@ -420,19 +404,10 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         row = await self._owned(request.session_id, context)
         store = self._hub.store
         history = await store.history(row.id)
-        response = runtime_pb2.ListCheckpointsResponse(session_id=row.id)
-        for turn, rows in undo.turns(await store.checkpoints.of_session(row.id)).items():
-            text = history[turn].content if turn < len(history) else ""
-            entry = response.turns.add(
-                turn_id=str(turn),
-                message=(text.strip().splitlines() or [""])[0][:200],
-                undone=all(c.undone for c in rows),
-            )
-            if rows[0].created_at is not None:
-                entry.created_at.FromDatetime(rows[0].created_at)
-            for path, change in undo.file_changes(rows):
-                entry.files.add(path=path, change=change)
-        return response
+        checkpoints = await store.checkpoints.of_session(row.id)
+        return runtime_pb2.ListCheckpointsResponse(
+            session_id=row.id, turns=turn_protos(history, checkpoints)
+        )
 
     @_mapped
     async def UndoTurn(
@@ -469,6 +444,33 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         response = runtime_pb2.UpdateApprovalRulesResponse()
         fill_rules(response, rules, self._hub.rule_limits)
         return response
+
+    @_mapped
+    async def ExportSession(
+        self, request: runtime_pb2.ExportSessionRequest, context: Context
+    ) -> runtime_pb2.ExportSessionResponse:
+        row = await self._owned(request.session_id, context)
+        store = self._hub.store
+        history = await store.history(row.id)
+        checkpoints = await store.checkpoints.of_session(row.id)
+        live = self._hub.live(row.id)
+        agent = live.session.agent if live else row.agent
+        return runtime_pb2.ExportSessionResponse(
+            session=session_proto(replace(row, agent=agent, message_count=len(history))),
+            messages=history_protos(history, checkpoints),
+            agent_switches=[switch_proto(s) for s in await store.agent_switches(row.id)],
+            turns=turn_protos(history, checkpoints),
+        )
+
+    @_mapped
+    async def ForkSession(
+        self, request: runtime_pb2.ForkSessionRequest, context: Context
+    ) -> runtime_pb2.ForkSessionResponse:
+        row = await self._owned(request.session_id, context)
+        through = request.through_message if request.HasField("through_message") else None
+        fork = await self._hub.store.forks.fork(row.id, f"s-{uuid.uuid4().hex}", through)
+        log.info("session_forked", fork_id=fork.id, messages=fork.message_count)
+        return runtime_pb2.ForkSessionResponse(session=session_proto(fork))
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
         return await self._hub.owned(session_id, _user(context))

@@ -14,7 +14,8 @@ The tables are in :mod:`runtime.schema`; the schema in the database belongs
 to Alembic (``runtime/migrations``), and :func:`migrate` applies it. Works
 on SQLite (aiosqlite) and PostgreSQL (asyncpg). Which replica serves a
 session (its lease) is :mod:`runtime.leases`, reached as :attr:`Store.leases`;
-each user's approval rules are :mod:`runtime.rules_store`, as :attr:`Store.rules`.
+each user's approval rules are :mod:`runtime.rules_store`, as :attr:`Store.rules`;
+forking a session is :mod:`runtime.forks`, as :attr:`Store.forks`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mesh import database
 from runtime import checkpoints as checkpoint_rows
 from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
+from runtime.forks import Forks
 from runtime.leases import Leases
 from runtime.records import (
     PENDING_STATUSES,
@@ -150,6 +152,8 @@ class Store:
         """The checkpoints of sessions' changes (:class:`runtime.checkpoints.Checkpoints`)."""
         self.rules = RulesStore(engine)
         """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
+        self.forks = Forks(engine)
+        """Forks of sessions (:class:`runtime.forks.Forks`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""

@@ -7,9 +7,12 @@ the runtime sees protobuf.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 
 from mesh.structs import struct_to_dict
+from runtime import undo
 from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
@@ -36,7 +39,7 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
-from runtime.records import SessionRow, SwitchRecord
+from runtime.records import Checkpoint, MessageRecord, SessionRow, SwitchRecord
 from runtime.rules import ALWAYS_ASK, ApprovalRules, OperatorLimits
 from runtime.v1 import runtime_pb2
 
@@ -185,6 +188,55 @@ def switch_proto(switch: SwitchRecord) -> runtime_pb2.AgentSwitchRecord:
     if switch.created_at is not None:
         record.created_at.FromDatetime(switch.created_at)
     return record
+
+
+def history_protos(
+    history: list[MessageRecord], checkpoints: list[Checkpoint]
+) -> list[runtime_pb2.HistoryMessage]:
+    """A session's stored messages as the reads list them; a user message
+    is ``undone`` when an undo restored every file its turn changed. A tool
+    call's arguments that are not a JSON object are left out."""
+    by_turn = undo.turns(checkpoints)
+    undone = {turn for turn, rows in by_turn.items() if all(c.undone for c in rows)}
+    messages = []
+    for record in history:
+        message = runtime_pb2.HistoryMessage(
+            role=record.role,
+            content=record.content,
+            tool_call_id=record.tool_call_id,
+            agent=record.agent,
+            name=record.name,
+            undone=record.position in undone,
+        )
+        if record.created_at is not None:
+            message.created_at.FromDatetime(record.created_at)
+        for call in record.tool_calls or ():
+            stored = message.tool_calls.add(call_id=call["call_id"], tool_name=call["name"])
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                stored.arguments.update(json.loads(call["arguments_json"] or "{}"))
+        messages.append(message)
+    return messages
+
+
+def turn_protos(
+    history: list[MessageRecord], checkpoints: list[Checkpoint]
+) -> list[runtime_pb2.TurnCheckpoint]:
+    """The turns that changed files, oldest first: each named by its user
+    message's first line, with its files (paths and how they changed, no contents)."""
+    turns = []
+    for turn, rows in undo.turns(checkpoints).items():
+        text = history[turn].content if turn < len(history) else ""
+        entry = runtime_pb2.TurnCheckpoint(
+            turn_id=str(turn),
+            message=(text.strip().splitlines() or [""])[0][:200],
+            undone=all(c.undone for c in rows),
+        )
+        if rows[0].created_at is not None:
+            entry.created_at.FromDatetime(rows[0].created_at)
+        for path, change in undo.file_changes(rows):
+            entry.files.add(path=path, change=change)
+        turns.append(entry)
+    return turns
 
 
 def rules_from_proto(message: runtime_pb2.ApprovalRules) -> ApprovalRules:

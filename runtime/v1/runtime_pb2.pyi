@@ -2110,3 +2110,123 @@ class UpdateApprovalRulesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateApprovalRulesResponse: _TypeAlias = UpdateApprovalRulesResponse  # noqa: Y015
+
+@_typing.final
+class ExportSessionRequest(_message.Message):
+    """ExportSessionRequest names a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSessionRequest: _TypeAlias = ExportSessionRequest  # noqa: Y015
+
+@_typing.final
+class ExportSessionResponse(_message.Message):
+    """ExportSessionResponse is a whole session as an export shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    AGENT_SWITCHES_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """session is the session (its agent: the one serving it now)."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryMessage]:
+        """messages are its committed messages, oldest first."""
+
+    @_builtins.property
+    def agent_switches(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentSwitchRecord]:
+        """agent_switches are its agent changes, oldest first."""
+
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___TurnCheckpoint]:
+        """turns are the turns that changed files, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___Session | None = ...,
+        messages: _abc.Iterable[Global___HistoryMessage] | None = ...,
+        agent_switches: _abc.Iterable[Global___AgentSwitchRecord] | None = ...,
+        turns: _abc.Iterable[Global___TurnCheckpoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switches", b"agent_switches", "messages", b"messages", "session", b"session", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSessionResponse: _TypeAlias = ExportSessionResponse  # noqa: Y015
+
+@_typing.final
+class ForkSessionRequest(_message.Message):
+    """ForkSessionRequest names a session and where to cut its history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    THROUGH_MESSAGE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    through_message: _builtins.int
+    """through_message is the position (from 0, as GetSessionHistory lists
+    the messages) of the last message the fork copies; unset: every
+    committed message, except that a last assistant message whose tool
+    calls still wait for results is left out with the results it has.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        through_message: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_through_message", b"_through_message", "through_message", b"through_message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_through_message", b"_through_message", "session_id", b"session_id", "through_message", b"through_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__through_message: _TypeAlias = _typing.Literal["through_message"]  # noqa: Y015
+    _WhichOneofArgType__through_message: _TypeAlias = _typing.Literal["_through_message", b"_through_message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__through_message) -> _WhichOneofReturnType__through_message | None: ...
+
+Global___ForkSessionRequest: _TypeAlias = ForkSessionRequest  # noqa: Y015
+
+@_typing.final
+class ForkSessionResponse(_message.Message):
+    """ForkSessionResponse is the new session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___Session:
+        """session is the fork."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionResponse: _TypeAlias = ForkSessionResponse  # noqa: Y015

@@ -120,6 +120,16 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesResponse.FromString,
                 _registered_method=True)
+        self.ExportSession = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ExportSession',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ForkSession',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -273,6 +283,30 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSession(self, request, context):
+        """ExportSession returns everything an export of one session shows: the
+        session, its messages, its agent switches and the turns that changed
+        files (paths only, no file contents). NOT_FOUND for a session that does
+        not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """ForkSession copies the committed messages of a session up to a message
+        into a new session of the calling user (a new server-chosen id, the
+        title with " (fork)", the agent that wrote or received the last copied
+        message; no tool calls waiting, no checkpoints, an empty event log).
+        NOT_FOUND for a session that does not exist; INVALID_ARGUMENT for a
+        position past the last message, or one that would leave a tool call of
+        an assistant message without its result (the details name the
+        positions that can be used).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +379,16 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.UpdateApprovalRules,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ExportSessionRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ExportSessionResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -741,6 +785,60 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/UpdateApprovalRules',
             runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.UpdateApprovalRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ExportSession',
+            runtime_dot_v1_dot_runtime__pb2.ExportSessionRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ForkSession',
+            runtime_dot_v1_dot_runtime__pb2.ForkSessionRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ForkSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -124,6 +124,22 @@ class AgentRuntimeServiceStub:
     and why, for a rule that cannot be read, more than 200 rules in a
     list, or a cap above the operator's.
     """
+    ExportSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ExportSessionRequest, _runtime_pb2.ExportSessionResponse]
+    """ExportSession returns everything an export of one session shows: the
+    session, its messages, its agent switches and the turns that changed
+    files (paths only, no file contents). NOT_FOUND for a session that does
+    not exist.
+    """
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ForkSessionRequest, _runtime_pb2.ForkSessionResponse]
+    """ForkSession copies the committed messages of a session up to a message
+    into a new session of the calling user (a new server-chosen id, the
+    title with " (fork)", the agent that wrote or received the last copied
+    message; no tool calls waiting, no checkpoints, an empty event log).
+    NOT_FOUND for a session that does not exist; INVALID_ARGUMENT for a
+    position past the last message, or one that would leave a tool call of
+    an assistant message without its result (the details name the
+    positions that can be used).
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -220,6 +236,22 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     session's next turn follows them. INVALID_ARGUMENT, saying which rule
     and why, for a rule that cannot be read, more than 200 rules in a
     list, or a cap above the operator's.
+    """
+    ExportSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ExportSessionRequest, _runtime_pb2.ExportSessionResponse]  # type: ignore[assignment]
+    """ExportSession returns everything an export of one session shows: the
+    session, its messages, its agent switches and the turns that changed
+    files (paths only, no file contents). NOT_FOUND for a session that does
+    not exist.
+    """
+    ForkSession: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ForkSessionRequest, _runtime_pb2.ForkSessionResponse]  # type: ignore[assignment]
+    """ForkSession copies the committed messages of a session up to a message
+    into a new session of the calling user (a new server-chosen id, the
+    title with " (fork)", the agent that wrote or received the last copied
+    message; no tool calls waiting, no checkpoints, an empty event log).
+    NOT_FOUND for a session that does not exist; INVALID_ARGUMENT for a
+    position past the last message, or one that would leave a tool call of
+    an assistant message without its result (the details name the
+    positions that can be used).
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -398,6 +430,34 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         session's next turn follows them. INVALID_ARGUMENT, saying which rule
         and why, for a rule that cannot be read, more than 200 rules in a
         list, or a cap above the operator's.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportSession(
+        self,
+        request: _runtime_pb2.ExportSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ExportSessionResponse, _abc.Awaitable[_runtime_pb2.ExportSessionResponse]]:
+        """ExportSession returns everything an export of one session shows: the
+        session, its messages, its agent switches and the turns that changed
+        files (paths only, no file contents). NOT_FOUND for a session that does
+        not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _runtime_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ForkSessionResponse, _abc.Awaitable[_runtime_pb2.ForkSessionResponse]]:
+        """ForkSession copies the committed messages of a session up to a message
+        into a new session of the calling user (a new server-chosen id, the
+        title with " (fork)", the agent that wrote or received the last copied
+        message; no tool calls waiting, no checkpoints, an empty event log).
+        NOT_FOUND for a session that does not exist; INVALID_ARGUMENT for a
+        position past the last message, or one that would leave a tool call of
+        an assistant message without its result (the details name the
+        positions that can be used).
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

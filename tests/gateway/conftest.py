@@ -259,6 +259,8 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         """The inboxes of the streams attached to each session."""
         self.held: dict[str, asyncio.Event] = {}
         self.go = asyncio.Event()
+        self.forks: list[pb.ForkSessionRequest] = []
+        """Every ForkSession request, in order."""
 
     def own(
         self, session_id: str, user: str, title: str = "", agent: str = "orchestrator"
@@ -562,6 +564,32 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
                 ),
             ],
         )
+
+    async def ExportSession(self, request: Any, context: Any) -> pb.ExportSessionResponse:
+        user = await self._enter("ExportSession", context)
+        session = await self._owned(request.session_id, user, context)
+        history = await self.GetSessionHistory(request, context)
+        return pb.ExportSessionResponse(
+            session=session,
+            messages=history.messages,
+            agent_switches=history.agent_switches,
+            turns=[
+                pb.TurnCheckpoint(
+                    turn_id="0",
+                    message="read a.py",
+                    files=[pb.FileCheckpoint(path="a.py", change="modified")],
+                )
+            ],
+        )
+
+    async def ForkSession(self, request: Any, context: Any) -> pb.ForkSessionResponse:
+        user = await self._enter("ForkSession", context)
+        self.forks.append(request)
+        session = await self._owned(request.session_id, user, context)
+        if request.HasField("through_message") and request.through_message > 2:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "message 3 does not exist")
+        fork = self.own(f"s-{len(self.sessions) + 1}", user, f"{session.title} (fork)")
+        return pb.ForkSessionResponse(session=fork)
 
     async def ListPendingApprovals(
         self, request: Any, context: Any

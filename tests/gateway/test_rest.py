@@ -460,3 +460,83 @@ async def test_a_socket_on_a_session_being_deleted_closes_for_good(
         assert response.status_code == 200
         code, reason = await close_code(ws)
     assert (code, reason) == (1008, "the session was deleted")
+
+
+async def test_an_export_answers_json_or_markdown_on_both_ports(
+    rest_edge: Edge, rest_client: httpx.AsyncClient
+):
+    rest_edge.fake.own("mine", "alice", title="my work")
+    rest_edge.fake.own("bobs", "bob", title="secret")
+    async with httpx.AsyncClient(base_url=rest_edge.http(""), timeout=10) as socket_port:
+        for port in (rest_client, socket_port):
+            path = "/api/v1/sessions/mine/export"
+            as_json = await port.get(path, headers=bearer(rest_edge))
+            assert as_json.status_code == 200
+            assert as_json.headers["content-type"] == "application/json"
+            assert as_json.json()["session"]["title"] == "my work"
+            assert [m["role"] for m in as_json.json()["messages"]] == ["user", "assistant", "tool"]
+            assert as_json.json()["checkpoints"][0]["files"] == [
+                {"path": "a.py", "change": "modified"}
+            ]
+            explicit = await port.get(path, params={"format": "json"}, headers=bearer(rest_edge))
+            assert explicit.json() == as_json.json()
+            markdown = await port.get(
+                path, params={"format": "markdown"}, headers=bearer(rest_edge)
+            )
+            assert markdown.status_code == 200
+            assert markdown.headers["content-type"] == "text/markdown; charset=utf-8"
+            assert markdown.headers["content-length"] == str(len(markdown.content))
+            assert markdown.text.startswith("# my work\n")
+            assert "Tool call `read_file` (`c1`)" in markdown.text
+            unknown = await port.get(path, params={"format": "pdf"}, headers=bearer(rest_edge))
+            assert unknown.status_code == 400
+            assert unknown.json() == {
+                "error": "invalid_format",
+                "error_description": "format is one of json, markdown",
+            }
+            foreign = await port.get(
+                "/api/v1/sessions/bobs/export",
+                params={"format": "markdown"},
+                headers=bearer(rest_edge),
+            )
+            assert foreign.status_code == 404
+            assert "secret" not in foreign.text
+    exports = [method for method, _ in rest_edge.fake.unary_metadata if method == "ExportSession"]
+    assert len(exports) == 8, "a bad format is refused before the runtime is asked"
+
+
+async def test_a_fork_is_a_new_session_and_bad_positions_are_400(
+    edge: Edge, client: httpx.AsyncClient
+):
+    edge.fake.own("mine", "alice", title="my work")
+    edge.fake.own("bobs", "bob")
+    forked = await client.post(
+        "/api/v1/sessions/mine/fork", params={"message": "1"}, headers=bearer(edge)
+    )
+    assert forked.status_code == 201
+    body = forked.json()
+    assert (body["title"], body["id"] == body["session_id"]) == ("my work (fork)", True)
+    assert body["session_id"] != "mine"
+    assert (
+        await client.get(f"/api/v1/sessions/{body['id']}", headers=bearer(edge))
+    ).status_code == 200
+    whole = await client.post("/api/v1/sessions/mine/fork", headers=bearer(edge))
+    assert whole.status_code == 201
+    first, second = edge.fake.forks
+    assert (first.HasField("through_message"), first.through_message) == (True, 1)
+    assert not second.HasField("through_message"), "no message: the whole session"
+    for message in ("x", "-1", "1" * 12):
+        bad = await client.post(
+            "/api/v1/sessions/mine/fork", params={"message": message}, headers=bearer(edge)
+        )
+        assert (bad.status_code, bad.json()["error"]) == (400, "invalid_message")
+    past = await client.post(
+        "/api/v1/sessions/mine/fork", params={"message": "3"}, headers=bearer(edge)
+    )
+    assert (past.status_code, past.json()["error_description"]) == (
+        400,
+        "message 3 does not exist",
+    )
+    foreign = await client.post("/api/v1/sessions/bobs/fork", headers=bearer(edge))
+    assert foreign.status_code == 404
+    assert (await client.get("/api/v1/sessions/mine/fork", headers=bearer(edge))).status_code == 405
