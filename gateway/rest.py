@@ -51,10 +51,11 @@ import structlog
 from google.protobuf.message import Message
 from websockets.http11 import Response
 
-from gateway import exports, views
+from gateway import exports, requests, views
 from gateway.codes import json_response, refuse_query, response_for_status, text_response
 from gateway.errors import InvalidQuery
 from gateway.profiles import STRICT, ClientProfile
+from gateway.requests import Params, Query
 from mesh.grpc_server import internal_metadata
 from mesh.ids import SESSION_ID, SESSION_ID_RULE
 from runtime.v1 import runtime_pb2
@@ -66,31 +67,12 @@ log = structlog.get_logger("gateway.rest")
 
 """What a session id may look like, in paths and queries."""
 
-_MAX_TITLE_CHARS = 200
-_MAX_PAGE_TOKEN_CHARS = 1024
-_MAX_PAGE_SIZE_DIGITS = 4
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body a view reads: a title is at most 200 characters,
 a user's approval rules a few kilobytes."""
-_RULE_FIELDS = frozenset({"allow", "deny", "max_auto_approvals_per_turn"})
-_MAX_CAP = 2**32 - 1
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
-Query = Mapping[str, list[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Params:
-    """What a view's request is built from.
-
-    ``session_id`` is the path's (``""`` when it has none); ``body`` the
-    request's JSON object, or None for a request without a body.
-    """
-
-    session_id: str
-    query: Query
-    body: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +113,7 @@ class View(Generic[RequestT, ResponseT]):
 
     def renderer(self, query: Query) -> Render[ResponseT]:
         """The rendering ``?format=`` asks for; raises InvalidQuery for one it has not."""
-        name = _single(query, "format") if self.formats else None
+        name = requests.single(query, "format") if self.formats else None
         if name is None:
             return self.body
         if name not in self.formats:
@@ -266,120 +248,6 @@ def _no_body(body: bytes | None) -> Mapping[str, Any] | None:
     return None
 
 
-def _single(query: Query, name: str) -> str | None:
-    values = query.get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise InvalidQuery("invalid_request", f"{name} is given more than once")
-    return values[0]
-
-
-def _list_sessions(params: Params) -> runtime_pb2.ListSessionsRequest:
-    query = params.query
-    size = _single(query, "page_size") or "0"
-    if not size.isdigit() or len(size) > _MAX_PAGE_SIZE_DIGITS:
-        raise InvalidQuery("invalid_page_size", "page_size must be a non-negative integer")
-    token = _single(query, "page_token") or ""
-    if len(token) > _MAX_PAGE_TOKEN_CHARS:
-        raise InvalidQuery("invalid_page_token", "page_token is too long")
-    return runtime_pb2.ListSessionsRequest(page_size=int(size), page_token=token)
-
-
-def _checked_title(title: str) -> str:
-    if len(title) > _MAX_TITLE_CHARS:
-        raise InvalidQuery("invalid_title", f"title is longer than {_MAX_TITLE_CHARS} characters")
-    return title
-
-
-def _create_session(params: Params) -> runtime_pb2.CreateSessionRequest:
-    query = params.query
-    title = _checked_title(_single(query, "title") or "")
-    if "session_id" in query or "id" in query:
-        # The server picks the id (128 random bits): a client-chosen one
-        # would have to be refused when taken, and so would tell whoever
-        # asks that someone else's session has it.
-        raise InvalidQuery(
-            "invalid_request", "the server chooses a new session's id; send only title"
-        )
-    return runtime_pb2.CreateSessionRequest(title=title)
-
-
-def _undo(params: Params) -> runtime_pb2.UndoTurnRequest:
-    turn_id = _single(params.query, "turn_id") or ""
-    if len(turn_id) > 32 or not (turn_id == "" or turn_id.isdigit()):
-        raise InvalidQuery("invalid_turn_id", "turn_id is a turn's id from /checkpoints")
-    return runtime_pb2.UndoTurnRequest(session_id=params.session_id, turn_id=turn_id)
-
-
-def _fork(params: Params) -> runtime_pb2.ForkSessionRequest:
-    request = runtime_pb2.ForkSessionRequest(session_id=params.session_id)
-    message = _single(params.query, "message")
-    if message is not None:
-        if not message.isdigit() or len(message) > 9:
-            raise InvalidQuery("invalid_message", "message is a position from /history, from 0")
-        request.through_message = int(message)
-    return request
-
-
-_UPDATABLE = frozenset({"title"})
-
-
-def _update_session(params: Params) -> runtime_pb2.UpdateSessionRequest:
-    body = params.body
-    if body is None:
-        raise InvalidQuery(
-            "invalid_body",
-            'send the change as a JSON body, e.g. {"title": "…"} (through the front door, '
-            "or on the gateway's REST port: the WebSocket port reads no request bodies)",
-        )
-    unknown = sorted(set(body) - _UPDATABLE)
-    if unknown:
-        raise InvalidQuery("invalid_body", f"only title can be changed, not {', '.join(unknown)}")
-    request = runtime_pb2.UpdateSessionRequest(session_id=params.session_id)
-    if "title" in body:
-        title = body["title"]
-        if not isinstance(title, str):
-            raise InvalidQuery("invalid_title", "title must be a string")
-        request.title = _checked_title(title)
-    return request
-
-
-def _update_rules(params: Params) -> runtime_pb2.UpdateApprovalRulesRequest:
-    """The shape of a rules body; the rules themselves are the runtime's to check."""
-    body = params.body
-    if body is None:
-        raise InvalidQuery(
-            "invalid_body",
-            'send the rules as a JSON body, e.g. {"allow": ["execute_command(pytest:*)"], '
-            '"deny": []} (through the front door, or on the gateway\'s REST port: the '
-            "WebSocket port reads no request bodies)",
-        )
-    unknown = sorted(set(body) - _RULE_FIELDS)
-    if unknown:
-        raise InvalidQuery(
-            "invalid_body",
-            f"unknown fields {', '.join(unknown)}: send allow, deny, max_auto_approvals_per_turn",
-        )
-    rules = runtime_pb2.ApprovalRules()
-    for name in ("allow", "deny"):
-        texts = body.get(name)
-        texts = [] if texts is None else texts
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise InvalidQuery("invalid_body", f"{name} must be a list of rule strings")
-        getattr(rules, name).extend(texts)
-    cap = body.get("max_auto_approvals_per_turn")
-    if cap is not None:
-        if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= _MAX_CAP:
-            raise InvalidQuery(
-                "invalid_body",
-                "max_auto_approvals_per_turn must be a whole number from 0, or null "
-                "(the operator's cap)",
-            )
-        rules.max_auto_approvals_per_turn = cap
-    return runtime_pb2.UpdateApprovalRulesRequest(rules=rules)
-
-
 # Each view is built on its own (not inside the mapping's ``View[Any, Any]``)
 # so that mypy checks its request, stub method and body against each other.
 _AGENTS = View(
@@ -401,14 +269,14 @@ _CURRENT_AGENT = View(
 _SESSIONS = View(
     "GET",
     re.compile(r"/api/v1/sessions"),
-    _list_sessions,
+    requests.list_sessions,
     lambda stub: stub.ListSessions,
     views.sessions,
 )
 _NEW_SESSION = View(
     "POST",
     re.compile(r"/api/v1/sessions"),
-    _create_session,
+    requests.create_session,
     lambda stub: stub.CreateSession,
     views.created_session,
     http.HTTPStatus.CREATED,
@@ -424,7 +292,7 @@ _SESSION = View(
 _RENAME = View(
     "PATCH",
     _SESSION_PATH,
-    _update_session,
+    requests.update_session,
     lambda stub: stub.UpdateSession,
     views.updated_session,
     reads_body=True,
@@ -461,7 +329,7 @@ _CHECKPOINTS = View(
 _UNDO = View(
     "POST",
     re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/undo"),
-    _undo,
+    requests.undo,
     lambda stub: stub.UndoTurn,
     views.undo_started,
     http.HTTPStatus.ACCEPTED,
@@ -477,7 +345,7 @@ _EXPORT = View(
 _FORK = View(
     "POST",
     re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/fork"),
-    _fork,
+    requests.fork,
     lambda stub: stub.ForkSession,
     views.forked_session,
     http.HTTPStatus.CREATED,
@@ -493,7 +361,7 @@ _RULES = View(
 _UPDATE_RULES = View(
     "PUT",
     _RULES_PATH,
-    _update_rules,
+    requests.update_rules,
     lambda stub: stub.UpdateApprovalRules,
     views.approval_rules,
     reads_body=True,
