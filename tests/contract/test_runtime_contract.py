@@ -281,6 +281,10 @@ async def test_someone_elses_session_is_permission_denied_a_missing_one_not_foun
         (stub.GetCurrentAgent, lambda sid: pb.GetCurrentAgentRequest(session_id=sid)),
         (stub.GetSessionHistory, lambda sid: pb.GetSessionHistoryRequest(session_id=sid)),
         (stub.ListPendingApprovals, lambda sid: pb.ListPendingApprovalsRequest(session_id=sid)),
+        (stub.ListCheckpoints, lambda sid: pb.ListCheckpointsRequest(session_id=sid)),
+        (stub.UndoTurn, lambda sid: pb.UndoTurnRequest(session_id=sid)),
+        (stub.ExportSession, lambda sid: pb.ExportSessionRequest(session_id=sid)),
+        (stub.ForkSession, lambda sid: pb.ForkSessionRequest(session_id=sid)),
     ]
     for call, request in reads:
         assert await runtime.status(call, request("bobs"), "alice") is S.PERMISSION_DENIED
@@ -375,6 +379,21 @@ async def test_a_write_waiting_for_a_human_is_a_pending_approval(runtime: Runtim
         (proposed.call_id, "write_file")
     ]
     assert dict(pending.approvals[0].arguments)["path"] == "notes.txt"
+
+
+async def test_an_undo_needs_a_connected_ide_and_a_new_session_has_no_checkpoints(
+    runtime: Runtime,
+):
+    # POST /undo answers 409 with the reason; /checkpoints lists no turn.
+    await runtime.stub.CreateSession(
+        pb.CreateSessionRequest(session_id="s-undo"), **runtime.as_user("alice")
+    )
+    request = pb.UndoTurnRequest(session_id="s-undo")
+    assert await runtime.status(runtime.stub.UndoTurn, request, "alice") is S.ABORTED
+    listed = await runtime.stub.ListCheckpoints(
+        pb.ListCheckpointsRequest(session_id="s-undo"), **runtime.as_user("alice")
+    )
+    assert (listed.session_id, list(listed.turns)) == ("s-undo", [])
 
 
 async def test_a_new_session_has_no_pending_approvals(runtime: Runtime):

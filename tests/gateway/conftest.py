@@ -591,6 +591,18 @@ class FakeRuntime(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         fork = self.own(f"s-{len(self.sessions) + 1}", user, f"{session.title} (fork)")
         return pb.ForkSessionResponse(session=fork)
 
+    async def ListCheckpoints(self, request: Any, context: Any) -> pb.ListCheckpointsResponse:
+        user = await self._enter("ListCheckpoints", context)
+        session = await self._owned(request.session_id, user, context)
+        return pb.ListCheckpointsResponse(session_id=session.session_id)
+
+    async def UndoTurn(self, request: Any, context: Any) -> pb.UndoTurnResponse:
+        """No IDE is ever connected to a fake session: the runtime's answer then."""
+        user = await self._enter("UndoTurn", context)
+        await self._owned(request.session_id, user, context)
+        await context.abort(grpc.StatusCode.ABORTED, "no IDE is connected to this session here")
+        raise AssertionError("unreachable")
+
     async def ListPendingApprovals(
         self, request: Any, context: Any
     ) -> pb.ListPendingApprovalsResponse:

@@ -8,6 +8,7 @@ offline model's verbs and the terminal client's workspace as the IDE.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,33 @@ async def test_an_edit_is_a_diff_and_undo_restores_the_workspace_byte_for_byte(
     history = await view(stack, mesh, f"{session_id}/history")
     undone_messages = [m["content"] for m in history["messages"] if m["undone"]]
     assert len(undone_messages) == 3
+
+
+async def test_an_undo_asked_over_rest_runs_through_the_connected_ide(
+    stack: Stack, mesh: Mesh, tmp_path: Path
+) -> None:
+    root = tmp_path / "workspace"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"one\ntwo\n")
+    before = snapshot(root)
+    session_id = f"rest-undo-{uuid.uuid4().hex[:10]}"
+    headers = {"Authorization": f"Bearer {mesh.token}"}
+    base = f"http://127.0.0.1:{stack.gateway_port}/api/v1/sessions/{session_id}"
+    async with IdeConnection(stack.ws_url, session_id, mesh.token) as connection:
+        assert (await connection.next_frame())["type"] == "session_info"
+        ide = IdeSession(connection, Workspace(root), approve=Approvals())
+        assert (await ide.say("edit a.txt: two => TWO")).status == "completed"
+        assert (root / "a.txt").read_bytes() == b"one\nTWO\n"
+        following = asyncio.create_task(ide.follow())
+        async with httpx.AsyncClient(headers=headers) as client:
+            started = await client.post(f"{base}/undo")
+        assert started.status_code == 202, started.text
+        assert started.json()["turn_id"] == "0"
+        undone = await following
+    assert undone.status == "completed"
+    assert snapshot(root) == before
+    async with httpx.AsyncClient(headers=headers) as client:
+        # No IDE is connected now: the restores would have nowhere to run.
+        refused = await client.post(f"{base}/undo")
+    assert refused.status_code == 409
+    assert "no IDE is connected" in refused.json()["error_description"]
