@@ -54,6 +54,8 @@ runtime keeps each changed path of a session until the next turn."""
 MAX_ID_BYTES = 128
 """Longest ``call_id`` and ``plan_id``: the runtime names calls ``call_`` and
 24 hex digits, and stores plan ids in 128 characters."""
+MAX_MODEL_BYTES = 128
+"""Longest ``model`` of a ``set_model`` frame (the runtime stores 128 characters)."""
 MAX_NAME_BYTES = 64
 """Longest ``agent_type`` and ``role``: names such as ``orchestrator``."""
 MAX_NOTE_BYTES = 8192
@@ -274,6 +276,12 @@ def _undo(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(undo=runtime_pb2.Undo(turn_id=turn_id))
 
 
+def _set_model(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    # Which groups are offered is the runtime's to say (an ``unknown_model`` error).
+    model = required_str(data, "model", MAX_MODEL_BYTES)
+    return runtime_pb2.ConverseRequest(set_model=runtime_pb2.SetModel(model=model))
+
+
 def _resume(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     value = data.get("last_seq")
     if value is None:
@@ -306,4 +314,5 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any], PayloadLimits], IdeAction]] 
     "auth": _auth,
     "resume": _resume,
     "undo": _undo,
+    "set_model": _set_model,
 }

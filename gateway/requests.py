@@ -92,7 +92,8 @@ def fork(params: Params) -> runtime_pb2.ForkSessionRequest:
     return request
 
 
-_UPDATABLE = frozenset({"title"})
+_UPDATABLE = frozenset({"title", "model"})
+_MAX_MODEL_CHARS = 128
 
 
 def update_session(params: Params) -> runtime_pb2.UpdateSessionRequest:
@@ -105,14 +106,32 @@ def update_session(params: Params) -> runtime_pb2.UpdateSessionRequest:
         )
     unknown = sorted(set(body) - _UPDATABLE)
     if unknown:
-        raise InvalidQuery("invalid_body", f"only title can be changed, not {', '.join(unknown)}")
+        raise InvalidQuery(
+            "invalid_body", f"only title and model can be changed, not {', '.join(unknown)}"
+        )
     request = runtime_pb2.UpdateSessionRequest(session_id=params.session_id)
     if "title" in body:
         title = body["title"]
         if not isinstance(title, str):
             raise InvalidQuery("invalid_title", "title must be a string")
         request.title = _checked_title(title)
+    if "model" in body:
+        request.model = _checked_model(body["model"])
     return request
+
+
+def _checked_model(model: object) -> str:
+    """A model group's name; which groups are offered is the runtime's to say (400 too)."""
+    if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
+        raise InvalidQuery(
+            "invalid_model", f"model must be a group's name, 1 to {_MAX_MODEL_CHARS} characters"
+        )
+    return model
+
+
+def list_models(params: Params) -> runtime_pb2.ListModelsRequest:
+    """All offered groups; with ``?session_id=``, that session's choice too."""
+    return runtime_pb2.ListModelsRequest(session_id=single(params.query, "session_id") or "")
 
 
 def update_rules(params: Params) -> runtime_pb2.UpdateApprovalRulesRequest:

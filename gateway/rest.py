@@ -21,7 +21,7 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     GET    /api/v1/sessions?page_size=&page_token= → views.sessions
     POST   /api/v1/sessions?title=                 → 201 views.created_session
     GET    /api/v1/sessions/{sid}                  → views.one_session
-    PATCH  /api/v1/sessions/{sid}  {"title": …}    → views.updated_session
+    PATCH  /api/v1/sessions/{sid}  {"title", "model"} → views.updated_session
     DELETE /api/v1/sessions/{sid}                  → views.deleted_session
     GET    /api/v1/sessions/{sid}/history          → views.history
     GET    /api/v1/sessions/{sid}/pending-approvals → views.pending_approvals
@@ -30,6 +30,7 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     GET    /api/v1/sessions/{sid}/export?format=   → exports.as_json / as_markdown
     POST   /api/v1/sessions/{sid}/fork?message=    → 201 views.forked_session
     GET    /api/v1/approval-rules                  → views.approval_rules
+    GET    /api/v1/models?session_id=              → views.models
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
 
 :class:`RuntimeReads` also makes the two reads the handshake needs
@@ -367,6 +368,14 @@ _UPDATE_RULES = View(
     reads_body=True,
 )
 
+_MODELS = View(
+    "GET",
+    re.compile(r"/api/v1/models"),
+    requests.list_models,
+    lambda stub: stub.ListModels,
+    views.models,
+)
+
 VIEWS: Mapping[str, View[Any, Any]] = {
     "list_agents": _AGENTS,
     "current_agent": _CURRENT_AGENT,
@@ -383,5 +392,6 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "fork": _FORK,
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
+    "list_models": _MODELS,
 }
 """Every REST view by the name its :class:`Route` carries, in matching order."""

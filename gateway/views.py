@@ -75,6 +75,19 @@ def agents(response: runtime_pb2.ListAgentsResponse) -> Body:
     }
 
 
+def models(response: runtime_pb2.ListModelsResponse) -> Body:
+    """The model groups a user may choose; ``session_model`` None: the
+    session asked about chose none (or none was asked about)."""
+    return {
+        "models": [
+            {"name": model.name, "context_window": model.context_window or None}
+            for model in response.models
+        ],
+        "default_model": response.default_model,
+        "session_model": response.session_model or None,
+    }
+
+
 def agent_history(switches: Iterable[runtime_pb2.AgentSwitchRecord]) -> list[Body]:
     """Agent switches as ``{from, to, reason, timestamp}``, oldest first."""
     return [
@@ -112,6 +125,7 @@ def session(message: runtime_pb2.Session) -> Body:
         "updated_at": updated_at,
         "last_activity": updated_at,
         "is_active": True,
+        "model": message.model or None,
     }
 
 
@@ -164,6 +178,7 @@ def history(response: runtime_pb2.GetSessionHistoryResponse) -> Body:
         "current_agent": response.current_agent or None,
         "last_activity": iso_time(response.last_activity),
         "agent_history": agent_history(response.agent_switches),
+        "model": response.model or None,
         "messages": [history_message(message) for message in response.messages],
     }
 

@@ -112,6 +112,9 @@ class RuntimeConfig:
     """model group that classifies a new session's first message (default: LLM_MODEL)"""
     agent_models: tuple[tuple[str, str], ...] = setting((), parse=_agent_models)
     """per-agent model groups, e.g. debug=gpt-4o,ask=offline (default: none)"""
+    user_models: tuple[str, ...] = setting((), parse=lambda text: tuple(comma_list(text)))
+    """model groups a user may choose for a session (IDE `set_model`, PATCH a session's model),
+    used for its every model call instead of the agents' groups (default: just LLM_MODEL)"""
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
     turn stops and asks the user how to go on; 0: never"""
@@ -221,6 +224,7 @@ async def serve(
             model=config.llm_model,
             routing_model=config.routing_model or None,
             agent_models=dict(config.agent_models),
+            user_models=config.user_models,
             approval_required=frozenset(config.approval_required),
             max_consecutive_mistakes=config.max_consecutive_mistakes,
             rule_limits=config.rule_limits(),

@@ -102,8 +102,17 @@ class Environment:
     workspace_root: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SetModel:
+    """Use this model group for the session's model calls from now on
+    (one of the operator's ``USER_MODELS``: :mod:`runtime.models`)."""
+
+    model: str
+
+
 ClientEvent = (
     Undo
+    | SetModel
     | UserMessage
     | CancelTurn
     | ToolResult

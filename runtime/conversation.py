@@ -47,6 +47,7 @@ from runtime.commands import (
     Environment,
     FileChanged,
     PlanApproval,
+    SetModel,
     SwitchAgent,
     ToolResult,
     Undo,
@@ -57,6 +58,7 @@ from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.models import UnknownModel, check_choice
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
 from runtime.state import CallState, Session
 from runtime.store import Store
@@ -73,6 +75,8 @@ class ConversationSettings:
     model: str
     routing_model: str | None = None
     agent_models: Mapping[str, str] = field(default_factory=dict)
+    user_models: tuple[str, ...] = ()
+    """Groups a user may choose for a session (:mod:`runtime.models`); (): just ``model``."""
     approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
     max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
     """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
@@ -239,6 +243,8 @@ class Conversation:
                 self._on_file_changed(event)
             case Undo():
                 await self._on_undo(event, request_id, client)
+            case SetModel():
+                await self._on_set_model(event.model)
             case Environment():
                 # The model calls from now on are told (runtime.prompts).
                 self.session.environment = event
@@ -291,6 +297,18 @@ class Conversation:
             refuse("invalid_frame", "content must not be empty")
             return
         await self._begin_turn(event.content, request_id, client)
+
+    async def _on_set_model(self, model: str) -> None:
+        """Record the session's model choice; refused (``unknown_model``) when
+        the operator does not offer that group. The next model call uses it."""
+        try:
+            check_choice(model, self._settings.user_models or (self._settings.model,))
+        except UnknownModel as exc:
+            self._dispatcher.refuse("unknown_model", str(exc))
+            return
+        self.session.model = model
+        await self._store.models.choose(self.session.session_id, model)
+        log.info("session_model_chosen", session_id=self.session.session_id, model=model)
 
     async def _on_undo(self, event: Undo, request_id: str | None, client: ClientOptions) -> None:
         try:
@@ -467,7 +485,7 @@ class Conversation:
             await self.stream.flush()
         return await request_reply(
             self._llm,
-            self._settings.agent_models.get(agent.name, self._settings.model),
+            self.session.model or self._settings.agent_models.get(agent.name, self._settings.model),
             agent,
             self.session.messages,
             on_text=self.stream.text,

@@ -31,9 +31,11 @@ from runtime.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
+    UpstreamError,
 )
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
+from runtime.models import check_choice
 from runtime.records import SessionRow
 from runtime.rules import OperatorLimits
 from runtime.state import Session
@@ -227,6 +229,50 @@ class SessionHub:
                     row = await self._store.rename_session(session_id, title)
         if row is None:  # pragma: no cover - deleted under the hub's lock: impossible here
             raise Deleted(f"session {session_id!r} was deleted")
+        return row
+
+    @property
+    def offered_models(self) -> tuple[str, ...]:
+        """The model groups users may choose (:mod:`runtime.models`)."""
+        return self._settings.user_models or (self._settings.model,)
+
+    @property
+    def default_model(self) -> str:
+        """The group each agent uses without a choice or a per-agent default."""
+        return self._settings.model
+
+    async def model_windows(self) -> list[tuple[str, int]]:
+        """The offered groups with their context windows as the LLM proxy
+        reports them (asked once, then remembered by the client); 0 when
+        unknown or while the proxy is unreachable: the list stays usable."""
+        windows = dict.fromkeys(self.offered_models, 0)
+        try:
+            for name in windows:
+                windows[name] = await self._llm.context_window(name)
+        except UpstreamError:  # unreachable: asking for the next group would wait as long
+            log.warning("model_windows_unknown")
+        return list(windows.items())
+
+    async def choose_model(self, session_id: str, owner: str, model: str) -> SessionRow:
+        """Make ``model`` the group of every model call of one of ``owner``'s
+        sessions from now on. Raises :class:`~runtime.models.UnknownModel`
+        for a group not offered, what :meth:`owned` raises, and Unavailable
+        while another replica serves the session. Idempotent.
+        """
+        check_choice(model, self.offered_models)
+        async with self._lock:
+            await self.owned(session_id, owner)
+            live = self._live.get(session_id)
+            if live is not None:
+                live.session.model = model  # steps never write the column: no race
+                await self._store.models.choose(session_id, model)
+            else:
+                async with self._leased(session_id):
+                    await self._store.models.choose(session_id, model)
+            row = await self._store.get_session(session_id)
+        if row is None:  # pragma: no cover - deleted under the hub's lock: impossible here
+            raise Deleted(f"session {session_id!r} was deleted")
+        log.info("session_model_chosen", session_id=session_id, model=model)
         return row
 
     async def delete(self, session_id: str, owner: str) -> None:

@@ -41,6 +41,8 @@ class SessionRow:
     """How far text deltas may have been numbered (see :meth:`Store.reserve_seqs`)."""
     deleted_at: datetime | None = None
     """Set on a deleted session's tombstone (see :meth:`Store.delete_session`)."""
+    model: str = ""
+    """The model group the user chose (:mod:`runtime.models`); "": each agent's default."""
 
 
 @dataclass(frozen=True, slots=True)

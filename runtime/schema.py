@@ -32,6 +32,8 @@ sessions = sa.Table(
     # A deleted session keeps only this row (id, owner, deleted_at): its id
     # stays taken, so no one opens a new session under it.
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+    # The model group the user chose (runtime.models); "": each agent's default.
+    sa.Column("model", sa.String(128), nullable=False, server_default=""),
     sa.Index("ix_sessions_owner_updated", "owner", "updated_at", "id"),
 )
 

@@ -344,10 +344,11 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         self, request: runtime_pb2.UpdateSessionRequest, context: Context
     ) -> runtime_pb2.UpdateSessionResponse:
         user = _user(context)
+        row = await self._hub.owned(request.session_id, user)
+        if request.HasField("model"):
+            row = await self._hub.choose_model(request.session_id, user, request.model)
         if request.HasField("title"):
             row = await self._hub.rename(request.session_id, user, request.title)
-        else:
-            row = await self._hub.owned(request.session_id, user)
         return runtime_pb2.UpdateSessionResponse(session=session_proto(row))
 
     @_mapped
@@ -365,7 +366,9 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         row = await self._owned(request.session_id, context)
         live = self._hub.live(row.id)
         response = runtime_pb2.GetSessionHistoryResponse(
-            session_id=row.id, current_agent=live.session.agent if live else row.agent
+            session_id=row.id,
+            current_agent=live.session.agent if live else row.agent,
+            model=row.model,
         )
         response.last_activity.FromDatetime(row.updated_at)
         response.agent_switches.extend(
@@ -471,6 +474,18 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         fork = await self._hub.store.forks.fork(row.id, f"s-{uuid.uuid4().hex}", through)
         log.info("session_forked", fork_id=fork.id, messages=fork.message_count)
         return runtime_pb2.ForkSessionResponse(session=session_proto(fork))
+
+    @_mapped
+    async def ListModels(
+        self, request: runtime_pb2.ListModelsRequest, context: Context
+    ) -> runtime_pb2.ListModelsResponse:
+        user = _user(context)
+        response = runtime_pb2.ListModelsResponse(default_model=self._hub.default_model)
+        if request.session_id:
+            response.session_model = (await self._hub.owned(request.session_id, user)).model
+        for name, window in await self._hub.model_windows():
+            response.models.add(name=name, context_window=window)
+        return response
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
         return await self._hub.owned(session_id, _user(context))

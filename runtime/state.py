@@ -116,6 +116,10 @@ class Session:
     (:func:`runtime.listing.summarize_listing` of a ``list_files`` result),
     fetched at the session's first turn; None until then. In memory only."""
 
+    model: str = ""
+    """The model group the user chose for every model call of the session
+    (:mod:`runtime.models`); "": each agent's default."""
+
     def next_seq(self) -> int:
         self.last_seq += 1
         return self.last_seq
@@ -137,6 +141,7 @@ class Session:
             state=row.state,
             last_seq=row.last_seq,
             seq_reserved=row.seq_reserved,
+            model=row.model,
             answered=set(loaded.answered),
         )
         for record in loaded.messages:

@@ -36,6 +36,7 @@ from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
 from runtime.leases import Leases
+from runtime.models import ModelChoices
 from runtime.records import (
     PENDING_STATUSES,
     CallRecord,
@@ -80,6 +81,7 @@ def _session(row: Any) -> SessionRow:
         updated_at=_aware(row.updated_at),
         seq_reserved=row.seq_reserved,
         deleted_at=_aware(row.deleted_at) if row.deleted_at is not None else None,
+        model=row.model,
     )
 
 
@@ -154,6 +156,8 @@ class Store:
         """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
         self.forks = Forks(engine)
         """Forks of sessions (:class:`runtime.forks.Forks`)."""
+        self.models = ModelChoices(engine)
+        """Sessions' model choices (:class:`runtime.models.ModelChoices`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""

@@ -21,6 +21,7 @@ from runtime.commands import (
     Environment,
     FileChanged,
     PlanApproval,
+    SetModel,
     SwitchAgent,
     ToolResult,
     Undo,
@@ -156,6 +157,8 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
         return FileChanged(changed.path, timestamp)
     if kind == "undo":
         return Undo(request.undo.turn_id)
+    if kind == "set_model":
+        return SetModel(request.set_model.model)
     if kind == "environment":
         reported = request.environment
         return Environment(reported.os, reported.shell, reported.workspace_root)
@@ -173,7 +176,11 @@ def to_client_options(opening: runtime_pb2.OpenSession) -> ClientOptions:
 
 def session_proto(row: SessionRow) -> runtime_pb2.Session:
     session = runtime_pb2.Session(
-        session_id=row.id, title=row.title, agent=row.agent, message_count=row.message_count
+        session_id=row.id,
+        title=row.title,
+        agent=row.agent,
+        message_count=row.message_count,
+        model=row.model,
     )
     session.created_at.FromDatetime(row.created_at)
     session.updated_at.FromDatetime(row.updated_at)

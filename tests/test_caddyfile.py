@@ -100,6 +100,7 @@ async def test_paths_go_to_their_service_and_nothing_else_is_served(
         "/api/v1/agents",
         "/api/v1/agents/s1/current",
         "/api/v1/approval-rules",
+        "/api/v1/models",
     ):
         assert (await front.get(path)).text.startswith("rest-"), path
     for path in ("/metrics", "/internal/revocations", "/", "/oauth"):

@@ -140,6 +140,7 @@ class ConverseRequest(_message.Message):
     RESUME_FIELD_NUMBER: _builtins.int
     UNDO_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    SET_MODEL_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """traceparent is the W3C trace context of the IDE frame behind this
@@ -191,6 +192,10 @@ class ConverseRequest(_message.Message):
     def environment(self) -> Global___Environment:
         """environment reports where the IDE runs, for the agents' prompt."""
 
+    @_builtins.property
+    def set_model(self) -> Global___SetModel:
+        """set_model chooses the session's model group (one of ListModels')."""
+
     def __init__(
         self,
         *,
@@ -205,13 +210,14 @@ class ConverseRequest(_message.Message):
         resume: Global___Resume | None = ...,
         undo: Global___Undo | None = ...,
         environment: Global___Environment | None = ...,
+        set_model: Global___SetModel | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment", "set_model"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1176,6 +1182,7 @@ class Session(_message.Message):
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is the session's id."""
     title: _builtins.str
@@ -1184,6 +1191,10 @@ class Session(_message.Message):
     """agent is the current agent."""
     message_count: _builtins.int
     """message_count is the number of durable messages."""
+    model: _builtins.str
+    """model is the model group the user chose for the session; empty: each
+    agent's default (AGENT_RUNTIME__AGENT_MODELS, else LLM_MODEL).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """created_at is when the session was created."""
@@ -1201,10 +1212,11 @@ class Session(_message.Message):
         message_count: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "created_at", b"created_at", "message_count", b"message_count", "session_id", b"session_id", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "created_at", b"created_at", "message_count", b"message_count", "model", b"model", "session_id", b"session_id", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1264,22 +1276,31 @@ class UpdateSessionRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id names the session."""
     title: _builtins.str
     """title, when set, replaces the session's title (empty clears it)."""
+    model: _builtins.str
+    """model, when set, chooses the session's model group: one of ListModels'."""
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         title: _builtins.str | None = ...,
+        model: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_title", b"_title", "title", b"title"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_title", b"_title", "model", b"model", "title", b"title"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_title", b"_title", "session_id", b"session_id", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_model", b"_model", "_title", b"_title", "model", b"model", "session_id", b"session_id", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
+    _WhichOneofArgType__model: _TypeAlias = _typing.Literal["_model", b"_model"]  # noqa: Y015
     _WhichOneofReturnType__title: _TypeAlias = _typing.Literal["title"]  # noqa: Y015
     _WhichOneofArgType__title: _TypeAlias = _typing.Literal["_title", b"_title"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__model) -> _WhichOneofReturnType__model | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__title) -> _WhichOneofReturnType__title | None: ...
 
 Global___UpdateSessionRequest: _TypeAlias = UpdateSessionRequest  # noqa: Y015
@@ -1616,12 +1637,17 @@ class GetSessionHistoryResponse(_message.Message):
     CURRENT_AGENT_FIELD_NUMBER: _builtins.int
     AGENT_SWITCHES_FIELD_NUMBER: _builtins.int
     LAST_ACTIVITY_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id echoes the request."""
     message_count: _builtins.int
     """message_count is the number of durable messages."""
     current_agent: _builtins.str
     """current_agent is the agent serving the session now."""
+    model: _builtins.str
+    """model is the model group the user chose for the session; empty: each
+    agent's default.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryMessage]:
         """messages are oldest first."""
@@ -1643,10 +1669,11 @@ class GetSessionHistoryResponse(_message.Message):
         current_agent: _builtins.str = ...,
         agent_switches: _abc.Iterable[Global___AgentSwitchRecord] | None = ...,
         last_activity: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_activity", b"last_activity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switches", b"agent_switches", "current_agent", b"current_agent", "last_activity", b"last_activity", "message_count", b"message_count", "messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switches", b"agent_switches", "current_agent", b"current_agent", "last_activity", b"last_activity", "message_count", b"message_count", "messages", b"messages", "model", b"model", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2230,3 +2257,109 @@ class ForkSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForkSessionResponse: _TypeAlias = ForkSessionResponse  # noqa: Y015
+
+@_typing.final
+class SetModel(_message.Message):
+    """SetModel chooses the session's model group for its model calls from now on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """model is one of the groups ListModels answers."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModel: _TypeAlias = SetModel  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest optionally names a session of the calling user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id, when set, asks which group that session uses."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ModelGroup(_message.Message):
+    """ModelGroup is one model group a user may choose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the group's name (what SetModel and UpdateSession take)."""
+    context_window: _builtins.int
+    """context_window is the group's context window in tokens, as the LLM
+    proxy reports it; 0 when unknown.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        context_window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelGroup: _TypeAlias = ModelGroup  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse is the groups a user may choose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
+    SESSION_MODEL_FIELD_NUMBER: _builtins.int
+    default_model: _builtins.str
+    """default_model is the runtime's default group (AGENT_RUNTIME__LLM_MODEL)."""
+    session_model: _builtins.str
+    """session_model is the group the named session chose; empty when the
+    request named none or the session chose none (each agent's default).
+    """
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelGroup]:
+        """models are the allowed groups, in the operator's order."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelGroup] | None = ...,
+        default_model: _builtins.str = ...,
+        session_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_model", b"default_model", "models", b"models", "session_model", b"session_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015

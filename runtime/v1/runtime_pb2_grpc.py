@@ -130,6 +130,11 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ListModels',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -307,6 +312,14 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """ListModels answers the model groups the operator lets users choose
+        (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +402,11 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.ForkSession,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.ForkSessionResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -839,6 +857,33 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/ForkSession',
             runtime_dot_v1_dot_runtime__pb2.ForkSessionRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.ForkSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ListModels',
+            runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

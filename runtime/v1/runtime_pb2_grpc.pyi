@@ -140,6 +140,10 @@ class AgentRuntimeServiceStub:
     an assistant message without its result (the details name the
     positions that can be used).
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListModelsRequest, _runtime_pb2.ListModelsResponse]
+    """ListModels answers the model groups the operator lets users choose
+    (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -252,6 +256,10 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     position past the last message, or one that would leave a tool call of
     an assistant message without its result (the details name the
     positions that can be used).
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListModelsRequest, _runtime_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels answers the model groups the operator lets users choose
+    (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -458,6 +466,16 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         position past the last message, or one that would leave a tool call of
         an assistant message without its result (the details name the
         positions that can be used).
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _runtime_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ListModelsResponse, _abc.Awaitable[_runtime_pb2.ListModelsResponse]]:
+        """ListModels answers the model groups the operator lets users choose
+        (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,6 +13,7 @@ from gateway.errors import FrameError
 from gateway.frames import (
     MAX_ENVIRONMENT_BYTES,
     MAX_ID_BYTES,
+    MAX_MODEL_BYTES,
     MAX_NAME_BYTES,
     MAX_NESTING,
     MAX_NOTE_BYTES,
@@ -608,6 +609,16 @@ def test_deep_nesting_is_invalid_json_not_a_crash(text: str):
 def test_values_protobuf_cannot_carry_are_refused(text: str):
     with pytest.raises(FrameError):
         parse_frame(text)
+
+
+def test_set_model_names_a_group():
+    assert parse({"type": "set_model", "model": "big"}) == pb.ConverseRequest(
+        set_model=pb.SetModel(model="big")
+    )
+    assert refused(json.dumps({"type": "set_model"})).code == "missing_field"
+    assert refused(json.dumps({"type": "set_model", "model": 4})).code == "invalid_field"
+    too_long = json.dumps({"type": "set_model", "model": "m" * (MAX_MODEL_BYTES + 1)})
+    assert refused(too_long).code == "invalid_field"
 
 
 def test_undo_names_a_turn_or_none():

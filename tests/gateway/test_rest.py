@@ -217,6 +217,7 @@ def test_route_matching():
     assert rest.match("GET", "/api/v1/sessions/s1") == rest.Route("session", "s1")
     assert rest.match("PATCH", "/api/v1/sessions/s1") == rest.Route("rename_session", "s1")
     assert rest.match("DELETE", "/api/v1/sessions/s1") == rest.Route("delete_session", "s1")
+    assert rest.match("GET", "/api/v1/models") == rest.Route("list_models", None)
 
 
 # ---------------------------------------------------------------------------
@@ -340,6 +341,8 @@ async def test_the_rest_port_reads_a_patch_body_and_renames(
         (b'{"title": 5}', "invalid_title"),
         (b'{"title": "x", "owner": "bob"}', "invalid_body"),
         ('{"title": "%s"}' % ("t" * 201), "invalid_title"),
+        (b'{"model": 5}', "invalid_model"),
+        (b'{"model": ""}', "invalid_model"),
     ],
 )
 async def test_a_bad_patch_body_is_a_400(

@@ -98,6 +98,7 @@ def test_sessions_page_and_last_page():
                 "last_activity": None,
                 "description": None,
                 "is_active": True,
+                "model": None,
             }
         ],
         "total": 7,
@@ -122,9 +123,36 @@ def test_created_session_is_the_session_fields():
         "last_activity",
         "description",
         "is_active",
+        "model",
     }
     renamed = views.updated_session(pb.UpdateSessionResponse(session=response.session))
     assert renamed == body == views.one_session(pb.GetSessionResponse(session=response.session))
+
+
+def test_the_model_choice_is_in_the_session_and_history_views():
+    chosen = pb.Session(session_id="s", agent="coder", model="big")
+    assert views.one_session(pb.GetSessionResponse(session=chosen))["model"] == "big"
+    assert (
+        views.history(pb.GetSessionHistoryResponse(session_id="s", model="big"))["model"] == "big"
+    )
+    assert views.history(pb.GetSessionHistoryResponse(session_id="s"))["model"] is None
+
+
+def test_models_lists_the_groups_with_windows_and_the_sessions_choice():
+    response = pb.ListModelsResponse(
+        models=[pb.ModelGroup(name="offline", context_window=8000), pb.ModelGroup(name="big")],
+        default_model="offline",
+        session_model="big",
+    )
+    assert views.models(response) == {
+        "models": [
+            {"name": "offline", "context_window": 8000},
+            {"name": "big", "context_window": None},
+        ],
+        "default_model": "offline",
+        "session_model": "big",
+    }
+    assert views.models(pb.ListModelsResponse(default_model="m"))["session_model"] is None
 
 
 def test_deleted_session_names_it():

@@ -64,6 +64,7 @@ class ScriptedLlm:
         self.fail = fail
         self.seen: list[list[ChatMessage]] = []
         self.tools_seen: list[list[str]] = []
+        self.models_seen: list[str] = []
         self.closed = asyncio.Event()
         self.window = 0
 
@@ -78,6 +79,7 @@ class ScriptedLlm:
         **kwargs: Any,
     ) -> AsyncIterator[Chunk]:
         self.seen.append(list(messages))
+        self.models_seen.append(model)
         self.tools_seen.append([t.name for t in tools])
         script = self.scripts.pop(0) if self.scripts else [TextChunk("done")]
         try:
