@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,3 +291,12 @@ def stack(request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path) -> Iterato
         cleanup.callback(own.stop)
         own.start()
         yield own
+
+
+@pytest.fixture
+async def dev_front(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client at the front door, as the dev user (``scripts/up``'s token)."""
+    async with httpx.AsyncClient(
+        base_url=mesh.front_url, headers={"Authorization": f"Bearer {mesh.token}"}, timeout=20
+    ) as client:
+        yield client

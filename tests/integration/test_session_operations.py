@@ -6,7 +6,6 @@ over the WebSocket for a turn of its own."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -26,14 +25,6 @@ def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
 
 
-@pytest.fixture
-async def front(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=mesh.front_url, headers={"Authorization": f"Bearer {mesh.token}"}, timeout=20
-    ) as client:
-        yield client
-
-
 async def say(mesh: Mesh, session_id: str, workspace: Workspace, text: str) -> None:
     async with IdeConnection(mesh.ws_url, session_id, mesh.token) as connection:
         await connection.next_frame()
@@ -43,12 +34,12 @@ async def say(mesh: Mesh, session_id: str, workspace: Workspace, text: str) -> N
 
 
 async def test_a_session_is_exported_and_forked_and_the_fork_goes_on(
-    mesh: Mesh, workspace: Workspace, front: httpx.AsyncClient
+    mesh: Mesh, workspace: Workspace, dev_front: httpx.AsyncClient
 ) -> None:
     session_id = f"ops-{uuid.uuid4().hex[:10]}"
     await say(mesh, session_id, workspace, "read README.md")
 
-    as_json = await front.get(f"/api/v1/sessions/{session_id}/export")
+    as_json = await dev_front.get(f"/api/v1/sessions/{session_id}/export")
     assert as_json.status_code == 200, as_json.text
     assert as_json.headers["content-type"] == "application/json"
     export = as_json.json()
@@ -61,7 +52,7 @@ async def test_a_session_is_exported_and_forked_and_the_fork_goes_on(
     assert "A project to read." in messages[2]["content"]
     assert [s["to"] for s in export["agent_switches"]] == [export["session"]["agent"]]
 
-    markdown = await front.get(
+    markdown = await dev_front.get(
         f"/api/v1/sessions/{session_id}/export", params={"format": "markdown"}
     )
     assert markdown.status_code == 200
@@ -73,33 +64,33 @@ async def test_a_session_is_exported_and_forked_and_the_fork_goes_on(
     assert "## 2. Tool result: read_file" in text
     assert "A project to read." in text
 
-    inside = await front.post(f"/api/v1/sessions/{session_id}/fork", params={"message": 1})
+    inside = await dev_front.post(f"/api/v1/sessions/{session_id}/fork", params={"message": 1})
     assert inside.status_code == 400
     assert "fork through message 0 or 2" in inside.json()["error_description"]
-    forked = await front.post(f"/api/v1/sessions/{session_id}/fork", params={"message": 2})
+    forked = await dev_front.post(f"/api/v1/sessions/{session_id}/fork", params={"message": 2})
     assert forked.status_code == 201, forked.text
     fork = forked.json()
     assert fork["title"] == f"{export['session']['title']} (fork)"
     assert (fork["message_count"], fork["agent"]) == (3, export["session"]["agent"])
     fork_id = fork["session_id"]
-    copied = (await front.get(f"/api/v1/sessions/{fork_id}/history")).json()["messages"]
-    source = (await front.get(f"/api/v1/sessions/{session_id}/history")).json()["messages"]
+    copied = (await dev_front.get(f"/api/v1/sessions/{fork_id}/history")).json()["messages"]
+    source = (await dev_front.get(f"/api/v1/sessions/{session_id}/history")).json()["messages"]
     assert copied == source[:3]
 
     stranger = {
         "Authorization": f"Bearer {(await ide_login(mesh, add_user(mesh)))['access_token']}"
     }
     for request in (
-        front.build_request("GET", f"/api/v1/sessions/{session_id}/export", headers=stranger),
-        front.build_request("POST", f"/api/v1/sessions/{session_id}/fork", headers=stranger),
+        dev_front.build_request("GET", f"/api/v1/sessions/{session_id}/export", headers=stranger),
+        dev_front.build_request("POST", f"/api/v1/sessions/{session_id}/fork", headers=stranger),
     ):
-        refused = await front.send(request)
+        refused = await dev_front.send(request)
         assert refused.status_code == 404
         assert "README" not in refused.text
 
     await say(mesh, fork_id, workspace, "read README.md")
-    grown = (await front.get(f"/api/v1/sessions/{fork_id}/history")).json()["messages"]
+    grown = (await dev_front.get(f"/api/v1/sessions/{fork_id}/history")).json()["messages"]
     assert grown[:3] == source[:3]
     assert [m["role"] for m in grown[3:]] == ["user", "assistant", "tool", "assistant"]
-    again = (await front.get(f"/api/v1/sessions/{session_id}/history")).json()["messages"]
+    again = (await dev_front.get(f"/api/v1/sessions/{session_id}/history")).json()["messages"]
     assert again == source, "the source is untouched by its fork's turn"
