@@ -26,7 +26,7 @@ from runtime.tools import (
     WRITE_TOOLS,
 )
 
-NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 """What an agent's name may look like (``switch_mode`` and the frames carry it)."""
 
 

@@ -354,9 +354,11 @@ class Conversation:
         await self._go_on(self._dispatcher.begin(content, request_id, client))
 
     async def load_rules(self) -> None:
-        """Read the owner's approval rules (one query): at each turn's start, so
-        a change made meanwhile (``UpdateApprovalRules``) holds from the next turn."""
+        """Read the owner's approval rules and instructions: at each turn's start,
+        so a change made meanwhile (``UpdateApprovalRules``, ``UpdateInstructions``)
+        holds from the next turn."""
         self._dispatcher.rules = await self._rules.get(self.session.owner)
+        self.session.project.set_user(await self._store.instructions.get(self.session.owner))
 
     def _on_file_changed(self, event: FileChanged) -> None:
         try:

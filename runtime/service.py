@@ -25,6 +25,7 @@ import structlog
 
 from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
+from runtime import instructions
 from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError, Unauthenticated
 from runtime.events import (
     AssistantText,
@@ -476,6 +477,21 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         for name, window in await self._hub.model_windows():
             response.models.add(name=name, context_window=window)
         return response
+
+    @_mapped
+    async def GetInstructions(
+        self, request: runtime_pb2.GetInstructionsRequest, context: Context
+    ) -> runtime_pb2.GetInstructionsResponse:
+        text = await self._hub.store.instructions.get(_user(context))
+        return runtime_pb2.GetInstructionsResponse(text=text, max_chars=instructions.MAX_CHARS)
+
+    @_mapped
+    async def UpdateInstructions(
+        self, request: runtime_pb2.UpdateInstructionsRequest, context: Context
+    ) -> runtime_pb2.UpdateInstructionsResponse:
+        text = await self._hub.store.instructions.set(_user(context), request.text)
+        log.info("instructions_updated", chars=len(text))
+        return runtime_pb2.UpdateInstructionsResponse(text=text, max_chars=instructions.MAX_CHARS)
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
         return await self._hub.owned(session_id, _user(context))

@@ -49,6 +49,7 @@ from runtime.records import (
     is_pending,
     now,
 )
+from runtime.instructions import InstructionsStore
 from runtime.rules_store import RulesStore
 from runtime.schema import (
     agent_switches,
@@ -154,6 +155,7 @@ class Store:
         """The checkpoints of sessions' changes (:class:`runtime.checkpoints.Checkpoints`)."""
         self.rules = RulesStore(engine)
         """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
+        self.instructions = InstructionsStore(engine)
         self.forks = Forks(engine)
         """Forks of sessions (:class:`runtime.forks.Forks`)."""
         self.models = ModelChoices(engine)
