@@ -121,9 +121,7 @@ def _where(data: Any, loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "the file"
 
 
-def merge(
-    base: Roster, text: str, source: str, *, project: ProjectLimits | None = None
-) -> Roster:
+def merge(base: Roster, text: str, source: str, *, project: ProjectLimits | None = None) -> Roster:
     """``base`` with the agents of ``text`` added or overriding; raises AgentsInvalid.
 
     ``project``: the file is a project's, held to those limits (see the

@@ -86,7 +86,7 @@ class ConversationSettings:
     """What users' approval rules may auto-approve (the operator's floor)."""
     agents: Roster = BUILT_IN
     """The built-in agents and the operator's file's; a project's add to them."""
-    project_limits: ProjectLimits = ProjectLimits()
+    project_limits: ProjectLimits = field(default_factory=ProjectLimits)
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024

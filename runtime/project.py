@@ -138,12 +138,12 @@ class ProjectFiles:
         if cut:
             omitted = f"(cut to {MAX_RULES_CHARS:,} characters: {'; '.join(cut)} not shown)"
         self.guidance = Guidance(tuple(rules), omitted, self.user)
-        text = self.contents.get(AGENTS_FILE)
+        agents_file = self.contents.get(AGENTS_FILE)
         self.agents = self.operator
-        if text is None:
+        if agents_file is None:
             return None
         try:
-            self.agents = merge(self.operator, text, AGENTS_FILE, project=self.limits)
+            self.agents = merge(self.operator, agents_file, AGENTS_FILE, project=self.limits)
         except AgentsInvalid as exc:
             return f"{exc}; the project's agents are not used"
         return None

@@ -4,8 +4,9 @@
 first on every model call: the agent's role (:mod:`runtime.agents`), then
 the rules that follow from its tools — how to use tools, the other agents,
 editing files, running commands, its limits — then general rules, the
-project's rules and the user's instructions (:class:`runtime.project.Guidance`,
-each with its origin), and the environment (:func:`environment_details`: the machine the IDE reports, the
+project's rules and the user's instructions
+(:class:`runtime.project.Guidance`, each with its origin), and the
+environment (:func:`environment_details`: the machine the IDE reports, the
 date, the workspace's file tree). A section appears only for an agent with
 the tools it is about, so a prompt never describes a tool the model is not
 offered. The tools themselves are described by their function schemas
@@ -14,8 +15,8 @@ offered. The tools themselves are described by their function schemas
 Prompts are paid for on every model call: each section is as short as it
 can be while still saying what a real model needs, and a composed prompt is
 cached per (agent, its roster, guidance, environment, workspace view, date),
-so a turn's model calls reuse one string. docs/AGENTS.md compares the sections with Roo
-Code's and Cline's.
+so a turn's model calls reuse one string. docs/AGENTS.md compares the
+sections with Roo Code's and Cline's.
 """
 
 from __future__ import annotations

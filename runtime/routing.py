@@ -24,7 +24,6 @@ from runtime.llm import ChatMessage, ChatModel, TextChunk
 log = structlog.get_logger("runtime.routing")
 
 
-
 def routing_prompt(roster: Roster = BUILT_IN) -> str:
     """The system prompt of the routing call: the agents to choose from."""
     return (

@@ -35,6 +35,7 @@ from runtime import checkpoints as checkpoint_rows
 from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
+from runtime.instructions import InstructionsStore
 from runtime.leases import Leases
 from runtime.models import ModelChoices
 from runtime.records import (
@@ -49,7 +50,6 @@ from runtime.records import (
     is_pending,
     now,
 )
-from runtime.instructions import InstructionsStore
 from runtime.rules_store import RulesStore
 from runtime.schema import (
     agent_switches,

@@ -108,3 +108,23 @@ async def test_a_yaml_agent_writes_a_sql_and_is_refused_a_py(
     assert not (tmp_path / "a.py").exists()
     assert "refused by policy: the sql agent may only write *.sql, not 'a.py'" in refused.text
     assert len(approvals.asked) == 1, "nothing was asked: the policy refused it first"
+
+
+async def test_the_users_instructions_are_set_through_the_front_door_and_heeded(
+    connection: IdeConnection, tmp_path: Path, dev_front: httpx.AsyncClient
+) -> None:
+    put = await dev_front.put(
+        "/api/v1/instructions", json={"text": 'Begin every answer with "Dear user,".'}
+    )
+    assert put.status_code == 200, put.text
+    assert put.json() == {"text": 'Begin every answer with "Dear user,".', "max_chars": 8000}
+    try:
+        ide = await opened(connection, tmp_path, Approvals())
+        turn = await ide.say("hello there")
+        assert turn.text.startswith("Dear user, You said: hello there")
+        bad = await dev_front.put("/api/v1/instructions", json={"txt": "x"})
+        assert bad.status_code == 400
+    finally:
+        cleared = await dev_front.put("/api/v1/instructions", json={"text": ""})
+        assert cleared.json()["text"] == ""
+    assert (await dev_front.get("/api/v1/instructions")).json()["text"] == ""

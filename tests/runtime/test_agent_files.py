@@ -107,9 +107,11 @@ def test_a_projects_agents_always_ask_before_they_change_or_run_anything() -> No
     assert sql.always_ask == sql.tools & DEFAULT_APPROVAL_REQUIRED
     # Even where the operator asks for no approval at all:
     run = check(sql, "execute_command", {"command": "ls"}, approval_required=frozenset())
-    assert isinstance(run, Allowed) and run.requires_approval
+    assert isinstance(run, Allowed)
+    assert run.requires_approval
     read = check(sql, "read_file", {"path": "a.sql"}, approval_required=frozenset())
-    assert isinstance(read, Allowed) and not read.requires_approval
+    assert isinstance(read, Allowed)
+    assert not read.requires_approval
 
 
 @pytest.mark.parametrize(
@@ -146,11 +148,10 @@ def test_a_project_cannot_grant_more_than_the_operator_allows(text: str, message
 def test_a_project_cannot_widen_an_operator_agent() -> None:
     operator = merge(BUILT_IN, SQL, "ops.yaml")
     text = "agents:\n  - name: sql\n    writable: ['*.sql', '*.py']\n"
-    with pytest.raises(AgentsInvalid, match="may also write \\*.py"):
+    with pytest.raises(AgentsInvalid, match=r"may also write \*\.py"):
         merge(operator, text, ".codelab/agents.yaml", project=LIMITS)
-    narrowed = merge(
-        operator, "agents:\n  - {name: sql, tools: [read]}\n", ".codelab/agents.yaml", project=LIMITS
-    )
+    text = "agents:\n  - {name: sql, tools: [read]}\n"
+    narrowed = merge(operator, text, ".codelab/agents.yaml", project=LIMITS)
     assert not narrowed["sql"].writes
 
 

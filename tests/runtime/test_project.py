@@ -78,7 +78,8 @@ async def answer_reads(conversation: Any, outbox: Any, files: dict[str, str | No
     offered = [e for e in await until_calls(outbox, len(files)) if isinstance(e, ToolCallEvent)]
     assert sorted(e.arguments["path"] for e in offered) == sorted(files)
     for event in offered:
-        assert event.tool_name == "read_file" and not event.requires_approval
+        assert event.tool_name == "read_file"
+        assert not event.requires_approval
         content = files[event.arguments["path"]]
         answer = (
             ToolResult(event.call_id, error="File not found")
@@ -99,7 +100,8 @@ async def start(store: Store, llm: ScriptedLlm, files: dict[str, str | None], **
     conversation, outbox, session = await make(store, llm, **kw)
     await conversation.handle(UserMessage("hello"), client=VIEWING)
     (listing,) = await until(outbox, ToolCallEvent)
-    assert isinstance(listing, ToolCallEvent) and listing.tool_name == "list_files"
+    assert isinstance(listing, ToolCallEvent)
+    assert listing.tool_name == "list_files"
     result = codelab_listing("src/", "src/app.py", *files)
     await conversation.handle(ToolResult(listing.call_id, result=result), client=VIEWING)
     await answer_reads(conversation, outbox, files)
@@ -177,7 +179,7 @@ async def test_a_projects_agent_writes_only_what_its_globs_allow(store: Store) -
 async def test_a_bad_agents_file_is_reported_and_the_built_ins_go_on(store: Store) -> None:
     llm = ScriptedLlm([TextChunk("answered")])
     files = {".codelab/agents.yaml": "agents:\n  - name: ops\n    tools: [read, fly]\n"}
-    conversation, outbox, session = await start(store, llm, files, agent="ask")
+    _, outbox, session = await start(store, llm, files, agent="ask")
     events = await until(outbox, TurnDone)
     errors = [e for e in events if isinstance(e, ErrorEvent)]
     assert [e.code for e in errors] == ["invalid_project_agents"]
