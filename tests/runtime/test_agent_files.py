@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,36 @@ def test_an_unknown_agent_resolves_to_a_read_only_stand_in() -> None:
     assert not ghost.writes
     assert isinstance(check(ghost, "write_file", {"path": "a", "content": ""}), Refused)
     assert BUILT_IN.resolve("coder") is BUILT_IN["coder"]
+
+
+def start_runtime(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``codelab-runtime`` as an operator starts it, with ``env`` added."""
+    environment = {
+        **os.environ,
+        "AGENT_RUNTIME__INTERNAL_API_KEY": "k",
+        "AGENT_RUNTIME__DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}",
+        "AGENT_RUNTIME__PORT": "0",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "runtime"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(240)
+def test_a_bad_operator_file_stops_the_runtimes_start_naming_file_and_field(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text("agents:\n  - {name: sql, description: d, prompt: p, tools: [fly]}\n")
+    started = start_runtime(tmp_path, AGENT_RUNTIME__AGENTS_FILE=str(path))
+    assert started.returncode != 0
+    assert started.stderr.strip().splitlines()[-1] == (
+        f"codelab-runtime: AGENT_RUNTIME__AGENTS_FILE: {path}: agents[0] (sql).tools[0]: "
+        "Input should be 'read', 'edit' or 'command'"
+    )
