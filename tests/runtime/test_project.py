@@ -215,3 +215,27 @@ async def test_a_session_on_an_agent_that_is_gone_goes_back_to_the_orchestrator(
     assert (switches[0].from_agent, switches[0].to_agent) == ("sql", "orchestrator")
     assert switches[-1].to_agent == "ask", "and the request is routed"
     assert session.agent == "ask"
+
+
+async def test_switch_mode_takes_a_projects_agent_and_refuses_an_unknown_one(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm(
+        [TextChunk("a")],
+        [call("switch_mode", 0, agent="ghost", reason="x")],
+        [call("switch_mode", 0, agent="sql", reason="write the migration")],
+        [TextChunk("done")],
+    )
+    files = {".codelab/agents.yaml": SQL_AGENT}
+    conversation, outbox, session = await start(store, llm, files, agent="coder")
+    await until(outbox, TurnDone)
+    await conversation.handle(UserMessage("go"), client=VIEWING)
+    events = await until(outbox, TurnDone)
+    refusal = session.messages[-4]
+    assert refusal.role == "tool"
+    assert "unknown agent 'ghost'; one of orchestrator, coder, architect, debug, ask, sql" in (
+        refusal.content
+    )
+    switched = [e for e in events if isinstance(e, AgentSwitched)]
+    assert [(e.from_agent, e.to_agent) for e in switched] == [("coder", "sql")], "it narrows"
+    assert "You are the SQL engineer." in llm.seen[-1][0].content

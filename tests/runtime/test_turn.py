@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 
 from runtime import routing
+from runtime.agent_files import merge
 from runtime.agents import BUILT_IN
 from runtime.commands import Environment
 from runtime.errors import UpstreamError
@@ -211,3 +212,20 @@ async def test_routing_takes_the_models_answer_or_falls_back_to_keywords() -> No
     down = FakeModel(fail=UpstreamError("down", code="llm_unavailable", retryable=True))
     route = await routing.classify(down, "m", "please refactor this function")
     assert (route.agent, route.by_model) == ("coder", False)
+
+
+async def test_routing_offers_and_picks_a_sessions_own_agents() -> None:
+    roster = merge(
+        BUILT_IN,
+        "agents:\n  - {name: sql, description: Writes SQL., prompt: p, keywords: [sql, query]}\n",
+        "agents.yaml",
+    )
+    answer = '{"agent": "sql", "confidence": 0.9, "rationale": "SQL"}'
+    model = FakeModel(TextChunk(answer))
+    route = await routing.classify(model, "m", "a query", roster=roster)
+    assert (route.agent, route.by_model) == ("sql", True)
+    assert "- sql: Writes SQL." in model.asked[0][1][0].content
+    assert routing.parse_classification(answer) is None, "unknown to the built-ins"
+    unusable = FakeModel(TextChunk("no idea"))
+    route = await routing.classify(unusable, "m", "tune this SQL query", roster=roster)
+    assert (route.agent, route.by_model) == ("sql", False)
