@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.agent_files import ProjectLimits
+from runtime.agent_files import ProjectLimits, merge
+from runtime.agents import BUILT_IN
 from runtime.commands import ClientOptions, FileChanged, SwitchAgent, ToolResult, UserMessage
 from runtime.events import AgentSwitched, ErrorEvent, ToolCallEvent, TurnDone
 from runtime.llm import TextChunk
@@ -239,3 +240,19 @@ async def test_switch_mode_takes_a_projects_agent_and_refuses_an_unknown_one(
     switched = [e for e in events if isinstance(e, AgentSwitched)]
     assert [(e.from_agent, e.to_agent) for e in switched] == [("coder", "sql")], "it narrows"
     assert "You are the SQL engineer." in llm.seen[-1][0].content
+
+
+async def test_an_operator_agent_calls_its_own_model_group(store: Store) -> None:
+    roster = merge(
+        BUILT_IN,
+        "agents:\n  - {name: sql, description: d, prompt: p, model: big}\n"
+        "  - {name: ask, model: small}\n",
+        "ops.yaml",
+    )
+    llm = ScriptedLlm([TextChunk("a")], [TextChunk("b")])
+    conversation, outbox, _ = await make(store, llm, agent="sql", agents=roster)
+    await conversation.handle(UserMessage("one"))
+    await until(outbox, TurnDone)
+    await conversation.handle(SwitchAgent("ask", "two"))
+    await until(outbox, TurnDone)
+    assert llm.models_seen == ["big", "small"]
