@@ -134,6 +134,23 @@ def list_models(params: Params) -> runtime_pb2.ListModelsRequest:
     return runtime_pb2.ListModelsRequest(session_id=single(params.query, "session_id") or "")
 
 
+def list_agents(params: Params) -> runtime_pb2.ListAgentsRequest:
+    """The runtime's agents; with ``?session_id=``, that session's (its project's too)."""
+    return runtime_pb2.ListAgentsRequest(session_id=single(params.query, "session_id") or "")
+
+
+def update_instructions(params: Params) -> runtime_pb2.UpdateInstructionsRequest:
+    """``{"text": "…"}``: the user's custom instructions, whole ("" for none)."""
+    body = params.body
+    if body is None or set(body) != {"text"} or not isinstance(body["text"], str):
+        raise InvalidQuery(
+            "invalid_body",
+            'send the instructions as a JSON body, {"text": "..."} ("" for none), through '
+            "the front door or on the gateway's REST port",
+        )
+    return runtime_pb2.UpdateInstructionsRequest(text=body["text"])
+
+
 def update_rules(params: Params) -> runtime_pb2.UpdateApprovalRulesRequest:
     """The shape of a rules body; the rules themselves are the runtime's to check."""
     body = params.body

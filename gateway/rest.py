@@ -16,7 +16,7 @@ there. On the WebSocket port such a view answers 400, saying where to go.
 
 Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
 
-    GET    /api/v1/agents                          → views.agents
+    GET    /api/v1/agents?session_id=              → views.agents
     GET    /api/v1/agents/{sid}/current            → views.current_agent
     GET    /api/v1/sessions?page_size=&page_token= → views.sessions
     POST   /api/v1/sessions?title=                 → 201 views.created_session
@@ -32,6 +32,8 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     GET    /api/v1/approval-rules                  → views.approval_rules
     GET    /api/v1/models?session_id=              → views.models
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
+    GET    /api/v1/instructions                    → views.instructions
+    PUT    /api/v1/instructions    {"text": …}     → views.instructions
 
 :class:`RuntimeReads` also makes the two reads the handshake needs
 (``GetCurrentAgent``, ``CreateSession``) through the same typed calls.
@@ -254,7 +256,7 @@ def _no_body(body: bytes | None) -> Mapping[str, Any] | None:
 _AGENTS = View(
     "GET",
     re.compile(r"/api/v1/agents"),
-    lambda params: runtime_pb2.ListAgentsRequest(),
+    requests.list_agents,
     lambda stub: stub.ListAgents,
     views.agents,
 )
@@ -367,6 +369,22 @@ _UPDATE_RULES = View(
     views.approval_rules,
     reads_body=True,
 )
+_INSTRUCTIONS_PATH = re.compile(r"/api/v1/instructions")
+_INSTRUCTIONS = View(
+    "GET",
+    _INSTRUCTIONS_PATH,
+    lambda params: runtime_pb2.GetInstructionsRequest(),
+    lambda stub: stub.GetInstructions,
+    views.instructions,
+)
+_UPDATE_INSTRUCTIONS = View(
+    "PUT",
+    _INSTRUCTIONS_PATH,
+    requests.update_instructions,
+    lambda stub: stub.UpdateInstructions,
+    views.instructions,
+    reads_body=True,
+)
 
 _MODELS = View(
     "GET",
@@ -393,5 +411,7 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
     "list_models": _MODELS,
+    "instructions": _INSTRUCTIONS,
+    "update_instructions": _UPDATE_INSTRUCTIONS,
 }
 """Every REST view by the name its :class:`Route` carries, in matching order."""

@@ -12,7 +12,8 @@ chunked, at most :data:`gateway.rest.MAX_BODY_BYTES`: 413 beyond), and
 WebSocket port answers a view (connect-rate limit, token, owner-scoped
 runtime call, the one status mapping in :mod:`gateway.codes`). The front
 door routes every REST path (``/api/v1/sessions*``, ``/api/v1/agents*``,
-``/api/v1/approval-rules*``) here and WebSocket upgrades to the WebSocket port.
+``/api/v1/approval-rules*``, ``/api/v1/instructions``) here and WebSocket
+upgrades to the WebSocket port.
 
 No WebSocket, health or metrics here; anything but a view is 404.
 """

@@ -66,6 +66,9 @@ def agents(response: runtime_pb2.ListAgentsResponse) -> Body:
                 "description": agent.description,
                 "allowed_tools": list(agent.allowed_tools),
                 "writable_paths": list(agent.writable_paths),
+                "origin": agent.origin,
+                "model": agent.model,
+                "keywords": list(agent.keywords),
                 # the CodeLab IDE's names (AgentInfo), additive
                 "type": agent.name,
                 "has_file_restrictions": bool(agent.writable_paths),
@@ -249,6 +252,13 @@ def _metadata(approval: runtime_pb2.PendingApproval) -> Body:
             "parent_tool": metadata.parent_tool,
         }
     }
+
+
+def instructions(
+    response: runtime_pb2.GetInstructionsResponse | runtime_pb2.UpdateInstructionsResponse,
+) -> Body:
+    """The user's custom instructions ("": none) and the longest accepted."""
+    return {"text": response.text, "max_chars": response.max_chars}
 
 
 def approval_rules(

@@ -155,7 +155,7 @@ def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettin
         tokens = _text_tokens(answer.text)
     else:
         said = _content_text(_last_user_content(messages))
-        words = ["You", "said:", *said.split()]
+        words = [*playbook.opening(messages).split(), "You", "said:", *said.split()]
         fill = itertools.cycle(FILLER_WORDS)
         while len(words) < settings.reply_tokens:
             words.append(next(fill))

@@ -29,6 +29,12 @@ Rules, in order (documented in the README):
 The rules emit tool calls whether or not the tool was offered, on purpose: a
 real model sometimes calls what it should not, and the runtime's policy must
 catch it.
+
+One instruction in the system prompt is honoured, as a real model would:
+a line ``Begin every answer with "TEXT".`` (a project's ``AGENTS.md`` may
+say it) puts TEXT before every text answer, a rule's or the echo
+(:func:`opening`). ``switch to NAME`` takes any agent name; the runtime
+decides whether it exists.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ _ROUTES = {
     "debug": ("run", "debug", "why", "crash", "trace"),
     "ask": ("read", "list", "search", "what", "how", "explain", "where", "show"),
 }
-_AGENTS = ("orchestrator", "coder", "architect", "debug", "ask")
+_AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+_OPENING = re.compile(r'^\s*(?:[-*]\s*)?begin every answer with "([^"\n]{1,200})"', re.I | re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +89,24 @@ def respond(messages: Sequence[Mapping[str, Any]]) -> Answer | None:
     if first.get("role") == "system" and ROUTING_MARKER in _text(first):
         return _route(_text(last))
     if last.get("role") == "tool":
-        return _after_tools(messages)
+        answer = _after_tools(messages)
+        opening_text = opening(messages)
+        if opening_text and answer.text and not answer.tool_calls:
+            return Answer(text=f"{opening_text} {answer.text}")
+        return answer
     if last.get("role") == "user":
         calls = _commands(_text(last).strip())
         if calls:
             return Answer(tool_calls=tuple(calls))
     return None
+
+
+def opening(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What the system prompt says every answer begins with ("": nothing)."""
+    if not messages or messages[0].get("role") != "system":
+        return ""
+    match = _OPENING.search(_text(messages[0]))
+    return match.group(1).strip() if match else ""
 
 
 def _text(message: Mapping[str, Any]) -> str:
@@ -282,7 +301,7 @@ def _greedy(verb: str, rest: str) -> ToolCall | None:
         return ToolCall("update_plan", arguments)
     if verb == "switch":
         target = rest.removeprefix("to ").strip().lower()
-        if target in _AGENTS:
+        if _AGENT_NAME.fullmatch(target):
             return ToolCall("switch_mode", {"agent": target, "reason": "asked to switch"})
         return None
     if verb == "done":

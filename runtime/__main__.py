@@ -50,7 +50,8 @@ from mesh.process import run, settled
 from mesh.signals import wait_for_stop_signal
 from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
-from runtime.agents import AGENTS, DEFAULT_AGENT
+from runtime.agent_files import AgentsInvalid, ProjectLimits, load_operator_file
+from runtime.agents import BUILT_IN, DEFAULT_AGENT, TOOL_GROUPS, Roster
 from runtime.conversation import ConversationSettings
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.hub import SessionHub
@@ -78,10 +79,18 @@ def _agent_models(text: str) -> tuple[tuple[str, str], ...]:
     agent_models = []
     for item in comma_list(text):
         agent, sep, model = item.partition("=")
-        if not sep or agent.strip() not in AGENTS or not model.strip():
-            raise ValueError(f"{item!r} is not AGENT=MODEL with AGENT one of {', '.join(AGENTS)}")
+        if not sep or not agent.strip() or not model.strip():
+            raise ValueError(f"{item!r} is not AGENT=MODEL")
         agent_models.append((agent.strip(), model.strip()))
     return tuple(agent_models)
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    groups = tuple(name for name in comma_list(text) if name != "none")
+    unknown = sorted(set(groups) - set(TOOL_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown tool groups {unknown}; one of {', '.join(TOOL_GROUPS)}")
+    return groups
 
 
 def _address(text: str) -> str:
@@ -115,6 +124,13 @@ class RuntimeConfig:
     user_models: tuple[str, ...] = setting((), parse=lambda text: tuple(comma_list(text)))
     """model groups a user may choose for a session (IDE `set_model`, PATCH a session's model),
     used for its every model call instead of the agents' groups (default: just LLM_MODEL)"""
+    agents_file: str = setting("", example="/etc/codelab/agents.yaml")
+    """YAML file of agents to add or override (docs/AGENTS.md, "Custom agents"); a bad file
+    stops the runtime's start with a message naming the file and field (default: none)"""
+    project_agent_tools: tuple[str, ...] = setting(tuple(TOOL_GROUPS), parse=_groups)
+    """tool groups (read, edit, command) an agent of a project's .codelab/agents.yaml may have;
+    "none": a project cannot add agents with tools. Their writes and commands always wait for
+    approval"""
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
     turn stops and asks the user how to go on; 0: never"""
@@ -179,6 +195,22 @@ class RuntimeConfig:
     health_interval: float = 5.0
     """seconds between dependency checks (database, llmproxy) behind gRPC health"""
 
+    def agents(self) -> Roster:
+        """The built-in agents with AGENTS_FILE's; raises ConfigError naming the
+        file and field of a bad one, or an AGENT_MODELS agent that does not exist."""
+        roster = BUILT_IN
+        if self.agents_file:
+            try:
+                roster = load_operator_file(self.agents_file, BUILT_IN)
+            except AgentsInvalid as exc:
+                raise ConfigError(f"AGENT_RUNTIME__AGENTS_FILE: {exc}") from None
+        unknown = sorted({agent for agent, _ in self.agent_models} - set(roster))
+        if unknown:
+            raise ConfigError(
+                f"AGENT_RUNTIME__AGENT_MODELS names no agent {unknown}; one of {', '.join(roster)}"
+            )
+        return roster
+
     def rule_limits(self) -> OperatorLimits:
         """The floor under users' approval rules: USER_AUTO_APPROVE (unset: APPROVAL_REQUIRED)
         and MAX_AUTO_APPROVALS_PER_TURN."""
@@ -203,6 +235,7 @@ async def serve(
     registry = registry if registry is not None else CollectorRegistry()
     metrics = RuntimeMetrics(registry)
     async with contextlib.AsyncExitStack() as stack:
+        agents = config.agents()
         channel = mesh_channel(config.llm_proxy_address, config.llm_proxy_tls)
         stack.push_async_callback(channel.close)
         llm = LlmClient(
@@ -228,6 +261,11 @@ async def serve(
             approval_required=frozenset(config.approval_required),
             max_consecutive_mistakes=config.max_consecutive_mistakes,
             rule_limits=config.rule_limits(),
+            agents=agents,
+            project_limits=ProjectLimits(
+                frozenset(config.project_agent_tools),
+                frozenset(config.user_models or (config.llm_model,)),
+            ),
             detach_grace=config.detach_grace,
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,

@@ -13,7 +13,6 @@ from typing import Any
 import structlog
 
 from runtime import changes, policy
-from runtime.agents import AGENTS
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, switched
 from runtime.events import ToolCallEvent
@@ -136,7 +135,7 @@ def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = 
         # Checked against the agent that made the call: the session may
         # have switched since, to one with other rights.
         verdict = policy.check(
-            AGENTS[call.agent or d.session.agent],
+            d.session.project.agents.resolve(call.agent or d.session.agent),
             call.tool_name,
             event.modified_arguments,
             approval_required=d.approval_required,

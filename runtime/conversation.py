@@ -37,7 +37,8 @@ import structlog
 
 from mesh import tracing
 from runtime import answers, notices, policy, routing, subcalls, undo
-from runtime.agents import AGENTS
+from runtime.agent_files import ProjectLimits
+from runtime.agents import BUILT_IN, Roster
 from runtime.commands import (
     STRICT,
     ApprovalDecision,
@@ -59,6 +60,7 @@ from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.models import UnknownModel, check_choice
+from runtime.project import ProjectFiles
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
 from runtime.state import CallState, Session
 from runtime.store import Store
@@ -82,6 +84,9 @@ class ConversationSettings:
     """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
     rule_limits: OperatorLimits = DEFAULT_LIMITS
     """What users' approval rules may auto-approve (the operator's floor)."""
+    agents: Roster = BUILT_IN
+    """The built-in agents and the operator's file's; a project's add to them."""
+    project_limits: ProjectLimits = field(default_factory=ProjectLimits)
     detach_grace: float = 10.0
     """Seconds a streaming turn goes on with no client attached before it is cancelled."""
     subscriber_queue: int = 1024
@@ -109,6 +114,7 @@ class Conversation:
         metrics: RuntimeMetrics | None = None,
     ) -> None:
         self.session = session
+        session.project = ProjectFiles(settings.agents, settings.project_limits)
         self._llm = llm
         self._store = store
         self._settings = settings
@@ -348,13 +354,16 @@ class Conversation:
         await self._go_on(self._dispatcher.begin(content, request_id, client))
 
     async def load_rules(self) -> None:
-        """Read the owner's approval rules (one query): at each turn's start, so
-        a change made meanwhile (``UpdateApprovalRules``) holds from the next turn."""
+        """Read the owner's approval rules and instructions: at each turn's start,
+        so a change made meanwhile (``UpdateApprovalRules``, ``UpdateInstructions``)
+        holds from the next turn."""
         self._dispatcher.rules = await self._rules.get(self.session.owner)
+        self.session.project.set_user(await self._store.instructions.get(self.session.owner))
 
     def _on_file_changed(self, event: FileChanged) -> None:
         try:
             notices.remember(self.session, event.path, event.timestamp)
+            self.session.project.changed(event.path)
         except policy.PathRefused as exc:
             self._dispatcher.refuse("invalid_path", str(exc))
 
@@ -382,8 +391,8 @@ class Conversation:
                 "turn_in_progress", "cannot switch agents during a turn; cancel it first", True
             )
             return
-        if event.agent_type not in AGENTS:
-            known = ", ".join(AGENTS)
+        if event.agent_type not in self.session.project.agents:
+            known = ", ".join(self.session.project.agents)
             self._dispatcher.refuse(
                 "unknown_agent", f"unknown agent {event.agent_type!r}; one of {known}"
             )
@@ -474,22 +483,26 @@ class Conversation:
             self._llm,
             self._settings.routing_model or self._settings.model,
             request,
+            roster=self.session.project.agents,
             request_id=self._dispatcher.turn.request_id,
         )
         self._dispatcher.switch(route.agent, route.rationale, route.confidence)
 
     async def _call_model(self) -> ModelReply:
-        agent = self._dispatcher.agent
+        agent, project = self._dispatcher.agent, self.session.project
         # Durable events queued before this call (a routing switch) go out first.
         if self.stream.pending_output:
             await self.stream.flush()
         return await request_reply(
             self._llm,
-            self.session.model or self._settings.agent_models.get(agent.name, self._settings.model),
+            self.session.model
+            or self._settings.agent_models.get(agent.name, agent.model or self._settings.model),
             agent,
             self.session.messages,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
             environment=self.session.environment,
             workspace_view=self.session.workspace_view,
+            roster=project.agents,
+            guidance=project.guidance,
         )

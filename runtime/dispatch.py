@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from runtime import changes, plans, policy, subcalls
-from runtime.agents import AGENTS, Agent
+from runtime.agents import Agent
 from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
     AgentSwitched,
@@ -124,7 +124,7 @@ class Dispatcher:
         """The session's agent as the turn's client may use it: with only the
         IDE-side tools that client implements (what the model is offered, and
         what the gate lets through)."""
-        agent = AGENTS[self.session.agent]
+        agent = self.session.project.agents.resolve(self.session.agent)
         implemented = self.turn.client.tools
         if implemented is None:
             return agent
@@ -335,6 +335,8 @@ class Dispatcher:
             self.metrics.tool_calls.labels(call.name, "refused").inc()
             self.answer(call, {"error": approval.to_model()})
             return False
+        if not approval.ask and verdict.requires_approval and call.name in self.agent.always_ask:
+            approval = Approval(True, f"the {self.session.agent} agent's calls are always asked")
         reason = approval.reason(verdict.reason)
         if call.name in changes.CHANGE_TOOLS:
             subcalls.start_change(self, call, verdict.arguments, approval.ask, reason)
@@ -412,7 +414,11 @@ class Dispatcher:
         match call.name:
             case "switch_mode":
                 target = arguments["agent"]
-                if target == self.session.agent:
+                agents = self.session.project.agents
+                if target not in agents:
+                    known = ", ".join(agents)
+                    self.answer(call, {"error": f"unknown agent {target!r}; one of {known}"})
+                elif target == self.session.agent:
                     self.answer(call, {"result": f"{target} is already the current agent"})
                 elif not self.turn.take_switch():
                     self.answer(
@@ -420,7 +426,7 @@ class Dispatcher:
                         {"error": f"no more than {MAX_SWITCHES_PER_TURN} switches per turn"},
                     )
                 else:
-                    gain = policy.widening(AGENTS[self.session.agent], AGENTS[target])
+                    gain = policy.widening(agents.resolve(self.session.agent), agents[target])
                     if gain is None:
                         self.switch(target, arguments["reason"], 1.0)
                         self.answer(call, switched(target))

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from mesh.ids import SESSION_ID, SESSION_ID_RULE
+from runtime.agents import Roster
 from runtime.conversation import Conversation, ConversationSettings
 from runtime.errors import (
     AlreadyExists,
@@ -230,6 +231,15 @@ class SessionHub:
         if row is None:  # pragma: no cover - deleted under the hub's lock: impossible here
             raise Deleted(f"session {session_id!r} was deleted")
         return row
+
+    async def agents(self, session_id: str, owner: str) -> Roster:
+        """The agents of the owner's session ``session_id`` (with its
+        project's, once read, while it is live here); "": the runtime's."""
+        if not session_id:
+            return self._settings.agents
+        row = await self.owned(session_id, owner)
+        live = self.live(row.id)
+        return self._settings.agents if live is None else live.session.project.agents
 
     @property
     def offered_models(self) -> tuple[str, ...]:

@@ -83,7 +83,7 @@ def summarize_listing(
     ``"(no files)"``. Never raises on malformed entries.
     """
     root = _Node("", 0, True)
-    for path, is_dir in _entries(result):
+    for path, is_dir in entries(result):
         node = root
         parts = path.split("/")
         for index, part in enumerate(parts):
@@ -98,7 +98,7 @@ def summarize_listing(
     return "\n".join(lines)
 
 
-def _entries(result: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
+def entries(result: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
     """(workspace-relative path, is a directory) for each listed entry."""
     items = result.get("items")
     if isinstance(items, list):  # the CodeLab IDE

@@ -144,15 +144,23 @@ def check(
     if tool.effect is Effect.WRITE and agent.writable is not None:
         for field in tool.path_fields:
             path = normalised.get(field)
-            if path is not None and not any(
-                fnmatch.fnmatchcase(posixpath.basename(path).lower(), pattern)
-                for pattern in agent.writable
-            ):
+            if path is not None and not writable(path, agent.writable):
                 allowed = ", ".join(agent.writable)
                 return Refused(f"the {agent.name} agent may only write {allowed}, not {path!r}")
-    if tool_name in approval_required:
+    if tool_name in approval_required or tool_name in agent.always_ask:
         return Allowed(normalised, True, f"{tool_name} changes the workspace or runs a command")
     return Allowed(normalised, False)
+
+
+def writable(path: str, patterns: Collection[str]) -> bool:
+    """Whether the normalised ``path`` matches one of ``patterns``, case-insensitively:
+    a pattern without ``/`` (``*.md``) matches the file's name in any folder, one
+    with ``/`` (``db/*.sql``) the whole workspace-relative path."""
+    name, lowered = posixpath.basename(path).lower(), path.lower()
+    return any(
+        fnmatch.fnmatchcase(lowered if "/" in pattern else name, pattern.lower().lstrip("/"))
+        for pattern in patterns
+    )
 
 
 def widening(current: Agent, target: Agent) -> str | None:

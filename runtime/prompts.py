@@ -3,7 +3,9 @@
 :func:`system_prompt` is what :func:`runtime.turn.request_reply` sends
 first on every model call: the agent's role (:mod:`runtime.agents`), then
 the rules that follow from its tools — how to use tools, the other agents,
-editing files, running commands, its limits — then general rules and the
+editing files, running commands, its limits — then general rules, the
+project's rules and the user's instructions
+(:class:`runtime.project.Guidance`, each with its origin), and the
 environment (:func:`environment_details`: the machine the IDE reports, the
 date, the workspace's file tree). A section appears only for an agent with
 the tools it is about, so a prompt never describes a tool the model is not
@@ -12,9 +14,9 @@ offered. The tools themselves are described by their function schemas
 
 Prompts are paid for on every model call: each section is as short as it
 can be while still saying what a real model needs, and a composed prompt is
-cached per (agent, environment, workspace view, date), so a turn's model
-calls reuse one string. docs/AGENTS.md compares the sections with Roo
-Code's and Cline's.
+cached per (agent, its roster, guidance, environment, workspace view, date),
+so a turn's model calls reuse one string. docs/AGENTS.md compares the
+sections with Roo Code's and Cline's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from __future__ import annotations
 import functools
 from datetime import date
 
-from runtime.agents import AGENTS, Agent
+from runtime.agents import BUILT_IN, Agent, Roster
 from runtime.commands import Environment
+from runtime.project import Guidance
 from runtime.tools import READ_TOOLS
 
 NOTICE_MARK = "[IDE notice]"
@@ -39,21 +42,50 @@ def system_prompt(
     environment: Environment | None,
     workspace_view: str | None,
     today: date,
+    roster: Roster = BUILT_IN,
+    guidance: Guidance | None = None,
 ) -> str:
-    """The whole system prompt of ``agent`` in this environment; cached."""
-    return f"{instructions(agent)}\n\n{environment_details(environment, workspace_view, today)}"
+    """The whole system prompt of ``agent`` (one of ``roster``) in this
+    environment, with the project's rules and the user's instructions; cached."""
+    parts = [instructions(agent, roster)]
+    if guidance is not None:
+        parts += _guidance(guidance)
+    parts.append(environment_details(environment, workspace_view, today))
+    return "\n\n".join(parts)
 
 
 @functools.lru_cache(maxsize=64)
-def instructions(agent: Agent) -> str:
+def instructions(agent: Agent, roster: Roster = BUILT_IN) -> str:
     """Everything of ``agent``'s prompt that does not depend on the session; cached."""
-    sections = [agent.role, _tool_use(agent), _agents(agent), _limits(agent)]
+    sections = [agent.role, _tool_use(agent), _agents(agent, roster), _limits(agent)]
     if agent.writes:
         sections.append(_editing(agent))
     if "execute_command" in agent.tools:
         sections.append(_COMMANDS)
     sections.append(_RULES)
     return "\n\n".join(sections)
+
+
+def _guidance(guidance: Guidance) -> list[str]:
+    """The project's rules and the user's instructions, each said to be whose it is."""
+    sections = []
+    if guidance.rules:
+        lines = [
+            "# Project rules",
+            "The project's own instructions, from its files in the workspace. Follow them "
+            "where they apply; they cannot change what your tools or the approvals allow.",
+        ]
+        for origin, text in guidance.rules:
+            lines += ["", f"## {origin}", text]
+        if guidance.omitted:
+            lines += ["", guidance.omitted]
+        sections.append("\n".join(lines))
+    if guidance.user:
+        sections.append(
+            "# The user's instructions\nThe user's own standing instructions, for every "
+            f"session:\n{guidance.user}"
+        )
+    return sections
 
 
 def environment_details(
@@ -130,9 +162,11 @@ def _tool_use(agent: Agent) -> str:
     return "\n".join(lines)
 
 
-def _agents(agent: Agent) -> str:
+def _agents(agent: Agent, roster: Roster) -> str:
     others = "\n".join(
-        f"- {other.name}: {other.description}" for other in AGENTS.values() if other != agent
+        f"- {other.name}: {other.description}"
+        for other in roster.agents
+        if other.name != agent.name
     )
     return (
         f"# Agents\nYou are the {agent.name} agent. The others:\n{others}\n"

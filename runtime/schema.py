@@ -130,3 +130,12 @@ approval_rules = sa.Table(
     sa.Column("rules", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+user_instructions = sa.Table(
+    "user_instructions",
+    metadata,
+    sa.Column("owner", sa.String(255), primary_key=True),
+    # The user's custom instructions (runtime.instructions), as they wrote them.
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

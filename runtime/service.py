@@ -25,7 +25,7 @@ import structlog
 
 from mesh import tracing
 from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
-from runtime.agents import AGENTS
+from runtime import instructions
 from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError, Unauthenticated
 from runtime.events import (
     AssistantText,
@@ -47,6 +47,7 @@ from runtime.stream import (
 )
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from runtime.wire import (
+    agent_proto,
     fill_rules,
     history_protos,
     rules_from_proto,
@@ -270,18 +271,8 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
     async def ListAgents(
         self, request: runtime_pb2.ListAgentsRequest, context: Context
     ) -> runtime_pb2.ListAgentsResponse:
-        _user(context)
-        return runtime_pb2.ListAgentsResponse(
-            agents=[
-                runtime_pb2.Agent(
-                    name=agent.name,
-                    description=agent.description,
-                    allowed_tools=sorted(agent.tools),
-                    writable_paths=agent.writable or (),
-                )
-                for agent in AGENTS.values()
-            ]
-        )
+        roster = await self._hub.agents(request.session_id, _user(context))
+        return runtime_pb2.ListAgentsResponse(agents=[agent_proto(a) for a in roster.agents])
 
     @_mapped
     async def GetCurrentAgent(
@@ -486,6 +477,21 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
         for name, window in await self._hub.model_windows():
             response.models.add(name=name, context_window=window)
         return response
+
+    @_mapped
+    async def GetInstructions(
+        self, request: runtime_pb2.GetInstructionsRequest, context: Context
+    ) -> runtime_pb2.GetInstructionsResponse:
+        text = await self._hub.store.instructions.get(_user(context))
+        return runtime_pb2.GetInstructionsResponse(text=text, max_chars=instructions.MAX_CHARS)
+
+    @_mapped
+    async def UpdateInstructions(
+        self, request: runtime_pb2.UpdateInstructionsRequest, context: Context
+    ) -> runtime_pb2.UpdateInstructionsResponse:
+        text = await self._hub.store.instructions.set(_user(context), request.text)
+        log.info("instructions_updated", chars=len(text))
+        return runtime_pb2.UpdateInstructionsResponse(text=text, max_chars=instructions.MAX_CHARS)
 
     async def _owned(self, session_id: str, context: Context) -> SessionRow:
         return await self._hub.owned(session_id, _user(context))

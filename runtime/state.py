@@ -22,6 +22,7 @@ import structlog
 from runtime.commands import Environment
 from runtime.events import PlanStep
 from runtime.llm import ChatMessage, ToolCallRequest
+from runtime.project import ProjectFiles
 from runtime.records import DECIDED_STATUSES, Loaded, MessageRecord, call_metadata
 
 log = structlog.get_logger("runtime.state")
@@ -115,6 +116,9 @@ class Session:
     """The workspace's file tree as the model is shown it in the system prompt
     (:func:`runtime.listing.summarize_listing` of a ``list_files`` result),
     fetched at the session's first turn; None until then. In memory only."""
+    project: ProjectFiles = field(default_factory=ProjectFiles)
+    """The project's rules and agents as read through the IDE, the user's
+    instructions, and the agents the session may use. In memory only."""
 
     model: str = ""
     """The model group the user chose for every model call of the session

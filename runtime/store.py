@@ -35,6 +35,7 @@ from runtime import checkpoints as checkpoint_rows
 from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
+from runtime.instructions import InstructionsStore
 from runtime.leases import Leases
 from runtime.models import ModelChoices
 from runtime.records import (
@@ -154,6 +155,7 @@ class Store:
         """The checkpoints of sessions' changes (:class:`runtime.checkpoints.Checkpoints`)."""
         self.rules = RulesStore(engine)
         """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
+        self.instructions = InstructionsStore(engine)
         self.forks = Forks(engine)
         """Forks of sessions (:class:`runtime.forks.Forks`)."""
         self.models = ModelChoices(engine)

@@ -18,7 +18,8 @@ import hashlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from runtime import changes, listing, policy, undo
+from runtime import changes, listing, policy, project, undo
+from runtime.agents import DEFAULT_AGENT
 from runtime.commands import ClientOptions
 from runtime.events import AssistantText, TurnStatus
 from runtime.llm import ChatMessage, ToolCallRequest
@@ -99,50 +100,108 @@ def start_undo(
 
 
 VIEW_JOB = {"kind": "view", "tool": "workspace_view"}
+PROJECT_JOB = "project"
+_LISTING = {"path": ".", "recursive": True, "include_hidden": True}
 
 
 def fetch_view(d: Dispatcher, client: ClientOptions) -> Next:
-    """At a turn's start: list the workspace for the prompt if nobody has yet.
+    """At a turn's start: list the workspace for the prompt if nobody has yet,
+    and read the project's files (:mod:`runtime.project`) it names or the IDE
+    saw change since.
 
     Once per live session, for a client that asked (``workspace_view``) or
     reported its environment, and implements ``list_files``: the model is
-    called once the listing is in (:data:`Next.WAIT` till then).
+    called once the listing and the reads are in (:data:`Next.WAIT` till then).
     """
     session = d.session
     wanted = client.workspace_view or session.environment is not None
     can_list = client.tools is None or "list_files" in client.tools
-    if session.workspace_view is not None or not wanted or not can_list:
+    if not wanted or not can_list:
         return Next.MODEL
-    d.offer(
-        PendingCall(
-            f"view-{uuid.uuid4().hex[:24]}",
-            "list_files",
-            {"path": ".", "recursive": True},
-            CallState.AWAITING_RESULT,
-            "the workspace's files, for the agents' prompt",
-            agent=session.agent,
-            original_arguments={"path": ".", "recursive": True},
-            job=VIEW_JOB,
+    if session.workspace_view is None:
+        d.offer(
+            PendingCall(
+                f"view-{uuid.uuid4().hex[:24]}",
+                "list_files",
+                dict(_LISTING),
+                CallState.AWAITING_RESULT,
+                "the workspace's files, for the agents' prompt",
+                agent=session.agent,
+                original_arguments=dict(_LISTING),
+                job=VIEW_JOB,
+            )
         )
-    )
+    read_project(d, client)
+    if not session.pending:
+        return Next.MODEL
     session.state = "waiting"
     return Next.WAIT
+
+
+def read_project(d: Dispatcher, client: ClientOptions) -> None:
+    """Offer a ``read_file`` of each project file to read (none for a client
+    that does not implement it); the turn waits for them."""
+    files = d.session.project
+    if client.tools is not None and "read_file" not in client.tools:
+        files.stale.clear()
+        return
+    for path in sorted(files.stale, key=project.order):
+        d.offer(
+            PendingCall(
+                f"project-{uuid.uuid4().hex[:24]}",
+                "read_file",
+                {"path": path},
+                CallState.AWAITING_RESULT,
+                "the project's rules and agents, for the agents' prompt",
+                agent=d.session.agent,
+                original_arguments={"path": path},
+                job={"kind": PROJECT_JOB, "tool": "read_file", "path": path},
+            )
+        )
+    files.stale.clear()
+
+
+def _project_read(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: str) -> None:
+    assert call.job is not None
+    result = payload.get("result")
+    content = result.get("content") if isinstance(result, dict) else None
+    ok = status == "completed" and isinstance(content, str)
+    d.session.project.read(call.job["path"], content if ok else None)
+
+
+def _settled(d: Dispatcher) -> Next:
+    """Every read of a turn's start is in: compose the project's rules and
+    agents (a bad agents file is reported, the operator's agents stay), then
+    call the model."""
+    session, files = d.session, d.session.project
+    problem = files.compose()
+    if problem is not None:
+        d.refuse("invalid_project_agents", problem)
+    if session.agent not in files.agents:
+        d.switch(DEFAULT_AGENT, f"the {session.agent} agent is not defined now", 1.0)
+    session.state = "running"
+    return Next.MODEL
 
 
 def answered(d: Dispatcher, call: PendingCall, payload: dict[str, Any], status: str) -> Next:
     """A sub-call was answered (already recorded): take the next step of its work."""
     assert call.job is not None
-    if call.job["kind"] == "view":
-        result = payload.get("result")
-        d.session.workspace_view = (
-            listing.summarize_listing(result)
-            if status == "completed" and isinstance(result, dict)
-            else f"(the IDE could not list the workspace: {str(payload.get('error'))[:200]})"
-        )
+    if call.job["kind"] in ("view", PROJECT_JOB):
+        if call.job["kind"] == PROJECT_JOB:
+            _project_read(d, call, payload, status)
+        else:
+            result = payload.get("result")
+            d.session.workspace_view = (
+                listing.summarize_listing(result)
+                if status == "completed" and isinstance(result, dict)
+                else f"(the IDE could not list the workspace: {str(payload.get('error'))[:200]})"
+            )
+            if status == "completed" and isinstance(result, dict):
+                d.session.project.stale.update(project.discover(result))
+                read_project(d, d.turn.client)
         if d.session.pending:
             return Next.WAIT
-        d.session.state = "running"
-        return Next.MODEL
+        return _settled(d)
     parent = d.session.pending[call.parent]
     if call.job["kind"] == "undo":
         assert parent.job is not None

@@ -262,10 +262,9 @@ TOOLS: dict[str, Tool] = {
             "Hand the conversation to another agent, which continues the same request.",
             _object(
                 {
-                    "agent": {
-                        "type": "string",
-                        "enum": ["orchestrator", "coder", "architect", "debug", "ask"],
-                    },
+                    # One of the session's agents (checked when it runs): the
+                    # built-ins, the operator's and the project's (runtime.agents).
+                    "agent": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"},
                     "reason": {"type": "string", "maxLength": 1000},
                 },
                 ["agent", "reason"],

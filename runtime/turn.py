@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from mesh.context import fit
-from runtime.agents import Agent
+from runtime.agents import BUILT_IN, Agent, Roster
 from runtime.commands import STRICT, ClientOptions, Environment
 from runtime.events import Usage
 from runtime.llm import (
@@ -33,6 +33,7 @@ from runtime.llm import (
     ToolCallChunk,
     ToolCallRequest,
 )
+from runtime.project import Guidance
 from runtime.prompts import system_prompt
 from runtime.tools import TOOLS
 
@@ -172,18 +173,23 @@ async def request_reply(
     environment: Environment | None = None,
     workspace_view: str | None = None,
     today: date | None = None,
+    roster: Roster = BUILT_IN,
+    guidance: Guidance | None = None,
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
     The system prompt is the agent's (:func:`runtime.prompts.system_prompt`)
     in the session's ``environment``, with its ``workspace_view`` and
-    ``today``'s date (default: today in UTC). Each non-empty text delta is
+    ``today``'s date (default: today in UTC), the other agents of its
+    ``roster`` and the session's ``guidance`` (project rules, the user's
+    instructions). Each non-empty text delta is
     passed to ``on_text`` as it arrives; tool calls are put together from
     their fragments and named by the runtime.
     Raises what ``chat`` raises (:class:`~runtime.errors.UpstreamError`).
     Safe to cancel: the model call is closed with it.
     """
-    system = system_prompt(agent, environment, workspace_view, today or datetime.now(UTC).date())
+    today = today or datetime.now(UTC).date()
+    system = system_prompt(agent, environment, workspace_view, today, roster, guidance)
     messages = prompt(system, history, await chat.context_window(model))
     tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
     reply = ModelReply()

@@ -13,6 +13,7 @@ import time
 
 from mesh.structs import struct_to_dict
 from runtime import undo
+from runtime.agents import Agent
 from runtime.commands import (
     ApprovalDecision,
     CancelTurn,
@@ -185,6 +186,18 @@ def session_proto(row: SessionRow) -> runtime_pb2.Session:
     session.created_at.FromDatetime(row.created_at)
     session.updated_at.FromDatetime(row.updated_at)
     return session
+
+
+def agent_proto(agent: Agent) -> runtime_pb2.Agent:
+    return runtime_pb2.Agent(
+        name=agent.name,
+        description=agent.description,
+        allowed_tools=sorted(agent.tools),
+        writable_paths=agent.writable or (),
+        origin=agent.origin,
+        model=agent.model,
+        keywords=agent.keywords,
+    )
 
 
 def switch_proto(switch: SwitchRecord) -> runtime_pb2.AgentSwitchRecord:

@@ -1016,16 +1016,25 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):
-    """ListAgentsRequest is empty."""
+    """ListAgentsRequest optionally names a session."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id, when set, names a session of the calling user: its agents
+    are listed, with those its project's .codelab/agents.yaml adds (once the
+    session has read it). Empty: the runtime's agents (built-in and the
+    operator's file).
+    """
     def __init__(
         self,
+        *,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1041,10 +1050,19 @@ class Agent(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
     WRITABLE_PATHS_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    KEYWORDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name is the agent's id, e.g. "coder"."""
     description: _builtins.str
     """description says what the agent is for."""
+    origin: _builtins.str
+    """origin says where the agent is defined: "built-in", "operator" (the
+    operator's agents file) or "project" (the project's .codelab/agents.yaml).
+    """
+    model: _builtins.str
+    """model is the model group the agent calls; empty: the runtime's default."""
     @_builtins.property
     def allowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """allowed_tools are the tools the agent may call."""
@@ -1055,6 +1073,12 @@ class Agent(_message.Message):
         write by this agent may touch; empty: any path in the workspace.
         """
 
+    @_builtins.property
+    def keywords(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keywords route a new request to the agent when the model's routing
+        answer is unusable.
+        """
+
     def __init__(
         self,
         *,
@@ -1062,10 +1086,13 @@ class Agent(_message.Message):
         description: _builtins.str = ...,
         allowed_tools: _abc.Iterable[_builtins.str] | None = ...,
         writable_paths: _abc.Iterable[_builtins.str] | None = ...,
+        origin: _builtins.str = ...,
+        model: _builtins.str = ...,
+        keywords: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "description", b"description", "name", b"name", "writable_paths", b"writable_paths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "description", b"description", "keywords", b"keywords", "model", b"model", "name", b"name", "origin", b"origin", "writable_paths", b"writable_paths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2363,3 +2390,94 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class GetInstructionsRequest(_message.Message):
+    """GetInstructionsRequest is empty: the instructions are the calling user's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstructionsRequest: _TypeAlias = GetInstructionsRequest  # noqa: Y015
+
+@_typing.final
+class GetInstructionsResponse(_message.Message):
+    """GetInstructionsResponse is the calling user's custom instructions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    MAX_CHARS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """text is the instructions; empty: none."""
+    max_chars: _builtins.int
+    """max_chars is the longest text accepted."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        max_chars: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chars", b"max_chars", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInstructionsResponse: _TypeAlias = GetInstructionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateInstructionsRequest(_message.Message):
+    """UpdateInstructionsRequest replaces the calling user's custom instructions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """text is the new instructions, whole; empty: none."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateInstructionsRequest: _TypeAlias = UpdateInstructionsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateInstructionsResponse(_message.Message):
+    """UpdateInstructionsResponse is the instructions as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    MAX_CHARS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """text is the instructions as stored."""
+    max_chars: _builtins.int
+    """max_chars is the longest text accepted."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        max_chars: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_chars", b"max_chars", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateInstructionsResponse: _TypeAlias = UpdateInstructionsResponse  # noqa: Y015

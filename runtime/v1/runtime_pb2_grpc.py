@@ -135,6 +135,16 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetInstructions = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/GetInstructions',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.GetInstructionsRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.GetInstructionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateInstructions = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/UpdateInstructions',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -320,6 +330,22 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInstructions(self, request, context):
+        """GetInstructions returns the calling user's custom instructions, which
+        every system prompt of their sessions carries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateInstructions(self, request, context):
+        """UpdateInstructions replaces the calling user's custom instructions
+        (empty: none). INVALID_ARGUMENT when they are too long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -407,6 +433,16 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetInstructions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInstructions,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.GetInstructionsRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.GetInstructionsResponse.SerializeToString,
+            ),
+            'UpdateInstructions': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateInstructions,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -884,6 +920,60 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/ListModels',
             runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInstructions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/GetInstructions',
+            runtime_dot_v1_dot_runtime__pb2.GetInstructionsRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.GetInstructionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateInstructions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/UpdateInstructions',
+            runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

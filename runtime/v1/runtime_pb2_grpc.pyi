@@ -144,6 +144,14 @@ class AgentRuntimeServiceStub:
     """ListModels answers the model groups the operator lets users choose
     (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
     """
+    GetInstructions: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.GetInstructionsRequest, _runtime_pb2.GetInstructionsResponse]
+    """GetInstructions returns the calling user's custom instructions, which
+    every system prompt of their sessions carries.
+    """
+    UpdateInstructions: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.UpdateInstructionsRequest, _runtime_pb2.UpdateInstructionsResponse]
+    """UpdateInstructions replaces the calling user's custom instructions
+    (empty: none). INVALID_ARGUMENT when they are too long.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -260,6 +268,14 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListModelsRequest, _runtime_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels answers the model groups the operator lets users choose
     (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
+    """
+    GetInstructions: _aio.UnaryUnaryMultiCallable[_runtime_pb2.GetInstructionsRequest, _runtime_pb2.GetInstructionsResponse]  # type: ignore[assignment]
+    """GetInstructions returns the calling user's custom instructions, which
+    every system prompt of their sessions carries.
+    """
+    UpdateInstructions: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UpdateInstructionsRequest, _runtime_pb2.UpdateInstructionsResponse]  # type: ignore[assignment]
+    """UpdateInstructions replaces the calling user's custom instructions
+    (empty: none). INVALID_ARGUMENT when they are too long.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -476,6 +492,26 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runtime_pb2.ListModelsResponse, _abc.Awaitable[_runtime_pb2.ListModelsResponse]]:
         """ListModels answers the model groups the operator lets users choose
         (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInstructions(
+        self,
+        request: _runtime_pb2.GetInstructionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.GetInstructionsResponse, _abc.Awaitable[_runtime_pb2.GetInstructionsResponse]]:
+        """GetInstructions returns the calling user's custom instructions, which
+        every system prompt of their sessions carries.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateInstructions(
+        self,
+        request: _runtime_pb2.UpdateInstructionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.UpdateInstructionsResponse, _abc.Awaitable[_runtime_pb2.UpdateInstructionsResponse]]:
+        """UpdateInstructions replaces the calling user's custom instructions
+        (empty: none). INVALID_ARGUMENT when they are too long.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -40,6 +40,9 @@ async def test_agents(edge: Edge, client: httpx.AsyncClient):
         "description": "writes code",
         "allowed_tools": ["read_file"],
         "writable_paths": [],
+        "origin": "",
+        "model": "",
+        "keywords": [],
         "type": "coder",
         "has_file_restrictions": False,
     }

@@ -88,7 +88,9 @@ def test_commands_become_tool_calls(text: str, calls: list[ToolCall]) -> None:
     assert respond([user(text)]) == Answer(tool_calls=tuple(calls))
 
 
-@pytest.mark.parametrize("text", ["hello there", "write something nice", "switch to wizard", ""])
+@pytest.mark.parametrize(
+    "text", ["hello there", "write something nice", "switch to the wizard", ""]
+)
 def test_other_messages_have_no_rule(text: str) -> None:
     assert respond([user(text)]) is None
 

@@ -874,7 +874,7 @@ async def test_the_workspace_is_listed_once_for_the_prompt_of_a_client_that_asks
     assert isinstance(listing, ToolCallEvent)
     assert (listing.tool_name, listing.arguments) == (
         "list_files",
-        {"path": ".", "recursive": True},
+        {"path": ".", "recursive": True, "include_hidden": True},
     )
     assert not listing.requires_approval
     assert llm.seen == [], "the model waits for the listing"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime import policy
-from runtime.agents import AGENTS
+from runtime.agents import BUILT_IN
 from runtime.tools import (
     DEFAULT_APPROVAL_REQUIRED,
     EDIT_TOOLS,
@@ -32,11 +32,11 @@ def test_the_groups_and_default_approvals_follow_the_declarations() -> None:
     } == DEFAULT_APPROVAL_REQUIRED
     assert {"apply_diff", "insert_content"} == EDIT_TOOLS
     assert all(TOOLS[name].made_of == ("read_file", "write_file") for name in EDIT_TOOLS)
-    assert [name for name, agent in AGENTS.items() if agent.writes] == ["coder", "architect"]
+    assert [agent.name for agent in BUILT_IN.agents if agent.writes] == ["coder", "architect"]
 
 
 def test_the_model_is_told_why_a_call_is_refused() -> None:
-    coder, ask = AGENTS["coder"], AGENTS["ask"]
+    coder, ask = BUILT_IN["coder"], BUILT_IN["ask"]
     cases = [
         (coder, "format_disk", "{}", policy.Grounds.UNKNOWN_TOOL, "unknown tool 'format_disk'"),
         (coder, "read_file", "{", policy.Grounds.NOT_JSON, "the arguments are not valid JSON"),
@@ -70,7 +70,7 @@ def test_the_model_is_told_why_a_call_is_refused() -> None:
 
 
 def test_an_edit_passes_the_same_gate_with_the_editors_wording() -> None:
-    architect = AGENTS["architect"]
+    architect = BUILT_IN["architect"]
     invalid = policy.check(architect, "write_file", {"path": "a.md"})
     assert isinstance(invalid, policy.Refused)
     assert invalid.to_editor() == (

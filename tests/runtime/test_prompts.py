@@ -8,7 +8,7 @@ from datetime import date
 import litellm
 import pytest
 
-from runtime.agents import AGENTS
+from runtime.agents import BUILT_IN
 from runtime.commands import Environment
 from runtime.prompts import (
     MAX_REPORTED_CHARS,
@@ -24,15 +24,15 @@ MAX_PROMPT_TOKENS = 1200
 """Well under the 1,500 tokens the brief allows: the prompt is paid on every model call."""
 
 
-@pytest.mark.parametrize("name", list(AGENTS))
+@pytest.mark.parametrize("name", list(BUILT_IN))
 def test_every_prompt_fits_its_token_budget(name: str) -> None:
-    prompt = system_prompt(AGENTS[name], Environment("Linux", "/bin/sh", "/w"), None, TODAY)
+    prompt = system_prompt(BUILT_IN[name], Environment("Linux", "/bin/sh", "/w"), None, TODAY)
     assert litellm.token_counter(model="gpt-4o", text=prompt) < MAX_PROMPT_TOKENS
 
 
-@pytest.mark.parametrize("name", list(AGENTS))
+@pytest.mark.parametrize("name", list(BUILT_IN))
 def test_a_prompt_names_only_tools_the_agent_is_offered(name: str) -> None:
-    agent = AGENTS[name]
+    agent = BUILT_IN[name]
     prompt = instructions(agent)
     assert prompt.startswith(agent.role)
     for tool in TOOLS:
@@ -41,7 +41,7 @@ def test_a_prompt_names_only_tools_the_agent_is_offered(name: str) -> None:
 
 
 def test_the_coder_is_told_how_to_edit_and_run_commands() -> None:
-    prompt = instructions(AGENTS["coder"])
+    prompt = instructions(BUILT_IN["coder"])
     for rule in (
         "Read a file before you change it",
         "apply_diff",
@@ -59,26 +59,26 @@ def test_the_coder_is_told_how_to_edit_and_run_commands() -> None:
 
 
 def test_each_agent_is_told_its_own_limits() -> None:
-    architect = instructions(AGENTS["architect"])
+    architect = instructions(BUILT_IN["architect"])
     assert "You may write only files matching *.md" in architect
     assert "You run no commands." in architect
     assert "# Commands" not in architect
-    debug = instructions(AGENTS["debug"])
+    debug = instructions(BUILT_IN["debug"])
     assert "You change no file" in debug
     assert "# Editing files" not in debug
     assert "# Commands" in debug
-    ask = instructions(AGENTS["ask"])
+    ask = instructions(BUILT_IN["ask"])
     assert "You change no file" in ask
     assert "You run no commands." in ask
     assert "# Editing files" not in ask
-    coder = instructions(AGENTS["coder"])
+    coder = instructions(BUILT_IN["coder"])
     assert "You change no file" not in coder
     assert "You run no commands." not in coder
 
 
 def test_an_agent_offered_fewer_tools_is_told_only_of_those() -> None:
     """A client that implements no write_file gets no edit tools (runtime.dispatch)."""
-    coder = AGENTS["coder"]
+    coder = BUILT_IN["coder"]
     narrowed = dataclasses.replace(coder, tools=coder.tools - EDIT_TOOLS - {"write_file"})
     prompt = instructions(narrowed)
     assert "apply_diff" not in prompt
@@ -90,7 +90,7 @@ def test_an_agent_offered_fewer_tools_is_told_only_of_those() -> None:
 
 
 def test_the_rules_say_what_an_ide_notice_is() -> None:
-    for agent in AGENTS.values():
+    for agent in BUILT_IN.agents:
         assert f"starts with {NOTICE_MARK} is written by the IDE, not the user" in (
             instructions(agent)
         )
@@ -119,9 +119,9 @@ def test_reported_values_stay_on_one_line_and_bounded() -> None:
 
 def test_a_composed_prompt_is_built_once_per_agent_and_environment() -> None:
     environment = Environment("Linux", "/bin/sh", "/w")
-    first = system_prompt(AGENTS["debug"], environment, "a.py", TODAY)
-    again = system_prompt(AGENTS["debug"], Environment("Linux", "/bin/sh", "/w"), "a.py", TODAY)
+    first = system_prompt(BUILT_IN["debug"], environment, "a.py", TODAY)
+    again = system_prompt(BUILT_IN["debug"], Environment("Linux", "/bin/sh", "/w"), "a.py", TODAY)
     assert again is first, "cached: an equal environment reuses the string"
-    other = system_prompt(AGENTS["debug"], Environment("Darwin", "/bin/sh", "/w"), "a.py", TODAY)
+    other = system_prompt(BUILT_IN["debug"], Environment("Darwin", "/bin/sh", "/w"), "a.py", TODAY)
     assert other is not first
     assert "Operating system: Darwin" in other

@@ -9,7 +9,8 @@ from datetime import date
 import pytest
 
 from runtime import routing
-from runtime.agents import AGENTS
+from runtime.agent_files import merge
+from runtime.agents import BUILT_IN
 from runtime.commands import Environment
 from runtime.errors import UpstreamError
 from runtime.events import Usage
@@ -83,7 +84,7 @@ async def test_a_reply_gathers_text_tool_calls_and_usage() -> None:
         seen.append(text)
 
     history = [ChatMessage("user", "what is in a.py?")]
-    reply = await request_reply(model, "m", AGENTS["ask"], history, on_text=on_text, today=TODAY)
+    reply = await request_reply(model, "m", BUILT_IN["ask"], history, on_text=on_text, today=TODAY)
     assert seen == ["Let me ", "look."], "each non-empty delta as it came"
     assert reply.text == "Let me look."
     assert [(c.name, c.arguments_json) for c in reply.calls] == [
@@ -95,10 +96,10 @@ async def test_a_reply_gathers_text_tool_calls_and_usage() -> None:
     assert reply.usage == Usage(7, 3)
     ((name, messages, tools),) = model.asked
     assert name == "m"
-    system = system_prompt(AGENTS["ask"], None, None, TODAY)
+    system = system_prompt(BUILT_IN["ask"], None, None, TODAY)
     assert messages == [ChatMessage("system", system), *history]
     assert "Operating system: not reported" in system
-    assert tools == sorted(AGENTS["ask"].tools), "the agent's tools only"
+    assert tools == sorted(BUILT_IN["ask"].tools), "the agent's tools only"
 
 
 async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> None:
@@ -114,7 +115,7 @@ async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> N
     async def ignore(text: str) -> None:
         pass
 
-    agent = AGENTS["coder"]
+    agent = BUILT_IN["coder"]
     system = system_prompt(agent, None, None, TODAY)
     model.window = (len(system) + 200) // CHARS_PER_TOKEN_BOUND
     await request_reply(model, "m", agent, history, on_text=ignore, today=TODAY)
@@ -138,7 +139,7 @@ async def test_the_system_prompt_tells_the_model_the_sessions_environment() -> N
     await request_reply(
         model,
         "m",
-        AGENTS["coder"],
+        BUILT_IN["coder"],
         [ChatMessage("user", "hi")],
         on_text=ignore,
         environment=environment,
@@ -147,7 +148,7 @@ async def test_the_system_prompt_tells_the_model_the_sessions_environment() -> N
     )
     system = model.asked[0][1][0]
     assert system.role == "system"
-    assert system.content.startswith(AGENTS["coder"].role)
+    assert system.content.startswith(BUILT_IN["coder"].role)
     for line in (
         "Operating system: Darwin 23.4.0",
         "Shell: /bin/zsh",
@@ -167,7 +168,7 @@ async def test_a_failing_model_fails_the_request_and_is_closed() -> None:
         seen.append(text)
 
     with pytest.raises(UpstreamError) as raised:
-        await request_reply(model, "m", AGENTS["coder"], [], on_text=on_text)
+        await request_reply(model, "m", BUILT_IN["coder"], [], on_text=on_text)
     assert raised.value is failure
     assert seen == ["par"]
     assert model.closed.is_set()
@@ -211,3 +212,20 @@ async def test_routing_takes_the_models_answer_or_falls_back_to_keywords() -> No
     down = FakeModel(fail=UpstreamError("down", code="llm_unavailable", retryable=True))
     route = await routing.classify(down, "m", "please refactor this function")
     assert (route.agent, route.by_model) == ("coder", False)
+
+
+async def test_routing_offers_and_picks_a_sessions_own_agents() -> None:
+    roster = merge(
+        BUILT_IN,
+        "agents:\n  - {name: sql, description: Writes SQL., prompt: p, keywords: [sql, query]}\n",
+        "agents.yaml",
+    )
+    answer = '{"agent": "sql", "confidence": 0.9, "rationale": "SQL"}'
+    model = FakeModel(TextChunk(answer))
+    route = await routing.classify(model, "m", "a query", roster=roster)
+    assert (route.agent, route.by_model) == ("sql", True)
+    assert "- sql: Writes SQL." in model.asked[0][1][0].content
+    assert routing.parse_classification(answer) is None, "unknown to the built-ins"
+    unusable = FakeModel(TextChunk("no idea"))
+    route = await routing.classify(unusable, "m", "tune this SQL query", roster=roster)
+    assert (route.agent, route.by_model) == ("sql", False)
