@@ -197,7 +197,7 @@ def embed_text(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> lis
 class OfflineLLM(CustomLLM):
     """The LiteLLM handler registered for provider ``offline``.
 
-    Streaming honours ``token_delay`` with ``asyncio.sleep`` (with no delay
+    Streaming honours ``token_delay`` (:func:`token_due`; with no delay
     it still yields to the event loop before each token, as a network read
     would) and is safe to cancel between tokens. The blocking variants exist
     because LiteLLM routes ``completion``/``embedding`` there; they sleep
@@ -245,19 +245,35 @@ async def stream_reply(
     messages: Sequence[Mapping[str, Any]], settings: OfflineSettings
 ) -> AsyncIterator[GenericStreamingChunk]:
     """The reply to ``messages`` as LiteLLM's generic chunks, paced by
-    ``token_delay`` and stamped when asked; safe to cancel between tokens.
+    ``token_delay`` on an absolute schedule (:func:`token_due`) and stamped
+    when asked; safe to cancel between tokens.
 
     Both ways to the offline model stream this: LiteLLM's custom-provider
     path (:meth:`OfflineLLM.astreaming`) and the proxy's fast path.
     """
     reply = compose_reply(messages, settings)
-    for chunk in _chunks(reply):
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, chunk in enumerate(_chunks(reply)):
         # With no delay, still let the loop run between tokens, as a
         # network read would: other calls and this call's writer go on.
-        await asyncio.sleep(0 if chunk["is_finished"] else settings.token_delay)
+        pause = 0.0
+        if settings.token_delay and not chunk["is_finished"]:
+            pause = max(0.0, token_due(start, i, settings.token_delay) - loop.time())
+        await asyncio.sleep(pause)
         if settings.stamp_tokens and chunk["text"]:
             chunk = {**chunk, "text": _stamped(chunk["text"])}
         yield chunk
+
+
+def token_due(start: float, index: int, delay: float) -> float:
+    """When token ``index`` (from 0) of a stream started at ``start`` is due.
+
+    A provider emits on its own clock: a late wake-up makes one token late,
+    not every token after it (sleeping ``delay`` per token would add each
+    wake-up's lateness to all the rest and slow the stream under load).
+    """
+    return start + (index + 1) * delay
 
 
 def _chunks(reply: Reply) -> Iterator[GenericStreamingChunk]:

@@ -21,6 +21,7 @@ unit tests) and leave as :data:`Delta` values: ``str`` for text, a
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -42,8 +43,9 @@ class StreamTimeouts:
     """Seconds the proxy waits on a provider; None means no limit.
 
     ``first_token``: from the call to the first delta (text or tool call);
-    ``chunk``: between deltas; ``total``: the whole call, retries and
-    fallbacks included. A deployment's ``model_info`` may override the first
+    ``chunk``: between deltas (these two may fire up to
+    :data:`LIMIT_SLACK` of the limit late); ``total``: the whole call,
+    retries and fallbacks included. A deployment's ``model_info`` may override the first
     two with ``stream_first_token_timeout`` / ``stream_chunk_timeout`` (0
     disables). Connect and read timeouts of the HTTP request itself are
     LiteLLM's ``timeout`` / ``stream_timeout``.
@@ -276,33 +278,44 @@ class ResilientUpstream:
         try:
             timeouts = self._timeouts.for_deployment(stream.model_info())
             iterator = stream.chunks()
-            while True:
+            loop = asyncio.get_running_loop()
+            # One timer for the whole stream, moved lazily (see _keep_due),
+            # not one per chunk: a timer handle per chunk is a real share of
+            # this hop's cost in a stream of one-token chunks.
+            try:
+                async with asyncio.timeout(None) as silence:
+                    while True:
+                        limit = timeouts.chunk if progress.emitted else timeouts.first_token
+                        _keep_due(silence, loop.time(), limit, deadline)
+                        try:
+                            chunk = await anext(iterator)
+                        except StopAsyncIteration:
+                            break
+                        except litellm_errors.Timeout as exc:
+                            # The HTTP read timeout (LiteLLM's stream_timeout)
+                            # fired inside the stream; LiteLLM raises it without
+                            # falling back. Before any delta it is a first-delta
+                            # timeout.
+                            if progress.emitted:
+                                raise
+                            raise NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
+                        for delta in progress.deltas(chunk):
+                            await send(delta)
+            except TimeoutError:
+                if not silence.expired():
+                    raise  # not ours: the provider's own
+                if deadline is not None and loop.time() >= deadline:
+                    raise errors.UpstreamTimeout(
+                        f"the call exceeded the total timeout of {self._timeouts.total:g} s"
+                    ) from None
                 limit = timeouts.chunk if progress.emitted else timeouts.first_token
-                try:
-                    chunk = await _bounded(anext(iterator), limit, deadline)
-                except StopAsyncIteration:
-                    break
-                except _LimitReached as reached:
-                    if reached.total:
-                        raise errors.UpstreamTimeout(
-                            f"the call exceeded the total timeout of {self._timeouts.total:g} s"
-                        ) from None
-                    if progress.emitted:
-                        raise errors.StreamInterrupted(
-                            f"the provider sent nothing for {limit:g} s"
-                        ) from None
-                    message = f"{group}: no first delta within {limit:g} s"
-                    stream.record_no_first_delta(message)
-                    raise NoFirstDelta(message) from None
-                except litellm_errors.Timeout as exc:
-                    # The HTTP read timeout (LiteLLM's stream_timeout) fired
-                    # inside the stream; LiteLLM raises it without falling
-                    # back. Before any delta it is a first-delta timeout.
-                    if progress.emitted:
-                        raise
-                    raise NoFirstDelta(f"{group}: {exc.message.splitlines()[0]}") from None
-                for delta in progress.deltas(chunk):
-                    await send(delta)
+                if progress.emitted:
+                    raise errors.StreamInterrupted(
+                        f"the provider sent nothing for {limit:g} s"
+                    ) from None
+                message = f"{group}: no first delta within {limit:g} s"
+                stream.record_no_first_delta(message)
+                raise NoFirstDelta(message) from None
             answered_by = stream.answered_by()
             if answered_by:
                 progress.model = answered_by
@@ -405,6 +418,33 @@ class _LimitReached(Exception):
     def __init__(self, *, total: bool) -> None:
         super().__init__("total" if total else "limit")
         self.total = total
+
+
+LIMIT_SLACK = 0.1
+"""Share of a first-token or chunk limit the stream's timer may fire late."""
+
+
+def _keep_due(
+    timer: asyncio.Timeout, now: float, limit: float | None, deadline: float | None
+) -> None:
+    """Keep ``timer`` firing ``limit`` seconds after ``now`` (at most
+    :data:`LIMIT_SLACK` of it later), and at the ``deadline`` at the latest.
+
+    The timer moves only when it would fire too early or too late, to the
+    latest time allowed: a steady stream moves it once every tenth of the
+    limit instead of at every chunk.
+    """
+    due = latest = math.inf
+    if limit is not None:
+        due, latest = now + limit, now + limit * (1 + LIMIT_SLACK)
+    if deadline is not None:
+        due, latest = min(due, deadline), min(latest, deadline)
+    when = timer.when()
+    if latest == math.inf:
+        if when is not None:
+            timer.reschedule(None)
+    elif when is None or when < due or when > latest:
+        timer.reschedule(latest)
 
 
 async def _bounded(awaitable: Awaitable[T], limit: float | None, deadline: float | None) -> T:

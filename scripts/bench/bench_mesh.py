@@ -30,12 +30,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import load
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+from mesh import process  # the repository's, not an installed copy
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -58,6 +63,8 @@ class Scenario:
     delay: float
     think: float = 0.0
     """Mean seconds a session waits before each measured turn (uniform 0..2×)."""
+    stagger: float = 0.0
+    """Seconds over which the sessions' first measured turns are spread."""
 
 
 def scenarios(quick: bool) -> dict[str, Scenario]:
@@ -188,7 +195,9 @@ def stop(process: subprocess.Popen[Any], timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def bare_relay() -> Iterator[tuple[str, dict[str, int]]]:
+def bare_relay(loose: bool = False) -> Iterator[tuple[str, dict[str, int]]]:
+    """The bare relay's three processes (tight unless ``loose``, see relay.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # relay.py imports mesh.*
     ports = {role: free_port() for role in ("source", "relay", "edge")}
     upstream = {
         "source": "",
@@ -206,7 +215,9 @@ def bare_relay() -> Iterator[tuple[str, dict[str, int]]]:
                     str(ports[role]),
                     "--upstream",
                     upstream[role],
-                ]
+                    *(["--loose"] if loose else []),
+                ],
+                env,
             )
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
@@ -299,7 +310,7 @@ def mesh(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not up.wait(120) or process.poll() is not None:
+        if not up.wait(300) or process.poll() is not None:  # a busy machine starts slowly
             raise SystemExit("devstack did not come up:\n" + "".join(output))
         pids = children(process.pid)
         pids = {n: pid for n, pid in pids.items() if n.split("-")[0] in SERVICES}
@@ -318,6 +329,12 @@ def mesh(
 
 
 # -- measuring ---------------------------------------------------------------
+
+
+def on_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the client on the loop the mesh and the relay run on (uvloop)."""
+    with asyncio.Runner(loop_factory=process.loop_factory("uvloop")) as runner:
+        return runner.run(main)
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -373,6 +390,12 @@ def summarize(
         "errors": result.errors[:5],
         "error_count": len(result.errors),
     }
+    if s.delay:
+        # the share of the pace asked each stream got (see load.delivery)
+        share = load.delivery(turns, s.sessions * s.turns, s.tokens, s.delay)
+        out["delivery"] = round(share, 4)
+        out["asked_tokens_per_s"] = round(s.sessions / s.delay, 1)
+        out["delivered_tokens_per_s"] = round(share * s.sessions / s.delay, 1)
     stamped = [t for t in turns if t.stamps and len(t.stamps) == len(t.arrivals)]
     if stamped:
         out["added_latency_ms"] = p50_p99(
@@ -399,7 +422,7 @@ def drive(
     prefix: str,
 ) -> dict[str, Any]:
     meter = CpuMeter(pids)
-    result = asyncio.run(
+    result = on_loop(
         load.run_sessions(
             url,
             sessions=s.sessions,
@@ -411,6 +434,7 @@ def drive(
             mark=meter.mark,
             session_prefix=prefix,
             think=s.think,
+            stagger=s.stagger,
         )
     )
     summary = summarize(s, result, meter.spent(), meter.foreign())
@@ -647,14 +671,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "scripts/bench-mesh" + (" --quick" if args.quick else ""),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {**machine(), "nofile_limit": hard},
+        "relay": "loose" if args.loose_relay else "tight",
         "scenarios": {n: {"title": s.title} for n, s in plan.items()},
         "mesh_env": MESH_LIMITS,
     }
+    print(f"machine: {report['machine']['cpu']}, {report['machine']['nproc']} cores", flush=True)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-mesh-"))
     try:
-        print("(a) bare relay", flush=True)
-        with bare_relay() as (url, pids):
+        print(f"(a) bare relay ({report['relay']})", flush=True)
+        with bare_relay(args.loose_relay) as (url, pids):
             for s in plan.values():
                 report["scenarios"][s.name]["baseline"] = drive_relay(url, s, pids)
             report["idle_baseline"] = idle(
@@ -757,9 +783,10 @@ def drive_relay(url: str, s: Scenario, pids: dict[str, int]) -> dict[str, Any]:
             mark=meter.mark,
             session_prefix=f"{s.name}{query}&s=",
             think=s.think,
+            stagger=s.stagger,
         )
 
-    summary = summarize(s, asyncio.run(go()), meter.spent(), meter.foreign())
+    summary = summarize(s, on_loop(go()), meter.spent(), meter.foreign())
     print(
         f"  {s.name}: {summary['tokens']} tokens {summary['tokens_per_s']} tok/s "
         f"ttft p50 {summary['ttft_ms']['p50']} ms, added p99 "
@@ -793,6 +820,23 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", default="", help="write the raw results here")
     parser.add_argument(
+        "--loose-relay",
+        action="store_true",
+        help="the bare relay as first shipped (asyncio, no merging) instead of the tight one",
+    )
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="ramp paced 100 tok/s streams until the relay and the mesh no longer keep up",
+    )
+    parser.add_argument("--start", type=int, default=50, help="capacity: first step's streams")
+    parser.add_argument("--step", type=int, default=50, help="capacity: streams added per step")
+    parser.add_argument("--most", type=int, default=1000, help="capacity: last step at most")
+    parser.add_argument("--turns", type=int, default=2, help="capacity: turns per session")
+    parser.add_argument(
+        "--capacity-tokens", type=int, default=300, help="capacity: tokens per turn"
+    )
+    parser.add_argument(
         "--write",
         action="store_true",
         help="also write docs/bench-mesh-<date>.json and the Mesh section",
@@ -800,6 +844,15 @@ def main() -> None:
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every started mesh and relay is stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.capacity:
+        import capacity
+
+        report = capacity.run(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        if args.write:
+            print(f"wrote {capacity.write(report, ROOT)}")
+        return
     report = run(args)
     text = json.dumps(report, indent=1)
     if args.json:

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF002 - the multiplication sign is meant
 """The WebSocket side of the benchmark: sessions that stream, connections that idle.
 
 :func:`run_sessions` is the driver for the streaming scenarios, used the
@@ -46,6 +47,30 @@ class SessionsResult:
     errors: list[str]
 
 
+def delivery(turns: list[Turn], expected_turns: int, tokens: int, delay: float) -> float:
+    """The share of a paced stream's pace the clients got, 0..1.
+
+    Per turn: the tokens' nominal span (``(n - 1) × delay``) over the span
+    they arrived in (first to last token), at most 1, times the share of
+    the turn's ``tokens`` that arrived; averaged over the ``expected_turns``
+    asked, so a turn that failed counts 0. A stream that falls behind its
+    source delivers its last token late and scores below 1; when it only
+    starts late (time to first token) it does not, and the added latency
+    shows that instead.
+    """
+    if not expected_turns or tokens < 2 or delay <= 0:
+        return 0.0
+    score = 0.0
+    for turn in turns:
+        n = len(turn.arrivals)
+        if n < 2:
+            continue
+        span = turn.arrivals[-1] - turn.arrivals[0]
+        pace = 1.0 if span <= 0 else min(1.0, (n - 1) * delay * 1e9 / span)
+        score += pace * min(1.0, n / tokens)
+    return score / expected_turns
+
+
 def stamp_of(token: str) -> int | None:
     """The source's emission time in a token ``<word>@<ns>`` (the relay's
     source and the offline model's ``stamp_tokens`` both write it)."""
@@ -92,13 +117,17 @@ async def run_sessions(
     session_prefix: str,
     time_limit: float = 600.0,
     think: float = 0.0,
+    stagger: float = 0.0,
 ) -> SessionsResult:
     """Run ``sessions`` concurrent sessions of one warm-up and ``turns`` turns.
 
     ``mark`` is called when every session has warmed up (just before the
     measured turns start) and again when the last measured turn ends. With
     ``think``, each session waits a uniform 0..2*``think`` seconds before each
-    measured turn (seeded by its index).
+    measured turn (seeded by its index). With ``stagger``, session ``i`` of
+    ``n`` starts its first measured turn ``stagger × i / n`` seconds late
+    and runs the rest back to back: streams that overlap as people's do,
+    not all starting at the same instant.
     """
     ready = 0
     all_ready = asyncio.Event()
@@ -131,6 +160,8 @@ async def run_sessions(
             finally:
                 arrived()
             await go.wait()
+            if stagger:
+                await asyncio.sleep(stagger * index / sessions)
             frame = json.dumps(measured)
             pauses = random.Random(index)  # noqa: S311 - the same think times every run
             for _ in range(turns):

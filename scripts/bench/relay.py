@@ -1,20 +1,34 @@
+# ruff: noqa: RUF002 - the multiplication sign is meant
 """The bare relay: the smallest mesh that does what ours does per token.
 
 Three servers, one per process, run by ``bench_mesh.py``::
 
-    python relay.py source --port P                 # gRPC: a request in, N tokens out
-    python relay.py relay  --port P --source ADDR   # gRPC bidi: re-emit the source's tokens
-    python relay.py edge   --port P --relay ADDR    # websockets: one relay stream per connection
+    python relay.py source --port P                   # gRPC: a request in, N tokens out
+    python relay.py relay  --port P --upstream ADDR   # gRPC bidi: re-emit the source's tokens
+    python relay.py edge   --port P --upstream ADDR   # websockets: one relay stream per connection
 
 No proto: the wire type is raw bytes (generic handlers, no serializers). No
-auth, no persistence, no coalescing: one gRPC message and one JSON text frame
-per token, like the real mesh. Each token is ``w<i>@<monotonic_ns> `` so the
-client can compute the latency added since the source emitted it
-(CLOCK_MONOTONIC is one clock for every process on the machine).
+auth, no persistence. Each token is ``w<i>@<monotonic_ns> `` so the client
+can compute the latency added since the source emitted it (CLOCK_MONOTONIC
+is one clock for every process on the machine).
+
+By default the relay is *tight*: the same limit the mesh would reach if its
+hops cost nothing beyond the transport. Every process runs on the mesh's
+event loop (:func:`mesh.process.run`, uvloop), and the two gRPC hops merge
+exactly where the mesh's do: the source writes through a
+:class:`mesh.outbox.Outbox` as llmproxy does (tokens produced while a write
+is in flight go out as one message), the relay drains what queued while
+its previous write was in flight into one message as the runtime's
+``Converse`` pump does, and the edge sends one WebSocket frame per gRPC
+message as the gateway does. ``--loose`` is the relay as first shipped:
+the standard asyncio loop and one message per token at every hop.
 
 The WebSocket connection's query carries the turn's shape
 (``/ws/x?tokens=500&delay=0.01``); a ``user_message`` frame starts a turn.
-The source sleeps ``delay`` before each token, as the offline model does.
+The source paces its tokens on an absolute schedule, as the offline model
+does (:func:`llmproxy.offline.token_due`; not imported, to keep LiteLLM
+out of the source's process): token ``i`` is due ``(i + 1) × delay`` after
+the turn starts, so a late wake-up does not push every later token back.
 """
 
 from __future__ import annotations
@@ -23,32 +37,70 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
+
+from mesh import process
+from mesh.outbox import Outbox
 
 SERVICE = "bench.Relay"
 STREAM = f"/{SERVICE}/Stream"
 CONVERSE = f"/{SERVICE}/Converse"
 END_OF_TURN = b""
 
-
-async def source_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-    tokens, delay = request.split()
-    pause = float(delay)
-    for i in range(int(tokens)):
-        if pause:
-            await asyncio.sleep(pause)
-        yield b"w%d@%d " % (i, time.monotonic_ns())
+Context: TypeAlias = grpc.aio.ServicerContext[bytes, bytes]
+Merge: TypeAlias = Callable[[list[bytes]], Iterable[bytes]]
 
 
-async def serve_source(port: int) -> grpc.aio.Server:
+def merged(batch: list[bytes]) -> Iterator[bytes]:
+    """Each run of tokens in ``batch`` as one message; an end of turn alone."""
+    run: list[bytes] = []
+    for item in batch:
+        if item:
+            run.append(item)
+            continue
+        if run:
+            yield b"".join(run)
+            run = []
+        yield item
+    if run:
+        yield b"".join(run)
+
+
+def one_by_one(batch: list[bytes]) -> Iterable[bytes]:
+    """The loose relay: every token its own message."""
+    return batch
+
+
+def source_handler(merge: Merge) -> Callable[..., object]:
+    async def source_stream(request: bytes, context: Context) -> None:
+        tokens, delay = request.split()
+        pause = float(delay)
+        loop = asyncio.get_running_loop()
+        outbox: Outbox[bytes, bytes] = Outbox(context.write, merge)
+        try:
+            start = loop.time()
+            for i in range(int(tokens)):
+                # like stream_reply: yield to the loop before every token
+                await asyncio.sleep(max(0.0, start + (i + 1) * pause - loop.time()))
+                await outbox.send(b"w%d@%d " % (i, time.monotonic_ns()))
+            await outbox.close()
+        finally:
+            outbox.cancel()
+
+    return source_stream
+
+
+async def serve_source(port: int, merge: Merge) -> grpc.aio.Server:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"Stream": grpc.unary_stream_rpc_method_handler(source_stream)}
+        SERVICE, {"Stream": grpc.unary_stream_rpc_method_handler(source_handler(merge))}
     )
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -56,17 +108,23 @@ async def serve_source(port: int) -> grpc.aio.Server:
     return server
 
 
-async def serve_relay(port: int, source: str) -> grpc.aio.Server:
+async def serve_relay(port: int, source: str, merge: Merge) -> grpc.aio.Server:
     channel = grpc.aio.insecure_channel(source)
     stream = channel.unary_stream(STREAM)
 
-    async def converse(
-        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        async for request in requests:
-            async for token in stream(request):
-                yield token
-            yield END_OF_TURN
+    async def converse(requests: AsyncIterator[bytes], context: Context) -> None:
+        # One reader (the runtime's turn reading llmproxy), one writer (its
+        # pump): what the reader queued while a write was in flight goes
+        # out merged with the next write.
+        outbox: Outbox[bytes, bytes] = Outbox(context.write, merge)
+        try:
+            async for request in requests:
+                async for token in stream(request):
+                    outbox.put(token)
+                outbox.put(END_OF_TURN)
+            await outbox.close()
+        finally:
+            outbox.cancel()
 
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
@@ -101,6 +159,7 @@ async def serve_edge(port: int, relay: str) -> object:
             await call.done_writing()
 
         async def downstream() -> None:
+            # one frame per gRPC message, as the gateway does
             seq = 0
             async for token in call:
                 seq += 1
@@ -126,16 +185,12 @@ async def serve_edge(port: int, relay: str) -> object:
     return await serve(handle, "127.0.0.1", port, compression=None, max_size=None)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=("source", "relay", "edge"))
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", default="")
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> None:
+    merge: Merge = one_by_one if args.loose else merged
     if args.role == "source":
-        server: object = await serve_source(args.port)
+        server: object = await serve_source(args.port, merge)
     elif args.role == "relay":
-        server = await serve_relay(args.port, args.upstream)
+        server = await serve_relay(args.port, args.upstream, merge)
     else:
         server = await serve_edge(args.port, args.upstream)
     stop = asyncio.Event()
@@ -150,5 +205,18 @@ async def main() -> None:
         server.close()  # type: ignore[attr-defined]
 
 
+def cli() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("source", "relay", "edge"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", default="")
+    parser.add_argument(
+        "--loose", action="store_true", help="the relay as first shipped: asyncio, no merging"
+    )
+    args = parser.parse_args()
+    environ = {**os.environ, "CODELAB_EVENT_LOOP": "asyncio" if args.loose else "uvloop"}
+    process.run(main(args), environ)
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    cli()

@@ -21,8 +21,20 @@ INTRO = """\
 The whole mesh (gateway → runtime → llmproxy with the offline model, plus
 auth) against a bare relay that does only the transport: a gRPC token
 source → a gRPC bidi relay → a `websockets` edge (one gRPC stream per
-WebSocket, one JSON text frame per token, `compression=None`) → the client.
-Same client code, same scenarios, same run (`scripts/bench/`).
+WebSocket, one JSON text frame per gRPC message, `compression=None`) → the
+client. Same client code, same scenarios, same run (`scripts/bench/`).
+
+The relay is *tight*: the limit the mesh would reach if its hops cost
+nothing beyond the transport, so "% of the relay" is overhead. Every relay
+process and the client run on uvloop, as the mesh's services do
+(`mesh.process`), and the relay merges exactly where the mesh merges: the
+source writes through `mesh.outbox.Outbox` as llmproxy does (tokens made
+while a write is in flight go out as one message), the middle hop merges
+what queued while its previous write was in flight as the runtime's
+`Converse` pump does, and the edge sends one frame per message as the
+gateway does. `--loose-relay` runs the relay as first shipped (standard
+asyncio loop, one message per token at every hop) for comparison with
+older runs.
 
 How each number is taken:
 
@@ -31,8 +43,18 @@ How each number is taken:
   start at once and run back to back; the phase ends at the last `is_final`).
 - **turns/s**: measured turns over the same wall time.
 - **TTFT**: client sends `user_message` → first token frame arrives. With a
-  paced source it includes one `token_delay` (the source sleeps before each
-  token, the offline model too).
+  paced source it includes one `token_delay`: the source (and the offline
+  model) emits token *i* `(i + 1) × token_delay` after the turn starts, on
+  an absolute schedule as a provider does, so a late wake-up delays one
+  token rather than every token after it.
+- **paced: share of the pace delivered**: per turn, the tokens' nominal
+  span (`(n − 1) × token_delay`) over the span they arrived in, at most 1,
+  times the share of the turn's tokens that arrived; averaged over the
+  turns asked (a failed turn counts 0). A stream that falls behind its
+  source scores below 1; one that only starts late does not (that is
+  TTFT). The paced scenario's **tokens/s** divides by the whole wall time,
+  TTFT of 50 simultaneous turn starts included, so it reads below the pace
+  asked even when every stream keeps it.
 - **added latency**: each token carries its source's `CLOCK_MONOTONIC`
   emission time (the relay's source, and the offline model with
   `stamp_tokens: true`, stamp every word as `word@<ns>`); client arrival
@@ -113,6 +135,8 @@ def scenario_table(entry: dict[str, Any]) -> list[str]:
     row("wall (s)", lambda r: r["wall_s"], False)
     row("**tokens/s**", lambda r: r["tokens_per_s"])
     row("turns/s", lambda r: r["turns_per_s"])
+    if first.get("delivery") is not None:
+        row("paced: share of the pace delivered", lambda r: r.get("delivery"))
     row("TTFT p50 (ms)", lambda r: r["ttft_ms"]["p50"])
     row("TTFT p99 (ms)", lambda r: r["ttft_ms"]["p99"])
     row(
@@ -199,12 +223,15 @@ def targets(report: dict[str, Any]) -> list[str]:
             f"({r[0]:,.0f} vs {r[1]:,.0f} tok/s) | {verdict(share >= 0.5)} |"
         )
     m = paced.get("mesh")
-    if m and m.get("added_latency_ms"):
+    base = (paced.get("baseline") or {}).get("added_latency_ms") or {}
+    if m and m.get("added_latency_ms") and base.get("p99") is not None:
         p50, p99 = m["added_latency_ms"]["p50"], m["added_latency_ms"]["p99"]
-        base = (paced.get("baseline") or {}).get("added_latency_ms") or {}
+        share = m.get("delivery", 0.0)
+        ok = share >= 0.99 and p99 <= base["p99"] + 2
         lines.append(
-            f"| 50 × 100 tok/s: added latency p99 ≤ 5 ms | p99 {p99:.1f} ms, p50 {p50:.1f} ms "
-            f"(relay p99 {_ms(base, 'p99')} ms) | {verdict(p99 <= 5)} |"
+            f"| 50 × 100 tok/s: ≥ 99% delivered, added latency p99 ≤ the relay's + 2 ms | "
+            f"{share:.1%} delivered, p99 {p99:.1f} ms, p50 {p50:.1f} ms "
+            f"(relay p99 {_ms(base, 'p99')} ms) | {verdict(ok)} |"
         )
     m = sc.get("ttft", {}).get("mesh")
     if m:

@@ -8,8 +8,9 @@ import math
 import pytest
 from litellm.router import Router
 
+from llmproxy import offline
 from llmproxy.config import parse_config
-from llmproxy.offline import OfflineSettings, compose_reply, embed_text
+from llmproxy.offline import OfflineSettings, compose_reply, embed_text, token_due
 from llmproxy.router import build_router
 
 
@@ -136,3 +137,49 @@ def test_a_rule_answer_streams_with_its_line_breaks() -> None:
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream]
     assert "".join(pieces) == f"apply_diff failed: {error}"
     assert "|     " in pieces  # one streamed token per word, with the spaces after it
+
+
+class _VirtualClock:
+    """Stands in for ``asyncio`` in :mod:`llmproxy.offline`: ``sleep`` moves a
+    virtual clock, every wake-up ``lateness`` seconds late (a busy loop)."""
+
+    def __init__(self, lateness: float) -> None:
+        self.now = 100.0
+        self.lateness = lateness
+
+    def get_running_loop(self) -> _VirtualClock:
+        return self
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, pause: float) -> None:
+        if pause > 0:
+            self.now += pause + self.lateness
+
+
+@pytest.mark.parametrize("lateness", [0.0, 0.004, 0.025])
+async def test_paced_tokens_keep_to_their_schedule_when_wake_ups_are_late(
+    monkeypatch: pytest.MonkeyPatch, lateness: float
+) -> None:
+    clock = _VirtualClock(lateness)
+    monkeypatch.setattr(offline, "asyncio", clock)
+    settings = OfflineSettings(reply_tokens=50, token_delay=0.01)
+    start = clock.now
+
+    emitted = [
+        clock.now
+        async for chunk in offline.stream_reply([{"role": "user", "content": "hi"}], settings)
+        if chunk["text"]
+    ]
+
+    assert len(emitted) == 50
+    lags = [at - token_due(start, i, 0.01) for i, at in enumerate(emitted)]
+    # Each token is at most one wake-up late; lateness does not add up.
+    assert min(lags) >= 0
+    assert max(lags) <= lateness + 1e-9
+    assert emitted[-1] - start <= 50 * 0.01 + lateness + 1e-9
+
+
+def test_token_due_is_an_absolute_schedule() -> None:
+    assert [token_due(10.0, i, 0.5) for i in range(3)] == [10.5, 11.0, 11.5]

@@ -1,0 +1,70 @@
+"""The benchmark scripts' pure parts: the relay's merging, the paced-delivery
+score and the capacity ramp's stopping rule (no timing, no servers)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "bench"))
+
+import capacity
+import load
+import relay
+
+MS = 1_000_000  # ns
+
+
+def test_the_tight_relay_merges_runs_of_tokens_but_never_an_end_of_turn() -> None:
+    batch = [b"a ", b"b ", relay.END_OF_TURN, b"c ", relay.END_OF_TURN]
+
+    assert list(relay.merged(batch)) == [b"a b ", b"", b"c ", b""]
+    assert list(relay.merged([b"x "])) == [b"x "]
+    assert list(relay.one_by_one(batch)) == batch
+
+
+def _turn(arrivals_ms: list[float]) -> load.Turn:
+    return load.Turn(sent=0, arrivals=[int(a * MS) for a in arrivals_ms])
+
+
+def test_delivery_is_the_pace_each_stream_got() -> None:
+    on_time = _turn([10.0 * i for i in range(1, 11)])  # 10 tokens, one per 10 ms
+    half_pace = _turn([20.0 * i for i in range(1, 11)])
+    started_late = _turn([500 + 10.0 * i for i in range(10)])  # TTFT, not pace
+
+    assert load.delivery([on_time], 1, 10, 0.01) == pytest.approx(1.0)
+    assert load.delivery([half_pace], 1, 10, 0.01) == pytest.approx(0.5)
+    assert load.delivery([started_late], 1, 10, 0.01) == pytest.approx(1.0)
+    # a burst after a stall cannot make up for the stall: at most 1 per turn
+    assert load.delivery([on_time, _turn([1.0] * 10)], 2, 10, 0.01) == pytest.approx(1.0)
+
+
+def test_delivery_counts_missing_tokens_and_failed_turns() -> None:
+    five_of_ten = _turn([10.0 * i for i in range(1, 6)])
+    on_time = _turn([10.0 * i for i in range(1, 11)])
+
+    assert load.delivery([five_of_ten], 1, 10, 0.01) == pytest.approx(0.5)
+    assert load.delivery([on_time], 2, 10, 0.01) == pytest.approx(0.5)  # one turn failed
+    assert load.delivery([], 0, 10, 0.01) == 0.0
+
+
+def test_a_step_holds_on_delivery_errors_and_latency_against_the_relay() -> None:
+    good = capacity.Step(50, delivery=0.995, p99_ms=6.0, errors=0)
+
+    assert capacity.holds(good)  # the relay: no latency bound
+    assert capacity.holds(good, reference_p99_ms=4.0)  # within relay + 2 ms
+    assert not capacity.holds(good, reference_p99_ms=3.9)
+    assert not capacity.holds(capacity.Step(50, 0.98, 1.0, 0), reference_p99_ms=5.0)
+    assert not capacity.holds(capacity.Step(50, 1.0, 1.0, 1))
+    assert not capacity.holds(capacity.Step(50, 1.0, None, 0), reference_p99_ms=5.0)
+
+
+def test_capacity_is_the_last_step_before_the_first_failure() -> None:
+    assert capacity.largest_sustained([(50, True), (100, True), (150, False)]) == 100
+    # a later step that passes by luck does not count
+    assert capacity.largest_sustained([(50, True), (100, False), (150, True)]) == 50
+    assert capacity.largest_sustained([(50, False)]) == 0
+    assert capacity.largest_sustained([]) == 0
+    assert capacity.ramp(50, 50, 200) == [50, 100, 150, 200]
