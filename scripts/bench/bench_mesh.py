@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import load
+import soak
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -797,9 +798,12 @@ def main() -> None:
         action="store_true",
         help="also write docs/bench-mesh-<date>.json and the Mesh section",
     )
+    soak.add_arguments(parser)
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every started mesh and relay is stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.soak:
+        sys.exit(soak.main(args, mesh, rss_kb))
     report = run(args)
     text = json.dumps(report, indent=1)
     if args.json:
