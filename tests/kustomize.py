@@ -57,9 +57,7 @@ def render(directory: Path) -> list[Object]:
                     container["image"] = f"{new_name}:{image.get('newTag', _tag or 'latest')}"
     for replica in kustomization.get("replicas", []):
         targets = [
-            i
-            for i in objects
-            if i["kind"] in SCALABLE and i["metadata"]["name"] == replica["name"]
+            i for i in objects if i["kind"] in SCALABLE and i["metadata"]["name"] == replica["name"]
         ]
         if not targets:
             raise Unsupported(f"replicas of unknown {replica['name']}")
