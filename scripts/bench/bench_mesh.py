@@ -300,7 +300,7 @@ def mesh(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not up.wait(120) or process.poll() is not None:
+        if not up.wait(300) or process.poll() is not None:  # a busy machine starts slowly
             raise SystemExit("devstack did not come up:\n" + "".join(output))
         pids = children(process.pid)
         pids = {n: pid for n, pid in pids.items() if n.split("-")[0] in SERVICES}
