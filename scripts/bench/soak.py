@@ -76,9 +76,11 @@ class SoakResult:
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     connected: int = 0
+    failed_sessions: set[int] = field(default_factory=set)
 
-    def fail(self, message: str) -> None:
+    def fail(self, index: int, message: str) -> None:
         self.error_count += 1
+        self.failed_sessions.add(index)
         if len(self.errors) < 10:
             self.errors.append(message[:300])
 
@@ -188,7 +190,7 @@ async def soak_sessions(
                         break
                 result.connected += 1
         except Exception as exc:
-            result.fail(f"session {index} warm-up: {type(exc).__name__}: {exc}")
+            result.fail(index, f"session {index} warm-up: {type(exc).__name__}: {exc}")
             await ready.wait()
             stop_one()
             if ws is not None:
@@ -205,15 +207,15 @@ async def soak_sessions(
                     async with asyncio.timeout(turn_timeout):
                         turn = await take_turn(ws, f"read soak/{index}.txt")
                 except TimeoutError:
-                    result.fail(f"session {index}: no final frame within {turn_timeout} s")
+                    result.fail(index, f"session {index}: no final frame within {turn_timeout} s")
                     result.turns.append(SoakTurn(sent=time.monotonic() - turn_timeout))
                     break  # the connection's state is unknown: stop this session
                 except TurnFailed as exc:
-                    result.fail(f"session {index}: {exc}")
+                    result.fail(index, f"session {index}: {exc}")
                     continue
                 result.turns.append(turn)
         except Exception as exc:
-            result.fail(f"session {index}: {type(exc).__name__}: {exc}")
+            result.fail(index, f"session {index}: {type(exc).__name__}: {exc}")
         finally:
             stop_one()
             await finished.wait()
@@ -325,6 +327,7 @@ def run(
         "turns_per_s": round(len(completed) / wall, 2) if wall else None,
         "tool_calls": sum(t.tool_calls for t in completed),
         "error_count": result.error_count,
+        "sessions_with_errors": len(result.failed_sessions),
         "errors": result.errors,
         "ttft_ms": {"p50": percentile(first, 50), "p99": percentile(first, 99)},
         "windows": windows(result.turns, started, args.window),
@@ -336,7 +339,8 @@ def run(
 def print_report(report: dict[str, Any]) -> None:
     print(
         f"  {report['turns']} turns ({report['turns_per_s']}/s), {report['tool_calls']} tool "
-        f"calls, errors {report['error_count']}, ttft p50/p99 "
+        f"calls, errors {report['error_count']} (in {report['sessions_with_errors']} sessions), "
+        f"ttft p50/p99 "
         f"{report['ttft_ms']['p50']}/{report['ttft_ms']['p99']} ms",
         flush=True,
     )
