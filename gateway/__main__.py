@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import httpx
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.config import GatewayConfig
 from gateway.jwks import JwksCache, TokenVerifier
 from gateway.metrics import GatewayMetrics
+from gateway.replicas import ReplicaChannels
 from gateway.rest_server import RestServer
 from gateway.revocations import RevocationFeed, RevocationList
 from gateway.server import Gateway
@@ -88,6 +90,13 @@ async def running_gateway(
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
         metrics = GatewayMetrics(registry)
+        replicas = None
+        if config.replica_channels > 0:
+            replicas = ReplicaChannels(
+                lambda address: runtime_channel(replace(config, runtime_address=address)),
+                config.replica_channels,
+            )
+            stack.push_async_callback(replicas.close)
         gateway = Gateway(
             config,
             verifier,
@@ -95,6 +104,7 @@ async def running_gateway(
             revocations=revocations,
             metrics=metrics,
             ready_checks={"runtime": runtime_serving, "jwks": keys.loaded},
+            replicas=replicas,
         )
         stack.push_async_callback(gateway.stop)
         await gateway.start()

@@ -13,7 +13,7 @@ from typing import ClassVar
 from gateway.frames import DEFAULT_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, PayloadLimits
 from gateway.profiles import parse_assignment
 from mesh.addresses import Network, parse_networks
-from mesh.config import comma_list, positive, setting
+from mesh.config import comma_list, not_negative, positive, setting
 from mesh.tls import TlsFiles
 
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
@@ -172,6 +172,10 @@ class GatewayConfig:
     """key of that client certificate"""
     runtime_tls_server_name: str = ""
     """name to verify in the runtime's certificate (default: from the address)"""
+    replica_channels: int = setting(64, check=not_negative)
+    """channels kept to single runtime replicas: a replica refusing a session names the one
+    holding its lease and the gateway connects straight there (0: retry on the balanced channel
+    instead)"""
 
     @property
     def payload_limits(self) -> PayloadLimits:

@@ -71,6 +71,7 @@ from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
     from gateway.attach import ConverseCall
+    from gateway.replicas import ReplicaChannels
     from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
 
 log = structlog.get_logger("gateway")
@@ -93,9 +94,11 @@ class Connections:
         slots: ConnectionSlots,
         auth: Authenticator,
         profiles: Profiles,
+        replicas: ReplicaChannels | None = None,
     ) -> None:
         self._config = config
         self._runtime = runtime
+        self._replicas = replicas
         self._metrics = metrics
         self._slots = slots
         self._auth = auth
@@ -186,7 +189,7 @@ class Connections:
         if quiet is None:
             opening = profile.opening(handshake.session_id, handshake.resume_after_seq)
             link.call, first = await open_stream(
-                self._runtime, opening, self._metadata(link, handshake)
+                self._runtime, opening, self._metadata(link, handshake), replicas=self._replicas
             )
         else:
             # Nothing to receive until the IDE speaks or the session moves
@@ -203,7 +206,9 @@ class Connections:
                 return
             opening = profile.opening(handshake.session_id, announced)
             metadata = self._metadata(link, handshake)
-            link.call, first = await open_stream(self._runtime, opening, metadata, ATTACH_PATIENCE)
+            link.call, first = await open_stream(
+                self._runtime, opening, metadata, ATTACH_PATIENCE, self._replicas
+            )
             if (
                 first is not None
                 and first.WhichOneof("event") == "session_opened"

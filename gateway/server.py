@@ -79,6 +79,7 @@ from mesh.addresses import Network, client_address
 from runtime.v1 import runtime_pb2
 
 if TYPE_CHECKING:
+    from gateway.replicas import ReplicaChannels
     from runtime.v1.runtime_pb2_grpc import AgentRuntimeServiceAsyncStub
 
 log = structlog.get_logger("gateway")
@@ -130,6 +131,7 @@ class Gateway:
         revocations: RevocationList | None = None,
         metrics: GatewayMetrics | None = None,
         ready_checks: Mapping[str, ReadyCheck] | None = None,
+        replicas: ReplicaChannels | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics if metrics is not None else GatewayMetrics()
@@ -151,7 +153,7 @@ class Gateway:
             per_user=config.max_connections_per_user, total=config.max_connections
         )
         self._connections = Connections(
-            config, runtime, self._metrics, self._slots, self._auth, self._profiles
+            config, runtime, self._metrics, self._slots, self._auth, self._profiles, replicas
         )
         self._server: Server | None = None
         self.rest_port: int | None = None

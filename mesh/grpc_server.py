@@ -51,6 +51,9 @@ USER_HEADER = "x-user-id"
 """Metadata key of the end user's subject, vouched for by the gateway."""
 REQUEST_ID_HEADER = "x-request-id"
 """Metadata key of the request id created at the edge."""
+LEASE_HOLDER_HEADER = "codelab-lease-holder"
+"""Trailing metadata key of an UNAVAILABLE refusal: the address of the runtime
+replica that holds the session's lease (the caller may retry there)."""
 
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"

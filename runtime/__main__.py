@@ -163,6 +163,10 @@ class RuntimeConfig:
     one slot)"""
     lease_ttl: float = 15.0
     """seconds a session lease lasts unrenewed: how long a dead replica's sessions wait to move"""
+    advertise_address: str = ""
+    """host:port at which gateways reach this replica, named in its session leases so a gateway
+    goes straight to the replica serving a session (default: HOST:PORT, or HOSTNAME:PORT when
+    HOST is a wildcard; Kubernetes: the pod IP)"""
     tls: TlsFiles = tls_setting(
         cert=(
             "TLS_CERT",
@@ -216,6 +220,13 @@ class RuntimeConfig:
         and MAX_AUTO_APPROVALS_PER_TURN."""
         tools = self.approval_required if self.user_auto_approve is None else self.user_auto_approve
         return OperatorLimits(frozenset(tools), self.max_auto_approvals_per_turn)
+
+
+def advertised(host: str, port: int) -> str:
+    """The address other processes reach a server listening on ``host:port``."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 async def serve(
@@ -292,6 +303,7 @@ async def serve(
         )
         runtime_pb2_grpc.add_AgentRuntimeServiceServicer_to_server(servicer, mesh.server)
         port = await mesh.start()
+        hub.address = config.advertise_address or advertised(config.host, port)
         stack.push_async_callback(mesh.stop, config.shutdown_grace)
         watch = HealthWatch(
             mesh,

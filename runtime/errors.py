@@ -51,10 +51,17 @@ class AlreadyExists(RuntimeServiceError):
 
 
 class Unavailable(RuntimeServiceError):
-    """Not here, not now: e.g. another replica serves the session. Retry."""
+    """Not here, not now: e.g. another replica serves the session. Retry.
+
+    ``holder`` is the address of the replica that serves it, when known: the
+    caller may retry there directly."""
 
     code = "unavailable"
     retryable = True
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class UpstreamError(RuntimeServiceError):

@@ -77,6 +77,7 @@ class SessionHub:
         metrics: RuntimeMetrics | None = None,
         replica: str = "runtime",
         lease_ttl: float = 15.0,
+        address: str | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -87,6 +88,9 @@ class SessionHub:
         self._lock = asyncio.Lock()
         self._replica = replica
         self._lease_ttl = lease_ttl
+        self.address = address
+        """The gRPC address this replica advertises in its leases (None: not
+        said; a replica refused by it cannot redirect the caller here)."""
         self._heartbeat: asyncio.Task[None] | None = None
         self._releases: dict[str, asyncio.Task[None]] = {}
 
@@ -306,16 +310,20 @@ class SessionHub:
                 await self._store.delete_session(session_id)
 
     async def _take_lease(self, session_id: str) -> None:
-        """Take the session's lease for this replica; Unavailable if another holds it."""
+        """Take the session's lease for this replica; Unavailable if another
+        holds it, naming the holder's address when it advertised one."""
         release = self._releases.pop(session_id, None)
         if release is not None:
             # It was just evicted here: its lease release must not land
             # after the lease is taken again.
             await asyncio.wait([release])
-        if not await self._store.leases.acquire(session_id, self._replica, self._lease_ttl):
+        leases = self._store.leases
+        if not await leases.acquire(session_id, self._replica, self._lease_ttl, self.address):
+            holder = await leases.holder(session_id)
             raise Unavailable(
-                "another runtime replica serves this session; retry shortly "
-                "(it moves here when that replica's lease expires)"
+                "another runtime replica serves this session; retry there, or here shortly "
+                "(it moves here when that replica's lease expires)",
+                holder=None if holder is None or holder[1] == self.address else holder[1],
             )
 
     @contextlib.asynccontextmanager

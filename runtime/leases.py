@@ -5,7 +5,9 @@ its lease (:meth:`Leases.acquire`), renews it while the session is live
 there (:meth:`Leases.renew`) and releases it when the session goes idle or
 the replica stops (:meth:`Leases.release`); a lease nobody renews expires
 after its TTL, and the session can then move to another replica. The lease
-is two columns of the ``sessions`` table (:mod:`runtime.schema`);
+names the replica and the gRPC address it advertises, so a replica that
+refuses a session can say where it is served (:meth:`Leases.holder`). It is
+three columns of the ``sessions`` table (:mod:`runtime.schema`);
 :class:`runtime.hub.SessionHub` holds and renews them.
 """
 
@@ -25,8 +27,11 @@ class Leases:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def acquire(self, session_id: str, replica: str, ttl: float) -> bool:
-        """Take or extend the session's lease for ``replica``; False if another holds it.
+    async def acquire(
+        self, session_id: str, replica: str, ttl: float, address: str | None = None
+    ) -> bool:
+        """Take or extend the session's lease for ``replica`` (reached at
+        ``address``); False if another holds it.
 
         One conditional UPDATE: it wins only if the lease is free, expired or
         already ours, so two replicas can never both win.
@@ -43,7 +48,11 @@ class Leases:
                         sessions.c.lease_expires_at < stamp,
                     ),
                 )
-                .values(lease_owner=replica, lease_expires_at=stamp + timedelta(seconds=ttl))
+                .values(
+                    lease_owner=replica,
+                    lease_address=address,
+                    lease_expires_at=stamp + timedelta(seconds=ttl),
+                )
             )
         return bool(result.rowcount == 1)
 
@@ -71,7 +80,7 @@ class Leases:
             await conn.execute(
                 sessions.update()
                 .where(sessions.c.id == session_id, sessions.c.lease_owner == replica)
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(lease_owner=None, lease_address=None, lease_expires_at=None)
             )
 
     async def owner(self, session_id: str) -> str | None:
@@ -83,3 +92,18 @@ class Leases:
                 )
             ).first()
         return None if row is None else row.lease_owner
+
+    async def holder(self, session_id: str) -> tuple[str, str | None] | None:
+        """The replica holding an unexpired lease on the session and the
+        address it advertised; None when the lease is free or expired."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(sessions.c.lease_owner, sessions.c.lease_address).where(
+                        sessions.c.id == session_id,
+                        sessions.c.lease_owner.is_not(None),
+                        sessions.c.lease_expires_at >= datetime.now(UTC),
+                    )
+                )
+            ).first()
+        return None if row is None else (row.lease_owner, row.lease_address)

@@ -29,6 +29,9 @@ sessions = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("lease_owner", sa.String(255), nullable=True),
     sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+    # The lease holder's advertised gRPC address: a gateway refused by
+    # another replica connects straight there (runtime.leases).
+    sa.Column("lease_address", sa.String(255), nullable=True),
     # A deleted session keeps only this row (id, owner, deleted_at): its id
     # stays taken, so no one opens a new session under it.
     sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),

@@ -24,8 +24,8 @@ import grpc
 import structlog
 
 from mesh import tracing
-from mesh.grpc_server import REQUEST_ID_HEADER, USER_HEADER, metadata_value
-from runtime import instructions
+from mesh.grpc_server import LEASE_HOLDER_HEADER, REQUEST_ID_HEADER, USER_HEADER, metadata_value
+from runtime import errors, instructions
 from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError, Unauthenticated
 from runtime.events import (
     AssistantText,
@@ -97,6 +97,8 @@ def _mapped(
         try:
             return await method(self, request, context)
         except RuntimeServiceError as exc:
+            if isinstance(exc, errors.Unavailable) and exc.holder:
+                context.set_trailing_metadata(((LEASE_HOLDER_HEADER, exc.holder),))
             await context.abort(status_code(exc), str(exc))
             raise AssertionError("unreachable") from exc  # pragma: no cover - abort raises
 

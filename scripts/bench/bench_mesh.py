@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import load
+import soak
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from mesh import process  # the repository's, not an installed copy
@@ -841,9 +842,12 @@ def main() -> None:
         action="store_true",
         help="also write docs/bench-mesh-<date>.json and the Mesh section",
     )
+    soak.add_arguments(parser)
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every started mesh and relay is stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.soak:
+        sys.exit(soak.main(args, mesh, rss_kb))
     if args.capacity:
         import capacity
 

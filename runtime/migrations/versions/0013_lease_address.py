@@ -1,0 +1,25 @@
+"""Where a session's lease holder is reached: the replica's advertised gRPC address.
+
+Revision ID: 0013
+Revises: 0007
+Create Date: 2026-11-29
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("sessions", sa.Column("lease_address", sa.String(255), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("lease_address")
