@@ -135,6 +135,21 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.RetryTurn = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/RetryTurn',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnResponse.FromString,
+                _registered_method=True)
+        self.EditUserMessage = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/EditUserMessage',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageResponse.FromString,
+                _registered_method=True)
+        self.ListBranches = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ListBranches',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -320,6 +335,36 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryTurn(self, request, context):
+        """RetryTurn runs the session's last user message again (see Retry) on a
+        session an IDE is connected to; what followed it is kept as a branch.
+        NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+        connected here, a turn runs, there is no message to retry, or the turns
+        replaced changed files not undone (the details say which); UNAVAILABLE
+        (retry) while another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditUserMessage(self, request, context):
+        """EditMessage replaces a user message and runs the session again from it
+        (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+        a position that is not a user message, or empty content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBranches(self, request, context):
+        """ListBranches lists the branches of a session's history: the messages a
+        retry or an edit replaced, newest branch first. NOT_FOUND for a session
+        that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -407,6 +452,21 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'RetryTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTurn,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnResponse.SerializeToString,
+            ),
+            'EditUserMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditUserMessage,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageResponse.SerializeToString,
+            ),
+            'ListBranches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBranches,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -884,6 +944,87 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/ListModels',
             runtime_dot_v1_dot_runtime__pb2.ListModelsRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/RetryTurn',
+            runtime_dot_v1_dot_runtime__pb2.RetryTurnRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.RetryTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditUserMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/EditUserMessage',
+            runtime_dot_v1_dot_runtime__pb2.EditUserMessageRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.EditUserMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBranches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ListBranches',
+            runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

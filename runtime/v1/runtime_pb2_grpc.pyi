@@ -144,6 +144,24 @@ class AgentRuntimeServiceStub:
     """ListModels answers the model groups the operator lets users choose
     (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
     """
+    RetryTurn: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.RetryTurnRequest, _runtime_pb2.RetryTurnResponse]
+    """RetryTurn runs the session's last user message again (see Retry) on a
+    session an IDE is connected to; what followed it is kept as a branch.
+    NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+    connected here, a turn runs, there is no message to retry, or the turns
+    replaced changed files not undone (the details say which); UNAVAILABLE
+    (retry) while another runtime replica serves the session.
+    """
+    EditUserMessage: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.EditUserMessageRequest, _runtime_pb2.EditUserMessageResponse]
+    """EditMessage replaces a user message and runs the session again from it
+    (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+    a position that is not a user message, or empty content.
+    """
+    ListBranches: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListBranchesRequest, _runtime_pb2.ListBranchesResponse]
+    """ListBranches lists the branches of a session's history: the messages a
+    retry or an edit replaced, newest branch first. NOT_FOUND for a session
+    that does not exist.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -260,6 +278,24 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListModelsRequest, _runtime_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels answers the model groups the operator lets users choose
     (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
+    """
+    RetryTurn: _aio.UnaryUnaryMultiCallable[_runtime_pb2.RetryTurnRequest, _runtime_pb2.RetryTurnResponse]  # type: ignore[assignment]
+    """RetryTurn runs the session's last user message again (see Retry) on a
+    session an IDE is connected to; what followed it is kept as a branch.
+    NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+    connected here, a turn runs, there is no message to retry, or the turns
+    replaced changed files not undone (the details say which); UNAVAILABLE
+    (retry) while another runtime replica serves the session.
+    """
+    EditUserMessage: _aio.UnaryUnaryMultiCallable[_runtime_pb2.EditUserMessageRequest, _runtime_pb2.EditUserMessageResponse]  # type: ignore[assignment]
+    """EditMessage replaces a user message and runs the session again from it
+    (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+    a position that is not a user message, or empty content.
+    """
+    ListBranches: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListBranchesRequest, _runtime_pb2.ListBranchesResponse]  # type: ignore[assignment]
+    """ListBranches lists the branches of a session's history: the messages a
+    retry or an edit replaced, newest branch first. NOT_FOUND for a session
+    that does not exist.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -476,6 +512,42 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runtime_pb2.ListModelsResponse, _abc.Awaitable[_runtime_pb2.ListModelsResponse]]:
         """ListModels answers the model groups the operator lets users choose
         (AGENT_RUNTIME__USER_MODELS) and, given a session, the one it uses.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryTurn(
+        self,
+        request: _runtime_pb2.RetryTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.RetryTurnResponse, _abc.Awaitable[_runtime_pb2.RetryTurnResponse]]:
+        """RetryTurn runs the session's last user message again (see Retry) on a
+        session an IDE is connected to; what followed it is kept as a branch.
+        NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+        connected here, a turn runs, there is no message to retry, or the turns
+        replaced changed files not undone (the details say which); UNAVAILABLE
+        (retry) while another runtime replica serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def EditUserMessage(
+        self,
+        request: _runtime_pb2.EditUserMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.EditUserMessageResponse, _abc.Awaitable[_runtime_pb2.EditUserMessageResponse]]:
+        """EditMessage replaces a user message and runs the session again from it
+        (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+        a position that is not a user message, or empty content.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBranches(
+        self,
+        request: _runtime_pb2.ListBranchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ListBranchesResponse, _abc.Awaitable[_runtime_pb2.ListBranchesResponse]]:
+        """ListBranches lists the branches of a session's history: the messages a
+        retry or an edit replaced, newest branch first. NOT_FOUND for a session
+        that does not exist.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
