@@ -29,6 +29,9 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     POST   /api/v1/sessions/{sid}/undo?turn_id=    → 202 views.undo_started
     GET    /api/v1/sessions/{sid}/export?format=   → exports.as_json / as_markdown
     POST   /api/v1/sessions/{sid}/fork?message=    → 201 views.forked_session
+    POST   /api/v1/sessions/{sid}/retry?keep_changes= → 202 views.retry_started
+    POST   /api/v1/sessions/{sid}/edit?message= {"content", …} → 202 views.edit_started
+    GET    /api/v1/sessions/{sid}/branches         → views.branches
     GET    /api/v1/approval-rules                  → views.approval_rules
     GET    /api/v1/models?session_id=              → views.models
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
@@ -351,6 +354,30 @@ _FORK = View(
     views.forked_session,
     http.HTTPStatus.CREATED,
 )
+_RETRY = View(
+    "POST",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/retry"),
+    requests.retry,
+    lambda stub: stub.RetryTurn,
+    views.retry_started,
+    http.HTTPStatus.ACCEPTED,
+)
+_EDIT = View(
+    "POST",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/edit"),
+    requests.edit_message,
+    lambda stub: stub.EditUserMessage,
+    views.edit_started,
+    http.HTTPStatus.ACCEPTED,
+    reads_body=True,
+)
+_BRANCHES = View(
+    "GET",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/branches"),
+    lambda params: runtime_pb2.ListBranchesRequest(session_id=params.session_id),
+    lambda stub: stub.ListBranches,
+    views.branches,
+)
 _RULES_PATH = re.compile(r"/api/v1/approval-rules")
 _RULES = View(
     "GET",
@@ -390,6 +417,9 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "undo": _UNDO,
     "export": _EXPORT,
     "fork": _FORK,
+    "retry": _RETRY,
+    "edit_message": _EDIT,
+    "branches": _BRANCHES,
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
     "list_models": _MODELS,
