@@ -121,7 +121,8 @@ async def write_notes(call: Any) -> None:
         )
     )
     approved = (await read_until(call, "tool_call"))[-1].tool_call
-    assert approved.call_id == change.call_id and not approved.requires_approval
+    assert approved.call_id == change.call_id
+    assert not approved.requires_approval
     result = runtime_pb2.ConverseRequest(tool_result=runtime_pb2.ToolResult(call_id=change.call_id))
     result.tool_result.result.update({"success": True})
     await call.write(result)
@@ -154,7 +155,8 @@ async def test_retry_and_edit_keep_what_they_replace_across_a_restart(
         await call.write(retry())
         turn = await read_until(call, "turn_done")
         changed = turn[0]
-        assert changed.WhichOneof("event") == "session_changed" and changed.seq > 0
+        assert changed.WhichOneof("event") == "session_changed"
+        assert changed.seq > 0
         assert (changed.session_changed.reason, changed.session_changed.branch) == ("retry", 1)
         assert changed.session_changed.from_message == 2
         assert changed.session_changed.session_id == "br-1"
