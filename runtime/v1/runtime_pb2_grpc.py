@@ -348,7 +348,7 @@ class AgentRuntimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EditUserMessage(self, request, context):
-        """EditMessage replaces a user message and runs the session again from it
+        """EditUserMessage replaces a user message and runs the session again from it
         (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
         a position that is not a user message, or empty content.
         """

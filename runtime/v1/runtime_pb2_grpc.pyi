@@ -153,7 +153,7 @@ class AgentRuntimeServiceStub:
     (retry) while another runtime replica serves the session.
     """
     EditUserMessage: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.EditUserMessageRequest, _runtime_pb2.EditUserMessageResponse]
-    """EditMessage replaces a user message and runs the session again from it
+    """EditUserMessage replaces a user message and runs the session again from it
     (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
     a position that is not a user message, or empty content.
     """
@@ -288,7 +288,7 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     (retry) while another runtime replica serves the session.
     """
     EditUserMessage: _aio.UnaryUnaryMultiCallable[_runtime_pb2.EditUserMessageRequest, _runtime_pb2.EditUserMessageResponse]  # type: ignore[assignment]
-    """EditMessage replaces a user message and runs the session again from it
+    """EditUserMessage replaces a user message and runs the session again from it
     (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
     a position that is not a user message, or empty content.
     """
@@ -534,7 +534,7 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _runtime_pb2.EditUserMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_pb2.EditUserMessageResponse, _abc.Awaitable[_runtime_pb2.EditUserMessageResponse]]:
-        """EditMessage replaces a user message and runs the session again from it
+        """EditUserMessage replaces a user message and runs the session again from it
         (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
         a position that is not a user message, or empty content.
         """
