@@ -105,6 +105,17 @@ def retry(params: Params) -> runtime_pb2.RetryTurnRequest:
     )
 
 
+def restore_branch(params: Params) -> runtime_pb2.RestoreBranchRequest:
+    branch = single(params.query, "branch")
+    if branch is None or not branch.isdigit() or len(branch) > 9:
+        raise InvalidQuery("invalid_branch", "branch is a branch's number from /branches")
+    return runtime_pb2.RestoreBranchRequest(
+        session_id=params.session_id,
+        branch=int(branch),
+        keep_changes=_keep_changes(params.query),
+    )
+
+
 _EDIT_FIELDS = frozenset({"content", "keep_changes"})
 
 

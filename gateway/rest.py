@@ -32,6 +32,7 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     POST   /api/v1/sessions/{sid}/retry?keep_changes= → 202 views.retry_started
     POST   /api/v1/sessions/{sid}/edit?message= {"content", …} → 202 views.edit_started
     GET    /api/v1/sessions/{sid}/branches         → views.branches
+    POST   /api/v1/sessions/{sid}/branches?branch=N&keep_changes= → views.branch_restored
     GET    /api/v1/approval-rules                  → views.approval_rules
     GET    /api/v1/models?session_id=              → views.models
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
@@ -371,12 +372,20 @@ _EDIT = View(
     http.HTTPStatus.ACCEPTED,
     reads_body=True,
 )
+_BRANCHES_PATH = re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/branches")
 _BRANCHES = View(
     "GET",
-    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/branches"),
+    _BRANCHES_PATH,
     lambda params: runtime_pb2.ListBranchesRequest(session_id=params.session_id),
     lambda stub: stub.ListBranches,
     views.branches,
+)
+_RESTORE = View(
+    "POST",
+    _BRANCHES_PATH,
+    requests.restore_branch,
+    lambda stub: stub.RestoreBranch,
+    views.branch_restored,
 )
 _RULES_PATH = re.compile(r"/api/v1/approval-rules")
 _RULES = View(
@@ -420,6 +429,7 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "retry": _RETRY,
     "edit_message": _EDIT,
     "branches": _BRANCHES,
+    "restore_branch": _RESTORE,
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
     "list_models": _MODELS,

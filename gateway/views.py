@@ -239,21 +239,24 @@ def undo_started(response: runtime_pb2.UndoTurnResponse) -> Body:
 
 
 def session_change(change: runtime_pb2.SessionChanged) -> Body:
-    """A retry's or an edit's branch (the ``session_changed`` frame's fields)."""
+    """The branch a retry, an edit or a restore made (the ``session_changed`` frame's fields)."""
     return {
         "reason": change.reason,
         "session_id": change.session_id,
         "branch": change.branch,
         "from_message": change.from_message,
-        "started": True,
     }
 
 
 def retry_started(response: runtime_pb2.RetryTurnResponse) -> Body:
-    return session_change(response.change)
+    return {**session_change(response.change), "started": True}
 
 
 def edit_started(response: runtime_pb2.EditUserMessageResponse) -> Body:
+    return {**session_change(response.change), "started": True}
+
+
+def branch_restored(response: runtime_pb2.RestoreBranchResponse) -> Body:
     return session_change(response.change)
 
 

@@ -1,4 +1,5 @@
-"""The RPCs of a session's branches: ``RetryTurn``, ``EditUserMessage``, ``ListBranches``.
+"""The RPCs of a session's branches: ``RetryTurn``, ``EditUserMessage``,
+``ListBranches``, ``RestoreBranch``.
 
 :class:`BranchRpcs` is a part of :class:`runtime.service.AgentRuntimeServicer`
 (which inherits it), kept apart because each is one concept: a retry or an
@@ -55,6 +56,15 @@ class BranchRpcs:
             )
             entry.created_at.FromDatetime(branch.created_at)
         return response
+
+    @mapped
+    async def RestoreBranch(
+        self, request: runtime_pb2.RestoreBranchRequest, context: Context
+    ) -> runtime_pb2.RestoreBranchResponse:
+        change = await self._hub.restore_branch(
+            request.session_id, user(context), request.branch, request.keep_changes
+        )
+        return runtime_pb2.RestoreBranchResponse(change=change_proto(change))
 
     async def _connected(self, session_id: str, context: Context) -> Conversation:
         """The live session an IDE is connected to here; raises Precondition otherwise."""

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runtime import undo
 from runtime.errors import InvalidArgument, Precondition
@@ -117,6 +117,61 @@ def _message(row: Any) -> MessageRecord:
     )
 
 
+async def _split(conn: AsyncConnection, session_id: str, position: int, reason: str) -> int:
+    """In ``conn``'s transaction: the messages from ``position`` on, and the
+    active checkpoints of their turns, to a new branch; returns its number."""
+    number = (
+        await conn.execute(
+            sa.select(sa.func.coalesce(sa.func.max(branches.c.branch), 0)).where(
+                branches.c.session_id == session_id
+            )
+        )
+    ).scalar_one() + 1
+    moved = list(
+        await conn.execute(
+            messages.select().where(
+                messages.c.session_id == session_id, messages.c.position >= position
+            )
+        )
+    )
+    await conn.execute(
+        branches.insert().values(
+            session_id=session_id,
+            branch=number,
+            reason=reason,
+            from_position=position,
+            created_at=now(),
+        )
+    )
+    if moved:
+        await conn.execute(
+            branch_messages.insert(), [{**row._mapping, "branch": number} for row in moved]
+        )
+    await conn.execute(
+        messages.delete().where(
+            messages.c.session_id == session_id, messages.c.position >= position
+        )
+    )
+    await conn.execute(
+        checkpoints.update()
+        .where(
+            checkpoints.c.session_id == session_id,
+            checkpoints.c.branch.is_(None),
+            checkpoints.c.turn >= position,
+        )
+        .values(branch=number)
+    )
+    return int(number)
+
+
+async def _count(conn: AsyncConnection, session_id: str, message_count: int) -> None:
+    await conn.execute(
+        sessions.update()
+        .where(sessions.c.id == session_id)
+        .values(message_count=message_count, updated_at=now())
+    )
+
+
 class Branches:
     """Writes and reads of branches; each method is one short transaction."""
 
@@ -132,54 +187,81 @@ class Branches:
         holds the session (no turn runs, no step is in flight).
         """
         async with self._engine.begin() as conn:
-            number = (
+            number = await _split(conn, session_id, position, reason)
+            await _count(conn, session_id, position)
+        return number
+
+    async def restore(
+        self, session_id: str, branch: int, *, keep_changes: bool
+    ) -> tuple[int, int, list[MessageRecord]]:
+        """Make ``branch`` the active history again from its position on; the
+        messages it replaces (and their checkpoints) become a new branch,
+        and the branch's checkpoints are active again.
+
+        Returns the new branch's number, the position and the messages
+        restored. One transaction; the caller holds the session, as for
+        :meth:`split`. Raises InvalidArgument for a branch the session has
+        not, or one that starts past the end of the active history, and
+        (unless ``keep_changes``) ChangesNotUndone as :func:`check_changes`.
+        """
+        async with self._engine.begin() as conn:
+            head = (
                 await conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(branches.c.branch), 0)).where(
-                        branches.c.session_id == session_id
+                    branches.select().where(
+                        branches.c.session_id == session_id, branches.c.branch == branch
                     )
                 )
-            ).scalar_one() + 1
-            moved = list(
+            ).first()
+            if head is None:
+                raise InvalidArgument(f"the session has no branch {branch} (see its branches)")
+            position = head.from_position
+            active = (
                 await conn.execute(
-                    messages.select().where(
-                        messages.c.session_id == session_id, messages.c.position >= position
+                    sa.select(sa.func.count()).where(messages.c.session_id == session_id)
+                )
+            ).scalar_one()
+            if position > active:
+                raise InvalidArgument(
+                    f"branch {branch} starts at message {position}, past the end of the "
+                    f"history ({active} messages): restore the branch that replaced it first"
+                )
+            rows = list(
+                await conn.execute(
+                    branch_messages.select()
+                    .where(
+                        branch_messages.c.session_id == session_id,
+                        branch_messages.c.branch == branch,
+                    )
+                    .order_by(branch_messages.c.position)
+                )
+            )
+            if not keep_changes:
+                kept = await conn.execute(
+                    checkpoints.select().where(
+                        checkpoints.c.session_id == session_id, checkpoints.c.branch.is_(None)
                     )
                 )
-            )
-            await conn.execute(
-                branches.insert().values(
-                    session_id=session_id,
-                    branch=number,
-                    reason=reason,
-                    from_position=position,
-                    created_at=now(),
+                check_changes(
+                    [Checkpoint(c.turn, c.path, c.before, c.after, undone=c.undone) for c in kept],
+                    position,
                 )
-            )
-            if moved:
+            number = await _split(conn, session_id, position, "switch")
+            if rows:
+                columns = [c.name for c in messages.columns]
                 await conn.execute(
-                    branch_messages.insert(),
-                    [{**row._mapping, "branch": number} for row in moved],
+                    messages.insert(), [{c: row._mapping[c] for c in columns} for row in rows]
                 )
-            await conn.execute(
-                messages.delete().where(
-                    messages.c.session_id == session_id, messages.c.position >= position
-                )
-            )
             await conn.execute(
                 checkpoints.update()
-                .where(
-                    checkpoints.c.session_id == session_id,
-                    checkpoints.c.branch.is_(None),
-                    checkpoints.c.turn >= position,
+                .where(checkpoints.c.session_id == session_id, checkpoints.c.branch == branch)
+                .values(branch=None)
+            )
+            for table in BRANCH_DATA:
+                await conn.execute(
+                    table.delete().where(table.c.session_id == session_id, table.c.branch == branch)
                 )
-                .values(branch=number)
-            )
-            await conn.execute(
-                sessions.update()
-                .where(sessions.c.id == session_id)
-                .values(message_count=position, updated_at=now())
-            )
-        return int(number)
+            await _count(conn, session_id, position + len(rows))
+        return number, position, [_message(row) for row in rows]
 
     async def of_session(self, session_id: str) -> list[Branch]:
         """The session's branches with their messages, newest first."""

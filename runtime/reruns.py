@@ -15,6 +15,10 @@ again with the files as they are (Cline's "restore task only"); those
 changes then move to the branch with their turns and cannot be undone from
 the active history any more.
 
+A branch can be made the active history again (:func:`restore`: REST and
+``RestoreBranch`` only); what it replaces becomes a branch in turn, and
+the same rule holds for the workspace.
+
 A fork (:mod:`runtime.forks`) makes a new session and is answered, to the
 streams attached, with a ``session_changed`` naming it (seq 0: it is not an
 event of this session).
@@ -31,6 +35,7 @@ from runtime import branches
 from runtime.commands import STRICT, ClientOptions, EditMessage, Fork, Retry
 from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError
 from runtime.events import ErrorEvent, Sequenced, SessionChanged
+from runtime.state import message_from_record
 from runtime.store import Store
 
 if TYPE_CHECKING:
@@ -73,6 +78,29 @@ async def rerun(
     conversation.stream.durable(change)
     log.info("session_branched", session_id=session.session_id, reason=reason, branch=number)
     await conversation.begin_turn(content, request_id, client)
+    return change
+
+
+async def restore(
+    conversation: Conversation, store: Store, branch: int, keep_changes: bool
+) -> SessionChanged:
+    """Make ``branch`` the live session's active history again from its
+    position on (:meth:`runtime.branches.Branches.restore`, which says what
+    it raises); the messages it replaces become a new branch. No turn runs.
+    Raises Precondition while a turn runs."""
+    if conversation.turn_running:
+        raise Precondition("cannot switch branches during a turn; cancel it or wait for it to end")
+    session = conversation.session
+    await conversation.stream.drain()
+    number, position, restored = await store.branches.restore(
+        session.session_id, branch, keep_changes=keep_changes
+    )
+    session.messages[position:] = [message_from_record(record) for record in restored]
+    session.message_agents[position:] = [record.agent for record in restored]
+    change = SessionChanged("switch", session.session_id, number, position)
+    conversation.stream.durable(change)
+    await conversation.stream.flush()
+    log.info("session_branch_restored", session_id=session.session_id, branch=branch)
     return change
 
 

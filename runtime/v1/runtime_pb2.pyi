@@ -2501,7 +2501,7 @@ class SessionChanged(_message.Message):
     BRANCH_FIELD_NUMBER: _builtins.int
     FROM_MESSAGE_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """reason is retry, edit or fork."""
+    """reason is retry, edit, switch (RestoreBranch) or fork."""
     session_id: _builtins.str
     """session_id is the session now to show: this one after a retry or an
     edit, the new session after a fork.
@@ -2729,3 +2729,57 @@ class ListBranchesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBranchesResponse: _TypeAlias = ListBranchesResponse  # noqa: Y015
+
+@_typing.final
+class RestoreBranchRequest(_message.Message):
+    """RestoreBranchRequest names a session's branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    KEEP_CHANGES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    branch: _builtins.int
+    """branch is the branch to make active (ListBranches)."""
+    keep_changes: _builtins.bool
+    """keep_changes: see Retry.keep_changes."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        branch: _builtins.int = ...,
+        keep_changes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "keep_changes", b"keep_changes", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreBranchRequest: _TypeAlias = RestoreBranchRequest  # noqa: Y015
+
+@_typing.final
+class RestoreBranchResponse(_message.Message):
+    """RestoreBranchResponse says what changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___SessionChanged:
+        """change names the branch that now holds the messages replaced."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___SessionChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreBranchResponse: _TypeAlias = RestoreBranchResponse  # noqa: Y015

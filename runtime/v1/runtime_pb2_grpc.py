@@ -150,6 +150,11 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.FromString,
                 _registered_method=True)
+        self.RestoreBranch = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/RestoreBranch',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -365,6 +370,19 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestoreBranch(self, request, context):
+        """RestoreBranch makes a branch the session's active history again from
+        the position it started at; the messages it replaces become a new
+        branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+        does not exist; INVALID_ARGUMENT for a branch the session has not, or
+        one starting past the end of the history; ABORTED while a turn runs, or
+        (without keep_changes) when the turns replaced changed files not undone;
+        UNAVAILABLE (retry) while another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -467,6 +485,11 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.ListBranches,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.SerializeToString,
+            ),
+            'RestoreBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreBranch,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1025,6 +1048,33 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/ListBranches',
             runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/RestoreBranch',
+            runtime_dot_v1_dot_runtime__pb2.RestoreBranchRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.RestoreBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -162,6 +162,15 @@ class AgentRuntimeServiceStub:
     retry or an edit replaced, newest branch first. NOT_FOUND for a session
     that does not exist.
     """
+    RestoreBranch: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.RestoreBranchRequest, _runtime_pb2.RestoreBranchResponse]
+    """RestoreBranch makes a branch the session's active history again from
+    the position it started at; the messages it replaces become a new
+    branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+    does not exist; INVALID_ARGUMENT for a branch the session has not, or
+    one starting past the end of the history; ABORTED while a turn runs, or
+    (without keep_changes) when the turns replaced changed files not undone;
+    UNAVAILABLE (retry) while another runtime replica serves the session.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -296,6 +305,15 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     """ListBranches lists the branches of a session's history: the messages a
     retry or an edit replaced, newest branch first. NOT_FOUND for a session
     that does not exist.
+    """
+    RestoreBranch: _aio.UnaryUnaryMultiCallable[_runtime_pb2.RestoreBranchRequest, _runtime_pb2.RestoreBranchResponse]  # type: ignore[assignment]
+    """RestoreBranch makes a branch the session's active history again from
+    the position it started at; the messages it replaces become a new
+    branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+    does not exist; INVALID_ARGUMENT for a branch the session has not, or
+    one starting past the end of the history; ABORTED while a turn runs, or
+    (without keep_changes) when the turns replaced changed files not undone;
+    UNAVAILABLE (retry) while another runtime replica serves the session.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -548,6 +566,21 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListBranches lists the branches of a session's history: the messages a
         retry or an edit replaced, newest branch first. NOT_FOUND for a session
         that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreBranch(
+        self,
+        request: _runtime_pb2.RestoreBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.RestoreBranchResponse, _abc.Awaitable[_runtime_pb2.RestoreBranchResponse]]:
+        """RestoreBranch makes a branch the session's active history again from
+        the position it started at; the messages it replaces become a new
+        branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+        does not exist; INVALID_ARGUMENT for a branch the session has not, or
+        one starting past the end of the history; ABORTED while a turn runs, or
+        (without keep_changes) when the turns replaced changed files not undone;
+        UNAVAILABLE (retry) while another runtime replica serves the session.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,6 +29,7 @@ from tests.runtime.test_service import (  # noqa: F401 - fixtures
     read_first,
     read_until,
     running_runtime,
+    runtime_channel,
     stub_for,
     user_message,
 )
@@ -319,3 +320,52 @@ async def test_a_fork_by_event_names_the_new_session(
             )
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         call.cancel()
+
+
+async def test_a_branch_can_be_made_the_active_history_again(
+    runtime_channel: grpc.aio.Channel,  # noqa: F811
+) -> None:
+    stub = stub_for(runtime_channel)
+    call, _ = await open_stream(runtime_channel, "br-4")
+    for text in ("hello", "second"):
+        await call.write(user_message(text))
+        await read_until(call, "turn_done")
+    await call.write(edit(2, "third"))
+    await read_until(call, "turn_done")
+    assert [m for _, m in await history(stub, "br-4")][2] == "third"
+
+    restored = await stub.RestoreBranch(
+        runtime_pb2.RestoreBranchRequest(session_id="br-4", branch=1), metadata=ALICE
+    )
+    assert (restored.change.reason, restored.change.branch) == ("switch", 2)
+    assert restored.change.from_message == 2
+    told = (await read_until(call, "session_changed"))[-1]
+    assert told.seq > 0
+    assert told.session_changed.branch == 2
+    assert [m for _, m in await history(stub, "br-4")] == [
+        "hello",
+        "one two three",
+        "second",
+        "one two three",
+    ]
+    assert await listed(stub, "br-4") == [(2, "switch", 2, ["third", "one two three"])]
+    await call.write(user_message("more"))
+    await read_until(call, "turn_done")
+    assert len(await history(stub, "br-4")) == 6, "the restored history takes new turns"
+
+    for who, branch, code in (
+        (ALICE, 9, grpc.StatusCode.INVALID_ARGUMENT),
+        (BOB, 2, grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.RestoreBranch(
+                runtime_pb2.RestoreBranchRequest(session_id="br-4", branch=branch), metadata=who
+            )
+        assert refused.value.code() == code
+    call.cancel()
+    back = await stub.RestoreBranch(
+        runtime_pb2.RestoreBranchRequest(session_id="br-4", branch=2), metadata=ALICE
+    )
+    assert (back.change.branch, back.change.from_message) == (3, 2)
+    assert [m for _, m in await history(stub, "br-4")][2:] == ["third", "one two three"]
+    assert [b[0] for b in await listed(stub, "br-4")] == [3]
