@@ -65,14 +65,15 @@ async def test_retry_edit_and_fork_through_the_gateway(
         assert edited.of_type("session_changed")[0]["branch"] == 2
         assert (root / "notes.txt").read_text() == "second\n"
 
-        fork = await ide.fork(1)
-        assert (fork["type"], fork["reason"], fork["from_message"]) == (
-            "session_changed",
-            "fork",
-            2,
-        )
+        inside = await ide.fork(1)
+        assert (inside["type"], inside["code"]) == ("error", "invalid_message")
+        assert "inside a tool exchange" in inside["content"]
+        fork = await ide.fork()
+        assert fork["type"] == "session_changed", fork
+        active = (await get(f"{session_id}/history")).json()["messages"]
+        assert (fork["reason"], fork["from_message"]) == ("fork", len(active))
         copied = (await get(f"{fork['session_id']}/history")).json()["messages"]
-        assert copied[0]["content"] == "write notes.txt: second"
+        assert copied == active
 
         # Over REST, with the IDE connected: the turn runs through it.
         following = asyncio.create_task(ide.follow())
