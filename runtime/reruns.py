@@ -57,8 +57,7 @@ async def rerun(
     InvalidArgument for an edit of a message the user did not type, or
     empty content. Nothing is changed when it raises.
     """
-    if conversation.turn_running:
-        raise Precondition("cannot run again during a turn; cancel it or wait for it to end")
+    _check_idle(conversation)
     session = conversation.session
     if isinstance(event, Retry):
         reason, position = "retry", branches.retry_position(session.messages)
@@ -71,6 +70,7 @@ async def rerun(
     if not event.keep_changes:
         branches.check_changes(await store.checkpoints.of_session(session.session_id), position)
     await conversation.stream.drain()  # the last step's write is in
+    _check_idle(conversation)  # a message from another window may have started one meanwhile
     number = await store.branches.split(session.session_id, position, reason)
     del session.messages[position:]
     del session.message_agents[position:]
@@ -88,10 +88,10 @@ async def restore(
     position on (:meth:`runtime.branches.Branches.restore`, which says what
     it raises); the messages it replaces become a new branch. No turn runs.
     Raises Precondition while a turn runs."""
-    if conversation.turn_running:
-        raise Precondition("cannot switch branches during a turn; cancel it or wait for it to end")
+    _check_idle(conversation)
     session = conversation.session
     await conversation.stream.drain()
+    _check_idle(conversation)
     number, position, restored = await store.branches.restore(
         session.session_id, branch, keep_changes=keep_changes
     )
@@ -102,6 +102,11 @@ async def restore(
     await conversation.stream.flush()
     log.info("session_branch_restored", session_id=session.session_id, branch=branch)
     return change
+
+
+def _check_idle(conversation: Conversation) -> None:
+    if conversation.turn_running:
+        raise Precondition("a turn is running; cancel it or wait for it to end")
 
 
 async def on_event(
