@@ -109,7 +109,9 @@ async def test_retry_edit_and_fork_through_the_gateway(
 
     other = await ide_login(mesh, add_user(mesh))
     others = {"Authorization": f"Bearer {other['access_token']}"}
-    assert (await get(f"{session_id}/branches", others)).status_code == 403
+    foreign = await get(f"{session_id}/branches", others)
+    assert foreign.status_code == 404, "someone else's session is not found, as every view"
+    assert "hello" not in foreign.text
 
 
 async def test_an_edit_by_rest_through_the_front_door(
