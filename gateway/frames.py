@@ -282,6 +282,49 @@ def _set_model(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(set_model=runtime_pb2.SetModel(model=model))
 
 
+MAX_POSITION = 2**31 - 1
+"""The largest message position a frame may name (the runtime stores positions
+as SQL ``INTEGER``)."""
+
+
+def _position(data: Mapping[str, Any], name: str) -> int | None:
+    """A message's position (from 0, as the history lists them), or None when absent."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
+        raise FrameError(
+            "invalid_field", f"'{name}' must be a message's position, from 0 to {MAX_POSITION}"
+        )
+    return value
+
+
+def _retry(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    retry = runtime_pb2.Retry(keep_changes=flag(data, "keep_changes"))
+    return runtime_pb2.ConverseRequest(retry=retry)
+
+
+def _edit_message(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    index = _position(data, "index")
+    if index is None:
+        raise FrameError("missing_field", "'index' is required: the position of your message")
+    content = required_str(data, "content", limits.message)
+    if not content.strip():
+        raise FrameError("invalid_field", "'content' must not be empty")
+    edit = runtime_pb2.EditMessage(
+        index=index, content=content, keep_changes=flag(data, "keep_changes")
+    )
+    return runtime_pb2.ConverseRequest(edit_message=edit)
+
+
+def _fork(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    fork = runtime_pb2.Fork()
+    index = _position(data, "index")
+    if index is not None:
+        fork.through_message = index
+    return runtime_pb2.ConverseRequest(fork=fork)
+
+
 def _resume(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     value = data.get("last_seq")
     if value is None:
@@ -315,4 +358,7 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any], PayloadLimits], IdeAction]] 
     "resume": _resume,
     "undo": _undo,
     "set_model": _set_model,
+    "retry": _retry,
+    "edit_message": _edit_message,
+    "fork": _fork,
 }

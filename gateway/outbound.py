@@ -134,6 +134,16 @@ def _plan_progress(event: runtime_pb2.PlanProgress) -> Frame:
     }
 
 
+def _session_changed(event: runtime_pb2.SessionChanged) -> Frame:
+    return {
+        "type": "session_changed",
+        "reason": event.reason,
+        "session_id": event.session_id,
+        "branch": event.branch,
+        "from_message": event.from_message,
+    }
+
+
 def _error(event: runtime_pb2.Error) -> Frame:
     return error_frame(event.code, event.message, retryable=event.retryable)
 
@@ -147,6 +157,7 @@ _BUILDERS: Mapping[str, Callable[[Any], Frame]] = {
     "plan_update": _plan_update,
     "plan_progress": _plan_progress,
     "error": _error,
+    "session_changed": _session_changed,
 }
 
 

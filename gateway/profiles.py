@@ -142,7 +142,9 @@ CODELAB_IDE = ClientProfile(
     # Failure.userRejected's message (execute_tool.dart), and the rejection
     # of a restored approval (AgentChatBloc._rejectRestoredTool).
     rejections=("Операция отклонена: ", "User rejected: "),
-    hidden=frozenset({"session_info", "plan_progress"}),
+    # session_changed: it never sends retry, edit_message or fork, and would
+    # show a branch made by REST as an empty bubble.
+    hidden=frozenset({"session_info", "plan_progress", "session_changed"}),
     plans_as_text=True,
     restores_approvals=True,
     tools=CODELAB_IDE_TOOLS,

@@ -92,6 +92,58 @@ def fork(params: Params) -> runtime_pb2.ForkSessionRequest:
     return request
 
 
+def _keep_changes(query: Query) -> bool:
+    value = single(query, "keep_changes") or "false"
+    if value not in ("true", "false"):
+        raise InvalidQuery("invalid_keep_changes", "keep_changes is true or false")
+    return value == "true"
+
+
+def retry(params: Params) -> runtime_pb2.RetryTurnRequest:
+    return runtime_pb2.RetryTurnRequest(
+        session_id=params.session_id, keep_changes=_keep_changes(params.query)
+    )
+
+
+def restore_branch(params: Params) -> runtime_pb2.RestoreBranchRequest:
+    branch = single(params.query, "branch")
+    if branch is None or not branch.isdigit() or len(branch) > 9:
+        raise InvalidQuery("invalid_branch", "branch is a branch's number from /branches")
+    return runtime_pb2.RestoreBranchRequest(
+        session_id=params.session_id,
+        branch=int(branch),
+        keep_changes=_keep_changes(params.query),
+    )
+
+
+_EDIT_FIELDS = frozenset({"content", "keep_changes"})
+
+
+def edit_message(params: Params) -> runtime_pb2.EditUserMessageRequest:
+    """``?message=N`` (a position from /history) and ``{"content": …}`` as the body."""
+    message = single(params.query, "message")
+    if message is None or not message.isdigit() or len(message) > 9:
+        raise InvalidQuery("invalid_message", "message is your message's position from /history")
+    body = params.body
+    if body is None:
+        raise InvalidQuery(
+            "invalid_body",
+            'send the new text as a JSON body, e.g. {"content": "…"} (through the front door, '
+            "or on the gateway's REST port: the WebSocket port reads no request bodies)",
+        )
+    unknown = sorted(set(body) - _EDIT_FIELDS)
+    content = body.get("content")
+    keep = body.get("keep_changes", False)
+    if unknown or not isinstance(content, str) or not content.strip() or not isinstance(keep, bool):
+        raise InvalidQuery(
+            "invalid_body",
+            'send {"content": "the new text", "keep_changes": false}; content must not be empty',
+        )
+    return runtime_pb2.EditUserMessageRequest(
+        session_id=params.session_id, index=int(message), content=content, keep_changes=keep
+    )
+
+
 _UPDATABLE = frozenset({"title", "model"})
 _MAX_MODEL_CHARS = 128
 

@@ -29,6 +29,10 @@ Routes (``{sid}`` is a session id), one :class:`View` each in :data:`VIEWS`::
     POST   /api/v1/sessions/{sid}/undo?turn_id=    → 202 views.undo_started
     GET    /api/v1/sessions/{sid}/export?format=   → exports.as_json / as_markdown
     POST   /api/v1/sessions/{sid}/fork?message=    → 201 views.forked_session
+    POST   /api/v1/sessions/{sid}/retry?keep_changes= → 202 views.retry_started
+    POST   /api/v1/sessions/{sid}/edit?message= {"content", …} → 202 views.edit_started
+    GET    /api/v1/sessions/{sid}/branches         → views.branches
+    POST   /api/v1/sessions/{sid}/branches?branch=N&keep_changes= → views.branch_restored
     GET    /api/v1/approval-rules                  → views.approval_rules
     GET    /api/v1/models?session_id=              → views.models
     PUT    /api/v1/approval-rules  {"allow": …}    → views.approval_rules
@@ -353,6 +357,38 @@ _FORK = View(
     views.forked_session,
     http.HTTPStatus.CREATED,
 )
+_RETRY = View(
+    "POST",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/retry"),
+    requests.retry,
+    lambda stub: stub.RetryTurn,
+    views.retry_started,
+    http.HTTPStatus.ACCEPTED,
+)
+_EDIT = View(
+    "POST",
+    re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/edit"),
+    requests.edit_message,
+    lambda stub: stub.EditUserMessage,
+    views.edit_started,
+    http.HTTPStatus.ACCEPTED,
+    reads_body=True,
+)
+_BRANCHES_PATH = re.compile(r"/api/v1/sessions/(?P<sid>[^/]+)/branches")
+_BRANCHES = View(
+    "GET",
+    _BRANCHES_PATH,
+    lambda params: runtime_pb2.ListBranchesRequest(session_id=params.session_id),
+    lambda stub: stub.ListBranches,
+    views.branches,
+)
+_RESTORE = View(
+    "POST",
+    _BRANCHES_PATH,
+    requests.restore_branch,
+    lambda stub: stub.RestoreBranch,
+    views.branch_restored,
+)
 _RULES_PATH = re.compile(r"/api/v1/approval-rules")
 _RULES = View(
     "GET",
@@ -408,6 +444,10 @@ VIEWS: Mapping[str, View[Any, Any]] = {
     "undo": _UNDO,
     "export": _EXPORT,
     "fork": _FORK,
+    "retry": _RETRY,
+    "edit_message": _EDIT,
+    "branches": _BRANCHES,
+    "restore_branch": _RESTORE,
     "approval_rules": _RULES,
     "update_approval_rules": _UPDATE_RULES,
     "list_models": _MODELS,

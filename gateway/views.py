@@ -241,6 +241,45 @@ def undo_started(response: runtime_pb2.UndoTurnResponse) -> Body:
     return {"session_id": response.session_id, "turn_id": response.turn_id, "started": True}
 
 
+def session_change(change: runtime_pb2.SessionChanged) -> Body:
+    """The branch a retry, an edit or a restore made (the ``session_changed`` frame's fields)."""
+    return {
+        "reason": change.reason,
+        "session_id": change.session_id,
+        "branch": change.branch,
+        "from_message": change.from_message,
+    }
+
+
+def retry_started(response: runtime_pb2.RetryTurnResponse) -> Body:
+    return {**session_change(response.change), "started": True}
+
+
+def edit_started(response: runtime_pb2.EditUserMessageResponse) -> Body:
+    return {**session_change(response.change), "started": True}
+
+
+def branch_restored(response: runtime_pb2.RestoreBranchResponse) -> Body:
+    return session_change(response.change)
+
+
+def branches(response: runtime_pb2.ListBranchesResponse) -> Body:
+    """The parts of the history retries and edits replaced, newest first."""
+    return {
+        "session_id": response.session_id,
+        "branches": [
+            {
+                "branch": branch.branch,
+                "reason": branch.reason,
+                "from_message": branch.from_message,
+                "created_at": iso_time(branch.created_at),
+                "messages": [history_message(message) for message in branch.messages],
+            }
+            for branch in response.branches
+        ],
+    }
+
+
 def _metadata(approval: runtime_pb2.PendingApproval) -> Body:
     if not approval.HasField("metadata"):
         return {}

@@ -31,7 +31,14 @@ from typing import Any
 from ide.connection import IdeConnection
 from ide.console import Console, read_line
 from ide.diffs import wants_color
-from ide.rest import RestClient, RestError, format_checkpoints, format_rules, rest_base
+from ide.rest import (
+    RestClient,
+    RestError,
+    format_branches,
+    format_checkpoints,
+    format_rules,
+    rest_base,
+)
 from ide.turns import IdeSession, Turn, approve_all
 from ide.workspace import Workspace
 
@@ -39,6 +46,10 @@ HELP = """\
 /switch AGENT [message]  switch agents (and send the message as the new agent)
 /undo [TURN_ID]          restore the files of the last turn that changed any (or of TURN_ID)
 /checkpoints             the turns of this session that changed files, with their ids
+/retry [keep]            run your last message again (keep: even over changes not undone)
+/edit N TEXT             replace your message N (its position, from 0) and run from it
+/fork [N]                copy this session (through message N) into a new session
+/branches                the messages retries and edits replaced
 /rules                   your approval rules ([a]lways at a prompt adds one)
 /help                    this list
 /quit                    leave (Ctrl-C cancels a running turn; Ctrl-D leaves too)
@@ -85,6 +96,24 @@ class Chat:
             await self._turn(self.session.switch(agent, message, "switched from the terminal"))
         elif command == "/undo":
             await self._turn(self.session.undo(rest or None))
+        elif command == "/retry":
+            await self._turn(self.session.retry(keep_changes=rest == "keep"))
+        elif command == "/edit":
+            index, _, text = rest.partition(" ")
+            if not index.isdigit() or not text.strip():
+                print(
+                    "/edit N TEXT: which message (a position), and its new text?", file=sys.stderr
+                )
+                return True
+            await self._turn(self.session.edit(int(index), text.strip()))
+        elif command == "/fork":
+            if rest and not rest.isdigit():
+                print("/fork [N]: N is a message's position", file=sys.stderr)
+                return True
+            await self.session.fork(int(rest) if rest else None)
+        elif command == "/branches":
+            session_id = self.session.connection.session_id
+            await self._view(self.rest.branches(session_id), format_branches)
         elif command == "/checkpoints":
             session_id = self.session.connection.session_id
             await self._view(self.rest.checkpoints(session_id), format_checkpoints)

@@ -131,6 +131,8 @@ class Console:
                 f"\n[plan {frame['plan_id']}] step {frame['step_id']} {frame['status']}",
                 flush=True,
             )
+        elif kind == "session_changed":
+            print(f"\n{describe_change(frame)}", flush=True)
         elif kind == "error":
             print(
                 f"\n[error {frame.get('code')}] {frame.get('content')}",
@@ -169,3 +171,17 @@ class Console:
         if answer in ("y", "yes"):
             return Decision("approve")
         return Decision("reject", feedback=await self._ask("Why (optional)? "))
+
+
+def describe_change(frame: Frame) -> str:
+    """A ``session_changed`` frame for a person."""
+    if frame.get("reason") == "fork":
+        fork = frame.get("session_id")
+        return (
+            f"[fork] new session {fork} with {frame.get('from_message')} messages "
+            f"(scripts/chat --session {fork})"
+        )
+    return (
+        f"[{frame.get('reason')}] messages from {frame.get('from_message')} on are kept as "
+        f"branch {frame.get('branch')} (/branches lists them)"
+    )

@@ -1,11 +1,11 @@
-"""The REST views the terminal client reads: a session's checkpoints and the
-user's approval rules.
+"""The REST views the terminal client reads: a session's checkpoints and
+branches, and the user's approval rules.
 
 The gateway serves its read-only views (GETs) on the WebSocket's own port,
 and the front door serves them at the same base URL as the WebSocket, so the
 REST base is the WebSocket URL with ``ws`` turned into ``http``
 (:func:`rest_base`). :class:`RestClient` sends the same bearer token;
-:func:`format_checkpoints` and :func:`format_rules` turn the answers into
+:func:`format_checkpoints`, :func:`format_branches` and :func:`format_rules` turn the answers into
 lines for a person.
 """
 
@@ -70,6 +70,9 @@ class RestClient:
     async def checkpoints(self, session_id: str) -> Any:
         return await self.get(f"/api/v1/sessions/{quote(session_id, safe='')}/checkpoints")
 
+    async def branches(self, session_id: str) -> Any:
+        return await self.get(f"/api/v1/sessions/{quote(session_id, safe='')}/branches")
+
     async def approval_rules(self) -> Any:
         return await self.get("/api/v1/approval-rules")
 
@@ -97,6 +100,25 @@ def format_checkpoints(body: Any) -> str:
         lines.extend(
             f"    {file.get('change', '?'):<8} {file.get('path')}" for file in turn.get("files", [])
         )
+    return printable("\n".join(lines))
+
+
+def format_branches(body: Any) -> str:
+    """The parts of the history retries and edits replaced, newest first, a line a message."""
+    branches = body.get("branches") if isinstance(body, dict) else None
+    if not branches:
+        return "no retry or edit has replaced messages yet"
+    lines = []
+    for branch in branches:
+        lines.append(
+            f"branch {branch.get('branch')} ({branch.get('reason')}, "
+            f"from message {branch.get('from_message')}, {branch.get('created_at', '')})"
+        )
+        for offset, message in enumerate(branch.get("messages", [])):
+            text = " ".join(str(message.get("content", "")).split())
+            text = text[:60] + "…" if len(text) > 60 else text
+            position = int(branch.get("from_message") or 0) + offset
+            lines.append(f"    {position:>3} {message.get('role', '?'):<9} {text}")
     return printable("\n".join(lines))
 
 

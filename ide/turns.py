@@ -4,7 +4,8 @@
 ``assistant_message``: it executes tool calls in its :class:`Workspace`, asks
 its approver about calls (and plans) that need a human, and reports the rest
 to an observer. An undo (``{"type": "undo"}``) is driven the same way: the
-runtime restores files with ordinary tool calls. The terminal client and the
+runtime restores files with ordinary tool calls; so are a retry and an edit
+of a message (the history branches, then the turn runs again). The terminal client and the
 end-to-end tests both drive the agent through it.
 """
 
@@ -91,6 +92,38 @@ class IdeSession:
             frame["turn_id"] = turn_id
         await self.connection.send(frame)
         return await self.follow()
+
+    async def retry(self, keep_changes: bool = False) -> Turn:
+        """Run the last message again; the answer it replaces is kept as a branch."""
+        await self.connection.send({"type": "retry", "keep_changes": keep_changes})
+        return await self.follow()
+
+    async def edit(self, index: int, content: str, keep_changes: bool = False) -> Turn:
+        """Replace the user message at ``index`` (its position in the history)
+        with ``content`` and run from it; what followed is kept as a branch."""
+        await self.connection.send(
+            {
+                "type": "edit_message",
+                "index": index,
+                "content": content,
+                "keep_changes": keep_changes,
+            }
+        )
+        return await self.follow()
+
+    async def fork(self, index: int | None = None) -> Frame:
+        """Copy the session through message ``index`` (None: all) into a new
+        session; the answer: a ``session_changed`` frame naming it, or an ``error``."""
+        frame: Frame = {"type": "fork"}
+        if index is not None:
+            frame["index"] = index
+        await self.connection.send(frame)
+        while True:
+            answer = await self.connection.next_frame()
+            if self._observe is not None:
+                self._observe(answer)
+            if answer.get("type") in ("session_changed", "error") and not answer.get("seq"):
+                return answer
 
     async def follow(self) -> Turn:
         """Handle frames until the final assistant frame.

@@ -63,11 +63,12 @@ class Checkpoints:
         self._engine = engine
 
     async def of_session(self, session_id: str) -> list[Checkpoint]:
-        """The session's checkpoints, oldest first."""
+        """The checkpoints of the session's active history, oldest first (not
+        those of the branches a retry or an edit replaced: :mod:`runtime.branches`)."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 checkpoints.select()
-                .where(checkpoints.c.session_id == session_id)
+                .where(checkpoints.c.session_id == session_id, checkpoints.c.branch.is_(None))
                 .order_by(checkpoints.c.id)
             )
             return [_checkpoint(row) for row in rows]

@@ -110,8 +110,35 @@ class SetModel:
     model: str
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Run the last message the user typed again (:mod:`runtime.reruns`);
+    ``keep_changes``: even though the turns replaced changed files not undone."""
+
+    keep_changes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EditMessage:
+    """Replace the user message at ``index`` with ``content`` and run from it."""
+
+    index: int
+    content: str
+    keep_changes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """Copy the session through message ``through`` (None: all) into a new session."""
+
+    through: int | None = None
+
+
 ClientEvent = (
-    Undo
+    Retry
+    | EditMessage
+    | Fork
+    | Undo
     | SetModel
     | UserMessage
     | CancelTurn

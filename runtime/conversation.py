@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh import tracing
-from runtime import answers, notices, policy, routing, subcalls, undo
+from runtime import answers, notices, policy, reruns, routing, subcalls, undo
 from runtime.agent_files import ProjectLimits
 from runtime.agents import BUILT_IN, Roster
 from runtime.commands import (
@@ -45,9 +45,12 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    EditMessage,
     Environment,
     FileChanged,
+    Fork,
     PlanApproval,
+    Retry,
     SetModel,
     SwitchAgent,
     ToolResult,
@@ -56,7 +59,7 @@ from runtime.commands import (
 )
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
-from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
+from runtime.events import ErrorEvent, PlanUpdate, Sequenced, SessionChanged, ToolCallEvent
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.models import UnknownModel, check_choice
@@ -251,6 +254,8 @@ class Conversation:
                 await self._on_undo(event, request_id, client)
             case SetModel():
                 await self._on_set_model(event.model)
+            case Retry() | EditMessage() | Fork():
+                await reruns.on_event(self, self._store, event, request_id, client)
             case Environment():
                 # The model calls from now on are told (runtime.prompts).
                 self.session.environment = event
@@ -302,7 +307,7 @@ class Conversation:
         if not event.content.strip():
             refuse("invalid_frame", "content must not be empty")
             return
-        await self._begin_turn(event.content, request_id, client)
+        await self.begin_turn(event.content, request_id, client)
 
     async def _on_set_model(self, model: str) -> None:
         """Record the session's model choice; refused (``unknown_model``) when
@@ -339,14 +344,20 @@ class Conversation:
         await self._go_on(next_)
         return first
 
+    async def rerun(
+        self, event: Retry | EditMessage, request_id: str | None, client: ClientOptions
+    ) -> SessionChanged:
+        """Branch the history and run again (:func:`runtime.reruns.rerun`, which says what
+        it raises)."""
+        return await reruns.rerun(self, self._store, event, request_id, client)
+
     @property
     def client(self) -> ClientOptions:
         """The client the last turn ran for (an undo asked by REST runs for it)."""
         return self._dispatcher.turn.client
 
-    async def _begin_turn(
-        self, content: str, request_id: str | None, client: ClientOptions
-    ) -> None:
+    async def begin_turn(self, content: str, request_id: str | None, client: ClientOptions) -> None:
+        """Start a turn on ``content`` (the caller checked that none runs)."""
         await self.load_rules()
         notice = notices.take(self.session)
         if notice is not None:
@@ -399,7 +410,7 @@ class Conversation:
             return
         self._dispatcher.switch(event.agent_type, event.reason or "requested by the user", 1.0)
         if event.content.strip():
-            await self._begin_turn(event.content, request_id, client)
+            await self.begin_turn(event.content, request_id, client)
         else:
             await self.stream.flush()
 

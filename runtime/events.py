@@ -96,8 +96,20 @@ class PlanProgress:
     result: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class SessionChanged:
+    """The history branched (``retry``, ``edit``: the replaced messages are
+    ``branch`` from ``from_message``) or a fork was made (``session_id``)."""
+
+    reason: str
+    session_id: str
+    branch: int = 0
+    from_message: int = 0
+
+
 Event = (
     SessionOpened
+    | SessionChanged
     | AssistantText
     | TurnDone
     | ErrorEvent
@@ -138,6 +150,7 @@ def to_payload(event: Event) -> tuple[str, dict[str, Any]]:
         ToolCallEvent: "tool_call",
         AgentSwitched: "agent_switched",
         PlanProgress: "plan_progress",
+        SessionChanged: "session_changed",
     }
     kind = kinds.get(type(event))
     if kind is None:
@@ -161,6 +174,7 @@ def from_payload(kind: str, payload: dict[str, Any]) -> Event:
         "tool_call": ToolCallEvent,
         "agent_switched": AgentSwitched,
         "plan_progress": PlanProgress,
+        "session_changed": SessionChanged,
     }
     event: Event = classes[kind](**payload)
     return event

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from mesh.ids import SESSION_ID, SESSION_ID_RULE
+from runtime import reruns
 from runtime.agents import Roster
 from runtime.conversation import Conversation, ConversationSettings
 from runtime.errors import (
@@ -34,6 +35,7 @@ from runtime.errors import (
     Unavailable,
     UpstreamError,
 )
+from runtime.events import SessionChanged
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.models import check_choice
@@ -288,6 +290,25 @@ class SessionHub:
             raise Deleted(f"session {session_id!r} was deleted")
         log.info("session_model_chosen", session_id=session_id, model=model)
         return row
+
+    async def restore_branch(
+        self, session_id: str, owner: str, branch: int, keep_changes: bool
+    ) -> SessionChanged:
+        """Make a branch of one of ``owner``'s sessions its active history
+        again (:func:`runtime.reruns.restore`; a session not live here is
+        changed in the database only, with no event). Raises what
+        :meth:`owned` and that raise, and Unavailable while another replica
+        serves the session."""
+        async with self._lock:
+            await self.owned(session_id, owner)
+            live = self._live.get(session_id)
+            if live is not None:
+                return await reruns.restore(live, self._store, branch, keep_changes)
+            async with self._leased(session_id):
+                number, position, _ = await self._store.branches.restore(
+                    session_id, branch, keep_changes=keep_changes
+                )
+        return SessionChanged("switch", session_id, number, position)
 
     async def delete(self, session_id: str, owner: str) -> None:
         """Delete one of ``owner``'s sessions, its data with it (a tombstone keeps the id).

@@ -99,6 +99,8 @@ checkpoints = sa.Table(
     sa.Column("after", sa.Text, nullable=True),
     sa.Column("undone", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The branch (runtime.branches) whose turns made it; NULL: the active history.
+    sa.Column("branch", sa.Integer, nullable=True),
     sa.Index("ix_checkpoints_session", "session_id", "id"),
 )
 
@@ -141,4 +143,31 @@ user_instructions = sa.Table(
     # The user's custom instructions (runtime.instructions), as they wrote them.
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+branches = sa.Table(
+    "branches",
+    metadata,
+    # Parts of a session's history a retry or an edit replaced (runtime.branches).
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("branch", sa.Integer, primary_key=True),
+    sa.Column("reason", sa.String(16), nullable=False),
+    sa.Column("from_position", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+branch_messages = sa.Table(
+    "branch_messages",
+    metadata,
+    # A replaced message, as it was in ``messages`` (same columns).
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), primary_key=True),
+    sa.Column("branch", sa.Integer, primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("tool_calls", sa.Text, nullable=True),
+    sa.Column("tool_call_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("name", sa.String(64), nullable=False, server_default=""),
+    sa.Column("agent", sa.String(32), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -13,20 +13,22 @@ the user named in ``x-user-id`` is the one the gateway vouches for.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any, TypeVar
 
 import grpc
 import structlog
 
 from mesh import tracing
-from mesh.grpc_server import LEASE_HOLDER_HEADER, REQUEST_ID_HEADER, USER_HEADER, metadata_value
-from runtime import errors, instructions
-from runtime.errors import InvalidArgument, Precondition, RuntimeServiceError, Unauthenticated
+from mesh.grpc_server import REQUEST_ID_HEADER, metadata_value
+from runtime import instructions
+from runtime.boundary import Context
+from runtime.boundary import mapped as _mapped
+from runtime.boundary import user as _user
+from runtime.branch_rpcs import BranchRpcs
+from runtime.errors import InvalidArgument, Precondition
 from runtime.events import (
     AssistantText,
     ErrorEvent,
@@ -61,51 +63,8 @@ from runtime.wire import (
 
 log = structlog.get_logger("runtime.service")
 
-Context = grpc.aio.ServicerContext[Any, Any]
 
-_STATUS: dict[str, grpc.StatusCode] = {
-    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
-    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
-    "aborted": grpc.StatusCode.ABORTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def status_code(exc: RuntimeServiceError) -> grpc.StatusCode:
-    """The gRPC status an RPC ends with when it raises ``exc``."""
-    return _STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
-
-
-_Servicer = TypeVar("_Servicer")
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
-
-
-def _mapped(
-    method: Callable[[_Servicer, _Request, Context], Awaitable[_Response]],
-) -> Callable[[_Servicer, _Request, Context], Awaitable[_Response]]:
-    """The one error boundary of the servicer: an RPC that raises one of
-    :mod:`runtime.errors` ends with its status (:func:`status_code`) and
-    message. Anything else propagates (gRPC reports it as UNKNOWN)."""
-
-    @functools.wraps(method)
-    async def rpc(self: _Servicer, request: _Request, context: Context) -> _Response:
-        try:
-            return await method(self, request, context)
-        except RuntimeServiceError as exc:
-            if isinstance(exc, errors.Unavailable) and exc.holder:
-                context.set_trailing_metadata(((LEASE_HOLDER_HEADER, exc.holder),))
-            await context.abort(status_code(exc), str(exc))
-            raise AssertionError("unreachable") from exc  # pragma: no cover - abort raises
-
-    return rpc
-
-
-class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
+class AgentRuntimeServicer(BranchRpcs, runtime_pb2_grpc.AgentRuntimeServiceServicer):
     """Serves Converse streams and the owner-scoped reads from a SessionHub."""
 
     def __init__(self, hub: SessionHub, *, open_timeout: float) -> None:
@@ -501,11 +460,3 @@ class AgentRuntimeServicer(runtime_pb2_grpc.AgentRuntimeServiceServicer):
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-
-
-def _user(context: Context) -> str:
-    """The calling user (the gateway vouches for it); raises Unauthenticated without one."""
-    user = metadata_value(context, USER_HEADER)
-    if not user:
-        raise Unauthenticated("x-user-id metadata is required")
-    return user

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mesh import database
 from runtime import checkpoints as checkpoint_rows
+from runtime.branches import BRANCH_DATA, Branches
 from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
@@ -140,7 +141,7 @@ class SessionGone(Exception):
     """The session was deleted: a step for it is not written."""
 
 
-_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints)
+_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints, *BRANCH_DATA)
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
 
@@ -160,6 +161,8 @@ class Store:
         """Forks of sessions (:class:`runtime.forks.Forks`)."""
         self.models = ModelChoices(engine)
         """Sessions' model choices (:class:`runtime.models.ModelChoices`)."""
+        self.branches = Branches(engine)
+        """Branches of sessions' histories (:class:`runtime.branches.Branches`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""

@@ -19,9 +19,12 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    EditMessage,
     Environment,
     FileChanged,
+    Fork,
     PlanApproval,
+    Retry,
     SetModel,
     SwitchAgent,
     ToolResult,
@@ -36,6 +39,7 @@ from runtime.events import (
     PlanProgress,
     PlanUpdate,
     Sequenced,
+    SessionChanged,
     SessionOpened,
     ToolCallEvent,
     TurnDone,
@@ -99,7 +103,19 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
             response.session_opened.created = opened.created
             response.session_opened.recovered = opened.recovered
             response.session_opened.last_seq = opened.last_seq
+        case SessionChanged() as changed:
+            response.session_changed.CopyFrom(change_proto(changed))
     return response
+
+
+def change_proto(change: SessionChanged) -> runtime_pb2.SessionChanged:
+    """A branch or a fork as the wire reports it."""
+    return runtime_pb2.SessionChanged(
+        reason=change.reason,
+        session_id=change.session_id,
+        branch=change.branch,
+        from_message=change.from_message,
+    )
 
 
 _DECISIONS = {
@@ -160,6 +176,14 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
         return Undo(request.undo.turn_id)
     if kind == "set_model":
         return SetModel(request.set_model.model)
+    if kind == "retry":
+        return Retry(request.retry.keep_changes)
+    if kind == "edit_message":
+        edit = request.edit_message
+        return EditMessage(edit.index, edit.content, edit.keep_changes)
+    if kind == "fork":
+        fork = request.fork
+        return Fork(fork.through_message if fork.HasField("through_message") else None)
     if kind == "environment":
         reported = request.environment
         return Environment(reported.os, reported.shell, reported.workspace_root)

@@ -141,6 +141,9 @@ class ConverseRequest(_message.Message):
     UNDO_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     SET_MODEL_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    EDIT_MESSAGE_FIELD_NUMBER: _builtins.int
+    FORK_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
     traceparent: _builtins.str
     """traceparent is the W3C trace context of the IDE frame behind this
@@ -196,6 +199,25 @@ class ConverseRequest(_message.Message):
     def set_model(self) -> Global___SetModel:
         """set_model chooses the session's model group (one of ListModels')."""
 
+    @_builtins.property
+    def retry(self) -> Global___Retry:
+        """retry runs the last user message again; the answer it replaces is
+        kept as a branch.
+        """
+
+    @_builtins.property
+    def edit_message(self) -> Global___EditMessage:
+        """edit_message replaces a user message and runs again from it; what
+        followed it is kept as a branch.
+        """
+
+    @_builtins.property
+    def fork(self) -> Global___Fork:
+        """fork copies the session up to a message into a new session
+        (answered with `session_changed`). Field 17 is not used: an export
+        is a document, read by REST (ExportSession), not a session event.
+        """
+
     def __init__(
         self,
         *,
@@ -211,13 +233,16 @@ class ConverseRequest(_message.Message):
         undo: Global___Undo | None = ...,
         environment: Global___Environment | None = ...,
         set_model: Global___SetModel | None = ...,
+        retry: Global___Retry | None = ...,
+        edit_message: Global___EditMessage | None = ...,
+        fork: Global___Fork | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "edit_message", b"edit_message", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "fork", b"fork", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "retry", b"retry", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "edit_message", b"edit_message", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "fork", b"fork", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "retry", b"retry", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment", "set_model"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment", "set_model", "retry", "edit_message", "fork"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -588,6 +613,7 @@ class ConverseResponse(_message.Message):
     PLAN_PROGRESS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     TURN_DONE_FIELD_NUMBER: _builtins.int
+    SESSION_CHANGED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """seq is the session's event number, strictly increasing per session;
     a client resumes with the last one it saw.
@@ -624,6 +650,12 @@ class ConverseResponse(_message.Message):
     def turn_done(self) -> Global___TurnDone:
         """turn_done ends the assistant's answer."""
 
+    @_builtins.property
+    def session_changed(self) -> Global___SessionChanged:
+        """session_changed says the session's history branched (retry, edit)
+        or a fork of it was made.
+        """
+
     def __init__(
         self,
         *,
@@ -636,12 +668,13 @@ class ConverseResponse(_message.Message):
         plan_progress: Global___PlanProgress | None = ...,
         error: Global___Error | None = ...,
         turn_done: Global___TurnDone | None = ...,
+        session_changed: Global___SessionChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "session_changed", b"session_changed", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "seq", b"seq", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "seq", b"seq", "session_changed", b"session_changed", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["session_opened", "assistant_delta", "tool_call", "agent_switched", "plan_update", "plan_progress", "error", "turn_done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["session_opened", "assistant_delta", "tool_call", "agent_switched", "plan_update", "plan_progress", "error", "turn_done", "session_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -2481,3 +2514,390 @@ class UpdateInstructionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateInstructionsResponse: _TypeAlias = UpdateInstructionsResponse  # noqa: Y015
+
+@_typing.final
+class Retry(_message.Message):
+    """Retry runs the session's last user message again, as a new turn; every
+    message from it on (the answer it replaces) moves to a new branch of the
+    history (ListBranches), kept, not deleted. Refused (`error`) while a turn
+    runs, with no user message, and, unless keep_changes, when the turns
+    replaced changed files that are not undone (`changes_not_undone`, naming
+    the turn to undo and its files).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_CHANGES_FIELD_NUMBER: _builtins.int
+    keep_changes: _builtins.bool
+    """keep_changes runs again with the workspace as it is: the replaced
+    turns' file changes stay, and can no longer be undone from this branch.
+    """
+    def __init__(
+        self,
+        *,
+        keep_changes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_changes", b"keep_changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Retry: _TypeAlias = Retry  # noqa: Y015
+
+@_typing.final
+class EditMessage(_message.Message):
+    """EditMessage replaces the user message at a position (as GetSessionHistory
+    lists them, from 0) with new content and runs it as a new turn; the
+    message and everything after it move to a new branch. Refused as Retry
+    is, and (`invalid_message`) for a position that is not a user message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    KEEP_CHANGES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """index is the position of the user message to replace."""
+    content: _builtins.str
+    """content is the new text of the message."""
+    keep_changes: _builtins.bool
+    """keep_changes: see Retry.keep_changes."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        content: _builtins.str = ...,
+        keep_changes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "index", b"index", "keep_changes", b"keep_changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditMessage: _TypeAlias = EditMessage  # noqa: Y015
+
+@_typing.final
+class Fork(_message.Message):
+    """Fork copies the session's messages through a position into a new
+    session of the same user (ForkSession); answered with a
+    `session_changed` naming it (seq 0: not an event of this session).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THROUGH_MESSAGE_FIELD_NUMBER: _builtins.int
+    through_message: _builtins.int
+    """through_message is the last message copied; unset: all of them."""
+    def __init__(
+        self,
+        *,
+        through_message: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_through_message", b"_through_message", "through_message", b"through_message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_through_message", b"_through_message", "through_message", b"through_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__through_message: _TypeAlias = _typing.Literal["through_message"]  # noqa: Y015
+    _WhichOneofArgType__through_message: _TypeAlias = _typing.Literal["_through_message", b"_through_message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__through_message) -> _WhichOneofReturnType__through_message | None: ...
+
+Global___Fork: _TypeAlias = Fork  # noqa: Y015
+
+@_typing.final
+class SessionChanged(_message.Message):
+    """SessionChanged says what changed a session's history, or which session
+    a fork made.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    FROM_MESSAGE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """reason is retry, edit, switch (RestoreBranch) or fork."""
+    session_id: _builtins.str
+    """session_id is the session now to show: this one after a retry or an
+    edit, the new session after a fork.
+    """
+    branch: _builtins.int
+    """branch is the branch (ListBranches) that now holds the messages a
+    retry or an edit replaced; 0 for a fork.
+    """
+    from_message: _builtins.int
+    """from_message is the position of the first message replaced (retry,
+    edit); for a fork, the number of messages it copied.
+    """
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        branch: _builtins.int = ...,
+        from_message: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "from_message", b"from_message", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionChanged: _TypeAlias = SessionChanged  # noqa: Y015
+
+@_typing.final
+class RetryTurnRequest(_message.Message):
+    """RetryTurnRequest names a session whose last user message runs again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    KEEP_CHANGES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    keep_changes: _builtins.bool
+    """keep_changes: see Retry.keep_changes."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        keep_changes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_changes", b"keep_changes", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryTurnRequest: _TypeAlias = RetryTurnRequest  # noqa: Y015
+
+@_typing.final
+class RetryTurnResponse(_message.Message):
+    """RetryTurnResponse says the retry started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___SessionChanged:
+        """change is what happened to the history."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___SessionChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryTurnResponse: _TypeAlias = RetryTurnResponse  # noqa: Y015
+
+@_typing.final
+class EditUserMessageRequest(_message.Message):
+    """EditUserMessageRequest names a user message and its new content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    KEEP_CHANGES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    index: _builtins.int
+    """index is the position of the user message to replace."""
+    content: _builtins.str
+    """content is the new text of the message."""
+    keep_changes: _builtins.bool
+    """keep_changes: see Retry.keep_changes."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        content: _builtins.str = ...,
+        keep_changes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "index", b"index", "keep_changes", b"keep_changes", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditUserMessageRequest: _TypeAlias = EditUserMessageRequest  # noqa: Y015
+
+@_typing.final
+class EditUserMessageResponse(_message.Message):
+    """EditUserMessageResponse says the edited turn started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___SessionChanged:
+        """change is what happened to the history."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___SessionChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditUserMessageResponse: _TypeAlias = EditUserMessageResponse  # noqa: Y015
+
+@_typing.final
+class ListBranchesRequest(_message.Message):
+    """ListBranchesRequest names a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBranchesRequest: _TypeAlias = ListBranchesRequest  # noqa: Y015
+
+@_typing.final
+class HistoryBranch(_message.Message):
+    """HistoryBranch is a part of a session's history a retry or an edit replaced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCH_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FROM_MESSAGE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    branch: _builtins.int
+    """branch numbers the session's branches from 1."""
+    reason: _builtins.str
+    """reason is retry or edit."""
+    from_message: _builtins.int
+    """from_message is the position its first message had in the history."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """created_at is when it was replaced."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryMessage]:
+        """messages are its messages, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        branch: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        from_message: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        messages: _abc.Iterable[Global___HistoryMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "created_at", b"created_at", "from_message", b"from_message", "messages", b"messages", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryBranch: _TypeAlias = HistoryBranch  # noqa: Y015
+
+@_typing.final
+class ListBranchesResponse(_message.Message):
+    """ListBranchesResponse is a session's inactive branches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BRANCHES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id echoes the request."""
+    @_builtins.property
+    def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryBranch]:
+        """branches are newest first."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        branches: _abc.Iterable[Global___HistoryBranch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branches", b"branches", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBranchesResponse: _TypeAlias = ListBranchesResponse  # noqa: Y015
+
+@_typing.final
+class RestoreBranchRequest(_message.Message):
+    """RestoreBranchRequest names a session's branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    KEEP_CHANGES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id names a session of the calling user."""
+    branch: _builtins.int
+    """branch is the branch to make active (ListBranches)."""
+    keep_changes: _builtins.bool
+    """keep_changes: see Retry.keep_changes."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        branch: _builtins.int = ...,
+        keep_changes: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "keep_changes", b"keep_changes", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreBranchRequest: _TypeAlias = RestoreBranchRequest  # noqa: Y015
+
+@_typing.final
+class RestoreBranchResponse(_message.Message):
+    """RestoreBranchResponse says what changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___SessionChanged:
+        """change names the branch that now holds the messages replaced."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___SessionChanged | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestoreBranchResponse: _TypeAlias = RestoreBranchResponse  # noqa: Y015

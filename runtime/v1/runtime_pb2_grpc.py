@@ -145,6 +145,26 @@ class AgentRuntimeServiceStub:
                 request_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsRequest.SerializeToString,
                 response_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsResponse.FromString,
                 _registered_method=True)
+        self.RetryTurn = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/RetryTurn',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnResponse.FromString,
+                _registered_method=True)
+        self.EditUserMessage = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/EditUserMessage',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageResponse.FromString,
+                _registered_method=True)
+        self.ListBranches = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/ListBranches',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.FromString,
+                _registered_method=True)
+        self.RestoreBranch = channel.unary_unary(
+                '/runtime.v1.AgentRuntimeService/RestoreBranch',
+                request_serializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchRequest.SerializeToString,
+                response_deserializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchResponse.FromString,
+                _registered_method=True)
 
 
 class AgentRuntimeServiceServicer:
@@ -346,6 +366,49 @@ class AgentRuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryTurn(self, request, context):
+        """RetryTurn runs the session's last user message again (see Retry) on a
+        session an IDE is connected to; what followed it is kept as a branch.
+        NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+        connected here, a turn runs, there is no message to retry, or the turns
+        replaced changed files not undone (the details say which); UNAVAILABLE
+        (retry) while another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditUserMessage(self, request, context):
+        """EditUserMessage replaces a user message and runs the session again from it
+        (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+        a position that is not a user message, or empty content.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBranches(self, request, context):
+        """ListBranches lists the branches of a session's history: the messages a
+        retry or an edit replaced, newest branch first. NOT_FOUND for a session
+        that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreBranch(self, request, context):
+        """RestoreBranch makes a branch the session's active history again from
+        the position it started at; the messages it replaces become a new
+        branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+        does not exist; INVALID_ARGUMENT for a branch the session has not, or
+        one starting past the end of the history; ABORTED while a turn runs, or
+        (without keep_changes) when the turns replaced changed files not undone;
+        UNAVAILABLE (retry) while another runtime replica serves the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentRuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -443,6 +506,26 @@ def add_AgentRuntimeServiceServicer_to_server(servicer, server):
                     servicer.UpdateInstructions,
                     request_deserializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsRequest.FromString,
                     response_serializer=runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsResponse.SerializeToString,
+            ),
+            'RetryTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTurn,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.RetryTurnResponse.SerializeToString,
+            ),
+            'EditUserMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditUserMessage,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.EditUserMessageResponse.SerializeToString,
+            ),
+            'ListBranches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBranches,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.SerializeToString,
+            ),
+            'RestoreBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreBranch,
+                    request_deserializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchRequest.FromString,
+                    response_serializer=runtime_dot_v1_dot_runtime__pb2.RestoreBranchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -974,6 +1057,114 @@ class AgentRuntimeService:
             '/runtime.v1.AgentRuntimeService/UpdateInstructions',
             runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsRequest.SerializeToString,
             runtime_dot_v1_dot_runtime__pb2.UpdateInstructionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/RetryTurn',
+            runtime_dot_v1_dot_runtime__pb2.RetryTurnRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.RetryTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditUserMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/EditUserMessage',
+            runtime_dot_v1_dot_runtime__pb2.EditUserMessageRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.EditUserMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBranches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/ListBranches',
+            runtime_dot_v1_dot_runtime__pb2.ListBranchesRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.ListBranchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runtime.v1.AgentRuntimeService/RestoreBranch',
+            runtime_dot_v1_dot_runtime__pb2.RestoreBranchRequest.SerializeToString,
+            runtime_dot_v1_dot_runtime__pb2.RestoreBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

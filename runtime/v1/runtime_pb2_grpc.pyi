@@ -152,6 +152,33 @@ class AgentRuntimeServiceStub:
     """UpdateInstructions replaces the calling user's custom instructions
     (empty: none). INVALID_ARGUMENT when they are too long.
     """
+    RetryTurn: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.RetryTurnRequest, _runtime_pb2.RetryTurnResponse]
+    """RetryTurn runs the session's last user message again (see Retry) on a
+    session an IDE is connected to; what followed it is kept as a branch.
+    NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+    connected here, a turn runs, there is no message to retry, or the turns
+    replaced changed files not undone (the details say which); UNAVAILABLE
+    (retry) while another runtime replica serves the session.
+    """
+    EditUserMessage: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.EditUserMessageRequest, _runtime_pb2.EditUserMessageResponse]
+    """EditUserMessage replaces a user message and runs the session again from it
+    (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+    a position that is not a user message, or empty content.
+    """
+    ListBranches: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.ListBranchesRequest, _runtime_pb2.ListBranchesResponse]
+    """ListBranches lists the branches of a session's history: the messages a
+    retry or an edit replaced, newest branch first. NOT_FOUND for a session
+    that does not exist.
+    """
+    RestoreBranch: _grpc.UnaryUnaryMultiCallable[_runtime_pb2.RestoreBranchRequest, _runtime_pb2.RestoreBranchResponse]
+    """RestoreBranch makes a branch the session's active history again from
+    the position it started at; the messages it replaces become a new
+    branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+    does not exist; INVALID_ARGUMENT for a branch the session has not, or
+    one starting past the end of the history; ABORTED while a turn runs, or
+    (without keep_changes) when the turns replaced changed files not undone;
+    UNAVAILABLE (retry) while another runtime replica serves the session.
+    """
 
 @_typing.type_check_only
 class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
@@ -276,6 +303,33 @@ class AgentRuntimeServiceAsyncStub(AgentRuntimeServiceStub):
     UpdateInstructions: _aio.UnaryUnaryMultiCallable[_runtime_pb2.UpdateInstructionsRequest, _runtime_pb2.UpdateInstructionsResponse]  # type: ignore[assignment]
     """UpdateInstructions replaces the calling user's custom instructions
     (empty: none). INVALID_ARGUMENT when they are too long.
+    """
+    RetryTurn: _aio.UnaryUnaryMultiCallable[_runtime_pb2.RetryTurnRequest, _runtime_pb2.RetryTurnResponse]  # type: ignore[assignment]
+    """RetryTurn runs the session's last user message again (see Retry) on a
+    session an IDE is connected to; what followed it is kept as a branch.
+    NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+    connected here, a turn runs, there is no message to retry, or the turns
+    replaced changed files not undone (the details say which); UNAVAILABLE
+    (retry) while another runtime replica serves the session.
+    """
+    EditUserMessage: _aio.UnaryUnaryMultiCallable[_runtime_pb2.EditUserMessageRequest, _runtime_pb2.EditUserMessageResponse]  # type: ignore[assignment]
+    """EditUserMessage replaces a user message and runs the session again from it
+    (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+    a position that is not a user message, or empty content.
+    """
+    ListBranches: _aio.UnaryUnaryMultiCallable[_runtime_pb2.ListBranchesRequest, _runtime_pb2.ListBranchesResponse]  # type: ignore[assignment]
+    """ListBranches lists the branches of a session's history: the messages a
+    retry or an edit replaced, newest branch first. NOT_FOUND for a session
+    that does not exist.
+    """
+    RestoreBranch: _aio.UnaryUnaryMultiCallable[_runtime_pb2.RestoreBranchRequest, _runtime_pb2.RestoreBranchResponse]  # type: ignore[assignment]
+    """RestoreBranch makes a branch the session's active history again from
+    the position it started at; the messages it replaces become a new
+    branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+    does not exist; INVALID_ARGUMENT for a branch the session has not, or
+    one starting past the end of the history; ABORTED while a turn runs, or
+    (without keep_changes) when the turns replaced changed files not undone;
+    UNAVAILABLE (retry) while another runtime replica serves the session.
     """
 
 class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -512,6 +566,57 @@ class AgentRuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runtime_pb2.UpdateInstructionsResponse, _abc.Awaitable[_runtime_pb2.UpdateInstructionsResponse]]:
         """UpdateInstructions replaces the calling user's custom instructions
         (empty: none). INVALID_ARGUMENT when they are too long.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryTurn(
+        self,
+        request: _runtime_pb2.RetryTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.RetryTurnResponse, _abc.Awaitable[_runtime_pb2.RetryTurnResponse]]:
+        """RetryTurn runs the session's last user message again (see Retry) on a
+        session an IDE is connected to; what followed it is kept as a branch.
+        NOT_FOUND for a session that does not exist; ABORTED when no IDE is
+        connected here, a turn runs, there is no message to retry, or the turns
+        replaced changed files not undone (the details say which); UNAVAILABLE
+        (retry) while another runtime replica serves the session.
+        """
+
+    @_abc_1.abstractmethod
+    def EditUserMessage(
+        self,
+        request: _runtime_pb2.EditUserMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.EditUserMessageResponse, _abc.Awaitable[_runtime_pb2.EditUserMessageResponse]]:
+        """EditUserMessage replaces a user message and runs the session again from it
+        (see EditMessage); the codes are RetryTurn's, and INVALID_ARGUMENT for
+        a position that is not a user message, or empty content.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBranches(
+        self,
+        request: _runtime_pb2.ListBranchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.ListBranchesResponse, _abc.Awaitable[_runtime_pb2.ListBranchesResponse]]:
+        """ListBranches lists the branches of a session's history: the messages a
+        retry or an edit replaced, newest branch first. NOT_FOUND for a session
+        that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreBranch(
+        self,
+        request: _runtime_pb2.RestoreBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runtime_pb2.RestoreBranchResponse, _abc.Awaitable[_runtime_pb2.RestoreBranchResponse]]:
+        """RestoreBranch makes a branch the session's active history again from
+        the position it started at; the messages it replaces become a new
+        branch (reason "switch"). No turn runs. NOT_FOUND for a session that
+        does not exist; INVALID_ARGUMENT for a branch the session has not, or
+        one starting past the end of the history; ABORTED while a turn runs, or
+        (without keep_changes) when the turns replaced changed files not undone;
+        UNAVAILABLE (retry) while another runtime replica serves the session.
         """
 
 def add_AgentRuntimeServiceServicer_to_server(servicer: AgentRuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

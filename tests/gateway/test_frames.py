@@ -643,3 +643,51 @@ def test_a_call_the_runtime_issued_carries_its_diff_and_parent():
     assert sent["reason"] == "apply_diff changes the workspace"
     plain = frame(tool_call=pb.ToolCall(call_id="c2", tool_name="read_file"))
     assert "metadata" not in plain
+
+
+def test_retry_may_keep_the_changes():
+    assert parse({"type": "retry"}) == pb.ConverseRequest(retry=pb.Retry())
+    assert parse({"type": "retry", "keep_changes": True}) == pb.ConverseRequest(
+        retry=pb.Retry(keep_changes=True)
+    )
+    assert refused(json.dumps({"type": "retry", "keep_changes": "yes"})).code == "invalid_field"
+
+
+def test_edit_message_names_a_position_and_new_content():
+    assert parse({"type": "edit_message", "index": 2, "content": "again"}) == pb.ConverseRequest(
+        edit_message=pb.EditMessage(index=2, content="again")
+    )
+    for bad, code in (
+        ({"content": "x"}, "missing_field"),
+        ({"index": 2}, "missing_field"),
+        ({"index": 2, "content": "  "}, "invalid_field"),
+        ({"index": -1, "content": "x"}, "invalid_field"),
+        ({"index": True, "content": "x"}, "invalid_field"),
+        ({"index": "2", "content": "x"}, "invalid_field"),
+        ({"index": 2**31, "content": "x"}, "invalid_field"),
+    ):
+        assert refused(json.dumps({"type": "edit_message", **bad})).code == code
+    limits = PayloadLimits(message=4)
+    with pytest.raises(FrameError):
+        parse_frame(json.dumps({"type": "edit_message", "index": 0, "content": "12345"}), limits)
+
+
+def test_fork_names_the_last_message_or_none():
+    assert parse({"type": "fork"}) == pb.ConverseRequest(fork=pb.Fork())
+    assert parse({"type": "fork", "index": 0}) == pb.ConverseRequest(
+        fork=pb.Fork(through_message=0)
+    )
+    assert refused(json.dumps({"type": "fork", "index": 1.5})).code == "invalid_field"
+    assert refused(json.dumps({"type": "export"})).code == "unknown_type", "exports are REST"
+
+
+def test_session_changed_names_the_branch_or_the_fork():
+    change = pb.SessionChanged(reason="edit", session_id="s1", branch=2, from_message=4)
+    assert response_to_frame(pb.ConverseResponse(seq=9, session_changed=change)) == {
+        "type": "session_changed",
+        "reason": "edit",
+        "session_id": "s1",
+        "branch": 2,
+        "from_message": 4,
+        "seq": 9,
+    }

@@ -371,3 +371,12 @@ def test_an_approval_the_ide_restores_from_rest_carries_its_diff_in_the_reason()
     assert first["reason"] == f"apply_diff changes the workspace\n\n{diff}"
     assert second["reason"] == "runs a command"
     assert STRICT.rest_body("approvals", ours) == views.pending_approvals(response)
+
+
+def test_the_ide_is_not_shown_a_branch_made_by_rest_and_we_are() -> None:
+    change = pb.ConverseResponse(
+        seq=7, session_changed=pb.SessionChanged(reason="retry", session_id="s", branch=1)
+    )
+    assert shape(CODELAB_IDE, change) == []
+    (shown,) = shape(STRICT, change)
+    assert (shown["type"], shown["branch"]) == ("session_changed", 1)
