@@ -11,7 +11,8 @@ The operator lists servers in a file (JSON or YAML) named by
         agents: [ask, coder]         # default: every agent
         approval: true               # a human approves each call (default)
         user_rules: true             # users' allow rules may auto-approve (default)
-        timeout: 30                  # seconds per call, connecting included
+        timeout: 30                  # seconds a call may take
+        connect_timeout: 60          # seconds to start or reach it and list its tools
       tracker:
         url: https://mcp.example.com/mcp    # streamable HTTP
         headers: {Authorization: "Bearer ${TRACKER_TOKEN}"}
@@ -69,7 +70,8 @@ MAX_TOOLS_PER_SERVER = 100
 _SERVER_NAME = re.compile(r"[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_KEYS = {"command", "args", "env", "url", "headers", "agents", "approval", "user_rules", "timeout"}
+_KEYS = {"command", "args", "env", "url", "headers", "agents", "approval", "user_rules"}
+_TIMEOUTS = {"timeout": 30.0, "connect_timeout": 60.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ class McpServer:
     approval: bool = True
     user_rules: bool = True
     timeout: float = 30.0
+    connect_timeout: float = 60.0
+    """Seconds to start (a stdio server may install itself first) or reach it and list its tools."""
 
     @property
     def transport(self) -> str:
@@ -117,7 +121,7 @@ def _server(name: str, spec: Any) -> McpServer:
         raise ValueError(f"{where}: a name is letters, digits, - and single _, at most 32")
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping")
-    unknown = sorted(set(spec) - _KEYS)
+    unknown = sorted(set(spec) - _KEYS - set(_TIMEOUTS))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(_KEYS)}")
     command, url = spec.get("command", ""), spec.get("url", "")
@@ -127,15 +131,16 @@ def _server(name: str, spec: Any) -> McpServer:
         raise ValueError(f"{where}: url must be http:// or https://")
     args = spec.get("args", [])
     agents = spec.get("agents")
-    timeout = spec.get("timeout", 30.0)
+    timeouts = {key: spec.get(key, default) for key, default in _TIMEOUTS.items()}
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise ValueError(f"{where}: args is a list of strings")
     if agents is not None and (
         not isinstance(agents, list) or not all(isinstance(a, str) for a in agents)
     ):
         raise ValueError(f"{where}: agents is a list of agent names")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise ValueError(f"{where}: timeout is a positive number of seconds")
+    for key, value in timeouts.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{where}: {key} is a positive number of seconds")
     flags = {key: spec.get(key, True) for key in ("approval", "user_rules")}
     for key, value in flags.items():
         if not isinstance(value, bool):
@@ -150,7 +155,8 @@ def _server(name: str, spec: Any) -> McpServer:
         agents=None if agents is None or "*" in agents else frozenset(agents),
         approval=flags["approval"],
         user_rules=flags["user_rules"],
-        timeout=float(timeout),
+        timeout=float(timeouts["timeout"]),
+        connect_timeout=float(timeouts["connect_timeout"]),
     )
 
 
@@ -300,7 +306,7 @@ class McpTools:
             ):
                 return listed
             try:
-                async with asyncio.timeout(server.timeout):
+                async with asyncio.timeout(server.connect_timeout):
                     listed = await self._fetch(server)
             except asyncio.CancelledError:
                 raise
@@ -337,16 +343,27 @@ class McpTools:
             return {"error": f"no MCP server runs {execution.tool_name}"}
         connection = self._connections[server.name]
         try:
-            async with asyncio.timeout(server.timeout):
+            async with asyncio.timeout(server.connect_timeout):
                 listed = self._listed.get(server.name)
                 if listed is None or execution.tool_name not in listed.tools:
                     # A call approved before a restart: list the tools first.
                     listed = await self._fetch(server)
                     self._listed[server.name] = listed
-                entry = listed.tools.get(execution.tool_name)
-                if entry is None:
-                    return {"error": f"the MCP server {server.name} has no such tool any more"}
                 client = await connection.client()
+        except TimeoutError:
+            connection.reset()
+            return {"error": f"the MCP server {server.name} could not be reached"}
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            connection.reset()
+            log.warning("mcp_server_unreachable", server=server.name, error=_describe(exc))
+            return {"error": f"the MCP server {server.name} failed: {_describe(exc)}"}
+        entry = listed.tools.get(execution.tool_name)
+        if entry is None:
+            return {"error": f"the MCP server {server.name} has no such tool any more"}
+        try:
+            async with asyncio.timeout(server.timeout):
                 result = await client.call_tool(entry[0], execution.arguments)
         except TimeoutError:
             connection.reset()

@@ -54,9 +54,13 @@ def mcp_stack(
                 "args": ["-m", "tests.mcp_server"],
                 "env": {"MCP_TEST_CALLS": str(calls), "PYTHONPATH": str(ROOT)},
                 "agents": ["coder"],
-                "timeout": 60,
+                "connect_timeout": 240,  # a busy machine starts Python slowly
             },
-            "web": {"url": f"http://127.0.0.1:{port}/mcp", "approval": False, "timeout": 60},
+            "web": {
+                "url": f"http://127.0.0.1:{port}/mcp",
+                "approval": False,
+                "connect_timeout": 240,
+            },
         }
     }
     (tmp_path / "mcp.json").write_text(json.dumps(servers))
@@ -108,6 +112,7 @@ async def test_an_mcp_tool_is_called_approved_and_recorded(
 
         turn = await ide.say('call mcp__demo__add {"a": 2, "b": 3}')
         assert turn.status == "completed"
+        assert len(approvals.asked) == 1, (turn.text, stack.runtime.output[-4000:])
         (asked,) = approvals.asked
         assert (asked["tool_name"], asked["arguments"]) == ("mcp__demo__add", {"a": 2, "b": 3})
         assert asked["requires_approval"]

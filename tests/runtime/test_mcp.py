@@ -56,6 +56,7 @@ servers:
     agents: [ask, coder]
     approval: false
     timeout: 5
+    connect_timeout: 90
   tracker:
     url: https://mcp.example.com/mcp
     headers: {Authorization: "Bearer ${TRACKER_TOKEN}"}
@@ -63,12 +64,14 @@ servers:
 """,
     )
     docs, tracker = load_servers(path)
-    assert (docs.transport, docs.command, docs.args, docs.timeout) == (
+    assert (docs.transport, docs.command, docs.args, docs.timeout, docs.connect_timeout) == (
         "stdio",
         "uvx",
         ("mcp-server-fetch",),
         5.0,
+        90.0,
     )
+    assert (tracker.timeout, tracker.connect_timeout) == (30.0, 60.0)
     assert docs.env == {"API_KEY": "k-s3cret-token"}
     assert (docs.serves("ask"), docs.serves("debug"), docs.approval) == (True, False, False)
     assert (tracker.transport, tracker.url, tracker.approval, tracker.user_rules) == (
@@ -95,6 +98,7 @@ servers:
         ("servers: {a: {url: 'ftp://x'}}", "url must be http"),
         ("servers: {a: {command: x, agent: [ask]}}", "unknown keys ['agent']"),
         ("servers: {a: {command: x, timeout: 0}}", "timeout is a positive number"),
+        ("servers: {a: {command: x, connect_timeout: true}}", "connect_timeout is a positive"),
         ("servers: {a: {command: x, approval: 'no'}}", "approval is true or false"),
         ("servers: {a: {command: x, env: {K: '${NOT_SET_ANYWHERE}'}}}", "${NOT_SET_ANYWHERE}"),
         ("servers: {a: {command: x, args: 'a b'}}", "args is a list of strings"),
@@ -137,7 +141,7 @@ def test_names_are_namespaced_and_fit_every_model() -> None:
 
 @pytest.fixture
 async def stdio_tools() -> AsyncIterator[Executors]:
-    executors = Executors([McpTools((stdio_server(timeout=30),))])
+    executors = Executors([McpTools((stdio_server(timeout=30, connect_timeout=120),))])
     yield executors
     await executors.close()
 
@@ -181,7 +185,7 @@ async def test_a_stdio_servers_tools_are_offered_and_run(
 
 @pytest.mark.timeout(120)
 async def test_a_call_that_takes_too_long_is_a_tool_error_and_the_server_is_used_again() -> None:
-    executors = Executors([McpTools((stdio_server(timeout=8),))])
+    executors = Executors([McpTools((stdio_server(timeout=8, connect_timeout=120),))])
     try:
         await executors.prepare("coder")
         payload, status = await executors.run(execution("mcp__demo__slow", seconds=60))
@@ -196,7 +200,7 @@ async def test_a_call_that_takes_too_long_is_a_tool_error_and_the_server_is_used
 
 
 async def test_a_server_that_cannot_start_offers_nothing_and_its_calls_fail() -> None:
-    down = McpServer("down", command=str(ROOT / "no-such-mcp-server"), timeout=5)
+    down = McpServer("down", command=str(ROOT / "no-such-mcp-server"), connect_timeout=30)
     executors = Executors([McpTools((down,))])
     try:
         await executors.prepare("coder")
@@ -235,7 +239,9 @@ def http_server() -> Iterator[str]:
 
 @pytest.mark.timeout(120)
 async def test_a_streamable_http_server_gets_its_headers(http_server: str) -> None:
-    server = McpServer("web", url=http_server, headers={"Authorization": "Bearer t0k"}, timeout=10)
+    server = McpServer(
+        "web", url=http_server, headers={"Authorization": "Bearer t0k"}, connect_timeout=120
+    )
     executors = Executors([McpTools((server,))])
     try:
         await executors.prepare("ask")
