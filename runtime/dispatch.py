@@ -130,7 +130,8 @@ class Dispatcher:
         """The session's agent as the turn's client may use it: with only the
         IDE-side tools that client implements (what the model is offered, and
         what the gate lets through)."""
-        agent = self.executors.equip(AGENTS[self.session.agent])
+        by_result = self.turn.client.approves_by_result
+        agent = self.executors.equip(AGENTS[self.session.agent], unapproved_only=by_result)
         implemented = self.turn.client.tools
         if implemented is None:
             return agent

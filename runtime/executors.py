@@ -116,9 +116,13 @@ class Executors:
         """The declared tools ``agent`` was last offered (:meth:`prepare`)."""
         return self._offered.get(agent, frozenset())
 
-    def equip(self, agent: Agent) -> Agent:
-        """``agent`` with the declared tools it was last offered."""
+    def equip(self, agent: Agent, *, unapproved_only: bool = False) -> Agent:
+        """``agent`` with the declared tools it was last offered; with
+        ``unapproved_only``, only those no human approves (for a client that
+        approves by running the call itself, which it cannot do for these)."""
         offered = self.offered(agent.name)
+        if unapproved_only:
+            offered = frozenset(n for n in offered if not self._declared[n].approval)
         return dataclasses.replace(agent, tools=agent.tools | offered) if offered else agent
 
     def executor_for(self, tool_name: str) -> Executor | None:

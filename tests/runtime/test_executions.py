@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from mesh.database import create_engine
-from runtime.commands import ApprovalDecision, CancelTurn, ToolResult, UserMessage
+from runtime.commands import ApprovalDecision, CancelTurn, ClientOptions, ToolResult, UserMessage
 from runtime.conversation import ConversationSettings
 from runtime.events import ErrorEvent, ToolCallEvent, TurnDone, TurnStatus
 from runtime.executions import INTERRUPTED
@@ -301,3 +301,20 @@ async def test_a_call_running_when_the_runtime_died_fails_and_is_not_run_again(
     finally:
         await second.close()
         await first.engine.dispose()
+
+
+@pytest.mark.parametrize("approval", [True, False])
+async def test_a_client_that_approves_by_running_gets_only_tools_needing_no_approval(
+    database_url: str, approval: bool
+) -> None:
+    runtime = Runtime(database_url, Adder(approval=approval))
+    try:
+        conversation, _ = await runtime.hub.open(f"s-{uuid.uuid4().hex[:8]}", "alice")
+        client = Client(conversation, conversation.subscribe())
+        codelab_ide = ClientOptions(approves_by_result=True, tools=frozenset({"read_file"}))
+        await conversation.handle(UserMessage("hello"), client=codelab_ide)
+        await client.until(TurnDone)
+        # It would try to run an approved call itself, and cannot.
+        assert (ADD in runtime.llm.tools_seen[0]) is not approval
+    finally:
+        await runtime.close()
