@@ -17,7 +17,9 @@ Rules, in order (documented in the README):
    ``delete PATH``, ``move A to B``, and (taking the rest of the message)
    ``write PATH: CONTENT``, ``edit PATH: OLD => NEW``, ``insert PATH at N:
    TEXT``, ``run COMMAND``, ``plan A; B; C`` (``plan with approval: …`` asks
-   for approval), ``switch to AGENT``, ``done RESULT``, ``clarify QUESTION``.
+   for approval), ``switch to AGENT``, ``done RESULT``, ``clarify QUESTION``,
+   ``call TOOL {JSON}`` (any tool by name, e.g. an MCP server's
+   ``mcp__SERVER__TOOL``, with a JSON object of arguments).
 
    ``edit`` is one ``apply_diff`` block: OLD is everything between the colon
    (and the one space or line break after it) and the first `` => ``, NEW the
@@ -60,6 +62,7 @@ _ROUTES = {
         "mkdir",
         "refactor",
         "fix",
+        "call",
     ),
     "architect": ("design", "plan", "document", "architect"),
     "debug": ("run", "debug", "why", "crash", "trace"),
@@ -195,7 +198,7 @@ def _summary(message: Mapping[str, Any]) -> str:
     return f"{name} returned: {text}"
 
 
-_GREEDY = ("write", "edit", "insert", "run", "plan", "switch", "done", "clarify")
+_GREEDY = ("write", "edit", "insert", "run", "plan", "switch", "done", "clarify", "call")
 """Verbs that take the rest of the message, "and" included, verbatim."""
 
 
@@ -306,6 +309,13 @@ def _greedy(verb: str, rest: str) -> ToolCall | None:
         return None
     if verb == "done":
         return ToolCall("attempt_completion", {"result": rest})
+    if verb == "call":
+        name, _, text = rest.partition(" ")
+        try:
+            arguments = json.loads(text or "{}")
+        except json.JSONDecodeError:
+            return None
+        return ToolCall(name, arguments) if isinstance(arguments, dict) else None
     if verb == "clarify":
         return ToolCall("ask_followup_question", {"question": rest})
     return None

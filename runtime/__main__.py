@@ -54,8 +54,10 @@ from runtime.agent_files import AgentsInvalid, ProjectLimits, load_operator_file
 from runtime.agents import BUILT_IN, DEFAULT_AGENT, TOOL_GROUPS, Roster
 from runtime.conversation import ConversationSettings
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
+from runtime.executors import Executor, Executors
 from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
+from runtime.mcp import McpServer, McpTools, load_servers
 from runtime.metrics import RuntimeMetrics
 from runtime.rules import MAX_AUTO_APPROVALS_PER_TURN, OperatorLimits
 from runtime.schema import VERSION_TABLE
@@ -145,6 +147,9 @@ class RuntimeConfig:
     max_auto_approvals_per_turn: int = setting(MAX_AUTO_APPROVALS_PER_TURN, check=not_negative)
     """calls one turn may auto-approve by a user's rules (the next ones are asked); a user's own
     cap can only be lower"""
+    mcp_servers: tuple[McpServer, ...] = setting((), parse=load_servers, example="")
+    """a JSON or YAML file of MCP servers (stdio or streamable HTTP) whose tools the runtime runs
+    for the agents it names, as mcp__SERVER__TOOL (README: MCP tools); default: none"""
     llm_timeout: float = 300.0
     """seconds a whole model call may take"""
     llm_connect_timeout: float = setting(CONNECT_TIMEOUT, check=positive)
@@ -229,6 +234,11 @@ def advertised(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _executors(config: RuntimeConfig) -> list[Executor]:
+    """The runtime's executors of tools it runs itself (:mod:`runtime.executors`)."""
+    return [McpTools(config.mcp_servers)] if config.mcp_servers else []
+
+
 async def serve(
     config: RuntimeConfig,
     *,
@@ -281,6 +291,8 @@ async def serve(
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
         )
+        executors = Executors(_executors(config))
+        stack.push_async_callback(executors.close)
         hub = SessionHub(
             Store(engine),
             llm,
@@ -289,6 +301,7 @@ async def serve(
             metrics=metrics,
             replica=config.replica_id or f"{socket.gethostname()}:{config.port}",
             lease_ttl=config.lease_ttl,
+            executors=executors,
         )
         hub.start()
         stack.push_async_callback(hub.close)

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from runtime import changes, policy
+from runtime import changes, executions, policy
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, switched
 from runtime.events import ToolCallEvent
@@ -23,6 +23,8 @@ from runtime.turn import Next
 
 log = structlog.get_logger("runtime.answers")
 
+_NOT_THE_IDES = (CallState.AWAITING_PLAN_APPROVAL, CallState.RUNNING, CallState.EXECUTING)
+
 
 def on_tool_result(d: Dispatcher, event: ToolResult, client: ClientOptions = STRICT) -> Next:
     """The IDE's result of a call it was sent.
@@ -31,10 +33,10 @@ def on_tool_result(d: Dispatcher, event: ToolResult, client: ClientOptions = STR
     approves by result (:func:`_approved_by_result`).
     """
     call = d.session.pending.get(event.call_id)
-    # A plan is answered by a decision, and a call the runtime runs through
-    # calls of its own (a change, RUNNING) by their results: the IDE was
-    # never sent either as a call to run.
-    if call is None or call.state in (CallState.AWAITING_PLAN_APPROVAL, CallState.RUNNING):
+    # A plan is answered by a decision, a call the runtime runs through
+    # calls of its own (a change, RUNNING) by their results, and one it runs
+    # itself (EXECUTING) by its executor: the IDE was sent none to run.
+    if call is None or call.state in _NOT_THE_IDES:
         if event.call_id in d.session.answered:
             d.refuse("duplicate_tool_result", f"tool call {event.call_id!r} was already answered")
         else:
@@ -75,6 +77,8 @@ def _approved_by_result(d: Dispatcher, call: PendingCall, event: ToolResult) -> 
         return d.resolve(call, {"error": event.error}, "failed")
     d.metrics.approvals.labels(call.tool_name, "approve").inc()
     log.info("approved_by_tool_result", call_id=call.call_id, tool=call.tool_name)
+    if executions.runs_here(d, call.tool_name):
+        return executions.approved(d, call, call.arguments)
     if TOOLS[call.tool_name].side is Side.RUNTIME:
         return _run_approved(d, call, call.arguments)
     payload = {"result": event.result if event.result is not None else {}}
@@ -135,10 +139,11 @@ def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = 
         # Checked against the agent that made the call: the session may
         # have switched since, to one with other rights.
         verdict = policy.check(
-            d.session.project.agents.resolve(call.agent or d.session.agent),
+            d.executors.equip(d.session.project.agents.resolve(call.agent or d.session.agent)),
             call.tool_name,
             event.modified_arguments,
             approval_required=d.approval_required,
+            tools=d.tools,
         )
         if isinstance(verdict, policy.Refused):
             d.refuse("invalid_edit", verdict.to_editor())
@@ -154,6 +159,8 @@ def on_approval(d: Dispatcher, event: ApprovalDecision, client: ClientOptions = 
     elif event.decision != "approve":
         d.refuse("invalid_frame", "decision must be approve, edit or reject")
         return Next.NOTHING
+    if executions.runs_here(d, call.tool_name):
+        return executions.approved(d, call, arguments)
     if TOOLS[call.tool_name].side is Side.RUNTIME:
         return _run_approved(d, call, arguments)
     call.arguments = arguments

@@ -60,6 +60,8 @@ from runtime.commands import (
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, SessionChanged, ToolCallEvent
+from runtime.executions import Executions
+from runtime.executors import Executors
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.models import UnknownModel, check_choice
@@ -115,6 +117,7 @@ class Conversation:
         *,
         on_idle: Callable[[Conversation], None] | None = None,
         metrics: RuntimeMetrics | None = None,
+        executors: Executors | None = None,
     ) -> None:
         self.session = session
         session.project = ProjectFiles(settings.agents, settings.project_limits)
@@ -137,7 +140,9 @@ class Conversation:
             metrics=metrics,
             max_mistakes=settings.max_consecutive_mistakes,
             limits=settings.rule_limits,
+            executors=executors,
         )
+        self.executions = Executions(self._dispatcher, self._go_on)
         self._rules = store.rules
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
@@ -152,7 +157,8 @@ class Conversation:
 
     @property
     def _task_running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """A model call or a call the runtime runs itself (:mod:`runtime.executions`)."""
+        return (self._task is not None and not self._task.done()) or self.executions.running
 
     def subscribe(self) -> Subscriber:
         """Attach a stream to the session's events (a detached turn goes on)."""
@@ -203,8 +209,8 @@ class Conversation:
     def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
         items = []
         for call in self.session.pending.values():
-            if call.state is CallState.RUNNING:
-                continue  # the runtime runs it: its own calls are offered instead
+            if call.state in (CallState.RUNNING, CallState.EXECUTING):
+                continue  # the runtime runs it (a change: its own calls are offered instead)
             if after_seq is not None and call.offered_seq > after_seq:
                 continue  # the replay holds it
             if call.state is CallState.AWAITING_PLAN_APPROVAL:
@@ -265,6 +271,7 @@ class Conversation:
         if next_ is Next.NOTHING:
             return
         await self.stream.flush()
+        self.executions.start()
         if next_ is Next.MODEL:
             self._task = asyncio.create_task(self._advance())
 
@@ -391,6 +398,7 @@ class Conversation:
             # asyncio.wait, not await: the turn's CancelledError stays inside
             # it, while a cancellation of the caller still propagates.
             await asyncio.wait([turn])
+        await self.executions.cancel()
         self._dispatcher.cancel(reason)
         await self.stream.flush()
 
@@ -447,6 +455,7 @@ class Conversation:
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
+        await self.executions.cancel()
         self.stream.moved(deleted=deleted)
 
     async def close(self) -> None:
@@ -480,6 +489,7 @@ class Conversation:
                 reply = await self._call_model()
                 next_ = dispatcher.after_reply(reply)
                 await self.stream.flush()
+                self.executions.start()
                 if next_ is not Next.MODEL:
                     return
             await self.stream.flush()  # the turn hit its model-call limit
@@ -500,6 +510,7 @@ class Conversation:
         self._dispatcher.switch(route.agent, route.rationale, route.confidence)
 
     async def _call_model(self) -> ModelReply:
+        await self._dispatcher.executors.prepare(self.session.agent)  # lazily, once a server
         agent, project = self._dispatcher.agent, self.session.project
         # Durable events queued before this call (a routing switch) go out first.
         if self.stream.pending_output:
@@ -516,4 +527,5 @@ class Conversation:
             workspace_view=self.session.workspace_view,
             roster=project.agents,
             guidance=project.guidance,
+            tools=self._dispatcher.tools,
         )

@@ -27,11 +27,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
-from runtime import changes, plans, policy, subcalls
+from runtime import changes, executions, plans, policy, subcalls
 from runtime.agents import Agent
 from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
@@ -43,6 +44,7 @@ from runtime.events import (
     TurnDone,
     TurnStatus,
 )
+from runtime.executors import Executors
 from runtime.llm import ChatMessage, ToolCallRequest
 from runtime.metrics import RuntimeMetrics
 from runtime.records import CallRecord, now
@@ -57,7 +59,7 @@ from runtime.rules import (
 )
 from runtime.state import CallState, PendingCall, Session, SwitchRecord, message_to_record
 from runtime.stream import EventStream
-from runtime.tools import TOOLS, Side, Tool
+from runtime.tools import Side, Tool
 from runtime.turn import MAX_MODEL_CALLS_PER_TURN, MAX_SWITCHES_PER_TURN, ModelReply, Next, Turn
 
 log = structlog.get_logger("runtime.dispatch")
@@ -72,7 +74,7 @@ _TERMINAL_CALL_STATUSES = frozenset({"completed", "failed", "rejected", "cancell
 def _implemented(tool: Tool, implemented: frozenset[str]) -> bool:
     """Whether a client implementing the IDE tools ``implemented`` can serve ``tool``."""
     match tool.side:
-        case Side.RUNTIME:
+        case Side.RUNTIME | Side.EXECUTOR:
             return True
         case Side.COMPOSED:
             return all(name in implemented for name in tool.made_of)
@@ -108,12 +110,16 @@ class Dispatcher:
         metrics: RuntimeMetrics,
         limits: OperatorLimits = DEFAULT_LIMITS,
         max_mistakes: int = DEFAULT_MAX_MISTAKES,
+        executors: Executors | None = None,
     ) -> None:
         self.session = session
         self.stream = stream
         self.approval_required = approval_required
         self.metrics = metrics
-        self.limits = limits
+        self._limits = limits
+        self.executors = executors if executors is not None else Executors()
+        self.executions: list[PendingCall] = []
+        """Calls the runtime may now run itself: the shell starts them once the step is written."""
         self.rules = ApprovalRules()
         """The session owner's approval rules, as the shell loaded them for this turn."""
         self.max_mistakes = max_mistakes
@@ -124,12 +130,26 @@ class Dispatcher:
         """The session's agent as the turn's client may use it: with only the
         IDE-side tools that client implements (what the model is offered, and
         what the gate lets through)."""
-        agent = self.session.project.agents.resolve(self.session.agent)
+        by_result = self.turn.client.approves_by_result
+        agent = self.executors.equip(
+            self.session.project.agents.resolve(self.session.agent), unapproved_only=by_result
+        )
         implemented = self.turn.client.tools
         if implemented is None:
             return agent
-        tools = frozenset(name for name in agent.tools if _implemented(TOOLS[name], implemented))
+        known = self.tools
+        tools = frozenset(n for n in agent.tools if _implemented(known[n], implemented))
         return agent if tools == agent.tools else dataclasses.replace(agent, tools=tools)
+
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        """The tools a call may name: :data:`~runtime.tools.TOOLS` and the executors'."""
+        return self.executors.tools
+
+    @property
+    def limits(self) -> OperatorLimits:
+        """The operator's floor, with the executors' tools users' rules may auto-approve."""
+        return self.executors.widen(self._limits)
 
     # -- recording -------------------------------------------------------------
 
@@ -317,17 +337,19 @@ class Dispatcher:
             self.agent,
             call.name,
             call.arguments_json,
-            approval_required=self.approval_required,
+            approval_required=self.approval_required | self.executors.approval_required,
+            tools=self.tools,
         )
         if isinstance(verdict, policy.Refused):
             if verdict.grounds is policy.Grounds.DENIED:
                 log.info("tool_call_refused", tool=call.name, agent=self.session.agent)
             self.metrics.tool_calls.labels(
-                call.name if call.name in TOOLS else "unknown", "refused"
+                call.name if call.name in self.tools else "unknown", "refused"
             ).inc()
             self.answer(call, {"error": verdict.to_model()})
             return False
-        if TOOLS[call.name].side is Side.RUNTIME:
+        side = self.tools[call.name].side
+        if side is Side.RUNTIME:
             self.metrics.tool_calls.labels(call.name, "runtime").inc()
             return self._run_runtime_tool(call, verdict.arguments)
         approval = self.approval_for(call.name, verdict.arguments, verdict.requires_approval)
@@ -338,6 +360,9 @@ class Dispatcher:
         if not approval.ask and verdict.requires_approval and call.name in self.agent.always_ask:
             approval = Approval(True, f"the {self.session.agent} agent's calls are always asked")
         reason = approval.reason(verdict.reason)
+        if side is Side.EXECUTOR:
+            executions.start(self, call, verdict.arguments, approval)
+            return False
         if call.name in changes.CHANGE_TOOLS:
             subcalls.start_change(self, call, verdict.arguments, approval.ask, reason)
             return False

@@ -36,6 +36,7 @@ from runtime.errors import (
     UpstreamError,
 )
 from runtime.events import SessionChanged
+from runtime.executors import Executors
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.models import check_choice
@@ -80,8 +81,10 @@ class SessionHub:
         replica: str = "runtime",
         lease_ttl: float = 15.0,
         address: str | None = None,
+        executors: Executors | None = None,
     ) -> None:
         self._store = store
+        self._executors = executors
         self._metrics = metrics
         self._llm = llm
         self._settings = settings
@@ -164,6 +167,7 @@ class SessionHub:
                 self._settings,
                 on_idle=self._evict,
                 metrics=self._metrics,
+                executors=self._executors,
             )
             if session.pending:
                 # A turn waits on calls and goes on here when they are
@@ -177,6 +181,10 @@ class SessionHub:
             # up to the reservation. Number on after it.
             session.last_seq = max(session.last_seq, session.seq_reserved)
             await conversation.mark_interrupted()
+        elif session.pending:
+            # Calls the runtime ran itself when it stopped fail, never run
+            # again unasked (they may have taken effect); the turn goes on.
+            await conversation.executions.resume()
         return conversation, created
 
     async def owned(self, session_id: str, owner: str) -> SessionRow:

@@ -15,7 +15,7 @@ import fnmatch
 import json
 import posixpath
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from runtime.tools import (
     TOOLS,
     ArgumentsInvalid,
     Effect,
+    Tool,
     validate_arguments,
 )
 
@@ -113,14 +114,16 @@ def check(
     arguments: str | dict[str, Any],
     *,
     approval_required: Collection[str] = DEFAULT_APPROVAL_REQUIRED,
+    tools: Mapping[str, Tool] = TOOLS,
 ) -> Verdict:
     """Decide one call of ``tool_name`` by ``agent``.
 
     ``arguments`` is the model's JSON text (empty for none) or a decoded
     object (a human's edit). Allowed carries them checked against the
-    tool's schema and with their paths normalised.
+    tool's schema and with their paths normalised. ``tools``: the tools a
+    call may name (with those declared at run time, :mod:`runtime.executors`).
     """
-    tool = TOOLS.get(tool_name)
+    tool = tools.get(tool_name)
     if tool is None:
         return Refused(f"unknown tool {tool_name!r}", Grounds.UNKNOWN_TOOL)
     if isinstance(arguments, str):
@@ -129,7 +132,7 @@ def check(
         except json.JSONDecodeError:
             return Refused("the arguments are not valid JSON", Grounds.NOT_JSON)
     try:
-        arguments = validate_arguments(tool_name, arguments)
+        arguments = validate_arguments(tool, arguments)
     except ArgumentsInvalid as exc:
         return Refused(str(exc), Grounds.INVALID)
     if tool_name not in agent.tools:

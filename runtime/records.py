@@ -18,7 +18,15 @@ A plan's approval is the exception: it answers the plan's call (see :func:`is_pe
 RUNNING = "running"
 """A model's call the runtime runs as IDE calls of its own (see :mod:`runtime.changes`):
 it is answered when they are, and never offered to the IDE itself."""
-PENDING_STATUSES = (*AWAITING_DECISION, "awaiting_result", *DECIDED_STATUSES, RUNNING)
+EXECUTING = "executing"
+"""A call the runtime runs itself (:mod:`runtime.executions`); one a restart cut off fails."""
+PENDING_STATUSES = (
+    *AWAITING_DECISION,
+    "awaiting_result",
+    *DECIDED_STATUSES,
+    RUNNING,
+    EXECUTING,
+)
 """Every status a call the turn still waits on can have; any other status is final."""
 
 

@@ -8,8 +8,9 @@ user's rules, :meth:`runtime.dispatch.Dispatcher.approval_for` applies them
 with the operator's floor (:class:`OperatorLimits`).
 
 A rule is ``TOOL`` or ``TOOL(SPECIFIER)``. ``TOOL`` is an IDE-side tool
-(``write_file``, ``execute_command``…) or a group: ``edit`` (every tool that
-changes the workspace: write_file, apply_diff, insert_content,
+(``write_file``, ``execute_command``…), an MCP server's tool
+(``mcp__SERVER__TOOL``, never with a specifier) or a group: ``edit`` (every
+tool that changes the workspace: write_file, apply_diff, insert_content,
 create_directory, delete_file, move_file) or ``read`` (read_file,
 list_files, search_in_code). Alone, it matches every call of the tool.
 
@@ -57,6 +58,8 @@ GROUPS: Mapping[str, frozenset[str]] = {"edit": WRITE_TOOLS, "read": READ_TOOLS}
 RULE_TOOLS = frozenset(name for name, tool in TOOLS.items() if tool.side is not Side.RUNTIME)
 """The tools rules apply to: the IDE's (the runtime's own are decided elsewhere)."""
 COMMAND_TOOL = "execute_command"
+MCP_TOOL = re.compile(r"mcp__[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*__[A-Za-z0-9_-]+")
+"""An MCP server's tool (:func:`runtime.mcp.tool_name`): a rule may name one no server lists yet."""
 GIT_DIR_WRITES = "writes under .git/ (hooks run code)"
 ALWAYS_ASK = (*(d.name for d in shell.ALWAYS_ASK), GIT_DIR_WRITES)
 """What no rule auto-approves, as the user is shown it."""
@@ -99,6 +102,10 @@ class Rule:
             raise RulesInvalid(f"a rule has 1 to {MAX_RULE_CHARS} characters")
         name, paren, rest = stripped.partition("(")
         name = name.strip()
+        if MCP_TOOL.fullmatch(name):  # declared at run time: its name alone
+            if paren:
+                raise RulesInvalid(f"{stripped!r}: an MCP tool's rule is its name alone")
+            return cls(name, frozenset({name}), Kind.ANY)
         tools = GROUPS.get(name) or (frozenset({name}) if name in RULE_TOOLS else None)
         if tools is None:
             known = ", ".join(sorted({*GROUPS, *RULE_TOOLS}))
@@ -461,6 +468,8 @@ def why_no_rule(tool_name: str, arguments: Mapping[str, Any]) -> str:
 def _suggestion(tool_name: str, arguments: Mapping[str, Any]) -> tuple[str | None, str]:
     if tool_name == COMMAND_TOOL:
         return _command_suggestion(str(arguments.get("command", "")))
+    if MCP_TOOL.fullmatch(tool_name):
+        return tool_name, ""
     if tool_name == "move_file":
         return None, "a move changes two paths: allow both with edit(…) rules of your own"
     group = "edit" if tool_name in WRITE_TOOLS else "read" if tool_name in READ_TOOLS else None

@@ -36,6 +36,8 @@ class CallState(enum.Enum):
     AWAITING_PLAN_APPROVAL = "awaiting_plan_approval"
     RUNNING = "running"
     """A model's call the runtime runs through calls of its own (:mod:`runtime.changes`)."""
+    EXECUTING = "executing"
+    """A call the runtime runs itself, with an executor (:mod:`runtime.executions`)."""
 
     @classmethod
     def of_status(cls, status: str) -> CallState:
@@ -73,6 +75,8 @@ class PendingCall:
     """For a call the runtime issued on a model's call's behalf, that call's id."""
     job: dict[str, Any] | None = None
     """For such a call, the state of the work it is part of (:mod:`runtime.changes`)."""
+    decided: bool = False
+    """A human approved it (its row keeps who) and the runtime runs it."""
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -175,6 +179,7 @@ class Session:
                 offered_seq=call.offered_seq,
                 parent=call.parent_call_id,
                 job=call.job,
+                decided=call.decided_by is not None,
             )
         session.plans = {
             plan_id: tuple(PlanStep(*step) for step in steps)

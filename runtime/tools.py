@@ -32,6 +32,10 @@ class Side(enum.Enum):
     """The runtime runs it as IDE calls of the tools in :attr:`Tool.made_of`
     (an edit: ``read_file``, then a ``write_file`` of the edited content), so
     it works with every IDE that implements those."""
+    EXECUTOR = "executor"
+    """The runtime runs it, with I/O, once it may (:mod:`runtime.executions`):
+    approved like an IDE tool, run by the executor that claims its name (an
+    MCP server's tool, :mod:`runtime.mcp`), its result recorded like an IDE's."""
 
 
 class Effect(enum.Enum):
@@ -345,13 +349,20 @@ _VALIDATORS = {
 }
 
 
-def validate_arguments(tool_name: str, arguments: Any) -> dict[str, Any]:
+def validate_arguments(tool: str | Tool, arguments: Any) -> dict[str, Any]:
     """Return ``arguments`` if they match the tool's schema.
 
-    Raises KeyError for an unknown tool and ArgumentsInvalid, naming the first
-    problem's location, for arguments that do not match.
+    ``tool``: a name in :data:`TOOLS`, or a declaration made at run time (an
+    MCP server's tool, whose schema says which JSON Schema draft it is).
+    Raises KeyError for an unknown tool name and ArgumentsInvalid, naming the
+    first problem's location, for arguments that do not match.
     """
-    validator = _VALIDATORS[tool_name]
+    validator: jsonschema.protocols.Validator
+    if isinstance(tool, str) or tool.name in _VALIDATORS:
+        validator = _VALIDATORS[tool if isinstance(tool, str) else tool.name]
+    else:
+        cls = jsonschema.validators.validator_for(tool.parameters, jsonschema.Draft202012Validator)
+        validator = cls(tool.parameters)
     if not isinstance(arguments, dict):
         raise ArgumentsInvalid("arguments must be a JSON object")
     error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))

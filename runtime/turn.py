@@ -35,7 +35,7 @@ from runtime.llm import (
 )
 from runtime.project import Guidance
 from runtime.prompts import system_prompt
-from runtime.tools import TOOLS
+from runtime.tools import TOOLS, Tool
 
 MAX_SWITCHES_PER_TURN = 3
 """Agent switches the model may make in one turn (more are refused to it)."""
@@ -175,6 +175,7 @@ async def request_reply(
     today: date | None = None,
     roster: Roster = BUILT_IN,
     guidance: Guidance | None = None,
+    tools: Mapping[str, Tool] = TOOLS,
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
@@ -182,7 +183,8 @@ async def request_reply(
     in the session's ``environment``, with its ``workspace_view`` and
     ``today``'s date (default: today in UTC), the other agents of its
     ``roster`` and the session's ``guidance`` (project rules, the user's
-    instructions). Each non-empty text delta is
+    instructions); the agent's tools are declared in ``tools``
+    (:attr:`~runtime.dispatch.Dispatcher.tools`). Each non-empty text delta is
     passed to ``on_text`` as it arrives; tool calls are put together from
     their fragments and named by the runtime.
     Raises what ``chat`` raises (:class:`~runtime.errors.UpstreamError`).
@@ -191,12 +193,12 @@ async def request_reply(
     today = today or datetime.now(UTC).date()
     system = system_prompt(agent, environment, workspace_view, today, roster, guidance)
     messages = prompt(system, history, await chat.context_window(model))
-    tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
+    specs = [tools[name].spec() for name in sorted(agent.tools)]
     reply = ModelReply()
     parts: list[str] = []
     drafts: dict[int, _CallDraft] = {}
     async with contextlib.aclosing(
-        chat.stream_chat(model, messages, tools, request_id=request_id)
+        chat.stream_chat(model, messages, specs, request_id=request_id)
     ) as chunks:
         async for chunk in chunks:
             if isinstance(chunk, TextChunk):

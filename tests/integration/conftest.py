@@ -205,7 +205,9 @@ def module_service(module: str, env: dict[str, str], ready: Callable[[], bool]) 
 class Stack:
     """llmproxy + runtime + gateway of our own, wired to the mesh's auth."""
 
-    def __init__(self, mesh: Mesh, home: Path, database: str) -> None:
+    def __init__(
+        self, mesh: Mesh, home: Path, database: str, runtime_env: dict[str, str] | None = None
+    ) -> None:
         self.database = database
         self.gateway_port, self.runtime_port, llm_port = free_port(), free_port(), free_port()
         runtime_port = self.runtime_port
@@ -249,6 +251,7 @@ class Stack:
                 "AGENT_RUNTIME__LLM_PROXY_ADDRESS": f"127.0.0.1:{llm_port}",
                 "AGENT_RUNTIME__DATABASE_URL": database,
                 "AGENT_RUNTIME__AGENT_MODELS": "ask=offline-slow",
+                **(runtime_env or {}),
             },
             grpc_healthy(f"127.0.0.1:{runtime_port}"),
         )
