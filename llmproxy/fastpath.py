@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 import httpx
@@ -379,21 +379,22 @@ class _SseSource:
         await self._response.aclose()
 
 
-@dataclass
 class _OfflineRoute:
     """The offline model, streamed without LiteLLM's custom-provider wrapper."""
 
-    params: Mapping[str, Any]
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        # Read once (build_router validated them), not per call.
+        self._settings = OfflineSettings.from_params(params)
 
     async def open(
         self, messages: Sequence[Mapping[str, Any]], request: Mapping[str, Any]
     ) -> _OfflineSource:
         # As LiteLLM hands them over: the deployment's settings, the
         # request's max_tokens over the deployment's.
-        given = {**self.params}
+        settings = self._settings
         if request.get("max_tokens") is not None:
-            given["max_tokens"] = request["max_tokens"]
-        return _OfflineSource(stream_reply(messages, OfflineSettings.from_params(given)))
+            settings = replace(settings, max_tokens=int(request["max_tokens"]))
+        return _OfflineSource(stream_reply(messages, settings))
 
     def litellm_error(self, exc: Exception) -> Exception:
         return exc

@@ -3,7 +3,8 @@ agent switches and an append-only event log numbered per session.
 
 Writes come as one :class:`Step` per turn step (a user message, a model
 call's outcome, a tool result, a decision) and are one short transaction
-each; nothing is written per token (the text deltas of a model call are one
+each, or one for the steps many sessions write at once (:mod:`runtime.commits`);
+nothing is written per token (the text deltas of a model call are one
 event row) and nothing already written is rewritten, except the status of a
 tool call and the session's summary columns. The cost of a step does not
 grow with the session's length: every statement is an insert or an update
@@ -28,12 +29,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh import database
-from runtime import checkpoints as checkpoint_rows
 from runtime.branches import BRANCH_DATA, Branches
 from runtime.checkpoints import Checkpoints
+from runtime.commits import GroupCommit, SessionGone  # noqa: F401 - Store.commit raises it
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
 from runtime.instructions import InstructionsStore
@@ -137,10 +138,6 @@ class SessionExists(Exception):
     """A session with that id already exists."""
 
 
-class SessionGone(Exception):
-    """The session was deleted: a step for it is not written."""
-
-
 _SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints, *BRANCH_DATA)
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
@@ -163,6 +160,7 @@ class Store:
         """Sessions' model choices (:class:`runtime.models.ModelChoices`)."""
         self.branches = Branches(engine)
         """Branches of sessions' histories (:class:`runtime.branches.Branches`)."""
+        self._commits = GroupCommit(engine)
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""
@@ -311,139 +309,12 @@ class Store:
     async def commit(self, step: Step) -> None:
         """Write one step; the session's summary columns move with it.
 
+        Returns once the transaction holding it committed; steps of many
+        sessions committing at once share one (:mod:`runtime.commits`).
         Raises :class:`SessionGone` (and writes nothing) when the session
         was deleted meanwhile, so nothing of a deleted session comes back.
         """
-        stamp = now()
-        async with self._engine.begin() as conn:
-            if step.events:
-                await conn.execute(
-                    events.insert(),
-                    [
-                        {
-                            "session_id": step.session_id,
-                            "seq": e.seq,
-                            "last_seq": e.last_seq,
-                            "kind": e.kind,
-                            "payload": json.dumps(e.payload, ensure_ascii=False),
-                            "created_at": stamp,
-                        }
-                        for e in step.events
-                    ],
-                )
-            if step.messages:
-                await conn.execute(
-                    messages.insert(),
-                    [
-                        {
-                            "session_id": step.session_id,
-                            "position": m.position,
-                            "role": m.role,
-                            "content": m.content,
-                            "tool_calls": json.dumps(m.tool_calls) if m.tool_calls else None,
-                            "tool_call_id": m.tool_call_id,
-                            "name": m.name,
-                            "agent": m.agent,
-                            "created_at": stamp,
-                        }
-                        for m in step.messages
-                    ],
-                )
-            for call in step.calls:
-                await self._upsert_call(conn, step.session_id, call, stamp)
-            for plan_id, plan_steps in step.plans.items():
-                await self._upsert_plan(conn, step.session_id, plan_id, plan_steps, stamp)
-            await checkpoint_rows.write(conn, step, stamp)
-            if step.switches:
-                await conn.execute(
-                    agent_switches.insert(),
-                    [
-                        {
-                            "session_id": step.session_id,
-                            "from_agent": s.from_agent,
-                            "to_agent": s.to_agent,
-                            "reason": s.reason,
-                            "confidence": s.confidence,
-                            "created_at": stamp,
-                        }
-                        for s in step.switches
-                    ],
-                )
-            update: dict[str, Any] = {
-                "last_seq": step.last_seq,
-                "agent": step.agent,
-                "state": step.state,
-                "message_count": step.message_count,
-                "updated_at": stamp,
-            }
-            if step.title is not None:
-                update["title"] = step.title[:200]
-            if step.seq_reserved is not None:
-                update["seq_reserved"] = step.seq_reserved
-            result = await conn.execute(
-                sessions.update()
-                .where(sessions.c.id == step.session_id, sessions.c.deleted_at.is_(None))
-                .values(**update)
-            )
-            if result.rowcount != 1:
-                # Raised inside the transaction: its inserts are rolled back.
-                raise SessionGone(step.session_id)
-
-    @staticmethod
-    async def _upsert_call(
-        conn: AsyncConnection, session_id: str, call: CallRecord, stamp: datetime
-    ) -> None:
-        values = {
-            "status": call.status,
-            "final_arguments": (
-                json.dumps(call.final_arguments) if call.final_arguments is not None else None
-            ),
-            "offered_seq": call.offered_seq,
-            "decided_by": call.decided_by,
-            "decided_at": call.decided_at,
-            # A sub-call's work moves on with it (an edit changes what its change writes).
-            "job": json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
-            "updated_at": stamp,
-        }
-        result = await conn.execute(
-            tool_calls.update().where(tool_calls.c.call_id == call.call_id).values(**values)
-        )
-        if result.rowcount == 0:
-            await conn.execute(
-                tool_calls.insert().values(
-                    call_id=call.call_id,
-                    session_id=session_id,
-                    tool_name=call.tool_name,
-                    agent=call.agent,
-                    arguments=json.dumps(call.arguments),
-                    reason=call.reason,
-                    plan_id=call.plan_id,
-                    parent_call_id=call.parent_call_id,
-                    created_at=stamp,
-                    **values,
-                )
-            )
-
-    @staticmethod
-    async def _upsert_plan(
-        conn: AsyncConnection,
-        session_id: str,
-        plan_id: str,
-        plan_steps: list[list[str]],
-        stamp: datetime,
-    ) -> None:
-        text = json.dumps(plan_steps, ensure_ascii=False)
-        result = await conn.execute(
-            plans.update()
-            .where(plans.c.session_id == session_id, plans.c.plan_id == plan_id)
-            .values(steps=text, updated_at=stamp)
-        )
-        if result.rowcount == 0:
-            await conn.execute(
-                plans.insert().values(
-                    session_id=session_id, plan_id=plan_id, steps=text, updated_at=stamp
-                )
-            )
+        await self._commits.commit(step)
 
     async def reserve_seqs(self, session_id: str, upto: int) -> None:
         """Record that text deltas of the session may be numbered up to ``upto``.

@@ -1,0 +1,174 @@
+"""Group commits and grouped rules reads, on SQLite and PostgreSQL: steps of
+sessions committing at once share one transaction and keep each one's outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mesh.database import create_engine
+from runtime.records import EventRecord, MessageRecord, Step
+from runtime.rules import ApprovalRules, Rule
+from runtime.schema import events, messages
+from runtime.store import SessionGone, Store, migrate
+from tests.runtime import test_store
+from tests.support import eventually
+
+empty_url = test_store.empty_url
+"""A database of each kind: a SQLite file, a fresh PostgreSQL one (the fixture)."""
+
+
+@pytest.fixture
+async def engine(empty_url: str) -> AsyncIterator[AsyncEngine]:
+    await migrate(empty_url)
+    engine = create_engine(empty_url)
+    yield engine
+    await engine.dispose()
+
+
+def counting(engine: AsyncEngine, what: str) -> list[str]:
+    """Every transaction commit (``what`` "commit") or statement ("statement") from now on."""
+    seen: list[str] = []
+    if what == "commit":
+        sa.event.listen(engine.sync_engine, "commit", lambda conn: seen.append("commit"))
+    else:
+
+        def statement(*args: Any) -> None:
+            seen.append(args[2])
+
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", statement)
+    return seen
+
+
+def turn_step(session_id: str, seq: int, text: str, title: str | None = None) -> Step:
+    step = Step(session_id=session_id, last_seq=seq, agent="ask", state="idle", message_count=1)
+    step.messages = [MessageRecord(0, "assistant", text)]
+    step.events = [EventRecord(seq, seq, "turn_done", {"n": seq})]
+    step.title = title
+    return step
+
+
+async def logged(engine: AsyncEngine, session_id: str) -> tuple[list[str], list[int]]:
+    async with engine.connect() as conn:
+        texts = await conn.execute(
+            sa.select(messages.c.content).where(messages.c.session_id == session_id)
+        )
+        seqs = await conn.execute(sa.select(events.c.seq).where(events.c.session_id == session_id))
+        return list(texts.scalars()), list(seqs.scalars())
+
+
+async def test_steps_of_sessions_committing_at_once_share_one_transaction(
+    engine: AsyncEngine,
+) -> None:
+    store = Store(engine)
+    names = [f"s{i:02}" for i in range(20)]
+    for name in names:
+        await store.create_session(name, "alice", "ask", title="first")
+    commits = counting(engine, "commit")
+    await asyncio.gather(
+        *(
+            store.commit(turn_step(n, 7, f"answer {n}", "renamed" if n == "s03" else None))
+            for n in names
+        )
+    )
+    assert len(commits) < len(names), "fewer transactions than steps"
+    for name in names:
+        assert await logged(engine, name) == ([f"answer {name}"], [7])
+        row = await store.get_session(name)
+        assert row is not None
+        assert (row.last_seq, row.message_count) == (7, 1)
+        assert row.title == ("renamed" if name == "s03" else "first"), "no title: kept"
+
+
+async def test_a_deleted_sessions_step_in_a_batch_is_refused_and_the_others_written(
+    engine: AsyncEngine,
+) -> None:
+    store = Store(engine)
+    for name in ("a", "gone", "b"):
+        await store.create_session(name, "alice", "ask")
+    assert await store.delete_session("gone")
+    results = await asyncio.gather(
+        *(store.commit(turn_step(n, 3, f"to {n}")) for n in ("a", "gone", "b", "never")),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], SessionGone)
+    assert isinstance(results[3], SessionGone)
+    assert await logged(engine, "gone") == ([], []), "nothing of a deleted session comes back"
+    assert await logged(engine, "a") == (["to a"], [3])
+    assert await logged(engine, "b") == (["to b"], [3])
+
+
+async def test_a_failing_step_fails_alone_and_the_others_in_its_batch_are_written(
+    engine: AsyncEngine,
+) -> None:
+    store = Store(engine)
+    for name in ("a", "b", "c"):
+        await store.create_session(name, "alice", "ask")
+    await store.commit(turn_step("b", 5, "first"))
+    duplicate = turn_step("b", 5, "again")  # seq 5 is in b's log already
+    duplicate.messages = [MessageRecord(1, "assistant", "again")]
+    results = await asyncio.gather(
+        store.commit(turn_step("a", 5, "to a")),
+        store.commit(duplicate),
+        store.commit(turn_step("c", 5, "to c")),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], IntegrityError)
+    assert await logged(engine, "b") == (["first"], [5]), "the failed step wrote nothing"
+    assert await logged(engine, "a") == (["to a"], [5])
+    assert await logged(engine, "c") == (["to c"], [5])
+
+
+async def test_a_commit_cancelled_while_queued_writes_nothing(
+    engine: AsyncEngine, empty_url: str
+) -> None:
+    store = Store(engine)
+    for name in ("a", "b"):
+        await store.create_session(name, "alice", "ask")
+    blocker = create_engine(empty_url)
+    try:
+        # Another transaction holds a's row (on SQLite: the write lock), so
+        # a's write waits in flight and b's step queues behind it.
+        async with blocker.begin() as conn:
+            await conn.execute(sa.text("UPDATE sessions SET title = 'held' WHERE id = 'a'"))
+            first = asyncio.create_task(store.commit(turn_step("a", 2, "to a")))
+            await asyncio.sleep(0.2)
+            queued = asyncio.create_task(store.commit(turn_step("b", 2, "to b")))
+            await eventually(lambda: bool(store._commits._queue))
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+        await first
+    finally:
+        await blocker.dispose()
+    assert await logged(engine, "a") == (["to a"], [2])
+    assert await logged(engine, "b") == ([], []), "the cancelled step was dropped unwritten"
+
+
+async def test_rules_asked_for_at_once_are_read_in_one_query_and_current(
+    engine: AsyncEngine,
+) -> None:
+    rules = Store(engine).rules
+    pytest_rule = Rule.parse("execute_command(pytest:*)")
+    await rules.set("alice", ApprovalRules(allow=(pytest_rule,)))
+    statements = counting(engine, "statement")
+    owners = ["alice", "bob"] * 10
+    got = await asyncio.gather(*(rules.get(owner) for owner in owners))
+    reads = [s for s in statements if "approval_rules" in s]
+    assert len(reads) == 1, "one query answers every read asked for at once"
+    for owner, found in zip(owners, got, strict=True):
+        assert found == (
+            ApprovalRules(allow=(pytest_rule,)) if owner == "alice" else ApprovalRules()
+        )
+    await rules.set("alice", ApprovalRules())
+    assert await rules.get("alice") == ApprovalRules(), "a change holds for the next read"
