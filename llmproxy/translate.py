@@ -10,7 +10,7 @@ proxy sees protobuf.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from llmproxy import errors
@@ -132,13 +132,17 @@ def _tool_call_message(delta: ToolCallDelta) -> llmproxy_pb2.StreamChatResponse:
     )
 
 
-def end_message(progress: StreamProgress) -> llmproxy_pb2.StreamChatResponse:
-    """The last message of a stream that ``progress`` describes."""
+def end_message(
+    progress: StreamProgress, token_counts: Sequence[int] = ()
+) -> llmproxy_pb2.StreamChatResponse:
+    """The last message of a stream that ``progress`` describes, with the
+    ``token_counts`` the proxy made of the request's uncounted messages."""
     return llmproxy_pb2.StreamChatResponse(
         end=llmproxy_pb2.StreamEnd(
             finish_reason=progress.finish_reason or "stop",
             usage=llmproxy_pb2.Usage(**progress.usage),
             model=progress.model,
+            token_counts=token_counts,
         )
     )
 

@@ -53,6 +53,7 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
+from runtime.context import ContextWindow
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
@@ -130,6 +131,7 @@ class Conversation:
             limits=settings.rule_limits,
         )
         self._rules = store.rules
+        self.context = ContextWindow()
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -492,4 +494,5 @@ class Conversation:
             request_id=self._dispatcher.turn.request_id,
             environment=self.session.environment,
             workspace_view=self.session.workspace_view,
+            context=self.context,
         )

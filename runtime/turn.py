@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from mesh.context import fit
 from runtime.agents import Agent
 from runtime.commands import STRICT, ClientOptions, Environment
+from runtime.context import ContextWindow
 from runtime.events import Usage
 from runtime.llm import (
     ChatMessage,
@@ -42,10 +42,6 @@ MAX_MODEL_CALLS_PER_TURN = 25
 """Model calls in one turn; the turn fails with ``turn_limit`` after them."""
 MAX_ERROR_CHARS = 300
 """Characters of the last error quoted when a turn stops after its mistakes."""
-CHARS_PER_TOKEN_BOUND = 8
-"""The runtime pre-cuts history to 8 characters per token of the window: more than any
-tokenizer packs into the window, so the exact cut (with the model's tokenizer,
-in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
 
 
 class Next(enum.Enum):
@@ -150,17 +146,6 @@ class _CallDraft:
     arguments: list[str] = field(default_factory=list)
 
 
-def prompt(system: str, history: Sequence[ChatMessage], window: int) -> list[ChatMessage]:
-    """The ``system`` prompt and as much recent ``history`` as fits ``window``
-    tokens (0: no limit), tool calls never split from their results."""
-    return fit(
-        [ChatMessage("system", system), *history],
-        window * CHARS_PER_TOKEN_BOUND,
-        lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
-        lambda m: (m.role, bool(m.tool_calls)),
-    )
-
-
 async def request_reply(
     chat: ChatModel,
     model: str,
@@ -172,19 +157,24 @@ async def request_reply(
     environment: Environment | None = None,
     workspace_view: str | None = None,
     today: date | None = None,
+    context: ContextWindow | None = None,
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
     The system prompt is the agent's (:func:`runtime.prompts.system_prompt`)
     in the session's ``environment``, with its ``workspace_view`` and
-    ``today``'s date (default: today in UTC). Each non-empty text delta is
+    ``today``'s date (default: today in UTC); the history sent is what fits
+    the model's window (:class:`~runtime.context.ContextWindow`: the
+    session's ``context``, kept from call to call, or a new one). Each
+    non-empty text delta is
     passed to ``on_text`` as it arrives; tool calls are put together from
     their fragments and named by the runtime.
     Raises what ``chat`` raises (:class:`~runtime.errors.UpstreamError`).
     Safe to cancel: the model call is closed with it.
     """
     system = system_prompt(agent, environment, workspace_view, today or datetime.now(UTC).date())
-    messages = prompt(system, history, await chat.context_window(model))
+    context = context if context is not None else ContextWindow()
+    messages = context.prompt(system, history, model, await chat.context_window(model))
     tools = [TOOLS[name].spec() for name in sorted(agent.tools)]
     reply = ModelReply()
     parts: list[str] = []
@@ -203,6 +193,7 @@ async def request_reply(
                 draft.arguments.append(chunk.arguments_fragment)
             elif isinstance(chunk, StreamEnd):
                 reply.usage = chunk.usage
+                context.learn(messages, chunk.token_counts)
     reply.text = "".join(parts)
     for index in sorted(drafts):
         draft = drafts[index]
