@@ -282,6 +282,10 @@ def _set_model(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(set_model=runtime_pb2.SetModel(model=model))
 
 
+def _condense(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    return runtime_pb2.ConverseRequest(condense=runtime_pb2.Condense())
+
+
 def _resume(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     value = data.get("last_seq")
     if value is None:
@@ -315,4 +319,5 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any], PayloadLimits], IdeAction]] 
     "resume": _resume,
     "undo": _undo,
     "set_model": _set_model,
+    "condense": _condense,
 }

@@ -38,6 +38,7 @@ from ide.workspace import Workspace
 HELP = """\
 /switch AGENT [message]  switch agents (and send the message as the new agent)
 /undo [TURN_ID]          restore the files of the last turn that changed any (or of TURN_ID)
+/condense                summarize the older turns now (the context meter follows each answer)
 /checkpoints             the turns of this session that changed files, with their ids
 /rules                   your approval rules ([a]lways at a prompt adds one)
 /help                    this list
@@ -85,6 +86,8 @@ class Chat:
             await self._turn(self.session.switch(agent, message, "switched from the terminal"))
         elif command == "/undo":
             await self._turn(self.session.undo(rest or None))
+        elif command == "/condense":
+            await self.session.condense()
         elif command == "/checkpoints":
             session_id = self.session.connection.session_id
             await self._view(self.rest.checkpoints(session_id), format_checkpoints)

@@ -51,6 +51,7 @@ from mesh.signals import wait_for_stop_signal
 from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
+from runtime.condense import DEFAULT_THRESHOLD as DEFAULT_CONDENSE_THRESHOLD
 from runtime.conversation import ConversationSettings
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.hub import SessionHub
@@ -118,6 +119,9 @@ class RuntimeConfig:
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
     turn stops and asks the user how to go on; 0: never"""
+    condense_threshold: int = setting(DEFAULT_CONDENSE_THRESHOLD, check=not_negative)
+    """percent of the model's window (less the answer's reserve) a prompt fills before a turn
+    first has the model summarize the older turns; 0: only on a `condense` frame"""
     approval_required: tuple[str, ...] = setting(
         tuple(sorted(DEFAULT_APPROVAL_REQUIRED)), parse=_approval_required
     )
@@ -227,6 +231,7 @@ async def serve(
             user_models=config.user_models,
             approval_required=frozenset(config.approval_required),
             max_consecutive_mistakes=config.max_consecutive_mistakes,
+            condense_threshold=config.condense_threshold,
             rule_limits=config.rule_limits(),
             detach_grace=config.detach_grace,
             subscriber_queue=config.subscriber_queue,

@@ -110,9 +110,15 @@ class SetModel:
     model: str
 
 
+@dataclass(frozen=True, slots=True)
+class Condense:
+    """Summarize the session's older turns now (:mod:`runtime.condense`)."""
+
+
 ClientEvent = (
     Undo
     | SetModel
+    | Condense
     | UserMessage
     | CancelTurn
     | ToolResult

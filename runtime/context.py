@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import overload
 
 from mesh.context import output_reserve
+from runtime.events import ContextUsage
 from runtime.llm import ChatMessage, encode_counts, encode_message, encode_varint
 
 CHARS_PER_TOKEN_ESTIMATE = 8
@@ -46,18 +47,12 @@ REPLY_PRIMING_TOKENS = 3
 _SYSTEM_PROMPTS_KEPT = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """How much of the window a prompt fills."""
-
-    tokens: int
-    window: int
-    """The model's context window, 0 when unknown."""
-
-    @property
-    def percent(self) -> int:
-        """``tokens`` as a whole percentage of ``window`` (0 when unknown)."""
-        return min(100, round(100 * self.tokens / self.window)) if self.window > 0 else 0
+def system_with_summary(system: str, summary: str) -> str:
+    """The system prompt with the summary of the turns it replaces
+    (:mod:`runtime.condense`); just ``system`` without one."""
+    if not summary:
+        return system
+    return f"{system}\n\n# Summary of the earlier conversation\n{summary}"
 
 
 @dataclass(slots=True)
@@ -74,7 +69,7 @@ class Prompt(Sequence[ChatMessage]):
     """One per message: its tokens, 0 while not counted."""
     encoded: bytes
     """The messages and their counts as fields of a ``StreamChatRequest``."""
-    usage: Usage
+    usage: ContextUsage
     """The tokens of the prompt (estimated for messages not counted yet)."""
     dropped: int = 0
     """History messages before the kept ones (not sent)."""
@@ -116,7 +111,7 @@ class ContextWindow:
         self._kept = 0
         self._uncounted: list[int] = []
         self._system: dict[str, tuple[bytes, int]] = {}
-        self.usage = Usage(0, 0)
+        self.usage = ContextUsage(0, 0)
         """What the last prompt filled (exact once its counts are learnt)."""
 
     def prompt(
@@ -149,7 +144,7 @@ class ContextWindow:
                 encode_counts([encode_varint(system_tokens), *self._counts_wire[start:]]),
             )
         )
-        self.usage = Usage(total, window)
+        self.usage = ContextUsage(total, window)
         return Prompt(
             [ChatMessage("system", system), *self._history[start:]],
             counts,
@@ -182,7 +177,7 @@ class ContextWindow:
         self._uncounted = [i for i in self._uncounted if not self._tokens[i]]
         if prompt.dropped == self._start:
             system_tokens = self._system.get(prompt.messages[0].content, (b"", 0))[1]
-            self.usage = Usage(
+            self.usage = ContextUsage(
                 REPLY_PRIMING_TOKENS + system_tokens + self._kept, prompt.usage.window
             )
 

@@ -44,6 +44,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Condense,
     Environment,
     FileChanged,
     PlanApproval,
@@ -53,7 +54,7 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
-from runtime.context import ContextWindow
+from runtime.condense import DEFAULT_THRESHOLD, Condenser
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
 from runtime.events import ErrorEvent, PlanUpdate, Sequenced, ToolCallEvent
@@ -90,6 +91,8 @@ class ConversationSettings:
     catches up from the log (see :class:`Subscriber`)."""
     max_replay: int = 100_000
     """A client further behind than this many events is told to reload instead."""
+    condense_threshold: int = DEFAULT_THRESHOLD
+    """Percent of the window a prompt fills before older turns are summarized; 0: never."""
 
 
 class Conversation:
@@ -131,7 +134,7 @@ class Conversation:
             limits=settings.rule_limits,
         )
         self._rules = store.rules
-        self.context = ContextWindow()
+        self.context = Condenser(llm, settings.condense_threshold)
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -247,6 +250,13 @@ class Conversation:
                 await self._on_undo(event, request_id, client)
             case SetModel():
                 await self._on_set_model(event.model)
+            case Condense() if self.turn_running:
+                dispatcher.refuse("turn_in_progress", "cannot condense during a turn", True)
+            case Condense():
+                condensing = self.context.on_request(
+                    dispatcher, self.stream, self._model(), request_id
+                )
+                self._task = asyncio.create_task(condensing)
             case Environment():
                 # The model calls from now on are told (runtime.prompts).
                 self.session.environment = event
@@ -458,6 +468,9 @@ class Conversation:
         try:
             if self.session.agent == "orchestrator":
                 await self._route()
+            await self.context.condense_if_due(
+                dispatcher, self.stream, self._model(), dispatcher.turn.request_id
+            )
             while dispatcher.take_model_call():
                 reply = await self._call_model()
                 next_ = dispatcher.after_reply(reply)
@@ -480,19 +493,26 @@ class Conversation:
         )
         self._dispatcher.switch(route.agent, route.rationale, route.confidence)
 
+    def _model(self) -> str:
+        agent = self._dispatcher.agent.name
+        return self.session.model or self._settings.agent_models.get(agent, self._settings.model)
+
     async def _call_model(self) -> ModelReply:
-        agent = self._dispatcher.agent
         # Durable events queued before this call (a routing switch) go out first.
         if self.stream.pending_output:
             await self.stream.flush()
-        return await request_reply(
+        history, summary = self.context.view(self.session.messages)
+        reply = await request_reply(
             self._llm,
-            self.session.model or self._settings.agent_models.get(agent.name, self._settings.model),
-            agent,
-            self.session.messages,
+            self._model(),
+            self._dispatcher.agent,
+            history,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
             environment=self.session.environment,
             workspace_view=self.session.workspace_view,
-            context=self.context,
+            context=self.context.window,
+            summary=summary,
         )
+        self._dispatcher.turn.context = self.context.window.usage
+        return reply

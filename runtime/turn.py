@@ -23,8 +23,8 @@ from typing import Any
 
 from runtime.agents import Agent
 from runtime.commands import STRICT, ClientOptions, Environment
-from runtime.context import ContextWindow
-from runtime.events import Usage
+from runtime.context import ContextWindow, system_with_summary
+from runtime.events import ContextUsage, Usage
 from runtime.llm import (
     ChatMessage,
     ChatModel,
@@ -79,6 +79,8 @@ class Turn:
     client: ClientOptions = STRICT
     """The client the turn runs for: the one that started it, then the one
     whose answer let it go on (its tools are what the model is offered)."""
+    context: ContextUsage | None = None
+    """What the turn's last prompt filled of the model's window."""
 
     def take_model_call(self) -> bool:
         """Count one more model call; False (counting nothing) when the limit is reached."""
@@ -158,6 +160,7 @@ async def request_reply(
     workspace_view: str | None = None,
     today: date | None = None,
     context: ContextWindow | None = None,
+    summary: str = "",
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
@@ -165,7 +168,8 @@ async def request_reply(
     in the session's ``environment``, with its ``workspace_view`` and
     ``today``'s date (default: today in UTC); the history sent is what fits
     the model's window (:class:`~runtime.context.ContextWindow`: the
-    session's ``context``, kept from call to call, or a new one). Each
+    session's ``context``, kept from call to call, or a new one), after
+    the ``summary`` of older turns if there is one. Each
     non-empty text delta is
     passed to ``on_text`` as it arrives; tool calls are put together from
     their fragments and named by the runtime.
@@ -173,6 +177,7 @@ async def request_reply(
     Safe to cancel: the model call is closed with it.
     """
     system = system_prompt(agent, environment, workspace_view, today or datetime.now(UTC).date())
+    system = system_with_summary(system, summary)
     context = context if context is not None else ContextWindow()
     messages = context.prompt(system, history, model, await chat.context_window(model))
     tools = [TOOLS[name].spec() for name in sorted(agent.tools)]

@@ -32,6 +32,7 @@ def test_every_ide_frame_example_is_accepted_by_the_gateway() -> None:
         "auth",
         "resume",
         "undo",
+        "condense",
     }
     for frame in ide_frames:
         parse_frame(json.dumps(frame))  # raises FrameError for a bad example

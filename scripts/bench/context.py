@@ -40,12 +40,26 @@ import grpc
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sessions import free_port, machine, wait_serving  # noqa: E402
+from sessions import free_port, machine  # noqa: E402
 
+from mesh import probe  # noqa: E402
 from mesh.grpc_server import internal_metadata  # noqa: E402
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc  # noqa: E402
 
 KEY = "bench-internal-key"
+
+
+def wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait for a service to serve (up to five minutes: a loaded machine
+    imports LiteLLM slowly)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"a service exited:\n{log.read_text()[-2000:]}")
+        if probe.grpc_serving(f"127.0.0.1:{port}", timeout=1) is None:
+            return
+        time.sleep(0.2)
+    raise SystemExit("a service did not become healthy")
 
 
 def cpu_ns(pid: int) -> int:
