@@ -110,12 +110,14 @@ async def test_declared_counts_are_trusted_and_only_new_messages_are_counted(
             model="small", messages=[*history, latest], max_tokens=50, token_counts=counts
         )
         responses = proxy.stub.StreamChat(request, metadata=METADATA)  # type: ignore[attr-defined]
-        return [r.end async for r in responses if r.HasField("end")][0]
+        ends = [r.end async for r in responses if r.HasField("end")]
+        return ends[0]
 
     encoded.clear()
     first = await end([10] * 30 + [0])
     assert encoded == ["what now? "], "only the new message is tokenized"
-    assert len(first.token_counts) == 1 and first.token_counts[0] > 0
+    assert len(first.token_counts) == 1
+    assert first.token_counts[0] > 0
     assert first.usage.prompt_tokens == 3 * 30 + 2, "30 x 10 tokens fit 350: nothing cut"
 
     # Declared large, the oldest go first (the window is 400, 50 kept back).
