@@ -155,6 +155,11 @@ class ContextWindow:
             self._generation,
         )
 
+    @property
+    def meter(self) -> ContextUsage | None:
+        """:attr:`usage` for a context meter; None while the window is unknown."""
+        return self.usage if self.usage.window > 0 else None
+
     def learn(self, prompt: Prompt, counts: Sequence[int]) -> None:
         """Take the proxy's ``counts`` of ``prompt``'s uncounted messages; a
         stale prompt (the history started over since) or a mismatch is ignored."""

@@ -514,5 +514,5 @@ class Conversation:
             context=self.context.window,
             summary=summary,
         )
-        self._dispatcher.turn.context = self.context.window.usage
+        self._dispatcher.turn.context = self.context.window.meter
         return reply

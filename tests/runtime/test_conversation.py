@@ -724,8 +724,9 @@ def test_malformed_session_ids_are_refused(bad: str) -> None:
 
 async def test_history_sent_to_the_model_is_bounded_by_its_window(store: Store) -> None:
     llm = ScriptedLlm(*[[TextChunk("x" * 400)] for _ in range(6)])
-    llm.window = 100  # tokens: the runtime pre-cuts at 8 characters per token
-    conversation, outbox, session = await make(store, llm)
+    llm.window = 100  # tokens; uncounted, 8 characters make one (runtime.context)
+    # Cutting only: condensing is tests/runtime/test_condense.py's.
+    conversation, outbox, session = await make(store, llm, condense_threshold=0)
     for index in range(6):
         await conversation.handle(UserMessage(f"question {index} " + "q" * 300))
         await until(outbox, TurnDone)
