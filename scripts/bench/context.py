@@ -72,7 +72,9 @@ def cpu_ns(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def services(root: Path, home: Path, window: int) -> Iterator[tuple[int, int, int]]:
+def services(
+    root: Path, home: Path, window: int, condense: int | None
+) -> Iterator[tuple[int, int, int]]:
     """llmproxy + runtime from ``root`` on free ports: (runtime port, runtime pid, proxy pid)."""
     config = home / "litellm.yaml"
     config.write_text(
@@ -91,6 +93,8 @@ def services(root: Path, home: Path, window: int) -> Iterator[tuple[int, int, in
         "AGENT_RUNTIME__DATABASE_URL": f"sqlite+aiosqlite:///{home}/runtime.db",
         "AGENT_RUNTIME__LOG_LEVEL": "WARNING",
     }
+    if condense is not None:
+        runtime_env["AGENT_RUNTIME__CONDENSE_THRESHOLD"] = str(condense)
     subprocess.run(
         [sys.executable, "-m", "runtime", "migrate"], env=runtime_env, cwd=root, check=True
     )
@@ -179,7 +183,10 @@ def summary(turns: list[tuple[float, int, int]]) -> dict[str, float]:
 
 
 async def measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, services(root, Path(tmp), args.window) as found:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        services(root, Path(tmp), args.window, args.condense_threshold) as found,
+    ):
         port, runtime_pid, proxy_pid = found
         await session(port, (runtime_pid, proxy_pid), 3)  # warm-up
         return summary(await session(port, (runtime_pid, proxy_pid), args.turns))
@@ -197,7 +204,13 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> st
     return (
         f"Command: `{command.strip()}` — {dt.date.today().isoformat()}, {machine()}.\n"
         f"One session of {args.turns} short turns on SQLite, offline model (24-word replies), "
-        f"a {args.window:,}-token window; turn 5 = median of turns 3-12, turn {args.turns} = "
+        f"a {args.window:,}-token window"
+        + (
+            f", condensing at {args.condense_threshold}%"
+            if args.condense_threshold is not None
+            else ""
+        )
+        + f"; turn 5 = median of turns 3-12, turn {args.turns} = "
         "median of the last ten; CPU from each process's threads' schedstat.\n\n"
         f"| services | latency (ms) turn 5 → {args.turns} | runtime CPU (ms) | "
         "llmproxy CPU (ms) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
@@ -209,6 +222,11 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32768)
     parser.add_argument("--baseline", type=Path, help="another checkout to measure first")
+    parser.add_argument(
+        "--condense-threshold",
+        type=int,
+        help="the runtime's AGENT_RUNTIME__CONDENSE_THRESHOLD (0: the prompt fills the window)",
+    )
     args = parser.parse_args()
     if args.turns < 22:
         parser.error("--turns must be at least 22")
