@@ -325,6 +325,10 @@ def _fork(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     return runtime_pb2.ConverseRequest(fork=fork)
 
 
+def _condense(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
+    return runtime_pb2.ConverseRequest(condense=runtime_pb2.Condense())
+
+
 def _resume(data: Mapping[str, Any], limits: PayloadLimits) -> IdeAction:
     value = data.get("last_seq")
     if value is None:
@@ -361,4 +365,5 @@ _PARSERS: Mapping[str, Callable[[Mapping[str, Any], PayloadLimits], IdeAction]] 
     "retry": _retry,
     "edit_message": _edit_message,
     "fork": _fork,
+    "condense": _condense,
 }

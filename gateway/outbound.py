@@ -69,12 +69,31 @@ def _turn_done(event: runtime_pb2.TurnDone) -> Frame:
         "completion_tokens": event.usage.completion_tokens,
         "total_tokens": event.usage.prompt_tokens + event.usage.completion_tokens,
     }
-    return {
+    frame: Frame = {
         "type": "assistant_message",
         "token": "",
         "content": "",
         "is_final": True,
         "metadata": {"status": _TURN_STATUS.get(event.status, "unspecified"), "usage": usage},
+    }
+    if event.HasField("context"):
+        # The context meter: how much of the model's window the last prompt filled.
+        context = event.context
+        frame["context"] = {
+            "tokens": context.tokens,
+            "window": context.window,
+            "percent": context.percent,
+        }
+    return frame
+
+
+def _context_condensed(event: runtime_pb2.ContextCondensed) -> Frame:
+    return {
+        "type": "context_condensed",
+        "content": event.summary,
+        "messages_replaced": event.messages_replaced,
+        "tokens_before": event.tokens_before,
+        "tokens_after": event.tokens_after,
     }
 
 
@@ -158,6 +177,7 @@ _BUILDERS: Mapping[str, Callable[[Any], Frame]] = {
     "plan_progress": _plan_progress,
     "error": _error,
     "session_changed": _session_changed,
+    "context_condensed": _context_condensed,
 }
 
 

@@ -143,8 +143,8 @@ CODELAB_IDE = ClientProfile(
     # of a restored approval (AgentChatBloc._rejectRestoredTool).
     rejections=("Операция отклонена: ", "User rejected: "),
     # session_changed: it never sends retry, edit_message or fork, and would
-    # show a branch made by REST as an empty bubble.
-    hidden=frozenset({"session_info", "plan_progress", "session_changed"}),
+    # show a branch made by REST as an empty bubble; context_condensed likewise.
+    hidden=frozenset({"session_info", "plan_progress", "session_changed", "context_condensed"}),
     plans_as_text=True,
     restores_approvals=True,
     tools=CODELAB_IDE_TOOLS,
@@ -226,7 +226,10 @@ class FrameShaper:
             if not self._held:
                 return []  # no empty final bubble
             self._held_seq = response.seq  # the frame carries the turn's end too
-            return [self._answer(final=True, metadata=frame["metadata"])]
+            answer = self._answer(final=True, metadata=frame["metadata"])
+            if "context" in frame:
+                answer["context"] = frame["context"]  # the IDE's decoder ignores it
+            return [answer]
         frames = self.flush()
         if kind == "plan_update" and profile.plans_as_text:
             frames.append(_plan_message(response.plan_update, response.seq))

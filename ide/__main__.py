@@ -45,6 +45,7 @@ from ide.workspace import Workspace
 HELP = """\
 /switch AGENT [message]  switch agents (and send the message as the new agent)
 /undo [TURN_ID]          restore the files of the last turn that changed any (or of TURN_ID)
+/condense                summarize the older turns now (the context meter follows each answer)
 /checkpoints             the turns of this session that changed files, with their ids
 /retry [keep]            run your last message again (keep: even over changes not undone)
 /edit N TEXT             replace your message N (its position, from 0) and run from it
@@ -114,6 +115,8 @@ class Chat:
         elif command == "/branches":
             session_id = self.session.connection.session_id
             await self._view(self.rest.branches(session_id), format_branches)
+        elif command == "/condense":
+            await self.session.condense()
         elif command == "/checkpoints":
             session_id = self.session.connection.session_id
             await self._view(self.rest.checkpoints(session_id), format_checkpoints)

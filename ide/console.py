@@ -93,6 +93,16 @@ def is_cut(frame: Frame, max_lines: int | None) -> bool:
     return bool(diff) and max_lines is not None and sum(1 for _ in classify(diff)) > max_lines
 
 
+def context_meter(context: Frame) -> str:
+    """``[context #......... 1,843 / 32,768 tokens, 6%]`` for a final frame's ``context``."""
+    percent = int(context.get("percent", 0))
+    window = int(context.get("window", 0))
+    filled = min(10, round(percent / 10))
+    bar = "#" * filled + "." * (10 - filled)
+    of = f" / {window:,}" if window else ""
+    return f"[context {bar} {int(context.get('tokens', 0)):,}{of} tokens, {percent}%]"
+
+
 class Console:
     """Prints frames and asks for decisions; ``ask`` reads one answer."""
 
@@ -108,8 +118,17 @@ class Console:
             if frame.get("is_final"):
                 status = (frame.get("metadata") or {}).get("status", "")
                 print("" if status == "completed" else f"\n[turn {status}]", flush=True)
+                if frame.get("context"):
+                    print(context_meter(frame["context"]), flush=True)
             else:
                 print(frame.get("content", ""), end="", flush=True)
+        elif kind == "context_condensed":
+            print(
+                f"\n[context condensed] {frame['messages_replaced']} messages summarized "
+                f"({frame['tokens_before']:,} -> {frame['tokens_after']:,} tokens): "
+                f"{frame.get('content', '')}",
+                flush=True,
+            )
         elif kind == "agent_switched":
             print(
                 f"\n[agent] {frame['from_agent']} -> {frame['to_agent']}: "

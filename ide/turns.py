@@ -125,6 +125,17 @@ class IdeSession:
             if answer.get("type") in ("session_changed", "error") and not answer.get("seq"):
                 return answer
 
+    async def condense(self) -> Frame:
+        """Ask the runtime to summarize the session's older turns; returns its
+        ``context_condensed`` frame, or the ``error`` frame that refused it."""
+        await self.connection.send({"type": "condense"})
+        while True:
+            frame = await self.connection.next_frame()
+            if self._observe is not None:
+                self._observe(frame)
+            if frame.get("type") in ("context_condensed", "error"):
+                return frame
+
     async def follow(self) -> Turn:
         """Handle frames until the final assistant frame.
 

@@ -3,14 +3,23 @@
 A chat request's messages are fitted to its group's context window (the
 first deployment's, see :func:`llmproxy.router.context_window_of`) minus
 the tokens kept for the answer: the oldest turns go first, and a tool call
-never loses its result (:func:`mesh.context.fit`). Counting tokens costs a
-tokenizer pass, so a prompt that fits by a byte count (an upper bound on its
-tokens) is not counted at all.
+never loses its result (:func:`mesh.context.fit`).
+
+Counting tokens costs a tokenizer pass, so the proxy counts as little as it
+can. A caller that keeps each message's count (the runtime does,
+:mod:`runtime.context`) declares them; only the messages it does not know
+yet are counted, one by one, and their counts go back to it in the
+stream's end (``token_counts``). Without declared counts, a prompt that
+fits by a byte count (an upper bound on its tokens) is not counted at all,
+and a larger one is counted whole. Declared counts are trusted (the caller
+is an internal service holding counts this proxy made), and the window is
+never exceeded by what they add up to.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import litellm
@@ -19,13 +28,12 @@ from litellm.router import Router
 
 from llmproxy import errors
 from llmproxy.router import context_window_of, knows_model
-from mesh.context import fit
-
-DEFAULT_OUTPUT_RESERVE = 4096
-"""Tokens left for the answer when a request names no max_tokens."""
+from mesh.context import fit, output_reserve
 
 _MESSAGE_OVERHEAD_TOKENS = 8
 """More than any chat template adds per message (OpenAI's adds 3-4)."""
+_REPLY_PRIMING_TOKENS = 3
+"""What a chat template adds once, to start the answer."""
 
 log = structlog.get_logger("llmproxy")
 
@@ -50,10 +58,17 @@ class ContextBudget:
             names = ", ".join(self._router.get_model_names())
             raise errors.NotFound(f"model {model!r} is not configured (configured: {names})")
 
-    def fitted(self, arguments: dict[str, Any]) -> dict[str, Any]:
+    def fitted(
+        self, arguments: dict[str, Any], declared: Sequence[int] = ()
+    ) -> tuple[dict[str, Any], list[int]]:
         """``arguments`` (Router ``acompletion`` keywords) for a known model,
-        with its ``messages`` fitted to the window; the same dict when they
-        fit already. Raises as :meth:`require_model`.
+        with its ``messages`` fitted to the window (the same dict when they
+        fit already), and the counts of the messages ``declared`` gave 0.
+
+        ``declared`` has one count per message (0: unknown) or is empty (no
+        counts: see the module doc). Raises as :meth:`require_model`, and
+        :class:`errors.InvalidRequest` when ``declared`` does not match the
+        messages.
         """
         model = arguments["model"]
         self.require_model(model)
@@ -61,21 +76,58 @@ class ContextBudget:
         if window is None:
             window = self._windows[model] = context_window_of(self._router, model)
         budget, tokenizer = window
-        if budget > 0:
-            reserve = arguments.get("max_tokens") or min(DEFAULT_OUTPUT_RESERVE, budget // 4)
-            messages = arguments["messages"]
-            if token_bound(messages) <= budget - reserve:
-                return arguments  # fits whatever the tokenizer: no need to count
+        messages = arguments["messages"]
+        if declared and len(declared) != len(messages):
+            raise errors.InvalidRequest(
+                f"token_counts has {len(declared)} entries for {len(messages)} messages"
+            )
+        counted: list[int] = []
+        sizes: list[int] = []
+        if declared:
+            sizes = list(declared)
+            for index, count in enumerate(declared):
+                if count == 0:
+                    sizes[index] = message_tokens(tokenizer, messages[index])
+                    counted.append(sizes[index])
+        if budget <= 0:
+            return arguments, counted
+        limit = budget - output_reserve(budget, arguments.get("max_tokens"))
+        if declared:
+            if sum(sizes) + _REPLY_PRIMING_TOKENS <= limit:
+                return arguments, counted
+            kept = fit(
+                range(len(messages)),
+                limit - _REPLY_PRIMING_TOKENS,
+                lambda run: sum(sizes[i] for i in run),
+                lambda i: (messages[i]["role"], bool(messages[i].get("tool_calls"))),
+            )
+            fitted = [messages[i] for i in kept]
+        elif token_bound(messages) <= limit:
+            return arguments, counted  # fits whatever the tokenizer: no need to count
+        else:
             fitted = fit(
                 messages,
-                budget - reserve,
+                limit,
                 lambda run: litellm.token_counter(model=tokenizer, messages=list(run)),
                 lambda m: (m["role"], bool(m.get("tool_calls"))),
             )
-            if len(fitted) < len(messages):
-                log.info("context_trimmed", dropped=len(messages) - len(fitted), budget=budget)
-                arguments = {**arguments, "messages": fitted}
-        return arguments
+        if len(fitted) < len(messages):
+            log.info("context_trimmed", dropped=len(messages) - len(fitted), budget=budget)
+            arguments = {**arguments, "messages": fitted}
+        return arguments, counted
+
+
+def message_tokens(tokenizer: str, message: dict[str, Any]) -> int:
+    """The tokens ``message`` adds to a prompt, with ``tokenizer`` (a model
+    name for LiteLLM's tokenizer choice): its texts' tokens plus a template's
+    per-message overhead; never less than LiteLLM's ``token_counter`` counts
+    for it alone, less the reply priming it adds once per prompt."""
+    parts = [message.get("content") or "", message.get("name") or ""]
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        parts += [call.get("id") or "", function.get("name") or "", function.get("arguments") or ""]
+    text = " ".join(part if isinstance(part, str) else json.dumps(part) for part in parts)
+    return len(litellm.encode(model=tokenizer, text=text)) + _MESSAGE_OVERHEAD_TOKENS
 
 
 def token_bound(messages: list[dict[str, Any]]) -> int:

@@ -28,6 +28,7 @@ it, so a quoted file or error keeps its lines.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -138,7 +139,7 @@ class Reply:
 
 def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettings) -> Reply:
     """The deterministic reply to ``messages``: a playbook rule's, else an echo."""
-    prompt_tokens = sum(len(_content_text(m.get("content")).split()) for m in messages)
+    prompt_tokens = sum(_words(_content_text(m.get("content"))) for m in messages)
     answer = playbook.respond(messages)
     if answer is not None and answer.tool_calls:
         calls = tuple(
@@ -165,6 +166,12 @@ def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettin
         tokens = _tokens([token.strip() for token in tokens[: max(settings.max_tokens, 0)]])
         finish_reason = "length"
     return Reply(tokens=tokens, finish_reason=finish_reason, prompt_tokens=prompt_tokens)
+
+
+@functools.lru_cache(maxsize=16384)
+def _words(text: str) -> int:
+    # Cached: a session's prompt repeats its history on every call.
+    return len(text.split())
 
 
 def _tokens(words: Sequence[str]) -> tuple[str, ...]:

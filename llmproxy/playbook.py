@@ -8,7 +8,9 @@ conversation the way a model would and returns either text or tool calls;
 Rules, in order (documented in the README):
 
 1. A routing request (system prompt "You route requests to agents") is
-   answered with a JSON classification chosen by the request's first word.
+   answered with a JSON classification chosen by the request's first word;
+   a summarizing request (system prompt "You condense conversations") with
+   the first request it finds (kept from an earlier summary) and the last three.
 2. After tool results: if the model's last call was ``update_plan`` and a step
    is not done yet, the next step is marked done (plan execution); otherwise
    the results are summarised in text.
@@ -48,6 +50,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ROUTING_MARKER = "You route requests to agents"
+CONDENSE_MARKER = "You condense conversations"
+"""How the runtime's summarizing call begins (:mod:`runtime.condense`)."""
 
 _ROUTES = {
     "coder": (
@@ -91,6 +95,8 @@ def respond(messages: Sequence[Mapping[str, Any]]) -> Answer | None:
     first, last = messages[0], messages[-1]
     if first.get("role") == "system" and ROUTING_MARKER in _text(first):
         return _route(_text(last))
+    if first.get("role") == "system" and CONDENSE_MARKER in _text(first):
+        return Answer(text=_condensed(_text(last)))
     if last.get("role") == "tool":
         answer = _after_tools(messages)
         opening_text = opening(messages)
@@ -119,6 +125,15 @@ def _text(message: Mapping[str, Any]) -> str:
     if isinstance(content, list):
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
+
+
+def _condensed(transcript: str) -> str:
+    """A deterministic summary of a transcript (lines ``role: text``): the
+    first request (kept from an earlier summary's ``first:``) and the last three."""
+    earlier = re.search(r"first: (.*?) \| lately:", transcript)
+    asked = [line[6:][:80] for line in transcript.splitlines() if line.startswith("user: ")]
+    first = earlier.group(1) if earlier else (asked[0] if asked else "nothing")
+    return f"The user asked, first: {first} | lately: {' / '.join(asked[-3:]) or 'nothing'}"
 
 
 def _route(request: str) -> Answer:

@@ -89,7 +89,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         with _bound(context, request.model):
             async with errors.grpc_boundary(context):
                 try:
-                    arguments = self._budget.fitted(translate.chat_arguments(request))
+                    arguments, _ = self._budget.fitted(translate.chat_arguments(request))
                     result = await self._upstream.complete(arguments)
                 except Exception as exc:
                     self._metrics.calls.labels(request.model, errors.reason_of(exc)).inc()
@@ -131,9 +131,11 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         # up, merged while a write is still in flight (see mesh.outbox).
         outbox: _Outbox = Outbox(context.write, translate.merged)
         try:
-            arguments = self._budget.fitted(translate.chat_arguments(request))
+            arguments, counted = self._budget.fitted(
+                translate.chat_arguments(request), request.token_counts
+            )
             await self._upstream.stream(arguments, progress, outbox.send)
-            outbox.put(translate.end_message(progress))
+            outbox.put(translate.end_message(progress, counted))
             await outbox.close()
             outcome = status = "ok"
         except Exception as exc:

@@ -10,7 +10,7 @@ proxy sees protobuf.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from llmproxy import errors
@@ -53,13 +53,16 @@ def chat_arguments(request: ChatRequest) -> dict[str, Any]:
 
 
 def _message(message: llmproxy_pb2.ChatMessage, index: int) -> dict[str, Any]:
-    if message.role not in _ROLES:
+    # Every field is read once: each read of a protobuf field makes a new
+    # Python object, and a long session's prompt has thousands of messages.
+    role, content, calls = message.role, message.content, message.tool_calls
+    if role not in _ROLES:
         raise errors.InvalidRequest(
-            f"messages[{index}].role={message.role!r} must be system, user, assistant or tool"
+            f"messages[{index}].role={role!r} must be system, user, assistant or tool"
         )
-    converted: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.tool_calls:
-        if message.role != "assistant":
+    converted: dict[str, Any] = {"role": role, "content": content}
+    if calls:
+        if role != "assistant":
             raise errors.InvalidRequest(f"messages[{index}]: only assistant messages call tools")
         converted["tool_calls"] = [
             {
@@ -67,16 +70,18 @@ def _message(message: llmproxy_pb2.ChatMessage, index: int) -> dict[str, Any]:
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments_json or "{}"},
             }
-            for call in message.tool_calls
+            for call in calls
         ]
         # OpenAI wants null, not "", beside tool calls.
-        converted["content"] = message.content or None
-    if message.role == "tool":
-        if not message.tool_call_id:
+        converted["content"] = content or None
+    if role == "tool":
+        tool_call_id = message.tool_call_id
+        if not tool_call_id:
             raise errors.InvalidRequest(f"messages[{index}]: a tool message needs tool_call_id")
-        converted["tool_call_id"] = message.tool_call_id
-    if message.name:
-        converted["name"] = message.name
+        converted["tool_call_id"] = tool_call_id
+    name = message.name
+    if name:
+        converted["name"] = name
     return converted
 
 
@@ -132,13 +137,17 @@ def _tool_call_message(delta: ToolCallDelta) -> llmproxy_pb2.StreamChatResponse:
     )
 
 
-def end_message(progress: StreamProgress) -> llmproxy_pb2.StreamChatResponse:
-    """The last message of a stream that ``progress`` describes."""
+def end_message(
+    progress: StreamProgress, token_counts: Sequence[int] = ()
+) -> llmproxy_pb2.StreamChatResponse:
+    """The last message of a stream that ``progress`` describes, with the
+    ``token_counts`` the proxy made of the request's uncounted messages."""
     return llmproxy_pb2.StreamChatResponse(
         end=llmproxy_pb2.StreamEnd(
             finish_reason=progress.finish_reason or "stop",
             usage=llmproxy_pb2.Usage(**progress.usage),
             model=progress.model,
+            token_counts=token_counts,
         )
     )
 

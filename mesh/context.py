@@ -20,6 +20,16 @@ from typing import TypeVar
 
 M = TypeVar("M")
 
+DEFAULT_OUTPUT_RESERVE = 4096
+"""Tokens of the window left for the answer when a request names no max_tokens."""
+
+
+def output_reserve(window: int, max_tokens: int | None = None) -> int:
+    """Tokens of a ``window`` kept for the answer: ``max_tokens`` when the
+    request bounds it, else 4,096 or a quarter of the window if that is less.
+    The runtime and the proxy fit a prompt to ``window`` minus this."""
+    return max_tokens or min(DEFAULT_OUTPUT_RESERVE, window // 4)
+
 
 def units(roles: Sequence[tuple[str, bool]]) -> list[tuple[int, int]]:
     """Split messages, given as (role, has_tool_calls), into [start, end) units.

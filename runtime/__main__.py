@@ -52,7 +52,7 @@ from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agent_files import AgentsInvalid, ProjectLimits, load_operator_file
 from runtime.agents import BUILT_IN, DEFAULT_AGENT, TOOL_GROUPS, Roster
-from runtime.conversation import ConversationSettings
+from runtime.condense import DEFAULT_THRESHOLD as DEFAULT_CONDENSE_THRESHOLD
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.executors import Executor, Executors
 from runtime.hub import SessionHub
@@ -62,6 +62,7 @@ from runtime.metrics import RuntimeMetrics
 from runtime.rules import MAX_AUTO_APPROVALS_PER_TURN, OperatorLimits
 from runtime.schema import VERSION_TABLE
 from runtime.service import AgentRuntimeServicer
+from runtime.settings import ConversationSettings
 from runtime.store import Store, head_revision, migrate
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED, TOOLS
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
@@ -136,6 +137,9 @@ class RuntimeConfig:
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
     turn stops and asks the user how to go on; 0: never"""
+    condense_threshold: int = setting(DEFAULT_CONDENSE_THRESHOLD, check=not_negative)
+    """percent of the model's window (less the answer's reserve) a prompt fills before a turn
+    first has the model summarize the older turns; 0: only on a `condense` frame"""
     approval_required: tuple[str, ...] = setting(
         tuple(sorted(DEFAULT_APPROVAL_REQUIRED)), parse=_approval_required
     )
@@ -281,6 +285,7 @@ async def serve(
             user_models=config.user_models,
             approval_required=frozenset(config.approval_required),
             max_consecutive_mistakes=config.max_consecutive_mistakes,
+            condense_threshold=config.condense_threshold,
             rule_limits=config.rule_limits(),
             agents=agents,
             project_limits=ProjectLimits(

@@ -134,12 +134,18 @@ class Fork:
     through: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Condense:
+    """Summarize the session's older turns now (:mod:`runtime.condense`)."""
+
+
 ClientEvent = (
     Retry
     | EditMessage
     | Fork
     | Undo
     | SetModel
+    | Condense
     | UserMessage
     | CancelTurn
     | ToolResult

@@ -30,21 +30,19 @@ and written as one row when the model call ends (both by the session's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import structlog
 
 from mesh import tracing
-from runtime import answers, notices, policy, reruns, routing, subcalls, undo
-from runtime.agent_files import ProjectLimits
-from runtime.agents import BUILT_IN, Roster
+from runtime import answers, notices, offers, policy, reruns, routing, subcalls, undo
 from runtime.commands import (
     STRICT,
     ApprovalDecision,
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Condense,
     EditMessage,
     Environment,
     FileChanged,
@@ -57,48 +55,25 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
-from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
+from runtime.condense import Condenser
+from runtime.dispatch import Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
-from runtime.events import ErrorEvent, PlanUpdate, Sequenced, SessionChanged, ToolCallEvent
+from runtime.events import ErrorEvent, Sequenced, SessionChanged
 from runtime.executions import Executions
 from runtime.executors import Executors
 from runtime.llm import ChatModel
 from runtime.metrics import RuntimeMetrics
 from runtime.models import UnknownModel, check_choice
 from runtime.project import ProjectFiles
-from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
-from runtime.state import CallState, Session
+from runtime.rules import RulesInvalid
+from runtime.settings import ConversationSettings
+from runtime.state import Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
-from runtime.tools import DEFAULT_APPROVAL_REQUIRED
 from runtime.turn import ModelReply, Next, request_reply
 
 log = structlog.get_logger("runtime.conversation")
 _tracer = tracing.tracer("runtime.conversation")
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationSettings:
-    model: str
-    routing_model: str | None = None
-    agent_models: Mapping[str, str] = field(default_factory=dict)
-    user_models: tuple[str, ...] = ()
-    """Groups a user may choose for a session (:mod:`runtime.models`); (): just ``model``."""
-    approval_required: frozenset[str] = DEFAULT_APPROVAL_REQUIRED
-    max_consecutive_mistakes: int = DEFAULT_MAX_MISTAKES
-    """Failed tool calls in a row after which a turn stops and asks the user; 0: never."""
-    rule_limits: OperatorLimits = DEFAULT_LIMITS
-    """What users' approval rules may auto-approve (the operator's floor)."""
-    agents: Roster = BUILT_IN
-    """The built-in agents and the operator's file's; a project's add to them."""
-    project_limits: ProjectLimits = field(default_factory=ProjectLimits)
-    detach_grace: float = 10.0
-    """Seconds a streaming turn goes on with no client attached before it is cancelled."""
-    subscriber_queue: int = 1024
-    """Events buffered per attached stream; a stream that falls further behind
-    catches up from the log (see :class:`Subscriber`)."""
-    max_replay: int = 100_000
-    """A client further behind than this many events is told to reload instead."""
 
 
 class Conversation:
@@ -144,6 +119,7 @@ class Conversation:
         )
         self.executions = Executions(self._dispatcher, self._go_on)
         self._rules = store.rules
+        self.context = Condenser(llm, settings.condense_threshold)
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -203,31 +179,8 @@ class Conversation:
         """
         subscriber = self.subscribe()
         items, recovered = await self.stream.events_after(after_seq)
-        items.extend(self._reoffers(after_seq if recovered else None))
+        items.extend(offers.again(self.session, after_seq if recovered else None))
         return subscriber, items, recovered
-
-    def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
-        items = []
-        for call in self.session.pending.values():
-            if call.state in (CallState.RUNNING, CallState.EXECUTING):
-                continue  # the runtime runs it (a change: its own calls are offered instead)
-            if after_seq is not None and call.offered_seq > after_seq:
-                continue  # the replay holds it
-            if call.state is CallState.AWAITING_PLAN_APPROVAL:
-                steps = self.session.plans.get(call.plan_id, ())
-                items.append(Sequenced(0, PlanUpdate(call.plan_id, steps, "", True)))
-            else:
-                approval = call.state is CallState.AWAITING_APPROVAL
-                event = ToolCallEvent(
-                    call.call_id,
-                    call.tool_name,
-                    call.arguments,
-                    approval,
-                    call.reason,
-                    call.metadata,
-                )
-                items.append(Sequenced(0, event))
-        return items
 
     # -- client events -------------------------------------------------------
 
@@ -262,6 +215,13 @@ class Conversation:
                 await self._on_set_model(event.model)
             case Retry() | EditMessage() | Fork():
                 await reruns.on_event(self, self._store, event, request_id, client)
+            case Condense() if self.turn_running:
+                dispatcher.refuse("turn_in_progress", "cannot condense during a turn", True)
+            case Condense():
+                condensing = self.context.on_request(
+                    dispatcher, self.stream, self._model(), request_id
+                )
+                self._task = asyncio.create_task(condensing)
             case Environment():
                 # The model calls from now on are told (runtime.prompts).
                 self.session.environment = event
@@ -485,6 +445,9 @@ class Conversation:
         try:
             if self.session.agent == "orchestrator":
                 await self._route()
+            await self.context.condense_if_due(
+                dispatcher, self.stream, self._model(), dispatcher.turn.request_id
+            )
             while dispatcher.take_model_call():
                 reply = await self._call_model()
                 next_ = dispatcher.after_reply(reply)
@@ -509,23 +472,31 @@ class Conversation:
         )
         self._dispatcher.switch(route.agent, route.rationale, route.confidence)
 
+    def _model(self) -> str:
+        agent = self._dispatcher.agent
+        default = agent.model or self._settings.model
+        return self.session.model or self._settings.agent_models.get(agent.name, default)
+
     async def _call_model(self) -> ModelReply:
         await self._dispatcher.executors.prepare(self.session.agent)  # lazily, once a server
-        agent, project = self._dispatcher.agent, self.session.project
         # Durable events queued before this call (a routing switch) go out first.
         if self.stream.pending_output:
             await self.stream.flush()
-        return await request_reply(
+        history, summary = self.context.view(self.session.messages)
+        reply = await request_reply(
             self._llm,
-            self.session.model
-            or self._settings.agent_models.get(agent.name, agent.model or self._settings.model),
-            agent,
-            self.session.messages,
+            self._model(),
+            self._dispatcher.agent,
+            history,
             on_text=self.stream.text,
             request_id=self._dispatcher.turn.request_id,
             environment=self.session.environment,
             workspace_view=self.session.workspace_view,
-            roster=project.agents,
-            guidance=project.guidance,
+            roster=self.session.project.agents,
+            guidance=self.session.project.guidance,
             tools=self._dispatcher.tools,
+            context=self.context.window,
+            summary=summary,
         )
+        self._dispatcher.turn.context = self.context.window.meter
+        return reply

@@ -287,7 +287,7 @@ class Dispatcher:
     def finish(self, status: TurnStatus) -> Next:
         """Queue the turn's TurnDone; count it and log its summary line."""
         turn, usage = self.turn, self.turn.usage
-        self.stream.durable(TurnDone(status, usage))
+        self.stream.durable(TurnDone(status, usage, turn.context))
         self.session.state = "idle"
         metrics = self.metrics
         metrics.turns.labels(status.value).inc()

@@ -38,9 +38,36 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ContextUsage:
+    """How much of the model's context window a prompt fills (:mod:`runtime.context`)."""
+
+    tokens: int
+    window: int
+    """The model's context window, 0 when unknown."""
+
+    @property
+    def percent(self) -> int:
+        """``tokens`` as a whole percentage of ``window`` (0 when unknown)."""
+        return min(100, round(100 * self.tokens / self.window)) if self.window > 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
 class TurnDone:
     status: TurnStatus
     usage: Usage = Usage()
+    context: ContextUsage | None = None
+    """What the turn's last prompt filled; None when it made no model call."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContextCondensed:
+    """A summary replaced the session's first ``messages_replaced`` messages
+    in what the model is sent (:mod:`runtime.condense`)."""
+
+    summary: str
+    messages_replaced: int
+    tokens_before: int
+    tokens_after: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +144,7 @@ Event = (
     | AgentSwitched
     | PlanUpdate
     | PlanProgress
+    | ContextCondensed
 )
 
 
@@ -131,12 +159,15 @@ class Sequenced:
 def to_payload(event: Event) -> tuple[str, dict[str, Any]]:
     """The event as (kind, JSON-ready dict) for the event log."""
     match event:
-        case TurnDone(status=status, usage=usage):
-            return "turn_done", {
+        case TurnDone(status=status, usage=usage, context=context):
+            payload: dict[str, Any] = {
                 "status": status.value,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
             }
+            if context is not None:
+                payload["context"] = [context.tokens, context.window]
+            return "turn_done", payload
         case PlanUpdate() as plan:
             return "plan_update", {
                 "plan_id": plan.plan_id,
@@ -151,6 +182,7 @@ def to_payload(event: Event) -> tuple[str, dict[str, Any]]:
         AgentSwitched: "agent_switched",
         PlanProgress: "plan_progress",
         SessionChanged: "session_changed",
+        ContextCondensed: "context_condensed",
     }
     kind = kinds.get(type(event))
     if kind is None:
@@ -162,7 +194,9 @@ def from_payload(kind: str, payload: dict[str, Any]) -> Event:
     """The inverse of :func:`to_payload`."""
     if kind == "turn_done":
         usage = Usage(payload["prompt_tokens"], payload["completion_tokens"])
-        return TurnDone(TurnStatus(payload["status"]), usage)
+        context = payload.get("context")  # absent in rows from before it existed
+        filled = None if context is None else ContextUsage(*context)
+        return TurnDone(TurnStatus(payload["status"]), usage, filled)
     if kind == "plan_update":
         steps = tuple(PlanStep(*step) for step in payload["steps"])
         return PlanUpdate(
@@ -175,6 +209,7 @@ def from_payload(kind: str, payload: dict[str, Any]) -> Event:
         "agent_switched": AgentSwitched,
         "plan_progress": PlanProgress,
         "session_changed": SessionChanged,
+        "context_condensed": ContextCondensed,
     }
     event: Event = classes[kind](**payload)
     return event

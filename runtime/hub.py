@@ -25,7 +25,7 @@ import structlog
 from mesh.ids import SESSION_ID, SESSION_ID_RULE
 from runtime import reruns
 from runtime.agents import Roster
-from runtime.conversation import Conversation, ConversationSettings
+from runtime.conversation import Conversation
 from runtime.errors import (
     AlreadyExists,
     Deleted,
@@ -42,6 +42,7 @@ from runtime.metrics import RuntimeMetrics
 from runtime.models import check_choice
 from runtime.records import SessionRow
 from runtime.rules import OperatorLimits
+from runtime.settings import ConversationSettings
 from runtime.state import Session
 from runtime.store import SessionExists, Store
 

@@ -86,6 +86,9 @@ class StreamEnd:
     finish_reason: str
     usage: Usage
     model: str
+    token_counts: tuple[int, ...] = ()
+    """The proxy's counts of the messages a prompt sent uncounted
+    (:class:`runtime.context.Prompt`), in their order."""
 
 
 Chunk = TextChunk | ToolCallChunk | StreamEnd
@@ -169,6 +172,33 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
     )
 
 
+_MESSAGES_FIELD = b"\x12"  # StreamChatRequest.messages: field 2, length-delimited
+_COUNTS_FIELD = b"\x3a"  # StreamChatRequest.token_counts: field 7, packed
+
+
+def encode_varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_message(message: ChatMessage) -> bytes:
+    """``message`` as one entry of ``StreamChatRequest.messages``, on the
+    wire: encoded once per message, joined per call (:mod:`runtime.context`)."""
+    payload = _to_proto(message).SerializeToString()
+    return _MESSAGES_FIELD + encode_varint(len(payload)) + payload
+
+
+def encode_counts(varints: Sequence[bytes]) -> bytes:
+    """``StreamChatRequest.token_counts`` on the wire, from each count's varint."""
+    packed = b"".join(varints)
+    return _COUNTS_FIELD + encode_varint(len(packed)) + packed
+
+
 def _caller(request_id: str | None) -> dict[str, str | None]:
     """The request id and user to forward: ``request_id`` if given, else
     the calling RPC's (:data:`mesh.caller.CALLER`), so the proxy's logs
@@ -201,6 +231,15 @@ class LlmClient:
             raise ValueError(f"connect_timeout must be positive, not {connect_timeout}")
         self._channel = channel
         self._stub = llmproxy_pb2_grpc.LlmProxyServiceStub(channel)
+        # StreamChat with a request already serialized: a prompt's messages
+        # are encoded once each (runtime.context), not on every call.
+        self._stream_encoded: grpc.aio.UnaryStreamMultiCallable[
+            bytes, llmproxy_pb2.StreamChatResponse
+        ] = channel.unary_stream(
+            "/llmproxy.v1.LlmProxyService/StreamChat",
+            request_serializer=None,
+            response_deserializer=llmproxy_pb2.StreamChatResponse.FromString,
+        )
         self._key = internal_api_key
         self._timeout = timeout
         self._connect_timeout = min(connect_timeout, timeout)
@@ -271,7 +310,6 @@ class LlmClient:
         """
         request = llmproxy_pb2.StreamChatRequest(
             model=model,
-            messages=[_to_proto(m) for m in messages],
             tools=[
                 llmproxy_pb2.Tool(
                     name=t.name, description=t.description, parameters_json=json.dumps(t.parameters)
@@ -279,6 +317,10 @@ class LlmClient:
                 for t in tools
             ],
         )
+        # A prompt of runtime.context carries its messages already encoded.
+        encoded = getattr(messages, "encoded", None)
+        if not isinstance(encoded, bytes):
+            request.messages.extend(_to_proto(m) for m in messages)
         span = _tracer.start_span("llm.call", attributes={"llm.model": model})
         metadata = tracing.inject(
             internal_metadata(self._key, **_caller(request_id)), trace.set_span_in_context(span)
@@ -290,11 +332,13 @@ class LlmClient:
         outcome = "cancelled"
         try:
             await self._connect()
-            call = self._stub.StreamChat(
-                request,
-                metadata=metadata,
-                timeout=max(self._timeout - (time.monotonic() - started), 0.001),
-            )
+            timeout = max(self._timeout - (time.monotonic() - started), 0.001)
+            if isinstance(encoded, bytes):
+                call = self._stream_encoded(
+                    request.SerializeToString() + encoded, metadata=metadata, timeout=timeout
+                )
+            else:
+                call = self._stub.StreamChat(request, metadata=metadata, timeout=timeout)
             async for response in call:
                 if first:
                     first = False
@@ -315,6 +359,7 @@ class LlmClient:
                         end.finish_reason,
                         Usage(end.usage.prompt_tokens, end.usage.completion_tokens),
                         end.model,
+                        tuple(end.token_counts),
                     )
             outcome = "ok"
         except (grpc.aio.AioRpcError, UpstreamError) as exc:

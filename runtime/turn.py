@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from mesh.context import fit
 from runtime.agents import BUILT_IN, Agent, Roster
 from runtime.commands import STRICT, ClientOptions, Environment
-from runtime.events import Usage
+from runtime.context import ContextWindow, system_with_summary
+from runtime.events import ContextUsage, Usage
 from runtime.llm import (
     ChatMessage,
     ChatModel,
@@ -43,10 +43,6 @@ MAX_MODEL_CALLS_PER_TURN = 25
 """Model calls in one turn; the turn fails with ``turn_limit`` after them."""
 MAX_ERROR_CHARS = 300
 """Characters of the last error quoted when a turn stops after its mistakes."""
-CHARS_PER_TOKEN_BOUND = 8
-"""The runtime pre-cuts history to 8 characters per token of the window: more than any
-tokenizer packs into the window, so the exact cut (with the model's tokenizer,
-in the LLM proxy) decides; the pre-cut only keeps what is sent bounded."""
 
 
 class Next(enum.Enum):
@@ -84,6 +80,8 @@ class Turn:
     client: ClientOptions = STRICT
     """The client the turn runs for: the one that started it, then the one
     whose answer let it go on (its tools are what the model is offered)."""
+    context: ContextUsage | None = None
+    """What the turn's last prompt filled of the model's window."""
 
     def take_model_call(self) -> bool:
         """Count one more model call; False (counting nothing) when the limit is reached."""
@@ -151,17 +149,6 @@ class _CallDraft:
     arguments: list[str] = field(default_factory=list)
 
 
-def prompt(system: str, history: Sequence[ChatMessage], window: int) -> list[ChatMessage]:
-    """The ``system`` prompt and as much recent ``history`` as fits ``window``
-    tokens (0: no limit), tool calls never split from their results."""
-    return fit(
-        [ChatMessage("system", system), *history],
-        window * CHARS_PER_TOKEN_BOUND,
-        lambda run: sum(len(m.content) + len(m.tool_calls) * 64 for m in run),
-        lambda m: (m.role, bool(m.tool_calls)),
-    )
-
-
 async def request_reply(
     chat: ChatModel,
     model: str,
@@ -176,6 +163,8 @@ async def request_reply(
     roster: Roster = BUILT_IN,
     guidance: Guidance | None = None,
     tools: Mapping[str, Tool] = TOOLS,
+    context: ContextWindow | None = None,
+    summary: str = "",
 ) -> ModelReply:
     """Ask ``model`` to continue ``history`` as ``agent``, with the agent's tools.
 
@@ -184,7 +173,10 @@ async def request_reply(
     ``today``'s date (default: today in UTC), the other agents of its
     ``roster`` and the session's ``guidance`` (project rules, the user's
     instructions); the agent's tools are declared in ``tools``
-    (:attr:`~runtime.dispatch.Dispatcher.tools`). Each non-empty text delta is
+    (:attr:`~runtime.dispatch.Dispatcher.tools`). The history sent is what fits
+    the model's window (:class:`~runtime.context.ContextWindow`: the
+    session's ``context``, kept from call to call, or a new one), after
+    the ``summary`` of older turns if there is one. Each non-empty text delta is
     passed to ``on_text`` as it arrives; tool calls are put together from
     their fragments and named by the runtime.
     Raises what ``chat`` raises (:class:`~runtime.errors.UpstreamError`).
@@ -192,7 +184,9 @@ async def request_reply(
     """
     today = today or datetime.now(UTC).date()
     system = system_prompt(agent, environment, workspace_view, today, roster, guidance)
-    messages = prompt(system, history, await chat.context_window(model))
+    system = system_with_summary(system, summary)
+    context = context if context is not None else ContextWindow()
+    messages = context.prompt(system, history, model, await chat.context_window(model))
     specs = [tools[name].spec() for name in sorted(agent.tools)]
     reply = ModelReply()
     parts: list[str] = []
@@ -211,6 +205,7 @@ async def request_reply(
                 draft.arguments.append(chunk.arguments_fragment)
             elif isinstance(chunk, StreamEnd):
                 reply.usage = chunk.usage
+                context.learn(messages, chunk.token_counts)
     reply.text = "".join(parts)
     for index in sorted(drafts):
         draft = drafts[index]

@@ -19,6 +19,7 @@ from runtime.commands import (
     CancelTurn,
     ClientEvent,
     ClientOptions,
+    Condense,
     EditMessage,
     Environment,
     FileChanged,
@@ -35,6 +36,7 @@ from runtime.errors import InvalidArgument
 from runtime.events import (
     AgentSwitched,
     AssistantText,
+    ContextCondensed,
     ErrorEvent,
     PlanProgress,
     PlanUpdate,
@@ -62,10 +64,25 @@ def to_proto(item: Sequenced) -> runtime_pb2.ConverseResponse:
     match item.event:
         case AssistantText(text=text):
             response.assistant_delta.text = text
-        case TurnDone(status=status, usage=usage):
+        case TurnDone(status=status, usage=usage, context=context):
             response.turn_done.status = _TURN_STATUS[status]
             response.turn_done.usage.prompt_tokens = usage.prompt_tokens
             response.turn_done.usage.completion_tokens = usage.completion_tokens
+            if context is not None:
+                response.turn_done.context.CopyFrom(
+                    runtime_pb2.ContextUsage(
+                        tokens=context.tokens, window=context.window, percent=context.percent
+                    )
+                )
+        case ContextCondensed() as condensed:
+            response.context_condensed.CopyFrom(
+                runtime_pb2.ContextCondensed(
+                    summary=condensed.summary,
+                    messages_replaced=condensed.messages_replaced,
+                    tokens_before=condensed.tokens_before,
+                    tokens_after=condensed.tokens_after,
+                )
+            )
         case ErrorEvent(code=code, message=message, retryable=retryable):
             response.error.code = code
             response.error.message = message
@@ -184,6 +201,8 @@ def to_client_event(request: runtime_pb2.ConverseRequest) -> ClientEvent:
     if kind == "fork":
         fork = request.fork
         return Fork(fork.through_message if fork.HasField("through_message") else None)
+    if kind == "condense":
+        return Condense()
     if kind == "environment":
         reported = request.environment
         return Environment(reported.os, reported.shell, reported.workspace_root)

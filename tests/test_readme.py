@@ -35,6 +35,7 @@ def test_every_ide_frame_example_is_accepted_by_the_gateway() -> None:
         "retry",
         "edit_message",
         "fork",
+        "condense",
     }
     for frame in ide_frames:
         parse_frame(json.dumps(frame))  # raises FrameError for a bad example

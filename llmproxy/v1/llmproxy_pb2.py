@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmproxy/v1/llmproxy.proto\x12\x0bllmproxy.v1\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"{\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\ntool_calls\x18\x03 \x03(\x0b\x32\x15.llmproxy.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"\xd7\x01\n\x11StreamChatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.llmproxy.v1.ChatMessage\x12 \n\x05tools\x18\x03 \x03(\x0b\x32\x11.llmproxy.v1.Tool\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x06 \x01(\rH\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"T\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1a\n\x12\x61rguments_fragment\x18\x04 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"T\n\tStreamEnd\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.llmproxy.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"\x9d\x01\n\x12StreamChatResponse\x12&\n\x04text\x18\x01 \x01(\x0b\x32\x16.llmproxy.v1.TextDeltaH\x00\x12/\n\ttool_call\x18\x02 \x01(\x0b\x32\x1a.llmproxy.v1.ToolCallDeltaH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.llmproxy.v1.StreamEndH\x00\x42\x07\n\x05\x63hunk\"\x13\n\x11ListModelsRequest\"W\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\r\x12\x16\n\x0esupports_tools\x18\x04 \x01(\x08\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.llmproxy.v1.Model\"-\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"m\n\rEmbedResponse\x12*\n\nembeddings\x18\x01 \x03(\x0b\x32\x16.llmproxy.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.llmproxy.v1.Usage\"\xd1\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.llmproxy.v1.ChatMessage\x12 \n\x05tools\x18\x03 \x03(\x0b\x32\x11.llmproxy.v1.Tool\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x06 \x01(\rH\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\x82\x01\n\x0c\x43hatResponse\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.llmproxy.v1.ChatMessage\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.llmproxy.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\"\x1c\n\x1aGetDeploymentHealthRequest\"\xfe\x01\n\x10\x44\x65ploymentHealth\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.llmproxy.v1.DeploymentState\x12\"\n\x1a\x63ooldown_remaining_seconds\x18\x05 \x01(\x02\x12\x19\n\x11last_error_status\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x1c\n\x14\x66\x61ilures_this_minute\x18\x08 \x01(\r\x12\x1d\n\x15successes_this_minute\x18\t \x01(\r\"Q\n\x1bGetDeploymentHealthResponse\x12\x32\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1d.llmproxy.v1.DeploymentHealth*t\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_HEALTHY\x10\x01\x12!\n\x1d\x44\x45PLOYMENT_STATE_COOLING_DOWN\x10\x02\x32\x98\x03\n\x0fLlmProxyService\x12O\n\nStreamChat\x12\x1e.llmproxy.v1.StreamChatRequest\x1a\x1f.llmproxy.v1.StreamChatResponse0\x01\x12;\n\x04\x43hat\x12\x18.llmproxy.v1.ChatRequest\x1a\x19.llmproxy.v1.ChatResponse\x12M\n\nListModels\x12\x1e.llmproxy.v1.ListModelsRequest\x1a\x1f.llmproxy.v1.ListModelsResponse\x12>\n\x05\x45mbed\x12\x19.llmproxy.v1.EmbedRequest\x1a\x1a.llmproxy.v1.EmbedResponse\x12h\n\x13GetDeploymentHealth\x12\'.llmproxy.v1.GetDeploymentHealthRequest\x1a(.llmproxy.v1.GetDeploymentHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmproxy/v1/llmproxy.proto\x12\x0bllmproxy.v1\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"{\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\ntool_calls\x18\x03 \x03(\x0b\x32\x15.llmproxy.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"\xed\x01\n\x11StreamChatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.llmproxy.v1.ChatMessage\x12 \n\x05tools\x18\x03 \x03(\x0b\x32\x11.llmproxy.v1.Tool\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x06 \x01(\rH\x01\x88\x01\x01\x12\x14\n\x0ctoken_counts\x18\x07 \x03(\rB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"T\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1a\n\x12\x61rguments_fragment\x18\x04 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"j\n\tStreamEnd\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.llmproxy.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0ctoken_counts\x18\x04 \x03(\r\"\x9d\x01\n\x12StreamChatResponse\x12&\n\x04text\x18\x01 \x01(\x0b\x32\x16.llmproxy.v1.TextDeltaH\x00\x12/\n\ttool_call\x18\x02 \x01(\x0b\x32\x1a.llmproxy.v1.ToolCallDeltaH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.llmproxy.v1.StreamEndH\x00\x42\x07\n\x05\x63hunk\"\x13\n\x11ListModelsRequest\"W\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x03 \x01(\r\x12\x16\n\x0esupports_tools\x18\x04 \x01(\x08\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.llmproxy.v1.Model\"-\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"m\n\rEmbedResponse\x12*\n\nembeddings\x18\x01 \x03(\x0b\x32\x16.llmproxy.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.llmproxy.v1.Usage\"\xd1\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.llmproxy.v1.ChatMessage\x12 \n\x05tools\x18\x03 \x03(\x0b\x32\x11.llmproxy.v1.Tool\x12\x13\n\x0btool_choice\x18\x04 \x01(\t\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x06 \x01(\rH\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\r\n\x0b_max_tokens\"\x82\x01\n\x0c\x43hatResponse\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.llmproxy.v1.ChatMessage\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.llmproxy.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\"\x1c\n\x1aGetDeploymentHealthRequest\"\xfe\x01\n\x10\x44\x65ploymentHealth\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.llmproxy.v1.DeploymentState\x12\"\n\x1a\x63ooldown_remaining_seconds\x18\x05 \x01(\x02\x12\x19\n\x11last_error_status\x18\x06 \x01(\r\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x1c\n\x14\x66\x61ilures_this_minute\x18\x08 \x01(\r\x12\x1d\n\x15successes_this_minute\x18\t \x01(\r\"Q\n\x1bGetDeploymentHealthResponse\x12\x32\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1d.llmproxy.v1.DeploymentHealth*t\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_HEALTHY\x10\x01\x12!\n\x1d\x44\x45PLOYMENT_STATE_COOLING_DOWN\x10\x02\x32\x98\x03\n\x0fLlmProxyService\x12O\n\nStreamChat\x12\x1e.llmproxy.v1.StreamChatRequest\x1a\x1f.llmproxy.v1.StreamChatResponse0\x01\x12;\n\x04\x43hat\x12\x18.llmproxy.v1.ChatRequest\x1a\x19.llmproxy.v1.ChatResponse\x12M\n\nListModels\x12\x1e.llmproxy.v1.ListModelsRequest\x1a\x1f.llmproxy.v1.ListModelsResponse\x12>\n\x05\x45mbed\x12\x19.llmproxy.v1.EmbedRequest\x1a\x1a.llmproxy.v1.EmbedResponse\x12h\n\x13GetDeploymentHealth\x12\'.llmproxy.v1.GetDeploymentHealthRequest\x1a(.llmproxy.v1.GetDeploymentHealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmproxy.v1.llmproxy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEPLOYMENTSTATE']._serialized_start=2026
-  _globals['_DEPLOYMENTSTATE']._serialized_end=2142
+  _globals['_DEPLOYMENTSTATE']._serialized_start=2070
+  _globals['_DEPLOYMENTSTATE']._serialized_end=2186
   _globals['_TOOLCALL']._serialized_start=43
   _globals['_TOOLCALL']._serialized_end=103
   _globals['_CHATMESSAGE']._serialized_start=105
@@ -40,39 +40,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOOL']._serialized_start=230
   _globals['_TOOL']._serialized_end=296
   _globals['_STREAMCHATREQUEST']._serialized_start=299
-  _globals['_STREAMCHATREQUEST']._serialized_end=514
-  _globals['_TEXTDELTA']._serialized_start=516
-  _globals['_TEXTDELTA']._serialized_end=541
-  _globals['_TOOLCALLDELTA']._serialized_start=543
-  _globals['_TOOLCALLDELTA']._serialized_end=627
-  _globals['_USAGE']._serialized_start=629
-  _globals['_USAGE']._serialized_end=708
-  _globals['_STREAMEND']._serialized_start=710
-  _globals['_STREAMEND']._serialized_end=794
-  _globals['_STREAMCHATRESPONSE']._serialized_start=797
-  _globals['_STREAMCHATRESPONSE']._serialized_end=954
-  _globals['_LISTMODELSREQUEST']._serialized_start=956
-  _globals['_LISTMODELSREQUEST']._serialized_end=975
-  _globals['_MODEL']._serialized_start=977
-  _globals['_MODEL']._serialized_end=1064
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1066
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1122
-  _globals['_EMBEDREQUEST']._serialized_start=1124
-  _globals['_EMBEDREQUEST']._serialized_end=1169
-  _globals['_EMBEDDING']._serialized_start=1171
-  _globals['_EMBEDDING']._serialized_end=1198
-  _globals['_EMBEDRESPONSE']._serialized_start=1200
-  _globals['_EMBEDRESPONSE']._serialized_end=1309
-  _globals['_CHATREQUEST']._serialized_start=1312
-  _globals['_CHATREQUEST']._serialized_end=1521
-  _globals['_CHATRESPONSE']._serialized_start=1524
-  _globals['_CHATRESPONSE']._serialized_end=1654
-  _globals['_GETDEPLOYMENTHEALTHREQUEST']._serialized_start=1656
-  _globals['_GETDEPLOYMENTHEALTHREQUEST']._serialized_end=1684
-  _globals['_DEPLOYMENTHEALTH']._serialized_start=1687
-  _globals['_DEPLOYMENTHEALTH']._serialized_end=1941
-  _globals['_GETDEPLOYMENTHEALTHRESPONSE']._serialized_start=1943
-  _globals['_GETDEPLOYMENTHEALTHRESPONSE']._serialized_end=2024
-  _globals['_LLMPROXYSERVICE']._serialized_start=2145
-  _globals['_LLMPROXYSERVICE']._serialized_end=2553
+  _globals['_STREAMCHATREQUEST']._serialized_end=536
+  _globals['_TEXTDELTA']._serialized_start=538
+  _globals['_TEXTDELTA']._serialized_end=563
+  _globals['_TOOLCALLDELTA']._serialized_start=565
+  _globals['_TOOLCALLDELTA']._serialized_end=649
+  _globals['_USAGE']._serialized_start=651
+  _globals['_USAGE']._serialized_end=730
+  _globals['_STREAMEND']._serialized_start=732
+  _globals['_STREAMEND']._serialized_end=838
+  _globals['_STREAMCHATRESPONSE']._serialized_start=841
+  _globals['_STREAMCHATRESPONSE']._serialized_end=998
+  _globals['_LISTMODELSREQUEST']._serialized_start=1000
+  _globals['_LISTMODELSREQUEST']._serialized_end=1019
+  _globals['_MODEL']._serialized_start=1021
+  _globals['_MODEL']._serialized_end=1108
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1110
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1166
+  _globals['_EMBEDREQUEST']._serialized_start=1168
+  _globals['_EMBEDREQUEST']._serialized_end=1213
+  _globals['_EMBEDDING']._serialized_start=1215
+  _globals['_EMBEDDING']._serialized_end=1242
+  _globals['_EMBEDRESPONSE']._serialized_start=1244
+  _globals['_EMBEDRESPONSE']._serialized_end=1353
+  _globals['_CHATREQUEST']._serialized_start=1356
+  _globals['_CHATREQUEST']._serialized_end=1565
+  _globals['_CHATRESPONSE']._serialized_start=1568
+  _globals['_CHATRESPONSE']._serialized_end=1698
+  _globals['_GETDEPLOYMENTHEALTHREQUEST']._serialized_start=1700
+  _globals['_GETDEPLOYMENTHEALTHREQUEST']._serialized_end=1728
+  _globals['_DEPLOYMENTHEALTH']._serialized_start=1731
+  _globals['_DEPLOYMENTHEALTH']._serialized_end=1985
+  _globals['_GETDEPLOYMENTHEALTHRESPONSE']._serialized_start=1987
+  _globals['_GETDEPLOYMENTHEALTHRESPONSE']._serialized_end=2068
+  _globals['_LLMPROXYSERVICE']._serialized_start=2189
+  _globals['_LLMPROXYSERVICE']._serialized_end=2597
 # @@protoc_insertion_point(module_scope)

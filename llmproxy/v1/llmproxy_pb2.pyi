@@ -161,6 +161,7 @@ class StreamChatRequest(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKEN_COUNTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """model is a model group name from the proxy's model_list."""
     tool_choice: _builtins.str
@@ -177,6 +178,15 @@ class StreamChatRequest(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
         """tools the model may call; empty means none."""
 
+    @_builtins.property
+    def token_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """token_counts, when set, has one entry per message: its tokens as an
+        earlier StreamEnd.token_counts reported them for the same model, or 0
+        when not known. The proxy counts only the messages given 0 and trusts
+        the rest, so a caller that keeps the counts keeps the proxy's work per
+        call independent of the history's length. Empty: the proxy counts.
+        """
+
     def __init__(
         self,
         *,
@@ -186,10 +196,11 @@ class StreamChatRequest(_message.Message):
         tool_choice: _builtins.str = ...,
         temperature: _builtins.float | None = ...,
         max_tokens: _builtins.int | None = ...,
+        token_counts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "temperature", b"temperature", "token_counts", b"token_counts", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -299,6 +310,7 @@ class StreamEnd(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    TOKEN_COUNTS_FIELD_NUMBER: _builtins.int
     finish_reason: _builtins.str
     """finish_reason is stop, length, tool_calls or content_filter."""
     model: _builtins.str
@@ -307,16 +319,24 @@ class StreamEnd(_message.Message):
     def usage(self) -> Global___Usage:
         """usage is the completion's token usage, when the provider reports it."""
 
+    @_builtins.property
+    def token_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """token_counts are the tokens of each message the request gave a count
+        of 0 (see StreamChatRequest.token_counts), in their order, counted
+        with the model group's tokenizer; empty when the request had no counts.
+        """
+
     def __init__(
         self,
         *,
         finish_reason: _builtins.str = ...,
         usage: Global___Usage | None = ...,
         model: _builtins.str = ...,
+        token_counts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "token_counts", b"token_counts", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

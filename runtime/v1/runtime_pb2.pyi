@@ -141,6 +141,7 @@ class ConverseRequest(_message.Message):
     UNDO_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     SET_MODEL_FIELD_NUMBER: _builtins.int
+    CONDENSE_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     EDIT_MESSAGE_FIELD_NUMBER: _builtins.int
     FORK_FIELD_NUMBER: _builtins.int
@@ -200,6 +201,10 @@ class ConverseRequest(_message.Message):
         """set_model chooses the session's model group (one of ListModels')."""
 
     @_builtins.property
+    def condense(self) -> Global___Condense:
+        """condense summarizes the session's older turns now (no turn may run)."""
+
+    @_builtins.property
     def retry(self) -> Global___Retry:
         """retry runs the last user message again; the answer it replaces is
         kept as a branch.
@@ -233,16 +238,17 @@ class ConverseRequest(_message.Message):
         undo: Global___Undo | None = ...,
         environment: Global___Environment | None = ...,
         set_model: Global___SetModel | None = ...,
+        condense: Global___Condense | None = ...,
         retry: Global___Retry | None = ...,
         edit_message: Global___EditMessage | None = ...,
         fork: Global___Fork | None = ...,
         traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "edit_message", b"edit_message", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "fork", b"fork", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "retry", b"retry", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "condense", b"condense", "edit_message", b"edit_message", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "fork", b"fork", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "retry", b"retry", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "edit_message", b"edit_message", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "fork", b"fork", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "retry", b"retry", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_decision", b"approval_decision", "cancel", b"cancel", "condense", b"condense", "edit_message", b"edit_message", "environment", b"environment", "event", b"event", "file_changed", b"file_changed", "fork", b"fork", "open", b"open", "plan_approval", b"plan_approval", "resume", b"resume", "retry", b"retry", "set_model", b"set_model", "switch_agent", b"switch_agent", "tool_result", b"tool_result", "traceparent", b"traceparent", "undo", b"undo", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment", "set_model", "retry", "edit_message", "fork"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["open", "user_message", "tool_result", "approval_decision", "switch_agent", "plan_approval", "cancel", "file_changed", "resume", "undo", "environment", "set_model", "condense", "retry", "edit_message", "fork"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -613,6 +619,7 @@ class ConverseResponse(_message.Message):
     PLAN_PROGRESS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     TURN_DONE_FIELD_NUMBER: _builtins.int
+    CONTEXT_CONDENSED_FIELD_NUMBER: _builtins.int
     SESSION_CHANGED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """seq is the session's event number, strictly increasing per session;
@@ -651,6 +658,10 @@ class ConverseResponse(_message.Message):
         """turn_done ends the assistant's answer."""
 
     @_builtins.property
+    def context_condensed(self) -> Global___ContextCondensed:
+        """context_condensed says older turns were replaced by a summary."""
+
+    @_builtins.property
     def session_changed(self) -> Global___SessionChanged:
         """session_changed says the session's history branched (retry, edit)
         or a fork of it was made.
@@ -668,13 +679,14 @@ class ConverseResponse(_message.Message):
         plan_progress: Global___PlanProgress | None = ...,
         error: Global___Error | None = ...,
         turn_done: Global___TurnDone | None = ...,
+        context_condensed: Global___ContextCondensed | None = ...,
         session_changed: Global___SessionChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "session_changed", b"session_changed", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "context_condensed", b"context_condensed", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "session_changed", b"session_changed", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "seq", b"seq", "session_changed", b"session_changed", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_switched", b"agent_switched", "assistant_delta", b"assistant_delta", "context_condensed", b"context_condensed", "error", b"error", "event", b"event", "plan_progress", b"plan_progress", "plan_update", b"plan_update", "seq", b"seq", "session_changed", b"session_changed", "session_opened", b"session_opened", "tool_call", b"tool_call", "turn_done", b"turn_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["session_opened", "assistant_delta", "tool_call", "agent_switched", "plan_update", "plan_progress", "error", "turn_done", "session_changed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["session_opened", "assistant_delta", "tool_call", "agent_switched", "plan_update", "plan_progress", "error", "turn_done", "context_condensed", "session_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1001,25 +1013,118 @@ class TurnDone(_message.Message):
 
     STATUS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     status: Global___TurnStatus.ValueType
     """status says how the turn ended."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """usage is the token usage of the turn's model calls."""
 
+    @_builtins.property
+    def context(self) -> Global___ContextUsage:
+        """context is how much of the model's window the turn's last prompt
+        filled; unset when the turn made no model call.
+        """
+
     def __init__(
         self,
         *,
         status: Global___TurnStatus.ValueType = ...,
         usage: Global___Usage | None = ...,
+        context: Global___ContextUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "status", b"status", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TurnDone: _TypeAlias = TurnDone  # noqa: Y015
+
+@_typing.final
+class ContextUsage(_message.Message):
+    """ContextUsage is how much of the model's context window a prompt fills."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    tokens: _builtins.int
+    """tokens is the prompt's size in tokens."""
+    window: _builtins.int
+    """window is the model's context window in tokens, 0 when unknown."""
+    percent: _builtins.int
+    """percent is tokens as a whole percentage of window (0 when unknown)."""
+    def __init__(
+        self,
+        *,
+        tokens: _builtins.int = ...,
+        window: _builtins.int = ...,
+        percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["percent", b"percent", "tokens", b"tokens", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextUsage: _TypeAlias = ContextUsage  # noqa: Y015
+
+@_typing.final
+class Condense(_message.Message):
+    """Condense asks for the session's older turns to be summarized now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Condense: _TypeAlias = Condense  # noqa: Y015
+
+@_typing.final
+class ContextCondensed(_message.Message):
+    """ContextCondensed says a summary replaced the session's older turns: the
+    model is sent the summary instead of them. The history keeps them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    MESSAGES_REPLACED_FIELD_NUMBER: _builtins.int
+    TOKENS_BEFORE_FIELD_NUMBER: _builtins.int
+    TOKENS_AFTER_FIELD_NUMBER: _builtins.int
+    summary: _builtins.str
+    """summary is the text the model is sent instead of the replaced turns."""
+    messages_replaced: _builtins.int
+    """messages_replaced is how many messages, from the session's start, the
+    summary stands for.
+    """
+    tokens_before: _builtins.int
+    """tokens_before is the context's size before, in tokens."""
+    tokens_after: _builtins.int
+    """tokens_after is its size with the summary instead, in tokens."""
+    def __init__(
+        self,
+        *,
+        summary: _builtins.str = ...,
+        messages_replaced: _builtins.int = ...,
+        tokens_before: _builtins.int = ...,
+        tokens_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages_replaced", b"messages_replaced", "summary", b"summary", "tokens_after", b"tokens_after", "tokens_before", b"tokens_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextCondensed: _TypeAlias = ContextCondensed  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):

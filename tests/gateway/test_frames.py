@@ -130,6 +130,28 @@ def test_cancel():
     assert parse({"type": "cancel"}) == pb.ConverseRequest(cancel=pb.Cancel())
 
 
+def test_condense():
+    assert parse({"type": "condense"}) == pb.ConverseRequest(condense=pb.Condense())
+
+
+def test_the_final_frame_carries_the_context_meter_and_a_summary_its_own_frame():
+    context = pb.ContextUsage(tokens=1843, window=32768, percent=6)
+    final = frame(turn_done=pb.TurnDone(status=pb.TURN_STATUS_COMPLETED, context=context))
+    assert final["is_final"] is True
+    assert final["context"] == {"tokens": 1843, "window": 32768, "percent": 6}
+    condensed = pb.ContextCondensed(
+        summary="The user asked …", messages_replaced=240, tokens_before=1410, tokens_after=520
+    )
+    assert frame(context_condensed=condensed) == {
+        "type": "context_condensed",
+        "content": "The user asked …",
+        "messages_replaced": 240,
+        "tokens_before": 1410,
+        "tokens_after": 520,
+        "seq": 7,
+    }
+
+
 @pytest.mark.parametrize(
     "timestamp", [1_700_000_000, 1_700_000_000.5, "2023-11-14T22:13:20Z", "2023-11-14T22:13:20"]
 )

@@ -157,6 +157,18 @@ def test_the_ide_gets_one_bubble_per_answer_and_no_empty_final_one() -> None:
     assert frames[2]["metadata"]["status"] == "completed"
     assert len(frames) == 3  # no session_info, no empty final frame
 
+    # The context meter rides on the IDE's final bubble (its decoder ignores
+    # keys it does not know); a summary's frame is not one of its bubbles.
+    final = done(9)
+    final.turn_done.context.CopyFrom(pb.ContextUsage(tokens=900, window=4000, percent=23))
+    summary = pb.ContextCondensed(summary="s", messages_replaced=4)
+    frames = shape(
+        CODELAB_IDE, pb.ConverseResponse(seq=8, context_condensed=summary), delta(8, "ok"), final
+    )
+    assert [(f["type"], f.get("context")) for f in frames] == [
+        ("assistant_message", {"tokens": 900, "window": 4000, "percent": 23})
+    ]
+
     # A turn that ends right after its tool call sends no empty bubble.
     assert shape(CODELAB_IDE, tool_call(1, "c1", approval=False), done(2)) == [
         frame_for(tool_call(1, "c1", approval=False))

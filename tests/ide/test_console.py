@@ -128,3 +128,30 @@ async def test_a_cut_diff_can_be_seen_in_full_before_deciding(
 def test_a_running_call_with_a_diff_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     Console(color=False, max_lines=20).show(write_call(requires_approval=False))
     assert capsys.readouterr().out == ('\n[tool running] write_file {"path": "app.py"} (+1 -1)\n')
+
+
+def test_the_context_meter_follows_each_answer_and_a_summary_is_announced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    console = Console(color=False, max_lines=None)
+    console.show(
+        {
+            "type": "context_condensed",
+            "content": "The user asked, first: hi",
+            "messages_replaced": 40,
+            "tokens_before": 2500,
+            "tokens_after": 900,
+        }
+    )
+    console.show(
+        {
+            "type": "assistant_message",
+            "content": "",
+            "is_final": True,
+            "metadata": {"status": "completed"},
+            "context": {"tokens": 1843, "window": 32768, "percent": 6},
+        }
+    )
+    out = capsys.readouterr().out
+    assert "[context condensed] 40 messages summarized (2,500 -> 900 tokens)" in out
+    assert "[context #......... 1,843 / 32,768 tokens, 6%]" in out

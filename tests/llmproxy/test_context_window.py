@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import grpc
+import pytest
+
 from llmproxy.v1 import llmproxy_pb2
 from tests.llmproxy.conftest import METADATA, StartProxy
 
@@ -80,3 +83,51 @@ async def test_a_request_that_surely_fits_is_not_tokenized(
     long = [message("user", "word " * 100), message("user", "word " * 100)]
     assert await prompt_tokens(proxy, long) == 200  # 1000 bytes: may not fit, so counted
     assert counted
+
+
+async def test_declared_counts_are_trusted_and_only_new_messages_are_counted(
+    start_proxy: StartProxy, monkeypatch: object
+) -> None:
+    """A caller that keeps each message's count (the runtime) sends it; the
+    proxy tokenizes only the messages sent with 0, reports their counts, and
+    fits the window by the counts: the history's length costs it nothing."""
+    import litellm
+
+    encoded: list[str] = []
+    real = litellm.encode
+
+    def encoding(*args: object, **kwargs: object) -> object:
+        encoded.append(str(kwargs.get("text", "")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(litellm, "encode", encoding)  # type: ignore[attr-defined]
+    proxy = await start_proxy(SMALL_WINDOW)
+    history = [message("user", f"old question {i}") for i in range(30)]
+    latest = message("user", "what now?")
+
+    async def end(counts: list[int]) -> llmproxy_pb2.StreamEnd:
+        request = llmproxy_pb2.StreamChatRequest(
+            model="small", messages=[*history, latest], max_tokens=50, token_counts=counts
+        )
+        responses = proxy.stub.StreamChat(request, metadata=METADATA)  # type: ignore[attr-defined]
+        ends = [r.end async for r in responses if r.HasField("end")]
+        return ends[0]
+
+    encoded.clear()
+    first = await end([10] * 30 + [0])
+    assert encoded == ["what now? "], "only the new message is tokenized"
+    assert len(first.token_counts) == 1
+    assert first.token_counts[0] > 0
+    assert first.usage.prompt_tokens == 3 * 30 + 2, "30 x 10 tokens fit 350: nothing cut"
+
+    # Declared large, the oldest go first (the window is 400, 50 kept back).
+    trimmed = await end([20] * 30 + [first.token_counts[0]])
+    kept = (350 - 3 - first.token_counts[0]) // 20
+    assert trimmed.usage.prompt_tokens == 3 * kept + 2
+    assert list(trimmed.token_counts) == [], "nothing new to count"
+
+    bad = llmproxy_pb2.StreamChatRequest(model="small", messages=[latest], token_counts=[1, 2])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in proxy.stub.StreamChat(bad, metadata=METADATA):  # type: ignore[attr-defined]
+            pass
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -21,7 +21,7 @@ from runtime.commands import (
     ToolResult,
     UserMessage,
 )
-from runtime.conversation import Conversation, ConversationSettings
+from runtime.conversation import Conversation
 from runtime.errors import InvalidArgument, UpstreamError
 from runtime.events import (
     AgentSwitched,
@@ -40,6 +40,7 @@ from runtime.hub import check_session_id
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallChunk, ToolSpec
 from runtime.prompts import NOTICE_MARK
 from runtime.rules import ApprovalRules
+from runtime.settings import ConversationSettings
 from runtime.state import Session
 from runtime.store import Store
 from runtime.turn import MAX_SWITCHES_PER_TURN
@@ -724,8 +725,9 @@ def test_malformed_session_ids_are_refused(bad: str) -> None:
 
 async def test_history_sent_to_the_model_is_bounded_by_its_window(store: Store) -> None:
     llm = ScriptedLlm(*[[TextChunk("x" * 400)] for _ in range(6)])
-    llm.window = 100  # tokens: the runtime pre-cuts at 8 characters per token
-    conversation, outbox, session = await make(store, llm)
+    llm.window = 100  # tokens; uncounted, 8 characters make one (runtime.context)
+    # Cutting only: condensing is tests/runtime/test_condense.py's.
+    conversation, outbox, session = await make(store, llm, condense_threshold=0)
     for index in range(6):
         await conversation.handle(UserMessage(f"question {index} " + "q" * 300))
         await until(outbox, TurnDone)

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 
 from mesh.database import create_engine
 from runtime.commands import ApprovalDecision, CancelTurn, ClientOptions, ToolResult, UserMessage
-from runtime.conversation import ConversationSettings
 from runtime.events import ErrorEvent, ToolCallEvent, TurnDone, TurnStatus
 from runtime.executions import INTERRUPTED
 from runtime.executors import Execution, Executors, Offer
@@ -28,6 +27,7 @@ from runtime.hub import SessionHub
 from runtime.records import CallRecord
 from runtime.rules import ApprovalRules, Rule, RulesInvalid
 from runtime.schema import tool_calls
+from runtime.settings import ConversationSettings
 from runtime.store import Store
 from runtime.tools import Effect, Side, Tool
 from tests.runtime.test_conversation import ScriptedLlm, call

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from runtime.commands import ApprovalDecision, UserMessage
-from runtime.conversation import ConversationSettings
 from runtime.errors import PermissionDenied, Unavailable
 from runtime.events import AssistantText, ErrorEvent, Sequenced, ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
 from runtime.llm import TextChunk
 from runtime.rules import ApprovalRules
+from runtime.settings import ConversationSettings
 from runtime.store import Store
 from runtime.stream import SEQ_RESERVE_BLOCK
 from tests.runtime.test_conversation import ScriptedLlm, call

@@ -38,7 +38,7 @@ from runtime.commands import (
     Undo,
     UserMessage,
 )
-from runtime.conversation import Conversation, ConversationSettings
+from runtime.conversation import Conversation
 from runtime.events import (
     AssistantText,
     ErrorEvent,
@@ -53,6 +53,7 @@ from runtime.events import (
 from runtime.hub import SessionHub
 from runtime.llm import ChatMessage
 from runtime.records import AWAITING_DECISION, PENDING_STATUSES, CallRecord, MessageRecord, Step
+from runtime.settings import ConversationSettings
 from runtime.state import CallState, message_from_record
 from runtime.store import Store, migrate
 from runtime.stream import Subscriber

@@ -12,6 +12,7 @@ from runtime import routing
 from runtime.agent_files import merge
 from runtime.agents import BUILT_IN
 from runtime.commands import Environment
+from runtime.context import CHARS_PER_TOKEN_ESTIMATE
 from runtime.errors import UpstreamError
 from runtime.events import Usage
 from runtime.llm import (
@@ -25,7 +26,6 @@ from runtime.llm import (
 )
 from runtime.prompts import system_prompt
 from runtime.turn import (
-    CHARS_PER_TOKEN_BOUND,
     MAX_ERROR_CHARS,
     MAX_MODEL_CALLS_PER_TURN,
     MAX_SWITCHES_PER_TURN,
@@ -117,7 +117,9 @@ async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> N
 
     agent = BUILT_IN["coder"]
     system = system_prompt(agent, None, None, TODAY)
-    model.window = (len(system) + 200) // CHARS_PER_TOKEN_BOUND
+    # Room (a quarter kept for the answer) for the system prompt and ~30
+    # tokens, by the estimate used before the proxy has counted anything.
+    model.window = round((len(system) // CHARS_PER_TOKEN_ESTIMATE + 30) * 4 / 3)
     await request_reply(model, "m", agent, history, on_text=ignore, today=TODAY)
     sent = model.asked[0][1]
     assert sent[0].role == "system"
@@ -125,7 +127,7 @@ async def test_history_is_cut_to_the_models_window_never_splitting_a_call() -> N
     assert history[0] not in sent, "the oldest message did not fit"
     tool_ids = {m.tool_call_id for m in sent if m.role == "tool"}
     call_ids = {c.call_id for m in sent for c in m.tool_calls}
-    assert tool_ids == call_ids, "a call and its result go together or not at all"
+    assert tool_ids == call_ids == {"c1"}, "a call and its result go together"
 
 
 async def test_the_system_prompt_tells_the_model_the_sessions_environment() -> None:

@@ -1,0 +1,247 @@
+"""A session's context: its history as the model is sent it, kept incrementally.
+
+A model call sends the system prompt and as much recent history as fits
+the model's window (minus what is kept for the answer,
+:func:`mesh.context.output_reserve`). Rebuilding and measuring that from
+the whole history on every call costs time proportional to the session;
+:class:`ContextWindow` instead keeps, per session and as the history
+grows:
+
+- each message's wire form, encoded once (:func:`runtime.llm.encode_message`);
+- each message's token count, made once by the LLM proxy with the model's
+  tokenizer: a message is sent with count 0 the first time, the proxy
+  counts it and reports the count in the stream's end, and from then on the
+  count is sent with the message and trusted (:mod:`llmproxy.budget`);
+- where the kept history starts, and the tokens it adds up to.
+
+So a call costs the same at turn 5 and turn 1000: the new messages are
+encoded and counted, the oldest whole units (an assistant message that
+called tools with the tool messages answering it, or any other message
+alone; :func:`mesh.context.units`) are dropped from the front until the rest
+fits, and the request is the joined wire forms. Until a message's count is
+known, it is estimated low (:data:`CHARS_PER_TOKEN_ESTIMATE`), so the
+runtime never sends too little; the proxy fits the exact counts and never
+exceeds the window.
+
+The history may change other than by growing (a fork, an edit, a summary
+replacing older turns): the first call after that starts over, and the
+proxy counts the kept messages once more. Counts are per model group: a
+session that changes model starts over too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import overload
+
+from mesh.context import output_reserve
+from runtime.events import ContextUsage
+from runtime.llm import ChatMessage, encode_counts, encode_message, encode_varint
+
+CHARS_PER_TOKEN_ESTIMATE = 8
+"""Characters per token assumed for a message not counted yet: more than any
+tokenizer packs, so an estimate is low and the exact cut is the proxy's."""
+REPLY_PRIMING_TOKENS = 3
+"""What a chat template adds once per prompt (as :mod:`llmproxy.budget` counts)."""
+_SYSTEM_PROMPTS_KEPT = 8
+
+
+def system_with_summary(system: str, summary: str) -> str:
+    """The system prompt with the summary of the turns it replaces
+    (:mod:`runtime.condense`); just ``system`` without one."""
+    if not summary:
+        return system
+    return f"{system}\n\n# Summary of the earlier conversation\n{summary}"
+
+
+@dataclass(slots=True)
+class Prompt(Sequence[ChatMessage]):
+    """What one model call sends: the system prompt and the kept history.
+
+    A sequence of its messages, so any :class:`~runtime.llm.ChatModel`
+    can take it; :class:`~runtime.llm.LlmClient` sends ``encoded`` instead
+    of encoding the messages again.
+    """
+
+    messages: list[ChatMessage]
+    token_counts: list[int]
+    """One per message: its tokens, 0 while not counted."""
+    encoded: bytes
+    """The messages and their counts as fields of a ``StreamChatRequest``."""
+    usage: ContextUsage
+    """The tokens of the prompt (estimated for messages not counted yet)."""
+    dropped: int = 0
+    """History messages before the kept ones (not sent)."""
+    _uncounted: list[int] = field(default_factory=list)
+    """History positions of the messages sent with count 0 (-1: the system prompt)."""
+    _generation: int = 0
+
+    @overload
+    def __getitem__(self, index: int) -> ChatMessage: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ChatMessage]: ...
+    def __getitem__(self, index: int | slice) -> ChatMessage | Sequence[ChatMessage]:
+        return self.messages[index]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Iterator[ChatMessage]:
+        return iter(self.messages)
+
+
+class ContextWindow:
+    """The model's view of one session's history, kept as it grows.
+
+    One per live session, used by its turn only (not safe for two model
+    calls at once). :meth:`prompt` makes a call's prompt, :meth:`learn`
+    takes the counts the proxy made of it.
+    """
+
+    def __init__(self) -> None:
+        self._model = ""
+        self._generation = 0
+        self._history: list[ChatMessage] = []
+        self._wire: list[bytes] = []
+        self._tokens: list[int] = []
+        self._counts_wire: list[bytes] = []
+        self._sizes: list[int] = []
+        self._start = 0
+        self._kept = 0
+        self._uncounted: list[int] = []
+        self._system: dict[str, tuple[bytes, int]] = {}
+        self.usage = ContextUsage(0, 0)
+        """What the last prompt filled (exact once its counts are learnt)."""
+
+    def prompt(
+        self, system: str, history: Sequence[ChatMessage], model: str, window: int
+    ) -> Prompt:
+        """The ``system`` prompt and as much recent ``history`` as fits
+        ``window`` tokens of ``model`` (0: no limit); tool calls never split
+        from their results, and the newest unit kept even if it alone is
+        too large. Costs what the history grew by since the last call."""
+        if model != self._model:
+            self._model = model
+            self._system.clear()
+            self._reset()
+        self._sync(history)
+        system_wire, system_tokens = self._system_prompt(system)
+        system_size = system_tokens or self._estimate_text(system)
+        if window > 0:
+            self._trim(window - output_reserve(window) - REPLY_PRIMING_TOKENS - system_size)
+        start = self._start
+        counts = [system_tokens, *self._tokens[start:]]
+        if self._uncounted and self._uncounted[0] < start:
+            # Dropped before they were counted: they will not be sent again.
+            self._uncounted = [i for i in self._uncounted if i >= start]
+        uncounted = ([] if system_tokens else [-1]) + self._uncounted
+        total = REPLY_PRIMING_TOKENS + system_size + self._kept
+        encoded = b"".join(
+            (
+                system_wire,
+                *self._wire[start:],
+                encode_counts([encode_varint(system_tokens), *self._counts_wire[start:]]),
+            )
+        )
+        self.usage = ContextUsage(total, window)
+        return Prompt(
+            [ChatMessage("system", system), *self._history[start:]],
+            counts,
+            encoded,
+            self.usage,
+            start,
+            uncounted,
+            self._generation,
+        )
+
+    @property
+    def meter(self) -> ContextUsage | None:
+        """:attr:`usage` for a context meter; None while the window is unknown."""
+        return self.usage if self.usage.window > 0 else None
+
+    def learn(self, prompt: Prompt, counts: Sequence[int]) -> None:
+        """Take the proxy's ``counts`` of ``prompt``'s uncounted messages; a
+        stale prompt (the history started over since) or a mismatch is ignored."""
+        if prompt._generation != self._generation or len(counts) != len(prompt._uncounted):
+            return
+        for position, count in zip(prompt._uncounted, counts, strict=True):
+            if count <= 0:
+                continue
+            if position < 0:
+                system = prompt.messages[0].content
+                wire, _ = self._system.get(system) or (encode_message(prompt.messages[0]), 0)
+                self._system[system] = (wire, count)
+                continue
+            if position >= len(self._tokens):
+                continue
+            if position >= self._start:
+                self._kept += count - self._sizes[position]
+            self._tokens[position] = self._sizes[position] = count
+            self._counts_wire[position] = encode_varint(count)
+        self._uncounted = [i for i in self._uncounted if not self._tokens[i]]
+        if prompt.dropped == self._start:
+            system_tokens = self._system.get(prompt.messages[0].content, (b"", 0))[1]
+            self.usage = ContextUsage(
+                REPLY_PRIMING_TOKENS + system_tokens + self._kept, prompt.usage.window
+            )
+
+    # -- the kept history ------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._generation += 1
+        self._history.clear()
+        self._wire.clear()
+        self._tokens.clear()
+        self._counts_wire.clear()
+        self._sizes.clear()
+        self._start = self._kept = 0
+        self._uncounted.clear()
+
+    def _sync(self, history: Sequence[ChatMessage]) -> None:
+        known = len(self._history)
+        if len(history) < known or (known and history[known - 1] is not self._history[-1]):
+            self._reset()  # not grown but changed: start over
+            known = 0
+        for message in history[known:]:
+            size = self._estimate(message)
+            self._history.append(message)
+            self._wire.append(encode_message(message))
+            self._tokens.append(0)
+            self._counts_wire.append(b"\x00")
+            self._sizes.append(size)
+            self._uncounted.append(len(self._history) - 1)
+            self._kept += size
+
+    def _trim(self, budget: int) -> None:
+        """Drop the oldest units from the front while the rest exceeds ``budget``."""
+        history, sizes = self._history, self._sizes
+        while self._kept > budget:
+            start = self._start
+            end = start + 1
+            if history[start].role == "assistant" and history[start].tool_calls:
+                while end < len(history) and history[end].role == "tool":
+                    end += 1
+            if end >= len(history):
+                return  # the newest unit stays, even alone too large
+            self._kept -= sum(sizes[start:end])
+            self._start = end
+
+    def _system_prompt(self, system: str) -> tuple[bytes, int]:
+        found = self._system.get(system)
+        if found is None:
+            if len(self._system) >= _SYSTEM_PROMPTS_KEPT:
+                self._system.pop(next(iter(self._system)))
+            found = self._system[system] = (encode_message(ChatMessage("system", system)), 0)
+        return found
+
+    @staticmethod
+    def _estimate(message: ChatMessage) -> int:
+        chars = len(message.content) + sum(
+            len(call.name) + len(call.arguments_json) for call in message.tool_calls
+        )
+        return chars // CHARS_PER_TOKEN_ESTIMATE + 1
+
+    @staticmethod
+    def _estimate_text(text: str) -> int:
+        return len(text) // CHARS_PER_TOKEN_ESTIMATE + 1
