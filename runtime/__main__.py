@@ -51,6 +51,7 @@ from mesh.signals import wait_for_stop_signal
 from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
+from runtime.codeindex import SearchLimits
 from runtime.conversation import ConversationSettings
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.hub import SessionHub
@@ -115,6 +116,15 @@ class RuntimeConfig:
     user_models: tuple[str, ...] = setting((), parse=lambda text: tuple(comma_list(text)))
     """model groups a user may choose for a session (IDE `set_model`, PATCH a session's model),
     used for its every model call instead of the agents' groups (default: just LLM_MODEL)"""
+    embedding_model: str = setting("", example="offline")
+    """model group codebase_search embeds files and queries with (default: LLM_MODEL)"""
+    search_max_files: int = setting(SearchLimits().max_files, check=positive)
+    """files one session's search index holds at most; past it, the file indexed longest ago
+    is forgotten"""
+    search_max_file_bytes: int = setting(SearchLimits().max_file_bytes, check=positive)
+    """files larger than this are not indexed for codebase_search"""
+    search_max_chunks: int = setting(SearchLimits().max_chunks, check=positive)
+    """chunks (40 lines each, overlapping by 10) one session's search index holds at most"""
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
     turn stops and asks the user how to go on; 0: never"""
@@ -231,6 +241,12 @@ async def serve(
             detach_grace=config.detach_grace,
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
+            embedding_model=config.embedding_model,
+            search=SearchLimits(
+                max_files=config.search_max_files,
+                max_file_bytes=config.search_max_file_bytes,
+                max_chunks=config.search_max_chunks,
+            ),
         )
         hub = SessionHub(
             Store(engine),

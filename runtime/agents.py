@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.tools import EDIT_TOOLS, IDE_TOOLS, READ_TOOLS, RUNTIME_TOOLS, WRITE_TOOLS
+from runtime.tools import (
+    EDIT_TOOLS,
+    IDE_TOOLS,
+    READ_TOOLS,
+    RUNTIME_TOOLS,
+    SEARCH_TOOLS,
+    WRITE_TOOLS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,7 @@ AGENTS: dict[str, Agent] = {
             "work out what the request needs, read only what you must to decide, then hand "
             "it with switch_mode to the agent that fits, with a reason that tells that "
             "agent what to do.",
-            READ_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
         ),
         Agent(
             "coder",
@@ -52,7 +59,7 @@ AGENTS: dict[str, Agent] = {
             "make the smallest change that does the job, in the project's own style, then "
             "check it (run the tests, the build or the program) and fix what fails before "
             "you finish.",
-            IDE_TOOLS | EDIT_TOOLS | RUNTIME_TOOLS,
+            IDE_TOOLS | EDIT_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
             keywords=(
                 "write",
                 "create",
@@ -79,7 +86,7 @@ AGENTS: dict[str, Agent] = {
             "trade-offs, and write the result as a Markdown document (a design, an ADR, a "
             "plan) or publish it with update_plan. Ask the user when a decision is theirs to "
             "make; leave the implementation to the coder.",
-            READ_TOOLS | {"write_file"} | EDIT_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | {"write_file"} | EDIT_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
             writable=("*.md",),
             keywords=(
                 "design",
@@ -101,7 +108,7 @@ AGENTS: dict[str, Agent] = {
             "failure with a command, read the code on its path, list the likely causes and "
             "narrow them down with evidence (output, a test, the code) until one is proven. "
             "Report the root cause, the evidence and the fix you recommend.",
-            READ_TOOLS | {"execute_command"} | RUNTIME_TOOLS,
+            READ_TOOLS | {"execute_command"} | RUNTIME_TOOLS | SEARCH_TOOLS,
             keywords=(
                 "debug",
                 "bug",
@@ -124,7 +131,7 @@ AGENTS: dict[str, Agent] = {
             "You answer questions about this codebase and about programming. Look up what "
             "the question is about in the workspace before you answer, name the files your "
             "answer rests on, and say so when you are unsure.",
-            READ_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
             keywords=("what", "how", "why", "explain", "where", "which", "who", "?"),
         ),
     )

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from mesh import tracing
-from runtime import answers, notices, policy, routing, subcalls, undo
+from runtime import answers, executors, notices, policy, routing, subcalls, undo
 from runtime.agents import AGENTS
+from runtime.codeindex import Embedder, SearchLimits, SessionIndex
 from runtime.commands import (
     STRICT,
     ApprovalDecision,
@@ -89,6 +90,9 @@ class ConversationSettings:
     catches up from the log (see :class:`Subscriber`)."""
     max_replay: int = 100_000
     """A client further behind than this many events is told to reload instead."""
+    embedding_model: str = ""
+    """The group ``codebase_search`` embeds with ("": ``model``)."""
+    search: SearchLimits = field(default_factory=SearchLimits)
 
 
 class Conversation:
@@ -130,6 +134,15 @@ class Conversation:
             limits=settings.rule_limits,
         )
         self._rules = store.rules
+        self._index = SessionIndex(
+            session.session_id,
+            store.index,
+            llm if isinstance(llm, Embedder) else None,
+            settings.embedding_model or settings.model,
+            settings.search,
+        )
+        self._dispatcher.on_result = self._index.observe
+        self._executors: dict[str, executors.Executor] = {"codebase_search": self._index.search}
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
@@ -355,6 +368,7 @@ class Conversation:
     def _on_file_changed(self, event: FileChanged) -> None:
         try:
             notices.remember(self.session, event.path, event.timestamp)
+            self._index.forget(event.path)
         except policy.PathRefused as exc:
             self._dispatcher.refuse("invalid_path", str(exc))
 
@@ -427,6 +441,7 @@ class Conversation:
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
+        await self._index.close()
         self.stream.moved(deleted=deleted)
 
     async def close(self) -> None:
@@ -441,6 +456,7 @@ class Conversation:
             await asyncio.wait([self._detach_task])
         if self._task_running:
             await self._cancel_turn("cancelled: the runtime is shutting down")
+        await self._index.close()
         await self.stream.drain()  # a shielded commit still in flight finishes first
 
     # -- the turn ---------------------------------------------------------------
@@ -459,6 +475,8 @@ class Conversation:
             while dispatcher.take_model_call():
                 reply = await self._call_model()
                 next_ = dispatcher.after_reply(reply)
+                if next_ is Next.WAIT:
+                    next_ = await executors.run_started(dispatcher, self._executors, self.stream)
                 await self.stream.flush()
                 if next_ is not Next.MODEL:
                     return

@@ -27,11 +27,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from runtime import changes, plans, policy, subcalls
+from runtime import changes, executors, plans, policy, subcalls
 from runtime.agents import AGENTS, Agent
 from runtime.commands import STRICT, ClientOptions
 from runtime.events import (
@@ -118,6 +119,8 @@ class Dispatcher:
         """The session owner's approval rules, as the shell loaded them for this turn."""
         self.max_mistakes = max_mistakes
         self.turn = Turn()
+        self.on_result: Callable[[PendingCall, dict[str, Any], str], None] = lambda *_: None
+        """Told of every answered call (the shell indexes reads: :mod:`runtime.codeindex`)."""
 
     @property
     def agent(self) -> Agent:
@@ -442,7 +445,7 @@ class Dispatcher:
             case "update_plan":
                 plans.update(self, call, arguments)
                 return False
-        self.answer(call, {"error": f"{call.name} is not a runtime tool"})
+        executors.start(self, call, arguments)  # the shell runs it (runtime.executors)
         return False
 
     def resolve(
@@ -460,6 +463,7 @@ class Dispatcher:
         """
         session = self.session
         del session.pending[call.call_id]
+        self.on_result(call, payload, status)
         if call.job is not None:
             session.answered.add(call.call_id)
             self.record_call(call, status, decided, ran)

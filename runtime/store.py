@@ -35,6 +35,7 @@ from runtime import checkpoints as checkpoint_rows
 from runtime.checkpoints import Checkpoints
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
+from runtime.index_store import IndexStore
 from runtime.leases import Leases
 from runtime.models import ModelChoices
 from runtime.records import (
@@ -56,6 +57,7 @@ from runtime.schema import (
     events,
     messages,
     plans,
+    search_chunks,
     sessions,
     tool_calls,
 )
@@ -139,7 +141,7 @@ class SessionGone(Exception):
     """The session was deleted: a step for it is not written."""
 
 
-_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints)
+_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints, search_chunks)
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
 
@@ -158,6 +160,8 @@ class Store:
         """Forks of sessions (:class:`runtime.forks.Forks`)."""
         self.models = ModelChoices(engine)
         """Sessions' model choices (:class:`runtime.models.ModelChoices`)."""
+        self.index = IndexStore(engine)
+        """Sessions' search indexes (:class:`runtime.index_store.IndexStore`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""
