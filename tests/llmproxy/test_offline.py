@@ -77,7 +77,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 def test_embeddings_bring_related_texts_together() -> None:
     files = {
         "auth.py": "def hash_password(password, salt):\n    return pbkdf2_hmac(password, salt)\n",
-        "db.py": "class Database:\n    def connect(self, url):\n        self.engine = create(url)\n",
+        "db.py": "class Database:\n    def connect(self, url):\n        self.engine = make(url)\n",
         "ui.py": "def render_button(label, color):\n    return Button(label, color=color)\n",
     }
     queries = {
