@@ -51,7 +51,7 @@ from mesh.signals import wait_for_stop_signal
 from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agents import AGENTS, DEFAULT_AGENT
-from runtime.codeindex import SearchLimits
+from runtime.codeindex import SearchSettings
 from runtime.conversation import ConversationSettings
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.hub import SessionHub
@@ -118,12 +118,12 @@ class RuntimeConfig:
     used for its every model call instead of the agents' groups (default: just LLM_MODEL)"""
     embedding_model: str = setting("", example="offline")
     """model group codebase_search embeds files and queries with (default: LLM_MODEL)"""
-    search_max_files: int = setting(SearchLimits().max_files, check=positive)
+    search_max_files: int = setting(SearchSettings().max_files, check=positive)
     """files one session's search index holds at most; past it, the file indexed longest ago
     is forgotten"""
-    search_max_file_bytes: int = setting(SearchLimits().max_file_bytes, check=positive)
+    search_max_file_bytes: int = setting(SearchSettings().max_file_bytes, check=positive)
     """files larger than this are not indexed for codebase_search"""
-    search_max_chunks: int = setting(SearchLimits().max_chunks, check=positive)
+    search_max_chunks: int = setting(SearchSettings().max_chunks, check=positive)
     """chunks (40 lines each, overlapping by 10) one session's search index holds at most"""
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
@@ -241,8 +241,8 @@ async def serve(
             detach_grace=config.detach_grace,
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
-            embedding_model=config.embedding_model,
-            search=SearchLimits(
+            search=SearchSettings(
+                model=config.embedding_model,
                 max_files=config.search_max_files,
                 max_file_bytes=config.search_max_file_bytes,
                 max_chunks=config.search_max_chunks,

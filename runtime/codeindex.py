@@ -15,7 +15,7 @@ How: a file is cut into chunks of :data:`CHUNK_LINES` lines overlapping by
 (:mod:`runtime.index_store`). A search waits for what is still being
 indexed, embeds the query, and ranks the session's chunks by cosine
 similarity (plain Python over the stored vectors: the index is bounded by
-:class:`SearchLimits`). Only the session's own chunks are read, so another
+:class:`SearchSettings`). Only the session's own chunks are read, so another
 session, and another user, never sees them.
 """
 
@@ -52,8 +52,12 @@ MAX_SNIPPET_CHARS = 1500
 
 
 @dataclass(frozen=True, slots=True)
-class SearchLimits:
-    """The bounds of one session's index (``AGENT_RUNTIME__SEARCH_*``)."""
+class SearchSettings:
+    """The embedding model and the bounds of one session's index
+    (``AGENT_RUNTIME__EMBEDDING_MODEL``, ``AGENT_RUNTIME__SEARCH_*``)."""
+
+    model: str = ""
+    """The model group files and queries are embedded with; "": the agents' default."""
 
     max_files: int = 200
     """Files indexed at most; past it, the file indexed longest ago is forgotten."""
@@ -174,7 +178,7 @@ class SessionIndex:
         store: IndexStore,
         embedder: Embedder | None,
         model: str,
-        limits: SearchLimits = SearchLimits(),
+        limits: SearchSettings = SearchSettings(),
     ) -> None:
         self._session_id = session_id
         self._store = store
@@ -184,6 +188,15 @@ class SessionIndex:
         self._waiting: OrderedDict[str, str | None] = OrderedDict()
         """Path → its content to index, or None to forget it; the latest wins."""
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(
+        cls, session_id: str, store: IndexStore, llm: object, settings: SearchSettings, model: str
+    ) -> SessionIndex:
+        """The index of a session whose chat model is ``llm`` (it embeds too, if it
+        can), with ``settings.model``, else ``model``."""
+        embedder = llm if isinstance(llm, Embedder) else None
+        return cls(session_id, store, embedder, settings.model or model, settings)
 
     # -- what the session saw ------------------------------------------------
 

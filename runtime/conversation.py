@@ -38,7 +38,7 @@ import structlog
 from mesh import tracing
 from runtime import answers, executors, notices, policy, routing, subcalls, undo
 from runtime.agents import AGENTS
-from runtime.codeindex import Embedder, SearchLimits, SessionIndex
+from runtime.codeindex import SearchSettings, SessionIndex
 from runtime.commands import (
     STRICT,
     ApprovalDecision,
@@ -90,9 +90,8 @@ class ConversationSettings:
     catches up from the log (see :class:`Subscriber`)."""
     max_replay: int = 100_000
     """A client further behind than this many events is told to reload instead."""
-    embedding_model: str = ""
-    """The group ``codebase_search`` embeds with ("": ``model``)."""
-    search: SearchLimits = field(default_factory=SearchLimits)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    """``codebase_search``'s embedding model ("": ``model``) and bounds."""
 
 
 class Conversation:
@@ -134,12 +133,8 @@ class Conversation:
             limits=settings.rule_limits,
         )
         self._rules = store.rules
-        self._index = SessionIndex(
-            session.session_id,
-            store.index,
-            llm if isinstance(llm, Embedder) else None,
-            settings.embedding_model or settings.model,
-            settings.search,
+        self._index = SessionIndex.of(
+            session.session_id, store.index, llm, settings.search, settings.model
         )
         self._dispatcher.on_result = self._index.observe
         self._executors: dict[str, executors.Executor] = {"codebase_search": self._index.search}

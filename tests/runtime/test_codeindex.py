@@ -15,7 +15,7 @@ from llmproxy.offline import embed_text
 from runtime.codeindex import (
     CHUNK_LINES,
     CHUNK_OVERLAP,
-    SearchLimits,
+    SearchSettings,
     SessionIndex,
     chunk_lines,
     normalize_path,
@@ -142,7 +142,7 @@ async def test_changes_are_followed(store: Store) -> None:
 
 async def test_limits_forget_the_oldest_files(store: Store) -> None:
     await store.create_session("s1", "alice", "ask")
-    limits = SearchLimits(max_files=2, max_file_bytes=len(AUTH), max_chunks=10)
+    limits = SearchSettings(max_files=2, max_file_bytes=len(AUTH), max_chunks=10)
     index = SessionIndex("s1", store.index, OfflineEmbedder(), "offline", limits)
     index.observe(*read("auth.py", AUTH), "completed")
     index.observe(*read("db.py", DB), "completed")
