@@ -15,9 +15,9 @@ import structlog
 from runtime import changes, executions, policy
 from runtime.commands import STRICT, ApprovalDecision, ClientOptions, PlanApproval, ToolResult
 from runtime.dispatch import Dispatcher, switched
-from runtime.events import ToolCallEvent
+from runtime.events import PlanUpdate, Sequenced, ToolCallEvent
 from runtime.rules import Rule, suggest_rule, why_no_rule
-from runtime.state import CallState, PendingCall
+from runtime.state import CallState, PendingCall, Session
 from runtime.tools import TOOLS, Side
 from runtime.turn import Next
 
@@ -207,3 +207,24 @@ def on_plan_approval(d: Dispatcher, event: PlanApproval) -> Next:
         return d.resolve(call, payload, "rejected", decided=True)
     d.refuse("invalid_frame", "decision must be approve or reject")
     return Next.NOTHING
+
+
+def reoffers(session: Session, after_seq: int | None) -> list[Sequenced]:
+    """What a client that attaches is offered again (seq 0): the calls and plans
+    still waiting for a client, but those the replay after ``after_seq`` holds."""
+    items = []
+    for call in session.pending.values():
+        if call.state in (CallState.RUNNING, CallState.EXECUTING):
+            continue  # the runtime runs it (a change: its own calls are offered instead)
+        if after_seq is not None and call.offered_seq > after_seq:
+            continue  # the replay holds it
+        if call.state is CallState.AWAITING_PLAN_APPROVAL:
+            steps = session.plans.get(call.plan_id, ())
+            items.append(Sequenced(0, PlanUpdate(call.plan_id, steps, "", True)))
+        else:
+            approval = call.state is CallState.AWAITING_APPROVAL
+            event = ToolCallEvent(
+                call.call_id, call.tool_name, call.arguments, approval, call.reason, call.metadata
+            )
+            items.append(Sequenced(0, event))
+    return items

@@ -59,7 +59,7 @@ from runtime.commands import (
 )
 from runtime.dispatch import DEFAULT_MAX_MISTAKES, Dispatcher
 from runtime.errors import Precondition, Unavailable, UpstreamError
-from runtime.events import ErrorEvent, PlanUpdate, Sequenced, SessionChanged, ToolCallEvent
+from runtime.events import ErrorEvent, Sequenced, SessionChanged
 from runtime.executions import Executions
 from runtime.executors import Executors
 from runtime.llm import ChatModel
@@ -67,7 +67,7 @@ from runtime.metrics import RuntimeMetrics
 from runtime.models import UnknownModel, check_choice
 from runtime.project import ProjectFiles
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits, RulesInvalid
-from runtime.state import CallState, Session
+from runtime.state import Session
 from runtime.store import Store
 from runtime.stream import EventStream, Subscriber
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
@@ -203,31 +203,8 @@ class Conversation:
         """
         subscriber = self.subscribe()
         items, recovered = await self.stream.events_after(after_seq)
-        items.extend(self._reoffers(after_seq if recovered else None))
+        items.extend(answers.reoffers(self.session, after_seq if recovered else None))
         return subscriber, items, recovered
-
-    def _reoffers(self, after_seq: int | None) -> list[Sequenced]:
-        items = []
-        for call in self.session.pending.values():
-            if call.state in (CallState.RUNNING, CallState.EXECUTING):
-                continue  # the runtime runs it (a change: its own calls are offered instead)
-            if after_seq is not None and call.offered_seq > after_seq:
-                continue  # the replay holds it
-            if call.state is CallState.AWAITING_PLAN_APPROVAL:
-                steps = self.session.plans.get(call.plan_id, ())
-                items.append(Sequenced(0, PlanUpdate(call.plan_id, steps, "", True)))
-            else:
-                approval = call.state is CallState.AWAITING_APPROVAL
-                event = ToolCallEvent(
-                    call.call_id,
-                    call.tool_name,
-                    call.arguments,
-                    approval,
-                    call.reason,
-                    call.metadata,
-                )
-                items.append(Sequenced(0, event))
-        return items
 
     # -- client events -------------------------------------------------------
 
@@ -381,7 +358,7 @@ class Conversation:
     def _on_file_changed(self, event: FileChanged) -> None:
         try:
             notices.remember(self.session, event.path, event.timestamp)
-            self.session.project.changed(event.path)
+            self._dispatcher.file_changed(event.path)
         except policy.PathRefused as exc:
             self._dispatcher.refuse("invalid_path", str(exc))
 
