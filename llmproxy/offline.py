@@ -10,7 +10,7 @@ providers. Configure it like any other deployment::
           model: offline/echo
           reply_tokens: 24      # words in each reply
           token_delay: 0.0      # seconds to wait before each streamed token
-          embedding_dimensions: 64
+          embedding_dimensions: 256
           stamp_tokens: false   # benchmarks: each streamed word ends in @<CLOCK_MONOTONIC ns>
 
 LiteLLM hands unknown ``litellm_params`` of a custom provider to the handler
@@ -51,7 +51,7 @@ _WORD = re.compile(r"\S+\s*")
 PROVIDER = "offline"
 DEFAULT_REPLY_TOKENS = 24
 DEFAULT_TOKEN_DELAY = 0.0
-DEFAULT_EMBEDDING_DIMENSIONS = 64
+DEFAULT_EMBEDDING_DIMENSIONS = 256
 
 FILLER_WORDS = (
     "this",
@@ -194,11 +194,99 @@ def expected_reply_text(user_message: str, reply_tokens: int = DEFAULT_REPLY_TOK
 
 
 def embed_text(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[float]:
-    """A unit vector seeded by the text's hash: same text, same vector."""
-    digest = hashlib.shake_256(text.encode("utf-8")).digest(4 * dimensions)
-    raw = [value / 2**31 - 1.0 for value in struct.unpack(f">{dimensions}I", digest)]
+    """A deterministic unit vector in which similar texts are near.
+
+    Hashed features (the "hashing trick"): each word of ``text``, split at
+    camelCase and snake_case and lower-cased, with common English words left
+    out, adds its stem and (more weakly) its character trigrams, each at an
+    index and sign taken from a hash; counts are damped (1 + log). So texts
+    sharing identifiers or words have a high cosine, whatever their order,
+    and ``hashing``/``hashes``/``hash`` meet. A text with no words at all
+    gets a vector seeded by its hash: same text, same vector.
+    """
+    counts: dict[str, float] = {}
+    for word in _words(text):
+        counts[word] = counts.get(word, 0.0) + 1.0
+        padded = f"#{word}#"
+        for i in range(len(padded) - 2):
+            gram = "3:" + padded[i : i + 3]
+            counts[gram] = counts.get(gram, 0.0) + _TRIGRAM_WEIGHT
+    if not counts:
+        digest = hashlib.shake_256(text.encode("utf-8")).digest(4 * dimensions)
+        raw = [value / 2**31 - 1.0 for value in struct.unpack(f">{dimensions}I", digest)]
+    else:
+        raw = [0.0] * dimensions
+        for feature, count in counts.items():
+            index, sign = _slot(feature, dimensions)
+            weight = 1.0 + math.log(count) if count >= 1 else count
+            raw[index] += sign * weight
     norm = math.sqrt(sum(v * v for v in raw)) or 1.0
     return [v / norm for v in raw]
+
+
+_TRIGRAM_WEIGHT = 0.25
+_IDENTIFIER = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_STOP_WORDS = frozenset(
+    (
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "if",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "so",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "we",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "you",
+    )
+)
+_SUFFIXES = ("ing", "ed", "es", "s")
+
+
+def _words(text: str) -> Iterator[str]:
+    """The stems of ``text``'s words: identifiers split, lower-cased, stop words out."""
+    for match in _IDENTIFIER.finditer(text):
+        word = match.group().lower()
+        if word in _STOP_WORDS:
+            continue
+        for suffix in _SUFFIXES:
+            if len(word) > len(suffix) + 2 and word.endswith(suffix):
+                word = word[: -len(suffix)]
+                break
+        yield word
+
+
+def _slot(feature: str, dimensions: int) -> tuple[int, float]:
+    """The index and sign of a hashed feature."""
+    value = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest())
+    return (value >> 1) % dimensions, 1.0 if value & 1 else -1.0
 
 
 class OfflineLLM(CustomLLM):

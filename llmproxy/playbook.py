@@ -17,9 +17,10 @@ Rules, in order (documented in the README):
 3. A user message made of commands becomes tool calls, several joined by
    "and": ``read PATH``, ``list PATH``, ``search TEXT``, ``mkdir PATH``,
    ``delete PATH``, ``move A to B``, and (taking the rest of the message)
-   ``write PATH: CONTENT``, ``edit PATH: OLD => NEW``, ``insert PATH at N:
-   TEXT``, ``run COMMAND``, ``plan A; B; C`` (``plan with approval: …`` asks
-   for approval), ``switch to AGENT``, ``done RESULT``, ``clarify QUESTION``,
+   ``find QUERY`` (``codebase_search``), ``write PATH: CONTENT``,
+   ``edit PATH: OLD => NEW``, ``insert PATH at N: TEXT``, ``run COMMAND``,
+   ``plan A; B; C`` (``plan with approval: …`` asks for approval),
+   ``switch to AGENT``, ``done RESULT``, ``clarify QUESTION``,
    ``call TOOL {JSON}`` (any tool by name, e.g. an MCP server's
    ``mcp__SERVER__TOOL``, with a JSON object of arguments).
 
@@ -70,7 +71,7 @@ _ROUTES = {
     ),
     "architect": ("design", "plan", "document", "architect"),
     "debug": ("run", "debug", "why", "crash", "trace"),
-    "ask": ("read", "list", "search", "what", "how", "explain", "where", "show"),
+    "ask": ("read", "list", "search", "find", "what", "how", "explain", "where", "show"),
 }
 _AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 _OPENING = re.compile(r'^\s*(?:[-*]\s*)?begin every answer with "([^"\n]{1,200})"', re.I | re.M)
@@ -203,6 +204,13 @@ def _summary(message: Mapping[str, Any]) -> str:
         feedback = f" Feedback: {payload['feedback']}." if payload.get("feedback") else ""
         return f"{name} failed: {error}{end}{feedback}"
     result = payload.get("result")
+    if isinstance(result, dict) and isinstance(result.get("matches"), list):  # codebase_search
+        found = [
+            f"{m.get('path')}:{m.get('start_line')}-{m.get('end_line')}"
+            for m in result["matches"]
+            if isinstance(m, dict)
+        ]
+        return f"{name} found: {', '.join(found) or result.get('note', 'nothing')}"
     if isinstance(result, dict):
         shown = result.get("content", result.get("output", result))
     else:
@@ -213,7 +221,7 @@ def _summary(message: Mapping[str, Any]) -> str:
     return f"{name} returned: {text}"
 
 
-_GREEDY = ("write", "edit", "insert", "run", "plan", "switch", "done", "clarify", "call")
+_GREEDY = ("find", "write", "edit", "insert", "run", "plan", "switch", "done", "clarify", "call")
 """Verbs that take the rest of the message, "and" included, verbatim."""
 
 
@@ -272,6 +280,8 @@ def _simple(verb: str, rest: str) -> ToolCall | None:
 def _greedy(verb: str, rest: str) -> ToolCall | None:
     if not rest:
         return None
+    if verb == "find":
+        return ToolCall("codebase_search", {"query": rest.strip()})
     if verb == "write":
         path, sep, content = rest.partition(":")
         if not sep:

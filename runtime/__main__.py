@@ -52,6 +52,7 @@ from mesh.tls import TlsFiles
 from mesh.tracing import configure_tracing
 from runtime.agent_files import AgentsInvalid, ProjectLimits, load_operator_file
 from runtime.agents import BUILT_IN, DEFAULT_AGENT, TOOL_GROUPS, Roster
+from runtime.codeindex import SearchSettings
 from runtime.condense import DEFAULT_THRESHOLD as DEFAULT_CONDENSE_THRESHOLD
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
 from runtime.executors import Executor, Executors
@@ -61,6 +62,7 @@ from runtime.mcp import McpServer, McpTools, load_servers
 from runtime.metrics import RuntimeMetrics
 from runtime.rules import MAX_AUTO_APPROVALS_PER_TURN, OperatorLimits
 from runtime.schema import VERSION_TABLE
+from runtime.search import CodebaseSearch
 from runtime.service import AgentRuntimeServicer
 from runtime.settings import ConversationSettings
 from runtime.store import Store, head_revision, migrate
@@ -134,6 +136,15 @@ class RuntimeConfig:
     """tool groups (read, edit, command) an agent of a project's .codelab/agents.yaml may have;
     "none": a project cannot add agents with tools. Their writes and commands always wait for
     approval"""
+    embedding_model: str = setting("", example="offline")
+    """model group codebase_search embeds files and queries with (default: LLM_MODEL)"""
+    search_max_files: int = setting(SearchSettings().max_files, check=positive)
+    """files one session's search index holds at most; past it, the file indexed longest ago
+    is forgotten"""
+    search_max_file_bytes: int = setting(SearchSettings().max_file_bytes, check=positive)
+    """files larger than this are not indexed for codebase_search"""
+    search_max_chunks: int = setting(SearchSettings().max_chunks, check=positive)
+    """chunks (40 lines each, overlapping by 10) one session's search index holds at most"""
     max_consecutive_mistakes: int = setting(DEFAULT_MAX_MISTAKES, check=not_negative)
     """failed tool calls in a row (refused, an error, an edit that did not apply) after which a
     turn stops and asks the user how to go on; 0: never"""
@@ -238,9 +249,18 @@ def advertised(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def _executors(config: RuntimeConfig) -> list[Executor]:
+def _executors(config: RuntimeConfig, store: Store, llm: LlmClient) -> list[Executor]:
     """The runtime's executors of tools it runs itself (:mod:`runtime.executors`)."""
-    return [McpTools(config.mcp_servers)] if config.mcp_servers else []
+    search = SearchSettings(
+        model=config.embedding_model,
+        max_files=config.search_max_files,
+        max_file_bytes=config.search_max_file_bytes,
+        max_chunks=config.search_max_chunks,
+    )
+    executors: list[Executor] = [CodebaseSearch(store.index, llm, config.llm_model, search)]
+    if config.mcp_servers:
+        executors.append(McpTools(config.mcp_servers))
+    return executors
 
 
 async def serve(
@@ -296,10 +316,11 @@ async def serve(
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
         )
-        executors = Executors(_executors(config))
+        store = Store(engine)
+        executors = Executors(_executors(config, store, llm))
         stack.push_async_callback(executors.close)
         hub = SessionHub(
-            Store(engine),
+            store,
             llm,
             settings,
             default_agent=DEFAULT_AGENT,

@@ -23,6 +23,7 @@ from runtime.tools import (
     IDE_TOOLS,
     READ_TOOLS,
     RUNTIME_TOOLS,
+    SEARCH_TOOLS,
     WRITE_TOOLS,
 )
 
@@ -56,7 +57,7 @@ class Agent:
 
 
 TOOL_GROUPS: Mapping[str, frozenset[str]] = {
-    "read": READ_TOOLS,
+    "read": READ_TOOLS | SEARCH_TOOLS,
     "edit": WRITE_TOOLS,
     "command": frozenset({"execute_command"}),
 }
@@ -108,7 +109,7 @@ class Roster:
             name,
             "An agent that is not defined now.",
             f"You are the {name} agent, which is not defined now: you may only read.",
-            READ_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | SEARCH_TOOLS | RUNTIME_TOOLS,
             origin="unknown",
         )
 
@@ -128,7 +129,7 @@ BUILT_IN = Roster(
             "work out what the request needs, read only what you must to decide, then hand "
             "it with switch_mode to the agent that fits, with a reason that tells that "
             "agent what to do.",
-            READ_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
         ),
         Agent(
             "coder",
@@ -138,7 +139,7 @@ BUILT_IN = Roster(
             "make the smallest change that does the job, in the project's own style, then "
             "check it (run the tests, the build or the program) and fix what fails before "
             "you finish.",
-            IDE_TOOLS | EDIT_TOOLS | RUNTIME_TOOLS,
+            IDE_TOOLS | EDIT_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
             keywords=(
                 "write",
                 "create",
@@ -165,7 +166,7 @@ BUILT_IN = Roster(
             "trade-offs, and write the result as a Markdown document (a design, an ADR, a "
             "plan) or publish it with update_plan. Ask the user when a decision is theirs to "
             "make; leave the implementation to the coder.",
-            READ_TOOLS | {"write_file"} | EDIT_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | {"write_file"} | EDIT_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
             writable=("*.md",),
             keywords=(
                 "design",
@@ -187,7 +188,7 @@ BUILT_IN = Roster(
             "failure with a command, read the code on its path, list the likely causes and "
             "narrow them down with evidence (output, a test, the code) until one is proven. "
             "Report the root cause, the evidence and the fix you recommend.",
-            READ_TOOLS | {"execute_command"} | RUNTIME_TOOLS,
+            READ_TOOLS | {"execute_command"} | RUNTIME_TOOLS | SEARCH_TOOLS,
             keywords=(
                 "debug",
                 "bug",
@@ -210,7 +211,7 @@ BUILT_IN = Roster(
             "You answer questions about this codebase and about programming. Look up what "
             "the question is about in the workspace before you answer, name the files your "
             "answer rests on, and say so when you are unsure.",
-            READ_TOOLS | RUNTIME_TOOLS,
+            READ_TOOLS | RUNTIME_TOOLS | SEARCH_TOOLS,
             keywords=("what", "how", "why", "explain", "where", "which", "who", "?"),
         ),
     )

@@ -341,7 +341,7 @@ class Conversation:
     def _on_file_changed(self, event: FileChanged) -> None:
         try:
             notices.remember(self.session, event.path, event.timestamp)
-            self.session.project.changed(event.path)
+            self._dispatcher.file_changed(event.path)
         except policy.PathRefused as exc:
             self._dispatcher.refuse("invalid_path", str(exc))
 

@@ -165,6 +165,11 @@ class Dispatcher:
         session.messages.append(message)
         session.message_agents.append(session.agent)
 
+    def file_changed(self, path: str) -> None:
+        """The IDE saw ``path`` change: the project's rules and the executors forget it."""
+        self.session.project.changed(path)
+        self.executors.changed(self.session.session_id, path)
+
     def switch(self, to_agent: str, reason: str, confidence: float) -> None:
         """Make ``to_agent`` the session's agent (routing, the user, or an approved tool)."""
         session = self.session
@@ -491,6 +496,7 @@ class Dispatcher:
         """
         session = self.session
         del session.pending[call.call_id]
+        self.executors.saw(session.session_id, call, payload, status)  # runtime.search indexes
         if call.job is not None:
             session.answered.add(call.call_id)
             self.record_call(call, status, decided, ran)

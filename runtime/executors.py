@@ -6,7 +6,9 @@ human's approval through the IDE), but once it may run, the runtime runs
 it (:mod:`runtime.executions`) with the :class:`Executor` that claims its
 name, and records its result as it records an IDE's. An executor may
 declare tools of its own at run time (an MCP server's, :mod:`runtime.mcp`)
-or run a tool declared in :data:`runtime.tools.TOOLS` (a search).
+or run a tool declared in :data:`runtime.tools.TOOLS` (``codebase_search``,
+:mod:`runtime.search`). One that is also a :class:`Watcher` is told what
+each session sees (the answers to its calls, the IDE's ``file_changed``).
 
 :class:`Executors` is the runtime's set of them, one per process, shared by
 every session: the tool table a turn sees (:data:`~runtime.tools.TOOLS`
@@ -21,13 +23,16 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import structlog
 
 from runtime.agents import Agent
 from runtime.rules import OperatorLimits
 from runtime.tools import TOOLS, Tool
+
+if TYPE_CHECKING:
+    from runtime.state import PendingCall
 
 log = structlog.get_logger("runtime.executors")
 
@@ -82,11 +87,30 @@ class Executor(Protocol):
         ...
 
 
+@runtime_checkable
+class Watcher(Protocol):
+    """An executor that learns from what the sessions see (a search index); its
+    methods that do not await must not raise either."""
+
+    def saw(self, session_id: str, call: PendingCall, payload: dict[str, Any], status: str) -> None:
+        """A call of the session was answered (any tool's, the IDE's too)."""
+        ...
+
+    def changed(self, session_id: str, path: str) -> None:
+        """The IDE says ``path`` changed out of the session's sight (``file_changed``)."""
+        ...
+
+    async def release(self, session_id: str) -> None:
+        """The session is no longer served here (deleted, or moved to another replica)."""
+        ...
+
+
 class Executors:
     """The runtime's executors and the tools they declared; one per process."""
 
     def __init__(self, executors: Iterable[Executor] = ()) -> None:
         self._executors = tuple(executors)
+        self._watchers = tuple(e for e in self._executors if isinstance(e, Watcher))
         self._declared: dict[str, Tool] = {}
         self._offered: dict[str, frozenset[str]] = {}
         self._rule_approvable: set[str] = set()
@@ -162,6 +186,21 @@ class Executors:
             )
             payload = {"error": f"{execution.tool_name} failed: {type(exc).__name__}"}
         return bounded(payload), "failed" if "error" in payload else "completed"
+
+    def saw(self, session_id: str, call: PendingCall, payload: dict[str, Any], status: str) -> None:
+        """Tell the :class:`Watcher` executors that a call of the session was answered."""
+        for watcher in self._watchers:
+            watcher.saw(session_id, call, payload, status)
+
+    def changed(self, session_id: str, path: str) -> None:
+        """Tell the :class:`Watcher` executors that ``path`` changed in the IDE."""
+        for watcher in self._watchers:
+            watcher.changed(session_id, path)
+
+    async def release(self, session_id: str) -> None:
+        """Tell the :class:`Watcher` executors the session is no longer served here."""
+        for watcher in self._watchers:
+            await watcher.release(session_id)
 
     async def close(self) -> None:
         """Close every executor; idempotent."""

@@ -85,7 +85,7 @@ class SessionHub:
         executors: Executors | None = None,
     ) -> None:
         self._store = store
-        self._executors = executors
+        self._executors = executors if executors is not None else Executors()
         self._metrics = metrics
         self._llm = llm
         self._settings = settings
@@ -119,6 +119,7 @@ class SessionHub:
                 if conversation is not None:
                     log.warning("lease_lost", session_id=session_id)
                     await conversation.abandon()
+                    await self._executors.release(session_id)
 
     @property
     def store(self) -> Store:
@@ -330,6 +331,7 @@ class SessionHub:
         """
         async with self._lock:
             await self.owned(session_id, owner)
+            await self._executors.release(session_id)  # its files are indexed no more
             live = self._live.pop(session_id, None)
             if live is not None:
                 await live.abandon(deleted=True)

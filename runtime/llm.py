@@ -294,6 +294,31 @@ class LlmClient:
             self._windows[item.name] = item.context_window
         return self._windows.setdefault(model, 0)
 
+    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        """One embedding per text, in order, from the model group ``model``.
+
+        Raises UpstreamError when the proxy fails or answers with a different
+        number of vectors. Safe to cancel.
+        """
+        started = time.monotonic()
+        await self._connect()
+        try:
+            answer = await self._stub.Embed(
+                llmproxy_pb2.EmbedRequest(model=model, inputs=list(texts)),
+                metadata=internal_metadata(self._key, **_caller(None)),
+                timeout=max(self._timeout - (time.monotonic() - started), 0.001),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _upstream_error(exc) from None
+        vectors = [list(item.values) for item in answer.embeddings]
+        if len(vectors) != len(texts):
+            raise UpstreamError(
+                f"{len(vectors)} embeddings for {len(texts)} texts",
+                code="llm_error",
+                retryable=False,
+            )
+        return vectors
+
     async def stream_chat(
         self,
         model: str,

@@ -130,6 +130,11 @@ def _tool_use(agent: Agent) -> str:
     ]
     if finders:
         lines.append(f"- Find code with {finders} instead of guessing paths or names.")
+    if "codebase_search" in agent.tools:
+        lines.append(
+            "- codebase_search finds code by meaning, but only among the files read in full "
+            "or written in this session: use it to get back to code seen earlier."
+        )
     lines += [
         '- A result with "error" means the call failed or was refused and changed nothing: '
         "read why and change your approach instead of repeating the call. After several "

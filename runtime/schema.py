@@ -171,3 +171,19 @@ branch_messages = sa.Table(
     sa.Column("agent", sa.String(32), nullable=False, server_default=""),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+search_chunks = sa.Table(
+    "search_chunks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(128), sa.ForeignKey("sessions.id"), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("start_line", sa.Integer, nullable=False),
+    sa.Column("end_line", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    # A unit vector as little-endian float32s (runtime.codeindex.pack).
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_search_chunks_session_path", "session_id", "path"),
+)

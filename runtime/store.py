@@ -37,6 +37,7 @@ from runtime.checkpoints import Checkpoints
 from runtime.commits import GroupCommit, SessionGone  # noqa: F401 - Store.commit raises it
 from runtime.errors import InvalidArgument
 from runtime.forks import Forks
+from runtime.index_store import IndexStore
 from runtime.instructions import InstructionsStore
 from runtime.leases import Leases
 from runtime.models import ModelChoices
@@ -59,6 +60,7 @@ from runtime.schema import (
     events,
     messages,
     plans,
+    search_chunks,
     sessions,
     tool_calls,
 )
@@ -138,7 +140,16 @@ class SessionExists(Exception):
     """A session with that id already exists."""
 
 
-_SESSION_DATA = (events, messages, tool_calls, plans, agent_switches, checkpoints, *BRANCH_DATA)
+_SESSION_DATA = (
+    events,
+    messages,
+    tool_calls,
+    plans,
+    agent_switches,
+    checkpoints,
+    *BRANCH_DATA,
+    search_chunks,
+)
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
 
@@ -161,6 +172,8 @@ class Store:
         self.branches = Branches(engine)
         """Branches of sessions' histories (:class:`runtime.branches.Branches`)."""
         self._commits = GroupCommit(engine)
+        self.index = IndexStore(engine)
+        """Sessions' search indexes (:class:`runtime.index_store.IndexStore`)."""
 
     async def create_session(
         self, session_id: str, owner: str, agent: str, title: str = ""

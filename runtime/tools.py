@@ -5,11 +5,13 @@ model sees, which side runs it (IDE tools are executed by the IDE, which gets
 ``tool_call`` and answers ``tool_result``; runtime tools are executed here),
 what it does to the workspace, which arguments are workspace paths, and
 whether a human approves it by default. The agents' tool groups
-(:data:`READ_TOOLS`, :data:`IDE_TOOLS`, :data:`RUNTIME_TOOLS`), the policy
-and the default approvals (:data:`DEFAULT_APPROVAL_REQUIRED`) are derived
-from these declarations; adding a tool is one entry in :data:`TOOLS` (plus
-its implementation in the IDE, or in :mod:`runtime.dispatch` for a runtime
-tool). :func:`runtime.policy.check` is the one gate a call passes.
+(:data:`READ_TOOLS`, :data:`IDE_TOOLS`, :data:`RUNTIME_TOOLS`,
+:data:`SEARCH_TOOLS`), the policy and the default approvals
+(:data:`DEFAULT_APPROVAL_REQUIRED`) are derived from these declarations;
+adding a tool is one entry in :data:`TOOLS` (plus its implementation in the
+IDE, in :mod:`runtime.dispatch` for a runtime tool, or in an executor,
+:mod:`runtime.executors`). :func:`runtime.policy.check` is the one gate a
+call passes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class Side(enum.Enum):
     EXECUTOR = "executor"
     """The runtime runs it, with I/O, once it may (:mod:`runtime.executions`):
     approved like an IDE tool, run by the executor that claims its name (an
-    MCP server's tool, :mod:`runtime.mcp`), its result recorded like an IDE's."""
+    MCP server's tool, :mod:`runtime.mcp`; ``codebase_search``,
+    :mod:`runtime.search`), its result recorded like an IDE's."""
 
 
 class Effect(enum.Enum):
@@ -293,6 +296,26 @@ TOOLS: dict[str, Tool] = {
             Effect.NONE,
         ),
         Tool(
+            "codebase_search",
+            (
+                "Semantic search: find the code most related to a natural-language query "
+                "among the files this session has read in full or written, ranked by "
+                "similarity, with path, line range and text. Files not read yet are not "
+                "searched: use search_in_code for exact text anywhere in the workspace."
+            ),
+            _object(
+                {
+                    "query": {"type": "string", "minLength": 1, "maxLength": 1000},
+                    "path": _PATH | {"description": "only files at or under this path"},
+                    "max_results": {"type": "integer", "minimum": 1, "maximum": 20},
+                },
+                ["query"],
+            ),
+            Side.EXECUTOR,
+            Effect.READ,
+            ("path",),
+        ),
+        Tool(
             "update_plan",
             "Publish the plan (all steps) or update step statuses.",
             _object(
@@ -340,6 +363,11 @@ EDIT_TOOLS = _names(sides=frozenset({Side.COMPOSED}), effects=frozenset({Effect.
 """Targeted edits of a file (``apply_diff``, ``insert_content``), run as IDE reads and writes."""
 RUNTIME_TOOLS = _names(sides=frozenset({Side.RUNTIME}))
 """The runtime's own tools (switch agents, finish, ask, plan): every agent has them."""
+SEARCH_TOOLS = _names(sides=frozenset({Side.EXECUTOR}), effects=frozenset({Effect.READ}))
+"""Reads the runtime runs over what it holds of the workspace (``codebase_search``):
+they go with the IDE's reads (the ``read`` group of an agents file); an agent lacking
+one would make a switch to one that has it wait for a human
+(:func:`runtime.policy.widening`)."""
 WRITE_TOOLS = _names(sides=frozenset({Side.IDE, Side.COMPOSED}), effects=frozenset({Effect.WRITE}))
 DEFAULT_APPROVAL_REQUIRED = frozenset(name for name, tool in TOOLS.items() if tool.approval)
 """The tools a human approves unless ``APPROVAL_REQUIRED`` says otherwise."""

@@ -65,9 +65,32 @@ def test_embeddings_are_deterministic_unit_vectors() -> None:
     first = embed_text("hello", 32)
 
     assert first == embed_text("hello", 32)
-    assert first != embed_text("hello!", 32)
+    assert first != embed_text("goodbye", 32)
     assert len(first) == 32
     assert math.isclose(sum(v * v for v in first), 1.0)
+    assert math.isclose(sum(v * v for v in embed_text("?!", 32)), 1.0)  # no words at all
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_embeddings_bring_related_texts_together() -> None:
+    files = {
+        "auth.py": "def hash_password(password, salt):\n    return pbkdf2_hmac(password, salt)\n",
+        "db.py": "class Database:\n    def connect(self, url):\n        self.engine = make(url)\n",
+        "ui.py": "def render_button(label, color):\n    return Button(label, color=color)\n",
+    }
+    queries = {
+        "where are passwords hashed": "auth.py",
+        "open a database connection": "db.py",
+        "how is a button rendered": "ui.py",
+    }
+
+    for query, expected in queries.items():
+        vector = embed_text(query)
+        best = max(files, key=lambda name: cosine(vector, embed_text(files[name])))
+        assert best == expected, query
 
 
 def offline_router(reply_tokens: int) -> Router:
