@@ -139,7 +139,7 @@ class Reply:
 
 def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettings) -> Reply:
     """The deterministic reply to ``messages``: a playbook rule's, else an echo."""
-    prompt_tokens = sum(_words(_content_text(m.get("content"))) for m in messages)
+    prompt_tokens = sum(_word_count(_content_text(m.get("content"))) for m in messages)
     answer = playbook.respond(messages)
     if answer is not None and answer.tool_calls:
         calls = tuple(
@@ -169,7 +169,7 @@ def compose_reply(messages: Sequence[Mapping[str, Any]], settings: OfflineSettin
 
 
 @functools.lru_cache(maxsize=16384)
-def _words(text: str) -> int:
+def _word_count(text: str) -> int:
     # Cached: a session's prompt repeats its history on every call.
     return len(text.split())
 

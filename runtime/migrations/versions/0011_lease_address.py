@@ -1,7 +1,7 @@
 """Where a session's lease holder is reached: the replica's advertised gRPC address.
 
-Revision ID: 0013
-Revises: 0007
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-29
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0008"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
