@@ -17,11 +17,9 @@ changes the new answer knows nothing of), unless the user keeps them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -30,7 +28,7 @@ from runtime import undo
 from runtime.errors import InvalidArgument, Precondition
 from runtime.llm import ChatMessage
 from runtime.prompts import NOTICE_MARK
-from runtime.records import Checkpoint, MessageRecord, now
+from runtime.records import Checkpoint, MessageRecord, aware, message_from_row, now
 from runtime.schema import branch_messages, branches, checkpoints, messages, sessions
 
 BRANCH_DATA = (branch_messages, branches)
@@ -98,23 +96,6 @@ class Branch:
     from_position: int
     created_at: datetime
     messages: list[MessageRecord] = field(default_factory=list)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _message(row: Any) -> MessageRecord:
-    return MessageRecord(
-        position=row.position,
-        role=row.role,
-        content=row.content,
-        tool_calls=json.loads(row.tool_calls) if row.tool_calls else None,
-        tool_call_id=row.tool_call_id,
-        name=row.name,
-        agent=row.agent,
-        created_at=_aware(row.created_at),
-    )
 
 
 async def _split(conn: AsyncConnection, session_id: str, position: int, reason: str) -> int:
@@ -261,7 +242,7 @@ class Branches:
                     table.delete().where(table.c.session_id == session_id, table.c.branch == branch)
                 )
             await _count(conn, session_id, position + len(rows))
-        return number, position, [_message(row) for row in rows]
+        return number, position, [message_from_row(row) for row in rows]
 
     async def of_session(self, session_id: str) -> list[Branch]:
         """The session's branches with their messages, newest first."""
@@ -282,13 +263,13 @@ class Branches:
             )
         by_branch: dict[int, list[MessageRecord]] = {}
         for row in rows:
-            by_branch.setdefault(row.branch, []).append(_message(row))
+            by_branch.setdefault(row.branch, []).append(message_from_row(row))
         return [
             Branch(
                 head.branch,
                 head.reason,
                 head.from_position,
-                _aware(head.created_at),
+                aware(head.created_at),
                 by_branch.get(head.branch, []),
             )
             for head in heads

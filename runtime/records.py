@@ -6,6 +6,7 @@ Leaves: nothing here does I/O or imports another runtime module.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -172,3 +173,22 @@ class Loaded:
     pending: list[CallRecord]
     answered: set[str]
     plans: dict[str, list[list[str]]]
+
+
+def aware(value: datetime) -> datetime:
+    """``value`` as an aware datetime: SQLite hands back naive ones; everything stored is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def message_from_row(row: Any) -> MessageRecord:
+    """A row of ``messages`` (or of ``branch_messages``, which has the same columns)."""
+    return MessageRecord(
+        position=row.position,
+        role=row.role,
+        content=row.content,
+        tool_calls=json.loads(row.tool_calls) if row.tool_calls else None,
+        tool_call_id=row.tool_call_id,
+        name=row.name,
+        agent=row.agent,
+        created_at=aware(row.created_at),
+    )

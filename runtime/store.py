@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ from runtime.records import (
     SessionRow,
     Step,
     SwitchRecord,
+    aware,
     is_pending,
+    message_from_row,
     now,
 )
 from runtime.rules_store import RulesStore
@@ -68,11 +70,6 @@ from runtime.schema import (
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _session(row: Any) -> SessionRow:
     return SessionRow(
         id=row.id,
@@ -82,24 +79,11 @@ def _session(row: Any) -> SessionRow:
         state=row.state,
         last_seq=row.last_seq,
         message_count=row.message_count,
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
         seq_reserved=row.seq_reserved,
-        deleted_at=_aware(row.deleted_at) if row.deleted_at is not None else None,
+        deleted_at=aware(row.deleted_at) if row.deleted_at is not None else None,
         model=row.model,
-    )
-
-
-def _message(row: sa.Row[Any]) -> MessageRecord:
-    return MessageRecord(
-        position=row.position,
-        role=row.role,
-        content=row.content,
-        tool_calls=json.loads(row.tool_calls) if row.tool_calls else None,
-        tool_call_id=row.tool_call_id,
-        name=row.name,
-        agent=row.agent,
-        created_at=_aware(row.created_at),
     )
 
 
@@ -115,8 +99,8 @@ def _call(row: sa.Row[Any]) -> CallRecord:
         plan_id=row.plan_id,
         offered_seq=row.offered_seq,
         decided_by=row.decided_by,
-        decided_at=_aware(row.decided_at) if row.decided_at else None,
-        created_at=_aware(row.created_at),
+        decided_at=aware(row.decided_at) if row.decided_at else None,
+        created_at=aware(row.created_at),
         parent_call_id=row.parent_call_id,
         job=json.loads(row.job) if row.job else None,
     )
@@ -131,7 +115,7 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         stamp, session_id = json.loads(raw)
-        return _aware(datetime.fromisoformat(stamp)), str(session_id)
+        return aware(datetime.fromisoformat(stamp)), str(session_id)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument("page_token is not one this service issued") from exc
 
@@ -285,7 +269,7 @@ class Store:
                 .order_by(agent_switches.c.id)
             )
             return [
-                SwitchRecord(r.from_agent, r.to_agent, r.reason, r.confidence, _aware(r.created_at))
+                SwitchRecord(r.from_agent, r.to_agent, r.reason, r.confidence, aware(r.created_at))
                 for r in rows
             ]
 
@@ -294,7 +278,7 @@ class Store:
         async with self._engine.connect() as conn:
             row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).one()
             history = [
-                _message(m)
+                message_from_row(m)
                 for m in await conn.execute(
                     messages.select()
                     .where(messages.c.session_id == session_id)
@@ -360,7 +344,7 @@ class Store:
                 .where(messages.c.session_id == session_id)
                 .order_by(messages.c.position)
             )
-            return [_message(r) for r in rows]
+            return [message_from_row(r) for r in rows]
 
     async def pending_calls(self, session_id: str) -> list[CallRecord]:
         """The calls the session's turn waits on (:func:`is_pending`), oldest first."""
