@@ -42,18 +42,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
 import jsonschema
 import structlog
 import yaml
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 
 from runtime.executors import Execution, Offer
 from runtime.tools import Effect, Side, Tool
+
+if TYPE_CHECKING:  # the SDK is imported when a server is first connected (it takes ~1 s)
+    from mcp import Client
 
 log = structlog.get_logger("runtime.mcp")
 
@@ -211,6 +210,11 @@ class _Connection:
         return await asyncio.shield(self._ready)
 
     async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
+        import httpx2
+        from mcp import Client
+        from mcp.client.stdio import StdioServerParameters
+        from mcp.client.streamable_http import streamable_http_client
+
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if self.server.command:
