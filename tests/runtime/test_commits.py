@@ -142,7 +142,9 @@ async def test_a_commit_cancelled_while_queued_writes_nothing(
         async with blocker.begin() as conn:
             await conn.execute(sa.text("UPDATE sessions SET title = 'held' WHERE id = 'a'"))
             first = asyncio.create_task(store.commit(turn_step("a", 2, "to a")))
-            await asyncio.sleep(0.2)
+            commits = store._commits
+            # a's step is taken off the queue by the writer: it is in flight
+            await eventually(lambda: commits._writer is not None and not commits._queue)
             queued = asyncio.create_task(store.commit(turn_step("b", 2, "to b")))
             await eventually(lambda: bool(store._commits._queue))
             queued.cancel()
