@@ -666,8 +666,18 @@ def machine() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
-    plan = scenarios(args.quick)
-    idle_count = args.idle or (2000 if args.quick else 10_000)
+    full = scenarios(args.quick)
+    only = [name for name in args.only.split(",") if name]
+    unknown = set(only) - full.keys()
+    if unknown:
+        known = ", ".join(full)
+        raise SystemExit(f"--only: no scenario {', '.join(sorted(unknown))} (one of {known})")
+    plan = {n: s for n, s in full.items() if not only or n in only}
+    # A run of some scenarios only measures them: no idle connections unless asked.
+    idle_count = args.idle or (0 if only else 2000 if args.quick else 10_000)
+    profiling = "" if args.no_profile else args.profile_scenario
+    if profiling and profiling not in plan:
+        profiling = ""
     report: dict[str, Any] = {
         "command": "scripts/bench-mesh" + (" --quick" if args.quick else ""),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -684,9 +694,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with bare_relay(args.loose_relay) as (url, pids):
             for s in plan.values():
                 report["scenarios"][s.name]["baseline"] = drive_relay(url, s, pids)
-            report["idle_baseline"] = idle(
-                url, "", idle_count, pids["edge"], {"relay": pids["relay"]}, False, args.clients
-            )
+            if idle_count:
+                report["idle_baseline"] = idle(
+                    url, "", idle_count, pids["edge"], {"relay": pids["relay"]}, False, args.clients
+                )
         warmup = {
             "type": "switch_agent",
             "agent_type": "ask",
@@ -699,55 +710,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             headers = {"Authorization": f"Bearer {m.token}"}
             services = grouped(m.pids, SERVICES)
             for n in names:
+                if n not in plan:
+                    continue
                 s = plan[n]
                 report["scenarios"][n][key] = drive(
                     m.url, headers, s, services, warmup, turn, True, f"{n}-{uuid.uuid4().hex[:8]}"
                 )
 
-        print("(b) mesh, unpaced", flush=True)
-        wide = plan["wide"]
-        with mesh(workdir, "unpaced", wide.tokens, 0.0) as m:
-            report["mesh_pids"] = m.pids
-            on_mesh(m, ["single", "wide"], "mesh")
-            if not args.no_profile:
-                running = start_profiles(
-                    {n: m.pids[n] for n in ("gateway", "runtime", "llmproxy")}, workdir
-                )
-                if running:
-                    once = Scenario("wide-profiled", wide.title, wide.sessions, 1, wide.tokens, 0.0)
-                    headers = {"Authorization": f"Bearer {m.token}"}
-                    services = grouped(m.pids, ("gateway", "runtime", "llmproxy"))
-                    report["profiled_run"] = drive(
+        wide, paced, short = full["wide"], full["paced"], full["short"]
+        if {"single", "wide"} & plan.keys():
+            print("(b) mesh, unpaced", flush=True)
+            with mesh(workdir, "unpaced", wide.tokens, 0.0) as m:
+                report["mesh_pids"] = m.pids
+                on_mesh(m, ["single", "wide"], "mesh")
+                if profiling == "wide":
+                    report["profile"] = profile(m, wide, workdir, warmup, turn, report)
+        if "paced" in plan:
+            print("(b) mesh, paced", flush=True)
+            with mesh(workdir, "paced", paced.tokens, paced.delay) as m:
+                on_mesh(m, ["paced"], "mesh")
+                if profiling == "paced":
+                    report["profile"] = profile(m, paced, workdir, warmup, turn, report)
+        if {"short", "ttft"} & plan.keys() or idle_count:
+            print("(b) mesh, short turns, SQLite", flush=True)
+            with mesh(workdir, "short-sqlite", short.tokens, 0.0) as m:
+                on_mesh(m, ["short", "ttft"], "mesh")
+                if profiling == "short":
+                    report["profile"] = profile(m, short, workdir, warmup, turn, report)
+                if idle_count:
+                    report["idle_mesh"] = idle(
                         m.url,
-                        headers,
-                        once,
-                        services,
-                        warmup,
-                        turn,
+                        m.token,
+                        idle_count,
+                        m.pids["gateway"],
+                        {"runtime": m.pids["runtime"]},
                         True,
-                        f"prof-{uuid.uuid4().hex[:8]}",
+                        args.clients,
                     )
-                    report["profile"] = finish_profiles(running)
-                else:
-                    report["profile"] = "py-spy not installed"
-        paced = plan["paced"]
-        print("(b) mesh, paced", flush=True)
-        with mesh(workdir, "paced", paced.tokens, paced.delay) as m:
-            on_mesh(m, ["paced"], "mesh")
-        short = plan["short"]
-        print("(b) mesh, short turns, SQLite", flush=True)
-        with mesh(workdir, "short-sqlite", short.tokens, 0.0) as m:
-            on_mesh(m, ["short", "ttft"], "mesh")
-            report["idle_mesh"] = idle(
-                m.url,
-                m.token,
-                idle_count,
-                m.pids["gateway"],
-                {"runtime": m.pids["runtime"]},
-                True,
-                args.clients,
-            )
-        if not args.no_postgres:
+        if not args.no_postgres and "short" in plan:
             print("(b) mesh, short turns, PostgreSQL", flush=True)
             db = f"codelab_bench_{os.getpid()}"
             asyncio.run(create_database(db, drop=False))
@@ -765,6 +765,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["run_s"] = round(time.monotonic() - started, 1)
     ratios(report)
     return report
+
+
+def profile(
+    m: Mesh,
+    s: Scenario,
+    workdir: Path,
+    warmup: dict[str, Any],
+    turn: dict[str, Any],
+    report: dict[str, Any],
+) -> Any:
+    """One more run of ``s`` with py-spy on gateway, runtime and llmproxy (the
+    warm-up turn and the sessions' opening included)."""
+    running = start_profiles({n: m.pids[n] for n in ("gateway", "runtime", "llmproxy")}, workdir)
+    if not running:
+        return "py-spy not installed"
+    once = Scenario(f"{s.name}-profiled", s.title, s.sessions, s.turns, s.tokens, s.delay)
+    headers = {"Authorization": f"Bearer {m.token}"}
+    services = grouped(m.pids, ("gateway", "runtime", "llmproxy"))
+    report["profiled_scenario"] = s.title
+    report["profiled_run"] = drive(
+        m.url, headers, once, services, warmup, turn, True, f"prof-{uuid.uuid4().hex[:8]}"
+    )
+    return finish_profiles(running)
 
 
 def drive_relay(url: str, s: Scenario, pids: dict[str, int]) -> dict[str, Any]:
@@ -818,6 +841,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes for idle")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios to run (single,wide,paced,short,ttft); "
+        "no idle connections unless --idle",
+    )
+    parser.add_argument(
+        "--profile-scenario",
+        default="wide",
+        help="the scenario py-spy profiles, once more after its measured run (default wide)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", default="", help="write the raw results here")
     parser.add_argument(
@@ -857,7 +891,13 @@ def main() -> None:
         if args.write:
             print(f"wrote {capacity.write(report, ROOT)}")
         return
+    if args.write and args.only:
+        raise SystemExit("--write needs every scenario: drop --only")
     report = run(args)
+    if isinstance(report.get("profile"), dict):
+        import report as markdown
+
+        print("\n".join(markdown.profile(report)), flush=True)
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text)

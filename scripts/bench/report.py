@@ -263,7 +263,8 @@ def profile(report: dict[str, Any]) -> list[str]:
     run = report.get("profiled_run", {})
     lines = [
         f"py-spy (`record --nonblocking --rate 200`, Python frames only) on gateway, "
-        f"runtime and llmproxy during one extra 50-session unpaced turn "
+        f"runtime and llmproxy during one extra turn of "
+        f"{report.get('profiled_scenario', '50 sessions, unpaced')} "
         f"({run.get('tokens', '?')} tokens, {run.get('tokens_per_s', '?')} tok/s while "
         "profiled). Samples with the event loop blocked in epoll are left out; shares "
         "are of the remaining (busy) samples. Self time of a Python frame includes the "
