@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -113,13 +114,6 @@ def llmproxy_ports(env: dict[str, str]) -> list[int]:
 
 def run_admin(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
     subprocess.run([PYTHON, "-m", "auth.admin", *args], env=env, input=stdin, text=True, check=True)
-
-
-def migrate(env: dict[str, str]) -> None:
-    """Apply both services' schemas (Alembic) and register the IDE's client; idempotent."""
-    run_admin(env, "migrate")
-    run_admin(env, "add-client", IDE_CLIENT, "--public", "--exist-ok")
-    subprocess.run([PYTHON, "-m", "runtime", "migrate"], env=env, check=True)
 
 
 def ensure_dev_user(env: dict[str, str]) -> dict[str, str]:
@@ -241,11 +235,20 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def prepare_auth(env: dict[str, str]) -> dict[str, str]:
+    """Auth's schema, the IDE's client and the dev user; the dev user."""
+    run_admin(env, "migrate")
+    run_admin(env, "add-client", IDE_CLIENT, "--public", "--exist-ok")
+    return ensure_dev_user(env)
+
+
+def migrate_runtime(env: dict[str, str]) -> None:
+    subprocess.run([PYTHON, "-m", "runtime", "migrate"], env=env, check=True)
+
+
 def main() -> int:
     HOME.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = environment()
-    migrate(env)
-    user = ensure_dev_user(env)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -266,9 +269,28 @@ def main() -> int:
         if front_port != "0":
             argv, front_env = front_door(env)
             plan.append(("front door", argv, front_env, lambda: http_healthy(front_port)))
-        for name, argv, service_env, check in plan:
+        # Everything starts side by side: llmproxy needs no database, so it
+        # starts while both schemas are migrated (each service's start is
+        # mostly its imports); the rest once the migrations are done.
+        started: list[tuple[str, subprocess.Popen[bytes], Callable[[], bool]]] = []
+
+        def launch(
+            name: str, argv: list[str], service_env: dict[str, str], check: Callable[[], bool]
+        ) -> None:
             proc = start(name.replace(" ", "-"), argv, service_env)
             procs.append(proc)
+            started.append((name, proc, check))
+
+        proxies = [step for step in plan if step[0].startswith("llmproxy")]
+        for step in proxies:
+            launch(*step)
+        with ThreadPoolExecutor(2) as pool:
+            auth_ready = pool.submit(prepare_auth, env)
+            pool.submit(migrate_runtime, env).result()
+            user = auth_ready.result()
+        for step in plan[len(proxies) :]:
+            launch(*step)
+        for name, proc, check in started:
             wait_healthy(name, proc, check)
             print(f"up: {name} healthy", flush=True)
         fetch_token(env, user)

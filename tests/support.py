@@ -100,6 +100,8 @@ class Service:
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None
+        self._seen = threading.Event()
+        self._launched = 0.0
 
     @property
     def output(self) -> str:
@@ -113,7 +115,14 @@ class Service:
     def start(self) -> None:
         """Start it and return once it is ready; NotReady (the process killed)
         when it exits first or is not ready within ``start_timeout``."""
-        seen = threading.Event()
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process and return at once; :meth:`wait_ready` waits for it.
+        Services launched together start side by side (their imports overlap)."""
+        self._seen = threading.Event()
+        self._launched = time.monotonic()
         self.process = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -127,18 +136,23 @@ class Service:
         assert self.process.stdout is not None
         line = self.ready if isinstance(self.ready, str) else None
         self._reader = threading.Thread(
-            target=self._read, args=(self.process.stdout, line, seen), daemon=True
+            target=self._read, args=(self.process.stdout, line, self._seen), daemon=True
         )
         self._reader.start()
+
+    def wait_ready(self) -> None:
+        """Return once the launched process is ready; NotReady (the process
+        killed) when it exits first or is not ready within ``start_timeout``
+        of its launch."""
+        assert self.process is not None, "never launched"
+        deadline = self._launched + self.start_timeout
         try:
-            if line is not None:
+            if isinstance(self.ready, str):
                 # Set at the line, or at the end of the output: the process is exiting.
-                seen.wait(self.start_timeout)
-                ready = line in self.output
+                self._seen.wait(max(0.0, deadline - time.monotonic()))
+                ready = self.ready in self.output
             else:
                 check = self.ready
-                assert callable(check)
-                deadline = time.monotonic() + self.start_timeout
                 while not (ready := check()) and self.running:
                     if time.monotonic() > deadline:
                         break
@@ -181,3 +195,21 @@ class Service:
         finally:
             if self._reader is not None:
                 self._reader.join(10)
+
+
+def start_all(*services: Service) -> None:
+    """Launch every service, then wait for each to be ready: they start side
+    by side rather than one after another. If one is not ready, those already
+    launched are stopped and NotReady is raised."""
+    launched: list[Service] = []
+    try:
+        for service in services:
+            service.launch()
+            launched.append(service)
+        for service in services:
+            service.wait_ready()
+    except BaseException:
+        for service in launched:
+            if service.running:
+                service.stop(signal.SIGKILL)
+        raise

@@ -29,7 +29,7 @@ from runtime.__main__ import RuntimeConfig, serve
 from runtime.store import migrate
 from runtime.v1 import runtime_pb2 as pb
 from runtime.v1 import runtime_pb2_grpc
-from tests.conftest import fresh_postgres
+from tests.conftest import migrated_postgres
 from tests.gateway.conftest import INTERNAL_KEY, FakeRuntime
 
 TIMEOUT = 20
@@ -186,7 +186,7 @@ async def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
             port = await stack.enter_async_context(real_runtime(url))
         else:
-            url = await stack.enter_async_context(fresh_postgres("test_contract"))
+            url = await stack.enter_async_context(migrated_postgres("test_contract"))
             port = await stack.enter_async_context(real_runtime(url))
         channel = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
         yield Runtime(runtime_pb2_grpc.AgentRuntimeServiceStub(channel))

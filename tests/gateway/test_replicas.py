@@ -24,7 +24,7 @@ from runtime.__main__ import RuntimeConfig, advertised
 from runtime.leases import Leases
 from runtime.store import migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
-from tests.conftest import fresh_postgres
+from tests.conftest import migrated_postgres
 from tests.runtime.test_service import KEY, ScriptedProxy, running_runtime, user_message
 
 
@@ -36,8 +36,7 @@ async def shared_database(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
         await migrate(url)
         yield url
         return
-    async with fresh_postgres("test_gateway_replicas") as url:
-        await migrate(url)
+    async with migrated_postgres("test_gateway_replicas") as url:
         yield url
 
 

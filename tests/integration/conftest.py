@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, fresh_postgres_sync
-from tests.support import NotReady, Service, grpc_healthy, http_healthy
+from tests.support import NotReady, Service, grpc_healthy, http_healthy, start_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,53 +202,83 @@ def module_service(module: str, env: dict[str, str], ready: Callable[[], bool]) 
     return Service([sys.executable, "-m", module], env=env, cwd=ROOT, ready=ready)
 
 
+STACK_MODELS = {
+    "model_list": [
+        {"model_name": "offline", "litellm_params": {"model": "offline/echo"}},
+        {
+            "model_name": "offline-slow",
+            "litellm_params": {"model": "offline/echo", "reply_tokens": 5000, "token_delay": 0.01},
+        },
+    ]
+}
+"""The stacks' llmproxy models: ``offline``, and ``offline-slow`` (5,000
+tokens 10 ms apart: a turn long enough to be cut by a kill)."""
+
+
+def stack_llmproxy(mesh: Mesh, home: Path) -> Service:
+    """An llmproxy serving :data:`STACK_MODELS`, on a port of its own."""
+    port = free_port()
+    config = home / "litellm.yaml"
+    config.write_text(yaml.safe_dump(STACK_MODELS))
+    return module_service(
+        "llmproxy",
+        {
+            **os.environ,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LLM_PROXY__PORT": str(port),
+            "LLM_PROXY__INTERNAL_API_KEY": mesh.internal_key,
+            "LLM_PROXY__CONFIG": str(config),
+        },
+        grpc_healthy(f"127.0.0.1:{port}"),
+    )
+
+
+def service_port(service: Service) -> int:
+    assert service.env is not None
+    return int(service.env["LLM_PROXY__PORT"])
+
+
+@pytest.fixture(scope="package")
+def shared_llmproxy(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One llmproxy for every :class:`Stack` of the package: it keeps no
+    state of its own, and importing LiteLLM is most of a stack's start.
+    Its address."""
+    proxy = stack_llmproxy(mesh, tmp_path_factory.mktemp("stack-llmproxy"))
+    proxy.start()
+    try:
+        yield f"127.0.0.1:{service_port(proxy)}"
+    finally:
+        proxy.stop()
+
+
 class Stack:
-    """llmproxy + runtime + gateway of our own, wired to the mesh's auth."""
+    """A runtime and a gateway of our own, wired to the mesh's auth and to
+    ``llmproxy`` (an address, usually :func:`shared_llmproxy`'s; None: an
+    llmproxy of the stack's own, started and stopped with it)."""
 
     def __init__(
-        self, mesh: Mesh, home: Path, database: str, runtime_env: dict[str, str] | None = None
+        self,
+        mesh: Mesh,
+        home: Path,
+        database: str,
+        runtime_env: dict[str, str] | None = None,
+        llmproxy: str | None = None,
     ) -> None:
         self.database = database
-        self.gateway_port, self.runtime_port, llm_port = free_port(), free_port(), free_port()
+        self.gateway_port, self.runtime_port = free_port(), free_port()
         runtime_port = self.runtime_port
-        config = home / "litellm.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "model_list": [
-                        {"model_name": "offline", "litellm_params": {"model": "offline/echo"}},
-                        {
-                            "model_name": "offline-slow",
-                            "litellm_params": {
-                                "model": "offline/echo",
-                                "reply_tokens": 5000,
-                                "token_delay": 0.01,
-                            },
-                        },
-                    ]
-                }
-            )
-        )
+        self.llmproxy = stack_llmproxy(mesh, home) if llmproxy is None else None
+        if self.llmproxy is not None:
+            llmproxy = f"127.0.0.1:{service_port(self.llmproxy)}"
         key = mesh.internal_key
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        migrate_runtime(database, key)
-        self.llmproxy = module_service(
-            "llmproxy",
-            {
-                **base,
-                "LLM_PROXY__PORT": str(llm_port),
-                "LLM_PROXY__INTERNAL_API_KEY": key,
-                "LLM_PROXY__CONFIG": str(config),
-            },
-            grpc_healthy(f"127.0.0.1:{llm_port}"),
-        )
         self.runtime = module_service(
             "runtime",
             {
                 **base,
                 "AGENT_RUNTIME__PORT": str(runtime_port),
                 "AGENT_RUNTIME__INTERNAL_API_KEY": key,
-                "AGENT_RUNTIME__LLM_PROXY_ADDRESS": f"127.0.0.1:{llm_port}",
+                "AGENT_RUNTIME__LLM_PROXY_ADDRESS": str(llmproxy),
                 "AGENT_RUNTIME__DATABASE_URL": database,
                 "AGENT_RUNTIME__AGENT_MODELS": "ask=offline-slow",
                 **(runtime_env or {}),
@@ -267,30 +297,47 @@ class Stack:
             },
             http_healthy(f"http://127.0.0.1:{self.gateway_port}/health"),
         )
+        self._key = key
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.gateway_port}"
 
     def start(self) -> None:
-        for service in (self.llmproxy, self.runtime, self.gateway):
-            service.start()
+        """Migrate the database the way operators do, then start the
+        services side by side (an own llmproxy from the first moment, since
+        it needs no database)."""
+        own = [self.llmproxy] if self.llmproxy is not None else []
+        with contextlib.ExitStack() as failing:
+            for service in own:
+                service.launch()
+                failing.callback(stop_if_running, service)
+            migrate_runtime(self.database, self._key)
+            start_all(*own, self.runtime, self.gateway)
+            failing.pop_all()
 
     def stop(self) -> None:
         for service in (self.gateway, self.runtime, self.llmproxy):
-            if service.running:
+            if service is not None and service.running:
                 service.stop()
 
 
+def stop_if_running(service: Service) -> None:
+    if service.running:
+        service.stop(signal.SIGKILL)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def stack(request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path) -> Iterator[Stack]:
-    """Our own llmproxy, runtime and gateway, on each database backend."""
+def stack(
+    request: pytest.FixtureRequest, mesh: Mesh, shared_llmproxy: str, tmp_path: Path
+) -> Iterator[Stack]:
+    """A runtime and a gateway of our own, on each database backend."""
     with contextlib.ExitStack() as cleanup:
         if request.param == "sqlite":
             database = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
         else:
             database = cleanup.enter_context(fresh_postgres_sync("test_persist"))
-        own = Stack(mesh, tmp_path, database)
+        own = Stack(mesh, tmp_path, database, llmproxy=shared_llmproxy)
         cleanup.callback(own.stop)
         own.start()
         yield own

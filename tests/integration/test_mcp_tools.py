@@ -1,7 +1,7 @@
 """Issue 17's MCP promise on real processes: an MCP tool from a test server is
 called, approved and recorded.
 
-The package's own llmproxy, runtime and gateway (``stack``'s), on SQLite and
+A runtime and gateway of the test's own, on the package's llmproxy (as ``stack``), on SQLite and
 PostgreSQL, with the operator's servers file naming the test MCP server
 (tests/mcp_server.py) twice: over stdio (a human approves each call) and over
 streamable HTTP on loopback (no approval). The offline model's ``call`` verb
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def mcp_stack(
-    request: pytest.FixtureRequest, mesh: Mesh, tmp_path: Path
+    request: pytest.FixtureRequest, mesh: Mesh, shared_llmproxy: str, tmp_path: Path
 ) -> Iterator[tuple[Stack, Path]]:
     """``stack`` with two MCP servers configured; yields it and the stdio server's call log."""
     calls = tmp_path / "calls.log"
@@ -76,6 +76,7 @@ def mcp_stack(
             tmp_path,
             database,
             {"AGENT_RUNTIME__MCP_SERVERS": str(tmp_path / "mcp.json")},
+            llmproxy=shared_llmproxy,
         )
         cleanup.callback(own.stop)
         own.start()

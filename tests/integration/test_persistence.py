@@ -1,8 +1,9 @@
 """Issue 4's promises on real processes: nothing a user did is lost.
 
 The package's mesh (started like ``./scripts/up``) provides auth and tokens;
-for the restart tests this module runs its own llmproxy, runtime and gateway
-processes against the mesh's auth, so it can kill and restart them.
+for the restart tests this module runs its own runtime and gateway processes
+(``stack``: on the package's llmproxy, against the mesh's auth), so it can
+kill and restart them.
 """
 
 from __future__ import annotations

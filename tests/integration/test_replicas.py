@@ -23,7 +23,7 @@ from runtime.leases import Leases
 from tests.conftest import free_port, fresh_postgres_sync
 from tests.integration.conftest import Mesh, migrate_runtime, module_service
 from tests.integration.test_persistence import frames_until_final
-from tests.support import Service, grpc_healthy, http_healthy
+from tests.support import Service, grpc_healthy, http_healthy, start_all
 
 LEASE_TTL = 2.0
 
@@ -31,18 +31,12 @@ pytestmark = pytest.mark.postgres
 
 
 class Replicas:
-    def __init__(self, mesh: Mesh, database: str) -> None:
+    def __init__(self, mesh: Mesh, database: str, llmproxy: str) -> None:
         key = mesh.internal_key
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        llm_port = free_port()
         self.runtime_ports = [free_port(), free_port()]
         self.gateway_ports = [free_port(), free_port()]
         migrate_runtime(database, key)
-        self.llmproxy = module_service(
-            "llmproxy",
-            {**base, "LLM_PROXY__PORT": str(llm_port), "LLM_PROXY__INTERNAL_API_KEY": key},
-            grpc_healthy(f"127.0.0.1:{llm_port}"),
-        )
         self.runtimes = [
             module_service(
                 "runtime",
@@ -52,7 +46,7 @@ class Replicas:
                     "AGENT_RUNTIME__REPLICA_ID": f"r{index}",
                     "AGENT_RUNTIME__LEASE_TTL": str(LEASE_TTL),
                     "AGENT_RUNTIME__INTERNAL_API_KEY": key,
-                    "AGENT_RUNTIME__LLM_PROXY_ADDRESS": f"127.0.0.1:{llm_port}",
+                    "AGENT_RUNTIME__LLM_PROXY_ADDRESS": llmproxy,
                     "AGENT_RUNTIME__DATABASE_URL": database,
                 },
                 grpc_healthy(f"127.0.0.1:{port}"),
@@ -80,18 +74,20 @@ class Replicas:
         return f"ws://127.0.0.1:{self.gateway_ports[gateway]}"
 
     def services(self) -> list[Service]:
-        return [self.llmproxy, *self.runtimes, *self.gateways]
+        return [*self.runtimes, *self.gateways]
 
 
 @pytest.fixture
-def replicas(mesh: Mesh) -> Iterator[Replicas]:
+def replicas(mesh: Mesh, shared_llmproxy: str) -> Iterator[Replicas]:
+    """Two runtime replicas and two gateways on one PostgreSQL database,
+    with the package's llmproxy."""
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(fresh_postgres_sync("test_replicas"))
-        own = Replicas(mesh, database)
+        own = Replicas(mesh, database, shared_llmproxy)
         own.database = database  # type: ignore[attr-defined]
         for service in own.services():
-            service.start()
             cleanup.callback(lambda s=service: s.stop() if s.running else None)
+        start_all(*own.services())
         yield own
 
 

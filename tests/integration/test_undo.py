@@ -1,9 +1,9 @@
 """Issue 15's promises on real processes: an edit is approved as a diff and
 changes only what it says; undo puts the workspace back byte for byte.
 
-Runs on the package's own llmproxy, runtime and gateway (``stack``) on SQLite
-and PostgreSQL, with the
-offline model's verbs and the terminal client's workspace as the IDE.
+Runs on a runtime and gateway of its own, with the package's llmproxy
+(``stack``), on SQLite and PostgreSQL, with the offline model's verbs and
+the terminal client's workspace as the IDE.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 from mesh.database import create_engine
 from runtime.conversation import Conversation
 from runtime.store import Store, migrate
-from tests.conftest import fresh_postgres
+from tests.conftest import migrated_postgres
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -21,9 +21,9 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "sqlite":
             url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+            await migrate(url)
         else:
-            url = await stack.enter_async_context(fresh_postgres("test_runtime"))
-        await migrate(url)
+            url = await stack.enter_async_context(migrated_postgres("test_runtime"))
         engine = create_engine(url)
         async with _closing(engine) as store:
             yield store

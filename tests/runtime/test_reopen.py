@@ -57,7 +57,7 @@ from runtime.settings import ConversationSettings
 from runtime.state import CallState, message_from_record
 from runtime.store import Store, migrate
 from runtime.stream import Subscriber
-from tests.conftest import fresh_postgres
+from tests.conftest import migrated_postgres
 from tests.runtime.test_conversation import ScriptedLlm, call, read_result
 from tests.support import eventually
 
@@ -105,9 +105,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "sqlite":
             url = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
+            await migrate(url)
         else:
-            url = await stack.enter_async_context(fresh_postgres("test_reopen"))
-        await migrate(url)
+            url = await stack.enter_async_context(migrated_postgres("test_reopen"))
         yield url
 
 

@@ -24,7 +24,7 @@ from mesh.grpc_server import MeshServer, internal_metadata
 from runtime.__main__ import RuntimeConfig, serve
 from runtime.store import migrate
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
-from tests.conftest import fresh_postgres
+from tests.conftest import migrated_postgres
 from tests.support import lease_released
 
 KEY = "test-internal-key"
@@ -90,8 +90,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await migrate(url)
         yield url
         return
-    async with fresh_postgres("test_runtime") as url:
-        await migrate(url)
+    async with migrated_postgres("test_runtime") as url:
         yield url
 
 
