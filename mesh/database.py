@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_SIZE = 15
@@ -49,8 +48,8 @@ def create_engine(database_url: str, *, immediate: bool = False, **options: Any)
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    pool = options.get("poolclass") or url.get_dialect().get_pool_class(url)
-    if pool is AsyncAdaptedQueuePool:  # a file, not an in-memory database
+    in_memory = database in ("", ":memory:") or url.query.get("mode") == "memory"
+    if not in_memory and "poolclass" not in options:  # (in memory: one connection)
         options.setdefault("pool_size", SQLITE_POOL_SIZE)
         options.setdefault("max_overflow", 0)
     engine = create_async_engine(url, hide_parameters=True, **options)
