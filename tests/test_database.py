@@ -1,4 +1,4 @@
-"""mesh.database: a SQLite file's pool keeps the connections it opens."""
+"""mesh.database: a SQLite file's pool keeps the connections it opens, each with a small cache."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mesh.database import SQLITE_POOL_SIZE, create_engine
+from mesh.database import SQLITE_CACHE_KIB, SQLITE_POOL_SIZE, create_engine
 
 
 async def test_sqlite_bursts_reuse_the_connections_they_opened(tmp_path: Path) -> None:
@@ -54,3 +54,24 @@ async def test_sqlite_bursts_reuse_the_connections_they_opened(tmp_path: Path) -
         assert threading.active_count() - threads_before == SQLITE_POOL_SIZE
     finally:
         await engine.dispose()
+
+
+async def test_sqlite_connections_cache_a_bounded_number_of_pages(tmp_path: Path) -> None:
+    """Every pooled connection's page cache is SQLITE_CACHE_KIB, not SQLite's
+    2,000 KiB: the pool's caches together stay within POOL_SIZE x that."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'cache.db'}")
+    full = asyncio.Event()
+    sizes: list[int] = []
+
+    async def read_cache_size() -> None:
+        async with engine.connect() as conn:
+            sizes.append((await conn.execute(sa.text("PRAGMA cache_size"))).scalar_one())
+            if len(sizes) == SQLITE_POOL_SIZE:
+                full.set()
+            await asyncio.wait_for(full.wait(), 10)  # every connection of the pool at once
+
+    try:
+        await asyncio.gather(*(read_cache_size() for _ in range(SQLITE_POOL_SIZE)))
+    finally:
+        await engine.dispose()
+    assert sizes == [-SQLITE_CACHE_KIB] * SQLITE_POOL_SIZE
