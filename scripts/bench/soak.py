@@ -2,23 +2,25 @@
 
 The mesh (``bench_mesh.mesh``: devstack, the offline model) serves
 ``--sessions`` WebSocket sessions for ``--duration`` seconds. Each session
-switches to the ``ask`` agent and takes one turn (the warm-up, not
-measured), then, until the time is up, waits a uniform 0..2 x ``--interval``
-seconds and sends ``read soak/<n>.txt``: the offline model answers with a
-``read_file`` tool call, the session answers it with a ``tool_result`` as
-the IDE would, and the model summarises the result in text. A turn counts as
-an error when it brings an ``error`` frame, ends with a status other than
-``completed``, takes longer than ``--turn-timeout``, or its connection
-drops.
+switches to the ``ask`` agent and, once all are connected, all take one turn
+at once (the warm-up, not measured); then, until the time is up, waits a
+uniform 0..2 x ``--interval`` seconds and sends ``read soak/<n>.txt``: the
+offline model answers with a ``read_file`` tool call, the session answers it
+with a ``tool_result`` as the IDE would, and the model summarises the result
+in text. A turn counts as an error when it brings an ``error`` frame, ends
+with a status other than ``completed``, takes longer than ``--turn-
+timeout``, or its connection drops.
 
 Reported: errors (must be 0, with the first few), per ``--window`` seconds
 the turns started, their time to the first output (the ``tool_call``) and to
 the first text token after the tool round trip, p50/p99; every mesh
 process's RSS when all sessions are connected and warmed up, at the end of
 each window, and when the last turn is done (growth from the first to the
-last must stay within 10%). The warm-up turn puts what a process does once
-(lazy imports, connection pools filling, first calls over each channel)
-before the first reading, so the growth is what the soak's turns leave.
+last must stay within 10%). The warm-up puts what a process does once (lazy
+imports, connection pools filling, first calls over each channel) and its
+high-water mark of turns in flight (every session's at once; the allocators
+keep what a peak took) before the first reading, so the growth is what the
+soak's turns leave.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ async def soak_sessions(
     result = SoakResult()
     headers = {"Authorization": f"Bearer {token}"}
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
+    connected = asyncio.Barrier(sessions)
     ready = asyncio.Barrier(sessions + 1)
     finished = asyncio.Event()
     stopped = asyncio.Event()
@@ -169,6 +172,7 @@ async def soak_sessions(
 
     async def one(index: int) -> None:
         ws: ClientConnection | None = None
+        warmed = False
         try:
             async with gate:
                 ws = await connect(
@@ -193,11 +197,21 @@ async def soak_sessions(
                     frame = json.loads(await asyncio.wait_for(ws.recv(), turn_timeout))
                     if frame.get("type") == "assistant_message" and frame.get("is_final"):
                         break
+        except Exception as exc:
+            result.fail(index, f"session {index} connect: {type(exc).__name__}: {exc}")
+            ws = None
+        # The warm-up turns start together: the most turns the soak can have
+        # in flight at once are in flight once before the first RSS reading.
+        await connected.wait()
+        if ws is not None:
+            try:
                 async with asyncio.timeout(turn_timeout):
                     await take_turn(ws, f"read soak/{index}.txt")
                 result.connected += 1
-        except Exception as exc:
-            result.fail(index, f"session {index} warm-up: {type(exc).__name__}: {exc}")
+                warmed = True
+            except Exception as exc:
+                result.fail(index, f"session {index} warm-up: {type(exc).__name__}: {exc}")
+        if ws is None or not warmed:
             await ready.wait()
             stop_one()
             if ws is not None:
