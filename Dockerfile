@@ -2,6 +2,10 @@
 #   codelab-gateway | codelab-runtime | codelab-llmproxy | codelab-auth
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LITELLM_LOCAL_MODEL_COST_MAP=True
+# glibc gives each thread (gRPC's, one per pooled SQLite connection) a malloc
+# arena of its own, up to 8 per core, and keeps what each ever held: the
+# runtime's RSS grew by that in the soak (scripts/bench-mesh --soak).
+ENV MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto ./proto

@@ -58,6 +58,8 @@ def environment() -> dict[str, str]:
     key = secret_file(HOME / "internal-api-key", lambda: secrets.token_urlsafe(32))
     defaults = {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        # As in the image (see the Dockerfile): threads share two malloc arenas.
+        "MALLOC_ARENA_MAX": "2",
         "LLM_PROXY__INTERNAL_API_KEY": key,
         "LLM_PROXY__PORT": "50052",
         "AGENT_RUNTIME__INTERNAL_API_KEY": key,

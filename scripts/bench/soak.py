@@ -2,19 +2,25 @@
 
 The mesh (``bench_mesh.mesh``: devstack, the offline model) serves
 ``--sessions`` WebSocket sessions for ``--duration`` seconds. Each session
-switches to the ``ask`` agent once (not measured), then, until the time is
-up, waits a uniform 0..2 x ``--interval`` seconds and sends ``read
-soak/<n>.txt``: the offline model answers with a ``read_file`` tool call, the
-session answers it with a ``tool_result`` as the IDE would, and the model
-summarises the result in text. A turn counts as an error when it brings an
-``error`` frame, ends with a status other than ``completed``, takes longer
-than ``--turn-timeout``, or its connection drops.
+switches to the ``ask`` agent and, once all are connected, all take one turn
+at once (the warm-up, not measured); then, until the time is up, waits a
+uniform 0..2 x ``--interval`` seconds and sends ``read soak/<n>.txt``: the
+offline model answers with a ``read_file`` tool call, the session answers it
+with a ``tool_result`` as the IDE would, and the model summarises the result
+in text. A turn counts as an error when it brings an ``error`` frame, ends
+with a status other than ``completed``, takes longer than ``--turn-
+timeout``, or its connection drops.
 
 Reported: errors (must be 0, with the first few), per ``--window`` seconds
 the turns started, their time to the first output (the ``tool_call``) and to
 the first text token after the tool round trip, p50/p99; every mesh
-process's RSS when all sessions are connected and warmed up and again when
-the last turn is done (growth must stay within 10%).
+process's RSS when all sessions are connected and warmed up, at the end of
+each window, and when the last turn is done (growth from the first to the
+last must stay within 10%). The warm-up puts what a process does once (lazy
+imports, connection pools filling, first calls over each channel) and its
+high-water mark of turns in flight (every session's at once; the allocators
+keep what a peak took) before the first reading, so the growth is what the
+soak's turns leave.
 """
 
 from __future__ import annotations
@@ -141,16 +147,18 @@ async def soak_sessions(
     turn_timeout: float,
     prefix: str,
     on_ready: Callable[[], None],
+    window_s: float | None = None,
 ) -> tuple[SoakResult, float, float]:
     """Run the soak; returns the result and the monotonic start and end of the turns.
 
     ``on_ready`` is called once every session is connected and warmed up,
-    just before the turns start, and again when the last turn has ended
-    (connections still open).
+    just before the turns start, every ``window_s`` seconds of turns (if
+    given), and again when the last turn has ended (connections still open).
     """
     result = SoakResult()
     headers = {"Authorization": f"Bearer {token}"}
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
+    connected = asyncio.Barrier(sessions)
     ready = asyncio.Barrier(sessions + 1)
     finished = asyncio.Event()
     stopped = asyncio.Event()
@@ -164,6 +172,7 @@ async def soak_sessions(
 
     async def one(index: int) -> None:
         ws: ClientConnection | None = None
+        warmed = False
         try:
             async with gate:
                 ws = await connect(
@@ -188,9 +197,21 @@ async def soak_sessions(
                     frame = json.loads(await asyncio.wait_for(ws.recv(), turn_timeout))
                     if frame.get("type") == "assistant_message" and frame.get("is_final"):
                         break
-                result.connected += 1
         except Exception as exc:
-            result.fail(index, f"session {index} warm-up: {type(exc).__name__}: {exc}")
+            result.fail(index, f"session {index} connect: {type(exc).__name__}: {exc}")
+            ws = None
+        # The warm-up turns start together: the most turns the soak can have
+        # in flight at once are in flight once before the first RSS reading.
+        await connected.wait()
+        if ws is not None:
+            try:
+                async with asyncio.timeout(turn_timeout):
+                    await take_turn(ws, f"read soak/{index}.txt")
+                result.connected += 1
+                warmed = True
+            except Exception as exc:
+                result.fail(index, f"session {index} warm-up: {type(exc).__name__}: {exc}")
+        if ws is None or not warmed:
             await ready.wait()
             stop_one()
             if ws is not None:
@@ -226,9 +247,19 @@ async def soak_sessions(
     on_ready()
     started = time.monotonic()
     window["end"] = started + duration
+
+    async def every_window() -> None:
+        while window_s:
+            await asyncio.sleep(window_s)
+            on_ready()
+
+    sampler = asyncio.create_task(every_window())
     # Each session stops after its current turn, then waits here so the end
     # RSS is taken with every connection still open, as the start one was.
-    await asyncio.wait_for(stopped.wait(), duration + 2 * interval + turn_timeout + 30)
+    try:
+        await asyncio.wait_for(stopped.wait(), duration + 2 * interval + turn_timeout + 30)
+    finally:
+        sampler.cancel()
     ended = time.monotonic()
     on_ready()
     finished.set()
@@ -310,6 +341,7 @@ def run(
                 turn_timeout=args.turn_timeout,
                 prefix=f"soak-{uuid.uuid4().hex[:8]}",
                 on_ready=sample,
+                window_s=args.window,
             )
         )
     completed = [t for t in result.turns if t.ended is not None]
@@ -332,6 +364,7 @@ def run(
         "ttft_ms": {"p50": percentile(first, 50), "p99": percentile(first, 99)},
         "windows": windows(result.turns, started, args.window),
         "rss": rss_growth(samples[0], samples[-1]) if len(samples) >= 2 else {},
+        "rss_samples_kb": {name: [sample[name] for sample in samples] for name in pids},
     }
     return report
 
@@ -354,7 +387,9 @@ def print_report(report: dict[str, Any]) -> None:
     for name, row in report["rss"].items():
         print(
             f"  rss {name}: {row['start_kb']} → {row['end_kb']} KiB "
-            f"({(row['growth'] or 0) * 100:+.1f}%){'' if row['flat'] else '  NOT FLAT'}",
+            f"({(row['growth'] or 0) * 100:+.1f}%){'' if row['flat'] else '  NOT FLAT'}; "
+            f"per window (MiB): "
+            f"{' '.join(str(kb // 1024) for kb in report['rss_samples_kb'][name])}",
             flush=True,
         )
     for error in report["errors"]:

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
 
-from runtime.commands import ApprovalDecision, UserMessage
+from runtime.commands import ApprovalDecision, ToolResult, UserMessage
+from runtime.context import ContextWindow
+from runtime.conversation import Conversation
 from runtime.errors import PermissionDenied, Unavailable
 from runtime.events import AssistantText, ErrorEvent, Sequenced, ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
-from runtime.llm import TextChunk
+from runtime.llm import ChatMessage, TextChunk, ToolCallRequest
 from runtime.rules import ApprovalRules
 from runtime.settings import ConversationSettings
+from runtime.state import PendingCall, Session
 from runtime.store import Store
 from runtime.stream import SEQ_RESERVE_BLOCK
-from tests.runtime.test_conversation import ScriptedLlm, call
+from tests.runtime.test_conversation import ScriptedLlm, call, until
 
 
 def hub(store: Store, replica: str, llm: Any = None) -> SessionHub:
@@ -125,3 +130,49 @@ async def test_a_turn_taken_over_while_it_waits_meets_the_owners_deny_rules(
     denied = [m.content for m in reopened.session.messages if m.role == "tool"][-1]
     assert "denied by your approval rules: read(.env) matches .env" in denied
     await second.close()
+
+
+async def test_sessions_left_by_their_last_stream_leave_nothing_in_the_process(
+    store: Store,
+) -> None:
+    """Sessions that took turns with a tool round trip and were then left by
+    their last stream are dropped whole: no Conversation, Session, history
+    message or task of theirs outlives them (the soak's turn, many times)."""
+    turns, sessions = 3, 8
+    script = [[call("read_file", path="a.txt")], [TextChunk("It says hi.")]] * turns * sessions
+    llm = ScriptedLlm(*script)
+    replica = hub(store, "r1", llm)
+    gc.collect()
+    before = _counts()
+    tasks_before = len(asyncio.all_tasks())
+    left: list[weakref.ref[Conversation]] = []
+    for number in range(sessions):
+        conversation, _ = await replica.open(f"left-{number}", "alice")
+        subscriber = conversation.subscribe()
+        for _ in range(turns):
+            await conversation.handle(UserMessage("read a.txt"))
+            (offered,) = [e for e in await until(subscriber.queue, ToolCallEvent)][-1:]
+            assert isinstance(offered, ToolCallEvent)
+            await conversation.handle(ToolResult(offered.call_id, result={"content": "hi"}))
+            await until(subscriber.queue, TurnDone)
+        await conversation.wait_idle()
+        conversation.unsubscribe(subscriber)
+        left.append(weakref.ref(conversation))
+        del conversation, subscriber, offered
+    assert all(replica.live(f"left-{number}") is None for number in range(sessions))
+    await replica.close()  # (waits for the leases' releases, scheduled at eviction)
+    llm.seen.clear()  # the fake's record of the prompts it was sent
+    gc.collect()
+    assert [ref for ref in left if ref() is not None] == []
+    assert _counts() == before
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+def _counts() -> dict[str, int]:
+    """Live objects of the types a session holds, by type name."""
+    kinds = (Conversation, Session, ChatMessage, ToolCallRequest, PendingCall, ContextWindow)
+    counts = dict.fromkeys((kind.__name__ for kind in kinds), 0)
+    for found in gc.get_objects():
+        if isinstance(found, kinds):
+            counts[type(found).__name__] += 1
+    return counts
