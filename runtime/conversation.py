@@ -335,8 +335,9 @@ class Conversation:
         """Read the owner's approval rules and instructions: at each turn's start,
         so a change made meanwhile (``UpdateApprovalRules``, ``UpdateInstructions``)
         holds from the next turn."""
-        self._dispatcher.rules = await self._rules.get(self.session.owner)
-        self.session.project.set_user(await self._store.instructions.get(self.session.owner))
+        settings = await self._store.owner_reads.get(self.session.owner)
+        self._dispatcher.rules = settings.rules
+        self.session.project.set_user(settings.instructions)
 
     def _on_file_changed(self, event: FileChanged) -> None:
         try:

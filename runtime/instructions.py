@@ -3,8 +3,9 @@
 Like Roo Code's and Cline's global custom instructions: a user's standing
 wishes ("answer in German", "prefer pytest"), stored per user in the
 ``user_instructions`` table (:mod:`runtime.schema`), set and read over REST
-(``GET``/``PUT /api/v1/instructions``), and read at each turn's start, so a
-change holds from the next turn (:meth:`runtime.conversation.Conversation.load_rules`).
+(``GET``/``PUT /api/v1/instructions``), and read at each turn's start with
+the user's approval rules (:mod:`runtime.owner_reads`), so a change holds
+from the next turn (:meth:`runtime.conversation.Conversation.load_rules`).
 They inform the model only; they change no policy or approval. Reached as
 :attr:`runtime.store.Store.instructions`; SQLite and PostgreSQL.
 """

@@ -173,6 +173,7 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
 
 
 _MESSAGES_FIELD = b"\x12"  # StreamChatRequest.messages: field 2, length-delimited
+_TOOLS_FIELD = b"\x1a"  # StreamChatRequest.tools: field 3, length-delimited
 _COUNTS_FIELD = b"\x3a"  # StreamChatRequest.token_counts: field 7, packed
 
 
@@ -191,6 +192,14 @@ def encode_message(message: ChatMessage) -> bytes:
     wire: encoded once per message, joined per call (:mod:`runtime.context`)."""
     payload = _to_proto(message).SerializeToString()
     return _MESSAGES_FIELD + encode_varint(len(payload)) + payload
+
+
+def encode_tool(tool: ToolSpec) -> bytes:
+    """``tool`` as one entry of ``StreamChatRequest.tools``, on the wire."""
+    payload = llmproxy_pb2.Tool(
+        name=tool.name, description=tool.description, parameters_json=json.dumps(tool.parameters)
+    ).SerializeToString()
+    return _TOOLS_FIELD + encode_varint(len(payload)) + payload
 
 
 def encode_counts(varints: Sequence[bytes]) -> bytes:
@@ -232,7 +241,7 @@ class LlmClient:
         self._channel = channel
         self._stub = llmproxy_pb2_grpc.LlmProxyServiceStub(channel)
         # StreamChat with a request already serialized: a prompt's messages
-        # are encoded once each (runtime.context), not on every call.
+        # (runtime.context) and the tools are encoded once each, not on every call.
         self._stream_encoded: grpc.aio.UnaryStreamMultiCallable[
             bytes, llmproxy_pb2.StreamChatResponse
         ] = channel.unary_stream(
@@ -244,6 +253,9 @@ class LlmClient:
         self._timeout = timeout
         self._connect_timeout = min(connect_timeout, timeout)
         self._windows: dict[str, int] = {}
+        self._tools: dict[str, tuple[ToolSpec, bytes]] = {}
+        """Each tool's encoding, by name, with the spec it was made from (one
+        entry per tool name ever offered: the built-in and declared tools)."""
         self._metrics = metrics if metrics is not None else RuntimeMetrics()
 
     async def _connect(self) -> None:
@@ -319,6 +331,22 @@ class LlmClient:
             )
         return vectors
 
+    def _encoded_tools(self, tools: Sequence[ToolSpec]) -> bytes:
+        """``tools`` on the wire. A tool's schema is encoded once, not on every
+        call: its encoding is kept while the tool keeps its description and
+        the very same parameters (a tool's schema is never changed in place)."""
+        parts = []
+        for tool in tools:
+            kept = self._tools.get(tool.name)
+            if (
+                kept is None
+                or kept[0].parameters is not tool.parameters
+                or kept[0].description != tool.description
+            ):
+                kept = self._tools[tool.name] = (tool, encode_tool(tool))
+            parts.append(kept[1])
+        return b"".join(parts)
+
     async def stream_chat(
         self,
         model: str,
@@ -333,19 +361,13 @@ class LlmClient:
         is cancelled with the consumer. Use it under ``contextlib.aclosing``
         when the consumer may stop early.
         """
-        request = llmproxy_pb2.StreamChatRequest(
-            model=model,
-            tools=[
-                llmproxy_pb2.Tool(
-                    name=t.name, description=t.description, parameters_json=json.dumps(t.parameters)
-                )
-                for t in tools
-            ],
-        )
+        request = llmproxy_pb2.StreamChatRequest(model=model)
         # A prompt of runtime.context carries its messages already encoded.
         encoded = getattr(messages, "encoded", None)
         if not isinstance(encoded, bytes):
             request.messages.extend(_to_proto(m) for m in messages)
+            encoded = b""
+        payload = request.SerializeToString() + self._encoded_tools(tools) + encoded
         span = _tracer.start_span("llm.call", attributes={"llm.model": model})
         metadata = tracing.inject(
             internal_metadata(self._key, **_caller(request_id)), trace.set_span_in_context(span)
@@ -358,12 +380,7 @@ class LlmClient:
         try:
             await self._connect()
             timeout = max(self._timeout - (time.monotonic() - started), 0.001)
-            if isinstance(encoded, bytes):
-                call = self._stream_encoded(
-                    request.SerializeToString() + encoded, metadata=metadata, timeout=timeout
-                )
-            else:
-                call = self._stub.StreamChat(request, metadata=metadata, timeout=timeout)
+            call = self._stream_encoded(payload, metadata=metadata, timeout=timeout)
             async for response in call:
                 if first:
                     first = False

@@ -7,13 +7,12 @@ Reached as :attr:`runtime.store.Store.rules`. Works on SQLite and
 PostgreSQL.
 
 Every turn reads its owner's rules (so a change holds from the next turn,
-whichever replica made it); the reads many sessions ask for at once are one
-query (:meth:`RulesStore.get`).
+whichever replica made it), with the owner's instructions, in a query many
+sessions' reads share (:mod:`runtime.owner_reads`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import sqlalchemy as sa
@@ -27,8 +26,6 @@ from runtime.schema import approval_rules
 
 ADD_ATTEMPTS = 5
 """Tries of :meth:`RulesStore.add_rule` against writes of the same user's rules."""
-MAX_READ_OWNERS = 256
-"""Most users whose rules one query reads (see :meth:`RulesStore.get`)."""
 
 
 class RulesStore:
@@ -38,57 +35,16 @@ class RulesStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._wanted: dict[str, list[asyncio.Future[str | None]]] = {}
-        """Owners asked for since the read in flight began, and who waits."""
-        self._reader: asyncio.Task[None] | None = None
 
     async def get(self, owner: str) -> ApprovalRules:
         """``owner``'s rules; none stored: no rules (everything is asked).
 
-        What the database holds when this is called, or later: a call that
-        finds a read in flight waits for the next one, which also answers
-        every other call made meanwhile (one query for all of them, however
-        many sessions start a turn at once). Safe to cancel.
+        A turn reads them with the owner's instructions instead
+        (:class:`runtime.owner_reads.OwnerReads`).
         """
-        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._wanted.setdefault(owner, []).append(done)
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read_wanted())
-        text = await done
+        async with self._engine.connect() as conn:
+            text = await self._text(conn, owner)
         return ApprovalRules() if text is None else ApprovalRules.from_json(json.loads(text))
-
-    async def _read_wanted(self) -> None:
-        """Read the rules of every owner asked for, a query at a time, until none is."""
-        wanted: dict[str, list[asyncio.Future[str | None]]] = {}
-        try:
-            while self._wanted:
-                owners = list(self._wanted)[:MAX_READ_OWNERS]
-                wanted = {owner: self._wanted.pop(owner) for owner in owners}
-                query = sa.select(approval_rules.c.owner, approval_rules.c.rules).where(
-                    approval_rules.c.owner.in_(owners)
-                )
-                try:
-                    async with self._engine.connect() as conn:
-                        texts = {row.owner: row.rules for row in await conn.execute(query)}
-                except Exception as exc:
-                    for futures in wanted.values():
-                        for done in futures:
-                            if not done.done():
-                                done.set_exception(exc)
-                    continue
-                for owner, futures in wanted.items():
-                    for done in futures:
-                        if not done.done():  # not cancelled meanwhile
-                            done.set_result(texts.get(owner))
-        except BaseException:
-            # Cancelled (the loop is closing): nobody waits forever.
-            for futures in (*wanted.values(), *self._wanted.values()):
-                for done in futures:
-                    done.cancel()
-            self._wanted = {}
-            raise
-        finally:
-            self._reader = None
 
     async def set(self, owner: str, rules: ApprovalRules) -> ApprovalRules:
         """Replace ``owner``'s rules with ``rules``; returns them."""

@@ -41,6 +41,7 @@ from runtime.index_store import IndexStore
 from runtime.instructions import InstructionsStore
 from runtime.leases import Leases
 from runtime.models import ModelChoices
+from runtime.owner_reads import OwnerReads
 from runtime.records import (
     PENDING_STATUSES,
     CallRecord,
@@ -149,6 +150,8 @@ class Store:
         self.rules = RulesStore(engine)
         """Each user's approval rules (:class:`runtime.rules_store.RulesStore`)."""
         self.instructions = InstructionsStore(engine)
+        self.owner_reads = OwnerReads(engine)
+        """What each turn reads of its owner (:class:`runtime.owner_reads.OwnerReads`)."""
         self.forks = Forks(engine)
         """Forks of sessions (:class:`runtime.forks.Forks`)."""
         self.models = ModelChoices(engine)

@@ -1,4 +1,4 @@
-"""Group commits and grouped rules reads, on SQLite and PostgreSQL: steps of
+"""Group commits and grouped owner reads, on SQLite and PostgreSQL: steps of
 sessions committing at once share one transaction and keep each one's outcome."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh.database import create_engine
+from runtime.owner_reads import OwnerSettings
 from runtime.records import EventRecord, MessageRecord, Step
 from runtime.rules import ApprovalRules, Rule
 from runtime.schema import events, messages
@@ -157,20 +158,25 @@ async def test_a_commit_cancelled_while_queued_writes_nothing(
     assert await logged(engine, "b") == ([], []), "the cancelled step was dropped unwritten"
 
 
-async def test_rules_asked_for_at_once_are_read_in_one_query_and_current(
+async def test_owners_asked_for_at_once_are_read_in_one_query_and_current(
     engine: AsyncEngine,
 ) -> None:
-    rules = Store(engine).rules
+    store = Store(engine)
     pytest_rule = Rule.parse("execute_command(pytest:*)")
-    await rules.set("alice", ApprovalRules(allow=(pytest_rule,)))
+    await store.rules.set("alice", ApprovalRules(allow=(pytest_rule,)))
+    await store.instructions.set("bob", "Answer in German.")
     statements = counting(engine, "statement")
-    owners = ["alice", "bob"] * 10
-    got = await asyncio.gather(*(rules.get(owner) for owner in owners))
-    reads = [s for s in statements if "approval_rules" in s]
-    assert len(reads) == 1, "one query answers every read asked for at once"
-    for owner, found in zip(owners, got, strict=True):
-        assert found == (
-            ApprovalRules(allow=(pytest_rule,)) if owner == "alice" else ApprovalRules()
-        )
-    await rules.set("alice", ApprovalRules())
-    assert await rules.get("alice") == ApprovalRules(), "a change holds for the next read"
+    owners = ["alice", "bob", "carol"] * 10
+    got = await asyncio.gather(*(store.owner_reads.get(owner) for owner in owners))
+    assert len(statements) == 1, "one query answers every read asked for at once"
+    expected = {
+        "alice": OwnerSettings(ApprovalRules(allow=(pytest_rule,)), ""),
+        "bob": OwnerSettings(ApprovalRules(), "Answer in German."),
+        "carol": OwnerSettings(ApprovalRules(), ""),
+    }
+    assert got == [expected[owner] for owner in owners]
+    await store.rules.set("alice", ApprovalRules())
+    await store.instructions.set("alice", "Be brief.")
+    assert await store.owner_reads.get("alice") == OwnerSettings(ApprovalRules(), "Be brief."), (
+        "a change holds for the next read"
+    )
