@@ -44,6 +44,7 @@ decides whether it exists.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -115,7 +116,14 @@ def opening(messages: Sequence[Mapping[str, Any]]) -> str:
     """What the system prompt says every answer begins with ("": nothing)."""
     if not messages or messages[0].get("role") != "system":
         return ""
-    match = _OPENING.search(_text(messages[0]))
+    return _opening_of(_text(messages[0]))
+
+
+@functools.lru_cache(maxsize=64)
+def _opening_of(system: str) -> str:
+    # Cached: a session sends the same system prompt on every call, and the
+    # search tries every position of a prompt of many kilobytes.
+    match = _OPENING.search(system)
     return match.group(1).strip() if match else ""
 
 

@@ -131,3 +131,43 @@ async def test_declared_counts_are_trusted_and_only_new_messages_are_counted(
         async for _ in proxy.stub.StreamChat(bad, metadata=METADATA):  # type: ignore[attr-defined]
             pass
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_system_prompt_is_counted_once_for_every_session(
+    start_proxy: StartProxy, monkeypatch: object
+) -> None:
+    """Every session of an agent sends the same system prompt uncounted on
+    its first call; the proxy tokenizes it once and reports the same count
+    to every session."""
+    import litellm
+
+    encoded: list[str] = []
+    real = litellm.encode
+
+    def encoding(*args: object, **kwargs: object) -> object:
+        encoded.append(str(kwargs.get("text", "")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(litellm, "encode", encoding)  # type: ignore[attr-defined]
+    proxy = await start_proxy(SMALL_WINDOW)
+    system = message("system", "You are the agent of session-independent test 7.")
+
+    async def counts(question: str) -> list[int]:
+        request = llmproxy_pb2.StreamChatRequest(
+            model="small",
+            messages=[system, message("user", question)],
+            max_tokens=50,
+            token_counts=[0, 0],
+        )
+        responses = proxy.stub.StreamChat(request, metadata=METADATA)  # type: ignore[attr-defined]
+        ends = [list(r.end.token_counts) async for r in responses if r.HasField("end")]
+        return ends[0]
+
+    encoded.clear()
+    first = await counts("first session")
+    second = await counts("second session")
+    assert first[0] == second[0] > 0
+    assert [text for text in encoded if "session-independent" in text] == [
+        "You are the agent of session-independent test 7. "
+    ], "the system prompt is tokenized once"
+    assert len(encoded) == 3, "each session's own message is still counted"
