@@ -32,6 +32,22 @@ async def prompt_tokens(proxy: object, messages: list[llmproxy_pb2.ChatMessage])
     return ends[0].usage.prompt_tokens
 
 
+@pytest.fixture
+def encoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts LiteLLM's tokenizer is asked to encode, in order (it still encodes them)."""
+    import litellm
+
+    texts: list[str] = []
+    real = litellm.encode
+
+    def encoding(*args: object, **kwargs: object) -> object:
+        texts.append(str(kwargs.get("text", "")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(litellm, "encode", encoding)
+    return texts
+
+
 async def test_old_turns_are_dropped_to_fit_and_calls_stay_with_results(
     start_proxy: StartProxy,
 ) -> None:
@@ -86,21 +102,11 @@ async def test_a_request_that_surely_fits_is_not_tokenized(
 
 
 async def test_declared_counts_are_trusted_and_only_new_messages_are_counted(
-    start_proxy: StartProxy, monkeypatch: object
+    start_proxy: StartProxy, encoded: list[str]
 ) -> None:
     """A caller that keeps each message's count (the runtime) sends it; the
     proxy tokenizes only the messages sent with 0, reports their counts, and
     fits the window by the counts: the history's length costs it nothing."""
-    import litellm
-
-    encoded: list[str] = []
-    real = litellm.encode
-
-    def encoding(*args: object, **kwargs: object) -> object:
-        encoded.append(str(kwargs.get("text", "")))
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(litellm, "encode", encoding)  # type: ignore[attr-defined]
     proxy = await start_proxy(SMALL_WINDOW)
     history = [message("user", f"old question {i}") for i in range(30)]
     latest = message("user", "what now?")
@@ -134,21 +140,11 @@ async def test_declared_counts_are_trusted_and_only_new_messages_are_counted(
 
 
 async def test_a_system_prompt_is_counted_once_for_every_session(
-    start_proxy: StartProxy, monkeypatch: object
+    start_proxy: StartProxy, encoded: list[str]
 ) -> None:
     """Every session of an agent sends the same system prompt uncounted on
     its first call; the proxy tokenizes it once and reports the same count
     to every session."""
-    import litellm
-
-    encoded: list[str] = []
-    real = litellm.encode
-
-    def encoding(*args: object, **kwargs: object) -> object:
-        encoded.append(str(kwargs.get("text", "")))
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(litellm, "encode", encoding)  # type: ignore[attr-defined]
     proxy = await start_proxy(SMALL_WINDOW)
     system = message("system", "You are the agent of session-independent test 7.")
 
