@@ -311,7 +311,7 @@ class McpTools:
                 return listed
             try:
                 async with asyncio.timeout(server.connect_timeout):
-                    listed = await self._fetch(server)
+                    listed = await self._fetch_twice(server)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -320,6 +320,19 @@ class McpTools:
                 listed = _Listed(failed_at=time.monotonic())
             self._listed[server.name] = listed
             return listed
+
+    async def _fetch_twice(self, server: McpServer) -> _Listed:
+        """:meth:`_fetch`, connecting once more if the first connection fails
+        (a stdio server that died at its start, a dropped HTTP connection):
+        one lost start would otherwise hide its tools for :data:`RETRY_AFTER`."""
+        try:
+            return await self._fetch(server)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._connections[server.name].reset()
+            log.warning("mcp_connect_retried", server=server.name, error=_describe(exc))
+        return await self._fetch(server)
 
     async def _fetch(self, server: McpServer) -> _Listed:
         client = await self._connections[server.name].client()

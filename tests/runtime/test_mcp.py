@@ -199,6 +199,29 @@ async def test_a_call_that_takes_too_long_is_a_tool_error_and_the_server_is_used
         await executors.close()
 
 
+@pytest.mark.timeout(120)
+async def test_a_server_whose_first_start_dies_is_started_again_at_once(tmp_path: Path) -> None:
+    """A stdio server that exits at its first start (the marker file says it
+    happened) is connected on a second start within the same listing."""
+    marker = tmp_path / "first-start"
+    script = (
+        f'if [ ! -e "{marker}" ]; then touch "{marker}"; exit 1; fi; '
+        f'exec "{sys.executable}" -m tests.mcp_server'
+    )
+    flaky = McpServer("flaky", command="/bin/sh", args=("-c", script), connect_timeout=120)
+    executors = Executors([McpTools((flaky,))])
+    try:
+        await executors.prepare("coder")
+        assert marker.exists(), "the first start ran and exited"
+        assert "mcp__flaky__add" in executors.offered("coder")
+        assert await executors.run(execution("mcp__flaky__add", a=2, b=5)) == (
+            {"result": {"content": "7"}},
+            "completed",
+        )
+    finally:
+        await executors.close()
+
+
 async def test_a_server_that_cannot_start_offers_nothing_and_its_calls_fail() -> None:
     down = McpServer("down", command=str(ROOT / "no-such-mcp-server"), connect_timeout=30)
     executors = Executors([McpTools((down,))])
