@@ -108,6 +108,9 @@ async def test_deltas_arriving_apart_go_out_one_by_one(
             break
     call.cancel()
     assert texts == ["word "] * 5
+    # The upstream stream ends with the call (not at the test server's stop,
+    # which would wait for it).
+    assert await asyncio.to_thread(openai_server.stream_closed.wait, 10)
 
 
 async def test_tool_call_streams_as_fragments(
