@@ -4,12 +4,14 @@ On first run it creates, under ``.codelab/`` (or ``$CODELAB_HOME``): the
 internal credential, the auth service's signing key and database, the
 runtime's database, and a dev user whose password and a fresh access token
 are written next to them. Every run applies pending schema migrations and
-registers the CodeLab IDE's OAuth client (``codelab-flutter-app``). Then it
-starts llmproxy, runtime, auth and gateway, and the front door (Caddy, from
-the ``caddyserver`` package, with the repository's ``Caddyfile``) on
-``CODELAB_FRONT_PORT`` (8080; 0: none): one base URL for the IDE. It waits
-until each is healthy, prints how to connect, and stops them all on Ctrl-C
-or SIGTERM.
+registers the CodeLab IDE's OAuth client (``codelab-flutter-app``), the two
+services' in parallel, while llmproxy (which needs no database) starts. Then
+it starts runtime, auth and gateway, and the front door (Caddy, from the
+``caddyserver`` package, with the repository's ``Caddyfile``) on
+``CODELAB_FRONT_PORT`` (8080; 0: none): one base URL for the IDE, all side
+by side. It waits until each is healthy, prints how to connect, and stops
+them all on Ctrl-C or SIGTERM (one during the migrations stops them once
+they are done).
 
 Any ``GATEWAY__*``, ``AGENT_RUNTIME__*``, ``LLM_PROXY__*`` or
 ``AUTH_SERVICE__*`` variable already set in the environment wins over the
