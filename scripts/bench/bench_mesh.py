@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -780,7 +781,7 @@ def profile(
     running = start_profiles({n: m.pids[n] for n in ("gateway", "runtime", "llmproxy")}, workdir)
     if not running:
         return "py-spy not installed"
-    once = Scenario(f"{s.name}-profiled", s.title, s.sessions, s.turns, s.tokens, s.delay)
+    once = dataclasses.replace(s, name=f"{s.name}-profiled")
     headers = {"Authorization": f"Bearer {m.token}"}
     services = grouped(m.pids, ("gateway", "runtime", "llmproxy"))
     report["profiled_scenario"] = s.title

@@ -215,12 +215,15 @@ STACK_MODELS = {
 tokens 10 ms apart: a turn long enough to be cut by a kill)."""
 
 
-def stack_llmproxy(mesh: Mesh, home: Path) -> Service:
-    """An llmproxy serving :data:`STACK_MODELS`, on a port of its own."""
+@pytest.fixture(scope="package")
+def shared_llmproxy(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One llmproxy serving :data:`STACK_MODELS` for every :class:`Stack` of
+    the package: it keeps no state of its own, and importing LiteLLM is most
+    of a stack's start. Its address."""
     port = free_port()
-    config = home / "litellm.yaml"
+    config = tmp_path_factory.mktemp("stack-llmproxy") / "litellm.yaml"
     config.write_text(yaml.safe_dump(STACK_MODELS))
-    return module_service(
+    proxy = module_service(
         "llmproxy",
         {
             **os.environ,
@@ -231,46 +234,28 @@ def stack_llmproxy(mesh: Mesh, home: Path) -> Service:
         },
         grpc_healthy(f"127.0.0.1:{port}"),
     )
-
-
-def service_port(service: Service) -> int:
-    assert service.env is not None
-    return int(service.env["LLM_PROXY__PORT"])
-
-
-@pytest.fixture(scope="package")
-def shared_llmproxy(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One llmproxy for every :class:`Stack` of the package: it keeps no
-    state of its own, and importing LiteLLM is most of a stack's start.
-    Its address."""
-    proxy = stack_llmproxy(mesh, tmp_path_factory.mktemp("stack-llmproxy"))
     proxy.start()
     try:
-        yield f"127.0.0.1:{service_port(proxy)}"
+        yield f"127.0.0.1:{port}"
     finally:
         proxy.stop()
 
 
 class Stack:
     """A runtime and a gateway of our own, wired to the mesh's auth and to
-    ``llmproxy`` (an address, usually :func:`shared_llmproxy`'s; None: an
-    llmproxy of the stack's own, started and stopped with it)."""
+    the llmproxy at ``llmproxy`` (:func:`shared_llmproxy`'s)."""
 
     def __init__(
         self,
         mesh: Mesh,
-        home: Path,
         database: str,
+        llmproxy: str,
         runtime_env: dict[str, str] | None = None,
-        llmproxy: str | None = None,
     ) -> None:
         self.database = database
         self.gateway_port, self.runtime_port = free_port(), free_port()
         runtime_port = self.runtime_port
-        self.llmproxy = stack_llmproxy(mesh, home) if llmproxy is None else None
-        if self.llmproxy is not None:
-            llmproxy = f"127.0.0.1:{service_port(self.llmproxy)}"
-        key = mesh.internal_key
+        self._key = key = mesh.internal_key
         base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         self.runtime = module_service(
             "runtime",
@@ -278,7 +263,7 @@ class Stack:
                 **base,
                 "AGENT_RUNTIME__PORT": str(runtime_port),
                 "AGENT_RUNTIME__INTERNAL_API_KEY": key,
-                "AGENT_RUNTIME__LLM_PROXY_ADDRESS": str(llmproxy),
+                "AGENT_RUNTIME__LLM_PROXY_ADDRESS": llmproxy,
                 "AGENT_RUNTIME__DATABASE_URL": database,
                 "AGENT_RUNTIME__AGENT_MODELS": "ask=offline-slow",
                 **(runtime_env or {}),
@@ -297,34 +282,21 @@ class Stack:
             },
             http_healthy(f"http://127.0.0.1:{self.gateway_port}/health"),
         )
-        self._key = key
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.gateway_port}"
 
     def start(self) -> None:
-        """Migrate the database the way operators do, then start the
-        services side by side (an own llmproxy from the first moment, since
-        it needs no database)."""
-        own = [self.llmproxy] if self.llmproxy is not None else []
-        with contextlib.ExitStack() as failing:
-            for service in own:
-                service.launch()
-                failing.callback(stop_if_running, service)
-            migrate_runtime(self.database, self._key)
-            start_all(*own, self.runtime, self.gateway)
-            failing.pop_all()
+        """Migrate the database the way operators do, then start the runtime
+        and the gateway side by side."""
+        migrate_runtime(self.database, self._key)
+        start_all(self.runtime, self.gateway)
 
     def stop(self) -> None:
-        for service in (self.gateway, self.runtime, self.llmproxy):
-            if service is not None and service.running:
+        for service in (self.gateway, self.runtime):
+            if service.running:
                 service.stop()
-
-
-def stop_if_running(service: Service) -> None:
-    if service.running:
-        service.stop(signal.SIGKILL)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -337,7 +309,7 @@ def stack(
             database = f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}"
         else:
             database = cleanup.enter_context(fresh_postgres_sync("test_persist"))
-        own = Stack(mesh, tmp_path, database, llmproxy=shared_llmproxy)
+        own = Stack(mesh, database, shared_llmproxy)
         cleanup.callback(own.stop)
         own.start()
         yield own

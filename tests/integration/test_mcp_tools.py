@@ -73,10 +73,9 @@ def mcp_stack(
             database = cleanup.enter_context(fresh_postgres_sync("test_mcp"))
         own = Stack(
             mesh,
-            tmp_path,
             database,
+            shared_llmproxy,
             {"AGENT_RUNTIME__MCP_SERVERS": str(tmp_path / "mcp.json")},
-            llmproxy=shared_llmproxy,
         )
         cleanup.callback(own.stop)
         own.start()
