@@ -676,6 +676,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = {n: s for n, s in full.items() if not only or n in only}
     # A run of some scenarios only measures them: no idle connections unless asked.
     idle_count = args.idle or (0 if only else 2000 if args.quick else 10_000)
+    if args.profile_scenario not in full:
+        raise SystemExit(f"--profile-scenario: one of {', '.join(full)}")
     profiling = "" if args.no_profile else args.profile_scenario
     if profiling and profiling not in plan:
         profiling = ""
@@ -724,8 +726,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with mesh(workdir, "unpaced", wide.tokens, 0.0) as m:
                 report["mesh_pids"] = m.pids
                 on_mesh(m, ["single", "wide"], "mesh")
-                if profiling == "wide":
-                    report["profile"] = profile(m, wide, workdir, warmup, turn, report)
+                if profiling in ("single", "wide"):
+                    report["profile"] = profile(m, full[profiling], workdir, warmup, turn, report)
         if "paced" in plan:
             print("(b) mesh, paced", flush=True)
             with mesh(workdir, "paced", paced.tokens, paced.delay) as m:
@@ -736,8 +738,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print("(b) mesh, short turns, SQLite", flush=True)
             with mesh(workdir, "short-sqlite", short.tokens, 0.0) as m:
                 on_mesh(m, ["short", "ttft"], "mesh")
-                if profiling == "short":
-                    report["profile"] = profile(m, short, workdir, warmup, turn, report)
+                if profiling in ("short", "ttft"):
+                    report["profile"] = profile(m, full[profiling], workdir, warmup, turn, report)
                 if idle_count:
                     report["idle_mesh"] = idle(
                         m.url,
