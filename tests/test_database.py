@@ -28,7 +28,9 @@ async def test_sqlite_bursts_reuse_the_connections_they_opened(tmp_path: Path) -
     def _closed(dbapi_connection: Any, _record: Any) -> None:
         closed.append(dbapi_connection)
 
-    threads_before = threading.active_count()
+    # Threads are compared by identity: one that an earlier test left
+    # running may end meanwhile, and a count would then come out short.
+    threads_before = set(threading.enumerate())
     holding: list[None] = []
     full = asyncio.Event()
 
@@ -51,7 +53,8 @@ async def test_sqlite_bursts_reuse_the_connections_they_opened(tmp_path: Path) -
         assert after_first == SQLITE_POOL_SIZE
         assert len(opened) == SQLITE_POOL_SIZE
         assert closed == []
-        assert threading.active_count() - threads_before == SQLITE_POOL_SIZE
+        started = [t for t in threading.enumerate() if t not in threads_before]
+        assert len(started) == SQLITE_POOL_SIZE
     finally:
         await engine.dispose()
 
