@@ -60,6 +60,7 @@ from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.mcp import McpServer, McpTools, load_servers
 from runtime.metrics import RuntimeMetrics
+from runtime.resting import DEFAULT_RESTING_HISTORY_MB
 from runtime.rules import MAX_AUTO_APPROVALS_PER_TURN, OperatorLimits
 from runtime.schema import VERSION_TABLE
 from runtime.search import CodebaseSearch
@@ -174,6 +175,10 @@ class RuntimeConfig:
     """sessions, history, approvals, event log (PostgreSQL: postgresql+asyncpg://...)"""
     detach_grace: float = 10.0
     """seconds a streaming turn goes on with no IDE attached before it is cancelled"""
+    resting_history_mb: int = setting(DEFAULT_RESTING_HISTORY_MB, check=not_negative)
+    """MiB of history a replica keeps in memory for sessions between turns (an IDE left open);
+    past it, the sessions idle longest let theirs go and read it back from the database at their
+    next event; 0: every idle session's, within seconds"""
     subscriber_queue: int = 1024
     """events buffered per stream; a stream further behind catches up from the log"""
     max_replay: int = 100_000
@@ -313,6 +318,7 @@ async def serve(
                 frozenset(config.user_models or (config.llm_model,)),
             ),
             detach_grace=config.detach_grace,
+            resting_history_bytes=config.resting_history_mb * 2**20,
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
         )

@@ -86,6 +86,14 @@ class Condenser:
         through, position, text = self._summary
         return [*history[through:position], *history[position + 1 :]], text
 
+    def forget(self) -> None:
+        """Let the prompt kept for the history go (the session rests,
+        :mod:`runtime.resting`); the next call builds it again. The last
+        prompt's usage stays: it decides whether the next turn condenses."""
+        usage = self.window.usage
+        self.window = ContextWindow()
+        self.window.usage = usage
+
     def due(self) -> bool:
         """Whether the last prompt filled more than the threshold of the window."""
         usage = self.window.usage

@@ -19,7 +19,8 @@ restart's interruption and a lost lease.
 The turn is event-driven: while tool calls wait for the IDE or a human,
 nothing runs; the answer that completes the set starts the next model call.
 So a turn that waits survives a runtime restart: its calls are in the
-database and are offered again when the IDE reconnects.
+database and are offered again when the IDE reconnects. Between turns, the
+history may leave memory and come back at the next event (:mod:`runtime.resting`).
 
 Durability: every durable event is written (with the rest of its step)
 before it is sent, in one transaction per step; text deltas are sent at once
@@ -35,7 +36,7 @@ from collections.abc import Callable
 import structlog
 
 from mesh import tracing
-from runtime import answers, notices, offers, policy, reruns, routing, subcalls, undo
+from runtime import answers, notices, offers, policy, reruns, resting, routing, subcalls, undo
 from runtime.commands import (
     STRICT,
     ApprovalDecision,
@@ -123,6 +124,7 @@ class Conversation:
         self._task: asyncio.Task[None] | None = None
         self._detach_timer: asyncio.TimerHandle | None = None
         self._detach_task: asyncio.Task[None] | None = None
+        self.history = resting.Keeper(session, store, metrics.histories_recalled.inc)
 
     # -- subscribers -----------------------------------------------------------
 
@@ -135,6 +137,17 @@ class Conversation:
     def _task_running(self) -> bool:
         """A model call or a call the runtime runs itself (:mod:`runtime.executions`)."""
         return (self._task is not None and not self._task.done()) or self.executions.running
+
+    @property
+    def can_rest(self) -> bool:
+        """No turn runs or waits, no event is handled, the history is in memory."""
+        busy = self.history.held or self.turn_running or self._task_running
+        return not busy and self.session.resting is None
+
+    def rest(self) -> None:
+        """Let the history go from memory (:mod:`runtime.resting`); see :attr:`can_rest`."""
+        resting.forget(self.session)
+        self.context.forget()
 
     def subscribe(self) -> Subscriber:
         """Attach a stream to the session's events (a detached turn goes on)."""
@@ -193,38 +206,39 @@ class Conversation:
     ) -> None:
         """React to one client event of a stream whose client is ``client``;
         returns without waiting for a model call."""
-        dispatcher = self._dispatcher
-        match event:
-            case UserMessage():
-                await self._on_user_message(event, request_id, client)
-            case CancelTurn():
-                await self._on_cancel()
-            case ToolResult():
-                await self._go_on(answers.on_tool_result(dispatcher, event, client))
-            case ApprovalDecision():
-                await self._on_approval(event, client)
-            case SwitchAgent():
-                await self._on_switch_agent(event, request_id, client)
-            case PlanApproval():
-                await self._go_on(answers.on_plan_approval(dispatcher, event))
-            case FileChanged():
-                self._on_file_changed(event)
-            case Undo():
-                await self._on_undo(event, request_id, client)
-            case SetModel():
-                await self._on_set_model(event.model)
-            case Retry() | EditMessage() | Fork():
-                await reruns.on_event(self, self._store, event, request_id, client)
-            case Condense() if self.turn_running:
-                dispatcher.refuse("turn_in_progress", "cannot condense during a turn", True)
-            case Condense():
-                condensing = self.context.on_request(
-                    dispatcher, self.stream, self._model(), request_id
-                )
-                self._task = asyncio.create_task(condensing)
-            case Environment():
-                # The model calls from now on are told (runtime.prompts).
-                self.session.environment = event
+        async with self.history.hold():
+            dispatcher = self._dispatcher
+            match event:
+                case UserMessage():
+                    await self._on_user_message(event, request_id, client)
+                case CancelTurn():
+                    await self._on_cancel()
+                case ToolResult():
+                    await self._go_on(answers.on_tool_result(dispatcher, event, client))
+                case ApprovalDecision():
+                    await self._on_approval(event, client)
+                case SwitchAgent():
+                    await self._on_switch_agent(event, request_id, client)
+                case PlanApproval():
+                    await self._go_on(answers.on_plan_approval(dispatcher, event))
+                case FileChanged():
+                    self._on_file_changed(event)
+                case Undo():
+                    await self._on_undo(event, request_id, client)
+                case SetModel():
+                    await self._on_set_model(event.model)
+                case Retry() | EditMessage() | Fork():
+                    await reruns.on_event(self, self._store, event, request_id, client)
+                case Condense() if self.turn_running:
+                    dispatcher.refuse("turn_in_progress", "cannot condense during a turn", True)
+                case Condense():
+                    condensing = self.context.on_request(
+                        dispatcher, self.stream, self._model(), request_id
+                    )
+                    self._task = asyncio.create_task(condensing)
+                case Environment():
+                    # The model calls from now on are told (runtime.prompts).
+                    self.session.environment = event
 
     async def _go_on(self, next_: Next) -> None:
         """Write what a step changed; start the model call that follows, if one does."""
@@ -255,18 +269,14 @@ class Conversation:
     ) -> None:
         refuse = self._dispatcher.refuse
         if self.turn_running:
-            if self.session.pending:
-                refuse(
-                    "tool_calls_pending",
-                    "tool calls are waiting for results or approval; answer them or cancel",
-                    retryable=True,
-                )
-            else:
-                refuse(
-                    "turn_in_progress",
-                    "a turn is already running; cancel it or wait for is_final",
-                    retryable=True,
-                )
+            pending = bool(self.session.pending)
+            refuse(
+                "tool_calls_pending" if pending else "turn_in_progress",
+                "tool calls are waiting for results or approval; answer them or cancel"
+                if pending
+                else "a turn is already running; cancel it or wait for is_final",
+                retryable=True,
+            )
             return
         if event.role != "user":
             refuse("invalid_frame", f"role must be user, not {event.role!r}")
@@ -304,11 +314,12 @@ class Conversation:
         """
         if self.turn_running:
             raise Precondition("cannot undo during a turn; cancel it or wait for it to end")
-        checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
-        next_, first = subcalls.start_undo(
-            self._dispatcher, checkpoints, turn_id, request_id, client
-        )
-        await self._go_on(next_)
+        async with self.history.hold():
+            checkpoints = await self._store.checkpoints.of_session(self.session.session_id)
+            next_, first = subcalls.start_undo(
+                self._dispatcher, checkpoints, turn_id, request_id, client
+            )
+            await self._go_on(next_)
         return first
 
     async def rerun(
@@ -316,7 +327,8 @@ class Conversation:
     ) -> SessionChanged:
         """Branch the history and run again (:func:`runtime.reruns.rerun`, which says what
         it raises)."""
-        return await reruns.rerun(self, self._store, event, request_id, client)
+        async with self.history.hold():
+            return await reruns.rerun(self, self._store, event, request_id, client)
 
     @property
     def client(self) -> ClientOptions:
@@ -439,7 +451,10 @@ class Conversation:
         """Model calls until the turn ends or waits for tool results."""
         attributes = {"session.id": self.session.session_id, "agent": self.session.agent}
         with _tracer.start_as_current_span("turn", attributes=attributes):
-            await self._advance_traced()
+            try:
+                await self._advance_traced()
+            finally:
+                self.history.touch()
 
     async def _advance_traced(self) -> None:
         dispatcher = self._dispatcher

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from mesh.ids import SESSION_ID, SESSION_ID_RULE
-from runtime import reruns
+from runtime import reruns, resting
 from runtime.agents import Roster
 from runtime.conversation import Conversation
 from runtime.errors import (
@@ -120,6 +120,19 @@ class SessionHub:
                     log.warning("lease_lost", session_id=session_id)
                     await conversation.abandon()
                     await self._executors.release(session_id)
+            self.rest_idle()
+
+    def rest_idle(self) -> int:
+        """Put to rest the sessions idle longest while the others that could
+        rest hold more than the operator's bound (every lease renewal);
+        how many were (:mod:`runtime.resting`)."""
+        budget = self._settings.resting_history_bytes
+        rested = resting.put_to_rest(self._live.values(), budget)
+        if rested:
+            log.debug("sessions_rested", count=rested, live=len(self._live))
+            if self._metrics is not None:
+                self._metrics.histories_rested.inc(rested)
+        return rested
 
     @property
     def store(self) -> Store:
@@ -313,7 +326,8 @@ class SessionHub:
             await self.owned(session_id, owner)
             live = self._live.get(session_id)
             if live is not None:
-                return await reruns.restore(live, self._store, branch, keep_changes)
+                async with live.history.hold():
+                    return await reruns.restore(live, self._store, branch, keep_changes)
             async with self._leased(session_id):
                 number, position, _ = await self._store.branches.restore(
                     session_id, branch, keep_changes=keep_changes

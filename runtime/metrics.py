@@ -68,6 +68,16 @@ class RuntimeMetrics:
             ["tool", "decision"],
             registry=registry,
         )
+        self.histories_rested = Counter(
+            "codelab_runtime_histories_rested",
+            "Idle sessions' histories let go from memory (AGENT_RUNTIME__RESTING_HISTORY_MB).",
+            registry=registry,
+        )
+        self.histories_recalled = Counter(
+            "codelab_runtime_histories_recalled",
+            "Resting sessions' histories read back from the database at their next event.",
+            registry=registry,
+        )
         self.db_commit = Histogram(
             "codelab_runtime_db_commit_seconds",
             "Duration of one step's transaction (events, messages, calls).",

@@ -288,7 +288,7 @@ class AgentRuntimeServicer(BranchRpcs, runtime_pb2_grpc.AgentRuntimeServiceServi
         if live is not None:
             # The row's agent and count trail a turn in flight by one step.
             session = live.session
-            row = replace(row, agent=session.agent, message_count=len(session.messages))
+            row = replace(row, agent=session.agent, message_count=session.message_count)
         return runtime_pb2.GetSessionResponse(session=session_proto(row))
 
     @_mapped

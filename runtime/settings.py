@@ -10,6 +10,7 @@ from runtime.agent_files import ProjectLimits
 from runtime.agents import BUILT_IN, Roster
 from runtime.condense import DEFAULT_THRESHOLD
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
+from runtime.resting import DEFAULT_RESTING_HISTORY_MB
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
 
@@ -36,5 +37,9 @@ class ConversationSettings:
     catches up from the log (see :class:`Subscriber`)."""
     max_replay: int = 100_000
     """A client further behind than this many events is told to reload instead."""
+    resting_history_bytes: int = DEFAULT_RESTING_HISTORY_MB * 2**20
+    """Bytes of resting sessions' histories a replica keeps in memory; past
+    it, those that rested longest are read back at their next event
+    (:mod:`runtime.resting`)."""
     condense_threshold: int = DEFAULT_THRESHOLD
     """Percent of the window a prompt fills before older turns are summarized; 0: never."""

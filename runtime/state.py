@@ -128,6 +128,16 @@ class Session:
     """The model group the user chose for every model call of the session
     (:mod:`runtime.models`); "": each agent's default."""
 
+    resting: int | None = None
+    """While the session rests (:mod:`runtime.resting`): how many messages
+    its history holds, which are then not in memory (``messages`` and
+    ``message_agents`` are empty); None while they are."""
+
+    @property
+    def message_count(self) -> int:
+        """How many messages the history holds, in memory or resting."""
+        return len(self.messages) if self.resting is None else self.resting
+
     def next_seq(self) -> int:
         self.last_seq += 1
         return self.last_seq

@@ -196,7 +196,7 @@ class EventStream:
                 last_seq=session.last_seq,
                 agent=session.agent,
                 state=session.state,
-                message_count=len(session.messages),
+                message_count=session.message_count,
             )
         return self._step
 
@@ -245,7 +245,7 @@ class EventStream:
         step.last_seq = session.last_seq
         step.agent = session.agent
         step.state = session.state
-        step.message_count = len(session.messages)
+        step.message_count = session.message_count
         step.title = session.title or None
         if session.state == "running" and session.seq_reserved - session.last_seq < SEQ_RESERVE_LOW:
             # Model calls follow: reserve their deltas' seqs in this write,

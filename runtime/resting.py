@@ -1,0 +1,151 @@
+"""Resting sessions: their histories out of memory until their next turn.
+
+A session stays live in its replica while any stream is attached to it, and
+an IDE keeps its stream open all day: without a bound, a replica would hold
+the whole history of every session open in any IDE. A session *rests* when
+no turn runs and no call waits. :class:`SessionHub` keeps at most
+``AGENT_RUNTIME__RESTING_HISTORY_MB`` of resting sessions' histories in
+memory: past it, the sessions that have rested longest let theirs go
+(:meth:`~runtime.conversation.Conversation.rest`), and the next client event
+of such a session reads it back from the database first
+(:meth:`~runtime.conversation.Conversation.wake`), before anything looks at
+it. What a resting session keeps is small and bounded: its numbering, the
+calls it answered, its plans, what the IDE told it.
+
+The history is the database's: every message is written before a turn goes
+on, so what comes back is what was dropped. What is lost is what the
+process learnt about it, which costs one call to learn again: the token
+counts the proxy made of each message (the next prompt sends them
+uncounted) and the encoded prompt entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Protocol
+
+import structlog
+
+from runtime.llm import ChatMessage
+from runtime.state import Session, message_from_record
+from runtime.store import Store
+
+log = structlog.get_logger("runtime.resting")
+
+DEFAULT_RESTING_HISTORY_MB = 16
+"""``AGENT_RUNTIME__RESTING_HISTORY_MB``'s default."""
+
+MESSAGE_OVERHEAD_BYTES = 350
+"""What one message of a history costs in memory besides its text (its
+objects, its encoded prompt entry, its counts), measured with tracemalloc
+on short messages (tests/runtime/test_resting.py checks the estimate)."""
+
+TEXT_COPIES = 2
+"""A message's text is held twice: as a string and in its encoded prompt entry."""
+
+
+def footprint(messages: Sequence[ChatMessage]) -> int:
+    """About how many bytes ``messages`` hold in memory as a live history."""
+    text = 0
+    for message in messages:
+        text += len(message.content)
+        for call in message.tool_calls:
+            text += len(call.name) + len(call.arguments_json) + len(call.call_id)
+    return len(messages) * MESSAGE_OVERHEAD_BYTES + TEXT_COPIES * text
+
+
+def forget(session: Session) -> None:
+    """Drop ``session``'s history from memory; :func:`recall` reads it back."""
+    session.resting = len(session.messages)
+    session.messages.clear()
+    session.message_agents.clear()
+
+
+async def recall(session: Session, store: Store) -> None:
+    """Read a resting ``session``'s history back from ``store``."""
+    records = await store.history(session.session_id)
+    if len(records) != session.resting:
+        # Only this replica writes the session while it holds the lease,
+        # and it wrote every message it had: a bug, not a race. The
+        # database is the history; what comes next is numbered after it.
+        log.error(
+            "resting_history_mismatch",
+            session_id=session.session_id,
+            rested=session.resting,
+            stored=len(records),
+        )
+    session.messages.extend(message_from_record(record) for record in records)
+    session.message_agents.extend(record.agent for record in records)
+    session.resting = None
+
+
+class Keeper:
+    """A live session's hold on its history: :meth:`hold` reads it back if
+    it rested and keeps it from resting until the block ends."""
+
+    def __init__(
+        self, session: Session, store: Store, recalled: Callable[[], None] = lambda: None
+    ) -> None:
+        self._session = session
+        self._store = store
+        self._recalled = recalled
+        self._holds = 0
+        self._reading = asyncio.Lock()
+        self.active_at = time.monotonic()
+        """When the session was last active (a client event, a turn's end)."""
+
+    @property
+    def held(self) -> bool:
+        return self._holds > 0
+
+    def touch(self) -> None:
+        self.active_at = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        self._holds += 1
+        try:
+            async with self._reading:
+                if self._session.resting is not None:
+                    await recall(self._session, self._store)
+                    self._recalled()
+            yield
+        finally:
+            self._holds -= 1
+            self.touch()
+
+
+class Rests(Protocol):
+    """A live session as :func:`put_to_rest` sees it (a Conversation)."""
+
+    session: Session
+    history: Keeper
+
+    @property
+    def can_rest(self) -> bool: ...
+
+    def rest(self) -> None: ...
+
+
+def put_to_rest(live: Iterable[Rests], budget: int) -> int:
+    """Rest the sessions of ``live`` that rested longest until the histories
+    of the others that could rest hold at most ``budget`` bytes; how many
+    were put to rest. A session that cannot rest (a turn runs, a call
+    waits) is neither counted nor touched."""
+    awake = [
+        (conversation, footprint(conversation.session.messages))
+        for conversation in live
+        if conversation.can_rest
+    ]
+    held = sum(size for _, size in awake)
+    rested = 0
+    for conversation, size in sorted(awake, key=lambda pair: pair[0].history.active_at):
+        if held <= budget:
+            break
+        conversation.rest()
+        held -= size
+        rested += 1
+    return rested

@@ -1,0 +1,87 @@
+"""A session open in an IDE lets its history go between turns and gets it back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ide.connection import IdeConnection
+from ide.turns import IdeSession
+from ide.workspace import Workspace
+from tests.conftest import free_port
+from tests.integration.conftest import Mesh, Stack
+from tests.integration.test_observability import scrape, total
+
+
+@pytest.fixture
+def resting_stack(mesh: Mesh, shared_llmproxy: str, tmp_path: Path) -> Iterator[Stack]:
+    """A runtime that keeps no idle history (a budget of 0), checked every 0.3 s."""
+    metrics_port = free_port()
+    own = Stack(
+        mesh,
+        f"sqlite+aiosqlite:///{tmp_path / 'runtime.db'}",
+        shared_llmproxy,
+        {
+            "AGENT_RUNTIME__RESTING_HISTORY_MB": "0",
+            "AGENT_RUNTIME__LEASE_TTL": "0.9",
+            "AGENT_RUNTIME__METRICS_PORT": str(metrics_port),
+        },
+    )
+    own.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
+    try:
+        own.start()
+        yield own
+    finally:
+        own.stop()
+
+
+async def counted(url: str, name: str, at_least: int) -> float:
+    """The runtime's counter ``name`` once it reaches ``at_least`` (10 s at most)."""
+    for _ in range(100):
+        value = total(await asyncio.to_thread(scrape, url), name)
+        if value >= at_least:
+            return value
+        await asyncio.sleep(0.1)
+    return value
+
+
+async def test_an_open_sessions_history_rests_between_turns_and_comes_back(
+    resting_stack: Stack, mesh: Mesh, tmp_path: Path
+) -> None:
+    metrics = resting_stack.metrics_url  # type: ignore[attr-defined]
+    session_id = f"rest-{uuid.uuid4().hex[:10]}"
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    async with IdeConnection(resting_stack.ws_url, session_id, mesh.token) as connection:
+        assert (await connection.next_frame())["type"] == "session_info"
+        ide = IdeSession(connection, Workspace(workspace))
+        first = await ide.say("write notes.txt: first line")
+        assert first.status == "completed"
+        assert (workspace / "notes.txt").read_text().startswith("first line")
+        # The connection stays open: the session is live, idle, and rests.
+        assert await counted(metrics, "codelab_runtime_histories_rested_total", 1) >= 1
+        assert (
+            total(
+                await asyncio.to_thread(scrape, metrics), "codelab_runtime_histories_recalled_total"
+            )
+            == 0
+        )
+        second = await ide.say("read notes.txt")
+        assert second.status == "completed"
+        assert await counted(metrics, "codelab_runtime_histories_recalled_total", 1) >= 1
+    async with httpx.AsyncClient(timeout=10) as client:
+        reply = await client.get(
+            f"http://127.0.0.1:{resting_stack.gateway_port}/api/v1/sessions/{session_id}/history",
+            headers={"Authorization": f"Bearer {mesh.token}"},
+        )
+    assert reply.status_code == 200
+    messages = reply.json()["messages"]
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assert users[:1] == ["write notes.txt: first line"]
+    assert "read notes.txt" in users
+    assert messages[0]["content"] == "write notes.txt: first line"

@@ -1,0 +1,251 @@
+"""Resting sessions: histories out of memory between turns, read back at the next event."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from runtime.commands import FileChanged, Retry, ToolResult, UserMessage
+from runtime.context import ContextWindow
+from runtime.conversation import Conversation
+from runtime.events import ToolCallEvent, TurnDone
+from runtime.hub import SessionHub
+from runtime.llm import ChatMessage, TextChunk, ToolCallRequest
+from runtime.resting import footprint
+from runtime.settings import ConversationSettings
+from runtime.store import Store
+from runtime.stream import Subscriber
+from tests.runtime.test_conversation import ScriptedLlm, call, until
+
+
+def resting_hub(store: Store, llm: Any, budget: int) -> SessionHub:
+    settings = ConversationSettings(model="m", resting_history_bytes=budget)
+    return SessionHub(store, llm, settings, default_agent="coder", replica="r1", lease_ttl=60)
+
+
+def tool_turn_script(turns: int) -> list[list[Any]]:
+    """Each turn: a read_file call, then an answer naming the turn."""
+    script: list[list[Any]] = []
+    for number in range(turns):
+        script += [[call("read_file", path=f"f{number}.txt")], [TextChunk(f"answer {number}")]]
+    return script
+
+
+def normalized(prompts: list[list[ChatMessage]]) -> list[list[tuple[Any, ...]]]:
+    """The prompts with each call id (the runtime makes them) as its order of appearance."""
+    ids: dict[str, int] = {}
+    return [
+        [
+            (
+                m.role,
+                m.content,
+                tuple(
+                    (ids.setdefault(c.call_id, len(ids)), c.name, c.arguments_json)
+                    for c in m.tool_calls
+                ),
+                ids.setdefault(m.tool_call_id, len(ids)) if m.tool_call_id else None,
+                m.name,
+            )
+            for m in prompt
+        ]
+        for prompt in prompts
+    ]
+
+
+async def tool_turn(conversation: Conversation, subscriber: Subscriber, text: str) -> None:
+    await conversation.handle(UserMessage(text))
+    offered = [e for e in await until(subscriber.queue, ToolCallEvent)][-1]
+    assert isinstance(offered, ToolCallEvent)
+    await conversation.handle(ToolResult(offered.call_id, result={"content": f"of {text}"}))
+    await until(subscriber.queue, TurnDone)
+    await conversation.wait_idle()
+
+
+async def test_a_resting_sessions_next_turn_sees_the_history_it_would_have_seen(
+    store: Store,
+) -> None:
+    """The same turns on two sessions, one put to rest between every two:
+    the model is sent the same prompts, and the database holds the same
+    history, numbered on without a gap."""
+    turns = 4
+    prompts: dict[str, list[list[ChatMessage]]] = {}
+    for name, budget in (("awake", 1 << 30), ("rests", 0)):
+        llm = ScriptedLlm(*tool_turn_script(turns))
+        replica = resting_hub(store, llm, budget)
+        conversation, _ = await replica.open(name, "alice")
+        subscriber = conversation.subscribe()
+        for number in range(turns):
+            await tool_turn(conversation, subscriber, f"read file {number}")
+            rested = replica.rest_idle()
+            if name == "rests":
+                assert rested == 1
+                assert conversation.session.messages == []
+                assert conversation.session.message_count == 4 * (number + 1)
+            else:
+                assert rested == 0
+                assert len(conversation.session.messages) == 4 * (number + 1)
+        prompts[name] = llm.seen
+        conversation.unsubscribe(subscriber)
+        await replica.close()
+    assert len(prompts["rests"]) == 2 * turns
+    assert normalized(prompts["rests"]) == normalized(prompts["awake"])
+    awake, rests = await store.history("awake"), await store.history("rests")
+    assert [m.position for m in rests] == list(range(4 * turns))
+    assert [(m.role, m.content, m.agent) for m in rests] == [
+        (m.role, m.content, m.agent) for m in awake
+    ]
+
+
+async def test_a_session_with_a_turn_running_or_a_call_waiting_does_not_rest(
+    store: Store,
+) -> None:
+    hold = asyncio.Event()
+    llm = ScriptedLlm([TextChunk("streaming")], hold=hold)
+    replica = resting_hub(store, llm, 0)
+    streaming, _ = await replica.open("streaming", "alice")
+    streaming_events = streaming.subscribe()
+    await streaming.handle(UserMessage("go"))
+    await asyncio.wait_for(streaming_events.queue.get(), 5)
+    assert streaming.turn_running
+    assert replica.rest_idle() == 0
+    assert len(streaming.session.messages) == 1
+
+    llm.hold = None
+    llm.scripts = [[call("read_file", path="a.txt")], [TextChunk("done")]]
+    waiting, _ = await replica.open("waiting", "alice")
+    waiting_events = waiting.subscribe()
+    await waiting.handle(UserMessage("read a.txt"))
+    offered = [e for e in await until(waiting_events.queue, ToolCallEvent)][-1]
+    assert isinstance(offered, ToolCallEvent)
+    await waiting.wait_idle()
+    assert waiting.session.pending
+    hold.set()  # the streaming turn ends; the waiting one still waits
+    await until(streaming_events.queue, TurnDone)
+    await streaming.wait_idle()
+    assert replica.rest_idle() == 1
+    assert streaming.session.resting == 2
+    assert waiting.session.resting is None
+    await waiting.handle(ToolResult(offered.call_id, result={"content": "hi"}))
+    await until(waiting_events.queue, TurnDone)
+    await waiting.wait_idle()
+    assert replica.rest_idle() == 1
+    assert waiting.session.resting == 4
+    await replica.close()
+
+
+async def test_the_sessions_idle_longest_rest_first_until_the_others_fit_the_bound(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm(*tool_turn_script(3))
+    replica = resting_hub(store, llm, 0)
+    conversations: list[Conversation] = []
+    for number in range(3):
+        conversation, _ = await replica.open(f"order-{number}", "alice")
+        subscriber = conversation.subscribe()
+        await tool_turn(conversation, subscriber, f"read file {number}")
+        conversations.append(conversation)
+    # Room for one of the three histories (they are the same size, give or take).
+    one = footprint(conversations[2].session.messages)
+    replica._settings = ConversationSettings(model="m", resting_history_bytes=one + 64)
+    assert replica.rest_idle() == 2
+    assert [c.session.resting is not None for c in conversations] == [True, True, False]
+    assert replica.rest_idle() == 0
+    await replica.close()
+
+
+async def test_events_arriving_together_at_a_resting_session_read_its_history_once(
+    store: Store,
+) -> None:
+    llm = ScriptedLlm(*tool_turn_script(1), [TextChunk("again")])
+    replica = resting_hub(store, llm, 0)
+    conversation, _ = await replica.open("together", "alice")
+    subscriber = conversation.subscribe()
+    await tool_turn(conversation, subscriber, "read file 0")
+    assert replica.rest_idle() == 1
+    await asyncio.gather(
+        conversation.handle(FileChanged("a.txt", 1.0)),
+        conversation.handle(UserMessage("and now?")),
+    )
+    await until(subscriber.queue, TurnDone)
+    await conversation.wait_idle()
+    stored = await store.history("together")
+    assert [m.content for m in conversation.session.messages] == [m.content for m in stored]
+    roles = [m.role for m in stored]
+    # The first turn, the notice of the changed file, the second turn: once each.
+    assert roles == ["user", "assistant", "tool", "assistant", "user", "user", "assistant"]
+    assert "a.txt" in stored[4].content
+    await replica.close()
+
+
+async def test_a_retry_of_a_resting_sessions_last_turn_reruns_it(store: Store) -> None:
+    """A rerun asked over RPC (not a client event of the stream) reads the
+    history back before it branches it."""
+    llm = ScriptedLlm([TextChunk("first")], [TextChunk("second")])
+    replica = resting_hub(store, llm, 0)
+    conversation, _ = await replica.open("retry", "alice")
+    subscriber = conversation.subscribe()
+    await conversation.handle(UserMessage("hello"))
+    await until(subscriber.queue, TurnDone)
+    await conversation.wait_idle()
+    assert replica.rest_idle() == 1
+    await conversation.rerun(Retry(False), None, conversation.client)
+    await until(subscriber.queue, TurnDone)
+    await conversation.wait_idle()
+    assert [m.content for m in conversation.session.messages] == ["hello", "second"]
+    assert llm.seen[-1][-1].content == "hello"
+    await replica.close()
+
+
+async def test_a_rested_history_leaves_memory(store: Store) -> None:
+    turns = 5
+    llm = ScriptedLlm(*tool_turn_script(turns))
+    replica = resting_hub(store, llm, 0)
+    conversation, _ = await replica.open("memory", "alice")
+    subscriber = conversation.subscribe()
+    for number in range(turns):
+        await tool_turn(conversation, subscriber, f"read file {number}")
+    llm.seen.clear()  # the fake's record of the prompts it was sent
+    gc.collect()
+    before = _messages()
+    assert replica.rest_idle() == 1
+    gc.collect()
+    assert before - _messages() == 4 * turns
+    await replica.close()
+
+
+def _messages() -> int:
+    return sum(isinstance(found, ChatMessage) for found in gc.get_objects())
+
+
+@pytest.mark.parametrize(("words", "result_chars"), [(3, 20), (8, 200), (100, 2000)])
+def test_the_footprint_estimate_is_close_to_what_a_history_holds(
+    words: int, result_chars: int
+) -> None:
+    """What :func:`footprint` says a history costs, against tracemalloc's
+    count of a history of tool turns and its prompt kept with its counts."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        history: list[ChatMessage] = []
+        for turn in range(100):
+            call_id = f"call-{turn:06d}-abcdef"
+            arguments = json.dumps({"path": f"src/file{turn}.py"})
+            history += [
+                ChatMessage("user", " ".join(["read"] * words) + f" {turn}"),
+                ChatMessage("assistant", "", (ToolCallRequest(call_id, "read_file", arguments),)),
+                ChatMessage("tool", "x" * result_chars, (), call_id, "read_file"),
+                ChatMessage("assistant", " ".join(["word"] * words)),
+            ]
+        window = ContextWindow()
+        prompt = window.prompt("system", history, "m", 0)
+        window.learn(prompt, [1234] * len(prompt._uncounted))
+        del prompt
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert 0.75 <= footprint(history) / held <= 1.33
