@@ -140,9 +140,9 @@ class Conversation:
 
     @property
     def can_rest(self) -> bool:
-        """No turn runs or waits, no event is handled, the history is in memory."""
+        """No turn runs or waits, no event is handled, all is written, the history is in memory."""
         busy = self.history.held or self.turn_running or self._task_running
-        return not busy and self.session.resting is None
+        return not busy and self.stream.settled and self.session.resting is None
 
     def rest(self) -> None:
         """Let the history go from memory (:mod:`runtime.resting`); see :attr:`can_rest`."""

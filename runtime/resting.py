@@ -7,13 +7,12 @@ no turn runs and no call waits. :class:`SessionHub` keeps at most
 ``AGENT_RUNTIME__RESTING_HISTORY_MB`` of resting sessions' histories in
 memory: past it, the sessions that have rested longest let theirs go
 (:meth:`~runtime.conversation.Conversation.rest`), and the next client event
-of such a session reads it back from the database first
-(:meth:`~runtime.conversation.Conversation.wake`), before anything looks at
-it. What a resting session keeps is small and bounded: its numbering, the
+of such a session reads it back from the database first (:meth:`Keeper.hold`),
+before anything looks at it. What a resting session keeps is small and bounded: its numbering, the
 calls it answered, its plans, what the IDE told it.
 
-The history is the database's: every message is written before a turn goes
-on, so what comes back is what was dropped. What is lost is what the
+The history is the database's: a session rests only with nothing left to
+write and no write in flight, so what comes back is what was dropped. What is lost is what the
 process learnt about it, which costs one call to learn again: the token
 counts the proxy made of each message (the next prompt sends them
 uncounted) and the encoded prompt entries.

@@ -271,6 +271,11 @@ class EventStream:
         """Whether durable events wait for the next :meth:`flush`."""
         return bool(self._outgoing)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing is gathered to be written and no write is in flight."""
+        return self._step is None and not self._commit_lock.locked()
+
     async def drain(self) -> None:
         """Return once no write of this stream is in flight."""
         async with self._commit_lock:

@@ -223,9 +223,16 @@ async def test_deadline_closes_the_upstream_stream(
     start_proxy: StartProxy, openai_server: OpenAIServer
 ) -> None:
     proxy = await start_proxy(UPSTREAM_YAML.format(base=openai_server.base_url))
+    # A first call loads what the path loads once: on a busy machine that
+    # alone could outlast the deadline, before the upstream stream opens.
+    [_ async for _ in proxy.stub.StreamChat(request("text"), metadata=METADATA)]
+    assert await asyncio.to_thread(openai_server.stream_closed.wait, 10)
+    assert openai_server.closed_streams == ["finished"]
+    openai_server.closed_streams.clear()
+    openai_server.stream_closed.clear()
 
     with pytest.raises(grpc.aio.AioRpcError) as expired:
-        async for _ in proxy.stub.StreamChat(request("slow"), metadata=METADATA, timeout=0.5):
+        async for _ in proxy.stub.StreamChat(request("slow"), metadata=METADATA, timeout=1.5):
             pass
 
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
