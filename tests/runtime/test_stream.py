@@ -151,3 +151,18 @@ async def test_a_moved_session_drops_what_is_unwritten_and_ends_its_streams() ->
     assert await stream.events_after(0) == ([], True)
     assert not stream.pending_output
     assert log.steps == []
+
+
+async def test_a_stream_is_settled_only_with_nothing_gathered_and_no_write_in_flight() -> None:
+    """What a resting session needs (runtime/resting.py): every step written."""
+    stream, log, _ = make()
+    assert stream.settled
+    stream.step().events.append(EventRecord(1, 1, "turn_done", {}))
+    assert not stream.settled, "a step gathered, not yet written"
+    log.gate = asyncio.Event()
+    flushing = asyncio.create_task(stream.flush())
+    await log.entered.wait()
+    assert not stream.settled, "its write is in flight"
+    log.gate.set()
+    await flushing
+    assert stream.settled
