@@ -129,9 +129,9 @@ class SessionHub:
         budget = self._settings.resting_history_bytes
         rested = resting.put_to_rest(self._live.values(), budget)
         if rested:
-            log.debug("sessions_rested", count=rested, live=len(self._live))
             if self._metrics is not None:
                 self._metrics.histories_rested.inc(rested)
+            log.debug("sessions_rested", count=rested, live=len(self._live))
         return rested
 
     @property

@@ -16,6 +16,7 @@ from ide.workspace import Workspace
 from tests.conftest import free_port
 from tests.integration.conftest import Mesh, Stack
 from tests.integration.test_observability import scrape, total
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def resting_stack(mesh: Mesh, shared_llmproxy: str, tmp_path: Path) -> Iterator[
             "AGENT_RUNTIME__RESTING_HISTORY_MB": "0",
             "AGENT_RUNTIME__LEASE_TTL": "0.9",
             "AGENT_RUNTIME__METRICS_PORT": str(metrics_port),
+            "AGENT_RUNTIME__LOG_LEVEL": "DEBUG",  # its sessions_rested lines
         },
     )
     try:
@@ -38,16 +40,6 @@ def resting_stack(mesh: Mesh, shared_llmproxy: str, tmp_path: Path) -> Iterator[
         yield own, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         own.stop()
-
-
-async def counted(url: str, name: str, at_least: int) -> float:
-    """The runtime's counter ``name`` once it reaches ``at_least`` (10 s at most)."""
-    for _ in range(100):
-        value = total(await asyncio.to_thread(scrape, url), name)
-        if value >= at_least:
-            return value
-        await asyncio.sleep(0.1)
-    return value
 
 
 async def test_an_open_sessions_history_rests_between_turns_and_comes_back(
@@ -64,16 +56,15 @@ async def test_an_open_sessions_history_rests_between_turns_and_comes_back(
         assert first.status == "completed"
         assert (workspace / "notes.txt").read_text().startswith("first line")
         # The connection stays open: the session is live, idle, and rests.
-        assert await counted(metrics, "codelab_runtime_histories_rested_total", 1) >= 1
-        assert (
-            total(
-                await asyncio.to_thread(scrape, metrics), "codelab_runtime_histories_recalled_total"
-            )
-            == 0
-        )
+        await eventually(lambda: "sessions_rested" in stack.runtime.output)
+        samples = await asyncio.to_thread(scrape, metrics)
+        assert total(samples, "codelab_runtime_histories_rested_total") >= 1
+        assert total(samples, "codelab_runtime_histories_recalled_total") == 0
         second = await ide.say("read notes.txt")
         assert second.status == "completed"
-        assert await counted(metrics, "codelab_runtime_histories_recalled_total", 1) >= 1
+        # Read back when the message arrived, before its turn began.
+        samples = await asyncio.to_thread(scrape, metrics)
+        assert total(samples, "codelab_runtime_histories_recalled_total") >= 1
     async with httpx.AsyncClient(timeout=10) as client:
         reply = await client.get(
             f"http://127.0.0.1:{stack.gateway_port}/api/v1/sessions/{session_id}/history",
