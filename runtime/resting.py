@@ -107,10 +107,11 @@ class Keeper:
     async def hold(self) -> AsyncIterator[None]:
         self._holds += 1
         try:
-            async with self._reading:
-                if self._session.resting is not None:
-                    await recall(self._session, self._store)
-                    self._recalled()
+            if self._session.resting is not None:  # (the lock only when it rested)
+                async with self._reading:
+                    if self._session.resting is not None:
+                        await recall(self._session, self._store)
+                        self._recalled()
             yield
         finally:
             self._holds -= 1
