@@ -254,3 +254,23 @@ async def test_only_openai_shaped_and_offline_deployments_take_the_fast_path() -
         "to-offline": True,
         "absent": False,
     }
+
+
+@pytest.mark.parametrize("aiohttp", [True, False], ids=["litellm-default", "aiohttp-disabled"])
+async def test_the_fast_path_reaches_a_provider_over_litellms_own_http_transport(
+    aiohttp: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both paths go out the same way: LiteLLM's OpenAI handler uses its
+    aiohttp transport under httpx (half httpx's own CPU per call and per
+    chunk, scripts/bench-llmproxy) unless ``disable_aiohttp_transport``."""
+    from litellm.llms.custom_httpx.aiohttp_transport import LiteLLMAiohttpTransport
+
+    monkeypatch.setattr(litellm, "disable_aiohttp_transport", not aiohttp)
+    upstream = upstream_for({"model_list": [deployment("openai", "openai/gpt-4o-mini")]})
+    try:
+        (route,) = upstream._routes.values()
+        transport = route.client._client._transport  # type: ignore[attr-defined]
+    finally:
+        await upstream.aclose()
+
+    assert isinstance(transport, LiteLLMAiohttpTransport) is aiohttp
