@@ -146,7 +146,7 @@ class Conversation:
 
     def rest(self) -> None:
         """Let the history go from memory (:mod:`runtime.resting`); see :attr:`can_rest`."""
-        resting.forget(self.session)
+        self.history.forget()
         self.context.forget()
 
     def subscribe(self) -> Subscriber:

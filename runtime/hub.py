@@ -98,12 +98,16 @@ class SessionHub:
         """The gRPC address this replica advertises in its leases (None: not
         said; a replica refused by it cannot redirect the caller here)."""
         self._heartbeat: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._releases: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
-        """Start renewing the leases of live sessions (every third of their TTL)."""
+        """Start renewing the leases of live sessions (every third of their
+        TTL) and putting idle histories to rest (every second)."""
         if self._heartbeat is None:
             self._heartbeat = asyncio.create_task(self._renew_forever())
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._rest_forever())
 
     async def _renew_forever(self) -> None:
         while True:
@@ -120,12 +124,22 @@ class SessionHub:
                     log.warning("lease_lost", session_id=session_id)
                     await conversation.abandon()
                     await self._executors.release(session_id)
-            self.rest_idle()
+
+    async def _rest_forever(self) -> None:
+        # Every second, not at each lease renewal: a session recalled by its
+        # turn holds its history until the next sweep, so the sweep period
+        # bounds how many recalled histories pile up over the budget.
+        while True:
+            await asyncio.sleep(resting.SWEEP_SECONDS)
+            try:
+                self.rest_idle()
+            except Exception:  # a bug: log it, keep serving
+                log.exception("resting_sweep_failed")
 
     def rest_idle(self) -> int:
         """Put to rest the sessions idle longest while the others that could
-        rest hold more than the operator's bound (every lease renewal);
-        how many were (:mod:`runtime.resting`)."""
+        rest hold more than the operator's bound (every second); how many
+        were (:mod:`runtime.resting`)."""
         budget = self._settings.resting_history_bytes
         rested = resting.put_to_rest(self._live.values(), budget)
         if rested:
@@ -398,10 +412,11 @@ class SessionHub:
 
     async def close(self) -> None:
         """Cancel running turns, release every lease; idempotent."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.wait([self._heartbeat])
-            self._heartbeat = None
+        for task in (self._heartbeat, self._sweeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        self._heartbeat = self._sweeper = None
         for session_id, conversation in list(self._live.items()):
             await conversation.close()
             await self._store.leases.release(session_id, self._replica)

@@ -5,11 +5,15 @@ an IDE keeps its stream open all day: without a bound, a replica would hold
 the whole history of every session open in any IDE. A session *rests* when
 no turn runs and no call waits. :class:`SessionHub` keeps at most
 ``AGENT_RUNTIME__RESTING_HISTORY_MB`` of resting sessions' histories in
-memory: past it, the sessions that have rested longest let theirs go
+memory: every second (:data:`SWEEP_SECONDS`), past it, the sessions that
+have rested longest let theirs go
 (:meth:`~runtime.conversation.Conversation.rest`), and the next client event
 of such a session reads it back from the database first (:meth:`Keeper.hold`),
 before anything looks at it. What a resting session keeps is small and bounded: its numbering, the
-calls it answered, its plans, what the IDE told it.
+calls it answered, its plans, what the IDE told it. What a replica holds
+is then the budget, the histories of the sessions in a turn, and those
+read back within the last second; each history's size is kept as it grows
+(:attr:`Keeper.footprint`), so a sweep costs one look per live session.
 
 The history is the database's: a session rests only with nothing left to
 write and no write in flight, so what comes back is what was dropped. What is lost is what the
@@ -36,6 +40,9 @@ log = structlog.get_logger("runtime.resting")
 
 DEFAULT_RESTING_HISTORY_MB = 16
 """``AGENT_RUNTIME__RESTING_HISTORY_MB``'s default."""
+
+SWEEP_SECONDS = 1.0
+"""How often :class:`~runtime.hub.SessionHub` puts idle histories to rest."""
 
 MESSAGE_OVERHEAD_BYTES = 350
 """What one message of a history costs in memory besides its text (its
@@ -93,12 +100,36 @@ class Keeper:
         self._recalled = recalled
         self._holds = 0
         self._reading = asyncio.Lock()
+        self._counted = 0
+        self._last: ChatMessage | None = None
+        self._bytes = 0
         self.active_at = time.monotonic()
         """When the session was last active (a client event, a turn's end)."""
 
     @property
     def held(self) -> bool:
         return self._holds > 0
+
+    @property
+    def footprint(self) -> int:
+        """:func:`footprint` of the history in memory, kept as it grows: what
+        it gained since last asked is counted, and all of it again only when
+        it changed otherwise (shorter, or its last counted message replaced)."""
+        messages = self._session.messages
+        counted = self._counted
+        if counted > len(messages) or (counted and messages[counted - 1] is not self._last):
+            counted = self._bytes = 0
+        if counted < len(messages):
+            self._bytes += footprint(messages[counted:])
+            self._last = messages[-1]
+        self._counted = len(messages)
+        return self._bytes
+
+    def forget(self) -> None:
+        """Drop the history from memory (:func:`forget`); :meth:`hold` reads it back."""
+        forget(self._session)
+        self._counted = self._bytes = 0
+        self._last = None
 
     def touch(self) -> None:
         self.active_at = time.monotonic()
@@ -136,7 +167,7 @@ def put_to_rest(live: Iterable[Rests], budget: int) -> int:
     were put to rest. A session that cannot rest (a turn runs, a call
     waits) is neither counted nor touched."""
     awake = [
-        (conversation, footprint(conversation.session.messages))
+        (conversation, conversation.history.footprint)
         for conversation in live
         if conversation.can_rest
     ]

@@ -16,11 +16,13 @@ from runtime.conversation import Conversation
 from runtime.events import ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
 from runtime.llm import ChatMessage, TextChunk, ToolCallRequest
-from runtime.resting import footprint
+from runtime.resting import Keeper, footprint
 from runtime.settings import ConversationSettings
+from runtime.state import Session
 from runtime.store import Store
 from runtime.stream import Subscriber
 from tests.runtime.test_conversation import ScriptedLlm, call, until
+from tests.support import eventually
 
 
 def resting_hub(store: Store, llm: Any, budget: int) -> SessionHub:
@@ -216,6 +218,40 @@ async def test_a_rested_history_leaves_memory(store: Store) -> None:
     gc.collect()
     assert before - _messages() == 4 * turns
     await replica.close()
+
+
+async def test_a_started_hub_puts_idle_histories_to_rest_on_its_own(store: Store) -> None:
+    llm = ScriptedLlm(*tool_turn_script(1))
+    replica = resting_hub(store, llm, 0)
+    replica.start()
+    conversation, _ = await replica.open("swept", "alice")
+    subscriber = conversation.subscribe()
+    await tool_turn(conversation, subscriber, "read file 0")
+
+    await eventually(lambda: conversation.session.resting is not None)
+    assert conversation.session.resting == 4
+    await replica.close()
+
+
+async def test_a_histories_size_is_kept_as_it_grows_and_counted_again_when_it_changes(
+    store: Store,
+) -> None:
+    session = Session("sized", "alice", "coder")
+    keeper = Keeper(session, store)
+    history = session.messages
+
+    assert keeper.footprint == 0
+    history += [ChatMessage("user", "hello"), ChatMessage("assistant", "hi there")]
+    assert keeper.footprint == footprint(history)
+    history.append(ChatMessage("user", "x" * 500))
+    assert keeper.footprint == footprint(history)
+    history[-1] = ChatMessage("user", "short")  # the last message replaced (an edit)
+    assert keeper.footprint == footprint(history)
+    del history[1:]  # shorter (an undo)
+    assert keeper.footprint == footprint(history)
+    keeper.forget()  # rested
+    assert keeper.footprint == 0
+    assert session.resting == 1
 
 
 def _messages() -> int:
