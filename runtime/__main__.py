@@ -60,7 +60,7 @@ from runtime.hub import SessionHub
 from runtime.llm import CONNECT_TIMEOUT, LlmClient
 from runtime.mcp import McpServer, McpTools, load_servers
 from runtime.metrics import RuntimeMetrics
-from runtime.resting import DEFAULT_RESTING_HISTORY_MB
+from runtime.resting import DEFAULT_RESTING_AFTER_S, DEFAULT_RESTING_HISTORY_MB
 from runtime.rules import MAX_AUTO_APPROVALS_PER_TURN, OperatorLimits
 from runtime.schema import VERSION_TABLE
 from runtime.search import CodebaseSearch
@@ -176,9 +176,12 @@ class RuntimeConfig:
     detach_grace: float = 10.0
     """seconds a streaming turn goes on with no IDE attached before it is cancelled"""
     resting_history_mb: int = setting(DEFAULT_RESTING_HISTORY_MB, check=not_negative)
-    """MiB of history a replica keeps in memory for sessions between turns (an IDE left open);
-    past it, the sessions idle longest let theirs go and read it back from the database at their
-    next event; 0: every idle session's, within seconds"""
+    """MiB of history a replica keeps in memory for sessions idle between turns (an IDE left
+    open); past it, the sessions idle longest (at least RESTING_AFTER_S) let theirs go and read it
+    back from the database at their next event; 0: every such session's"""
+    resting_after_s: float = setting(DEFAULT_RESTING_AFTER_S, check=not_negative)
+    """seconds a session must have been idle before its history may leave memory: a session
+    taking a turn every few seconds keeps it, instead of reading it back at every turn"""
     subscriber_queue: int = 1024
     """events buffered per stream; a stream further behind catches up from the log"""
     max_replay: int = 100_000
@@ -319,6 +322,7 @@ async def serve(
             ),
             detach_grace=config.detach_grace,
             resting_history_bytes=config.resting_history_mb * 2**20,
+            resting_after_s=config.resting_after_s,
             subscriber_queue=config.subscriber_queue,
             max_replay=config.max_replay,
         )

@@ -126,9 +126,9 @@ class SessionHub:
                     await self._executors.release(session_id)
 
     async def _rest_forever(self) -> None:
-        # Every second, not at each lease renewal: a session recalled by its
-        # turn holds its history until the next sweep, so the sweep period
-        # bounds how many recalled histories pile up over the budget.
+        # Every second, not at each lease renewal (every few seconds): a
+        # sweep is one look per live session (runtime.resting.Keeper), and
+        # a session rests soon after it has been idle for resting_after_s.
         while True:
             await asyncio.sleep(resting.SWEEP_SECONDS)
             try:
@@ -137,11 +137,14 @@ class SessionHub:
                 log.exception("resting_sweep_failed")
 
     def rest_idle(self) -> int:
-        """Put to rest the sessions idle longest while the others that could
-        rest hold more than the operator's bound (every second); how many
-        were (:mod:`runtime.resting`)."""
-        budget = self._settings.resting_history_bytes
-        rested = resting.put_to_rest(self._live.values(), budget)
+        """Put to rest the sessions idle longest (and at least the operator's
+        ``resting_after_s``) while the others that could rest hold more than
+        the operator's bound (every second); how many were
+        (:mod:`runtime.resting`)."""
+        settings = self._settings
+        rested = resting.put_to_rest(
+            self._live.values(), settings.resting_history_bytes, settings.resting_after_s
+        )
         if rested:
             if self._metrics is not None:
                 self._metrics.histories_rested.inc(rested)

@@ -10,9 +10,10 @@ have rested longest let theirs go
 (:meth:`~runtime.conversation.Conversation.rest`), and the next client event
 of such a session reads it back from the database first (:meth:`Keeper.hold`),
 before anything looks at it. What a resting session keeps is small and bounded: its numbering, the
-calls it answered, its plans, what the IDE told it. What a replica holds
-is then the budget, the histories of the sessions in a turn, and those
-read back within the last second; each history's size is kept as it grows
+calls it answered, its plans, what the IDE told it. Only a session idle
+for ``AGENT_RUNTIME__RESTING_AFTER_S`` may rest (:data:`DEFAULT_RESTING_AFTER_S`
+says why), so what a replica holds is the budget and the histories of the
+sessions active within that time; each history's size is kept as it grows
 (:attr:`Keeper.footprint`), so a sweep costs one look per live session.
 
 The history is the database's: a session rests only with nothing left to
@@ -40,6 +41,14 @@ log = structlog.get_logger("runtime.resting")
 
 DEFAULT_RESTING_HISTORY_MB = 16
 """``AGENT_RUNTIME__RESTING_HISTORY_MB``'s default."""
+
+DEFAULT_RESTING_AFTER_S = 60.0
+"""``AGENT_RUNTIME__RESTING_AFTER_S``'s default: a minute. A session idle
+for less is taking turns; resting it would read its history back and have
+it counted again at each of them, work that grows with the history, to
+save memory it needs again seconds later (a soak of 1,000 sessions taking
+a turn every ~15 s slowed from ~1,900 to ~1,300 turns per 30 s over ten
+minutes that way, docs/BENCHMARKS.md)."""
 
 SWEEP_SECONDS = 1.0
 """How often :class:`~runtime.hub.SessionHub` puts idle histories to rest."""
@@ -161,15 +170,17 @@ class Rests(Protocol):
     def rest(self) -> None: ...
 
 
-def put_to_rest(live: Iterable[Rests], budget: int) -> int:
+def put_to_rest(live: Iterable[Rests], budget: int, idle_for: float = 0.0) -> int:
     """Rest the sessions of ``live`` that rested longest until the histories
     of the others that could rest hold at most ``budget`` bytes; how many
     were put to rest. A session that cannot rest (a turn runs, a call
-    waits) is neither counted nor touched."""
+    waits) or has been idle for less than ``idle_for`` seconds is neither
+    counted nor touched."""
+    idle_since = time.monotonic() - idle_for
     awake = [
         (conversation, conversation.history.footprint)
         for conversation in live
-        if conversation.can_rest
+        if conversation.history.active_at <= idle_since and conversation.can_rest
     ]
     held = sum(size for _, size in awake)
     rested = 0

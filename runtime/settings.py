@@ -10,7 +10,7 @@ from runtime.agent_files import ProjectLimits
 from runtime.agents import BUILT_IN, Roster
 from runtime.condense import DEFAULT_THRESHOLD
 from runtime.dispatch import DEFAULT_MAX_MISTAKES
-from runtime.resting import DEFAULT_RESTING_HISTORY_MB
+from runtime.resting import DEFAULT_RESTING_AFTER_S, DEFAULT_RESTING_HISTORY_MB
 from runtime.rules import DEFAULT_LIMITS, OperatorLimits
 from runtime.tools import DEFAULT_APPROVAL_REQUIRED
 
@@ -41,5 +41,7 @@ class ConversationSettings:
     """Bytes of resting sessions' histories a replica keeps in memory; past
     it, those that rested longest are read back at their next event
     (:mod:`runtime.resting`)."""
+    resting_after_s: float = DEFAULT_RESTING_AFTER_S
+    """Seconds a session must have been idle before its history may rest."""
     condense_threshold: int = DEFAULT_THRESHOLD
     """Percent of the window a prompt fills before older turns are summarized; 0: never."""

@@ -21,8 +21,8 @@ from tests.support import eventually
 
 @pytest.fixture
 def resting_stack(mesh: Mesh, shared_llmproxy: str, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
-    """A runtime that keeps no idle history (a budget of 0), checked every
-    0.3 s; with its metrics URL."""
+    """A runtime that keeps no idle history (a budget of 0, at once), checked
+    every second; with its metrics URL."""
     metrics_port = free_port()
     own = Stack(
         mesh,
@@ -30,7 +30,7 @@ def resting_stack(mesh: Mesh, shared_llmproxy: str, tmp_path: Path) -> Iterator[
         shared_llmproxy,
         {
             "AGENT_RUNTIME__RESTING_HISTORY_MB": "0",
-            "AGENT_RUNTIME__LEASE_TTL": "0.9",
+            "AGENT_RUNTIME__RESTING_AFTER_S": "0",
             "AGENT_RUNTIME__METRICS_PORT": str(metrics_port),
             "AGENT_RUNTIME__LOG_LEVEL": "DEBUG",  # its sessions_rested lines
         },

@@ -25,8 +25,8 @@ from tests.runtime.test_conversation import ScriptedLlm, call, until
 from tests.support import eventually
 
 
-def resting_hub(store: Store, llm: Any, budget: int) -> SessionHub:
-    settings = ConversationSettings(model="m", resting_history_bytes=budget)
+def resting_hub(store: Store, llm: Any, budget: int, after: float = 0.0) -> SessionHub:
+    settings = ConversationSettings(model="m", resting_history_bytes=budget, resting_after_s=after)
     return SessionHub(store, llm, settings, default_agent="coder", replica="r1", lease_ttl=60)
 
 
@@ -140,6 +140,24 @@ async def test_a_session_with_a_turn_running_or_a_call_waiting_does_not_rest(
     await replica.close()
 
 
+async def test_a_session_idle_for_less_than_resting_after_keeps_its_history(
+    store: Store,
+) -> None:
+    """One taking a turn every few seconds would read its history back at
+    each of them: only sessions idle for ``resting_after_s`` rest."""
+    llm = ScriptedLlm(*tool_turn_script(2))
+    replica = resting_hub(store, llm, 0, after=30.0)
+    recent, _ = await replica.open("recent", "alice")
+    idle, _ = await replica.open("idle", "alice")
+    for number, conversation in enumerate((recent, idle)):
+        await tool_turn(conversation, conversation.subscribe(), f"read file {number}")
+    idle.history.active_at -= 31.0  # its last turn ended 31 s ago
+
+    assert replica.rest_idle() == 1
+    assert (recent.session.resting, idle.session.resting) == (None, 4)
+    await replica.close()
+
+
 async def test_the_sessions_idle_longest_rest_first_until_the_others_fit_the_bound(
     store: Store,
 ) -> None:
@@ -153,7 +171,9 @@ async def test_the_sessions_idle_longest_rest_first_until_the_others_fit_the_bou
         conversations.append(conversation)
     # Room for one of the three histories (they are the same size, give or take).
     one = footprint(conversations[2].session.messages)
-    replica._settings = ConversationSettings(model="m", resting_history_bytes=one + 64)
+    replica._settings = ConversationSettings(
+        model="m", resting_history_bytes=one + 64, resting_after_s=0.0
+    )
     assert replica.rest_idle() == 2
     assert [c.session.resting is not None for c in conversations] == [True, True, False]
     assert replica.rest_idle() == 0
