@@ -31,13 +31,14 @@ session that changes model starts over too.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
 from mesh.context import output_reserve
 from runtime.events import ContextUsage
-from runtime.llm import ChatMessage, encode_counts, encode_message, encode_varint
+from runtime.llm import ChatMessage, encode_counts, encode_message
 
 CHARS_PER_TOKEN_ESTIMATE = 8
 """Characters per token assumed for a message not counted yet: more than any
@@ -45,6 +46,21 @@ tokenizer packs, so an estimate is low and the exact cut is the proxy's."""
 REPLY_PRIMING_TOKENS = 3
 """What a chat template adds once per prompt (as :mod:`llmproxy.budget` counts)."""
 _SYSTEM_PROMPTS_KEPT = 8
+_MAX_COUNT = (1 << 28) - 1
+"""The largest count a four-byte varint holds (a count is at most the window)."""
+
+
+def count_varint(count: int) -> bytes:
+    """``count`` as a protobuf varint padded to four bytes (parsers read an
+    overlong varint as its value), so one message's count is replaced in
+    place in the packed counts a prompt sends."""
+    count = min(count, _MAX_COUNT)
+    return bytes(
+        (count & 0x7F | 0x80, count >> 7 & 0x7F | 0x80, count >> 14 & 0x7F | 0x80, count >> 21)
+    )
+
+
+_UNCOUNTED = count_varint(0)
 
 
 def system_with_summary(system: str, summary: str) -> str:
@@ -102,11 +118,15 @@ class ContextWindow:
     def __init__(self) -> None:
         self._model = ""
         self._generation = 0
+        # Per message, kept compact (a long history is mostly these): its
+        # wire form in one buffer with where each starts, its count as a
+        # four-byte varint in another, its count and estimate in arrays.
         self._history: list[ChatMessage] = []
-        self._wire: list[bytes] = []
-        self._tokens: list[int] = []
-        self._counts_wire: list[bytes] = []
-        self._sizes: list[int] = []
+        self._wire = bytearray()
+        self._starts = array("Q")
+        self._counts = bytearray()
+        self._tokens = array("I")
+        self._sizes = array("I")
         self._start = 0
         self._kept = 0
         self._uncounted: list[int] = []
@@ -137,11 +157,12 @@ class ContextWindow:
             self._uncounted = [i for i in self._uncounted if i >= start]
         uncounted = ([] if system_tokens else [-1]) + self._uncounted
         total = REPLY_PRIMING_TOKENS + system_size + self._kept
+        offset = self._starts[start] if start < len(self._starts) else len(self._wire)
         encoded = b"".join(
             (
                 system_wire,
-                *self._wire[start:],
-                encode_counts([encode_varint(system_tokens), *self._counts_wire[start:]]),
+                self._wire[offset:],
+                encode_counts([count_varint(system_tokens), self._counts[4 * start :]]),
             )
         )
         self.usage = ContextUsage(total, window)
@@ -178,7 +199,7 @@ class ContextWindow:
             if position >= self._start:
                 self._kept += count - self._sizes[position]
             self._tokens[position] = self._sizes[position] = count
-            self._counts_wire[position] = encode_varint(count)
+            self._counts[4 * position : 4 * position + 4] = count_varint(count)
         self._uncounted = [i for i in self._uncounted if not self._tokens[i]]
         if prompt.dropped == self._start:
             system_tokens = self._system.get(prompt.messages[0].content, (b"", 0))[1]
@@ -192,9 +213,10 @@ class ContextWindow:
         self._generation += 1
         self._history.clear()
         self._wire.clear()
-        self._tokens.clear()
-        self._counts_wire.clear()
-        self._sizes.clear()
+        del self._starts[:]
+        self._counts.clear()
+        del self._tokens[:]
+        del self._sizes[:]
         self._start = self._kept = 0
         self._uncounted.clear()
 
@@ -206,9 +228,10 @@ class ContextWindow:
         for message in history[known:]:
             size = self._estimate(message)
             self._history.append(message)
-            self._wire.append(encode_message(message))
+            self._starts.append(len(self._wire))
+            self._wire += encode_message(message)
             self._tokens.append(0)
-            self._counts_wire.append(b"\x00")
+            self._counts += _UNCOUNTED
             self._sizes.append(size)
             self._uncounted.append(len(self._history) - 1)
             self._kept += size

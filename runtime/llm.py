@@ -202,8 +202,9 @@ def encode_tool(tool: ToolSpec) -> bytes:
     return _TOOLS_FIELD + encode_varint(len(payload)) + payload
 
 
-def encode_counts(varints: Sequence[bytes]) -> bytes:
-    """``StreamChatRequest.token_counts`` on the wire, from each count's varint."""
+def encode_counts(varints: Sequence[bytes | bytearray]) -> bytes:
+    """``StreamChatRequest.token_counts`` on the wire, from the counts' varints
+    (each alone, or runs of them already joined)."""
     packed = b"".join(varints)
     return _COUNTS_FIELD + encode_varint(len(packed)) + packed
 

@@ -53,7 +53,7 @@ minutes that way, docs/BENCHMARKS.md)."""
 SWEEP_SECONDS = 1.0
 """How often :class:`~runtime.hub.SessionHub` puts idle histories to rest."""
 
-MESSAGE_OVERHEAD_BYTES = 350
+MESSAGE_OVERHEAD_BYTES = 250
 """What one message of a history costs in memory besides its text (its
 objects, its encoded prompt entry, its counts), measured with tracemalloc
 on short messages (tests/runtime/test_resting.py checks the estimate)."""

@@ -41,6 +41,14 @@ def test_what_is_sent_decodes_as_the_messages_with_their_counts() -> None:
     assert list(request.token_counts) == [5, 6, 7, 8, 0], "only the new message is counted"
     assert context.usage.tokens > 5 + 6 + 7 + 8
 
+    # Counts are sent as four-byte varints, replaced in place: any size reads back.
+    context.learn(again, [2**21 + 3])
+    history.append(ChatMessage("user", "and b.py?"))
+    third = context.prompt("be brief", history, "m", 0)
+    request = llmproxy_pb2.StreamChatRequest.FromString(third.encoded)
+    assert list(request.token_counts) == [5, 6, 7, 8, 2**21 + 3, 0]
+    assert len(request.messages) == 6
+
 
 def test_the_oldest_turns_go_first_by_the_counts_the_proxy_made() -> None:
     context = ContextWindow()
