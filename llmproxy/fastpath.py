@@ -301,9 +301,9 @@ def _route_for(router: Router, deployment: Mapping[str, Any]) -> _Route | None:
             timeout=float(timeout or getattr(litellm, "request_timeout", None) or 600),
             max_retries=int(params.get("max_retries") or 0),
             # The HTTP client LiteLLM's own OpenAI handler uses: its aiohttp
-            # transport unless LiteLLM is told otherwise (about half the CPU
-            # per call and per chunk of httpx's default transport), with
-            # LiteLLM's SSL and proxy settings.
+            # transport unless LiteLLM is told otherwise (against httpx's
+            # default transport, about half the CPU per chunk and three
+            # quarters per call), with LiteLLM's SSL and proxy settings.
             http_client=BaseOpenAILLM.get_async_http_client(),
         ),
     )
