@@ -170,7 +170,7 @@ class Rests(Protocol):
     def rest(self) -> None: ...
 
 
-def put_to_rest(live: Iterable[Rests], budget: int, idle_for: float = 0.0) -> int:
+def put_to_rest(live: Iterable[Rests], budget: int, idle_for: float) -> int:
     """Rest the sessions of ``live`` that rested longest until the histories
     of the others that could rest hold at most ``budget`` bytes; how many
     were put to rest. A session that cannot rest (a turn runs, a call
