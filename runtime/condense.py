@@ -87,12 +87,9 @@ class Condenser:
         return [*history[through:position], *history[position + 1 :]], text
 
     def forget(self) -> None:
-        """Let the prompt kept for the history go (the session rests,
-        :mod:`runtime.resting`); the next call builds it again. The last
-        prompt's usage stays: it decides whether the next turn condenses."""
-        usage = self.window.usage
-        self.window = ContextWindow()
-        self.window.usage = usage
+        """Let the prompt kept for the history go but its counts (the session
+        rests, :mod:`runtime.resting`); the next call encodes it again."""
+        self.window.rest()
 
     def due(self) -> bool:
         """Whether the last prompt filled more than the threshold of the window."""

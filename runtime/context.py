@@ -31,6 +31,7 @@ session that changes model starts over too.
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ class ContextWindow:
         self._kept = 0
         self._uncounted: list[int] = []
         self._system: dict[str, tuple[bytes, int]] = {}
+        self._resting: tuple[int, int] | None = None
+        """While resting: how many messages the encoded history held and its CRC-32."""
         self.usage = ContextUsage(0, 0)
         """What the last prompt filled (exact once its counts are learnt)."""
 
@@ -191,7 +194,7 @@ class ContextWindow:
                 continue
             if position < 0:
                 system = prompt.messages[0].content
-                wire, _ = self._system.get(system) or (encode_message(prompt.messages[0]), 0)
+                wire = self._system.get(system, (b"", 0))[0] or encode_message(prompt.messages[0])
                 self._system[system] = (wire, count)
                 continue
             if position >= len(self._tokens):
@@ -207,10 +210,24 @@ class ContextWindow:
                 REPLY_PRIMING_TOKENS + system_tokens + self._kept, prompt.usage.window
             )
 
+    def rest(self) -> None:
+        """Let the messages and their wire forms go, keeping their counts
+        (a few bytes a message; :mod:`runtime.resting`). The next prompt
+        encodes the history it is given once more and, if that is what was
+        let go byte for byte, sends the counts as before: a session read
+        back from the database is not counted again."""
+        if self._resting is None:
+            self._resting = (len(self._history), zlib.crc32(self._wire))
+        self._history = []
+        self._wire = bytearray()
+        self._starts = array("Q")
+        self._system = {text: (b"", count) for text, (_, count) in self._system.items()}
+
     # -- the kept history ------------------------------------------------------
 
     def _reset(self) -> None:
         self._generation += 1
+        self._resting = None
         self._history.clear()
         self._wire.clear()
         del self._starts[:]
@@ -220,7 +237,25 @@ class ContextWindow:
         self._start = self._kept = 0
         self._uncounted.clear()
 
+    def _wake(self, history: Sequence[ChatMessage]) -> None:
+        """Encode the first messages of ``history`` again after :meth:`rest`;
+        start over unless they encode to what was let go."""
+        assert self._resting is not None
+        count, crc = self._resting
+        self._resting = None
+        if len(history) >= count:
+            wire, starts = bytearray(), array("Q")
+            for message in history[:count]:
+                starts.append(len(wire))
+                wire += encode_message(message)
+            if zlib.crc32(wire) == crc:
+                self._history, self._wire, self._starts = list(history[:count]), wire, starts
+                return
+        self._reset()
+
     def _sync(self, history: Sequence[ChatMessage]) -> None:
+        if self._resting is not None:
+            self._wake(history)
         known = len(self._history)
         if len(history) < known or (known and history[known - 1] is not self._history[-1]):
             self._reset()  # not grown but changed: start over
@@ -252,10 +287,11 @@ class ContextWindow:
 
     def _system_prompt(self, system: str) -> tuple[bytes, int]:
         found = self._system.get(system)
-        if found is None:
-            if len(self._system) >= _SYSTEM_PROMPTS_KEPT:
-                self._system.pop(next(iter(self._system)))
-            found = self._system[system] = (encode_message(ChatMessage("system", system)), 0)
+        if found is None and len(self._system) >= _SYSTEM_PROMPTS_KEPT:
+            self._system.pop(next(iter(self._system)))
+        if found is None or not found[0]:  # new, or its wire form let go at rest
+            wire = encode_message(ChatMessage("system", system))
+            found = self._system[system] = (wire, found[1] if found else 0)
         return found
 
     @staticmethod

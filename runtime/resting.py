@@ -17,10 +17,13 @@ sessions active within that time; each history's size is kept as it grows
 (:attr:`Keeper.footprint`), so a sweep costs one look per live session.
 
 The history is the database's: a session rests only with nothing left to
-write and no write in flight, so what comes back is what was dropped. What is lost is what the
-process learnt about it, which costs one call to learn again: the token
-counts the proxy made of each message (the next prompt sends them
-uncounted) and the encoded prompt entries.
+write and no write in flight, so what comes back is what was dropped. What
+the process learnt about it stays, in a few bytes a message: the token
+counts the proxy made of each message (:meth:`ContextWindow.rest
+<runtime.context.ContextWindow.rest>`). The next prompt encodes the history
+read back once more and sends those counts with it, so waking costs one
+query and the encoding (~15 µs a message, SQLite), not a count by the
+proxy's tokenizer.
 """
 
 from __future__ import annotations

@@ -98,3 +98,46 @@ def test_a_history_that_changed_or_another_model_starts_over() -> None:
     assert prompt.token_counts == [4, 0, 0, 0], "the system prompt's count holds"
     prompt = context.prompt("s", edited, "other", 0)
     assert prompt.token_counts == [0, 0, 0, 0], "counts are the model's"
+
+
+def copies(history: list[ChatMessage]) -> list[ChatMessage]:
+    """The same messages as new objects, as a history read back from the database."""
+    return [ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id, m.name) for m in history]
+
+
+def test_a_rested_window_sends_the_counts_it_had_for_the_history_read_back() -> None:
+    context = ContextWindow()
+    history = turns(20)
+    prompt = context.prompt("s", history, "m", 200)
+    context.learn(prompt, [10] * len(prompt))
+    before = context.prompt("s", history, "m", 200)
+
+    context.rest()
+    read_back = copies(history)
+    after = context.prompt("s", read_back, "m", 200)
+    assert after.encoded == before.encoded, "the same cut, the same counts, no recount"
+    assert after.messages[1:] == read_back[-13:]
+    assert after.usage == before.usage
+
+    # It goes on growing as before.
+    context.learn(after, [])
+    read_back.append(ChatMessage("user", "one more"))
+    grown = context.prompt("s", read_back, "m", 200)
+    assert grown.token_counts == [*after.token_counts, 0], "only the new message is counted"
+
+
+def test_a_rested_window_counts_again_a_history_that_is_not_what_it_let_go() -> None:
+    context = ContextWindow()
+    history = turns(3)
+    prompt = context.prompt("s", history, "m", 0)
+    context.learn(prompt, [4] * len(prompt))
+    for changed in (
+        [*copies(history[:5]), ChatMessage("assistant", "another answer")],  # edited
+        copies(history[:4]),  # shorter
+    ):
+        context.rest()
+        again = context.prompt("s", changed, "m", 0)
+        assert again.token_counts == [4] + [0] * len(changed), "only the system prompt's holds"
+        context.learn(again, [4] * len(changed))
+    context.rest()
+    assert context.prompt("s", changed, "other", 0).token_counts == [0] * 5, "another model"

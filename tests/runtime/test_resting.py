@@ -6,16 +6,18 @@ import asyncio
 import gc
 import json
 import tracemalloc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from runtime.commands import FileChanged, Retry, ToolResult, UserMessage
-from runtime.context import ContextWindow
+from runtime.context import ContextWindow, Prompt
 from runtime.conversation import Conversation
 from runtime.events import ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
-from runtime.llm import ChatMessage, TextChunk, ToolCallRequest
+from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallRequest
 from runtime.resting import Keeper, footprint
 from runtime.settings import ConversationSettings
 from runtime.state import Session
@@ -101,6 +103,46 @@ async def test_a_resting_sessions_next_turn_sees_the_history_it_would_have_seen(
     assert [(m.role, m.content, m.agent) for m in rests] == [
         (m.role, m.content, m.agent) for m in awake
     ]
+
+
+class CountingLlm(ScriptedLlm):
+    """A :class:`ScriptedLlm` that counts what a prompt sends uncounted (7
+    tokens a message) and answers the counts at the stream's end, as the
+    proxy does; ``counts_seen``: each prompt's counts as sent."""
+
+    def __init__(self, *scripts: Sequence[Chunk]) -> None:
+        super().__init__(*scripts)
+        self.counts_seen: list[list[int]] = []
+
+    async def stream_chat(
+        self, model: str, messages: Sequence[ChatMessage], *args: Any, **kwargs: Any
+    ) -> AsyncIterator[Chunk]:
+        assert isinstance(messages, Prompt)
+        sent = list(messages.token_counts)
+        self.counts_seen.append(sent)
+        async for chunk in super().stream_chat(model, messages, *args, **kwargs):
+            if isinstance(chunk, StreamEnd):
+                chunk = replace(chunk, token_counts=tuple(7 for count in sent if count == 0))
+            yield chunk
+
+
+async def test_a_resting_sessions_history_is_not_counted_again(store: Store) -> None:
+    """The counts a session's prompts send are the same whether it rested
+    between turns or not: what the proxy counted once, it is not asked again."""
+    turns = 3
+    sent: dict[str, list[list[int]]] = {}
+    for name, budget in (("awake", 1 << 30), ("rests", 0)):
+        llm = CountingLlm(*tool_turn_script(turns))
+        replica = resting_hub(store, llm, budget)
+        conversation, _ = await replica.open(f"counted-{name}", "alice")
+        subscriber = conversation.subscribe()
+        for number in range(turns):
+            await tool_turn(conversation, subscriber, f"read file {number}")
+            assert replica.rest_idle() == (name == "rests")
+        sent[name] = llm.counts_seen
+        await replica.close()
+    assert sent["rests"] == sent["awake"]
+    assert sent["rests"][-1] == [7] * 10 + [0, 0], "only the call and its result are new"
 
 
 async def test_a_session_with_a_turn_running_or_a_call_waiting_does_not_rest(
