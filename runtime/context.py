@@ -26,7 +26,10 @@ exceeds the window.
 The history may change other than by growing (a fork, an edit, a summary
 replacing older turns): the first call after that starts over, and the
 proxy counts the kept messages once more. Counts are per model group: a
-session that changes model starts over too.
+session that changes model starts over too. A session that rests
+(:mod:`runtime.resting`) lets the messages and their wire forms go and
+keeps the counts (:meth:`ContextWindow.rest`): the next call encodes the
+history read back and keeps the counts if it is the same, byte for byte.
 """
 
 from __future__ import annotations
@@ -132,8 +135,8 @@ class ContextWindow:
         self._kept = 0
         self._uncounted: list[int] = []
         self._system: dict[str, tuple[bytes, int]] = {}
-        self._resting: tuple[int, int] | None = None
-        """While resting: how many messages the encoded history held and its CRC-32."""
+        self._resting: tuple[int, int, int] | None = None
+        """While resting: how many messages the encoded history held, its length and CRC-32."""
         self.usage = ContextUsage(0, 0)
         """What the last prompt filled (exact once its counts are learnt)."""
 
@@ -217,7 +220,7 @@ class ContextWindow:
         let go byte for byte, sends the counts as before: a session read
         back from the database is not counted again."""
         if self._resting is None:
-            self._resting = (len(self._history), zlib.crc32(self._wire))
+            self._resting = (len(self._history), len(self._wire), zlib.crc32(self._wire))
         self._history = []
         self._wire = bytearray()
         self._starts = array("Q")
@@ -241,14 +244,14 @@ class ContextWindow:
         """Encode the first messages of ``history`` again after :meth:`rest`;
         start over unless they encode to what was let go."""
         assert self._resting is not None
-        count, crc = self._resting
+        count, size, crc = self._resting
         self._resting = None
         if len(history) >= count:
             wire, starts = bytearray(), array("Q")
             for message in history[:count]:
                 starts.append(len(wire))
                 wire += encode_message(message)
-            if zlib.crc32(wire) == crc:
+            if len(wire) == size and zlib.crc32(wire) == crc:
                 self._history, self._wire, self._starts = list(history[:count]), wire, starts
                 return
         self._reset()
