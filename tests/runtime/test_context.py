@@ -133,6 +133,7 @@ def test_a_rested_window_counts_again_a_history_that_is_not_what_it_let_go() -> 
     context.learn(prompt, [4] * len(prompt))
     for changed in (
         [*copies(history[:5]), ChatMessage("assistant", "another answer")],  # edited
+        [*copies(history[:5]), ChatMessage("assistant", "ANOTHER ANSWER")],  # same length
         copies(history[:4]),  # shorter
     ):
         context.rest()
