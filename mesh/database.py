@@ -4,7 +4,8 @@ SQLite (aiosqlite) is the embedded default and PostgreSQL (asyncpg) the
 production backend. SQLite files get WAL journaling, ``synchronous=NORMAL``,
 foreign keys and a busy timeout, a pool that keeps every connection it opens
 (:data:`SQLITE_POOL_SIZE`), each with a small page cache
-(:data:`SQLITE_CACHE_KIB`), and their directory is created.
+(:data:`SQLITE_CACHE_KIB`), and their directory is created; their statements
+go through :mod:`mesh.sqlite_driver` (one trip to SQLite's thread each).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mesh import sqlite_driver
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_SIZE = 15
@@ -60,6 +63,8 @@ def create_engine(database_url: str, *, immediate: bool = False, **options: Any)
     if not in_memory and "poolclass" not in options:  # (in memory: one connection)
         options.setdefault("pool_size", SQLITE_POOL_SIZE)
         options.setdefault("max_overflow", 0)
+    if url.get_driver_name() == "aiosqlite":
+        options.setdefault("module", sqlite_driver.Dbapi())
     engine = create_async_engine(url, hide_parameters=True, **options)
 
     @sa.event.listens_for(engine.sync_engine, "connect")
