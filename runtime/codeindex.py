@@ -12,7 +12,9 @@ How: a file is cut into chunks of :data:`CHUNK_LINES` lines overlapping by
 :data:`CHUNK_OVERLAP`; the chunks are embedded through llmproxy's ``Embed``
 (batches of :data:`EMBED_BATCH`) by a background task of the session's
 :class:`SessionIndex`, off the turn's path, and stored with the session
-(:mod:`runtime.index_store`). A search waits for what is still being
+(:mod:`runtime.index_store`). A file read again as the index holds it
+(same chunks, same model) is not embedded or written again: the check is
+one query. A search waits for what is still being
 indexed, embeds the query, and ranks the session's chunks by cosine
 similarity (plain Python over the stored vectors: the index is bounded by
 :class:`SearchSettings`). Only the session's own chunks are read, so another
@@ -253,6 +255,9 @@ class SessionIndex:
     async def _index(self, path: str, content: str | None) -> None:
         assert self._embedder is not None
         chunks = chunk_lines(content or "")[: self._limits.max_chunks]
+        if content is not None and await self._holds(path, chunks):
+            log.debug("file_unchanged", session_id=self.session_id, path=path)
+            return
         stored: list[StoredChunk] = []
         for first in range(0, len(chunks), EMBED_BATCH):
             batch = chunks[first : first + EMBED_BATCH]
@@ -272,6 +277,13 @@ class SessionIndex:
         log.info(
             "file_indexed", session_id=self.session_id, chunks=len(stored), evicted=len(evicted)
         )
+
+    async def _holds(self, path: str, chunks: Sequence[Chunk]) -> bool:
+        """Whether the index already holds exactly ``chunks`` of ``path``,
+        embedded by this model: a file read again unchanged costs this one
+        query, not its embeddings and a write."""
+        held = await self._store.file_chunks(self.session_id, path)
+        return held == [(self._model, c.start_line, c.end_line, c.text) for c in chunks]
 
     async def settled(self) -> None:
         """Return once nothing waits to be indexed (as of now and since)."""

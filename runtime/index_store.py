@@ -116,6 +116,22 @@ class IndexStore:
             )
         return evicted
 
+    async def file_chunks(self, session_id: str, path: str) -> list[tuple[str, int, int, str]]:
+        """What the session's index holds of ``path``, in order: each chunk's
+        model, first and last line, and text (no vectors)."""
+        query = (
+            sa.select(
+                search_chunks.c.model,
+                search_chunks.c.start_line,
+                search_chunks.c.end_line,
+                search_chunks.c.text,
+            )
+            .where(search_chunks.c.session_id == session_id, search_chunks.c.path == path)
+            .order_by(search_chunks.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(query)]
+
     async def chunks(self, session_id: str, model: str, under: str = ".") -> list[StoredChunk]:
         """The session's chunks embedded by ``model``, of the files at or under ``under``."""
         query = sa.select(

@@ -175,3 +175,40 @@ async def test_without_an_embedder_the_tool_says_so(store: Store) -> None:
     found = await index.search({"query": "passwords"})
 
     assert "no embedding model" in found["error"]
+
+
+async def test_a_file_read_again_unchanged_is_not_embedded_again(store: Store) -> None:
+    await store.create_session("s1", "alice", "coder")
+    embedder = OfflineEmbedder()
+    index = SessionIndex("s1", store.index, embedder, "offline")
+    index.observe(*read("auth.py", AUTH), "completed")
+    await index.settled()
+    first = await store.index.file_chunks("s1", "auth.py")
+    embedded = len(embedder.texts)
+    assert embedded > 0
+
+    index.observe(*read("./auth.py", AUTH), "completed")  # the same file, the same text
+    await index.settled()
+    assert len(embedder.texts) == embedded
+    assert await store.index.file_chunks("s1", "auth.py") == first
+
+    changed = AUTH + "# salted\n"
+    index.observe(*read("auth.py", changed), "completed")
+    await index.settled()
+    assert len(embedder.texts) == embedded + 1
+    assert "# salted" in (await store.index.file_chunks("s1", "auth.py"))[0][3]
+
+    other_model = SessionIndex("s1", store.index, embedder, "other-model")
+    other_model.observe(*read("auth.py", changed), "completed")  # held, by another model
+    await other_model.settled()
+    assert len(embedder.texts) == embedded + 2
+    assert {row[0] for row in await store.index.file_chunks("s1", "auth.py")} == {"other-model"}
+
+    index.forget("auth.py")
+    index.observe(*read("auth.py", changed), "completed")  # forgotten, then read: indexed
+    await index.settled()
+    assert len(embedder.texts) == embedded + 3
+    found = await index.search({"query": "salted password hash"})
+    assert [m["path"] for m in found["result"]["matches"]] == ["auth.py"]
+    await index.close()
+    await other_model.close()
