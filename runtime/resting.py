@@ -22,8 +22,10 @@ the process learnt about it stays, in a few bytes a message: the token
 counts the proxy made of each message (:meth:`ContextWindow.rest
 <runtime.context.ContextWindow.rest>`). The next prompt encodes the history
 read back once more and sends those counts with it, so waking costs one
-query and the encoding (~15 µs a message, SQLite), not a count by the
-proxy's tokenizer.
+query of the few columns a message needs (:meth:`Store.history_columns
+<runtime.store.Store.history_columns>`: ~9 µs a message on a slow 2-core
+machine, a third of reading full records; ``scripts/bench-sqlite``) and the
+encoding (~2 µs), not a count by the proxy's tokenizer.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Protocol
 import structlog
 
 from runtime.llm import ChatMessage
-from runtime.state import Session, message_from_record
+from runtime.state import Session, message_from_columns
 from runtime.store import Store
 
 log = structlog.get_logger("runtime.resting")
@@ -48,7 +50,7 @@ DEFAULT_RESTING_HISTORY_MB = 16
 DEFAULT_RESTING_AFTER_S = 60.0
 """``AGENT_RUNTIME__RESTING_AFTER_S``'s default: a minute. A session idle
 for less is taking turns; resting it would read its history back at each
-of them (a query and the encoding, ~15 µs a message; its counts are kept),
+of them (a query and the encoding, ~11 µs a message; its counts are kept),
 work that grows with the history, on a machine already busy with those
 turns. In a soak of 1,000 sessions taking a turn every ~15 s for 300 s,
 resting them all (0 s, a 4 MiB budget) held the runtime's RSS to +7.6% and
@@ -87,8 +89,8 @@ def forget(session: Session) -> None:
 
 async def recall(session: Session, store: Store) -> None:
     """Read a resting ``session``'s history back from ``store``."""
-    records = await store.history(session.session_id)
-    if len(records) != session.resting:
+    rows = await store.history_columns(session.session_id)
+    if len(rows) != session.resting:
         # Only this replica writes the session while it holds the lease,
         # and it wrote every message it had: a bug, not a race. The
         # database is the history; what comes next is numbered after it.
@@ -96,10 +98,11 @@ async def recall(session: Session, store: Store) -> None:
             "resting_history_mismatch",
             session_id=session.session_id,
             rested=session.resting,
-            stored=len(records),
+            stored=len(rows),
         )
-    session.messages.extend(message_from_record(record) for record in records)
-    session.message_agents.extend(record.agent for record in records)
+    for role, content, tool_calls, tool_call_id, name, agent in rows:
+        session.messages.append(message_from_columns(role, content, tool_calls, tool_call_id, name))
+        session.message_agents.append(agent)
     session.resting = None
 
 

@@ -13,6 +13,7 @@ session's :class:`~runtime.conversation.Conversation` and its
 from __future__ import annotations
 
 import enum
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,6 +205,21 @@ def message_from_record(record: MessageRecord) -> ChatMessage:
         for c in record.tool_calls or ()
     )
     return ChatMessage(record.role, record.content, calls, record.tool_call_id, record.name)
+
+
+def message_from_columns(
+    role: str, content: str, tool_calls: str | None, tool_call_id: str, name: str
+) -> ChatMessage:
+    """The message a row of ``messages`` holds (``tool_calls`` as stored: JSON or None)."""
+    calls = (
+        tuple(
+            ToolCallRequest(c["call_id"], c["name"], c["arguments_json"])
+            for c in json.loads(tool_calls)
+        )
+        if tool_calls
+        else ()
+    )
+    return ChatMessage(role, content, calls, tool_call_id, name)
 
 
 def message_to_record(position: int, message: ChatMessage, agent: str) -> MessageRecord:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,29 @@ class Store:
                 .order_by(messages.c.position)
             )
             return [message_from_row(r) for r in rows]
+
+    async def history_columns(
+        self, session_id: str
+    ) -> Sequence[tuple[str, str, str | None, str, str, str]]:
+        """The session's messages in order, only the columns a live history
+        holds: ``role, content, tool_calls`` (JSON text or None),
+        ``tool_call_id, name, agent``. What a resting session reads back
+        (:func:`runtime.resting.recall`): no records and no timestamps
+        parsed, a third of :meth:`history`'s cost a message."""
+        query = (
+            sa.select(
+                messages.c.role,
+                messages.c.content,
+                messages.c.tool_calls,
+                messages.c.tool_call_id,
+                messages.c.name,
+                messages.c.agent,
+            )
+            .where(messages.c.session_id == session_id)
+            .order_by(messages.c.position)
+        )
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).all()
 
     async def pending_calls(self, session_id: str) -> list[CallRecord]:
         """The calls the session's turn waits on (:func:`is_pending`), oldest first."""

@@ -12,6 +12,13 @@ meet the same machine; reported per turn: the process's CPU (every thread:
 SQLite's threads do the database work) and wall time, and the trips to
 SQLite's threads, with the ratio ours / stock.
 
+Then, on our adapter, what a resting session's wake costs a message: its
+history of ``--history`` messages (a tool turn's four: question, tool call,
+tool answer, reply) read back as the waking session reads it
+(:meth:`Store.history_columns`, :func:`runtime.state.message_from_columns`)
+against the full records the REST views read (:meth:`Store.history`,
+:func:`runtime.state.message_from_record`), alternating, ``--rounds`` each.
+
 One turn at a time is the light-load case, where every trip wakes an idle
 event loop; under a heavy load the loop is already awake and a trip costs
 less (docs/BENCHMARKS.md).
@@ -38,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from mesh.database import create_engine  # noqa: E402
 from runtime.records import EventRecord, MessageRecord, Step  # noqa: E402
+from runtime.state import message_from_columns, message_from_record  # noqa: E402
 from runtime.store import Store, migrate  # noqa: E402
 
 trips: collections.Counter[str] = collections.Counter()
@@ -100,12 +108,57 @@ async def one_round(stock: bool, args: argparse.Namespace, home: Path) -> dict[s
     }
 
 
+async def recall(args: argparse.Namespace, home: Path) -> dict[str, list[float]]:
+    """CPU a message of reading a history back, full records against the columns."""
+    url = f"sqlite+aiosqlite:///{home / 'recall.db'}"
+    await migrate(url)
+    engine = create_engine(url)
+    store = Store(engine)
+    await store.create_session("s", "bench", "coder")
+    for turn in range(args.history // 4):
+        call_id = f"call_{turn:020d}"
+        done = Step("s", turn * 10 + 10, "coder", "idle", turn * 4 + 4)
+        done.messages = [
+            MessageRecord(turn * 4, "user", "read the app"),
+            MessageRecord(
+                turn * 4 + 1,
+                "assistant",
+                "",
+                tool_calls=[
+                    {"call_id": call_id, "name": "read_file", "arguments_json": '{"path": "a.py"}'}
+                ],
+            ),
+            MessageRecord(turn * 4 + 2, "tool", '{"content": "x = 1\\n"}', tool_call_id=call_id),
+            MessageRecord(turn * 4 + 3, "assistant", "a.py sets x to 1; nothing else is in it."),
+        ]
+        done.events = [EventRecord(turn * 10 + 10, turn * 10 + 10, "turn_done", {})]
+        await store.commit(done)
+    results: dict[str, list[float]] = {"records": [], "columns": []}
+    try:
+        for _ in range(args.rounds):
+            cpu = time.process_time()
+            for _ in range(10):
+                by_records = [message_from_record(r) for r in await store.history("s")]
+            results["records"].append((time.process_time() - cpu) / 10 / args.history * 1e6)
+            cpu = time.process_time()
+            for _ in range(10):
+                by_columns = [
+                    message_from_columns(*row[:5]) for row in await store.history_columns("s")
+                ]
+            results["columns"].append((time.process_time() - cpu) / 10 / args.history * 1e6)
+            assert by_columns == by_records
+    finally:
+        await engine.dispose()
+    return results
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each, alternating")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=50, help="turns per session per round")
     parser.add_argument("--load-every", type=int, default=10, help="a history read per N turns")
+    parser.add_argument("--history", type=int, default=1000, help="messages read back")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     count_trips()
@@ -115,6 +168,7 @@ async def main() -> None:
             for name in ("stock", "ours"):
                 home = Path(tmp) / f"{name}-{n}"
                 results[name].append(await one_round(name == "stock", args, home))
+        read_back = await recall(args, Path(tmp))
     report: dict[str, Any] = {"command": " ".join(["scripts/bench-sqlite", *sys.argv[1:]])}
     for measure in ("cpu_us_per_turn", "wall_us_per_turn", "trips_per_turn"):
         stock = [r[measure] for r in results["stock"]]
@@ -130,6 +184,19 @@ async def main() -> None:
             f"ours / stock {report[measure]['ours_over_stock']}",
             flush=True,
         )
+    records, columns = read_back["records"], read_back["columns"]
+    report["recall_cpu_us_per_message"] = {
+        "records": [round(v, 2) for v in records],
+        "columns": [round(v, 2) for v in columns],
+        "columns_over_records": round(statistics.median(columns) / statistics.median(records), 3),
+    }
+    print(
+        f"recall_cpu_us_per_message ({args.history} messages): records "
+        f"{statistics.median(records):.1f}, columns {statistics.median(columns):.1f} "
+        f"(medians of {args.rounds}): columns / records "
+        f"{report['recall_cpu_us_per_message']['columns_over_records']}",
+        flush=True,
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -18,9 +18,10 @@ from runtime.conversation import Conversation
 from runtime.events import ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallRequest
+from runtime.records import MessageRecord, Step
 from runtime.resting import Keeper, footprint
 from runtime.settings import ConversationSettings
-from runtime.state import Session
+from runtime.state import Session, message_from_columns, message_from_record
 from runtime.store import Store
 from runtime.stream import Subscriber
 from tests.runtime.test_conversation import ScriptedLlm, call, until
@@ -103,6 +104,34 @@ async def test_a_resting_sessions_next_turn_sees_the_history_it_would_have_seen(
     assert [(m.role, m.content, m.agent) for m in rests] == [
         (m.role, m.content, m.agent) for m in awake
     ]
+
+
+async def test_what_a_resting_session_reads_back_is_what_its_records_hold(
+    store: Store,
+) -> None:
+    """The few columns a waking session reads make the same messages and
+    agents as the full records: tool calls, tool answers, names."""
+    step = Step("s1", 3, "coder", "idle", 3)
+    calls = [{"call_id": "c1", "name": "read_file", "arguments_json": '{"path": "a.py"}'}]
+    step.messages = [
+        MessageRecord(0, "user", "read a.py", name="alice"),
+        MessageRecord(1, "assistant", "", tool_calls=calls, agent="coder"),
+        MessageRecord(2, "tool", '{"content": "x = 1"}', tool_call_id="c1", name="read_file"),
+    ]
+    await store.create_session("s1", "alice", "coder")
+    await store.commit(step)
+
+    rows = await store.history_columns("s1")
+    records = await store.history("s1")
+
+    assert [message_from_columns(*row[:5]) for row in rows] == [
+        message_from_record(record) for record in records
+    ]
+    assert [row[5] for row in rows] == [record.agent for record in records]
+    assert rows[1][2] is not None
+    assert message_from_columns(*rows[1][:5]).tool_calls == (
+        ToolCallRequest("c1", "read_file", '{"path": "a.py"}'),
+    )
 
 
 class CountingLlm(ScriptedLlm):
