@@ -23,8 +23,8 @@ counts the proxy made of each message (:meth:`ContextWindow.rest
 <runtime.context.ContextWindow.rest>`). The next prompt encodes the history
 read back once more and sends those counts with it, so waking costs one
 query of the few columns a message needs (:meth:`Store.history_columns
-<runtime.store.Store.history_columns>`: ~9 µs a message on a slow 2-core
-machine, a third of reading full records; ``scripts/bench-sqlite``) and the
+<runtime.store.Store.history_columns>`: ~9-13 µs a message on a slow 2-core
+machine, a third to a half of reading full records; ``scripts/bench-sqlite``) and the
 encoding (~2 µs), not a count by the proxy's tokenizer.
 """
 
@@ -50,7 +50,7 @@ DEFAULT_RESTING_HISTORY_MB = 16
 DEFAULT_RESTING_AFTER_S = 60.0
 """``AGENT_RUNTIME__RESTING_AFTER_S``'s default: a minute. A session idle
 for less is taking turns; resting it would read its history back at each
-of them (a query and the encoding, ~11 µs a message; its counts are kept),
+of them (a query and the encoding, 11-15 µs a message; its counts are kept),
 work that grows with the history, on a machine already busy with those
 turns. In a soak of 1,000 sessions taking a turn every ~15 s for 300 s,
 resting them all (0 s, a 4 MiB budget) held the runtime's RSS to +7.6% and

@@ -357,7 +357,7 @@ class Store:
         holds: ``role, content, tool_calls`` (JSON text or None),
         ``tool_call_id, name, agent``. What a resting session reads back
         (:func:`runtime.resting.recall`): no records and no timestamps
-        parsed, a third of :meth:`history`'s cost a message."""
+        parsed: a third to a half of :meth:`history`'s cost a message."""
         query = (
             sa.select(
                 messages.c.role,
