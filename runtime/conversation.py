@@ -142,11 +142,12 @@ class Conversation:
     def can_rest(self) -> bool:
         """No turn runs or waits, no event is handled, all is written, the history is in memory."""
         busy = self.history.held or self.turn_running or self._task_running
-        return not busy and self.stream.settled and self.session.resting is None
+        return not busy and self.stream.settled and not self.history.rested
 
-    def rest(self) -> None:
-        """Let the history go from memory (:mod:`runtime.resting`); see :attr:`can_rest`."""
-        self.history.forget()
+    def rest(self, *, doze: bool = False) -> None:
+        """Let the history go from memory, or only its objects (``doze``); see
+        :mod:`runtime.resting` and :attr:`can_rest`."""
+        self.history.doze() if doze else self.history.forget()
         self.context.forget()
 
     def subscribe(self) -> Subscriber:

@@ -136,14 +136,17 @@ class SessionHub:
             except Exception:  # a bug: log it, keep serving
                 log.exception("resting_sweep_failed")
 
-    def rest_idle(self) -> int:
-        """Put to rest the sessions idle longest (and at least the operator's
-        ``resting_after_s``) while the others that could rest hold more than
-        the operator's bound (every second); how many were
-        (:mod:`runtime.resting`)."""
+    def rest_idle(self, doze_after: float = resting.DOZING_AFTER_S) -> int:
+        """Let the sessions idle for ``doze_after`` doze, and put to rest the
+        sessions idle longest (and at least the operator's ``resting_after_s``)
+        while the others that could rest hold more than the operator's bound
+        (every second); how many rested (:mod:`runtime.resting`)."""
         settings = self._settings
         rested = resting.put_to_rest(
-            self._live.values(), settings.resting_history_bytes, settings.resting_after_s
+            self._live.values(),
+            settings.resting_history_bytes,
+            settings.resting_after_s,
+            doze_after,
         )
         if rested:
             if self._metrics is not None:

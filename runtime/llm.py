@@ -194,6 +194,21 @@ def encode_message(message: ChatMessage) -> bytes:
     return _MESSAGES_FIELD + encode_varint(len(payload)) + payload
 
 
+def decode_message(wire: bytes | bytearray, start: int) -> ChatMessage:
+    """The message :func:`encode_message` wrote at ``start`` of ``wire``."""
+    size, shift, at = 0, 0, start + len(_MESSAGES_FIELD)
+    while True:
+        byte = wire[at]
+        at += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    entry = llmproxy_pb2.ChatMessage.FromString(bytes(wire[at : at + size]))
+    calls = tuple(ToolCallRequest(c.id, c.name, c.arguments_json) for c in entry.tool_calls)
+    return ChatMessage(entry.role, entry.content, calls, entry.tool_call_id, entry.name)
+
+
 def encode_tool(tool: ToolSpec) -> bytes:
     """``tool`` as one entry of ``StreamChatRequest.tools``, on the wire."""
     payload = llmproxy_pb2.Tool(

@@ -26,6 +26,17 @@ query of the few columns a message needs (:meth:`Store.history_columns
 <runtime.store.Store.history_columns>`: ~9-13 µs a message on a slow 2-core
 machine, a third to a half of reading full records; ``scripts/bench-sqlite``) and the
 encoding (~2 µs), not a count by the proxy's tokenizer.
+
+Before it rests, a session idle for :data:`DOZING_AFTER_S` *dozes*
+(:meth:`Keeper.doze`): its message objects go and each message's wire form
+stays in one buffer (the text and :data:`DOZING_MESSAGE_BYTES` a message,
+about a third of a live history of short messages), with its counts. Its
+next event decodes the messages back (~4 µs a message, no query; the next
+prompt encodes them once more to keep the counts, as after a rest). A
+dozing history counts towards the budget at that size, and rests past it
+like any other. So between turns a session taking one every few seconds
+holds a compact history, not the objects, whatever
+``AGENT_RUNTIME__RESTING_AFTER_S`` says.
 """
 
 from __future__ import annotations
@@ -33,12 +44,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 import structlog
 
-from runtime.llm import ChatMessage
+from runtime.llm import ChatMessage, decode_message, encode_message
 from runtime.state import Session, message_from_columns
 from runtime.store import Store
 
@@ -61,6 +73,17 @@ operator may choose that bound, the default keeps busy sessions fast."""
 SWEEP_SECONDS = 1.0
 """How often :class:`~runtime.hub.SessionHub` puts idle histories to rest."""
 
+DOZING_AFTER_S = 2.0
+"""How long a session is idle before its history *dozes* (:meth:`Keeper.doze`):
+its message objects go, their wire forms stay (the text and a few bytes a
+message), and its next event decodes them back, with no query. Two sweeps:
+a session between two events of one exchange keeps its objects."""
+
+DOZING_MESSAGE_BYTES = 40
+"""What one message of a dozing history costs in memory besides its text
+(its wire form's framing, its offset, its agent, its counts), measured with
+tracemalloc on short messages (tests/runtime/test_resting.py checks it)."""
+
 MESSAGE_OVERHEAD_BYTES = 250
 """What one message of a history costs in memory besides its text (its
 objects, its encoded prompt entry, its counts), measured with tracemalloc
@@ -78,13 +101,6 @@ def footprint(messages: Sequence[ChatMessage]) -> int:
         for call in message.tool_calls:
             text += len(call.name) + len(call.arguments_json) + len(call.call_id)
     return len(messages) * MESSAGE_OVERHEAD_BYTES + TEXT_COPIES * text
-
-
-def forget(session: Session) -> None:
-    """Drop ``session``'s history from memory; :func:`recall` reads it back."""
-    session.resting = len(session.messages)
-    session.messages.clear()
-    session.message_agents.clear()
 
 
 async def recall(session: Session, store: Store) -> None:
@@ -121,6 +137,10 @@ class Keeper:
         self._counted = 0
         self._last: ChatMessage | None = None
         self._bytes = 0
+        self._wire = bytearray()
+        self._starts = array("Q")
+        self.dozing = False
+        """The history's messages are in :attr:`_wire`, not in the session."""
         self.active_at = time.monotonic()
         """When the session was last active (a client event, a turn's end)."""
 
@@ -133,6 +153,8 @@ class Keeper:
         """:func:`footprint` of the history in memory, kept as it grows: what
         it gained since last asked is counted, and all of it again only when
         it changed otherwise (shorter, or its last counted message replaced)."""
+        if self.dozing:
+            return self._bytes
         messages = self._session.messages
         counted = self._counted
         if counted > len(messages) or (counted and messages[counted - 1] is not self._last):
@@ -143,11 +165,44 @@ class Keeper:
         self._counted = len(messages)
         return self._bytes
 
+    @property
+    def rested(self) -> bool:
+        """The history is out of memory (not dozing): :meth:`hold` reads it back."""
+        return self._session.resting is not None and not self.dozing
+
+    def doze(self) -> None:
+        """Let the message objects go, keeping each message's wire form
+        (:func:`~runtime.llm.encode_message`) and agent: :meth:`hold`
+        decodes them back, with no query."""
+        session = self._session
+        wire, starts = bytearray(), array("Q")
+        for message in session.messages:
+            starts.append(len(wire))
+            wire += encode_message(message)
+        self._wire, self._starts, self.dozing = wire, starts, True
+        session.resting = len(session.messages)
+        session.messages.clear()
+        self._counted, self._last = 0, None
+        self._bytes = len(wire) + DOZING_MESSAGE_BYTES * len(starts)
+
     def forget(self) -> None:
-        """Drop the history from memory (:func:`forget`); :meth:`hold` reads it back."""
-        forget(self._session)
+        """Drop the history from memory, dozing or not; :meth:`hold` reads it
+        back from the database."""
+        session = self._session
+        if not self.dozing:
+            session.resting = len(session.messages)
+        session.messages.clear()
+        session.message_agents.clear()
+        self._wire, self._starts, self.dozing = bytearray(), array("Q"), False
         self._counted = self._bytes = 0
         self._last = None
+
+    def _wake(self) -> None:
+        session = self._session
+        session.messages.extend(decode_message(self._wire, start) for start in self._starts)
+        session.resting = None
+        self._wire, self._starts, self.dozing = bytearray(), array("Q"), False
+        self._counted = self._bytes = 0
 
     def touch(self) -> None:
         self.active_at = time.monotonic()
@@ -156,7 +211,9 @@ class Keeper:
     async def hold(self) -> AsyncIterator[None]:
         self._holds += 1
         try:
-            if self._session.resting is not None:  # (the lock only when it rested)
+            if self.dozing:
+                self._wake()
+            elif self._session.resting is not None:  # (the lock only when it rested)
                 async with self._reading:
                     if self._session.resting is not None:
                         await recall(self._session, self._store)
@@ -176,16 +233,28 @@ class Rests(Protocol):
     @property
     def can_rest(self) -> bool: ...
 
-    def rest(self) -> None: ...
+    def rest(self, *, doze: bool = False) -> None: ...
 
 
-def put_to_rest(live: Iterable[Rests], budget: int, idle_for: float) -> int:
-    """Rest the sessions of ``live`` that rested longest until the histories
-    of the others that could rest hold at most ``budget`` bytes; how many
-    were put to rest. A session that cannot rest (a turn runs, a call
-    waits) or has been idle for less than ``idle_for`` seconds is neither
-    counted nor touched."""
-    idle_since = time.monotonic() - idle_for
+def put_to_rest(
+    live: Iterable[Rests], budget: int, idle_for: float, doze_after: float = DOZING_AFTER_S
+) -> int:
+    """Let the sessions of ``live`` idle for ``doze_after`` seconds doze,
+    then rest those that rested longest until the histories of the others
+    that could rest hold at most ``budget`` bytes; how many were put to
+    rest. A session that cannot rest (a turn runs, a call waits) is not
+    touched; one idle for less than ``idle_for`` seconds is not counted
+    and does not rest."""
+    now = time.monotonic()
+    for conversation in live:
+        if (
+            conversation.history.active_at <= now - doze_after
+            and conversation.can_rest
+            and conversation.session.resting is None
+            and conversation.session.messages
+        ):
+            conversation.rest(doze=True)
+    idle_since = now - idle_for
     awake = [
         (conversation, conversation.history.footprint)
         for conversation in live

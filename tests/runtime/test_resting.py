@@ -345,6 +345,52 @@ async def test_a_histories_size_is_kept_as_it_grows_and_counted_again_when_it_ch
     assert session.resting == 1
 
 
+async def test_a_dozing_session_wakes_from_memory_to_the_same_prompts_and_counts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three sessions take the same turns: one stays awake, one dozes
+    between every two (its messages' objects go, their wire forms stay),
+    one dozes and then rests past a budget of 0. The model is sent the same
+    prompts with the same counts; only the one that rested reads its
+    history back from the database."""
+    turns = 3
+    reads: list[str] = []
+    read_back = store.history_columns
+
+    async def counted(session_id: str) -> Any:
+        reads.append(session_id)
+        return await read_back(session_id)
+
+    monkeypatch.setattr(store, "history_columns", counted)
+    prompts: dict[str, list[list[ChatMessage]]] = {}
+    counts: dict[str, list[list[int]]] = {}
+    for name, budget in (("awake", 1 << 30), ("dozes", 1 << 30), ("rests", 0)):
+        llm = CountingLlm(*tool_turn_script(turns))
+        replica = resting_hub(store, llm, budget)
+        conversation, _ = await replica.open(name, "alice")
+        subscriber = conversation.subscribe()
+        for number in range(turns):
+            await tool_turn(conversation, subscriber, f"read file {number}")
+            if name == "awake":
+                continue
+            replica.rest_idle(doze_after=0)
+            history = conversation.history
+            assert conversation.session.messages == []
+            assert conversation.session.message_count == 4 * (number + 1)
+            assert history.dozing is (name == "dozes")
+            assert history.rested is (name == "rests")
+            if name == "dozes":
+                live = [message_from_record(record) for record in await store.history(name)]
+                assert 0 < history.footprint < footprint(live) / 2
+        prompts[name], counts[name] = llm.seen, llm.counts_seen
+        conversation.unsubscribe(subscriber)
+        await replica.close()
+    assert normalized(prompts["dozes"]) == normalized(prompts["awake"])
+    assert normalized(prompts["rests"]) == normalized(prompts["awake"])
+    assert counts["dozes"] == counts["awake"] == counts["rests"]
+    assert reads == ["rests"] * (turns - 1)
+
+
 def _messages() -> int:
     return sum(isinstance(found, ChatMessage) for found in gc.get_objects())
 
@@ -376,3 +422,42 @@ def test_the_footprint_estimate_is_close_to_what_a_history_holds(
     finally:
         tracemalloc.stop()
     assert 0.75 <= footprint(history) / held <= 1.33
+
+
+@pytest.mark.parametrize(("words", "result_chars"), [(3, 20), (8, 200), (100, 2000)])
+def test_a_dozing_history_holds_its_text_and_a_few_bytes_a_message(
+    words: int, result_chars: int
+) -> None:
+    """What a dozing history's footprint says it costs (its wire forms and
+    :data:`DOZING_MESSAGE_BYTES` a message), against tracemalloc's count of
+    what stays of a history of tool turns and its counted prompt after it
+    dozed."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        session = Session("dozing", "alice", "coder")
+        keeper = Keeper(session, None)  # type: ignore[arg-type]  # dozing reads nothing
+        for turn in range(100):
+            call_id = f"call-{turn:06d}-abcdef"
+            arguments = json.dumps({"path": f"src/file{turn}.py"})
+            session.messages += [
+                ChatMessage("user", " ".join(["read"] * words) + f" {turn}"),
+                ChatMessage("assistant", "", (ToolCallRequest(call_id, "read_file", arguments),)),
+                ChatMessage("tool", "x" * result_chars, (), call_id, "read_file"),
+                ChatMessage("assistant", " ".join(["word"] * words)),
+            ]
+            session.message_agents += ["coder"] * 4
+        live = footprint(session.messages)
+        window = ContextWindow()
+        prompt = window.prompt("system", session.messages, "m", 0)
+        window.learn(prompt, [1234] * len(prompt._uncounted))
+        del prompt
+        keeper.doze()
+        window.rest()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert session.messages == []
+    assert 0.75 <= keeper.footprint / held <= 1.33
+    assert keeper.footprint < live / 2
