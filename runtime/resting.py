@@ -245,6 +245,7 @@ def put_to_rest(
     rest. A session that cannot rest (a turn runs, a call waits) is not
     touched; one idle for less than ``idle_for`` seconds is not counted
     and does not rest."""
+    live = list(live)
     now = time.monotonic()
     for conversation in live:
         if (
