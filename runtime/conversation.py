@@ -145,8 +145,7 @@ class Conversation:
         return not busy and self.stream.settled and not self.history.rested
 
     def rest(self, *, doze: bool = False) -> None:
-        """Let the history go from memory, or only its objects (``doze``); see
-        :mod:`runtime.resting` and :attr:`can_rest`."""
+        """Let the history (``doze``: its objects) go; :mod:`runtime.resting`."""
         self.history.doze() if doze else self.history.forget()
         self.context.forget()
 

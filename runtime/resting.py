@@ -31,7 +31,7 @@ Before it rests, a session idle for :data:`DOZING_AFTER_S` *dozes*
 (:meth:`Keeper.doze`): its message objects go and each message's wire form
 stays in one buffer (the text and :data:`DOZING_MESSAGE_BYTES` a message,
 about a third of a live history of short messages), with its counts. Its
-next event decodes the messages back (~4 µs a message, no query; the next
+next event decodes the messages back (4-7.5 µs a message, no query; the next
 prompt encodes them once more to keep the counts, as after a rest). A
 dozing history counts towards the budget at that size, and rests past it
 like any other. So between turns a session taking one every few seconds
@@ -139,8 +139,7 @@ class Keeper:
         self._bytes = 0
         self._wire = bytearray()
         self._starts = array("Q")
-        self.dozing = False
-        """The history's messages are in :attr:`_wire`, not in the session."""
+        """While dozing: each message's wire form, and where each starts."""
         self.active_at = time.monotonic()
         """When the session was last active (a client event, a turn's end)."""
 
@@ -166,6 +165,11 @@ class Keeper:
         return self._bytes
 
     @property
+    def dozing(self) -> bool:
+        """The history's messages are in :attr:`_wire`, not in the session."""
+        return bool(self._starts)
+
+    @property
     def rested(self) -> bool:
         """The history is out of memory (not dozing): :meth:`hold` reads it back."""
         return self._session.resting is not None and not self.dozing
@@ -175,15 +179,14 @@ class Keeper:
         (:func:`~runtime.llm.encode_message`) and agent: :meth:`hold`
         decodes them back, with no query."""
         session = self._session
-        wire, starts = bytearray(), array("Q")
+        assert session.messages, "an empty history has nothing to let go"
         for message in session.messages:
-            starts.append(len(wire))
-            wire += encode_message(message)
-        self._wire, self._starts, self.dozing = wire, starts, True
+            self._starts.append(len(self._wire))
+            self._wire += encode_message(message)
         session.resting = len(session.messages)
         session.messages.clear()
         self._counted, self._last = 0, None
-        self._bytes = len(wire) + DOZING_MESSAGE_BYTES * len(starts)
+        self._bytes = len(self._wire) + DOZING_MESSAGE_BYTES * len(self._starts)
 
     def forget(self) -> None:
         """Drop the history from memory, dozing or not; :meth:`hold` reads it
@@ -193,16 +196,18 @@ class Keeper:
             session.resting = len(session.messages)
         session.messages.clear()
         session.message_agents.clear()
-        self._wire, self._starts, self.dozing = bytearray(), array("Q"), False
-        self._counted = self._bytes = 0
-        self._last = None
+        self._let_go()
 
     def _wake(self) -> None:
         session = self._session
         session.messages.extend(decode_message(self._wire, start) for start in self._starts)
         session.resting = None
-        self._wire, self._starts, self.dozing = bytearray(), array("Q"), False
+        self._let_go()
+
+    def _let_go(self) -> None:
+        self._wire, self._starts = bytearray(), array("Q")
         self._counted = self._bytes = 0
+        self._last = None
 
     def touch(self) -> None:
         self.active_at = time.monotonic()

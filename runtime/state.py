@@ -199,11 +199,12 @@ class Session:
         return session
 
 
+def _tool_calls(calls: list[dict[str, str]] | None) -> tuple[ToolCallRequest, ...]:
+    return tuple(ToolCallRequest(c["call_id"], c["name"], c["arguments_json"]) for c in calls or ())
+
+
 def message_from_record(record: MessageRecord) -> ChatMessage:
-    calls = tuple(
-        ToolCallRequest(c["call_id"], c["name"], c["arguments_json"])
-        for c in record.tool_calls or ()
-    )
+    calls = _tool_calls(record.tool_calls)
     return ChatMessage(record.role, record.content, calls, record.tool_call_id, record.name)
 
 
@@ -211,14 +212,7 @@ def message_from_columns(
     role: str, content: str, tool_calls: str | None, tool_call_id: str, name: str
 ) -> ChatMessage:
     """The message a row of ``messages`` holds (``tool_calls`` as stored: JSON or None)."""
-    calls = (
-        tuple(
-            ToolCallRequest(c["call_id"], c["name"], c["arguments_json"])
-            for c in json.loads(tool_calls)
-        )
-        if tool_calls
-        else ()
-    )
+    calls = _tool_calls(json.loads(tool_calls) if tool_calls else None)
     return ChatMessage(role, content, calls, tool_call_id, name)
 
 
