@@ -3,8 +3,9 @@ scripts/bench-sqlite).
 
 One process, one SQLite file per round, the runtime's own :class:`Store`:
 ``--sessions`` sessions take short turns one after another, each turn what
-the runtime asks of its store in a short turn (the session's row, the
-turn's write as one :meth:`Store.commit` of two messages and two events)
+the runtime asks of its store in a short turn (the session's row, its
+owner's rules and instructions, the turn's write as one
+:meth:`Store.commit` of two messages and two events)
 plus, every ``--load-every`` turns, a session's history read back. Rounds
 alternate between the stock adapter (``sqlalchemy.dialects.sqlite.
 aiosqlite``) and :mod:`mesh.sqlite_driver`, ``--rounds`` of each, so both
@@ -94,6 +95,7 @@ async def one_round(stock: bool, args: argparse.Namespace, home: Path) -> dict[s
         for turn in range(args.turns):
             for session_id in sessions:
                 await store.get_session(session_id)
+                await store.owner_reads.get("bench")
                 await store.commit(step(session_id, turn))
                 turns += 1
                 if turns % args.load_every == 0:
