@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 import httpx
@@ -73,6 +73,16 @@ _REQUEST_PARAMS = ("tools", "tool_choice", "temperature", "max_tokens", "stream_
 """Request keywords (:func:`llmproxy.translate.chat_arguments`) sent on."""
 
 _OPENAI_DEFAULT_BASE = "https://api.openai.com/v1"
+
+_OPTIONAL_PARAMS_KEPT = 256
+"""Most parameter sets an OpenAI route keeps ``get_optional_params``' answer
+for (a request's ``max_tokens`` and ``temperature`` may vary); past it the
+route starts afresh."""
+
+_TOOLS_STAND_IN: list[dict[str, Any]] = [
+    {"type": "function", "function": {"name": "stand_in", "parameters": {"type": "object"}}}
+]
+"""What ``get_optional_params`` sees in place of a request's tools."""
 
 
 class _ChunkSource(Protocol):
@@ -319,14 +329,14 @@ class _OpenAIRoute:
 
     model: str
     client: openai.AsyncOpenAI
+    _optional: dict[tuple[tuple[str, str], ...], dict[str, Any]] = field(default_factory=dict)
+    """``get_optional_params``' answers by the request's parameters (see
+    :meth:`_optional_params`)."""
 
     async def open(
         self, messages: Sequence[Mapping[str, Any]], request: Mapping[str, Any]
     ) -> _SseSource:
-        given = {key: request[key] for key in _REQUEST_PARAMS if key in request}
-        optional = get_optional_params(
-            model=self.model, custom_llm_provider="openai", stream=True, **given
-        )
+        optional = self._optional_params(request)
         config = ProviderConfigManager.get_provider_chat_config(self.model, LlmProviders.OPENAI)
         assert config is not None  # OpenAI always has one
         body = config.transform_request(self.model, list(messages), optional, {}, {})  # type: ignore[arg-type]
@@ -345,6 +355,36 @@ class _OpenAIRoute:
             stream_cls=openai.AsyncStream[ChatCompletionChunk],
         )
         return _SseSource(cast(LegacyAPIResponse[Any], raw).http_response)
+
+    def _optional_params(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """LiteLLM's ``get_optional_params`` for ``request`` (a fresh dict).
+
+        It costs ~80 µs a call and answers the same for the same parameters:
+        OpenAI's mapping passes the tools through untouched (or drops them
+        all), so its answer is kept per model and parameters with a stand-in
+        for the tools, which the request's own replace. (LiteLLM's own
+        settings that it reads, such as ``drop_params``, are set at start-up.)
+        """
+        given = {key: request[key] for key in _REQUEST_PARAMS if key in request}
+        tools = given.pop("tools", None)
+        key = tuple((name, repr(value)) for name, value in given.items())
+        if tools is not None:
+            key += (("tools", ""),)
+        kept = self._optional.get(key)
+        if kept is None:
+            if len(self._optional) >= _OPTIONAL_PARAMS_KEPT:
+                self._optional.clear()
+            if tools is not None:
+                given["tools"] = _TOOLS_STAND_IN
+            kept = self._optional[key] = get_optional_params(
+                model=self.model, custom_llm_provider="openai", stream=True, **given
+            )
+        # A copy two levels deep: the request body is built from it and
+        # its nested values (stream_options, extra_body) are flat dicts.
+        optional = {k: dict(v) if isinstance(v, dict) else v for k, v in kept.items()}
+        if optional.get("tools") is _TOOLS_STAND_IN:
+            optional["tools"] = tools
+        return optional
 
     def litellm_error(self, exc: Exception) -> Exception:
         return _litellm_error(exc, self.model)

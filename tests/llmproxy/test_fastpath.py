@@ -134,6 +134,59 @@ async def test_both_paths_send_the_same_request_and_stream_the_same_answer(
         assert len(sent_by_fast) == 1
 
 
+WRITE_FILE = llmproxy_pb2.Tool(
+    name="write_file",
+    description="Write a workspace file.",
+    parameters_json='{"type": "object", "properties": {"path": {"type": "string"}}}',
+)
+
+
+async def test_one_route_sends_each_request_its_own_tools_and_parameters(
+    start_proxy: StartProxy, openai_server: OpenAIServer
+) -> None:
+    """The fast path keeps LiteLLM's mapping of a request's parameters per
+    route; a run of calls on one route, tools and parameters changing and
+    coming back, sends what the full path sends for each."""
+    yaml = config(openai_server.base_url).replace(
+        "model_list:\n",
+        "model_list:\n  - model_name: reasoning\n    litellm_params:\n"
+        f"      model: openai/o3-mini\n      api_base: {openai_server.base_url}\n"
+        "      api_key: os.environ/TEST_OPENAI_KEY\n",
+    )
+    calls = [
+        request("tools", tools=[READ_FILE], tool_choice="auto", temperature=0.5, max_tokens=64),
+        request("tools", tools=[WRITE_FILE], tool_choice="auto", temperature=0.5, max_tokens=64),
+        request("tools"),
+        request("tools", tools=[READ_FILE, WRITE_FILE], max_tokens=32),
+        request("tools", tools=[READ_FILE], tool_choice="none", temperature=0.5, max_tokens=64),
+        request("tools", tools=[WRITE_FILE], tool_choice="auto", temperature=0.5, max_tokens=64),
+        request("reasoning", tools=[READ_FILE], max_tokens=64),  # sent as max_completion_tokens
+        request("reasoning", max_tokens=64),
+    ]
+    sent: dict[bool, list[dict[str, Any]]] = {}
+    for fast_path in (True, False):
+        proxy = await start_proxy(yaml, fast_path=fast_path)
+        openai_server.requests.clear()
+        for call in calls:
+            await streamed(proxy, call)
+        sent[fast_path] = list(openai_server.requests)
+
+    assert sent[True] == sent[False]
+    assert [[t["function"]["name"] for t in body.get("tools", ())] for body in sent[True]] == [
+        ["read_file"],
+        ["write_file"],
+        [],
+        ["read_file", "write_file"],
+        ["read_file"],
+        ["write_file"],
+        ["read_file"],
+        [],
+    ]
+    assert sent[True][6]["max_completion_tokens"] == 64
+    assert "max_tokens" not in sent[True][6]
+    assert sent[True][4]["tool_choice"] == "none"
+
+
 async def test_a_stream_cut_before_its_first_chunk_falls_back(
     start_proxy: StartProxy, openai_server: OpenAIServer
 ) -> None:
