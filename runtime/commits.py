@@ -236,6 +236,26 @@ async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: date
     return ids - set(live.scalars())
 
 
+_CALL_COLUMNS = ("status", "final_arguments", "offered_seq", "decided_by", "decided_at", "job")
+_UPDATE_CALL = (
+    tool_calls.update()
+    .where(tool_calls.c.call_id == sa.bindparam("b_call_id"))
+    .values({name: sa.bindparam(f"b_{name}") for name in (*_CALL_COLUMNS, "updated_at")})
+)
+_INSERT_CALL = tool_calls.insert()
+_UPDATE_PLAN = (
+    plans.update()
+    .where(
+        plans.c.session_id == sa.bindparam("b_session_id"),
+        plans.c.plan_id == sa.bindparam("b_plan_id"),
+    )
+    .values(steps=sa.bindparam("b_steps"), updated_at=sa.bindparam("b_updated_at"))
+)
+_INSERT_PLAN = plans.insert()
+# Built once, their compiled forms cached: building a statement with its
+# values per write cost SQLAlchemy about as much CPU as SQLite's work.
+
+
 async def _upsert_call(
     conn: AsyncConnection, session_id: str, call: CallRecord, stamp: datetime
 ) -> None:
@@ -252,22 +272,23 @@ async def _upsert_call(
         "updated_at": stamp,
     }
     result = await conn.execute(
-        tool_calls.update().where(tool_calls.c.call_id == call.call_id).values(**values)
+        _UPDATE_CALL, {"b_call_id": call.call_id, **{f"b_{k}": v for k, v in values.items()}}
     )
     if result.rowcount == 0:
         await conn.execute(
-            tool_calls.insert().values(
-                call_id=call.call_id,
-                session_id=session_id,
-                tool_name=call.tool_name,
-                agent=call.agent,
-                arguments=json.dumps(call.arguments),
-                reason=call.reason,
-                plan_id=call.plan_id,
-                parent_call_id=call.parent_call_id,
-                created_at=stamp,
+            _INSERT_CALL,
+            {
+                "call_id": call.call_id,
+                "session_id": session_id,
+                "tool_name": call.tool_name,
+                "agent": call.agent,
+                "arguments": json.dumps(call.arguments),
+                "reason": call.reason,
+                "plan_id": call.plan_id,
+                "parent_call_id": call.parent_call_id,
+                "created_at": stamp,
                 **values,
-            )
+            },
         )
 
 
@@ -280,13 +301,11 @@ async def _upsert_plan(
 ) -> None:
     text = json.dumps(plan_steps, ensure_ascii=False)
     result = await conn.execute(
-        plans.update()
-        .where(plans.c.session_id == session_id, plans.c.plan_id == plan_id)
-        .values(steps=text, updated_at=stamp)
+        _UPDATE_PLAN,
+        {"b_session_id": session_id, "b_plan_id": plan_id, "b_steps": text, "b_updated_at": stamp},
     )
     if result.rowcount == 0:
         await conn.execute(
-            plans.insert().values(
-                session_id=session_id, plan_id=plan_id, steps=text, updated_at=stamp
-            )
+            _INSERT_PLAN,
+            {"session_id": session_id, "plan_id": plan_id, "steps": text, "updated_at": stamp},
         )

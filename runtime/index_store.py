@@ -21,6 +21,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from runtime.records import now
 from runtime.schema import search_chunks
 
+_FILE_CHUNKS = (
+    sa.select(
+        search_chunks.c.model,
+        search_chunks.c.start_line,
+        search_chunks.c.end_line,
+        search_chunks.c.text,
+    )
+    .where(
+        search_chunks.c.session_id == sa.bindparam("b_session_id"),
+        search_chunks.c.path == sa.bindparam("b_path"),
+    )
+    .order_by(search_chunks.c.id)
+)
+"""What :meth:`IndexStore.file_chunks` reads (every ``read_file`` asks it):
+built once, its compiled form cached."""
+
 
 @dataclass(frozen=True, slots=True)
 class StoredChunk:
@@ -119,18 +135,9 @@ class IndexStore:
     async def file_chunks(self, session_id: str, path: str) -> list[tuple[str, int, int, str]]:
         """What the session's index holds of ``path``, in order: each chunk's
         model, first and last line, and text (no vectors)."""
-        query = (
-            sa.select(
-                search_chunks.c.model,
-                search_chunks.c.start_line,
-                search_chunks.c.end_line,
-                search_chunks.c.text,
-            )
-            .where(search_chunks.c.session_id == session_id, search_chunks.c.path == path)
-            .order_by(search_chunks.c.id)
-        )
         async with self._engine.connect() as conn:
-            return [tuple(row) for row in await conn.execute(query)]
+            rows = await conn.execute(_FILE_CHUNKS, {"b_session_id": session_id, "b_path": path})
+            return [tuple(row) for row in rows]
 
     async def chunks(self, session_id: str, model: str, under: str = ".") -> list[StoredChunk]:
         """The session's chunks embedded by ``model``, of the files at or under ``under``."""
