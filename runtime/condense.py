@@ -24,12 +24,13 @@ turns are cut as before (:class:`~runtime.context.ContextWindow`).
 from __future__ import annotations
 
 import contextlib
+from array import array
 from collections.abc import Sequence
 
 import structlog
 
 from mesh.context import output_reserve, units
-from runtime.context import ContextWindow
+from runtime.context import ContextWindow, Lent
 from runtime.dispatch import Dispatcher
 from runtime.errors import UpstreamError
 from runtime.events import ContextCondensed
@@ -86,10 +87,20 @@ class Condenser:
         through, position, text = self._summary
         return [*history[through:position], *history[position + 1 :]], text
 
-    def forget(self) -> None:
+    def forget(self, dozing: Sequence[ChatMessage] | None = None) -> Lent | None:
         """Let the prompt kept for the history go but its counts (the session
-        rests, :mod:`runtime.resting`); the next call encodes it again."""
-        self.window.rest()
+        rests or dozes, :mod:`runtime.resting`); the next call encodes it
+        again, unless ``dozing`` is the history and the last prompt held its
+        first messages (no summary): then their wire forms are handed over
+        (:meth:`ContextWindow.lend`) and come back at :meth:`woke`."""
+        if dozing is None:
+            self.window.rest()
+            return None
+        return self.window.lend(dozing)
+
+    def woke(self, history: Sequence[ChatMessage], wire: bytearray, starts: array[int]) -> None:
+        """:meth:`ContextWindow.woke`: the dozing history's wire forms back."""
+        self.window.woke(history, wire, starts)
 
     def due(self) -> bool:
         """Whether the last prompt filled more than the threshold of the window."""

@@ -54,6 +54,11 @@ _MAX_COUNT = (1 << 28) - 1
 """The largest count a four-byte varint holds (a count is at most the window)."""
 
 
+Lent = tuple[bytearray, "array[int]"]
+"""A history's wire forms one after another (:func:`~runtime.llm.encode_message`)
+and where each starts: what :meth:`ContextWindow.lend` hands a dozing history."""
+
+
 def count_varint(count: int) -> bytes:
     """``count`` as a protobuf varint padded to four bytes (parsers read an
     overlong varint as its value), so one message's count is replaced in
@@ -225,6 +230,33 @@ class ContextWindow:
         self._wire = bytearray()
         self._starts = array("Q")
         self._system = {text: (b"", count) for text, (_, count) in self._system.items()}
+
+    def lend(self, history: Sequence[ChatMessage]) -> Lent | None:
+        """:meth:`rest`, handing over the wire forms (and where each starts)
+        when they are those of ``history``'s first messages (the last prompt
+        held the whole history, no summary; a reply may have come since): a
+        dozing history keeps them (:mod:`runtime.resting`) and gives them back
+        at :meth:`woke`, so neither the doze nor the next prompt encodes them
+        again. None when they are not (the next prompt encodes the history)."""
+        kept = self._history
+        prefix = self._resting is None and len(kept) <= len(history)
+        prefix = prefix and (not kept or history[len(kept) - 1] is kept[-1])
+        wire, starts = self._wire, self._starts
+        self.rest()
+        return (wire, starts) if prefix else None
+
+    def woke(self, history: Sequence[ChatMessage], wire: bytearray, starts: array[int]) -> None:
+        """Take back what :meth:`lend` handed over: ``history`` was decoded
+        from ``wire`` (which may have grown by the messages since), and
+        nothing changed it since. Otherwise the next prompt encodes it."""
+        if self._resting is None:
+            return
+        count, size, crc = self._resting
+        if len(history) < count or len(wire) < size or zlib.crc32(memoryview(wire)[:size]) != crc:
+            return
+        del wire[size:], starts[count:]
+        self._resting = None
+        self._history, self._wire, self._starts = list(history[:count]), wire, starts
 
     # -- the kept history ------------------------------------------------------
 

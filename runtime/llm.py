@@ -194,19 +194,19 @@ def encode_message(message: ChatMessage) -> bytes:
     return _MESSAGES_FIELD + encode_varint(len(payload)) + payload
 
 
-def decode_message(wire: bytes | bytearray, start: int) -> ChatMessage:
-    """The message :func:`encode_message` wrote at ``start`` of ``wire``."""
-    size, shift, at = 0, 0, start + len(_MESSAGES_FIELD)
-    while True:
-        byte = wire[at]
-        at += 1
-        size |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            break
-    entry = llmproxy_pb2.ChatMessage.FromString(bytes(wire[at : at + size]))
-    calls = tuple(ToolCallRequest(c.id, c.name, c.arguments_json) for c in entry.tool_calls)
-    return ChatMessage(entry.role, entry.content, calls, entry.tool_call_id, entry.name)
+def decode_messages(wire: bytes | bytearray) -> list[ChatMessage]:
+    """The messages :func:`encode_message` wrote one after another in ``wire``
+    (one parse of them all: a ``StreamChatRequest`` holding only messages)."""
+    return [
+        ChatMessage(
+            entry.role,
+            entry.content,
+            tuple(ToolCallRequest(c.id, c.name, c.arguments_json) for c in entry.tool_calls),
+            entry.tool_call_id,
+            entry.name,
+        )
+        for entry in llmproxy_pb2.StreamChatRequest.FromString(bytes(wire)).messages
+    ]
 
 
 def encode_tool(tool: ToolSpec) -> bytes:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from runtime import context as context_module
+from runtime import resting as resting_module
 from runtime.commands import FileChanged, Retry, ToolResult, UserMessage
 from runtime.context import ContextWindow, Prompt
 from runtime.conversation import Conversation
@@ -389,6 +391,48 @@ async def test_a_dozing_session_wakes_from_memory_to_the_same_prompts_and_counts
     assert normalized(prompts["rests"]) == normalized(prompts["awake"])
     assert counts["dozes"] == counts["awake"] == counts["rests"]
     assert reads == ["rests"] * (turns - 1)
+
+
+async def test_a_dozing_history_is_encoded_neither_to_doze_nor_to_wake(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The doze keeps the wire forms the context window made for the last
+    prompt (encoding only the reply that came after it), and the wake hands
+    them back with the decoded messages: no message of that prompt is
+    encoded again, to doze or for the next one."""
+    encoded: list[ChatMessage] = []
+    for module in (context_module, resting_module):
+        real = module.encode_message
+
+        def counting(message: ChatMessage, real: Any = real) -> bytes:
+            encoded.append(message)
+            return real(message)
+
+        monkeypatch.setattr(module, "encode_message", counting)
+    llm = CountingLlm(*tool_turn_script(3))
+    replica = resting_hub(store, llm, 1 << 30)
+    conversation, _ = await replica.open("s", "alice")
+    subscriber = conversation.subscribe()
+    for number in range(2):
+        await tool_turn(conversation, subscriber, f"read file {number}")
+    before = list(conversation.session.messages)
+    encoded.clear()
+
+    replica.rest_idle(doze_after=0)
+    assert conversation.history.dozing
+    assert encoded == [before[-1]]  # the reply: no prompt held it yet
+    await tool_turn(conversation, subscriber, "read file 2")
+
+    assert conversation.session.messages[: len(before)] == before
+    assert not [m for m in encoded if m in before[:-1]]
+    assert ChatMessage("user", "read file 2") in encoded
+    # What the window holds is what it would have made itself: the history
+    # up to the last prompt (the reply after it comes in at the next).
+    window, messages = conversation.context.window, conversation.session.messages
+    assert window._history == messages[:-1]
+    assert bytes(window._wire) == b"".join(map(resting_module.encode_message, messages[:-1]))
+    conversation.unsubscribe(subscriber)
+    await replica.close()
 
 
 def _messages() -> int:
