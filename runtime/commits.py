@@ -236,24 +236,16 @@ async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: date
     return ids - set(live.scalars())
 
 
-_CALL_COLUMNS = ("status", "final_arguments", "offered_seq", "decided_by", "decided_at", "job")
-_UPDATE_CALL = (
-    tool_calls.update()
-    .where(tool_calls.c.call_id == sa.bindparam("b_call_id"))
-    .values({name: sa.bindparam(f"b_{name}") for name in (*_CALL_COLUMNS, "updated_at")})
-)
+# Built once, their compiled forms cached (building a statement with its
+# values per write cost SQLAlchemy about as much CPU as SQLite's work). An
+# update sets the columns its parameters name; the "b_" ones are its WHERE.
+_UPDATE_CALL = tool_calls.update().where(tool_calls.c.call_id == sa.bindparam("b_call_id"))
 _INSERT_CALL = tool_calls.insert()
-_UPDATE_PLAN = (
-    plans.update()
-    .where(
-        plans.c.session_id == sa.bindparam("b_session_id"),
-        plans.c.plan_id == sa.bindparam("b_plan_id"),
-    )
-    .values(steps=sa.bindparam("b_steps"), updated_at=sa.bindparam("b_updated_at"))
+_UPDATE_PLAN = plans.update().where(
+    plans.c.session_id == sa.bindparam("b_session_id"),
+    plans.c.plan_id == sa.bindparam("b_plan_id"),
 )
 _INSERT_PLAN = plans.insert()
-# Built once, their compiled forms cached: building a statement with its
-# values per write cost SQLAlchemy about as much CPU as SQLite's work.
 
 
 async def _upsert_call(
@@ -271,9 +263,7 @@ async def _upsert_call(
         "job": json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
         "updated_at": stamp,
     }
-    result = await conn.execute(
-        _UPDATE_CALL, {"b_call_id": call.call_id, **{f"b_{k}": v for k, v in values.items()}}
-    )
+    result = await conn.execute(_UPDATE_CALL, {"b_call_id": call.call_id, **values})
     if result.rowcount == 0:
         await conn.execute(
             _INSERT_CALL,
@@ -302,7 +292,7 @@ async def _upsert_plan(
     text = json.dumps(plan_steps, ensure_ascii=False)
     result = await conn.execute(
         _UPDATE_PLAN,
-        {"b_session_id": session_id, "b_plan_id": plan_id, "b_steps": text, "b_updated_at": stamp},
+        {"b_session_id": session_id, "b_plan_id": plan_id, "steps": text, "updated_at": stamp},
     )
     if result.rowcount == 0:
         await conn.execute(
