@@ -328,7 +328,9 @@ async def test_an_ide_connection_is_served_by_its_profile(
     fake, port = runtime
     config = make_config(jwks_endpoint, port, jwt_leeway=0)
     async with running_gateway(config) as gateway:
-        expires = int(time.time()) + 1
+        # Two to three seconds left: the handshake must not meet the expiry
+        # (``+ 1`` left as little as a few milliseconds past a whole second).
+        expires = int(time.time()) + 3
         token = mint(rsa_key, client_id=IDE_CLIENT, exp=expires)
         url = f"ws://127.0.0.1:{gateway.port}/ws/ide-session"
         async with connect(url, subprotocols=["bearer", token]) as ws:  # type: ignore[list-item]
