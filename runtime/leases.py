@@ -20,6 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runtime.schema import sessions
 
+_ACQUIRE = sessions.update().where(
+    sessions.c.id == sa.bindparam("b_session_id"),
+    sa.or_(
+        sessions.c.lease_owner.is_(None),
+        sessions.c.lease_owner == sa.bindparam("b_replica"),
+        sessions.c.lease_expires_at < sa.bindparam("b_now"),
+    ),
+)
+"""Take the lease when it is free, expired or ours (the new holder, address
+and expiry are its parameters): built once, as every session's opening asks."""
+
 
 class Leases:
     """Session leases; each method is one short transaction, safe to cancel."""
@@ -39,20 +50,15 @@ class Leases:
         stamp = datetime.now(UTC)
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                sessions.update()
-                .where(
-                    sessions.c.id == session_id,
-                    sa.or_(
-                        sessions.c.lease_owner.is_(None),
-                        sessions.c.lease_owner == replica,
-                        sessions.c.lease_expires_at < stamp,
-                    ),
-                )
-                .values(
-                    lease_owner=replica,
-                    lease_address=address,
-                    lease_expires_at=stamp + timedelta(seconds=ttl),
-                )
+                _ACQUIRE,
+                {
+                    "b_session_id": session_id,
+                    "b_replica": replica,
+                    "b_now": stamp,
+                    "lease_owner": replica,
+                    "lease_address": address,
+                    "lease_expires_at": stamp + timedelta(seconds=ttl),
+                },
             )
         return bool(result.rowcount == 1)
 

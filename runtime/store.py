@@ -139,6 +139,33 @@ _SESSION_DATA = (
 """Every table holding a session's data, by ``session_id`` (deleted with it)."""
 
 
+_SID: sa.BindParameter[str] = sa.bindparam("b_session_id")
+# What opening a session (and waking a resting one) reads, built once with
+# the session id bound: building a statement per call cost SQLAlchemy about
+# as much CPU as SQLite's answer.
+_SESSION_ROW = sessions.select().where(sessions.c.id == _SID)
+_MESSAGES = messages.select().where(messages.c.session_id == _SID).order_by(messages.c.position)
+_CALLS = (
+    tool_calls.select()
+    .where(tool_calls.c.session_id == _SID)
+    .order_by(tool_calls.c.created_at, tool_calls.c.call_id)
+)
+_PLANS = plans.select().where(plans.c.session_id == _SID)
+_HISTORY_COLUMNS = (
+    sa.select(
+        messages.c.role,
+        messages.c.content,
+        messages.c.tool_calls,
+        messages.c.tool_call_id,
+        messages.c.name,
+        messages.c.agent,
+    )
+    .where(messages.c.session_id == _SID)
+    .order_by(messages.c.position)
+)
+_INSERT_SESSION = sessions.insert()
+
+
 class Store:
     """Queries and writes; each method is one short transaction, safe to cancel."""
 
@@ -181,14 +208,14 @@ class Store:
         }
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(sessions.insert().values(**values))
+                await conn.execute(_INSERT_SESSION, values)
         except IntegrityError:
             raise SessionExists(session_id) from None
         return SessionRow(**values)  # type: ignore[arg-type]
 
     async def get_session(self, session_id: str) -> SessionRow | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).first()
+            row = (await conn.execute(_SESSION_ROW, {"b_session_id": session_id})).first()
         return None if row is None else _session(row)
 
     async def list_sessions(
@@ -279,25 +306,12 @@ class Store:
 
     async def load(self, session_id: str) -> Loaded:
         """Everything the turn loop needs to serve the session in this process."""
+        bound = {"b_session_id": session_id}
         async with self._engine.connect() as conn:
-            row = (await conn.execute(sessions.select().where(sessions.c.id == session_id))).one()
-            history = [
-                message_from_row(m)
-                for m in await conn.execute(
-                    messages.select()
-                    .where(messages.c.session_id == session_id)
-                    .order_by(messages.c.position)
-                )
-            ]
-            calls = [
-                _call(c)
-                for c in await conn.execute(
-                    tool_calls.select()
-                    .where(tool_calls.c.session_id == session_id)
-                    .order_by(tool_calls.c.created_at, tool_calls.c.call_id)
-                )
-            ]
-            plan_rows = await conn.execute(plans.select().where(plans.c.session_id == session_id))
+            row = (await conn.execute(_SESSION_ROW, bound)).one()
+            history = [message_from_row(m) for m in await conn.execute(_MESSAGES, bound)]
+            calls = [_call(c) for c in await conn.execute(_CALLS, bound)]
+            plan_rows = await conn.execute(_PLANS, bound)
             session_plans = {p.plan_id: json.loads(p.steps) for p in plan_rows}
         return Loaded(
             session=_session(row),
@@ -358,20 +372,8 @@ class Store:
         ``tool_call_id, name, agent``. What a resting session reads back
         (:func:`runtime.resting.recall`): no records and no timestamps
         parsed: a third to a half of :meth:`history`'s cost a message."""
-        query = (
-            sa.select(
-                messages.c.role,
-                messages.c.content,
-                messages.c.tool_calls,
-                messages.c.tool_call_id,
-                messages.c.name,
-                messages.c.agent,
-            )
-            .where(messages.c.session_id == session_id)
-            .order_by(messages.c.position)
-        )
         async with self._engine.connect() as conn:
-            return (await conn.execute(query)).all()
+            return (await conn.execute(_HISTORY_COLUMNS, {"b_session_id": session_id})).all()
 
     async def pending_calls(self, session_id: str) -> list[CallRecord]:
         """The calls the session's turn waits on (:func:`is_pending`), oldest first."""
