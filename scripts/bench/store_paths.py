@@ -1,0 +1,133 @@
+"""What the runtime's store spends on the reads and writes around a turn
+(run by scripts/bench-store), on this checkout and another one.
+
+One process per checkout, the runtime's own :class:`Store` on a fresh
+SQLite file, ``--count`` of each, one after another (a light load: every
+statement wakes an idle loop), CPU of the whole process (SQLite's threads
+included) per operation:
+
+- **owner read**: a turn's read of its owner's approval rules and
+  instructions (``store.owner_reads.get``);
+- **session open**: a new session created, its lease taken and it loaded,
+  as the runtime opens one (``create_session``, ``leases.acquire``, ``load``);
+- **session reopen**: the lease of an existing session taken by another
+  replica and the session loaded;
+- **tool call**: a turn step carrying one tool call committed when the call
+  is offered, and again when it is answered.
+
+``--baseline DIR`` measures another checkout (e.g. the commit before a
+change) the same way, in processes alternating with this one's ``--runs``
+times, and prints each figure's ratio this / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+MEASURES = ("owner_read", "session_open", "session_reopen", "tool_call")
+
+
+async def measure(count: int) -> dict[str, float]:
+    from mesh.database import create_engine
+    from runtime.records import CallRecord, Step
+    from runtime.store import Store, migrate
+
+    spent: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{tmp}/store.db"
+        await migrate(url)
+        engine = create_engine(url)
+        store = Store(engine)
+        try:
+            await store.owner_reads.get("warm-up")
+            cpu = time.process_time()
+            for _ in range(count):
+                await store.owner_reads.get("bench")
+            spent["owner_read"] = time.process_time() - cpu
+
+            ids = [f"s{n}" for n in range(count)]
+            cpu = time.process_time()
+            for session_id in ids:
+                await store.create_session(session_id, "bench", "coder")
+                await store.leases.acquire(session_id, "r1", 60.0, "127.0.0.1:1")
+                await store.load(session_id)
+            spent["session_open"] = time.process_time() - cpu
+
+            cpu = time.process_time()
+            for session_id in ids:
+                await store.leases.acquire(session_id, "r2", 60.0, "127.0.0.1:2")
+                await store.load(session_id)
+            spent["session_reopen"] = time.process_time() - cpu
+
+            cpu = time.process_time()
+            for number, session_id in enumerate(ids):
+                call = CallRecord(
+                    f"call_{number:024d}", "read_file", "coder", "offered", {"path": "a.py"}
+                )
+                await store.commit(Step(session_id, 1, "coder", "waiting", 0, calls=[call]))
+                answered = replace(call, status="completed", final_arguments={"path": "a.py"})
+                await store.commit(Step(session_id, 2, "coder", "idle", 0, calls=[answered]))
+            spent["tool_call"] = time.process_time() - cpu
+        finally:
+            await engine.dispose()
+    return {name: seconds / count * 1e6 for name, seconds in spent.items()}
+
+
+def run_checkout(root: Path, count: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(root), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--child", "--count", str(count)],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=300, help="operations of each kind")
+    parser.add_argument("--runs", type=int, default=3, help="processes of each checkout")
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure the same way")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import uvloop
+
+        print(json.dumps(uvloop.run(measure(args.count))))
+        return
+    runs: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
+    for _ in range(args.runs):
+        if args.baseline:
+            runs["baseline"].append(run_checkout(args.baseline.resolve(), args.count))
+        runs["this"].append(run_checkout(HERE.parents[2], args.count))
+    print(f"CPU per operation, µs ({args.count} of each per process, {args.runs} processes):")
+    for name in MEASURES:
+        line: dict[str, Any] = {
+            who: [round(r[name]) for r in results] for who, results in runs.items() if results
+        }
+        text = "; ".join(f"{who} {', '.join(map(str, values))}" for who, values in line.items())
+        if runs["baseline"]:
+            ratio = statistics.median(r[name] for r in runs["this"]) / statistics.median(
+                r[name] for r in runs["baseline"]
+            )
+            text += f"; this / baseline {ratio:.2f}"
+        print(f"  {name}: {text}")
+
+
+if __name__ == "__main__":
+    main()
