@@ -26,6 +26,8 @@ Frame = dict[str, Any]
 Ask = Callable[[str], Awaitable[str]]
 
 ARGUMENTS_SHOWN = 200  # characters of a call's arguments on its line
+UNANSWERED = "no answer: the person's input ended"
+"""The feedback of a call or plan rejected because stdin ended (never approved)."""
 DIFF_STARTS = ("--- ", "diff --git ", "@@ ")
 
 
@@ -160,7 +162,29 @@ class Console:
             )
 
     async def approve_call(self, frame: Frame) -> Decision:
-        """Ask about a call that :meth:`show` has just described."""
+        """Ask about a call that :meth:`show` has just described; the
+        terminal's input ending before an answer rejects it."""
+        try:
+            return await self._approve_call(frame)
+        except EOFError:
+            return self._unanswered()
+
+    async def approve_plan(self, frame: Frame) -> Decision:
+        """Ask about a plan; the terminal's input ending before an answer rejects it."""
+        try:
+            answer = (await self._ask("Approve this plan? [y]es / [n]o: ")).lower()
+            if answer in ("y", "yes"):
+                return Decision("approve")
+            return Decision("reject", feedback=await self._ask("Why (optional)? "))
+        except EOFError:
+            return self._unanswered()
+
+    @staticmethod
+    def _unanswered() -> Decision:
+        print("\n[no answer: the input ended; rejected]", file=sys.stderr, flush=True)
+        return Decision("reject", feedback=UNANSWERED)
+
+    async def _approve_call(self, frame: Frame) -> Decision:
         full_diff = is_cut(frame, self.max_lines)
         choices = "[y]es / [a]lways / [n]o / [e]dit" + (" / [d]iff in full" if full_diff else "")
         while True:
@@ -184,12 +208,6 @@ class Console:
                 print(render_diff(diff_of(frame), color=self.color), flush=True)
                 continue
             print(f"answer one of {choices}")
-
-    async def approve_plan(self, frame: Frame) -> Decision:
-        answer = (await self._ask("Approve this plan? [y]es / [n]o: ")).lower()
-        if answer in ("y", "yes"):
-            return Decision("approve")
-        return Decision("reject", feedback=await self._ask("Why (optional)? "))
 
 
 def describe_change(frame: Frame) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ide.console import Console, describe_call, reason_without_diff
+from ide.console import UNANSWERED, Console, describe_call, reason_without_diff
 from ide.diffs import GREEN, RED, RESET
 from ide.turns import Decision
 
@@ -111,6 +111,33 @@ def scripted(*answers: str) -> Any:
 async def test_each_answer_is_its_decision(answers: list[str], decision: Decision) -> None:
     console = Console(color=False, max_lines=20, ask=scripted(*answers))
     assert await console.approve_call(write_call()) == decision
+
+
+def ending(*answers: str) -> Any:
+    """Answers, then the end of the input (Ctrl-D, a closed pipe)."""
+    pending = list(answers)
+
+    async def ask(prompt: str) -> str:
+        if not pending:
+            raise EOFError
+        return pending.pop(0)
+
+    return ask
+
+
+@pytest.mark.parametrize("answers", [[], ["maybe"], ["e"], ["n"]])
+async def test_input_that_ends_before_an_answer_rejects_the_call(
+    answers: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    console = Console(color=False, max_lines=20, ask=ending(*answers))
+    assert await console.approve_call(write_call()) == Decision("reject", feedback=UNANSWERED)
+    assert "the input ended; rejected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("answers", [[], ["n"]])
+async def test_input_that_ends_before_an_answer_rejects_the_plan(answers: list[str]) -> None:
+    console = Console(color=False, max_lines=20, ask=ending(*answers))
+    assert await console.approve_plan({"type": "plan"}) == Decision("reject", feedback=UNANSWERED)
 
 
 async def test_a_cut_diff_can_be_seen_in_full_before_deciding(
