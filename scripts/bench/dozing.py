@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+
+from checkouts import measured_in  # noqa: E402
 
 
 async def measure(messages: int, rounds: int) -> float:
@@ -80,24 +81,10 @@ async def measure(messages: int, rounds: int) -> float:
 
 
 def run_checkout(root: Path, args: argparse.Namespace) -> float:
-    env = {**os.environ, "PYTHONPATH": str(root), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(HERE),
-            "--child",
-            "--messages",
-            str(args.messages),
-            "--rounds",
-            str(args.rounds),
-        ],
-        cwd=root,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["us_per_message"])
+    figures = measured_in(
+        HERE, root, "--messages", str(args.messages), "--rounds", str(args.rounds)
+    )
+    return float(figures["us_per_message"])
 
 
 def main() -> None:

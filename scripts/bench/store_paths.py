@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+
+from checkouts import measured_in  # noqa: E402
+
 MEASURES = ("owner_read", "session_open", "session_reopen", "tool_call")
 
 
@@ -85,17 +87,8 @@ async def measure(count: int) -> dict[str, float]:
 
 
 def run_checkout(root: Path, count: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(root), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    out = subprocess.run(
-        [sys.executable, str(HERE), "--child", "--count", str(count)],
-        cwd=root,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
+    figures: dict[str, float] = measured_in(HERE, root, "--count", str(count))
+    return figures
 
 
 def main() -> None:
