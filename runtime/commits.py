@@ -209,22 +209,26 @@ async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: date
     session id order, so two writers lock rows in the same order); returns
     the ids of the sessions that are deleted (or not there), not updated."""
     ordered = sorted(steps, key=lambda step: step.session_id)
-    result = await conn.execute(
-        _UPDATE_SESSION,
-        [
-            {
-                "b_id": step.session_id,
-                "b_last_seq": step.last_seq,
-                "b_agent": step.agent,
-                "b_state": step.state,
-                "b_message_count": step.message_count,
-                "b_updated_at": stamp,
-                "b_title": step.title[:200] if step.title is not None else None,
-                "b_seq_reserved": step.seq_reserved,
-            }
-            for step in ordered
-        ],
-    )
+    rows = [
+        {
+            "b_id": step.session_id,
+            "b_last_seq": step.last_seq,
+            "b_agent": step.agent,
+            "b_state": step.state,
+            "b_message_count": step.message_count,
+            "b_updated_at": stamp,
+            "b_title": step.title[:200] if step.title is not None else None,
+            "b_seq_reserved": step.seq_reserved,
+        }
+        for step in ordered
+    ]
+    if len(rows) == 1:
+        # One row (a batch of one, as under a light load): a plain execute,
+        # whose row count every driver reports (asyncpg's executemany has
+        # none, which would cost the query below).
+        result = await conn.execute(_UPDATE_SESSION, rows[0])
+        return set() if result.rowcount == 1 else {steps[0].session_id}
+    result = await conn.execute(_UPDATE_SESSION, rows)
     if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(steps):
         return set()
     # Some session is gone, or the driver cannot tell: ask. The rows this

@@ -107,6 +107,28 @@ async def test_a_deleted_sessions_step_in_a_batch_is_refused_and_the_others_writ
     assert await logged(engine, "b") == (["to b"], [3])
 
 
+async def test_a_step_alone_is_written_or_refused_without_a_query_for_its_session(
+    engine: AsyncEngine,
+) -> None:
+    """A batch of one (a light load) learns from its update's row count
+    whether its session is gone, on both databases (asyncpg reports no
+    count for a batch of several, which then asks)."""
+    store = Store(engine)
+    for name in ("a", "gone"):
+        await store.create_session(name, "alice", "ask")
+    assert await store.delete_session("gone")
+    statements = counting(engine, "statement")
+
+    await store.commit(turn_step("a", 3, "to a"))
+    for name in ("gone", "never"):
+        with pytest.raises(SessionGone):
+            await store.commit(turn_step(name, 3, f"to {name}"))
+
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert await logged(engine, "a") == (["to a"], [3])
+    assert await logged(engine, "gone") == ([], [])
+
+
 async def test_a_failing_step_fails_alone_and_the_others_in_its_batch_are_written(
     engine: AsyncEngine,
 ) -> None:
