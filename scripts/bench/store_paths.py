@@ -2,9 +2,10 @@
 (run by scripts/bench-store), on this checkout and another one.
 
 One process per checkout, the runtime's own :class:`Store` on a fresh
-SQLite file, ``--count`` of each, one after another (a light load: every
-statement wakes an idle loop), CPU of the whole process (SQLite's threads
-included) per operation:
+SQLite file (or, with ``--postgres``, a fresh PostgreSQL database),
+``--count`` of each, one after another (a light load: every statement wakes
+an idle loop), CPU of the whole process (SQLite's threads included; not the
+PostgreSQL server's) per operation:
 
 - **owner read**: a turn's read of its owner's approval rules and
   instructions (``store.owner_reads.get``);
@@ -23,11 +24,14 @@ times, and prints each figure's ratio this / baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,14 +44,34 @@ from checkouts import measured_in  # noqa: E402
 MEASURES = ("owner_read", "session_open", "session_reopen", "tool_call")
 
 
-async def measure(count: int) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def database(postgres: str | None) -> AsyncIterator[str]:
+    """A fresh database: a SQLite file, or one made on the ``postgres`` server
+    (a URL of its ``postgres`` database) and dropped after."""
+    if postgres is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite+aiosqlite:///{tmp}/store.db"
+        return
+    import asyncpg
+
+    server = postgres.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"codelab_bench_store_{os.getpid()}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield postgres.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def measure(count: int, postgres: str | None) -> dict[str, float]:
     from mesh.database import create_engine
     from runtime.records import CallRecord, Step
     from runtime.store import Store, migrate
 
     spent: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite+aiosqlite:///{tmp}/store.db"
+    async with database(postgres) as url:
         await migrate(url)
         engine = create_engine(url)
         store = Store(engine)
@@ -86,8 +110,9 @@ async def measure(count: int) -> dict[str, float]:
     return {name: seconds / count * 1e6 for name, seconds in spent.items()}
 
 
-def run_checkout(root: Path, count: int) -> dict[str, float]:
-    figures: dict[str, float] = measured_in(HERE, root, "--count", str(count))
+def run_checkout(root: Path, count: int, postgres: str | None) -> dict[str, float]:
+    where = ["--postgres", postgres] if postgres else []
+    figures: dict[str, float] = measured_in(HERE, root, "--count", str(count), *where)
     return figures
 
 
@@ -96,19 +121,30 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300, help="operations of each kind")
     parser.add_argument("--runs", type=int, default=3, help="processes of each checkout")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure the same way")
+    parser.add_argument(
+        "--postgres",
+        help="measure on PostgreSQL: a URL of the server's postgres database "
+        "(postgresql+asyncpg://postgres@127.0.0.1:5432/postgres); default SQLite",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         import uvloop
 
-        print(json.dumps(uvloop.run(measure(args.count))))
+        print(json.dumps(uvloop.run(measure(args.count, args.postgres))))
         return
     runs: dict[str, list[dict[str, float]]] = {"this": [], "baseline": []}
     for _ in range(args.runs):
         if args.baseline:
-            runs["baseline"].append(run_checkout(args.baseline.resolve(), args.count))
-        runs["this"].append(run_checkout(HERE.parents[2], args.count))
-    print(f"CPU per operation, µs ({args.count} of each per process, {args.runs} processes):")
+            runs["baseline"].append(
+                run_checkout(args.baseline.resolve(), args.count, args.postgres)
+            )
+        runs["this"].append(run_checkout(HERE.parents[2], args.count, args.postgres))
+    where = "PostgreSQL" if args.postgres else "SQLite"
+    print(
+        f"CPU per operation on {where}, µs ({args.count} of each per process, "
+        f"{args.runs} processes; the database server's own CPU not counted):"
+    )
     for name in MEASURES:
         line: dict[str, Any] = {
             who: [round(r[name]) for r in results] for who, results in runs.items() if results
