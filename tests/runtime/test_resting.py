@@ -14,10 +14,10 @@ import pytest
 
 from runtime import context as context_module
 from runtime import resting as resting_module
-from runtime.commands import FileChanged, Retry, ToolResult, UserMessage
+from runtime.commands import Condense, FileChanged, Retry, ToolResult, UserMessage
 from runtime.context import ContextWindow, Prompt
 from runtime.conversation import Conversation
-from runtime.events import ToolCallEvent, TurnDone
+from runtime.events import ContextCondensed, ToolCallEvent, TurnDone
 from runtime.hub import SessionHub
 from runtime.llm import ChatMessage, Chunk, StreamEnd, TextChunk, ToolCallRequest
 from runtime.records import MessageRecord, Step
@@ -148,7 +148,10 @@ class CountingLlm(ScriptedLlm):
     async def stream_chat(
         self, model: str, messages: Sequence[ChatMessage], *args: Any, **kwargs: Any
     ) -> AsyncIterator[Chunk]:
-        assert isinstance(messages, Prompt)
+        if not isinstance(messages, Prompt):  # a summary's call: no window, no counts
+            async for chunk in super().stream_chat(model, messages, *args, **kwargs):
+                yield chunk
+            return
         sent = list(messages.token_counts)
         self.counts_seen.append(sent)
         async for chunk in super().stream_chat(model, messages, *args, **kwargs):
@@ -433,6 +436,45 @@ async def test_a_dozing_history_is_encoded_neither_to_doze_nor_to_wake(
     assert bytes(window._wire) == b"".join(map(resting_module.encode_message, messages[:-1]))
     conversation.unsubscribe(subscriber)
     await replica.close()
+
+
+async def test_a_condensed_history_dozes_and_wakes_to_the_same_prompts_and_counts(
+    store: Store,
+) -> None:
+    """With a summary the context window holds a view of the history, not
+    the history: a doze then encodes the history itself and the next prompt
+    the view; what the model is sent is the same as awake, whether the
+    session dozes before the summary's first prompt or after it."""
+    script: list[list[Any]] = [[TextChunk(f"answer {n}")] for n in range(6)]
+    script += [[TextChunk("The user asked, first: turn 0")]]
+    script += [[TextChunk(f"answer {n}")] for n in (6, 7)]
+    prompts: dict[str, list[list[ChatMessage]]] = {}
+    counts: dict[str, list[list[int]]] = {}
+    for name in ("awake", "dozes"):
+        llm = CountingLlm(*script)
+        replica = resting_hub(store, llm, 1 << 30)
+        conversation, _ = await replica.open(f"condensed-{name}", "alice")
+        subscriber = conversation.subscribe()
+        for number in range(6):
+            await conversation.handle(UserMessage(f"turn {number}"))
+            await until(subscriber.queue, TurnDone)
+            await conversation.wait_idle()
+        await conversation.handle(Condense())
+        await until(subscriber.queue, ContextCondensed)
+        await conversation.wait_idle()
+        for number in (6, 7):  # dozing before the summary's first prompt, then after
+            if name == "dozes":
+                replica.rest_idle(doze_after=0)
+                assert conversation.history.dozing
+            await conversation.handle(UserMessage(f"turn {number}"))
+            await until(subscriber.queue, TurnDone)
+            await conversation.wait_idle()
+        prompts[name], counts[name] = llm.seen, llm.counts_seen
+        conversation.unsubscribe(subscriber)
+        await replica.close()
+    assert "The user asked, first: turn 0" in prompts["dozes"][-1][0].content
+    assert normalized(prompts["dozes"]) == normalized(prompts["awake"])
+    assert counts["dozes"] == counts["awake"]
 
 
 def _messages() -> int:
