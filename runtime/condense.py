@@ -24,7 +24,6 @@ turns are cut as before (:class:`~runtime.context.ContextWindow`).
 from __future__ import annotations
 
 import contextlib
-from array import array
 from collections.abc import Sequence
 
 import structlog
@@ -92,15 +91,11 @@ class Condenser:
         rests or dozes, :mod:`runtime.resting`); the next call encodes it
         again, unless ``dozing`` is the history and the last prompt held its
         first messages (no summary): then their wire forms are handed over
-        (:meth:`ContextWindow.lend`) and come back at :meth:`woke`."""
+        (:meth:`ContextWindow.lend`) and come back at :meth:`ContextWindow.woke`."""
         if dozing is None:
             self.window.rest()
             return None
         return self.window.lend(dozing)
-
-    def woke(self, history: Sequence[ChatMessage], wire: bytearray, starts: array[int]) -> None:
-        """:meth:`ContextWindow.woke`: the dozing history's wire forms back."""
-        self.window.woke(history, wire, starts)
 
     def due(self) -> bool:
         """Whether the last prompt filled more than the threshold of the window."""

@@ -147,7 +147,7 @@ class Conversation:
     def rest(self, *, doze: bool = False) -> None:
         """Let the history (``doze``: its objects) go; :mod:`runtime.resting`."""
         lent = self.context.forget(self.session.messages if doze else None)
-        self.history.doze(lent, self.context.woke) if doze else self.history.forget()
+        self.history.doze(lent, self.context.window.woke) if doze else self.history.forget()
 
     def subscribe(self) -> Subscriber:
         """Attach a stream to the session's events (a detached turn goes on)."""

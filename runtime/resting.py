@@ -62,7 +62,7 @@ log = structlog.get_logger("runtime.resting")
 
 GiveBack = Callable[[Sequence[ChatMessage], bytearray, "array[int]"], None]
 """Takes a waking history's messages and the wire forms they were decoded
-from (:meth:`runtime.condense.Condenser.woke`)."""
+from (:meth:`runtime.context.ContextWindow.woke`)."""
 
 DEFAULT_RESTING_HISTORY_MB = 16
 """``AGENT_RUNTIME__RESTING_HISTORY_MB``'s default."""
