@@ -50,9 +50,12 @@ PYTHON = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 SERVICES = ("gateway", "runtime", "llmproxy", "auth")
-LLMPROXY_REPLICAS = 2
-"""llmproxy processes in the mesh (CODELAB_LLMPROXY_REPLICAS): LiteLLM's
-per-chunk cost makes one llmproxy process the first to fill a core."""
+llmproxy_replicas = 1
+"""llmproxy processes in the mesh (``--llmproxy-replicas``, passed on as
+CODELAB_LLMPROXY_REPLICAS): by default one, as ``scripts/up`` starts. Two
+were the default while LiteLLM's per-chunk cost made one llmproxy the first
+process to fill a core; since the fast path, a second process on two cores
+costs more CPU per token than it spares (docs/BENCHMARKS.md, tenth session)."""
 
 
 @dataclass(frozen=True)
@@ -269,7 +272,7 @@ def mesh(
         "  num_retries: 0\n"
     )
     ports = {n: free_port() for n in ("gateway", "runtime", "auth")}
-    ports["llmproxy"] = free_ports_in_a_row(LLMPROXY_REPLICAS)
+    ports["llmproxy"] = free_ports_in_a_row(llmproxy_replicas)
     env = {
         **os.environ,
         **MESH_LIMITS,
@@ -280,7 +283,7 @@ def mesh(
         "AGENT_RUNTIME__PORT": str(ports["runtime"]),
         "LLM_PROXY__PORT": str(ports["llmproxy"]),
         "AUTH_SERVICE__PORT": str(ports["auth"]),
-        "CODELAB_LLMPROXY_REPLICAS": str(LLMPROXY_REPLICAS),
+        "CODELAB_LLMPROXY_REPLICAS": str(llmproxy_replicas),
         "CODELAB_FRONT_PORT": "0",  # the bench talks to the gateway itself
         # No metrics endpoints: the fixed ports scripts/up uses may be taken.
         "GATEWAY__METRICS_PORT": "0",
@@ -687,7 +690,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {**machine(), "nofile_limit": hard},
         "relay": "loose" if args.loose_relay else "tight",
         "scenarios": {n: {"title": s.title} for n, s in plan.items()},
-        "mesh_env": MESH_LIMITS,
+        "mesh_env": {**MESH_LIMITS, "CODELAB_LLMPROXY_REPLICAS": str(llmproxy_replicas)},
     }
     print(f"machine: {report['machine']['cpu']}, {report['machine']['nproc']} cores", flush=True)
     started = time.monotonic()
@@ -856,6 +859,12 @@ def main() -> None:
         help="the scenario py-spy profiles, once more after its measured run (default wide)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--llmproxy-replicas",
+        type=int,
+        default=1,
+        help="llmproxy processes in the mesh (default 1, as scripts/up starts)",
+    )
     parser.add_argument("--json", default="", help="write the raw results here")
     parser.add_argument(
         "--loose-relay",
@@ -881,6 +890,10 @@ def main() -> None:
     )
     soak.add_arguments(parser)
     args = parser.parse_args()
+    if args.llmproxy_replicas < 1:
+        parser.error("--llmproxy-replicas must be at least 1")
+    global llmproxy_replicas
+    llmproxy_replicas = args.llmproxy_replicas
     # SIGTERM unwinds like Ctrl-C, so every started mesh and relay is stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.soak:

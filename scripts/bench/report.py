@@ -76,8 +76,8 @@ How each number is taken:
   `switch_agent` to `ask` with content (skips the orchestrator's routing
   call), not measured; measured turns are `user_message` to `ask`.
 - mesh environment: the edge's abuse limits are lifted for one user on one
-  address (`{limits}`); two llmproxy processes
-  (`CODELAB_LLMPROXY_REPLICAS=2`, the runtime balancing over them);
+  address; the environment it was given: `{limits}` (llmproxy
+  processes: `CODELAB_LLMPROXY_REPLICAS`, the runtime balancing over them);
   everything else is the default (SQLite unless stated, approvals
   untouched, INFO logging to files, `GATEWAY__ATTACH_ON_FIRST_FRAME=true`).
 """
