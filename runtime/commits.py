@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runtime import checkpoints as checkpoint_rows
@@ -224,20 +225,81 @@ async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: date
     ]
     if len(rows) == 1:
         # One row (a batch of one, as under a light load): a plain execute,
-        # whose row count every driver reports (asyncpg's executemany has
-        # none, which would cost the query below).
+        # whose row count every driver reports.
         result = await conn.execute(_UPDATE_SESSION, rows[0])
         return set() if result.rowcount == 1 else {steps[0].session_id}
+    ids = {step.session_id for step in steps}
+    if conn.dialect.name == "postgresql":
+        # asyncpg's executemany reports no row count: one statement takes
+        # the rows as arrays and says which it updated.
+        updated = await conn.execute(
+            _UPDATE_SESSIONS_PG,
+            {
+                "ids": [row["b_id"] for row in rows],
+                "last_seqs": [row["b_last_seq"] for row in rows],
+                "agents": [row["b_agent"] for row in rows],
+                "states": [row["b_state"] for row in rows],
+                "counts": [row["b_message_count"] for row in rows],
+                "titles": [row["b_title"] for row in rows],
+                "reserved": [row["b_seq_reserved"] for row in rows],
+                "stamp": stamp,
+            },
+        )
+        return ids - set(updated.scalars())
     result = await conn.execute(_UPDATE_SESSION, rows)
     if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(steps):
         return set()
-    # Some session is gone, or the driver cannot tell: ask. The rows this
-    # transaction updated are locked by it, so what it reads here holds.
-    ids = {step.session_id for step in steps}
-    live = await conn.execute(
-        sa.select(sessions.c.id).where(sessions.c.id.in_(ids), sessions.c.deleted_at.is_(None))
-    )
+    # Some session is gone: ask. The rows this transaction updated are
+    # locked by it, so what it reads here holds.
+    live = await conn.execute(_LIVE_SESSIONS, {"ids": list(ids)})
     return ids - set(live.scalars())
+
+
+_LIVE_SESSIONS = sa.select(sessions.c.id).where(
+    sessions.c.id.in_(sa.bindparam("ids", expanding=True)), sessions.c.deleted_at.is_(None)
+)
+
+# PostgreSQL: the steps' summary columns as arrays, one row each. The rows
+# are locked in id order first (two writers never wait on each other in
+# opposite orders), a deleted session's row is left alone, and the ids
+# updated come back.
+_UPDATE_SESSIONS_PG = sa.text(
+    """
+    WITH v AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS VARCHAR[]), CAST(:last_seqs AS BIGINT[]),
+            CAST(:agents AS VARCHAR[]), CAST(:states AS VARCHAR[]),
+            CAST(:counts AS INTEGER[]), CAST(:titles AS VARCHAR[]),
+            CAST(:reserved AS BIGINT[])
+        ) AS v (id, last_seq, agent, state, message_count, title, seq_reserved)
+    ), locked AS MATERIALIZED (
+        SELECT s.id FROM sessions AS s JOIN v ON s.id = v.id
+        WHERE s.deleted_at IS NULL
+        ORDER BY s.id
+        FOR UPDATE OF s
+    )
+    UPDATE sessions AS s SET
+        last_seq = v.last_seq,
+        agent = v.agent,
+        state = v.state,
+        message_count = v.message_count,
+        updated_at = :stamp,
+        title = COALESCE(v.title, s.title),
+        seq_reserved = COALESCE(v.seq_reserved, s.seq_reserved)
+    FROM v JOIN locked ON locked.id = v.id
+    WHERE s.id = v.id
+    RETURNING s.id
+    """
+).bindparams(
+    sa.bindparam("ids", type_=ARRAY(sa.String)),
+    sa.bindparam("last_seqs", type_=ARRAY(sa.BigInteger)),
+    sa.bindparam("agents", type_=ARRAY(sa.String)),
+    sa.bindparam("states", type_=ARRAY(sa.String)),
+    sa.bindparam("counts", type_=ARRAY(sa.Integer)),
+    sa.bindparam("titles", type_=ARRAY(sa.String)),
+    sa.bindparam("reserved", type_=ARRAY(sa.BigInteger)),
+    sa.bindparam("stamp", type_=sa.DateTime(timezone=True)),
+)
 
 
 # Built once, their compiled forms cached (building a statement with its

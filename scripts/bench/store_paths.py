@@ -14,7 +14,10 @@ PostgreSQL server's) per operation:
 - **session reopen**: the lease of an existing session taken by another
   replica and the session loaded;
 - **tool call**: a turn step carrying one tool call committed when the call
-  is offered, and again when it is answered.
+  is offered, and again when it is answered;
+- **step in a batch**: ten sessions commit a step each at once (a message
+  and an event), as under load, where the group commit writes them
+  together; per step.
 
 ``--baseline DIR`` measures another checkout (e.g. the commit before a
 change) the same way, in processes alternating with this one's ``--runs``
@@ -24,6 +27,7 @@ times, and prints each figure's ratio this / baseline.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -41,7 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from checkouts import measured_in  # noqa: E402
 
-MEASURES = ("owner_read", "session_open", "session_reopen", "tool_call")
+MEASURES = ("owner_read", "session_open", "session_reopen", "tool_call", "step_in_a_batch")
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +71,7 @@ async def database(postgres: str | None) -> AsyncIterator[str]:
 
 async def measure(count: int, postgres: str | None) -> dict[str, float]:
     from mesh.database import create_engine
-    from runtime.records import CallRecord, Step
+    from runtime.records import CallRecord, EventRecord, MessageRecord, Step
     from runtime.store import Store, migrate
 
     spent: dict[str, float] = {}
@@ -105,6 +109,26 @@ async def measure(count: int, postgres: str | None) -> dict[str, float]:
                 answered = replace(call, status="completed", final_arguments={"path": "a.py"})
                 await store.commit(Step(session_id, 2, "coder", "idle", 0, calls=[answered]))
             spent["tool_call"] = time.process_time() - cpu
+
+            def step(session_id: str, seq: int) -> Step:
+                return Step(
+                    session_id,
+                    seq,
+                    "coder",
+                    "idle",
+                    seq,
+                    events=[EventRecord(seq, seq, "turn_done", {})],
+                    messages=[MessageRecord(seq, "assistant", "done")],
+                )
+
+            groups = [ids[n : n + 10] for n in range(0, count - count % 10, 10)]
+            cpu = time.process_time()
+            for group in groups:
+                await asyncio.gather(*(store.commit(step(session_id, 3)) for session_id in group))
+            # per step, whatever count is: the figures are divided by it below
+            spent["step_in_a_batch"] = (
+                (time.process_time() - cpu) * count / max(1, 10 * len(groups))
+            )
         finally:
             await engine.dispose()
     return {name: seconds / count * 1e6 for name, seconds in spent.items()}

@@ -129,6 +129,54 @@ async def test_a_step_alone_is_written_or_refused_without_a_query_for_its_sessio
     assert await logged(engine, "gone") == ([], [])
 
 
+async def test_a_batch_learns_which_sessions_are_gone_from_its_update_alone(
+    engine: AsyncEngine,
+) -> None:
+    """Steps committing at once, one of a deleted session and one of a
+    session never made among them: the others are written and those two
+    refused, with no query asking which sessions live (on PostgreSQL one
+    statement updates the batch and returns the ids it updated; SQLite's
+    row count says when all were, and only when one is gone does it ask)."""
+    store = Store(engine)
+    names = [f"s{i:02}" for i in range(12)]
+    for name in [*names, "gone"]:
+        await store.create_session(name, "alice", "ask", title="first")
+    assert await store.delete_session("gone")
+    commits = counting(engine, "commit")
+    statements = counting(engine, "statement")
+
+    def selects() -> list[str]:
+        return [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+
+    await asyncio.gather(*(store.commit(turn_step(n, 4, f"to {n}")) for n in names))
+    assert len(commits) < len(names), "the steps went out in batches"
+    assert not selects()
+
+    def second(name: str) -> Step:
+        step = turn_step(name, 9, f"again {name}", "renamed" if name == "s05" else None)
+        step.messages = [MessageRecord(1, "assistant", f"again {name}")]
+        step.message_count = 2
+        return step
+
+    results = await asyncio.gather(
+        *(store.commit(second(n)) for n in [*names[:6], "gone", *names[6:], "never"]),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, SessionGone)]
+    assert len(refused) == 2 and all(r is None or isinstance(r, SessionGone) for r in results)
+    assert isinstance(results[6], SessionGone) and isinstance(results[-1], SessionGone)
+    if engine.dialect.name == "postgresql":
+        assert not selects()
+    for name in names:
+        assert await logged(engine, name) == ([f"to {name}", f"again {name}"], [4, 9])
+        row = await store.get_session(name)
+        assert row is not None
+        assert (row.last_seq, row.message_count) == (9, 2)
+        assert row.title == ("renamed" if name == "s05" else "first"), "no title: kept"
+    assert await logged(engine, "gone") == ([], [])
+    assert await store.get_session("never") is None
+
+
 async def test_a_failing_step_fails_alone_and_the_others_in_its_batch_are_written(
     engine: AsyncEngine,
 ) -> None:
