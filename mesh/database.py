@@ -11,8 +11,9 @@ go through :mod:`mesh.sqlite_driver` (one trip to SQLite's thread each).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -20,6 +21,8 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mesh import sqlite_driver
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_POOL_SIZE = 15
@@ -80,6 +83,28 @@ def create_engine(database_url: str, *, immediate: bool = False, **options: Any)
     if immediate:
         _begin_immediate(engine)
     return engine
+
+
+async def transact(engine: AsyncEngine, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(connection, *args)`` in a transaction of its own, committed when it
+    returns and rolled back when it raises; ``connection`` is SQLAlchemy's
+    synchronous one.
+
+    On :mod:`mesh.sqlite_driver`, ``fn`` and the commit run on SQLite's
+    thread in one trip (its statements run there without a trip and a
+    greenlet each); elsewhere ``fn`` runs through
+    :meth:`AsyncConnection.run_sync` (each statement awaited in turn). For
+    a transaction of several statements on a hot path: ``fn`` may run with
+    the GIL on another thread, so keep it to statements and the little
+    Python they need, and let it not commit or roll back itself.
+    """
+    async with engine.begin() as conn:
+        sync = conn.sync_connection
+        dbapi = sync.connection.dbapi_connection if sync is not None else None
+        if isinstance(dbapi, sqlite_driver.Connection):
+            # Committed on the thread; SQLAlchemy's commit then finds nothing open.
+            return cast(T, await dbapi.run_here(fn, sync, *args))
+        return await conn.run_sync(fn, *args)
 
 
 WAL_SWITCH_ATTEMPTS = 50

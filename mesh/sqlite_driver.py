@@ -20,6 +20,12 @@ the dialect's ``module`` (:func:`mesh.database.create_engine` does):
   has no transaction open (``sqlite3.Connection.in_transaction``), where
   the sqlite3 module's own would do nothing.
 
+A third: :meth:`Connection.run_here` runs a synchronous function on
+SQLite's thread and commits, and the statements the function executes there
+(through SQLAlchemy's synchronous connection, :func:`mesh.database.transact`)
+run at once, without a trip each: a transaction of several statements and
+its commit are one trip, and no greenlet is spawned per statement.
+
 Everything else (server-side cursors, errors, closing, terminating) is the
 adapter's own.
 """
@@ -28,7 +34,8 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import aiosqlite
@@ -41,6 +48,10 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT, await_
 
 _Answer = tuple[Any, int, int | None, Sequence[Any]]
+
+_here = threading.local()
+"""``inline`` is true on a SQLite thread while :meth:`Connection.run_here`
+runs a function there: statements then run at once."""
 
 
 def _execute(conn: sqlite3.Connection, operation: str, parameters: Any) -> _Answer:
@@ -119,7 +130,10 @@ class Cursor(AsyncAdapt_aiosqlite_cursor):
 
     def _answer(self, run: Any, operation: Any, parameters: Any) -> None:
         try:
-            answer = await_(self._trip(run, operation, parameters))
+            if getattr(_here, "inline", False):
+                answer = run(self._connection._conn, operation, parameters)
+            else:
+                answer = await_(self._trip(run, operation, parameters))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         self._description, self._rowcount, self._lastrowid, rows = answer
@@ -153,6 +167,33 @@ class Connection(AsyncAdapt_aiosqlite_connection):
     def commit(self) -> None:
         if self._open():
             super().commit()
+
+    async def run_here(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on this connection's SQLite thread, then a commit of
+        what it wrote, in one trip; the statements it executes through this
+        connection run there at once. When ``fn`` raises, nothing is
+        committed (the caller's transaction rolls back).
+
+        ``fn`` must not commit or roll back itself, and nothing else may use
+        the connection meanwhile (the caller holds it; the execute lock keeps
+        out anything else of its own).
+        """
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        async with self._execute_mutex:
+            return await connection._execute(  # type: ignore[no-untyped-call]
+                _inline, connection._conn, fn, args
+            )
+
+
+def _inline(conn: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    _here.inline = True
+    try:
+        result = fn(*args)
+    finally:
+        _here.inline = False
+    if conn.in_transaction:
+        conn.commit()
+    return result
 
 
 class Dbapi(AsyncAdapt_aiosqlite_dbapi):

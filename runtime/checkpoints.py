@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runtime.records import Checkpoint, Step
 from runtime.schema import checkpoints
@@ -31,10 +31,11 @@ def _checkpoint(row: sa.Row[Any]) -> Checkpoint:
     )
 
 
-async def write(conn: AsyncConnection, step: Step, stamp: datetime) -> None:
-    """Write a step's new checkpoints and mark the ones its undo restored."""
+def write(conn: sa.Connection, step: Step, stamp: datetime) -> None:
+    """Write a step's new checkpoints and mark the ones its undo restored
+    (within a step's transaction: :func:`runtime.commits.write_steps`)."""
     if step.checkpoints:
-        await conn.execute(
+        conn.execute(
             checkpoints.insert(),
             [
                 {
@@ -49,7 +50,7 @@ async def write(conn: AsyncConnection, step: Step, stamp: datetime) -> None:
             ],
         )
     if step.undone:
-        await conn.execute(
+        conn.execute(
             checkpoints.update()
             .where(checkpoints.c.session_id == step.session_id, checkpoints.c.id.in_(step.undone))
             .values(undone=True)

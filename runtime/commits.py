@@ -28,8 +28,9 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mesh.database import transact
 from runtime import checkpoints as checkpoint_rows
 from runtime.records import CallRecord, Step, now
 from runtime.schema import agent_switches, events, messages, plans, sessions, tool_calls
@@ -98,8 +99,8 @@ class GroupCommit:
 
     async def _write(self, batch: list[_Queued]) -> None:
         try:
-            async with self._engine.begin() as conn:
-                gone = await write_steps(conn, [queued.step for queued in batch], now())
+            steps = [queued.step for queued in batch]
+            gone = await transact(self._engine, write_steps, steps, now())
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -122,14 +123,14 @@ def _settle(queued: _Queued, error: BaseException | None = None) -> None:
         queued.done.set_exception(error)
 
 
-async def write_steps(conn: AsyncConnection, steps: list[Step], stamp: datetime) -> set[int]:
+def write_steps(conn: sa.Connection, steps: list[Step], stamp: datetime) -> set[int]:
     """Write ``steps`` in ``conn``'s transaction; returns the ``id()`` of each
     step whose session was deleted (nothing of those is written).
 
     The sessions' summary rows are updated first, in one statement; the
     log rows of the live steps then go out as one insert per table.
     """
-    gone_sessions = await _update_sessions(conn, steps, stamp)
+    gone_sessions = _update_sessions(conn, steps, stamp)
     gone = {id(step) for step in steps if step.session_id in gone_sessions}
     live = [step for step in steps if id(step) not in gone]
     event_rows = [
@@ -145,7 +146,7 @@ async def write_steps(conn: AsyncConnection, steps: list[Step], stamp: datetime)
         for e in step.events
     ]
     if event_rows:
-        await conn.execute(events.insert(), event_rows)
+        conn.execute(events.insert(), event_rows)
     message_rows = [
         {
             "session_id": step.session_id,
@@ -162,15 +163,15 @@ async def write_steps(conn: AsyncConnection, steps: list[Step], stamp: datetime)
         for m in step.messages
     ]
     if message_rows:
-        await conn.execute(messages.insert(), message_rows)
+        conn.execute(messages.insert(), message_rows)
     for step in live:
         for call in step.calls:
-            await _upsert_call(conn, step.session_id, call, stamp)
+            _upsert_call(conn, step.session_id, call, stamp)
         for plan_id, plan_steps in step.plans.items():
-            await _upsert_plan(conn, step.session_id, plan_id, plan_steps, stamp)
-        await checkpoint_rows.write(conn, step, stamp)
+            _upsert_plan(conn, step.session_id, plan_id, plan_steps, stamp)
+        checkpoint_rows.write(conn, step, stamp)
         if step.switches:
-            await conn.execute(
+            conn.execute(
                 agent_switches.insert(),
                 [
                     {
@@ -205,7 +206,7 @@ _UPDATE_SESSION = (
 )
 
 
-async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: datetime) -> set[str]:
+def _update_sessions(conn: sa.Connection, steps: list[Step], stamp: datetime) -> set[str]:
     """Move each step's session summary columns with it, in one statement (in
     session id order, so two writers lock rows in the same order); returns
     the ids of the sessions that are deleted (or not there), not updated."""
@@ -226,13 +227,13 @@ async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: date
     if len(rows) == 1:
         # One row (a batch of one, as under a light load): a plain execute,
         # whose row count every driver reports.
-        result = await conn.execute(_UPDATE_SESSION, rows[0])
+        result = conn.execute(_UPDATE_SESSION, rows[0])
         return set() if result.rowcount == 1 else {steps[0].session_id}
     ids = {step.session_id for step in steps}
     if conn.dialect.name == "postgresql":
         # asyncpg's executemany reports no row count: one statement takes
         # the rows as arrays and says which it updated.
-        updated = await conn.execute(
+        updated = conn.execute(
             _UPDATE_SESSIONS_PG,
             {
                 "ids": [row["b_id"] for row in rows],
@@ -246,12 +247,12 @@ async def _update_sessions(conn: AsyncConnection, steps: list[Step], stamp: date
             },
         )
         return ids - set(updated.scalars())
-    result = await conn.execute(_UPDATE_SESSION, rows)
+    result = conn.execute(_UPDATE_SESSION, rows)
     if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(steps):
         return set()
     # Some session is gone: ask. The rows this transaction updated are
     # locked by it, so what it reads here holds.
-    live = await conn.execute(_LIVE_SESSIONS, {"ids": list(ids)})
+    live = conn.execute(_LIVE_SESSIONS, {"ids": list(ids)})
     return ids - set(live.scalars())
 
 
@@ -314,9 +315,7 @@ _UPDATE_PLAN = plans.update().where(
 _INSERT_PLAN = plans.insert()
 
 
-async def _upsert_call(
-    conn: AsyncConnection, session_id: str, call: CallRecord, stamp: datetime
-) -> None:
+def _upsert_call(conn: sa.Connection, session_id: str, call: CallRecord, stamp: datetime) -> None:
     values = {
         "status": call.status,
         "final_arguments": (
@@ -329,9 +328,9 @@ async def _upsert_call(
         "job": json.dumps(call.job, ensure_ascii=False) if call.job is not None else None,
         "updated_at": stamp,
     }
-    result = await conn.execute(_UPDATE_CALL, {"b_call_id": call.call_id, **values})
+    result = conn.execute(_UPDATE_CALL, {"b_call_id": call.call_id, **values})
     if result.rowcount == 0:
-        await conn.execute(
+        conn.execute(
             _INSERT_CALL,
             {
                 "call_id": call.call_id,
@@ -348,20 +347,20 @@ async def _upsert_call(
         )
 
 
-async def _upsert_plan(
-    conn: AsyncConnection,
+def _upsert_plan(
+    conn: sa.Connection,
     session_id: str,
     plan_id: str,
     plan_steps: list[list[str]],
     stamp: datetime,
 ) -> None:
     text = json.dumps(plan_steps, ensure_ascii=False)
-    result = await conn.execute(
+    result = conn.execute(
         _UPDATE_PLAN,
         {"b_session_id": session_id, "b_plan_id": plan_id, "steps": text, "updated_at": stamp},
     )
     if result.rowcount == 0:
-        await conn.execute(
+        conn.execute(
             _INSERT_PLAN,
             {"session_id": session_id, "plan_id": plan_id, "steps": text, "updated_at": stamp},
         )

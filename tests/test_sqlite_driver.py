@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mesh import sqlite_driver
-from mesh.database import create_engine
+from mesh.database import create_engine, transact
 
 items = sa.Table(
     "items",
@@ -164,3 +164,68 @@ async def test_a_closed_connection_answers_with_the_dbapis_error(tmp_path: Path)
             await conn.invalidate()
     finally:
         await engine.dispose()
+
+
+def _write_three(conn: sa.Connection, names: list[str]) -> int:
+    """A transaction's work as SQLAlchemy's synchronous connection runs it."""
+    conn.execute(items.insert(), [{"name": n} for n in names])
+    renamed = conn.execute(
+        items.update().where(items.c.name == names[0]).values(name=names[0] + "!")
+    )
+    conn.execute(items.delete().where(items.c.name == "nobody"))
+    return int(renamed.rowcount)
+
+
+async def test_a_transaction_run_through_transact_is_one_trip_with_its_commit(
+    engine: AsyncEngine, immediate: bool, trips: collections.Counter[str]
+) -> None:
+    async with engine.connect() as conn:  # a connection opened before counting
+        await conn.execute(sa.text("SELECT 1"))
+    seen: list[str] = []
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    trips.clear()
+
+    assert await transact(engine, _write_three, ["a", "b", "c"]) == 1
+
+    begin = 1 if immediate else 0  # BEGIN IMMEDIATE is a statement of its own
+    assert trips == collections.Counter(_inline=1, _execute=begin), "statements and commit: one"
+    assert len(seen) == 3 + begin, "SQLAlchemy saw every statement"
+    async with engine.connect() as conn:  # another connection sees it: committed
+        names = (await conn.execute(sa.select(items.c.name).order_by(items.c.id))).scalars()
+        assert names.all() == ["a!", "b", "c"]
+
+
+async def test_a_transaction_that_fails_in_transact_leaves_nothing(
+    engine: AsyncEngine, trips: collections.Counter[str]
+) -> None:
+    await transact(engine, _write_three, ["a"])
+    trips.clear()
+
+    with pytest.raises(sa.exc.IntegrityError):
+        await transact(engine, _write_three, ["b", "a!"])  # "a!" exists: b's insert undone too
+    assert trips["rollback"] == 1
+    async with engine.connect() as conn:
+        names = (await conn.execute(sa.select(items.c.name))).scalars().all()
+    assert names == ["a!"]
+    assert await transact(engine, _write_three, ["d"]) == 1, "the connection serves on"
+
+
+async def test_transact_on_sqlalchemys_own_adapter_gives_the_same(tmp_path: Path) -> None:
+    """Not on our driver (as PostgreSQL's): the statements go one by one."""
+    from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+
+    stock = create_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'stock.db'}",
+        module=SQLiteDialect_aiosqlite.import_dbapi(),
+    )
+    try:
+        async with stock.begin() as conn:
+            await conn.run_sync(items.metadata.create_all)
+        assert await transact(stock, _write_three, ["a", "b"]) == 1
+        with pytest.raises(sa.exc.IntegrityError):
+            await transact(stock, _write_three, ["c", "b"])  # b exists
+        async with stock.connect() as conn:
+            names = (await conn.execute(sa.select(items.c.name).order_by(items.c.id))).scalars()
+            assert names.all() == ["a!", "b"]
+    finally:
+        await stock.dispose()

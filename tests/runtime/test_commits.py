@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -175,6 +177,34 @@ async def test_a_batch_learns_which_sessions_are_gone_from_its_update_alone(
         assert row.title == ("renamed" if name == "s05" else "first"), "no title: kept"
     assert await logged(engine, "gone") == ([], [])
     assert await store.get_session("never") is None
+
+
+async def test_a_batch_on_sqlite_is_one_trip_to_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement of a step's transaction and its commit run on SQLite's
+    thread in one trip (mesh.database.transact), not a trip each."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}"
+    await migrate(url)
+    engine = create_engine(url)
+    try:
+        store = Store(engine)
+        await store.create_session("a", "alice", "ask")
+        trips: list[str] = []
+        real = aiosqlite.Connection._execute
+
+        async def counting(self: aiosqlite.Connection, fn: Any, *args: Any) -> Any:
+            trips.append(fn.__name__)
+            return await real(self, fn, *args)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+        step = turn_step("a", 4, "to a")
+        step.messages.append(MessageRecord(1, "user", "and more"))
+        await store.commit(step)
+        assert trips == ["_inline"]
+        assert await logged(engine, "a") == (["to a", "and more"], [4])
+    finally:
+        await engine.dispose()
 
 
 async def test_a_failing_step_fails_alone_and_the_others_in_its_batch_are_written(
