@@ -15,8 +15,10 @@ the others in its batch are written; when a batch fails for any other
 reason, each of its steps is retried in a transaction of its own and its
 caller gets that transaction's outcome, as if it had been written alone.
 
-How one step is written lives here too (:func:`write_steps`): every
-statement is an insert or an update by primary key.
+How one step is written lives here too (:func:`write_steps`, a synchronous
+function run by :func:`mesh.database.transact`: on SQLite the transaction is
+one trip to SQLite's thread): every statement is an insert or an update by
+primary key.
 """
 
 from __future__ import annotations
@@ -250,8 +252,8 @@ def _update_sessions(conn: sa.Connection, steps: list[Step], stamp: datetime) ->
     result = conn.execute(_UPDATE_SESSION, rows)
     if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(steps):
         return set()
-    # Some session is gone: ask. The rows this transaction updated are
-    # locked by it, so what it reads here holds.
+    # Some session is gone, or the driver cannot tell: ask. The rows this
+    # transaction updated are locked by it, so what it reads here holds.
     live = conn.execute(_LIVE_SESSIONS, {"ids": list(ids)})
     return ids - set(live.scalars())
 
