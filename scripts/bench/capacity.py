@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "scripts/bench-mesh --capacity",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": bench.machine(),
+        "llmproxy_replicas": bench.llmproxy_replicas,
         "stream": {"tokens_per_turn": tokens, "token_delay_s": delay, "turns": args.turns},
         "rule": {"delivery_floor": DELIVERY_FLOOR, "latency_slack_ms": LATENCY_SLACK_MS},
         "steps": [],

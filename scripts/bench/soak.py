@@ -412,6 +412,7 @@ def main(
     workdir = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     try:
         report = run(args, start_mesh, rss_kb, workdir)
+        report["llmproxy_replicas"] = args.llmproxy_replicas
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
