@@ -5,7 +5,8 @@ production backend. SQLite files get WAL journaling, ``synchronous=NORMAL``,
 foreign keys and a busy timeout, a pool that keeps every connection it opens
 (:data:`SQLITE_POOL_SIZE`), each with a small page cache
 (:data:`SQLITE_CACHE_KIB`), and their directory is created; their statements
-go through :mod:`mesh.sqlite_driver` (one trip to SQLite's thread each).
+go through :mod:`mesh.sqlite_driver` (one trip to SQLite's thread each; a
+transaction run by :func:`transact`, one trip in all).
 """
 
 from __future__ import annotations
