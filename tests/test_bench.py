@@ -68,3 +68,27 @@ def test_capacity_is_the_last_step_before_the_first_failure() -> None:
     assert capacity.largest_sustained([(50, False)]) == 0
     assert capacity.largest_sustained([]) == 0
     assert capacity.ramp(50, 50, 200) == [50, 100, 150, 200]
+
+
+def test_a_step_the_mesh_fails_is_run_again_and_the_last_run_decides() -> None:
+    def runs(*outcomes: tuple[bool, bool]):  # type: ignore[no-untyped-def]
+        made: list[tuple[int, bool]] = []
+
+        def run_once(attempt: int, mesh_on: bool) -> tuple[bool, bool]:
+            made.append((attempt, mesh_on))
+            return outcomes[attempt - 1]
+
+        return run_once, made
+
+    run_once, made = runs((True, True))
+    assert capacity.tried(run_once, mesh_on=True) == (True, True)
+    assert made == [(1, True)]  # sustained at once: one run
+    run_once, made = runs((True, False), (True, True))
+    assert capacity.tried(run_once, mesh_on=True) == (True, True)
+    assert made == [(1, True), (2, True)]  # one unlucky run does not end the ramp
+    run_once, made = runs((True, False), (False, False))
+    assert capacity.tried(run_once, mesh_on=True) == (False, False)
+    assert len(made) == capacity.TRIES  # failed every time: the last run decides
+    run_once, made = runs((True, False))
+    assert capacity.tried(run_once, mesh_on=False) == (True, False)
+    assert made == [(1, False)]  # the mesh already failed an earlier step: the relay alone, once
