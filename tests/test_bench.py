@@ -1,5 +1,6 @@
 """The benchmark scripts' pure parts: the relay's merging, the paced-delivery
-score and the capacity ramp's stopping rule (no timing, no servers)."""
+score, the capacity ramp's stopping rule and the CPU meter's thread groups
+(no timing, no servers)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "bench"))
 
+import bench_mesh
 import capacity
 import load
 import relay
@@ -92,3 +94,37 @@ def test_a_step_the_mesh_fails_is_run_again_and_the_last_run_decides() -> None:
     run_once, made = runs((True, False))
     assert capacity.tried(run_once, mesh_on=False) == (True, False)
     assert made == [(1, False)]  # the mesh already failed an earlier step: the relay alone, once
+
+
+def test_threads_are_grouped_as_the_event_loop_grpc_core_and_the_rest() -> None:
+    assert bench_mesh.thread_group(100, 100, "python") == "main"
+    assert bench_mesh.thread_group(100, 101, "event_engine") == "grpc"
+    assert bench_mesh.thread_group(100, 102, "grpc_global_tim") == "grpc"
+    assert bench_mesh.thread_group(100, 103, "python") == "other"  # a SQLite worker, gRPC's poller
+
+
+def test_a_process_threads_cpu_is_read_by_group() -> None:
+    import os
+    import threading
+
+    done = threading.Event()
+
+    def burn() -> None:
+        total = 0
+        while not done.is_set():
+            total += sum(range(1000))
+
+    worker = threading.Thread(target=burn)
+    worker.start()
+    try:
+        before = bench_mesh.thread_cpu_seconds(os.getpid())
+        for _ in range(100_000):  # until the worker has run (the main thread runs too)
+            if bench_mesh.thread_cpu_seconds(os.getpid())["other"] > before["other"]:
+                break
+    finally:
+        done.set()
+        worker.join()
+    after = bench_mesh.thread_cpu_seconds(os.getpid())
+    assert set(after) == set(bench_mesh.THREAD_GROUPS)
+    assert after["other"] > before["other"]
+    assert after["main"] > before["main"]

@@ -117,6 +117,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
+THREAD_GROUPS = ("main", "grpc", "other")
+"""How ``thread_cpu_seconds`` groups a process's threads: its event loop's
+thread, gRPC core's own threads (``event_engine``, ``grpc_*``), and the
+rest (Python threads: gRPC's poller, each SQLite connection's worker)."""
+
+
+def thread_group(pid: int, tid: int, comm: str) -> str:
+    if tid == pid:
+        return "main"
+    if comm.startswith(("event_engine", "grpc_")):
+        return "grpc"
+    return "other"
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s live threads by :data:`THREAD_GROUPS` (from
+    each thread's ``schedstat``, in nanoseconds; a thread that ended is not
+    counted, so these may add up to less than :func:`cpu_seconds`)."""
+    spent = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            ran_ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        spent[thread_group(pid, int(task.name), comm)] += ran_ns / 1e9
+    return spent
+
+
 def rss_kb(pid: int) -> int:
     fields = Path(f"/proc/{pid}/statm").read_text().split()
     return int(fields[1]) * PAGE_KB
@@ -151,11 +181,13 @@ def grouped(pids: dict[str, int], names: tuple[str, ...]) -> dict[str, list[int]
 
 
 class CpuMeter:
-    """utime+stime of named processes between ``mark()`` calls."""
+    """utime+stime of named processes between ``mark()`` calls, and their
+    threads' CPU by group (:func:`thread_cpu_seconds`)."""
 
     def __init__(self, pids: dict[str, int] | dict[str, list[int]]) -> None:
         self.pids = {n: p if isinstance(p, list) else [p] for n, p in pids.items()}
         self.marks: list[dict[str, float]] = []
+        self.thread_marks: list[dict[str, dict[str, float]]] = []
 
     def mark(self) -> None:
         snapshot = {name: sum(map(cpu_seconds, pids)) for name, pids in self.pids.items()}
@@ -163,10 +195,25 @@ class CpuMeter:
         snapshot["client"] = usage.ru_utime + usage.ru_stime
         snapshot["machine"] = machine_busy_seconds()
         self.marks.append(snapshot)
+        threads: dict[str, dict[str, float]] = {}
+        for name, pids in self.pids.items():
+            groups = threads[name] = dict.fromkeys(THREAD_GROUPS, 0.0)
+            for pid in pids:
+                for group, seconds in thread_cpu_seconds(pid).items():
+                    groups[group] += seconds
+        self.thread_marks.append(threads)
 
     def spent(self) -> dict[str, float]:
         first, last = self.marks[0], self.marks[-1]
         return {name: round(last[name] - first[name], 3) for name in first if name != "machine"}
+
+    def spent_by_thread(self) -> dict[str, dict[str, float]]:
+        """Each process's CPU seconds between the first and last mark by thread group."""
+        first, last = self.thread_marks[0], self.thread_marks[-1]
+        return {
+            name: {g: round(last[name][g] - first[name][g], 4) for g in THREAD_GROUPS}
+            for name in first
+        }
 
     def foreign(self) -> float:
         """CPU seconds the machine spent outside the measured processes."""
@@ -354,7 +401,11 @@ def p50_p99(values: list[float]) -> dict[str, float | None]:
 
 
 def summarize(
-    s: Scenario, result: load.SessionsResult, cpu: dict[str, float], foreign: float = 0.0
+    s: Scenario,
+    result: load.SessionsResult,
+    cpu: dict[str, float],
+    foreign: float = 0.0,
+    threads: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     turns = result.turns
     tokens = sum(len(t.arrivals) for t in turns)
@@ -395,6 +446,12 @@ def summarize(
         "errors": result.errors[:5],
         "error_count": len(result.errors),
     }
+    if threads and tokens:
+        # By thread: the event loop's, gRPC core's, the rest (see THREAD_GROUPS).
+        out["cpu_us_per_token_by_thread"] = {
+            name: {g: round(v / tokens * 1e6, 1) for g, v in groups.items()}
+            for name, groups in threads.items()
+        }
     if s.delay:
         # the share of the pace asked each stream got (see load.delivery)
         share = load.delivery(turns, s.sessions * s.turns, s.tokens, s.delay)
@@ -442,7 +499,7 @@ def drive(
             stagger=s.stagger,
         )
     )
-    summary = summarize(s, result, meter.spent(), meter.foreign())
+    summary = summarize(s, result, meter.spent(), meter.foreign(), meter.spent_by_thread())
     added = summary.get("added_latency_ms") or {}
     print(
         f"  {s.name}: {summary['tokens']} tokens {summary['tokens_per_s']} tok/s "
@@ -816,7 +873,7 @@ def drive_relay(url: str, s: Scenario, pids: dict[str, int]) -> dict[str, Any]:
             stagger=s.stagger,
         )
 
-    summary = summarize(s, on_loop(go()), meter.spent(), meter.foreign())
+    summary = summarize(s, on_loop(go()), meter.spent(), meter.foreign(), meter.spent_by_thread())
     print(
         f"  {s.name}: {summary['tokens']} tokens {summary['tokens_per_s']} tok/s "
         f"ttft p50 {summary['ttft_ms']['p50']} ms, added p99 "
