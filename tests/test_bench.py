@@ -134,3 +134,23 @@ def test_a_process_threads_cpu_is_read_by_group() -> None:
         if after["main"] > before["main"]:
             break
     assert after["main"] > before["main"]
+
+
+def test_added_latency_is_told_by_the_tokens_place_in_their_turn() -> None:
+    # Two turns of ten tokens: each token 1 ms late, but the first and the
+    # last of each 9 ms (a turn's start and end waiting behind other work).
+    turns = []
+    for _ in range(2):
+        late = [9, 1, 1, 1, 1, 1, 1, 1, 1, 9]
+        stamps = [i * 10 * MS for i in range(10)]
+        turns.append(
+            load.Turn(
+                sent=0,
+                arrivals=[s + d * MS for s, d in zip(stamps, late, strict=True)],
+                stamps=stamps,
+            )
+        )
+    turns.append(load.Turn(sent=0, arrivals=[5 * MS], stamps=[]))  # unstamped: left out
+    by_tenth = bench_mesh.added_p99_by_tenth(turns)
+    assert by_tenth == [9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 9.0]
+    assert bench_mesh.added_p99_by_tenth([]) == [None] * 10

@@ -400,6 +400,20 @@ def p50_p99(values: list[float]) -> dict[str, float | None]:
     return {"p50": pct(values, 50), "p99": pct(values, 99), "n": len(values)}
 
 
+def added_p99_by_tenth(turns: list[load.Turn]) -> list[float | None]:
+    """The added latency p99 (ms) of the tokens in each tenth of their turn
+    (a token's place: its index over its turn's token count): whether the
+    late tokens are where turns start or end, or all along them."""
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    for turn in turns:
+        n = len(turn.arrivals)
+        if not n or len(turn.stamps) != n:
+            continue
+        for i, (arrived, stamp) in enumerate(zip(turn.arrivals, turn.stamps, strict=True)):
+            tenths[i * 10 // n].append((arrived - stamp) / 1e6)
+    return [pct(values, 99) for values in tenths]
+
+
 def summarize(
     s: Scenario,
     result: load.SessionsResult,
@@ -463,6 +477,7 @@ def summarize(
         out["added_latency_ms"] = p50_p99(
             [(a - st) * ms for t in stamped for a, st in zip(t.arrivals, t.stamps, strict=False)]
         )
+        out["added_latency_p99_by_tenth_of_turn_ms"] = added_p99_by_tenth(stamped)
         out["source_drift_ms"] = p50_p99(
             [
                 ((t.stamps[i] - t.stamps[0]) - i * s.delay * 1e9) * ms
