@@ -72,7 +72,7 @@ def test_capacity_is_the_last_step_before_the_first_failure() -> None:
     assert capacity.ramp(50, 50, 200) == [50, 100, 150, 200]
 
 
-def test_a_step_the_mesh_fails_is_run_again_and_the_last_run_decides() -> None:
+def test_a_step_that_fails_is_run_again_and_the_last_run_decides() -> None:
     def runs(*outcomes: tuple[bool, bool]):  # type: ignore[no-untyped-def]
         made: list[tuple[int, bool]] = []
 
@@ -94,6 +94,9 @@ def test_a_step_the_mesh_fails_is_run_again_and_the_last_run_decides() -> None:
     run_once, made = runs((True, False))
     assert capacity.tried(run_once, mesh_on=False) == (True, False)
     assert made == [(1, False)]  # the mesh already failed an earlier step: the relay alone, once
+    run_once, made = runs((False, False), (True, False))
+    assert capacity.tried(run_once, mesh_on=False) == (True, False)
+    assert made == [(1, False), (2, False)]  # the relay gets its second run too
 
 
 def test_threads_are_grouped_as_the_event_loop_grpc_core_and_the_rest() -> None:

@@ -12,9 +12,9 @@ every step), until neither sustains the step or ``most`` is reached.
 A step is *sustained* when every turn ended without error, the streams got
 at least :data:`DELIVERY_FLOOR` of the pace asked (:func:`load.delivery`)
 and, for the mesh, the added latency p99 is within
-:data:`LATENCY_SLACK_MS` of the relay's at the same step. A step the mesh
+:data:`LATENCY_SLACK_MS` of the relay's at the same step. A step either
 fails is run once more, relay and mesh again, and that second try decides
-it (:data:`TRIES`): one unlucky run on a noisy machine does not end the
+it (:data:`TRIES`): one unlucky run on a noisy machine does not end a
 ramp. The capacity of each is the largest step before its first failure.
 """
 
@@ -40,8 +40,8 @@ DELIVERY_FLOOR = 0.99
 LATENCY_SLACK_MS = 2.0
 """How far the mesh's added-latency p99 may exceed the relay's at the same step."""
 TRIES = 2
-"""Runs of a step at most: a step the mesh fails is run again (relay and
-mesh, fresh sessions), and the last run decides it."""
+"""Runs of a step at most: a step the relay or the mesh fails is run again
+(both, fresh sessions), and the last run decides it."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,12 @@ def largest_sustained(verdicts: list[tuple[int, bool]]) -> int:
 
 def tried(run_once: Callable[[int, bool], tuple[bool, bool]], mesh_on: bool) -> tuple[bool, bool]:
     """The verdicts (relay, mesh) of one step: ``run_once(attempt, mesh_on)``
-    runs it (the mesh only while ``mesh_on``); a step the mesh fails is run
-    again, up to :data:`TRIES` runs, and the last run decides."""
+    runs it (the mesh only while ``mesh_on``); a step that either fails is
+    run again, up to :data:`TRIES` runs, and the last run decides."""
     relay_ok = mesh_ok = False
     for attempt in range(1, TRIES + 1):
         relay_ok, mesh_ok = run_once(attempt, mesh_on)
-        if mesh_ok or not mesh_on:
+        if relay_ok and (mesh_ok or not mesh_on):
             break
     return relay_ok, mesh_ok
 
