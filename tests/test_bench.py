@@ -4,7 +4,9 @@ score, the capacity ramp's stopping rule and the CPU meter's thread groups
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -107,9 +109,6 @@ def test_threads_are_grouped_as_the_event_loop_grpc_core_and_the_rest() -> None:
 
 
 def test_a_process_threads_cpu_is_read_by_group() -> None:
-    import os
-    import threading
-
     done = threading.Event()
 
     def burn() -> None:
