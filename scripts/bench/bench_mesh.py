@@ -418,8 +418,8 @@ def summarize(
     s: Scenario,
     result: load.SessionsResult,
     cpu: dict[str, float],
-    foreign: float = 0.0,
-    threads: dict[str, dict[str, float]] | None = None,
+    foreign: float,
+    threads: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     turns = result.turns
     tokens = sum(len(t.arrivals) for t in turns)
@@ -460,7 +460,7 @@ def summarize(
         "errors": result.errors[:5],
         "error_count": len(result.errors),
     }
-    if threads and tokens:
+    if tokens:
         # By thread: the event loop's, gRPC core's, the rest (see THREAD_GROUPS).
         out["cpu_us_per_token_by_thread"] = {
             name: {g: round(v / tokens * 1e6, 1) for g, v in groups.items()}
