@@ -112,9 +112,16 @@ async def test_an_mcp_tool_is_called_approved_and_recorded(
 
         turn = await ide.say('call mcp__demo__add {"a": 2, "b": 3}')
         assert turn.status == "completed"
-        # On a failure, what the runtime said about its MCP servers (its whole
-        # output is too long for the message and the start of it is cut).
-        said = [line for line in stack.runtime.output.splitlines() if '"mcp_' in line]
+        # On a failure, what the runtime said about its MCP servers and what
+        # the stdio server wrote to its stderr (the lines that are not the
+        # runtime's JSON), printed whole: the assertion's message is cut.
+        said = [
+            line
+            for line in stack.runtime.output.splitlines()
+            if '"mcp_' in line or not line.startswith("{")
+        ]
+        if len(approvals.asked) != 1:
+            print("runtime's MCP lines and other output:", *said[-60:], sep="\n")
         assert len(approvals.asked) == 1, (turn.text, said)
         (asked,) = approvals.asked
         assert (asked["tool_name"], asked["arguments"]) == ("mcp__demo__add", {"a": 2, "b": 3})
