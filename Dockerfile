@@ -6,6 +6,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LITELLM_LOCAL_MODEL_COST_MAP=Tr
 # arena of its own, up to 8 per core, and keeps what each ever held: the
 # runtime's RSS grew by that in the soak (scripts/bench-mesh --soak).
 ENV MALLOC_ARENA_MAX=2
+# gRPC's client channels on the poller its servers use, not the EventEngine
+# endpoint (an experiment in the pinned grpcio): a streamed message costs the
+# reading side about half the CPU. Both as mesh/process.py's ENVIRONMENT.
+ENV GRPC_EXPERIMENTS=-event_engine_client
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto ./proto

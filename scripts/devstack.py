@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh import probe  # noqa: E402
+from mesh import probe, process  # noqa: E402
 
 HOME = Path(os.environ.get("CODELAB_HOME", ROOT / ".codelab")).resolve()
 PYTHON = sys.executable
@@ -60,8 +60,9 @@ def environment() -> dict[str, str]:
     key = secret_file(HOME / "internal-api-key", lambda: secrets.token_urlsafe(32))
     defaults = {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        # As in the image (see the Dockerfile): threads share two malloc arenas.
-        "MALLOC_ARENA_MAX": "2",
+        # As in the image (see the Dockerfile): two malloc arenas, gRPC's
+        # client channels on the servers' poller.
+        **process.ENVIRONMENT,
         "LLM_PROXY__INTERNAL_API_KEY": key,
         "LLM_PROXY__PORT": "50052",
         "AGENT_RUNTIME__INTERNAL_API_KEY": key,

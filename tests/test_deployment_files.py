@@ -144,12 +144,6 @@ def test_dockerfile_copies_every_package() -> None:
         assert f"COPY {package} ./{package}" in dockerfile
 
 
-def test_services_run_with_two_malloc_arenas() -> None:
-    """In the image and in the dev stack alike (the soak's RSS depends on it)."""
-    assert "ENV MALLOC_ARENA_MAX=2\n" in (ROOT / "Dockerfile").read_text()
-    assert '"MALLOC_ARENA_MAX": "2",' in (ROOT / "scripts" / "devstack.py").read_text()
-
-
 def test_compose_services_are_health_checked_and_wait_for_healthy_dependencies() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]

@@ -249,7 +249,8 @@ def stop(process: subprocess.Popen[Any], timeout: float = 20) -> None:
 @contextlib.contextmanager
 def bare_relay(loose: bool = False) -> Iterator[tuple[str, dict[str, int]]]:
     """The bare relay's three processes (tight unless ``loose``, see relay.py)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # relay.py imports mesh.*
+    # The mesh's process environment too (scripts/devstack.py passes it).
+    env = {**process.ENVIRONMENT, **os.environ, "PYTHONPATH": str(ROOT)}  # relay.py imports mesh.*
     ports = {role: free_port() for role in ("source", "relay", "edge")}
     upstream = {
         "source": "",

@@ -1,0 +1,75 @@
+"""mesh.process: the environment every service process starts with."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mesh import process
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A gRPC server and a client channel in one process, one call between them:
+# enough for grpcio to read GRPC_EXPERIMENTS and apply it to both sides.
+_ONE_CALL = """
+import asyncio, grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    await server.stop(None)
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+asyncio.run(main())
+"""
+
+
+def _one_call_with(experiments: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GRPC_EXPERIMENTS": experiments}
+    return subprocess.run(
+        [sys.executable, "-c", _ONE_CALL], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_grpc_experiments_set_are_ones_the_installed_grpcio_knows() -> None:
+    """An experiment grpcio no longer has is ignored with a line on stderr:
+    after an upgrade the setting would quietly stop doing anything."""
+    done = _one_call_with(process.ENVIRONMENT["GRPC_EXPERIMENTS"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "SERVING"
+    assert "Unknown experiment" not in done.stderr
+
+
+def test_an_experiment_grpcio_does_not_know_is_reported_on_stderr() -> None:
+    # What the test above relies on to notice a stale name.
+    done = _one_call_with("-no_such_experiment")
+    assert done.returncode == 0, done.stderr
+    assert "Unknown experiment: no_such_experiment" in done.stderr
+
+
+def test_the_image_and_the_dev_stack_start_services_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    monkeypatch.setenv("CODELAB_HOME", str(tmp_path))
+    for name in process.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    spec = importlib.util.spec_from_file_location("devstack", ROOT / "scripts" / "devstack.py")
+    assert spec is not None
+    assert spec.loader is not None
+    devstack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(devstack)
+    environment = devstack.environment()
+    for name, value in process.ENVIRONMENT.items():
+        assert f"ENV {name}={value}\n" in dockerfile
+        assert environment[name] == value
