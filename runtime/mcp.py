@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -238,8 +239,10 @@ class _Connection:
             raise
         except BaseException as exc:
             if not ready.done():
-                ready.set_exception(ConnectionError(_describe(exc)))
-            log.warning("mcp_server_lost", server=self.server.name, error=_describe(exc))
+                ready.set_exception(ConnectionError(_describe(exc, self.server)))
+            log.warning(
+                "mcp_server_lost", server=self.server.name, error=_describe(exc, self.server)
+            )
         finally:
             # A failed call ends the connection too: the next one reconnects.
             stop.set()
@@ -260,14 +263,39 @@ class _Connection:
                 await asyncio.wait([task])
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, server: McpServer) -> str:
     """An error as the model and the log are told it: its types, not its text
-    (a transport's message may quote a header)."""
+    (a transport's message may quote a header). An error the MCP protocol
+    itself carries (the SDK's ``MCPError``: the server's JSON-RPC error, or
+    the SDK's own, such as a request timing out) is told with its code and
+    message, clipped, and with the server's secrets taken out."""
     if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in exc.exceptions[:3])
+        return "; ".join(_describe(e, server) for e in exc.exceptions[:3])
     if isinstance(exc, ConnectionError) and exc.args:
         return str(exc.args[0])
+    exceptions = sys.modules.get("mcp.shared.exceptions")  # loaded once a server is
+    if exceptions is not None and isinstance(exc, exceptions.MCPError):
+        message = " ".join(str(exc.message).split())
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[:MAX_ERROR_MESSAGE] + "…"
+        return f"MCPError {exc.code}: {_without_secrets(message, server)}"
     return type(exc).__name__
+
+
+MAX_ERROR_MESSAGE = 200
+"""Characters of a protocol error's message the model and the log see."""
+
+
+def _without_secrets(text: str, server: McpServer) -> str:
+    """``text`` with every value of the server's ``env`` and ``headers`` (and
+    each word of one, such as the token after ``Bearer``) replaced."""
+    secrets: set[str] = set()
+    for value in (*server.env.values(), *server.headers.values()):
+        secrets.add(value)
+        secrets.update(word for word in value.split() if len(word) >= 8)
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "[secret]")
+    return text
 
 
 class McpTools:
@@ -316,7 +344,7 @@ class McpTools:
                 raise
             except Exception as exc:
                 self._connections[server.name].reset()
-                log.warning("mcp_tools_unlisted", server=server.name, error=_describe(exc))
+                log.warning("mcp_tools_unlisted", server=server.name, error=_describe(exc, server))
                 listed = _Listed(failed_at=time.monotonic())
             self._listed[server.name] = listed
             return listed
@@ -331,7 +359,7 @@ class McpTools:
             raise
         except Exception as exc:
             self._connections[server.name].reset()
-            log.warning("mcp_connect_retried", server=server.name, error=_describe(exc))
+            log.warning("mcp_connect_retried", server=server.name, error=_describe(exc, server))
         return await self._fetch(server)
 
     async def _fetch(self, server: McpServer) -> _Listed:
@@ -374,8 +402,8 @@ class McpTools:
             raise
         except Exception as exc:
             connection.reset()
-            log.warning("mcp_server_unreachable", server=server.name, error=_describe(exc))
-            return {"error": f"the MCP server {server.name} failed: {_describe(exc)}"}
+            log.warning("mcp_server_unreachable", server=server.name, error=_describe(exc, server))
+            return {"error": f"the MCP server {server.name} failed: {_describe(exc, server)}"}
         entry = listed.tools.get(execution.tool_name)
         if entry is None:
             return {"error": f"the MCP server {server.name} has no such tool any more"}
@@ -389,8 +417,8 @@ class McpTools:
             raise
         except Exception as exc:
             connection.reset()
-            log.warning("mcp_call_failed", server=server.name, error=_describe(exc))
-            return {"error": f"the MCP server {server.name} failed: {_describe(exc)}"}
+            log.warning("mcp_call_failed", server=server.name, error=_describe(exc, server))
+            return {"error": f"the MCP server {server.name} failed: {_describe(exc, server)}"}
         text = "\n".join(_block_text(block) for block in result.content)
         if result.is_error:
             return {"error": text or f"{execution.tool_name} failed"}

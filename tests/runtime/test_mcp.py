@@ -279,3 +279,28 @@ async def test_a_streamable_http_server_gets_its_headers(http_server: str) -> No
         )
     finally:
         await executors.close()
+
+
+def test_a_protocol_error_is_told_with_its_code_and_message_without_secrets() -> None:
+    """The SDK's MCPError (the server's JSON-RPC error, or the SDK's own) says
+    what went wrong; the server's secrets never reach the model or the log."""
+    from mcp.shared.exceptions import MCPError
+
+    server = McpServer(
+        "tracker",
+        url="http://127.0.0.1:1/mcp",
+        env={"TRACKER_TOKEN": "tok-0123456789"},
+        headers={"Authorization": "Bearer sk-abcdefgh1234"},
+    )
+    error = MCPError(-32603, "key sk-abcdefgh1234 refused;\n  token tok-0123456789 expired")
+    assert mcp._describe(error, server) == (
+        "MCPError -32603: key [secret] refused; token [secret] expired"
+    )
+    long = mcp._describe(MCPError(-32000, "x" * 1000), server)
+    assert long == f"MCPError -32000: {'x' * mcp.MAX_ERROR_MESSAGE}…"
+    # Anything else is told by its type alone, as before.
+    assert mcp._describe(ValueError("Authorization: Bearer sk-abcdefgh1234"), server) == (
+        "ValueError"
+    )
+    group = BaseExceptionGroup("two", [MCPError(-1, "closed"), OSError("x")])
+    assert mcp._describe(group, server) == "MCPError -1: closed; OSError"
