@@ -10,6 +10,9 @@ ENV MALLOC_ARENA_MAX=2
 # endpoint (an experiment in the pinned grpcio): a streamed message costs the
 # reading side about half the CPU. Both as mesh/process.py's ENVIRONMENT.
 ENV GRPC_EXPERIMENTS=-event_engine_client
+# No gRPC fork() handlers: the runtime forks only to exec (MCP stdio servers),
+# and the handlers could cost such a child its pipes (grpc/grpc#37710).
+ENV GRPC_ENABLE_FORK_SUPPORT=false
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proto ./proto

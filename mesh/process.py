@@ -36,6 +36,12 @@ ENVIRONMENT: Mapping[str, str] = {
     # half as much CPU (~70 -> ~35 us on a 2-core EPYC), and the gateway and
     # the runtime each read one message per token.
     "GRPC_EXPERIMENTS": "-event_engine_client",
+    # No gRPC handlers around fork(): the services fork only to exec (the
+    # runtime's MCP stdio servers, spawned by uvloop with fork()), and with
+    # the handlers on, a child forked while gRPC's threads were busy could
+    # lose its pipes: the MCP server's connection closed at once, its tools
+    # not listed (grpc/grpc#37710; the handlers are for fork without exec).
+    "GRPC_ENABLE_FORK_SUPPORT": "false",
 }
 """Environment variables every service process starts with (see above)."""
 

@@ -35,10 +35,46 @@ asyncio.run(main())
 
 
 def _one_call_with(experiments: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GRPC_EXPERIMENTS": experiments}
+    return _run(_ONE_CALL, GRPC_EXPERIMENTS=experiments)
+
+
+def _run(script: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **environment}
     return subprocess.run(
-        [sys.executable, "-c", _ONE_CALL], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
+
+
+# As the runtime starts an MCP stdio server: uvloop forks (and execs) while
+# gRPC's threads are busy with calls. Prints how many of the children exited 0.
+_SPAWN_WHILE_BUSY = """
+import asyncio, grpc, uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        stop = asyncio.Event()
+        async def busy():
+            while not stop.is_set():
+                await stub.Check(health_pb2.HealthCheckRequest())
+        callers = [asyncio.create_task(busy()) for _ in range(4)]
+        codes = []
+        for _ in range(20):
+            child = await asyncio.create_subprocess_exec("true")
+            codes.append(await child.wait())
+        stop.set()
+        await asyncio.gather(*callers)
+    await server.stop(None)
+    print(codes.count(0))
+
+uvloop.run(main())
+"""
+_FORK_HANDLERS_RAN = "fork_posix.cc"
 
 
 def test_the_grpc_experiments_set_are_ones_the_installed_grpcio_knows() -> None:
@@ -55,6 +91,23 @@ def test_an_experiment_grpcio_does_not_know_is_reported_on_stderr() -> None:
     done = _one_call_with("-no_such_experiment")
     assert done.returncode == 0, done.stderr
     assert "Unknown experiment: no_such_experiment" in done.stderr
+
+
+def test_children_are_forked_without_grpcs_fork_handlers() -> None:
+    """With the handlers on, a child forked while gRPC's threads were busy
+    could lose its pipes (the runtime's MCP stdio server closed at once,
+    a flaky CI failure); grpcio says on stderr each time they run."""
+    done = _run(_SPAWN_WHILE_BUSY, **process.ENVIRONMENT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "20"
+    assert _FORK_HANDLERS_RAN not in done.stderr
+
+
+def test_grpcs_fork_handlers_do_run_when_left_on() -> None:
+    # What the test above relies on to notice them.
+    done = _run(_SPAWN_WHILE_BUSY, GRPC_ENABLE_FORK_SUPPORT="true")
+    assert done.returncode == 0, done.stderr
+    assert _FORK_HANDLERS_RAN in done.stderr
 
 
 def test_the_image_and_the_dev_stack_start_services_with_it(
