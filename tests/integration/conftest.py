@@ -67,54 +67,67 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield started
 
 
+PORT_ATTEMPTS = 3
+"""Starts of the mesh on fresh ports when a chosen port was taken meanwhile."""
+
+
 @contextlib.contextmanager
 def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
-    """Run ``scripts/devstack.py`` with ``overrides`` added to its environment."""
-    ports = {
-        name: free_port()
-        for name in (
-            "gateway",
-            "gateway_rest",
-            "runtime",
-            "llmproxy",
-            "auth",
-            "gateway_metrics",
-            "runtime_metrics",
-            "llm_metrics",
-            "auth_metrics",
-            "front",
+    """Run ``scripts/devstack.py`` with ``overrides`` added to its environment.
+
+    Its ports are chosen free (:func:`free_port`), but another process may
+    bind one before the service does (pytest's workers start meshes side by
+    side): a start that failed with a port in use is tried again on fresh
+    ports, up to :data:`PORT_ATTEMPTS` starts in all.
+    """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        ports = {
+            name: free_port()
+            for name in (
+                "gateway",
+                "gateway_rest",
+                "runtime",
+                "llmproxy",
+                "auth",
+                "gateway_metrics",
+                "runtime_metrics",
+                "llm_metrics",
+                "auth_metrics",
+                "front",
+            )
+        }
+        env = {
+            **os.environ,
+            **overrides,
+            "CODELAB_HOME": str(home),
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "GATEWAY__PORT": str(ports["gateway"]),
+            "GATEWAY__REST_PORT": str(ports["gateway_rest"]),
+            "AGENT_RUNTIME__PORT": str(ports["runtime"]),
+            "LLM_PROXY__PORT": str(ports["llmproxy"]),
+            "AUTH_SERVICE__PORT": str(ports["auth"]),
+            "GATEWAY__METRICS_PORT": str(ports["gateway_metrics"]),
+            "AGENT_RUNTIME__METRICS_PORT": str(ports["runtime_metrics"]),
+            "LLM_PROXY__METRICS_PORT": str(ports["llm_metrics"]),
+            "AUTH_SERVICE__METRICS_PORT": str(ports["auth_metrics"]),
+            "CODELAB_FRONT_PORT": str(ports["front"]),
+        }
+        devstack = Service(
+            [sys.executable, str(ROOT / "scripts" / "devstack.py")],
+            env=env,
+            cwd=ROOT,
+            ready="Ctrl-C stops everything",
+            start_timeout=90,
         )
-    }
-    env = {
-        **os.environ,
-        **overrides,
-        "CODELAB_HOME": str(home),
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "GATEWAY__PORT": str(ports["gateway"]),
-        "GATEWAY__REST_PORT": str(ports["gateway_rest"]),
-        "AGENT_RUNTIME__PORT": str(ports["runtime"]),
-        "LLM_PROXY__PORT": str(ports["llmproxy"]),
-        "AUTH_SERVICE__PORT": str(ports["auth"]),
-        "GATEWAY__METRICS_PORT": str(ports["gateway_metrics"]),
-        "AGENT_RUNTIME__METRICS_PORT": str(ports["runtime_metrics"]),
-        "LLM_PROXY__METRICS_PORT": str(ports["llm_metrics"]),
-        "AUTH_SERVICE__METRICS_PORT": str(ports["auth_metrics"]),
-        "CODELAB_FRONT_PORT": str(ports["front"]),
-    }
-    devstack = Service(
-        [sys.executable, str(ROOT / "scripts" / "devstack.py")],
-        env=env,
-        cwd=ROOT,
-        ready="Ctrl-C stops everything",
-        start_timeout=90,
-    )
-    try:
-        devstack.start()
-    except NotReady as failed:
-        logs = "".join(
-            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (home / "logs").glob("*.log")
-        )
-        pytest.fail(f"scripts/up did not come up: {failed}\n{logs}")
+        logs_before = _log_sizes(home)
+        try:
+            devstack.start()
+            break
+        except NotReady as failed:
+            logs = _logs_since(home, logs_before)
+            if attempt < PORT_ATTEMPTS and "address already in use" in logs + str(failed):
+                continue
+            pytest.fail(f"scripts/up did not come up: {failed}\n{logs}")
     mesh = Mesh(
         home=home,
         gateway_port=ports["gateway"],
@@ -136,6 +149,22 @@ def launch(home: Path, **overrides: str) -> Iterator[Mesh]:
     finally:
         code = devstack.stop(signal.SIGTERM, timeout=30)
     assert code == 0, devstack.output
+
+
+def _log_sizes(home: Path) -> dict[Path, int]:
+    return {path: path.stat().st_size for path in (home / "logs").glob("*.log")}
+
+
+def _logs_since(home: Path, sizes: dict[Path, int]) -> str:
+    """What each service wrote to its log (they append) since ``sizes``; the last 3,000
+    characters of each."""
+    parts = []
+    for path in sorted((home / "logs").glob("*.log")):
+        with path.open("rb") as log:
+            log.seek(sizes.get(path, 0))
+            text = log.read().decode(errors="replace")
+        parts.append(f"--- {path.name}\n{text[-3000:]}")
+    return "".join(parts)
 
 
 def add_user(mesh: Mesh) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -330,3 +331,25 @@ async def test_the_readme_grpcurl_examples_work(mesh: Mesh) -> None:
     assert "FAILED" not in result.stdout, result.stdout + result.stderr
     assert "Unauthenticated" in result.stderr, "the last example is refused, as it says"
     assert '"text"' in result.stdout, "StreamChat streamed"
+
+
+def test_a_mesh_whose_port_was_taken_meanwhile_starts_on_fresh_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process bound a port between free_port and the service's bind
+    (pytest's workers start meshes side by side): the start is tried again."""
+    from tests.integration import conftest
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chosen = iter([port])  # the first port asked for, the gateway's
+        real = conftest.free_port
+        monkeypatch.setattr(conftest, "free_port", lambda: next(chosen, None) or real())
+        with conftest.launch(tmp_path / "home") as mesh:
+            assert mesh.gateway_port != port
+            response = httpx.get(f"http://127.0.0.1:{mesh.gateway_port}/health", timeout=10)
+            assert response.status_code == 200
+        gateway_log = (tmp_path / "home" / "logs" / "gateway.log").read_text()
+        assert "address already in use" in gateway_log.lower(), "the first start met the port"
