@@ -14,10 +14,11 @@ from mesh import process
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A gRPC server and a client channel in one process, one call between them:
-# enough for grpcio to read GRPC_EXPERIMENTS and apply it to both sides.
-_ONE_CALL = """
-import asyncio, grpc
+# A gRPC server and a client channel to it in one process, on uvloop as the
+# services run; ``use(stub)`` (each script's own) does the rest and its
+# result is printed.
+_WITH_A_CHANNEL = """
+import asyncio, grpc, uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 async def main():
@@ -26,12 +27,45 @@ async def main():
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        print(await use(health_pb2_grpc.HealthStub(channel)))
     await server.stop(None)
-    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-
-asyncio.run(main())
 """
+
+# One call: enough for grpcio to read GRPC_EXPERIMENTS and apply it to both sides.
+_ONE_CALL = (
+    _WITH_A_CHANNEL
+    + """
+async def use(stub):
+    reply = await stub.Check(health_pb2.HealthCheckRequest())
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+uvloop.run(main())
+"""
+)
+
+# As the runtime starts an MCP stdio server: uvloop forks (and execs) while
+# gRPC's threads are busy with calls. Prints how many of the children exited 0.
+_SPAWN_WHILE_BUSY = (
+    _WITH_A_CHANNEL
+    + """
+async def use(stub):
+    stop = asyncio.Event()
+    async def busy():
+        while not stop.is_set():
+            await stub.Check(health_pb2.HealthCheckRequest())
+    callers = [asyncio.create_task(busy()) for _ in range(4)]
+    codes = []
+    for _ in range(20):
+        child = await asyncio.create_subprocess_exec("true")
+        codes.append(await child.wait())
+    stop.set()
+    await asyncio.gather(*callers)
+    return codes.count(0)
+
+uvloop.run(main())
+"""
+)
+_FORK_HANDLERS_RAN = "fork_posix.cc"
 
 
 def _one_call_with(experiments: str) -> subprocess.CompletedProcess[str]:
@@ -43,38 +77,6 @@ def _run(script: str, **environment: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
-
-
-# As the runtime starts an MCP stdio server: uvloop forks (and execs) while
-# gRPC's threads are busy with calls. Prints how many of the children exited 0.
-_SPAWN_WHILE_BUSY = """
-import asyncio, grpc, uvloop
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-async def main():
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        stop = asyncio.Event()
-        async def busy():
-            while not stop.is_set():
-                await stub.Check(health_pb2.HealthCheckRequest())
-        callers = [asyncio.create_task(busy()) for _ in range(4)]
-        codes = []
-        for _ in range(20):
-            child = await asyncio.create_subprocess_exec("true")
-            codes.append(await child.wait())
-        stop.set()
-        await asyncio.gather(*callers)
-    await server.stop(None)
-    print(codes.count(0))
-
-uvloop.run(main())
-"""
-_FORK_HANDLERS_RAN = "fork_posix.cc"
 
 
 def test_the_grpc_experiments_set_are_ones_the_installed_grpcio_knows() -> None:
