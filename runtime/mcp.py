@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import jsonschema
 import structlog
@@ -288,11 +289,17 @@ MAX_ERROR_MESSAGE = 200
 
 def _without_secrets(text: str, server: McpServer) -> str:
     """``text`` with every value of the server's ``env`` and ``headers`` (and
-    each word of one, such as the token after ``Bearer``) replaced."""
+    each word of one, such as the token after ``Bearer``), and the password
+    and query values of its URL (a key some servers take there), replaced."""
     secrets: set[str] = set()
     for value in (*server.env.values(), *server.headers.values()):
         secrets.add(value)
         secrets.update(word for word in value.split() if len(word) >= 8)
+    if server.url:
+        url = urlsplit(server.url)
+        secrets.update(v for _, v in parse_qsl(url.query) if len(v) >= 8)
+        if url.password:
+            secrets.add(url.password)
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "[secret]")
     return text

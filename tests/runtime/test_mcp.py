@@ -288,13 +288,18 @@ def test_a_protocol_error_is_told_with_its_code_and_message_without_secrets() ->
 
     server = McpServer(
         "tracker",
-        url="http://127.0.0.1:1/mcp",
+        url="http://user:pw-98765432@127.0.0.1:1/mcp?api_key=qk-55556666&v=2",
         env={"TRACKER_TOKEN": "tok-0123456789"},
         headers={"Authorization": "Bearer sk-abcdefgh1234"},
     )
     error = MCPError(-32603, "key sk-abcdefgh1234 refused;\n  token tok-0123456789 expired")
     assert mcp._describe(error, server) == (
         "MCPError -32603: key [secret] refused; token [secret] expired"
+    )
+    # The SDK puts a transport error's text in an MCPError: it may quote the URL.
+    quoted = MCPError(-32603, "401 for url 'http://user:pw-98765432@h/mcp?api_key=qk-55556666&v=2'")
+    assert mcp._describe(quoted, server) == (
+        "MCPError -32603: 401 for url 'http://user:[secret]@h/mcp?api_key=[secret]&v=2'"
     )
     long = mcp._describe(MCPError(-32000, "x" * 1000), server)
     assert long == f"MCPError -32000: {'x' * mcp.MAX_ERROR_MESSAGE}…"
