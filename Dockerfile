@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LITELLM_LOCAL_MODEL_COST_MAP=Tr
 ENV MALLOC_ARENA_MAX=2
 # gRPC's client channels on the poller its servers use, not the EventEngine
 # endpoint (an experiment in the pinned grpcio): a streamed message costs the
-# reading side about half the CPU. Both as mesh/process.py's ENVIRONMENT.
+# reading side about half the CPU. These three are mesh/process.py's ENVIRONMENT.
 ENV GRPC_EXPERIMENTS=-event_engine_client
 # No gRPC fork() handlers: the runtime forks only to exec (MCP stdio servers),
 # and the handlers could cost such a child its pipes (grpc/grpc#37710).

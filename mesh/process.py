@@ -13,7 +13,8 @@ collector's generations spares every later collection from walking them
 :data:`ENVIRONMENT` is what every service process should be started with.
 C libraries read it when they load, before any Python of ours runs, so it
 is the composition root's to pass (``scripts/devstack.py``, the
-Dockerfile's ``ENV``), not something a service can set for itself.
+Dockerfile's ``ENV``; ``scripts/test`` for the tests' own processes), not
+something a service can set for itself.
 """
 
 from __future__ import annotations

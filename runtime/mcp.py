@@ -274,7 +274,7 @@ def _describe(exc: BaseException, server: McpServer) -> str:
         return "; ".join(_describe(e, server) for e in exc.exceptions[:3])
     if isinstance(exc, ConnectionError) and exc.args:
         return str(exc.args[0])
-    exceptions = sys.modules.get("mcp.shared.exceptions")  # loaded once a server is
+    exceptions = sys.modules.get("mcp.shared.exceptions")  # imported with the first server
     if exceptions is not None and isinstance(exc, exceptions.MCPError):
         message = " ".join(str(exc.message).split())
         if len(message) > MAX_ERROR_MESSAGE:

@@ -60,8 +60,7 @@ def environment() -> dict[str, str]:
     key = secret_file(HOME / "internal-api-key", lambda: secrets.token_urlsafe(32))
     defaults = {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        # As in the image (see the Dockerfile): two malloc arenas, gRPC's
-        # client channels on the servers' poller.
+        # As in the image (the Dockerfile's ENV): see mesh/process.py.
         **process.ENVIRONMENT,
         "LLM_PROXY__INTERNAL_API_KEY": key,
         "LLM_PROXY__PORT": "50052",
