@@ -44,6 +44,7 @@ from sessions import free_port, machine  # noqa: E402
 
 from mesh import probe  # noqa: E402
 from mesh.grpc_server import internal_metadata  # noqa: E402
+from mesh.process import ENVIRONMENT as SERVICE_ENVIRONMENT  # noqa: E402
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc  # noqa: E402
 
 KEY = "bench-internal-key"
@@ -84,7 +85,12 @@ def services(
         f"    model_info: {{max_input_tokens: {window}, supports_function_calling: true}}\n"
     )
     llm_port, runtime_port = free_port(), free_port()
-    base = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(root)}
+    base = {
+        **SERVICE_ENVIRONMENT,  # as scripts/up starts the services
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PYTHONPATH": str(root),
+    }
     runtime_env = {
         **base,
         "AGENT_RUNTIME__INTERNAL_API_KEY": KEY,
