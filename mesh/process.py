@@ -24,7 +24,11 @@ import gc
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
+import structlog
+
 T = TypeVar("T")
+
+log = structlog.get_logger("mesh.process")
 
 ENVIRONMENT: Mapping[str, str] = {
     # glibc gives each thread (gRPC's, one per pooled SQLite connection) a
@@ -63,10 +67,29 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(main: Coroutine[Any, Any, T], environ: Mapping[str, str]) -> T:
     """``asyncio.run`` on the loop ``environ["CODELAB_EVENT_LOOP"]`` chooses
-    (default uvloop); raises ValueError for an unknown one."""
+    (default uvloop); raises ValueError for an unknown one.
+
+    Warns (``process_environment_incomplete``) when the process was started
+    without some of :data:`ENVIRONMENT`: too late to set them then, so the
+    operator is told which to pass.
+    """
+    missing = unset(environ)
+    if missing:
+        log.warning(
+            "process_environment_incomplete",
+            unset=missing,
+            hint="start the service with these set as mesh/process.py's ENVIRONMENT says "
+            "(scripts/up and the image do)",
+        )
     choice = environ.get("CODELAB_EVENT_LOOP") or "uvloop"
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         return runner.run(main)
+
+
+def unset(environ: Mapping[str, str]) -> list[str]:
+    """The names of :data:`ENVIRONMENT` that ``environ`` does not set (an
+    operator's own value, even empty, counts as set)."""
+    return [name for name in ENVIRONMENT if name not in environ]
 
 
 def settled() -> None:
