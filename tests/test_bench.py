@@ -4,6 +4,7 @@ score, the capacity ramp's stopping rule and the CPU meter's thread groups
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import threading
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "ben
 
 import bench_mesh
 import capacity
+import grpc_floor
 import load
 import relay
 
@@ -156,3 +158,18 @@ def test_added_latency_is_told_by_the_tokens_place_in_their_turn() -> None:
     by_tenth = bench_mesh.added_p99_by_tenth(turns)
     assert by_tenth == [9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 9.0]
     assert bench_mesh.added_p99_by_tenth([]) == [None] * 10
+
+
+def test_the_grpc_floor_table_gives_each_environments_range_over_its_runs() -> None:
+    args = argparse.Namespace(messages=100, calls=10, per_call=2)
+    figures = dict.fromkeys(grpc_floor.LABELS, 50.0)
+    runs = {
+        "defaults": [figures, {**figures, "raw: read": 70.4}],
+        "services'": [figures, figures],
+    }
+
+    table = grpc_floor.table(args, runs).splitlines()
+
+    assert table[2] == "| µs of CPU | defaults | services' |"
+    assert "| client read, raw bytes | 50–70 | 50 |" in table  # noqa: RUF001
+    assert len(table) == 4 + len(grpc_floor.LABELS)
