@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import random
@@ -23,16 +24,39 @@ port handed to a service started later is not meanwhile taken as the local
 end of some outgoing connection (the suite makes thousands)."""
 
 
+_handed_out: collections.deque[int] = collections.deque(maxlen=1_000)
+"""The ports free_port gave this process last: a service may not have bound
+one yet (older ones are bound by now, or free again)."""
+
+
+def port_range() -> tuple[int, int]:
+    """This process's share of :data:`_BELOW_EPHEMERAL` (both ends included):
+    each of pytest-xdist's workers (``gw0``, ``gw1``, …) has its own, so two
+    workers never hand out the same port while neither has bound it yet."""
+    low, high = _BELOW_EPHEMERAL
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if count > 1 and worker.startswith("gw") and worker[2:].isdigit():
+        size = (high - low + 1) // count
+        start = low + (int(worker[2:]) % count) * size
+        return start, start + size - 1
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, in this process's
+    :func:`port_range`, and not one it handed out before."""
     for _ in range(200):
-        port = random.randint(*_BELOW_EPHEMERAL)
+        port = random.randint(*port_range())
+        if port in _handed_out:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed_out.append(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
