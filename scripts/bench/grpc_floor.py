@@ -42,6 +42,8 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from bench_mesh import cpu_seconds  # this directory: the script's own
+
 from mesh import process
 from runtime.v1 import runtime_pb2, runtime_pb2_grpc
 
@@ -129,13 +131,6 @@ async def read_all(port: int, count: int) -> dict[str, float]:
     return spent
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds process ``pid`` has used (utime + stime)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def start_calls(port: int, server: int, calls: int, per_call: int) -> dict[str, float]:
     """CPU per call, client and server: a call each, then one stream for all."""
     request = str(per_call).encode()
@@ -146,19 +141,19 @@ async def start_calls(port: int, server: int, calls: int, per_call: int) -> dict
         for _ in range(3):  # warm up: the connection, the first calls
             async for _message in each(request):
                 pass
-        mine, theirs = cpu(), process_cpu(server)
+        mine, theirs = cpu(), cpu_seconds(server)
         for _ in range(calls):
             async for _message in each(request):
                 pass
-        spent["each: client"], spent["each: server"] = cpu() - mine, process_cpu(server) - theirs
+        spent["each: client"], spent["each: server"] = cpu() - mine, cpu_seconds(server) - theirs
         stream = one()
-        mine, theirs = cpu(), process_cpu(server)
+        mine, theirs = cpu(), cpu_seconds(server)
         for _ in range(calls):
             await stream.write(request)
             while await stream.read() != END:
                 pass
         await stream.done_writing()
-        spent["one: client"], spent["one: server"] = cpu() - mine, process_cpu(server) - theirs
+        spent["one: client"], spent["one: server"] = cpu() - mine, cpu_seconds(server) - theirs
     return {key: value / calls for key, value in spent.items()}
 
 
