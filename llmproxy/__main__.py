@@ -63,8 +63,9 @@ class Settings:
     """LiteLLM config (model_list, router_settings, litellm_settings); empty: the packaged
     offline-only llmproxy/default.yaml"""
     max_concurrent_rpcs: int = 1000
-    """calls with the credential served at once; more are refused (RESOURCE_EXHAUSTED). Health
-    checks without it have a separate pool of 32"""
+    """calls with the credential served at once, and model calls in progress on one StreamChats
+    stream; more are refused (RESOURCE_EXHAUSTED). Health checks without it have a separate pool
+    of 32"""
     worker_threads: int = setting(1, check=_threads)
     """threads for LiteLLM's blocking work (call set-up, end-of-stream bookkeeping); 1 leaves
     the event loop the GIL for relaying chunks. Raise it for a provider LiteLLM only calls
@@ -165,7 +166,14 @@ async def running(
     )
     upstream = FastPathUpstream(router) if settings.fast_path else RouterUpstream(router)
     llmproxy_pb2_grpc.add_LlmProxyServiceServicer_to_server(
-        LlmProxyServicer(router, timeouts, metrics, upstream), mesh.server
+        LlmProxyServicer(
+            router,
+            timeouts,
+            metrics,
+            upstream,
+            stream_call_limit=settings.max_concurrent_rpcs,
+        ),
+        mesh.server,
     )
 
     async def some_deployment_usable() -> bool:

@@ -172,19 +172,25 @@ async def grpc_boundary(context: Context) -> AsyncIterator[None]:
     except grpc.aio.AbortError:
         raise  # already a status
     except Exception as exc:
-        error = from_litellm(exc)
-        if error is None:
-            log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-        else:
-            code = grpc_status(error)
-            log.info(
-                "llmproxy_call_failed",
-                code=code.name,
-                reason=error.reason,
-                error_type=type(exc).__name__,
-            )
-            await context.abort(code, str(error), trailing_metadata=trailing_metadata(error))
+        code, message, error = failure(exc)
+        await context.abort(
+            code, message, trailing_metadata=() if error is None else trailing_metadata(error)
+        )
+
+
+def failure(exc: Exception) -> tuple[grpc.StatusCode, str, ProxyError | None]:
+    """The status code and message a call failed with ``exc`` ends with, and
+    the proxy error behind them (None for a bug: INTERNAL with
+    :data:`INTERNAL_MESSAGE`, logged with its traceback); logs the failure."""
+    error = from_litellm(exc)
+    if error is None:
+        log.error("llmproxy_internal_error", error_type=type(exc).__name__, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, None
+    code = grpc_status(error)
+    log.info(
+        "llmproxy_call_failed", code=code.name, reason=error.reason, error_type=type(exc).__name__
+    )
+    return code, str(error), error
 
 
 def grpc_status(error: ProxyError) -> grpc.StatusCode:

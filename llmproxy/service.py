@@ -11,13 +11,16 @@ status code (plus the ``x-error-reason`` trailer).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeAlias
 
+import grpc
 import structlog
 from litellm.router import Router
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from llmproxy import errors, translate
@@ -43,6 +46,11 @@ _tracer = tracing.tracer("llmproxy.service")
 
 
 _Outbox: TypeAlias = Outbox[translate.Outgoing, llmproxy_pb2.StreamChatResponse]
+_Write: TypeAlias = Callable[[llmproxy_pb2.StreamChatResponse], Awaitable[object]]
+
+STREAM_CALL_LIMIT = 1000
+"""Default for the most calls in progress on one ``StreamChats`` stream
+(``max_concurrent_rpcs``, as StreamChat calls are limited)."""
 
 
 class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
@@ -62,7 +70,12 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         timeouts: StreamTimeouts | None = None,
         metrics: ProxyMetrics | None = None,
         upstream: Upstream | None = None,
+        *,
+        stream_call_limit: int = STREAM_CALL_LIMIT,
     ) -> None:
+        if stream_call_limit < 1:
+            raise ValueError(f"stream_call_limit must be at least 1, not {stream_call_limit}")
+        self._stream_call_limit = stream_call_limit
         self._router = router
         self._metrics = metrics if metrics is not None else ProxyMetrics()
         self._upstream = ResilientUpstream(
@@ -81,7 +94,28 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         # garbage-collected.
         with _bound(context, request.model):
             async with errors.grpc_boundary(context):
-                await self._stream_chat(request, context)
+                await self._stream_chat(request, context.write)
+
+    async def StreamChats(  # type: ignore[override]  # writes with context.write
+        self, requests: AsyncIterator[llmproxy_pb2.StreamChatsRequest], context: Context
+    ) -> None:
+        calls = _Calls(context, self._stream_call_limit)
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "start":
+                    calls.start(request, self._stream_chat)
+                elif kind == "cancel":
+                    calls.cancel(request.id)
+                else:
+                    calls.refuse(
+                        request.id,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "a request must either start or cancel a call",
+                    )
+            await calls.finished()
+        finally:
+            calls.cancel_all()
 
     async def Chat(
         self, request: llmproxy_pb2.ChatRequest, context: Context
@@ -119,8 +153,8 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
             result = await self._router.aembedding(model=request.model, input=list(request.inputs))
             return translate.embed_response(result, request.model)
 
-    async def _stream_chat(self, request: llmproxy_pb2.StreamChatRequest, context: Context) -> None:
-        """Stream the answer with ``context.write``; raises what ended it,
+    async def _stream_chat(self, request: llmproxy_pb2.StreamChatRequest, write: _Write) -> None:
+        """Stream the answer with ``write``; raises what ended it,
         :class:`errors.StreamInterrupted` once deltas were sent."""
         started = time.monotonic()
         progress = StreamProgress()
@@ -129,7 +163,7 @@ class LlmProxyServicer(llmproxy_pb2_grpc.LlmProxyServiceServicer):
         span = _tracer.start_span("stream_chat", attributes={"llm.model": request.model})
         # Deltas go out through the outbox: at once while the stream keeps
         # up, merged while a write is still in flight (see mesh.outbox).
-        outbox: _Outbox = Outbox(context.write, translate.merged)
+        outbox: _Outbox = Outbox(write, translate.merged)
         try:
             arguments, counted = self._budget.fitted(
                 translate.chat_arguments(request), request.token_counts
@@ -181,3 +215,125 @@ def _bound(context: Context, model: str) -> Iterator[None]:
         yield
     finally:
         structlog.contextvars.reset_contextvars(**bound)
+
+
+class _Calls:
+    """The calls in progress on one ``StreamChats`` stream, each a task
+    writing its responses (with its id) onto the stream, one write at a time."""
+
+    def __init__(self, context: Context, limit: int) -> None:
+        self._context = context
+        self._limit = limit
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        """The calls in progress, by id."""
+        self._pending: set[asyncio.Task[None]] = set()
+        """Every task writing to the stream: the calls, and refusals."""
+        self._writing = asyncio.Lock()
+
+    def start(
+        self,
+        request: llmproxy_pb2.StreamChatsRequest,
+        serve: Callable[[llmproxy_pb2.StreamChatRequest, _Write], Awaitable[None]],
+    ) -> None:
+        call = request.id
+        if call in self._tasks:
+            self.refuse(call, grpc.StatusCode.INVALID_ARGUMENT, f"call {call} is in progress")
+            return
+        if len(self._tasks) >= self._limit:
+            self.refuse(
+                call,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many calls in progress on this stream (at most {self._limit}); retry later",
+            )
+            return
+        task = self._hold(self._run(request, serve))
+        self._tasks[call] = task
+        task.add_done_callback(lambda _: self._forget(call, task))
+
+    def cancel(self, call: int) -> None:
+        task = self._tasks.pop(call, None)
+        if task is not None:
+            task.cancel()
+
+    def cancel_all(self) -> None:
+        for task in self._pending:
+            task.cancel()
+        self._tasks.clear()
+
+    async def finished(self) -> None:
+        """Return once every call in progress (and every refusal) has ended."""
+        while self._pending:
+            await asyncio.wait(list(self._pending))
+
+    def _hold(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    def _forget(self, call: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(call) is task:
+            del self._tasks[call]
+
+    async def _run(
+        self,
+        request: llmproxy_pb2.StreamChatsRequest,
+        serve: Callable[[llmproxy_pb2.StreamChatRequest, _Write], Awaitable[None]],
+    ) -> None:
+        call = request.id
+
+        async def write(message: llmproxy_pb2.StreamChatResponse) -> None:
+            await self._write(llmproxy_pb2.StreamChatsResponse(id=call, chunk=message))
+
+        # The task runs in a copy of the stream's context: what it binds is its own.
+        structlog.contextvars.bind_contextvars(
+            request_id=request.request_id, user=request.user, model=request.start.model
+        )
+        traced = tracing.extract(request.traceparent) if request.traceparent else None
+        token = otel_context.attach(traced) if traced is not None else None
+        try:
+            async with asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None):
+                await serve(request.start, write)
+        except TimeoutError:
+            await self._status(
+                call,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the call exceeded its timeout of {request.timeout_ms} ms",
+                reason="timed_out",
+            )
+        except Exception as exc:
+            code, message, error = errors.failure(exc)
+            await self._status(
+                call,
+                code,
+                message,
+                reason="" if error is None else error.reason,
+                retry_after=None if error is None else error.retry_after,
+            )
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    def refuse(self, call: int, code: grpc.StatusCode, message: str) -> None:
+        """Fail call ``call`` at once with ``code``; a call in progress under its id goes on."""
+        log.warning("stream_chats_call_refused", call=call, code=code.name, message=message)
+        self._hold(self._status(call, code, message))
+
+    async def _status(
+        self,
+        call: int,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        status = llmproxy_pb2.ChatStatus(code=code.value[0], message=message, reason=reason)
+        if retry_after is not None and retry_after >= 0:
+            status.retry_after_seconds = max(0, round(retry_after))
+        with contextlib.suppress(Exception):  # the stream is gone: nobody to tell
+            await self._write(llmproxy_pb2.StreamChatsResponse(id=call, status=status))
+
+    async def _write(self, response: llmproxy_pb2.StreamChatsResponse) -> None:
+        async with self._writing:
+            await self._context.write(response)

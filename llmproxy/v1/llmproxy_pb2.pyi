@@ -214,6 +214,153 @@ class StreamChatRequest(_message.Message):
 Global___StreamChatRequest: _TypeAlias = StreamChatRequest  # noqa: Y015
 
 @_typing.final
+class StreamChatsRequest(_message.Message):
+    """StreamChatsRequest starts or cancels one call on a StreamChats stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """id names the call in its responses and its cancel request."""
+    request_id: _builtins.str
+    """request_id is the call's request id (StreamChat's `x-request-id`), for
+    the proxy's logs; with start only.
+    """
+    user: _builtins.str
+    """user is the end user the call is made for (StreamChat's `x-user-id`);
+    with start only.
+    """
+    traceparent: _builtins.str
+    """traceparent is the call's W3C trace context; with start only."""
+    timeout_ms: _builtins.int
+    """timeout_ms bounds the call, from its start; 0 means no bound."""
+    @_builtins.property
+    def start(self) -> Global___StreamChatRequest:
+        """start starts the call with this request."""
+
+    @_builtins.property
+    def cancel(self) -> Global___CancelChat:
+        """cancel cancels the call."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        start: Global___StreamChatRequest | None = ...,
+        cancel: Global___CancelChat | None = ...,
+        request_id: _builtins.str = ...,
+        user: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "id", b"id", "kind", b"kind", "request_id", b"request_id", "start", b"start", "timeout_ms", b"timeout_ms", "traceparent", b"traceparent", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamChatsRequest: _TypeAlias = StreamChatsRequest  # noqa: Y015
+
+@_typing.final
+class CancelChat(_message.Message):
+    """CancelChat cancels a call on a StreamChats stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelChat: _TypeAlias = CancelChat  # noqa: Y015
+
+@_typing.final
+class ChatStatus(_message.Message):
+    """ChatStatus ends a call on a StreamChats stream that failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """code is the gRPC status code StreamChat would end with (never OK)."""
+    message: _builtins.str
+    """message is that status's message."""
+    reason: _builtins.str
+    """reason is what StreamChat sends as `x-error-reason`; empty when it
+    would send none.
+    """
+    retry_after_seconds: _builtins.int
+    """retry_after_seconds is what StreamChat sends as `x-retry-after`; 0
+    when not known.
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        retry_after_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "retry_after_seconds", b"retry_after_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatStatus: _TypeAlias = ChatStatus  # noqa: Y015
+
+@_typing.final
+class StreamChatsResponse(_message.Message):
+    """StreamChatsResponse is one response of one call on a StreamChats stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """id names the call."""
+    @_builtins.property
+    def chunk(self) -> Global___StreamChatResponse:
+        """chunk is what StreamChat would send next; `end` is the call's last."""
+
+    @_builtins.property
+    def status(self) -> Global___ChatStatus:
+        """status ends the call with a failure."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        chunk: Global___StreamChatResponse | None = ...,
+        status: Global___ChatStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "kind", b"kind", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "id", b"id", "kind", b"kind", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["chunk", "status"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamChatsResponse: _TypeAlias = StreamChatsResponse  # noqa: Y015
+
+@_typing.final
 class TextDelta(_message.Message):
     """TextDelta is new assistant text."""
 

@@ -62,6 +62,11 @@ class LlmProxyServiceStub:
                 request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatRequest.SerializeToString,
                 response_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatResponse.FromString,
                 _registered_method=True)
+        self.StreamChats = channel.stream_stream(
+                '/llmproxy.v1.LlmProxyService/StreamChats',
+                request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatsRequest.SerializeToString,
+                response_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatsResponse.FromString,
+                _registered_method=True)
         self.Chat = channel.unary_unary(
                 '/llmproxy.v1.LlmProxyService/Chat',
                 request_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.ChatRequest.SerializeToString,
@@ -132,6 +137,35 @@ class LlmProxyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamChats(self, request_iterator, context):
+        """StreamChats runs many StreamChat calls on one long-lived stream, so a
+        caller that makes many model calls pays for starting a gRPC call once,
+        not per model call.
+
+        Each call has an id of the caller's choosing, unique among the
+        stream's calls in progress. A `start` request starts a call; a `cancel`
+        request cancels it (the provider request is closed; nothing more is
+        sent for it). Every response names its call: the call's
+        StreamChatResponse messages as StreamChat would send them, ending with
+        `end`, or, when the call fails, a `status` instead (the code, message
+        and reason StreamChat would end with, the same reasons as StreamChat's).
+        A call fails on its own: the stream and its other calls go on. A
+        `start` whose id is already in progress fails that new call with
+        INVALID_ARGUMENT and leaves the first one running; a call beyond the
+        stream's limit of calls in progress fails with RESOURCE_EXHAUSTED.
+        `timeout_ms` bounds one call as a deadline bounds StreamChat
+        (DEADLINE_EXCEEDED, reason `timed_out`). The stream's own end (the
+        caller half-closes and its calls finish, or it cancels) ends every call
+        still in progress, cancelled.
+
+        The stream's metadata carries the credential; each request carries its
+        call's request id, user and trace context, which StreamChat reads from
+        the call's metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Chat(self, request, context):
         """Chat returns one whole chat completion; same routing, retries and
         fallbacks as StreamChat, for callers that do not need deltas.
@@ -179,6 +213,11 @@ def add_LlmProxyServiceServicer_to_server(servicer, server):
                     servicer.StreamChat,
                     request_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatRequest.FromString,
                     response_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatResponse.SerializeToString,
+            ),
+            'StreamChats': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamChats,
+                    request_deserializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatsRequest.FromString,
+                    response_serializer=llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatsResponse.SerializeToString,
             ),
             'Chat': grpc.unary_unary_rpc_method_handler(
                     servicer.Chat,
@@ -251,6 +290,33 @@ class LlmProxyService:
             '/llmproxy.v1.LlmProxyService/StreamChat',
             llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatRequest.SerializeToString,
             llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamChats(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmproxy.v1.LlmProxyService/StreamChats',
+            llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatsRequest.SerializeToString,
+            llmproxy_dot_v1_dot_llmproxy__pb2.StreamChatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

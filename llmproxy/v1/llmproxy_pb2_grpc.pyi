@@ -74,6 +74,31 @@ class LlmProxyServiceStub:
     or the provider's own timeout), and, once deltas were sent, only
     `interrupted`.
     """
+    StreamChats: _grpc.StreamStreamMultiCallable[_llmproxy_pb2.StreamChatsRequest, _llmproxy_pb2.StreamChatsResponse]
+    """StreamChats runs many StreamChat calls on one long-lived stream, so a
+    caller that makes many model calls pays for starting a gRPC call once,
+    not per model call.
+
+    Each call has an id of the caller's choosing, unique among the
+    stream's calls in progress. A `start` request starts a call; a `cancel`
+    request cancels it (the provider request is closed; nothing more is
+    sent for it). Every response names its call: the call's
+    StreamChatResponse messages as StreamChat would send them, ending with
+    `end`, or, when the call fails, a `status` instead (the code, message
+    and reason StreamChat would end with, the same reasons as StreamChat's).
+    A call fails on its own: the stream and its other calls go on. A
+    `start` whose id is already in progress fails that new call with
+    INVALID_ARGUMENT and leaves the first one running; a call beyond the
+    stream's limit of calls in progress fails with RESOURCE_EXHAUSTED.
+    `timeout_ms` bounds one call as a deadline bounds StreamChat
+    (DEADLINE_EXCEEDED, reason `timed_out`). The stream's own end (the
+    caller half-closes and its calls finish, or it cancels) ends every call
+    still in progress, cancelled.
+
+    The stream's metadata carries the credential; each request carries its
+    call's request id, user and trace context, which StreamChat reads from
+    the call's metadata.
+    """
     Chat: _grpc.UnaryUnaryMultiCallable[_llmproxy_pb2.ChatRequest, _llmproxy_pb2.ChatResponse]
     """Chat returns one whole chat completion; same routing, retries and
     fallbacks as StreamChat, for callers that do not need deltas.
@@ -143,6 +168,31 @@ class LlmProxyServiceAsyncStub(LlmProxyServiceStub):
     within the first-token timeout and no fallback left, the total timeout,
     or the provider's own timeout), and, once deltas were sent, only
     `interrupted`.
+    """
+    StreamChats: _aio.StreamStreamMultiCallable[_llmproxy_pb2.StreamChatsRequest, _llmproxy_pb2.StreamChatsResponse]  # type: ignore[assignment]
+    """StreamChats runs many StreamChat calls on one long-lived stream, so a
+    caller that makes many model calls pays for starting a gRPC call once,
+    not per model call.
+
+    Each call has an id of the caller's choosing, unique among the
+    stream's calls in progress. A `start` request starts a call; a `cancel`
+    request cancels it (the provider request is closed; nothing more is
+    sent for it). Every response names its call: the call's
+    StreamChatResponse messages as StreamChat would send them, ending with
+    `end`, or, when the call fails, a `status` instead (the code, message
+    and reason StreamChat would end with, the same reasons as StreamChat's).
+    A call fails on its own: the stream and its other calls go on. A
+    `start` whose id is already in progress fails that new call with
+    INVALID_ARGUMENT and leaves the first one running; a call beyond the
+    stream's limit of calls in progress fails with RESOURCE_EXHAUSTED.
+    `timeout_ms` bounds one call as a deadline bounds StreamChat
+    (DEADLINE_EXCEEDED, reason `timed_out`). The stream's own end (the
+    caller half-closes and its calls finish, or it cancels) ends every call
+    still in progress, cancelled.
+
+    The stream's metadata carries the credential; each request carries its
+    call's request id, user and trace context, which StreamChat reads from
+    the call's metadata.
     """
     Chat: _aio.UnaryUnaryMultiCallable[_llmproxy_pb2.ChatRequest, _llmproxy_pb2.ChatResponse]  # type: ignore[assignment]
     """Chat returns one whole chat completion; same routing, retries and
@@ -216,6 +266,37 @@ class LlmProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         within the first-token timeout and no fallback left, the total timeout,
         or the provider's own timeout), and, once deltas were sent, only
         `interrupted`.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamChats(
+        self,
+        request_iterator: _MaybeAsyncIterator[_llmproxy_pb2.StreamChatsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_llmproxy_pb2.StreamChatsResponse], _abc.AsyncIterator[_llmproxy_pb2.StreamChatsResponse]]:
+        """StreamChats runs many StreamChat calls on one long-lived stream, so a
+        caller that makes many model calls pays for starting a gRPC call once,
+        not per model call.
+
+        Each call has an id of the caller's choosing, unique among the
+        stream's calls in progress. A `start` request starts a call; a `cancel`
+        request cancels it (the provider request is closed; nothing more is
+        sent for it). Every response names its call: the call's
+        StreamChatResponse messages as StreamChat would send them, ending with
+        `end`, or, when the call fails, a `status` instead (the code, message
+        and reason StreamChat would end with, the same reasons as StreamChat's).
+        A call fails on its own: the stream and its other calls go on. A
+        `start` whose id is already in progress fails that new call with
+        INVALID_ARGUMENT and leaves the first one running; a call beyond the
+        stream's limit of calls in progress fails with RESOURCE_EXHAUSTED.
+        `timeout_ms` bounds one call as a deadline bounds StreamChat
+        (DEADLINE_EXCEEDED, reason `timed_out`). The stream's own end (the
+        caller half-closes and its calls finish, or it cancels) ends every call
+        still in progress, cancelled.
+
+        The stream's metadata carries the credential; each request carries its
+        call's request id, user and trace context, which StreamChat reads from
+        the call's metadata.
         """
 
     @_abc_1.abstractmethod

@@ -247,6 +247,39 @@ async def test_grpcurl_calls_a_method(mesh: Mesh) -> None:
     assert json.loads(result.stdout)["models"][0]["name"] == "offline"
 
 
+async def test_grpcurl_runs_two_calls_on_one_stream_chats_stream(mesh: Mesh) -> None:
+    """README's StreamChats example: two calls, each answered in full."""
+    requests = "\n".join(
+        json.dumps(
+            {
+                "id": i,
+                "start": {"model": "offline", "messages": [{"role": "user", "content": text}]},
+            }
+        )
+        for i, text in ((1, "hi"), (2, "bye"))
+    )
+    result = await asyncio.to_thread(
+        grpcurl,
+        "-H",
+        f"x-internal-auth: {mesh.internal_key}",
+        "-d",
+        requests,
+        f"127.0.0.1:{mesh.llmproxy_port}",
+        "llmproxy.v1.LlmProxyService/StreamChats",
+    )
+    assert result.returncode == 0, result.stderr
+    responses, text, decoder = [], result.stdout.strip(), json.JSONDecoder()
+    while text:  # grpcurl prints one JSON object per response
+        response, end = decoder.raw_decode(text)
+        responses.append(response)
+        text = text[end:].strip()
+    for call, text in (("1", "hi"), ("2", "bye")):
+        mine = [r["chunk"] for r in responses if r["id"] == call]
+        answer = "".join(c["text"]["text"] for c in mine if "text" in c)
+        assert answer.startswith(f"You said: {text} ")
+        assert "end" in mine[-1]
+
+
 async def test_token_endpoint_and_jwks(mesh: Mesh) -> None:
     async with httpx.AsyncClient(base_url=mesh.auth_url) as client:
         jwks = (await client.get("/.well-known/jwks.json")).json()
