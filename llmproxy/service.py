@@ -271,7 +271,7 @@ class _Calls:
         task.add_done_callback(self._pending.discard)
         return task
 
-    def _forget(self, call: int, task: asyncio.Task[None]) -> None:
+    def _forget(self, call: int, task: asyncio.Task[None] | None) -> None:
         if self._tasks.get(call) is task:
             del self._tasks[call]
 
@@ -282,7 +282,11 @@ class _Calls:
     ) -> None:
         call = request.id
 
+        task = asyncio.current_task()
+
         async def write(message: llmproxy_pb2.StreamChatResponse) -> None:
+            if message.WhichOneof("chunk") == "end":
+                self._forget(call, task)  # its id is free once the caller can see the end
             await self._write(llmproxy_pb2.StreamChatsResponse(id=call, chunk=message))
 
         # The task runs in a copy of the stream's context: what it binds is its own.
@@ -295,6 +299,7 @@ class _Calls:
             async with asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None):
                 await serve(request.start, write)
         except TimeoutError:
+            self._forget(call, task)
             await self._status(
                 call,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -302,6 +307,7 @@ class _Calls:
                 reason="timed_out",
             )
         except Exception as exc:
+            self._forget(call, task)
             code, message, error = errors.failure(exc)
             await self._status(
                 call,

@@ -168,6 +168,9 @@ class RuntimeConfig:
     for the agents it names, as mcp__SERVER__TOOL (README: MCP tools); default: none"""
     llm_timeout: float = 300.0
     """seconds a whole model call may take"""
+    llm_proxy_multiplex: bool = False
+    """model calls on long-lived StreamChats streams to llmproxy, many calls per stream, instead of
+    one StreamChat call each: less CPU per call, more per streamed token (docs/LLM.md)"""
     llm_connect_timeout: float = setting(CONNECT_TIMEOUT, check=positive)
     """seconds a model call waits for an unreachable llmproxy (a restart) before it fails with
     llm_unavailable"""
@@ -297,7 +300,9 @@ async def serve(
             timeout=config.llm_timeout,
             connect_timeout=config.llm_connect_timeout,
             metrics=metrics,
+            multiplex=config.llm_proxy_multiplex,
         )
+        stack.push_async_callback(llm.aclose)
         engine = create_engine(config.database_url)
         stack.push_async_callback(engine.dispose)
         revision = await current_revision(engine, VERSION_TABLE)

@@ -30,6 +30,7 @@ from mesh.caller import CALLER
 from mesh.grpc_server import internal_metadata
 from runtime.errors import UpstreamError
 from runtime.events import Usage
+from runtime.llm_streams import ChatStreams, Unsupported
 from runtime.metrics import RuntimeMetrics
 
 _tracer = tracing.tracer("runtime.llm")
@@ -251,6 +252,7 @@ class LlmClient:
         timeout: float,
         connect_timeout: float = CONNECT_TIMEOUT,
         metrics: RuntimeMetrics | None = None,
+        multiplex: bool = False,
     ) -> None:
         if connect_timeout <= 0:
             raise ValueError(f"connect_timeout must be positive, not {connect_timeout}")
@@ -273,6 +275,16 @@ class LlmClient:
         """Each tool's encoding, by name, with the spec it was made from (one
         entry per tool name ever offered: the built-in and declared tools)."""
         self._metrics = metrics if metrics is not None else RuntimeMetrics()
+        self._streams = (
+            ChatStreams(channel, internal_metadata(internal_api_key)) if multiplex else None
+        )
+        """Model calls on StreamChats streams (:mod:`runtime.llm_streams`);
+        None, or no longer ``supported``: one StreamChat call each."""
+
+    async def aclose(self) -> None:
+        """Close the StreamChats streams (calls still on them fail)."""
+        if self._streams is not None:
+            await self._streams.aclose()
 
     async def _connect(self) -> None:
         """Return once the channel to the proxy is ready.
@@ -385,19 +397,17 @@ class LlmClient:
             encoded = b""
         payload = request.SerializeToString() + self._encoded_tools(tools) + encoded
         span = _tracer.start_span("llm.call", attributes={"llm.model": model})
-        metadata = tracing.inject(
-            internal_metadata(self._key, **_caller(request_id)), trace.set_span_in_context(span)
-        )
+        caller = _caller(request_id)
         started = time.monotonic()
-        call: grpc.aio.UnaryStreamCall[Any, llmproxy_pb2.StreamChatResponse] | None = None
+        responses: AsyncGenerator[llmproxy_pb2.StreamChatResponse, None] | None = None
         deltas = 0
         first = True
         outcome = "cancelled"
         try:
             await self._connect()
             timeout = max(self._timeout - (time.monotonic() - started), 0.001)
-            call = self._stream_encoded(payload, metadata=metadata, timeout=timeout)
-            async for response in call:
+            responses = self._responses(payload, caller, span, timeout)
+            async for response in responses:
                 if first:
                     first = False
                     self._metrics.time_to_first_token.labels(model).observe(
@@ -426,10 +436,44 @@ class LlmClient:
             span.set_status(trace.StatusCode.ERROR, failure.code)
             raise failure from None
         finally:
-            if call is not None:
-                call.cancel()
+            if responses is not None:
+                await responses.aclose()
             # Counted once per call, not per delta.
             self._metrics.tokens_streamed.labels(model).inc(max(0, deltas))
             self._metrics.llm_calls.labels(model, outcome).inc()
             span.set_attribute("llm.deltas", deltas)
             span.end()
+
+    async def _responses(
+        self,
+        payload: bytes,
+        caller: dict[str, str | None],
+        span: trace.Span,
+        limit: float,
+    ) -> AsyncGenerator[llmproxy_pb2.StreamChatResponse, None]:
+        """The call's responses: on a StreamChats stream, or (no streams, or
+        a proxy without them) as one StreamChat call, cancelled when closed."""
+        context = trace.set_span_in_context(span)
+        if self._streams is not None and self._streams.supported:
+            calling = self._streams.call(
+                payload,
+                request_id=caller["request_id"] or "",
+                user=caller["user"] or "",
+                traceparent=tracing.traceparent(context),
+                limit=limit,
+            )
+            try:
+                async for response in calling:
+                    yield response
+                return
+            except Unsupported:
+                pass  # nothing of the call was sent: make it as one StreamChat call
+            finally:
+                await calling.aclose()
+        metadata = tracing.inject(internal_metadata(self._key, **caller), context)
+        call = self._stream_encoded(payload, metadata=metadata, timeout=limit)
+        try:
+            async for response in call:
+                yield response
+        finally:
+            call.cancel()

@@ -1,6 +1,6 @@
-"""The benchmark scripts' pure parts: the relay's merging, the paced-delivery
-score, the capacity ramp's stopping rule and the CPU meter's thread groups
-(no timing, no servers)."""
+"""The benchmark scripts' parts: the relay's merging and its streams to the
+source (on a real source server), the paced-delivery score, the capacity
+ramp's stopping rule and the CPU meter's thread groups (no timing)."""
 
 from __future__ import annotations
 
@@ -173,3 +173,44 @@ def test_the_grpc_floor_table_gives_each_environments_range_over_its_runs() -> N
     assert table[2] == "| µs of CPU | defaults | services' |"
     assert "| client read, raw bytes | 50–70 | 50 |" in table  # noqa: RUF001
     assert len(table) == 4 + len(grpc_floor.LABELS)
+
+
+async def test_the_tight_relays_turns_share_streams_to_the_source_as_the_runtimes_calls_do() -> (
+    None
+):
+    """Turns at once each get their own tokens and end; a stream carries
+    ``CALLS_PER_STREAM`` turns, then the next turn opens another."""
+    import asyncio
+
+    import grpc
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = await relay.serve_source(port, relay.merged)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            streams = relay._SourceStreams(channel)
+
+            async def turn(tokens: int) -> list[bytes]:
+                return [t async for t in streams.turn(b"%d 0.001" % tokens)]
+
+            answers = await asyncio.gather(*(turn(n) for n in (3, 5, 7)))
+            words = [b"".join(answer).split() for answer in answers]
+            assert [len(w) for w in words] == [3, 5, 7]
+            assert all(w.startswith(b"w%d@" % i) for ws in words for i, w in enumerate(ws))
+            assert len(streams._streams) == 1
+            for _ in range(relay.CALLS_PER_STREAM - 3):
+                await turn(1)
+            assert streams._streams == []  # retired: it carried its share
+            assert len(b"".join(await turn(2)).split()) == 2
+            assert len(streams._streams) == 1
+    finally:
+        await server.stop(0)
+
+
+def test_the_tight_relay_multiplexes_its_turns_when_the_runtime_does() -> None:
+    assert not bench_mesh.multiplexed({})
+    assert not bench_mesh.multiplexed({"AGENT_RUNTIME__LLM_PROXY_MULTIPLEX": "false"})
+    assert bench_mesh.multiplexed({"AGENT_RUNTIME__LLM_PROXY_MULTIPLEX": "true"})
+    assert bench_mesh.multiplexed({"AGENT_RUNTIME__LLM_PROXY_MULTIPLEX": " On "})

@@ -246,6 +246,13 @@ def stop(process: subprocess.Popen[Any], timeout: float = 20) -> None:
             process.wait()
 
 
+def multiplexed(environ: dict[str, str]) -> bool:
+    """Whether the mesh's runtime multiplexes its model calls
+    (``AGENT_RUNTIME__LLM_PROXY_MULTIPLEX``), so the tight relay does too."""
+    value = environ.get("AGENT_RUNTIME__LLM_PROXY_MULTIPLEX", "false")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 @contextlib.contextmanager
 def bare_relay(loose: bool = False) -> Iterator[tuple[str, dict[str, int]]]:
     """The bare relay's three processes (tight unless ``loose``, see relay.py)."""
@@ -269,6 +276,7 @@ def bare_relay(loose: bool = False) -> Iterator[tuple[str, dict[str, int]]]:
                     "--upstream",
                     upstream[role],
                     *(["--loose"] if loose else []),
+                    *(["--multiplex"] if multiplexed(env) and not loose else []),
                 ],
                 env,
             )

@@ -20,8 +20,15 @@ exactly where the mesh's do: the source writes through a
 is in flight go out as one message), the relay drains what queued while
 its previous write was in flight into one message as the runtime's
 ``Converse`` pump does, and the edge sends one WebSocket frame per gRPC
-message as the gateway does. ``--loose`` is the relay as first shipped:
-the standard asyncio loop and one message per token at every hop.
+message as the gateway does. Each turn is one call to the source, as each
+model call is one ``StreamChat`` call; with ``--multiplex`` (what
+``bench_mesh.py`` passes when the mesh runs with
+``AGENT_RUNTIME__LLM_PROXY_MULTIPLEX=true``) the turns reach the source as
+the runtime's model calls then reach llmproxy (:mod:`runtime.llm_streams`):
+many on one long-lived stream, each message prefixed with its turn's id, at
+most :data:`CALLS_IN_PROGRESS` turns on a stream and :data:`CALLS_PER_STREAM`
+in all. ``--loose`` is the relay as first shipped: the standard asyncio
+loop, one message per token at every hop.
 
 The WebSocket connection's query carries the turn's shape
 (``/ws/x?tokens=500&delay=0.01``); a ``user_message`` frame starts a turn.
@@ -51,8 +58,12 @@ from mesh.outbox import Outbox
 
 SERVICE = "bench.Relay"
 STREAM = f"/{SERVICE}/Stream"
+STREAMS = f"/{SERVICE}/Streams"
 CONVERSE = f"/{SERVICE}/Converse"
 END_OF_TURN = b""
+CALLS_IN_PROGRESS = 32  # as runtime.llm_streams (not imported: it pulls in the runtime)
+CALLS_PER_STREAM = 64
+ID_BYTES = 8
 
 Context: TypeAlias = grpc.aio.ServicerContext[bytes, bytes]
 Merge: TypeAlias = Callable[[list[bytes]], Iterable[bytes]]
@@ -97,10 +108,50 @@ def source_handler(merge: Merge) -> Callable[..., object]:
     return source_stream
 
 
+def source_streams_handler(merge: Merge) -> Callable[..., object]:
+    """Many turns on one stream: each request and message starts with its
+    turn's id; a turn ends with its id alone."""
+    serve_one = source_handler(merge)
+
+    async def source_streams(requests: AsyncIterator[bytes], context: Context) -> None:
+        writing = asyncio.Lock()
+        turns: set[asyncio.Task[None]] = set()
+
+        class _Turn:
+            def __init__(self, call: bytes) -> None:
+                self.call = call
+
+            async def write(self, message: bytes) -> None:
+                async with writing:
+                    await context.write(self.call + message)
+
+        async def one(request: bytes) -> None:
+            turn = _Turn(request[:ID_BYTES])
+            await serve_one(request[ID_BYTES:], turn)
+            await turn.write(END_OF_TURN)
+
+        try:
+            async for request in requests:
+                task = asyncio.create_task(one(request))
+                turns.add(task)
+                task.add_done_callback(turns.discard)
+            while turns:
+                await asyncio.wait(list(turns))
+        finally:
+            for task in turns:
+                task.cancel()
+
+    return source_streams
+
+
 async def serve_source(port: int, merge: Merge) -> grpc.aio.Server:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"Stream": grpc.unary_stream_rpc_method_handler(source_handler(merge))}
+        SERVICE,
+        {
+            "Stream": grpc.unary_stream_rpc_method_handler(source_handler(merge)),
+            "Streams": grpc.stream_stream_rpc_method_handler(source_streams_handler(merge)),
+        },
     )
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -108,9 +159,75 @@ async def serve_source(port: int, merge: Merge) -> grpc.aio.Server:
     return server
 
 
-async def serve_relay(port: int, source: str, merge: Merge) -> grpc.aio.Server:
+class _SourceStreams:
+    """Turns on shared streams to the source, as :mod:`runtime.llm_streams`."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._open = channel.stream_stream(STREAMS)
+        self._streams: list[_SourceStream] = []
+        self._ids = 0
+
+    async def turn(self, request: bytes) -> AsyncIterator[bytes]:
+        stream = next((s for s in self._streams if s.open_to_calls), None)
+        if stream is None:
+            stream = _SourceStream(self._open(), self._streams.remove)
+            self._streams.append(stream)
+        self._ids += 1
+        call = self._ids.to_bytes(ID_BYTES, "big")
+        queue = stream.start(call, request)
+        try:
+            while token := await queue.get():
+                yield token
+        finally:
+            stream.finish(call)
+
+
+class _SourceStream:
+    """One stream to the source: a writer task sends the turns' requests in
+    order, a reader task hands each message to its turn's queue."""
+
+    def __init__(self, call: object, on_end: Callable[[_SourceStream], None]) -> None:
+        self._call = call
+        self._on_end = on_end
+        self.started = 0
+        self.calls: dict[bytes, asyncio.Queue[bytes]] = {}
+        self._outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._tasks = (asyncio.create_task(self._write()), asyncio.create_task(self._read()))
+
+    @property
+    def open_to_calls(self) -> bool:
+        return self.started < CALLS_PER_STREAM and len(self.calls) < CALLS_IN_PROGRESS
+
+    def start(self, call: bytes, request: bytes) -> asyncio.Queue[bytes]:
+        self.started += 1
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.calls[call] = queue
+        self._outgoing.put_nowait(call + request)
+        return queue
+
+    def finish(self, call: bytes) -> None:
+        self.calls.pop(call, None)
+        if self.started >= CALLS_PER_STREAM and not self.calls:
+            self._on_end(self)
+            self._outgoing.put_nowait(None)
+
+    async def _write(self) -> None:
+        while (request := await self._outgoing.get()) is not None:
+            await self._call.write(request)  # type: ignore[attr-defined]
+        await self._call.done_writing()  # type: ignore[attr-defined]
+
+    async def _read(self) -> None:
+        async for message in self._call:  # type: ignore[attr-defined]
+            queue = self.calls.get(message[:ID_BYTES])
+            if queue is not None:
+                queue.put_nowait(message[ID_BYTES:])
+
+
+async def serve_relay(
+    port: int, source: str, merge: Merge, *, multiplex: bool = False
+) -> grpc.aio.Server:
     channel = grpc.aio.insecure_channel(source)
-    stream = channel.unary_stream(STREAM)
+    stream = _SourceStreams(channel).turn if multiplex else channel.unary_stream(STREAM)
 
     async def converse(requests: AsyncIterator[bytes], context: Context) -> None:
         # One reader (the runtime's turn reading llmproxy), one writer (its
@@ -190,7 +307,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.role == "source":
         server: object = await serve_source(args.port, merge)
     elif args.role == "relay":
-        server = await serve_relay(args.port, args.upstream, merge)
+        server = await serve_relay(args.port, args.upstream, merge, multiplex=args.multiplex)
     else:
         server = await serve_edge(args.port, args.upstream)
     stop = asyncio.Event()
@@ -212,6 +329,9 @@ def cli() -> None:
     parser.add_argument("--upstream", default="")
     parser.add_argument(
         "--loose", action="store_true", help="the relay as first shipped: asyncio, no merging"
+    )
+    parser.add_argument(
+        "--multiplex", action="store_true", help="the turns on shared streams to the source"
     )
     args = parser.parse_args()
     environ = {**os.environ, "CODELAB_EVENT_LOOP": "asyncio" if args.loose else "uvloop"}

@@ -90,11 +90,12 @@ async def test_one_request_id_through_gateway_runtime_and_llmproxy_logs(mesh: Me
     )
     assert (summary["session_id"], summary["user"]) == ("obs-story", user)
     assert {"code", "duration_ms"} <= set(summary)
-    calls = [line for line in llmproxy if line["event"] == "rpc_finished"]
-    assert all(line.get("user") == user for line in calls)
+    # The runtime's model calls share StreamChats streams: each call's own
+    # summary line is llmproxy's stream_chat_finished, with the call's user.
+    calls = [line for line in llmproxy if line["event"] == "stream_chat_finished"]
     assert calls
-    assert all(line["code"] == "OK" for line in calls)
-    assert {line["model"] for line in llmproxy if line["event"] == "stream_chat_finished"}
+    assert all(line.get("user") == user for line in calls)
+    assert all(line["outcome"] == "ok" and line["model"] for line in calls)
     # No per-token lines at INFO: a 20-odd delta answer logs a handful of lines.
     assert len(runtime) < 15
     assert len(llmproxy) < 15

@@ -9,6 +9,7 @@ import pytest
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
 from mesh.grpc_server import grpc_target, mesh_channel
 from runtime.llm import ChatMessage, LlmClient, TextChunk
+from runtime.llm_streams import CALLS_PER_STREAM
 from tests.llmproxy.conftest import INTERNAL_KEY, METADATA, StartProxy
 
 REPLICA = """
@@ -18,9 +19,36 @@ model_list:
 """
 
 
-async def test_calls_are_balanced_over_every_replica(start_proxy: StartProxy) -> None:
+async def test_calls_on_stream_chats_streams_are_balanced_over_every_replica(
+    start_proxy: StartProxy,
+) -> None:
     # Two replicas that answer with different lengths, so a reply tells
     # which one served it.
+    first = await start_proxy(REPLICA.format(tokens=3))
+    second = await start_proxy(REPLICA.format(tokens=4))
+    address = f"127.0.0.1:{first.port}, 127.0.0.1:{second.port}"
+    async with mesh_channel(address) as channel:
+        client = LlmClient(channel, internal_api_key=INTERNAL_KEY, timeout=10, multiplex=True)
+        lengths = set()
+        # A StreamChats stream carries CALLS_PER_STREAM calls to one replica;
+        # each next stream goes to the next replica.
+        for _ in range(3 * CALLS_PER_STREAM):
+            text = "".join(
+                [
+                    chunk.text
+                    async for chunk in client.stream_chat("offline", [ChatMessage("user", "hi")])
+                    if isinstance(chunk, TextChunk)
+                ]
+            )
+            lengths.add(len(text.split()))
+            if lengths == {3, 4}:
+                break
+    assert lengths == {3, 4}
+
+
+async def test_calls_are_balanced_over_every_replica(start_proxy: StartProxy) -> None:
+    """Each model call is its own StreamChat call (the default), and gRPC's
+    round robin alternates them."""
     first = await start_proxy(REPLICA.format(tokens=3))
     second = await start_proxy(REPLICA.format(tokens=4))
     address = f"127.0.0.1:{first.port}, 127.0.0.1:{second.port}"

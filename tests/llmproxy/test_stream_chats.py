@@ -268,6 +268,9 @@ async def test_calls_beyond_the_streams_limit_are_refused(
     assert refused.id == 3
     assert refused.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "at most 2" in refused.status.message
+    streaming: set[int] = set()
+    while streaming != {1, 2}:  # both provider streams open
+        streaming.add((await stream.read()).id)
     stream.cancel()
     await eventually(lambda: openai_server.closed_streams == ["abandoned", "abandoned"])
 
