@@ -30,7 +30,7 @@ from mesh.caller import CALLER
 from mesh.grpc_server import internal_metadata
 from runtime.errors import UpstreamError
 from runtime.events import Usage
-from runtime.llm_streams import ChatStreams, Unsupported
+from runtime.llm_streams import ChatStreams, Unsupported, encode_varint
 from runtime.metrics import RuntimeMetrics
 
 _tracer = tracing.tracer("runtime.llm")
@@ -176,16 +176,6 @@ def _to_proto(message: ChatMessage) -> llmproxy_pb2.ChatMessage:
 _MESSAGES_FIELD = b"\x12"  # StreamChatRequest.messages: field 2, length-delimited
 _TOOLS_FIELD = b"\x1a"  # StreamChatRequest.tools: field 3, length-delimited
 _COUNTS_FIELD = b"\x3a"  # StreamChatRequest.token_counts: field 7, packed
-
-
-def encode_varint(value: int) -> bytes:
-    """``value`` (not negative) as a protobuf varint."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def encode_message(message: ChatMessage) -> bytes:

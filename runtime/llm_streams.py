@@ -47,7 +47,8 @@ class Unsupported(Exception):
     """The proxy does not serve ``StreamChats``: nothing of the call was sent."""
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf varint."""
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -60,7 +61,7 @@ def _text(tag: bytes, value: str) -> bytes:
     if not value:
         return b""
     data = value.encode()
-    return tag + _varint(len(data)) + data
+    return tag + encode_varint(len(data)) + data
 
 
 def encode_start(
@@ -76,19 +77,19 @@ def encode_start(
     (a ``StreamChatRequest`` already serialized: it is not parsed again)."""
     return b"".join(
         (
-            b"\x08" + _varint(call_id),
-            b"\x12" + _varint(len(request)) + request,
+            b"\x08" + encode_varint(call_id),
+            b"\x12" + encode_varint(len(request)) + request,
             _text(b"\x22", request_id),
             _text(b"\x2a", user),
             _text(b"\x32", traceparent),
-            b"\x38" + _varint(timeout_ms) if timeout_ms else b"",
+            b"\x38" + encode_varint(timeout_ms) if timeout_ms else b"",
         )
     )
 
 
 def encode_cancel(call_id: int) -> bytes:
     """A ``StreamChatsRequest`` cancelling call ``call_id``."""
-    return b"\x08" + _varint(call_id) + b"\x1a\x00"
+    return b"\x08" + encode_varint(call_id) + b"\x1a\x00"
 
 
 class _Stream:

@@ -19,20 +19,18 @@ model_list:
 """
 
 
-async def test_calls_on_stream_chats_streams_are_balanced_over_every_replica(
-    start_proxy: StartProxy,
-) -> None:
+async def replicas_answering(start_proxy: StartProxy, *, multiplex: bool, calls: int) -> set[int]:
+    """The replicas (by their reply's length) that answered one model call
+    after another, up to ``calls`` of them, until both did."""
     # Two replicas that answer with different lengths, so a reply tells
     # which one served it.
     first = await start_proxy(REPLICA.format(tokens=3))
     second = await start_proxy(REPLICA.format(tokens=4))
     address = f"127.0.0.1:{first.port}, 127.0.0.1:{second.port}"
+    lengths: set[int] = set()
     async with mesh_channel(address) as channel:
-        client = LlmClient(channel, internal_api_key=INTERNAL_KEY, timeout=10, multiplex=True)
-        lengths = set()
-        # A StreamChats stream carries CALLS_PER_STREAM calls to one replica;
-        # each next stream goes to the next replica.
-        for _ in range(3 * CALLS_PER_STREAM):
+        client = LlmClient(channel, internal_api_key=INTERNAL_KEY, timeout=10, multiplex=multiplex)
+        for _ in range(calls):
             text = "".join(
                 [
                     chunk.text
@@ -43,30 +41,23 @@ async def test_calls_on_stream_chats_streams_are_balanced_over_every_replica(
             lengths.add(len(text.split()))
             if lengths == {3, 4}:
                 break
-    assert lengths == {3, 4}
+        await client.aclose()
+    return lengths
 
 
 async def test_calls_are_balanced_over_every_replica(start_proxy: StartProxy) -> None:
     """Each model call is its own StreamChat call (the default), and gRPC's
     round robin alternates them."""
-    first = await start_proxy(REPLICA.format(tokens=3))
-    second = await start_proxy(REPLICA.format(tokens=4))
-    address = f"127.0.0.1:{first.port}, 127.0.0.1:{second.port}"
-    async with mesh_channel(address) as channel:
-        client = LlmClient(channel, internal_api_key=INTERNAL_KEY, timeout=10)
-        lengths = set()
-        for _ in range(20):
-            text = "".join(
-                [
-                    chunk.text
-                    async for chunk in client.stream_chat("offline", [ChatMessage("user", "hi")])
-                    if isinstance(chunk, TextChunk)
-                ]
-            )
-            lengths.add(len(text.split()))
-            if lengths == {3, 4}:
-                break
-    assert lengths == {3, 4}
+    assert await replicas_answering(start_proxy, multiplex=False, calls=20) == {3, 4}
+
+
+async def test_calls_on_stream_chats_streams_are_balanced_over_every_replica(
+    start_proxy: StartProxy,
+) -> None:
+    """A StreamChats stream carries CALLS_PER_STREAM calls to one replica;
+    each next stream goes to the next replica."""
+    calls = 3 * CALLS_PER_STREAM
+    assert await replicas_answering(start_proxy, multiplex=True, calls=calls) == {3, 4}
 
 
 async def test_a_replica_that_is_down_is_skipped(start_proxy: StartProxy) -> None:
