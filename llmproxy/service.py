@@ -5,8 +5,10 @@ Router's keyword arguments and answers into messages;
 :mod:`llmproxy.budget` fits the prompt to the model's context window;
 :mod:`llmproxy.resilience` streams with the proxy's deadlines and
 fallbacks, on plain deltas. Every RPC runs inside
-:func:`llmproxy.errors.grpc_boundary`, the one place an exception becomes a
-status code (plus the ``x-error-reason`` trailer).
+:func:`llmproxy.errors.grpc_boundary`, where an exception becomes a status
+code (plus the ``x-error-reason`` trailer); a call on a ``StreamChats``
+stream ends with the same code, message and reason in a ``ChatStatus``
+(both from :func:`llmproxy.errors.failure`).
 """
 
 from __future__ import annotations
@@ -295,19 +297,20 @@ class _Calls:
         )
         traced = tracing.extract(request.traceparent) if request.traceparent else None
         token = otel_context.attach(traced) if traced is not None else None
+        limit = asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None)
         try:
-            async with asyncio.timeout(request.timeout_ms / 1000 if request.timeout_ms else None):
+            async with limit:
                 await serve(request.start, write)
-        except TimeoutError:
-            self._forget(call, task)
-            await self._status(
-                call,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the call exceeded its timeout of {request.timeout_ms} ms",
-                reason="timed_out",
-            )
         except Exception as exc:
             self._forget(call, task)
+            if isinstance(exc, TimeoutError) and limit.expired():  # not the provider's own
+                await self._status(
+                    call,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the call exceeded its timeout of {request.timeout_ms} ms",
+                    reason="timed_out",
+                )
+                return
             code, message, error = errors.failure(exc)
             await self._status(
                 call,
