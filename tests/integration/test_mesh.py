@@ -386,3 +386,35 @@ def test_a_mesh_whose_port_was_taken_meanwhile_starts_on_fresh_ports(
             assert response.status_code == 200
         gateway_log = (tmp_path / "home" / "logs" / "gateway.log").read_text()
         assert "address already in use" in gateway_log.lower(), "the first start met the port"
+
+
+async def test_a_mesh_whose_runtime_multiplexes_its_model_calls_answers_every_session(
+    tmp_path: Path,
+) -> None:
+    """AGENT_RUNTIME__LLM_PROXY_MULTIPLEX=true end to end: sessions at once,
+    two turns each, every answer whole and its own."""
+    from tests.integration import conftest
+
+    with conftest.launch(tmp_path / "home", AGENT_RUNTIME__LLM_PROXY_MULTIPLEX="true") as mesh:
+
+        async def session(name: str) -> list[str]:
+            async with IdeConnection(mesh.ws_url, name, mesh.token) as ide:
+                await ide.next_frame()
+                answers = []
+                for turn in ("first", "second"):
+                    await ide.send_message(f"{turn} of {name}")
+                    answers.append((await ide.answer())[0])
+                return answers
+
+        names = [f"mux-{i}" for i in range(6)]
+        results = await asyncio.gather(*(session(name) for name in names))
+        llmproxy_log = (tmp_path / "home" / "logs" / "llmproxy.log").read_text()
+
+    for name, answers in zip(names, results, strict=True):
+        assert answers[0].startswith(f"You said: first of {name} ")
+        assert answers[1].startswith(f"You said: second of {name} ")
+    # The model calls went over StreamChats streams, none as a StreamChat call.
+    lines = [json.loads(line) for line in llmproxy_log.splitlines() if line.startswith("{")]
+    calls = [line["rpc"] for line in lines if line["event"] == "stream_chat_finished"]
+    assert len(calls) >= 2 * len(names)  # and the orchestrator routing each first message
+    assert set(calls) == {"/llmproxy.v1.LlmProxyService/StreamChats"}
