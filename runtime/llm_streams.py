@@ -93,8 +93,9 @@ def encode_cancel(call_id: int) -> bytes:
 
 
 class _Stream:
-    """One ``StreamChats`` call: a writer task sends what :meth:`send` queues,
-    a reader task hands each response to its call's queue."""
+    """One ``StreamChats`` call: a writer task sends the requests
+    :meth:`start` and :meth:`forget` queue (and the half-close), a reader
+    task hands each response to its call's queue."""
 
     def __init__(
         self,
