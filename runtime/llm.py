@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from llmproxy.v1 import llmproxy_pb2, llmproxy_pb2_grpc
@@ -389,7 +390,7 @@ class LlmClient:
         span = _tracer.start_span("llm.call", attributes={"llm.model": model})
         caller = _caller(request_id)
         started = time.monotonic()
-        responses: AsyncGenerator[llmproxy_pb2.StreamChatResponse, None] | None = None
+        responses: AsyncIterable[llmproxy_pb2.StreamChatResponse] | None = None
         deltas = 0
         first = True
         outcome = "cancelled"
@@ -426,7 +427,9 @@ class LlmClient:
             span.set_status(trace.StatusCode.ERROR, failure.code)
             raise failure from None
         finally:
-            if responses is not None:
+            if isinstance(responses, grpc.aio.UnaryStreamCall):
+                responses.cancel()
+            elif isinstance(responses, AsyncGenerator):  # _multiplexed
                 await responses.aclose()
             # Counted once per call, not per delta.
             self._metrics.tokens_streamed.labels(model).inc(max(0, deltas))
@@ -434,34 +437,56 @@ class LlmClient:
             span.set_attribute("llm.deltas", deltas)
             span.end()
 
-    async def _responses(
+    def _responses(
         self,
         payload: bytes,
         caller: dict[str, str | None],
         span: trace.Span,
         limit: float,
-    ) -> AsyncGenerator[llmproxy_pb2.StreamChatResponse, None]:
-        """The call's responses: on a StreamChats stream, or (no streams, or
-        a proxy without them) as one StreamChat call, cancelled when closed."""
+    ) -> AsyncIterable[llmproxy_pb2.StreamChatResponse]:
+        """The call's responses: on a StreamChats stream, or as one StreamChat
+        call (the default, iterated directly: no layer per token)."""
         context = trace.set_span_in_context(span)
         if self._streams is not None and self._streams.supported:
-            calling = self._streams.call(
-                payload,
-                request_id=caller["request_id"] or "",
-                user=caller["user"] or "",
-                traceparent=tracing.traceparent(context),
-                limit=limit,
-            )
-            try:
-                async for response in calling:
-                    yield response
-                return
-            except Unsupported:
-                pass  # nothing of the call was sent: make it as one StreamChat call
-            finally:
-                await calling.aclose()
+            return self._multiplexed(self._streams, payload, caller, context, limit)
+        return self._call(payload, caller, context, limit)
+
+    def _call(
+        self,
+        payload: bytes,
+        caller: dict[str, str | None],
+        context: otel_context.Context,
+        limit: float,
+    ) -> grpc.aio.UnaryStreamCall[Any, llmproxy_pb2.StreamChatResponse]:
         metadata = tracing.inject(internal_metadata(self._key, **caller), context)
-        call = self._stream_encoded(payload, metadata=metadata, timeout=limit)
+        return self._stream_encoded(payload, metadata=metadata, timeout=limit)
+
+    async def _multiplexed(
+        self,
+        streams: ChatStreams,
+        payload: bytes,
+        caller: dict[str, str | None],
+        context: otel_context.Context,
+        limit: float,
+    ) -> AsyncGenerator[llmproxy_pb2.StreamChatResponse, None]:
+        """The call on a StreamChats stream; a proxy without them gets it as
+        one StreamChat call (nothing of it was sent)."""
+        calling = streams.call(
+            payload,
+            request_id=caller["request_id"] or "",
+            user=caller["user"] or "",
+            traceparent=tracing.traceparent(context),
+            limit=limit,
+        )
+        try:
+            async for response in calling:
+                yield response
+            return
+        except Unsupported:
+            pass
+        finally:
+            await calling.aclose()
+        call = self._call(payload, caller, context, limit)
         try:
             async for response in call:
                 yield response

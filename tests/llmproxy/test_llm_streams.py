@@ -250,8 +250,14 @@ async def test_a_proxy_without_stream_chats_gets_a_stream_chat_per_call(
     servicer, port = scripted_proxy
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         client = LlmClient(channel, internal_api_key=KEY, timeout=10, multiplex=True)
+        streams = client._streams
+        assert streams is not None
+        assert streams.supported
         texts = [await text_of(client, "m") for _ in range(3)]
         await client.aclose()
 
     assert texts == ["one two three"] * 3
     assert len(servicer.requests) == 3
+    # The first call tried a stream, met UNIMPLEMENTED, and none was tried again.
+    assert not streams.supported
+    assert streams.streams == 0
