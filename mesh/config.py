@@ -232,7 +232,7 @@ def _parser(cls: type, field: dataclasses.Field[Any]) -> Callable[[str], Any]:
     if kind is float:
         return _number(float, "a number")
     if kind is bool:
-        return _boolean
+        return boolean
     if kind is Path:
         return Path
     if kind == tuple[str, ...]:
@@ -250,7 +250,8 @@ def _number(kind: type[float] | type[int], what: str) -> Callable[[str], float |
     return parse
 
 
-def _boolean(text: str) -> bool:
+def boolean(text: str) -> bool:
+    """A setting's text as a boolean: 1/true/yes/on or 0/false/no/off (any case)."""
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True

@@ -41,6 +41,7 @@ import soak
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from mesh import process  # the repository's, not an installed copy
+from mesh.config import boolean
 
 T = TypeVar("T")
 
@@ -249,8 +250,7 @@ def stop(process: subprocess.Popen[Any], timeout: float = 20) -> None:
 def multiplexed(environ: dict[str, str]) -> bool:
     """Whether the mesh's runtime multiplexes its model calls
     (``AGENT_RUNTIME__LLM_PROXY_MULTIPLEX``), so the tight relay does too."""
-    value = environ.get("AGENT_RUNTIME__LLM_PROXY_MULTIPLEX", "false")
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    return boolean(environ.get("AGENT_RUNTIME__LLM_PROXY_MULTIPLEX", "false"))
 
 
 @contextlib.contextmanager
