@@ -230,11 +230,12 @@ def _status_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     if isinstance(code, int):
-        return _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+        return CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     return grpc.StatusCode.OK
 
 
-_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+"""Every gRPC status code by its number."""
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):

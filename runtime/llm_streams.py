@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from llmproxy.v1 import llmproxy_pb2
+from mesh.grpc_server import CODES_BY_NUMBER
 from runtime.errors import UpstreamError
 
 CALLS_IN_PROGRESS = 32
@@ -282,7 +283,7 @@ def status_error(status: llmproxy_pb2.ChatStatus) -> grpc.aio.AioRpcError:
     """A call's ChatStatus as the AioRpcError its StreamChat would have ended
     with (code, message, and ``x-error-reason`` / ``x-retry-after`` trailers),
     so one mapping (:func:`runtime.llm.error_code`) serves both."""
-    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    code = CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
     trailers: list[tuple[str, str]] = []
     if status.reason:
         trailers.append(("x-error-reason", status.reason))
@@ -294,6 +295,3 @@ def status_error(status: llmproxy_pb2.ChatStatus) -> grpc.aio.AioRpcError:
         grpc.aio.Metadata(*trailers),
         details=status.message,
     )
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
